@@ -1,0 +1,33 @@
+"""One way to word a bad-input error: the field, the bad value, and what is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def bad_value(field: str, value: object, allowed: str | Iterable[object]) -> ValueError:
+    """ValueError that repeats the bad value and says what is allowed.
+
+    `allowed` is either a phrase ("in [0, 0.99]") or a collection of valid choices.
+    """
+    if not isinstance(allowed, str):
+        choices = ", ".join(str(a) for a in allowed)
+        allowed = f"one of: {choices}"
+    return ValueError(f"{field}={value!r} must be {allowed}")
+
+
+def check_range(field: str, value: float, lo: float, hi: float, *, integer: bool = False) -> None:
+    """Raise bad_value unless lo <= value <= hi (and an int when `integer`)."""
+    if integer and (isinstance(value, bool) or not isinstance(value, int)):
+        raise bad_value(field, value, f"an integer in [{lo}, {hi}]")
+    if not integer and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise bad_value(field, value, f"a number in [{lo}, {hi}]")
+    if not (lo <= value <= hi):  # also rejects NaN
+        kind = "an integer" if integer else "a number"
+        raise bad_value(field, value, f"{kind} in [{lo}, {hi}]")
+
+
+def check_choice(field: str, value: object, choices: Iterable[object]) -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise bad_value(field, value, choices)

@@ -1,0 +1,1 @@
+"""Measurement: sizes from real files, latency, memory, MACs and per-layer tables."""

@@ -1,0 +1,1 @@
+"""Streamlit pages: read widgets, build requests, call the backend, draw. No torch code here."""

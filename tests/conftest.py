@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny datasets written in torchvision's on-disk formats (nothing downloads)."""
+
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    """idx format as MNIST ships it: magic (0, 0, type 0x08 uint8, ndim), big-endian dims, data."""
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    with open(path, "wb") as f:
+        f.write(bytes([0, 0, 0x08, arr.ndim]))
+        f.write(struct.pack(">" + "I" * arr.ndim, *arr.shape))
+        f.write(arr.tobytes())
+
+
+def make_mnist(root: Path, cls_name: str = "MNIST", n_train: int = 60, n_test: int = 20, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    raw = root / cls_name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = np.arange(n) % 10
+        x = rng.integers(0, 255, size=(n, 28, 28), dtype=np.uint8)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", x)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", y)
+    return root
+
+
+def make_cifar(root: Path, classes: int = 10, n_train: int = 40, n_test: int = 20, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    if classes == 10:
+        base = root / "cifar-10-batches-py"
+        base.mkdir(parents=True, exist_ok=True)
+        per = n_train // 5
+        for i in range(1, 6):
+            batch = {b"data": rng.integers(0, 255, (per, 3072), dtype=np.uint8),
+                     b"labels": [int(v) for v in np.arange(per) % 10]}
+            (base / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
+        test = {b"data": rng.integers(0, 255, (n_test, 3072), dtype=np.uint8),
+                b"labels": [int(v) for v in np.arange(n_test) % 10]}
+        (base / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
+        (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
+    else:
+        base = root / "cifar-100-python"
+        base.mkdir(parents=True, exist_ok=True)
+        for name, n in (("train", n_train * 5), ("test", n_test * 5)):
+            d = {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
+                 b"fine_labels": [int(v) for v in np.arange(n) % 100]}
+            (base / name).write_bytes(pickle.dumps(d, protocol=4))
+        (base / "meta").write_bytes(pickle.dumps({b"fine_label_names": [f"f{i}".encode() for i in range(100)]}))
+    return root
+
+
+def make_image_folder(root: Path, classes=("cat", "dog", "eel"), per_class: int = 6, size: int = 12,
+                      seed: int = 0) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        d = root / c
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def mnist_root(tmp_path):
+    return make_mnist(tmp_path)
+
+
+@pytest.fixture
+def cifar10_root(tmp_path):
+    return make_cifar(tmp_path, 10)

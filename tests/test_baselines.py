@@ -1,0 +1,107 @@
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from explorer.baselines import (
+    MODELS_DIR,
+    baseline_data,
+    describe_baseline,
+    list_baselines,
+    load_baseline,
+    load_into,
+    load_state_dict_file,
+    sha256_file,
+    train_baseline,
+)
+from explorer.train import TrainConfig, evaluate
+from explorer.zoo import create_model
+
+COMMITTED = sorted(MODELS_DIR.glob("*.safetensors"))
+
+
+def test_embedded_baselines_are_committed():
+    names = {p.stem for p in COMMITTED}
+    assert "digits_cnn-digits" in names
+    cards = list_baselines()
+    big = [c for c in cards if c["dataset"] == "digits" and 1_000_000 <= c["params"] <= 5_000_000]
+    assert big, "a 1-5M parameter baseline on digits is needed for visible latency effects"
+    digits = next(c for c in cards if c["name"] == "digits_cnn-digits")
+    assert digits["accuracy"]["top1"] >= 97.0
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
+def test_committed_checkpoint_reproduces_its_card_exactly(path):
+    model, card = load_baseline(path)
+    res = evaluate(model, baseline_data(card).test)
+    for k in ("top1", "top3", "top5"):
+        assert res[k] == card["accuracy"][k], k
+    assert res["n"] == card["test_samples"]
+    assert os.path.getsize(path) == card["file_bytes"]
+    assert sha256_file(path) == card["sha256"]
+    assert sum(p.numel() for p in model.parameters()) == card["params"]
+    for key in ("architecture", "dataset", "split_seed", "train", "versions", "arch_kwargs"):
+        assert key in card
+
+
+def test_train_baseline_writes_weights_and_card(tmp_path):
+    progress = []
+    card = train_baseline("digits_cnn", "digits", cfg=TrainConfig(epochs=3), models_dir=tmp_path,
+                          model_kwargs={"width": 0.5}, progress=lambda f, m: progress.append(f))
+    w = tmp_path / "digits_cnn-digits.safetensors"
+    assert w.is_file() and json.loads(w.with_suffix(".json").read_text()) == card
+    assert card["file_bytes"] == w.stat().st_size and card["arch_kwargs"]["width"] == 0.5
+    model, _ = load_baseline(w)
+    assert evaluate(model, baseline_data(card).test)["top1"] == card["accuracy"]["top1"]
+    assert progress and progress[-1] == pytest.approx(1.0)
+
+
+def test_wrong_architecture_lists_missing_unexpected_and_misshaped(tmp_path):
+    state = create_model("lenet5", image_size=8).state_dict()
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError) as e:
+        load_into(create_model("digits_cnn"), state, "lenet.safetensors")
+    msg = str(e.value)
+    assert "missing" in msg and "unexpected" in msg and "extra.weight" in msg and "mis-shaped" in msg
+
+
+def test_nan_weights_are_refused():
+    m = create_model("digits_cnn")
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    state["features.0.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf values in features.0.weight"):
+        load_into(create_model("digits_cnn"), state, "x")
+
+
+def test_pt_loaded_weights_only_and_pickled_code_refused(tmp_path):
+    m = create_model("digits_cnn")
+    torch.save(m.state_dict(), tmp_path / "ok.pt")
+    assert set(load_state_dict_file(tmp_path / "ok.pt")) == set(m.state_dict())
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"w": Evil()}))
+    with pytest.raises(ValueError, match="refused"):
+        load_state_dict_file(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_corrupted_safetensors_is_a_clear_error(tmp_path):
+    p = tmp_path / "bad.safetensors"
+    save_file({"w": torch.zeros(4)}, str(p))
+    p.write_bytes(p.read_bytes()[:20])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_state_dict_file(p)
+
+
+def test_describe_baseline_has_per_layer_table():
+    info = describe_baseline(MODELS_DIR / "digits_cnn-digits.safetensors")
+    layers = info["layers"]
+    assert layers["params"].sum() == info["measured"]["params"] == info["card"]["params"]
+    assert list(layers["layer"])[0] == "features.0"

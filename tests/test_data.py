@@ -1,0 +1,147 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from explorer.data import DATASETS, list_datasets, load_dataset, safe_unpickle, stratified_split
+from tests.conftest import make_cifar, make_image_folder, make_mnist
+
+
+def _rows(t: torch.Tensor) -> set[bytes]:
+    return {r.numpy().tobytes() for r in t.reshape(len(t), -1)}
+
+
+def test_digits_splits_are_deterministic_disjoint_and_complete():
+    a, b = load_dataset("digits", seed=0), load_dataset("digits", seed=0)
+    for s in ("train", "val", "test"):
+        assert torch.equal(a.split(s).x, b.split(s).x) and torch.equal(a.split(s).y, b.split(s).y)
+    assert len(a.train) + len(a.val) + len(a.test) == 1797
+    tr, va, te = _rows(a.train.x), _rows(a.val.x), _rows(a.test.x)
+    assert not (tr & va) and not (tr & te) and not (va & te)
+    assert len(tr) + len(va) + len(te) == 1797
+    assert a.input_shape == (1, 8, 8) and a.num_classes == 10
+    for s in (a.train, a.val, a.test):  # stratified: every class on every side
+        assert set(s.y.tolist()) == set(range(10))
+    c = load_dataset("digits", seed=1)
+    assert not torch.equal(a.test.y, c.test.y)
+
+
+def test_digits_normalised_with_training_statistics():
+    d = load_dataset("digits")
+    assert abs(d.train.x.mean().item()) < 1e-4 and abs(d.train.x.std().item() - 1) < 1e-3
+    assert d.train.x.dtype == torch.float32 and d.train.y.dtype == torch.int64
+
+
+def test_stratified_split_matches_numpy_reference():
+    y = torch.tensor([0] * 10 + [1] * 20 + [2] * 4)
+    keep, take = stratified_split(y, 0.25, seed=3)
+    assert set(keep).isdisjoint(take) and len(keep) + len(take) == len(y)
+    counts = np.bincount(y.numpy()[take])
+    assert counts.tolist() == [round(0.25 * 10), round(0.25 * 20), 1]
+
+
+def test_calibration_subset():
+    d = load_dataset("digits")
+    c = d.calibration(32, seed=0)
+    assert c.shape == (32, 1, 8, 8)
+    assert torch.equal(c, d.calibration(32, seed=0))
+    assert _rows(c) <= _rows(d.train.x)
+    with pytest.raises(ValueError, match=r"calibration samples=0 must be an integer in \[1, "):
+        d.calibration(0)
+
+
+def test_mnist_and_fashion_from_local_folder(tmp_path):
+    make_mnist(tmp_path / "m")
+    d = load_dataset("mnist", tmp_path / "m")
+    assert d.input_shape == (1, 28, 28) and len(d.test) == 20 and len(d.train) + len(d.val) == 60
+    make_mnist(tmp_path / "f", "FashionMNIST")
+    f = load_dataset("fashion-mnist", tmp_path / "f", image_size=14)
+    assert f.input_shape == (1, 14, 14) and f.classes[0] == "T-shirt/top"
+
+
+def test_missing_folder_names_folder_and_expected_files(tmp_path):
+    with pytest.raises(ValueError) as e:
+        load_dataset("mnist", tmp_path / "nowhere")
+    msg = str(e.value)
+    assert "nowhere" in msg and "does not exist" in msg and "train-images-idx3-ubyte" in msg
+    assert "t10k-labels-idx1-ubyte" in msg
+    (tmp_path / "c").mkdir()
+    with pytest.raises(ValueError, match=r"incomplete.*data_batch_1.*test_batch.*batches.meta"):
+        load_dataset("cifar10", tmp_path / "c")
+    with pytest.raises(ValueError, match="reads a local folder"):
+        load_dataset("cifar100")
+
+
+def test_truncated_idx_file_is_a_clear_error(tmp_path):
+    make_mnist(tmp_path)
+    p = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(ValueError, match="could not be read"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_cifar10_and_cifar100(tmp_path):
+    make_cifar(tmp_path / "a", 10)
+    d = load_dataset("cifar10", tmp_path / "a")
+    assert d.input_shape == (3, 32, 32) and d.classes[:2] == ("c0", "c1") and len(d.test) == 20
+    make_cifar(tmp_path / "b", 100)
+    e = load_dataset("cifar100", tmp_path / "b")
+    assert e.num_classes == 100 and len(e.test) == 100
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_cifar_pickle_with_code_is_refused_and_runs_nothing(tmp_path):
+    make_cifar(tmp_path, 10)
+    marker = tmp_path / "pwned"
+    evil = {b"data": _Payload(str(marker)), b"labels": [0]}
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(evil))
+    with pytest.raises(ValueError, match="refused global"):
+        load_dataset("cifar10", tmp_path)
+    assert not marker.exists()
+    with pytest.raises(pickle.UnpicklingError):
+        safe_unpickle(pickle.dumps(_Payload(str(marker))))
+    assert not marker.exists()
+
+
+def test_image_folder_resizes_and_skips_non_images(tmp_path):
+    make_image_folder(tmp_path, per_class=6, size=12)
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG garbage")
+    d = load_dataset("imagefolder", tmp_path, image_size=16)
+    assert d.input_shape == (3, 16, 16) and d.classes == ("cat", "dog", "eel")
+    assert len(d.train) + len(d.val) + len(d.test) == 18
+    assert any("skipped 2 file" in n for n in d.notes)
+    g = load_dataset("imagefolder", tmp_path, image_size=8, channels=1)
+    assert g.input_shape == (1, 8, 8)
+
+
+def test_image_folder_with_train_and_test_subtrees(tmp_path):
+    make_image_folder(tmp_path / "train", per_class=5)
+    make_image_folder(tmp_path / "test", per_class=2, seed=1)
+    d = load_dataset("imagefolder", tmp_path)
+    assert len(d.test) == 6 and d.image_size == 32
+
+
+def test_bad_names_and_values_repeat_the_value():
+    with pytest.raises(ValueError, match=r"dataset='svhn' must be one of: digits, mnist"):
+        load_dataset("svhn")
+    with pytest.raises(ValueError, match=r"image_size=2 must be"):
+        load_dataset("digits", image_size=2)
+    with pytest.raises(ValueError, match=r"split='dev' must be one of"):
+        load_dataset("digits").split("dev")
+    assert list_datasets() == list(DATASETS)
+
+
+def test_empty_image_folder(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="no readable images"):
+        load_dataset("imagefolder", tmp_path)

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from explorer.zoo import count_params, create_model, list_models, model_entry
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_runs_forward_and_backward(name):
+    entry = model_entry(name)
+    for in_ch, size in {(1, 8), (3, entry.default_image_size)}:
+        if size < entry.min_image_size:
+            continue
+        torch.manual_seed(0)
+        m = create_model(name, num_classes=7, in_channels=in_ch, image_size=size)
+        x = torch.randn(2, in_ch, size, size)
+        out = m(x)
+        assert out.shape == (2, 7)
+        out.sum().backward()
+        grads = [p.grad for p in m.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_registry_lists_required_models():
+    assert {"digits_cnn", "lenet5", "vgg11", "vgg13", "resnet18", "mobilenet_v2"} <= set(list_models())
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match=r"model='alexnet' must be one of: digits_cnn, lenet5"):
+        create_model("alexnet")
+
+
+def test_image_size_a_model_cannot_take():
+    with pytest.raises(ValueError, match=r"image_size=4 must be an integer in \[8, 1024\] for model 'lenet5'"):
+        create_model("lenet5", image_size=4)
+    with pytest.raises(ValueError, match=r"width=0 must be"):
+        create_model("vgg11", width=0)
+    with pytest.raises(ValueError, match="does not take these arguments"):
+        create_model("resnet18", image_size=32, width=0.5)
+
+
+def test_width_scales_vgg_parameters():
+    full = count_params(create_model("vgg13", image_size=8))
+    half = count_params(create_model("vgg13", image_size=8, width=0.5))
+    assert 3.5 < full / half < 4.5  # conv parameters scale with the square of the width
