@@ -1,0 +1,279 @@
+"""What every technique shares: the step registry, the compression state and training hooks.
+
+A technique is a frozen, validated config dataclass registered under its recipe `kind`, plus a pure
+`apply(model, config, ctx) -> Compressed` that deep-copies its input. The `CompressionState`
+travels from step to step: masks keep pruned weights at zero in every later fine-tuning, codebooks
+keep clustered layers on their centroids, and quantisation records say how each tensor sits on an
+integer grid, which is what the packed format stores.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from explorer.data import DataBundle
+from explorer.errors import bad_value
+from explorer.train import Progress, TrainConfig, TrainHook, fit
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass
+class QuantRecord:
+    """Weight `name` equals (q - zero_point) * scale with integer q in [qmin, qmax]; scale and zero_point
+    are per output channel when `axis` is 0, else one value each."""
+
+    bits: int
+    symmetric: bool
+    axis: int | None
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.bits - 1)) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.symmetric else (1 << self.bits) - 1
+
+
+@dataclass
+class Codebook:
+    """Weight `name` equals centroids[assignments], and 0 where a mask prunes it (assignments there are 0
+    and ignored)."""
+
+    centroids: torch.Tensor  # (k,) float32
+    assignments: torch.Tensor  # int64, the weight's shape
+
+
+@dataclass
+class CompressionState:
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # param -> bool, True = kept
+    codebooks: dict[str, Codebook] = field(default_factory=dict)
+    quant: dict[str, QuantRecord] = field(default_factory=dict)
+    float_format: dict[str, str] = field(default_factory=dict)  # param -> "fp16" | "bf16"
+    activations: dict[str, Any] | None = None  # activation quantisation: bits, symmetric, ranges
+    deploy: dict[str, Any] | None = None  # the integer runtime path to export (ONNX Runtime int8)
+    notes: list[str] = field(default_factory=list)  # what will surprise a user, and why
+    info: dict[str, Any] = field(default_factory=dict)  # per-step details for the report
+
+    def copy(self) -> CompressionState:
+        return copy.deepcopy(self)
+
+    def hooks(self) -> list[TrainHook]:
+        """Hooks that keep every constraint so far in force during fine-tuning."""
+        out: list[TrainHook] = []
+        if self.masks:
+            out.append(MaskHook(self.masks))
+        if self.codebooks:
+            out.append(CodebookHook(self.codebooks, self.masks))
+        return out
+
+
+@dataclass
+class Compressed:
+    model: nn.Module
+    state: CompressionState
+
+
+@dataclass
+class Context:
+    """What a step may use besides the model: data for fine-tuning and calibration, the state so
+    far, progress reporting, the seed and the teacher (the uncompressed baseline)."""
+
+    data: DataBundle | None = None
+    state: CompressionState = field(default_factory=CompressionState)
+    progress: Progress | None = None
+    seed: int = 0
+    baseline: nn.Module | None = None
+    model_name: str | None = None
+
+    def need_data(self, what: str) -> DataBundle:
+        if self.data is None:
+            raise ValueError(f"{what} needs a dataset (fine-tuning or calibration data); none was given")
+        return self.data
+
+
+# ---------------------------------------------------------------- hooks
+
+
+def named_param(model: nn.Module, name: str) -> nn.Parameter:
+    """The trainable tensor behind `name`, also while a parametrization (QAT's fake quantisation)
+    wraps it, so masks and codebooks hold during quantisation-aware training too."""
+    owner, _, attr = name.rpartition(".")
+    try:
+        mod = model.get_submodule(owner) if owner else model
+        if parametrize.is_parametrized(mod, attr):
+            return mod.parametrizations[attr].original
+        return model.get_parameter(name)
+    except AttributeError:
+        raise ValueError(f"the model has no parameter {name!r}") from None
+
+
+class MaskHook(TrainHook):
+    """Pruned weights get no update and stay exactly zero (zero grad, then re-mask after the step,
+    since weight decay and momentum would otherwise move them)."""
+
+    def __init__(self, masks: dict[str, torch.Tensor]):
+        self.masks = masks
+
+    def after_backward(self, model: nn.Module) -> None:
+        for name, mask in self.masks.items():
+            p = named_param(model, name)
+            if p.grad is not None:
+                p.grad.mul_(mask)
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        apply_masks(model, self.masks)
+
+
+class CodebookHook(TrainHook):
+    """Assignments stay fixed; after each step every weight of a cluster is set to the cluster's
+    mean, so the shared centroid moves by the average of its members' updates (seed 000 sec 3.2,
+    Deep Compression's centroid fine-tuning up to the learning-rate scale)."""
+
+    def __init__(self, codebooks: dict[str, Codebook], masks: dict[str, torch.Tensor]):
+        self.codebooks, self.masks = codebooks, masks
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        with torch.no_grad():
+            for name, cb in self.codebooks.items():
+                p = named_param(model, name)
+                mask = self.masks.get(name)
+                cb.centroids.copy_(cluster_means(p.detach().cpu(), cb.assignments, cb.centroids, mask))
+                p.copy_(codebook_weight(cb, mask).to(p.device))
+
+
+def cluster_means(w: torch.Tensor, assign: torch.Tensor, old: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of each cluster's (kept) weights; a cluster left with no member keeps its old centroid."""
+    flat_w, flat_a = w.reshape(-1).float(), assign.reshape(-1)
+    if mask is not None:
+        keep = mask.reshape(-1)
+        flat_w, flat_a = flat_w[keep], flat_a[keep]
+    k = len(old)
+    sums = torch.zeros(k, dtype=torch.float64).index_add_(0, flat_a, flat_w.double())
+    counts = torch.zeros(k, dtype=torch.float64).index_add_(0, flat_a, torch.ones_like(flat_w, dtype=torch.float64))
+    return torch.where(counts > 0, sums / counts.clamp_min(1), old.double()).float()
+
+
+def codebook_weight(cb: Codebook, mask: torch.Tensor | None) -> torch.Tensor:
+    w = cb.centroids[cb.assignments]
+    return w.masked_fill(~mask, 0.0) if mask is not None else w
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    # masked_fill writes +0.0 (a multiply would leave -0.0 for negative weights), so pruned weights
+    # are bit-identical zeros and the packed format's sparse layouts reproduce them exactly
+    with torch.no_grad():
+        for name, mask in masks.items():
+            named_param(model, name).masked_fill_(~mask, 0.0)
+
+
+def finetune(model: nn.Module, ctx: Context, epochs: int, lr: float, what: str,
+             extra_hooks: list[TrainHook] | None = None, loss_fn=None, params=None) -> dict:
+    """Fine-tune in place with every constraint in the state kept; returns a small report."""
+    if epochs == 0:
+        return {"epochs": 0, "seconds": 0.0}
+    data = ctx.need_data(f"fine-tuning after {what}")
+    cfg = TrainConfig(epochs=epochs, lr=lr, seed=ctx.seed, weight_decay=0.0)
+    hist = fit(model, data.train, cfg, hooks=[*ctx.state.hooks(), *(extra_hooks or [])], progress=ctx.progress,
+               loss_fn=loss_fn, params=params)
+    return {"epochs": epochs, "seconds": round(hist.seconds, 3), "final_loss": hist.train_loss[-1]}
+
+
+# ---------------------------------------------------------------- registry
+
+ApplyFn = Callable[[nn.Module, Any, Context], Compressed]
+
+
+@dataclass(frozen=True)
+class StepType:
+    kind: str
+    config: type
+    apply: ApplyFn
+    # True when the step changes layer shapes or the architecture: such steps come before weight-level
+    # ones (masks and codebooks are indexed by the shapes they were made for)
+    structural: Callable[[Any], bool]
+
+
+_STEPS: dict[str, StepType] = {}
+
+
+def register_step(kind: str, config: type, *, structural: bool | Callable[[Any], bool] = False):
+    def deco(fn: ApplyFn) -> ApplyFn:
+        is_structural = structural if callable(structural) else (lambda cfg, _s=bool(structural): _s)
+        _STEPS[kind] = StepType(kind, config, fn, is_structural)
+        return fn
+
+    return deco
+
+
+def step_types() -> dict[str, StepType]:
+    import explorer.compress  # noqa: F401  (importing the package registers every technique)
+
+    return dict(_STEPS)
+
+
+def step_type_of(config: Any) -> StepType:
+    for st in step_types().values():
+        if isinstance(config, st.config):
+            return st
+    raise TypeError(f"no technique is registered for {type(config).__name__}")
+
+
+def config_from_dict(d: dict) -> Any:
+    """Build a step config from its JSON form; unknown keys and kinds are named with what is allowed."""
+    if not isinstance(d, dict) or "kind" not in d:
+        raise ValueError(f"recipe step {d!r} must be an object with a 'kind'")
+    types = step_types()
+    kind = d["kind"]
+    if kind not in types:
+        raise bad_value("step kind", kind, sorted(types))
+    cls = types[kind].config
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields) - {"kind"})
+    if unknown:
+        raise ValueError(f"{kind} step has unknown keys {unknown}; allowed: {sorted(fields)}")
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k != "kind"}
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise ValueError(f"{kind} step: {e}") from None
+
+
+def config_to_dict(config: Any) -> dict:
+    d = {"kind": step_type_of(config).kind}
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        d[f.name] = list(v) if isinstance(v, tuple) else v
+    return d
+
+
+def clone(model: nn.Module) -> nn.Module:
+    """Techniques never change their input model: they work on a deep copy."""
+    return copy.deepcopy(model)
+
+
+def compressible(model: nn.Module, layers: str = "all") -> list[tuple[str, nn.Module]]:
+    """Conv and Linear layers selected by `layers`: all, conv, linear, or inner (all but the first and
+    last, which are the most sensitive and hold few weights)."""
+    mods = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if layers == "conv":
+        return [(n, m) for n, m in mods if isinstance(m, nn.Conv2d)]
+    if layers == "linear":
+        return [(n, m) for n, m in mods if isinstance(m, nn.Linear)]
+    if layers == "inner":
+        return mods[1:-1]
+    return mods
+
+
+LAYER_CHOICES = ("all", "conv", "linear", "inner")

@@ -1,0 +1,94 @@
+"""Structured channel (filter) pruning that physically removes channels.
+
+Torch-Pruning's dependency graph finds every layer a removed channel touches (the next conv's input,
+batch norm, residual additions, concatenations), which is the part seed 003 calls hard to get right
+by hand. The result is a smaller dense model: fewer parameters, fewer MACs, real speed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from explorer.compress.base import Context, compressible, finetune
+from explorer.compress.prune import PruneConfig, cubic_sparsity
+
+
+def _importance(criterion: str):
+    if criterion == "geometric_median":
+        return tp.importance.FPGMImportance(p=2)
+    return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
+
+
+def _out_channels(m: nn.Module) -> int:
+    return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+
+
+def _plan(model: nn.Module, cfg: PruneConfig) -> tuple[list[nn.Module], list[tuple[str, nn.Module]]]:
+    """(ignored layers, prunable layers). The classifier's outputs are the classes: never pruned."""
+    everything = compressible(model, "all")
+    chosen = {id(m) for _, m in compressible(model, cfg.layers)}
+    last = everything[-1][1]
+    ignored = [m for _, m in everything if id(m) not in chosen or m is last]
+    prunable = [(n, m) for n, m in everything if id(m) in chosen and m is not last]
+    if not prunable:
+        raise ValueError(f"layers={cfg.layers!r} leaves no layer whose output channels can be pruned "
+                         "(the classifier's outputs are the classes)")
+    return ignored, prunable
+
+
+def check_feasible(model: nn.Module, cfg: PruneConfig) -> None:
+    """Refuse, before any work, a ratio that would remove every channel of a layer."""
+    _, prunable = _plan(model, cfg)
+    for name, m in prunable:
+        ch = _out_channels(m)
+        if ch - int(round(cfg.sparsity * ch)) < 1:
+            raise ValueError(f"sparsity={cfg.sparsity} would remove every channel of {name} ({ch} channels); "
+                             f"the most it can take is {(ch - 1) / ch:.3f}")
+
+
+def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    return int(macs), int(params)
+
+
+def prune_channels(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
+    """Prune `model` in place (the caller passes a copy) and fine-tune per the schedule."""
+    if ctx.state.masks or ctx.state.codebooks or ctx.state.quant:
+        raise ValueError("channel pruning changes layer shapes, so it must come before unstructured pruning, "
+                         "clustering and quantisation in a recipe")
+    check_feasible(model, cfg)
+    data = ctx.need_data("channel pruning (an example input for the dependency graph)")
+    example = torch.zeros(1, *data.input_shape)
+    ignored, prunable = _plan(model, cfg)
+    before = {n: _out_channels(m) for n, m in prunable}
+    macs0, params0 = macs_and_params(model, example)
+    rounds = 1 if cfg.schedule == "oneshot" else cfg.rounds
+    if cfg.schedule == "gradual":  # the cubic schedule, sampled at each round's end
+        ratios = [cubic_sparsity(r, 0.0, cfg.sparsity, 0, rounds, 1) for r in range(rounds + 1)]
+    else:  # iterative: the same share of the remaining channels each round (geometric); oneshot: all at once
+        ratios = [1 - (1 - cfg.sparsity) ** (r / rounds) for r in range(rounds + 1)]
+    pruner = tp.pruner.MetaPruner(
+        model, example, importance=_importance(cfg.criterion), global_pruning=cfg.scope == "global",
+        pruning_ratio=cfg.sparsity, iterative_steps=rounds,
+        iterative_pruning_ratio_scheduler=lambda ratio, steps: ratios,
+        max_pruning_ratio=0.99, ignored_layers=ignored,
+    )
+    info: dict = {"rounds": []}
+    for r in range(rounds):
+        model.eval()
+        with torch.no_grad():
+            pruner.step()
+        epochs = cfg.finetune_epochs if rounds == 1 else max(1, cfg.finetune_epochs // rounds)
+        report = finetune(model, ctx, epochs, cfg.lr, "channel pruning")
+        info["rounds"].append({"ratio": round(ratios[r + 1], 4), **report})
+    macs1, params1 = macs_and_params(model, example)
+    modules = dict(model.named_modules())
+    info["channels"] = {n: {"before": c, "after": _out_channels(modules[n])} for n, c in before.items()}
+    info.update(macs_before=macs0, macs_after=macs1, params_before=params0, params_after=params1)
+    ctx.state.notes.append(
+        f"Channel pruning at ratio {cfg.sparsity:g} removed {1 - params1 / params0:.1%} of the parameters and "
+        f"{1 - macs1 / macs0:.1%} of the MACs: removing an output channel also removes the next layer's "
+        "matching input channel, so the parameter cut is larger than the ratio.")
+    return info

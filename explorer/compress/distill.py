@@ -1,0 +1,165 @@
+"""Knowledge distillation (Hinton, Vinyals and Dean, 2015): a smaller zoo model, the student, is trained
+on the teacher's softened outputs as well as the labels (seed 002's third technique).
+
+The student is a new architecture, so `state.info["architecture"]` names it for the packer. Seed 004's
+question "can a smaller dense model with a similar number of parameters give similar performance?"
+needs a control: `train_dense_control` trains a width-matched model from scratch the same way, with
+labels only, so a benchmark can tell what the teacher's soft targets add.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explorer.compress.base import Compressed, CompressionState, Context, register_step
+from explorer.data import DataBundle
+from explorer.errors import bad_value, check_choice, check_range
+from explorer.train import Progress, TrainConfig, fit, seed_everything
+from explorer.zoo import count_params, create_model, list_models, model_entry
+
+WIDTH_RANGE = (0.0625, 4.0)  # what create_model accepts
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    student: str = "digits_cnn"
+    width: float = 0.5  # student width multiplier; ignored for architectures without one
+    temperature: float = 4.0
+    alpha: float = 0.7  # weight of the soft (teacher) loss; 1 - alpha goes to the labels
+    epochs: int = 30
+    lr: float = 2e-3
+
+    def __post_init__(self):
+        check_choice("student", self.student, list_models())
+        check_range("width", self.width, *WIDTH_RANGE)
+        check_range("temperature", self.temperature, 1.0, 20.0)
+        check_range("alpha", self.alpha, 0.0, 1.0)
+        check_range("epochs", self.epochs, 1, 1000, integer=True)
+        check_range("lr", self.lr, 1e-7, 10.0)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                      temperature: float, alpha: float) -> torch.Tensor:
+    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y); T^2 keeps the soft
+    term's gradients on the same scale as the hard term's whatever T is (Hinton et al., sec. 2)."""
+    t = temperature
+    hard = F.cross_entropy(student_logits, targets)
+    if alpha == 0:
+        return hard
+    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits.detach() / t, dim=1),
+                    reduction="batchmean", log_target=True)
+    return alpha * t * t * soft + (1 - alpha) * hard
+
+
+def takes_width(arch: str) -> bool:
+    return "width" in inspect.signature(model_entry(arch).factory).parameters
+
+
+def architecture(arch: str, data: DataBundle, width: float | None) -> dict:
+    """What the packer needs to rebuild the model: create_model(name, **kwargs)."""
+    kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
+    if width is not None and takes_width(arch):
+        kwargs["width"] = width
+    return {"name": arch, "kwargs": kwargs}
+
+
+def train_config(epochs: int, lr: float, seed: int) -> TrainConfig:
+    """One recipe for the student and the dense control, so they differ only in the loss."""
+    return TrainConfig(epochs=epochs, lr=lr, seed=seed)
+
+
+def _fresh(arch: dict, seed: int) -> nn.Module:
+    seed_everything(seed)  # the student's initial weights depend on the run's seed only
+    return create_model(arch["name"], **arch["kwargs"])
+
+
+@register_step("distill", DistillConfig, structural=True)
+def apply(model: nn.Module, config: DistillConfig, ctx: Context) -> Compressed:
+    state = ctx.state
+    held = [k for k in ("masks", "codebooks", "quant") if getattr(state, k)]
+    if held:
+        raise ValueError(f"distill trains a new model, so the {', '.join(held)} of earlier steps would not apply to "
+                         "it: put distill first (prune, cluster and quantize the student afterwards)")
+    data = ctx.need_data("distillation")
+    teacher = copy.deepcopy(model).eval()  # eval: dropout off and batch-norm statistics frozen
+    teacher.requires_grad_(False)
+    arch = architecture(config.student, data, config.width)
+    student = _fresh(arch, ctx.seed)
+    t, alpha = config.temperature, config.alpha
+
+    def loss_fn(_model: nn.Module, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        return distillation_loss(logits, teacher_logits, y, t, alpha)
+
+    hist = fit(student, data.train, train_config(config.epochs, config.lr, ctx.seed), progress=ctx.progress,
+               loss_fn=loss_fn)
+    teacher_params, student_params = count_params(model), count_params(student)
+    # earlier structural steps described the teacher's layers; kept under "teacher" so that nothing
+    # reading the top level (the packer) applies them to the student
+    new_state = CompressionState(notes=list(state.notes), info={"teacher": copy.deepcopy(state.info)} if state.info
+                                 else {})
+    new_state.info["architecture"] = arch
+    new_state.info["distill"] = {
+        "student": config.student, "width": arch["kwargs"].get("width"), "teacher_params": teacher_params,
+        "student_params": student_params, "temperature": t, "alpha": alpha, "epochs": config.epochs,
+        "lr": config.lr, "seconds": round(hist.seconds, 3), "final_loss": hist.train_loss[-1],
+    }
+    if "width" not in arch["kwargs"]:
+        new_state.notes.append(f"distill: {config.student} has no width multiplier, so width={config.width} "
+                               "was not used")
+    if student_params >= teacher_params:
+        new_state.notes.append(f"distill: the student has {student_params} parameters, not fewer than the "
+                               f"teacher's {teacher_params}: this is not compression")
+    return Compressed(student, new_state)
+
+
+# ---------------------------------------------------------------- seed 004's control
+
+
+def matched_width(arch: str, target_params: int, num_classes: int, in_channels: int, image_size: int) -> float:
+    """Width multiplier in [1/16, 4] whose parameter count is closest to `target_params` (by bisection:
+    the count only grows with the width, in steps, as channel counts are rounded)."""
+    if not takes_width(arch):
+        raise bad_value("arch", arch, [m for m in list_models() if takes_width(m)])
+    check_range("target_params", target_params, 1, 10**12, integer=True)
+
+    def params(width: float) -> int:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation, even at width 4
+            return count_params(create_model(arch, num_classes, in_channels, image_size, width=width))
+
+    lo, hi = WIDTH_RANGE
+    p_lo, p_hi = params(lo), params(hi)
+    if target_params <= p_lo:
+        return lo
+    if target_params >= p_hi:
+        return hi
+    while hi - lo > 1e-4:
+        mid = (lo + hi) / 2
+        p_mid = params(mid)
+        if p_mid == target_params:
+            return mid
+        if p_mid < target_params:
+            lo, p_lo = mid, p_mid
+        else:
+            hi, p_hi = mid, p_mid
+    return lo if target_params - p_lo <= p_hi - target_params else hi
+
+
+def train_dense_control(arch: str, target_params: int, data: DataBundle, epochs: int, lr: float, seed: int,
+                        progress: Progress | None = None) -> tuple[nn.Module, dict]:
+    """`arch` at the width matching `target_params`, trained from scratch on labels only, with the
+    same training recipe as a distilled student."""
+    width = matched_width(arch, target_params, data.num_classes, data.in_channels, data.image_size)
+    spec = architecture(arch, data, width)
+    model = _fresh(spec, seed)
+    hist = fit(model, data.train, train_config(epochs, lr, seed), progress=progress)
+    info = {"architecture": spec, "width": width, "params": count_params(model), "target_params": target_params,
+            "epochs": epochs, "lr": lr, "seconds": round(hist.seconds, 3), "final_loss": hist.train_loss[-1]}
+    return model, info

@@ -1,0 +1,324 @@
+"""Pruning: unstructured magnitude, block, N:M semi-structured, and structured channel pruning that
+physically removes channels through Torch-Pruning's dependency graph; one-shot, iterative or
+gradual (Zhu & Gupta's cubic schedule) with masked fine-tuning.
+
+The mask maths works on plain tensors (`magnitude_masks`, `block_mask`, `nm_mask`) so it can be
+checked against torch.nn.utils.prune alone; `apply` does the module surgery and fine-tuning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from explorer.compress.base import (
+    LAYER_CHOICES,
+    Compressed,
+    Context,
+    apply_masks,
+    clone,
+    compressible,
+    finetune,
+    register_step,
+)
+from explorer.errors import bad_value, check_choice, check_range
+from explorer.train import TrainHook
+
+GRANULARITIES = ("unstructured", "channel", "block", "nm")
+CRITERIA = ("l1", "l2", "geometric_median")
+SCHEDULES = ("oneshot", "iterative", "gradual")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    sparsity: float = 0.5
+    granularity: str = "unstructured"
+    criterion: str = "l1"
+    scope: str = "global"
+    schedule: str = "oneshot"
+    finetune_epochs: int = 0
+    lr: float = 1e-3
+    layers: str = "all"
+    rounds: int = 3  # iterative: prune/fine-tune rounds
+    initial_sparsity: float = 0.0  # gradual: s_i of the cubic schedule
+    block: tuple[int, int] = (4, 4)
+    n: int = 2
+    m: int = 4
+
+    def __post_init__(self):
+        check_range("sparsity", self.sparsity, 0.0, 0.99)
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("criterion", self.criterion, CRITERIA)
+        check_choice("scope", self.scope, ("global", "layer"))
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_range("finetune_epochs", self.finetune_epochs, 0, 1000, integer=True)
+        check_range("lr", self.lr, 1e-7, 1.0)
+        check_choice("layers", self.layers, LAYER_CHOICES)
+        check_range("rounds", self.rounds, 1, 50, integer=True)
+        check_range("initial_sparsity", self.initial_sparsity, 0.0, self.sparsity)
+        if len(self.block) != 2 or not all(isinstance(b, int) and 1 <= b <= 64 for b in self.block):
+            raise bad_value("block", self.block, "two integers in [1, 64]")
+        check_range("m", self.m, 2, 32, integer=True)
+        check_range("n", self.n, 1, self.m - 1, integer=True)
+        if self.criterion == "geometric_median" and self.granularity != "channel":
+            raise bad_value("criterion", self.criterion, "l1 or l2 unless granularity is 'channel'")
+        if self.granularity == "nm" and self.sparsity not in (0.0, 1 - self.n / self.m):
+            fixed = f"1 - n/m = {1 - self.n / self.m:g} for {self.n}:{self.m} pruning"
+            raise bad_value("sparsity", self.sparsity, fixed)
+        if self.schedule != "oneshot" and self.finetune_epochs == 0:
+            raise bad_value("finetune_epochs", 0, f"at least 1 for the {self.schedule} schedule")
+        if self.granularity == "nm" and self.schedule == "gradual":
+            raise bad_value("schedule", "gradual", "oneshot or iterative for n:m pruning (its sparsity is fixed)")
+
+    @property
+    def target(self) -> float:
+        return 1 - self.n / self.m if self.granularity == "nm" else self.sparsity
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def cubic_sparsity(step: int, s_i: float, s_f: float, t0: int, n: int, dt: int) -> float:
+    """Zhu & Gupta (2017): s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3 for t in [t0, t0 + n dt]."""
+    if step <= t0:
+        return s_i
+    if step >= t0 + n * dt:
+        return s_f
+    return s_f + (s_i - s_f) * (1 - (step - t0) / (n * dt)) ** 3
+
+
+# ---------------------------------------------------------------- mask maths (plain tensors)
+
+
+def magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str, p: int = 1,
+                    old: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Prune the round(sparsity * n) smallest |w| (per tensor, or over all tensors when global), the
+    same count and the same torch.topk selection as torch.nn.utils.prune.l1_unstructured and
+    global_unstructured. Already-pruned weights (`old`) rank lowest so masks only grow."""
+    scores = {k: _score(w, p, None if old is None else old.get(k)) for k, w in weights.items()}
+    masks = {}
+    if scope == "global":
+        flat = torch.cat([s.reshape(-1) for s in scores.values()])
+        k = round(sparsity * flat.numel())
+        keep = torch.ones_like(flat, dtype=torch.bool)
+        if k:
+            keep[torch.topk(flat, k, largest=False).indices] = False
+        offset = 0
+        for name, w in weights.items():
+            masks[name] = keep[offset:offset + w.numel()].view_as(w)
+            offset += w.numel()
+        return masks
+    for name, s in scores.items():
+        k = round(sparsity * s.numel())
+        keep = torch.ones(s.numel(), dtype=torch.bool)
+        if k:
+            keep[torch.topk(s.reshape(-1), k, largest=False).indices] = False
+        masks[name] = keep.view_as(s)
+    return masks
+
+
+def _score(w: torch.Tensor, p: int, old: torch.Tensor | None) -> torch.Tensor:
+    s = w.detach().abs().float() if p == 1 else w.detach().float() ** 2
+    return s if old is None else s.masked_fill(~old, -1.0)
+
+
+def _as_matrix(w: torch.Tensor) -> torch.Tensor:
+    """(out, in) view of a Linear or conv weight; conv kernels flatten into the input dimension."""
+    return w.reshape(w.shape[0], -1)
+
+
+def _blocks(w: torch.Tensor, block: tuple[int, int], p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean |w| or w^2, weight count) of each (bh, bw) block of the (out, in) matrix. Edge blocks are
+    partial: scored by their mean so they are not favoured for being small, counted by their size."""
+    m = _as_matrix(w.detach().float())
+    bh, bw = block
+    rows, cols = math.ceil(m.shape[0] / bh), math.ceil(m.shape[1] / bw)
+    padded = torch.zeros(rows * bh, cols * bw)
+    counts = torch.zeros_like(padded)
+    padded[:m.shape[0], :m.shape[1]] = m.abs() if p == 1 else m ** 2
+    counts[:m.shape[0], :m.shape[1]] = 1
+    sums = padded.reshape(rows, bh, cols, bw).sum(dim=(1, 3))
+    sizes = counts.reshape(rows, bh, cols, bw).sum(dim=(1, 3))
+    return sums / sizes, sizes
+
+
+def _prune_lowest(scores: torch.Tensor, sizes: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask over blocks: prune the lowest-scoring blocks until the pruned weights come as close
+    as possible to round(sparsity * weights), so the achieved sparsity is within one block."""
+    target = round(sparsity * sizes.sum().item())
+    order = torch.argsort(scores, stable=True)
+    cum = torch.cumsum(sizes[order], 0)
+    cum0 = torch.cat([torch.zeros(1), cum])
+    j = int(torch.argmin((cum0 - target).abs()))
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    keep[order[:j]] = False
+    return keep
+
+
+def block_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str, block: tuple[int, int],
+                p: int = 1) -> dict[str, torch.Tensor]:
+    """Prune whole blocks by score (per layer, or ranked across layers when global)."""
+    scored = {k: _blocks(w, block, p) for k, w in weights.items()}
+    if scope == "global":
+        flat = _prune_lowest(torch.cat([s.reshape(-1) for s, _ in scored.values()]),
+                             torch.cat([z.reshape(-1) for _, z in scored.values()]), sparsity)
+        keep, offset = {}, 0
+        for k, (s, _) in scored.items():
+            keep[k] = flat[offset:offset + s.numel()].view_as(s)
+            offset += s.numel()
+    else:
+        keep = {k: _prune_lowest(s.reshape(-1), z.reshape(-1), sparsity).view_as(s) for k, (s, z) in scored.items()}
+    out = {}
+    bh, bw = block
+    for name, w in weights.items():
+        m = _as_matrix(w)
+        full = keep[name].repeat_interleave(bh, 0).repeat_interleave(bw, 1)[:m.shape[0], :m.shape[1]]
+        out[name] = full.reshape(w.shape)
+    return out
+
+
+def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the n largest |w| in every group of m consecutive input channels (NVIDIA's 2:4 layout:
+    groups run along the reduction dimension, channels innermost as in NHWC kernels)."""
+    if w.dim() == 4:
+        moved = w.detach().permute(0, 2, 3, 1)  # (out, kh, kw, in)
+    else:
+        moved = w.detach()
+    in_size = moved.shape[-1]
+    if in_size % m:
+        raise ValueError(f"{n}:{m} pruning needs the input size to be a multiple of {m}; got {in_size}")
+    groups = moved.abs().reshape(-1, m)
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(1, groups.topk(n, dim=1).indices, True)
+    keep = keep.reshape(moved.shape)
+    return keep.permute(0, 3, 1, 2).contiguous() if w.dim() == 4 else keep
+
+
+def _input_size(mod: nn.Module) -> int:
+    return mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features
+
+
+# ---------------------------------------------------------------- apply
+
+
+def _targets(model: nn.Module, cfg: PruneConfig) -> dict[str, nn.Module]:
+    mods = compressible(model, cfg.layers)
+    if not mods:
+        raise ValueError(f"layers={cfg.layers!r} selects no Conv2d or Linear layer in this model")
+    return {f"{n}.weight": m for n, m in mods}
+
+
+def compute_masks(model: nn.Module, cfg: PruneConfig, sparsity: float,
+                  old: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    targets = _targets(model, cfg)
+    weights = {k: m.weight for k, m in targets.items()}
+    p = 2 if cfg.criterion == "l2" else 1
+    if cfg.granularity == "unstructured":
+        new = magnitude_masks(weights, sparsity, cfg.scope, p, old)
+    elif cfg.granularity == "block":
+        new = block_masks(weights, sparsity, cfg.scope, cfg.block, p)
+    else:
+        new = {k: nm_mask(w, cfg.n, cfg.m) for k, w in weights.items()}
+    if old:  # masks only grow: a weight pruned by an earlier step stays pruned
+        new = {k: v & old[k] if k in old else v for k, v in new.items()}
+        new.update({k: v for k, v in old.items() if k not in new})
+    return new
+
+
+def _check_nm(model: nn.Module, cfg: PruneConfig) -> None:
+    for name, mod in _targets(model, cfg).items():
+        if _input_size(mod) % cfg.m:
+            raise ValueError(f"{cfg.n}:{cfg.m} pruning needs every layer's input size to be a multiple of {cfg.m}; "
+                             f"{name[:-7]} has {_input_size(mod)} (use layers='inner' to skip the first layer)")
+
+
+class GradualHook(TrainHook):
+    """Raise the masks' sparsity along the cubic schedule during fine-tuning: n pruning steps spread
+    over the first 75% of the steps, the rest recovers at the final sparsity."""
+
+    def __init__(self, cfg: PruneConfig, masks: dict[str, torch.Tensor], total_steps: int, n: int = 10):
+        self.cfg, self.masks = cfg, masks
+        self.n = max(1, min(n, total_steps))
+        self.dt = max(1, int(0.75 * total_steps) // self.n)
+        self.history: list[tuple[int, float]] = []
+
+    def after_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        if (step - 1) % self.dt or step - 1 > self.n * self.dt:
+            return
+        s = cubic_sparsity(step - 1 + self.dt, self.cfg.initial_sparsity, self.cfg.sparsity, 0, self.n, self.dt)
+        self.masks.update(compute_masks(model, self.cfg, s, self.masks))
+        apply_masks(model, self.masks)
+        self.history.append((step, round(s, 4)))
+
+
+def _prune_unstructured(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
+    state = ctx.state
+    if cfg.granularity == "nm":
+        _check_nm(model, cfg)
+    info: dict = {"rounds": []}
+    if cfg.schedule == "gradual":
+        data = ctx.need_data("gradual pruning")
+        steps = math.ceil(len(data.train) / 64) * cfg.finetune_epochs
+        if cfg.initial_sparsity > 0:
+            state.masks.update(compute_masks(model, cfg, cfg.initial_sparsity, state.masks))
+            apply_masks(model, state.masks)
+        hook = GradualHook(cfg, state.masks, steps)
+        info["finetune"] = finetune(model, ctx, cfg.finetune_epochs, cfg.lr, "gradual pruning", extra_hooks=[hook])
+        # the last pruning step lands at 75% of training; make sure the final target holds exactly
+        state.masks.update(compute_masks(model, cfg, cfg.target, state.masks))
+        apply_masks(model, state.masks)
+        info["schedule_points"] = hook.history
+        return info
+    rounds = cfg.rounds if cfg.schedule == "iterative" else 1
+    for r in range(1, rounds + 1):
+        s = cfg.target if r == rounds else 1 - (1 - cfg.target) ** (r / rounds)  # equal fractions kept per round
+        state.masks.update(compute_masks(model, cfg, s, state.masks))
+        apply_masks(model, state.masks)
+        epochs = cfg.finetune_epochs if rounds == 1 else max(1, cfg.finetune_epochs // rounds)
+        info["rounds"].append({"sparsity": round(s, 4), **finetune(model, ctx, epochs, cfg.lr, "pruning")})
+    return info
+
+
+def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> Compressed:
+    t0 = time.perf_counter()
+    model = clone(model)
+    state = ctx.state.copy()
+    ctx = dataclasses.replace(ctx, state=state)
+    if cfg.granularity == "channel":
+        from explorer.compress.channel import prune_channels
+
+        info = prune_channels(model, cfg, ctx)
+    else:
+        info = _prune_unstructured(model, cfg, ctx)
+        if cfg.granularity == "unstructured":
+            state.notes.append("Unstructured sparsity shrinks the packed file, not dense latency: the zeros are "
+                               "still multiplied (seed 003's pseudo-compression).")
+    if cfg.granularity == "channel":  # sparsity here is the share of channels removed
+        ch = info["channels"]
+        layers = {k: 1 - v["after"] / v["before"] for k, v in ch.items()}
+        achieved = 1 - sum(v["after"] for v in ch.values()) / sum(v["before"] for v in ch.values())
+    else:
+        layers, achieved = layer_sparsity(model, cfg), overall_sparsity(model, cfg)
+    info.update(requested=cfg.target, granularity=cfg.granularity, layers=layers, achieved=achieved,
+                seconds=round(time.perf_counter() - t0, 3))
+    state.info.setdefault("prune", []).append(info)
+    return Compressed(model.eval(), state)
+
+
+def layer_sparsity(model: nn.Module, cfg: PruneConfig) -> dict[str, float]:
+    return {k: 1.0 - int(torch.count_nonzero(m.weight)) / m.weight.numel() for k, m in _targets(model, cfg).items()}
+
+
+def overall_sparsity(model: nn.Module, cfg: PruneConfig) -> float:
+    t = _targets(model, cfg)
+    total = sum(m.weight.numel() for m in t.values())
+    zeros = sum(m.weight.numel() - int(torch.count_nonzero(m.weight)) for m in t.values())
+    return zeros / total if total else 0.0
+
+
+register_step("prune", PruneConfig, structural=lambda cfg: cfg.granularity == "channel")(apply)

@@ -1,0 +1,141 @@
+"""Uniform quantisation maths on plain tensors (the formulas of seeds 001 and 004, as NNCF, PyTorch and
+ONNX define them).
+
+Affine: q = clamp(round(x / s) + z, qmin, qmax), x_hat = (q - z) s.
+  asymmetric: s = (max - min) / (2^b - 1), z = round(-min / s), q in [0, 2^b - 1]; the range is widened
+              to include 0 so that zero (a pruned weight, a ReLU output) is exactly representable;
+  symmetric:  s = max|x| / (2^(b-1) - 1), z = 0, q in [-2^(b-1), 2^(b-1) - 1].
+round() is round-half-to-even (torch.round), the banker's rounding NNCF uses (seed 001). Seed 004 writes
+the zero point as (f_max + f_min) / 2, a midpoint convention in float units; the integer zero point
+above is what runtimes (ONNX Runtime, PyTorch) store, so the explorer uses it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    if symmetric:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero point for the range [lo, hi] (tensors: one value per channel)."""
+    lo = torch.minimum(lo.float(), torch.zeros_like(lo, dtype=torch.float32))
+    hi = torch.maximum(hi.float(), torch.zeros_like(hi, dtype=torch.float32))
+    qmin, qmax = qrange(bits, symmetric)
+    if symmetric:
+        scale = torch.maximum(hi, -lo) / qmax
+        zp = torch.zeros_like(scale)
+    else:
+        scale = (hi - lo) / (qmax - qmin)
+        zp = torch.zeros_like(scale)
+    tiny = torch.finfo(torch.float32).tiny
+    scale = torch.where(scale > tiny, scale, torch.ones_like(scale))  # an all-zero channel: any scale works
+    if not symmetric:
+        zp = torch.clamp(torch.round(-lo / scale), qmin, qmax)
+    return scale, zp
+
+
+def _bcast(v: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    if axis is None or v.numel() == 1:
+        return v.reshape(())
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int, symmetric: bool,
+             axis: int | None = None) -> torch.Tensor:
+    """Integer codes (int64) of x."""
+    qmin, qmax = qrange(bits, symmetric)
+    s, z = _bcast(scale, x, axis), _bcast(zp, x, axis)
+    return torch.clamp(torch.round(x / s) + z, qmin, qmax).to(torch.int64)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+    s, z = _bcast(scale, q, axis), _bcast(zp, q, axis)
+    return ((q.float() - z) * s).float()
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int, symmetric: bool,
+                  axis: int | None = None) -> torch.Tensor:
+    """Quantise-dequantise with a straight-through gradient (identity inside the range), as QAT needs:
+    the rounding's true gradient is zero almost everywhere (seed 002)."""
+    qmin, qmax = qrange(bits, symmetric)
+    s, z = _bcast(scale, x, axis).to(x.dtype), _bcast(zp, x, axis).to(x.dtype)
+    q = torch.clamp(torch.round(x / s) + z, qmin, qmax)
+    xq = (q - z) * s
+    return x + (xq - x).detach()
+
+
+def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool):
+    """(scale, zero_point, axis) from the weight's own min and max (per output channel or whole)."""
+    w = w.detach()
+    if per_channel and w.dim() > 1:
+        flat = w.reshape(w.shape[0], -1)
+        scale, zp = qparams(flat.min(1).values, flat.max(1).values, bits, symmetric)
+        return scale, zp, 0
+    scale, zp = qparams(w.min().reshape(1), w.max().reshape(1), bits, symmetric)
+    return scale, zp, None
+
+
+# ---------------------------------------------------------------- activation range calibration
+
+
+def percentile_range(x: torch.Tensor, pct: float) -> tuple[float, float]:
+    flat = x.detach().reshape(-1).float()
+    if flat.numel() > 2_000_000:  # quantile's input limit; a seeded subsample keeps it exact enough
+        flat = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:2_000_000]]
+    lo = torch.quantile(flat, (100 - pct) / 100).item()
+    hi = torch.quantile(flat, pct / 100).item()
+    return min(lo, 0.0), max(hi, 0.0)
+
+
+def entropy_threshold(values: torch.Tensor, bits: int = 8, bins: int = 2048) -> float:
+    """TensorRT's KL-divergence calibration: the clipping threshold T on |x| whose 2^(b-1)-level
+    quantised histogram stays closest (in KL) to the reference histogram clipped at T."""
+    a = values.detach().abs().reshape(-1).double().numpy()
+    amax = float(a.max()) if a.size else 0.0
+    if amax == 0.0:
+        return 0.0
+    hist, edges = np.histogram(a, bins=bins, range=(0, amax))
+    levels = 1 << (bits - 1)
+    best_kl, best_i = math.inf, bins
+    for i in range(levels, bins + 1, max(1, bins // 256)):
+        ref = hist[:i].astype(np.float64).copy()
+        ref[i - 1] += hist[i:].sum()  # clipped mass folds into the last bin
+        # quantise the first i bins into `levels` groups, spreading each group's mass over its non-empty bins
+        groups = np.array_split(np.arange(i), levels)
+        q = np.zeros(i)
+        for g in groups:
+            nz = hist[g] > 0
+            if nz.any():
+                q[g[nz]] = hist[g].sum() / nz.sum()
+        p = ref / ref.sum()
+        qs = q.sum()
+        if qs == 0:
+            continue
+        q = q / qs
+        mask = p > 0
+        kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return float(edges[best_i])
+
+
+def calibrated_range(samples: torch.Tensor, method: str, percentile: float = 99.99,
+                     bits: int = 8) -> tuple[float, float]:
+    """Activation range from calibration samples: min-max, percentile, or entropy (KL)."""
+    if method == "minmax":
+        return min(samples.min().item(), 0.0), max(samples.max().item(), 0.0)
+    if method == "percentile":
+        return percentile_range(samples, percentile)
+    t = entropy_threshold(samples, bits)
+    lo = samples.min().item()
+    return (max(lo, -t) if lo < 0 else 0.0), min(max(samples.max().item(), 0.0), t)

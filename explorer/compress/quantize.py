@@ -1,0 +1,265 @@
+"""Quantisation: fp16/bf16, uniform k-bit (2-8) post-training quantisation of weights and optionally
+activations, static int8 with calibration, dynamic int8, quantisation-aware training with a
+straight-through estimator, and mixed precision chosen from measured per-layer sensitivity.
+
+The PyTorch model keeps float tensors whose values sit exactly on the integer grid (fake
+quantisation): its accuracy is the quantised model's accuracy, and the packed format stores the
+integer codes. The int8 modes also record the ONNX Runtime path (`state.deploy`) that the
+measurement step exports, so int8 gets real bytes and real speed, not only simulated accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from explorer.compress import qmath
+from explorer.compress.base import (
+    LAYER_CHOICES,
+    Compressed,
+    Context,
+    QuantRecord,
+    clone,
+    codebook_weight,
+    compressible,
+    finetune,
+    register_step,
+)
+from explorer.errors import bad_value, check_choice, check_range
+
+MODES = ("fp16", "bf16", "ptq", "static", "dynamic", "qat", "mixed")
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    bits: int = 8
+    mode: str = "ptq"
+    activation_bits: int = 0  # 0: weights only
+    symmetric: bool = True
+    per_channel: bool = True
+    calibration: str = "minmax"
+    calibration_samples: int = 256
+    percentile: float = 99.99
+    finetune_epochs: int = 0  # QAT epochs
+    lr: float = 1e-4
+    layers: str = "all"
+    budget_bits: float = 0.0  # mixed: average bits per quantised weight the mix must fit under
+
+    def __post_init__(self):
+        check_choice("mode", self.mode, MODES)
+        if self.mode in ("fp16", "bf16"):
+            if self.bits != 16:
+                raise bad_value("bits", self.bits, f"16 for mode {self.mode!r}")
+        elif self.mode in ("static", "dynamic"):
+            if self.bits != 8:
+                raise bad_value("bits", self.bits, f"8 for mode {self.mode!r} (the int8 runtime path)")
+        else:
+            check_range("bits", self.bits, 2, 8, integer=True)
+        if self.activation_bits != 0:
+            check_range("activation_bits", self.activation_bits, 2, 8, integer=True)
+        if self.mode == "dynamic" and self.activation_bits not in (0, 8):
+            raise bad_value("activation_bits", self.activation_bits, "8 (or 0) for dynamic quantisation")
+        check_choice("symmetric", self.symmetric, (True, False))
+        check_choice("per_channel", self.per_channel, (True, False))
+        check_choice("calibration", self.calibration, CALIBRATIONS)
+        check_range("calibration_samples", self.calibration_samples, 1, 100_000, integer=True)
+        check_range("percentile", self.percentile, 90.0, 100.0)
+        check_range("finetune_epochs", self.finetune_epochs, 0, 1000, integer=True)
+        if self.mode == "qat" and self.finetune_epochs == 0:
+            raise bad_value("finetune_epochs", 0, "at least 1 for quantisation-aware training")
+        check_range("lr", self.lr, 1e-7, 1.0)
+        check_choice("layers", self.layers, LAYER_CHOICES)
+        if self.mode == "mixed":
+            check_range("budget_bits", self.budget_bits, 2.0, float(self.bits))
+
+    @property
+    def act_bits(self) -> int:
+        if self.mode in ("static", "dynamic") and self.activation_bits == 0:
+            return 8
+        return self.activation_bits
+
+
+# ---------------------------------------------------------------- activations
+
+
+def _act_hook(lo: float, hi: float, bits: int, dynamic: bool):
+    scale, zp = qmath.qparams(torch.tensor([lo]), torch.tensor([hi]), bits, symmetric=False)
+
+    def hook(module, args):
+        x = args[0]
+        if dynamic:  # ranges measured on each input at run time, as dynamic quantisation does
+            s, z = qmath.qparams(x.detach().min().reshape(1), x.detach().max().reshape(1), bits, symmetric=False)
+        else:
+            s, z = scale, zp
+        return (qmath.fake_quantize(x, s, z, bits, symmetric=False), *args[1:])
+
+    hook.explorer_act_quant = True
+    return hook
+
+
+def remove_activation_quant(model: nn.Module) -> nn.Module:
+    for mod in model.modules():
+        for key, fn in list(mod._forward_pre_hooks.items()):
+            if getattr(fn, "explorer_act_quant", False):
+                del mod._forward_pre_hooks[key]
+    return model
+
+
+def attach_activation_quant(model: nn.Module, spec: dict | None) -> nn.Module:
+    """Quantise the input of each listed layer: fixed calibrated ranges, or per-input ranges when dynamic.
+    `spec` is plain data (it travels in the packed file): bits, dynamic, ranges {layer: [lo, hi]}."""
+    remove_activation_quant(model)
+    if not spec:
+        return model
+    for name, (lo, hi) in spec["ranges"].items():
+        model.get_submodule(name).register_forward_pre_hook(_act_hook(lo, hi, spec["bits"], spec["dynamic"]))
+    return model
+
+
+@torch.no_grad()
+def collect_inputs(model: nn.Module, names: list[str], x: torch.Tensor, per_layer_cap: int = 500_000):
+    """The inputs each named layer sees on x (subsampled past `per_layer_cap` values)."""
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    handles = []
+    for n in names:
+        def grab(mod, args, _n=n):
+            seen[_n].append(args[0].detach().reshape(-1))
+        handles.append(model.get_submodule(n).register_forward_pre_hook(grab, prepend=True))
+    model.eval()
+    try:
+        for i in range(0, len(x), 256):
+            model(x[i:i + 256])
+    finally:
+        for h in handles:
+            h.remove()
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for n, parts in seen.items():
+        v = torch.cat(parts)
+        out[n] = v[torch.randperm(v.numel(), generator=g)[:per_layer_cap]] if v.numel() > per_layer_cap else v
+    return out
+
+
+def calibrate(model: nn.Module, names: list[str], x: torch.Tensor, cfg: QuantizeConfig) -> dict:
+    inputs = collect_inputs(model, names, x)
+    ranges = {n: list(qmath.calibrated_range(v, cfg.calibration, cfg.percentile, cfg.act_bits))
+              for n, v in inputs.items()}
+    return {"bits": cfg.act_bits, "dynamic": cfg.mode == "dynamic", "ranges": ranges,
+            "method": cfg.calibration, "samples": len(x)}
+
+
+# ---------------------------------------------------------------- weights
+
+
+def quantize_weights(model: nn.Module, names: list[str], bits: dict[str, int] | int, cfg: QuantizeConfig,
+                     state) -> None:
+    """Snap each weight onto its grid in place and record how (QuantRecord). A clustered weight keeps
+    its codebook: the centroids are quantised (per tensor), so it keeps at most k distinct values."""
+    with torch.no_grad():
+        for name in names:
+            b = bits[name] if isinstance(bits, dict) else bits
+            p = model.get_parameter(name)
+            cb = state.codebooks.get(name)
+            if cb is not None:
+                scale, zp, axis = qmath.weight_qparams(cb.centroids, b, cfg.symmetric, per_channel=False)
+                codes = qmath.quantize(cb.centroids, scale, zp, b, cfg.symmetric)
+                cb.centroids.copy_(qmath.dequantize(codes, scale, zp))
+                p.copy_(codebook_weight(cb, state.masks.get(name)))
+            else:
+                scale, zp, axis = qmath.weight_qparams(p, b, cfg.symmetric, cfg.per_channel)
+                p.copy_(qmath.dequantize(qmath.quantize(p, scale, zp, b, cfg.symmetric, axis), scale, zp, axis))
+            state.quant[name] = QuantRecord(b, cfg.symmetric, axis, scale.clone(), zp.clone())
+
+
+class _FakeQuantWeight(nn.Module):
+    """Parametrization for QAT: the forward pass sees the quantised weight, the gradient flows straight
+    through to the float weight (STE)."""
+
+    def __init__(self, bits: int, symmetric: bool, per_channel: bool):
+        super().__init__()
+        self.bits, self.symmetric, self.per_channel = bits, symmetric, per_channel
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        scale, zp, axis = qmath.weight_qparams(w, self.bits, self.symmetric, self.per_channel)
+        return qmath.fake_quantize(w, scale, zp, self.bits, self.symmetric, axis)
+
+
+def _layer_names(model: nn.Module, cfg: QuantizeConfig) -> tuple[list[str], list[str]]:
+    mods = compressible(model, cfg.layers)
+    if not mods:
+        raise ValueError(f"layers={cfg.layers!r} selects no Conv2d or Linear layer in this model")
+    return [n for n, _ in mods], [f"{n}.weight" for n, _ in mods]
+
+
+def _qat(model: nn.Module, layers: list[str], cfg: QuantizeConfig, ctx: Context) -> dict:
+    for n in layers:
+        parametrize.register_parametrization(model.get_submodule(n), "weight",
+                                             _FakeQuantWeight(cfg.bits, cfg.symmetric, cfg.per_channel))
+    try:
+        report = finetune(model, ctx, cfg.finetune_epochs, cfg.lr, "quantisation-aware training")
+    finally:
+        for n in layers:  # keep the float weights; quantize_weights snaps them onto the grid next
+            parametrize.remove_parametrizations(model.get_submodule(n), "weight", leave_parametrized=False)
+    return report
+
+
+def apply(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> Compressed:
+    t0 = time.perf_counter()
+    model = clone(model).eval()
+    state = ctx.state.copy()
+    ctx = dataclasses.replace(ctx, state=state)
+    info: dict = {"mode": cfg.mode, "bits": cfg.bits, "activation_bits": cfg.act_bits}
+    if cfg.mode in ("fp16", "bf16"):
+        dtype = torch.float16 if cfg.mode == "fp16" else torch.bfloat16
+        with torch.no_grad():
+            for k, t in model.state_dict().items():
+                if t.is_floating_point():
+                    t.copy_(t.to(dtype).float())
+                    state.float_format[k] = cfg.mode
+        state.notes.append(f"{cfg.mode} halves the stored weights; compute stays fp32 on a CPU without native "
+                           f"{cfg.mode} kernels, so CPU latency does not drop (seed 003: it depends on the hardware).")
+        info["seconds"] = round(time.perf_counter() - t0, 3)
+        state.info.setdefault("quantize", []).append(info)
+        return Compressed(model, state)
+
+    layers, weights = _layer_names(model, cfg)
+    if cfg.mode == "mixed":
+        from explorer.compress.mixed import choose_bits
+
+        bits, info["sensitivity"] = choose_bits(model, weights, cfg, ctx)
+    else:
+        bits = {w: cfg.bits for w in weights}
+    spec = None
+    if cfg.act_bits:
+        data = ctx.need_data("activation quantisation (calibration samples)")
+        calib = data.calibration(min(cfg.calibration_samples, len(data.train)), seed=ctx.seed)
+        spec = calibrate(model, layers, calib, cfg)
+    if cfg.mode == "qat":
+        attach_activation_quant(model, spec)  # training sees the quantised activations too
+        info["finetune"] = _qat(model, layers, cfg, ctx)
+        remove_activation_quant(model)
+        if spec and not spec["dynamic"]:  # ranges move during training: calibrate again
+            spec = calibrate(model, layers, calib, cfg)
+    quantize_weights(model, weights, bits, cfg, state)
+    state.activations = spec
+    attach_activation_quant(model, spec)
+    if cfg.mode in ("static", "dynamic"):
+        state.deploy = {"engine": "onnxruntime", "mode": cfg.mode, "per_channel": cfg.per_channel,
+                        "symmetric": cfg.symmetric, "calibration": cfg.calibration,
+                        "calibration_samples": cfg.calibration_samples}
+    if cfg.mode == "dynamic":
+        state.notes.append("Dynamic int8 quantises activations at run time; for convolutions ONNX Runtime uses "
+                           "ConvInteger, which is often slower than fp32 on x86 (seed 000 saw the same).")
+    info["layer_bits"] = {w: bits[w] for w in weights}
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    state.info.setdefault("quantize", []).append(info)
+    return Compressed(model, state)
+
+
+register_step("quantize", QuantizeConfig)(apply)

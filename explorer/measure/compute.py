@@ -1,0 +1,86 @@
+"""MACs per forward pass (torch.utils.flop_counter) and peak memory (CPU resident-set growth, GPU
+allocator peak)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from explorer.compress.quantize import remove_activation_quant
+
+
+def macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
+    """Dense multiply-accumulates for one sample, in total and per layer (FLOPs / 2). Unstructured zeros
+    are still multiplied by dense kernels, so they do not lower this figure."""
+    m = remove_activation_quant(copy.deepcopy(model)).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        m(torch.zeros(1, *input_shape))
+    root = type(m).__name__
+    per_layer = {}
+    leaves = {n for n, mod in m.named_modules() if n and not list(mod.children())}
+    for key, ops in counter.get_flop_counts().items():
+        name = key[len(root) + 1:] if key.startswith(root + ".") else None
+        if name in leaves:
+            per_layer[name] = int(sum(ops.values()) // 2)
+    return {"total": int(counter.get_total_flops() // 2), "per_layer": per_layer}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_growth(fn: Callable[[], Any], interval_s: float = 0.002) -> tuple[Any, int | None]:
+    """Run fn while sampling the resident set; return (fn's result, peak growth in bytes). None where
+    /proc is missing (not Linux)."""
+    try:
+        start = _rss_bytes()
+    except OSError:
+        return fn(), None
+    peak = [start]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(interval_s)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        out = fn()
+    finally:
+        done.set()
+        t.join()
+    peak[0] = max(peak[0], _rss_bytes())
+    return out, max(0, peak[0] - start)
+
+
+def inference_memory(model: nn.Module, input_shape: tuple[int, ...], batch: int = 256) -> dict:
+    x = torch.zeros(batch, *input_shape)
+    model = model.eval()
+
+    def run():
+        with torch.inference_mode():
+            return model(x)
+
+    run()  # the first call allocates kernels' workspaces; measure the steady state's peak over it too
+    _, cpu = peak_rss_growth(run)
+    out: dict[str, Any] = {"batch": batch, "cpu_rss_growth_bytes": cpu, "gpu_peak_bytes": None}
+    if torch.cuda.is_available():
+        m = copy.deepcopy(model).cuda()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            m(x.cuda())
+        torch.cuda.synchronize()
+        out["gpu_peak_bytes"] = int(torch.cuda.max_memory_allocated())
+    return out

@@ -1,0 +1,111 @@
+"""ONNX export, the int8 path through ONNX Runtime's quantisation tools, and ONNX Runtime accuracy.
+
+The float model is exported without the explorer's simulated activation quantisation; the int8 model
+is ONNX Runtime's own QDQ quantisation of that export (per-channel weights, calibrated activations),
+which its graph optimiser turns into integer kernels: real int8 bytes and real int8 speed.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from explorer.compress.quantize import remove_activation_quant
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported; the message is the exporter's reason."""
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | os.PathLike, *,
+                half: bool = False) -> None:
+    """Export with a dynamic batch axis; TorchScript-based exporter first (fast), dynamo as a fallback."""
+    m = remove_activation_quant(copy.deepcopy(model)).eval()
+    x = torch.zeros(1, *input_shape)
+    if half:
+        m, x = m.half(), x.half()
+    errors = []
+    for dynamo in (False, True):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                kw = ({"dynamic_shapes": ({0: torch.export.Dim("batch")},)} if dynamo else
+                      {"dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}, "opset_version": 17})
+                torch.onnx.export(m, (x,), str(path), dynamo=dynamo, input_names=["input"], output_names=["logits"],
+                                  **kw)
+            return
+        except Exception as e:
+            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {str(e).splitlines()[0][:200]}")
+    raise ExportError("; ".join(errors))
+
+
+class _Reader:
+    """ONNX Runtime calibration data reader over explorer calibration samples."""
+
+    def __init__(self, name: str, x: np.ndarray, batch: int = 32):
+        self.batches = iter([{name: x[i:i + batch]} for i in range(0, len(x), batch)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, mode: str = "static",
+                  calibration: np.ndarray | None = None, per_channel: bool = True, method: str = "minmax") -> None:
+    """ONNX Runtime quantisation: static QDQ (U8 activations, S8 weights) calibrated on `calibration`,
+    or dynamic (weights int8, activation ranges at run time)."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        except Exception:  # pre-processing is an optimisation; quantise the plain export if it fails
+            pre = Path(fp32_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if mode == "dynamic":
+                quantize_dynamic(str(pre), str(out_path), per_channel=per_channel, weight_type=QuantType.QInt8)
+                return
+            if calibration is None or len(calibration) == 0:
+                raise ValueError("static int8 quantisation needs calibration samples")
+            import onnx
+
+            name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+            cal = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                   "entropy": CalibrationMethod.Entropy}[method]
+            quantize_static(str(pre), str(out_path), _Reader(name, calibration.astype(np.float32)),
+                            quant_format=QuantFormat.QDQ, per_channel=per_channel, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=cal,
+                            extra_options={"CalibPercentile": 99.99} if method == "percentile" else None)
+
+
+def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 512, threads: int = 1) -> np.ndarray:
+    from explorer.measure.latency import ort_session
+
+    sess = ort_session(str(path), threads)
+    name = sess.get_inputs()[0].name
+    dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32
+    outs = [sess.run(None, {name: x[i:i + batch].astype(dtype)})[0] for i in range(0, len(x), batch)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray) -> dict:
+    """top-1/3/5 of an ONNX model on (x, y), computed like the PyTorch figures."""
+    from explorer.train import topk_accuracy
+
+    logits = torch.from_numpy(onnx_logits(path, x))
+    return topk_accuracy(logits, torch.from_numpy(y))

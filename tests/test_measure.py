@@ -1,0 +1,143 @@
+import gzip
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from explorer.baselines import baseline_data, load_baseline
+from explorer.compress import compress
+from explorer.compress.cluster import ClusterConfig
+from explorer.compress.prune import PruneConfig
+from explorer.compress.quantize import QuantizeConfig
+from explorer.measure import compute, size
+from explorer.measure.hardware import describe, hardware
+from explorer.measure.latency import measure_latency, summarise, torch_cuda
+from explorer.measure.onnx_export import export_onnx, onnx_accuracy, quantize_int8
+from explorer.train import evaluate, predict_logits
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    model, card = load_baseline("models/digits_cnn-digits.safetensors")
+    return model, baseline_data(card)
+
+
+KINDS = {
+    "unstructured": [PruneConfig(sparsity=0.8)],
+    "structured": [PruneConfig(granularity="channel", sparsity=0.5)],
+    "clustered": [ClusterConfig(clusters=16)],
+    "fp16": [QuantizeConfig(mode="fp16", bits=16)],
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_onnx_export_gives_the_same_top1_as_pytorch(baseline, kind, tmp_path):
+    model, data = baseline
+    m = compress(model, KINDS[kind], data).model
+    export_onnx(m, data.input_shape, tmp_path / "m.onnx")
+    x, y = data.test.x.numpy(), data.test.y.numpy()
+    ours = evaluate(m, data.test)
+    theirs = onnx_accuracy(tmp_path / "m.onnx", x, y)
+    assert theirs["top1"] == ours["top1"] and theirs["top5"] == ours["top5"]
+    from explorer.measure.onnx_export import onnx_logits
+
+    np.testing.assert_allclose(onnx_logits(tmp_path / "m.onnx", x), predict_logits(m, data.test.x).numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_int8_onnx_within_half_a_point_of_pytorch(baseline, tmp_path):
+    model, data = baseline
+    m = compress(model, [QuantizeConfig(mode="static")], data).model
+    export_onnx(m, data.input_shape, tmp_path / "m.onnx")
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", calibration=data.calibration(256).numpy())
+    ours = evaluate(m, data.test)["top1"]
+    theirs = onnx_accuracy(tmp_path / "q.onnx", data.test.x.numpy(), data.test.y.numpy())["top1"]
+    assert abs(theirs - ours) <= 0.5 + 1e-9
+    assert os.path.getsize(tmp_path / "q.onnx") < 0.4 * os.path.getsize(tmp_path / "m.onnx")
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_dynamic_int8_onnx(baseline, tmp_path):
+    model, data = baseline
+    export_onnx(model, data.input_shape, tmp_path / "m.onnx")
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "d.onnx", mode="dynamic")
+    acc = onnx_accuracy(tmp_path / "d.onnx", data.test.x.numpy(), data.test.y.numpy())["top1"]
+    assert acc >= evaluate(model, data.test)["top1"] - 2
+
+
+def test_latency_results_carry_hardware_and_statistics(baseline, tmp_path):
+    model, data = baseline
+    export_onnx(model, data.input_shape, tmp_path / "m.onnx")
+    lat = measure_latency(model, data.input_shape, onnx_fp32=str(tmp_path / "m.onnx"), batches=(1, 8),
+                          budget_s=0.05)
+    hw = lat["hardware"]
+    assert hw["cpu"] and isinstance(hw["isa"], list) and hw["threads"] == 1 and "gpu" in hw
+    for engine in ("torch_cpu_fp32", "onnxruntime_cpu_fp32"):
+        for b in ("b1", "b8"):
+            r = lat["engines"][engine][b]
+            assert r["available"] and r["runs"] >= 10 and 0 < r["median_ms"] <= r["p90_ms"]
+    int8 = lat["engines"]["onnxruntime_cpu_int8"]["b1"]
+    assert int8 == {"available": False, "reason": "no int8 model (the recipe has no int8 step)"}
+    assert "thread" in describe(hw)
+
+
+def test_gpu_path_is_skipped_cleanly_without_cuda(baseline):
+    model, data = baseline
+    if torch.cuda.is_available():
+        r = torch_cuda(model, data.test.x[:4], torch.float16)
+        assert r["available"] and r["median_ms"] > 0
+        return
+    r = torch_cuda(model, data.test.x[:4], torch.float32)
+    assert r == {"available": False, "reason": "no CUDA GPU on this machine"}
+    assert hardware(1)["gpu"] is None
+    assert "GPU: not available on this machine" in describe(hardware(1))
+
+
+def test_summarise_median_and_p90():
+    s = summarise([5.0, 1.0, 2.0, 4.0, 3.0, 10.0, 6.0, 7.0, 8.0, 9.0])
+    assert s["median_ms"] == 5.5 and s["p90_ms"] == 9.0 and s["min_ms"] == 1.0 and s["runs"] == 10
+
+
+def test_sizes_come_from_real_files(baseline, tmp_path):
+    model, _ = baseline
+    n = size.write_checkpoint(model, tmp_path / "m.safetensors")
+    assert n == os.path.getsize(tmp_path / "m.safetensors")
+    tensors = size.state_dict_bytes(model)
+    assert tensors == sum(t.numel() * 4 for t in model.state_dict().values())
+    check = size.check_file_against_tensors(n, tensors, len(model.state_dict()))
+    assert check["consistent"]
+    g = size.gzip_file(tmp_path / "m.safetensors", tmp_path / "m.gz")
+    assert g == len(gzip.compress((tmp_path / "m.safetensors").read_bytes(), 9, mtime=0))
+    half = size.write_checkpoint(model, tmp_path / "h.safetensors", {k: "fp16" for k in model.state_dict()})
+    assert abs(half - n / 2) < 0.05 * n
+    rf = size.reduction_factors({"file_bytes": half, "gzip_bytes": g}, n, {"gzip_bytes": g})
+    assert rf["vs_fp32_file"]["file_bytes"] == round(n / half, 4) and rf["same_kind"]["gzip_bytes"] == 1.0
+
+
+def test_macs_match_hand_count(baseline):
+    model, data = baseline
+    m = compute.macs(model, data.input_shape)
+    # conv: out_h*out_w*out_c*in_c*k*k; linear: in*out
+    expected = {"features.0": 8 * 8 * 16 * 1 * 9, "features.2": 8 * 8 * 32 * 16 * 9, "features.5": 4 * 4 * 64 * 32 * 9,
+                "classifier.1": 256 * 64, "classifier.4": 64 * 10}
+    assert m["per_layer"] == expected and m["total"] == sum(expected.values())
+
+
+def test_structured_pruning_lowers_macs_and_unstructured_does_not(baseline):
+    model, data = baseline
+    dense = compute.macs(model, data.input_shape)["total"]
+    assert compute.macs(compress(model, KINDS["unstructured"], data).model, data.input_shape)["total"] == dense
+    assert compute.macs(compress(model, KINDS["structured"], data).model, data.input_shape)["total"] < 0.5 * dense
+
+
+def test_peak_rss_growth_sees_an_allocation():
+    def alloc():
+        a = np.ones(50_000_000, dtype=np.uint8)  # 50 MB touched
+        return int(a[::4096].sum())
+
+    _, growth = compute.peak_rss_growth(alloc)
+    assert growth is None or growth > 30_000_000
