@@ -60,6 +60,44 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, default=None)
     t.add_argument("--models-dir", default=None)
 
+    r = sub.add_parser("run", help="run one recipe on a committed baseline and print its result")
+    r.add_argument("--recipe", required=True, help="recipe JSON file")
+    r.add_argument("--json", action="store_true", help="print the whole RunResult as JSON")
+    r.add_argument("--out", default=None, help="also write the result (and, with measurement, the files) here")
+
+    w = sub.add_parser("sweep", help="run a grid of recipes through the cache and write a results CSV")
+    w.add_argument("--model", default="digits_cnn")
+    w.add_argument("--dataset", default="digits")
+    w.add_argument("--sparsity", default="0,0.5,0.75,0.9,0.95")
+    w.add_argument("--bits", default="32,16,8,4", help="32 = none, 16 = fp16, 8 = static int8, 2-7 = k-bit weights")
+    w.add_argument("--clusters", default="0,16", help="0 = off")
+    w.add_argument("--granularity", default="unstructured")
+    w.add_argument("--schedule", default="oneshot")
+    w.add_argument("--finetune-epochs", default="2")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--backend", default="local", help="local (process pool) or ray")
+    w.add_argument("--workers", type=int, default=None)
+    w.add_argument("--out", required=True, help="results CSV")
+    w.add_argument("--no-latency", action="store_true", help="skip latency timing")
+
+    rp = sub.add_parser("report", help="standalone HTML report of a sweep's CSV")
+    rp.add_argument("results")
+    rp.add_argument("--html", required=True)
+    rp.add_argument("--title", default="Compression trade-offs")
+
+    rc = sub.add_parser("recommend", help="the sweet spot of a sweep's CSV under constraints")
+    rc.add_argument("results")
+    rc.add_argument("--max-drop", type=float, default=None, help="largest top-1 loss in points")
+    rc.add_argument("--size-budget-kb", type=float, default=None)
+    rc.add_argument("--latency-budget-ms", type=float, default=None)
+    rc.add_argument("--objective", default="smallest", help="smallest, fastest or most_accurate")
+    rc.add_argument("--size", default="packed_bytes", help="size column: packed_bytes, gzip_bytes, onnx_int8_bytes ...")
+    rc.add_argument("--latency", default="lat_onnxruntime_cpu_int8_b256_ms", help="latency column")
+
+    ca = sub.add_parser("cache", help="inspect or clear the run cache")
+    ca.add_argument("action", choices=["ls", "verify", "clear"])
+    ca.add_argument("--fix", action="store_true", help="verify: remove bad entries")
+
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
     e = dsub.add_parser("export", help="write the exact preprocessed tensors the explorer evaluates on")
@@ -83,6 +121,135 @@ def _train(a: argparse.Namespace) -> int:
     card = train_baseline(a.model, a.dataset, root=a.root, cfg=cfg, model_kwargs=kw, image_size=a.image_size,
                           models_dir=a.models_dir or MODELS_DIR, progress=ProgressLine(f"train {a.model}"))
     print(json.dumps({k: card[k] for k in ("name", "accuracy", "params", "file_bytes")}, indent=2))
+    return 0
+
+
+@command("run")
+def _run(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from explorer.recipe import Recipe
+    from explorer.runner import run_recipe
+
+    recipe = Recipe.from_file(a.recipe)
+    result = run_recipe(recipe, workdir=a.out, progress=ProgressLine(f"run {recipe.label()}"))
+    if a.out:
+        (Path(a.out) / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        (Path(a.out) / "recipe.json").write_text(recipe.to_json() + "\n")
+    print(json.dumps(result, indent=2) if a.json else summary(result))
+    return 0
+
+
+def _kib(n) -> str:
+    return "n/a" if n is None else f"{n / 1024:,.1f} KiB"
+
+
+def _lat(entry: dict) -> str:
+    return f"{entry['median_ms']:.3f} ms (p90 {entry['p90_ms']:.3f})" if entry.get("available") else "not available"
+
+
+def summary(result: dict) -> str:
+    """What a person reads: accuracy and delta, sparsity, sizes, latency, per-layer table, seconds."""
+    acc, base, sz, rf = result["accuracy"], result["baseline_accuracy"], result["size"], result["reduction_factor"]
+    lines = [f"{result['label']}  ({result['model']} on {result['dataset']}, {result['test_samples']} test images)",
+             f"  top-1 {acc['top1']:.2f}%  top-3 {acc['top3']:.2f}%  top-5 {acc['top5']:.2f}%  "
+             f"delta {result['accuracy_delta']:+.2f} points vs {base['top1']:.2f}% (measured on the unpacked model)",
+             f"  parameters {result['params']:,} ({result['nonzero_params']:,} non-zero), weight sparsity "
+             f"{result['sparsity']:.1%}, MACs {result['macs']:,}",
+             "  sizes: " + ", ".join(f"{k.replace('_bytes', '')} {_kib(sz.get(k))}"
+                                     + (f" ({rf['vs_fp32_file'][k]:.2f}x)" if k in rf["vs_fp32_file"] else "")
+                                     for k in ("file_bytes", "gzip_bytes", "packed_bytes", "onnx_bytes",
+                                               "onnx_int8_bytes"))]
+    for engine, per_batch in (result.get("latency") or {}).items():
+        if any(v.get("available") for v in per_batch.values()):
+            lines.append(f"  latency {engine}: " + ", ".join(f"{b} {_lat(v)}" for b, v in per_batch.items()))
+    if result.get("hardware"):
+        from explorer.measure.hardware import describe
+
+        lines.append(f"  hardware: {describe(result['hardware'])}")
+    for layer in result["layers"]:
+        lines.append(f"    {layer['layer']:<24} {layer['shape']:<14} sparsity {layer['sparsity']:6.1%}  "
+                     f"distinct {layer['distinct']:>6}  bits {layer['bits']:>2}  packed {layer['packed_bytes']:>8,} B")
+    steps = ", ".join(f"{s['kind']} {s['seconds']:.2f}s" for s in result["timings"]["steps"])
+    lines.append(f"  seconds: prepare {result['timings']['total_prepare']:.2f} ({steps}), "
+                 f"latency {result['timings'].get('latency', 0):.2f}")
+    lines += [f"  note: {n}" for n in result.get("notes", [])]
+    return "\n".join(lines)
+
+
+@command("sweep")
+def _sweep(a: argparse.Namespace) -> int:
+    from explorer.sweep import Grid, parse_list, run_sweep
+
+    grid = Grid(model=a.model, dataset=a.dataset, sparsity=parse_list(a.sparsity, float, "sparsity"),
+                bits=parse_list(a.bits, int, "bits"), clusters=parse_list(a.clusters, int, "clusters"),
+                granularity=parse_list(a.granularity, str, "granularity"),
+                schedule=parse_list(a.schedule, str, "schedule"),
+                finetune_epochs=parse_list(a.finetune_epochs, int, "finetune-epochs"), seed=a.seed)
+    recipes = grid.recipes()
+    t0 = time.perf_counter()
+
+    def progress(done: int, total: int, eta: float | None) -> None:
+        left = "" if eta is None else f", about {eta:.0f}s left"
+        sys.stderr.write(f"sweep: {done}/{total} runs{left} [{time.perf_counter() - t0:.0f}s]\n")
+        sys.stderr.flush()
+
+    df = run_sweep(recipes, backend=a.backend, workers=a.workers, progress=progress, latency=not a.no_latency)
+    df.to_csv(a.out, index=False)
+    failed = int((df["status"] != "ok").sum())
+    hits = int(df["cache_hit"].fillna(False).astype(bool).sum())
+    print(f"{len(df)} runs ({hits} from the cache, {failed} failed) in {time.perf_counter() - t0:.1f}s -> {a.out}")
+    return 0
+
+
+@command("report")
+def _report(a: argparse.Namespace) -> int:
+    from explorer.report import read_results, write_report
+
+    n = write_report(read_results(a.results), a.html, title=a.title)
+    print(f"wrote {a.html} ({n / 1024:,.0f} KiB, opens offline)")
+    return 0
+
+
+@command("recommend")
+def _recommend(a: argparse.Namespace) -> int:
+    from explorer.metrics import sweet_spot
+    from explorer.report import read_results
+
+    df = read_results(a.results)
+    for col in (a.size, a.latency):
+        if col not in df.columns:
+            raise ValueError(f"column {col!r} is not in {a.results}; columns: {', '.join(df.columns)}")
+    pick = sweet_spot(df, max_drop=a.max_drop, objective=a.objective, size_col=a.size, latency_col=a.latency,
+                      size_budget=None if a.size_budget_kb is None else a.size_budget_kb * 1024,
+                      latency_budget=a.latency_budget_ms)
+    if pick.row is None:
+        print(f"error: {pick.reason}", file=sys.stderr)
+        return 1
+    print(pick.reason)
+    print(pick.row["recipe_json"])
+    return 0
+
+
+@command("cache")
+def _cache(a: argparse.Namespace) -> int:
+    from explorer.cache import RunCache
+
+    cache = RunCache()
+    if a.action == "ls":
+        for e in cache.entries():
+            print(f"{e['key']}  {e.get('status', '?'):6}  {e['bytes'] / 1024:10,.1f} KiB  {e.get('last_used', '')}  "
+                  f"{e.get('label', '')}")
+        print(f"{cache.total_bytes() / 2**20:,.1f} MiB in {cache.root}", file=sys.stderr)
+    elif a.action == "verify":
+        bad = cache.verify(fix=a.fix)
+        for b in bad:
+            print(f"{b['key']}: {b['problem']}")
+        print(f"{len(bad)} bad entr{'y' if len(bad) == 1 else 'ies'}{' removed' if a.fix and bad else ''}",
+              file=sys.stderr)
+        return 1 if bad and not a.fix else 0
+    else:
+        print(f"removed {cache.clear()} entries from {cache.root}")
     return 0
 
 

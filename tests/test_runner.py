@@ -1,0 +1,111 @@
+import json
+import os
+
+import pytest
+import torch
+
+from explorer import pack, runner
+from explorer.cli import main
+from explorer.compress.prune import PruneConfig
+from explorer.compress.quantize import QuantizeConfig
+from explorer.measure.onnx_export import ExportError
+from explorer.recipe import Recipe
+from explorer.train import evaluate
+
+DESIGN_KEYS = {"recipe", "key", "accuracy", "baseline_accuracy", "accuracy_delta", "sparsity", "params",
+               "nonzero_params", "macs", "size", "reduction_factor", "latency", "hardware", "layers", "timings",
+               "status", "versions"}
+
+
+@pytest.fixture(scope="module")
+def run90(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    recipe = Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.9, finetune_epochs=1), QuantizeConfig(bits=4)))
+    return recipe, out, runner.run_recipe(recipe, workdir=out)
+
+
+def test_run_result_has_the_design_keys(run90):
+    _, _, res = run90
+    assert DESIGN_KEYS <= set(res) and res["status"] == "ok"
+    assert set(res["accuracy"]) >= {"top1", "top3", "top5"}
+    assert set(res["size"]) == {"state_dict_bytes", "file_bytes", "gzip_bytes", "zstd_bytes", "packed_bytes",
+                                "onnx_bytes", "onnx_int8_bytes"}
+    assert res["versions"]["torch"] == torch.__version__
+    json.dumps(res)  # JSON-able all the way down
+
+
+def test_sizes_are_the_files_written_and_factors_follow(run90):
+    _, out, res = run90
+    for kind, name in (("packed_bytes", "model.xpk"), ("file_bytes", "model.safetensors"),
+                       ("gzip_bytes", "model.safetensors.gz"), ("onnx_bytes", "model.onnx"),
+                       ("onnx_int8_bytes", "model.int8.onnx")):
+        assert res["size"][kind] == os.path.getsize(out / name), kind
+    base = res["baseline_size"]["file_bytes"]
+    assert base == os.path.getsize("models/digits_cnn-digits.safetensors")
+    assert res["reduction_factor"]["vs_fp32_file"]["packed_bytes"] == pytest.approx(base / res["size"]["packed_bytes"],
+                                                                                    abs=1e-4)
+    assert res["size"]["packed_bytes"] < 0.12 * base
+    assert res["size_check"]["consistent"]
+
+
+def test_accuracy_is_measured_on_the_model_rebuilt_from_the_packed_file(run90):
+    _, out, res = run90
+    from explorer.baselines import baseline_data, read_card
+
+    data = baseline_data(read_card("models/digits_cnn-digits.safetensors"))
+    model = pack.unpack((out / "model.xpk").read_bytes()).model
+    acc = evaluate(model, data.test)
+    assert res["accuracy"]["top1"] == acc["top1"] and res["accuracy"]["top5"] == acc["top5"]
+    assert res["accuracy_delta"] == pytest.approx(acc["top1"] - res["baseline_accuracy"]["top1"])
+    assert abs(res["onnx"]["fp32"]["accuracy"]["top1"] - acc["top1"]) < 1e-9
+
+
+def test_per_layer_table_and_histograms(run90):
+    _, _, res = run90
+    layers = res["layers"]
+    assert [r["layer"] for r in layers] == ["features.0", "features.2", "features.5", "classifier.1", "classifier.4"]
+    for r in layers:
+        assert r["bits"] == 4 and r["distinct"] <= 2 ** 4 * int(r["shape"].split("x")[0]) and r["packed_bytes"] > 0
+    assert sum(r["macs"] for r in layers) == res["macs"]
+    h = res["histograms"]["features.2"]
+    assert sum(h["before"]) == sum(h["after"]) == 32 * 16 * 9
+
+
+def test_latency_carries_hardware_and_gpu_says_not_available(run90):
+    _, _, res = run90
+    assert res["hardware"]["cpu"] and res["latency_threads"] == 1
+    assert res["latency"]["torch_cpu_fp32"]["b256"]["available"]
+    assert res["latency"]["onnxruntime_cpu_int8"]["b1"]["available"]
+    if not torch.cuda.is_available():
+        assert res["latency"]["torch_cuda_fp32"]["b1"] == {"available": False, "reason": "no CUDA GPU on this machine"}
+
+
+def test_a_model_that_does_not_export_still_returns_a_result(monkeypatch, tmp_path):
+    def refuse(*a, **k):
+        raise ExportError("torchscript exporter: unsupported operator aten::frobnicate")
+
+    monkeypatch.setattr(runner, "export_onnx", refuse)
+    res = runner.run_recipe(Recipe(model="digits_cnn"), workdir=tmp_path, latency=True)
+    assert res["status"] == "ok" and res["size"]["onnx_bytes"] is None
+    assert "frobnicate" in res["onnx"]["fp32"]["reason"]
+    assert res["latency"]["onnxruntime_cpu_fp32"]["b1"]["available"] is False
+    assert "frobnicate" in res["latency"]["onnxruntime_cpu_fp32"]["b1"]["reason"]
+    assert res["latency"]["torch_cpu_fp32"]["b1"]["available"]
+
+
+def test_cli_run_json_and_out(tmp_path, capsys):
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"model": "digits_cnn", "steps": [{"kind": "quantize", "mode": "fp16", "bits": 16}]}))
+    assert main(["run", "--recipe", str(recipe), "--json", "--out", str(tmp_path / "o")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["label"] == "fp16" and abs(res["accuracy_delta"]) < 0.1
+    assert res["size"]["file_bytes"] == os.path.getsize(tmp_path / "o" / "model.safetensors")
+    assert (tmp_path / "o" / "result.json").is_file() and (tmp_path / "o" / "model.onnx").is_file()
+
+
+def test_cli_run_bad_recipe_is_one_line(tmp_path, capsys):
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"model": "digits_cnn", "steps": [{"kind": "prune", "sparsity": 1.2}]}))
+    assert main(["run", "--recipe", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sparsity=1.2 must be a number in [0.0, 0.99]" in err
