@@ -1,15 +1,187 @@
-"""plotly figures: pure functions of DataFrames, shared by the UI and the HTML report."""
+"""plotly figures: pure functions of DataFrames and RunResults, shared by the UI and the HTML report.
+Hovering a point shows the run's full configuration."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from explorer.metrics import normalized_ad_rf, pareto_front
+
+SIZE_LABELS = {"file_bytes": "checkpoint (fp32/fp16 file)", "gzip_bytes": "gzip of checkpoint",
+               "zstd_bytes": "zstd of checkpoint", "packed_bytes": "packed .xpk", "onnx_bytes": "ONNX fp32",
+               "onnx_int8_bytes": "ONNX int8"}
+ENGINE_LABELS = {"torch_cpu_fp32": "PyTorch eager CPU fp32", "onnxruntime_cpu_fp32": "ONNX Runtime CPU fp32",
+                 "onnxruntime_cpu_int8": "ONNX Runtime CPU int8", "torch_cuda_fp32": "PyTorch CUDA fp32",
+                 "torch_cuda_fp16": "PyTorch CUDA fp16", "torch_cuda_bf16": "PyTorch CUDA bf16",
+                 "onnxruntime_cuda_fp32": "ONNX Runtime CUDA fp32"}
+
+
+def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
+    fig.update_layout(title=title, margin={"t": 50, "b": 10, "l": 10, "r": 10}, legend_title_text="", **kw)
+    return fig
+
+
+def _ok_rows(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
+    """Successful runs that have every column asked for (a table of no runs has no columns)."""
+    if df.empty or any(c not in df.columns for c in ("status", *cols)):
+        return df.iloc[0:0]
+    ok = df[df["status"] == "ok"]
+    return ok.dropna(subset=list(cols)).copy() if cols else ok.copy()
+
+
+def _config_text(df: pd.DataFrame) -> pd.Series:
+    """The full recipe, one step per line, for hover boxes."""
+    def one(js):
+        try:
+            steps = json.loads(js).get("steps", [])
+        except (TypeError, ValueError):
+            return ""
+        return "<br>".join(", ".join(f"{k}={v}" for k, v in s.items()) for s in steps) or "baseline (no step)"
+    return df.get("recipe_json", pd.Series("", index=df.index)).map(one)
+
 
 def params_per_layer(layers: pd.DataFrame, title: str = "Parameters per layer") -> go.Figure:
     """Bar chart of parameters per weighted layer (seed 004: find where the size lives)."""
-    fig = px.bar(layers, x="layer", y="params", color="type", hover_data=["shape", "params"], title=title)
-    fig.update_layout(xaxis_title="layer", yaxis_title="parameters", xaxis_tickangle=-45,
-                      legend_title_text="layer type", margin={"t": 50, "b": 10})
-    return fig
+    fig = px.bar(layers, x="layer", y="params", color="type", hover_data=["shape", "params"])
+    fig.update_layout(xaxis_title="layer", yaxis_title="parameters", xaxis_tickangle=-45)
+    return _layout(fig, title)
+
+
+def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str = "bits") -> go.Figure:
+    """Top-1 against requested sparsity, one line per bit-width (or technique), current run marked
+    (seed 004: "plot a sparsity vs accuracy curve to visualise and determine the sweet spot")."""
+    ok = _ok_rows(df, "top1", "sparsity_requested")
+    fig = go.Figure()
+    if ok.empty:
+        return _layout(fig, "Sparsity vs accuracy (no runs yet)")
+    ok["config"] = _config_text(ok)
+    group = by if by in ok.columns else "technique"
+    for (gval, clusters), part in ok.groupby([group, "clusters"], dropna=False):
+        part = part.sort_values("sparsity_requested")
+        name = f"{gval}-bit" if group == "bits" and gval not in (16, 32) else (
+            {16: "fp16", 32: "fp32"}.get(gval, str(gval)) if group == "bits" else str(gval))
+        if clusters:
+            name += f", {int(clusters)} clusters"
+        fig.add_trace(go.Scatter(
+            x=part["sparsity_requested"], y=part["top1"], mode="lines+markers", name=name,
+            customdata=np.stack([part["label"], part["config"], part["packed_bytes"]], axis=1),
+            hovertemplate="<b>%{customdata[0]}</b><br>sparsity %{x:.2f}, top-1 %{y:.2f}%<br>packed %{customdata[2]:,} B"
+                          "<br>%{customdata[1]}<extra></extra>"))
+    if current_key is not None and (ok["key"] == current_key).any():
+        cur = ok[ok["key"] == current_key].iloc[0]
+        fig.add_trace(go.Scatter(x=[cur["sparsity_requested"]], y=[cur["top1"]], mode="markers", name="current",
+                                 marker={"size": 16, "symbol": "star", "color": "crimson", "line": {"width": 1}},
+                                 hovertemplate=f"<b>current: {cur['label']}</b><extra></extra>"))
+    fig.update_layout(xaxis_title="sparsity (requested)", yaxis_title="top-1 accuracy (%)")
+    return _layout(fig, "Sparsity vs accuracy")
+
+
+def size_bars(result: dict) -> go.Figure:
+    """Bytes of each artifact, measured from files, with the reduction factor against the fp32 file."""
+    sizes, base = result["size"], result["baseline_size"]["file_bytes"]
+    rows = [(SIZE_LABELS[k], v, base / v) for k, v in sizes.items() if k in SIZE_LABELS and v]
+    fig = go.Figure(go.Bar(x=[r[0] for r in rows], y=[r[1] for r in rows],
+                           text=[f"{r[2]:.1f}x" for r in rows], textposition="outside",
+                           hovertemplate="%{x}: %{y:,} bytes<extra></extra>", marker_color="#4c78a8"))
+    fig.add_hline(y=base, line_dash="dash", annotation_text=f"fp32 baseline file {base:,} B")
+    fig.update_layout(yaxis_title="bytes (measured from files)", yaxis_type="log")
+    return _layout(fig, "Size of each artifact (factor vs the fp32 baseline file)")
+
+
+def ad_rf_ranking(df: pd.DataFrame, size_col: str = "gzip_bytes", current_key: str | None = None) -> go.Figure:
+    """Seed 001's normalised AD x RF across the runs compared, best first."""
+    ok = _ok_rows(df, size_col, "accuracy_delta")
+    if len(ok) < 2:
+        return _layout(go.Figure(), "Normalised AD x RF (needs at least two runs)")
+    kind = size_col.replace("_bytes", "")
+    # like-for-like (seed 001 divides gzip by gzip) where the baseline has that kind, else vs the fp32 file
+    same = ok.get(f"rf_same_{kind}", pd.Series(np.nan, index=ok.index))
+    rf = same.where(same.notna(), ok[f"rf_{kind}"]).astype(float)
+    ok["score"] = normalized_ad_rf(ok["accuracy_delta"].to_numpy(), rf.to_numpy())
+    ok = ok.sort_values("score")
+    colors = ["crimson" if k == current_key else "#4c78a8" for k in ok["key"]]
+    fig = go.Figure(go.Bar(x=ok["score"], y=ok["label"], orientation="h", marker_color=colors,
+                           customdata=np.stack([ok["accuracy_delta"], rf.loc[ok.index]], axis=1),
+                           hovertemplate="%{y}<br>score %{x:.3f}<br>AD %{customdata[0]:+.2f} points, "
+                                         "RF %{customdata[1]:.2f}x<extra></extra>"))
+    fig.update_layout(xaxis_title="normalised AD x RF (z-score across these runs)", height=max(300, 22 * len(ok)))
+    return _layout(fig, f"Normalised AD x RF ({SIZE_LABELS.get(size_col, size_col)})")
+
+
+def latency_bars(result: dict) -> go.Figure:
+    """Median latency per engine and batch with p90 whiskers; engines that cannot run are left out
+    (the page lists them with their reasons)."""
+    rows = []
+    for engine, per_batch in (result.get("latency") or {}).items():
+        for b, v in per_batch.items():
+            if v.get("available"):
+                rows.append({"engine": ENGINE_LABELS.get(engine, engine), "batch": f"batch {b[1:]}",
+                             "median_ms": v["median_ms"], "p90_ms": v["p90_ms"], "runs": v["runs"]})
+    fig = go.Figure()
+    if not rows:
+        return _layout(fig, "Measured latency (no engine could run)")
+    d = pd.DataFrame(rows)
+    for batch, part in d.groupby("batch", sort=False):
+        fig.add_trace(go.Bar(name=batch, x=part["engine"], y=part["median_ms"],
+                             error_y={"type": "data", "symmetric": False, "array": part["p90_ms"] - part["median_ms"]},
+                             customdata=part[["p90_ms", "runs"]].to_numpy(),
+                             hovertemplate="%{x}<br>median %{y:.3f} ms, p90 %{customdata[0]:.3f} ms, "
+                                           "%{customdata[1]} runs<extra></extra>"))
+    fig.update_layout(barmode="group", yaxis_title="median ms (whisker: p90)", yaxis_type="log")
+    return _layout(fig, "Measured latency")
+
+
+def pareto(df: pd.DataFrame, cost: str, cost_title: str, current_key: str | None = None) -> go.Figure:
+    """Top-1 against a cost (size or latency); the Pareto front joined, the current run highlighted."""
+    ok = _ok_rows(df, cost, "top1")
+    fig = go.Figure()
+    if ok.empty:
+        return _layout(fig, f"Pareto front: top-1 vs {cost_title} (no runs yet)")
+    ok["config"] = _config_text(ok)
+    ok["front"] = pareto_front(ok, cost)
+    fig.add_trace(go.Scatter(x=ok[cost], y=ok["top1"], mode="markers", name="runs",
+                             marker={"color": "#9ecae9", "size": 9},
+                             customdata=np.stack([ok["label"], ok["config"]], axis=1),
+                             hovertemplate="<b>%{customdata[0]}</b><br>%{x:,.4g}, top-1 %{y:.2f}%<br>"
+                                           "%{customdata[1]}<extra></extra>"))
+    front = ok[ok["front"]].sort_values(cost)
+    fig.add_trace(go.Scatter(x=front[cost], y=front["top1"], mode="lines+markers", name="Pareto front",
+                             line={"shape": "hv", "color": "#4c78a8"}, marker={"size": 10},
+                             customdata=np.stack([front["label"], front["config"]], axis=1),
+                             hovertemplate="<b>%{customdata[0]}</b> (front)<br>%{x:,.4g}, top-1 %{y:.2f}%<br>"
+                                           "%{customdata[1]}<extra></extra>"))
+    if current_key is not None and (ok["key"] == current_key).any():
+        cur = ok[ok["key"] == current_key].iloc[0]
+        fig.add_trace(go.Scatter(x=[cur[cost]], y=[cur["top1"]], mode="markers", name="current",
+                                 marker={"size": 16, "symbol": "star", "color": "crimson"},
+                                 hovertemplate=f"<b>current: {cur['label']}</b><extra></extra>"))
+    fig.update_layout(xaxis_title=cost_title, yaxis_title="top-1 accuracy (%)", xaxis_type="log")
+    return _layout(fig, f"Pareto front: top-1 vs {cost_title}")
+
+
+def layer_bars(layers: pd.DataFrame, column: str) -> go.Figure:
+    titles = {"params": "parameters", "sparsity": "sparsity", "bits": "bits per weight",
+              "packed_bytes": "bytes in the packed file", "macs": "MACs", "sensitivity": "top-1 drop (points)"}
+    fig = px.bar(layers, x="layer", y=column, color="type", hover_data=[c for c in ("shape", "params", "nonzero",
+                                                                                     "bits", "packed_bytes")
+                                                                        if c in layers])
+    fig.update_layout(yaxis_title=titles.get(column, column), xaxis_tickangle=-45)
+    return _layout(fig, f"Per layer: {titles.get(column, column)}")
+
+
+def weight_histogram(hist: dict, layer: str) -> go.Figure:
+    """Weight distribution before and after compression (seed 004 shows AlexNet's)."""
+    edges = np.asarray(hist["edges"])
+    mids = (edges[:-1] + edges[1:]) / 2
+    fig = go.Figure()
+    if hist.get("before") is not None:
+        fig.add_trace(go.Bar(x=mids, y=hist["before"], name="before", opacity=0.55))
+    fig.add_trace(go.Bar(x=mids, y=hist["after"], name="after", opacity=0.75))
+    fig.update_layout(barmode="overlay", xaxis_title="weight value", yaxis_title="count", yaxis_type="log",
+                      bargap=0)
+    return _layout(fig, f"Weights of {layer}: before and after")

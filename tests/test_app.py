@@ -1,31 +1,111 @@
 import ast
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.baselines import list_baselines
+from explorer.cache import RunCache
+from explorer.runner import run_key
+from explorer.ui import state
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_app_shows_the_digits_baseline_card():
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error
-    card = next(c for c in list_baselines() if c["name"] == at.sidebar.selectbox(key="baseline").value)
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Top-1"] == f"{card['accuracy']['top1']:.2f}%"
-    assert metrics["Parameters"] == f"{card['params']:,}"
-    assert at.get("plotly_chart"), "the parameters-per-layer chart is missing"
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    return RunCache(tmp_path / "cache")
 
 
-def test_app_switches_baseline():
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-    names = at.sidebar.selectbox(key="baseline").options
-    at.sidebar.selectbox(key="baseline").select(names[-1]).run()
+def _app(**query) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def _metrics(at) -> dict:
+    return {m.label: m.value for m in at.metric}
+
+
+def _controls(at) -> dict:
+    return {k: at.session_state[k] for k in state.DEFAULTS}
+
+
+def _stored(at, cache) -> dict:
+    cards = {c["name"]: c for c in list_baselines()}
+    recipe = state.to_recipe(_controls(at), cards[at.session_state["baseline"]])
+    res = cache.get(run_key(recipe))
+    assert res is not None, "the page's configuration is not in the cache"
+    return res
+
+
+def _assert_shows(at, res):
+    m = _metrics(at)
+    assert m["Top-1 (measured)"] == f"{res['accuracy']['top1']:.2f}%"
+    kib = res["size"]["packed_bytes"] / 1024
+    assert m["Packed size"] in (f"{kib:,.1f} KiB", f"{res['size']['packed_bytes']:,} B")
+    assert m["Weight sparsity"] == f"{res['sparsity']:.1%}"
+
+
+def test_sliders_drive_runs_and_the_page_shows_the_backend_result(cache):
+    at = _app()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    _assert_shows(at, _stored(at, cache))
+    at.sidebar.slider(key="sparsity").set_value(0.8).run()
     assert not at.exception
-    card = next(c for c in list_baselines() if c["name"] == names[-1])
-    assert {m.label: m.value for m in at.metric}["Top-1"] == f"{card['accuracy']['top1']:.2f}%"
+    _assert_shows(at, _stored(at, cache))
+    at.sidebar.select_slider(key="bits").set_value("4").run()
+    _assert_shows(at, _stored(at, cache))
+    at.sidebar.select_slider(key="clusters").set_value("16").run()
+    res = _stored(at, cache)
+    _assert_shows(at, res)
+    assert "cluster 16" in res["label"] and len(at.get("plotly_chart")) >= 6
+    assert dict(at.query_params) == {"sparsity": "0.8", "bits": "4", "clusters": "16"}
+
+
+def test_cached_configuration_rerenders_from_the_cache(cache):
+    at = _app()
+    n = len(cache.keys())
+    at.run()
+    assert not at.exception and len(cache.keys()) == n
+    assert "(from the cache)" in at.caption[-1].value
+
+
+def test_invalid_combination_shows_an_error_not_an_exception(cache):
+    at = _app(bits="4", quant_mode="static")
+    assert not at.exception
+    assert any("bits=4 must be 8 for mode 'static'" in e.value for e in at.error)
+    at.sidebar.select_slider(key="bits").set_value("8").run()  # fixing it brings the views back
+    assert not at.exception and not at.error and "Top-1 (measured)" in _metrics(at)
+
+
+def test_failed_run_shows_its_error_and_the_page_stays_usable(cache):
+    at = _app(granularity="nm", sparsity="0.5")  # nm uses layers=inner here, so it runs
+    assert not at.exception and not at.error
+    at.sidebar.selectbox(key="granularity").set_value("channel").run()
+    at.sidebar.slider(key="sparsity").set_value(0.99).run()
+    assert not at.exception
+    assert any("would remove every channel" in e.value for e in at.error)
+    at.sidebar.slider(key="sparsity").set_value(0.5).run()
+    assert not at.exception and not at.error
+
+
+def test_a_shared_link_reopens_the_same_view_and_bad_values_are_reported(cache):
+    at = _app(sparsity="0.75", clusters="16", baseline="nope", bits="99")
+    c = _controls(at)
+    assert c["sparsity"] == 0.75 and c["clusters"] == "16" and c["bits"] == "fp32"
+    warnings = [w.value for w in at.sidebar.warning]
+    assert any("baseline='nope' must be one of" in w for w in warnings)
+    assert any("bits='99' must be one of" in w for w in warnings)
+
+
+def test_baseline_tab_shows_the_card(cache):
+    at = _app()
+    card = next(c for c in list_baselines() if c["name"] == at.sidebar.selectbox(key="baseline").value)
+    m = _metrics(at)
+    assert m["Top-1"] == f"{card['accuracy']['top1']:.2f}%" and m["Parameters"] == f"{card['params']:,}"
 
 
 def test_ui_layer_has_no_torch_code():
@@ -38,3 +118,11 @@ def test_ui_layer_has_no_torch_code():
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             assert not any(n == "torch" or n.startswith("torch.") for n in names), f"{f.name} imports torch"
+
+
+def test_query_round_trip():
+    c = {**state.DEFAULTS, "sparsity": 0.9, "quant_acts": True}
+    q = state.to_query(c)
+    assert q == {"sparsity": "0.9", "quant_acts": "1"}
+    parsed, problems = state.parse_query(q, ["digits_cnn-digits"])
+    assert parsed == {"sparsity": 0.9, "quant_acts": True} and not problems

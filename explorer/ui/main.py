@@ -1,26 +1,39 @@
-"""The explorer page."""
+"""The explorer page: sidebar controls -> Recipe -> a run through the cache -> the views."""
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
-from explorer import baselines, plots
+from explorer import service
+from explorer.ui import controls as ui_controls
+from explorer.ui import panels, state, views
 
 
 @st.cache_data(show_spinner="Loading the baseline and measuring it on its test split...")
 def _describe(path: str, sha: str) -> dict:  # sha keys the cache on the file's bytes
-    return baselines.describe_baseline(path)
+    return service.describe_baseline(path)
 
 
-def _fmt_bytes(n: int) -> str:
-    return f"{n / 1024:,.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.2f} MiB"
+def _run(recipe) -> dict:
+    bar = st.progress(0.0, text="starting")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.progress(min(max(fraction, 0.0), 1.0), text=message)
+
+    with st.spinner(f"Running {recipe.label()} (cached configurations return at once)..."):
+        result = service.run(recipe, progress=progress)
+    bar.empty()
+    return result
 
 
 def main() -> None:
     st.set_page_config(page_title="Compression explorer", layout="wide")
+    t0 = time.perf_counter()
     st.title("Compression trade-off explorer")
     try:
-        cards = baselines.list_baselines()
+        cards = service.list_baselines()
     except ValueError as e:
         st.error(str(e))
         return
@@ -28,25 +41,54 @@ def main() -> None:
         st.error("No baselines in models/: train one with `python -m explorer train --model digits_cnn`.")
         return
     names = [c["name"] for c in cards]
-    name = st.sidebar.selectbox("Baseline model", names, index=0, key="baseline")
-    card = cards[names.index(name)]
+    c = ui_controls.sidebar(names)
+    card = cards[names.index(c["baseline"])]
+    st.caption(f"{card['architecture']} on {card['dataset']}: {card['params']:,} parameters, baseline top-1 "
+               f"{card['accuracy']['top1']:.2f}% on {card.get('test_samples', '?')} test images.")
+
+    result, error = None, None
     try:
-        info = _describe(card["path"], card.get("sha256", ""))
+        recipe = state.to_recipe(c, card)
     except ValueError as e:
-        st.error(str(e))
-        return
-    m = info["measured"]
-    st.subheader(f"{card['architecture']} on {card['dataset']}")
-    st.caption(f"Measured now on the {m['n']} test images, from the model rebuilt from "
-               f"`{card['file']}`; the card recorded top-1 {card['accuracy']['top1']:.2f}% at training.")
-    cols = st.columns(5)
-    cols[0].metric("Top-1", f"{m['top1']:.2f}%")
-    cols[1].metric("Top-3", f"{m['top3']:.2f}%")
-    cols[2].metric("Top-5", f"{m['top5']:.2f}%")
-    cols[3].metric("Parameters", f"{m['params']:,}")
-    cols[4].metric("File size", _fmt_bytes(m["file_bytes"]), help=f"{m['file_bytes']:,} bytes, measured from the file")
-    st.plotly_chart(plots.params_per_layer(info["layers"]), key="params_per_layer")
-    with st.expander("Per-layer table"):
-        st.dataframe(info["layers"], hide_index=True, key="layers_table")
-    with st.expander("Baseline card"):
-        st.json({k: v for k, v in card.items() if k != "path"})
+        recipe, error = None, f"Invalid combination: {e}"
+    if recipe is not None:
+        st.markdown(f"**Configuration:** {recipe.label()}")
+        try:
+            result = _run(recipe)
+        except ValueError as e:
+            error = str(e)
+        if result is not None and result.get("status") != "ok":
+            error, result = f"The run failed: {result.get('error')}", None
+    if error:
+        st.error(error)
+
+    tabs = st.tabs(["Overview", "Curves and Pareto", "Size and latency", "Layers", "Sweep", "Sweet spot", "Baseline"])
+    frame = service.frame(card["architecture"], card["dataset"], None if recipe is None else recipe.checkpoint)
+    key = result.get("key") if result else None
+    with tabs[0]:
+        if result:
+            views.headline(result)
+            st.dataframe(views.comparison_table(result), hide_index=True, key="comparison_table")
+            with st.expander("Recipe JSON (reproduce with `python -m explorer run --recipe FILE`)"):
+                st.json(result["recipe"])
+        else:
+            st.info("No result for this configuration; fix the error above and the views come back.")
+    with tabs[1]:
+        views.curves(frame, key)
+    with tabs[2]:
+        if result:
+            views.size_and_latency(result)
+    with tabs[3]:
+        if result:
+            views.layers(result, None)
+    with tabs[4]:
+        panels.sweep_panel(card, service)
+    with tabs[5]:
+        panels.sweet_spot_panel(frame, result, service)
+    with tabs[6]:
+        try:
+            panels.baseline_panel(_describe(card["path"], card.get("sha256", "")))
+        except ValueError as e:
+            st.error(str(e))
+    hit = (result or {}).get("cache", {}).get("hit")
+    st.caption(f"Rendered in {time.perf_counter() - t0:.2f} s" + (" (from the cache)" if hit else ""))

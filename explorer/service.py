@@ -1,0 +1,83 @@
+"""What the UI asks of the backend, in one place: baselines, a run through the cache, the table of
+cached runs for a baseline, sweeps and artifacts. Keeps torch out of the UI modules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from explorer import baselines
+from explorer.cache import RunCache
+from explorer.recipe import Recipe
+from explorer.sweep import recipe_for, results_frame, run_sweep
+from explorer.train import Progress
+
+_frames: dict[str, tuple[float, dict]] = {}  # result.json path -> (mtime, parsed): the curves re-read only new runs
+
+
+def cache() -> RunCache:
+    return RunCache()
+
+
+def list_baselines() -> list[dict]:
+    return baselines.list_baselines()
+
+
+def describe_baseline(path: str) -> dict:
+    return baselines.describe_baseline(path)
+
+
+def run(recipe: Recipe, progress: Progress | None = None) -> dict:
+    return cache().get_or_run(recipe, progress=progress)
+
+
+def cached_results(model: str, dataset: str, checkpoint: str | None = None) -> list[dict]:
+    """Every stored run of this baseline (light read: the result JSON of complete entries)."""
+    c = cache()
+    out = []
+    for key in c.keys():
+        path = c.root / key / "result.json"
+        if not (c.root / key / "manifest.json").is_file():
+            continue
+        try:
+            mtime = path.stat().st_mtime
+            hit = _frames.get(str(path))
+            if hit is None or hit[0] != mtime:
+                hit = (mtime, json.loads(path.read_text()))
+                _frames[str(path)] = hit
+        except (OSError, ValueError):
+            continue
+        r = hit[1]
+        rc = r.get("recipe", {})
+        if r.get("model") == model and r.get("dataset") == dataset and rc.get("checkpoint") == checkpoint:
+            out.append(r)
+    return out
+
+
+def frame(model: str, dataset: str, checkpoint: str | None = None) -> pd.DataFrame:
+    rows = cached_results(model, dataset, checkpoint)
+    df = results_frame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=["key", "label", "status", "top1", "accuracy_delta", "sparsity_requested",
+                                     "bits", "clusters", "packed_bytes", "recipe_json"])
+    return df
+
+
+def sweep(card: dict, *, sparsity, bits, clusters, epochs: int, granularity: str, progress=None) -> pd.DataFrame:
+    recipes = []
+    for s in sparsity:
+        for b in bits:
+            for c in clusters:
+                r = recipe_for(card["architecture"], card["dataset"], sparsity=s, bits=b, clusters=c,
+                               granularity=granularity, finetune_epochs=epochs)
+                if card.get("name") != f"{card['architecture']}-{card['dataset']}":
+                    r = Recipe(model=r.model, dataset=r.dataset, checkpoint=card["path"], steps=r.steps)
+                recipes.append(r)
+    return run_sweep(recipes, progress=progress, cache=cache())
+
+
+def artifact(key: str, name: str) -> bytes | None:
+    path = cache().artifact(key, name)
+    return Path(path).read_bytes() if path else None

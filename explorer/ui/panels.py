@@ -1,0 +1,107 @@
+"""Panels: the sweep launcher and its results, the sweet-spot picker with downloads, the baseline card."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from explorer import plots
+from explorer.metrics import sweet_spot
+from explorer.ui.views import fmt_bytes
+
+SIZE_COLS = {"packed .xpk": "packed_bytes", "gzip of checkpoint": "gzip_bytes", "ONNX int8": "onnx_int8_bytes",
+             "checkpoint file": "file_bytes"}
+LATENCY_COLS = {"ONNX Runtime int8, batch 256": "lat_onnxruntime_cpu_int8_b256_ms",
+                "ONNX Runtime fp32, batch 256": "lat_onnxruntime_cpu_fp32_b256_ms",
+                "PyTorch CPU, batch 256": "lat_torch_cpu_fp32_b256_ms",
+                "PyTorch CPU, batch 1": "lat_torch_cpu_fp32_b1_ms"}
+
+
+def sweep_panel(card: dict, backend) -> None:
+    st.markdown("Choose grid values and launch: every run goes through the cache (cached runs return at once), "
+                "compression runs in parallel, latency is timed one run at a time.")
+    c = st.columns(4)
+    sparsity = c[0].multiselect("Sparsity", [0.0, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.98], default=[0.0, 0.5, 0.9],
+                                key="sweep_sparsity")
+    bits = c[1].multiselect("Bits", [32, 16, 8, 6, 4, 3, 2], default=[32, 8], key="sweep_bits")
+    clusters = c[2].multiselect("Clusters (0 = off)", [0, 8, 16, 32, 64, 128, 256], default=[0],
+                                key="sweep_clusters")
+    epochs = c[3].number_input("Fine-tune epochs", 0, 20, value=2, key="sweep_epochs")
+    granularity = st.selectbox("Granularity", ["unstructured", "channel", "block"], key="sweep_granularity")
+    n = len(sparsity) * len(bits) * len(clusters)
+    if st.button(f"Run sweep ({n} configurations)", key="sweep_run", disabled=n == 0):
+        bar = st.progress(0.0, text="starting the sweep")
+
+        def progress(done, total, eta):
+            left = "" if eta is None else f", about {eta:.0f} s left"
+            bar.progress(done / max(total, 1), text=f"{done}/{total} runs{left}")
+
+        try:
+            df = backend.sweep(card, sparsity=sparsity, bits=bits, clusters=clusters, epochs=int(epochs),
+                               granularity=granularity, progress=progress)
+            st.session_state["sweep_frame"] = df
+            bar.progress(1.0, text=f"done: {len(df)} runs, {int((df['status'] != 'ok').sum())} failed")
+        except ValueError as e:
+            st.error(str(e))
+    df = st.session_state.get("sweep_frame")
+    if df is not None and not df.empty:
+        cols = [c for c in ("label", "status", "top1", "accuracy_delta", "sparsity", "packed_bytes", "gzip_bytes",
+                            "rf_packed", "lat_onnxruntime_cpu_int8_b256_ms", "error") if c in df]
+        st.dataframe(df[cols], hide_index=True, key="sweep_table")
+        st.download_button("Download results CSV", df.to_csv(index=False).encode(), "results.csv", "text/csv",
+                           key="sweep_csv")
+
+
+def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend) -> None:
+    if frame.empty or not frame["status"].eq("ok").any():
+        st.info("No runs yet for this baseline: move the sliders or run a sweep first.")
+        return
+    c = st.columns(4)
+    max_drop = c[0].number_input("Max top-1 drop (points)", 0.0, 100.0, value=1.0, step=0.25, key="ss_drop")
+    size_kb = c[1].number_input("Size budget (KB, 0 = none)", 0.0, 1e7, value=0.0, key="ss_size")
+    lat_ms = c[2].number_input("Latency budget (ms, 0 = none)", 0.0, 1e5, value=0.0, key="ss_lat")
+    objective = c[3].selectbox("Objective", ["smallest", "fastest", "most_accurate"], key="ss_objective")
+    size_label = st.radio("Size measured as", list(SIZE_COLS), horizontal=True, key="ss_size_kind")
+    lat_label = st.radio("Latency measured as", list(LATENCY_COLS), horizontal=True, key="ss_lat_kind")
+    pick = sweet_spot(frame, max_drop=max_drop, size_budget=size_kb * 1024 or None, latency_budget=lat_ms or None,
+                      objective=objective, size_col=SIZE_COLS[size_label], latency_col=LATENCY_COLS[lat_label])
+    if pick.row is None:
+        st.error(pick.reason)
+        return
+    st.success(pick.reason)
+    row = pick.row
+    base = {"top-1 (%)": row["baseline_top1"], "packed bytes": None, "checkpoint bytes": None}
+    st.dataframe(pd.DataFrame({
+        "figure": ["top-1 (%)", "accuracy delta (points)", "packed .xpk", "ONNX int8", "gzip of checkpoint",
+                   "ONNX Runtime int8 batch 256 (ms)"],
+        "baseline": [base["top-1 (%)"], 0.0, None, None, None, None],
+        "recommended": [row["top1"], row["accuracy_delta"], fmt_bytes(row.get("packed_bytes")),
+                        fmt_bytes(row.get("onnx_int8_bytes")), fmt_bytes(row.get("gzip_bytes")),
+                        row.get("lat_onnxruntime_cpu_int8_b256_ms")]}).astype(str), hide_index=True, key="ss_table")
+    recipe_json = json.dumps(json.loads(row["recipe_json"]), indent=2)
+    st.code(recipe_json, language="json")
+    d = st.columns(3)
+    d[0].download_button("Recipe JSON", recipe_json.encode(), "recipe.json", "application/json", key="dl_recipe",
+                         help="Reproduce with: python -m explorer run --recipe recipe.json --out DIR")
+    for col, (name, label) in zip(d[1:], (("model.onnx", "ONNX model"), ("model.xpk", "Packed .xpk")), strict=True):
+        data = backend.artifact(row["key"], name)
+        col.download_button(label, data or b"", name, disabled=data is None, key=f"dl_{name}")
+
+
+def baseline_panel(info: dict) -> None:
+    card, m = info["card"], info["measured"]
+    st.caption(f"Measured now on the {m['n']} test images, from the model rebuilt from `{card['file']}`; the card "
+               f"recorded top-1 {card['accuracy']['top1']:.2f}% at training.")
+    cols = st.columns(5)
+    cols[0].metric("Top-1", f"{m['top1']:.2f}%")
+    cols[1].metric("Top-3", f"{m['top3']:.2f}%")
+    cols[2].metric("Top-5", f"{m['top5']:.2f}%")
+    cols[3].metric("Parameters", f"{m['params']:,}")
+    cols[4].metric("File size", fmt_bytes(m["file_bytes"]), help=f"{m['file_bytes']:,} bytes, measured from the file")
+    st.plotly_chart(plots.params_per_layer(info["layers"]), key="params_per_layer")
+    with st.expander("Per-layer table"):
+        st.dataframe(info["layers"], hide_index=True, key="layers_table")
+    with st.expander("Baseline card"):
+        st.json({k: v for k, v in card.items() if k != "path"})

@@ -1,0 +1,138 @@
+"""The views of the current run: headline figures, curves, size, latency, Pareto fronts, layers."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from explorer import plots
+from explorer.measure.hardware import describe
+
+ENGINES_SHOWN = ("torch_cpu_fp32", "onnxruntime_cpu_fp32", "onnxruntime_cpu_int8", "torch_cuda_fp32",
+                 "torch_cuda_fp16")
+
+
+def fmt_bytes(n) -> str:
+    if n is None or pd.isna(n):
+        return "n/a"
+    n = int(n)
+    return f"{n:,} B" if n < 1024 else f"{n / 1024:,.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.2f} MiB"
+
+
+def _lat(result: dict, engine: str, batch: str):
+    v = (result.get("latency") or {}).get(engine, {}).get(batch, {})
+    return v.get("median_ms") if v.get("available") else None
+
+
+def headline(result: dict) -> None:
+    acc = result["accuracy"]
+    sz, rf = result["size"], result["reduction_factor"]["vs_fp32_file"]
+    c = st.columns(5)
+    c[0].metric("Top-1 (measured)", f"{acc['top1']:.2f}%", f"{result['accuracy_delta']:+.2f} pts",
+                help="Measured on the PyTorch model rebuilt from the packed file.")
+    c[1].metric("Packed size", fmt_bytes(sz["packed_bytes"]), f"{rf.get('packed_bytes', 0):.1f}x smaller",
+                help="Bytes of the .xpk file, measured. Factor vs the fp32 baseline file.")
+    c[2].metric("Weight sparsity", f"{result['sparsity']:.1%}")
+    torch_ms, int8_ms = _lat(result, "torch_cpu_fp32", "b256"), _lat(result, "onnxruntime_cpu_int8", "b256")
+    c[3].metric("PyTorch CPU, batch 256", f"{torch_ms:.2f} ms" if torch_ms else "n/a")
+    c[4].metric("ONNX Runtime int8, batch 256", f"{int8_ms:.2f} ms" if int8_ms else "n/a")
+    for note in result.get("notes", []):
+        st.info(note)
+    for note in surprises(result):
+        st.warning(note)
+
+
+def surprises(result: dict) -> list[str]:
+    """Figures that will surprise a user, with the reason beside them (DESIGN: honest measurement)."""
+    out = []
+    sz, base = result["size"], result["baseline_size"]
+    if result["sparsity"] > 0.3 and sz["file_bytes"] >= 0.95 * base["file_bytes"]:
+        out.append(f"The checkpoint file is no smaller than the dense one ({fmt_bytes(sz['file_bytes'])}): the "
+                   f"zeros are stored. The packed file, which skips them, is {fmt_bytes(sz['packed_bytes'])}.")
+    fp32 = _lat(result, "onnxruntime_cpu_fp32", "b256")
+    int8 = _lat(result, "onnxruntime_cpu_int8", "b256")
+    if fp32 and int8 and int8 > fp32:
+        isa = result.get("hardware", {}).get("isa", [])
+        why = ("this CPU has no VNNI int8 dot-product instructions" if "avx512_vnni" not in isa and
+               "avx_vnni" not in isa else "at this size the quantise/dequantise steps cost more than the int8 "
+               "arithmetic saves")
+        mode = (result.get("onnx", {}).get("int8") or {}).get("mode")
+        if mode == "dynamic":
+            why = "dynamic quantisation computes activation ranges at run time and uses ConvInteger for convolutions"
+        out.append(f"int8 is slower than fp32 here ({int8:.2f} ms vs {fp32:.2f} ms at batch 256): {why}.")
+    params_drop = 1 - result["params"] / max(result["baseline_params"], 1)
+    for p in (result.get("compression", {}).get("prune") or []):
+        if p.get("granularity") == "channel" and params_drop > p.get("requested", 0) + 0.1:
+            out.append(f"Channel pruning at ratio {p['requested']:.2f} removed {params_drop:.0%} of the parameters: "
+                       "each removed channel also removes the next layer's matching input weights.")
+    return out
+
+
+def comparison_table(result: dict) -> pd.DataFrame:
+    acc, base = result["accuracy"], result["baseline_accuracy"]
+    sz, bsz = result["size"], result["baseline_size"]
+    rows = [("top-1 (%)", base["top1"], acc["top1"]), ("top-3 (%)", base["top3"], acc["top3"]),
+            ("top-5 (%)", base["top5"], acc["top5"]), ("parameters", result["baseline_params"], result["params"]),
+            ("non-zero parameters", None, result["nonzero_params"]), ("MACs per image", None, result["macs"]),
+            ("checkpoint file (bytes)", bsz["file_bytes"], sz["file_bytes"]),
+            ("gzip of checkpoint (bytes)", bsz["gzip_bytes"], sz["gzip_bytes"]),
+            ("packed .xpk (bytes)", None, sz["packed_bytes"]), ("ONNX fp32 (bytes)", None, sz["onnx_bytes"]),
+            ("ONNX int8 (bytes)", None, sz["onnx_int8_bytes"])]
+    for engine in ENGINES_SHOWN[:3]:
+        for b in ("b1", "b256"):
+            rows.append((f"{plots.ENGINE_LABELS[engine]}, batch {b[1:]} (median ms)", None, _lat(result, engine, b)))
+    df = pd.DataFrame(rows, columns=["figure", "baseline", "this run"])
+    df["delta"] = df["this run"] - df["baseline"]
+    return df
+
+
+def curves(frame: pd.DataFrame, key: str | None) -> None:
+    if frame.empty or frame["status"].eq("ok").sum() < 2:
+        st.info("The curves fill in as runs accumulate: move the sliders, or launch a sweep in the Sweep tab.")
+    st.plotly_chart(plots.sparsity_accuracy(frame, key), key="chart_sparsity_accuracy")
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(plots.pareto(frame, "packed_bytes", "packed bytes", key), key="chart_pareto_size")
+    with right:
+        st.plotly_chart(plots.pareto(frame, "lat_onnxruntime_cpu_int8_b256_ms",
+                                     "ONNX Runtime int8 latency, batch 256 (ms)", key), key="chart_pareto_latency")
+    kind = st.radio("AD x RF size measure", ["gzip_bytes", "packed_bytes"], horizontal=True, key="adrf_kind",
+                    format_func=lambda k: plots.SIZE_LABELS[k])
+    st.plotly_chart(plots.ad_rf_ranking(frame, kind, key), key="chart_adrf")
+    st.caption("Normalised AD x RF (seed 001): accuracy delta times reduction factor, standardised across the runs "
+               "shown. It rewards runs that lose little accuracy for their compression, but is relative to this set "
+               "of runs, scores any run with no accuracy change as 0 whatever its size, and lets a tiny accuracy "
+               "gain beat any compression. Read it beside the Pareto fronts.")
+
+
+def size_and_latency(result: dict) -> None:
+    st.plotly_chart(plots.size_bars(result), key="chart_size")
+    th = result.get("theoretical") or {}
+    if th:
+        st.caption(f"Theoretical (not measured): {th.get('total_bytes', 0):,.0f} bytes from non-zeros x bits plus "
+                   "index overhead; the packed file adds its header and per-tensor parameters and may beat it with "
+                   "zstd. Every other figure here is read from a real file.")
+    st.plotly_chart(plots.latency_bars(result), key="chart_latency")
+    hw = result.get("hardware") or {}
+    st.caption(f"Hardware: {describe(hw)}. Median of repeated runs after warm-up, "
+               f"{result.get('latency_threads', '?')} thread(s); whiskers show p90.")
+    missing = [(e, v["b1"]["reason"]) for e, v in (result.get("latency") or {}).items()
+               if not v.get("b1", {}).get("available")]
+    if not hw.get("gpu"):
+        st.markdown("**GPU: not available on this machine.**")
+    for engine, reason in missing:
+        st.caption(f"{plots.ENGINE_LABELS.get(engine, engine)}: not available ({reason})")
+
+
+def layers(result: dict, sensitivity: dict | None) -> None:
+    table = pd.DataFrame(result["layers"])
+    if sensitivity:
+        table["sensitivity"] = table["layer"].map(sensitivity)
+    options = ["params", "sparsity", "bits", "packed_bytes", "macs"] + (["sensitivity"] if sensitivity else [])
+    col = st.radio("Per-layer figure", options, horizontal=True, key="layer_figure")
+    st.plotly_chart(plots.layer_bars(table, col), key="chart_layers")
+    st.dataframe(table, hide_index=True, key="layers_table_run")
+    hists = result.get("histograms") or {}
+    if hists:
+        layer = st.selectbox("Weight histogram of layer", list(hists), key="hist_layer")
+        st.plotly_chart(plots.weight_histogram(hists[layer], layer), key="chart_hist")

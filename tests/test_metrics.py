@@ -1,0 +1,81 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from explorer.metrics import accuracy_delta, normalized_ad_rf, pareto_front, reduction_factor, sweet_spot
+
+# Seed 001 (Ishtiaq et al.), section IV: accuracy delta (points), reduction factor, and Norm. AD x RF
+SEED_001 = [
+    ("Pruned (50% sparsity)", -0.12, 1.61, 0.493),
+    ("Pruned (75% sparsity)", -0.54, 1.60, 0.484),
+    ("Pruned (90% sparsity)", -3.21, 4.48, 0.317),
+    ("Pruned (95% sparsity)", -39.4, 6.01, -2.43),
+    ("Quantized (16-bit float)", 0.05, 1.97, 0.496),
+    ("Quantized (8-bit int)", -3.03, 4.21, 0.338),
+    ("Pru. (75%) + Quant. (8-bit int)", -1.05, 8.91, 0.379),
+    ("Pru. (90%) + Quant. (8-bit int)", -3.22, 14.14, -0.067),
+]
+
+
+def test_normalized_ad_rf_reproduces_seed_001_table():
+    ad = [r[1] for r in SEED_001]
+    rf = [r[2] for r in SEED_001]
+    got = normalized_ad_rf(ad, rf)
+    want = np.array([r[3] for r in SEED_001])
+    assert np.abs(got - want).max() <= 0.003
+    assert SEED_001[int(np.argmax(got))][0] == "Quantized (16-bit float)"
+
+
+def test_normalized_ad_rf_is_relative_and_validates():
+    s = normalized_ad_rf([-1, -2, -3], [2, 2, 2])
+    assert s.mean() == pytest.approx(0) and s.std(ddof=1) == pytest.approx(1)
+    assert list(normalized_ad_rf([0, 0], [1, 5])) == [0, 0]
+    with pytest.raises(ValueError, match="at least 2"):
+        normalized_ad_rf([1.0], [2.0])
+    with pytest.raises(ValueError, match="equal-length"):
+        normalized_ad_rf([1.0, 2.0], [2.0])
+
+
+def test_delta_and_reduction_factor():
+    assert accuracy_delta(97.35, 97.89) == pytest.approx(-0.54)
+    assert reduction_factor(48_380, 78_041) == pytest.approx(1.613, abs=1e-3)
+    with pytest.raises(ValueError, match="size_bytes=0 must be a positive byte count"):
+        reduction_factor(0, 10)
+
+
+TABLE = pd.DataFrame({
+    "label": ["base", "a", "b", "c", "d", "e"],
+    "status": ["ok"] * 5 + ["failed"],
+    "top1": [98.0, 97.5, 96.0, 98.0, 90.0, np.nan],
+    "accuracy_delta": [0.0, -0.5, -2.0, 0.0, -8.0, np.nan],
+    "packed_bytes": [160_000, 20_000, 5_000, 40_000, 3_000, np.nan],
+    "latency_ms": [2.0, 1.0, 0.5, 1.5, 0.2, np.nan],
+})
+
+
+def test_pareto_front_on_a_known_table():
+    front = pareto_front(TABLE, "packed_bytes")
+    # base is dominated by c (same top-1, smaller); a, b, c, d trade size for accuracy
+    assert list(TABLE.label[front]) == ["a", "b", "c", "d"]
+    lat = pareto_front(TABLE, "latency_ms")
+    assert list(TABLE.label[lat]) == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match="column='bytes' must be one of"):
+        pareto_front(TABLE, "bytes")
+
+
+def test_sweet_spot_picks_and_explains():
+    p = sweet_spot(TABLE, max_drop=1.0, objective="smallest")
+    assert p.row["label"] == "a" and "top-1 drop at most 1 points" in p.reason and "20,000" in p.reason
+    assert sweet_spot(TABLE, max_drop=2.0, objective="smallest").row["label"] == "b"
+    assert sweet_spot(TABLE, objective="most_accurate").row["label"] == "c"  # ties: the smaller run
+    assert sweet_spot(TABLE, max_drop=10, latency_budget=1.0, objective="most_accurate").row["label"] == "a"
+    assert sweet_spot(TABLE, objective="fastest").row["label"] == "d"
+
+
+def test_sweet_spot_names_the_constraint_no_run_meets():
+    p = sweet_spot(TABLE, max_drop=0.1, size_budget=10_000)
+    assert p.row is None and p.reason == "no run meets: size at most 10,000 bytes"
+    p = sweet_spot(TABLE, latency_budget=0.1)
+    assert p.row is None and "(no run meets it even alone)" in p.reason
+    with pytest.raises(ValueError, match="objective='cheapest' must be one of"):
+        sweet_spot(TABLE, objective="cheapest")

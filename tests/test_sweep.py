@@ -1,0 +1,115 @@
+import pandas as pd
+import pytest
+
+from explorer.cache import RunCache
+from explorer.cli import main
+from explorer.compress.prune import PruneConfig
+from explorer.recipe import Recipe
+from explorer.sweep import Grid, parse_list, recipe_for, results_frame, run_sweep
+
+SMALL = Grid(sparsity=(0.0, 0.5), bits=(32, 8), clusters=(0,), finetune_epochs=(0,))
+FIGURES = ["top1", "top5", "accuracy_delta", "packed_bytes", "file_bytes", "gzip_bytes", "onnx_bytes", "sparsity"]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    return RunCache(tmp_path / "cache")
+
+
+def test_grid_builds_distinct_recipes():
+    g = Grid(sparsity=(0.0, 0.5, 0.9), bits=(32, 16, 8, 4), clusters=(0, 16), finetune_epochs=(0, 2))
+    rs = g.recipes()
+    # at sparsity 0 the fine-tune epochs do not apply, so those points collapse
+    assert len(rs) == 4 * 2 * (1 + 2 * 2) and len({r.canonical_json() for r in rs}) == len(rs)
+    r = recipe_for("digits_cnn", sparsity=0.9, bits=8, clusters=16)
+    assert [type(s).__name__ for s in r.steps] == ["PruneConfig", "ClusterConfig", "QuantizeConfig"]
+    assert r.steps[2].mode == "static" and recipe_for("digits_cnn", bits=4).steps[0].mode == "ptq"
+    assert recipe_for("digits_cnn", bits=16).steps[0].mode == "fp16" and recipe_for("digits_cnn").steps == ()
+
+
+def test_bad_grid_values_are_named():
+    with pytest.raises(ValueError, match=r"bits=12 must be one of"):
+        Grid(bits=(12,))
+    with pytest.raises(ValueError, match="grid sparsity is empty"):
+        Grid(sparsity=())
+    with pytest.raises(ValueError, match=r"clusters=1 must be an integer in \[2, 256\]"):
+        Grid(clusters=(1,))
+    with pytest.raises(ValueError, match=r"sparsity='x' must be a comma-separated list of floats"):
+        parse_list("0.5,x", float, "sparsity")
+    with pytest.raises(ValueError, match="the sweep is empty"):
+        run_sweep([])
+
+
+def test_local_sweep_caches_and_does_not_recompute(cache):
+    seen = []
+    df = run_sweep(SMALL.recipes(), workers=2, cache=cache, latency=False,
+                   progress=lambda d, t, e: seen.append((d, t)))
+    assert len(df) == 4 and (df["status"] == "ok").all() and not df["cache_hit"].any()
+    assert seen[0] == (0, 4) and seen[-1] == (4, 4)
+    again = run_sweep(SMALL.recipes(), workers=2, cache=cache, latency=False)
+    assert again["cache_hit"].all()
+    pd.testing.assert_frame_equal(df[FIGURES], again[FIGURES])
+
+
+def test_failed_run_does_not_stop_the_sweep_and_resume_computes_only_the_rest(cache, tmp_path):
+    good = Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.3),))
+    # a 2:4 prune of a layer whose input size is 1 fails inside the run, not in the recipe
+    bad = Recipe(model="digits_cnn", steps=(PruneConfig(granularity="nm", sparsity=0.5),))
+    df = run_sweep([bad, good], workers=1, cache=cache, latency=False)
+    assert list(df["status"]) == ["failed", "ok"]
+    assert "multiple of 4" in df["error"].iloc[0]
+    assert cache.get(df["key"].iloc[1]) is not None and len(cache.keys()) == 1
+    # an interrupted sweep: one run in the cache already; only the other is computed
+    third = Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.4),))
+    df2 = run_sweep([good, third], workers=1, cache=cache, latency=False)
+    assert list(df2["cache_hit"]) == [True, False]
+
+
+def test_ray_backend_matches_local(cache, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    recipes = SMALL.recipes()
+    local = run_sweep(recipes, workers=2, cache=RunCache(tmp_path / "a"), latency=False)
+    try:
+        distributed = run_sweep(recipes, backend="ray", workers=2, cache=RunCache(tmp_path / "b"), latency=False)
+    finally:
+        ray.shutdown()
+    assert (distributed["status"] == "ok").all()
+    pd.testing.assert_frame_equal(local[FIGURES], distributed[FIGURES])
+
+
+def test_ray_address_that_does_not_answer_is_one_clear_error(cache, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    with pytest.raises(ValueError, match=r"RAY_ADDRESS='127.0.0.1:9' does not answer"):
+        run_sweep(SMALL.recipes()[:1], backend="ray", cache=cache, latency=False)
+    assert cache.keys() == []
+
+
+def test_results_frame_flattens_failed_and_ok_rows():
+    df = results_frame([{"status": "failed", "error": "boom", "label": "x", "recipe": {"steps": []}}])
+    assert df.loc[0, "error"] == "boom" and df.loc[0, "technique"] == "baseline"
+
+
+def test_cli_sweep_report_recommend(cache, tmp_path, capsys):
+    out = tmp_path / "results.csv"
+    assert main(["sweep", "--sparsity", "0,0.5", "--bits", "32,8", "--clusters", "0", "--finetune-epochs", "0",
+                 "--out", str(out), "--workers", "2"]) == 0
+    df = pd.read_csv(out)
+    assert len(df) == 4 and {"top1", "packed_bytes", "lat_onnxruntime_cpu_int8_b256_ms"} <= set(df.columns)
+    html = tmp_path / "report.html"
+    assert main(["report", str(out), "--html", str(html)]) == 0
+    text = html.read_text()
+    assert "Sparsity vs accuracy" in text and "Pareto front" in text and "plotly" in text and "<table" in text
+    capsys.readouterr()
+    assert main(["recommend", str(out), "--max-drop", "1", "--objective", "size"]) == 2  # bad objective name
+    assert "objective='size' must be one of" in capsys.readouterr().err
+    assert main(["recommend", str(out), "--max-drop", "1", "--objective", "smallest"]) == 0
+    text = capsys.readouterr().out
+    assert "smallest of" in text and '"steps"' in text
+    assert main(["recommend", str(out), "--max-drop", "0", "--size-budget-kb", "0.001"]) == 1
+    assert "no run meets" in capsys.readouterr().err
+    assert main(["sweep", "--bits", "12", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "bits=12 must be one of" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
