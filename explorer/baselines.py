@@ -20,7 +20,7 @@ from torch import nn
 
 import explorer
 from explorer.data import DataBundle, load_dataset
-from explorer.errors import bad_value
+from explorer.errors import bad_value, reason
 from explorer.train import Progress, TrainConfig, evaluate, fit, seed_everything
 from explorer.zoo import count_params, create_model
 
@@ -143,7 +143,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # weights_only refuses pickled code with UnpicklingError and others
-            raise ValueError(f"checkpoint {str(path)!r} was refused: {str(e).splitlines()[0]}") from None
+            raise ValueError(f"checkpoint {str(path)!r} was refused: {reason(e)}") from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -182,8 +182,11 @@ def load_baseline(weights: str | os.PathLike) -> tuple[nn.Module, dict]:
 def baseline_data(card: dict) -> DataBundle:
     """The dataset and split the baseline was trained and measured on."""
     kw = card["arch_kwargs"]
+    shape = kw.get("input_shape") or [kw.get("in_channels"), kw.get("image_size"), kw.get("image_size")]
+    if card["dataset"] == "digits":
+        return load_dataset("digits", seed=card.get("split_seed", 0))
     return load_dataset(card["dataset"], card.get("dataset_root"), seed=card.get("split_seed", 0),
-                        image_size=kw.get("image_size") if card["dataset"] != "digits" else None)
+                        image_size=shape[-1], channels=shape[0])
 
 
 def describe_baseline(weights: str | os.PathLike) -> dict:

@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--recipe", required=True, help="recipe JSON file")
     r.add_argument("--json", action="store_true", help="print the whole RunResult as JSON")
     r.add_argument("--out", default=None, help="also write the result (and, with measurement, the files) here")
+    r.add_argument("--checkpoint", default=None, help="your own model file instead of the recipe's baseline")
+    r.add_argument("--arch", default=None, help="zoo architecture of a state_dict checkpoint")
+    r.add_argument("--dataset", default=None, help="dataset of --checkpoint (default: the recipe's)")
+    r.add_argument("--root", default=None, help="local dataset folder for --dataset")
+
+    am = sub.add_parser("add-model", help="add your own model (state_dict + --arch, or ONNX/TorchScript/.pt2)")
+    am.add_argument("--checkpoint", required=True)
+    am.add_argument("--arch", default=None, help="zoo architecture of a state_dict (.safetensors/.pt/.pth)")
+    am.add_argument("--dataset", default="digits")
+    am.add_argument("--root", default=None)
+    am.add_argument("--name", default=None)
 
     w = sub.add_parser("sweep", help="run a grid of recipes through the cache and write a results CSV")
     w.add_argument("--model", default="digits_cnn")
@@ -132,6 +143,12 @@ def _run(a: argparse.Namespace) -> int:
     from explorer.runner import run_recipe
 
     recipe = Recipe.from_file(a.recipe)
+    if a.checkpoint:
+        from explorer.service import add_model
+
+        card = add_model(a.checkpoint, arch=a.arch, dataset=a.dataset or recipe.dataset, root=a.root, name=None)
+        recipe = Recipe(model=card["architecture"], dataset=card["dataset"], checkpoint=card["path"],
+                        seed=recipe.seed, steps=recipe.steps, name=recipe.name)
     result = run_recipe(recipe, workdir=a.out, progress=ProgressLine(f"run {recipe.label()}"))
     if a.out:
         (Path(a.out) / "result.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -142,6 +159,10 @@ def _run(a: argparse.Namespace) -> int:
 
 def _kib(n) -> str:
     return "n/a" if n is None else f"{n / 1024:,.1f} KiB"
+
+
+def _num(n) -> str:
+    return "n/a" if n is None else f"{n:,}"
 
 
 def _lat(entry: dict) -> str:
@@ -155,7 +176,7 @@ def summary(result: dict) -> str:
              f"  top-1 {acc['top1']:.2f}%  top-3 {acc['top3']:.2f}%  top-5 {acc['top5']:.2f}%  "
              f"delta {result['accuracy_delta']:+.2f} points vs {base['top1']:.2f}% (measured on the unpacked model)",
              f"  parameters {result['params']:,} ({result['nonzero_params']:,} non-zero), weight sparsity "
-             f"{result['sparsity']:.1%}, MACs {result['macs']:,}",
+             f"{result['sparsity']:.1%}, MACs {_num(result.get('macs'))}",
              "  sizes: " + ", ".join(f"{k.replace('_bytes', '')} {_kib(sz.get(k))}"
                                      + (f" ({rf['vs_fp32_file'][k]:.2f}x)" if k in rf["vs_fp32_file"] else "")
                                      for k in ("file_bytes", "gzip_bytes", "packed_bytes", "onnx_bytes",
@@ -169,7 +190,8 @@ def summary(result: dict) -> str:
         lines.append(f"  hardware: {describe(result['hardware'])}")
     for layer in result["layers"]:
         lines.append(f"    {layer['layer']:<24} {layer['shape']:<14} sparsity {layer['sparsity']:6.1%}  "
-                     f"distinct {layer['distinct']:>6}  bits {layer['bits']:>2}  packed {layer['packed_bytes']:>8,} B")
+                     f"distinct {layer['distinct']:>6}  bits {layer['bits']:>2}  "
+                     f"packed {_num(layer['packed_bytes']):>8} B")
     steps = ", ".join(f"{s['kind']} {s['seconds']:.2f}s" for s in result["timings"]["steps"])
     lines.append(f"  seconds: prepare {result['timings']['total_prepare']:.2f} ({steps}), "
                  f"latency {result['timings'].get('latency', 0):.2f}")
@@ -253,6 +275,19 @@ def _cache(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("add-model")
+def _add_model(a: argparse.Namespace) -> int:
+    from explorer.service import add_model
+
+    card = add_model(a.checkpoint, arch=a.arch, dataset=a.dataset, root=a.root, name=a.name)
+    acc = card["accuracy"]
+    print(f"added {card['name']} ({card['architecture']}, {card['params']:,} parameters) at {card['path']}: "
+          f"top-1 {acc['top1']:.2f}% on {card['test_samples']} {card['dataset']} test images")
+    if card.get("unsupported_reason"):
+        print(f"note: {card['unsupported_reason']}")
+    return 0
+
+
 @command("data")
 def _data(a: argparse.Namespace) -> int:
     import numpy as np
@@ -269,6 +304,8 @@ def _data(a: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from explorer.errors import reason
+
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -278,6 +315,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         kind = "" if isinstance(e, ValueError) else f"{type(e).__name__}: "
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = reason(e, 1000)
         print(f"error: {kind}{msg}", file=sys.stderr)
         return 2

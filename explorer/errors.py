@@ -31,3 +31,9 @@ def check_choice(field: str, value: object, choices: Iterable[object]) -> None:
     choices = list(choices)
     if value not in choices:
         raise bad_value(field, value, choices)
+
+
+def reason(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type where it has none), for one-line errors."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]

@@ -24,8 +24,9 @@ import torch
 
 import explorer
 from explorer import pack as packing
-from explorer.baselines import baseline_data, load_baseline, sha256_file, versions
+from explorer.baselines import baseline_data, load_baseline, read_card, sha256_file, versions
 from explorer.compress import compress
+from explorer.errors import reason
 from explorer.measure import compute, size
 from explorer.measure.hardware import hardware
 from explorer.measure.latency import measure_latency
@@ -127,8 +128,8 @@ def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> dict:
     try:
         export_onnx(model, data.input_shape, work / FILES["onnx"])
     except ExportError as e:
-        reason = f"ONNX export failed: {e}"
-        return {"fp32": {"available": False, "reason": reason}, "int8": {"available": False, "reason": reason}}
+        why = f"ONNX export failed: {e}"
+        return {"fp32": {"available": False, "reason": why}, "int8": {"available": False, "reason": why}}
     out["fp32"] = {"available": True, "bytes": (work / FILES["onnx"]).stat().st_size,
                    "accuracy": onnx_accuracy(work / FILES["onnx"], x, y)}
     deploy = state.deploy or {"mode": "static", "per_channel": True, "calibration": "minmax",
@@ -142,7 +143,7 @@ def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> dict:
                        "mode": deploy["mode"], "calibration": deploy.get("calibration"),
                        "from_recipe": not deploy.get("default", False)}
     except Exception as e:
-        out["int8"] = {"available": False, "reason": f"ONNX Runtime quantisation failed: {str(e).splitlines()[0]}"}
+        out["int8"] = {"available": False, "reason": f"ONNX Runtime quantisation failed: {reason(e)}"}
     return out
 
 
@@ -153,10 +154,16 @@ def prepare(recipe: Recipe, workdir: str | os.PathLike, *, progress: Progress | 
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     key = run_key(recipe)
+    card = read_card(recipe.checkpoint_path)
+    for field, want in (("architecture", recipe.model), ("dataset", recipe.dataset)):
+        if card[field] != want:
+            raise ValueError(f"checkpoint {str(recipe.checkpoint_path)!r} is a {card[field]!r} {field}, not the "
+                             f"recipe's {want!r}")
+    if recipe.checkpoint_path.suffix == ".onnx":
+        from explorer.onnx_runner import prepare_onnx
+
+        return prepare_onnx(recipe, work, key)
     baseline, card = load_baseline(recipe.checkpoint_path)
-    if card["architecture"] != recipe.model:
-        raise ValueError(f"checkpoint {str(recipe.checkpoint_path)!r} holds a {card['architecture']!r}, "
-                         f"not the recipe's model {recipe.model!r}")
     data = baseline_data(card)
     base_acc = evaluate(baseline, data.test)
     timings["load"] = round(time.perf_counter() - t0, 3)
@@ -228,6 +235,10 @@ def prepare(recipe: Recipe, workdir: str | os.PathLike, *, progress: Progress | 
 def time_run(result: dict[str, Any], workdir: str | os.PathLike, *, gpu: bool = True) -> dict[str, Any]:
     """Latency and inference memory of the artifacts in `workdir` (one run at a time: never in parallel)."""
     work = Path(workdir)
+    if result.get("format") == "onnx":
+        from explorer.onnx_runner import time_onnx
+
+        return time_onnx(result, work, threads(), latency_budget_s())
     t = time.perf_counter()
     model = packing.unpack((work / FILES["packed"]).read_bytes()).model
     shape = tuple(result["input_shape"])

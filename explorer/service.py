@@ -17,12 +17,62 @@ from explorer.train import Progress
 _frames: dict[str, tuple[float, dict]] = {}  # result.json path -> (mtime, parsed): the curves re-read only new runs
 
 
+def datasets() -> list[str]:
+    from explorer.data import list_datasets
+
+    return list_datasets()
+
+
+def architectures() -> list[str]:
+    from explorer.zoo import list_models
+
+    return list_models()
+
+
 def cache() -> RunCache:
     return RunCache()
 
 
 def list_baselines() -> list[dict]:
-    return baselines.list_baselines()
+    """The committed baselines, then the models users added (state_dicts and ONNX)."""
+    from explorer.byo import list_user_models
+
+    return baselines.list_baselines() + list_user_models()
+
+
+def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, name: str | None) -> dict:
+    """A state_dict with its architecture, or an ONNX/TorchScript/exported model without one."""
+    from explorer import byo
+
+    if arch:
+        return byo.add_state_dict_model(path, arch, dataset, root=root, name=name)
+    return byo.add_foreign_model(path, dataset, root=root, name=name)
+
+
+def check_upload(n_bytes: int, what: str) -> None:
+    from explorer.byo import check_upload_size
+
+    check_upload_size(n_bytes, what)
+
+
+def add_dataset_zip(zip_path: str, name: str) -> str:
+    """Extract an uploaded ImageFolder zip safely; returns the folder to use as the dataset root."""
+    from explorer import byo, safezip
+
+    byo.check_upload_size(Path(zip_path).stat().st_size, f"zip {Path(zip_path).name!r}")
+    dest = user_data_dir() / byo._safe_name(name)
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    safezip.extract_zip(zip_path, dest)
+    return str(safezip.tree_root(dest))
+
+
+def user_data_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("EXPLORER_USER_DATA", Path(baselines.MODELS_DIR).parent / "data" / "user"))
 
 
 def describe_baseline(path: str) -> dict:

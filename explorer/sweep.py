@@ -140,7 +140,35 @@ def _ray_check(address: str | None) -> None:
                          "(host:port of its GCS), or unset it to start Ray on this machine") from None
 
 
-def _parallel(jobs: list[tuple[str, str]], backend: str, workers: int) -> Iterable[dict]:
+def _died(job: tuple[str, str], error: BaseException) -> dict:
+    from explorer import runner
+
+    err = RuntimeError(f"the worker process died ({type(error).__name__}: {error}); killed, or out of memory")
+    return {"key": job[0], "result": runner.failed_result(Recipe.from_json(job[1]), err), "files": {}}
+
+
+def _pool_run(jobs: list[tuple[str, str]], workers: int, fn: Callable[[tuple[str, str]], dict] | None = None,
+              ) -> tuple[list[dict], list[tuple[str, str]]]:
+    """(finished, jobs whose pool broke under them). A dead worker breaks the whole pool, so the jobs
+    it took down with it are retried alone to find the one that really kills its worker."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = multiprocessing.get_context("spawn")
+    done, broken = [], []
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as pool:
+        futures = {pool.submit(fn or prepare_portable, j): j for j in jobs}
+        for f in as_completed(futures):
+            try:
+                done.append(f.result())
+            except BrokenProcessPool:
+                broken.append(futures[f])
+    return done, broken
+
+
+def _parallel(jobs: list[tuple[str, str]], backend: str, workers: int,
+              fn: Callable[[tuple[str, str]], dict] | None = None) -> Iterable[dict]:
     if backend == "ray":
         import ray
 
@@ -155,25 +183,27 @@ def _parallel(jobs: list[tuple[str, str]], backend: str, workers: int) -> Iterab
                 kw = {"num_cpus": workers, "include_dashboard": False,
                       "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
             ray.init(ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR", **kw)
-        task = ray.remote(num_cpus=1)(_ray_prepare)
-        refs = [task.remote(j) for j in jobs]
-        while refs:
-            done, refs = ray.wait(refs, num_returns=1)
-            yield ray.get(done[0])
+        task = ray.remote(num_cpus=1, max_retries=0)(_ray_prepare)
+        refs = {task.remote(j): j for j in jobs}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                yield ray.get(ready[0])
+            except Exception as e:  # a crashed or killed Ray worker
+                yield _died(refs[ready[0]], e)
         return
-    if workers == 1:
+    if workers == 1 and len(jobs) == 1:
         _init_worker()
-        for j in jobs:
-            yield prepare_portable(j)
+        yield prepare_portable(jobs[0])
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as pool:
-        futures = [pool.submit(prepare_portable, j) for j in jobs]
-        for f in as_completed(futures):
-            yield f.result()
+    done, broken = _pool_run(jobs, workers, fn)
+    yield from done
+    for job in broken:
+        again, still = _pool_run([job], 1, fn)
+        yield from again
+        for j in still:
+            yield _died(j, RuntimeError("process pool broken"))
 
 
 def _ray_prepare(job: tuple[str, str]) -> dict:

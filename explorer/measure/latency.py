@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from explorer.errors import reason
 from explorer.measure.hardware import hardware
 
 BATCHES = (1, 256)
@@ -83,7 +84,7 @@ def onnx_runtime(path: str | None, x: np.ndarray, threads: int, provider: str = 
     try:
         sess = ort_session(path, threads, provider)
     except Exception as e:  # e.g. NOT_IMPLEMENTED for an op the provider lacks (fp16 on x86)
-        return unavailable(f"ONNX Runtime could not load the model: {str(e).splitlines()[0][:300]}")
+        return unavailable(f"ONNX Runtime could not load the model: {reason(e)}")
     if provider not in sess.get_providers():
         return unavailable(f"{provider} did not take the model")
     name = sess.get_inputs()[0].name
@@ -91,7 +92,7 @@ def onnx_runtime(path: str | None, x: np.ndarray, threads: int, provider: str = 
     try:
         sess.run(None, feed)
     except Exception as e:
-        return unavailable(f"ONNX Runtime failed to run the model: {str(e).splitlines()[0][:300]}")
+        return unavailable(f"ONNX Runtime failed to run the model: {reason(e)}")
     return {"available": True, **time_calls(lambda: sess.run(None, feed), **kw)}
 
 
@@ -123,7 +124,7 @@ def torch_cuda(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, repeats: i
         peak = torch.cuda.max_memory_allocated()
         return {"available": True, **summarise(times), "peak_memory_bytes": int(peak)}
     except Exception as e:
-        return unavailable(f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        return unavailable(f"{type(e).__name__}: {reason(e)}")
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, onnx_fp32: str | None = None,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from explorer.compress.quantize import remove_activation_quant
+from explorer.errors import reason
 
 
 class ExportError(RuntimeError):
@@ -42,7 +43,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | os.P
                                   **kw)
             return
         except Exception as e:
-            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {str(e).splitlines()[0][:200]}")
+            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {reason(e, 200)}")
     raise ExportError("; ".join(errors))
 
 
@@ -84,10 +85,12 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, 
                 raise ValueError("static int8 quantisation needs calibration samples")
             import onnx
 
-            name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+            graph_input = onnx.load(str(pre), load_external_data=False).graph.input[0]
+            name = graph_input.name
+            fixed = graph_input.type.tensor_type.shape.dim[0].dim_value  # 0 when the batch axis is dynamic
             cal = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                    "entropy": CalibrationMethod.Entropy}[method]
-            quantize_static(str(pre), str(out_path), _Reader(name, calibration.astype(np.float32)),
+            quantize_static(str(pre), str(out_path), _Reader(name, calibration.astype(np.float32), fixed or 32),
                             quant_format=QuantFormat.QDQ, per_channel=per_channel, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=cal,
                             extra_options={"CalibPercentile": 99.99} if method == "percentile" else None)
@@ -99,6 +102,13 @@ def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 512, thread
     sess = ort_session(str(path), threads)
     name = sess.get_inputs()[0].name
     dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32
+    fixed = sess.get_inputs()[0].shape[0]
+    if isinstance(fixed, int) and fixed > 0:  # a model exported with a fixed batch size
+        batch = fixed
+        pad = (-len(x)) % batch
+        if pad:
+            padded = np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)])
+            return onnx_logits(path, padded, batch, threads)[:len(x)]
     outs = [sess.run(None, {name: x[i:i + batch].astype(dtype)})[0] for i in range(0, len(x), batch)]
     return np.concatenate(outs).astype(np.float32)
 

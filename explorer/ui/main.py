@@ -41,6 +41,8 @@ def main() -> None:
         st.error("No baselines in models/: train one with `python -m explorer train --model digits_cnn`.")
         return
     names = [c["name"] for c in cards]
+    if "_select_baseline" in st.session_state:  # a model just added becomes the current one
+        st.session_state["baseline"] = st.session_state.pop("_select_baseline")
     c = ui_controls.sidebar(names)
     card = cards[names.index(c["baseline"])]
     st.caption(f"{card['architecture']} on {card['dataset']}: {card['params']:,} parameters, baseline top-1 "
@@ -62,7 +64,8 @@ def main() -> None:
     if error:
         st.error(error)
 
-    tabs = st.tabs(["Overview", "Curves and Pareto", "Size and latency", "Layers", "Sweep", "Sweet spot", "Baseline"])
+    tabs = st.tabs(["Overview", "Curves and Pareto", "Size and latency", "Layers", "Sweep", "Sweet spot", "Baseline",
+                    "Your model"])
     frame = service.frame(card["architecture"], card["dataset"], None if recipe is None else recipe.checkpoint)
     key = result.get("key") if result else None
     with tabs[0]:
@@ -86,9 +89,15 @@ def main() -> None:
     with tabs[5]:
         panels.sweet_spot_panel(frame, result, service)
     with tabs[6]:
-        try:
-            panels.baseline_panel(_describe(card["path"], card.get("sha256", "")))
-        except ValueError as e:
-            st.error(str(e))
+        if card.get("format") == "onnx":
+            st.info(f"{card['name']} is an ONNX model: top-1 {card['accuracy']['top1']:.2f}% with ONNX Runtime, "
+                    f"{card['file_bytes']:,} bytes. {card.get('unsupported_reason', '')}")
+        else:
+            try:
+                panels.baseline_panel(_describe(card["path"], card.get("sha256", "")))
+            except ValueError as e:
+                st.error(str(e))
+    with tabs[7]:
+        panels.byo_panel(service, service.datasets(), service.architectures())
     hit = (result or {}).get("cache", {}).get("hit")
     st.caption(f"Rendered in {time.perf_counter() - t0:.2f} s" + (" (from the cache)" if hit else ""))

@@ -105,3 +105,47 @@ def baseline_panel(info: dict) -> None:
         st.dataframe(info["layers"], hide_index=True, key="layers_table")
     with st.expander("Baseline card"):
         st.json({k: v for k, v in card.items() if k != "path"})
+
+
+def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
+    """Bring your own model (and data): the model gets the same views as a baseline once added."""
+    import tempfile
+    from pathlib import Path
+
+    st.markdown("Add a **state_dict** for a zoo architecture (`.safetensors`, or `.pt`/`.pth` read with "
+                "`weights_only`: pickled code is refused), or an **ONNX**, **TorchScript** or **exported program** "
+                "(`.pt2`) model: size, latency and ONNX Runtime int8 apply to those; the techniques that rewrite "
+                "PyTorch layers do not.")
+    up = st.file_uploader("Model file", type=["safetensors", "pt", "pth", "pt2", "onnx"], key="byo_model")
+    arch = st.selectbox("Architecture (for a state_dict)", ["(none: ONNX, TorchScript or .pt2)", *archs],
+                        key="byo_arch")
+    dataset = st.selectbox("Dataset", datasets, key="byo_dataset")
+    root = st.text_input("Local dataset folder (all but digits)", key="byo_root")
+    zipped = st.file_uploader("...or a zip of an image folder (one subfolder per class)", type=["zip"], key="byo_zip")
+    name = st.text_input("Name (optional)", key="byo_name")
+    if not st.button("Add model", key="byo_add", disabled=up is None):
+        return
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            backend.check_upload(up.size, f"model file {up.name!r}")
+            model_path = Path(tmp) / Path(up.name).name
+            model_path.write_bytes(up.getbuffer())
+            data_root = root.strip() or None
+            if zipped is not None:
+                backend.check_upload(zipped.size, f"zip {zipped.name!r}")
+                zip_path = Path(tmp) / "data.zip"
+                zip_path.write_bytes(zipped.getbuffer())
+                data_root = backend.add_dataset_zip(str(zip_path), name.strip() or Path(zipped.name).stem)
+                dataset = "imagefolder"
+            with st.spinner("Loading, checking and measuring the model..."):
+                card = backend.add_model(str(model_path), arch=None if arch.startswith("(") else arch,
+                                         dataset=dataset, root=data_root, name=name.strip() or None)
+    except ValueError as e:
+        st.error(str(e))
+        return
+    st.session_state["_select_baseline"] = card["name"]
+    st.success(f"Added {card['name']}: top-1 {card['accuracy']['top1']:.2f}% on {card['test_samples']} test images "
+               "(measured). It is now in the baseline list.")
+    if card.get("unsupported_reason"):
+        st.info(card["unsupported_reason"])
+    st.rerun()

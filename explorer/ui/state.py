@@ -87,6 +87,8 @@ def to_recipe(c: dict[str, Any], card: dict) -> Recipe:
     from explorer.compress.prune import PruneConfig
     from explorer.compress.quantize import QuantizeConfig
 
+    if card.get("format") == "onnx":
+        return _onnx_recipe(c, card)
     steps: list[Any] = []
     if c["distill"]:
         steps.append(DistillConfig(student="digits_cnn", width=c["student_width"], epochs=c["distill_epochs"]))
@@ -115,3 +117,23 @@ def to_recipe(c: dict[str, Any], card: dict) -> Recipe:
     default = card.get("name") == f"{card['architecture']}-{card['dataset']}"
     return Recipe(model=card["architecture"], dataset=card["dataset"], checkpoint=None if default else card["path"],
                   seed=0, steps=tuple(steps))
+
+
+def _onnx_recipe(c: dict[str, Any], card: dict) -> Recipe:
+    """An ONNX model takes only ONNX Runtime's int8 quantisation; any other control is refused with the reason."""
+    from explorer.compress.quantize import QuantizeConfig
+
+    reason = card.get("unsupported_reason", "the model is ONNX")
+    used = [name for name, on in (("pruning", c["sparsity"] > 0), ("clustering", c["clusters"] != "off"),
+                                  ("distillation", c["distill"]), ("low-rank", c["lowrank"])) if on]
+    if used:
+        raise ValueError(f"{', '.join(used)} not available for {card['name']}: {reason}. Set sparsity to 0 and "
+                         "clusters to off.")
+    steps: tuple = ()
+    if c["bits"] != "fp32":
+        if c["bits"] != "8" or c["quant_mode"] not in ("static", "dynamic"):
+            raise ValueError(f"bits={c['bits']} with mode {c['quant_mode']!r} is not available for {card['name']}: "
+                             "only 8 bits with mode static or dynamic (ONNX Runtime's int8) apply to an ONNX model")
+        steps = (QuantizeConfig(bits=8, mode=c["quant_mode"], per_channel=c["per_channel"],
+                                calibration=c["calibration"]),)
+    return Recipe(model="onnx", dataset=card["dataset"], checkpoint=card["path"], seed=0, steps=steps)

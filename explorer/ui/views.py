@@ -30,8 +30,12 @@ def headline(result: dict) -> None:
     c = st.columns(5)
     c[0].metric("Top-1 (measured)", f"{acc['top1']:.2f}%", f"{result['accuracy_delta']:+.2f} pts",
                 help="Measured on the PyTorch model rebuilt from the packed file.")
-    c[1].metric("Packed size", fmt_bytes(sz["packed_bytes"]), f"{rf.get('packed_bytes', 0):.1f}x smaller",
-                help="Bytes of the .xpk file, measured. Factor vs the fp32 baseline file.")
+    if sz.get("packed_bytes"):
+        c[1].metric("Packed size", fmt_bytes(sz["packed_bytes"]), f"{rf.get('packed_bytes', 0):.1f}x smaller",
+                    help="Bytes of the .xpk file, measured. Factor vs the fp32 baseline file.")
+    else:
+        c[1].metric("Model file", fmt_bytes(sz["file_bytes"]), f"{rf.get('file_bytes', 0):.1f}x smaller",
+                    help="Bytes of the deployed model file, measured (no packed format for ONNX models).")
     c[2].metric("Weight sparsity", f"{result['sparsity']:.1%}")
     torch_ms, int8_ms = _lat(result, "torch_cpu_fp32", "b256"), _lat(result, "onnxruntime_cpu_int8", "b256")
     c[3].metric("PyTorch CPU, batch 256", f"{torch_ms:.2f} ms" if torch_ms else "n/a")
@@ -82,6 +86,8 @@ def comparison_table(result: dict) -> pd.DataFrame:
         for b in ("b1", "b256"):
             rows.append((f"{plots.ENGINE_LABELS[engine]}, batch {b[1:]} (median ms)", None, _lat(result, engine, b)))
     df = pd.DataFrame(rows, columns=["figure", "baseline", "this run"])
+    for col in ("baseline", "this run"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
     df["delta"] = df["this run"] - df["baseline"]
     return df
 

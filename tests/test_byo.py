@@ -1,0 +1,170 @@
+import pickle
+
+import pytest
+import torch
+
+from explorer import byo, service
+from explorer.baselines import load_baseline
+from explorer.cli import main
+from explorer.compress.prune import PruneConfig
+from explorer.compress.quantize import QuantizeConfig
+from explorer.recipe import Recipe
+from explorer.zoo import create_model
+from tests.conftest import make_image_folder
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EXPLORER_USER_DATA", str(tmp_path / "data"))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    return load_baseline("models/digits_cnn-digits.safetensors")
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(env, capsys):
+    marker = env / "pwned"
+    evil = env / "evil.pt"
+    torch.save({"features.0.weight": Evil(str(marker))}, evil)  # a zip checkpoint whose data.pkl runs open()
+    with pytest.raises(ValueError, match="was refused"):
+        byo.add_state_dict_model(evil, "digits_cnn", "digits")
+    assert not marker.exists()
+    raw = env / "raw.pth"
+    raw.write_bytes(pickle.dumps({"w": Evil(str(marker))}))  # a legacy plain pickle
+    with pytest.raises(ValueError, match="legacy pickle, which the explorer never loads"):
+        byo.add_state_dict_model(raw, "digits_cnn", "digits")
+    recipe = env / "r.json"
+    recipe.write_text('{"model": "digits_cnn"}')
+    assert main(["run", "--recipe", str(recipe), "--checkpoint", str(evil), "--arch", "digits_cnn"]) == 2
+    assert "refused" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_state_dict_model_gets_every_view(env, baseline):
+    model, card = baseline
+    torch.save(model.state_dict(), env / "mine.pt")
+    added = byo.add_state_dict_model(env / "mine.pt", "digits_cnn", "digits", name="mine")
+    assert added["accuracy"]["top1"] == card["accuracy"]["top1"]
+    assert added["path"].endswith("mine.safetensors") and "mine" in [c["name"] for c in service.list_baselines()]
+    res = service.run(Recipe(model="digits_cnn", checkpoint=added["path"], steps=(PruneConfig(sparsity=0.5),)))
+    assert res["status"] == "ok" and res["size"]["packed_bytes"] and res["latency"]["torch_cpu_fp32"]["b1"]["available"]
+    # nothing pickled is kept: the cache and the user folder hold JSON, safetensors, packed and ONNX files only
+    kept = {p.suffix for d in ("cache", "user") for p in (env / d).rglob("*") if p.is_file()}
+    assert kept <= {".json", ".safetensors", ".xpk", ".onnx", ".lock", ""}
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported", "onnx"])
+def test_foreign_models_get_size_latency_and_int8_only(env, baseline, fmt):
+    model, card = baseline
+    path = env / {"torchscript": "m.pt", "exported": "m.pt2", "onnx": "m.onnx"}[fmt]
+    if fmt == "torchscript":
+        torch.jit.script(model).save(str(path))
+    elif fmt == "exported":
+        torch.export.save(torch.export.export(model, (torch.zeros(1, 1, 8, 8),)), str(path))
+    else:
+        from explorer.measure.onnx_export import export_onnx
+
+        export_onnx(model, (1, 8, 8), path)
+    assert byo.detect_format(path) == fmt
+    added = byo.add_foreign_model(path, "digits", name=f"m-{fmt}")
+    assert added["format"] == "onnx" and added["accuracy"]["top1"] == card["accuracy"]["top1"]
+    res = service.run(Recipe(model="onnx", checkpoint=added["path"], steps=(QuantizeConfig(mode="static"),)))
+    assert res["status"] == "ok" and res["onnx"]["int8"]["available"]
+    assert abs(res["accuracy_delta"]) <= 1.0 and res["size"]["onnx_int8_bytes"] < res["size"]["onnx_bytes"]
+    assert res["latency"]["onnxruntime_cpu_int8"]["b1"]["available"]
+    assert not res["latency"]["torch_cpu_fp32"]["b1"]["available"]
+    with pytest.raises(ValueError, match="prune is not available for an ONNX model: pruning, clustering"):
+        service.run(Recipe(model="onnx", checkpoint=added["path"], steps=(PruneConfig(sparsity=0.5),)))
+
+
+def test_wrong_architecture_lists_the_keys(env, baseline):
+    torch.save(create_model("lenet5", image_size=8).state_dict(), env / "lenet.pt")
+    with pytest.raises(ValueError) as e:
+        byo.add_state_dict_model(env / "lenet.pt", "digits_cnn", "digits")
+    assert "missing" in str(e.value) and "unexpected" in str(e.value) and "mis-shaped" in str(e.value)
+
+
+def test_class_count_that_does_not_match(env, baseline):
+    model, _ = baseline
+    make_image_folder(env / "three", per_class=6, size=8)
+    from explorer.measure.onnx_export import export_onnx
+
+    export_onnx(model, (1, 8, 8), env / "m.onnx")
+    with pytest.raises(ValueError, match="has 3 classes"):
+        byo.add_foreign_model(env / "m.onnx", "imagefolder", root=str(env / "three"), image_size=8)
+    torch.save(model.state_dict(), env / "m.pt")
+    with pytest.raises(ValueError, match="mis-shaped.*classifier.4"):
+        byo.add_state_dict_model(env / "m.pt", "digits_cnn", "imagefolder", root=str(env / "three"), image_size=8)
+
+
+def test_truncated_and_corrupted_files(env, baseline):
+    model, _ = baseline
+    torch.save(model.state_dict(), env / "m.pt")
+    (env / "cut.pt").write_bytes((env / "m.pt").read_bytes()[:500])
+    with pytest.raises(ValueError):
+        byo.add_state_dict_model(env / "cut.pt", "digits_cnn", "digits")
+    (env / "junk.onnx").write_bytes(b"\x08\x07garbage" * 10)
+    with pytest.raises(ValueError, match="junk.onnx"):
+        byo.add_foreign_model(env / "junk.onnx", "digits")
+    (env / "x.bin").write_bytes(b"1234")
+    with pytest.raises(ValueError, match=r"model file suffix='.bin' must be one of"):
+        byo.detect_format(env / "x.bin")
+
+
+def test_nan_weights_refused(env, baseline):
+    model, _ = baseline
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["classifier.4.weight"][0, 0] = float("inf")
+    torch.save(state, env / "inf.pt")
+    with pytest.raises(ValueError, match="NaN or Inf values in classifier.4.weight"):
+        byo.add_state_dict_model(env / "inf.pt", "digits_cnn", "digits")
+
+
+def test_upload_over_the_cap(env, baseline, monkeypatch):
+    model, _ = baseline
+    torch.save(model.state_dict(), env / "m.pt")
+    monkeypatch.setenv("EXPLORER_MAX_UPLOAD_MB", "0.01")
+    with pytest.raises(ValueError, match=r"over the upload cap of 0 MB \(set EXPLORER_MAX_UPLOAD_MB"):
+        byo.add_state_dict_model(env / "m.pt", "digits_cnn", "digits")
+    monkeypatch.setenv("EXPLORER_MAX_UPLOAD_MB", "lots")
+    with pytest.raises(ValueError, match="EXPLORER_MAX_UPLOAD_MB='lots' must be a positive number"):
+        byo.max_upload_bytes()
+
+
+def test_zipped_image_folder_dataset(env, baseline):
+    import zipfile
+
+    make_image_folder(env / "pics" / "mydata", per_class=6, size=8)
+    with zipfile.ZipFile(env / "pics.zip", "w") as z:
+        for p in (env / "pics").rglob("*.png"):
+            z.write(p, p.relative_to(env / "pics"))
+    root = service.add_dataset_zip(str(env / "pics.zip"), "mydata")
+    assert sorted(p.name for p in __import__("pathlib").Path(root).iterdir()) == ["cat", "dog", "eel"]
+    m = create_model("digits_cnn", num_classes=3, in_channels=3, image_size=8)
+    torch.save(m.state_dict(), env / "three.pt")
+    added = byo.add_state_dict_model(env / "three.pt", "digits_cnn", "imagefolder", root=root, image_size=8)
+    assert added["arch_kwargs"] == {"num_classes": 3, "in_channels": 3, "image_size": 8}
+    res = service.run(Recipe(model="digits_cnn", dataset="imagefolder", checkpoint=added["path"],
+                             steps=(PruneConfig(sparsity=0.5),)))
+    assert res["status"] == "ok" and res["test_samples"] == 3
+
+
+def test_cli_add_model(env, baseline, capsys):
+    model, _ = baseline
+    torch.save(model.state_dict(), env / "m.pt")
+    assert main(["add-model", "--checkpoint", str(env / "m.pt"), "--arch", "digits_cnn", "--name", "cli"]) == 0
+    assert "added cli (digits_cnn, 40,394 parameters)" in capsys.readouterr().out
+    assert main(["add-model", "--checkpoint", str(env / "m.pt"), "--arch", "alexnet"]) == 2
+    assert "arch='alexnet' must be one of" in capsys.readouterr().err

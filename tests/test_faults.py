@@ -1,0 +1,100 @@
+"""Faults and concurrency: a dying worker, failing runs, and eight sessions at once."""
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explorer import runner
+from explorer.cache import RunCache
+from explorer.recipe import Recipe
+from explorer.sweep import _parallel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def die_or_echo(job):
+    """Worker function for the test: the job keyed 'die' kills its own process, like the OOM killer."""
+    key, recipe_json = job
+    if key == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"key": key, "result": {"status": "ok", "key": key}, "files": {}}
+
+
+def test_a_killed_worker_fails_its_run_only_and_the_sweep_goes_on():
+    r = Recipe(model="digits_cnn").to_json(indent=None)
+    jobs = [("a", r), ("die", r), ("b", r), ("c", r)]
+    out = {o["key"]: o["result"] for o in _parallel(jobs, "local", 2, fn=die_or_echo)}
+    assert set(out) == {"a", "b", "c", "die"}
+    assert out["die"]["status"] == "failed" and "worker process died" in out["die"]["error"]
+    assert all(out[k]["status"] == "ok" for k in "abc")
+
+
+def test_exception_in_finetuning_is_recorded_and_not_cached(tmp_path, monkeypatch):
+    from explorer.compress.prune import PruneConfig
+
+    cache = RunCache(tmp_path / "cache")
+
+    def boom(*a, **k):
+        raise RuntimeError("CUDA out of memory (simulated) during fine-tuning")
+
+    monkeypatch.setattr("explorer.compress.base.fit", boom)
+    recipe = Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.5, finetune_epochs=1),))
+    res = cache.get_or_run(recipe)
+    assert res["status"] == "failed" and "out of memory (simulated)" in res["error"]
+    assert cache.keys() == []
+    monkeypatch.undo()
+    assert cache.get_or_run(recipe)["status"] == "ok"
+
+
+def test_eight_sessions_compute_each_configuration_once_and_agree(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
+    calls: list[str] = []
+    real = runner.run_recipe
+
+    def counting(recipe, **kw):
+        calls.append(recipe.canonical_json())
+        return real(recipe, **kw)
+
+    monkeypatch.setattr(runner, "run_recipe", counting)
+    configs = [{"sparsity": "0.3"}, {"sparsity": "0.6"}, {"sparsity": "0.6", "bits": "8", "quant_mode": "static"}]
+    sessions = [configs[i % 3] for i in range(8)]
+    shown: dict[int, tuple] = {}
+    errors: list[str] = []
+
+    def session(i: int, query: dict):
+        try:
+            at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+            for k, v in query.items():
+                at.query_params[k] = v
+            at.run()
+            if at.exception or at.error:
+                errors.append(f"session {i}: {[e.value for e in (*at.exception, *at.error)]}")
+            m = {x.label: x.value for x in at.metric}
+            shown[i] = (m.get("Top-1 (measured)"), m.get("Packed size"))
+        except Exception as e:  # surfaced below: a crash in one session must not hide the others
+            errors.append(f"session {i}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=session, args=(i, q)) for i, q in enumerate(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    assert len(calls) == len(set(calls)) == 3, "each distinct configuration computed exactly once"
+    for i, q in enumerate(sessions):
+        same = [shown[j] for j, q2 in enumerate(sessions) if q2 == q]
+        assert len(set(same)) == 1 and same[0][0] is not None, (i, same)
+    assert len(RunCache(tmp_path / "cache").keys()) == 3
+
+
+@pytest.mark.parametrize("bad", ["nope"])
+def test_bad_checkpoint_in_recipe_raises_before_work(tmp_path, bad):
+    cache = RunCache(tmp_path / "cache")
+    with pytest.raises(ValueError, match="does not exist"):
+        cache.get_or_run(Recipe(model="digits_cnn", checkpoint=str(tmp_path / f"{bad}.safetensors")))
+    assert cache.keys() == []
