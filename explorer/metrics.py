@@ -89,7 +89,8 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
         return Pick(None, "no successful run to choose from")
     constraints = []
     if max_drop is not None:
-        constraints.append((f"top-1 drop at most {max_drop:g} points", rows[delta_col] >= -max_drop))
+        unit = "point" if max_drop == 1 else "points"
+        constraints.append((f"top-1 drop at most {max_drop:g} {unit}", rows[delta_col] >= -max_drop))
     if size_budget is not None:
         constraints.append((f"size at most {size_budget:,.0f} bytes", rows[size_col] <= size_budget))
     if latency_budget is not None:
@@ -115,4 +116,19 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
     best = cand.sort_values(order, ascending=asc, kind="stable").iloc[0]
     met = "; ".join(t for t, _ in constraints) or "no constraints"
     return Pick(best, f"{objective.replace('_', ' ')} of {len(cand)} run(s) meeting {met}: "
-                      f"{best.get('label', '')} with top-1 {best['top1']:.2f}%, {col} {best[col]:,.6g}")
+                      f"{best.get('label', '')} with top-1 {best['top1']:.2f}%, {describe_column(col)} "
+                      f"{best[col]:,.6g}")
+
+
+def describe_column(col: str) -> str:
+    """'packed_bytes' -> 'packed size (bytes)', 'lat_onnxruntime_cpu_int8_b256_ms' -> readable words."""
+    if col == "top1":
+        return "top-1 (%)"
+    if col.startswith("lat_") and col.endswith("_ms"):
+        engine, _, batch = col[4:-3].rpartition("_b")
+        names = {"torch_cpu_fp32": "PyTorch CPU", "onnxruntime_cpu_fp32": "ONNX Runtime fp32",
+                 "onnxruntime_cpu_int8": "ONNX Runtime int8"}
+        return f"{names.get(engine, engine)} latency at batch {batch} (ms)"
+    if col.endswith("_bytes"):
+        return f"{col[:-6].replace('_', ' ')} size (bytes)"
+    return col.replace("_", " ")

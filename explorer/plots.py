@@ -89,7 +89,7 @@ def size_bars(result: dict) -> go.Figure:
                            text=[f"{r[2]:.1f}x" for r in rows], textposition="outside",
                            hovertemplate="%{x}: %{y:,} bytes<extra></extra>", marker_color="#4c78a8"))
     fig.add_hline(y=base, line_dash="dash", annotation_text=f"fp32 baseline file {base:,} B")
-    fig.update_layout(yaxis_title="bytes (measured from files)", yaxis_type="log")
+    fig.update_layout(yaxis_title="bytes (measured from files)", yaxis_rangemode="tozero")
     return _layout(fig, "Size of each artifact (factor vs the fp32 baseline file)")
 
 
@@ -132,7 +132,8 @@ def latency_bars(result: dict) -> go.Figure:
                              customdata=part[["p90_ms", "runs"]].to_numpy(),
                              hovertemplate="%{x}<br>median %{y:.3f} ms, p90 %{customdata[0]:.3f} ms, "
                                            "%{customdata[1]} runs<extra></extra>"))
-    fig.update_layout(barmode="group", yaxis_title="median ms (whisker: p90)", yaxis_type="log")
+    fig.update_layout(barmode="group", yaxis_title="median ms (whisker: p90)", yaxis_type="log",
+                      yaxis_dtick=1)  # labels at powers of ten only
     return _layout(fig, "Measured latency")
 
 
@@ -183,5 +184,5 @@ def weight_histogram(hist: dict, layer: str) -> go.Figure:
         fig.add_trace(go.Bar(x=mids, y=hist["before"], name="before", opacity=0.55))
     fig.add_trace(go.Bar(x=mids, y=hist["after"], name="after", opacity=0.75))
     fig.update_layout(barmode="overlay", xaxis_title="weight value", yaxis_title="count", yaxis_type="log",
-                      bargap=0)
+                      yaxis_dtick=1, bargap=0)
     return _layout(fig, f"Weights of {layer}: before and after")

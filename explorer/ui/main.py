@@ -7,6 +7,7 @@ import time
 import streamlit as st
 
 from explorer import service
+from explorer.recipe import Recipe
 from explorer.ui import controls as ui_controls
 from explorer.ui import panels, state, views
 
@@ -61,6 +62,11 @@ def main() -> None:
             error = str(e)
         if result is not None and result.get("status") != "ok":
             error, result = f"The run failed: {result.get('error')}", None
+    base_result = None
+    if result is not None:  # the baseline's own run, measured the same way, for the comparison table
+        base_result = result if not recipe.steps else service.run(
+            Recipe(model=recipe.model, dataset=recipe.dataset, checkpoint=recipe.checkpoint, seed=recipe.seed))
+        base_result = base_result if base_result.get("status") == "ok" else None
     if error:
         st.error(error)
 
@@ -71,7 +77,7 @@ def main() -> None:
     with tabs[0]:
         if result:
             views.headline(result)
-            st.dataframe(views.comparison_table(result), hide_index=True, key="comparison_table")
+            views.show_table(views.comparison_table(result, base_result), key="comparison_table")
             with st.expander("Recipe JSON (reproduce with `python -m explorer run --recipe FILE`)"):
                 st.json(result["recipe"])
         else:

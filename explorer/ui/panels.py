@@ -9,7 +9,7 @@ import streamlit as st
 
 from explorer import plots
 from explorer.metrics import sweet_spot
-from explorer.ui.views import fmt_bytes
+from explorer.ui.views import fmt_bytes, show_table
 
 SIZE_COLS = {"packed .xpk": "packed_bytes", "gzip of checkpoint": "gzip_bytes", "ONNX int8": "onnx_int8_bytes",
              "checkpoint file": "file_bytes"}
@@ -72,14 +72,13 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend) -> None:
         return
     st.success(pick.reason)
     row = pick.row
-    base = {"top-1 (%)": row["baseline_top1"], "packed bytes": None, "checkpoint bytes": None}
-    st.dataframe(pd.DataFrame({
-        "figure": ["top-1 (%)", "accuracy delta (points)", "packed .xpk", "ONNX int8", "gzip of checkpoint",
-                   "ONNX Runtime int8 batch 256 (ms)"],
-        "baseline": [base["top-1 (%)"], 0.0, None, None, None, None],
-        "recommended": [row["top1"], row["accuracy_delta"], fmt_bytes(row.get("packed_bytes")),
-                        fmt_bytes(row.get("onnx_int8_bytes")), fmt_bytes(row.get("gzip_bytes")),
-                        row.get("lat_onnxruntime_cpu_int8_b256_ms")]}).astype(str), hide_index=True, key="ss_table")
+    table = pd.DataFrame({
+        "figure": ["top-1 (%)", "accuracy delta (points)", "packed .xpk (bytes)", "ONNX int8 (bytes)",
+                   "gzip of checkpoint (bytes)", "ONNX Runtime int8, batch 256 (ms)"],
+        "baseline": [row["baseline_top1"], 0.0, None, None, None, None],
+        "recommended": [row["top1"], row["accuracy_delta"], row.get("packed_bytes"), row.get("onnx_int8_bytes"),
+                        row.get("gzip_bytes"), row.get("lat_onnxruntime_cpu_int8_b256_ms")]})
+    show_table(table, key="ss_table")
     recipe_json = json.dumps(json.loads(row["recipe_json"]), indent=2)
     st.code(recipe_json, language="json")
     d = st.columns(3)

@@ -28,8 +28,9 @@ def headline(result: dict) -> None:
     acc = result["accuracy"]
     sz, rf = result["size"], result["reduction_factor"]["vs_fp32_file"]
     c = st.columns(5)
-    c[0].metric("Top-1 (measured)", f"{acc['top1']:.2f}%", f"{result['accuracy_delta']:+.2f} pts",
-                help="Measured on the PyTorch model rebuilt from the packed file.")
+    delta = result["accuracy_delta"]
+    c[0].metric("Top-1 (measured)", f"{acc['top1']:.2f}%", f"{delta:+.2f} pts" if abs(delta) >= 0.005 else None,
+                help="Measured on the model rebuilt from the packed file; the arrow is the change vs the baseline.")
     if sz.get("packed_bytes"):
         c[1].metric("Packed size", fmt_bytes(sz["packed_bytes"]), f"{rf.get('packed_bytes', 0):.1f}x smaller",
                     help="Bytes of the .xpk file, measured. Factor vs the fp32 baseline file.")
@@ -38,8 +39,10 @@ def headline(result: dict) -> None:
                     help="Bytes of the deployed model file, measured (no packed format for ONNX models).")
     c[2].metric("Weight sparsity", f"{result['sparsity']:.1%}")
     torch_ms, int8_ms = _lat(result, "torch_cpu_fp32", "b256"), _lat(result, "onnxruntime_cpu_int8", "b256")
-    c[3].metric("PyTorch CPU, batch 256", f"{torch_ms:.2f} ms" if torch_ms else "n/a")
-    c[4].metric("ONNX Runtime int8, batch 256", f"{int8_ms:.2f} ms" if int8_ms else "n/a")
+    c[3].metric("PyTorch b256", f"{torch_ms:.2f} ms" if torch_ms else "n/a",
+                help="PyTorch eager on the CPU, batch 256: median of repeated runs (see Size and latency).")
+    c[4].metric("ORT int8 b256", f"{int8_ms:.2f} ms" if int8_ms else "n/a",
+                help="ONNX Runtime int8 on the CPU, batch 256: median of repeated runs.")
     for note in result.get("notes", []):
         st.info(note)
     for note in surprises(result):
@@ -72,24 +75,48 @@ def surprises(result: dict) -> list[str]:
     return out
 
 
-def comparison_table(result: dict) -> pd.DataFrame:
-    acc, base = result["accuracy"], result["baseline_accuracy"]
-    sz, bsz = result["size"], result["baseline_size"]
-    rows = [("top-1 (%)", base["top1"], acc["top1"]), ("top-3 (%)", base["top3"], acc["top3"]),
-            ("top-5 (%)", base["top5"], acc["top5"]), ("parameters", result["baseline_params"], result["params"]),
-            ("non-zero parameters", None, result["nonzero_params"]), ("MACs per image", None, result["macs"]),
-            ("checkpoint file (bytes)", bsz["file_bytes"], sz["file_bytes"]),
-            ("gzip of checkpoint (bytes)", bsz["gzip_bytes"], sz["gzip_bytes"]),
-            ("packed .xpk (bytes)", None, sz["packed_bytes"]), ("ONNX fp32 (bytes)", None, sz["onnx_bytes"]),
-            ("ONNX int8 (bytes)", None, sz["onnx_int8_bytes"])]
+def comparison_table(result: dict, base: dict | None = None) -> pd.DataFrame:
+    """The baseline beside the current run; `base` is the baseline's own run (no steps), which gives
+    its packed size, ONNX sizes, MACs and latency measured the same way."""
+    base = base or {}
+    acc, b_acc = result["accuracy"], result["baseline_accuracy"]
+    sz, bsz = result["size"], {**result["baseline_size"], **(base.get("size") or {})}
+
+    def b(key: str):
+        return base.get(key)
+
+    rows = [("top-1 (%)", b_acc["top1"], acc["top1"]), ("top-3 (%)", b_acc["top3"], acc["top3"]),
+            ("top-5 (%)", b_acc["top5"], acc["top5"]), ("parameters", result["baseline_params"], result["params"]),
+            ("non-zero parameters", b("nonzero_params"), result["nonzero_params"]),
+            ("MACs per image", b("macs"), result["macs"])]
+    for label, key in (("checkpoint file (bytes)", "file_bytes"), ("gzip of checkpoint (bytes)", "gzip_bytes"),
+                       ("packed .xpk (bytes)", "packed_bytes"), ("ONNX fp32 (bytes)", "onnx_bytes"),
+                       ("ONNX int8 (bytes)", "onnx_int8_bytes")):
+        rows.append((label, bsz.get(key), sz.get(key)))
     for engine in ENGINES_SHOWN[:3]:
-        for b in ("b1", "b256"):
-            rows.append((f"{plots.ENGINE_LABELS[engine]}, batch {b[1:]} (median ms)", None, _lat(result, engine, b)))
+        for batch in ("b1", "b256"):
+            rows.append((f"{plots.ENGINE_LABELS[engine]}, batch {batch[1:]} (median ms)",
+                         _lat(base, engine, batch) if base else None, _lat(result, engine, batch)))
     df = pd.DataFrame(rows, columns=["figure", "baseline", "this run"])
     for col in ("baseline", "this run"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
-    df["delta"] = df["this run"] - df["baseline"]
+    df["change"] = df["this run"] - df["baseline"]
     return df
+
+
+def show_table(df: pd.DataFrame, key: str) -> None:
+    """Numbers with separators and sensible precision, empty cells blank, no inner scrollbar."""
+    def fmt(v):
+        if v is None or pd.isna(v):
+            return ""
+        if isinstance(v, float) and not float(v).is_integer():
+            return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.2f}"
+        return f"{int(v):,}" if isinstance(v, (int, float)) else str(v)
+
+    shown = df.copy()
+    for col in shown.columns[1:]:
+        shown[col] = shown[col].map(fmt)
+    st.dataframe(shown, hide_index=True, key=key, height=35 * (len(shown) + 1) + 3)
 
 
 def curves(frame: pd.DataFrame, key: str | None) -> None:

@@ -1,0 +1,253 @@
+"""End to end in a real browser: `streamlit run app.py` on a free port, driven by Playwright in Debian's
+Chromium (`make test` installs it; see DESIGN.md, environment facts). Moves the sparsity slider, waits for
+the rerun, checks the figures, the charts and the URL, fails on any exception or error box, and saves the
+screenshots the README shows (docs/screenshot.png, docs/screenshot-curves.png)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+                 "--no-first-run", "--disable-component-update", "--disable-sync",
+                 # Debian's launcher adds this only when /dev/shm is small, and its check breaks on some hosts;
+                 # containers often have a 64 MB /dev/shm, where Chromium crashes without it
+                 "--disable-dev-shm-usage"]
+VIEWPORT = {"width": 1400, "height": 1000}
+TITLE = "Compression trade-off explorer"
+# generous: the machine is shared, and the first run after a cold cache trains and measures
+START_S, RUN_S, UI_MS = 60, 240, 30_000
+ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
+RUNNING = '[data-testid="stStatusWidget"], [data-stale="true"]'  # a script run in flight, or its stale output
+CHARTS = ".js-plotly-plot"
+DONE = re.compile(r"^Rendered in [0-9.]+ s")  # the caption main() writes last: the script ran to its end
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no server log)"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (it and any children), SIGKILL what is left after 10 s."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _start_server(tmp: Path) -> tuple[subprocess.Popen, str, Path]:
+    env = dict(os.environ, EXPLORER_CACHE_DIR=str(tmp / "cache"), EXPLORER_LATENCY_BUDGET_S="0.1",
+               PYTHONUNBUFFERED="1")
+    log = tmp / "streamlit.log"
+    for _attempt in range(3):  # the port found free may be taken before streamlit binds it
+        port = _free_port()
+        cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+               # nothing edits the sources during the test; watching the whole checkout (.venv included)
+               # overflows inotify queues and costs CPU on a shared machine
+               "--server.fileWatcherType", "none"]
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_S
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        return proc, url, log
+            except OSError:
+                pass
+            time.sleep(0.25)
+        _stop(proc)
+        if "already in use" not in _tail(log):
+            break
+    pytest.fail(f"streamlit did not answer {url}/_stcore/health within {START_S} s:\n{_tail(log)}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc, url, log = _start_server(tmp_path_factory.mktemp("e2e"))
+    try:
+        yield url, log
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} missing: `make test` installs Debian's chromium (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        try:
+            b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=60_000)
+        except Exception as e:  # noqa: BLE001 - any launch failure means no browser here, not a broken app
+            pytest.skip(f"playwright cannot launch {CHROMIUM}: {str(e).splitlines()[0]}")
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _wait_idle(page, what: str, timeout_s: float = RUN_S, settle_s: float = 1.0) -> None:
+    """Until no script run is in flight and none of the page is stale, continuously for settle_s."""
+    deadline, quiet_since = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        if page.locator(RUNNING).count():
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= settle_s:
+            return
+        page.wait_for_timeout(200)
+    pytest.fail(f"{what}: the app was still running after {timeout_s:.0f} s")
+
+
+def _wait_for(condition, what: str, page, timeout_s: float = RUN_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout_s:.0f} s for {what}")
+        page.wait_for_timeout(250)
+
+
+def _assert_no_errors(page, when: str, page_errors: list[str]) -> None:
+    boxes = page.locator(ERRORS)
+    assert boxes.count() == 0, f"{when}: error boxes on the page: {boxes.all_inner_texts()}"
+    assert not page_errors, f"{when}: uncaught JavaScript errors: {page_errors}"
+
+
+def _metric(page, label: str) -> str:
+    m = page.get_by_test_id("stMetric").filter(has=page.get_by_test_id("stMetricLabel").get_by_text(label,
+                                                                                                  exact=True))
+    return m.get_by_test_id("stMetricValue").inner_text(timeout=UI_MS).strip()
+
+
+def _slider_value(thumb) -> float:
+    v = thumb.get_attribute("aria-valuenow")  # react-aria's thumb is an <input type=range>: value, not aria
+    return float(v if v is not None else thumb.input_value())
+
+
+def _charts_drawn(page, minimum: int, where: str) -> int:
+    """Visible plotly charts that plotly has laid out with at least one trace, at least `minimum` of them."""
+    from playwright.sync_api import expect
+
+    visible = page.locator(CHARTS).filter(visible=True)
+    expect(visible.nth(minimum - 1), f"{where}: fewer than {minimum} charts").to_be_visible(timeout=UI_MS)
+    deadline = time.monotonic() + UI_MS / 1000
+    while True:
+        drawn = [visible.nth(i).evaluate("el => !!el._fullLayout && (el.data || []).length > 0 && "
+                                         "el.getBoundingClientRect().height > 50")
+                 for i in range(visible.count())]
+        if all(drawn) or time.monotonic() > deadline:
+            break
+        page.wait_for_timeout(250)
+    assert all(drawn), f"{where}: charts without data or not laid out: {drawn}"
+    return len(drawn)
+
+
+def _screenshot(page, path: Path) -> None:
+    """The whole page: Streamlit scrolls inside its main block, so grow the viewport to that block's height."""
+    height = page.evaluate('() => document.querySelector("[data-testid=stMain]").scrollHeight')
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], min(int(height), 4000))})
+    page.wait_for_timeout(500)  # charts relayout on resize
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(VIEWPORT)
+
+
+def test_sparsity_slider_reruns_and_the_page_shows_results_and_charts(browser, server, tmp_path):
+    from playwright.sync_api import expect
+
+    url, log = server
+    page = browser.new_page(viewport=VIEWPORT)
+    page_errors: list[str] = []
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    try:
+        page.goto(url, timeout=UI_MS)
+        expect(page.get_by_role("heading", name=TITLE)).to_be_visible(timeout=RUN_S * 1000)
+        expect(page.get_by_text(DONE)).to_be_visible(timeout=RUN_S * 1000)  # after the cold run
+        _wait_idle(page, "first load")
+        _assert_no_errors(page, "first load", page_errors)
+        assert _metric(page, "Top-1 (measured)").endswith("%")
+        assert _metric(page, "Weight sparsity") == "50.0%"
+        assert page.locator(CHARTS).count() >= 1, "no chart in the page (the tabs hold them all)"
+
+        sidebar = page.get_by_test_id("stSidebar")
+        slider = sidebar.get_by_test_id("stSlider").filter(has=page.get_by_role("slider", name="Sparsity"))
+        thumb = slider.get_by_role("slider", name="Sparsity")
+        before = _slider_value(thumb)
+        assert before == pytest.approx(0.5)
+        thumb.focus()
+        # PageUp moves a tenth of the range in one committed change, so one rerun
+        # (ten ArrowRights would each commit and queue a run of their own)
+        thumb.press("PageUp")
+        expect(slider.get_by_test_id("stSliderThumbValue")).not_to_have_text("0.50", timeout=UI_MS)
+        after = _slider_value(thumb)
+        assert after >= 0.59, f"the slider moved from {before} to {after}, expected at least 0.60"
+        _wait_for(lambda: abs(float(_metric(page, "Weight sparsity").rstrip("%")) / 100 - after) < 0.015,
+                  f"the weight sparsity figure to follow the slider to {after:.2f}", page)
+        _wait_idle(page, "rerun after the slider moved")
+        expect(page.get_by_text(DONE)).to_be_visible(timeout=UI_MS)
+        _assert_no_errors(page, "after the slider moved", page_errors)
+
+        assert _metric(page, "Top-1 (measured)").endswith("%")
+        query = parse_qs(urlparse(page.url).query)
+        assert float(query["sparsity"][0]) == pytest.approx(after), f"the URL does not mirror the slider: {page.url}"
+        assert page.get_by_role("tab", name="Overview").get_attribute("aria-selected") == "true"
+        # the README's screenshots are refreshed on request only, so `make test` leaves the tree clean
+        shots = DOCS if os.environ.get("EXPLORER_SCREENSHOTS") == "1" else tmp_path
+        _screenshot(page, shots / "screenshot.png")
+
+        # every tab is rendered into the page; only the shown one's charts are laid out
+        for tab, minimum in (("Curves and Pareto", 4), ("Size and latency", 2), ("Layers", 1), ("Baseline", 1)):
+            page.get_by_role("tab", name=tab).click()
+            expect(page.get_by_role("tab", name=tab)).to_have_attribute("aria-selected", "true")
+            _charts_drawn(page, minimum, tab)
+            _assert_no_errors(page, f"tab {tab}", page_errors)
+            if tab == "Curves and Pareto":
+                _screenshot(page, shots / "screenshot-curves.png")
+        page.get_by_role("tab", name="Overview").click()
+        _assert_no_errors(page, "the end", page_errors)
+    except BaseException:
+        try:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        except Exception:  # noqa: BLE001 - the original failure matters, not this one
+            pass
+        print(f"failure screenshot: {tmp_path / 'failure.png'}\nstreamlit log:\n{_tail(log)}")
+        raise
+    finally:
+        page.close()
