@@ -131,3 +131,22 @@ def sweep(card: dict, *, sparsity, bits, clusters, epochs: int, granularity: str
 def artifact(key: str, name: str) -> bytes | None:
     path = cache().artifact(key, name)
     return Path(path).read_bytes() if path else None
+
+
+def sensitivity(result: dict, compute: bool = False) -> dict | None:
+    """Per-layer sensitivity of a cached run: stored figures, or computed now when `compute`."""
+    from explorer import sensitivity as sens
+
+    c = cache()
+    key = result.get("key")
+    if not key or result.get("format") == "onnx":
+        return None
+    got = sens.stored(c.root, key)
+    if got is not None or not compute:
+        return got
+    path = c.artifact(key, "model.xpk")
+    if path is None:
+        raise ValueError(f"run {key} has no packed file in the cache; run it again")
+    values = sens.layer_sensitivity(Recipe.from_dict(result["recipe"]), Path(path).read_bytes())
+    sens.store(c.root, key, values)
+    return values

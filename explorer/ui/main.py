@@ -89,7 +89,12 @@ def main() -> None:
             views.size_and_latency(result)
     with tabs[3]:
         if result:
-            views.layers(result, None)
+            sens = service.sensitivity(result)
+            if sens is None and result.get("format") != "onnx" and st.button(
+                    "Compute per-layer sensitivity (top-1 drop with only that layer compressed)", key="sens_run"):
+                with st.spinner("Evaluating the test split once per layer..."):
+                    sens = service.sensitivity(result, compute=True)
+            views.layers(result, sens)
     with tabs[4]:
         panels.sweep_panel(card, service)
     with tabs[5]:

@@ -160,7 +160,10 @@ def size_and_latency(result: dict) -> None:
 def layers(result: dict, sensitivity: dict | None) -> None:
     table = pd.DataFrame(result["layers"])
     if sensitivity:
-        table["sensitivity"] = table["layer"].map(sensitivity)
+        table["sensitivity"] = pd.to_numeric(table["layer"].map(sensitivity), errors="coerce")
+        if table["sensitivity"].isna().any():
+            st.caption("Sensitivity is blank for layers whose shape the recipe changed: they have no one-layer "
+                       "counterpart in the baseline.")
     options = ["params", "sparsity", "bits", "packed_bytes", "macs"] + (["sensitivity"] if sensitivity else [])
     col = st.radio("Per-layer figure", options, horizontal=True, key="layer_figure")
     st.plotly_chart(plots.layer_bars(table, col), key="chart_layers")
