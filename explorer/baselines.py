@@ -20,7 +20,7 @@ from torch import nn
 
 import explorer
 from explorer.data import DataBundle, load_dataset
-from explorer.errors import bad_value, reason
+from explorer.errors import bad_value, first_line
 from explorer.train import Progress, TrainConfig, evaluate, fit, seed_everything
 from explorer.zoo import count_params, create_model
 
@@ -143,7 +143,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # weights_only refuses pickled code with UnpicklingError and others
-            raise ValueError(f"checkpoint {str(path)!r} was refused: {reason(e)}") from None
+            raise ValueError(f"checkpoint {str(path)!r} was refused: {first_line(e)}") from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -22,7 +22,7 @@ import torch
 
 from explorer import baselines
 from explorer.data import DataBundle, load_dataset
-from explorer.errors import bad_value, reason
+from explorer.errors import bad_value, env_positive, first_line
 from explorer.train import evaluate
 from explorer.zoo import count_params, create_model, list_models
 
@@ -37,14 +37,7 @@ def user_models_dir() -> Path:
 
 
 def max_upload_bytes() -> int:
-    raw = os.environ.get("EXPLORER_MAX_UPLOAD_MB", "500")
-    try:
-        mb = float(raw)
-    except ValueError:
-        mb = -1.0
-    if not mb > 0:
-        raise ValueError(f"EXPLORER_MAX_UPLOAD_MB={raw!r} must be a positive number of megabytes (default 500)")
-    return int(mb * 2**20)
+    return int(env_positive("EXPLORER_MAX_UPLOAD_MB", 500, " of megabytes") * 2**20)
 
 
 def check_upload_size(n_bytes: int, what: str) -> None:
@@ -148,14 +141,14 @@ def _to_onnx(path: Path, fmt: str, data: DataBundle, out: Path) -> None:
         program = torch.export.load(str(path)) if fmt == "exported" else None
         module = torch.jit.load(str(path), map_location="cpu") if program is None else program.module()
     except Exception as e:
-        raise ValueError(f"model file {path.name!r} could not be read as {fmt}: {reason(e, 200)}") from None
+        raise ValueError(f"model file {path.name!r} could not be read as {fmt}: {first_line(e, 200)}") from None
     try:
         _check_classes(module, data, path.name)
     except ValueError:
         raise
     except Exception as e:  # a model built for other inputs fails inside its own forward
         raise ValueError(f"model {path.name!r} does not run on {data.name} inputs of shape "
-                         f"{(1, *data.input_shape)}: {reason(e, 200)}") from None
+                         f"{(1, *data.input_shape)}: {first_line(e, 200)}") from None
     try:
         if program is not None:
             _export_program(program, out)
@@ -164,7 +157,7 @@ def _to_onnx(path: Path, fmt: str, data: DataBundle, out: Path) -> None:
     except ExportError as e:
         raise ValueError(f"model {path.name!r} could not be converted to ONNX: {e}") from None
     except Exception as e:
-        raise ValueError(f"model {path.name!r} could not be converted to ONNX: {reason(e, 200)}") from None
+        raise ValueError(f"model {path.name!r} could not be converted to ONNX: {first_line(e, 200)}") from None
 
 
 def _export_program(program, out: Path) -> None:
@@ -175,8 +168,10 @@ def _export_program(program, out: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         args = program.example_inputs[0]
+        # export specialises a dimension whose example size is 1, so the dynamic batch needs an example of 2
+        batch2 = tuple(torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.shape[0] == 1 else a for a in args)
         try:
-            torch.onnx.export(program.module(), args, str(out), dynamo=True, external_data=False,
+            torch.onnx.export(program.module(), batch2, str(out), dynamo=True, external_data=False,
                               dynamic_shapes=({0: torch.export.Dim("batch")},), input_names=["input"],
                               output_names=["logits"])
         except Exception:
@@ -242,7 +237,7 @@ def onnx_model_accuracy(path: Path, data: DataBundle, shown: str | None = None) 
         proto = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(proto)
     except Exception as e:
-        raise ValueError(f"ONNX model {shown or path.name!r} is not valid: {reason(e, 200)}") from None
+        raise ValueError(f"ONNX model {shown or path.name!r} is not valid: {first_line(e, 200)}") from None
     # external data names a file path: from an upload it could point anywhere on this machine
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
         raise ValueError(f"ONNX model {shown or path.name!r} keeps its weights in external data files: upload a "
@@ -251,7 +246,7 @@ def onnx_model_accuracy(path: Path, data: DataBundle, shown: str | None = None) 
         out = onnx_logits(path, data.test.x[:2].numpy())
     except Exception as e:
         raise ValueError(f"ONNX model {shown or path.name!r} does not run on {data.name} inputs of shape "
-                         f"{(2, *data.input_shape)}: {reason(e, 200)}") from None
+                         f"{(2, *data.input_shape)}: {first_line(e, 200)}") from None
     if out.ndim != 2 or out.shape[1] != data.num_classes:
         raise ValueError(f"ONNX model {shown or path.name!r} outputs shape {tuple(out.shape)}, but the dataset "
                          f"{data.name!r} has {data.num_classes} classes")

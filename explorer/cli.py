@@ -304,7 +304,7 @@ def _data(a: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from explorer.errors import reason
+    from explorer.errors import first_line
 
     try:
         return COMMANDS[args.command](args)
@@ -315,6 +315,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         kind = "" if isinstance(e, ValueError) else f"{type(e).__name__}: "
-        msg = reason(e, 1000)
+        msg = first_line(e, 1000)
         print(f"error: {kind}{msg}", file=sys.stderr)
         return 2

@@ -33,7 +33,21 @@ def check_choice(field: str, value: object, choices: Iterable[object]) -> None:
         raise bad_value(field, value, choices)
 
 
-def reason(e: BaseException, limit: int = 300) -> str:
+def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (its type where it has none), for one-line errors."""
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
+def env_positive(name: str, default: float, unit: str = "") -> float:
+    """A positive number from the environment variable `name`, or a ValueError that repeats the value."""
+    import os
+
+    raw = os.environ.get(name, str(default))
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not 0 < v < float("inf"):
+        raise ValueError(f"{name}={raw!r} must be a positive number{unit} (default {default:g})")
+    return v

@@ -26,7 +26,7 @@ import explorer
 from explorer import pack as packing
 from explorer.baselines import baseline_data, load_baseline, read_card, sha256_file, versions
 from explorer.compress import compress
-from explorer.errors import reason
+from explorer.errors import first_line
 from explorer.measure import compute, size
 from explorer.measure.hardware import hardware
 from explorer.measure.latency import measure_latency
@@ -143,7 +143,7 @@ def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> dict:
                        "mode": deploy["mode"], "calibration": deploy.get("calibration"),
                        "from_recipe": not deploy.get("default", False)}
     except Exception as e:
-        out["int8"] = {"available": False, "reason": f"ONNX Runtime quantisation failed: {reason(e)}"}
+        out["int8"] = {"available": False, "reason": f"ONNX Runtime quantisation failed: {first_line(e)}"}
     return out
 
 

@@ -10,21 +10,13 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from explorer.errors import env_positive
+
 
 def caps() -> dict:
-    def env(name: str, default: float) -> float:
-        raw = os.environ.get(name, str(default))
-        try:
-            v = float(raw)
-        except ValueError:
-            v = -1.0
-        if not v > 0:
-            raise ValueError(f"{name}={raw!r} must be a positive number (default {default:g})")
-        return v
-
-    return {"max_files": int(env("EXPLORER_ZIP_MAX_FILES", 100_000)),
-            "max_bytes": int(env("EXPLORER_ZIP_MAX_MB", 1024) * 2**20),
-            "max_ratio": env("EXPLORER_ZIP_MAX_RATIO", 200)}
+    return {"max_files": int(env_positive("EXPLORER_ZIP_MAX_FILES", 100_000)),
+            "max_bytes": int(env_positive("EXPLORER_ZIP_MAX_MB", 1024, " of megabytes") * 2**20),
+            "max_ratio": env_positive("EXPLORER_ZIP_MAX_RATIO", 200)}
 
 
 def _member_path(name: str) -> PurePosixPath:

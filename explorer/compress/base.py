@@ -178,6 +178,15 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
             named_param(model, name).masked_fill_(~mask, 0.0)
 
 
+def require_shapes_free(state: CompressionState, kind: str) -> None:
+    """Structural steps (channel pruning, low-rank, distillation) rebuild layers; masks, codebooks and
+    quantisation records are indexed by the old shapes, so such a step must come before those."""
+    held = [k for k in ("masks", "codebooks", "quant", "float_format") if getattr(state, k)]
+    if held:
+        raise ValueError(f"{kind} changes layer shapes, so it must come before the steps that left "
+                         f"{', '.join(held)}: put it before prune, cluster and quantize in the recipe")
+
+
 def finetune(model: nn.Module, ctx: Context, epochs: int, lr: float, what: str,
              extra_hooks: list[TrainHook] | None = None, loss_fn=None, params=None) -> dict:
     """Fine-tune in place with every constraint in the state kept; returns a small report."""

@@ -11,7 +11,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from explorer.compress.base import Context, compressible, finetune
+from explorer.compress.base import Context, compressible, finetune, require_shapes_free
 from explorer.compress.prune import PruneConfig, cubic_sparsity
 
 
@@ -55,9 +55,7 @@ def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
 
 def prune_channels(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
     """Prune `model` in place (the caller passes a copy) and fine-tune per the schedule."""
-    if ctx.state.masks or ctx.state.codebooks or ctx.state.quant:
-        raise ValueError("channel pruning changes layer shapes, so it must come before unstructured pruning, "
-                         "clustering and quantisation in a recipe")
+    require_shapes_free(ctx.state, "channel pruning")
     check_feasible(model, cfg)
     data = ctx.need_data("channel pruning (an example input for the dependency graph)")
     example = torch.zeros(1, *data.input_shape)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.compress.base import Compressed, CompressionState, Context, register_step
+from explorer.compress.base import Compressed, CompressionState, Context, register_step, require_shapes_free
 from explorer.data import DataBundle
 from explorer.errors import bad_value, check_choice, check_range
 from explorer.train import Progress, TrainConfig, fit, seed_everything
@@ -82,10 +82,7 @@ def _fresh(arch: dict, seed: int) -> nn.Module:
 @register_step("distill", DistillConfig, structural=True)
 def apply(model: nn.Module, config: DistillConfig, ctx: Context) -> Compressed:
     state = ctx.state
-    held = [k for k in ("masks", "codebooks", "quant") if getattr(state, k)]
-    if held:
-        raise ValueError(f"distill trains a new model, so the {', '.join(held)} of earlier steps would not apply to "
-                         "it: put distill first (prune, cluster and quantize the student afterwards)")
+    require_shapes_free(state, "distill")
     data = ctx.need_data("distillation")
     teacher = copy.deepcopy(model).eval()  # eval: dropout off and batch-norm statistics frozen
     teacher.requires_grad_(False)

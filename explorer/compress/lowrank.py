@@ -22,6 +22,7 @@ from explorer.compress.base import (
     compressible,
     finetune,
     register_step,
+    require_shapes_free,
 )
 from explorer.errors import bad_value, check_choice, check_range
 
@@ -159,10 +160,7 @@ def _describe(layer: nn.Module) -> str:
 @register_step("lowrank", LowRankConfig, structural=True)
 def apply(model: nn.Module, config: LowRankConfig, ctx: Context) -> Compressed:
     state = ctx.state
-    held = [k for k in ("masks", "codebooks", "quant") if getattr(state, k)]
-    if held:
-        raise ValueError(f"lowrank changes layer shapes, but earlier steps left {', '.join(held)} indexed by the old "
-                         "shapes: put lowrank before prune, cluster and quantize steps")
+    require_shapes_free(state, "lowrank")
     new_state = state.copy()
     out = clone(model)
     inside = {f"{n}.{c}" for n, m in out.named_modules() if isinstance(m, Factorized) for c in ("0", "1")}

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explorer.errors import reason
+from explorer.errors import first_line
 from explorer.measure.hardware import hardware
 
 BATCHES = (1, 256)
@@ -84,15 +84,19 @@ def onnx_runtime(path: str | None, x: np.ndarray, threads: int, provider: str = 
     try:
         sess = ort_session(path, threads, provider)
     except Exception as e:  # e.g. NOT_IMPLEMENTED for an op the provider lacks (fp16 on x86)
-        return unavailable(f"ONNX Runtime could not load the model: {reason(e)}")
+        return unavailable(f"ONNX Runtime could not load the model: {first_line(e)}")
     if provider not in sess.get_providers():
         return unavailable(f"{provider} did not take the model")
     name = sess.get_inputs()[0].name
+    fixed = sess.get_inputs()[0].shape[0]
+    if isinstance(fixed, int) and fixed > 0 and fixed != x.shape[0]:
+        return unavailable(f"the model was exported with a fixed batch of {fixed}; export it with a dynamic batch "
+                           f"dimension to time batch {x.shape[0]}")
     feed = {name: x}
     try:
         sess.run(None, feed)
     except Exception as e:
-        return unavailable(f"ONNX Runtime failed to run the model: {reason(e)}")
+        return unavailable(f"ONNX Runtime failed to run the model: {first_line(e)}")
     return {"available": True, **time_calls(lambda: sess.run(None, feed), **kw)}
 
 
@@ -124,7 +128,7 @@ def torch_cuda(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, repeats: i
         peak = torch.cuda.max_memory_allocated()
         return {"available": True, **summarise(times), "peak_memory_bytes": int(peak)}
     except Exception as e:
-        return unavailable(f"{type(e).__name__}: {reason(e)}")
+        return unavailable(f"{type(e).__name__}: {first_line(e)}")
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, onnx_fp32: str | None = None,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from explorer.compress.quantize import remove_activation_quant
-from explorer.errors import reason
+from explorer.errors import first_line
 
 
 class ExportError(RuntimeError):
@@ -43,7 +43,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | os.P
                                   **kw)
             return
         except Exception as e:
-            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {reason(e, 200)}")
+            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {first_line(e, 200)}")
     raise ExportError("; ".join(errors))
 
 
