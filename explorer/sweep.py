@@ -13,8 +13,10 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +149,20 @@ def _died(job: tuple[str, str], error: BaseException) -> dict:
     return {"key": job[0], "result": runner.failed_result(Recipe.from_json(job[1]), err), "files": {}}
 
 
+@contextlib.contextmanager
+def _bare_main():
+    """Spawned workers re-import the parent's __main__ from its file. Under Streamlit (and AppTest) that
+    file is app.py, so each worker would run the whole page and wait on the very cache lock the sweep
+    holds. While workers start, __main__ is an empty module, so they import only what a job needs."""
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+
+
 def _pool_run(jobs: list[tuple[str, str]], workers: int, fn: Callable[[tuple[str, str]], dict] | None = None,
               ) -> tuple[list[dict], list[tuple[str, str]]]:
     """(finished, jobs whose pool broke under them). A dead worker breaks the whole pool, so the jobs
@@ -158,7 +174,8 @@ def _pool_run(jobs: list[tuple[str, str]], workers: int, fn: Callable[[tuple[str
     ctx = multiprocessing.get_context("spawn")
     done, broken = [], []
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as pool:
-        futures = {pool.submit(fn or prepare_portable, j): j for j in jobs}
+        with _bare_main():  # workers start on submit: give them no script to re-run
+            futures = {pool.submit(fn or prepare_portable, j): j for j in jobs}
         for f in as_completed(futures):
             try:
                 done.append(f.result())

@@ -126,3 +126,20 @@ def test_query_round_trip():
     assert q == {"sparsity": "0.9", "quant_acts": "1"}
     parsed, problems = state.parse_query(q, ["digits_cnn-digits"])
     assert parsed == {"sparsity": 0.9, "quant_acts": True} and not problems
+
+
+def test_sweep_panel_runs_a_sweep_from_the_page(cache, monkeypatch):
+    # spawned sweep workers must not re-run the page (under Streamlit, __main__ is app.py): they would
+    # wait forever on the cache lock the sweep holds
+    monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
+    at = _app()
+    at.multiselect(key="sweep_sparsity").set_value([0.0, 0.25])
+    at.multiselect(key="sweep_bits").set_value([32, 4])
+    at.number_input(key="sweep_epochs").set_value(0)
+    at.run()
+    at.button(key="sweep_run").click().run(timeout=600)
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    df = at.session_state["sweep_frame"]
+    assert len(df) == 4 and (df["status"] == "ok").all()
+    assert {r["label"] for r in df.to_dict("records")} == {"baseline", "W4 ptq", "prune 25% unstructured",
+                                                           "prune 25% unstructured -> W4 ptq"}
