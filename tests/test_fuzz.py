@@ -18,7 +18,7 @@ from explorer.recipe import Recipe
 from explorer.safezip import extract_zip
 from tests.conftest import make_mnist
 
-FUZZ = settings(max_examples=40, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture],
+FUZZ = settings(max_examples=40, deadline=10_000, suppress_health_check=[HealthCheck.function_scoped_fixture],
                 derandomize=True)
 
 _model, _card = load_baseline("models/digits_cnn-digits.safetensors")
