@@ -1,11 +1,12 @@
 """The packed deployable artifact (`.xpk`): every tensor of a compressed model in its cheapest exact
 encoding, and the runnable model rebuilt from those bytes alone (JSON and numbers; no pickle, no code).
 
-File: MAGIC | format version (uint16 LE) | header length (uint32 LE) | header JSON | payload | SHA-256
-of everything before it. The header names the architecture, the layers that differ from it
-(explorer.structure), the activation quantisation spec and, per tensor, how its payload section is
-encoded. A section is: side arrays (float32 scales / zero points / centroids) | sparse index (bitmask
-or relative indices) | value codes bit-packed at exactly their width; optionally one zstd frame.
+File: MAGIC | format version (uint16 LE) | header length (uint32 LE) | header (JSON; from version 2 in
+one zstd frame) | payload | SHA-256 of everything before it. The header names the architecture, the
+layers that differ from it (explorer.structure), the activation quantisation spec and, per tensor, how
+its payload section is encoded. A section is: side arrays (float32 scales / zero points / centroids) |
+sparse index (bitmask or relative indices) | value codes bit-packed at exactly their width; optionally
+one zstd frame.
 
 Every choice is checked by decoding it at pack time and comparing bits with the model's tensor; an
 encoding that does not reproduce it (weights moved off their recorded grid, -0.0 where a grid gives
@@ -16,6 +17,7 @@ figures read from these bytes and accuracy measured on `unpack(...)` describe th
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import struct
@@ -34,7 +36,9 @@ from explorer.packcodec import Values, bits_view, candidates, decode_values, sid
 from explorer.structure import describe, rebuild
 
 MAGIC = b"XPK\x01"
-VERSION = 1
+VERSION = 2  # 2: the header JSON is one zstd frame (on a small model it was most of the file); 1: plain JSON
+READS = (1, 2)
+HEADER_CAP = 16 << 20  # no honest header inflates past this: a zstd bomb in the header stops here
 SUFFIX = ".xpk"
 ENTROPY = ("auto", "zstd", "none")
 ZSTD_LEVEL = 19
@@ -194,6 +198,7 @@ def pack(model: nn.Module, state: CompressionState, architecture: dict, *, entro
         text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as e:
         raise ValueError(f"the packed header must be plain JSON data: {e}") from None
+    text = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(text)
     body = _PREFIX.pack(MAGIC, VERSION, len(text)) + text + b"".join(chunks)
     return body + hashlib.sha256(body).digest()
 
@@ -207,15 +212,22 @@ def _read(blob: bytes) -> tuple[dict, memoryview]:
     if n < _PREFIX.size + _DIGEST:
         raise PackError(f"truncated: {n} bytes cannot hold even the fixed fields and the checksum")
     _, version, hlen = _PREFIX.unpack_from(blob)
-    if version != VERSION:
-        raise PackError(f"unsupported format version {version} (this reader knows version {VERSION})")
+    if version not in READS:
+        known = ", ".join(map(str, READS))
+        raise PackError(f"unsupported format version {version} (this reader knows versions {known})")
     end = _PREFIX.size + hlen
     if end + _DIGEST > n:
         raise PackError(f"truncated: the header alone needs {end + _DIGEST} bytes, the blob has {n}")
     digest_ok = hashlib.sha256(blob[:-_DIGEST]).digest() == blob[-_DIGEST:]
+    raw = blob[_PREFIX.size:end]
     try:
-        header = json.loads(blob[_PREFIX.size:end].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        if version >= 2:
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as reader:
+                raw = reader.read(HEADER_CAP + 1)
+            if len(raw) > HEADER_CAP:
+                raise PackError(f"header inflates past {HEADER_CAP} bytes: refused")
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, zstandard.ZstdError) as e:
         raise PackError("checksum mismatch" if not digest_ok else f"header is not valid JSON: {e}") from None
     size = header.get("payload_length") if isinstance(header, dict) else None
     if not isinstance(size, int) or size < 0 or not isinstance(header.get("tensors"), list):

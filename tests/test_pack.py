@@ -94,7 +94,7 @@ def test_baseline_is_dense_raw_float32(env):
     blob, out = roundtrip(env, env["model"], CompressionState())
     rows = tensor_report(blob)
     assert {(r["encoding"], r["bits"], r["layout"]) for r in rows} == {("raw", 32, "dense")}
-    assert out.header["format"] == "xpk" and out.header["version"] == 1 and out.header["structure"] == []
+    assert out.header["format"] == "xpk" and out.header["version"] == packing.VERSION and out.header["structure"] == []
     hlen = struct.unpack_from("<I", blob, 6)[0]
     assert len(blob) == 4 + 2 + 4 + hlen + sum(r["bytes"] for r in rows) + 32  # every byte accounted for
 
@@ -289,29 +289,53 @@ def test_truncated(blob, cut):
         unpack(cut(blob))
 
 
+def _header(blob: bytes) -> bytes:
+    """The header JSON of a version-2 blob (one zstd frame)."""
+    import zstandard
+
+    hlen = struct.unpack_from("<I", blob, 6)[0]
+    return zstandard.ZstdDecompressor().decompress(blob[10:10 + hlen])
+
+
+def _with_header(blob: bytes, text: bytes, version: int = 2, compress_it: bool = True) -> bytes:
+    """The blob with another header, re-signed so only the header differs."""
+    import zstandard
+
+    hlen = struct.unpack_from("<I", blob, 6)[0]
+    new = zstandard.ZstdCompressor().compress(text) if compress_it else text
+    return _resign(MAGIC + struct.pack("<HI", version, len(new)) + new + blob[10 + hlen:-32])
+
+
 def test_unsupported_version(blob):
-    future = _resign(MAGIC + struct.pack("<H", 2) + blob[6:-32])
-    with pytest.raises(PackError, match="unsupported format version 2"):
+    future = _resign(MAGIC + struct.pack("<H", 3) + blob[6:-32])
+    with pytest.raises(PackError, match="unsupported format version 3"):
         unpack(future)
 
 
+def test_version_1_plain_json_header_still_reads(blob):
+    v1 = _with_header(blob, _header(blob).replace(b'"version":2', b'"version":1'), version=1, compress_it=False)
+    a, b = unpack(blob).model.state_dict(), unpack(v1).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_header_zstd_bomb_is_refused(blob):
+    bomb = _with_header(blob, b" " * (packing.HEADER_CAP + 10))
+    with pytest.raises(PackError, match="header inflates past"):
+        unpack(bomb)
+
+
 def test_header_not_json_and_bad_tensor(blob):
-    hlen = struct.unpack_from("<I", blob, 6)[0]
-    body = bytearray(blob[:-32])
-    body[10] = ord("!")  # the header's opening brace, re-signed so only the JSON is wrong
     with pytest.raises(PackError, match="header is not valid JSON"):
-        unpack(_resign(bytes(body)))
-    header = blob[10:10 + hlen].replace(b'"nonzero":', b'"nonzero":1', 1)  # 1 prefixed to the first count
-    forged = _resign(blob[:6] + struct.pack("<I", len(header)) + header + blob[10 + hlen:-32])
+        unpack(_with_header(blob, b"!" + _header(blob)[1:]))
+    header = _header(blob).replace(b'"nonzero":', b'"nonzero":1', 1)  # 1 prefixed to the first count
     with pytest.raises(PackError, match="tensor features.0.weight: decodes to 110 non-zero elements"):
-        unpack(forged)
+        unpack(_with_header(blob, header))
     row = tensor_report(blob)[0]
     assert row["entropy"] == "zstd"
     old = b'"raw_length":%d' % row["raw_bytes"]
-    header = blob[10:10 + hlen].replace(old, old + b"0", 1)  # ten times the bytes the frame declares
-    forged = _resign(blob[:6] + struct.pack("<I", len(header)) + header + blob[10 + hlen:-32])
+    header = _header(blob).replace(old, old + b"0", 1)  # ten times the bytes the frame declares
     with pytest.raises(PackError, match="tensor features.0.weight: zstd frame declares"):
-        unpack(forged)
+        unpack(_with_header(blob, header))
 
 
 # ---------------------------------------------------------------- bit-level maths
