@@ -133,6 +133,22 @@ def test_qat_beats_ptq_at_two_bits(baseline):
     assert evaluate(qat, data.test)["top1"] > evaluate(ptq, data.test)["top1"] + 10
 
 
+def test_qat_activation_ranges_are_calibrated_on_the_deployed_weights(baseline):
+    # after QAT the activation ranges are measured again; they must describe the model as deployed,
+    # weights on the grid, not the float weights training kept
+    import copy
+
+    from explorer.compress.quantize import _layer_names, calibrate, remove_activation_quant
+
+    model, data = baseline
+    cfg = QuantizeConfig(mode="qat", bits=2, activation_bits=2, finetune_epochs=1, lr=1e-3)
+    r = apply(model, cfg, Context(data=data))
+    deployed = remove_activation_quant(copy.deepcopy(r.model))
+    layers, _ = _layer_names(deployed, cfg)
+    expected = calibrate(deployed, layers, data.calibration(cfg.calibration_samples, seed=0), cfg)["ranges"]
+    assert r.state.activations["ranges"] == expected
+
+
 def test_mixed_precision_fits_the_budget(baseline):
     model, data = baseline
     r = apply(model, QuantizeConfig(mode="mixed", bits=8, budget_bits=4.0), Context(data=data))

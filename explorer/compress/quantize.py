@@ -244,9 +244,11 @@ def apply(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> Compressed:
         attach_activation_quant(model, spec)  # training sees the quantised activations too
         info["finetune"] = _qat(model, layers, cfg, ctx)
         remove_activation_quant(model)
-        if spec and not spec["dynamic"]:  # ranges move during training: calibrate again
-            spec = calibrate(model, layers, calib, cfg)
     quantize_weights(model, weights, bits, cfg, state)
+    if cfg.mode == "qat" and spec and not spec["dynamic"]:
+        # ranges move during training: calibrate again, on the weights as deployed (on the grid), not
+        # on the float weights training kept (at 2 bits most of those become zero)
+        spec = calibrate(model, layers, calib, cfg)
     state.activations = spec
     attach_activation_quant(model, spec)
     if cfg.mode in ("static", "dynamic"):
