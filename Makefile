@@ -46,3 +46,7 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Every table of docs/RESULTS.md, from the explorer's own runs (about 16 minutes cold on 2 cores).
+bench: $(STAMP)
+	$(PY) bench/run_all.py

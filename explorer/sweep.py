@@ -163,29 +163,49 @@ def _bare_main():
             sys.modules["__main__"] = saved
 
 
-def _pool_run(jobs: list[tuple[str, str]], workers: int, fn: Callable[[tuple[str, str]], dict] | None = None,
-              ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """(finished, jobs whose pool broke under them). A dead worker breaks the whole pool, so the jobs
-    it took down with it are retried alone to find the one that really kills its worker."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
+class _LocalPool:
+    """One pool of spawned workers for the whole sweep: a worker costs about two seconds to start (it
+    imports torch), so a pool per chunk would spend more on starting than on small runs. A worker that
+    dies breaks the pool; it is then replaced on the next use."""
 
-    ctx = multiprocessing.get_context("spawn")
-    done, broken = [], []
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as pool:
+    def __init__(self, workers: int, fn: Callable[[tuple[str, str]], dict] | None = None):
+        self.workers, self.fn, self.pool = workers, fn or prepare_portable, None
+
+    def run(self, jobs: list[tuple[str, str]]) -> tuple[list[dict], list[tuple[str, str]]]:
+        """(finished, jobs whose pool broke under them)."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_init_worker)
+        done, broken = [], []
         with _bare_main():  # workers start on submit: give them no script to re-run
-            futures = {pool.submit(fn or prepare_portable, j): j for j in jobs}
+            futures = {self.pool.submit(self.fn, j): j for j in jobs}
         for f in as_completed(futures):
             try:
                 done.append(f.result())
             except BrokenProcessPool:
                 broken.append(futures[f])
-    return done, broken
+        if broken:
+            self.close()
+        return done, broken
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def __enter__(self) -> _LocalPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _parallel(jobs: list[tuple[str, str]], backend: str, workers: int,
-              fn: Callable[[tuple[str, str]], dict] | None = None) -> Iterable[dict]:
+              fn: Callable[[tuple[str, str]], dict] | None = None, pool: _LocalPool | None = None) -> Iterable[dict]:
     if backend == "ray":
         import ray
 
@@ -214,10 +234,15 @@ def _parallel(jobs: list[tuple[str, str]], backend: str, workers: int,
         _init_worker()
         yield prepare_portable(jobs[0])
         return
-    done, broken = _pool_run(jobs, workers, fn)
-    yield from done
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(_LocalPool(workers, fn))
+        done, broken = pool.run(jobs)
+        yield from done
+    # the jobs a dying worker took down with it, each alone, to find the one that really kills its worker
     for job in broken:
-        again, still = _pool_run([job], 1, fn)
+        with _LocalPool(1, fn) as alone:
+            again, still = alone.run([job])
         yield from again
         for j in still:
             yield _died(j, RuntimeError("process pool broken"))
@@ -244,12 +269,13 @@ def run_sweep(recipes: Sequence[Recipe], *, backend: str = "local", workers: int
     keys = [runner.run_key(r) for r in recipes]  # bad input (a missing checkpoint) fails here, before work
     results: dict[str, dict] = {}
     t0, total = time.perf_counter(), len(recipes)
-    computed = 0
+    computed = [0]
 
-    def report():
+    def report(computed_now: bool = False):
+        computed[0] += computed_now
         if progress:
             done = len(results)
-            rate = (time.perf_counter() - t0) / computed if computed else None
+            rate = (time.perf_counter() - t0) / computed[0] if computed[0] else None
             progress(done, total, None if rate is None else rate * (total - done))
 
     for k in keys:
@@ -260,6 +286,20 @@ def run_sweep(recipes: Sequence[Recipe], *, backend: str = "local", workers: int
     pending = [(k, r) for k, r in zip(keys, recipes, strict=True) if k not in results]
     pending = list({k: r for k, r in pending}.items())  # the same run asked twice is computed once
     size = chunk or max(2 * workers, 4)
+    pool = _LocalPool(workers) if backend == "local" else None
+    try:
+        _chunks(pending, size, cache, backend, workers, pool, results, latency, report)
+    finally:
+        if pool is not None:
+            pool.close()
+    rows = [results[k] for k in keys]
+    return results_frame(rows)
+
+
+def _chunks(pending, size, cache, backend, workers, pool, results, latency, report) -> None:
+    """Compress a chunk in parallel, then time and store each of its runs one at a time."""
+    from explorer import runner
+
     for i in range(0, len(pending), size):
         part = pending[i:i + size]
         with contextlib.ExitStack() as locks:
@@ -272,15 +312,12 @@ def run_sweep(recipes: Sequence[Recipe], *, backend: str = "local", workers: int
                 else:
                     todo.append((k, r))
             jobs = [(k, r.to_json(indent=None)) for k, r in todo]
-            prepared = {out["key"]: out for out in (_parallel(jobs, backend, workers) if jobs else [])}
+            prepared = {out["key"]: out for out in (_parallel(jobs, backend, workers, pool=pool) if jobs else [])}
             # timing happens here, after the chunk's parallel work, one run at a time
             for k, r in todo:
                 out = prepared.get(k) or {"result": runner.failed_result(r, RuntimeError("worker returned nothing"))}
                 results[k] = _finish(cache, k, r, out, latency)
-                computed += 1
-                report()
-    rows = [results[k] for k in keys]
-    return results_frame(rows)
+                report(True)
 
 
 def _finish(cache, key: str, recipe: Recipe, out: dict, latency: bool) -> dict:

@@ -64,7 +64,7 @@ def sidebar(baselines: list[str]) -> dict[str, Any]:
         st.checkbox("Distil into a smaller digits_cnn", key="distill")
         st.slider("Student width", 0.125, 1.0, step=0.125, key="student_width")
         st.number_input("Distillation epochs", 1, 100, step=1, key="distill_epochs")
-        st.checkbox("Low-rank (SVD) of linear layers", key="lowrank")
+        st.checkbox("Low-rank (SVD) of the inner layers", key="lowrank")
         st.slider("Rank ratio", 0.05, 1.0, step=0.05, key="rank_ratio")
 
     controls = {k: st.session_state[k] for k in state.DEFAULTS}
