@@ -204,7 +204,8 @@ def test_sparsity_slider_reruns_and_the_page_shows_results_and_charts(browser, s
         _assert_no_errors(page, "first load", page_errors)
         assert _metric(page, "Top-1 (measured)").endswith("%")
         assert _metric(page, "Weight sparsity") == "50.0%"
-        assert page.locator(CHARTS).count() >= 1, "no chart in the page (the tabs hold them all)"
+        # no chart count here: the Overview holds none, and plotly mounts the hidden tabs' charts when its
+        # script chunk has loaded, which on a slow machine is after the run is done; each tab is checked below
 
         sidebar = page.get_by_test_id("stSidebar")
         slider = sidebar.get_by_test_id("stSlider").filter(has=page.get_by_role("slider", name="Sparsity"))
