@@ -34,6 +34,9 @@ def check_steps(recipe: Recipe, reason: str) -> dict | None:
     if kind != "quantize" or step.mode not in ("static", "dynamic"):
         label = kind if kind != "quantize" else f"quantize mode {step.mode!r}"
         raise ValueError(f"{label} is not available for an ONNX model: {reason}")
+    if step.layers != "all":
+        raise ValueError(f"quantize layers={step.layers!r} is not available for an ONNX model, whose layers the "
+                         f"explorer cannot name; allowed: 'all'")
     return {"mode": step.mode, "per_channel": step.per_channel, "calibration": step.calibration,
             "calibration_samples": step.calibration_samples}
 

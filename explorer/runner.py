@@ -137,10 +137,12 @@ def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> dict:
     calib = data.calibration(min(int(deploy.get("calibration_samples", 256)), len(data.train)), seed=recipe.seed)
     try:
         quantize_int8(work / FILES["onnx"], work / FILES["onnx_int8"], mode=deploy["mode"], calibration=calib.numpy(),
-                      per_channel=deploy.get("per_channel", True), method=deploy.get("calibration", "minmax"))
+                      per_channel=deploy.get("per_channel", True), method=deploy.get("calibration", "minmax"),
+                      keep_float=set(deploy.get("keep_float", ())))
         out["int8"] = {"available": True, "bytes": (work / FILES["onnx_int8"]).stat().st_size,
                        "accuracy": onnx_accuracy(work / FILES["onnx_int8"], x, y),
                        "mode": deploy["mode"], "calibration": deploy.get("calibration"),
+                       "fp32_layers": list(deploy.get("keep_float", ())),
                        "from_recipe": not deploy.get("default", False)}
     except Exception as e:
         out["int8"] = {"available": False, "reason": f"ONNX Runtime quantisation failed: {first_line(e)}"}

@@ -87,6 +87,9 @@ def test_foreign_models_get_size_latency_and_int8_only(env, baseline, fmt):
     assert not res["latency"]["torch_cpu_fp32"]["b1"]["available"]
     with pytest.raises(ValueError, match="prune is not available for an ONNX model: pruning, clustering"):
         service.run(Recipe(model="onnx", checkpoint=added["path"], steps=(PruneConfig(sparsity=0.5),)))
+    with pytest.raises(ValueError, match="layers='inner' is not available for an ONNX model.*allowed: 'all'"):
+        service.run(Recipe(model="onnx", checkpoint=added["path"],
+                           steps=(QuantizeConfig(mode="static", layers="inner"),)))
 
 
 def test_wrong_architecture_lists_the_keys(env, baseline):

@@ -61,6 +61,44 @@ def test_int8_onnx_within_half_a_point_of_pytorch(baseline, tmp_path):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
+def test_module_of_node_follows_the_exporters_scope_names():
+    from explorer.measure.onnx_export import module_of_node
+
+    assert module_of_node("/features/features.0/Conv") == "features.0"
+    assert module_of_node("/layer1/layer1.0/conv1/Conv") == "layer1.0.conv1"
+    assert module_of_node("/conv1/Conv") == "conv1"
+    assert module_of_node("Conv_3") == ""
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_int8_onnx_keeps_the_layers_the_recipe_left_float(baseline, tmp_path, mode):
+    """layers="inner" quantises all but the first and last layer: the deployed int8 graph does the same."""
+    import onnx
+
+    model, data = baseline
+    state = compress(model, [QuantizeConfig(mode=mode, layers="inner")], data).state
+    assert state.deploy["keep_float"] == ["features.0", "classifier.4"]
+    export_onnx(model, data.input_shape, tmp_path / "m.onnx")
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", mode=mode, calibration=data.calibration(64).numpy(),
+                  keep_float=set(state.deploy["keep_float"]))
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    floats = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    by_module = {}
+    for n in graph.node:
+        if n.op_type in ("Conv", "Gemm", "ConvInteger", "MatMulInteger", "MatMul"):
+            w = n.input[1]
+            quantised = w not in floats or (w in producers and producers[w].op_type == "DequantizeLinear")
+            by_module.setdefault(n.name.split("/")[2] if n.name.count("/") > 2 else n.name, []).append(quantised)
+    assert by_module["features.0"] == [False] and by_module["classifier.4"] == [False], by_module
+    assert all(all(v) for k, v in by_module.items() if k not in ("features.0", "classifier.4")), by_module
+    acc = onnx_accuracy(tmp_path / "q.onnx", data.test.x.numpy(), data.test.y.numpy())["top1"]
+    assert acc >= evaluate(model, data.test)["top1"] - 2
+    with pytest.raises(Exception, match="no_such_layer"):
+        quantize_int8(tmp_path / "m.onnx", tmp_path / "x.onnx", mode=mode, calibration=data.calibration(64).numpy(),
+                      keep_float={"no_such_layer"})
+
+
 def test_dynamic_int8_onnx(baseline, tmp_path):
     model, data = baseline
     export_onnx(model, data.input_shape, tmp_path / "m.onnx")

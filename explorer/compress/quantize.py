@@ -254,7 +254,11 @@ def apply(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> Compressed:
     if cfg.mode in ("static", "dynamic"):
         state.deploy = {"engine": "onnxruntime", "mode": cfg.mode, "per_channel": cfg.per_channel,
                         "symmetric": cfg.symmetric, "calibration": cfg.calibration,
-                        "calibration_samples": cfg.calibration_samples}
+                        "calibration_samples": cfg.calibration_samples,
+                        "keep_float": [n for n, _ in compressible(model, "all") if n not in layers]}
+        if state.deploy["keep_float"]:
+            state.notes.append(f"The int8 ONNX model keeps {', '.join(state.deploy['keep_float'])} in fp32, as the "
+                               f"recipe's layers={cfg.layers!r} asks.")
     if cfg.mode == "dynamic":
         state.notes.append("Dynamic int8 quantises activations at run time; for convolutions ONNX Runtime uses "
                            "ConvInteger, which is often slower than fp32 on x86 (seed 000 saw the same).")

@@ -57,10 +57,32 @@ class _Reader:
         return next(self.batches, None)
 
 
+def module_of_node(node_name: str) -> str:
+    """The PyTorch module path of a node that the TorchScript exporter named after its scope:
+    '/features/features.0/Conv' -> 'features.0', '/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1'."""
+    path = ""
+    for part in [p for p in node_name.split("/") if p][:-1]:
+        path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
+    return path
+
+
+def nodes_of_modules(graph, modules: set[str]) -> tuple[list[str], set[str]]:
+    """The graph's Conv, Gemm and MatMul nodes that belong to `modules`, and the modules no node matched.
+    A Gemm is named twice: dynamic quantisation first rewrites it as '<name>_MatMul' plus an Add."""
+    nodes, seen = [], set()
+    for node in graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and (mod := module_of_node(node.name)) in modules:
+            nodes += [node.name, f"{node.name}_MatMul"] if node.op_type == "Gemm" else [node.name]
+            seen.add(mod)
+    return nodes, modules - seen
+
+
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, mode: str = "static",
-                  calibration: np.ndarray | None = None, per_channel: bool = True, method: str = "minmax") -> None:
+                  calibration: np.ndarray | None = None, per_channel: bool = True, method: str = "minmax",
+                  keep_float: set[str] | frozenset[str] = frozenset()) -> None:
     """ONNX Runtime quantisation: static QDQ (U8 activations, S8 weights) calibrated on `calibration`,
-    or dynamic (weights int8, activation ranges at run time)."""
+    or dynamic (weights int8, activation ranges at run time). The layers of the modules in `keep_float`
+    stay fp32 (a recipe that quantised only some layers deploys only those in int8)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -76,23 +98,28 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, 
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         except Exception:  # pre-processing is an optimisation; quantise the plain export if it fails
             pre = Path(fp32_path)
+        import onnx
+
+        graph = onnx.load(str(pre), load_external_data=False).graph
+        exclude, unmatched = nodes_of_modules(graph, set(keep_float))
+        if unmatched:
+            raise ExportError(f"cannot find the layers {sorted(unmatched)} in the exported graph to keep them fp32")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if mode == "dynamic":
-                quantize_dynamic(str(pre), str(out_path), per_channel=per_channel, weight_type=QuantType.QInt8)
+                quantize_dynamic(str(pre), str(out_path), per_channel=per_channel, weight_type=QuantType.QInt8,
+                                 nodes_to_exclude=exclude)
                 return
             if calibration is None or len(calibration) == 0:
                 raise ValueError("static int8 quantisation needs calibration samples")
-            import onnx
-
-            graph_input = onnx.load(str(pre), load_external_data=False).graph.input[0]
+            graph_input = graph.input[0]
             name = graph_input.name
             fixed = graph_input.type.tensor_type.shape.dim[0].dim_value  # 0 when the batch axis is dynamic
             cal = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                    "entropy": CalibrationMethod.Entropy}[method]
             quantize_static(str(pre), str(out_path), _Reader(name, calibration.astype(np.float32), fixed or 32),
                             quant_format=QuantFormat.QDQ, per_channel=per_channel, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=cal,
+                            weight_type=QuantType.QInt8, calibrate_method=cal, nodes_to_exclude=exclude,
                             extra_options={"CalibPercentile": 99.99} if method == "percentile" else None)
 
 
