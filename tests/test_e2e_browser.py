@@ -252,3 +252,68 @@ def test_sparsity_slider_reruns_and_the_page_shows_results_and_charts(browser, s
         raise
     finally:
         page.close()
+
+
+def _kill_processes_with(marker: str) -> int:
+    """SIGKILL every process whose command line holds `marker`; how many there were."""
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+        except (OSError, ProcessLookupError):
+            continue
+    return killed
+
+
+def test_a_crashed_session_does_not_affect_another(browser, server, tmp_path):
+    """Session A, in a browser of its own, asks for an uncached run, and that browser is killed while the
+    run is going; session B renders and reruns normally, and A's configuration, asked for again, is
+    served complete (the abandoned run neither poisoned the cache nor wedged the server)."""
+    from playwright.sync_api import expect
+
+    url, log = server
+    slow = "?baseline=vgg13-digits&sparsity=0.9&schedule=gradual&prune_epochs=6"
+    marker = f"--explorer-crash-test={os.getpid()}-{time.monotonic_ns()}"  # chromium ignores unknown switches
+    other = browser.browser_type.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, marker], headless=True,
+                                        timeout=60_000)
+    b = browser.new_page(viewport=VIEWPORT)
+    errors: list[str] = []
+    b.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        a = other.new_page(viewport=VIEWPORT)
+        a.goto(url + "/" + slow, timeout=UI_MS)
+        expect(a.locator(RUNNING).first).to_be_visible(timeout=UI_MS)  # A's script is running
+        assert _kill_processes_with(marker) >= 1, "found no process of session A's browser to kill"
+        _wait_for(lambda: not other.is_connected(), "session A's browser to go away", b, timeout_s=30)
+
+        b.goto(url, timeout=UI_MS)
+        expect(b.get_by_text(DONE)).to_be_visible(timeout=RUN_S * 1000)
+        _wait_idle(b, "session B's first load")
+        _assert_no_errors(b, "session B after A crashed", errors)
+        assert _metric(b, "Weight sparsity") == "50.0%"
+
+        b.goto(url + "/" + slow, timeout=UI_MS)  # the configuration A abandoned
+        expect(b.get_by_text(DONE)).to_be_visible(timeout=RUN_S * 1000)
+        _wait_idle(b, "session B on A's configuration")
+        _assert_no_errors(b, "session B on A's configuration", errors)
+        assert _metric(b, "Weight sparsity") == "90.0%"
+        assert _metric(b, "Top-1 (measured)").endswith("%")
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as r:
+            assert r.read().strip() == b"ok"
+        assert "Traceback" not in _tail(log, 400), f"the server logged a traceback:\n{_tail(log)}"
+    except BaseException:
+        try:
+            b.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        except Exception:  # noqa: BLE001 - the original failure matters, not this one
+            pass
+        print(f"failure screenshot: {tmp_path / 'failure.png'}\nstreamlit log:\n{_tail(log)}")
+        raise
+    finally:
+        b.close()
+        _kill_processes_with(marker)
+        try:
+            other.close()
+        except Exception:  # noqa: BLE001 - a killed browser may refuse to close cleanly
+            pass
