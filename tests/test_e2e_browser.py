@@ -179,6 +179,15 @@ def _charts_drawn(page, minimum: int, where: str) -> int:
     return len(drawn)
 
 
+def _report_failure(page, tmp_path: Path, log: Path) -> None:
+    """A screenshot of the page and the server log's tail, for a failing test's output."""
+    try:
+        page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+    except Exception:  # noqa: BLE001 - the original failure matters, not this one
+        pass
+    print(f"failure screenshot: {tmp_path / 'failure.png'}\nstreamlit log:\n{_tail(log)}")
+
+
 def _screenshot(page, path: Path) -> None:
     """The whole page: Streamlit scrolls inside its main block, so grow the viewport to that block's height."""
     height = page.evaluate('() => document.querySelector("[data-testid=stMain]").scrollHeight')
@@ -244,11 +253,7 @@ def test_sparsity_slider_reruns_and_the_page_shows_results_and_charts(browser, s
         page.get_by_role("tab", name="Overview").click()
         _assert_no_errors(page, "the end", page_errors)
     except BaseException:
-        try:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-        except Exception:  # noqa: BLE001 - the original failure matters, not this one
-            pass
-        print(f"failure screenshot: {tmp_path / 'failure.png'}\nstreamlit log:\n{_tail(log)}")
+        _report_failure(page, tmp_path, log)
         raise
     finally:
         page.close()
@@ -304,11 +309,7 @@ def test_a_crashed_session_does_not_affect_another(browser, server, tmp_path):
             assert r.read().strip() == b"ok"
         assert "Traceback" not in _tail(log, 400), f"the server logged a traceback:\n{_tail(log)}"
     except BaseException:
-        try:
-            b.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-        except Exception:  # noqa: BLE001 - the original failure matters, not this one
-            pass
-        print(f"failure screenshot: {tmp_path / 'failure.png'}\nstreamlit log:\n{_tail(log)}")
+        _report_failure(b, tmp_path, log)
         raise
     finally:
         b.close()
