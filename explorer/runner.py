@@ -26,7 +26,7 @@ import explorer
 from explorer import pack as packing
 from explorer.baselines import baseline_data, load_baseline, read_card, sha256_file, versions
 from explorer.compress import compress
-from explorer.errors import first_line
+from explorer.errors import env_positive, first_line
 from explorer.measure import compute, size
 from explorer.measure.hardware import hardware
 from explorer.measure.latency import measure_latency
@@ -43,6 +43,18 @@ def threads() -> int:
     return int(os.environ.get("EXPLORER_THREADS", "1"))
 
 
+def train_threads() -> int:
+    """Torch threads for compression, fine-tuning and evaluation (EXPLORER_TRAIN_THREADS, default 1). Part
+    of a run's key: float sums split over another number of threads round differently, and fine-tuning
+    amplifies that into other accuracies (0.3 points on vgg13), so the page, the CLI and a sweep's
+    one-thread workers must all compute a recipe with the same count to show the same figures."""
+    n = env_positive("EXPLORER_TRAIN_THREADS", 1)
+    if n != int(n):
+        raise ValueError(f"EXPLORER_TRAIN_THREADS={os.environ['EXPLORER_TRAIN_THREADS']!r} must be a whole "
+                         "number of threads (default 1)")
+    return int(n)
+
+
 def latency_budget_s() -> float:
     return float(os.environ.get("EXPLORER_LATENCY_BUDGET_S", "0.3"))
 
@@ -57,7 +69,7 @@ def run_key(recipe: Recipe) -> str:
     h = hashlib.sha256()
     h.update(_sha(str(path), path.stat().st_mtime_ns).encode())
     h.update(recipe.canonical_json().encode())
-    h.update(f"schema={explorer.SCHEMA_VERSION}".encode())
+    h.update(f"schema={explorer.SCHEMA_VERSION};train_threads={train_threads()}".encode())
     return h.hexdigest()[:20]
 
 
@@ -165,6 +177,14 @@ def prepare(recipe: Recipe, workdir: str | os.PathLike, *, progress: Progress | 
         from explorer.onnx_runner import prepare_onnx
 
         return prepare_onnx(recipe, work, key)
+    # set, not set-and-restore: sessions of the page compute in threads of one process, and a restore by
+    # one run that ends would change the count under another that is still going
+    torch.set_num_threads(train_threads())
+    return _prepare_torch(recipe, work, key, t0, timings, progress)
+
+
+def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dict[str, Any],
+                   progress: Progress | None) -> dict[str, Any]:
     baseline, card = load_baseline(recipe.checkpoint_path)
     data = baseline_data(card)
     base_acc = evaluate(baseline, data.test)
@@ -234,6 +254,7 @@ def prepare(recipe: Recipe, workdir: str | os.PathLike, *, progress: Progress | 
         "compression": _jsonable(res.state.info), "notes": list(dict.fromkeys(res.state.notes)),
         "memory": {"finetune_cpu_rss_growth_bytes": train_rss},
         "timings": timings, "versions": versions(), "input_shape": list(data.input_shape),
+        "threads": {"compress_and_evaluate": train_threads()},
     }
 
 

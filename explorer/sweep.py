@@ -109,7 +109,9 @@ def recipe_for(model: str, dataset: str = "digits", *, sparsity: float = 0.0, bi
 def _init_worker() -> None:
     import torch
 
-    torch.set_num_threads(1)  # one worker per core, one intra-op thread per worker
+    from explorer.runner import train_threads
+
+    torch.set_num_threads(train_threads())  # runner.prepare sets it again; a worker per that many cores
 
 
 def prepare_portable(job: tuple[str, str]) -> dict:
@@ -263,7 +265,7 @@ def run_sweep(recipes: Sequence[Recipe], *, backend: str = "local", workers: int
     check_choice("backend", backend, BACKENDS)
     if not recipes:
         raise ValueError("the sweep is empty: give at least one recipe or grid value")
-    workers = workers or os.cpu_count() or 1
+    workers = workers or max(1, (os.cpu_count() or 1) // runner.train_threads())
     check_range("workers", workers, 1, 256, integer=True)
     cache = cache or RunCache()
     keys = [runner.run_key(r) for r in recipes]  # bad input (a missing checkpoint) fails here, before work

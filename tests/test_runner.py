@@ -117,3 +117,27 @@ def test_qat_recipe_runs_although_it_reorders_the_state_dict(tmp_path):
     recipe = Recipe(model="digits_cnn", steps=(QuantizeConfig(mode="qat", bits=8, finetune_epochs=1, lr=1e-3),))
     res = runner.prepare(recipe, tmp_path)
     assert res["status"] == "ok" and res["accuracy"]["top1"] > 90
+
+
+def test_a_recipe_gives_the_same_figures_whatever_threads_the_caller_runs(monkeypatch, tmp_path):
+    """The page's process, the CLI and a sweep's one-thread workers compute with EXPLORER_TRAIN_THREADS
+    threads, so one recipe gives one set of figures (vgg13's fine-tuning loss moves with the count)."""
+    recipe = Recipe(model="vgg13", steps=(PruneConfig(sparsity=0.5, finetune_epochs=1),))
+    before = torch.get_num_threads()
+    try:
+        got = []
+        for caller in (2, 1):
+            torch.set_num_threads(caller)
+            res = runner.prepare(recipe, tmp_path / str(caller))
+            assert res["threads"] == {"compress_and_evaluate": 1} and torch.get_num_threads() == 1
+            got.append(res["accuracy"])
+        assert got[0] == got[1]
+        key = runner.run_key(recipe)
+        monkeypatch.setenv("EXPLORER_TRAIN_THREADS", "2")
+        assert runner.run_key(recipe) != key  # a result computed with another count is another entry
+        for bad in ("0", "1.5", "many"):
+            monkeypatch.setenv("EXPLORER_TRAIN_THREADS", bad)
+            with pytest.raises(ValueError, match=f"EXPLORER_TRAIN_THREADS='{bad}'"):
+                runner.run_key(recipe)
+    finally:
+        torch.set_num_threads(before)

@@ -148,7 +148,9 @@ def size_and_latency(result: dict) -> None:
     st.plotly_chart(plots.latency_bars(result), key="chart_latency")
     hw = result.get("hardware") or {}
     st.caption(f"Hardware: {describe(hw)}. Median of repeated runs after warm-up, "
-               f"{result.get('latency_threads', '?')} thread(s); whiskers show p90.")
+               f"{result.get('latency_threads', '?')} thread(s); whiskers show p90. Compression, fine-tuning and "
+               f"accuracy: {(result.get('threads') or {}).get('compress_and_evaluate', '?')} torch thread(s) "
+               "(EXPLORER_TRAIN_THREADS), the same in the page, the CLI and sweeps.")
     missing = [(e, v["b1"]["reason"]) for e, v in (result.get("latency") or {}).items()
                if not v.get("b1", {}).get("available")]
     if not hw.get("gpu"):
