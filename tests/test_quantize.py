@@ -141,12 +141,50 @@ def test_qat_activation_ranges_are_calibrated_on_the_deployed_weights(baseline):
     from explorer.compress.quantize import _layer_names, calibrate, remove_activation_quant
 
     model, data = baseline
-    cfg = QuantizeConfig(mode="qat", bits=2, activation_bits=2, finetune_epochs=1, lr=1e-3)
+    cfg = QuantizeConfig(mode="qat", bits=2, activation_bits=2, finetune_epochs=1, lr=1e-3, learn_ranges=False)
     r = apply(model, cfg, Context(data=data))
     deployed = remove_activation_quant(copy.deepcopy(r.model))
     layers, _ = _layer_names(deployed, cfg)
     expected = calibrate(deployed, layers, data.calibration(cfg.calibration_samples, seed=0), cfg)["ranges"]
     assert r.state.activations["ranges"] == expected
+
+
+def test_learned_activation_quantiser_is_the_deployed_one_and_learns():
+    from explorer.compress.quantize import _LearnedActQuant
+
+    x = torch.randn(4096) * 3
+    for bits, (lo, hi) in ((2, (-1.3, 4.2)), (4, (0.0, 6.0)), (8, (-0.2, 0.1))):
+        q = _LearnedActQuant(lo, hi, bits)
+        scale, zp = qmath.qparams(torch.tensor([lo]), torch.tensor([hi]), bits, symmetric=False)
+        torch.testing.assert_close(q(x), qmath.fake_quantize(x, scale, zp, bits, symmetric=False), rtol=0, atol=1e-5)
+        assert q.range() == pytest.approx([lo, hi])
+        q(x).pow(2).sum().backward()  # a loss that wants a narrower range reaches both bounds' parameters
+        assert q.v.grad is not None and q.v.grad != 0 and (lo == 0 or q.u.grad != 0)
+
+
+def test_qat_learns_activation_ranges_and_deploys_them(baseline):
+    import copy
+
+    from explorer.compress.quantize import _layer_names, attach_activation_quant, calibrate, remove_activation_quant
+
+    model, data = baseline
+    # 5 epochs: with 3 the cosine schedule leaves the ranges too little time (learned and fixed tie at 2/2)
+    cfg = QuantizeConfig(mode="qat", bits=2, activation_bits=2, finetune_epochs=5, lr=1e-3)
+    learned = apply(model, cfg, Context(data=data))
+    spec = learned.state.activations
+    layers, _ = _layer_names(model, cfg)
+    start = calibrate(model, layers, data.calibration(cfg.calibration_samples, seed=0), cfg)["ranges"]
+    assert spec["method"].startswith("learned") and spec["ranges"].keys() == start.keys()
+    moved = [abs(spec["ranges"][n][1] / start[n][1] - 1) for n in layers]
+    assert max(moved) > 0.05, f"the ranges hardly moved from calibration: {moved}"
+    # nothing of the training machinery is left on the model: same tensors as the input, fixed hooks only
+    assert learned.model.state_dict().keys() == model.state_dict().keys()
+    assert not any(hasattr(m, "explorer_act_quant") for m in learned.model.modules())
+    # the model as deployed (weights on the grid, the learned ranges as fixed quantisers) is this model
+    rebuilt = attach_activation_quant(remove_activation_quant(copy.deepcopy(learned.model)), spec)
+    torch.testing.assert_close(rebuilt(data.test.x), learned.model(data.test.x))
+    fixed = apply(model, QuantizeConfig(**{**cfg.__dict__, "learn_ranges": False}), Context(data=data))
+    assert evaluate(learned.model, data.test)["top1"] > evaluate(fixed.model, data.test)["top1"]
 
 
 def test_mixed_precision_fits_the_budget(baseline):

@@ -50,6 +50,7 @@ class QuantizeConfig:
     lr: float = 1e-4
     layers: str = "all"
     budget_bits: float = 0.0  # mixed: average bits per quantised weight the mix must fit under
+    learn_ranges: bool = True  # QAT: learn each activation range with the weights (LSQ+) instead of fixing it
 
     def __post_init__(self):
         check_choice("mode", self.mode, MODES)
@@ -75,6 +76,7 @@ class QuantizeConfig:
             raise bad_value("finetune_epochs", 0, "at least 1 for quantisation-aware training")
         check_range("lr", self.lr, 1e-7, 1.0)
         check_choice("layers", self.layers, LAYER_CHOICES)
+        check_choice("learn_ranges", self.learn_ranges, (True, False))
         if self.mode == "mixed":
             check_range("budget_bits", self.budget_bits, 2.0, float(self.bits))
 
@@ -101,6 +103,64 @@ def _act_hook(lo: float, hi: float, bits: int, dynamic: bool):
 
     hook.explorer_act_quant = True
     return hook
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+class _LearnedActQuant(nn.Module):
+    """An activation range [lo, hi] learned during QAT, as LSQ and LSQ+ learn step sizes (Esser et al.
+    2020, Bhalgat et al. 2020): the forward pass is exactly the deployed asymmetric quantiser of that
+    range (qmath.qparams: the range spans zero, the zero point is rounded); rounding passes gradients
+    straight through, so the range learns from the loss how much reach to trade for resolution, where a
+    calibrated min-max range keeps every outlier at any cost. Each bound is learned in log space,
+    lo0 * exp(GAIN * u): Adam moves a parameter by about lr per step whatever its scale, and ranges run
+    from 1 to 20 here, so the gain turns lr=1e-3 into relative moves of a few percent per step."""
+
+    GAIN = 30.0
+
+    def __init__(self, lo: float, hi: float, bits: int):
+        super().__init__()
+        self.lo0, self.hi0 = min(float(lo), 0.0), max(float(hi), 0.0)
+        self.u, self.v = nn.Parameter(torch.zeros(())), nn.Parameter(torch.zeros(()))
+        self.qmax = 2 ** bits - 1
+
+    def bounds(self):
+        return self.lo0 * torch.exp(self.GAIN * self.u), self.hi0 * torch.exp(self.GAIN * self.v)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.bounds()
+        s = torch.clamp((hi - lo) / self.qmax, min=1e-8)
+        z = torch.clamp(_round_ste(-lo / s), 0, self.qmax)
+        return (torch.clamp(_round_ste(x / s) + z, 0, self.qmax) - z) * s
+
+    def range(self) -> list[float]:
+        lo, hi = self.bounds()
+        return [lo.item(), hi.item()]
+
+
+def _attach_learned(model: nn.Module, spec: dict) -> dict[str, _LearnedActQuant]:
+    """Learnable quantisers on the inputs of the spec's layers, as submodules (so the optimiser sees them)."""
+    quantisers = {}
+    for name, (lo, hi) in spec["ranges"].items():
+        layer = model.get_submodule(name)
+        q = quantisers[name] = _LearnedActQuant(lo, hi, spec["bits"])
+        layer.explorer_act_quant = q
+
+        def hook(module, args, _q=q):
+            return (_q(args[0]), *args[1:])
+
+        hook.explorer_act_quant = True
+        layer.register_forward_pre_hook(hook)
+    return quantisers
+
+
+def _detach_learned(model: nn.Module, quantisers: dict[str, _LearnedActQuant]) -> dict:
+    remove_activation_quant(model)
+    for name in quantisers:
+        del model.get_submodule(name).explorer_act_quant
+    return {name: q.range() for name, q in quantisers.items()}
 
 
 def remove_activation_quant(model: nn.Module) -> nn.Module:
@@ -240,12 +300,15 @@ def apply(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> Compressed:
         data = ctx.need_data("activation quantisation (calibration samples)")
         calib = data.calibration(min(cfg.calibration_samples, len(data.train)), seed=ctx.seed)
         spec = calibrate(model, layers, calib, cfg)
-    if cfg.mode == "qat":
-        attach_activation_quant(model, spec)  # training sees the quantised activations too
+    learned = cfg.mode == "qat" and cfg.learn_ranges and spec is not None
+    if cfg.mode == "qat":  # training sees the quantised activations too
+        quantisers = _attach_learned(model, spec) if learned else attach_activation_quant(model, spec)
         info["finetune"] = _qat(model, layers, cfg, ctx)
+        if learned:
+            spec = {**spec, "ranges": _detach_learned(model, quantisers), "method": "learned (LSQ+)"}
         remove_activation_quant(model)
     quantize_weights(model, weights, bits, cfg, state)
-    if cfg.mode == "qat" and spec and not spec["dynamic"]:
+    if cfg.mode == "qat" and spec and not learned:
         # ranges move during training: calibrate again, on the weights as deployed (on the grid), not
         # on the float weights training kept (at 2 bits most of those become zero)
         spec = calibrate(model, layers, calib, cfg)

@@ -55,6 +55,9 @@ def sidebar(baselines: list[str]) -> dict[str, Any]:
         st.checkbox("Per-channel", key="per_channel")
         st.selectbox("Calibration", state.CALIBRATIONS, key="calibration")
         st.number_input("QAT epochs", 1, 50, step=1, key="qat_epochs")
+        st.checkbox("QAT learns activation ranges", key="learn_ranges",
+                    help="on: each activation range is trained with the weights (learned step size, LSQ); "
+                         "off: the calibrated ranges stay fixed and are measured again after training")
 
     with sb.expander("Clustering", expanded=True):
         st.select_slider("Clusters per layer", state.CLUSTER_OPTIONS, key="clusters", help=HELP["clusters"])

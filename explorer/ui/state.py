@@ -21,7 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "sparsity": 0.5, "granularity": "unstructured", "criterion": "l1", "scope": "global", "schedule": "oneshot",
     "prune_epochs": 2,
     "bits": "fp32", "quant_mode": "ptq", "quant_acts": False, "symmetric": True, "per_channel": True,
-    "calibration": "minmax", "qat_epochs": 2,
+    "calibration": "minmax", "qat_epochs": 2, "learn_ranges": True,
     "clusters": "off", "cluster_finetune": False,
     "distill": False, "student_width": 0.5, "distill_epochs": 15,
     "lowrank": False, "rank_ratio": 0.25,
@@ -113,6 +113,7 @@ def to_recipe(c: dict[str, Any], card: dict) -> Recipe:
         steps.append(QuantizeConfig(bits=int(bits), mode=mode, activation_bits=acts, symmetric=c["symmetric"],
                                     per_channel=c["per_channel"], calibration=c["calibration"],
                                     finetune_epochs=c["qat_epochs"] if mode == "qat" else 0,
+                                    learn_ranges=c["learn_ranges"] or mode != "qat",
                                     lr=1e-3 if mode == "qat" else 1e-4))
     # the committed baselines sit where Recipe looks by default; others are named by their path
     default = card.get("name") == f"{card['architecture']}-{card['dataset']}"
