@@ -63,6 +63,8 @@ def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str 
     group = by if by in ok.columns else "technique"
     for (gval, clusters), part in ok.groupby([group, "clusters"], dropna=False):
         part = part.sort_values("sparsity_requested")
+        if group == "bits" and isinstance(gval, float) and gval.is_integer():
+            gval = int(gval)  # a failed run's missing bit-width turns the column into floats
         name = f"{gval}-bit" if group == "bits" and gval not in (16, 32) else (
             {16: "fp16", 32: "fp32"}.get(gval, str(gval)) if group == "bits" else str(gval))
         if clusters:
@@ -77,6 +79,10 @@ def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str 
         fig.add_trace(go.Scatter(x=[cur["sparsity_requested"]], y=[cur["top1"]], mode="markers", name="current",
                                  marker={"size": 16, "symbol": "star", "color": "crimson", "line": {"width": 1}},
                                  hovertemplate=f"<b>current: {cur['label']}</b><extra></extra>"))
+    if "accuracy_delta" in ok.columns and ok["accuracy_delta"].notna().any():
+        base = float((ok["top1"] - ok["accuracy_delta"]).median())  # every run carries its baseline's top-1
+        fig.add_hline(y=base, line_dash="dot", line_color="grey", annotation_text=f"baseline {base:.2f}%",
+                      annotation_position="bottom left")
     fig.update_layout(xaxis_title="sparsity (requested)", yaxis_title="top-1 accuracy (%)")
     return _layout(fig, "Sparsity vs accuracy")
 

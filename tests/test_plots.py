@@ -1,0 +1,68 @@
+"""The charts carry the figures of the runs they draw: checked on a hand-made table whose answer is known."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from explorer import plots
+
+
+def _frame() -> pd.DataFrame:
+    rows = []
+    for i, (sp, bits, top1, packed) in enumerate([(0.5, 32, 98.0, 80_000), (0.9, 32, 96.0, 30_000),
+                                                   (0.0, 8, 98.2, 45_000), (0.5, 8, 97.5, 25_000),
+                                                   (0.9, 8, 90.0, 12_000), (0.5, 4, 95.0, 20_000)]):
+        rows.append({"status": "ok", "key": f"k{i}", "label": f"run {i}", "sparsity_requested": sp, "bits": bits,
+                     "clusters": 0, "top1": top1, "accuracy_delta": top1 - 98.33, "packed_bytes": packed,
+                     "recipe_json": json.dumps({"steps": [{"kind": "prune", "sparsity": sp}]})})
+    rows.append({"status": "failed", "key": "bad", "label": "failed run"})
+    return pd.DataFrame(rows)
+
+
+def test_sparsity_accuracy_draws_one_line_per_bit_width_the_current_run_and_the_baseline():
+    fig = plots.sparsity_accuracy(_frame(), current_key="k3")
+    lines = {t.name: t for t in fig.data if t.name != "current"}
+    assert set(lines) == {"fp32", "8-bit", "4-bit"}
+    assert list(lines["8-bit"].x) == [0.0, 0.5, 0.9] and list(lines["8-bit"].y) == [98.2, 97.5, 90.0]
+    (cur,) = [t for t in fig.data if t.name == "current"]
+    assert (cur.x[0], cur.y[0]) == (0.5, 97.5)
+    (base,) = fig.layout.shapes
+    assert base.y0 == base.y1 == pytest.approx(98.33)
+    assert "failed" not in json.dumps([list(t.customdata[:, 0]) for t in lines.values()])
+
+
+def test_pareto_joins_exactly_the_non_dominated_runs():
+    fig = plots.pareto(_frame(), "packed_bytes", "packed bytes", current_key="k0")
+    runs, front, cur = fig.data
+    assert len(runs.x) == 6
+    # by size: 12k (90%) < 20k (95%) < 25k (97.5%) < 45k (98.2%); 30k and 80k are dominated
+    assert list(front.x) == [12_000, 20_000, 25_000, 45_000] and list(front.y) == [90.0, 95.0, 97.5, 98.2]
+    assert (cur.x[0], cur.y[0]) == (80_000, 98.0)
+
+
+def test_empty_and_failed_only_tables_give_an_empty_chart_not_an_error():
+    failed = _frame().iloc[-1:]
+    for df in (pd.DataFrame(), failed):
+        assert "no runs yet" in plots.sparsity_accuracy(df).layout.title.text
+        assert "no runs yet" in plots.pareto(df, "packed_bytes", "packed bytes").layout.title.text
+
+
+def test_size_and_latency_bars_show_the_run_result_figures():
+    result = {
+        "size": {"file_bytes": 160_000, "gzip_bytes": 80_000, "packed_bytes": 16_000, "onnx_int8_bytes": None,
+                 "state_dict_bytes": 159_000},
+        "baseline_size": {"file_bytes": 160_000},
+        "latency": {"torch_cpu_fp32": {"b1": {"available": True, "median_ms": 0.1, "p90_ms": 0.12, "runs": 50},
+                                       "b256": {"available": True, "median_ms": 6.0, "p90_ms": 6.5, "runs": 9}},
+                    "torch_cuda_fp32": {"b1": {"available": False, "reason": "no CUDA device"}}},
+    }
+    (bars,) = plots.size_bars(result).data
+    assert list(bars.x) == ["checkpoint (fp32/fp16 file)", "gzip of checkpoint", "packed .xpk"]
+    assert list(bars.y) == [160_000, 80_000, 16_000] and list(bars.text) == ["1.0x", "2.0x", "10.0x"]
+    fig = plots.latency_bars(result)
+    assert [t.name for t in fig.data] == ["batch 1", "batch 256"]  # the CUDA engine that cannot run is left out
+    b256 = fig.data[1]
+    assert list(b256.x) == ["PyTorch eager CPU fp32"] and list(b256.y) == [6.0]
+    assert list(b256.error_y.array) == pytest.approx([0.5])
+    assert "no engine could run" in plots.latency_bars({"latency": {}}).layout.title.text
