@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--schedule", default="oneshot")
     w.add_argument("--finetune-epochs", default="2")
     w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--bn-adapt", action="store_true",
+                   help="re-estimate BatchNorm statistics after pruning or clustering (models with BatchNorm)")
     w.add_argument("--backend", default="local", help="local (process pool) or ray")
     w.add_argument("--workers", type=int, default=None)
     w.add_argument("--out", required=True, help="results CSV")
@@ -207,7 +209,8 @@ def _sweep(a: argparse.Namespace) -> int:
                 bits=parse_list(a.bits, int, "bits"), clusters=parse_list(a.clusters, int, "clusters"),
                 granularity=parse_list(a.granularity, str, "granularity"),
                 schedule=parse_list(a.schedule, str, "schedule"),
-                finetune_epochs=parse_list(a.finetune_epochs, int, "finetune-epochs"), seed=a.seed)
+                finetune_epochs=parse_list(a.finetune_epochs, int, "finetune-epochs"), seed=a.seed,
+                bn_adapt=a.bn_adapt)
     recipes = grid.recipes()
     t0 = time.perf_counter()
 

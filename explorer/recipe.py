@@ -47,6 +47,11 @@ class Recipe:
         kinds = [step_type_of(s).kind for s in self.steps]
         if kinds.count("distill") > 1:
             raise ValueError("a recipe can distil into one student only")
+        if "bn_adapt" in kinds and "quantize" in kinds:
+            last_bn = len(kinds) - 1 - kinds[::-1].index("bn_adapt")
+            if last_bn > kinds.index("quantize"):
+                raise ValueError(f"step {last_bn + 1} (bn_adapt) must come before the quantize steps: it "
+                                 "re-measures float statistics that quantisation fixes")
 
     @property
     def checkpoint_path(self) -> Path:
@@ -126,4 +131,6 @@ def describe_step(step: Any, kind: str) -> str:
         return f"low-rank {step.energy:.0%} energy" if step.energy else f"low-rank {step.rank_ratio:g}"
     if kind == "distill":
         return f"distil -> {step.student} x{step.width:g}"
+    if kind == "bn_adapt":
+        return "BN adapt"
     return kind

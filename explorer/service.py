@@ -3,6 +3,7 @@ cached runs for a baseline, sweeps and artifacts. Keeps torch out of the UI modu
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -33,11 +34,29 @@ def cache() -> RunCache:
     return RunCache()
 
 
+@functools.lru_cache(maxsize=64)
+def _has_batchnorm(architecture: str, arch_kwargs: str) -> bool:
+    from torch import nn
+
+    from explorer.zoo import create_model
+
+    try:
+        model = create_model(architecture, **json.loads(arch_kwargs))
+    except (ValueError, TypeError):  # a card the zoo cannot build says so where it is loaded
+        return False
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def list_baselines() -> list[dict]:
-    """The committed baselines, then the models users added (state_dicts and ONNX)."""
+    """The committed baselines, then the models users added (state_dicts and ONNX); each PyTorch one
+    says whether it has BatchNorm layers (the page offers BatchNorm adaptation for those)."""
     from explorer.byo import list_user_models
 
-    return baselines.list_baselines() + list_user_models()
+    cards = baselines.list_baselines() + list_user_models()
+    for c in cards:
+        if c.get("format") != "onnx" and "architecture" in c:
+            c["batchnorm"] = _has_batchnorm(c["architecture"], json.dumps(c.get("arch_kwargs") or {}, sort_keys=True))
+    return cards
 
 
 def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, name: str | None) -> dict:
@@ -115,13 +134,15 @@ def frame(model: str, dataset: str, checkpoint: str | None = None) -> pd.DataFra
     return df
 
 
-def sweep(card: dict, *, sparsity, bits, clusters, epochs: int, granularity: str, progress=None) -> pd.DataFrame:
+def sweep(card: dict, *, sparsity, bits, clusters, epochs: int, granularity: str, bn_adapt: bool = False,
+          progress=None) -> pd.DataFrame:
     recipes = []
     for s in sparsity:
         for b in bits:
             for c in clusters:
                 r = recipe_for(card["architecture"], card["dataset"], sparsity=s, bits=b, clusters=c,
-                               granularity=granularity, finetune_epochs=epochs)
+                               granularity=granularity, finetune_epochs=epochs,
+                               bn_adapt=bn_adapt and bool(card.get("batchnorm")))
                 if card.get("name") != f"{card['architecture']}-{card['dataset']}":
                     r = Recipe(model=r.model, dataset=r.dataset, checkpoint=card["path"], steps=r.steps)
                 recipes.append(r)

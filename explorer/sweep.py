@@ -47,6 +47,7 @@ class Grid:
     schedule: tuple[str, ...] = ("oneshot",)
     finetune_epochs: tuple[int, ...] = (2,)
     seed: int = 0
+    bn_adapt: bool = False  # BatchNorm adaptation after pruning or clustering
 
     def __post_init__(self):
         for name in ("sparsity", "bits", "clusters", "granularity", "schedule", "finetune_epochs"):
@@ -67,7 +68,7 @@ class Grid:
         for s, b, c, g, sch, e in itertools.product(self.sparsity, self.bits, self.clusters, self.granularity,
                                                     self.schedule, self.finetune_epochs):
             r = recipe_for(self.model, self.dataset, sparsity=s, bits=b, clusters=c, granularity=g, schedule=sch,
-                           finetune_epochs=e, seed=self.seed)
+                           finetune_epochs=e, seed=self.seed, bn_adapt=self.bn_adapt)
             if r.canonical_json() not in seen:  # e.g. details that do not apply at sparsity 0
                 seen.add(r.canonical_json())
                 out.append(r)
@@ -76,8 +77,10 @@ class Grid:
 
 def recipe_for(model: str, dataset: str = "digits", *, sparsity: float = 0.0, bits: int = 32, clusters: int = 0,
                granularity: str = "unstructured", schedule: str = "oneshot", finetune_epochs: int = 2,
-               seed: int = 0, cluster_finetune_epochs: int = 0) -> Recipe:
-    """The recipe a grid point (or the UI's sliders) stands for: prune -> cluster -> quantise."""
+               seed: int = 0, cluster_finetune_epochs: int = 0, bn_adapt: bool = False) -> Recipe:
+    """The recipe a grid point (or the UI's sliders) stands for: prune -> cluster -> BatchNorm adaptation
+    (when asked, after a pruning or clustering step) -> quantise."""
+    from explorer.compress.bnadapt import BNAdaptConfig
     from explorer.compress.cluster import ClusterConfig
     from explorer.compress.prune import PruneConfig
     from explorer.compress.quantize import QuantizeConfig
@@ -94,6 +97,8 @@ def recipe_for(model: str, dataset: str = "digits", *, sparsity: float = 0.0, bi
                                      finetune_epochs=epochs))
     if clusters:
         steps.append(ClusterConfig(clusters=clusters, finetune_epochs=cluster_finetune_epochs))
+    if bn_adapt and steps:
+        steps.append(BNAdaptConfig())
     if bits == 16:
         steps.append(QuantizeConfig(mode="fp16", bits=16))
     elif bits == 8:

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.baselines import list_baselines
 from explorer.cache import RunCache
 from explorer.runner import run_key
+from explorer.service import list_baselines
 from explorer.ui import state
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,8 +44,8 @@ def _stored(at, cache) -> dict:
 def _assert_shows(at, res):
     m = _metrics(at)
     assert m["Top-1 (measured)"] == f"{res['accuracy']['top1']:.2f}%"
-    kib = res["size"]["packed_bytes"] / 1024
-    assert m["Packed size"] in (f"{kib:,.1f} KiB", f"{res['size']['packed_bytes']:,} B")
+    n = res["size"]["packed_bytes"]
+    assert m["Packed size"] in (f"{n:,} B", f"{n / 1024:,.1f} KiB", f"{n / 2**20:,.2f} MiB")
     assert m["Weight sparsity"] == f"{res['sparsity']:.1%}"
 
 
@@ -90,6 +90,24 @@ def test_failed_run_shows_its_error_and_the_page_stays_usable(cache):
     assert any("would remove every channel" in e.value for e in at.error)
     at.sidebar.slider(key="sparsity").set_value(0.5).run()
     assert not at.exception and not at.error
+
+
+def test_batchnorm_adaptation_is_offered_where_the_model_has_batchnorm(cache):
+    """vgg13 with one-shot 2:4 sparsity and no fine-tuning: BatchNorm adaptation (on by default) keeps it
+    near the baseline; switched off, the stale statistics take it to chance. digits_cnn has no BatchNorm:
+    its recipe gets no adaptation step."""
+    at = _app(baseline="vgg13-digits", granularity="nm", prune_epochs="0")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    res = _stored(at, cache)
+    assert res["label"] == "prune 50% nm -> BN adapt" and res["accuracy_delta"] > -2
+    _assert_shows(at, res)
+    at.sidebar.checkbox(key="bn_adapt").uncheck().run()
+    res = _stored(at, cache)
+    assert res["label"] == "prune 50% nm" and res["accuracy_delta"] < -40
+    _assert_shows(at, res)
+    cards = {c["name"]: c for c in list_baselines()}
+    assert cards["vgg13-digits"]["batchnorm"] and not cards["digits_cnn-digits"]["batchnorm"]
+    assert state.to_recipe(state.DEFAULTS, cards["digits_cnn-digits"]).label() == "prune 50% unstructured"
 
 
 def test_a_shared_link_reopens_the_same_view_and_bad_values_are_reported(cache):

@@ -26,6 +26,10 @@ def test_grid_builds_distinct_recipes():
     assert [type(s).__name__ for s in r.steps] == ["PruneConfig", "ClusterConfig", "QuantizeConfig"]
     assert r.steps[2].mode == "static" and recipe_for("digits_cnn", bits=4).steps[0].mode == "ptq"
     assert recipe_for("digits_cnn", bits=16).steps[0].mode == "fp16" and recipe_for("digits_cnn").steps == ()
+    adapted = recipe_for("vgg13", sparsity=0.9, bits=8, bn_adapt=True)
+    assert [type(s).__name__ for s in adapted.steps] == ["PruneConfig", "BNAdaptConfig", "QuantizeConfig"]
+    assert recipe_for("vgg13", bits=8, bn_adapt=True).steps == recipe_for("vgg13", bits=8).steps  # nothing to adapt
+    assert all("BN adapt" in r.label() for r in Grid(sparsity=(0.5,), bn_adapt=True).recipes())
 
 
 def test_bad_grid_values_are_named():

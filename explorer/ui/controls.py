@@ -44,6 +44,9 @@ def sidebar(baselines: list[str]) -> dict[str, Any]:
         st.selectbox("Schedule", state.SCHEDULES, key="schedule",
                      help="gradual: Zhu & Gupta's cubic schedule during fine-tuning")
         st.number_input("Fine-tune epochs", 0, 50, step=1, key="prune_epochs")
+        st.checkbox("BatchNorm adaptation", key="bn_adapt",
+                    help="after pruning, low-rank or clustering, re-measure each BatchNorm layer's statistics on "
+                         "1,024 training images (no weight changes); models without BatchNorm skip it")
 
     with sb.expander("Quantisation", expanded=True):
         st.select_slider("Bit-width", state.BIT_OPTIONS, key="bits", help=HELP["bits"])

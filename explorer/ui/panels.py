@@ -30,6 +30,8 @@ def sweep_panel(card: dict, backend) -> None:
                                 key="sweep_clusters")
     epochs = c[3].number_input("Fine-tune epochs", 0, 20, value=2, key="sweep_epochs")
     granularity = st.selectbox("Granularity", ["unstructured", "channel", "block"], key="sweep_granularity")
+    bn_adapt = bool(card.get("batchnorm")) and st.checkbox(
+        "BatchNorm adaptation after pruning or clustering", value=True, key="sweep_bn_adapt")
     n = len(sparsity) * len(bits) * len(clusters)
     if st.button(f"Run sweep ({n} configurations)", key="sweep_run", disabled=n == 0):
         bar = st.progress(0.0, text="starting the sweep")
@@ -40,7 +42,7 @@ def sweep_panel(card: dict, backend) -> None:
 
         try:
             df = backend.sweep(card, sparsity=sparsity, bits=bits, clusters=clusters, epochs=int(epochs),
-                               granularity=granularity, progress=progress)
+                               granularity=granularity, bn_adapt=bn_adapt, progress=progress)
             st.session_state["sweep_frame"] = df
             bar.progress(1.0, text=f"done: {len(df)} runs, {int((df['status'] != 'ok').sum())} failed")
         except ValueError as e:

@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "calibration": "minmax", "qat_epochs": 2, "learn_ranges": True,
     "clusters": "off", "cluster_finetune": False,
     "distill": False, "student_width": 0.5, "distill_epochs": 15,
-    "lowrank": False, "rank_ratio": 0.25,
+    "lowrank": False, "rank_ratio": 0.25, "bn_adapt": True,
 }
 
 _TYPES = {k: type(v) for k, v in DEFAULTS.items()}
@@ -79,8 +79,10 @@ def to_query(controls: dict[str, Any]) -> dict[str, str]:
 
 
 def to_recipe(c: dict[str, Any], card: dict) -> Recipe:
-    """The recipe the controls stand for: distil -> low-rank -> prune -> cluster -> quantise. Invalid
-    combinations raise ValueError from the technique configs, which the page shows as an error."""
+    """The recipe the controls stand for: distil -> low-rank -> prune -> cluster -> BatchNorm adaptation ->
+    quantise. Invalid combinations raise ValueError from the technique configs, which the page shows as
+    an error."""
+    from explorer.compress.bnadapt import BNAdaptConfig
     from explorer.compress.cluster import ClusterConfig
     from explorer.compress.distill import DistillConfig
     from explorer.compress.lowrank import LowRankConfig
@@ -104,6 +106,8 @@ def to_recipe(c: dict[str, Any], card: dict) -> Recipe:
         steps.append(PruneConfig(**kw))
     if c["clusters"] != "off":
         steps.append(ClusterConfig(clusters=int(c["clusters"]), finetune_epochs=1 if c["cluster_finetune"] else 0))
+    if c["bn_adapt"] and card.get("batchnorm") and steps and not c["distill"]:  # the student has no BatchNorm
+        steps.append(BNAdaptConfig())
     bits = c["bits"]
     if bits in ("fp16", "bf16"):
         steps.append(QuantizeConfig(mode=bits, bits=16))

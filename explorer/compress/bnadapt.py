@@ -1,0 +1,78 @@
+"""BatchNorm adaptation: re-estimate every BatchNorm layer's running statistics on training images.
+
+Pruning, low-rank factorisation and clustering change what each layer outputs, but a BatchNorm layer
+keeps normalising with the mean and variance it saw before: without fine-tuning that mismatch alone
+can take a network to chance (vgg13 on digits with 2:4 sparsity: 10% top-1, 97% once re-estimated).
+NNCF runs this "BN adaptation" before its fine-tuning by default. It changes no weight: only the
+BatchNorm buffers, measured in forward passes with no gradient, so masks and codebooks hold.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from explorer.compress.base import Compressed, Context, clone, register_step
+from explorer.errors import check_range
+
+
+@dataclass(frozen=True)
+class BNAdaptConfig:
+    samples: int = 1024  # training images the statistics are measured on (all of them if fewer)
+    batch_size: int = 128
+
+    def __post_init__(self):
+        check_range("samples", self.samples, 16, 1_000_000, integer=True)
+        check_range("batch_size", self.batch_size, 2, 65_536, integer=True)
+
+
+def batchnorms(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.track_running_stats]
+
+
+@torch.no_grad()
+def adapt(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Running statistics of every BatchNorm layer := the exact mean and unbiased variance of its inputs
+    over `x` (cumulative averaging, momentum None), in place. Only the BatchNorm layers run in training
+    mode; dropout and the rest stay in eval mode, so the statistics are those of inference."""
+    norms = batchnorms(model)
+    momenta = [m.momentum for _, m in norms]
+    model.eval()
+    for _, m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for i in range(0, len(x), batch_size):
+            model(x[i:i + batch_size])
+    finally:
+        for (_, m), momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.eval()
+
+
+def apply(model: nn.Module, cfg: BNAdaptConfig, ctx: Context) -> Compressed:
+    t0 = time.perf_counter()
+    state = ctx.state.copy()
+    if state.quant or state.float_format or state.activations:
+        raise ValueError("bn_adapt must come before the quantize steps: it re-measures float statistics that "
+                         "quantisation has already fixed")
+    out = clone(model)
+    norms = batchnorms(out)
+    if not norms:
+        state.notes.append("BatchNorm adaptation: the model has no BatchNorm layer, so there was nothing to adapt.")
+        state.info.setdefault("bn_adapt", []).append({"layers": 0, "samples": 0, "seconds": 0.0})
+        return Compressed(out, state)
+    data = ctx.need_data("BatchNorm adaptation (training images)")
+    x = data.calibration(min(cfg.samples, len(data.train)), seed=ctx.seed)
+    adapt(out, x, cfg.batch_size)
+    state.info.setdefault("bn_adapt", []).append({"layers": len(norms), "samples": len(x),
+                                                  "seconds": round(time.perf_counter() - t0, 3)})
+    return Compressed(out, state)
+
+
+register_step("bn_adapt", BNAdaptConfig)(apply)
