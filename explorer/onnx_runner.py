@@ -38,7 +38,7 @@ def check_steps(recipe: Recipe, reason: str) -> dict | None:
         raise ValueError(f"quantize layers={step.layers!r} is not available for an ONNX model, whose layers the "
                          f"explorer cannot name; allowed: 'all'")
     return {"mode": step.mode, "per_channel": step.per_channel, "calibration": step.calibration,
-            "calibration_samples": step.calibration_samples}
+            "calibration_samples": step.calibration_samples, "symmetric": step.symmetric}
 
 
 def _layers(path: Path) -> list[dict]:
@@ -75,7 +75,7 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> dict[str, Any]:
     if deploy:
         calib = data.calibration(min(deploy["calibration_samples"], len(data.train)), seed=recipe.seed).numpy()
         quantize_int8(workdir / FILES["onnx"], workdir / FILES["onnx_int8"], mode=deploy["mode"], calibration=calib,
-                      per_channel=deploy["per_channel"], method=deploy["calibration"])
+                      per_channel=deploy["per_channel"], method=deploy["calibration"], symmetric=deploy["symmetric"])
         acc = onnx_accuracy(workdir / FILES["onnx_int8"], x, y)
         onnx["int8"] = {"available": True, "bytes": (workdir / FILES["onnx_int8"]).stat().st_size, "accuracy": acc,
                         "mode": deploy["mode"], "calibration": deploy["calibration"], "from_recipe": True}

@@ -132,6 +132,12 @@ def _layers(model, state, report: list[dict], macs: dict) -> list[dict]:
     return rows
 
 
+def deployed_symmetry(deploy: dict) -> bool:
+    """Whether the int8 ONNX model's weights are symmetric: as the recipe asks, except static per-channel
+    QDQ, which ONNX Runtime always makes symmetric (its integer convolutions take one zero point)."""
+    return bool(deploy.get("symmetric", True)) or (deploy.get("mode") == "static" and deploy.get("per_channel", True))
+
+
 def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> dict:
     """fp32 export and the int8 model: the recipe's own int8 settings where it has an int8 step, else
     ONNX Runtime's default static per-channel int8 (what deploying this variant in int8 would give)."""
@@ -150,11 +156,12 @@ def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> dict:
     try:
         quantize_int8(work / FILES["onnx"], work / FILES["onnx_int8"], mode=deploy["mode"], calibration=calib.numpy(),
                       per_channel=deploy.get("per_channel", True), method=deploy.get("calibration", "minmax"),
-                      keep_float=set(deploy.get("keep_float", ())))
+                      keep_float=set(deploy.get("keep_float", ())), symmetric=deploy.get("symmetric", True))
         out["int8"] = {"available": True, "bytes": (work / FILES["onnx_int8"]).stat().st_size,
                        "accuracy": onnx_accuracy(work / FILES["onnx_int8"], x, y),
                        "mode": deploy["mode"], "calibration": deploy.get("calibration"),
                        "fp32_layers": list(deploy.get("keep_float", ())),
+                       "symmetric_weights": deployed_symmetry(deploy),
                        "from_recipe": not deploy.get("default", False)}
     except Exception as e:
         out["int8"] = {"available": False, "reason": f"ONNX Runtime quantisation failed: {first_line(e)}"}

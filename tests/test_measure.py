@@ -99,6 +99,35 @@ def test_int8_onnx_keeps_the_layers_the_recipe_left_float(baseline, tmp_path, mo
                       keep_float={"no_such_layer"})
 
 
+@pytest.mark.parametrize("mode,per_channel", [("static", False), ("dynamic", True), ("static", True)])
+def test_int8_onnx_weights_follow_the_recipes_symmetry(baseline, tmp_path, mode, per_channel):
+    """Asymmetric weights get zero points, except per-channel static QDQ, which ONNX Runtime always makes
+    symmetric (its integer convolutions take one zero point per tensor); runner.deployed_symmetry says so."""
+    import onnx
+    from onnx import numpy_helper
+
+    from explorer.runner import deployed_symmetry
+
+    model, data = baseline
+    export_onnx(model, data.input_shape, tmp_path / "m.onnx")
+    zero_points = {}
+    for symmetric in (True, False):
+        out = tmp_path / f"q{symmetric}.onnx"
+        quantize_int8(tmp_path / "m.onnx", out, mode=mode, calibration=data.calibration(64).numpy(),
+                      symmetric=symmetric, per_channel=per_channel)
+        inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+        # the weights' zero points: per output channel, next to the int8 weight tensors
+        zero_points[symmetric] = [v for k, v in inits.items() if k.endswith("weight_zero_point")
+                                  or k.endswith("weight_quantized_zero_point") or k.endswith("Transposed_zero_point")]
+        assert zero_points[symmetric], sorted(inits)
+        acc = onnx_accuracy(out, data.test.x.numpy(), data.test.y.numpy())["top1"]
+        assert acc >= evaluate(model, data.test)["top1"] - 2
+    assert all((z == 0).all() for z in zero_points[True])
+    deployed = deployed_symmetry({"mode": mode, "per_channel": per_channel, "symmetric": False})
+    assert any((z != 0).any() for z in zero_points[False]) == (not deployed)
+    assert deployed == (mode == "static" and per_channel)
+
+
 def test_dynamic_int8_onnx(baseline, tmp_path):
     model, data = baseline
     export_onnx(model, data.input_shape, tmp_path / "m.onnx")

@@ -319,6 +319,10 @@ def apply(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> Compressed:
                         "symmetric": cfg.symmetric, "calibration": cfg.calibration,
                         "calibration_samples": cfg.calibration_samples,
                         "keep_float": [n for n, _ in compressible(model, "all") if n not in layers]}
+        if cfg.mode == "static" and cfg.per_channel and not cfg.symmetric:
+            state.notes.append("The int8 ONNX model's weights are symmetric although the recipe asks for asymmetric: "
+                               "ONNX Runtime quantises per-channel weights symmetrically (its integer convolutions "
+                               "take one zero point); the PyTorch figures use the asymmetric grid.")
         if state.deploy["keep_float"]:
             state.notes.append(f"The int8 ONNX model keeps {', '.join(state.deploy['keep_float'])} in fp32, as the "
                                f"recipe's layers={cfg.layers!r} asks.")

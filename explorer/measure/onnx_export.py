@@ -79,10 +79,11 @@ def nodes_of_modules(graph, modules: set[str]) -> tuple[list[str], set[str]]:
 
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, mode: str = "static",
                   calibration: np.ndarray | None = None, per_channel: bool = True, method: str = "minmax",
-                  keep_float: set[str] | frozenset[str] = frozenset()) -> None:
+                  keep_float: set[str] | frozenset[str] = frozenset(), symmetric: bool = True) -> None:
     """ONNX Runtime quantisation: static QDQ (U8 activations, S8 weights) calibrated on `calibration`,
     or dynamic (weights int8, activation ranges at run time). The layers of the modules in `keep_float`
-    stay fp32 (a recipe that quantised only some layers deploys only those in int8)."""
+    stay fp32 (a recipe that quantised only some layers deploys only those in int8); `symmetric` False
+    gives the weights zero points, as the recipe's asymmetric quantisation does."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -108,7 +109,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, 
             warnings.simplefilter("ignore")
             if mode == "dynamic":
                 quantize_dynamic(str(pre), str(out_path), per_channel=per_channel, weight_type=QuantType.QInt8,
-                                 nodes_to_exclude=exclude)
+                                 nodes_to_exclude=exclude, extra_options={"WeightSymmetric": symmetric})
                 return
             if calibration is None or len(calibration) == 0:
                 raise ValueError("static int8 quantisation needs calibration samples")
@@ -120,7 +121,8 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, 
             quantize_static(str(pre), str(out_path), _Reader(name, calibration.astype(np.float32), fixed or 32),
                             quant_format=QuantFormat.QDQ, per_channel=per_channel, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=cal, nodes_to_exclude=exclude,
-                            extra_options={"CalibPercentile": 99.99} if method == "percentile" else None)
+                            extra_options={"WeightSymmetric": symmetric,
+                                           **({"CalibPercentile": 99.99} if method == "percentile" else {})})
 
 
 def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 512, threads: int = 1) -> np.ndarray:
