@@ -298,6 +298,13 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> Compressed:
         if cfg.granularity == "unstructured":
             state.notes.append("Unstructured sparsity shrinks the packed file, not dense latency: the zeros are "
                                "still multiplied (seed 003's pseudo-compression).")
+        elif cfg.granularity == "nm":
+            state.notes.append(f"{cfg.n}:{cfg.m} sparsity runs faster only on GPUs with sparse tensor cores "
+                               "(NVIDIA Ampere and later, through sparse kernels such as cuSPARSELt); the CPU "
+                               "runtimes here multiply the zeros, so its latency is the dense one.")
+        else:
+            state.notes.append("Block sparsity needs block-sparse kernels to run faster; the runtimes here are "
+                               "dense, so it shrinks the packed file, not the latency.")
     if cfg.granularity == "channel":  # sparsity here is the share of channels removed
         ch = info["channels"]
         layers = {k: 1 - v["after"] / v["before"] for k, v in ch.items()}
