@@ -86,10 +86,9 @@ def main() -> None:
              f"{QAT_EPOCHS} epochs at lr {QAT_LR:g} (straight-through estimator, activations fake-quantised "
              "during training with their ranges learned from the loss, as learned-step-size methods do; "
              "weights per-channel min/max), every conv and linear layer quantised, the first and last included "
-             "(ResNet-18 "
-             "results usually keep those at 8 bits). Accuracy is the PyTorch model rebuilt from the packed file; "
-             "seconds are the compression step. One test image is 0.28 points and the standard error of top-1 "
-             "near 97% is about 0.9 points, so differences below a point are within noise."]
+             "(ResNet-18 results usually keep those at 8 bits). Accuracy is the PyTorch model rebuilt from the "
+             "packed file; seconds are the compression step. One test image is 0.28 points and the standard "
+             "error of top-1 near 97% is about 0.9 points, so differences below a point are within noise."]
     all_checks = []
     for model in C.MODELS:
         text, checks = model_section(model)

@@ -59,7 +59,7 @@ def _layers(path: Path) -> list[dict]:
 
 
 def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> dict[str, Any]:
-    from explorer.measure.onnx_export import onnx_accuracy, quantize_int8
+    from explorer.measure.onnx_export import deploy_int8, onnx_accuracy
 
     t0 = time.perf_counter()
     card = read_card(recipe.checkpoint_path)
@@ -74,11 +74,8 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> dict[str, Any]:
     model_file, acc = FILES["onnx"], base
     if deploy:
         calib = data.calibration(min(deploy["calibration_samples"], len(data.train)), seed=recipe.seed).numpy()
-        quantize_int8(workdir / FILES["onnx"], workdir / FILES["onnx_int8"], mode=deploy["mode"], calibration=calib,
-                      per_channel=deploy["per_channel"], method=deploy["calibration"], symmetric=deploy["symmetric"])
-        acc = onnx_accuracy(workdir / FILES["onnx_int8"], x, y)
-        onnx["int8"] = {"available": True, "bytes": (workdir / FILES["onnx_int8"]).stat().st_size, "accuracy": acc,
-                        "mode": deploy["mode"], "calibration": deploy["calibration"], "from_recipe": True}
+        onnx["int8"] = deploy_int8(workdir / FILES["onnx"], workdir / FILES["onnx_int8"], deploy, calib, x, y)
+        acc = onnx["int8"]["accuracy"]
         model_file = FILES["onnx_int8"]
     sizes = {"state_dict_bytes": None, "file_bytes": (workdir / model_file).stat().st_size,
              "gzip_bytes": size.gzip_file(workdir / model_file, workdir / FILES["gzip"]),

@@ -31,7 +31,7 @@ from explorer.measure import compute, size
 from explorer.measure.hardware import hardware
 from explorer.measure.latency import measure_latency
 from explorer.measure.layers import layer_table
-from explorer.measure.onnx_export import ExportError, export_onnx, onnx_accuracy, quantize_int8
+from explorer.measure.onnx_export import ExportError, deploy_int8, export_onnx, onnx_accuracy
 from explorer.recipe import Recipe
 from explorer.train import Progress, evaluate
 
@@ -132,12 +132,6 @@ def _layers(model, state, report: list[dict], macs: dict) -> list[dict]:
     return rows
 
 
-def deployed_symmetry(deploy: dict) -> bool:
-    """Whether the int8 ONNX model's weights are symmetric: as the recipe asks, except static per-channel
-    QDQ, which ONNX Runtime always makes symmetric (its integer convolutions take one zero point)."""
-    return bool(deploy.get("symmetric", True)) or (deploy.get("mode") == "static" and deploy.get("per_channel", True))
-
-
 def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> dict:
     """fp32 export and the int8 model: the recipe's own int8 settings where it has an int8 step, else
     ONNX Runtime's default static per-channel int8 (what deploying this variant in int8 would give)."""
@@ -154,15 +148,7 @@ def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> dict:
                               "calibration_samples": 256, "default": True}
     calib = data.calibration(min(int(deploy.get("calibration_samples", 256)), len(data.train)), seed=recipe.seed)
     try:
-        quantize_int8(work / FILES["onnx"], work / FILES["onnx_int8"], mode=deploy["mode"], calibration=calib.numpy(),
-                      per_channel=deploy.get("per_channel", True), method=deploy.get("calibration", "minmax"),
-                      keep_float=set(deploy.get("keep_float", ())), symmetric=deploy.get("symmetric", True))
-        out["int8"] = {"available": True, "bytes": (work / FILES["onnx_int8"]).stat().st_size,
-                       "accuracy": onnx_accuracy(work / FILES["onnx_int8"], x, y),
-                       "mode": deploy["mode"], "calibration": deploy.get("calibration"),
-                       "fp32_layers": list(deploy.get("keep_float", ())),
-                       "symmetric_weights": deployed_symmetry(deploy),
-                       "from_recipe": not deploy.get("default", False)}
+        out["int8"] = deploy_int8(work / FILES["onnx"], work / FILES["onnx_int8"], deploy, calib.numpy(), x, y)
     except Exception as e:
         out["int8"] = {"available": False, "reason": f"ONNX Runtime quantisation failed: {first_line(e)}"}
     return out

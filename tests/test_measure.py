@@ -106,7 +106,7 @@ def test_int8_onnx_weights_follow_the_recipes_symmetry(baseline, tmp_path, mode,
     import onnx
     from onnx import numpy_helper
 
-    from explorer.runner import deployed_symmetry
+    from explorer.measure.onnx_export import deployed_symmetry
 
     model, data = baseline
     export_onnx(model, data.input_shape, tmp_path / "m.onnx")

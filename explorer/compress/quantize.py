@@ -157,7 +157,7 @@ def _attach_learned(model: nn.Module, spec: dict) -> dict[str, _LearnedActQuant]
 
 
 def _detach_learned(model: nn.Module, quantisers: dict[str, _LearnedActQuant]) -> dict:
-    remove_activation_quant(model)
+    """The learned ranges; the quantiser submodules go (their hooks go with remove_activation_quant)."""
     for name in quantisers:
         del model.get_submodule(name).explorer_act_quant
     return {name: q.range() for name, q in quantisers.items()}

@@ -125,6 +125,25 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, 
                                            **({"CalibPercentile": 99.99} if method == "percentile" else {})})
 
 
+def deployed_symmetry(deploy: dict) -> bool:
+    """Whether the int8 ONNX model's weights are symmetric: as the recipe asks, except static per-channel
+    QDQ, which ONNX Runtime always makes symmetric (its integer convolutions take one zero point)."""
+    return bool(deploy.get("symmetric", True)) or (deploy.get("mode") == "static" and deploy.get("per_channel", True))
+
+
+def deploy_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, deploy: dict, calibration: np.ndarray,
+                x: np.ndarray, y: np.ndarray) -> dict:
+    """ONNX Runtime int8 of the export as a recipe's `deploy` settings ask, and the RunResult's record of
+    it: bytes and accuracy of the int8 file, and how it was made."""
+    quantize_int8(fp32_path, out_path, mode=deploy["mode"], calibration=calibration,
+                  per_channel=deploy.get("per_channel", True), method=deploy.get("calibration", "minmax"),
+                  keep_float=set(deploy.get("keep_float", ())), symmetric=deploy.get("symmetric", True))
+    return {"available": True, "bytes": Path(out_path).stat().st_size, "accuracy": onnx_accuracy(out_path, x, y),
+            "mode": deploy["mode"], "calibration": deploy.get("calibration"),
+            "fp32_layers": list(deploy.get("keep_float", ())), "symmetric_weights": deployed_symmetry(deploy),
+            "from_recipe": not deploy.get("default", False)}
+
+
 def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 512, threads: int = 1) -> np.ndarray:
     from explorer.measure.latency import ort_session
 
