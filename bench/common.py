@@ -150,7 +150,7 @@ def batch_input(model: str, batch: int = 256):
 
 
 def artifact(res: dict, name: str) -> str:
-    path = cache().artifact(res["key"], name)
+    path = cache().artifact_path(res["key"], name)
     if path is None:
         raise SystemExit(f"the cache entry {res['key']} ({res.get('label')}) has no {name}")
     return str(path)
@@ -160,7 +160,10 @@ def unpacked(res: dict):
     """The model rebuilt from the run's packed file, as the explorer times it."""
     from explorer.pack import unpack
 
-    return unpack(Path(artifact(res, "model.xpk")).read_bytes()).model
+    blob = cache().artifact(res["key"], "model.xpk")
+    if blob is None:
+        raise SystemExit(f"the cache entry {res['key']} ({res.get('label')}) has no intact model.xpk")
+    return unpack(blob).model
 
 
 def head_to_head(entries: dict[str, tuple[str, Any]], x, rounds: int = 5, budget_s: float = 0.3) -> dict[str, dict]:

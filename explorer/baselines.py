@@ -7,6 +7,7 @@ the bytes alone (no pickle) and `verify_baseline` measures it again.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -20,7 +21,7 @@ from torch import nn
 
 import explorer
 from explorer.data import DataBundle, load_dataset
-from explorer.errors import bad_value, first_line
+from explorer.errors import first_line
 from explorer.train import Progress, TrainConfig, evaluate, fit, seed_everything
 from explorer.zoo import count_params, create_model
 
@@ -129,27 +130,59 @@ def list_baselines(models_dir: str | os.PathLike = MODELS_DIR) -> list[dict]:
     return sorted(cards, key=lambda c: c.get("params", 0))
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file (or a .pt/.pth via weights_only: no code runs)."""
+def load_state_dict_file(path: str | os.PathLike, *, trust_code: bool = False,
+                         shown: str | None = None) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file or a PyTorch checkpoint read with weights_only (no code runs). The
+    format comes from the bytes; `shown` is the file's name as the user knows it, for messages."""
+    from explorer.modelfile import PROGRAMS, detect_format, program_refusal
+
     path = Path(path)
+    shown = shown or str(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
+        raise ValueError(f"checkpoint {shown!r} does not exist")
+    fmt = detect_format(path, shown)
+    if fmt == "safetensors":
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"checkpoint {str(path)!r} is not a readable safetensors file: {e}") from None
-    if path.suffix in (".pt", ".pth"):
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:  # weights_only refuses pickled code with UnpicklingError and others
-            raise ValueError(f"checkpoint {str(path)!r} was refused: {first_line(e)}") from None
-        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise ValueError(f"checkpoint {str(path)!r} does not hold a state_dict of tensors")
-        return obj
-    raise bad_value("checkpoint suffix", path.suffix, (".safetensors", ".pt", ".pth"))
+            raise ValueError(f"checkpoint {shown!r} is not a readable safetensors file: {e}") from None
+    if fmt in ("torchscript", "exported"):
+        if not trust_code:
+            raise program_refusal(shown, fmt)
+        raise ValueError(f"model file {shown!r} is {PROGRAMS[fmt]}, not a state_dict: add it without an architecture")
+    if fmt == "onnx":
+        raise ValueError(f"model file {shown!r} is an ONNX model, not a state_dict: add it without an architecture")
+    obj = read_torch_checkpoint(path, shown, trust_code)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"checkpoint {shown!r} does not hold a state_dict of tensors")
+    return obj
+
+
+def read_torch_checkpoint(path: Path, shown: str, trust_code: bool = False) -> object:
+    """torch.load with weights_only (tensors and plain containers only); a checkpoint that pickles other
+    Python objects is refused, since unpickling them runs code, unless the user trusts it."""
+    import pickle
+
+    from explorer.errors import quiet_third_party
+
+    try:
+        with quiet_third_party() if trust_code else contextlib.nullcontext():
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not trust_code:
+            raise ValueError(f"checkpoint {shown!r} was refused: it pickles Python objects besides tensors "
+                             f"({first_line(e, 160)}), and unpickling them runs code. Re-save its state_dict with "
+                             "safetensors, or pass --trust-code on the command line if you trust its author"
+                             ) from None
+    except Exception as e:
+        raise ValueError(f"checkpoint {shown!r} could not be read: {first_line(e)}") from None
+    try:
+        with quiet_third_party():
+            return torch.load(str(path), map_location="cpu", weights_only=False)  # trusted by the user
+    except Exception as e:
+        raise ValueError(f"checkpoint {shown!r} could not be loaded: {first_line(e)}") from None
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:

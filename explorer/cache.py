@@ -46,14 +46,16 @@ def cache_dir() -> Path:
 
 def max_bytes(value: str | float | None = None) -> int:
     """The size cap in bytes: `value` megabytes, else EXPLORER_CACHE_MAX_MB, else 2048."""
-    name = "max_mb" if value is not None else "EXPLORER_CACHE_MAX_MB"
-    raw = value if value is not None else os.environ.get("EXPLORER_CACHE_MAX_MB", "2048")
+    from explorer import settings
+
+    if value is None:
+        return int(settings.get("EXPLORER_CACHE_MAX_MB") * 2**20)
     try:
-        mb = float(raw)
+        mb = float(value)
     except (TypeError, ValueError):
         mb = math.nan
     if not 0 <= mb < math.inf:
-        raise ValueError(f"{name}={raw!r} must be a number of megabytes >= 0 (default 2048)")
+        raise ValueError(f"max_mb={value!r} must be a number of megabytes >= 0 (default 2048)")
     return int(mb * 2**20)
 
 
@@ -182,7 +184,11 @@ class RunCache:
                     _verified.clear()
                 _verified.add(memo)
         try:
-            result = json.loads((entry / RESULT).read_text())
+            raw = (entry / RESULT).read_bytes()
+            # the bytes handed out are checked every time, whatever the memo says: in-place changes keep stats
+            if hashlib.sha256(raw).hexdigest() != files[RESULT].get("sha256"):
+                return None, f"{RESULT} checksum mismatch"
+            result = json.loads(raw)
         except (OSError, ValueError) as e:
             return None, f"result.json unreadable: {e}"
         if not isinstance(result, dict) or result.get("key") != key or result.get("status") != "ok":
@@ -235,6 +241,12 @@ class RunCache:
         with contextlib.suppress(OSError):
             (self.root / key / LAST_USED).touch()
         return result
+
+    def peek(self, key: str) -> dict | None:
+        """The stored RunResult for listing (charts, tables): its bytes checked against the manifest, the
+        other files by size only; nothing is discarded or marked used. `get` is the full check."""
+        result, problem = self._check(key, deep=False)
+        return result if problem is None else None
 
     def commit(self, key: str, workdir: str | os.PathLike, result: dict) -> dict:
         """Store a successful run: its artifacts (moved out of `workdir`) and `result`; returns what is stored."""
@@ -313,14 +325,40 @@ class RunCache:
             finally:
                 shutil.rmtree(work, ignore_errors=True)
 
-    def artifact(self, key: str, name: str) -> Path | None:
-        """Path of a stored artifact (e.g. "model.xpk") for downloads, if the entry's manifest lists it."""
+    def _files(self, key: str) -> dict:
         try:
             files = json.loads((self.root / check_key(key) / MANIFEST).read_text())["files"]
         except (OSError, ValueError, KeyError, TypeError):
+            return {}
+        return files if isinstance(files, dict) else {}
+
+    def _served(self, key: str, name: str, data: bytes | None) -> bool:
+        """Whether bytes about to be handed out are the ones the manifest recorded; if not, the entry is
+        discarded (and computed again when next asked for)."""
+        meta = self._files(key).get(name)
+        if data is not None and isinstance(meta, dict) and hashlib.sha256(data).hexdigest() == meta.get("sha256"):
+            return True
+        if meta is not None:
+            with self.lock(key):
+                self._discard(self.root / key)
+        return False
+
+    def artifact(self, key: str, name: str) -> bytes | None:
+        """The bytes of a stored artifact (e.g. "model.xpk") for a download or a rebuild, checked against the
+        manifest's checksum at the moment they are served; None if absent or changed since it was stored."""
+        if "/" in name or name.startswith(".") or name not in self._files(key):
             return None
-        path = self.root / key / name
-        return path if name in files and "/" not in name and path.is_file() else None
+        try:
+            data = (self.root / key / name).read_bytes()
+        except OSError:
+            data = None
+        return data if self._served(key, name, data) else None
+
+    def artifact_path(self, key: str, name: str) -> Path | None:
+        """The path of a stored artifact whose bytes match the manifest now, for tools that need a file
+        (an ONNX Runtime session). Prefer `artifact`, which checks the very bytes it returns."""
+        data = self.artifact(key, name)
+        return None if data is None else self.root / key / name
 
     def keys(self) -> list[str]:
         """Entry folders; anything else in the folder (README, another tool's scratch) is not ours to touch."""

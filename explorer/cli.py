@@ -41,6 +41,10 @@ class ProgressLine:
         self.stream.flush()
 
 
+TRUST_HELP = ("load a model file that is a program (TorchScript, an exported .pt2 program, a pickled module): "
+              "loading it runs code from the file, so only for files whose author you trust")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m explorer", description="Compression trade-off explorer")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -63,11 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run one recipe on a committed baseline and print its result")
     r.add_argument("--recipe", required=True, help="recipe JSON file")
     r.add_argument("--json", action="store_true", help="print the whole RunResult as JSON")
-    r.add_argument("--out", default=None, help="also write the result (and, with measurement, the files) here")
+    r.add_argument("--out", default=None,
+                   help="also write result.json, recipe.json, the packed .xpk and the ONNX models here")
     r.add_argument("--checkpoint", default=None, help="your own model file instead of the recipe's baseline")
     r.add_argument("--arch", default=None, help="zoo architecture of a state_dict checkpoint")
     r.add_argument("--dataset", default=None, help="dataset of --checkpoint (default: the recipe's)")
     r.add_argument("--root", default=None, help="local dataset folder for --dataset")
+    r.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
+    r.add_argument("--no-cache", action="store_true",
+                   help="compute afresh instead of through the run cache (the result is not stored)")
 
     am = sub.add_parser("add-model", help="add your own model (state_dict + --arch, or ONNX/TorchScript/.pt2)")
     am.add_argument("--checkpoint", required=True)
@@ -75,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     am.add_argument("--dataset", default="digits")
     am.add_argument("--root", default=None)
     am.add_argument("--name", default=None)
+    am.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
+    am.add_argument("--replace", action="store_true", help="replace the model already added under --name")
 
     w = sub.add_parser("sweep", help="run a grid of recipes through the cache and write a results CSV")
     w.add_argument("--model", default="digits_cnn")
@@ -142,21 +152,45 @@ def _run(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from explorer.recipe import Recipe
-    from explorer.runner import run_recipe
 
     recipe = Recipe.from_file(a.recipe)
     if a.checkpoint:
-        from explorer.service import add_model
+        from explorer.byo import add_model
 
-        card = add_model(a.checkpoint, arch=a.arch, dataset=a.dataset or recipe.dataset, root=a.root, name=None)
+        card = add_model(a.checkpoint, arch=a.arch, dataset=a.dataset or recipe.dataset, root=a.root,
+                         trust_code=a.trust_code)
         recipe = Recipe(model=card["architecture"], dataset=card["dataset"], checkpoint=card["path"],
                         seed=recipe.seed, steps=recipe.steps, name=recipe.name)
-    result = run_recipe(recipe, workdir=a.out, progress=ProgressLine(f"run {recipe.label()}"))
+    progress = ProgressLine(f"run {recipe.label()}")
+    if a.no_cache:
+        from explorer.runner import run_recipe
+
+        result = run_recipe(recipe, workdir=a.out, progress=progress)
+    else:
+        from explorer.cache import RunCache
+
+        cache = RunCache()
+        result = cache.get_or_run(recipe, progress=progress)  # one computation per key, also across commands
+        if result.get("status") != "ok":
+            raise RuntimeError(f"the run failed: {result.get('error')}")
+        if a.out:
+            _write_artifacts(cache, result["key"], Path(a.out))
     if a.out:
         (Path(a.out) / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         (Path(a.out) / "recipe.json").write_text(recipe.to_json() + "\n")
     print(json.dumps(result, indent=2) if a.json else summary(result))
     return 0
+
+
+def _write_artifacts(cache, key: str, out) -> None:
+    """The run's deployable files, as stored (and checked against their checksums) in the cache."""
+    from explorer.runner import FILES
+
+    out.mkdir(parents=True, exist_ok=True)
+    for kind in ("packed", "onnx", "onnx_int8"):
+        data = cache.artifact(key, FILES[kind])
+        if data is not None:
+            (out / FILES[kind]).write_bytes(data)
 
 
 def _kib(n) -> str:
@@ -280,11 +314,13 @@ def _cache(a: argparse.Namespace) -> int:
 
 @command("add-model")
 def _add_model(a: argparse.Namespace) -> int:
-    from explorer.service import add_model
+    from explorer.byo import add_model
 
-    card = add_model(a.checkpoint, arch=a.arch, dataset=a.dataset, root=a.root, name=a.name)
+    card = add_model(a.checkpoint, arch=a.arch, dataset=a.dataset, root=a.root, name=a.name,
+                     trust_code=a.trust_code, replace=a.replace)
     acc = card["accuracy"]
-    print(f"added {card['name']} ({card['architecture']}, {card['params']:,} parameters) at {card['path']}: "
+    verb = "already added as" if card.get("reused") else "added"
+    print(f"{verb} {card['name']} ({card['architecture']}, {card['params']:,} parameters) at {card['path']}: "
           f"top-1 {acc['top1']:.2f}% on {card['test_samples']} {card['dataset']} test images")
     if card.get("unsupported_reason"):
         print(f"note: {card['unsupported_reason']}")
@@ -310,6 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from explorer.errors import first_line
 
     try:
+        from explorer import scratch, settings
+
+        settings.check_all()  # every setting, before any work: one line naming a bad one
+        scratch.clean()  # scratch folders that killed processes left behind
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 
 def bad_value(field: str, value: object, allowed: str | Iterable[object]) -> ValueError:
@@ -39,15 +40,21 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:limit]
 
 
-def env_positive(name: str, default: float, unit: str = "") -> float:
-    """A positive number from the environment variable `name`, or a ValueError that repeats the value."""
-    import os
+@contextlib.contextmanager
+def quiet_third_party() -> Iterator[None]:
+    """Silence other libraries' loggers, warnings and prints while a call that may fail noisily runs
+    (torch's exporters log whole tracebacks), so the user sees the explorer's one line instead. Only for
+    the command line's trusted-program paths: it swaps process-wide streams."""
+    import io
+    import logging
+    import warnings
 
-    raw = os.environ.get(name, str(default))
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
     try:
-        v = float(raw)
-    except ValueError:
-        v = -1.0
-    if not 0 < v < float("inf"):
-        raise ValueError(f"{name}={raw!r} must be a positive number{unit} (default {default:g})")
-    return v
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)

@@ -16,6 +16,8 @@ from explorer.data import DATASETS
 from explorer.errors import bad_value, check_choice, check_range
 
 RECIPE_KEYS = ("model", "dataset", "checkpoint", "seed", "steps", "name")
+MAX_RECIPE_BYTES = 1 << 20
+EXAMPLE = '{"model": "digits_cnn", "steps": [{"kind": "prune", "sparsity": 0.5}]}'
 
 
 @dataclass(frozen=True)
@@ -100,19 +102,41 @@ class Recipe:
                    seed=d.get("seed", 0), steps=tuple(config_from_dict(s) for s in steps), name=d.get("name"))
 
     @classmethod
-    def from_json(cls, text: str) -> Recipe:
+    def from_json(cls, text: str, source: str = "recipe") -> Recipe:
+        """`source` names where the text came from ("recipe file 'r.json'") in every error."""
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"recipe is not valid JSON: {e}") from None
-        return cls.from_dict(d)
+            raise ValueError(f"{source} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ValueError(f"{source} nests JSON too deeply: a recipe is a flat object such as "
+                             f"{EXAMPLE}") from None
+        try:
+            return cls.from_dict(d)
+        except RecursionError:
+            raise ValueError(f"{source} nests its values too deeply: a recipe is a flat object such as "
+                             f"{EXAMPLE}") from None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Recipe:
         p = Path(path)
+        source = f"recipe file {str(p)!r}"
         if not p.is_file():
-            raise ValueError(f"recipe file {str(p)!r} does not exist")
-        return cls.from_json(p.read_text())
+            raise ValueError(f"{source} does not exist")
+        if p.stat().st_size > MAX_RECIPE_BYTES:
+            raise ValueError(f"{source} is {p.stat().st_size:,} bytes: a recipe is a small JSON object (at most "
+                             f"{MAX_RECIPE_BYTES:,} bytes) such as {EXAMPLE}")
+        raw = p.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{source} is not UTF-8 text (byte 0x{raw[e.start]:02x} at position {e.start}): a "
+                             f"recipe is a JSON object such as {EXAMPLE}") from None
+        try:
+            return cls.from_json(text, source)
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
 
 
 def describe_step(step: Any, kind: str) -> str:

@@ -9,11 +9,10 @@ The UI, CLI, sweeps, tests and benchmarks all come through here; nothing here pr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
-import shutil
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -24,9 +23,10 @@ import torch
 
 import explorer
 from explorer import pack as packing
+from explorer import scratch, settings
 from explorer.baselines import baseline_data, load_baseline, read_card, sha256_file, versions
 from explorer.compress import compress
-from explorer.errors import env_positive, first_line
+from explorer.errors import first_line
 from explorer.measure import compute, size
 from explorer.measure.hardware import hardware
 from explorer.measure.latency import measure_latency
@@ -40,7 +40,7 @@ FILES = {"packed": "model.xpk", "checkpoint": "model.safetensors", "gzip": "mode
 
 
 def threads() -> int:
-    return int(os.environ.get("EXPLORER_THREADS", "1"))
+    return int(settings.get("EXPLORER_THREADS"))
 
 
 def train_threads() -> int:
@@ -48,15 +48,11 @@ def train_threads() -> int:
     of a run's key: float sums split over another number of threads round differently, and fine-tuning
     amplifies that into other accuracies (0.3 points on vgg13), so the page, the CLI and a sweep's
     one-thread workers must all compute a recipe with the same count to show the same figures."""
-    n = env_positive("EXPLORER_TRAIN_THREADS", 1)
-    if n != int(n):
-        raise ValueError(f"EXPLORER_TRAIN_THREADS={os.environ['EXPLORER_TRAIN_THREADS']!r} must be a whole "
-                         "number of threads (default 1)")
-    return int(n)
+    return int(settings.get("EXPLORER_TRAIN_THREADS"))
 
 
 def latency_budget_s() -> float:
-    return float(os.environ.get("EXPLORER_LATENCY_BUDGET_S", "0.3"))
+    return float(settings.get("EXPLORER_LATENCY_BUDGET_S"))
 
 
 def run_key(recipe: Recipe) -> str:
@@ -81,9 +77,9 @@ def _sha(path: str, mtime_ns: int) -> str:
 @functools.lru_cache(maxsize=8)
 def _baseline_sizes(path: str, mtime_ns: int) -> dict:
     """The fp32 baseline's own file, gzip and zstd sizes: the denominators of the reduction factors."""
-    with tempfile.TemporaryDirectory() as tmp:
-        return {"file_bytes": Path(path).stat().st_size, "gzip_bytes": size.gzip_file(path, f"{tmp}/b.gz"),
-                "zstd_bytes": size.zstd_file(path, f"{tmp}/b.zst")}
+    with scratch.folder("baseline-sizes") as tmp:
+        return {"file_bytes": Path(path).stat().st_size, "gzip_bytes": size.gzip_file(path, tmp / "b.gz"),
+                "zstd_bytes": size.zstd_file(path, tmp / "b.zst")}
 
 
 def weight_sparsity(model: torch.nn.Module) -> tuple[int, int]:
@@ -278,21 +274,16 @@ def time_run(result: dict[str, Any], workdir: str | os.PathLike, *, gpu: bool = 
 
 def run_recipe(recipe: Recipe, *, workdir: str | os.PathLike | None = None, progress: Progress | None = None,
                latency: bool = True) -> dict[str, Any]:
-    """Run `recipe` and return its RunResult. Files go to `workdir` (kept) or a temporary folder."""
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.mkdtemp(prefix="explorer-run-")
-        workdir = tmp
-    try:
+    """Run `recipe` and return its RunResult. Files go to `workdir` (kept) or a scratch folder (removed)."""
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = stack.enter_context(scratch.folder("run"))
         result = prepare(recipe, workdir, progress=progress)
         if latency:
             result = time_run(result, workdir)
         else:
             result["hardware"] = hardware(threads())
         return result
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def failed_result(recipe: Recipe, error: BaseException) -> dict[str, Any]:

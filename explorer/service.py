@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
 
 import pandas as pd
 
@@ -15,7 +14,7 @@ from explorer.recipe import Recipe
 from explorer.sweep import recipe_for, results_frame, run_sweep
 from explorer.train import Progress
 
-_frames: dict[str, tuple[float, dict]] = {}  # result.json path -> (mtime, parsed): the curves re-read only new runs
+_frames: dict[str, tuple[tuple, dict]] = {}  # result.json path -> (stats, checked result): re-read only new runs
 
 
 def datasets() -> list[str]:
@@ -59,13 +58,13 @@ def list_baselines() -> list[dict]:
     return cards
 
 
-def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, name: str | None) -> dict:
-    """A state_dict with its architecture, or an ONNX/TorchScript/exported model without one."""
+def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, name: str | None,
+              shown: str | None = None) -> dict:
+    """The page's "Your model": a state_dict with its architecture, or an ONNX model. Programs (TorchScript,
+    exported programs, pickled modules) are always refused here: trusting code is for the command line."""
     from explorer import byo
 
-    if arch:
-        return byo.add_state_dict_model(path, arch, dataset, root=root, name=name)
-    return byo.add_foreign_model(path, dataset, root=root, name=name)
+    return byo.add_model(path, arch=arch, dataset=dataset, root=root, name=name, shown=shown, trust_code=False)
 
 
 def check_upload(n_bytes: int, what: str) -> None:
@@ -74,24 +73,34 @@ def check_upload(n_bytes: int, what: str) -> None:
     check_upload_size(n_bytes, what)
 
 
-def add_dataset_zip(zip_path: str, name: str) -> str:
-    """Extract an uploaded ImageFolder zip safely; returns the folder to use as the dataset root."""
-    from explorer import byo, safezip
+def add_dataset_zip(zip_path: str, name: str, shown: str | None = None) -> str:
+    """Extract an uploaded image-folder zip safely; returns the folder to use as the dataset root."""
+    from explorer import byo
 
-    byo.check_upload_size(Path(zip_path).stat().st_size, f"zip {Path(zip_path).name!r}")
-    dest = user_data_dir() / byo._safe_name(name)
-    if dest.exists():
-        import shutil
-
-        shutil.rmtree(dest)
-    safezip.extract_zip(zip_path, dest)
-    return str(safezip.tree_root(dest))
+    return byo.add_dataset_zip(zip_path, name, shown=shown)
 
 
-def user_data_dir() -> Path:
-    import os
+def upload_folder():
+    """A scratch folder for an upload's bytes while they are checked (removed afterwards, and at start-up
+    if the server was killed meanwhile)."""
+    from explorer import scratch
 
-    return Path(os.environ.get("EXPLORER_USER_DATA", Path(baselines.MODELS_DIR).parent / "data" / "user"))
+    return scratch.folder("upload")
+
+
+_cleaned = False
+
+
+def start_up() -> None:
+    """Every render: the settings checked, in one line; once per process: scratch folders of killed
+    processes removed."""
+    global _cleaned
+    from explorer import scratch, settings
+
+    settings.check_all()
+    if not _cleaned:
+        scratch.clean()
+        _cleaned = True
 
 
 def describe_baseline(path: str) -> dict:
@@ -103,21 +112,23 @@ def run(recipe: Recipe, progress: Progress | None = None) -> dict:
 
 
 def cached_results(model: str, dataset: str, checkpoint: str | None = None) -> list[dict]:
-    """Every stored run of this baseline (light read: the result JSON of complete entries)."""
+    """Every stored run of this baseline (light read: the checked result JSON of complete entries)."""
     c = cache()
     out = []
     for key in c.keys():
         path = c.root / key / "result.json"
-        if not (c.root / key / "manifest.json").is_file():
-            continue
         try:
-            mtime = path.stat().st_mtime
-            hit = _frames.get(str(path))
-            if hit is None or hit[0] != mtime:
-                hit = (mtime, json.loads(path.read_text()))
-                _frames[str(path)] = hit
-        except (OSError, ValueError):
+            st = path.stat()
+        except OSError:
             continue
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        hit = _frames.get(str(path))
+        if hit is None or hit[0] != stamp:
+            r = c.peek(key)
+            if r is None:
+                continue
+            hit = (stamp, r)
+            _frames[str(path)] = hit
         r = hit[1]
         rc = r.get("recipe", {})
         if r.get("model") == model and r.get("dataset") == dataset and rc.get("checkpoint") == checkpoint:
@@ -150,8 +161,8 @@ def sweep(card: dict, *, sparsity, bits, clusters, epochs: int, granularity: str
 
 
 def artifact(key: str, name: str) -> bytes | None:
-    path = cache().artifact(key, name)
-    return Path(path).read_bytes() if path else None
+    """A stored artifact's bytes, checked against the cache manifest as they are served."""
+    return cache().artifact(key, name)
 
 
 def sensitivity(result: dict, compute: bool = False) -> dict | None:
@@ -165,9 +176,9 @@ def sensitivity(result: dict, compute: bool = False) -> dict | None:
     got = sens.stored(c.root, key)
     if got is not None or not compute:
         return got
-    path = c.artifact(key, "model.xpk")
-    if path is None:
-        raise ValueError(f"run {key} has no packed file in the cache; run it again")
-    values = sens.layer_sensitivity(Recipe.from_dict(result["recipe"]), Path(path).read_bytes())
+    blob = c.artifact(key, "model.xpk")
+    if blob is None:
+        raise ValueError(f"run {key} has no intact packed file in the cache; run it again")
+    values = sens.layer_sensitivity(Recipe.from_dict(result["recipe"]), blob)
     sens.store(c.root, key, values)
     return values

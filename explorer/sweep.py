@@ -122,16 +122,16 @@ def _init_worker() -> None:
 def prepare_portable(job: tuple[str, str]) -> dict:
     """Compress and measure everything but latency in a worker; bring the artifacts back as bytes so
     the worker may be another machine (Ray)."""
-    from explorer import runner
+    from explorer import runner, scratch
 
     key, recipe_json = job
     recipe = Recipe.from_json(recipe_json)
-    with tempfile.TemporaryDirectory(prefix="explorer-worker-") as tmp:
+    with scratch.folder("worker") as tmp:
         try:
             result = runner.prepare(recipe, tmp)
         except Exception as e:  # recorded as a failed run; the sweep goes on
             return {"key": key, "result": runner.failed_result(recipe, e), "files": {}}
-        files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+        files = {p.name: p.read_bytes() for p in tmp.iterdir() if p.is_file() and not p.name.startswith(".")}
     return {"key": key, "result": result, "files": files}
 
 

@@ -2,13 +2,18 @@
 
 import os
 import pickle
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# one run cache for the whole session, never the repository's own cache/ (tests that need their own set it)
+_SESSION_CACHE = tempfile.mkdtemp(prefix="explorer-test-cache-")
+os.environ.setdefault("EXPLORER_CACHE_DIR", _SESSION_CACHE)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,3 +86,9 @@ def mnist_root(tmp_path):
 @pytest.fixture
 def cifar10_root(tmp_path):
     return make_cifar(tmp_path, 10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache():
+    yield
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)

@@ -8,6 +8,7 @@ from explorer.baselines import load_baseline
 from explorer.cli import main
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
+from explorer.modelfile import detect_format
 from explorer.recipe import Recipe
 from explorer.zoo import create_model
 from tests.conftest import make_image_folder
@@ -39,12 +40,12 @@ def test_malicious_pickle_is_refused_and_runs_nothing(env, capsys):
     evil = env / "evil.pt"
     torch.save({"features.0.weight": Evil(str(marker))}, evil)  # a zip checkpoint whose data.pkl runs open()
     with pytest.raises(ValueError, match="was refused"):
-        byo.add_state_dict_model(evil, "digits_cnn", "digits")
+        byo.add_model(evil, arch="digits_cnn")
     assert not marker.exists()
     raw = env / "raw.pth"
     raw.write_bytes(pickle.dumps({"w": Evil(str(marker))}))  # a legacy plain pickle
-    with pytest.raises(ValueError, match="legacy pickle, which the explorer never loads"):
-        byo.add_state_dict_model(raw, "digits_cnn", "digits")
+    with pytest.raises(ValueError, match="was refused: it pickles Python objects besides tensors"):
+        byo.add_model(raw, arch="digits_cnn")
     recipe = env / "r.json"
     recipe.write_text('{"model": "digits_cnn"}')
     assert main(["run", "--recipe", str(recipe), "--checkpoint", str(evil), "--arch", "digits_cnn"]) == 2
@@ -55,7 +56,7 @@ def test_malicious_pickle_is_refused_and_runs_nothing(env, capsys):
 def test_state_dict_model_gets_every_view(env, baseline):
     model, card = baseline
     torch.save(model.state_dict(), env / "mine.pt")
-    added = byo.add_state_dict_model(env / "mine.pt", "digits_cnn", "digits", name="mine")
+    added = byo.add_model(env / "mine.pt", arch="digits_cnn", name="mine")
     assert added["accuracy"]["top1"] == card["accuracy"]["top1"]
     assert added["path"].endswith("mine.safetensors") and "mine" in [c["name"] for c in service.list_baselines()]
     res = service.run(Recipe(model="digits_cnn", checkpoint=added["path"], steps=(PruneConfig(sparsity=0.5),)))
@@ -77,8 +78,8 @@ def test_foreign_models_get_size_latency_and_int8_only(env, baseline, fmt):
         from explorer.measure.onnx_export import export_onnx
 
         export_onnx(model, (1, 8, 8), path)
-    assert byo.detect_format(path) == fmt
-    added = byo.add_foreign_model(path, "digits", name=f"m-{fmt}")
+    assert detect_format(path) == fmt
+    added = byo.add_model(path, name=f"m-{fmt}", trust_code=fmt != "onnx")
     assert added["format"] == "onnx" and added["accuracy"]["top1"] == card["accuracy"]["top1"]
     res = service.run(Recipe(model="onnx", checkpoint=added["path"], steps=(QuantizeConfig(mode="static"),)))
     assert res["status"] == "ok" and res["onnx"]["int8"]["available"]
@@ -95,7 +96,7 @@ def test_foreign_models_get_size_latency_and_int8_only(env, baseline, fmt):
 def test_wrong_architecture_lists_the_keys(env, baseline):
     torch.save(create_model("lenet5", image_size=8).state_dict(), env / "lenet.pt")
     with pytest.raises(ValueError) as e:
-        byo.add_state_dict_model(env / "lenet.pt", "digits_cnn", "digits")
+        byo.add_model(env / "lenet.pt", arch="digits_cnn")
     assert "missing" in str(e.value) and "unexpected" in str(e.value) and "mis-shaped" in str(e.value)
 
 
@@ -106,10 +107,10 @@ def test_class_count_that_does_not_match(env, baseline):
 
     export_onnx(model, (1, 8, 8), env / "m.onnx")
     with pytest.raises(ValueError, match="has 3 classes"):
-        byo.add_foreign_model(env / "m.onnx", "imagefolder", root=str(env / "three"), image_size=8)
+        byo.add_model(env / "m.onnx", dataset="imagefolder", root=str(env / "three"), image_size=8)
     torch.save(model.state_dict(), env / "m.pt")
     with pytest.raises(ValueError, match="mis-shaped.*classifier.4"):
-        byo.add_state_dict_model(env / "m.pt", "digits_cnn", "imagefolder", root=str(env / "three"), image_size=8)
+        byo.add_model(env / "m.pt", arch="digits_cnn", dataset="imagefolder", root=str(env / "three"), image_size=8)
 
 
 def test_truncated_and_corrupted_files(env, baseline):
@@ -117,13 +118,14 @@ def test_truncated_and_corrupted_files(env, baseline):
     torch.save(model.state_dict(), env / "m.pt")
     (env / "cut.pt").write_bytes((env / "m.pt").read_bytes()[:500])
     with pytest.raises(ValueError):
-        byo.add_state_dict_model(env / "cut.pt", "digits_cnn", "digits")
+        byo.add_model(env / "cut.pt", arch="digits_cnn")
     (env / "junk.onnx").write_bytes(b"\x08\x07garbage" * 10)
     with pytest.raises(ValueError, match="junk.onnx"):
-        byo.add_foreign_model(env / "junk.onnx", "digits")
+        byo.add_model(env / "junk.onnx")
     (env / "x.bin").write_bytes(b"1234")
-    with pytest.raises(ValueError, match=r"model file suffix='.bin' must be one of"):
-        byo.detect_format(env / "x.bin")
+    with pytest.raises(ValueError, match=r"model file 'x.bin' is not a model file the explorer reads: expected "
+                                         r"safetensors, a PyTorch state_dict checkpoint"):
+        byo.add_model(env / "x.bin")
 
 
 def test_nan_weights_refused(env, baseline):
@@ -132,7 +134,7 @@ def test_nan_weights_refused(env, baseline):
     state["classifier.4.weight"][0, 0] = float("inf")
     torch.save(state, env / "inf.pt")
     with pytest.raises(ValueError, match="NaN or Inf values in classifier.4.weight"):
-        byo.add_state_dict_model(env / "inf.pt", "digits_cnn", "digits")
+        byo.add_model(env / "inf.pt", arch="digits_cnn")
 
 
 def test_upload_over_the_cap(env, baseline, monkeypatch):
@@ -140,7 +142,7 @@ def test_upload_over_the_cap(env, baseline, monkeypatch):
     torch.save(model.state_dict(), env / "m.pt")
     monkeypatch.setenv("EXPLORER_MAX_UPLOAD_MB", "0.01")
     with pytest.raises(ValueError, match=r"over the upload cap of 0 MB \(set EXPLORER_MAX_UPLOAD_MB"):
-        byo.add_state_dict_model(env / "m.pt", "digits_cnn", "digits")
+        byo.add_model(env / "m.pt", arch="digits_cnn")
     monkeypatch.setenv("EXPLORER_MAX_UPLOAD_MB", "lots")
     with pytest.raises(ValueError, match="EXPLORER_MAX_UPLOAD_MB='lots' must be a positive number"):
         byo.max_upload_bytes()
@@ -157,7 +159,7 @@ def test_zipped_image_folder_dataset(env, baseline):
     assert sorted(p.name for p in __import__("pathlib").Path(root).iterdir()) == ["cat", "dog", "eel"]
     m = create_model("digits_cnn", num_classes=3, in_channels=3, image_size=8)
     torch.save(m.state_dict(), env / "three.pt")
-    added = byo.add_state_dict_model(env / "three.pt", "digits_cnn", "imagefolder", root=root, image_size=8)
+    added = byo.add_model(env / "three.pt", arch="digits_cnn", dataset="imagefolder", root=root, image_size=8)
     assert added["arch_kwargs"] == {"num_classes": 3, "in_channels": 3, "image_size": 8}
     res = service.run(Recipe(model="digits_cnn", dataset="imagefolder", checkpoint=added["path"],
                              steps=(PruneConfig(sparsity=0.5),)))

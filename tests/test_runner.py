@@ -99,8 +99,11 @@ def test_cli_run_json_and_out(tmp_path, capsys):
     assert main(["run", "--recipe", str(recipe), "--json", "--out", str(tmp_path / "o")]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["label"] == "fp16" and abs(res["accuracy_delta"]) < 0.1
-    assert res["size"]["file_bytes"] == os.path.getsize(tmp_path / "o" / "model.safetensors")
-    assert (tmp_path / "o" / "result.json").is_file() and (tmp_path / "o" / "model.onnx").is_file()
+    # --out holds the deployables as the cache stored them, and their sizes are the result's
+    assert res["size"]["packed_bytes"] == os.path.getsize(tmp_path / "o" / "model.xpk")
+    assert res["size"]["onnx_bytes"] == os.path.getsize(tmp_path / "o" / "model.onnx")
+    assert res["size"]["onnx_int8_bytes"] == os.path.getsize(tmp_path / "o" / "model.int8.onnx")
+    assert json.loads((tmp_path / "o" / "result.json").read_text())["key"] == res["key"]
 
 
 def test_cli_run_bad_recipe_is_one_line(tmp_path, capsys):

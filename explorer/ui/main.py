@@ -34,6 +34,7 @@ def main() -> None:
     t0 = time.perf_counter()
     st.title("Compression trade-off explorer")
     try:
+        service.start_up()
         cards = service.list_baselines()
     except ValueError as e:
         st.error(str(e))

@@ -110,43 +110,51 @@ def baseline_panel(info: dict) -> None:
 
 def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
     """Bring your own model (and data): the model gets the same views as a baseline once added."""
-    import tempfile
     from pathlib import Path
 
-    st.markdown("Add a **state_dict** for a zoo architecture (`.safetensors`, or `.pt`/`.pth` read with "
-                "`weights_only`: pickled code is refused), or an **ONNX**, **TorchScript** or **exported program** "
-                "(`.pt2`) model: size, latency and ONNX Runtime int8 apply to those; the techniques that rewrite "
-                "PyTorch layers do not.")
+    st.markdown("Add a **state_dict** for a zoo architecture (`.safetensors`, or a PyTorch `.pt`/`.pth` "
+                "checkpoint read with `weights_only`: pickled code is refused) or an **ONNX** model (standard "
+                "operators, weights in the file): size, latency and ONNX Runtime int8 apply to ONNX models; the "
+                "techniques that rewrite PyTorch layers do not. TorchScript and exported programs (`.pt2`) are "
+                "programs: loading one runs code from the file, so this page never accepts them (the command "
+                "line does, with `--trust-code`, for files whose author you trust).")
     up = st.file_uploader("Model file", type=["safetensors", "pt", "pth", "pt2", "onnx"], key="byo_model")
-    arch = st.selectbox("Architecture (for a state_dict)", ["(none: ONNX, TorchScript or .pt2)", *archs],
-                        key="byo_arch")
+    arch = st.selectbox("Architecture (for a state_dict)", ["(none: an ONNX model)", *archs], key="byo_arch")
     dataset = st.selectbox("Dataset", datasets, key="byo_dataset")
     root = st.text_input("Local dataset folder (all but digits)", key="byo_root")
     zipped = st.file_uploader("...or a zip of an image folder (one subfolder per class)", type=["zip"], key="byo_zip")
     name = st.text_input("Name (optional)", key="byo_name")
+    added = st.session_state.get("_byo_added")
     if not st.button("Add model", key="byo_add", disabled=up is None):
+        if added:  # shown until the next add: the page reruns right after adding
+            st.success(added["message"])
+            if added.get("note"):
+                st.info(added["note"])
         return
+    st.session_state.pop("_byo_added", None)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with backend.upload_folder() as tmp:
             backend.check_upload(up.size, f"model file {up.name!r}")
-            model_path = Path(tmp) / Path(up.name).name
+            model_path = Path(tmp) / "model.upload"
             model_path.write_bytes(up.getbuffer())
             data_root = root.strip() or None
             if zipped is not None:
                 backend.check_upload(zipped.size, f"zip {zipped.name!r}")
                 zip_path = Path(tmp) / "data.zip"
                 zip_path.write_bytes(zipped.getbuffer())
-                data_root = backend.add_dataset_zip(str(zip_path), name.strip() or Path(zipped.name).stem)
+                data_root = backend.add_dataset_zip(str(zip_path), name.strip() or Path(zipped.name).stem,
+                                                    shown=zipped.name)
                 dataset = "imagefolder"
             with st.spinner("Loading, checking and measuring the model..."):
                 card = backend.add_model(str(model_path), arch=None if arch.startswith("(") else arch,
-                                         dataset=dataset, root=data_root, name=name.strip() or None)
+                                         dataset=dataset, root=data_root, name=name.strip() or None, shown=up.name)
     except ValueError as e:
         st.error(str(e))
         return
     st.session_state["_select_baseline"] = card["name"]
-    st.success(f"Added {card['name']}: top-1 {card['accuracy']['top1']:.2f}% on {card['test_samples']} test images "
-               "(measured). It is now in the baseline list.")
-    if card.get("unsupported_reason"):
-        st.info(card["unsupported_reason"])
+    verb = "Already added as" if card.get("reused") else "Added"
+    st.session_state["_byo_added"] = {
+        "message": f"{verb} {card['name']}: top-1 {card['accuracy']['top1']:.2f}% on {card['test_samples']} test "
+                   "images (measured). It is now in the baseline list.",
+        "note": card.get("unsupported_reason")}
     st.rerun()

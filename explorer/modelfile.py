@@ -1,0 +1,118 @@
+"""What a model file is, read from its bytes, never from its name: data, which the explorer reads without
+running anything from the file, or a program, which runs code from the file as it loads or runs.
+
+Data: safetensors; a PyTorch checkpoint read with `torch.load(weights_only=True)` (tensors and plain
+containers only); ONNX with operators from the standard domains and no external data files.
+Programs: TorchScript (its archive carries code that `torch.jit.load` runs, `__setstate__` included), an
+exported program (`.pt2`, a graph of arbitrary operators), and a pickle of Python objects. The explorer
+refuses programs unless the user trusts the file explicitly on the command line (`--trust-code`, as
+Hugging Face's `trust_remote_code`); the web page never loads one.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+DATA_FORMATS = ("safetensors", "state_dict", "onnx")
+PROGRAMS = {"torchscript": "a TorchScript program", "exported": "an exported program (torch.export, .pt2)",
+            "pickle": "a Python pickle"}
+STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+EXPECTED = ("safetensors, a PyTorch state_dict checkpoint (.pt/.pth) or ONNX; TorchScript and exported programs "
+            "only from the command line with --trust-code")
+
+
+def program_refusal(shown: str, fmt: str) -> ValueError:
+    """The one line that refuses a program: the format, why, and the way out."""
+    return ValueError(f"model file {shown!r} is {PROGRAMS[fmt]}: loading it would run code from the file, so it "
+                      "is refused. Save its weights with safetensors or export it to ONNX; or, if you trust its "
+                      "author, pass --trust-code on the command line (the web page never loads programs)")
+
+
+def detect_format(path: str | os.PathLike, shown: str | None = None) -> str:
+    """safetensors | state_dict | torchscript | exported | pickle | onnx, from the file's bytes."""
+    p = Path(path)
+    shown = shown or p.name
+    if not p.is_file():
+        raise ValueError(f"model file {shown!r} does not exist")
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(16)
+    if _is_safetensors(head, size):
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04" or zipfile.is_zipfile(p):
+        return _zip_format(p, shown)
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"  # a legacy torch.save file or a plain pickle (protocols 2-5 open with 0x80 and the number)
+    if _is_onnx(p):
+        return "onnx"
+    # the name only words the error: the bytes have already decided
+    suffix = Path(shown).suffix.lower()
+    what = {".safetensors": "a readable safetensors file (its header is damaged or the file is truncated)",
+            ".onnx": "a valid ONNX model (it does not parse as an ONNX graph)"}.get(suffix)
+    if what:
+        raise ValueError(f"model file {shown!r} is not {what}")
+    raise ValueError(f"model file {shown!r} is not a model file the explorer reads: expected {EXPECTED}")
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """An 8-byte little-endian header length, then the JSON header itself."""
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= size - 8 and head[8:9] == b"{"
+
+
+def _zip_format(p: Path, shown: str) -> str:
+    try:
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ValueError(f"model file {shown!r} is a damaged zip archive: {e}") from None
+    # torch.export archives name their format; TorchScript archives carry code/ and constants.pkl
+    if any(n.endswith("/archive_format") or "/models/" in n and n.endswith(".json") for n in names):
+        return "exported"
+    if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+        return "torchscript"
+    if any(n.endswith("data.pkl") for n in names):
+        return "state_dict"
+    raise ValueError(f"model file {shown!r} is a zip archive but not a PyTorch checkpoint: expected {EXPECTED}")
+
+
+def _is_onnx(p: Path) -> bool:
+    """Protobuf has no magic number: a file is ONNX when it parses as a model with a graph and opsets."""
+    import onnx
+
+    try:
+        m = onnx.load(str(p), load_external_data=False)
+    except Exception:  # any parse failure means "not ONNX"; the caller names what was expected
+        return False
+    return m.ir_version > 0 and len(m.opset_import) > 0 and len(m.graph.node) > 0
+
+
+def _walk(nodes):
+    """Every node, and every node of the subgraphs nodes hold (If/Loop/Scan bodies)."""
+    import onnx
+
+    for node in nodes:
+        yield node
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _walk(a.g.node)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _walk(g.node)
+
+
+def check_onnx_operators(proto, shown: str) -> None:
+    """Standard operator domains only: a custom domain names operators from a library loaded into the
+    runtime, code the explorer will not take from an upload. Model-local functions are allowed, as
+    long as they are built of standard operators too."""
+    local = {(f.domain, f.name) for f in proto.functions}
+    bodies = [n for f in proto.functions for n in f.node]
+    for node in _walk([*proto.graph.node, *bodies]):
+        if node.domain not in STANDARD_DOMAINS and (node.domain, node.op_type) not in local:
+            raise ValueError(f"ONNX model {shown!r} uses operator {node.op_type!r} from the domain "
+                             f"{node.domain!r}: only the standard ONNX operator domains are accepted "
+                             f"({', '.join(repr(d) for d in STANDARD_DOMAINS)})")
