@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Iterator
 
 
@@ -34,27 +35,43 @@ def check_choice(field: str, value: object, choices: Iterable[object]) -> None:
         raise bad_value(field, value, choices)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def first_line(e: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message (its type where it has none), for one-line errors."""
-    text = str(e).strip()
+    """The first line of an exception's message (its type where it has none), for one-line errors; terminal
+    colour codes some libraries put in their messages are dropped."""
+    text = _ANSI.sub("", str(e)).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:limit]
 
 
 @contextlib.contextmanager
 def quiet_third_party() -> Iterator[None]:
-    """Silence other libraries' loggers, warnings and prints while a call that may fail noisily runs
-    (torch's exporters log whole tracebacks), so the user sees the explorer's one line instead. Only for
-    the command line's trusted-program paths: it swaps process-wide streams."""
-    import io
+    """Silence other libraries' loggers, warnings and prints, Python's and C++'s alike, while a call that may
+    fail noisily runs (torch's exporters log whole tracebacks and graphs), so the user sees the explorer's
+    one line instead. Only for the command line's trusted-program paths: it swaps the process's own
+    output streams, which a server's other threads share."""
     import logging
+    import os
+    import sys
     import warnings
 
     previous = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
+        with warnings.catch_warnings(), open(os.devnull, "w") as null:
             warnings.simplefilter("ignore")
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
             yield
     finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
         logging.disable(previous)

@@ -161,3 +161,11 @@ def test_sweep_panel_runs_a_sweep_from_the_page(cache, monkeypatch):
     assert len(df) == 4 and (df["status"] == "ok").all()
     assert {r["label"] for r in df.to_dict("records")} == {"baseline", "W4 ptq", "prune 25% unstructured",
                                                            "prune 25% unstructured -> W4 ptq"}
+
+
+def test_a_bad_setting_is_one_error_line_on_the_page(cache, monkeypatch):
+    monkeypatch.setenv("EXPLORER_THREADS", "abc")
+    at = _app()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "EXPLORER_THREADS='abc' must be a whole number of threads >= 1 (default 1): threads for latency timing"]

@@ -173,3 +173,74 @@ def test_cli_add_model(env, baseline, capsys):
     assert "added cli (digits_cnn, 40,394 parameters)" in capsys.readouterr().out
     assert main(["add-model", "--checkpoint", str(env / "m.pt"), "--arch", "alexnet"]) == 2
     assert "arch='alexnet' must be one of" in capsys.readouterr().err
+
+
+def _zip_tree(path, files: dict):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return path
+
+
+def _png(value: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), color=value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_refused_zip_never_touches_the_stored_dataset(env):
+    good = {f"d/{c}/{i}.png": _png(10 * i + (c == "dog")) for c in ("cat", "dog") for i in range(3)}
+    root = service.add_dataset_zip(str(_zip_tree(env / "a.zip", good)), "mydata")
+    before = sorted(p.relative_to(env / "data") for p in (env / "data").rglob("*"))
+    bad = {**good, "../escape.png": b"x"}  # refused mid-extraction
+    with pytest.raises(ValueError, match="climbs out"):
+        service.add_dataset_zip(str(_zip_tree(env / "b.zip", bad)), "mydata")
+    other = {"d/eel/1.png": _png(1), "d/eel/2.png": _png(2), "d/fox/1.png": _png(3), "d/fox/2.png": _png(4)}
+    with pytest.raises(ValueError, match="a dataset named 'mydata' already exists with other files"):
+        service.add_dataset_zip(str(_zip_tree(env / "c.zip", other)), "mydata")
+    assert sorted(p.relative_to(env / "data") for p in (env / "data").rglob("*")) == before
+    assert service.add_dataset_zip(str(env / "a.zip"), "mydata") == root  # the same files again: reused
+    assert not list((env / "cache" / ".scratch").iterdir())
+
+
+def test_model_names_are_unique_and_replaced_only_on_request(env, baseline, capsys):
+    from explorer.measure.onnx_export import export_onnx
+
+    model, card = baseline
+    torch.save(model.state_dict(), env / "m.pt")
+    export_onnx(model, (1, 8, 8), env / "m.onnx")
+    assert main(["add-model", "--checkpoint", str(env / "m.pt"), "--arch", "digits_cnn", "--name", "dup"]) == 0
+    assert main(["add-model", "--checkpoint", str(env / "m.onnx"), "--name", "dup"]) == 2
+    assert "a model named 'dup' already exists (digits_cnn from m.pt" in capsys.readouterr().err
+    dups = [c for c in service.list_baselines() if c["name"] == "dup"]
+    assert len(dups) == 1 and dups[0]["architecture"] == "digits_cnn"
+    res = service.run(Recipe(model="digits_cnn", checkpoint=dups[0]["path"], steps=(PruneConfig(sparsity=0.3),)))
+    assert res["status"] == "ok"  # the first model still works
+    assert main(["add-model", "--checkpoint", str(env / "m.onnx"), "--name", "dup", "--replace"]) == 0
+    dups = [c for c in service.list_baselines() if c["name"] == "dup"]
+    assert len(dups) == 1 and dups[0]["architecture"] == "onnx"
+    assert sorted(p.name for p in (env / "user").iterdir() if not p.name.startswith(".")) == ["dup.json",
+                                                                                              "dup.onnx"]
+    with pytest.raises(ValueError, match="is a committed baseline's"):
+        byo.add_model(env / "m.pt", arch="digits_cnn", name="digits_cnn-digits", replace=True)
+
+
+def test_adding_the_same_file_again_reuses_it_and_another_gets_a_new_name(env, baseline):
+    model, _ = baseline
+    torch.save(model.state_dict(), env / "m.pt")
+    first = byo.add_model(env / "m.pt", arch="digits_cnn")
+    again = byo.add_model(env / "m.pt", arch="digits_cnn")
+    assert again["reused"] and again["path"] == first["path"] and first["name"] == "digits_cnn-digits-m"
+    other = {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    (env / "sub").mkdir()
+    torch.save(other, env / "sub" / "m.pt")
+    second = byo.add_model(env / "sub" / "m.pt", arch="digits_cnn")
+    assert second["name"] == "digits_cnn-digits-m-2" and not second.get("reused")
+    names = [c["name"] for c in service.list_baselines()]
+    assert len(names) == len(set(names))

@@ -120,6 +120,34 @@ def test_change_within_one_clock_tick_is_still_detected(root):
     assert c.get(key) is None
 
 
+def test_bytes_changed_in_place_are_never_served(root):
+    """In a long-running process (the page's server) the stats memo says an entry was verified; a file then
+    changed in place with its size and mtime kept must still not be handed out: artifacts and the result
+    are checked against the manifest at the moment they are served, and the entry is dropped."""
+    c = RunCache()
+    key = c.get_or_run(recipe(), compute=FakeCompute())["key"]
+    backdate(root / key)
+    assert c.get(key) is not None and c.artifact(key, F["packed"]) is not None  # verified and remembered
+    packed = root / key / F["packed"]
+    st = packed.stat()
+    flip_byte(packed)
+    os.utime(packed, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert c.get(key) is not None  # the memo still trusts the stats: the result JSON itself is intact...
+    assert c.artifact(key, F["packed"]) is None  # ...but the changed bytes are refused when served
+    assert not (root / key).exists() and c.get(key) is None and c.artifact_path(key, F["onnx"]) is None
+
+    key = c.get_or_run(recipe(0.7), compute=FakeCompute())["key"]
+    backdate(root / key)
+    assert c.get(key) is not None
+    result = root / key / "result.json"
+    st = result.stat()
+    text = result.read_text()
+    result.write_text(text.replace('"top1": 0.91', '"top1": 0.99'))  # same size, another figure
+    os.utime(result, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert result.stat().st_size == st.st_size
+    assert c.peek(key) is None and c.get(key) is None and not (root / key).exists()
+
+
 def flip_byte(p: Path) -> None:
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0xFF

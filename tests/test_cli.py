@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from explorer.cli import main
 from explorer.data import load_dataset
@@ -34,3 +35,53 @@ def test_data_export_writes_the_evaluated_tensors(tmp_path):
     assert z["x"].dtype == np.float32 and z["y"].dtype == np.int64
     np.testing.assert_array_equal(z["x"], ref.x.numpy())
     np.testing.assert_array_equal(z["y"], ref.y.numpy())
+
+
+def test_concurrent_runs_of_one_new_recipe_compute_it_once(tmp_path):
+    """Four `run` commands for the same new recipe used to compute it four times; they now go through the
+    cache and its per-key lock, like sweeps and the page."""
+    import json
+    import os
+
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"model": "digits_cnn", "steps": [{"kind": "prune", "sparsity": 0.41}]}))
+    env = {**os.environ, "EXPLORER_CACHE_DIR": str(tmp_path / "cache"), "EXPLORER_LATENCY_BUDGET_S": "0.05"}
+    procs = [subprocess.Popen([sys.executable, "-m", "explorer", "run", "--recipe", str(recipe), "--json"], cwd=ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    results = [json.loads(o[0]) for o in outs]
+    assert sorted(r["cache"]["hit"] for r in results) == [False, True, True, True]
+    assert len({json.dumps(r["accuracy"]) for r in results}) == 1
+    fresh = subprocess.run([sys.executable, "-m", "explorer", "run", "--recipe", str(recipe), "--json", "--no-cache"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0 and "cache" not in json.loads(fresh.stdout)  # computed afresh, not looked up
+
+
+@pytest.mark.parametrize("var,value,allowed", [
+    ("EXPLORER_THREADS", "abc", "a whole number of threads >= 1"),
+    ("EXPLORER_THREADS", "0", "a whole number of threads >= 1"),
+    ("EXPLORER_LATENCY_BUDGET_S", "abc", "a positive number of seconds"),
+])
+def test_a_bad_setting_fails_at_start_up_in_one_line(tmp_path, var, value, allowed):
+    """Bad settings used to fail after about 7 s of compute with Python's own 'invalid literal for int()'."""
+    import os
+
+    recipe = tmp_path / "r.json"
+    recipe.write_text('{"model": "digits_cnn", "steps": [{"kind": "prune", "sparsity": 0.5}]}')
+    r = subprocess.run([sys.executable, "-m", "explorer", "run", "--recipe", str(recipe)], cwd=ROOT,
+                       env={**os.environ, var: value, "EXPLORER_CACHE_DIR": str(tmp_path / "cache")},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert f"error: {var}={value!r} must be {allowed}" in r.stderr
+    assert not (tmp_path / "cache").exists()  # refused before any work
+
+
+def test_unreadable_recipe_files_name_the_file(tmp_path, capsys):
+    (tmp_path / "bytes.json").write_bytes(bytes([0x7B, 0xB6, 0x00, 0xFF]))
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    for name, why in (("bytes.json", "is not UTF-8 text (byte 0xb6 at position 1)"),
+                      ("deep.json", "nests JSON too deeply")):
+        assert main(["run", "--recipe", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"recipe file '{tmp_path / name}' {why}" in err

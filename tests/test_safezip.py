@@ -1,4 +1,5 @@
 import io
+import os
 import stat
 import zipfile
 
@@ -70,3 +71,35 @@ def test_file_count_cap_and_bad_zip(tmp_path):
     (tmp_path / "no.zip").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a readable zip file"):
         extract_zip(tmp_path / "no.zip", tmp_path / "out")
+
+
+def test_folder_entries_count_toward_the_entry_cap(tmp_path, monkeypatch):
+    """150,000 folder entries used to pass the 100,000-entry cap, which counted files only."""
+    with zipfile.ZipFile(tmp_path / "dirs.zip", "w") as z:
+        for i in range(150):
+            z.writestr(zipfile.ZipInfo(f"d/{i}/"), b"")
+        z.writestr("d/0/a.png", b"a")
+    monkeypatch.setenv("EXPLORER_ZIP_MAX_FILES", "100")
+    with pytest.raises(ValueError, match="holds 151 entries, over the cap of 100 entries"):
+        extract_zip(tmp_path / "dirs.zip", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_many_small_bombs_are_refused_over_the_whole_archive(tmp_path):
+    """60 entries of 1 MiB of zeros (about 920x) passed the ratio cap of 200, which looked at entries over
+    1 MiB only; the ratio now holds per entry and over the whole archive."""
+    z = _zip(tmp_path / "many.zip", [(f"d/c/{i}.png", b"\0" * (1 << 20)) for i in range(60)])
+    assert 60 * (1 << 20) / z.stat().st_size > 800
+    with pytest.raises(ValueError, match="zip bomb"):
+        extract_zip(z, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # each entry alone, below a mebibyte, is checked too
+    one = _zip(tmp_path / "one.zip", [("d/c/0.png", b"\0" * (512 << 10)), ("d/c/pad.png", os.urandom(1 << 20))])
+    with pytest.raises(ValueError, match="zip entry 'd/c/0.png' expands past 200x"):
+        extract_zip(one, tmp_path / "out1")
+
+
+def test_ordinary_images_pass_the_ratio_checks(tmp_path):
+    z = _zip(tmp_path / "ok.zip", [(f"d/c/{i}.png", os.urandom(100_000)) for i in range(5)]
+             + [("d/c/empty.txt", b""), ("d/c/tiny.txt", b"\0" * 4000)])
+    assert extract_zip(z, tmp_path / "out")["files"] == 7

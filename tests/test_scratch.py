@@ -1,0 +1,69 @@
+"""Scratch space: one folder the explorer owns; a killed process's folders are removed at the next start-up,
+a live one's never."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from explorer import scratch
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_a_live_folder_is_kept_and_removed_on_exit(env):
+    with scratch.folder("run") as p:
+        (p / "model.xpk").write_bytes(b"x")
+        assert p.parent == env / "cache" / ".scratch"
+        assert scratch.clean() == [] and p.is_dir()
+    assert not p.exists()
+
+
+def test_folders_of_a_killed_process_are_removed_at_start_up(env):
+    code = ("from explorer import scratch; import time\n"
+            "with scratch.folder('run') as p:\n    (p / 'model.onnx').write_bytes(b'x'); print(p, flush=True); "
+            "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "EXPLORER_CACHE_DIR": str(env / "cache")})
+    path = Path(proc.stdout.readline().strip())
+    assert path.is_dir() and scratch.clean() == []  # its owner is alive
+    proc.kill()
+    proc.wait()
+    assert path.is_dir()  # kill -9 runs no clean-up of its own
+    assert scratch.clean() == [path.name] and not path.exists()
+
+
+def test_a_killed_run_leaves_nothing_in_the_system_temp_directory(env, tmp_path):
+    """`kill -9` of `run` used to leave explorer-run-* folders in /tmp, some holding every artifact."""
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"model": "vgg13", "steps": [{"kind": "prune", "sparsity": 0.5,
+                                                               "finetune_epochs": 3}]}))
+    system_tmp = tmp_path / "systmp"
+    system_tmp.mkdir()
+    run_env = {**os.environ, "EXPLORER_CACHE_DIR": str(env / "cache"), "TMPDIR": str(system_tmp)}
+    proc = subprocess.Popen([sys.executable, "-m", "explorer", "run", "--recipe", str(recipe), "--no-cache"],
+                            cwd=ROOT, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = env / "cache" / ".scratch"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (base.is_dir() and any(base.iterdir())):
+        time.sleep(0.2)
+    assert base.is_dir() and any(base.iterdir()), "the run made no scratch folder"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not [p for p in system_tmp.iterdir() if p.name.startswith("explorer-")]
+    left = sorted(p.name for p in base.iterdir())
+    assert left and all(n.startswith("run-") for n in left)
+    r = subprocess.run([sys.executable, "-m", "explorer", "cache", "ls"], cwd=ROOT, env=run_env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert list(base.iterdir()) == []  # the next start-up cleared them
