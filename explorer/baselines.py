@@ -22,6 +22,7 @@ from torch import nn
 import explorer
 from explorer.data import DataBundle, load_dataset
 from explorer.errors import first_line
+from explorer.measure.compute import macs
 from explorer.train import Progress, TrainConfig, evaluate, fit, seed_everything
 from explorer.zoo import count_params, create_model
 
@@ -68,8 +69,11 @@ def train_baseline(
     image_size: int | None = None,
     models_dir: str | os.PathLike = MODELS_DIR,
     progress: Progress | None = None,
+    finetune_samples: int | None = None,
 ) -> dict:
-    """Train `model_name` on `dataset`, write weights and card, and return the card."""
+    """Train `model_name` on `dataset`, write weights and card, and return the card. `finetune_samples`
+    is recorded as the card's recommendation for compression runs: fine-tune on a stratified subset of
+    that many training images (a large data set, a model slow to train on the CPU)."""
     cfg = cfg or TrainConfig()
     data = load_dataset(dataset, root, seed=cfg.seed, image_size=image_size)
     model_kwargs = dict(model_kwargs or {})
@@ -92,11 +96,14 @@ def train_baseline(
         "classes": list(data.classes),
         "normalisation": {"mean": list(data.mean), "std": list(data.std)},
         "train": {**cfg.__dict__, "seconds": round(hist.seconds, 2), "final_train_loss": hist.train_loss[-1]
-                  if hist.train_loss else None},
+                  if hist.train_loss else None, "threads": torch.get_num_threads(), "train_samples": len(data.train),
+                  "command": train_command(model_name, dataset, cfg, model_kwargs, finetune_samples)},
         "accuracy": {k: test[k] for k in ("top1", "top3", "top5", "loss")},
+        **({"finetune_samples": finetune_samples} if finetune_samples else {}),
         "test_samples": test["n"],
         "val_top1": hist.val_top1[-1] if hist.val_top1 else None,
         "params": count_params(model),
+        "macs": macs(model, data.input_shape)["total"],
         "file": out.name,
         "file_bytes": out.stat().st_size,
         "sha256": sha256_file(out),
@@ -105,6 +112,16 @@ def train_baseline(
     }
     card_path(out).write_text(json.dumps(card, indent=2) + "\n")
     return card
+
+
+def train_command(model_name: str, dataset: str, cfg: TrainConfig, model_kwargs: dict,
+                  finetune_samples: int | None = None) -> str:
+    """The command that trains this baseline again."""
+    width = f" --width {model_kwargs['width']:g}" if "width" in model_kwargs else ""
+    width += f" --finetune-samples {finetune_samples}" if finetune_samples else ""
+    return (f"python -m explorer train --model {model_name} --dataset {dataset} --epochs {cfg.epochs} --lr {cfg.lr:g} "
+            f"--batch-size {cfg.batch_size} --weight-decay {cfg.weight_decay:g} --seed {cfg.seed} "
+            f"--augment-shift {cfg.augment_shift}{width}")
 
 
 def read_card(weights: str | os.PathLike) -> dict:

@@ -32,7 +32,8 @@ from typing import IO, Any
 import explorer
 
 MANIFEST, RESULT, LAST_USED = "manifest.json", "result.json", "last_used"
-ARTIFACT_KINDS = ("packed", "onnx", "onnx_int8")  # runner.FILES kept; checkpoint/gzip/zstd copies only give sizes
+# runner.FILES kept; the checkpoint, gzip and zstd copies only give sizes
+ARTIFACT_KINDS = ("packed", "onnx", "onnx_int8", "predictions")
 STALE_S = 3600.0
 SCRATCH = (".tmp-", ".work-", ".trash-")
 _verified: set[tuple] = set()  # (entry, stats of its files) whose checksums matched in this process

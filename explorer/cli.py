@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--width", type=float, default=None, help="channel width multiplier (where the model has one)")
     t.add_argument("--image-size", type=int, default=None)
     t.add_argument("--models-dir", default=None)
+    t.add_argument("--finetune-samples", type=int, default=None,
+                   help="recommend that compression runs fine-tune on this many training images (large data sets)")
 
     r = sub.add_parser("run", help="run one recipe on a committed baseline and print its result")
     r.add_argument("--recipe", required=True, help="recipe JSON file")
@@ -96,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--schedule", default="oneshot")
     w.add_argument("--finetune-epochs", default="2")
     w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--repeats", type=int, default=1,
+                   help="run each recipe with seeds SEED..SEED+K-1 (fine-tuning order, calibration sample, k-means "
+                        "start); tables then show mean and spread across seeds")
     w.add_argument("--bn-adapt", action="store_true",
                    help="re-estimate BatchNorm statistics after pruning or clustering (models with BatchNorm)")
     w.add_argument("--backend", default="local", help="local (process pool) or ray")
@@ -116,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--objective", default="smallest", help="smallest, fastest or most_accurate")
     rc.add_argument("--size", default="packed_bytes", help="size column: packed_bytes, gzip_bytes, onnx_int8_bytes ...")
     rc.add_argument("--latency", default="lat_onnxruntime_cpu_int8_b256_ms", help="latency column")
+    rc.add_argument("--confidence", type=float, default=0.95,
+                    help="how sure the pick must be (default 0.95); 0 judges by point estimates alone")
 
     ca = sub.add_parser("cache", help="inspect or clear the run cache")
     ca.add_argument("action", choices=["ls", "verify", "clear"])
@@ -130,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--image-size", type=int, default=None)
     e.add_argument("--out", required=True)
+    f = dsub.add_parser("fetch", help="download a data set with torchvision (needs the internet)")
+    f.add_argument("name", help="fashion-mnist or mnist")
+    f.add_argument("--dir", default=None, help="where to put it (default: data/<name>/, where the explorer looks)")
     return p
 
 
@@ -142,7 +152,8 @@ def _train(a: argparse.Namespace) -> int:
                       augment_shift=a.augment_shift)
     kw = {} if a.width is None else {"width": a.width}
     card = train_baseline(a.model, a.dataset, root=a.root, cfg=cfg, model_kwargs=kw, image_size=a.image_size,
-                          models_dir=a.models_dir or MODELS_DIR, progress=ProgressLine(f"train {a.model}"))
+                          models_dir=a.models_dir or MODELS_DIR, progress=ProgressLine(f"train {a.model}"),
+                          finetune_samples=a.finetune_samples)
     print(json.dumps({k: card[k] for k in ("name", "accuracy", "params", "file_bytes")}, indent=2))
     return 0
 
@@ -202,15 +213,33 @@ def _num(n) -> str:
 
 
 def _lat(entry: dict) -> str:
-    return f"{entry['median_ms']:.3f} ms (p90 {entry['p90_ms']:.3f})" if entry.get("available") else "not available"
+    if not entry.get("available"):
+        return "not available"
+    ci = entry.get("ci_ms")
+    within = f", 95% CI {ci[0]:.3f}-{ci[1]:.3f}" if ci else ""
+    return f"{entry['median_ms']:.3f} ms (p90 {entry['p90_ms']:.3f}{within})"
+
+
+def _speedup(v: dict) -> str:
+    from explorer.stats import measurable
+
+    lo, hi = v["ci"]
+    verdict = "" if measurable(v["ci"], 1.0) else ", no measurable change"
+    return f"{v['ratio']:.2f}x (95% CI {lo:.2f}-{hi:.2f}{verdict})"
 
 
 def summary(result: dict) -> str:
     """What a person reads: accuracy and delta, sparsity, sizes, latency, per-layer table, seconds."""
     acc, base, sz, rf = result["accuracy"], result["baseline_accuracy"], result["size"], result["reduction_factor"]
+    ci = result.get("accuracy_ci") or {}
+    vs = result.get("vs_baseline") or {}
+    top1_ci = f" (95% CI {ci['top1'][0]:.2f}-{ci['top1'][1]:.2f})" if "top1" in ci else ""
+    paired = (f"; paired 95% CI {vs['delta_ci'][0]:+.2f} to {vs['delta_ci'][1]:+.2f}, {vs['baseline_only']} images "
+              f"lost, {vs['run_only']} gained, exact McNemar p={vs['p_value']:.3g}: "
+              f"{'a real change' if vs['significant'] else 'no significant change'}") if vs else ""
     lines = [f"{result['label']}  ({result['model']} on {result['dataset']}, {result['test_samples']} test images)",
-             f"  top-1 {acc['top1']:.2f}%  top-3 {acc['top3']:.2f}%  top-5 {acc['top5']:.2f}%  "
-             f"delta {result['accuracy_delta']:+.2f} points vs {base['top1']:.2f}% (measured on the unpacked model)",
+             f"  top-1 {acc['top1']:.2f}%{top1_ci}  top-3 {acc['top3']:.2f}%  top-5 {acc['top5']:.2f}%",
+             f"  delta {result['accuracy_delta']:+.2f} points vs {base['top1']:.2f}%{paired}",
              f"  parameters {result['params']:,} ({result['nonzero_params']:,} non-zero), weight sparsity "
              f"{result['sparsity']:.1%}, MACs {_num(result.get('macs'))}",
              "  sizes: " + ", ".join(f"{k.replace('_bytes', '')} {_kib(sz.get(k))}"
@@ -220,6 +249,10 @@ def summary(result: dict) -> str:
     for engine, per_batch in (result.get("latency") or {}).items():
         if any(v.get("available") for v in per_batch.values()):
             lines.append(f"  latency {engine}: " + ", ".join(f"{b} {_lat(v)}" for b, v in per_batch.items()))
+        speed = (result.get("speedup") or {}).get(engine) or {}
+        if speed:
+            lines.append(f"    speed-up vs the {result.get('speedup_reference', 'baseline')}: " + ", ".join(
+                f"{b} {_speedup(v)}" for b, v in speed.items()))
     if result.get("hardware"):
         from explorer.measure.hardware import describe
 
@@ -244,7 +277,7 @@ def _sweep(a: argparse.Namespace) -> int:
                 granularity=parse_list(a.granularity, str, "granularity"),
                 schedule=parse_list(a.schedule, str, "schedule"),
                 finetune_epochs=parse_list(a.finetune_epochs, int, "finetune-epochs"), seed=a.seed,
-                bn_adapt=a.bn_adapt)
+                bn_adapt=a.bn_adapt, repeats=a.repeats)
     recipes = grid.recipes()
     t0 = time.perf_counter()
 
@@ -265,9 +298,31 @@ def _sweep(a: argparse.Namespace) -> int:
 def _report(a: argparse.Namespace) -> int:
     from explorer.report import read_results, write_report
 
-    n = write_report(read_results(a.results), a.html, title=a.title)
+    df = read_results(a.results)
+    n = write_report(df, a.html, title=a.title, forgets=_forgets_of_sweet_spot(df))
     print(f"wrote {a.html} ({n / 1024:,.0f} KiB, opens offline)")
     return 0
+
+
+def _forgets_of_sweet_spot(df):
+    """What the report's sweet spot forgets against its baseline, from the predictions in the run cache (None
+    when either run is not there: a report never computes)."""
+    from explorer import runner, service
+    from explorer.metrics import sweet_spot
+    from explorer.recipe import Recipe
+
+    ok = df[df["status"] == "ok"]
+    pick = sweet_spot(ok, max_drop=1.0, objective="smallest") if len(ok) and "key" in ok.columns else None
+    if pick is None or pick.row is None:
+        return None
+    try:
+        r = Recipe.from_json(pick.row["recipe_json"])
+        base_key = runner.run_key(Recipe(model=r.model, dataset=r.dataset, checkpoint=r.checkpoint, seed=r.seed))
+    except ValueError:
+        return None
+    cache = service.cache()
+    run, base = cache.get(str(pick.row["key"])), cache.get(base_key)
+    return service.forgets(run, base) if run and base else None
 
 
 @command("recommend")
@@ -281,11 +336,13 @@ def _recommend(a: argparse.Namespace) -> int:
             raise ValueError(f"column {col!r} is not in {a.results}; columns: {', '.join(df.columns)}")
     pick = sweet_spot(df, max_drop=a.max_drop, objective=a.objective, size_col=a.size, latency_col=a.latency,
                       size_budget=None if a.size_budget_kb is None else a.size_budget_kb * 1024,
-                      latency_budget=a.latency_budget_ms)
+                      latency_budget=a.latency_budget_ms, confidence=a.confidence or None)
     if pick.row is None:
         print(f"error: {pick.reason}", file=sys.stderr)
         return 1
     print(pick.reason)
+    if pick.point_row is not None:
+        print(f"by point estimates alone (not {pick.confidence:.0%} sure): {pick.point_row.get('label')}")
     print(pick.row["recipe_json"])
     return 0
 
@@ -329,6 +386,12 @@ def _add_model(a: argparse.Namespace) -> int:
 
 @command("data")
 def _data(a: argparse.Namespace) -> int:
+    if a.data_command == "fetch":
+        from explorer.data import fetch
+
+        where = fetch(a.name, a.dir)
+        print(f"{a.name} is in {where}; the explorer finds it there without --root")
+        return 0
     import numpy as np
 
     from explorer.data import export_split, load_dataset

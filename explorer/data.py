@@ -8,6 +8,9 @@ unpickles arbitrary objects, which user files must never get), and any class-per
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import io
 import os
 import pickle
@@ -70,6 +73,15 @@ class DataBundle:
             raise bad_value("split", name, ("train", "val", "test"))
         return getattr(self, name)
 
+    def with_train_subset(self, n: int | None, seed: int = 0) -> DataBundle:
+        """This bundle with its training split cut to about `n` images, stratified by class and seeded, for
+        fine-tuning on a large data set in bounded time; validation and test stay whole. The bundle itself
+        when `n` is None or covers the split."""
+        if n is None or n >= len(self.train):
+            return self
+        _, idx = stratified_split(self.train.y, n / len(self.train), seed)
+        return dataclasses.replace(self, train=Split(self.train.x[idx], self.train.y[idx]))
+
     def calibration(self, n: int, seed: int = 0) -> torch.Tensor:
         """N training inputs, drawn without replacement with `seed`, for post-training quantisation."""
         check_range("calibration samples", n, 1, len(self.train), integer=True)
@@ -96,7 +108,43 @@ def load_dataset(
 
     `test_fraction` applies where the data has no official test split (digits, a flat image tree);
     `val_fraction` is carved from the training data. `image_size` resizes (imagefolder defaults to 32).
+    A data set held in a few files is kept in memory for the next call while its files are unchanged
+    (Fashion-MNIST takes seconds to decode; every run of the page asks for it). Callers never modify
+    the tensors of a bundle.
     """
+    stamp = _files_stamp(name, root)
+    args = (name, None if root is None else str(root), seed, image_size, val_fraction, test_fraction, channels)
+    if stamp is None:
+        return _load_dataset(*args)
+    return _load_cached(stamp, *args)
+
+
+def _files_stamp(name: str, root) -> tuple | None:
+    """What identifies the bytes of a data set held in a few files; None where it is not worth keeping."""
+    if name == "digits":
+        return ("digits",)
+    if name == "imagefolder":
+        return None
+    base = Path(root).expanduser() if root not in (None, "") else default_root(name)
+    if base is None or not base.is_dir():
+        return None
+    files = []
+    for p in base.rglob("*"):
+        if len(files) > 64:
+            return None
+        with contextlib.suppress(OSError):
+            if p.is_file():
+                st = p.stat()
+                files.append((str(p), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(files))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(stamp: tuple, *args) -> DataBundle:
+    return _load_dataset(*args)
+
+
+def _load_dataset(name, root, seed, image_size, val_fraction, test_fraction, channels) -> DataBundle:
     if name not in DATASETS:
         raise bad_value("dataset", name, DATASETS)
     check_range("val_fraction", val_fraction, 0.01, 0.5)
@@ -110,8 +158,14 @@ def load_dataset(
         official_test = None
         notes: list[str] = []
     else:
+        if (root is None or str(root).strip() == "") and default_root(name) is not None:
+            root = default_root(name)
         if root is None or str(root).strip() == "":
-            raise ValueError(f"dataset {name!r} reads a local folder: name it with root=... (nothing is downloaded)")
+            if name not in DEFAULT_ROOTS:
+                raise ValueError(f"dataset {name!r} reads a local folder: name it with root=... (nothing is "
+                                 "downloaded)")
+            raise ValueError(f"dataset {name!r} is not on this machine: {how_to_get(name)} (nothing is downloaded "
+                             "unasked)")
         root = Path(root).expanduser()
         if name in ("mnist", "fashion-mnist"):
             (x, y), official_test, classes = _mnist_like(name, root)
@@ -196,11 +250,66 @@ def _digits():
 
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+# where a data set is found when no folder is named: `python -m explorer data fetch` writes the first,
+# Debian's package dataset-fashion-mnist installs the second
+DEFAULT_ROOTS = {"fashion-mnist": (REPO_DATA / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")),
+                 "mnist": (REPO_DATA / "mnist",)}
+INSTALL = {"fashion-mnist": "install Debian's package (apt-get install -y dataset-fashion-mnist), or "}
+
+
+def available(name: str, root: str | os.PathLike | None = None) -> bool:
+    """Whether `name` can be loaded here without downloading: digits always, a named folder if it exists,
+    else one of the data set's usual places."""
+    if name == "digits":
+        return True
+    if root not in (None, ""):
+        return Path(root).expanduser().exists()
+    return default_root(name) is not None
+
+
+def how_to_get(name: str, fetching: bool = False) -> str:
+    fetch_hint = "" if fetching else f"run `python -m explorer data fetch {name}` where the internet is reachable, or "
+    return f"{INSTALL.get(name, '')}{fetch_hint}name a folder holding the four IDX files"
+
+
+def fetch(name: str, folder: str | os.PathLike | None = None) -> Path:
+    """Download `name` with torchvision into `folder` (default: the first place the explorer looks). Only
+    ever called when a user asks; where the internet is out of reach, says how else to get the files."""
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    if name not in ("fashion-mnist", "mnist"):
+        raise bad_value("data set to fetch", name, ("fashion-mnist", "mnist"))
+    root = Path(folder) if folder else DEFAULT_ROOTS[name][0]
+    cls = FashionMNIST if name == "fashion-mnist" else MNIST
+    try:
+        cls(str(root), train=True, download=True)
+    except Exception as e:  # urllib's many ways to say "no network"
+        from explorer.errors import first_line
+
+        raise ValueError(f"could not download {name} ({first_line(e, 150)}): the internet is out of reach from "
+                         f"here; {how_to_get(name, fetching=True)}") from None
+    return root
+
+
+def _idx_file(base: Path, name: str) -> Path | None:
+    """`name` as torchvision unpacks it, or gzipped as the data set's authors and Debian ship it."""
+    return next((p for p in (base / name, base / f"{name}.gz") if p.is_file()), None)
 
 
 def _find_base(root: Path, sub: str, files: tuple[str, ...]) -> Path | None:
     """The folder holding `files`: the subfolder torchvision expects, or the named folder itself."""
     return next((b for b in (root / sub, root) if all((b / f).is_file() for f in files)), None)
+
+
+def _find_idx_base(root: Path, sub: str) -> Path | None:
+    return next((b for b in (root / sub, root / "raw", root) if all(_idx_file(b, f) for f in _MNIST_FILES)), None)
+
+
+def default_root(name: str) -> Path | None:
+    """The first of the data set's usual places that holds it, or None."""
+    sub = "FashionMNIST/raw" if name == "fashion-mnist" else "MNIST/raw"
+    return next((r for r in DEFAULT_ROOTS.get(name, ()) if _find_idx_base(r, sub)), None)
 
 
 def _missing(name: str, root: Path, where: str, files: tuple[str, ...]) -> ValueError:
@@ -212,28 +321,28 @@ def _missing(name: str, root: Path, where: str, files: tuple[str, ...]) -> Value
 
 
 def _mnist_like(name: str, root: Path):
-    """The four idx files of torchvision's MNIST layout (<root>/MNIST/raw/...), read with
-    torchvision's own idx reader; the folder itself or its raw/ subfolder is accepted too."""
+    """The four IDX files (plain or gzipped) in torchvision's layout (<root>/MNIST/raw/...), in a raw/
+    subfolder, or in the named folder itself."""
     from torchvision.datasets import MNIST, FashionMNIST
-    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    from explorer.idx import read_idx
 
     cls = MNIST if name == "mnist" else FashionMNIST
     sub = f"{cls.__name__}/raw"
-    base = _find_base(root, sub, _MNIST_FILES) or _find_base(root, "raw", _MNIST_FILES)
+    base = _find_idx_base(root, sub)
     if base is None:
         raise _missing(name, root, str(root / sub), _MNIST_FILES)
     parts = []
     for images, labels in (_MNIST_FILES[:2], _MNIST_FILES[2:]):
-        try:
-            x = read_image_file(str(base / images))
-            y = read_label_file(str(base / labels))
-        except Exception as e:  # a truncated or foreign idx file surfaces as many different errors
-            raise ValueError(f"dataset folder {str(base)!r} for {name}: {images}/{labels} "
-                             f"could not be read as idx files ({e})") from None
-        if x.ndim != 3 or len(x) != len(y):
-            raise ValueError(f"dataset folder {str(base)!r} for {name}: {images} holds {tuple(x.shape)} "
-                             f"images for {len(y)} labels")
-        parts.append((x.float().div(255.0).unsqueeze(1), y.long()))
+        x = read_idx(_idx_file(base, images))
+        y = read_idx(_idx_file(base, labels))
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or x.dtype != np.uint8:
+            raise ValueError(f"dataset folder {str(base)!r} for {name}: {images} holds {x.dtype} images of shape "
+                             f"{x.shape} for {y.shape} labels; expected N uint8 images for N labels")
+        parts.append((torch.from_numpy(x).float().div(255.0).unsqueeze(1), torch.from_numpy(y.astype(np.int64))))
+    n_classes = int(max(parts[0][1].max(), parts[1][1].max())) + 1
+    if n_classes > len(cls.classes) or min(int(parts[0][1].min()), int(parts[1][1].min())) < 0:
+        raise ValueError(f"dataset folder {str(base)!r} for {name}: labels outside 0..{len(cls.classes) - 1}")
     return parts[0], parts[1], list(cls.classes)
 
 

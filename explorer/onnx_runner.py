@@ -14,11 +14,14 @@ import numpy as np
 import explorer
 from explorer.baselines import baseline_data, read_card, versions
 from explorer.measure import size
+from explorer.measure.accuracy import save_predictions, uncertainty
 from explorer.measure.hardware import hardware
-from explorer.measure.latency import onnx_runtime, unavailable
+from explorer.measure.latency import interleave, ort_timer, unavailable
 from explorer.recipe import Recipe
+from explorer.stats import ratio_of_medians
 
-FILES = {"onnx": "model.onnx", "onnx_int8": "model.int8.onnx", "gzip": "model.onnx.gz", "zstd": "model.onnx.zst"}
+FILES = {"onnx": "model.onnx", "onnx_int8": "model.int8.onnx", "gzip": "model.onnx.gz", "zstd": "model.onnx.zst",
+         "predictions": "predictions.npy"}
 
 
 def check_steps(recipe: Recipe, reason: str) -> dict | None:
@@ -68,15 +71,17 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> dict[str, Any]:
     data = baseline_data(card)
     shutil.copyfile(recipe.checkpoint_path, workdir / FILES["onnx"])
     x, y = data.test.x.numpy(), data.test.y.numpy()
-    base = onnx_accuracy(workdir / FILES["onnx"], x, y)
-    onnx = {"fp32": {"available": True, "bytes": (workdir / FILES["onnx"]).stat().st_size, "accuracy": base},
+    base = onnx_accuracy(workdir / FILES["onnx"], x, y, with_predictions=True)
+    public = {k: v for k, v in base.items() if k != "pred"}
+    onnx = {"fp32": {"available": True, "bytes": (workdir / FILES["onnx"]).stat().st_size, "accuracy": public},
             "int8": {"available": False, "reason": "no int8 step in the recipe"}}
     model_file, acc = FILES["onnx"], base
     if deploy:
         calib = data.calibration(min(deploy["calibration_samples"], len(data.train)), seed=recipe.seed).numpy()
         onnx["int8"] = deploy_int8(workdir / FILES["onnx"], workdir / FILES["onnx_int8"], deploy, calib, x, y)
-        acc = onnx["int8"]["accuracy"]
+        acc = onnx_accuracy(workdir / FILES["onnx_int8"], x, y, with_predictions=True)
         model_file = FILES["onnx_int8"]
+    save_predictions(workdir / FILES["predictions"], acc["pred"])
     sizes = {"state_dict_bytes": None, "file_bytes": (workdir / model_file).stat().st_size,
              "gzip_bytes": size.gzip_file(workdir / model_file, workdir / FILES["gzip"]),
              "zstd_bytes": size.zstd_file(workdir / model_file, workdir / FILES["zstd"]), "packed_bytes": None,
@@ -94,7 +99,7 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> dict[str, Any]:
         "accuracy": {**{k: acc[k] for k in ("top1", "top3", "top5")}, "loss": None},
         "accuracy_source": f"ONNX Runtime on {model_file}",
         "baseline_accuracy": {**{k: base[k] for k in ("top1", "top3", "top5")}, "loss": None},
-        "accuracy_delta": acc["top1"] - base["top1"], "onnx": onnx,
+        "accuracy_delta": acc["top1"] - base["top1"], **uncertainty(acc, base, data.test.y), "onnx": onnx,
         "sparsity": 1 - nonzero / max(params, 1), "params": card.get("params", params),
         "baseline_params": card.get("params", params), "nonzero_params": nonzero, "macs": None,
         "macs_nonzero_theoretical": None, "size": sizes, "baseline_size": base_sizes,
@@ -107,21 +112,35 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> dict[str, Any]:
     }
 
 
+REFERENCE = "baseline, ONNX Runtime fp32 (an ONNX model has no PyTorch form)"
+
+
 def time_onnx(result: dict, workdir: Path, threads: int, budget_s: float) -> dict:
+    """ONNX Runtime latency of the run's files, timed in interleaved rounds with the baseline ONNX file."""
     t = time.perf_counter()
     shape = tuple(result["input_shape"])
     engines: dict[str, dict] = {}
+    speedup: dict[str, dict] = {}
     reason = result.get("unsupported_reason", "ONNX model")
+    baseline = Recipe.from_dict(result["recipe"]).checkpoint_path
+    int8 = workdir / FILES["onnx_int8"]
     for b in (1, 256):
         x = np.random.default_rng(0).standard_normal((b, *shape)).astype(np.float32)
         k = f"b{b}"
         engines.setdefault("torch_cpu_fp32", {})[k] = unavailable(f"no PyTorch model: {reason}")
-        engines.setdefault("onnxruntime_cpu_fp32", {})[k] = onnx_runtime(str(workdir / FILES["onnx"]), x, threads,
-                                                                        budget_s=budget_s)
-        int8 = workdir / FILES["onnx_int8"]
-        engines.setdefault("onnxruntime_cpu_int8", {})[k] = onnx_runtime(
-            str(int8) if int8.is_file() else None, x, threads, reason="no int8 step in the recipe", budget_s=budget_s)
+        timers = {"onnxruntime_cpu_fp32": ort_timer(str(workdir / FILES["onnx"]), x, threads),
+                  "onnxruntime_cpu_int8": ort_timer(str(int8) if int8.is_file() else None, x, threads,
+                                                    reason="no int8 step in the recipe"),
+                  "reference": ort_timer(str(baseline), x, threads)}
+        timed = {**{n: r for n, r in timers.items() if isinstance(r, dict)},
+                 **interleave({n: r for n, r in timers.items() if not isinstance(r, dict)}, budget_s=budget_s)}
+        for engine in ("onnxruntime_cpu_fp32", "onnxruntime_cpu_int8"):
+            engines.setdefault(engine, {})[k] = timed[engine]
+            if timed[engine].get("available") and timed["reference"].get("available"):
+                speedup.setdefault(engine, {})[k] = ratio_of_medians(timed["reference"]["round_ms"],
+                                                                     timed[engine]["round_ms"])
     out = dict(result)
-    out.update(latency=engines, latency_threads=threads, hardware=hardware(threads))
+    out.update(latency=engines, speedup=speedup, speedup_reference=REFERENCE, latency_threads=threads,
+               hardware=hardware(threads))
     out["timings"] = {**out["timings"], "latency": round(time.perf_counter() - t, 3)}
     return out

@@ -34,6 +34,53 @@ def _ok_rows(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
     return ok.dropna(subset=list(cols)).copy() if cols else ok.copy()
 
 
+def _accuracy_bars(part: pd.DataFrame) -> dict | None:
+    """Error bars for top-1: the spread across seeds where a configuration ran with several (one standard
+    deviation), else its 95% Wilson interval over the test images; None where the table has neither."""
+    if "top1_std" in part.columns and (part.get("seeds", pd.Series(1, index=part.index)) > 1).any():
+        sd = part["top1_std"].fillna(0).to_numpy()
+        return {"type": "data", "array": sd, "visible": True}
+    if {"top1_lo", "top1_hi"} <= set(part.columns) and part[["top1_lo", "top1_hi"]].notna().all().all():
+        return {"type": "data", "symmetric": False, "array": (part["top1_hi"] - part["top1"]).to_numpy(),
+                "arrayminus": (part["top1"] - part["top1_lo"]).to_numpy(), "visible": True}
+    return None
+
+
+def _latency_bars(part: pd.DataFrame, col: str) -> dict | None:
+    lo, hi = f"{col[:-3]}_lo_ms", f"{col[:-3]}_hi_ms"
+    if col.endswith("_ms") and {lo, hi} <= set(part.columns) and part[[lo, hi]].notna().all().all():
+        return {"type": "data", "symmetric": False, "array": (part[hi] - part[col]).to_numpy(),
+                "arrayminus": (part[col] - part[lo]).to_numpy(), "visible": True}
+    return None
+
+
+def _unchanged(df: pd.DataFrame) -> pd.Series:
+    """Runs not significantly different from their baseline (exact McNemar at 5%): drawn open."""
+    if "significant" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["significant"].map(lambda v: v is False or v == 0 or str(v).lower() == "false")
+
+
+def _accuracy_range(ok: pd.DataFrame, *extra: float) -> list[float]:
+    """A top-1 axis that spans every interval drawn, so a difference smaller than its interval never
+    fills the axis like a cliff."""
+    lo = ok["top1_lo"] if "top1_lo" in ok.columns else ok["top1"]
+    hi = ok["top1_hi"] if "top1_hi" in ok.columns else ok["top1"]
+    if "top1_std" in ok.columns:
+        lo, hi = lo.combine(ok["top1"] - ok["top1_std"].fillna(0), min), hi.combine(ok["top1"] + ok["top1_std"]
+                                                                                     .fillna(0), max)
+    values = [*pd.to_numeric(lo).dropna(), *pd.to_numeric(hi).dropna(), *extra]
+    a, b = min(values), max(values)
+    pad = max(0.5, 0.05 * (b - a))
+    return [max(a - pad, 0.0), min(b + pad, 100.0)]
+
+
+def _marker_legend(fig: go.Figure, ok: pd.DataFrame) -> None:
+    if _unchanged(ok).any():
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="open marker: no significant change "
+                                 "vs the baseline", marker={"symbol": "circle-open", "color": "grey", "size": 9}))
+
+
 def _config_text(df: pd.DataFrame) -> pd.Series:
     """The full recipe, one step per line, for hover boxes."""
     def one(js):
@@ -71,6 +118,8 @@ def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str 
             name += f", {int(clusters)} clusters"
         fig.add_trace(go.Scatter(
             x=part["sparsity_requested"], y=part["top1"], mode="lines+markers", name=name,
+            error_y=_accuracy_bars(part),
+            marker={"symbol": np.where(_unchanged(part), "circle-open", "circle"), "size": 9},
             customdata=np.stack([part["label"], part["config"], part["packed_bytes"]], axis=1),
             hovertemplate="<b>%{customdata[0]}</b><br>sparsity %{x:.2f}, top-1 %{y:.2f}%<br>packed %{customdata[2]:,} B"
                           "<br>%{customdata[1]}<extra></extra>"))
@@ -79,11 +128,14 @@ def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str 
         fig.add_trace(go.Scatter(x=[cur["sparsity_requested"]], y=[cur["top1"]], mode="markers", name="current",
                                  marker={"size": 16, "symbol": "star", "color": "crimson", "line": {"width": 1}},
                                  hovertemplate=f"<b>current: {cur['label']}</b><extra></extra>"))
+    base = None
     if "accuracy_delta" in ok.columns and ok["accuracy_delta"].notna().any():
         base = float((ok["top1"] - ok["accuracy_delta"]).median())  # every run carries its baseline's top-1
         fig.add_hline(y=base, line_dash="dot", line_color="grey", annotation_text=f"baseline {base:.2f}%",
                       annotation_position="bottom left")
-    fig.update_layout(xaxis_title="sparsity (requested)", yaxis_title="top-1 accuracy (%)")
+    _marker_legend(fig, ok)
+    fig.update_layout(xaxis_title="sparsity (requested)", yaxis_title=_accuracy_title(ok),
+                      yaxis_range=_accuracy_range(ok, *([base] if base is not None else [])))
     return _layout(fig, "Sparsity vs accuracy")
 
 
@@ -109,9 +161,19 @@ def ad_rf_ranking(df: pd.DataFrame, size_col: str = "gzip_bytes", current_key: s
     same = ok.get(f"rf_same_{kind}", pd.Series(np.nan, index=ok.index))
     rf = same.where(same.notna(), ok[f"rf_{kind}"]).astype(float)
     ok["score"] = normalized_ad_rf(ok["accuracy_delta"].to_numpy(), rf.to_numpy())
+    error_x = None
+    if {"delta_lo", "delta_hi"} <= set(ok.columns) and ok[["delta_lo", "delta_hi"]].notna().all().all():
+        # the same standardisation applied to the ends of each run's paired interval for its change
+        p = ok["accuracy_delta"] * rf
+        sd = float(p.std(ddof=1)) or 1.0
+        error_x = {"type": "data", "symmetric": False, "array": ((ok["delta_hi"] - ok["accuracy_delta"]) * rf / sd),
+                   "arrayminus": ((ok["accuracy_delta"] - ok["delta_lo"]) * rf / sd)}
+    ok = ok.assign(_hi=error_x["array"] if error_x else 0, _lo=error_x["arrayminus"] if error_x else 0)
     ok = ok.sort_values("score")
+    if error_x:
+        error_x = {**error_x, "array": ok["_hi"].to_numpy(), "arrayminus": ok["_lo"].to_numpy()}
     colors = ["crimson" if k == current_key else "#4c78a8" for k in ok["key"]]
-    fig = go.Figure(go.Bar(x=ok["score"], y=ok["label"], orientation="h", marker_color=colors,
+    fig = go.Figure(go.Bar(x=ok["score"], y=ok["label"], orientation="h", marker_color=colors, error_x=error_x,
                            customdata=np.stack([ok["accuracy_delta"], rf.loc[ok.index]], axis=1),
                            hovertemplate="%{y}<br>score %{x:.3f}<br>AD %{customdata[0]:+.2f} points, "
                                          "RF %{customdata[1]:.2f}x<extra></extra>"))
@@ -126,19 +188,25 @@ def latency_bars(result: dict) -> go.Figure:
     for engine, per_batch in (result.get("latency") or {}).items():
         for b, v in per_batch.items():
             if v.get("available"):
+                lo, hi = v.get("ci_ms") or (None, None)
                 rows.append({"engine": ENGINE_LABELS.get(engine, engine), "batch": f"batch {b[1:]}",
-                             "median_ms": v["median_ms"], "p90_ms": v["p90_ms"], "runs": v["runs"]})
+                             "median_ms": v["median_ms"], "p90_ms": v["p90_ms"], "runs": v["runs"], "lo": lo,
+                             "hi": hi})
     fig = go.Figure()
     if not rows:
         return _layout(fig, "Measured latency (no engine could run)")
     d = pd.DataFrame(rows)
+    with_ci = d["lo"].notna().all()
     for batch, part in d.groupby("batch", sort=False):
-        fig.add_trace(go.Bar(name=batch, x=part["engine"], y=part["median_ms"],
-                             error_y={"type": "data", "symmetric": False, "array": part["p90_ms"] - part["median_ms"]},
+        whisker = ({"type": "data", "symmetric": False, "array": part["hi"] - part["median_ms"],
+                    "arrayminus": part["median_ms"] - part["lo"]} if with_ci else
+                   {"type": "data", "symmetric": False, "array": part["p90_ms"] - part["median_ms"]})
+        fig.add_trace(go.Bar(name=batch, x=part["engine"], y=part["median_ms"], error_y=whisker,
                              customdata=part[["p90_ms", "runs"]].to_numpy(),
                              hovertemplate="%{x}<br>median %{y:.3f} ms, p90 %{customdata[0]:.3f} ms, "
                                            "%{customdata[1]} runs<extra></extra>"))
-    fig.update_layout(barmode="group", yaxis_title="median ms (whisker: p90)", yaxis_type="log",
+    title = "median ms (whisker: 95% interval of the median)" if with_ci else "median ms (whisker: p90)"
+    fig.update_layout(barmode="group", yaxis_title=title, yaxis_type="log",
                       yaxis_dtick=1)  # labels at powers of ten only
     return _layout(fig, "Measured latency")
 
@@ -152,7 +220,9 @@ def pareto(df: pd.DataFrame, cost: str, cost_title: str, current_key: str | None
     ok["config"] = _config_text(ok)
     ok["front"] = pareto_front(ok, cost)
     fig.add_trace(go.Scatter(x=ok[cost], y=ok["top1"], mode="markers", name="runs",
-                             marker={"color": "#9ecae9", "size": 9},
+                             error_y=_accuracy_bars(ok), error_x=_latency_bars(ok, cost),
+                             marker={"color": "#9ecae9", "size": 9,
+                                     "symbol": np.where(_unchanged(ok), "circle-open", "circle")},
                              customdata=np.stack([ok["label"], ok["config"]], axis=1),
                              hovertemplate="<b>%{customdata[0]}</b><br>%{x:,.4g}, top-1 %{y:.2f}%<br>"
                                            "%{customdata[1]}<extra></extra>"))
@@ -167,8 +237,18 @@ def pareto(df: pd.DataFrame, cost: str, cost_title: str, current_key: str | None
         fig.add_trace(go.Scatter(x=[cur[cost]], y=[cur["top1"]], mode="markers", name="current",
                                  marker={"size": 16, "symbol": "star", "color": "crimson"},
                                  hovertemplate=f"<b>current: {cur['label']}</b><extra></extra>"))
-    fig.update_layout(xaxis_title=cost_title, yaxis_title="top-1 accuracy (%)", xaxis_type="log")
+    _marker_legend(fig, ok)
+    fig.update_layout(xaxis_title=cost_title, yaxis_title=_accuracy_title(ok), xaxis_type="log",
+                      yaxis_range=_accuracy_range(ok))
     return _layout(fig, f"Pareto front: top-1 vs {cost_title}")
+
+
+def _accuracy_title(ok: pd.DataFrame) -> str:
+    if "top1_std" in ok.columns and (ok.get("seeds", pd.Series(1, index=ok.index)) > 1).any():
+        return "top-1 accuracy (%), mean across seeds ± 1 sd"
+    if "top1_lo" in ok.columns:
+        return "top-1 accuracy (%), bars: 95% interval"
+    return "top-1 accuracy (%)"
 
 
 def layer_bars(layers: pd.DataFrame, column: str) -> go.Figure:
@@ -192,3 +272,50 @@ def weight_histogram(hist: dict, layer: str) -> go.Figure:
     fig.update_layout(barmode="overlay", xaxis_title="weight value", yaxis_title="count", yaxis_type="log",
                       yaxis_dtick=1, bargap=0)
     return _layout(fig, f"Weights of {layer}: before and after")
+
+
+def per_class_change(per_class: pd.DataFrame, title: str = "Top-1 change per class") -> go.Figure:
+    """One bar per class: how many points of top-1 the run loses (red) or gains (blue) on that class."""
+    d = per_class.sort_values("change")
+    colors = ["#d62728" if v < 0 else "#1f77b4" for v in d["change"]]
+    text = [f"{c:+.1f} pts ({b:.1f}% → {r:.1f}%)" for c, b, r in zip(d["change"], d["baseline_top1"], d["run_top1"],
+                                                                     strict=True)]
+    fig = go.Figure(go.Bar(x=d["change"], y=d["class"], orientation="h", marker_color=colors, text=text,
+                           textposition="outside", customdata=d["images"],
+                           hovertemplate="%{y}: %{text} on %{customdata} test images<extra></extra>"))
+    span = max(1.0, float(d["change"].abs().max()) * 1.6)
+    fig.update_layout(xaxis_title="change in top-1 (points), compressed minus baseline", xaxis_range=[-span, span],
+                      height=max(320, 34 * len(d)))
+    return _layout(fig, title)
+
+
+def confusion_change(matrix: np.ndarray, classes: list[str], title: str = "Where predictions moved") -> go.Figure:
+    """The compressed model's confusion counts minus the baseline's: red cells gained predictions, blue lost
+    them; off the diagonal red is a new mistake."""
+    m = np.asarray(matrix)
+    lim = max(1, int(np.abs(m).max()))
+    fig = go.Figure(go.Heatmap(z=m, x=list(classes), y=list(classes), zmin=-lim, zmax=lim, colorscale="RdBu_r",
+                               text=[[f"{v:+d}" if v else "" for v in row] for row in m], texttemplate="%{text}",
+                               hovertemplate="true %{y}, predicted %{x}: %{z:+d} images<extra></extra>",
+                               colorbar={"title": "images"}))
+    fig.update_layout(xaxis_title="predicted class", yaxis_title="true class", yaxis_autorange="reversed",
+                      height=max(360, 40 * len(classes)))
+    return _layout(fig, title)
+
+
+def flipped_images(images: np.ndarray, captions: list[str], title: str, columns: int = 8) -> go.Figure:
+    """A grid of test images with a caption each (true, baseline and compressed model's labels)."""
+    imgs = np.asarray(images, dtype=float)
+    if len(imgs) == 0:
+        return _layout(go.Figure(), f"{title} (none)")
+    if imgs.ndim == 4 and imgs.shape[1] in (1, 3):  # (N, C, H, W) -> (N, H, W[, C])
+        imgs = imgs[:, 0] if imgs.shape[1] == 1 else imgs.transpose(0, 2, 3, 1)
+    fig = px.imshow(imgs, facet_col=0, facet_col_wrap=min(columns, len(imgs)), binary_string=True,
+                    facet_col_spacing=0.01, facet_row_spacing=0.08)
+    for ann in fig.layout.annotations:
+        i = int(ann.text.split("=")[-1])
+        ann.update(text=captions[i], font={"size": 10})
+    fig.update_xaxes(showticklabels=False).update_yaxes(showticklabels=False)
+    rows = -(-len(imgs) // columns)
+    fig.update_layout(height=60 + 150 * rows)
+    return _layout(fig, title)

@@ -15,7 +15,7 @@ from typing import Any
 from explorer.data import DATASETS
 from explorer.errors import bad_value, check_choice, check_range
 
-RECIPE_KEYS = ("model", "dataset", "checkpoint", "seed", "steps", "name")
+RECIPE_KEYS = ("model", "dataset", "checkpoint", "seed", "steps", "name", "finetune_samples")
 MAX_RECIPE_BYTES = 1 << 20
 EXAMPLE = '{"model": "digits_cnn", "steps": [{"kind": "prune", "sparsity": 0.5}]}'
 
@@ -28,12 +28,17 @@ class Recipe:
     seed: int = 0
     steps: tuple[Any, ...] = field(default=())
     name: str | None = None  # a label for tables and plots; not part of what the run computes
+    # fine-tune on a stratified, seeded subset of this many training images; None: the baseline card's
+    # recommendation for a large data set, else the whole training split
+    finetune_samples: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
             raise bad_value("model", self.model, "a model name such as 'digits_cnn'")
         check_choice("dataset", self.dataset, DATASETS)
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
+        if self.finetune_samples is not None:
+            check_range("finetune_samples", self.finetune_samples, 100, 10_000_000, integer=True)
         from explorer.compress.base import step_type_of
 
         weight_level_seen = None
@@ -65,7 +70,8 @@ class Recipe:
         from explorer.compress.base import config_to_dict
 
         return {"model": self.model, "dataset": self.dataset, "checkpoint": self.checkpoint, "seed": self.seed,
-                "steps": [config_to_dict(s) for s in self.steps], **({"name": self.name} if self.name else {})}
+                "steps": [config_to_dict(s) for s in self.steps], **({"name": self.name} if self.name else {}),
+                **({"finetune_samples": self.finetune_samples} if self.finetune_samples is not None else {})}
 
     def canonical_json(self) -> str:
         """What identifies the computation: every default explicit, keys sorted, the label left out."""
@@ -99,7 +105,8 @@ class Recipe:
         if not isinstance(steps, list):
             raise ValueError(f"recipe 'steps' must be a list, got {type(steps).__name__}")
         return cls(model=d["model"], dataset=d.get("dataset", "digits"), checkpoint=d.get("checkpoint"),
-                   seed=d.get("seed", 0), steps=tuple(config_from_dict(s) for s in steps), name=d.get("name"))
+                   seed=d.get("seed", 0), steps=tuple(config_from_dict(s) for s in steps), name=d.get("name"),
+                   finetune_samples=d.get("finetune_samples"))
 
     @classmethod
     def from_json(cls, text: str, source: str = "recipe") -> Recipe:

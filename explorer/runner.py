@@ -28,6 +28,7 @@ from explorer.baselines import baseline_data, load_baseline, read_card, sha256_f
 from explorer.compress import compress
 from explorer.errors import first_line
 from explorer.measure import compute, size
+from explorer.measure.accuracy import save_predictions, uncertainty
 from explorer.measure.hardware import hardware
 from explorer.measure.latency import measure_latency
 from explorer.measure.layers import layer_table
@@ -36,7 +37,8 @@ from explorer.recipe import Recipe
 from explorer.train import Progress, evaluate
 
 FILES = {"packed": "model.xpk", "checkpoint": "model.safetensors", "gzip": "model.safetensors.gz",
-         "zstd": "model.safetensors.zst", "onnx": "model.onnx", "onnx_int8": "model.int8.onnx"}
+         "zstd": "model.safetensors.zst", "onnx": "model.onnx", "onnx_int8": "model.int8.onnx",
+         "predictions": "predictions.npy"}
 
 
 def threads() -> int:
@@ -66,7 +68,25 @@ def run_key(recipe: Recipe) -> str:
     h.update(_sha(str(path), path.stat().st_mtime_ns).encode())
     h.update(recipe.canonical_json().encode())
     h.update(f"schema={explorer.SCHEMA_VERSION};train_threads={train_threads()}".encode())
+    if recipe.finetune_samples is None and (n := finetune_samples(recipe)) is not None:
+        h.update(f";finetune_samples={n}".encode())  # the card's recommendation decides what the run computes
     return h.hexdigest()[:20]
+
+
+def finetune_samples(recipe: Recipe) -> int | None:
+    """Training images fine-tuning uses: the recipe's own figure, else the baseline card's recommendation
+    (large data sets, where full epochs would keep a slider move waiting minutes), else all (None)."""
+    if recipe.finetune_samples is not None:
+        return recipe.finetune_samples
+    return _card_finetune_samples(str(recipe.checkpoint_path), recipe.checkpoint_path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _card_finetune_samples(path: str, mtime_ns: int) -> int | None:
+    try:
+        return read_card(path).get("finetune_samples")
+    except ValueError:
+        return None
 
 
 @functools.lru_cache(maxsize=32)
@@ -176,11 +196,12 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
                    progress: Progress | None) -> dict[str, Any]:
     baseline, card = load_baseline(recipe.checkpoint_path)
     data = baseline_data(card)
-    base_acc = evaluate(baseline, data.test)
+    base_acc = evaluate(baseline, data.test, with_predictions=True)
     timings["load"] = round(time.perf_counter() - t0, 3)
 
     t = time.perf_counter()
-    res, train_rss = compute.peak_rss_growth(lambda: compress(baseline, recipe, data, progress=progress,
+    tune = data.with_train_subset(finetune_samples(recipe), recipe.seed)  # accuracy stays on the whole test split
+    res, train_rss = compute.peak_rss_growth(lambda: compress(baseline, recipe, tune, progress=progress,
                                                              seed=recipe.seed))
     timings["compress"] = round(time.perf_counter() - t, 3)
     timings["steps"] = res.timings
@@ -201,7 +222,8 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
     timings["pack"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
-    acc = evaluate(unpacked, data.test)  # accuracy of the model rebuilt from the packed bytes
+    acc = evaluate(unpacked, data.test, with_predictions=True)  # the model rebuilt from the packed bytes
+    save_predictions(work / FILES["predictions"], acc["pred"])
     timings["evaluate"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
@@ -228,6 +250,7 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
         "accuracy_source": "PyTorch model rebuilt from the packed file",
         "baseline_accuracy": {k: base_acc[k] for k in ("top1", "top3", "top5", "loss")},
         "accuracy_delta": acc["top1"] - base_acc["top1"],
+        **uncertainty(acc, base_acc, data.test.y),
         "onnx": onnx,
         "sparsity": zeros / total if total else 0.0,
         "params": sum(p.numel() for p in unpacked.parameters()), "baseline_params": card["params"],
@@ -244,6 +267,7 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
         "memory": {"finetune_cpu_rss_growth_bytes": train_rss},
         "timings": timings, "versions": versions(), "input_shape": list(data.input_shape),
         "threads": {"compress_and_evaluate": train_threads()},
+        "train_samples": len(data.train), "finetune_samples": len(tune.train),
     }
 
 
@@ -256,15 +280,19 @@ def time_run(result: dict[str, Any], workdir: str | os.PathLike, *, gpu: bool = 
         return time_onnx(result, work, threads(), latency_budget_s())
     t = time.perf_counter()
     model = packing.unpack((work / FILES["packed"]).read_bytes()).model
+    # the baseline is timed in the same interleaved rounds: speed-ups are ratios measured side by side
+    reference, _ = load_baseline(Recipe.from_dict(result["recipe"]).checkpoint_path)
     shape = tuple(result["input_shape"])
     onnx = result["onnx"]
     lat = measure_latency(
         model, shape, onnx_fp32=str(work / FILES["onnx"]) if onnx["fp32"].get("available") else None,
         onnx_int8=str(work / FILES["onnx_int8"]) if onnx["int8"].get("available") else None,
         onnx_reason=None if onnx["fp32"].get("available") else onnx["fp32"]["reason"],
-        threads=threads(), budget_s=latency_budget_s(), gpu=gpu)
+        threads=threads(), budget_s=latency_budget_s(), gpu=gpu, reference=reference)
     result = dict(result)
     result["latency"] = lat["engines"]
+    result["speedup"] = lat["speedup"]
+    result["speedup_reference"] = lat["reference"]
     result["latency_threads"] = lat["threads"]
     result["hardware"] = lat["hardware"]
     result["memory"] = {**result.get("memory", {}), **compute.inference_memory(model, shape)}

@@ -11,7 +11,7 @@ import pandas as pd
 from explorer import baselines
 from explorer.cache import RunCache
 from explorer.recipe import Recipe
-from explorer.sweep import recipe_for, results_frame, run_sweep
+from explorer.sweep import Grid, results_frame, run_sweep
 from explorer.train import Progress
 
 _frames: dict[str, tuple[tuple, dict]] = {}  # result.json path -> (stats, checked result): re-read only new runs
@@ -46,16 +46,46 @@ def _has_batchnorm(architecture: str, arch_kwargs: str) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def list_baselines() -> list[dict]:
-    """The committed baselines, then the models users added (state_dicts and ONNX); each PyTorch one
-    says whether it has BatchNorm layers (the page offers BatchNorm adaptation for those)."""
+PREFERRED_BASELINES = ("lenet5-fashion-mnist", "digits_cnn-digits")  # the page opens on the first present
+
+
+def all_baselines() -> list[dict]:
+    """The committed baselines, then the models users added (state_dicts and ONNX); each says whether its
+    data set is on this machine, and each PyTorch one whether it has BatchNorm layers (the page offers
+    BatchNorm adaptation for those)."""
     from explorer.byo import list_user_models
+    from explorer.data import available
 
     cards = baselines.list_baselines() + list_user_models()
     for c in cards:
+        c["data_available"] = available(c["dataset"], c.get("dataset_root"))
         if c.get("format") != "onnx" and "architecture" in c:
             c["batchnorm"] = _has_batchnorm(c["architecture"], json.dumps(c.get("arch_kwargs") or {}, sort_keys=True))
     return cards
+
+
+def list_baselines() -> list[dict]:
+    """The baselines whose data set is on this machine (the others cannot be measured here)."""
+    return [c for c in all_baselines() if c["data_available"]]
+
+
+def default_baseline(names: list[str]) -> str:
+    """Fashion-MNIST's LeNet-5 where its data is here (10,000 test images resolve differences the 359 of
+    digits cannot), else the digits CNN, else the first."""
+    return next((n for n in PREFERRED_BASELINES if n in names), names[0])
+
+
+def missing_data_note() -> str | None:
+    """One line for the baselines hidden because their data set is not on this machine."""
+    from explorer.data import how_to_get
+
+    missing = [c for c in all_baselines() if not c["data_available"]]
+    if not missing:
+        return None
+    sets = sorted({c["dataset"] for c in missing})
+    how = "; ".join(f"{d}: {how_to_get(d)}" for d in sets)
+    return (f"{len(missing)} baseline(s) need data not on this machine ({', '.join(c['name'] for c in missing)}), "
+            f"so they are hidden. To get it: {how}.")
 
 
 def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, name: str | None,
@@ -146,18 +176,14 @@ def frame(model: str, dataset: str, checkpoint: str | None = None) -> pd.DataFra
 
 
 def sweep(card: dict, *, sparsity, bits, clusters, epochs: int, granularity: str, bn_adapt: bool = False,
-          progress=None) -> pd.DataFrame:
-    recipes = []
-    for s in sparsity:
-        for b in bits:
-            for c in clusters:
-                r = recipe_for(card["architecture"], card["dataset"], sparsity=s, bits=b, clusters=c,
-                               granularity=granularity, finetune_epochs=epochs,
-                               bn_adapt=bn_adapt and bool(card.get("batchnorm")))
-                if card.get("name") != f"{card['architecture']}-{card['dataset']}":
-                    r = Recipe(model=r.model, dataset=r.dataset, checkpoint=card["path"], steps=r.steps)
-                recipes.append(r)
-    return run_sweep(recipes, progress=progress, cache=cache())
+          repeats: int = 1, progress=None) -> pd.DataFrame:
+    """The Sweep tab's grid on this baseline (a user's model by its path), through the cache."""
+    committed = card.get("name") == f"{card['architecture']}-{card['dataset']}"
+    grid = Grid(model=card["architecture"], dataset=card["dataset"], sparsity=tuple(sparsity), bits=tuple(bits),
+                clusters=tuple(clusters), granularity=(granularity,), finetune_epochs=(epochs,),
+                bn_adapt=bn_adapt and bool(card.get("batchnorm")), repeats=repeats,
+                checkpoint=None if committed else card["path"])
+    return run_sweep(grid.recipes(), progress=progress, cache=cache())
 
 
 def artifact(key: str, name: str) -> bytes | None:
@@ -182,3 +208,35 @@ def sensitivity(result: dict, compute: bool = False) -> dict | None:
     values = sens.layer_sensitivity(Recipe.from_dict(result["recipe"]), blob)
     sens.store(c.root, key, values)
     return values
+
+
+def forgets(result: dict, base_result: dict, limit: int = 24) -> dict | None:
+    """What the run forgets against its baseline, from the predictions both stored (no compute): per-class
+    change, the confusion-matrix change, and the test images whose prediction flipped (at most `limit` of
+    each way, as arrays in [0, 1] with a caption each). None when either run kept no predictions."""
+    import numpy as np
+
+    from explorer.measure.accuracy import load_predictions
+    from explorer.metrics import forgets as compute
+
+    c = cache()
+    raw = [c.artifact(r.get("key") or "", "predictions.npy") if r.get("key") else None for r in (result, base_result)]
+    if any(b is None for b in raw):
+        return None
+    run_pred, base_pred = (load_predictions(b) for b in raw)
+    card = baselines.read_card(Recipe.from_dict(result["recipe"]).checkpoint_path)
+    data = baselines.baseline_data(card)
+    y = data.test.y.numpy()
+    classes = [str(k) for k in card.get("classes") or data.classes]
+    f = compute(y, base_pred, run_pred, classes)
+    mean = np.asarray(data.mean, dtype=np.float32)[None, :, None, None]
+    std = np.asarray(data.std, dtype=np.float32)[None, :, None, None]
+
+    def pictures(idx: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        idx = idx[:limit]
+        images = np.clip(data.test.x[idx].numpy() * std + mean, 0.0, 1.0)
+        captions = [f"{classes[y[i]]}<br>was {classes[base_pred[i]]}, now {classes[run_pred[i]]}" for i in idx]
+        return images, captions
+
+    return {"forgets": f, "classes": classes, "lost": pictures(f.lost), "gained": pictures(f.gained),
+            "test_samples": len(y)}

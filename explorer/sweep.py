@@ -48,6 +48,8 @@ class Grid:
     finetune_epochs: tuple[int, ...] = (2,)
     seed: int = 0
     bn_adapt: bool = False  # BatchNorm adaptation after pruning or clustering
+    repeats: int = 1  # each recipe with seeds seed .. seed + repeats - 1 (fine-tuning order, calibration, k-means)
+    checkpoint: str | None = None  # a user's model instead of models/<model>-<dataset>.safetensors
 
     def __post_init__(self):
         for name in ("sparsity", "bits", "clusters", "granularity", "schedule", "finetune_epochs"):
@@ -62,13 +64,15 @@ class Grid:
                 check_range("clusters", c, 2, 256, integer=True)
         for e in self.finetune_epochs:
             check_range("finetune_epochs", e, 0, 1000, integer=True)
+        check_range("repeats", self.repeats, 1, 100, integer=True)
 
     def recipes(self) -> list[Recipe]:
         out, seen = [], set()
-        for s, b, c, g, sch, e in itertools.product(self.sparsity, self.bits, self.clusters, self.granularity,
-                                                    self.schedule, self.finetune_epochs):
+        for s, b, c, g, sch, e, seed in itertools.product(self.sparsity, self.bits, self.clusters, self.granularity,
+                                                          self.schedule, self.finetune_epochs,
+                                                          range(self.seed, self.seed + self.repeats)):
             r = recipe_for(self.model, self.dataset, sparsity=s, bits=b, clusters=c, granularity=g, schedule=sch,
-                           finetune_epochs=e, seed=self.seed, bn_adapt=self.bn_adapt)
+                           finetune_epochs=e, seed=seed, bn_adapt=self.bn_adapt, checkpoint=self.checkpoint)
             if r.canonical_json() not in seen:  # e.g. details that do not apply at sparsity 0
                 seen.add(r.canonical_json())
                 out.append(r)
@@ -77,7 +81,8 @@ class Grid:
 
 def recipe_for(model: str, dataset: str = "digits", *, sparsity: float = 0.0, bits: int = 32, clusters: int = 0,
                granularity: str = "unstructured", schedule: str = "oneshot", finetune_epochs: int = 2,
-               seed: int = 0, cluster_finetune_epochs: int = 0, bn_adapt: bool = False) -> Recipe:
+               seed: int = 0, cluster_finetune_epochs: int = 0, bn_adapt: bool = False,
+               checkpoint: str | None = None) -> Recipe:
     """The recipe a grid point (or the UI's sliders) stands for: prune -> cluster -> BatchNorm adaptation
     (when asked, after a pruning or clustering step) -> quantise."""
     from explorer.compress.bnadapt import BNAdaptConfig
@@ -105,7 +110,7 @@ def recipe_for(model: str, dataset: str = "digits", *, sparsity: float = 0.0, bi
         steps.append(QuantizeConfig(mode="static", bits=8))
     elif bits < 8:
         steps.append(QuantizeConfig(mode="ptq", bits=bits))
-    return Recipe(model=model, dataset=dataset, seed=seed, steps=tuple(steps))
+    return Recipe(model=model, dataset=dataset, seed=seed, steps=tuple(steps), checkpoint=checkpoint)
 
 
 # ---------------------------------------------------------------- running
@@ -370,30 +375,54 @@ def _recipe_params(recipe: dict) -> dict:
 
 def flatten(result: dict) -> dict:
     """One table row from a RunResult: accuracy, sizes, factors, latency medians, the grid point."""
+    recipe = result.get("recipe", {})
     row: dict[str, Any] = {"key": result.get("key"), "label": result.get("label"), "status": result.get("status"),
                            "error": result.get("error"), "model": result.get("model"), "dataset": result.get("dataset"),
-                           **_recipe_params(result.get("recipe", {})),
-                           "recipe_json": json.dumps(result.get("recipe", {}), sort_keys=True),
+                           **_recipe_params(recipe), "seed": recipe.get("seed", 0),
+                           "steps": len(recipe.get("steps", [])),
+                           "config": json.dumps({k: v for k, v in recipe.items() if k not in ("seed", "name")},
+                                                sort_keys=True),
+                           "recipe_json": json.dumps(recipe, sort_keys=True),
                            "cache_hit": (result.get("cache") or {}).get("hit")}
     if result.get("status") != "ok":
         return row
     acc = result["accuracy"]
     row.update(top1=acc["top1"], top3=acc["top3"], top5=acc["top5"], baseline_top1=result["baseline_accuracy"]["top1"],
                accuracy_delta=result["accuracy_delta"], sparsity=result["sparsity"], params=result["params"],
-               nonzero_params=result["nonzero_params"], macs=result["macs"])
+               nonzero_params=result["nonzero_params"], macs=result["macs"], test_samples=result.get("test_samples"))
+    for k, (lo, hi) in (result.get("accuracy_ci") or {}).items():
+        row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
+    vs = result.get("vs_baseline") or {}
+    if vs:
+        row.update({c: vs[c] for c in ("both_right", "baseline_only", "run_only", "both_wrong")},
+                   delta_lo=vs["delta_ci"][0], delta_hi=vs["delta_ci"][1], p_value=vs["p_value"],
+                   significant=vs["significant"])
     for k in SIZE_KINDS:
         row[k] = result["size"].get(k)
         row[f"rf_{k.replace('_bytes', '')}"] = result["reduction_factor"]["vs_fp32_file"].get(k)
         row[f"rf_same_{k.replace('_bytes', '')}"] = result["reduction_factor"]["same_kind"].get(k)
     for engine, per_batch in (result.get("latency") or {}).items():
         for b, v in per_batch.items():
-            row[f"lat_{engine}_{b}_ms"] = v.get("median_ms") if v.get("available") else None
-            row[f"lat_{engine}_{b}_p90_ms"] = v.get("p90_ms") if v.get("available") else None
+            ok = v.get("available")
+            row[lat_col(engine, b)] = v.get("median_ms") if ok else None
+            row[lat_col(engine, b, "p90")] = v.get("p90_ms") if ok else None
+            lo, hi = (v.get("ci_ms") or (None, None)) if ok else (None, None)
+            row[lat_col(engine, b, "lo")], row[lat_col(engine, b, "hi")] = lo, hi
+    for engine, per_batch in (result.get("speedup") or {}).items():
+        for b, v in per_batch.items():
+            row[f"speedup_{engine}_{b}"] = v["ratio"]
+            row[f"speedup_{engine}_{b}_lo"], row[f"speedup_{engine}_{b}_hi"] = v["ci"]
     onnx = result.get("onnx", {})
     row["onnx_int8_top1"] = (onnx.get("int8", {}).get("accuracy") or {}).get("top1")
     row["onnx_fp32_top1"] = (onnx.get("fp32", {}).get("accuracy") or {}).get("top1")
     row["latency_ms"] = row.get("lat_torch_cpu_fp32_b1_ms")
     return row
+
+
+def lat_col(engine: str, batch: str, stat: str | None = None) -> str:
+    """The table column of a latency figure: lat_<engine>_<batch>_ms (the median), or _p90_ms, _lo_ms,
+    _hi_ms (the median's interval)."""
+    return f"lat_{engine}_{batch}_{stat}_ms" if stat else f"lat_{engine}_{batch}_ms"
 
 
 def results_frame(results: Sequence[dict]) -> pd.DataFrame:

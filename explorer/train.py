@@ -170,12 +170,22 @@ def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, ks: Sequence[int] = (1,
     return out
 
 
-def evaluate(model: nn.Module, split: Split, batch_size: int = 512) -> dict[str, float]:
-    """top-1, top-3, top-5 accuracy (percent), mean cross-entropy loss and the sample count."""
+def scores(logits: torch.Tensor, y: torch.Tensor, with_predictions: bool = False) -> dict:
+    """top-1/3/5 (percent), loss, the sample count, the counts of correct images behind top-1 and top-5
+    (their intervals need counts), and with `with_predictions` the predicted label of every image."""
+    res: dict = topk_accuracy(logits, y)
+    res["loss"] = F.cross_entropy(logits, y).item()
+    res["n"] = len(y)
+    res["correct"] = {f"top{k}": int((logits.topk(min(k, logits.shape[1]), dim=1).indices == y[:, None]).any(1).sum())
+                      for k in (1, 5)}
+    if with_predictions:
+        res["pred"] = logits.argmax(1)
+    return res
+
+
+def evaluate(model: nn.Module, split: Split, batch_size: int = 512, with_predictions: bool = False) -> dict:
+    """top-1, top-3, top-5 accuracy (percent), mean cross-entropy loss, the sample count and the correct
+    counts; the predictions too when asked (see `scores`)."""
     if len(split) == 0:
         raise ValueError("evaluation split is empty")
-    logits = predict_logits(model, split.x, batch_size)
-    res = topk_accuracy(logits, split.y)
-    res["loss"] = F.cross_entropy(logits, split.y).item()
-    res["n"] = len(split)
-    return res
+    return scores(predict_logits(model, split.x, batch_size), split.y, with_predictions)

@@ -185,5 +185,51 @@ def mobilenet_v2(num_classes: int, in_channels: int, image_size: int, width: flo
     return m
 
 
+class CifarResNet(nn.Module):
+    """He et al.'s CIFAR ResNet ("Deep Residual Learning for Image Recognition", section 4.2): a 3x3 stem,
+    three stages of torchvision BasicBlocks at 16, 32 and 64 channels (times `width`), the last two halving
+    the feature map through a 1x1 projection shortcut, global average pooling and one linear layer.
+    Depth 6n + 2; every block after a stage's first adds an identity skip, which channel pruning must
+    keep consistent across the whole stage."""
+
+    def __init__(self, blocks: int, num_classes: int, in_channels: int, image_size: int, width: float = 1.0):
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        c = _ch(16, width)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
+                                  nn.ReLU(inplace=True))
+        stages = []
+        for i, planes in enumerate((_ch(16, width), _ch(32, width), _ch(64, width))):
+            stride = 1 if i == 0 else 2
+            layers = []
+            for b in range(blocks):
+                down = None
+                if b == 0 and (stride != 1 or c != planes):
+                    down = nn.Sequential(nn.Conv2d(c, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+                layers.append(BasicBlock(c, planes, stride if b == 0 else 1, down))
+                c = planes
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@register_model("resnet8", description="CIFAR-style ResNet-8 (~78k params): identity skips, BatchNorm",
+                default_image_size=32)
+def resnet8(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    return CifarResNet(1, num_classes, in_channels, image_size, width)
+
+
+@register_model("resnet14", description="CIFAR-style ResNet-14 (~175k params): identity skips, BatchNorm",
+                default_image_size=32)
+def resnet14(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    return CifarResNet(2, num_classes, in_channels, image_size, width)
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

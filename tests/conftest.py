@@ -1,5 +1,6 @@
 """Shared fixtures: tiny datasets written in torchvision's on-disk formats (nothing downloads)."""
 
+import gzip
 import os
 import pickle
 import shutil
@@ -18,24 +19,28 @@ os.environ.setdefault("EXPLORER_CACHE_DIR", _SESSION_CACHE)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_idx(path: Path, arr: np.ndarray) -> None:
-    """idx format as MNIST ships it: magic (0, 0, type 0x08 uint8, ndim), big-endian dims, data."""
+def write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> None:
+    """idx format as MNIST ships it: magic (0, 0, type 0x08 uint8, ndim), big-endian dims, data; gzipped
+    (as the authors and Debian ship it) when `gz`, with the .gz suffix added."""
     arr = np.ascontiguousarray(arr, dtype=np.uint8)
-    with open(path, "wb") as f:
-        f.write(bytes([0, 0, 0x08, arr.ndim]))
-        f.write(struct.pack(">" + "I" * arr.ndim, *arr.shape))
-        f.write(arr.tobytes())
+    data = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape) + arr.tobytes()
+    if gz:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
 
 
-def make_mnist(root: Path, cls_name: str = "MNIST", n_train: int = 60, n_test: int = 20, seed: int = 0) -> Path:
+def make_mnist(root: Path, cls_name: str = "MNIST", n_train: int = 60, n_test: int = 20, seed: int = 0,
+               gz: bool = False) -> Path:
+    """A tiny MNIST-format folder (cls_name "FashionMNIST" for Fashion-MNIST's layout)."""
     rng = np.random.default_rng(seed)
     raw = root / cls_name / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         y = np.arange(n) % 10
         x = rng.integers(0, 255, size=(n, 28, 28), dtype=np.uint8)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", x)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", y)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", x, gz)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", y, gz)
     return root
 
 

@@ -5,6 +5,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from explorer.cache import RunCache
+from explorer.data import available
 from explorer.runner import run_key
 from explorer.service import list_baselines
 from explorer.ui import state
@@ -19,8 +20,10 @@ def cache(tmp_path, monkeypatch):
 
 
 def _app(**query) -> AppTest:
+    """The page on a link; the digits CNN unless the link names another baseline (the page's own default
+    depends on which data sets this machine has)."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    for k, v in query.items():
+    for k, v in {"baseline": "digits_cnn-digits", **query}.items():
         at.query_params[k] = v
     return at.run()
 
@@ -62,7 +65,7 @@ def test_sliders_drive_runs_and_the_page_shows_the_backend_result(cache):
     res = _stored(at, cache)
     _assert_shows(at, res)
     assert "cluster 16" in res["label"] and len(at.get("plotly_chart")) >= 6
-    assert dict(at.query_params) == {"sparsity": "0.8", "bits": "4", "clusters": "16"}
+    assert dict(at.query_params) == {"baseline": "digits_cnn-digits", "sparsity": "0.8", "bits": "4", "clusters": "16"}
 
 
 def test_cached_configuration_rerenders_from_the_cache(cache):
@@ -141,9 +144,9 @@ def test_ui_layer_has_no_torch_code():
 def test_query_round_trip():
     c = {**state.DEFAULTS, "sparsity": 0.9, "quant_acts": True}
     q = state.to_query(c)
-    assert q == {"sparsity": "0.9", "quant_acts": "1"}
+    assert q == {"baseline": "digits_cnn-digits", "sparsity": "0.9", "quant_acts": "1"}
     parsed, problems = state.parse_query(q, ["digits_cnn-digits"])
-    assert parsed == {"sparsity": 0.9, "quant_acts": True} and not problems
+    assert parsed == {"baseline": "digits_cnn-digits", "sparsity": 0.9, "quant_acts": True} and not problems
 
 
 def test_sweep_panel_runs_a_sweep_from_the_page(cache, monkeypatch):
@@ -169,3 +172,48 @@ def test_a_bad_setting_is_one_error_line_on_the_page(cache, monkeypatch):
     assert not at.exception
     assert [e.value for e in at.error] == [
         "EXPLORER_THREADS='abc' must be a whole number of threads >= 1 (default 1): threads for latency timing"]
+
+
+def test_the_page_opens_on_fashion_mnist_where_the_data_is_and_on_digits_otherwise(cache, monkeypatch, tmp_path):
+    from explorer import data as data_mod
+    from explorer import service
+
+    assert service.default_baseline(["digits_cnn-digits", "lenet5-fashion-mnist"]) == "lenet5-fashion-mnist"
+    assert service.default_baseline(["vgg13-digits", "digits_cnn-digits"]) == "digits_cnn-digits"
+    monkeypatch.setattr(data_mod, "DEFAULT_ROOTS", {"fashion-mnist": (tmp_path / "none",), "mnist": ()})
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["baseline"] == "digits_cnn-digits"
+    assert not [o for o in at.sidebar.selectbox(key="baseline").options if "fashion" in o]
+    notes = [c.value for c in at.sidebar.caption if "need data not on this machine" in c.value]
+    assert len(notes) == 1 and "apt-get install -y dataset-fashion-mnist" in notes[0]
+
+
+@pytest.mark.skipif(not available("fashion-mnist"),
+                    reason="Fashion-MNIST is not installed (apt-get install -y dataset-fashion-mnist)")
+def test_with_the_data_the_page_opens_on_the_fashion_mnist_lenet5(cache):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.query_params["prune_epochs"] = "0"  # a quick first run; the baseline is the page's own choice
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["baseline"] == "lenet5-fashion-mnist"
+    assert "10000 test images" in " ".join(c.value for c in at.caption).replace(",", "")
+    assert _metrics(at)["Top-1 (measured)"].endswith("%")
+
+
+def test_the_page_states_uncertainty_and_what_compression_forgets(cache):
+    at = _app(sparsity="0.9", prune_epochs="0")
+    assert not at.exception
+    res = _stored(at, cache)
+    vs = res["vs_baseline"]
+    captions = " ".join(c.value for c in at.caption)
+    assert f"{vs['baseline_only']:,} it got right are now wrong" in captions and "95% interval" in captions
+    forgot = [m.value for m in at.markdown if "gets **" in m.value]
+    assert forgot and f"**{vs['baseline_only']:,}** wrong" in forgot[0] and f"**{vs['run_only']:,}** right" in forgot[0]
+    assert len(at.get("plotly_chart")) >= 10  # curves, size, latency, layers, and the four views of what it forgets
+    # 359 test images cannot make any run 95% sure of a drop under about a point: the page says so
+    small = [w.value for w in at.warning if "too small" in w.value]
+    assert small and "with 359 test images" in small[0]
+    at.number_input(key="ss_drop").set_value(3.0).run()
+    spot = [s.value for s in at.success if "sure" in s.value]
+    assert spot and "95% sure to lose at most 3 points of top-1" in spot[0]

@@ -17,6 +17,7 @@ from explorer.baselines import (
     sha256_file,
     train_baseline,
 )
+from explorer.data import available, how_to_get
 from explorer.train import TrainConfig, evaluate
 from explorer.zoo import create_model
 
@@ -36,6 +37,8 @@ def test_embedded_baselines_are_committed():
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
 def test_committed_checkpoint_reproduces_its_card_exactly(path):
     model, card = load_baseline(path)
+    if not available(card["dataset"], card.get("dataset_root")):
+        pytest.skip(f"{card['dataset']} is not on this machine: {how_to_get(card['dataset'])}")
     res = evaluate(model, baseline_data(card).test)
     for k in ("top1", "top3", "top5"):
         assert res[k] == card["accuracy"][k], k
@@ -45,6 +48,16 @@ def test_committed_checkpoint_reproduces_its_card_exactly(path):
     assert sum(p.numel() for p in model.parameters()) == card["params"]
     for key in ("architecture", "dataset", "split_seed", "train", "versions", "arch_kwargs"):
         assert key in card
+
+
+@pytest.mark.parametrize("name,target", [("lenet5-fashion-mnist", 89.0), ("resnet8-fashion-mnist", 91.0)])
+def test_fashion_mnist_baselines_meet_their_targets_and_say_how_they_were_made(name, target):
+    card = json.loads((MODELS_DIR / f"{name}.json").read_text())
+    assert card["accuracy"]["top1"] >= target and card["test_samples"] == 10_000
+    assert card["params"] > 0 and card["macs"] > 0 and card["accuracy"]["top5"] > card["accuracy"]["top1"]
+    train = card["train"]
+    assert train["seconds"] > 0 and train["seed"] == 0 and train["command"].startswith("python -m explorer train")
+    assert f"--epochs {train['epochs']}" in train["command"] and card["dataset_root"] is None
 
 
 def test_train_baseline_writes_weights_and_card(tmp_path):

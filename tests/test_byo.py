@@ -1,5 +1,6 @@
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,7 +64,9 @@ def test_state_dict_model_gets_every_view(env, baseline):
     assert res["status"] == "ok" and res["size"]["packed_bytes"] and res["latency"]["torch_cpu_fp32"]["b1"]["available"]
     # nothing pickled is kept: the cache and the user folder hold JSON, safetensors, packed and ONNX files only
     kept = {p.suffix for d in ("cache", "user") for p in (env / d).rglob("*") if p.is_file()}
-    assert kept <= {".json", ".safetensors", ".xpk", ".onnx", ".lock", ""}
+    assert kept <= {".json", ".safetensors", ".xpk", ".onnx", ".npy", ".lock", ""}
+    for p in (env / "cache").rglob("*.npy"):  # predictions: plain integer arrays, loadable without pickle
+        assert np.load(p, allow_pickle=False).dtype == np.int16
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "exported", "onnx"])

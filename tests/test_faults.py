@@ -61,7 +61,9 @@ def test_eight_sessions_compute_each_configuration_once_and_agree(tmp_path, monk
         return real(recipe, **kw)
 
     monkeypatch.setattr(runner, "run_recipe", counting)
-    configs = [{"sparsity": "0.3"}, {"sparsity": "0.6"}, {"sparsity": "0.6", "bits": "8", "quant_mode": "static"}]
+    digits = {"baseline": "digits_cnn-digits"}
+    configs = [{**digits, "sparsity": "0.3"}, {**digits, "sparsity": "0.6"},
+               {**digits, "sparsity": "0.6", "bits": "8", "quant_mode": "static"}]
     sessions = [configs[i % 3] for i in range(8)]
     shown: dict[int, tuple] = {}
     errors: list[str] = []

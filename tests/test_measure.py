@@ -208,3 +208,25 @@ def test_peak_rss_growth_sees_an_allocation():
 
     _, growth = compute.peak_rss_growth(alloc)
     assert growth is None or growth > 30_000_000
+
+
+@pytest.mark.parametrize("hog", [False, True], ids=["idle", "under a CPU hog"])
+def test_a_model_timed_against_itself_shows_no_measurable_speedup(baseline, hog):
+    """Interleaved rounds put the same load on the baseline and the run, so the ratio of a model to itself
+    keeps 1 inside its interval even while other processes fight for every core."""
+    import subprocess
+    import sys
+
+    model, data = baseline
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)] \
+        if hog else []
+    try:
+        lat = measure_latency(model, data.input_shape, batches=(1, 64), budget_s=0.3, gpu=False, reference=model)
+    finally:
+        for p in hogs:
+            p.kill()
+            p.wait()
+    for b in ("b1", "b64"):
+        s = lat["speedup"]["torch_cpu_fp32"][b]
+        assert s["ci"][0] <= 1.0 <= s["ci"][1], (b, s)
+        assert lat["engines"]["torch_cpu_fp32"][b]["ci_ms"][0] <= lat["engines"]["torch_cpu_fp32"][b]["median_ms"]

@@ -66,7 +66,7 @@ def test_pareto_front_on_a_known_table():
 def test_sweet_spot_picks_and_explains():
     p = sweet_spot(TABLE, max_drop=1.0, objective="smallest")
     assert p.row["label"] == "a" and "top-1 drop at most 1 point:" in p.reason
-    assert "packed size (bytes) 20,000" in p.reason
+    assert "size of the packed .xpk file 19.5 KiB" in p.reason  # a unit a person reads, not a raw number
     assert sweet_spot(TABLE, max_drop=2.0, objective="smallest").row["label"] == "b"
     assert sweet_spot(TABLE, objective="most_accurate").row["label"] == "c"  # ties: the smaller run
     assert sweet_spot(TABLE, max_drop=10, latency_budget=1.0, objective="most_accurate").row["label"] == "a"
@@ -75,8 +75,65 @@ def test_sweet_spot_picks_and_explains():
 
 def test_sweet_spot_names_the_constraint_no_run_meets():
     p = sweet_spot(TABLE, max_drop=0.1, size_budget=10_000)
-    assert p.row is None and p.reason == "no run meets: size at most 10,000 bytes"
+    assert p.row is None and p.reason == "no run meets: size at most 9.8 KiB"
     p = sweet_spot(TABLE, latency_budget=0.1)
     assert p.row is None and "(no run meets it even alone)" in p.reason
     with pytest.raises(ValueError, match="objective='cheapest' must be one of"):
         sweet_spot(TABLE, objective="cheapest")
+
+
+def _noisy_table() -> pd.DataFrame:
+    """Five runs on 1,000 test images with their paired counts and latency intervals, made so that the
+    point-estimate answer and the 95% answer differ."""
+    rows = [  # label, both_right, baseline_only, run_only, both_wrong, size, latency, lat lo, lat hi, steps
+        ("base", 950, 0, 0, 50, 160_000, 2.00, 1.90, 2.10, 0),
+        ("noisy", 930, 20, 12, 38, 8_000, 1.00, 0.95, 1.05, 2),   # -0.8 points, but -1.8 at the 95% end
+        ("steady", 945, 5, 2, 48, 12_000, 1.02, 0.97, 1.08, 1),   # -0.3 points, -0.8 at the 95% end
+        ("twin", 946, 4, 2, 48, 12_000, 1.01, 0.96, 1.07, 3),     # as small as steady, more steps
+        ("slow", 950, 0, 0, 50, 11_000, 1.60, 1.55, 1.70, 1),
+    ]
+    out = []
+    for label, a, b, c, d, size, lat, lo, hi, steps in rows:
+        n = a + b + c + d
+        out.append({"label": label, "key": label, "status": "ok", "top1": 100 * (a + c) / n,
+                    "accuracy_delta": 100 * (c - b) / n, "both_right": a, "baseline_only": b, "run_only": c,
+                    "both_wrong": d, "packed_bytes": size, "lat_x_b256_ms": lat, "lat_x_b256_lo_ms": lo,
+                    "lat_x_b256_hi_ms": hi, "steps": steps})
+    return pd.DataFrame(out)
+
+
+def test_a_run_qualifies_only_when_95_percent_sure_within_the_drop():
+    t = _noisy_table()
+    point = sweet_spot(t, max_drop=1.0, objective="smallest", confidence=None)
+    assert point.row["label"] == "noisy"  # by point estimates: -0.8 points, the smallest
+    sure = sweet_spot(t, max_drop=1.0, objective="smallest")
+    assert sure.row["label"] == "slow" and "95% sure to lose at most 1 point of top-1" in sure.reason
+    assert sure.point_row["label"] == "noisy" and sure.confidence == 0.95
+
+
+def test_overlapping_latency_intervals_are_ties_broken_by_size_then_steps():
+    t = _noisy_table()
+    fast = sweet_spot(t, max_drop=1.0, objective="fastest", latency_col="lat_x_b256_ms")
+    # steady (1.02 ms) and twin (1.01 ms) overlap: a tie, broken by size (equal), then fewer steps
+    assert fast.row["label"] == "steady" and "tie within their 95% intervals" in fast.reason
+    point = sweet_spot(t, max_drop=1.0, objective="fastest", latency_col="lat_x_b256_ms", confidence=None)
+    assert point.row["label"] == "noisy"  # fastest by point estimates, but not 95% sure within the drop
+    assert fast.point_row is not None and fast.point_row["label"] == "noisy"
+    alone = sweet_spot(t[t["label"] != "noisy"], max_drop=1.0, objective="fastest", latency_col="lat_x_b256_ms",
+                       confidence=None)
+    assert alone.row["label"] == "twin"  # 1.01 ms beats 1.02 ms when noise is ignored
+
+
+def test_forgets_counts_the_flipped_images_and_the_moves():
+    from explorer.metrics import forgets
+
+    y = np.array([0, 0, 1, 1, 2, 2, 2, 1])
+    base = np.array([0, 0, 1, 2, 2, 2, 1, 1])
+    run = np.array([0, 1, 1, 1, 2, 0, 1, 1])
+    f = forgets(y, base, run, ["a", "b", "c"])
+    b = int(((base == y) & (run != y)).sum())
+    c = int(((base != y) & (run == y)).sum())
+    assert len(f.lost) == b == 2 and len(f.gained) == c == 1
+    assert list(f.lost) == [1, 5] and list(f.gained) == [3]
+    assert f.per_class.set_index("class").loc["a", "change"] == pytest.approx(-50.0)
+    assert f.confusion_change.sum() == 0 and f.confusion_change[0, 1] == 1 and f.confusion_change[2, 0] == 1

@@ -87,7 +87,9 @@ def test_a_program_under_another_name_is_still_a_program(env, attack, name):
 
 def test_the_page_refuses_the_upload_and_never_runs_it(env, attack):
     path, marker = attack
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.query_params["baseline"] = "digits_cnn-digits"
+    at.run()
     at.file_uploader(key="byo_model").set_value(("model.pt", path.read_bytes(), "application/octet-stream"))
     at.run()
     at.button(key="byo_add").click().run()

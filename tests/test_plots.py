@@ -66,3 +66,36 @@ def test_size_and_latency_bars_show_the_run_result_figures():
     assert list(b256.x) == ["PyTorch eager CPU fp32"] and list(b256.y) == [6.0]
     assert list(b256.error_y.array) == pytest.approx([0.5])
     assert "no engine could run" in plots.latency_bars({"latency": {}}).layout.title.text
+
+
+def _with_intervals() -> pd.DataFrame:
+    df = _frame().iloc[:-1].copy()
+    df["top1_lo"], df["top1_hi"] = df["top1"] - 1.5, (df["top1"] + 1.0).clip(upper=100)
+    df["significant"] = [False, True, False, False, True, True]
+    return df
+
+
+def test_accuracy_charts_carry_error_bars_open_markers_and_an_axis_that_spans_them():
+    df = _with_intervals()
+    fig = plots.sparsity_accuracy(df)
+    fp32 = next(t for t in fig.data if t.name == "fp32")
+    assert list(fp32.error_y.array) == pytest.approx([1.0, 1.0]) and list(fp32.error_y.arrayminus) == [1.5, 1.5]
+    assert list(fp32.marker.symbol) == ["circle-open", "circle"]  # 0.5 not significant, 0.9 significant
+    lo, hi = fig.layout.yaxis.range
+    assert lo <= df["top1_lo"].min() and hi >= df["top1_hi"].max()
+    assert any("no significant change" in (t.name or "") for t in fig.data)
+    runs = plots.pareto(df, "packed_bytes", "packed bytes").data[0]
+    assert runs.error_y.array is not None and list(runs.marker.symbol).count("circle-open") == 3
+    # a difference far smaller than its interval does not fill the axis
+    tight = df.assign(top1=[97.5, 97.6, 97.55, 97.7, 97.52, 97.65])
+    tight = tight.assign(top1_lo=tight.top1 - 1.6, top1_hi=tight.top1 + 1.4)
+    lo, hi = plots.sparsity_accuracy(tight).layout.yaxis.range
+    assert hi - lo > 3.0
+
+
+def test_latency_whiskers_are_the_interval_of_the_median_when_it_is_there():
+    result = {"latency": {"torch_cpu_fp32": {"b1": {"available": True, "median_ms": 0.1, "p90_ms": 0.12, "runs": 50,
+                                                    "ci_ms": [0.09, 0.105]}}}}
+    bar = plots.latency_bars(result).data[0]
+    assert list(bar.error_y.array) == pytest.approx([0.005]) and list(bar.error_y.arrayminus) == pytest.approx([0.01])
+    assert "95% interval" in plots.latency_bars(result).layout.yaxis.title.text

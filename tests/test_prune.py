@@ -195,3 +195,36 @@ def test_invalid_configs_raise_before_work(digits):
     st = CompressionState(masks={"features.0.weight": torch.ones(16, 1, 3, 3, dtype=torch.bool)})
     with pytest.raises(ValueError, match="must come before"):
         apply(m, PruneConfig(granularity="channel", sparsity=0.5), Context(data=digits, state=st))
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+def test_channel_pruning_keeps_every_residual_addition_consistent_and_exports(tmp_path, ratio):
+    """The residual baseline: channels that meet at an identity skip are pruned together (Torch-Pruning's
+    dependency graph), so every block's output matches its shortcut, and the pruned model runs in ONNX
+    Runtime with the same logits as in PyTorch."""
+    from torchvision.models.resnet import BasicBlock
+
+    from explorer.measure.onnx_export import export_onnx, onnx_logits
+    from tests.conftest import make_mnist
+
+    data = load_dataset("fashion-mnist", make_mnist(tmp_path / "f", "FashionMNIST", n_train=60, n_test=20))
+    torch.manual_seed(0)
+    m = create_model("resnet8", image_size=28)
+    r = apply(m, PruneConfig(granularity="channel", sparsity=ratio, finetune_epochs=0), Context(data=data))
+    info = r.state.info["prune"][-1]
+    assert info["params_after"] < info["params_before"] and info["macs_after"] < info["macs_before"]
+    channels_in = r.model.stem[0].out_channels
+    for name, block in r.model.named_modules():
+        if not isinstance(block, BasicBlock):
+            continue
+        assert block.conv1.in_channels == channels_in and block.bn2.num_features == block.conv2.out_channels
+        shortcut = block.downsample[0].out_channels if block.downsample is not None else channels_in
+        assert block.conv2.out_channels == shortcut, f"{name}: residual addition of {block.conv2.out_channels} " \
+                                                     f"and {shortcut} channels"
+        channels_in = block.conv2.out_channels
+    assert r.model.fc.in_features == channels_in
+    x = data.test.x[:4]
+    export_onnx(r.model, data.input_shape, tmp_path / "p.onnx")
+    with torch.no_grad():
+        ref = r.model.eval()(x).numpy()
+    assert abs(onnx_logits(tmp_path / "p.onnx", x.numpy()) - ref).max() < 1e-4

@@ -1,6 +1,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,3 +145,49 @@ def test_a_recipe_gives_the_same_figures_whatever_threads_the_caller_runs(monkey
                 runner.run_key(recipe)
     finally:
         torch.set_num_threads(before)
+
+
+def test_runs_keep_predictions_and_their_paired_comparison_with_the_baseline(tmp_path):
+    """b and c recomputed from the two stored prediction files equal the stored ones; the baseline's own
+    comparison is 0/0/1; the interval and the speed-ups are in the result."""
+    from explorer.cache import RunCache
+    from explorer.data import load_dataset
+    from explorer.measure.accuracy import load_predictions
+    from explorer.stats import wilson
+
+    cache = RunCache(tmp_path / "cache")
+    base = cache.get_or_run(Recipe(model="digits_cnn"))
+    run = cache.get_or_run(Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.9, finetune_epochs=0),)))
+    y = load_dataset("digits").test.y.numpy()
+    pb, pr = (load_predictions(cache.artifact(r["key"], "predictions.npy")) for r in (base, run))
+    assert pb.shape == pr.shape == y.shape and pr.dtype == np.int16
+    b, c = int(((pb == y) & (pr != y)).sum()), int(((pb != y) & (pr == y)).sum())
+    vs = run["vs_baseline"]
+    assert (vs["baseline_only"], vs["run_only"]) == (b, c) and b > 0
+    assert vs["delta_ci"][0] <= run["accuracy_delta"] <= vs["delta_ci"][1]
+    assert run["accuracy"]["top1"] == pytest.approx(100 * (pr == y).mean(), abs=1e-4)
+    k = int((pr == y).sum())
+    assert run["accuracy_ci"]["top1"] == pytest.approx(list(wilson(k, len(y))), abs=1e-4)
+    own = base["vs_baseline"]
+    assert (own["baseline_only"], own["run_only"], own["p_value"]) == (0, 0, 1.0)
+    for engine in ("torch_cpu_fp32", "onnxruntime_cpu_fp32", "onnxruntime_cpu_int8"):
+        for batch in ("b1", "b256"):
+            s = run["speedup"][engine][batch]
+            assert s["ci"][0] <= s["ratio"] <= s["ci"][1] and s["rounds"] >= 5
+            lat = run["latency"][engine][batch]
+            assert lat["ci_ms"][0] <= lat["median_ms"] <= lat["ci_ms"][1]
+
+
+def test_cli_run_json_prints_the_uncertainty(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"model": "digits_cnn", "steps": [{"kind": "prune", "sparsity": 0.6,
+                                                                     "finetune_epochs": 0}]}))
+    assert main(["run", "--recipe", str(recipe), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["accuracy_ci"]) == {"top1", "top5"} and len(res["accuracy_ci"]["top1"]) == 2
+    assert {"baseline_only", "run_only", "delta_ci", "p_value", "significant"} <= set(res["vs_baseline"])
+    assert set(res["speedup"]["torch_cpu_fp32"]["b256"]) >= {"ratio", "ci"}
+    assert main(["run", "--recipe", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "paired 95% CI" in out and "speed-up vs the baseline, PyTorch eager fp32" in out

@@ -110,10 +110,15 @@ def test_cli_sweep_report_recommend(cache, tmp_path, capsys):
     capsys.readouterr()
     assert main(["recommend", str(out), "--max-drop", "1", "--objective", "size"]) == 2  # bad objective name
     assert "objective='size' must be one of" in capsys.readouterr().err
-    assert main(["recommend", str(out), "--max-drop", "1", "--objective", "smallest"]) == 0
+    # 359 test images cannot make any run 95% sure of losing under 1 point: the command says so
+    assert main(["recommend", str(out), "--max-drop", "1", "--objective", "smallest"]) == 1
+    assert "the test set is too small to tell a drop under that" in capsys.readouterr().err
+    assert main(["recommend", str(out), "--max-drop", "3", "--objective", "smallest"]) == 0
     text = capsys.readouterr().out
-    assert "smallest of" in text and '"steps"' in text
-    assert main(["recommend", str(out), "--max-drop", "0", "--size-budget-kb", "0.001"]) == 1
+    assert "smallest of" in text and "95% sure to lose at most 3 points" in text and '"steps"' in text
+    assert main(["recommend", str(out), "--max-drop", "1", "--confidence", "0"]) == 0  # point estimates
+    assert "top-1 drop at most 1 point" in capsys.readouterr().out
+    assert main(["recommend", str(out), "--max-drop", "0", "--size-budget-kb", "0.001", "--confidence", "0"]) == 1
     assert "no run meets" in capsys.readouterr().err
     assert main(["sweep", "--bits", "12", "--out", str(tmp_path / "x.csv")]) == 2
     assert "bits=12 must be one of" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()

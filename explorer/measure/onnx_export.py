@@ -162,9 +162,11 @@ def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 512, thread
     return np.concatenate(outs).astype(np.float32)
 
 
-def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray) -> dict:
-    """top-1/3/5 of an ONNX model on (x, y), computed like the PyTorch figures."""
-    from explorer.train import topk_accuracy
+def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, with_predictions: bool = False) -> dict:
+    """top-1/3/5 of an ONNX model on (x, y), computed like the PyTorch figures (explorer.train.scores);
+    without `with_predictions` only the JSON-ready figures."""
+    from explorer.train import scores
 
-    logits = torch.from_numpy(onnx_logits(path, x))
-    return topk_accuracy(logits, torch.from_numpy(y))
+    res = scores(torch.from_numpy(onnx_logits(path, x)), torch.from_numpy(y), with_predictions)
+    res.pop("loss")
+    return res

@@ -15,12 +15,12 @@ HELP = {
 }
 
 
-def _init_from_query(baselines: list[str]) -> None:
+def _init_from_query(baselines: list[str], default: str) -> None:
     """On a session's first run, seed the widgets from the query string (a shared link)."""
     if st.session_state.get("_controls_initialised"):
         return
     values, problems = state.parse_query(dict(st.query_params), baselines)
-    for k, v in {**state.DEFAULTS, **values}.items():
+    for k, v in {**state.DEFAULTS, "baseline": default, **values}.items():
         st.session_state.setdefault(k, v)
     if st.session_state["baseline"] not in baselines:
         st.session_state["baseline"] = baselines[0]
@@ -28,8 +28,8 @@ def _init_from_query(baselines: list[str]) -> None:
     st.session_state["_controls_initialised"] = True
 
 
-def sidebar(baselines: list[str]) -> dict[str, Any]:
-    _init_from_query(baselines)
+def sidebar(baselines: list[str], default: str) -> dict[str, Any]:
+    _init_from_query(baselines, default)
     sb = st.sidebar
     sb.header("Configuration")
     sb.selectbox("Baseline model", baselines, key="baseline")

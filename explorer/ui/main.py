@@ -45,7 +45,10 @@ def main() -> None:
     names = [c["name"] for c in cards]
     if "_select_baseline" in st.session_state:  # a model just added becomes the current one
         st.session_state["baseline"] = st.session_state.pop("_select_baseline")
-    c = ui_controls.sidebar(names)
+    c = ui_controls.sidebar(names, service.default_baseline(names))
+    note = service.missing_data_note()
+    if note:
+        st.sidebar.caption(note)
     card = cards[names.index(c["baseline"])]
     st.caption(f"{card['architecture']} on {card['dataset']}: {card['params']:,} parameters, baseline top-1 "
                f"{card['accuracy']['top1']:.2f}% on {card.get('test_samples', '?')} test images.")
@@ -71,8 +74,8 @@ def main() -> None:
     if error:
         st.error(error)
 
-    tabs = st.tabs(["Overview", "Curves and Pareto", "Size and latency", "Layers", "Sweep", "Sweet spot", "Baseline",
-                    "Your model"])
+    tabs = st.tabs(["Overview", "Curves and Pareto", "Size and latency", "Layers", "What it forgets", "Sweep",
+                    "Sweet spot", "Baseline", "Your model"])
     frame = service.frame(card["architecture"], card["dataset"], None if recipe is None else recipe.checkpoint)
     key = result.get("key") if result else None
     with tabs[0]:
@@ -97,10 +100,13 @@ def main() -> None:
                     sens = service.sensitivity(result, compute=True)
             views.layers(result, sens)
     with tabs[4]:
-        panels.sweep_panel(card, service)
+        if result:
+            views.forgets_view(service.forgets(result, base_result) if base_result else None, result)
     with tabs[5]:
-        panels.sweet_spot_panel(frame, result, service)
+        panels.sweep_panel(card, service)
     with tabs[6]:
+        panels.sweet_spot_panel(frame, result, service)
+    with tabs[7]:
         if card.get("format") == "onnx":
             st.info(f"{card['name']} is an ONNX model: top-1 {card['accuracy']['top1']:.2f}% with ONNX Runtime, "
                     f"{card['file_bytes']:,} bytes. {card.get('unsupported_reason', '')}")
@@ -109,7 +115,7 @@ def main() -> None:
                 panels.baseline_panel(_describe(card["path"], card.get("sha256", "")))
             except ValueError as e:
                 st.error(str(e))
-    with tabs[7]:
+    with tabs[8]:
         panels.byo_panel(service, service.datasets(), service.architectures())
     hit = (result or {}).get("cache", {}).get("hit")
     st.caption(f"Rendered in {time.perf_counter() - t0:.2f} s" + (" (from the cache)" if hit else ""))

@@ -8,8 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from explorer import plots
-from explorer.metrics import sweet_spot
-from explorer.ui.views import fmt_bytes, show_table
+from explorer.metrics import across_seeds, sweet_spot
+from explorer.ui.views import fmt_bytes
 
 SIZE_COLS = {"packed .xpk": "packed_bytes", "gzip of checkpoint": "gzip_bytes", "ONNX int8": "onnx_int8_bytes",
              "checkpoint file": "file_bytes"}
@@ -29,10 +29,15 @@ def sweep_panel(card: dict, backend) -> None:
     clusters = c[2].multiselect("Clusters (0 = off)", [0, 8, 16, 32, 64, 128, 256], default=[0],
                                 key="sweep_clusters")
     epochs = c[3].number_input("Fine-tune epochs", 0, 20, value=2, key="sweep_epochs")
-    granularity = st.selectbox("Granularity", ["unstructured", "channel", "block"], key="sweep_granularity")
+    g = st.columns(2)
+    granularity = g[0].selectbox("Granularity", ["unstructured", "channel", "block"], key="sweep_granularity")
+    repeats = g[1].number_input("Repeats (seeds per configuration)", 1, 10, value=1, key="sweep_repeats",
+                                help="Each configuration runs with seeds 0..K-1: the seed changes the fine-tuning "
+                                     "order, the calibration sample and the k-means start. Tables and charts then "
+                                     "show the mean and the spread across seeds.")
     bn_adapt = bool(card.get("batchnorm")) and st.checkbox(
         "BatchNorm adaptation after pruning or clustering", value=True, key="sweep_bn_adapt")
-    n = len(sparsity) * len(bits) * len(clusters)
+    n = len(sparsity) * len(bits) * len(clusters) * int(repeats)
     if st.button(f"Run sweep ({n} configurations)", key="sweep_run", disabled=n == 0):
         bar = st.progress(0.0, text="starting the sweep")
 
@@ -42,45 +47,92 @@ def sweep_panel(card: dict, backend) -> None:
 
         try:
             df = backend.sweep(card, sparsity=sparsity, bits=bits, clusters=clusters, epochs=int(epochs),
-                               granularity=granularity, bn_adapt=bn_adapt, progress=progress)
+                               granularity=granularity, bn_adapt=bn_adapt, repeats=int(repeats), progress=progress)
             st.session_state["sweep_frame"] = df
             bar.progress(1.0, text=f"done: {len(df)} runs, {int((df['status'] != 'ok').sum())} failed")
         except ValueError as e:
             st.error(str(e))
     df = st.session_state.get("sweep_frame")
     if df is not None and not df.empty:
-        cols = [c for c in ("label", "status", "top1", "accuracy_delta", "sparsity", "packed_bytes", "gzip_bytes",
-                            "rf_packed", "lat_onnxruntime_cpu_int8_b256_ms", "error") if c in df]
-        st.dataframe(df[cols], hide_index=True, key="sweep_table")
+        shown = df
+        if "seed" in df.columns and df["seed"].nunique() > 1:
+            shown = across_seeds(df)
+            st.caption("Mean across seeds, with the standard deviation, lowest and highest top-1 of each "
+                       "configuration (failed runs left out).")
+        cols = [c for c in ("label", "status", "seeds", "top1", "top1_std", "top1_min", "top1_max", "top1_lo",
+                            "top1_hi", "accuracy_delta", "delta_lo", "delta_hi", "significant", "sparsity",
+                            "packed_bytes", "gzip_bytes", "rf_packed", "lat_onnxruntime_cpu_int8_b256_ms", "error")
+                if c in shown]
+        st.dataframe(shown[cols], hide_index=True, key="sweep_table")
         st.download_button("Download results CSV", df.to_csv(index=False).encode(), "results.csv", "text/csv",
                            key="sweep_csv")
+
+
+CONFIDENCES = {"95%": 0.95, "90%": 0.90, "99%": 0.99, "point estimates only": None}
+
+
+def _baseline_row(frame: pd.DataFrame) -> pd.Series | None:
+    """The baseline's own run in the table (no compression step), if it is there."""
+    if "technique" not in frame.columns:
+        return None
+    base = frame[(frame["technique"] == "baseline") & (frame["status"] == "ok")]
+    return base.iloc[0] if len(base) else None
+
+
+def _with_interval(row: pd.Series | None, col: str, lo: str, hi: str, fmt) -> str:
+    if row is None or pd.isna(row.get(col)):
+        return ""
+    text = fmt(row[col])
+    if lo in row and not pd.isna(row.get(lo)) and not pd.isna(row.get(hi)):
+        text += f" ({fmt(row[lo])} to {fmt(row[hi])})"
+    return text
 
 
 def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend) -> None:
     if frame.empty or not frame["status"].eq("ok").any():
         st.info("No runs yet for this baseline: move the sliders or run a sweep first.")
         return
-    c = st.columns(4)
+    c = st.columns(5)
     max_drop = c[0].number_input("Max top-1 drop (points)", 0.0, 100.0, value=1.0, step=0.25, key="ss_drop")
-    size_kb = c[1].number_input("Size budget (KB, 0 = none)", 0.0, 1e7, value=0.0, key="ss_size")
+    size_kb = c[1].number_input("Size budget (KiB, 0 = none)", 0.0, 1e7, value=0.0, key="ss_size")
     lat_ms = c[2].number_input("Latency budget (ms, 0 = none)", 0.0, 1e5, value=0.0, key="ss_lat")
-    objective = c[3].selectbox("Objective", ["smallest", "fastest", "most_accurate"], key="ss_objective")
+    objective = c[3].selectbox("Objective", ["smallest", "fastest", "most_accurate"], key="ss_objective",
+                               format_func=lambda o: o.replace("_", " "))
+    conf_label = c[4].selectbox("Confidence", list(CONFIDENCES), key="ss_confidence",
+                                help="How sure the pick must be: a run qualifies when the worst end of its paired "
+                                     "interval for the top-1 change is within the drop; runs whose intervals overlap "
+                                     "count as ties, broken by the other objective, then by the simpler recipe.")
     size_label = st.radio("Size measured as", list(SIZE_COLS), horizontal=True, key="ss_size_kind")
     lat_label = st.radio("Latency measured as", list(LATENCY_COLS), horizontal=True, key="ss_lat_kind")
+    size_col, lat_col = SIZE_COLS[size_label], LATENCY_COLS[lat_label]
     pick = sweet_spot(frame, max_drop=max_drop, size_budget=size_kb * 1024 or None, latency_budget=lat_ms or None,
-                      objective=objective, size_col=SIZE_COLS[size_label], latency_col=LATENCY_COLS[lat_label])
-    if pick.row is None:
-        st.error(pick.reason)
+                      objective=objective, size_col=size_col, latency_col=lat_col,
+                      confidence=CONFIDENCES[conf_label])
+    if pick.row is None:  # an answer, not a fault: say which constraint no run meets
+        st.warning(pick.reason[0].upper() + pick.reason[1:])
         return
-    st.success(pick.reason)
-    row = pick.row
+    st.success(pick.reason[0].upper() + pick.reason[1:] + ".")
+    if pick.point_row is not None:
+        st.info(f"Judged by point estimates alone, the pick would be {pick.point_row.get('label')} "
+                f"(top-1 {pick.point_row['top1']:.2f}%), but the data do not make it {pick.confidence:.0%} sure.")
+    row, base = pick.row, _baseline_row(frame)
+    pct = lambda v: f"{v:.2f}%"  # noqa: E731
+    pts = lambda v: f"{v:+.2f}"  # noqa: E731
+    ms = lambda v: f"{v:.3g} ms"  # noqa: E731
+    lat_lo, lat_hi = f"{lat_col[:-3]}_lo_ms", f"{lat_col[:-3]}_hi_ms"
     table = pd.DataFrame({
-        "figure": ["top-1 (%)", "accuracy delta (points)", "packed .xpk (bytes)", "ONNX int8 (bytes)",
-                   "gzip of checkpoint (bytes)", "ONNX Runtime int8, batch 256 (ms)"],
-        "baseline": [row["baseline_top1"], 0.0, None, None, None, None],
-        "recommended": [row["top1"], row["accuracy_delta"], row.get("packed_bytes"), row.get("onnx_int8_bytes"),
-                        row.get("gzip_bytes"), row.get("lat_onnxruntime_cpu_int8_b256_ms")]})
-    show_table(table, key="ss_table")
+        "figure": ["top-1 (95% interval)", "change vs the baseline, points (paired 95% interval)",
+                   f"size: {size_label}", f"latency: {lat_label} (95% interval of the median)"],
+        "baseline": [_with_interval(base, "top1", "top1_lo", "top1_hi", pct), "0",
+                     fmt_bytes(base.get(size_col)) if base is not None else "",
+                     _with_interval(base, lat_col, lat_lo, lat_hi, ms)],
+        "recommended": [_with_interval(row, "top1", "top1_lo", "top1_hi", pct),
+                        _with_interval(row, "accuracy_delta", "delta_lo", "delta_hi", pts),
+                        fmt_bytes(row.get(size_col)), _with_interval(row, lat_col, lat_lo, lat_hi, ms)]})
+    st.dataframe(table, hide_index=True, key="ss_table", height=35 * (len(table) + 1) + 3)
+    if base is None:
+        st.caption("The baseline's own run is not in this table yet; open the baseline (sparsity 0, 32 bits) once "
+                   "to fill its column.")
     recipe_json = json.dumps(json.loads(row["recipe_json"]), indent=2)
     st.code(recipe_json, language="json")
     d = st.columns(3)

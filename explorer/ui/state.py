@@ -70,10 +70,11 @@ def parse_query(params: dict[str, str], baselines: list[str]) -> tuple[dict[str,
 
 
 def to_query(controls: dict[str, Any]) -> dict[str, str]:
-    """Only what differs from the defaults, so links stay short."""
+    """The baseline, and what differs from the defaults, so links stay short and open the same model on
+    every machine (the default model depends on which data sets a machine has)."""
     q = {}
     for k, v in controls.items():
-        if k in DEFAULTS and v != DEFAULTS[k]:
+        if k in DEFAULTS and (v != DEFAULTS[k] or k == "baseline"):
             q[k] = ("1" if v else "0") if isinstance(v, bool) else str(v)
     return q
 

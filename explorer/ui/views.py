@@ -7,6 +7,7 @@ import streamlit as st
 
 from explorer import plots
 from explorer.measure.hardware import describe
+from explorer.metrics import across_seeds
 
 ENGINES_SHOWN = ("torch_cpu_fp32", "onnxruntime_cpu_fp32", "onnxruntime_cpu_int8", "torch_cuda_fp32",
                  "torch_cuda_fp16")
@@ -24,13 +25,45 @@ def _lat(result: dict, engine: str, batch: str):
     return v.get("median_ms") if v.get("available") else None
 
 
+def _speedup(result: dict, engine: str, batch: str) -> tuple[str | None, str]:
+    """The metric's delta text for a speed-up and its colouring: 'off' (grey) where the interval holds 1."""
+    v = (result.get("speedup") or {}).get(engine, {}).get(batch)
+    if not v:
+        return None, "normal"
+    lo, hi = v["ci"]
+    if lo <= 1.0 <= hi:
+        return "no measurable change", "off"
+    return (f"{v['ratio']:.2f}x faster" if v["ratio"] >= 1 else f"{1 / v['ratio']:.2f}x slower"), "normal"
+
+
+def accuracy_sentence(result: dict) -> str:
+    """Top-1 with its interval and the paired comparison with the baseline, in words."""
+    ci, vs = result.get("accuracy_ci"), result.get("vs_baseline")
+    if not ci or not vs:
+        return ""
+    n = result["test_samples"]
+    lo, hi = vs["delta_ci"]
+    verdict = ("a real change (exact McNemar p = {:.2g})" if vs["significant"] else
+               "no significant change (exact McNemar p = {:.2g})").format(vs["p_value"])
+    return (f"Top-1 {result['accuracy']['top1']:.2f}%, 95% interval {ci['top1'][0]:.2f}–{ci['top1'][1]:.2f}% over "
+            f"{n:,} test images. Against the baseline on the same images: {vs['baseline_only']:,} it got right are "
+            f"now wrong, {vs['run_only']:,} it got wrong are now right; the change is {result['accuracy_delta']:+.2f} "
+            f"points, 95% interval {lo:+.2f} to {hi:+.2f}: {verdict}.")
+
+
 def headline(result: dict) -> None:
     acc = result["accuracy"]
     sz, rf = result["size"], result["reduction_factor"]["vs_fp32_file"]
     c = st.columns(5)
     delta = result["accuracy_delta"]
-    c[0].metric("Top-1 (measured)", f"{acc['top1']:.2f}%", f"{delta:+.2f} pts" if abs(delta) >= 0.005 else None,
-                help="Measured on the model rebuilt from the packed file; the arrow is the change vs the baseline.")
+    vs = result.get("vs_baseline") or {}
+    change = f"{delta:+.2f} pts" if abs(delta) >= 0.005 else None
+    if change and vs and not vs.get("significant"):
+        change += " (within noise)"
+    c[0].metric("Top-1 (measured)", f"{acc['top1']:.2f}%", change,
+                delta_color="off" if vs and not vs.get("significant") else "normal",
+                help="Measured on the model rebuilt from the packed file; the arrow is the change vs the baseline "
+                     "on the same test images, grey where it is within noise (see the line below).")
     if sz.get("packed_bytes"):
         c[1].metric("Packed size", fmt_bytes(sz["packed_bytes"]), f"{rf.get('packed_bytes', 0):.1f}x smaller",
                     help="Bytes of the .xpk file, measured. Factor vs the fp32 baseline file.")
@@ -39,10 +72,18 @@ def headline(result: dict) -> None:
                     help="Bytes of the deployed model file, measured (no packed format for ONNX models).")
     c[2].metric("Weight sparsity", f"{result['sparsity']:.1%}")
     torch_ms, int8_ms = _lat(result, "torch_cpu_fp32", "b256"), _lat(result, "onnxruntime_cpu_int8", "b256")
-    c[3].metric("PyTorch b256", f"{torch_ms:.2f} ms" if torch_ms else "n/a",
-                help="PyTorch eager on the CPU, batch 256: median of repeated runs (see Size and latency).")
-    c[4].metric("ORT int8 b256", f"{int8_ms:.2f} ms" if int8_ms else "n/a",
-                help="ONNX Runtime int8 on the CPU, batch 256: median of repeated runs.")
+    text, color = _speedup(result, "torch_cpu_fp32", "b256")
+    c[3].metric("PyTorch b256", f"{torch_ms:.2f} ms" if torch_ms else "n/a", text, delta_color=color,
+                help="PyTorch eager on the CPU, batch 256: median of interleaved rounds. The arrow is the speed-up "
+                     "over the baseline timed in the same rounds; 'no measurable change' where its 95% interval "
+                     "holds 1.")
+    text, color = _speedup(result, "onnxruntime_cpu_int8", "b256")
+    c[4].metric("ORT int8 b256", f"{int8_ms:.2f} ms" if int8_ms else "n/a", text, delta_color=color,
+                help="ONNX Runtime int8 on the CPU, batch 256, against the baseline in PyTorch eager fp32 timed in "
+                     "the same rounds.")
+    sentence = accuracy_sentence(result)
+    if sentence:
+        st.caption(sentence)
     for note in result.get("notes", []):
         st.info(note)
     for note in surprises(result):
@@ -122,6 +163,8 @@ def show_table(df: pd.DataFrame, key: str) -> None:
 def curves(frame: pd.DataFrame, key: str | None) -> None:
     if frame.empty or frame["status"].eq("ok").sum() < 2:
         st.info("The curves fill in as runs accumulate: move the sliders, or launch a sweep in the Sweep tab.")
+    if "seed" in frame.columns and frame["seed"].nunique() > 1:
+        frame = across_seeds(frame)  # one point per configuration: the mean across seeds, bars one sd
     st.plotly_chart(plots.sparsity_accuracy(frame, key), key="chart_sparsity_accuracy")
     left, right = st.columns(2)
     with left:
@@ -174,3 +217,27 @@ def layers(result: dict, sensitivity: dict | None) -> None:
     if hists:
         layer = st.selectbox("Weight histogram of layer", list(hists), key="hist_layer")
         st.plotly_chart(plots.weight_histogram(hists[layer], layer), key="chart_hist")
+
+
+def forgets_view(view: dict | None, result: dict) -> None:
+    """What compression forgets (Hooker et al., 2019): per-class change, where predictions moved, and the
+    test images whose prediction flipped, all from the predictions the runs stored."""
+    if not result.get("recipe", {}).get("steps"):
+        st.info("This is the baseline itself: nothing to compare. Choose a compression in the sidebar.")
+        return
+    if view is None:
+        st.info("The predictions of this run or of its baseline are not in the cache; run them again.")
+        return
+    f = view["forgets"]
+    lost, gained = len(f.lost), len(f.gained)
+    st.markdown(f"On the same {view['test_samples']:,} test images, the compressed model gets **{lost:,}** wrong "
+                f"that the baseline got right, and **{gained:,}** right that the baseline got wrong (net "
+                f"{gained - lost:+,}). Following Hooker et al., \"What do compressed deep neural networks "
+                "forget?\" (2019): an unchanged top-1 can hide changes that fall on some classes more than others.")
+    st.plotly_chart(plots.per_class_change(f.per_class), key="chart_forgets_classes")
+    st.plotly_chart(plots.confusion_change(f.confusion_change, view["classes"]), key="chart_forgets_confusion")
+    for key, (images, captions), what, n in (("lost", view["lost"], "Lost: the baseline was right, now wrong", lost),
+                                             ("gained", view["gained"], "Gained: the baseline was wrong, now right",
+                                              gained)):
+        shown = f" (the first {len(images)} of {n:,})" if n > len(images) else ""
+        st.plotly_chart(plots.flipped_images(images, captions, f"{what}{shown}"), key=f"chart_forgets_{key}")
