@@ -32,6 +32,19 @@ RESULTS = ROOT / "docs" / "results"
 # 1.4 s to 39 s); the sweep's workers run with one thread each for the same reason.
 TORCH_THREADS = int(os.environ.get("BENCH_TORCH_THREADS", "1"))
 MODELS = ("digits_cnn", "vgg13")
+DATASET = {"digits_cnn": "digits", "vgg13": "digits", "lenet5": "fashion-mnist", "resnet8": "fashion-mnist"}
+
+
+def dataset(model: str) -> str:
+    """The data set of the one committed baseline of `model` the bench uses."""
+    return DATASET[model]
+
+
+def fashion_models() -> tuple[str, ...]:
+    """The Fashion-MNIST LeNet-5 for the seeds' tables, where the data set is on this machine."""
+    from explorer.data import available
+
+    return ("lenet5",) if available("fashion-mnist") else ()
 SEED001 = "seed 001 (Ishtiaq et al., section IV tables)"
 SEED000 = "seed 000 (Ashtekar & Dalvi, Figure 1)"
 SEED002 = "seed 002 (lecture slides, 'PTQ vs QAT - ResNet18 on Imagenet' table)"
@@ -93,13 +106,13 @@ _retimed: dict[str, dict] = {}
 def baseline(model: str) -> dict:
     from explorer.recipe import Recipe
 
-    return run(Recipe(model=model), label="baseline")
+    return run(Recipe(model=model, dataset=dataset(model)), label="baseline")
 
 
 def card(model: str) -> dict:
     from explorer.baselines import baseline_path, read_card
 
-    return read_card(baseline_path(model, "digits"))
+    return read_card(baseline_path(model, dataset(model)))
 
 
 def data_for(model: str):
@@ -166,28 +179,31 @@ def unpacked(res: dict):
     return unpack(blob).model
 
 
-def head_to_head(entries: dict[str, tuple[str, Any]], x, rounds: int = 5, budget_s: float = 0.3) -> dict[str, dict]:
-    """Interleaved latency: each round times every entry once with the explorer's own timers
-    (measure.latency.torch_cpu for ("torch", module), onnx_runtime for ("ort", path)), so a change in
-    the machine's load hits every entry alike. Returns, per entry, the median of the round medians
-    and the smallest and largest round median."""
-    from explorer.measure.latency import onnx_runtime, torch_cpu
+def head_to_head(entries: dict[str, tuple[str, Any]], x, rounds: int = 10, budget_s: float = 1.5) -> dict[str, dict]:
+    """Interleaved latency with the explorer's own timers (measure.latency.interleave: every entry timed in
+    every round, there and back), so a change in the machine's load hits every entry alike. Returns, per
+    entry, the summary (median, its 95% interval) and the per-round medians that `speedup` pairs up."""
+    from explorer.measure.latency import interleave, ort_timer, torch_cpu_timer
 
-    xn = x.numpy()
-    per: dict[str, list[float]] = {k: [] for k in entries}
-    for _ in range(rounds):
-        for name, (kind, obj) in entries.items():
-            if kind == "torch":
-                r = torch_cpu(obj, x, threads(), budget_s=budget_s)
-            else:
-                r = onnx_runtime(obj, xn, threads(), budget_s=budget_s)
-            if not r.get("available"):
-                raise SystemExit(f"{name}: {r.get('reason')}")
-            per[name].append(r["median_ms"])
-    import statistics
+    timers = {}
+    for name, (kind, obj) in entries.items():
+        t = torch_cpu_timer(obj, x, threads()) if kind == "torch" else ort_timer(obj, x.numpy(), threads())
+        if isinstance(t, dict):
+            raise SystemExit(f"{name}: {t.get('reason')}")
+        timers[name] = t
+    return interleave(timers, rounds=rounds, budget_s=budget_s)
 
-    return {k: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "rounds": v}
-            for k, v in per.items()}
+
+def speedup(h: dict[str, dict], reference: str, name: str) -> dict:
+    """reference's time over name's, from the same interleaved rounds: {"ratio", "ci"} (stats.ratio_of_medians)."""
+    from explorer.stats import ratio_of_medians
+
+    return ratio_of_medians(h[reference]["round_ms"], h[name]["round_ms"])
+
+
+def speedup_text(s: dict) -> str:
+    lo, hi = s["ci"]
+    return f"{s['ratio']:.1f}x ({lo:.1f}-{hi:.1f})" if s["ratio"] >= 10 else f"{s['ratio']:.2f}x ({lo:.2f}-{hi:.2f})"
 
 
 def ort_profile(path: str, x, runs: int = 20) -> list[dict]:
@@ -421,16 +437,55 @@ class Check:
     passed: bool
     measured: str
     note: str = ""
+    verdict: str = ""  # PASS, FAIL, or TOO FEW IMAGES where the point estimate passes but its interval does not
+
+    def result(self) -> str:
+        return self.verdict or ("PASS" if self.passed else "FAIL")
+
+
+UNRESOLVED = "TOO FEW IMAGES"
 
 
 def checks_table(checks: Sequence[Check]) -> str:
     return table(["claim", "result", "measured", "note"],
-                 [[c.claim, "**PASS**" if c.passed else "**FAIL**", c.measured, c.note] for c in checks], "llll")
+                 [[c.claim, f"**{c.result()}**", c.measured, c.note] for c in checks], "llll")
 
 
 def summary_line(checks: Sequence[Check]) -> str:
     n = sum(c.passed for c in checks)
-    return f"{n} of {len(checks)} claims pass."
+    unresolved = sum(c.result() == UNRESOLVED for c in checks)
+    tail = (f"; {unresolved} cannot be told apart from the baseline on this test set (too few images for 95% "
+            "confidence)" if unresolved else "")
+    return f"{n} of {len(checks)} claims pass{tail}."
+
+
+def top1(res: dict) -> str:
+    """Top-1 with its 95% Wilson interval."""
+    ci = res.get("accuracy_ci", {}).get("top1")
+    t = res["accuracy"]["top1"]
+    return pct(t) if not ci else f"{t:.2f}% ({ci[0]:.2f}-{ci[1]:.2f})"
+
+
+def delta(res: dict) -> str:
+    """The top-1 change with its paired 95% interval."""
+    vs = res.get("vs_baseline")
+    d = res["accuracy_delta"]
+    return pts(d) if not vs else f"{pts(d)} ({vs['delta_ci'][0]:+.2f} to {vs['delta_ci'][1]:+.2f})"
+
+
+def loses_at_most(res: dict, points: float) -> str:
+    """PASS when 95% sure the run loses at most `points` (the worst end of its paired interval), FAIL when
+    even the point estimate loses more, TOO FEW IMAGES in between: the test set cannot tell."""
+    if res["accuracy_delta"] < -points:
+        return "FAIL"
+    return "PASS" if res["vs_baseline"]["delta_ci"][0] >= -points else UNRESOLVED
+
+
+def within_check(name: str, res: dict, points: float, note: str = "") -> Check:
+    """A 'loses at most P points' claim judged at 95% paired confidence (see loses_at_most)."""
+    v = loses_at_most(res, points)
+    unit = "point" if points == 1 else "points"
+    return Check(f"{name}: 95% sure to lose at most {points:g} {unit}", v == "PASS", delta(res), note, v)
 
 
 # ---------------------------------------------------------------- sections
@@ -454,8 +509,8 @@ def write_section(name: str, title: str, body: str, *, latency: bool = False, ch
     path.write_text(text)
     summary = {"name": name, "title": title, "date": dt.date.today().isoformat(), "runtime_s": round(runtime, 1),
                "computed": _stats["misses"], "from_cache": _stats["hits"],
-               "checks": [{"claim": c.claim, "passed": c.passed, "measured": c.measured, "note": c.note}
-                          for c in checks], "facts": facts or {}}
+               "checks": [{"claim": c.claim, "passed": c.passed, "measured": c.measured, "note": c.note,
+                           "verdict": c.result()} for c in checks], "facts": facts or {}}
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     log(f"wrote {path.relative_to(ROOT)} ({runtime:.0f} s)")
     return path

@@ -22,8 +22,9 @@ from explorer.compress.distill import DistillConfig
 from explorer.compress.lowrank import LowRankConfig
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
+from explorer.controls import grid_point
 from explorer.recipe import Recipe
-from explorer.sweep import Grid, recipe_for
+from explorer.sweep import Grid
 
 NAME = "explorer_perf"
 COLD_S, WARM_S, MIN_RECIPES = 300.0, 5.0, 40  # the cache/sweep issue's targets
@@ -38,18 +39,18 @@ def techniques() -> list[tuple[str, Recipe]]:
 
     d = "digits_cnn"
     return [("baseline (no step)", r(d)),
-            ("prune 50% unstructured, 2 ep", recipe_for(d, sparsity=0.5)),
+            ("prune 50% unstructured, 2 ep", grid_point(d, sparsity=0.5)),
             ("prune 50% channel, 2 ep", r(d, PruneConfig(granularity="channel", sparsity=0.5, finetune_epochs=2))),
             ("cluster 16", r(d, ClusterConfig(clusters=16))),
-            ("fp16", recipe_for(d, bits=16)),
-            ("static int8", recipe_for(d, bits=8)),
-            ("4-bit weights (PTQ)", recipe_for(d, bits=4)),
+            ("fp16", grid_point(d, bits=16)),
+            ("static int8", grid_point(d, bits=8)),
+            ("4-bit weights (PTQ)", grid_point(d, bits=4)),
             ("QAT W4A4, 2 ep", r(d, QuantizeConfig(mode="qat", bits=4, activation_bits=4, finetune_epochs=2))),
             ("low-rank 25% of linear layers, 1 ep", r(d, LowRankConfig(rank_ratio=0.25, finetune_epochs=1))),
             ("distil into digits_cnn x0.5, 15 ep", r(d, DistillConfig(student="digits_cnn", width=0.5, epochs=15))),
             ("baseline (no step)", r("vgg13")),
-            ("prune 50% unstructured, 2 ep", recipe_for("vgg13", sparsity=0.5)),
-            ("static int8", recipe_for("vgg13", bits=8))]
+            ("prune 50% unstructured, 2 ep", grid_point("vgg13", sparsity=0.5)),
+            ("static int8", grid_point("vgg13", bits=8))]
 
 
 def uncached_runs(tmp: Path) -> str:

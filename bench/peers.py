@@ -11,13 +11,13 @@ from __future__ import annotations
 import common as C
 
 from explorer.compress.quantize import QuantizeConfig
+from explorer.controls import grid_point
 from explorer.recipe import Recipe
-from explorer.sweep import recipe_for
 
 NAME = "peers"
 SPARSITY = (0.5, 0.9)
 FINETUNE_EPOCHS, FINETUNE_LR = 2, 1e-3  # the explorer's default grid point: PruneConfig's lr, 2 epochs
-EXPLORER_STATIC = ("explorer", "static int8 (`recipe_for(bits=8)`)")
+EXPLORER_STATIC = ("explorer", "static int8 (`grid_point(bits=8)`)")
 PEER_STATIC = ("onnxruntime", "`quantize_static` defaults")
 
 
@@ -35,7 +35,7 @@ def torch_pruned(model: str, sparsity: float) -> tuple[dict, str]:
     from explorer.train import TrainConfig, evaluate, fit
 
     def make(folder):
-        base_model, _ = load_baseline(baseline_path(model, "digits"))
+        base_model, _ = load_baseline(baseline_path(model, C.dataset(model)))
         m = copy.deepcopy(base_model)
         data = C.data_for(model)
         params = [(mod, "weight") for mod in m.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
@@ -50,7 +50,7 @@ def torch_pruned(model: str, sparsity: float) -> tuple[dict, str]:
                 "gzip_bytes": gzip_file(folder / "peer.safetensors", folder / "peer.safetensors.gz")}
 
     params = {"model": model, "sparsity": sparsity, "epochs": FINETUNE_EPOCHS, "lr": FINETUNE_LR,
-              "torch": torch.__version__, "baseline": C.sha_of(baseline_path(model, "digits")),
+              "torch": torch.__version__, "baseline": C.sha_of(baseline_path(model, C.dataset(model))),
               "torch_threads": C.TORCH_THREADS, "v": 2}
     res, folder = C.memo("peer-torch-prune", params, make)
     return res, str(folder / "peer.safetensors")
@@ -64,10 +64,10 @@ def load_checkpoint(model: str, path: str):
 
 
 def model_section(model: str) -> tuple[str, dict]:
-    base = C.run(Recipe(model=model), label="baseline")
+    base = C.run(Recipe(model=model, dataset=C.dataset(model)), label="baseline")
     b_top1, file_b = base["accuracy"]["top1"], base["baseline_size"]["file_bytes"]
-    static = C.run(recipe_for(model, bits=8))
-    dynamic = C.run(Recipe(model=model, steps=(QuantizeConfig(mode="dynamic", bits=8),)))
+    static = C.run(grid_point(model, C.dataset(model), bits=8))
+    dynamic = C.run(Recipe(model=model, dataset=C.dataset(model), steps=(QuantizeConfig(mode="dynamic", bits=8),)))
     p_static, p_static_path = C.ort_quantized(model, base, "static")
     p_dynamic, p_dynamic_path = C.ort_quantized(model, base, "dynamic")
     rows, entries = [], {"fp32 eager": ("torch", C.unpacked(base)),
@@ -87,7 +87,7 @@ def model_section(model: str) -> tuple[str, dict]:
         entries[key] = ("ort", path)
         spec.append((tool, label, acc, size, "ONNX int8", key, "ONNX Runtime int8"))
     for s in SPARSITY:
-        ours = C.run(recipe_for(model, sparsity=s, finetune_epochs=FINETUNE_EPOCHS))
+        ours = C.run(grid_point(model, C.dataset(model), sparsity=s, finetune_epochs=FINETUNE_EPOCHS))
         peer, peer_path = torch_pruned(model, s)
         entries[f"explorer prune {s}"] = ("torch", C.unpacked(ours))
         entries[f"torch prune {s}"] = ("torch", load_checkpoint(model, peer_path))
@@ -123,7 +123,7 @@ def main() -> None:
              "the graph (`quant_pre_process`), quantises weights per channel, and uses unsigned 8-bit "
              "activations."]
     verdict, negs = [], []
-    for model in C.MODELS:
+    for model in (*C.MODELS, *C.fashion_models()):
         text, f = model_section(model)
         parts.append(text)
         (ea, pa), (em, pm) = f["static_acc"], f["static_ms"]

@@ -11,8 +11,8 @@ import common as C
 
 from explorer.compress.cluster import ClusterConfig
 from explorer.compress.quantize import QuantizeConfig
+from explorer.controls import grid_point
 from explorer.recipe import Recipe
-from explorer.sweep import recipe_for
 
 NAME = "seed000"
 MODEL = "vgg13"
@@ -23,11 +23,11 @@ SEED = {"fp16": ("Quantization (float16)", 2.0, 0.01), "dynamic": ("Quantization
 
 
 def recipes(model: str) -> dict[str, Recipe]:
-    return {"fp16": recipe_for(model, bits=16),
+    return {"fp16": grid_point(model, bits=16),
             "dynamic": Recipe(model=model, steps=(QuantizeConfig(mode="dynamic", bits=8),)),
-            "static": recipe_for(model, bits=8),
+            "static": grid_point(model, bits=8),
             "cluster": Recipe(model=model, steps=(ClusterConfig(clusters=128),)),
-            "prune": recipe_for(model, sparsity=0.8, finetune_epochs=2)}
+            "prune": grid_point(model, sparsity=0.8, finetune_epochs=2)}
 
 
 def like_seed(kind: str, res: dict, base: dict) -> tuple[float, str]:
@@ -58,7 +58,7 @@ def size_table(base: dict, runs: dict[str, dict]) -> str:
 def latency_rows(model: str) -> tuple[list[list[str]], dict]:
     """Stored RunResult latencies, then the same artifacts timed head to head (interleaved)."""
     base = C.run(Recipe(model=model), label="baseline", latency=True)
-    static = C.run(recipe_for(model, bits=8), latency=True)
+    static = C.run(grid_point(model, bits=8), latency=True)
     dyn = C.run(Recipe(model=model, steps=(QuantizeConfig(mode="dynamic", bits=8),)), latency=True)
     rows = [[model, "fp32 baseline", "PyTorch eager fp32", C.ms(C.lat(base, "torch_cpu_fp32", 1)),
              C.ms(C.lat(base, "torch_cpu_fp32"))],

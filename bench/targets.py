@@ -19,8 +19,8 @@ import common as C
 from explorer.compress.cluster import ClusterConfig
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
+from explorer.controls import grid_point
 from explorer.recipe import Recipe
-from explorer.sweep import recipe_for
 
 NAME = "targets"
 SPEEDUP, MAX_LOSS, SIZE_RF = 8.0, 1.0, 50.0
@@ -85,31 +85,36 @@ def latency_target(model: str, base: dict) -> tuple[str, list[C.Check], dict]:
         cands.append((f"{desc} -> static int8", "ORT int8", i8["onnx"]["int8"]["accuracy"]["top1"], i8, f"{desc} int8"))
     h = C.head_to_head(entries, C.batch_input(model))
     eager = h["baseline eager fp32"]["median_ms"]
-    rows = [["baseline", "PyTorch eager fp32", C.pct(b_top1), C.pts(0), f"{base['macs']:,}", "", C.ms(eager),
+    ref = "baseline eager fp32"
+    rows = [["baseline", "PyTorch eager fp32", C.pct(b_top1), C.pts(0), "", f"{base['macs']:,}", "", C.ms(eager),
              "1.0x", ""],
-            ["baseline", "ORT fp32", C.pct(base["onnx"]["fp32"]["accuracy"]["top1"]), C.pts(0), f"{base['macs']:,}",
-             nchwc(C.artifact(base, "model.onnx"), model), C.ms(h["baseline ORT fp32"]["median_ms"]),
-             f"{eager / h['baseline ORT fp32']['median_ms']:.1f}x", ""],
+            ["baseline", "ORT fp32", C.pct(base["onnx"]["fp32"]["accuracy"]["top1"]), C.pts(0), "",
+             f"{base['macs']:,}", nchwc(C.artifact(base, "model.onnx"), model),
+             C.ms(h["baseline ORT fp32"]["median_ms"]), C.speedup_text(C.speedup(h, ref, "baseline ORT fp32")), ""],
             ["baseline", "ORT int8", C.pct(base["onnx"]["int8"]["accuracy"]["top1"]),
-             C.pts(base["onnx"]["int8"]["accuracy"]["top1"] - b_top1), f"{base['macs']:,}", "",
-             C.ms(h["baseline ORT int8"]["median_ms"]), f"{eager / h['baseline ORT int8']['median_ms']:.1f}x", ""]]
+             C.pts(base["onnx"]["int8"]["accuracy"]["top1"] - b_top1), "", f"{base['macs']:,}", "",
+             C.ms(h["baseline ORT int8"]["median_ms"]), C.speedup_text(C.speedup(h, ref, "baseline ORT int8")), ""]]
     scored = []
     for desc, engine, top1, res, key in cands:
-        ms = h[key]["median_ms"]
-        ok = eager / ms >= SPEEDUP and top1 - b_top1 >= -MAX_LOSS
-        scored.append((desc, engine, top1, res, key, ms, ok))
+        ms, sp = h[key]["median_ms"], C.speedup(h, ref, key)
+        # accuracy: the engine's own top-1 within the point, and the rebuilt model 95% sure within it
+        sure = C.loses_at_most(res, MAX_LOSS) == "PASS" and top1 - b_top1 >= -MAX_LOSS
+        ok = sp["ci"][0] >= SPEEDUP and sure
+        scored.append((desc, engine, top1, res, key, ms, ok, sp, sure))
         blocked = nchwc(C.artifact(res, "model.onnx"), model) if engine == "ORT fp32" else ""
-        rows.append([desc, engine, C.pct(top1), C.pts(top1 - b_top1), f"{res['macs']:,}", blocked, C.ms(ms),
-                     f"{eager / ms:.1f}x", "yes" if ok else "no"])
-    tab = C.table(["recipe", "engine", "top-1 (engine)", "delta", "MACs/image", "fp32 convs on NCHWc kernels",
-                   "batch 256 ms", "speed-up", "meets"], rows, "llrrrrrrl")
-    within = [s for s in scored if s[2] - b_top1 >= -MAX_LOSS]
+        rows.append([desc, engine, C.pct(top1), C.pts(top1 - b_top1), C.delta(res), f"{res['macs']:,}", blocked,
+                     C.ms(ms), C.speedup_text(sp), "yes" if ok else "no"])
+    tab = C.table(["recipe", "engine", "top-1 (engine)", "delta (engine)", "delta of the rebuilt model (paired 95% CI)",
+                   "MACs/image", "fp32 convs on NCHWc kernels", "batch 256 ms", "speed-up (95% CI)", "meets"],
+                  rows, "llrrrrrrrl")
+    within = [s for s in scored if s[8]]
     best = min(within, key=lambda s: s[5]) if within else None
     best_i8 = min((s for s in within if s[1] == "ORT int8"), key=lambda s: s[5], default=None)
     best_fp = min((s for s in within if s[1] == "ORT fp32"), key=lambda s: s[5], default=None)
-    check = C.Check(f"{model}: >= {SPEEDUP:g}x lower latency than fp32 eager, <= {MAX_LOSS:g} point lost",
-                    bool(best and best[6]),
-                    f"best within 1 point: {best[0]} on {best[1]}, {eager / best[5]:.1f}x" if best else "none",
+    check = C.Check(f"{model}: 95% sure of >= {SPEEDUP:g}x lower latency than fp32 eager and of <= {MAX_LOSS:g} point "
+                    "lost", bool(best and best[6]),
+                    f"best 95% sure within 1 point: {best[0]} on {best[1]}, {C.speedup_text(best[7])}" if best else
+                    "no candidate is 95% sure within 1 point on this test set",
                     f"fp32 eager baseline {eager:.3f} ms at batch 256")
     return tab, [check], {"best": best, "best_i8": best_i8, "best_fp": best_fp, "eager": eager, "h2h": h}
 
@@ -118,7 +123,7 @@ def throughput(model: str, pick, base: dict) -> tuple[str, float | None]:
     """MACs x 256 / latency of the best int8 candidate against the core's int8 MAC peak, per layer too."""
     if pick is None:
         return f"No int8 candidate on {model} stays within a point.", None
-    desc, _, _, res, key, ms, _ = pick
+    desc, _, _, res, key, ms = pick[:6]
     ghz = clock_ghz()
     peak = MACS_PER_CYCLE * ghz  # GMAC/s
     model_net = C.unpacked(res)
@@ -160,13 +165,15 @@ def size_target(model: str, base: dict) -> tuple[str, list[C.Check], tuple | Non
         blob = open(C.artifact(res, "model.xpk"), "rb").read()
         payload = sum(int(t["bytes"]) for t in tensor_report(blob))
         rf, delta = file_b / packed, res["accuracy_delta"]
-        ok = rf >= SIZE_RF and delta >= -MAX_LOSS
-        if delta >= -MAX_LOSS and (best is None or rf > best[1]):
+        sure = C.loses_at_most(res, MAX_LOSS) == "PASS"
+        ok = rf >= SIZE_RF and sure
+        if sure and (best is None or rf > best[1]):
             best = (label, rf, delta, ok)
-        rows.append([label, C.pct(res["accuracy"]["top1"]), C.pts(delta), f"{res['sparsity']:.1%}", f"{packed:,}",
+        rows.append([label, C.top1(res), C.delta(res), f"{res['sparsity']:.1%}", f"{packed:,}",
                      f"{packed - payload:,}", f"{rf:.1f}x", f"{file_b / payload:.1f}x", "yes" if ok else "no"])
-    tab = C.table(["recipe", "top-1", "delta", "weight sparsity", "packed B", "of which header B",
-                   "RF vs fp32 file", "RF of the tensor sections alone", "meets"], rows, "lrrrrrrrl")
+    tab = C.table(["recipe", "top-1 (95% CI)", "delta (paired 95% CI)", "weight sparsity", "packed B",
+                   "of which header B", "RF vs fp32 file", "RF of the tensor sections alone", "meets"], rows,
+                  "lrrrrrrrl")
     budget = file_b / SIZE_RF
     headers = [int(r[5].replace(",", "")) for r in rows]
     if not (best and best[3]):
@@ -175,25 +182,28 @@ def size_target(model: str, base: dict) -> tuple[str, list[C.Check], tuple | Non
                 f"{min(headers):,}-{max(headers):,} B of that here, {min(headers) / budget:.0%} or more of the "
                 "whole budget, so on a model this small the tensor sections alone reach the factor (last-but-one "
                 "column) while the file does not. A compressed or binary header would close most of the gap.")
-    check = C.Check(f"{model}: packed >= {SIZE_RF:g}x smaller than the fp32 file, <= {MAX_LOSS:g} point lost",
-                    bool(best and best[3]), f"best within 1 point: {best[1]:.1f}x ({best[0]})" if best else "none",
+    check = C.Check(f"{model}: packed >= {SIZE_RF:g}x smaller than the fp32 file, 95% sure of <= {MAX_LOSS:g} point "
+                    "lost", bool(best and best[3]),
+                    f"best 95% sure within 1 point: {best[1]:.1f}x ({best[0]})" if best else
+                    "no candidate is 95% sure within 1 point on this test set",
                     f"fp32 file {file_b:,} B; Deep Compression: 35x-49x")
     return tab, [check], best
 
 
 def side_by_side(model: str, base: dict) -> tuple[list[str], C.Check]:
-    ours = C.run(recipe_for(model, bits=8), latency=True)
+    ours = C.run(grid_point(model, bits=8), latency=True)
     peer, peer_path = C.ort_quantized(model, base, "static")
     h = C.head_to_head({"explorer": ("ort", C.artifact(ours, "model.int8.onnx")),
                         "quantize_static": ("ort", peer_path)}, C.batch_input(model))
     acc_e, acc_p = ours["onnx"]["int8"]["accuracy"]["top1"], peer["top1"]
     ms_e, ms_p = h["explorer"]["median_ms"], h["quantize_static"]["median_ms"]
-    row = [model, C.pct(acc_e), C.pct(acc_p), C.ms(ms_e), C.ms(ms_p), f"{ms_p / ms_e:.3f}",
+    sp = C.speedup(h, "quantize_static", "explorer")  # above 1: the explorer's int8 model is faster
+    row = [model, C.pct(acc_e), C.pct(acc_p), C.ms(ms_e), C.ms(ms_p), C.speedup_text(sp),
            f"{ours['size']['onnx_int8_bytes']:,}", f"{peer['bytes']:,}"]
     check = C.Check(f"{model}: explorer int8 at least as accurate and as fast as quantize_static",
-                    acc_e >= acc_p and ms_e <= SAME_SPEED * ms_p,
-                    f"top-1 {C.pct(acc_e)} vs {C.pct(acc_p)}; {ms_e:.3f} vs {ms_p:.3f} ms",
-                    f"as fast = within {SAME_SPEED - 1:.0%}")
+                    acc_e >= acc_p and sp["ci"][1] >= 1 / SAME_SPEED,
+                    f"top-1 {C.pct(acc_e)} vs {C.pct(acc_p)}; {ms_e:.3f} vs {ms_p:.3f} ms, speed ratio "
+                    f"{C.speedup_text(sp)}", f"as fast = the interval of the speed ratio reaches {1 / SAME_SPEED:.2f}")
     return row, check
 
 
@@ -201,7 +211,8 @@ def main() -> None:
     checks: list[C.Check] = []
     facts: dict = {}
     parts = ["Targets on the embedded digits baselines, one thread, batch 256. Latency is timed head to head "
-             "(five interleaved rounds, median of the round medians, re-timed on every run) against the fp32 "
+             "(ten interleaved rounds, there and back; speed-ups are the median of per-round ratios with their 95% "
+             "interval, re-timed on every run) against the fp32 "
              "PyTorch eager baseline; the accuracy of a latency candidate is that of the engine timed (the ONNX "
              "Runtime model), against the baseline's PyTorch top-1. Channel pruning removes whole filters "
              "through Torch-Pruning's dependency graph, so the model is smaller and dense: fewer MACs, real speed."]
@@ -215,11 +226,11 @@ def main() -> None:
         h = info["h2h"]
         ratio = h["baseline ORT fp32"]["median_ms"] / h["baseline ORT int8"]["median_ms"]
         i8_notes.append(f"{model}: baseline {ratio:.2f}x; " + ", ".join(
-            f"best {kind} candidate within a point {info['eager'] / b[5]:.1f}x ({b[0]})"
+            f"best {kind} candidate 95% sure within a point {C.speedup_text(b[7])} ({b[0]})"
             for kind, b in (("fp32", info["best_fp"]), ("int8", info["best_i8"])) if b))
         best = info["best"]
         facts[f"{model}_latency"] = None if best is None else {
-            "recipe": best[0], "engine": best[1], "speedup": round(info["eager"] / best[5], 1),
+            "recipe": best[0], "engine": best[1], "speedup": best[7]["ratio"], "speedup_ci": best[7]["ci"],
             "delta": round(best[2] - base["accuracy"]["top1"], 2)}
         tab, ch, sbest = size_target(model, base)
         checks += ch
@@ -245,10 +256,10 @@ def main() -> None:
         "counts at multiples of 16 (Torch-Pruning's `round_to`) so that both engines keep their fast kernels.")
     parts += ["### Side by side: the explorer's int8 path against ONNX Runtime's quantize_static",
               "The same baseline quantised directly with `onnxruntime.quantization.quantize_static` (default "
-              f"arguments, the same {C.CALIBRATION} calibration images) and the explorer's `recipe_for(bits=8)` "
+              f"arguments, the same {C.CALIBRATION} calibration images) and the explorer's `grid_point(bits=8)` "
               "static int8 model, timed head to head.",
               C.table(["model", "explorer top-1", "quantize_static top-1", "explorer ms", "quantize_static ms",
-                       "speed ratio", "explorer int8 B", "quantize_static B"], side_rows),
+                       "quantize_static ms / explorer ms (95% CI)", "explorer int8 B", "quantize_static B"], side_rows),
               "### Targets", C.checks_table(checks), C.summary_line(checks)]
     C.write_section(NAME, "Targets: 8x latency, 50x size, and the explorer's int8 against quantize_static",
                     "\n\n".join(parts), latency=True, checks=checks, facts=facts)

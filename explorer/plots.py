@@ -99,35 +99,62 @@ def params_per_layer(layers: pd.DataFrame, title: str = "Parameters per layer") 
     return _layout(fig, title)
 
 
-def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str = "bits") -> go.Figure:
-    """Top-1 against requested sparsity, one line per bit-width (or technique), current run marked
-    (seed 004: "plot a sparsity vs accuracy curve to visualise and determine the sweet spot")."""
+PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d", "#eeca3b",
+           "#bab0ac")
+SCHEME_ORDER = ("fp32 (no quantisation)", "16-bit floats (fp16)", "16-bit floats (bf16)",
+                "8-bit weights and activations (static int8)")
+
+
+def series_colour(name: str) -> str:
+    """The same colour for the same series on every rerun and every chart (a stable hash, not draw order)."""
+    if name in SCHEME_ORDER:
+        return PALETTE[SCHEME_ORDER.index(name)]
+    return PALETTE[len(SCHEME_ORDER) + sum(name.encode()) % (len(PALETTE) - len(SCHEME_ORDER))]
+
+
+def fmt_size(n) -> str:
+    if n is None or pd.isna(n):
+        return "n/a"
+    n = float(n)
+    return f"{n:,.0f} B" if n < 1024 else f"{n / 1024:,.1f} KiB" if n < 2**20 else f"{n / 2**20:,.2f} MiB"
+
+
+def _hover(df: pd.DataFrame) -> np.ndarray:
+    """What a tooltip shows: the recipe in words and the packed size in KiB."""
+    words = df["words"] if "words" in df.columns else df.get("label", pd.Series("", index=df.index))
+    packed = df["packed_bytes"].map(fmt_size) if "packed_bytes" in df.columns else pd.Series("", index=df.index)
+    return np.stack([df.get("label", words).to_numpy(), words.to_numpy(), packed.to_numpy()], axis=1)
+
+
+def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str = "scheme") -> go.Figure:
+    """Top-1 against requested sparsity, one line per quantisation scheme (and cluster count), the current
+    run marked (seed 004: "plot a sparsity vs accuracy curve to visualise and determine the sweet spot")."""
     ok = _ok_rows(df, "top1", "sparsity_requested")
     fig = go.Figure()
     if ok.empty:
         return _layout(fig, "Sparsity vs accuracy (no runs yet)")
-    ok["config"] = _config_text(ok)
-    group = by if by in ok.columns else "technique"
+    group = by if by in ok.columns else ("bits" if "bits" in ok.columns else "technique")
     for (gval, clusters), part in ok.groupby([group, "clusters"], dropna=False):
         part = part.sort_values("sparsity_requested")
-        if group == "bits" and isinstance(gval, float) and gval.is_integer():
-            gval = int(gval)  # a failed run's missing bit-width turns the column into floats
-        name = f"{gval}-bit" if group == "bits" and gval not in (16, 32) else (
-            {16: "fp16", 32: "fp32"}.get(gval, str(gval)) if group == "bits" else str(gval))
-        if clusters:
-            name += f", {int(clusters)} clusters"
+        name = str(gval)
+        if group == "bits":  # tables written before schemes were named: the bit count alone
+            bits = int(gval) if isinstance(gval, float) and gval.is_integer() else gval
+            name = {16: "fp16", 32: "fp32"}.get(bits, f"{bits}-bit")
+        if clusters and not pd.isna(clusters):
+            name += f", {int(clusters)} shared values per layer"
         fig.add_trace(go.Scatter(
             x=part["sparsity_requested"], y=part["top1"], mode="lines+markers", name=name,
-            error_y=_accuracy_bars(part),
-            marker={"symbol": np.where(_unchanged(part), "circle-open", "circle"), "size": 9},
-            customdata=np.stack([part["label"], part["config"], part["packed_bytes"]], axis=1),
-            hovertemplate="<b>%{customdata[0]}</b><br>sparsity %{x:.2f}, top-1 %{y:.2f}%<br>packed %{customdata[2]:,} B"
-                          "<br>%{customdata[1]}<extra></extra>"))
+            error_y=_accuracy_bars(part), line={"color": series_colour(name)},
+            marker={"symbol": np.where(_unchanged(part), "circle-open", "circle"), "size": 9,
+                    "color": series_colour(name)},
+            customdata=_hover(part),
+            hovertemplate="<b>%{customdata[1]}</b><br>sparsity %{x:.0%}, top-1 %{y:.2f}%<br>packed file "
+                          "%{customdata[2]}<extra>%{customdata[0]}</extra>"))
     if current_key is not None and (ok["key"] == current_key).any():
         cur = ok[ok["key"] == current_key].iloc[0]
         fig.add_trace(go.Scatter(x=[cur["sparsity_requested"]], y=[cur["top1"]], mode="markers", name="current",
                                  marker={"size": 16, "symbol": "star", "color": "crimson", "line": {"width": 1}},
-                                 hovertemplate=f"<b>current: {cur['label']}</b><extra></extra>"))
+                                 hovertemplate=f"<b>current: {cur.get('words', cur['label'])}</b><extra></extra>"))
     base = None
     if "accuracy_delta" in ok.columns and ok["accuracy_delta"].notna().any():
         base = float((ok["top1"] - ok["accuracy_delta"]).median())  # every run carries its baseline's top-1
@@ -135,7 +162,7 @@ def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str 
                       annotation_position="bottom left")
     _marker_legend(fig, ok)
     fig.update_layout(xaxis_title="sparsity (requested)", yaxis_title=_accuracy_title(ok),
-                      yaxis_range=_accuracy_range(ok, *([base] if base is not None else [])))
+                      yaxis_range=_accuracy_range(ok, *([base] if base is not None else [])), xaxis_tickformat=".0%")
     return _layout(fig, "Sparsity vs accuracy")
 
 
@@ -177,8 +204,9 @@ def ad_rf_ranking(df: pd.DataFrame, size_col: str = "gzip_bytes", current_key: s
                            customdata=np.stack([ok["accuracy_delta"], rf.loc[ok.index]], axis=1),
                            hovertemplate="%{y}<br>score %{x:.3f}<br>AD %{customdata[0]:+.2f} points, "
                                          "RF %{customdata[1]:.2f}x<extra></extra>"))
-    fig.update_layout(xaxis_title="normalised AD x RF (z-score across these runs)", height=max(300, 22 * len(ok)))
-    return _layout(fig, f"Normalised AD x RF ({SIZE_LABELS.get(size_col, size_col)})")
+    fig.update_layout(xaxis_title="accuracy delta x reduction factor, standardised across these runs (0 = their "
+                                  "average)", height=max(300, 22 * len(ok)))
+    return _layout(fig, f"Accuracy delta x reduction factor ({SIZE_LABELS.get(size_col, size_col)})")
 
 
 def latency_bars(result: dict) -> go.Figure:
@@ -212,31 +240,38 @@ def latency_bars(result: dict) -> go.Figure:
 
 
 def pareto(df: pd.DataFrame, cost: str, cost_title: str, current_key: str | None = None) -> go.Figure:
-    """Top-1 against a cost (size or latency); the Pareto front joined, the current run highlighted."""
+    """Top-1 against a cost (size or latency); the Pareto front joined, the baseline and the current run marked."""
     ok = _ok_rows(df, cost, "top1")
     fig = go.Figure()
     if ok.empty:
         return _layout(fig, f"Pareto front: top-1 vs {cost_title} (no runs yet)")
-    ok["config"] = _config_text(ok)
     ok["front"] = pareto_front(ok, cost)
+    shown = ok[cost].map(fmt_size) if cost.endswith("_bytes") else ok[cost].map(lambda v: f"{v:.3g} ms")
+    hover = np.column_stack([_hover(ok), shown.to_numpy()])
     fig.add_trace(go.Scatter(x=ok[cost], y=ok["top1"], mode="markers", name="runs",
                              error_y=_accuracy_bars(ok), error_x=_latency_bars(ok, cost),
                              marker={"color": "#9ecae9", "size": 9,
                                      "symbol": np.where(_unchanged(ok), "circle-open", "circle")},
-                             customdata=np.stack([ok["label"], ok["config"]], axis=1),
-                             hovertemplate="<b>%{customdata[0]}</b><br>%{x:,.4g}, top-1 %{y:.2f}%<br>"
-                                           "%{customdata[1]}<extra></extra>"))
+                             customdata=hover,
+                             hovertemplate="<b>%{customdata[1]}</b><br>%{customdata[3]}, top-1 %{y:.2f}%"
+                                           "<extra>%{customdata[0]}</extra>"))
     front = ok[ok["front"]].sort_values(cost)
     fig.add_trace(go.Scatter(x=front[cost], y=front["top1"], mode="lines+markers", name="Pareto front",
                              line={"shape": "hv", "color": "#4c78a8"}, marker={"size": 10},
-                             customdata=np.stack([front["label"], front["config"]], axis=1),
-                             hovertemplate="<b>%{customdata[0]}</b> (front)<br>%{x:,.4g}, top-1 %{y:.2f}%<br>"
-                                           "%{customdata[1]}<extra></extra>"))
+                             customdata=hover[ok.index.get_indexer(front.index)],
+                             hovertemplate="<b>%{customdata[1]}</b> (on the front)<br>%{customdata[3]}, top-1 "
+                                           "%{y:.2f}%<extra>%{customdata[0]}</extra>"))
+    if "technique" in ok.columns and (ok["technique"] == "baseline").any():
+        b = ok[ok["technique"] == "baseline"].iloc[0]
+        fig.add_trace(go.Scatter(x=[b[cost]], y=[b["top1"]], mode="markers+text", name="baseline",
+                                 text=["baseline"], textposition="top center",
+                                 marker={"size": 14, "symbol": "diamond", "color": "black"},
+                                 hovertemplate="<b>the baseline, uncompressed</b><extra></extra>"))
     if current_key is not None and (ok["key"] == current_key).any():
         cur = ok[ok["key"] == current_key].iloc[0]
         fig.add_trace(go.Scatter(x=[cur[cost]], y=[cur["top1"]], mode="markers", name="current",
                                  marker={"size": 16, "symbol": "star", "color": "crimson"},
-                                 hovertemplate=f"<b>current: {cur['label']}</b><extra></extra>"))
+                                 hovertemplate=f"<b>current: {cur.get('words', cur['label'])}</b><extra></extra>"))
     _marker_legend(fig, ok)
     fig.update_layout(xaxis_title=cost_title, yaxis_title=_accuracy_title(ok), xaxis_type="log",
                       yaxis_range=_accuracy_range(ok))

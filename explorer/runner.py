@@ -201,12 +201,14 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
 
     t = time.perf_counter()
     tune = data.with_train_subset(finetune_samples(recipe), recipe.seed)  # accuracy stays on the whole test split
-    res, train_rss = compute.peak_rss_growth(lambda: compress(baseline, recipe, tune, progress=progress,
+    stage = _stages(progress)
+    res, train_rss = compute.peak_rss_growth(lambda: compress(baseline, recipe, tune, progress=stage("compress"),
                                                              seed=recipe.seed))
     timings["compress"] = round(time.perf_counter() - t, 3)
     timings["steps"] = res.timings
 
     t = time.perf_counter()
+    stage("pack")(0.0, "packing and rebuilding the model from the packed bytes")
     architecture = res.state.info.get("architecture") or {"name": card["architecture"], "kwargs": card["arch_kwargs"]}
     blob = packing.pack(res.model, res.state, architecture)
     (work / FILES["packed"]).write_bytes(blob)
@@ -222,6 +224,7 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
     timings["pack"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
+    stage("evaluate")(0.0, f"measuring accuracy on {len(data.test):,} test images")
     acc = evaluate(unpacked, data.test, with_predictions=True)  # the model rebuilt from the packed bytes
     save_predictions(work / FILES["predictions"], acc["pred"])
     timings["evaluate"] = round(time.perf_counter() - t, 3)
@@ -232,6 +235,7 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
     sizes["gzip_bytes"] = size.gzip_file(work / FILES["checkpoint"], work / FILES["gzip"])
     sizes["zstd_bytes"] = size.zstd_file(work / FILES["checkpoint"], work / FILES["zstd"])
     sizes["packed_bytes"] = len(blob)
+    stage("export")(0.0, "exporting ONNX and quantising it to int8 with ONNX Runtime")
     onnx = _onnx_stage(unpacked, res.state, data, work, recipe)
     sizes["onnx_bytes"] = onnx["fp32"].get("bytes")
     sizes["onnx_int8_bytes"] = onnx["int8"].get("bytes")
@@ -271,9 +275,27 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
     }
 
 
-def time_run(result: dict[str, Any], workdir: str | os.PathLike, *, gpu: bool = True) -> dict[str, Any]:
+STAGES = {"compress": (0.0, 0.6), "pack": (0.6, 0.65), "evaluate": (0.65, 0.7), "export": (0.7, 0.85),
+          "latency": (0.85, 1.0)}
+
+
+def _stages(progress: Progress | None):
+    """Progress of one stage of a run, mapped into its share of the whole bar, so every phase reports."""
+    def stage(name: str) -> Progress:
+        lo, hi = STAGES[name]
+
+        def report(fraction: float, message: str) -> None:
+            if progress is not None:
+                progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)
+        return report
+    return stage
+
+
+def time_run(result: dict[str, Any], workdir: str | os.PathLike, *, gpu: bool = True,
+             progress: Progress | None = None) -> dict[str, Any]:
     """Latency and inference memory of the artifacts in `workdir` (one run at a time: never in parallel)."""
     work = Path(workdir)
+    _stages(progress)("latency")(0.0, "timing latency, the baseline in the same rounds")
     if result.get("format") == "onnx":
         from explorer.onnx_runner import time_onnx
 
@@ -308,7 +330,7 @@ def run_recipe(recipe: Recipe, *, workdir: str | os.PathLike | None = None, prog
             workdir = stack.enter_context(scratch.folder("run"))
         result = prepare(recipe, workdir, progress=progress)
         if latency:
-            result = time_run(result, workdir)
+            result = time_run(result, workdir, progress=progress)
         else:
             result["hardware"] = hardware(threads())
         return result

@@ -141,6 +141,13 @@ def run(recipe: Recipe, progress: Progress | None = None) -> dict:
     return cache().get_or_run(recipe, progress=progress)
 
 
+def is_cached(recipe: Recipe) -> bool:
+    """Whether the configuration is stored complete (a cheap look: no checksum of the artifacts)."""
+    from explorer.runner import run_key
+
+    return cache().peek(run_key(recipe)) is not None
+
+
 def cached_results(model: str, dataset: str, checkpoint: str | None = None) -> list[dict]:
     """Every stored run of this baseline (light read: the checked result JSON of complete entries)."""
     c = cache()
@@ -240,3 +247,27 @@ def forgets(result: dict, base_result: dict, limit: int = 24) -> dict | None:
 
     return {"forgets": f, "classes": classes, "lost": pictures(f.lost), "gained": pictures(f.gained),
             "test_samples": len(y)}
+
+
+def stored_result(key: str) -> dict | None:
+    """A stored RunResult by its key (checked), for the sweet spot's downloads and summary."""
+    return cache().peek(key)
+
+
+def controls_for(recipe: dict, card: dict) -> dict | None:
+    """The sidebar settings that give this recipe on this baseline, or None where the sidebar cannot say it."""
+    from explorer.controls import from_recipe
+
+    return from_recipe(recipe, card)
+
+
+def summary_png(result: dict, frame: pd.DataFrame, name: str) -> bytes:
+    from explorer import summary
+
+    return summary.png(result, frame, name)
+
+
+def summary_html(result: dict, frame: pd.DataFrame, name: str) -> str:
+    from explorer import summary
+
+    return summary.page(result, frame, name)

@@ -24,8 +24,10 @@ from typing import Any
 
 import pandas as pd
 
+from explorer.controls import grid_point
 from explorer.errors import bad_value, check_choice, check_range
 from explorer.recipe import Recipe
+from explorer.words import recipe_words, scheme_of
 
 SweepProgress = Callable[[int, int, float | None], None]  # done, total, seconds left (None until known)
 BACKENDS = ("local", "ray")
@@ -50,6 +52,7 @@ class Grid:
     bn_adapt: bool = False  # BatchNorm adaptation after pruning or clustering
     repeats: int = 1  # each recipe with seeds seed .. seed + repeats - 1 (fine-tuning order, calibration, k-means)
     checkpoint: str | None = None  # a user's model instead of models/<model>-<dataset>.safetensors
+    quant_mode: str = "auto"  # the page's mode control: auto = static int8 at 8 bits, weights-only below
 
     def __post_init__(self):
         for name in ("sparsity", "bits", "clusters", "granularity", "schedule", "finetune_epochs"):
@@ -71,46 +74,13 @@ class Grid:
         for s, b, c, g, sch, e, seed in itertools.product(self.sparsity, self.bits, self.clusters, self.granularity,
                                                           self.schedule, self.finetune_epochs,
                                                           range(self.seed, self.seed + self.repeats)):
-            r = recipe_for(self.model, self.dataset, sparsity=s, bits=b, clusters=c, granularity=g, schedule=sch,
-                           finetune_epochs=e, seed=seed, bn_adapt=self.bn_adapt, checkpoint=self.checkpoint)
+            r = grid_point(self.model, self.dataset, sparsity=s, bits=b, clusters=c, granularity=g, schedule=sch,
+                           finetune_epochs=e, seed=seed, bn_adapt=self.bn_adapt, checkpoint=self.checkpoint,
+                           quant_mode=self.quant_mode)
             if r.canonical_json() not in seen:  # e.g. details that do not apply at sparsity 0
                 seen.add(r.canonical_json())
                 out.append(r)
         return out
-
-
-def recipe_for(model: str, dataset: str = "digits", *, sparsity: float = 0.0, bits: int = 32, clusters: int = 0,
-               granularity: str = "unstructured", schedule: str = "oneshot", finetune_epochs: int = 2,
-               seed: int = 0, cluster_finetune_epochs: int = 0, bn_adapt: bool = False,
-               checkpoint: str | None = None) -> Recipe:
-    """The recipe a grid point (or the UI's sliders) stands for: prune -> cluster -> BatchNorm adaptation
-    (when asked, after a pruning or clustering step) -> quantise."""
-    from explorer.compress.bnadapt import BNAdaptConfig
-    from explorer.compress.cluster import ClusterConfig
-    from explorer.compress.prune import PruneConfig
-    from explorer.compress.quantize import QuantizeConfig
-
-    check_choice("bits", bits, BITS)
-    steps: list[Any] = []
-    if sparsity > 0:
-        if granularity == "nm":
-            steps.append(PruneConfig(granularity="nm", sparsity=0.5, layers="inner", finetune_epochs=finetune_epochs,
-                                     schedule="oneshot" if schedule == "gradual" else schedule))
-        else:
-            epochs = finetune_epochs if schedule == "oneshot" else max(1, finetune_epochs)
-            steps.append(PruneConfig(sparsity=sparsity, granularity=granularity, schedule=schedule,
-                                     finetune_epochs=epochs))
-    if clusters:
-        steps.append(ClusterConfig(clusters=clusters, finetune_epochs=cluster_finetune_epochs))
-    if bn_adapt and steps:
-        steps.append(BNAdaptConfig())
-    if bits == 16:
-        steps.append(QuantizeConfig(mode="fp16", bits=16))
-    elif bits == 8:
-        steps.append(QuantizeConfig(mode="static", bits=8))
-    elif bits < 8:
-        steps.append(QuantizeConfig(mode="ptq", bits=bits))
-    return Recipe(model=model, dataset=dataset, seed=seed, steps=tuple(steps), checkpoint=checkpoint)
 
 
 # ---------------------------------------------------------------- running
@@ -378,7 +348,8 @@ def flatten(result: dict) -> dict:
     recipe = result.get("recipe", {})
     row: dict[str, Any] = {"key": result.get("key"), "label": result.get("label"), "status": result.get("status"),
                            "error": result.get("error"), "model": result.get("model"), "dataset": result.get("dataset"),
-                           **_recipe_params(recipe), "seed": recipe.get("seed", 0),
+                           **_recipe_params(recipe), "scheme": scheme_of(recipe.get("steps", [])),
+                           "words": recipe_words(recipe), "seed": recipe.get("seed", 0),
                            "steps": len(recipe.get("steps", [])),
                            "config": json.dumps({k: v for k, v in recipe.items() if k not in ("seed", "name")},
                                                 sort_keys=True),

@@ -142,11 +142,15 @@ def test_ui_layer_has_no_torch_code():
 
 
 def test_query_round_trip():
-    c = {**state.DEFAULTS, "sparsity": 0.9, "quant_acts": True}
+    c = {**state.DEFAULTS, "sparsity": 0.9, "bits": "4", "quant_acts": True}
     q = state.to_query(c)
-    assert q == {"baseline": "digits_cnn-digits", "sparsity": "0.9", "quant_acts": "1"}
+    assert q == {"baseline": "digits_cnn-digits", "sparsity": "0.9", "bits": "4", "quant_acts": "1"}
     parsed, problems = state.parse_query(q, ["digits_cnn-digits"])
-    assert parsed == {"baseline": "digits_cnn-digits", "sparsity": 0.9, "quant_acts": True} and not problems
+    assert parsed == {"baseline": "digits_cnn-digits", "sparsity": 0.9, "bits": "4", "quant_acts": True}
+    assert not problems
+    # controls that are off, or do not apply, stay out of the link
+    off = {**state.DEFAULTS, "rank_ratio": 0.5, "student_width": 0.25, "calibration": "entropy", "bits": "4"}
+    assert set(state.to_query(off)) == {"baseline", "bits"}
 
 
 def test_sweep_panel_runs_a_sweep_from_the_page(cache, monkeypatch):
@@ -156,6 +160,7 @@ def test_sweep_panel_runs_a_sweep_from_the_page(cache, monkeypatch):
     at = _app()
     at.multiselect(key="sweep_sparsity").set_value([0.0, 0.25])
     at.multiselect(key="sweep_bits").set_value([32, 4])
+    at.multiselect(key="sweep_clusters").set_value([0])
     at.number_input(key="sweep_epochs").set_value(0)
     at.run()
     at.button(key="sweep_run").click().run(timeout=600)
@@ -217,3 +222,151 @@ def test_the_page_states_uncertainty_and_what_compression_forgets(cache):
     at.number_input(key="ss_drop").set_value(3.0).run()
     spot = [s.value for s in at.success if "sure" in s.value]
     assert spot and "95% sure to lose at most 3 points of top-1" in spot[0]
+
+
+def _figure(at, key: str) -> dict:
+    import json as _json
+
+    chart = next(c for c in at.get("plotly_chart") if c.proto.id.endswith(key) or key in c.proto.id)
+    return _json.loads(chart.proto.spec)
+
+
+def _values(v) -> list:
+    """A plotly JSON array: a list, or a typed array {"dtype", "bdata": base64}."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(v, dict) and "bdata" in v:
+        return list(np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]))
+    return [x for x in (v or []) if x is not None]
+
+
+def test_one_builder_gives_8_bits_the_same_recipe_on_the_page_and_in_a_sweep(cache):
+    """8 bits meant 'W8 ptq' in the sidebar and 'W8A8 static' in sweeps: now one function builds both."""
+    from explorer.controls import grid_point
+    from explorer.sweep import Grid
+
+    at = _app(sparsity="0", bits="8")
+    assert not at.exception
+    page = _stored(at, cache)
+    grid = Grid(sparsity=(0.0,), bits=(8,), clusters=(0,)).recipes()[0]
+    assert page["label"] == grid.label() == grid_point("digits_cnn", bits=8).label() == "W8A8 static"
+    assert page["key"] == run_key(grid)
+
+
+def test_controls_that_do_not_apply_are_disabled_and_start_no_run(cache):
+    at = _app(bits="4")  # weights-only: no activation ranges to calibrate
+    assert at.sidebar.selectbox(key="calibration").disabled and at.sidebar.slider(key="rank_ratio").disabled
+    assert at.sidebar.slider(key="student_width").disabled
+    bn = at.sidebar.checkbox(key="bn_adapt_not_applicable")
+    assert bn.disabled and bn.value is False  # digits_cnn has no BatchNorm
+    first = _stored(at, cache)["key"]
+    n = len(cache.keys())
+    other = _app(bits="4", calibration="entropy", rank_ratio="0.5")  # a link that sets them anyway
+    assert not other.exception and _stored(other, cache)["key"] == first and len(cache.keys()) == n
+    assert "calibration" not in other.query_params and "rank_ratio" not in other.query_params
+
+
+def test_structural_pruning_shows_parameters_removed_and_explains_once(cache):
+    at = _app(granularity="channel", sparsity="0.75", prune_epochs="0")
+    assert not at.exception
+    m = _metrics(at)
+    assert "Parameters removed" in m and "Weight sparsity" not in m
+    said = [x.value for x in (*at.info, *at.warning) if "removing an output channel" in x.value
+            or "also removes the next layer" in x.value]
+    assert len(said) == 1, said
+
+
+def test_a_finished_sweep_shows_in_the_charts_and_the_footer_says_so(cache, monkeypatch):
+    monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
+    at = _app()
+    at.multiselect(key="sweep_sparsity").set_value([0.25, 0.75])
+    at.multiselect(key="sweep_bits").set_value([32])
+    at.multiselect(key="sweep_clusters").set_value([0])
+    at.number_input(key="sweep_epochs").set_value(0)
+    at.run()
+    at.button(key="sweep_run").click().run(timeout=600)
+    assert not at.exception
+    fig = _figure(at, "chart_sparsity_accuracy")
+    xs = {round(float(x), 2) for t in fig["data"] for x in _values(t.get("x"))}
+    assert {0.25, 0.75} <= xs, xs  # drawn in the same render that finished the sweep
+    assert "after a sweep of 2 runs" in at.caption[-1].value
+
+
+def test_sweet_spot_table_follows_the_settings_and_can_be_applied(cache, monkeypatch):
+    monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
+    at = _app(sparsity="0.95", prune_epochs="0")  # loses far more than 5 points: the baseline is recommended
+    at.number_input(key="ss_drop").set_value(5.0)
+    at.selectbox(key="ss_objective").set_value("fastest")
+    at.radio(key="ss_lat_kind").set_value("PyTorch CPU, batch 256")
+    at.run()
+    assert not at.exception
+    msg = next(s.value for s in at.success if "sure" in s.value)
+    assert not any(len(tok.split(".")[-1]) > 3 for tok in msg.replace("%", " ").split() if tok[:1].isdigit()
+                   and "." in tok), msg  # no raw 7.03836
+    table = next(d.value for d in at.dataframe if "recommended" in d.value.columns)
+    lat_row = table[table["figure"].str.startswith("latency")].iloc[0]
+    assert "PyTorch CPU, batch 256" in lat_row["figure"] and lat_row["baseline"] and lat_row["recommended"]
+    recommended = next(m.value for m in at.markdown if m.value.startswith("**Recommended:**")).split(":** ")[1]
+    current = next(m.value for m in at.markdown if m.value.startswith("**Configuration:**"))
+    apply = at.button(key="ss_apply")
+    assert recommended not in current and not apply.disabled
+    apply.click().run()
+    assert not at.exception
+    now = next(m.value for m in at.markdown if m.value.startswith("**Configuration:**"))
+    assert now == f"**Configuration:** {recommended}", (now, recommended)
+    assert at.session_state["sparsity"] == 0.0 and at.query_params["sparsity"] == "0.0"  # the link follows
+    assert at.button(key="ss_apply").disabled  # it is the current configuration now
+
+
+def test_downloads_offer_every_deployable_with_its_size(cache):
+    at = _app(sparsity="0.5", bits="8", prune_epochs="0")
+    res = _stored(at, cache)
+    labels = [b.label for b in at.download_button]
+    for name, size in (("Packed .xpk", "packed_bytes"), ("ONNX, fp32", "onnx_bytes"),
+                       ("ONNX, int8", "onnx_int8_bytes")):
+        n = res["size"][size]
+        assert any(label.startswith(name) and (f"{n / 1024:,.1f} KiB" in label or f"{n:,} B" in label)
+                   for label in labels), (name, labels)
+    assert any(label.startswith("Recipe JSON") for label in labels)
+    assert any("summary (PNG" in label for label in labels) and any("summary (HTML" in label for label in labels)
+
+
+def test_the_link_keeps_the_active_tab(cache):
+    at = _app(tab="Sweet spot")
+    assert not at.exception and at.session_state["tab"] == "Sweet spot"
+    assert at.query_params["tab"] == "Sweet spot"
+
+
+def test_user_facing_text_uses_plain_words():
+    import ast as _ast
+
+    banned = ("seed 00", "Seed 00", "W6 ptq", "ORT int8 b256", "z-score", "b256 ms")
+    for f in [ROOT / "app.py", *(ROOT / "explorer" / "ui").glob("*.py")]:
+        for node in _ast.walk(_ast.parse(f.read_text())):
+            if isinstance(node, _ast.Constant) and isinstance(node.value, str):
+                assert not any(b in node.value for b in banned), (f.name, node.value[:80])
+
+
+def test_an_added_model_is_announced_until_the_next_action(cache, tmp_path, monkeypatch):
+    import io
+
+    import torch
+
+    from explorer.baselines import load_baseline
+
+    monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
+    model, _ = load_baseline(ROOT / "models" / "digits_cnn-digits.safetensors")
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    at = _app(prune_epochs="0")
+    at.file_uploader(key="byo_model").set_value(("mine.pt", buf.getvalue(), "application/octet-stream"))
+    at.selectbox(key="byo_arch").set_value("digits_cnn")
+    at.text_input(key="byo_name").set_value("mine")
+    at.run()
+    at.button(key="byo_add").click().run()
+    assert not at.exception and at.session_state["baseline"] == "mine"
+    assert any(s.value.startswith("Added mine: top-1 98.33%") for s in at.success)  # after the page's rerun
+    at.run()
+    assert any(s.value.startswith("Added mine") for s in at.success)  # and on the next render too

@@ -99,3 +99,41 @@ def test_latency_whiskers_are_the_interval_of_the_median_when_it_is_there():
     bar = plots.latency_bars(result).data[0]
     assert list(bar.error_y.array) == pytest.approx([0.005]) and list(bar.error_y.arrayminus) == pytest.approx([0.01])
     assert "95% interval" in plots.latency_bars(result).layout.yaxis.title.text
+
+
+def test_series_are_named_by_scheme_and_keep_their_colour():
+    df = _frame().iloc[:-1].copy()
+    df["scheme"] = ["fp32 (no quantisation)", "fp32 (no quantisation)", "8-bit weights and activations (static int8)",
+                    "8-bit weights and activations (static int8)", "8-bit weights and activations (static int8)",
+                    "4-bit weights only (post-training)"]
+    df["words"] = [f"configuration {i}" for i in range(6)]
+    fig = plots.sparsity_accuracy(df)
+    names = {t.name: t for t in fig.data if t.name not in ("current",)}
+    assert "8-bit weights and activations (static int8)" in names and "4-bit weights only (post-training)" in names
+    again = plots.sparsity_accuracy(df.iloc[::-1])  # another order, another rerun: the same colours
+    for t in again.data:
+        if t.name in names:
+            assert t.line.color == names[t.name].line.color == plots.series_colour(t.name)
+    assert "configuration" in fig.data[0].customdata[0][1] and "KiB" in fig.data[0].customdata[0][2]
+
+
+def test_pareto_marks_the_baseline():
+    df = _frame().iloc[:-1].copy()
+    df["technique"] = ["prune"] * 2 + ["baseline"] + ["prune"] * 3
+    fig = plots.pareto(df, "packed_bytes", "packed bytes")
+    (base,) = [t for t in fig.data if t.name == "baseline"]
+    assert (base.x[0], base.y[0]) == (45_000, 98.2)
+
+
+def test_one_baseline_file_size_on_the_size_chart_and_in_the_table():
+    from explorer.ui.views import comparison_table
+
+    result = {"size": {"file_bytes": 162_384, "packed_bytes": 10_000}, "baseline_size": {"file_bytes": 162_432},
+              "accuracy": {"top1": 97.0, "top3": 99.0, "top5": 100.0},
+              "baseline_accuracy": {"top1": 98.0, "top3": 99.5, "top5": 100.0}, "params": 10, "baseline_params": 10,
+              "nonzero_params": 5, "macs": 1}
+    own_run = {"size": {"file_bytes": 162_384, "packed_bytes": 60_000}}  # the baseline's own run re-saves it
+    table = comparison_table(result, own_run).set_index("figure")
+    chart_line = plots.size_bars(result).layout.shapes[0].y0
+    assert table.loc[table.index.str.startswith("checkpoint file"), "baseline"].iloc[0] == chart_line == 162_432
+    assert table.loc["packed .xpk (bytes)", "baseline"] == 60_000

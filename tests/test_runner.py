@@ -191,3 +191,14 @@ def test_cli_run_json_prints_the_uncertainty(tmp_path, capsys, monkeypatch):
     assert main(["run", "--recipe", str(recipe)]) == 0
     out = capsys.readouterr().out
     assert "paired 95% CI" in out and "speed-up vs the baseline, PyTorch eager fp32" in out
+
+
+def test_every_phase_of_a_run_reports_progress(tmp_path):
+    seen = []
+    runner.run_recipe(Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.5, finetune_epochs=1),)),
+                      workdir=tmp_path, progress=lambda f, m: seen.append((f, m)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and 0.8 < fractions[-1] <= 1.0
+    said = " ".join(m for _, m in seen)
+    for phase in ("epoch 1/1", "packing", "measuring accuracy", "exporting ONNX", "timing latency"):
+        assert phase in said, phase

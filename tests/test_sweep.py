@@ -4,8 +4,9 @@ import pytest
 from explorer.cache import RunCache
 from explorer.cli import main
 from explorer.compress.prune import PruneConfig
+from explorer.controls import grid_point
 from explorer.recipe import Recipe
-from explorer.sweep import Grid, parse_list, recipe_for, results_frame, run_sweep
+from explorer.sweep import Grid, parse_list, results_frame, run_sweep
 
 SMALL = Grid(sparsity=(0.0, 0.5), bits=(32, 8), clusters=(0,), finetune_epochs=(0,))
 FIGURES = ["top1", "top5", "accuracy_delta", "packed_bytes", "file_bytes", "gzip_bytes", "onnx_bytes", "sparsity"]
@@ -22,13 +23,13 @@ def test_grid_builds_distinct_recipes():
     rs = g.recipes()
     # at sparsity 0 the fine-tune epochs do not apply, so those points collapse
     assert len(rs) == 4 * 2 * (1 + 2 * 2) and len({r.canonical_json() for r in rs}) == len(rs)
-    r = recipe_for("digits_cnn", sparsity=0.9, bits=8, clusters=16)
+    r = grid_point("digits_cnn", sparsity=0.9, bits=8, clusters=16)
     assert [type(s).__name__ for s in r.steps] == ["PruneConfig", "ClusterConfig", "QuantizeConfig"]
-    assert r.steps[2].mode == "static" and recipe_for("digits_cnn", bits=4).steps[0].mode == "ptq"
-    assert recipe_for("digits_cnn", bits=16).steps[0].mode == "fp16" and recipe_for("digits_cnn").steps == ()
-    adapted = recipe_for("vgg13", sparsity=0.9, bits=8, bn_adapt=True)
+    assert r.steps[2].mode == "static" and grid_point("digits_cnn", bits=4).steps[0].mode == "ptq"
+    assert grid_point("digits_cnn", bits=16).steps[0].mode == "fp16" and grid_point("digits_cnn").steps == ()
+    adapted = grid_point("vgg13", sparsity=0.9, bits=8, bn_adapt=True)
     assert [type(s).__name__ for s in adapted.steps] == ["PruneConfig", "BNAdaptConfig", "QuantizeConfig"]
-    assert recipe_for("vgg13", bits=8, bn_adapt=True).steps == recipe_for("vgg13", bits=8).steps  # nothing to adapt
+    assert grid_point("vgg13", bits=8, bn_adapt=True).steps == grid_point("vgg13", bits=8).steps  # nothing to adapt
     assert all("BN adapt" in r.label() for r in Grid(sparsity=(0.5,), bn_adapt=True).recipes())
 
 

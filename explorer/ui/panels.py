@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import streamlit as st
 
 from explorer import plots
 from explorer.metrics import across_seeds, sweet_spot
-from explorer.ui.views import fmt_bytes
+from explorer.sweep import Grid
+from explorer.ui.views import downloads, fmt_bytes
 
 SIZE_COLS = {"packed .xpk": "packed_bytes", "gzip of checkpoint": "gzip_bytes", "ONNX int8": "onnx_int8_bytes",
              "checkpoint file": "file_bytes"}
@@ -23,11 +25,13 @@ def sweep_panel(card: dict, backend) -> None:
     st.markdown("Choose grid values and launch: every run goes through the cache (cached runs return at once), "
                 "compression runs in parallel, latency is timed one run at a time.")
     c = st.columns(4)
-    sparsity = c[0].multiselect("Sparsity", [0.0, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.98], default=[0.0, 0.5, 0.9],
+    g = Grid()  # the command line's default grid, which the background landscape measures too
+    sparsity = c[0].multiselect("Sparsity", [0.0, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.98], default=list(g.sparsity),
                                 key="sweep_sparsity")
-    bits = c[1].multiselect("Bits", [32, 16, 8, 6, 4, 3, 2], default=[32, 8], key="sweep_bits")
-    clusters = c[2].multiselect("Clusters (0 = off)", [0, 8, 16, 32, 64, 128, 256], default=[0],
-                                key="sweep_clusters")
+    bits = c[1].multiselect("Bits (32: none, 16: fp16, 8: static int8, 2-7: weights only)",
+                            [32, 16, 8, 6, 4, 3, 2], default=list(g.bits), key="sweep_bits")
+    clusters = c[2].multiselect("Shared values per layer (0 = no clustering)", [0, 8, 16, 32, 64, 128, 256],
+                                default=list(g.clusters), key="sweep_clusters")
     epochs = c[3].number_input("Fine-tune epochs", 0, 20, value=2, key="sweep_epochs")
     g = st.columns(2)
     granularity = g[0].selectbox("Granularity", ["unstructured", "channel", "block"], key="sweep_granularity")
@@ -46,10 +50,12 @@ def sweep_panel(card: dict, backend) -> None:
             bar.progress(done / max(total, 1), text=f"{done}/{total} runs{left}")
 
         try:
+            t0 = time.perf_counter()
             df = backend.sweep(card, sparsity=sparsity, bits=bits, clusters=clusters, epochs=int(epochs),
                                granularity=granularity, bn_adapt=bn_adapt, repeats=int(repeats), progress=progress)
             st.session_state["sweep_frame"] = df
-            bar.progress(1.0, text=f"done: {len(df)} runs, {int((df['status'] != 'ok').sum())} failed")
+            st.session_state["_sweep_done"] = {"runs": len(df), "seconds": time.perf_counter() - t0}
+            st.rerun()  # the curves, Pareto fronts and sweet spot above were drawn before the sweep: redraw them
         except ValueError as e:
             st.error(str(e))
     df = st.session_state.get("sweep_frame")
@@ -59,16 +65,37 @@ def sweep_panel(card: dict, backend) -> None:
             shown = across_seeds(df)
             st.caption("Mean across seeds, with the standard deviation, lowest and highest top-1 of each "
                        "configuration (failed runs left out).")
-        cols = [c for c in ("label", "status", "seeds", "top1", "top1_std", "top1_min", "top1_max", "top1_lo",
-                            "top1_hi", "accuracy_delta", "delta_lo", "delta_hi", "significant", "sparsity",
-                            "packed_bytes", "gzip_bytes", "rf_packed", "lat_onnxruntime_cpu_int8_b256_ms", "error")
-                if c in shown]
-        st.dataframe(shown[cols], hide_index=True, key="sweep_table")
+        st.dataframe(readable(shown), hide_index=True, key="sweep_table", width="stretch")
         st.download_button("Download results CSV", df.to_csv(index=False).encode(), "results.csv", "text/csv",
                            key="sweep_csv")
 
 
 CONFIDENCES = {"95%": 0.95, "90%": 0.90, "99%": 0.99, "point estimates only": None}
+# the table columns a person reads, with units; values rounded (sizes in KiB)
+READABLE = {"words": "configuration", "status": "status", "seeds": "seeds", "top1": "top-1 (%)",
+            "top1_lo": "top-1, 95% low", "top1_hi": "top-1, 95% high", "top1_std": "top-1 sd across seeds",
+            "accuracy_delta": "change (points)", "delta_lo": "change, 95% low", "delta_hi": "change, 95% high",
+            "significant": "a real change", "sparsity": "weight sparsity (%)", "packed_bytes": "packed file (KiB)",
+            "gzip_bytes": "gzip of checkpoint (KiB)", "onnx_int8_bytes": "ONNX int8 file (KiB)",
+            "rf_packed": "times smaller (packed)", "lat_onnxruntime_cpu_int8_b256_ms":
+            "ONNX Runtime int8, batch of 256 (ms)", "speedup_onnxruntime_cpu_int8_b256": "speed-up, int8 (x)",
+            "error": "error"}
+
+
+def readable(df: pd.DataFrame) -> pd.DataFrame:
+    """A results table for people: named columns with units, rounded values, sizes in KiB."""
+    cols = [c for c in READABLE if c in df.columns]
+    out = df[cols].copy()
+    for c in cols:
+        if c.endswith("_bytes"):
+            out[c] = (pd.to_numeric(out[c], errors="coerce") / 1024).round(1)
+        elif c == "sparsity":
+            out[c] = (pd.to_numeric(out[c], errors="coerce") * 100).round(1)
+        elif c == "significant":
+            out[c] = out[c].map({True: "yes", False: "no, within noise"})
+        elif pd.api.types.is_numeric_dtype(out[c]):
+            out[c] = out[c].round(2)
+    return out.rename(columns=READABLE)
 
 
 def _baseline_row(frame: pd.DataFrame) -> pd.Series | None:
@@ -88,13 +115,14 @@ def _with_interval(row: pd.Series | None, col: str, lo: str, hi: str, fmt) -> st
     return text
 
 
-def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend) -> None:
+def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: dict) -> None:
     if frame.empty or not frame["status"].eq("ok").any():
         st.info("No runs yet for this baseline: move the sliders or run a sweep first.")
         return
     c = st.columns(5)
     max_drop = c[0].number_input("Max top-1 drop (points)", 0.0, 100.0, value=1.0, step=0.25, key="ss_drop")
-    size_kb = c[1].number_input("Size budget (KiB, 0 = none)", 0.0, 1e7, value=0.0, key="ss_size")
+    size_kb = c[1].number_input("Size budget (KiB, 0 = none)", 0.0, 1e7, value=0.0, key="ss_size",
+                                help="KiB: 1,024 bytes")
     lat_ms = c[2].number_input("Latency budget (ms, 0 = none)", 0.0, 1e5, value=0.0, key="ss_lat")
     objective = c[3].selectbox("Objective", ["smallest", "fastest", "most_accurate"], key="ss_objective",
                                format_func=lambda o: o.replace("_", " "))
@@ -133,14 +161,20 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend) -> None:
     if base is None:
         st.caption("The baseline's own run is not in this table yet; open the baseline (sparsity 0, 32 bits) once "
                    "to fill its column.")
-    recipe_json = json.dumps(json.loads(row["recipe_json"]), indent=2)
-    st.code(recipe_json, language="json")
-    d = st.columns(3)
-    d[0].download_button("Recipe JSON", recipe_json.encode(), "recipe.json", "application/json", key="dl_recipe",
-                         help="Reproduce with: python -m explorer run --recipe recipe.json --out DIR")
-    for col, (name, label) in zip(d[1:], (("model.onnx", "ONNX model"), ("model.xpk", "Packed .xpk")), strict=True):
-        data = backend.artifact(row["key"], name)
-        col.download_button(label, data or b"", name, disabled=data is None, key=f"dl_{name}")
+    recipe = json.loads(row["recipe_json"])
+    st.markdown(f"**Recommended:** {row.get('words', row['label'])}")
+    wanted = backend.controls_for(recipe, card)
+    current = (result or {}).get("key") == row["key"]
+    if st.button("Apply this configuration", key="ss_apply", disabled=wanted is None or current,
+                 help="Set the sidebar (and the link) to the recommended configuration"
+                      if wanted else "The sidebar cannot express this recipe; run it from the recipe JSON"):
+        st.session_state["_apply_controls"] = wanted
+        st.rerun()
+    with st.expander("Recipe JSON"):
+        st.code(json.dumps(recipe, indent=2), language="json")
+    stored = backend.stored_result(row["key"])
+    if stored:
+        downloads(stored, backend.artifact, key="ss_dl")
 
 
 def baseline_panel(info: dict) -> None:

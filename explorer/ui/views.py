@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import streamlit as st
 
-from explorer import plots
+from explorer import plots, words
 from explorer.measure.hardware import describe
 from explorer.metrics import across_seeds
 
@@ -66,32 +68,37 @@ def headline(result: dict) -> None:
                      "on the same test images, grey where it is within noise (see the line below).")
     if sz.get("packed_bytes"):
         c[1].metric("Packed size", fmt_bytes(sz["packed_bytes"]), f"{rf.get('packed_bytes', 0):.1f}x smaller",
-                    help="Bytes of the .xpk file, measured. Factor vs the fp32 baseline file.")
+                    help="Bytes of the packed .xpk file, measured, against the uncompressed (fp32) baseline file.")
     else:
         c[1].metric("Model file", fmt_bytes(sz["file_bytes"]), f"{rf.get('file_bytes', 0):.1f}x smaller",
                     help="Bytes of the deployed model file, measured (no packed format for ONNX models).")
-    c[2].metric("Weight sparsity", f"{result['sparsity']:.1%}")
-    torch_ms, int8_ms = _lat(result, "torch_cpu_fp32", "b256"), _lat(result, "onnxruntime_cpu_int8", "b256")
-    text, color = _speedup(result, "torch_cpu_fp32", "b256")
-    c[3].metric("PyTorch b256", f"{torch_ms:.2f} ms" if torch_ms else "n/a", text, delta_color=color,
-                help="PyTorch eager on the CPU, batch 256: median of interleaved rounds. The arrow is the speed-up "
-                     "over the baseline timed in the same rounds; 'no measurable change' where its 95% interval "
-                     "holds 1.")
-    text, color = _speedup(result, "onnxruntime_cpu_int8", "b256")
-    c[4].metric("ORT int8 b256", f"{int8_ms:.2f} ms" if int8_ms else "n/a", text, delta_color=color,
-                help="ONNX Runtime int8 on the CPU, batch 256, against the baseline in PyTorch eager fp32 timed in "
-                     "the same rounds.")
+    removed = 1 - result["params"] / max(result["baseline_params"], 1)
+    if removed > 0.005:  # structural compression: the parameters are gone, not zeros among them
+        c[2].metric("Parameters removed", f"{removed:.1%}",
+                    help=f"{result['baseline_params']:,} parameters in the baseline, {result['params']:,} now; "
+                         f"{result['sparsity']:.1%} of the remaining weights are zero.")
+    else:
+        c[2].metric("Weight sparsity", f"{result['sparsity']:.1%}", help="The share of weights that are zero.")
+    for col, engine in ((c[3], "torch_cpu_fp32"), (c[4], "onnxruntime_cpu_int8")):
+        ms = _lat(result, engine, "b256")
+        text, color = _speedup(result, engine, "b256")
+        col.metric(words.engine(engine, "b256"), f"{ms:.2f} ms" if ms else "n/a", text, delta_color=color,
+                   help="Median of interleaved timing rounds on the CPU, batch of 256 images. The arrow is the "
+                        "speed-up over the baseline in PyTorch fp32, timed in the same rounds; 'no measurable "
+                        "change' where its 95% interval holds 1.")
     sentence = accuracy_sentence(result)
     if sentence:
         st.caption(sentence)
-    for note in result.get("notes", []):
+    notes = list(dict.fromkeys(result.get("notes", [])))
+    for note in notes:
         st.info(note)
-    for note in surprises(result):
+    for note in surprises(result, notes):
         st.warning(note)
 
 
-def surprises(result: dict) -> list[str]:
-    """Figures that will surprise a user, with the reason beside them (DESIGN: honest measurement)."""
+def surprises(result: dict, notes: list[str] = ()) -> list[str]:
+    """Figures that will surprise a user, with the reason beside them (DESIGN: honest measurement); none that
+    a note of the run already explains."""
     out = []
     sz, base = result["size"], result["baseline_size"]
     if result["sparsity"] > 0.3 and sz["file_bytes"] >= 0.95 * base["file_bytes"]:
@@ -109,8 +116,9 @@ def surprises(result: dict) -> list[str]:
             why = "dynamic quantisation computes activation ranges at run time and uses ConvInteger for convolutions"
         out.append(f"int8 is slower than fp32 here ({int8:.2f} ms vs {fp32:.2f} ms at batch 256): {why}.")
     params_drop = 1 - result["params"] / max(result["baseline_params"], 1)
+    explained = any("removing an output channel" in n for n in notes)
     for p in (result.get("compression", {}).get("prune") or []):
-        if p.get("granularity") == "channel" and params_drop > p.get("requested", 0) + 0.1:
+        if p.get("granularity") == "channel" and params_drop > p.get("requested", 0) + 0.1 and not explained:
             out.append(f"Channel pruning at ratio {p['requested']:.2f} removed {params_drop:.0%} of the parameters: "
                        "each removed channel also removes the next layer's matching input weights.")
     return out
@@ -121,7 +129,9 @@ def comparison_table(result: dict, base: dict | None = None) -> pd.DataFrame:
     its packed size, ONNX sizes, MACs and latency measured the same way."""
     base = base or {}
     acc, b_acc = result["accuracy"], result["baseline_accuracy"]
-    sz, bsz = result["size"], {**result["baseline_size"], **(base.get("size") or {})}
+    # the baseline's file, gzip and zstd are those of its committed checkpoint (the figures every reduction factor
+    # divides by); its packed and ONNX sizes come from its own run
+    sz, bsz = result["size"], {**(base.get("size") or {}), **result["baseline_size"]}
 
     def b(key: str):
         return base.get(key)
@@ -130,13 +140,14 @@ def comparison_table(result: dict, base: dict | None = None) -> pd.DataFrame:
             ("top-5 (%)", b_acc["top5"], acc["top5"]), ("parameters", result["baseline_params"], result["params"]),
             ("non-zero parameters", b("nonzero_params"), result["nonzero_params"]),
             ("MACs per image", b("macs"), result["macs"])]
-    for label, key in (("checkpoint file (bytes)", "file_bytes"), ("gzip of checkpoint (bytes)", "gzip_bytes"),
+    for label, key in (("checkpoint file (bytes; the baseline's committed file)", "file_bytes"),
+                       ("gzip of checkpoint (bytes)", "gzip_bytes"),
                        ("packed .xpk (bytes)", "packed_bytes"), ("ONNX fp32 (bytes)", "onnx_bytes"),
                        ("ONNX int8 (bytes)", "onnx_int8_bytes")):
         rows.append((label, bsz.get(key), sz.get(key)))
     for engine in ENGINES_SHOWN[:3]:
         for batch in ("b1", "b256"):
-            rows.append((f"{plots.ENGINE_LABELS[engine]}, batch {batch[1:]} (median ms)",
+            rows.append((f"latency, {words.engine(engine, batch)} (median ms)",
                          _lat(base, engine, batch) if base else None, _lat(result, engine, batch)))
     df = pd.DataFrame(rows, columns=["figure", "baseline", "this run"])
     for col in ("baseline", "this run"):
@@ -168,17 +179,19 @@ def curves(frame: pd.DataFrame, key: str | None) -> None:
     st.plotly_chart(plots.sparsity_accuracy(frame, key), key="chart_sparsity_accuracy")
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(plots.pareto(frame, "packed_bytes", "packed bytes", key), key="chart_pareto_size")
+        st.plotly_chart(plots.pareto(frame, "packed_bytes", "size of the packed file (bytes)", key),
+                        key="chart_pareto_size")
     with right:
         st.plotly_chart(plots.pareto(frame, "lat_onnxruntime_cpu_int8_b256_ms",
-                                     "ONNX Runtime int8 latency, batch 256 (ms)", key), key="chart_pareto_latency")
-    kind = st.radio("AD x RF size measure", ["gzip_bytes", "packed_bytes"], horizontal=True, key="adrf_kind",
-                    format_func=lambda k: plots.SIZE_LABELS[k])
+                                     "latency, ONNX Runtime int8, batch of 256 (ms)", key), key="chart_pareto_latency")
+    kind = st.radio("Size measure for the accuracy delta x reduction factor score", ["gzip_bytes", "packed_bytes"],
+                    horizontal=True, key="adrf_kind", format_func=lambda k: plots.SIZE_LABELS[k])
     st.plotly_chart(plots.ad_rf_ranking(frame, kind, key), key="chart_adrf")
-    st.caption("Normalised AD x RF (seed 001): accuracy delta times reduction factor, standardised across the runs "
-               "shown. It rewards runs that lose little accuracy for their compression, but is relative to this set "
-               "of runs, scores any run with no accuracy change as 0 whatever its size, and lets a tiny accuracy "
-               "gain beat any compression. Read it beside the Pareto fronts.")
+    st.caption("Accuracy delta times reduction factor (AD x RF), standardised across the runs shown: the score of "
+               "Ishtiaq et al., \"Model Compression\" (Habib University). It rewards runs that lose little accuracy "
+               "for their compression, but is relative to this set of runs, scores any run with no accuracy change as "
+               "0 whatever its size, and lets a tiny accuracy gain beat any compression. Read it beside the Pareto "
+               "fronts; the bars show each run's paired 95% interval carried through the same standardisation.")
 
 
 def size_and_latency(result: dict) -> None:
@@ -241,3 +254,37 @@ def forgets_view(view: dict | None, result: dict) -> None:
                                               gained)):
         shown = f" (the first {len(images)} of {n:,})" if n > len(images) else ""
         st.plotly_chart(plots.flipped_images(images, captions, f"{what}{shown}"), key=f"chart_forgets_{key}")
+
+
+DELIVERABLES = (  # file in the cache, size field, button label, what it is for
+    ("model.xpk", "packed_bytes", "Packed .xpk",
+     "The smallest exact form of the compressed model; load it back in Python with "
+     "`explorer.pack.unpack(open('model.xpk', 'rb').read()).model` (a PyTorch module)."),
+    ("model.onnx", "onnx_bytes", "ONNX, fp32",
+     "The compressed model as a float ONNX graph, for ONNX Runtime or any ONNX runtime."),
+    ("model.int8.onnx", "onnx_int8_bytes", "ONNX, int8",
+     "The same model quantised to int8 with ONNX Runtime (QDQ), the fastest CPU deployment measured here."),
+)
+
+
+def downloads(result: dict, artifact, key: str) -> None:
+    """Every deployable the run made, each with its measured size and what it is for, and the recipe. The
+    bytes are read and checked against the cache's checksums when the button is pressed."""
+    cols = st.columns(4)
+    sizes = result.get("size") or {}
+    for col, (name, field, label, what) in zip(cols, DELIVERABLES, strict=False):
+        n = sizes.get(field)
+        col.download_button(f"{label} ({fmt_bytes(n)})", (lambda k=result["key"], f=name: artifact(k, f) or
+                            b"this file no longer matches its checksum; run the configuration again"),
+                            name, disabled=not n, key=f"{key}_{name}", help=what)
+    recipe = json.dumps(result["recipe"], indent=2)
+    cols[3].download_button(f"Recipe JSON ({fmt_bytes(len(recipe))})", recipe.encode(), "recipe.json",
+                            "application/json", key=f"{key}_recipe",
+                            help="Reproduces this run: python -m explorer run --recipe recipe.json --out DIR")
+    st.caption("Packed .xpk: load it back with `explorer.pack.unpack(bytes).model`. ONNX files: any ONNX runtime. "
+               "Recipe: `python -m explorer run --recipe recipe.json` computes the same figures.")
+
+
+def glossary() -> None:
+    with st.expander("Glossary: the terms on this page"):
+        st.markdown("\n".join(f"- **{term}**: {text}" for term, text in words.GLOSSARY.items()))
