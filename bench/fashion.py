@@ -150,7 +150,8 @@ def resnet_section() -> tuple[str, list[C.Check]]:
                           "Runtime with PyTorch's top-1", all(agree),
                           ", ".join(f"{r:.0%}: ORT {a}" for (r, _), a in zip(runs, agree, strict=True)),
                           "Torch-Pruning's dependency graph prunes the channels meeting at each skip together"))
-    checks.append(C.within_check("resnet8 channel 25%", runs[0][1], 1, "5 epochs on 10,000 images"))
+    checks.append(C.within_check("resnet8 channel 25%", runs[0][1], 1,
+                                 f"5 epochs on {runs[0][1]['finetune_samples']:,} images"))
     return tab, checks
 
 
@@ -208,9 +209,9 @@ def main() -> None:
               "optionally static int8 in ONNX Runtime.", tab]
     tab, res_checks = resnet_section()
     parts += ["### ResNet-8: channel pruning at 25, 50 and 75%",
-              "ResNet-8 fine-tunes on a stratified 10,000-image subset of the training split (its card's "
-              "recommendation, recorded in every RunResult as `finetune_samples`), 5 epochs; accuracy is on all "
-              "10,000 test images.", tab]
+              "ResNet-8 fine-tunes on a stratified subset of the training split (its card's recommendation, "
+              "recorded in every RunResult as `finetune_samples` and shown per row), 5 epochs; accuracy is on "
+              "all 10,000 test images.", tab]
     tab, cold_checks, cold = cold_runs()
     parts += ["### A cold slider move", tab]
     checks = [size_check, lat_check, *res_checks, *cold_checks]

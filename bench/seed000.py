@@ -130,20 +130,20 @@ def main() -> None:
     parts += ["### Latency: fp32 against int8, measured",
               "The seed found its quantised TFLite models no faster on x86 and could not measure why. Below, the "
               "explorer's stored RunResult latencies (ms, median, one thread), then the same artifacts timed "
-              "again head to head: five interleaved rounds, median of the round medians, so a change in the "
-              "shared machine's load hits every engine alike.",
+              "again head to head: ten interleaved rounds, there and back, so a change in the shared machine's "
+              "load hits every engine alike.",
               C.table(["model", "variant", "engine", "batch 1 ms", "batch 256 ms"], lat_rows, "lllrr")]
     h_rows = []
     for model in C.MODELS:
         for b in (1, 256):
             h = info[model]["h2h"][b]
-            f32 = h["ORT fp32"]["median_ms"]
-            h_rows.append([model, str(b)] + [f"{h[k]['median_ms']:.3f} ({h[k]['min_ms']:.3f}-{h[k]['max_ms']:.3f})"
+            h_rows.append([model, str(b)] + [f"{h[k]['median_ms']:.3f} ({h[k]['ci_ms'][0]:.3f}-{h[k]['ci_ms'][1]:.3f})"
                                             for k in h] +
-                          [f"{f32 / h['ORT static int8']['median_ms']:.2f}x"])
+                          [C.speedup_text(C.speedup(h, "ORT fp32", "ORT static int8"))])
     parts.append(C.table(["model", "batch", "eager fp32 ms", "ORT fp32 ms", "ORT static int8 ms",
-                          "ORT dynamic int8 ms", "static int8 speed-up over ORT fp32"], h_rows, "lrrrrrr"))
-    parts.append("(ms: median of round medians, with the smallest and largest round median.)")
+                          "ORT dynamic int8 ms", "static int8 speed-up over ORT fp32 (95% CI)"], h_rows, "lrrrrrr"))
+    parts.append("(ms: median of every timed call, with its 95% interval; the speed-up is the median of the "
+                 "per-round ratios, with its 95% interval.)")
     verdict = []
     for model in C.MODELS:
         h = info[model]["h2h"][256]

@@ -93,10 +93,10 @@ def _tag(result: dict, hit: bool, key: str, **extra: Any) -> dict:
     return {**result, "cache": {"hit": hit, "key": key, **extra}}
 
 
-def _default_compute(recipe, workdir: Path, progress):
+def _default_compute(recipe, workdir: Path, progress, partial=None):
     from explorer import runner  # imported late: listing or clearing the cache needs no torch
 
-    return runner.run_recipe(recipe, workdir=workdir, progress=progress)
+    return runner.run_recipe(recipe, workdir=workdir, progress=progress, partial=partial)
 
 
 class RunCache:
@@ -283,11 +283,12 @@ class RunCache:
             self.evict(keep=key)
         return json.loads(text)
 
-    def get_or_run(self, recipe, *, progress=None, compute=None) -> dict:
+    def get_or_run(self, recipe, *, progress=None, compute=None, partial=None) -> dict:
         """The RunResult of `recipe`: from the cache, or computed once (also across sessions) and stored.
 
         Bad input raises ValueError; any other failure returns a failed RunResult, which is never stored.
-        `compute(recipe, workdir, progress)` defaults to runner.run_recipe.
+        `compute(recipe, workdir, progress)` defaults to runner.run_recipe; `partial` receives the result as
+        far as it goes while it is computed (runner.Partial); the stored entry is written once complete.
         """
         from explorer import runner
 
@@ -307,7 +308,8 @@ class RunCache:
             work = self._scratch(".work-", key)
             try:
                 try:
-                    result = (compute or _default_compute)(recipe, work, progress)
+                    extra = {} if partial is None else {"partial": partial}
+                    result = (compute or _default_compute)(recipe, work, progress, **extra)
                 except ValueError:
                     raise
                 except Exception as e:

@@ -15,6 +15,7 @@ import hashlib
 import os
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,20 @@ def _sha(path: str, mtime_ns: int) -> str:
     return sha256_file(path)
 
 
+_scores: dict[tuple, dict] = {}
+
+
+def _baseline_scores(path: str, mtime_ns: int, threads: int, baseline, data) -> dict:
+    """The baseline's accuracy and predictions on its test split, kept in memory per checkpoint file (every
+    run of a model needs them; on 10,000 images they take seconds)."""
+    key = (path, mtime_ns, threads, data.name, data.root, len(data.test))
+    if key not in _scores:
+        if len(_scores) > 8:
+            _scores.clear()
+        _scores[key] = evaluate(baseline, data.test, with_predictions=True)
+    return _scores[key]
+
+
 @functools.lru_cache(maxsize=8)
 def _baseline_sizes(path: str, mtime_ns: int) -> dict:
     """The fp32 baseline's own file, gzip and zstd sizes: the denominators of the reduction factors."""
@@ -170,7 +185,13 @@ def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> dict:
     return out
 
 
-def prepare(recipe: Recipe, workdir: str | os.PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
+# receives a RunResult as far as it goes (status "partial", `pending` naming what is still being measured), so
+# a page can show accuracy and size while ONNX export and latency timing go on
+Partial = Callable[[dict], None]
+
+
+def prepare(recipe: Recipe, workdir: str | os.PathLike, *, progress: Progress | None = None,
+            partial: Partial | None = None) -> dict[str, Any]:
     """Everything but latency: compress, pack, unpack, accuracy of the unpacked model, files and sizes."""
     timings: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -189,14 +210,15 @@ def prepare(recipe: Recipe, workdir: str | os.PathLike, *, progress: Progress | 
     # set, not set-and-restore: sessions of the page compute in threads of one process, and a restore by
     # one run that ends would change the count under another that is still going
     torch.set_num_threads(train_threads())
-    return _prepare_torch(recipe, work, key, t0, timings, progress)
+    return _prepare_torch(recipe, work, key, t0, timings, progress, partial)
 
 
 def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dict[str, Any],
-                   progress: Progress | None) -> dict[str, Any]:
+                   progress: Progress | None, partial: Partial | None = None) -> dict[str, Any]:
     baseline, card = load_baseline(recipe.checkpoint_path)
     data = baseline_data(card)
-    base_acc = evaluate(baseline, data.test, with_predictions=True)
+    base_acc = _baseline_scores(str(recipe.checkpoint_path), recipe.checkpoint_path.stat().st_mtime_ns,
+                                train_threads(), baseline, data)
     timings["load"] = round(time.perf_counter() - t0, 3)
 
     t = time.perf_counter()
@@ -227,6 +249,21 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
     stage("evaluate")(0.0, f"measuring accuracy on {len(data.test):,} test images")
     acc = evaluate(unpacked, data.test, with_predictions=True)  # the model rebuilt from the packed bytes
     save_predictions(work / FILES["predictions"], acc["pred"])
+    if partial is not None:  # accuracy and the packed size exist: show them while the rest is measured
+        total, zeros = weight_sparsity(unpacked)
+        partial({"schema": explorer.SCHEMA_VERSION, "status": "partial", "pending": ["sizes", "onnx", "latency"],
+                 "key": key, "recipe": recipe.to_dict(), "label": recipe.label(), "model": recipe.model,
+                 "dataset": recipe.dataset, "test_samples": acc["n"],
+                 "accuracy": {k: acc[k] for k in ("top1", "top3", "top5", "loss")},
+                 "baseline_accuracy": {k: base_acc[k] for k in ("top1", "top3", "top5", "loss")},
+                 "accuracy_delta": acc["top1"] - base_acc["top1"], **uncertainty(acc, base_acc, data.test.y),
+                 "size": {"packed_bytes": len(blob)},
+                 "baseline_size": {"file_bytes": recipe.checkpoint_path.stat().st_size},
+                 "reduction_factor": {"vs_fp32_file": {
+                     "packed_bytes": recipe.checkpoint_path.stat().st_size / max(len(blob), 1)}},
+                 "params": sum(p.numel() for p in unpacked.parameters()),
+                 "baseline_params": card["params"], "finetune_samples": len(tune.train),
+                 "sparsity": zeros / total if total else 0.0, "notes": list(dict.fromkeys(res.state.notes))})
     timings["evaluate"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
@@ -323,12 +360,14 @@ def time_run(result: dict[str, Any], workdir: str | os.PathLike, *, gpu: bool = 
 
 
 def run_recipe(recipe: Recipe, *, workdir: str | os.PathLike | None = None, progress: Progress | None = None,
-               latency: bool = True) -> dict[str, Any]:
+               latency: bool = True, partial: Partial | None = None) -> dict[str, Any]:
     """Run `recipe` and return its RunResult. Files go to `workdir` (kept) or a scratch folder (removed)."""
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = stack.enter_context(scratch.folder("run"))
-        result = prepare(recipe, workdir, progress=progress)
+        result = prepare(recipe, workdir, progress=progress, partial=partial)
+        if partial is not None and latency:
+            partial({**result, "status": "partial", "pending": ["latency"]})
         if latency:
             result = time_run(result, workdir, progress=progress)
         else:

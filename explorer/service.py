@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 
 import pandas as pd
 
@@ -271,3 +272,49 @@ def summary_html(result: dict, frame: pd.DataFrame, name: str) -> str:
     from explorer import summary
 
     return summary.page(result, frame, name)
+
+
+_live_lock = threading.Lock()
+_board = None
+_landscapes = None
+
+
+def board():
+    """The server process's queue of runs pages asked for (explorer.jobs), started on first use."""
+    global _board
+    with _live_lock:
+        if _board is None:
+            from explorer.jobs import Board
+            from explorer.runner import run_key
+
+            _board = Board(cache, run_key)
+        return _board
+
+
+def landscapes():
+    """The background landscapes (explorer.landscape), or None where EXPLORER_LANDSCAPE=0."""
+    global _landscapes
+    from explorer import settings
+
+    if not settings.get("EXPLORER_LANDSCAPE"):
+        return None
+    jobs = board()
+    with _live_lock:
+        if _landscapes is None:
+            from explorer.landscape import Landscapes
+            from explorer.runner import run_key
+
+            _landscapes = Landscapes(cache, run_key, jobs.busy, settings.get("EXPLORER_LANDSCAPE_IDLE_S"))
+        return _landscapes
+
+
+def run_key_of(recipe: Recipe) -> str:
+    from explorer.runner import run_key
+
+    return run_key(recipe)
+
+
+def baseline_recipe(recipe: Recipe) -> Recipe:
+    """The recipe's baseline with no step: the run every configuration is compared with."""
+    return Recipe(model=recipe.model, dataset=recipe.dataset, checkpoint=recipe.checkpoint, seed=recipe.seed,
+                  finetune_samples=recipe.finetune_samples)

@@ -20,9 +20,13 @@ class Setting:
     minimum: float = 0.0
     inclusive: bool = False  # minimum itself allowed (a cap of 0 MB empties the cache)
     unit: str = ""
+    maximum: float | None = None
 
     def allowed(self) -> str:
         unit = f" of {self.unit}" if self.unit else ""
+        if self.integer and self.maximum is not None:
+            return f"{self.minimum:g} or {self.maximum:g}" if self.maximum - self.minimum == 1 else \
+                f"a whole number from {self.minimum:g} to {self.maximum:g}"
         if self.integer:
             return f"a whole number{unit} >= {max(self.minimum, 1):g}"
         if self.inclusive:
@@ -40,6 +44,10 @@ SETTINGS: dict[str, Setting] = {
     "EXPLORER_ZIP_MAX_MB": Setting(1024, "bytes a zip may expand to", unit="megabytes"),
     "EXPLORER_ZIP_MAX_FILES": Setting(100_000, "entries (files and folders) a zip may hold", integer=True),
     "EXPLORER_ZIP_MAX_RATIO": Setting(200, "how many times a zip may expand, per entry and overall"),
+    "EXPLORER_LANDSCAPE": Setting(1, "1 measures an open model's default grid in the background, 0 does not",
+                                  integer=True, minimum=0, inclusive=True, maximum=1),
+    "EXPLORER_LANDSCAPE_IDLE_S": Setting(120, "seconds a landscape goes on after the last page looked at its model",
+                                         unit="seconds"),
 }
 
 
@@ -56,6 +64,7 @@ def parse(name: str, raw: str | float | None = None) -> float:
     except (TypeError, ValueError):
         v = math.nan
     ok = math.isfinite(v) and (v >= s.minimum if s.inclusive else v > s.minimum)
+    ok = ok and (s.maximum is None or v <= s.maximum)
     if ok and s.integer and v != int(v):
         ok = False
     if not ok:

@@ -15,6 +15,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # one run cache for the whole session, never the repository's own cache/ (tests that need their own set it)
 _SESSION_CACHE = tempfile.mkdtemp(prefix="explorer-test-cache-")
 os.environ.setdefault("EXPLORER_CACHE_DIR", _SESSION_CACHE)
+# no background landscape under the tests, except where a test turns it on: it would compete for the cores
+os.environ.setdefault("EXPLORER_LANDSCAPE", "0")
+
+
+def settle(at, timeout: float = 300.0):
+    """Rerun an AppTest page until its runs are complete, as the browser's periodic refresh does (runs are
+    computed off the page's script and the page shows them as they arrive)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while any(x.value.startswith("Computing") for x in at.info) and time.monotonic() < deadline:
+        time.sleep(0.25)
+        at.run()
+    return at
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,6 +9,7 @@ from explorer.data import available
 from explorer.runner import run_key
 from explorer.service import list_baselines
 from explorer.ui import state
+from tests.conftest import settle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +26,7 @@ def _app(**query) -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     for k, v in {"baseline": "digits_cnn-digits", **query}.items():
         at.query_params[k] = v
-    return at.run()
+    return settle(at.run())
 
 
 def _metrics(at) -> dict:
@@ -56,12 +57,12 @@ def test_sliders_drive_runs_and_the_page_shows_the_backend_result(cache):
     at = _app()
     assert not at.exception and not at.error, [e.value for e in at.error]
     _assert_shows(at, _stored(at, cache))
-    at.sidebar.slider(key="sparsity").set_value(0.8).run()
+    settle(at.sidebar.slider(key="sparsity").set_value(0.8).run())
     assert not at.exception
     _assert_shows(at, _stored(at, cache))
-    at.sidebar.select_slider(key="bits").set_value("4").run()
+    settle(at.sidebar.select_slider(key="bits").set_value("4").run())
     _assert_shows(at, _stored(at, cache))
-    at.sidebar.select_slider(key="clusters").set_value("16").run()
+    settle(at.sidebar.select_slider(key="clusters").set_value("16").run())
     res = _stored(at, cache)
     _assert_shows(at, res)
     assert "cluster 16" in res["label"] and len(at.get("plotly_chart")) >= 6
@@ -71,7 +72,7 @@ def test_sliders_drive_runs_and_the_page_shows_the_backend_result(cache):
 def test_cached_configuration_rerenders_from_the_cache(cache):
     at = _app()
     n = len(cache.keys())
-    at.run()
+    settle(at.run())
     assert not at.exception and len(cache.keys()) == n
     assert "(from the cache)" in at.caption[-1].value
 
@@ -80,18 +81,18 @@ def test_invalid_combination_shows_an_error_not_an_exception(cache):
     at = _app(bits="4", quant_mode="static")
     assert not at.exception
     assert any("bits=4 must be 8 for mode 'static'" in e.value for e in at.error)
-    at.sidebar.select_slider(key="bits").set_value("8").run()  # fixing it brings the views back
+    settle(at.sidebar.select_slider(key="bits").set_value("8").run())  # fixing it brings the views back
     assert not at.exception and not at.error and "Top-1 (measured)" in _metrics(at)
 
 
 def test_failed_run_shows_its_error_and_the_page_stays_usable(cache):
     at = _app(granularity="nm", sparsity="0.5")  # nm uses layers=inner here, so it runs
     assert not at.exception and not at.error
-    at.sidebar.selectbox(key="granularity").set_value("channel").run()
-    at.sidebar.slider(key="sparsity").set_value(0.99).run()
+    settle(at.sidebar.selectbox(key="granularity").set_value("channel").run())
+    settle(at.sidebar.slider(key="sparsity").set_value(0.99).run())
     assert not at.exception
     assert any("would remove every channel" in e.value for e in at.error)
-    at.sidebar.slider(key="sparsity").set_value(0.5).run()
+    settle(at.sidebar.slider(key="sparsity").set_value(0.5).run())
     assert not at.exception and not at.error
 
 
@@ -104,7 +105,7 @@ def test_batchnorm_adaptation_is_offered_where_the_model_has_batchnorm(cache):
     res = _stored(at, cache)
     assert res["label"] == "prune 50% nm -> BN adapt" and res["accuracy_delta"] > -2
     _assert_shows(at, res)
-    at.sidebar.checkbox(key="bn_adapt").uncheck().run()
+    settle(at.sidebar.checkbox(key="bn_adapt").uncheck().run())
     res = _stored(at, cache)
     assert res["label"] == "prune 50% nm" and res["accuracy_delta"] < -40
     _assert_shows(at, res)
@@ -162,8 +163,8 @@ def test_sweep_panel_runs_a_sweep_from_the_page(cache, monkeypatch):
     at.multiselect(key="sweep_bits").set_value([32, 4])
     at.multiselect(key="sweep_clusters").set_value([0])
     at.number_input(key="sweep_epochs").set_value(0)
-    at.run()
-    at.button(key="sweep_run").click().run(timeout=600)
+    settle(at.run())
+    settle(at.button(key="sweep_run").click().run(timeout=600))
     assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
     df = at.session_state["sweep_frame"]
     assert len(df) == 4 and (df["status"] == "ok").all()
@@ -186,7 +187,7 @@ def test_the_page_opens_on_fashion_mnist_where_the_data_is_and_on_digits_otherwi
     assert service.default_baseline(["digits_cnn-digits", "lenet5-fashion-mnist"]) == "lenet5-fashion-mnist"
     assert service.default_baseline(["vgg13-digits", "digits_cnn-digits"]) == "digits_cnn-digits"
     monkeypatch.setattr(data_mod, "DEFAULT_ROOTS", {"fashion-mnist": (tmp_path / "none",), "mnist": ()})
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
+    at = settle(AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run())
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.session_state["baseline"] == "digits_cnn-digits"
     assert not [o for o in at.sidebar.selectbox(key="baseline").options if "fashion" in o]
@@ -199,7 +200,7 @@ def test_the_page_opens_on_fashion_mnist_where_the_data_is_and_on_digits_otherwi
 def test_with_the_data_the_page_opens_on_the_fashion_mnist_lenet5(cache):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.query_params["prune_epochs"] = "0"  # a quick first run; the baseline is the page's own choice
-    at.run()
+    settle(at.run())
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.session_state["baseline"] == "lenet5-fashion-mnist"
     assert "10000 test images" in " ".join(c.value for c in at.caption).replace(",", "")
@@ -219,7 +220,7 @@ def test_the_page_states_uncertainty_and_what_compression_forgets(cache):
     # 359 test images cannot make any run 95% sure of a drop under about a point: the page says so
     small = [w.value for w in at.warning if "too small" in w.value]
     assert small and "with 359 test images" in small[0]
-    at.number_input(key="ss_drop").set_value(3.0).run()
+    settle(at.number_input(key="ss_drop").set_value(3.0).run())
     spot = [s.value for s in at.success if "sure" in s.value]
     assert spot and "95% sure to lose at most 3 points of top-1" in spot[0]
 
@@ -285,8 +286,8 @@ def test_a_finished_sweep_shows_in_the_charts_and_the_footer_says_so(cache, monk
     at.multiselect(key="sweep_bits").set_value([32])
     at.multiselect(key="sweep_clusters").set_value([0])
     at.number_input(key="sweep_epochs").set_value(0)
-    at.run()
-    at.button(key="sweep_run").click().run(timeout=600)
+    settle(at.run())
+    settle(at.button(key="sweep_run").click().run(timeout=600))
     assert not at.exception
     fig = _figure(at, "chart_sparsity_accuracy")
     xs = {round(float(x), 2) for t in fig["data"] for x in _values(t.get("x"))}
@@ -300,7 +301,7 @@ def test_sweet_spot_table_follows_the_settings_and_can_be_applied(cache, monkeyp
     at.number_input(key="ss_drop").set_value(5.0)
     at.selectbox(key="ss_objective").set_value("fastest")
     at.radio(key="ss_lat_kind").set_value("PyTorch CPU, batch 256")
-    at.run()
+    settle(at.run())
     assert not at.exception
     msg = next(s.value for s in at.success if "sure" in s.value)
     assert not any(len(tok.split(".")[-1]) > 3 for tok in msg.replace("%", " ").split() if tok[:1].isdigit()
@@ -312,7 +313,7 @@ def test_sweet_spot_table_follows_the_settings_and_can_be_applied(cache, monkeyp
     current = next(m.value for m in at.markdown if m.value.startswith("**Configuration:**"))
     apply = at.button(key="ss_apply")
     assert recommended not in current and not apply.disabled
-    apply.click().run()
+    settle(apply.click().run())
     assert not at.exception
     now = next(m.value for m in at.markdown if m.value.startswith("**Configuration:**"))
     assert now == f"**Configuration:** {recommended}", (now, recommended)
@@ -364,9 +365,9 @@ def test_an_added_model_is_announced_until_the_next_action(cache, tmp_path, monk
     at.file_uploader(key="byo_model").set_value(("mine.pt", buf.getvalue(), "application/octet-stream"))
     at.selectbox(key="byo_arch").set_value("digits_cnn")
     at.text_input(key="byo_name").set_value("mine")
-    at.run()
-    at.button(key="byo_add").click().run()
+    settle(at.run())
+    settle(at.button(key="byo_add").click().run())
     assert not at.exception and at.session_state["baseline"] == "mine"
     assert any(s.value.startswith("Added mine: top-1 98.33%") for s in at.success)  # after the page's rerun
-    at.run()
+    settle(at.run())
     assert any(s.value.startswith("Added mine") for s in at.success)  # and on the next render too

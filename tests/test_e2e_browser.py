@@ -36,7 +36,7 @@ START_S, RUN_S, UI_MS = 60, 240, 30_000
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 RUNNING = '[data-testid="stStatusWidget"], [data-stale="true"]'  # a script run in flight, or its stale output
 CHARTS = ".js-plotly-plot"
-DONE = re.compile(r"^Rendered in [0-9.]+ s")  # the caption main() writes last: the script ran to its end
+DONE = re.compile(r"^Rendered in [0-9.]+ s \((?!computing)")  # main() writes it last; its runs are complete
 
 
 def _free_port() -> int:
@@ -68,9 +68,9 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def _start_server(tmp: Path) -> tuple[subprocess.Popen, str, Path]:
+def _start_server(tmp: Path, **extra: str) -> tuple[subprocess.Popen, str, Path]:
     env = dict(os.environ, EXPLORER_CACHE_DIR=str(tmp / "cache"), EXPLORER_LATENCY_BUDGET_S="0.1",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", **extra)
     log = tmp / "streamlit.log"
     for _attempt in range(3):  # the port found free may be taken before streamlit binds it
         port = _free_port()
@@ -319,3 +319,34 @@ def test_a_crashed_session_does_not_affect_another(browser, server, tmp_path):
             other.close()
         except Exception:  # noqa: BLE001 - a killed browser may refuse to close cleanly
             pass
+
+
+def _points(page, chart_index: int = 0) -> int:
+    """Points drawn in the first visible plotly chart (the sparsity-vs-accuracy curve in its tab)."""
+    chart = page.locator(CHARTS).filter(visible=True).nth(chart_index)
+    return chart.evaluate("el => (el._fullData || []).filter(t => t.name !== 'current' && t.name !== 'baseline')"
+                          ".reduce((n, t) => n + Array.from(t.x || []).filter(v => v !== null).length, 0)")
+
+
+def test_the_curves_fill_in_on_their_own(browser, tmp_path):
+    """An empty cache, the page opened and left alone: the background landscape measures the default grid
+    and the curve's point count grows without a click."""
+    from playwright.sync_api import expect
+
+    proc, url, log = _start_server(tmp_path, EXPLORER_LANDSCAPE="1")
+    page = browser.new_page(viewport=VIEWPORT)
+    try:
+        page.goto(url + DIGITS + "&tab=Curves+and+Pareto", timeout=UI_MS)
+        expect(page.get_by_text(DONE)).to_be_visible(timeout=RUN_S * 1000)
+        expect(page.get_by_role("tab", name="Curves and Pareto")).to_have_attribute("aria-selected", "true")
+        _charts_drawn(page, 1, "the curves")
+        start = _points(page)
+        _wait_for(lambda: _points(page) >= start + 3, "three more points on the curve, with no click", page,
+                  timeout_s=RUN_S)
+        expect(page.get_by_text(re.compile(r"Landscape: \d+ of 40 configurations"))).to_be_visible(timeout=UI_MS)
+    except BaseException:
+        _report_failure(page, tmp_path, log)
+        raise
+    finally:
+        page.close()
+        _stop(proc)

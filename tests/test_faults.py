@@ -3,12 +3,13 @@
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer import runner
+from explorer import runner, service
 from explorer.cache import RunCache
 from explorer.recipe import Recipe
 from explorer.sweep import _parallel
@@ -73,6 +74,12 @@ def test_eight_sessions_compute_each_configuration_once_and_agree(tmp_path, monk
             at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
             for k, v in query.items():
                 at.query_params[k] = v
+            at.run()  # queues the runs; AppTest sessions are not safe to rerun in a tight loop from threads,
+            board = service.board()  # so wait on the board for this page's runs, then draw once more
+            keys = board._watching[at.session_state["_session"]]
+            deadline = time.monotonic() + 500
+            while not all(board.job(k).finished for k in keys) and time.monotonic() < deadline:
+                time.sleep(0.2)
             at.run()
             if at.exception or at.error:
                 errors.append(f"session {i}: {[e.value for e in (*at.exception, *at.error)]}")

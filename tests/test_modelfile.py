@@ -19,7 +19,7 @@ from torch import nn
 from explorer import byo, service
 from explorer.cli import main
 from explorer.modelfile import detect_format
-from tests.conftest import ROOT
+from tests.conftest import ROOT, settle
 
 
 class FileWriter(nn.Module):
@@ -89,10 +89,10 @@ def test_the_page_refuses_the_upload_and_never_runs_it(env, attack):
     path, marker = attack
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.query_params["baseline"] = "digits_cnn-digits"
-    at.run()
+    settle(at.run())
     at.file_uploader(key="byo_model").set_value(("model.pt", path.read_bytes(), "application/octet-stream"))
-    at.run()
-    at.button(key="byo_add").click().run()
+    settle(at.run())
+    settle(at.button(key="byo_add").click().run())
     assert not at.exception
     errors = [e.value for e in at.error]
     assert any("'model.pt' is a TorchScript program" in e for e in errors), errors

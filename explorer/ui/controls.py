@@ -109,12 +109,20 @@ def sidebar(cards: dict[str, dict], default: str) -> dict[str, Any]:
         st.slider("Rank ratio", 0.05, 1.0, step=0.05, key="rank_ratio", disabled="rank_ratio" not in on)
 
     controls = {k: st.session_state[k] for k in state.DEFAULTS}
-    st.query_params.from_dict({**state.to_query(controls, card), **_kept_params()})  # the link reopens this view
+    _mirror(state.to_query(controls, card))  # the link reopens this view
     for p in st.session_state.get("_query_problems", []):
         sb.warning(f"Ignored from the link: {p}")
     return controls
 
 
-def _kept_params() -> dict[str, str]:
-    """Query parameters the sidebar does not own (the active tab, bound by st.tabs)."""
-    return {k: v for k, v in st.query_params.items() if k == "tab"}
+BOUND = ("tab",)  # query parameters that widgets keep themselves (st.tabs' bind="query-params")
+
+
+def _mirror(wanted: dict[str, str]) -> None:
+    """Make the URL's query string say `wanted`, leaving the parameters bound to widgets alone (Streamlit
+    refuses to set them, and from_dict would drop them)."""
+    for k in [k for k in st.query_params if k not in wanted and k not in BOUND]:
+        del st.query_params[k]
+    for k, v in wanted.items():
+        if st.query_params.get(k) != v:
+            st.query_params[k] = v

@@ -79,10 +79,12 @@ def headline(result: dict) -> None:
                          f"{result['sparsity']:.1%} of the remaining weights are zero.")
     else:
         c[2].metric("Weight sparsity", f"{result['sparsity']:.1%}", help="The share of weights that are zero.")
+    pending = result.get("status") == "partial"
     for col, engine in ((c[3], "torch_cpu_fp32"), (c[4], "onnxruntime_cpu_int8")):
         ms = _lat(result, engine, "b256")
         text, color = _speedup(result, engine, "b256")
-        col.metric(words.engine(engine, "b256"), f"{ms:.2f} ms" if ms else "n/a", text, delta_color=color,
+        col.metric(words.engine(engine, "b256"), f"{ms:.2f} ms" if ms else "measuring..." if pending else "n/a",
+                   text, delta_color=color,
                    help="Median of interleaved timing rounds on the CPU, batch of 256 images. The arrow is the "
                         "speed-up over the baseline in PyTorch fp32, timed in the same rounds; 'no measurable "
                         "change' where its 95% interval holds 1.")
@@ -92,8 +94,9 @@ def headline(result: dict) -> None:
     notes = list(dict.fromkeys(result.get("notes", [])))
     for note in notes:
         st.info(note)
-    for note in surprises(result, notes):
-        st.warning(note)
+    if not pending:
+        for note in surprises(result, notes):
+            st.warning(note)
 
 
 def surprises(result: dict, notes: list[str] = ()) -> list[str]:

@@ -1,0 +1,205 @@
+"""The page's responsiveness, measured side by side in one run on this machine:
+
+1. points in the curves three minutes after a page opens digits_cnn on an empty cache, with no click (the
+   page's own run and its baseline through the run board, the landscape filling the rest);
+2. a cold slider move, until accuracy and size show (the run board's first partial result), per baseline;
+3. a warm slider move (a configuration in the cache): the page's own render time, from its footer;
+4. how much slower a page's run is while the landscape runs, against the same kind of run with the
+   landscape idle, alternating the two.
+
+Run: .venv/bin/python bench/live.py   (writes docs/results/live.md)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import common as C
+
+from explorer.compress.prune import PruneConfig
+from explorer.recipe import Recipe
+
+NAME = "live"
+TARGETS = {"points": 20, "digits_s": 1.5, "first_s": 10.0, "warm_s": 0.3, "slowdown": 1.3}
+OPEN_S = 180
+
+
+def _fresh(tmp: Path, name: str) -> None:
+    os.environ["EXPLORER_CACHE_DIR"] = str(tmp / name)
+
+
+def _cards() -> dict:
+    from explorer import service
+
+    return {c["name"]: c for c in service.list_baselines()}
+
+
+def points_after_opening(tmp: Path) -> tuple[int, list[tuple[int, int]]]:
+    """A page opened on digits_cnn and left alone for OPEN_S seconds: how many runs the curves hold."""
+    from explorer import runner, service
+    from explorer.cache import RunCache
+    from explorer.controls import DEFAULTS, build
+    from explorer.jobs import COMPARISON, Board
+    from explorer.landscape import Landscapes
+
+    _fresh(tmp, "open")
+    card = _cards()["digits_cnn-digits"]
+    board = Board(RunCache, runner.run_key)
+    lands = Landscapes(RunCache, runner.run_key, board.busy, idle_s=600, tick_s=0.5)
+    controls = {**DEFAULTS, "baseline": card["name"]}
+    recipe = build(controls, card)
+    board.submit(recipe, "page")
+    board.submit(service.baseline_recipe(recipe), "page", COMPARISON)
+    t0, timeline = time.monotonic(), []
+    while time.monotonic() - t0 < OPEN_S:
+        lands.touch(card, controls)  # the page's periodic refresh
+        frame = service.frame(card["architecture"], card["dataset"])
+        n = int((frame["status"] == "ok").sum()) if len(frame) else 0
+        if not timeline or timeline[-1][1] != n:
+            timeline.append((round(time.monotonic() - t0), n))
+        time.sleep(1.0)
+    board.stop()
+    lands.pause(card["name"], True)
+    return timeline[-1][1], timeline
+
+
+def first_figures(tmp: Path) -> list[list[str]]:
+    """A cold slider move on each baseline: seconds until accuracy and size show, and until complete."""
+    from explorer import runner
+    from explorer.baselines import baseline_data
+    from explorer.cache import RunCache
+    from explorer.controls import DEFAULTS, build
+    from explorer.jobs import Board
+
+    rows = []
+    cards = _cards()
+    for name in ("digits_cnn-digits", "vgg13-digits", "lenet5-fashion-mnist", "resnet8-fashion-mnist"):
+        if name not in cards:
+            continue
+        _fresh(tmp, f"cold-{name}")
+        card = cards[name]
+        recipe = build({**DEFAULTS, "baseline": name}, card)
+        baseline_data(card)  # in memory already in a page's process once the model is open
+        board = Board(RunCache, runner.run_key)
+        job = board.submit(recipe, "page")
+        while not job.finished:
+            time.sleep(0.05)
+        board.stop()
+        target = TARGETS["digits_s"] if name.startswith("digits_cnn") else TARGETS["first_s"]
+        ok = job.first_figures_s is not None and job.first_figures_s < target
+        rows.append([name, recipe.label(), f"{job.result['finetune_samples']:,}" if job.result else "",
+                     C.secs(job.first_figures_s), C.secs(job.total_s), f"< {target:g}", "yes" if ok else "no"])
+    return rows
+
+
+def warm_render(tmp: Path) -> list[float]:
+    """The page's script time for a configuration in the cache, from its own footer (AppTest drives it)."""
+    from streamlit.testing.v1 import AppTest
+
+    _fresh(tmp, "warm")
+    at = AppTest.from_file(str(C.ROOT / "app.py"), default_timeout=300)
+    at.query_params["baseline"] = "digits_cnn-digits"
+    at.run()
+    deadline = time.monotonic() + 300
+    while any(x.value.startswith("Computing") for x in at.info) and time.monotonic() < deadline:
+        time.sleep(0.3)
+        at.run()
+    times = []
+    for _ in range(7):
+        at.run()
+        m = re.match(r"Rendered in ([0-9.]+) s", at.caption[-1].value)
+        times.append(float(m.group(1)))
+    return times
+
+
+def slowdown(tmp: Path, rounds: int = 3) -> tuple[list[float], list[float]]:
+    """A page's cold run with the landscape busy and idle, alternating; distinct recipes of equal cost."""
+    from explorer import runner
+    from explorer.cache import RunCache
+    from explorer.controls import DEFAULTS
+    from explorer.jobs import Board
+    from explorer.landscape import Landscapes
+
+    _fresh(tmp, "slowdown")
+    card = _cards()["vgg13-digits"]
+    board = Board(RunCache, runner.run_key)
+    lands = Landscapes(RunCache, runner.run_key, board.busy, idle_s=3600, tick_s=0.3)
+    alone, beside = [], []
+    stop = threading.Event()
+
+    def keep_open():
+        while not stop.is_set():
+            lands.touch(card, {**DEFAULTS, "baseline": card["name"], "sparsity": 0.0})
+            time.sleep(0.5)
+
+    threading.Thread(target=keep_open, daemon=True).start()
+    for i in range(rounds):
+        for busy, out in ((True, beside), (False, alone)):
+            lands.pause(card["name"], not busy)
+            time.sleep(3 if busy else 8)  # the worker busy on a grid point, or done with its last one
+            r = Recipe(model="vgg13", steps=(PruneConfig(sparsity=0.31 + 0.01 * (2 * i + busy), finetune_epochs=1),))
+            job = board.submit(r, "page")
+            while not job.finished:
+                time.sleep(0.05)
+            out.append(job.total_s)
+    stop.set()
+    board.stop()
+    lands.pause(card["name"], True)
+    return alone, beside
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="explorer-live-"))
+    checks = []
+    n, timeline = points_after_opening(tmp)
+    checks.append(C.Check(f"at least {TARGETS['points']} points in the curves {OPEN_S / 60:g} minutes after opening "
+                          "digits_cnn on an empty cache, no click", n >= TARGETS["points"], f"{n} points"))
+    cold = first_figures(tmp)
+    for row in cold:
+        checks.append(C.Check(f"{row[0]}: a cold slider move shows accuracy and size in {row[5]} s",
+                              row[6] == "yes", f"{row[3]} s"))
+    warm = warm_render(tmp)
+    med = statistics.median(warm)
+    checks.append(C.Check(f"a warm slider move renders in under {TARGETS['warm_s']} s", med < TARGETS["warm_s"],
+                          f"median {med:.3f} s of {len(warm)}"))
+    alone, beside = slowdown(tmp)
+    ratio = statistics.median(beside) / statistics.median(alone)
+    checks.append(C.Check(f"a page's run is at most {TARGETS['slowdown']}x slower with the landscape running",
+                          ratio <= TARGETS["slowdown"], f"{ratio:.2f}x (medians {statistics.median(beside):.1f} s "
+                                                        f"and {statistics.median(alone):.1f} s)"))
+    parts = [
+        "The page computes runs off its script (a run board in the server process, one run at a time) and "
+        "shows accuracy and size as soon as they exist; a background landscape measures the open model's "
+        "default grid (40 configurations) in a low-priority worker process that waits whenever a page's own "
+        "run is going. Measured on this machine in one run of this script:",
+        "### The curves fill in on their own",
+        f"A page opened on digits_cnn with an empty cache, left alone for {OPEN_S} s: the number of runs the "
+        "curves and Pareto charts hold, over time: " + ", ".join(f"{t} s: {k}" for t, k in timeline) + ".",
+        "### A cold slider move",
+        "The page's default configuration on each baseline in an empty cache (the data set already in memory, as "
+        "in a page's process once the model is open): seconds until accuracy and size show, and until the run "
+        "is complete (ONNX export, int8 and latency included).",
+        C.table(["baseline", "configuration", "fine-tuning images", "accuracy and size after s", "complete after s",
+                 "target s", "meets"], cold, "llrrrrl"),
+        "### A warm slider move",
+        "The page's own render time for a configuration in the cache, from its footer: "
+        + ", ".join(f"{t:.3f}" for t in warm) + " s.",
+        "### The foreground comes first",
+        f"vgg13, one-shot pruning with one fine-tuning epoch, cold each time, alternating the landscape busy "
+        f"(a worker on a grid point) and idle: {', '.join(f'{t:.1f}' for t in beside)} s beside it, "
+        f"{', '.join(f'{t:.1f}' for t in alone)} s alone; ratio of medians {ratio:.2f}.",
+        "### Claims", C.checks_table(checks), C.summary_line(checks)]
+    C.write_section(NAME, "A page that never blocks: the landscape, streamed figures, the foreground first",
+                    "\n\n".join(parts), checks=checks,
+                    facts={"points": n, "warm_s": round(med, 3), "slowdown": round(ratio, 2),
+                           "first_s": {r[0]: r[3] for r in cold}})
+
+
+if __name__ == "__main__":
+    main()

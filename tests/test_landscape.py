@@ -1,0 +1,121 @@
+"""The background landscape and the run board: queue order, one landscape per model, the foreground first,
+cancelling leaves nothing behind."""
+
+import threading
+import time
+
+import pytest
+
+from explorer import landscape as L
+from explorer.cache import RunCache
+from explorer.controls import DEFAULTS
+from explorer.jobs import COMPARISON, FOREGROUND, Board
+from explorer.recipe import Recipe
+from explorer.runner import run_key
+
+DIGITS = {"architecture": "digits_cnn", "dataset": "digits", "name": "digits_cnn-digits", "path": None,
+          "batchnorm": False}
+
+
+def test_queue_goes_nearest_first_and_neighbours_of_a_move_first_of_all():
+    points = [("a", (0.0, 9.0, 0.0)), ("b", (10.0, 9.0, 0.0)), ("c", (18.0, 6.0, 0.0)), ("d", (19.0, 6.0, 4.0)),
+              ("e", (10.0, 6.0, 0.0))]
+    assert L.order(points, (10.0, 9.0, 0.0)) == ["b", "e", "a", "c", "d"]
+    assert L.order(points, (19.0, 6.0, 4.0)) == ["d", "c", "e", "b", "a"]
+    assert L.order(points, (10.0, 9.0, 0.0), first=["d", "x", "d"]) == ["d", "x", "b", "e", "a", "c"]
+
+
+def test_neighbours_are_one_notch_either_way_on_each_slider():
+    c = {**DEFAULTS, "sparsity": 0.5, "bits": "8", "clusters": "16"}
+    got = {(n["sparsity"], n["bits"], n["clusters"]) for n in L.neighbours(c)}
+    assert got == {(0.45, "8", "16"), (0.55, "8", "16"), (0.5, "7", "16"), (0.5, "fp16", "16"), (0.5, "8", "8"),
+                   (0.5, "8", "32")}
+    edge = {(n["sparsity"], n["bits"]) for n in L.neighbours({**DEFAULTS, "sparsity": 0.0, "bits": "fp32"})}
+    assert (0.05, "fp32") in edge and all(s >= 0 for s, _ in edge) and ("bf16" not in {b for _, b in edge})
+
+
+def test_two_pages_on_one_model_share_one_landscape(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    lands = L.Landscapes(RunCache, run_key, threading.Event(), idle_s=60, tick_s=3600)  # no tick: nothing runs
+    a = lands.touch(DIGITS, {**DEFAULTS, "sparsity": 0.5})
+    b = lands.touch(DIGITS, {**DEFAULTS, "sparsity": 0.9, "bits": "4"})
+    assert a is b and len(a.points) == 40 and len({k for k, _, _ in a.points}) == 40
+    assert a.position == L.coords({**DEFAULTS, "sparsity": 0.9, "bits": "4"})
+    first = a.next(lambda k: False)
+    assert first.label() == "prune 90% unstructured -> W4 ptq"  # the point under the sliders comes first
+    lands.after_run(DIGITS, {**DEFAULTS, "sparsity": 0.9, "bits": "4"})
+    assert a.next(lambda k: False).label() == "prune 85% unstructured -> W4 ptq"  # then its neighbours
+
+
+def test_a_background_run_waits_while_a_page_run_is_going():
+    busy = threading.Event()
+    busy.set()
+    L._BUSY = busy
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (L._wait_for_foreground(0.5, "fine-tuning"), done.set()))
+    t.start()
+    time.sleep(0.3)
+    assert not done.is_set()  # held while the foreground runs
+    busy.clear()
+    t.join(timeout=5)
+    assert done.is_set()
+    L._BUSY = None
+
+
+def test_the_landscape_measures_in_a_worker_through_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
+    lands = L.Landscapes(RunCache, run_key, threading.Event(), idle_s=60, tick_s=0.2)
+    land = lands.touch(DIGITS, {**DEFAULTS, "sparsity": 0.0})
+    deadline = time.monotonic() + 180
+    while land.status(lands.cached)["measured"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        lands.touch(DIGITS, {**DEFAULTS, "sparsity": 0.0})
+    s = land.status(lands.cached)
+    assert s["measured"] >= 2 and s["total"] == 40, s
+    stored = {k for k in RunCache(tmp_path / "cache").keys()}
+    assert {k for k, _, _ in land.points} >= stored  # everything it stored is a grid point
+    lands.pause(DIGITS["name"], True)
+    assert land.status(lands.cached)["paused"]
+
+
+def test_cancelling_a_run_leaves_no_partial_cache_entry(tmp_path, monkeypatch):
+    from explorer.compress.prune import PruneConfig
+
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    board = Board(RunCache, run_key)
+    slow = Recipe(model="vgg13", steps=(PruneConfig(sparsity=0.5, schedule="gradual", finetune_epochs=20),))
+    job = board.submit(slow, "page-1", FOREGROUND)
+    deadline = time.monotonic() + 120
+    while job.state != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # into its fine-tuning
+    board.watch("page-1", set())  # the page moved on
+    while not job.finished and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert job.state == "cancelled" and job.result is None
+    cache = RunCache(tmp_path / "cache")
+    assert cache.keys() == [] and cache.get(job.key) is None
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith((".work-", ".tmp-"))]
+    board.stop()
+
+
+def test_the_board_serves_the_page_before_the_comparison_and_joins_repeated_asks(tmp_path, monkeypatch):
+    from explorer.compress.prune import PruneConfig
+
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
+    board = Board(RunCache, run_key)
+    blocker = board.submit(Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.3),)), "p", FOREGROUND)
+    base = board.submit(Recipe(model="digits_cnn"), "p", COMPARISON)
+    page = board.submit(Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.6),)), "p", FOREGROUND)
+    assert board.submit(Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.6),)), "q") is page
+    deadline = time.monotonic() + 120
+    while not all(j.finished for j in (blocker, base, page)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(j.state == "done" for j in (blocker, base, page))
+    assert page.started < base.started  # the page's own run went before the comparison queued before it
+    assert page.first_figures_s is not None and page.first_figures_s < page.total_s
+    board.stop()
+    with pytest.raises(ValueError, match="does not exist"):
+        board.submit(Recipe(model="digits_cnn", checkpoint=str(tmp_path / "nope.safetensors")), "p")
