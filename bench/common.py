@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("EXPLORER_CACHE_DIR", str(ROOT / "cache" / "bench"))
+os.environ.setdefault("EXPLORER_LANDSCAPE", "0")  # no background work beside a benchmark (live.py runs its own)
 os.environ.setdefault("EXPLORER_CACHE_MAX_MB", "8192")  # the bench cache holds every run; never evict mid-report
 RESULTS = ROOT / "docs" / "results"
 # One intra-op thread for compression and fine-tuning: on a 2-core machine shared with others, torch's

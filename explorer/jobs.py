@@ -84,6 +84,7 @@ class Board:
                 job.cancel.set()
             self._lock.notify_all()
         self._thread.join(timeout=wait_s)
+        self.busy.clear()  # nothing of this board is running: background work waiting on it may go on
 
     def submit(self, recipe: Recipe, session: str, priority: int = FOREGROUND) -> Job:
         """The job for `recipe`: finished at once from the cache, joined if another page asked first, else

@@ -13,6 +13,7 @@ them off. The ordering and neighbours are pure functions, tested alone.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
 import os
@@ -104,8 +105,13 @@ class Landscape:
                 "failed": len(self.failed), "computed_here": self.done}
 
 
-def _nice_worker(busy, threads: int) -> None:
-    """A background worker: lower priority, its torch threads fixed, and the foreground's flag kept."""
+_BUSY = None
+
+
+def _worker_main(jobs, results, busy, threads: int) -> None:
+    """The background worker process: lower priority, its torch threads fixed, the foreground's flag kept;
+    it measures the points it is sent, one at a time, until it is sent None (or its parent ends: it is a
+    daemon process, terminated at the parent's exit)."""
     global _BUSY
     _BUSY = busy
     with contextlib.suppress(OSError, AttributeError):
@@ -113,9 +119,12 @@ def _nice_worker(busy, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-
-
-_BUSY = None
+    while (recipe_json := jobs.get()) is not None:
+        try:
+            out = _measure(recipe_json)
+        except Exception as e:  # reported as a failed point; the worker goes on
+            out = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        results.put(out)
 
 
 def _wait_for_foreground(fraction: float, message: str) -> None:
@@ -146,8 +155,17 @@ class Landscapes:
         self._lock = threading.Lock()
         self._pool = None
         self._future = None  # (landscape name, key, future)
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="explorer-landscape", daemon=True)
         self._thread.start()
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        """Stop feeding the worker and end it: at exit nothing waits for a background point (a worker ended
+        mid-run leaves only scratch, which the next start-up removes)."""
+        self._stopping.set()
+        if self._pool is not None:
+            self._pool.terminate()
 
     def cached(self, key: str) -> bool:
         return self._cache().peek(key) is not None
@@ -190,23 +208,15 @@ class Landscapes:
         with self._lock:
             return self._all.get(name)
 
-    def _executor(self):
-        if self._pool is None:
-            from concurrent.futures import ProcessPoolExecutor
-
+    def _worker(self) -> _Worker:
+        if self._pool is None or not self._pool.alive():
             from explorer import runner
-            from explorer.sweep import _bare_main
 
-            ctx = multiprocessing.get_context("spawn")
-            busy = ctx.Event()
-            self._mp_busy = busy
-            with _bare_main():  # spawned workers must not run the page's script again
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_nice_worker,
-                                                 initargs=(busy, runner.train_threads()))
+            self._pool = _Worker(runner.train_threads())
         return self._pool
 
     def _loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             time.sleep(self.tick_s)
             try:
                 self._tick()
@@ -215,7 +225,7 @@ class Landscapes:
 
     def _tick(self) -> None:
         if self._pool is not None:  # the worker's copy of the foreground's flag
-            (self._mp_busy.set if self._busy.is_set() else self._mp_busy.clear)()
+            self._pool.follow(self._busy.is_set())
         with self._lock:
             if self._future is not None:
                 name, key, fut = self._future
@@ -250,7 +260,7 @@ class Landscapes:
     def _submit(self, recipe: Recipe):
         if os.environ.get("RAY_ADDRESS"):
             return _RayPoint(recipe, self._cache, self._busy)
-        return self._executor().submit(_measure, recipe.to_json(indent=None))
+        return self._worker().submit(recipe.to_json(indent=None))
 
 
 class _RayPoint:
@@ -275,3 +285,50 @@ class _RayPoint:
 
     def result(self) -> dict:
         return self._outcome or {"status": "failed", "error": "not finished"}
+
+
+class _Worker:
+    """One daemon worker process and its queues; `submit` returns a future-like handle of the one point in
+    flight. A worker that dies fails its point and is replaced on the next submit."""
+
+    def __init__(self, threads: int):
+        from explorer.sweep import _bare_main
+
+        ctx = multiprocessing.get_context("spawn")
+        self._jobs, self._results, self._busy = ctx.Queue(), ctx.Queue(), ctx.Event()
+        self._proc = ctx.Process(target=_worker_main, args=(self._jobs, self._results, self._busy, threads),
+                                 name="explorer-landscape-worker", daemon=True)
+        with _bare_main():  # the spawned worker must not run the page's script again
+            self._proc.start()
+
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def follow(self, busy: bool) -> None:
+        (self._busy.set if busy else self._busy.clear)()
+
+    def submit(self, recipe_json: str) -> _Point:
+        self._jobs.put(recipe_json)
+        return _Point(self)
+
+    def terminate(self) -> None:
+        with contextlib.suppress(Exception):
+            self._busy.clear()
+            self._proc.terminate()
+            self._proc.join(timeout=5)
+
+
+class _Point:
+    def __init__(self, worker: _Worker):
+        self._worker, self._out = worker, None
+
+    def done(self) -> bool:
+        if self._out is None:
+            with contextlib.suppress(Exception):
+                self._out = self._worker._results.get_nowait()
+            if self._out is None and not self._worker.alive():
+                self._out = {"status": "failed", "error": "the background worker process died"}
+        return self._out is not None
+
+    def result(self) -> dict:
+        return self._out or {"status": "failed", "error": "not finished"}
