@@ -158,7 +158,7 @@ def vgg11(num_classes: int, in_channels: int, image_size: int, width: float = 1.
     return SmallVGG(_vgg_cfg("A"), num_classes, in_channels, image_size, width)
 
 
-@register_model("vgg13", description="VGG-13 (torchvision cfg B) with BN, as seed 000 used", default_image_size=32)
+@register_model("vgg13", description="VGG-13 (torchvision cfg B) with BatchNorm, for small inputs", default_image_size=32)
 def vgg13(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
     return SmallVGG(_vgg_cfg("B"), num_classes, in_channels, image_size, width)
 

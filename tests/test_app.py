@@ -14,10 +14,14 @@ from tests.conftest import settle
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
-    return RunCache(tmp_path / "cache")
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One run cache for this module's pages: most open the same default configuration, which is then
+    computed once (tests that count entries compare counts before and after)."""
+    root = tmp_path_factory.mktemp("app") / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EXPLORER_CACHE_DIR", str(root))
+        yield RunCache(root)
 
 
 def _app(**query) -> AppTest:
@@ -96,6 +100,7 @@ def test_failed_run_shows_its_error_and_the_page_stays_usable(cache):
     assert not at.exception and not at.error
 
 
+@pytest.mark.slow  # three vgg13 runs; test_bnadapt covers the adaptation, test_controls where it is offered
 def test_batchnorm_adaptation_is_offered_where_the_model_has_batchnorm(cache):
     """vgg13 with one-shot 2:4 sparsity and no fine-tuning: BatchNorm adaptation (on by default) keeps it
     near the baseline; switched off, the stale statistics take it to chance. digits_cnn has no BatchNorm:

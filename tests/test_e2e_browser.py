@@ -260,6 +260,28 @@ def test_sparsity_slider_reruns_and_the_page_shows_results_and_charts(browser, s
         page.close()
 
 
+def _tracebacks(log: str) -> list[str]:
+    """Each traceback in a server log, from its first line to the exception line that ends it."""
+    out, cur = [], None
+    for line in log.splitlines():
+        if line.startswith("Traceback (most recent call last)"):
+            cur = [line]
+        elif cur is not None:
+            cur.append(line)
+            if line and not line.startswith((" ", "\t")) and not line.startswith("During handling"):
+                out.append("\n".join(cur))
+                cur = None
+    return out
+
+
+def _client_gone(traceback: str) -> bool:
+    """Streamlit's web server logging that it wrote to the websocket of a browser that was killed (the page
+    refreshes itself while it computes, so a vanished browser can be mid-update): the server's transport,
+    not the explorer."""
+    last = traceback.strip().splitlines()[-1]
+    return "WebSocketDisconnected" in last or "ClientDisconnect" in last or "WebSocketClosedError" in last
+
+
 def _kill_processes_with(marker: str) -> int:
     """SIGKILL every process whose command line holds `marker`; how many there were."""
     killed = 0
@@ -308,7 +330,8 @@ def test_a_crashed_session_does_not_affect_another(browser, server, tmp_path):
         assert _metric(b, "Top-1 (measured)").endswith("%")
         with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as r:
             assert r.read().strip() == b"ok"
-        assert "Traceback" not in _tail(log, 400), f"the server logged a traceback:\n{_tail(log)}"
+        ours = [t for t in _tracebacks(_tail(log, 400)) if not _client_gone(t)]
+        assert not ours, f"the server logged a traceback:\n{ours[0]}"
     except BaseException:
         _report_failure(b, tmp_path, log)
         raise

@@ -68,19 +68,24 @@ def test_eight_sessions_compute_each_configuration_once_and_agree(tmp_path, monk
     sessions = [configs[i % 3] for i in range(8)]
     shown: dict[int, tuple] = {}
     errors: list[str] = []
+    apptest = threading.Lock()
 
     def session(i: int, query: dict):
         try:
             at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
             for k, v in query.items():
                 at.query_params[k] = v
-            at.run()  # queues the runs; AppTest sessions are not safe to rerun in a tight loop from threads,
-            board = service.board()  # so wait on the board for this page's runs, then draw once more
+            # AppTest keeps some state per process, so two AppTest runs must not overlap (a real server runs
+            # each session's script in its own thread); the runs the pages queue are computed meanwhile
+            with apptest:
+                at.run()
+            board = service.board()
             keys = board._watching[at.session_state["_session"]]
             deadline = time.monotonic() + 500
             while not all(board.job(k).finished for k in keys) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            at.run()
+            with apptest:
+                at.run()
             if at.exception or at.error:
                 errors.append(f"session {i}: {[e.value for e in (*at.exception, *at.error)]}")
             m = {x.label: x.value for x in at.metric}

@@ -297,7 +297,7 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> Compressed:
         info = _prune_unstructured(model, cfg, ctx)
         if cfg.granularity == "unstructured":
             state.notes.append("Unstructured sparsity shrinks the packed file, not dense latency: the zeros are "
-                               "still multiplied (seed 003's pseudo-compression).")
+                               "still multiplied by dense kernels (compression in storage only).")
         elif cfg.granularity == "nm":
             state.notes.append(f"{cfg.n}:{cfg.m} sparsity runs faster only on GPUs with sparse tensor cores "
                                "(NVIDIA Ampere and later, through sparse kernels such as cuSPARSELt); the CPU "

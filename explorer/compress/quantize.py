@@ -283,7 +283,7 @@ def apply(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> Compressed:
                     t.copy_(t.to(dtype).float())
                     state.float_format[k] = cfg.mode
         state.notes.append(f"{cfg.mode} halves the stored weights; compute stays fp32 on a CPU without native "
-                           f"{cfg.mode} kernels, so CPU latency does not drop (seed 003: it depends on the hardware).")
+                           f"{cfg.mode} kernels, so CPU latency does not drop: what a format saves depends on the hardware.")
         info["seconds"] = round(time.perf_counter() - t0, 3)
         state.info.setdefault("quantize", []).append(info)
         return Compressed(model, state)
@@ -328,7 +328,7 @@ def apply(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> Compressed:
                                f"recipe's layers={cfg.layers!r} asks.")
     if cfg.mode == "dynamic":
         state.notes.append("Dynamic int8 quantises activations at run time; for convolutions ONNX Runtime uses "
-                           "ConvInteger, which is often slower than fp32 on x86 (seed 000 saw the same).")
+                           "ConvInteger, which is often slower than fp32 on x86 CPUs.")
     info["layer_bits"] = {w: bits[w] for w in weights}
     info["seconds"] = round(time.perf_counter() - t0, 3)
     state.info.setdefault("quantize", []).append(info)
