@@ -24,6 +24,13 @@ def cache(tmp_path_factory):
         yield RunCache(root)
 
 
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty run cache, for a test whose expectation depends on which runs exist."""
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    return RunCache(tmp_path / "cache")
+
+
 def _app(**query) -> AppTest:
     """The page on a link; the digits CNN unless the link names another baseline (the page's own default
     depends on which data sets this machine has)."""
@@ -300,7 +307,7 @@ def test_a_finished_sweep_shows_in_the_charts_and_the_footer_says_so(cache, monk
     assert "after a sweep of 2 runs" in at.caption[-1].value
 
 
-def test_sweet_spot_table_follows_the_settings_and_can_be_applied(cache, monkeypatch):
+def test_sweet_spot_table_follows_the_settings_and_can_be_applied(fresh_cache, monkeypatch):
     monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
     at = _app(sparsity="0.95", prune_epochs="0")  # loses far more than 5 points: the baseline is recommended
     at.number_input(key="ss_drop").set_value(5.0)

@@ -54,6 +54,7 @@ def test_a_model_without_batchnorm_is_left_as_it_is():
     assert any("no BatchNorm" in n for n in r.state.notes)
 
 
+@pytest.mark.slow  # about 25-60 s on two cores: run by `make test-all`
 def test_adaptation_rescues_one_shot_two_four_sparsity_on_vgg13(tmp_path):
     """Without fine-tuning, 2:4 sparsity leaves vgg13's BatchNorm statistics stale and the net at chance;
     re-measured, it is back within two points, measured on the model rebuilt from the packed file."""

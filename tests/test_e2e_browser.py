@@ -295,6 +295,7 @@ def _kill_processes_with(marker: str) -> int:
     return killed
 
 
+@pytest.mark.slow  # about 25-60 s on two cores: run by `make test-all`
 def test_a_crashed_session_does_not_affect_another(browser, server, tmp_path):
     """Session A, in a browser of its own, asks for an uncached run, and that browser is killed while the
     run is going; session B renders and reruns normally, and A's configuration, asked for again, is

@@ -123,6 +123,7 @@ def test_qat_recipe_runs_although_it_reorders_the_state_dict(tmp_path):
     assert res["status"] == "ok" and res["accuracy"]["top1"] > 90
 
 
+@pytest.mark.slow  # about 25-60 s on two cores: run by `make test-all`
 def test_a_recipe_gives_the_same_figures_whatever_threads_the_caller_runs(monkeypatch, tmp_path):
     """The page's process, the CLI and a sweep's one-thread workers compute with EXPLORER_TRAIN_THREADS
     threads, so one recipe gives one set of figures (vgg13's fine-tuning loss moves with the count)."""
