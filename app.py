@@ -1,5 +1,5 @@
 """Streamlit entry point: `streamlit run app.py` (or `make run`)."""
 
-from explorer.ui.main import main
+from explorer.app.ui.main import main
 
 main()

@@ -20,13 +20,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from explorer.baselines import load_baseline  # noqa: E402
+from explorer.artifact.pack import pack, tensor_report, theoretical_bits, unpack  # noqa: E402
 from explorer.compress import compress  # noqa: E402
 from explorer.compress.base import CompressionState  # noqa: E402
 from explorer.compress.cluster import ClusterConfig  # noqa: E402
 from explorer.compress.prune import PruneConfig  # noqa: E402
 from explorer.compress.quantize import QuantizeConfig  # noqa: E402
-from explorer.pack import pack, tensor_report, theoretical_bits, unpack  # noqa: E402
+from explorer.models.baselines import load_baseline  # noqa: E402
 
 BASELINES = ("models/digits_cnn-digits.safetensors", "models/vgg13-digits.safetensors")
 VARIANTS = {

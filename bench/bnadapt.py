@@ -12,7 +12,7 @@ from explorer.compress.bnadapt import BNAdaptConfig
 from explorer.compress.cluster import ClusterConfig
 from explorer.compress.lowrank import LowRankConfig
 from explorer.compress.prune import PruneConfig
-from explorer.recipe import Recipe
+from explorer.compress.recipe import Recipe
 
 NAME = "bnadapt"
 MODEL = "vgg13"

@@ -43,7 +43,7 @@ def dataset(model: str) -> str:
 
 def fashion_models() -> tuple[str, ...]:
     """The Fashion-MNIST LeNet-5 for the seeds' tables, where the data set is on this machine."""
-    from explorer.data import available
+    from explorer.core.data import available
 
     return ("lenet5",) if available("fashion-mnist") else ()
 SEED001 = "seed 001 (Ishtiaq et al., section IV tables)"
@@ -70,7 +70,7 @@ def log(msg: str) -> None:
 
 
 def cache():
-    from explorer.cache import RunCache
+    from explorer.run.cache import RunCache
 
     return RunCache()
 
@@ -90,7 +90,7 @@ def run(recipe, *, label: str | None = None, latency: bool = False) -> dict:
     if latency and hit and remeasure():
         key = res["key"]
         if key not in _retimed:
-            from explorer.runner import time_run
+            from explorer.run.runner import time_run
 
             _retimed[key] = time_run(res, cache().root / key)
         res = {**_retimed[key], "cache": res["cache"]}
@@ -105,19 +105,19 @@ _retimed: dict[str, dict] = {}
 
 
 def baseline(model: str) -> dict:
-    from explorer.recipe import Recipe
+    from explorer.compress.recipe import Recipe
 
     return run(Recipe(model=model, dataset=dataset(model)), label="baseline")
 
 
 def card(model: str) -> dict:
-    from explorer.baselines import baseline_path, read_card
+    from explorer.models.baselines import baseline_path, read_card
 
     return read_card(baseline_path(model, dataset(model)))
 
 
 def data_for(model: str):
-    from explorer.baselines import baseline_data
+    from explorer.models.baselines import baseline_data
 
     return baseline_data(card(model))
 
@@ -137,7 +137,7 @@ def nonzero_weights(res: dict) -> int:
 
 
 def threads() -> int:
-    from explorer.runner import threads as t
+    from explorer.run.runner import threads as t
 
     return t()
 
@@ -172,7 +172,7 @@ def artifact(res: dict, name: str) -> str:
 
 def unpacked(res: dict):
     """The model rebuilt from the run's packed file, as the explorer times it."""
-    from explorer.pack import unpack
+    from explorer.artifact.pack import unpack
 
     blob = cache().artifact(res["key"], "model.xpk")
     if blob is None:
@@ -197,7 +197,7 @@ def head_to_head(entries: dict[str, tuple[str, Any]], x, rounds: int = 10, budge
 
 def speedup(h: dict[str, dict], reference: str, name: str) -> dict:
     """reference's time over name's, from the same interleaved rounds: {"ratio", "ci"} (stats.ratio_of_medians)."""
-    from explorer.stats import ratio_of_medians
+    from explorer.core.stats import ratio_of_medians
 
     return ratio_of_medians(h[reference]["round_ms"], h[name]["round_ms"])
 
@@ -327,7 +327,7 @@ def ort_peer(fp32_path: str, out_path: str | os.PathLike, mode: str, calibration
 
 
 def sha_of(path: str | os.PathLike) -> str:
-    from explorer.baselines import sha256_file
+    from explorer.models.baselines import sha256_file
 
     return sha256_file(path)[:16]
 

@@ -22,9 +22,9 @@ from explorer.compress.distill import DistillConfig
 from explorer.compress.lowrank import LowRankConfig
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
-from explorer.controls import grid_point
-from explorer.recipe import Recipe
-from explorer.sweep import Grid
+from explorer.compress.recipe import Recipe
+from explorer.run.controls import grid_point
+from explorer.run.sweep import Grid
 
 NAME = "explorer_perf"
 COLD_S, WARM_S, MIN_RECIPES = 300.0, 5.0, 40  # the cache/sweep issue's targets
@@ -54,7 +54,7 @@ def techniques() -> list[tuple[str, Recipe]]:
 
 
 def uncached_runs(tmp: Path) -> str:
-    from explorer.cache import RunCache
+    from explorer.run.cache import RunCache
 
     RunCache(tmp / "warmup").get_or_run(Recipe(model="digits_cnn"))  # imports and first-call set-up, not timed
     rows = []
@@ -74,8 +74,8 @@ def uncached_runs(tmp: Path) -> str:
 
 
 def sweep_cold_warm(tmp: Path) -> tuple[str, list[C.Check], dict]:
-    from explorer.cache import RunCache
-    from explorer.sweep import run_sweep
+    from explorer.run.cache import RunCache
+    from explorer.run.sweep import run_sweep
 
     recipes = Grid().recipes()
     cache = RunCache(tmp / "sweep")
@@ -116,14 +116,14 @@ def worker_start_s() -> float:
     times = []
     for _ in range(3):
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import explorer.runner"], cwd=C.ROOT, check=True)
+        subprocess.run([sys.executable, "-c", "import explorer.run.runner"], cwd=C.ROOT, check=True)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
 def workers_speedup(tmp: Path) -> tuple[str, C.Check]:
-    from explorer.cache import RunCache
-    from explorer.sweep import run_sweep
+    from explorer.run.cache import RunCache
+    from explorer.run.sweep import run_sweep
 
     recipes = SUBSET.recipes()
     times = {}
@@ -143,7 +143,7 @@ def workers_speedup(tmp: Path) -> tuple[str, C.Check]:
     tab = C.table(["subset sweep", "recipes", "1 worker s", "2 workers s", "speed-up"], rows, "lrrrr")
     start = worker_start_s()
     tab += (f"\n\nLoad average during these sweeps: {os.getloadavg()[0]:.2f} (other developers' work competes "
-            "for the two cores). Starting one worker (a fresh interpreter importing `explorer.runner`) takes "
+            "for the two cores). Starting one worker (a fresh interpreter importing `explorer.run.runner`) takes "
             f"{start:.1f} s, and `run_sweep` starts a new spawn pool for every chunk of max(2 x workers, 4) "
             "recipes, so on digits_cnn, where one recipe compresses in well under a second, worker start-up "
             "and the serial latency timing take most of a sweep's time; a pool kept across chunks would "
@@ -197,7 +197,7 @@ def ui_while_running() -> tuple[str, C.Check]:
 
     from streamlit.testing.v1 import AppTest
 
-    from explorer import service
+    from explorer.app import service
 
     at = AppTest.from_file(str(C.ROOT / "app.py"), default_timeout=600)
     at.query_params["baseline"] = "digits_cnn-digits"

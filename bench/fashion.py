@@ -25,7 +25,7 @@ import common as C
 from explorer.compress.cluster import ClusterConfig
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
-from explorer.recipe import Recipe
+from explorer.compress.recipe import Recipe
 
 NAME = "fashion"
 DATASET = "fashion-mnist"
@@ -156,12 +156,12 @@ def resnet_section() -> tuple[str, list[C.Check]]:
 
 
 def cold_runs() -> tuple[str, list[C.Check], dict]:
-    """The page's default configuration (explorer.ui.state) on each baseline, in a fresh cache: the data set
+    """The page's default configuration (explorer.app.ui.state) on each baseline, in a fresh cache: the data set
     already in memory, as it is in the page's process once a model is open (its load is timed apart)."""
-    from explorer import service
-    from explorer.baselines import baseline_data
-    from explorer.cache import RunCache
-    from explorer.ui import state
+    from explorer.app import service
+    from explorer.app.ui import state
+    from explorer.models.baselines import baseline_data
+    from explorer.run.cache import RunCache
 
     rows, checks, facts = [], [], {}
     cards = {c["name"]: c for c in service.list_baselines()}
@@ -189,7 +189,7 @@ def cold_runs() -> tuple[str, list[C.Check], dict]:
 
 
 def main() -> None:
-    from explorer.data import available, how_to_get
+    from explorer.core.data import available, how_to_get
 
     if not available(DATASET):
         C.write_section(NAME, "Fashion-MNIST: targets, residual channel pruning, cold runs",

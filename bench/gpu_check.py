@@ -10,11 +10,11 @@ import time
 
 import torch
 
-from explorer.baselines import load_baseline
 from explorer.compress.prune import PruneConfig
+from explorer.compress.recipe import Recipe
 from explorer.measure.latency import measure_latency
-from explorer.recipe import Recipe
-from explorer.runner import run_recipe
+from explorer.models.baselines import load_baseline
+from explorer.run.runner import run_recipe
 
 CUDA = ("torch_cuda_fp32", "torch_cuda_fp16", "torch_cuda_bf16")
 

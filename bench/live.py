@@ -23,7 +23,7 @@ from pathlib import Path
 import common as C
 
 from explorer.compress.prune import PruneConfig
-from explorer.recipe import Recipe
+from explorer.compress.recipe import Recipe
 
 NAME = "live"
 TARGETS = {"points": 20, "digits_s": 1.5, "first_s": 10.0, "warm_s": 0.3, "slowdown": 1.3}
@@ -35,18 +35,19 @@ def _fresh(tmp: Path, name: str) -> None:
 
 
 def _cards() -> dict:
-    from explorer import service
+    from explorer.app import service
 
     return {c["name"]: c for c in service.list_baselines()}
 
 
 def points_after_opening(tmp: Path) -> tuple[int, list[tuple[int, int]]]:
     """A page opened on digits_cnn and left alone for OPEN_S seconds: how many runs the curves hold."""
-    from explorer import runner, service
-    from explorer.cache import RunCache
-    from explorer.controls import DEFAULTS, build
-    from explorer.jobs import COMPARISON, Board
-    from explorer.landscape import Landscapes
+    from explorer.app import service
+    from explorer.run import runner
+    from explorer.run.cache import RunCache
+    from explorer.run.controls import DEFAULTS, build
+    from explorer.run.jobs import COMPARISON, Board
+    from explorer.run.landscape import Landscapes
 
     _fresh(tmp, "open")
     card = _cards()["digits_cnn-digits"]
@@ -71,11 +72,11 @@ def points_after_opening(tmp: Path) -> tuple[int, list[tuple[int, int]]]:
 
 def first_figures(tmp: Path) -> list[list[str]]:
     """A cold slider move on each baseline: seconds until accuracy and size show, and until complete."""
-    from explorer import runner
-    from explorer.baselines import baseline_data
-    from explorer.cache import RunCache
-    from explorer.controls import DEFAULTS, build
-    from explorer.jobs import Board
+    from explorer.models.baselines import baseline_data
+    from explorer.run import runner
+    from explorer.run.cache import RunCache
+    from explorer.run.controls import DEFAULTS, build
+    from explorer.run.jobs import Board
 
     rows = []
     cards = _cards()
@@ -120,11 +121,11 @@ def warm_render(tmp: Path) -> list[float]:
 
 def slowdown(tmp: Path, rounds: int = 3) -> tuple[list[float], list[float]]:
     """A page's cold run with the landscape busy and idle, alternating; distinct recipes of equal cost."""
-    from explorer import runner
-    from explorer.cache import RunCache
-    from explorer.controls import DEFAULTS
-    from explorer.jobs import Board
-    from explorer.landscape import Landscapes
+    from explorer.run import runner
+    from explorer.run.cache import RunCache
+    from explorer.run.controls import DEFAULTS
+    from explorer.run.jobs import Board
+    from explorer.run.landscape import Landscapes
 
     _fresh(tmp, "slowdown")
     card = _cards()["vgg13-digits"]

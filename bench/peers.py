@@ -11,8 +11,8 @@ from __future__ import annotations
 import common as C
 
 from explorer.compress.quantize import QuantizeConfig
-from explorer.controls import grid_point
-from explorer.recipe import Recipe
+from explorer.compress.recipe import Recipe
+from explorer.run.controls import grid_point
 
 NAME = "peers"
 SPARSITY = (0.5, 0.9)
@@ -23,16 +23,16 @@ PEER_STATIC = ("onnxruntime", "`quantize_static` defaults")
 
 def torch_pruned(model: str, sparsity: float) -> tuple[dict, str]:
     """torch.nn.utils.prune.global_unstructured (L1) over every conv and linear weight, then
-    explorer.train.fit with the TrainConfig the explorer's fine-tuning uses, then prune.remove."""
+    explorer.core.train.fit with the TrainConfig the explorer's fine-tuning uses, then prune.remove."""
     import copy
 
     import torch
     import torch.nn.utils.prune as tprune
     from torch import nn
 
-    from explorer.baselines import baseline_path, load_baseline
+    from explorer.core.train import TrainConfig, evaluate, fit
     from explorer.measure.size import gzip_file, write_checkpoint
-    from explorer.train import TrainConfig, evaluate, fit
+    from explorer.models.baselines import baseline_path, load_baseline
 
     def make(folder):
         base_model, _ = load_baseline(baseline_path(model, C.dataset(model)))
@@ -57,8 +57,8 @@ def torch_pruned(model: str, sparsity: float) -> tuple[dict, str]:
 
 
 def load_checkpoint(model: str, path: str):
-    from explorer.baselines import load_into, load_state_dict_file
-    from explorer.zoo import create_model
+    from explorer.core.zoo import create_model
+    from explorer.models.baselines import load_into, load_state_dict_file
 
     return load_into(create_model(model, **C.card(model)["arch_kwargs"]), load_state_dict_file(path), path)
 
@@ -117,7 +117,7 @@ def main() -> None:
              f"{C.CALIBRATION} calibration images the explorer uses) and `quantize_dynamic`, both with their "
              "default arguments, applied to the explorer's fp32 ONNX export of the baseline; "
              "`torch.nn.utils.prune.global_unstructured` with `L1Unstructured` over every conv and linear "
-             "weight, then `explorer.train.fit` with the explorer's fine-tuning settings "
+             "weight, then `explorer.core.train.fit` with the explorer's fine-tuning settings "
              f"({FINETUNE_EPOCHS} epochs, AdamW lr {FINETUNE_LR:g}, no weight decay, cosine, batch 64, seed 0). "
              "The explorer's static int8 path differs from ORT's defaults in three settings: it pre-processes "
              "the graph (`quant_pre_process`), quantises weights per channel, and uses unsigned 8-bit "

@@ -11,8 +11,8 @@ import common as C
 
 from explorer.compress.cluster import ClusterConfig
 from explorer.compress.quantize import QuantizeConfig
-from explorer.controls import grid_point
-from explorer.recipe import Recipe
+from explorer.compress.recipe import Recipe
+from explorer.run.controls import grid_point
 
 NAME = "seed000"
 MODEL = "vgg13"

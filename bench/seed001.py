@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import common as C
 
+from explorer.app.metrics import normalized_ad_rf
 from explorer.compress.cluster import ClusterConfig
 from explorer.compress.prune import PruneConfig
-from explorer.controls import grid_point
-from explorer.metrics import normalized_ad_rf
-from explorer.recipe import Recipe
+from explorer.compress.recipe import Recipe
+from explorer.run.controls import grid_point
 
 NAME = "seed001"
 # seed 001, section IV: (variant, top-1 %, accuracy delta, gzip bytes, reduction factor, Norm. AD x RF)
@@ -71,7 +71,7 @@ def seed_tables(model: str, base: dict, results: list[dict]) -> str:
             f"{100 / base['test_samples']:.2f} points), fp32 safetensors file {file_b:,} B, gzip -9 of it "
             f"{b_gzip:,} B. Reduction factor = baseline gzip bytes / variant gzip bytes, as the seed computed it. "
             f"Seed columns: {C.SEED001}, a Keras MNIST CNN evaluated on 10,000 images. The seed's Norm. column "
-            f"recomputed from its own AD and RF columns with `explorer.metrics.normalized_ad_rf`: "
+            f"recomputed from its own AD and RF columns with `explorer.app.metrics.normalized_ad_rf`: "
             f"{', '.join(f'{v:.3f}' for v in seed_norm)}.", gz,
             "The int8 rows' gzip figure is small because the explorer's checkpoint of an int8 recipe stays an fp32 "
             f"safetensors file holding integer-grid values; its int8 artifacts are the ONNX int8 file "

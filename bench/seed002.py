@@ -9,7 +9,7 @@ from __future__ import annotations
 import common as C
 
 from explorer.compress.quantize import QuantizeConfig
-from explorer.recipe import Recipe
+from explorer.compress.recipe import Recipe
 
 NAME = "seed002"
 BITS = (8, 4, 3, 2)

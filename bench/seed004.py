@@ -11,7 +11,7 @@ from __future__ import annotations
 import common as C
 
 from explorer.compress.prune import PruneConfig
-from explorer.recipe import Recipe
+from explorer.compress.recipe import Recipe
 
 NAME = "seed004"
 # per model: sparsities, and the pruning fine-tune (gradual schedule) that met seed 001's 95% claim
@@ -20,10 +20,10 @@ PLAN = {"digits_cnn": ((0.5, 0.75, 0.9, 0.95), 20, 1e-2), "vgg13": ((0.5, 0.9, 0
 
 def dense_control(model: str, target: int, epochs: int, lr: float) -> dict:
     """train_dense_control at the matched width; memoised (it is deterministic for these arguments)."""
-    from explorer.baselines import baseline_path
     from explorer.compress.distill import train_dense_control
+    from explorer.core.train import evaluate
     from explorer.measure.size import write_checkpoint
-    from explorer.train import evaluate
+    from explorer.models.baselines import baseline_path
 
     def make(folder):
         data = C.data_for(model)

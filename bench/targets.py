@@ -19,8 +19,8 @@ import common as C
 from explorer.compress.cluster import ClusterConfig
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
-from explorer.controls import grid_point
-from explorer.recipe import Recipe
+from explorer.compress.recipe import Recipe
+from explorer.run.controls import grid_point
 
 NAME = "targets"
 SPEEDUP, MAX_LOSS, SIZE_RF = 8.0, 1.0, 50.0
@@ -155,7 +155,7 @@ def throughput(model: str, pick, base: dict) -> tuple[str, float | None]:
 
 
 def size_target(model: str, base: dict) -> tuple[str, list[C.Check], tuple | None]:
-    from explorer.pack import tensor_report
+    from explorer.artifact.pack import tensor_report
 
     file_b = base["baseline_size"]["file_bytes"]
     rows, best = [], None

@@ -1,5 +1,5 @@
 import sys
 
-from explorer.cli import main
+from explorer.app.cli import main
 
 sys.exit(main())

@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.cache import RunCache
-from explorer.data import available
-from explorer.runner import run_key
-from explorer.service import list_baselines
-from explorer.ui import state
+from explorer.app.service import list_baselines
+from explorer.app.ui import state
+from explorer.core.data import available
+from explorer.run.cache import RunCache
+from explorer.run.runner import run_key
 from tests.conftest import settle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +143,7 @@ def test_baseline_tab_shows_the_card(cache):
 
 
 def test_ui_layer_has_no_torch_code():
-    files = [ROOT / "app.py", *sorted((ROOT / "explorer" / "ui").glob("*.py"))]
+    files = [ROOT / "app.py", *sorted((ROOT / "explorer" / "app" / "ui").glob("*.py"))]
     for f in files:
         for node in ast.walk(ast.parse(f.read_text())):
             names = []
@@ -193,8 +193,8 @@ def test_a_bad_setting_is_one_error_line_on_the_page(cache, monkeypatch):
 
 
 def test_the_page_opens_on_fashion_mnist_where_the_data_is_and_on_digits_otherwise(cache, monkeypatch, tmp_path):
-    from explorer import data as data_mod
-    from explorer import service
+    from explorer.app import service
+    from explorer.core import data as data_mod
 
     assert service.default_baseline(["digits_cnn-digits", "lenet5-fashion-mnist"]) == "lenet5-fashion-mnist"
     assert service.default_baseline(["vgg13-digits", "digits_cnn-digits"]) == "digits_cnn-digits"
@@ -257,8 +257,8 @@ def _values(v) -> list:
 
 def test_one_builder_gives_8_bits_the_same_recipe_on_the_page_and_in_a_sweep(cache):
     """8 bits meant 'W8 ptq' in the sidebar and 'W8A8 static' in sweeps: now one function builds both."""
-    from explorer.controls import grid_point
-    from explorer.sweep import Grid
+    from explorer.run.controls import grid_point
+    from explorer.run.sweep import Grid
 
     at = _app(sparsity="0", bits="8")
     assert not at.exception
@@ -356,7 +356,7 @@ def test_user_facing_text_uses_plain_words():
     import ast as _ast
 
     banned = ("seed 00", "Seed 00", "W6 ptq", "ORT int8 b256", "z-score", "b256 ms")
-    for f in [ROOT / "app.py", *(ROOT / "explorer" / "ui").glob("*.py")]:
+    for f in [ROOT / "app.py", *(ROOT / "explorer" / "app" / "ui").glob("*.py")]:
         for node in _ast.walk(_ast.parse(f.read_text())):
             if isinstance(node, _ast.Constant) and isinstance(node.value, str):
                 assert not any(b in node.value for b in banned), (f.name, node.value[:80])
@@ -367,7 +367,7 @@ def test_an_added_model_is_announced_until_the_next_action(cache, tmp_path, monk
 
     import torch
 
-    from explorer.baselines import load_baseline
+    from explorer.models.baselines import load_baseline
 
     monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
     model, _ = load_baseline(ROOT / "models" / "digits_cnn-digits.safetensors")

@@ -6,7 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from explorer.baselines import (
+from explorer.core.data import available, how_to_get
+from explorer.core.train import TrainConfig, evaluate
+from explorer.core.zoo import create_model
+from explorer.models.baselines import (
     MODELS_DIR,
     baseline_data,
     describe_baseline,
@@ -17,9 +20,6 @@ from explorer.baselines import (
     sha256_file,
     train_baseline,
 )
-from explorer.data import available, how_to_get
-from explorer.train import TrainConfig, evaluate
-from explorer.zoo import create_model
 
 COMMITTED = sorted(MODELS_DIR.glob("*.safetensors"))
 

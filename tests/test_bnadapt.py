@@ -2,14 +2,14 @@ import pytest
 import torch
 from torch import nn
 
-from explorer import runner
-from explorer.baselines import baseline_data, load_baseline
 from explorer.compress import compress
 from explorer.compress.base import Context, config_from_dict
 from explorer.compress.bnadapt import BNAdaptConfig, apply
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
-from explorer.recipe import Recipe
+from explorer.compress.recipe import Recipe
+from explorer.models.baselines import baseline_data, load_baseline
+from explorer.run import runner
 
 
 def _net() -> nn.Module:

@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import byo, service
-from explorer.baselines import load_baseline
-from explorer.cli import main
+from explorer.app import service
+from explorer.app.cli import main
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
-from explorer.modelfile import detect_format
-from explorer.recipe import Recipe
-from explorer.zoo import create_model
+from explorer.compress.recipe import Recipe
+from explorer.core.zoo import create_model
+from explorer.models import user as byo
+from explorer.models.baselines import load_baseline
+from explorer.models.formats import detect_format
 from tests.conftest import make_image_folder
 
 

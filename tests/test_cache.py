@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from explorer import cache as cache_mod
-from explorer import runner
-from explorer.cache import RunCache
 from explorer.compress.prune import PruneConfig
-from explorer.recipe import Recipe
+from explorer.compress.recipe import Recipe
+from explorer.run import cache as cache_mod
+from explorer.run import runner
+from explorer.run.cache import RunCache
 
 ROOT = Path(__file__).resolve().parent.parent
 F = runner.FILES
@@ -228,9 +228,9 @@ def test_two_threads_compute_once(root):
 WORKER = """
 import json, os, sys, time
 from pathlib import Path
-from explorer import cache, runner
+from explorer.run import cache, runner
 from explorer.compress.prune import PruneConfig
-from explorer.recipe import Recipe
+from explorer.compress.recipe import Recipe
 
 mode, state = sys.argv[1], Path(sys.argv[2])
 

@@ -4,8 +4,8 @@ import sys
 import numpy as np
 import pytest
 
-from explorer.cli import main
-from explorer.data import load_dataset
+from explorer.app.cli import main
+from explorer.core.data import load_dataset
 from tests.conftest import ROOT
 
 

@@ -7,8 +7,8 @@ from sklearn.cluster import KMeans
 
 from explorer.compress import base
 from explorer.compress.cluster import ClusterConfig, apply, kmeans_1d
-from explorer.data import load_dataset
-from explorer.zoo import create_model
+from explorer.core.data import load_dataset
+from explorer.core.zoo import create_model
 
 
 @pytest.fixture(scope="module")

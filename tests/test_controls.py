@@ -2,9 +2,9 @@
 
 import pytest
 
-from explorer import controls
-from explorer.controls import DEFAULTS, build, from_recipe, grid_point, relevant
-from explorer.sweep import Grid
+from explorer.run import controls
+from explorer.run.controls import DEFAULTS, build, from_recipe, grid_point, relevant
+from explorer.run.sweep import Grid
 
 DIGITS = {"architecture": "digits_cnn", "dataset": "digits", "name": "digits_cnn-digits", "path": None,
           "batchnorm": False}
@@ -42,7 +42,7 @@ def test_the_sidebar_can_be_set_to_any_grid_point(card, point):
 
 def test_a_recipe_the_sidebar_cannot_say_is_not_applied():
     from explorer.compress.prune import PruneConfig
-    from explorer.recipe import Recipe
+    from explorer.compress.recipe import Recipe
 
     odd = Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.5, lr=0.05),))
     assert from_recipe(odd.to_dict(), DIGITS) is None

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.data import DATASETS, list_datasets, load_dataset, safe_unpickle, stratified_split
+from explorer.core.data import DATASETS, list_datasets, load_dataset, safe_unpickle, stratified_split
 from tests.conftest import make_cifar, make_image_folder, make_mnist
 
 

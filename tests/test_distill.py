@@ -3,7 +3,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explorer.baselines import load_baseline
 from explorer.compress.base import CompressionState, Context, step_types
 from explorer.compress.distill import (
     DistillConfig,
@@ -12,9 +11,10 @@ from explorer.compress.distill import (
     matched_width,
     train_dense_control,
 )
-from explorer.data import load_dataset
-from explorer.train import evaluate
-from explorer.zoo import count_params, create_model
+from explorer.core.data import load_dataset
+from explorer.core.train import evaluate
+from explorer.core.zoo import count_params, create_model
+from explorer.models.baselines import load_baseline
 
 BASELINE = "models/digits_cnn-digits.safetensors"
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer import runner, service
-from explorer.cache import RunCache
-from explorer.recipe import Recipe
-from explorer.sweep import _parallel
+from explorer.app import service
+from explorer.compress.recipe import Recipe
+from explorer.run import runner
+from explorer.run.cache import RunCache
+from explorer.run.sweep import _parallel
 
 ROOT = Path(__file__).resolve().parent.parent
 

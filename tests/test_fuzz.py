@@ -18,12 +18,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
-from explorer import byo, pack
-from explorer.baselines import load_baseline
+from explorer.artifact import pack
 from explorer.compress.base import CompressionState
-from explorer.data import load_dataset, safe_unpickle
+from explorer.compress.recipe import Recipe
+from explorer.core.data import load_dataset, safe_unpickle
 from explorer.measure.onnx_export import export_onnx
-from explorer.recipe import Recipe
+from explorer.models import user as byo
+from explorer.models.baselines import load_baseline
 from tests.conftest import make_cifar, make_mnist
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from explorer.data import load_dataset
-from explorer.idx import read_idx
+from explorer.core.data import load_dataset
+from explorer.core.idx import read_idx
 from tests.conftest import make_mnist
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")

@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from explorer import landscape as L
-from explorer.cache import RunCache
-from explorer.controls import DEFAULTS
-from explorer.jobs import COMPARISON, FOREGROUND, Board
-from explorer.recipe import Recipe
-from explorer.runner import run_key
+from explorer.compress.recipe import Recipe
+from explorer.run import landscape as L
+from explorer.run.cache import RunCache
+from explorer.run.controls import DEFAULTS
+from explorer.run.jobs import COMPARISON, FOREGROUND, Board
+from explorer.run.runner import run_key
 
 DIGITS = {"architecture": "digits_cnn", "dataset": "digits", "name": "digits_cnn-digits", "path": None,
           "batchnorm": False}

@@ -13,8 +13,8 @@ from explorer.compress.lowrank import (
     restructure,
     svd_factors,
 )
-from explorer.data import load_dataset
-from explorer.zoo import count_params, create_model
+from explorer.core.data import load_dataset
+from explorer.core.zoo import count_params, create_model
 
 
 def _model(seed=0):

@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.baselines import baseline_data, load_baseline
 from explorer.compress import compress
 from explorer.compress.cluster import ClusterConfig
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
+from explorer.core.train import evaluate, predict_logits
 from explorer.measure import compute, size
 from explorer.measure.hardware import describe, hardware
 from explorer.measure.latency import measure_latency, summarise, torch_cuda
 from explorer.measure.onnx_export import export_onnx, onnx_accuracy, quantize_int8
-from explorer.train import evaluate, predict_logits
+from explorer.models.baselines import baseline_data, load_baseline
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from explorer.metrics import accuracy_delta, normalized_ad_rf, pareto_front, reduction_factor, sweet_spot
+from explorer.app.metrics import accuracy_delta, normalized_ad_rf, pareto_front, reduction_factor, sweet_spot
 
 # Seed 001 (Ishtiaq et al.), section IV: accuracy delta (points), reduction factor, and Norm. AD x RF
 SEED_001 = [
@@ -125,7 +125,7 @@ def test_overlapping_latency_intervals_are_ties_broken_by_size_then_steps():
 
 
 def test_forgets_counts_the_flipped_images_and_the_moves():
-    from explorer.metrics import forgets
+    from explorer.app.metrics import forgets
 
     y = np.array([0, 0, 1, 1, 2, 2, 2, 1])
     base = np.array([0, 0, 1, 2, 2, 2, 1, 1])

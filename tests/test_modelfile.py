@@ -16,9 +16,10 @@ from onnx import TensorProto, helper
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
-from explorer import byo, service
-from explorer.cli import main
-from explorer.modelfile import detect_format
+from explorer.app import service
+from explorer.app.cli import main
+from explorer.models import user as byo
+from explorer.models.formats import detect_format
 from tests.conftest import ROOT, settle
 
 
@@ -108,7 +109,7 @@ def test_the_page_offers_no_way_to_trust_code():
     import ast
     import inspect
 
-    for f in [ROOT / "app.py", *(ROOT / "explorer" / "ui").glob("*.py")]:
+    for f in [ROOT / "app.py", *(ROOT / "explorer" / "app" / "ui").glob("*.py")]:
         for node in ast.walk(ast.parse(f.read_text())):
             names = [getattr(node, a, None) for a in ("id", "attr", "arg", "name")]
             assert not any(isinstance(n, str) and "trust" in n.lower() for n in names), (f.name, names)

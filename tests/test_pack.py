@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-import explorer.pack as packing
-from explorer import bitpack
-from explorer.baselines import baseline_data, load_baseline
+import explorer.artifact.pack as packing
+from explorer.artifact import bitpack
+from explorer.artifact.pack import MAGIC, PackError, pack, tensor_report, theoretical_bits, unpack
 from explorer.compress import compress
 from explorer.compress.base import CompressionState
 from explorer.compress.cluster import ClusterConfig
 from explorer.compress.lowrank import Factorized, LowRankConfig
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig, remove_activation_quant
-from explorer.pack import MAGIC, PackError, pack, tensor_report, theoretical_bits, unpack
-from explorer.zoo import create_model
+from explorer.core.zoo import create_model
+from explorer.models.baselines import baseline_data, load_baseline
 
 CKPT = "models/digits_cnn-digits.safetensors"
 

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from explorer import plots
+from explorer.app import plots
 
 
 def _frame() -> pd.DataFrame:
@@ -126,7 +126,7 @@ def test_pareto_marks_the_baseline():
 
 
 def test_one_baseline_file_size_on_the_size_chart_and_in_the_table():
-    from explorer.ui.views import comparison_table
+    from explorer.app.ui.views import comparison_table
 
     result = {"size": {"file_bytes": 162_384, "packed_bytes": 10_000}, "baseline_size": {"file_bytes": 162_432},
               "accuracy": {"top1": 97.0, "top3": 99.0, "top5": 100.0},

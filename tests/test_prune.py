@@ -12,8 +12,8 @@ from explorer.compress.prune import (
     magnitude_masks,
     nm_mask,
 )
-from explorer.data import load_dataset
-from explorer.zoo import count_params, create_model
+from explorer.core.data import load_dataset
+from explorer.core.zoo import count_params, create_model
 
 
 @pytest.fixture(scope="module")

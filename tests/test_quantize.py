@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.baselines import baseline_data, load_baseline
 from explorer.compress import qmath
 from explorer.compress.base import Context
 from explorer.compress.quantize import QuantizeConfig, apply
-from explorer.train import evaluate
-from explorer.zoo import create_model
+from explorer.core.train import evaluate
+from explorer.core.zoo import create_model
+from explorer.models.baselines import baseline_data, load_baseline
 
 
 @pytest.fixture(scope="module")

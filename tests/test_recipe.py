@@ -7,9 +7,9 @@ from explorer.compress import compress
 from explorer.compress.cluster import ClusterConfig
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
-from explorer.data import load_dataset
-from explorer.recipe import Recipe
-from explorer.zoo import create_model
+from explorer.compress.recipe import Recipe
+from explorer.core.data import load_dataset
+from explorer.core.zoo import create_model
 
 DESIGN_EXAMPLE = {
     "model": "digits_cnn", "dataset": "digits", "checkpoint": "models/digits_cnn-digits.safetensors", "seed": 0,

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import pack, runner
-from explorer.cli import main
+from explorer.app.cli import main
+from explorer.artifact import pack
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
+from explorer.compress.recipe import Recipe
+from explorer.core.train import evaluate
 from explorer.measure.onnx_export import ExportError
-from explorer.recipe import Recipe
-from explorer.train import evaluate
+from explorer.run import runner
 
 DESIGN_KEYS = {"recipe", "key", "accuracy", "baseline_accuracy", "accuracy_delta", "sparsity", "params",
                "nonzero_params", "macs", "size", "reduction_factor", "latency", "hardware", "layers", "timings",
@@ -51,7 +52,7 @@ def test_sizes_are_the_files_written_and_factors_follow(run90):
 
 def test_accuracy_is_measured_on_the_model_rebuilt_from_the_packed_file(run90):
     _, out, res = run90
-    from explorer.baselines import baseline_data, read_card
+    from explorer.models.baselines import baseline_data, read_card
 
     data = baseline_data(read_card("models/digits_cnn-digits.safetensors"))
     model = pack.unpack((out / "model.xpk").read_bytes()).model
@@ -151,10 +152,10 @@ def test_a_recipe_gives_the_same_figures_whatever_threads_the_caller_runs(monkey
 def test_runs_keep_predictions_and_their_paired_comparison_with_the_baseline(tmp_path):
     """b and c recomputed from the two stored prediction files equal the stored ones; the baseline's own
     comparison is 0/0/1; the interval and the speed-ups are in the result."""
-    from explorer.cache import RunCache
-    from explorer.data import load_dataset
+    from explorer.core.data import load_dataset
+    from explorer.core.stats import wilson
     from explorer.measure.accuracy import load_predictions
-    from explorer.stats import wilson
+    from explorer.run.cache import RunCache
 
     cache = RunCache(tmp_path / "cache")
     base = cache.get_or_run(Recipe(model="digits_cnn"))

@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from explorer.safezip import extract_zip, tree_root
+from explorer.models.safezip import extract_zip, tree_root
 
 
 def _zip(path, entries):

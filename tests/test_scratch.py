@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer import scratch
+from explorer.core import scratch
 from tests.conftest import ROOT
 
 
@@ -30,7 +30,7 @@ def test_a_live_folder_is_kept_and_removed_on_exit(env):
 
 
 def test_folders_of_a_killed_process_are_removed_at_start_up(env):
-    code = ("from explorer import scratch; import time\n"
+    code = ("from explorer.core import scratch; import time\n"
             "with scratch.folder('run') as p:\n    (p / 'model.onnx').write_bytes(b'x'); print(p, flush=True); "
             "time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from explorer import service
-from explorer.baselines import baseline_data, load_baseline
+from explorer.app import service
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
-from explorer.recipe import Recipe
-from explorer.train import evaluate
+from explorer.compress.recipe import Recipe
+from explorer.core.train import evaluate
+from explorer.models.baselines import baseline_data, load_baseline
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def test_sensitivity_is_the_drop_with_one_layer_compressed(cache_env):
     # reference: quantise one layer by hand from the packed run and measure it
     model, card = load_baseline("models/digits_cnn-digits.safetensors")
     data = baseline_data(card)
-    from explorer import pack
+    from explorer.artifact import pack
 
     packed = pack.unpack(service.artifact(res["key"], "model.xpk")).model
     probe = load_baseline("models/digits_cnn-digits.safetensors")[0]

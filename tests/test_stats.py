@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from explorer import stats
+from explorer.core import stats
 
 Z = 1.959963984540054  # the 97.5% normal quantile
 

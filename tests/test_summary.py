@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from explorer import summary
+from explorer.app import summary
 
 RESULT = {"key": "k1", "dataset": "digits", "test_samples": 359, "recipe": {"model": "digits_cnn", "steps": [
     {"kind": "prune", "sparsity": 0.7, "granularity": "unstructured", "schedule": "oneshot", "finetune_epochs": 2}]},

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.data import Split, load_dataset
-from explorer.train import TrainConfig, TrainHook, evaluate, fit, seed_everything, topk_accuracy
-from explorer.zoo import create_model
+from explorer.core.data import Split, load_dataset
+from explorer.core.train import TrainConfig, TrainHook, evaluate, fit, seed_everything, topk_accuracy
+from explorer.core.zoo import create_model
 
 
 @pytest.fixture(scope="module")

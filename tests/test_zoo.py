@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from explorer.zoo import count_params, create_model, list_models, model_entry
+from explorer.core.zoo import count_params, create_model, list_models, model_entry
 
 
 @pytest.mark.parametrize("name", list_models())

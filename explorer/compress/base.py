@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from explorer.data import DataBundle
-from explorer.errors import bad_value
-from explorer.train import Progress, TrainConfig, TrainHook, fit
+from explorer.core.data import DataBundle
+from explorer.core.errors import bad_value
+from explorer.core.train import Progress, TrainConfig, TrainHook, fit
 
 # ---------------------------------------------------------------- state
 

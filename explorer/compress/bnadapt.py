@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from explorer.compress.base import Compressed, Context, clone, register_step
-from explorer.errors import check_range
+from explorer.core.errors import check_range
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from explorer.compress import base
-from explorer.errors import bad_value, check_choice, check_range
+from explorer.core.errors import bad_value, check_choice, check_range
 
 INITS = ("linear", "random", "kmeans++")
 # kmeans++ seeding costs O(samples * k); a uniform subsample this large seeds as well as the full data

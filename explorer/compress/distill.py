@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from explorer.compress.base import Compressed, CompressionState, Context, register_step, require_shapes_free
-from explorer.data import DataBundle
-from explorer.errors import bad_value, check_choice, check_range
-from explorer.train import Progress, TrainConfig, fit, seed_everything
-from explorer.zoo import count_params, create_model, list_models, model_entry
+from explorer.core.data import DataBundle
+from explorer.core.errors import bad_value, check_choice, check_range
+from explorer.core.train import Progress, TrainConfig, fit, seed_everything
+from explorer.core.zoo import count_params, create_model, list_models, model_entry
 
 WIDTH_RANGE = (0.0625, 4.0)  # what create_model accepts
 

@@ -24,7 +24,7 @@ from explorer.compress.base import (
     register_step,
     require_shapes_free,
 )
-from explorer.errors import bad_value, check_choice, check_range
+from explorer.core.errors import bad_value, check_choice, check_range
 
 
 @dataclass(frozen=True)

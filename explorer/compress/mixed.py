@@ -13,7 +13,7 @@ from torch import nn
 
 from explorer.compress import qmath
 from explorer.compress.base import Context
-from explorer.train import evaluate
+from explorer.core.train import evaluate
 
 
 def _quantized_copy_loss(model: nn.Module, name: str, bits: int, cfg, val) -> float:

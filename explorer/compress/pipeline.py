@@ -10,8 +10,8 @@ from typing import Any
 from torch import nn
 
 from explorer.compress.base import CompressionState, Context, step_type_of
-from explorer.data import DataBundle
-from explorer.train import Progress
+from explorer.core.data import DataBundle
+from explorer.core.train import Progress
 
 
 @dataclass

@@ -26,8 +26,8 @@ from explorer.compress.base import (
     finetune,
     register_step,
 )
-from explorer.errors import bad_value, check_choice, check_range
-from explorer.train import TrainHook
+from explorer.core.errors import bad_value, check_choice, check_range
+from explorer.core.train import TrainHook
 
 GRANULARITIES = ("unstructured", "channel", "block", "nm")
 CRITERIA = ("l1", "l2", "geometric_median")

@@ -30,7 +30,7 @@ from explorer.compress.base import (
     finetune,
     register_step,
 )
-from explorer.errors import bad_value, check_choice, check_range
+from explorer.core.errors import bad_value, check_choice, check_range
 
 MODES = ("fp16", "bf16", "ptq", "static", "dynamic", "qat", "mixed")
 CALIBRATIONS = ("minmax", "percentile", "entropy")
@@ -283,7 +283,8 @@ def apply(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> Compressed:
                     t.copy_(t.to(dtype).float())
                     state.float_format[k] = cfg.mode
         state.notes.append(f"{cfg.mode} halves the stored weights; compute stays fp32 on a CPU without native "
-                           f"{cfg.mode} kernels, so CPU latency does not drop: what a format saves depends on the hardware.")
+                           f"{cfg.mode} kernels, so CPU latency does not drop: what a format saves depends on the "
+                           "hardware.")
         info["seconds"] = round(time.perf_counter() - t0, 3)
         state.info.setdefault("quantize", []).append(info)
         return Compressed(model, state)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explorer import stats
+from explorer.core import stats
 
 
 def save_predictions(path: Path, pred) -> None:
@@ -25,7 +25,7 @@ def load_predictions(data: bytes) -> np.ndarray:
 
 def uncertainty(acc: dict, base_acc: dict, labels) -> dict:
     """Wilson intervals of top-1 and top-5 over the test images, and the paired comparison with the
-    baseline on the same images (explorer.stats)."""
+    baseline on the same images (explorer.core.stats)."""
     n = acc["n"]
     ci = {k: [round(v, 4) for v in stats.wilson(acc["correct"][k], n)] for k in ("top1", "top5")}
     return {"accuracy_ci": ci,

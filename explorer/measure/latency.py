@@ -8,7 +8,7 @@ An engine that cannot run says so ("not available" with the reason), never a 0 o
 Every engine at a batch size, and the baseline it is compared with, is timed in the same rounds: each
 round times each of them for a slice of the budget, in a rotated order. A change in the machine's load
 during the session (another process, a frequency step) then hits the baseline and the run alike, and a
-speed-up is the median of the per-round ratios, with its interval (explorer.stats).
+speed-up is the median of the per-round ratios, with its interval (explorer.core.stats).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from explorer.errors import first_line
+from explorer.core.errors import first_line
+from explorer.core.stats import median_ci, ratio_of_medians
 from explorer.measure.hardware import hardware
-from explorer.stats import median_ci, ratio_of_medians
 
 BATCHES = (1, 256)
 ROUNDS = 10  # an even count balances who opens a round; the median's interval spans ranks 2 to 9 (98% coverage)

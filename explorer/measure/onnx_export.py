@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from explorer.compress.quantize import remove_activation_quant
-from explorer.errors import first_line
+from explorer.core.errors import first_line
 
 
 class ExportError(RuntimeError):
@@ -92,7 +92,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, 
         quantize_static,
     )
 
-    from explorer import scratch
+    from explorer.core import scratch
 
     with scratch.folder("int8") as tmp:
         pre = tmp / "pre.onnx"
@@ -163,9 +163,9 @@ def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 512, thread
 
 
 def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, with_predictions: bool = False) -> dict:
-    """top-1/3/5 of an ONNX model on (x, y), computed like the PyTorch figures (explorer.train.scores);
+    """top-1/3/5 of an ONNX model on (x, y), computed like the PyTorch figures (explorer.core.train.scores);
     without `with_predictions` only the JSON-ready figures."""
-    from explorer.train import scores
+    from explorer.core.train import scores
 
     res = scores(torch.from_numpy(onnx_logits(path, x)), torch.from_numpy(y), with_predictions)
     res.pop("loss")

@@ -1,0 +1,427 @@
+"""Command line: `python -m explorer train|data ...`.
+
+Errors print one line on stderr and exit non-zero; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def deco(fn):
+        COMMANDS[name] = fn
+        return fn
+
+    return deco
+
+
+class ProgressLine:
+    """One self-overwriting progress line on stderr (a plain line per update when not a terminal)."""
+
+    def __init__(self, label: str, stream=None):
+        self.label, self.stream, self.t0, self.last = label, stream or sys.stderr, time.perf_counter(), -1.0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        tty = self.stream.isatty()
+        if not tty and fraction - self.last < 0.1 and fraction < 1.0:
+            return
+        self.last = fraction
+        elapsed = time.perf_counter() - self.t0
+        line = f"{self.label}: {100 * fraction:5.1f}% {message} [{elapsed:.0f}s]"
+        self.stream.write(("\r" + line) if tty else line + "\n")
+        if tty and fraction >= 1.0:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+TRUST_HELP = ("load a model file that is a program (TorchScript, an exported .pt2 program, a pickled module): "
+              "loading it runs code from the file, so only for files whose author you trust")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m explorer", description="Compression trade-off explorer")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a baseline and write models/<model>-<dataset>.safetensors + card")
+    t.add_argument("--model", required=True)
+    t.add_argument("--dataset", default="digits")
+    t.add_argument("--root", default=None, help="local dataset folder (all but digits)")
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--augment-shift", type=int, default=0)
+    t.add_argument("--width", type=float, default=None, help="channel width multiplier (where the model has one)")
+    t.add_argument("--image-size", type=int, default=None)
+    t.add_argument("--models-dir", default=None)
+    t.add_argument("--finetune-samples", type=int, default=None,
+                   help="recommend that compression runs fine-tune on this many training images (large data sets)")
+
+    r = sub.add_parser("run", help="run one recipe on a committed baseline and print its result")
+    r.add_argument("--recipe", required=True, help="recipe JSON file")
+    r.add_argument("--json", action="store_true", help="print the whole RunResult as JSON")
+    r.add_argument("--out", default=None,
+                   help="also write result.json, recipe.json, the packed .xpk and the ONNX models here")
+    r.add_argument("--checkpoint", default=None, help="your own model file instead of the recipe's baseline")
+    r.add_argument("--arch", default=None, help="zoo architecture of a state_dict checkpoint")
+    r.add_argument("--dataset", default=None, help="dataset of --checkpoint (default: the recipe's)")
+    r.add_argument("--root", default=None, help="local dataset folder for --dataset")
+    r.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
+    r.add_argument("--no-cache", action="store_true",
+                   help="compute afresh instead of through the run cache (the result is not stored)")
+
+    am = sub.add_parser("add-model", help="add your own model (state_dict + --arch, or ONNX/TorchScript/.pt2)")
+    am.add_argument("--checkpoint", required=True)
+    am.add_argument("--arch", default=None, help="zoo architecture of a state_dict (.safetensors/.pt/.pth)")
+    am.add_argument("--dataset", default="digits")
+    am.add_argument("--root", default=None)
+    am.add_argument("--name", default=None)
+    am.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
+    am.add_argument("--replace", action="store_true", help="replace the model already added under --name")
+
+    w = sub.add_parser("sweep", help="run a grid of recipes through the cache and write a results CSV")
+    w.add_argument("--model", default="digits_cnn")
+    w.add_argument("--dataset", default="digits")
+    w.add_argument("--sparsity", default="0,0.5,0.75,0.9,0.95")
+    w.add_argument("--bits", default="32,16,8,4", help="32 = none, 16 = fp16, 8 = static int8, 2-7 = k-bit weights")
+    w.add_argument("--clusters", default="0,16", help="0 = off")
+    w.add_argument("--granularity", default="unstructured")
+    w.add_argument("--schedule", default="oneshot")
+    w.add_argument("--finetune-epochs", default="2")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--repeats", type=int, default=1,
+                   help="run each recipe with seeds SEED..SEED+K-1 (fine-tuning order, calibration sample, k-means "
+                        "start); tables then show mean and spread across seeds")
+    w.add_argument("--bn-adapt", action="store_true",
+                   help="re-estimate BatchNorm statistics after pruning or clustering (models with BatchNorm)")
+    w.add_argument("--backend", default="local", help="local (process pool) or ray")
+    w.add_argument("--workers", type=int, default=None)
+    w.add_argument("--out", required=True, help="results CSV")
+    w.add_argument("--no-latency", action="store_true", help="skip latency timing")
+
+    rp = sub.add_parser("report", help="standalone HTML report of a sweep's CSV")
+    rp.add_argument("results")
+    rp.add_argument("--html", required=True)
+    rp.add_argument("--title", default="Compression trade-offs")
+
+    rc = sub.add_parser("recommend", help="the sweet spot of a sweep's CSV under constraints")
+    rc.add_argument("results")
+    rc.add_argument("--max-drop", type=float, default=None, help="largest top-1 loss in points")
+    rc.add_argument("--size-budget-kb", type=float, default=None)
+    rc.add_argument("--latency-budget-ms", type=float, default=None)
+    rc.add_argument("--objective", default="smallest", help="smallest, fastest or most_accurate")
+    rc.add_argument("--size", default="packed_bytes", help="size column: packed_bytes, gzip_bytes, onnx_int8_bytes ...")
+    rc.add_argument("--latency", default="lat_onnxruntime_cpu_int8_b256_ms", help="latency column")
+    rc.add_argument("--confidence", type=float, default=0.95,
+                    help="how sure the pick must be (default 0.95); 0 judges by point estimates alone")
+
+    ca = sub.add_parser("cache", help="inspect or clear the run cache")
+    ca.add_argument("action", choices=["ls", "verify", "clear"])
+    ca.add_argument("--fix", action="store_true", help="verify: remove bad entries")
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    e = dsub.add_parser("export", help="write the exact preprocessed tensors the explorer evaluates on")
+    e.add_argument("--dataset", default="digits")
+    e.add_argument("--root", default=None)
+    e.add_argument("--split", default="test")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--image-size", type=int, default=None)
+    e.add_argument("--out", required=True)
+    f = dsub.add_parser("fetch", help="download a data set with torchvision (needs the internet)")
+    f.add_argument("name", help="fashion-mnist or mnist")
+    f.add_argument("--dir", default=None, help="where to put it (default: data/<name>/, where the explorer looks)")
+    return p
+
+
+@command("train")
+def _train(a: argparse.Namespace) -> int:
+    from explorer.core.train import TrainConfig
+    from explorer.models.baselines import MODELS_DIR, train_baseline
+
+    cfg = TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, weight_decay=a.weight_decay, seed=a.seed,
+                      augment_shift=a.augment_shift)
+    kw = {} if a.width is None else {"width": a.width}
+    card = train_baseline(a.model, a.dataset, root=a.root, cfg=cfg, model_kwargs=kw, image_size=a.image_size,
+                          models_dir=a.models_dir or MODELS_DIR, progress=ProgressLine(f"train {a.model}"),
+                          finetune_samples=a.finetune_samples)
+    print(json.dumps({k: card[k] for k in ("name", "accuracy", "params", "file_bytes")}, indent=2))
+    return 0
+
+
+@command("run")
+def _run(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from explorer.compress.recipe import Recipe
+
+    recipe = Recipe.from_file(a.recipe)
+    if a.checkpoint:
+        from explorer.models.user import add_model
+
+        card = add_model(a.checkpoint, arch=a.arch, dataset=a.dataset or recipe.dataset, root=a.root,
+                         trust_code=a.trust_code)
+        recipe = Recipe(model=card["architecture"], dataset=card["dataset"], checkpoint=card["path"],
+                        seed=recipe.seed, steps=recipe.steps, name=recipe.name)
+    progress = ProgressLine(f"run {recipe.label()}")
+    if a.no_cache:
+        from explorer.run.runner import run_recipe
+
+        result = run_recipe(recipe, workdir=a.out, progress=progress)
+    else:
+        from explorer.run.cache import RunCache
+
+        cache = RunCache()
+        result = cache.get_or_run(recipe, progress=progress)  # one computation per key, also across commands
+        if result.get("status") != "ok":
+            raise RuntimeError(f"the run failed: {result.get('error')}")
+        if a.out:
+            _write_artifacts(cache, result["key"], Path(a.out))
+    if a.out:
+        (Path(a.out) / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        (Path(a.out) / "recipe.json").write_text(recipe.to_json() + "\n")
+    print(json.dumps(result, indent=2) if a.json else summary(result))
+    return 0
+
+
+def _write_artifacts(cache, key: str, out) -> None:
+    """The run's deployable files, as stored (and checked against their checksums) in the cache."""
+    from explorer.run.runner import FILES
+
+    out.mkdir(parents=True, exist_ok=True)
+    for kind in ("packed", "onnx", "onnx_int8"):
+        data = cache.artifact(key, FILES[kind])
+        if data is not None:
+            (out / FILES[kind]).write_bytes(data)
+
+
+def _kib(n) -> str:
+    return "n/a" if n is None else f"{n / 1024:,.1f} KiB"
+
+
+def _num(n) -> str:
+    return "n/a" if n is None else f"{n:,}"
+
+
+def _lat(entry: dict) -> str:
+    if not entry.get("available"):
+        return "not available"
+    ci = entry.get("ci_ms")
+    within = f", 95% CI {ci[0]:.3f}-{ci[1]:.3f}" if ci else ""
+    return f"{entry['median_ms']:.3f} ms (p90 {entry['p90_ms']:.3f}{within})"
+
+
+def _speedup(v: dict) -> str:
+    from explorer.core.stats import measurable
+
+    lo, hi = v["ci"]
+    verdict = "" if measurable(v["ci"], 1.0) else ", no measurable change"
+    return f"{v['ratio']:.2f}x (95% CI {lo:.2f}-{hi:.2f}{verdict})"
+
+
+def summary(result: dict) -> str:
+    """What a person reads: accuracy and delta, sparsity, sizes, latency, per-layer table, seconds."""
+    acc, base, sz, rf = result["accuracy"], result["baseline_accuracy"], result["size"], result["reduction_factor"]
+    ci = result.get("accuracy_ci") or {}
+    vs = result.get("vs_baseline") or {}
+    top1_ci = f" (95% CI {ci['top1'][0]:.2f}-{ci['top1'][1]:.2f})" if "top1" in ci else ""
+    paired = (f"; paired 95% CI {vs['delta_ci'][0]:+.2f} to {vs['delta_ci'][1]:+.2f}, {vs['baseline_only']} images "
+              f"lost, {vs['run_only']} gained, exact McNemar p={vs['p_value']:.3g}: "
+              f"{'a real change' if vs['significant'] else 'no significant change'}") if vs else ""
+    lines = [f"{result['label']}  ({result['model']} on {result['dataset']}, {result['test_samples']} test images)",
+             f"  top-1 {acc['top1']:.2f}%{top1_ci}  top-3 {acc['top3']:.2f}%  top-5 {acc['top5']:.2f}%",
+             f"  delta {result['accuracy_delta']:+.2f} points vs {base['top1']:.2f}%{paired}",
+             f"  parameters {result['params']:,} ({result['nonzero_params']:,} non-zero), weight sparsity "
+             f"{result['sparsity']:.1%}, MACs {_num(result.get('macs'))}",
+             "  sizes: " + ", ".join(f"{k.replace('_bytes', '')} {_kib(sz.get(k))}"
+                                     + (f" ({rf['vs_fp32_file'][k]:.2f}x)" if k in rf["vs_fp32_file"] else "")
+                                     for k in ("file_bytes", "gzip_bytes", "packed_bytes", "onnx_bytes",
+                                               "onnx_int8_bytes"))]
+    for engine, per_batch in (result.get("latency") or {}).items():
+        if any(v.get("available") for v in per_batch.values()):
+            lines.append(f"  latency {engine}: " + ", ".join(f"{b} {_lat(v)}" for b, v in per_batch.items()))
+        speed = (result.get("speedup") or {}).get(engine) or {}
+        if speed:
+            lines.append(f"    speed-up vs the {result.get('speedup_reference', 'baseline')}: " + ", ".join(
+                f"{b} {_speedup(v)}" for b, v in speed.items()))
+    if result.get("hardware"):
+        from explorer.measure.hardware import describe
+
+        lines.append(f"  hardware: {describe(result['hardware'])}")
+    for layer in result["layers"]:
+        lines.append(f"    {layer['layer']:<24} {layer['shape']:<14} sparsity {layer['sparsity']:6.1%}  "
+                     f"distinct {layer['distinct']:>6}  bits {layer['bits']:>2}  "
+                     f"packed {_num(layer['packed_bytes']):>8} B")
+    steps = ", ".join(f"{s['kind']} {s['seconds']:.2f}s" for s in result["timings"]["steps"])
+    lines.append(f"  seconds: prepare {result['timings']['total_prepare']:.2f} ({steps}), "
+                 f"latency {result['timings'].get('latency', 0):.2f}")
+    lines += [f"  note: {n}" for n in result.get("notes", [])]
+    return "\n".join(lines)
+
+
+@command("sweep")
+def _sweep(a: argparse.Namespace) -> int:
+    from explorer.run.sweep import Grid, parse_list, run_sweep
+
+    grid = Grid(model=a.model, dataset=a.dataset, sparsity=parse_list(a.sparsity, float, "sparsity"),
+                bits=parse_list(a.bits, int, "bits"), clusters=parse_list(a.clusters, int, "clusters"),
+                granularity=parse_list(a.granularity, str, "granularity"),
+                schedule=parse_list(a.schedule, str, "schedule"),
+                finetune_epochs=parse_list(a.finetune_epochs, int, "finetune-epochs"), seed=a.seed,
+                bn_adapt=a.bn_adapt, repeats=a.repeats)
+    recipes = grid.recipes()
+    t0 = time.perf_counter()
+
+    def progress(done: int, total: int, eta: float | None) -> None:
+        left = "" if eta is None else f", about {eta:.0f}s left"
+        sys.stderr.write(f"sweep: {done}/{total} runs{left} [{time.perf_counter() - t0:.0f}s]\n")
+        sys.stderr.flush()
+
+    df = run_sweep(recipes, backend=a.backend, workers=a.workers, progress=progress, latency=not a.no_latency)
+    df.to_csv(a.out, index=False)
+    failed = int((df["status"] != "ok").sum())
+    hits = int(df["cache_hit"].fillna(False).astype(bool).sum())
+    print(f"{len(df)} runs ({hits} from the cache, {failed} failed) in {time.perf_counter() - t0:.1f}s -> {a.out}")
+    return 0
+
+
+@command("report")
+def _report(a: argparse.Namespace) -> int:
+    from explorer.app.report import read_results, write_report
+
+    df = read_results(a.results)
+    n = write_report(df, a.html, title=a.title, forgets=_forgets_of_sweet_spot(df))
+    print(f"wrote {a.html} ({n / 1024:,.0f} KiB, opens offline)")
+    return 0
+
+
+def _forgets_of_sweet_spot(df):
+    """What the report's sweet spot forgets against its baseline, from the predictions in the run cache (None
+    when either run is not there: a report never computes)."""
+    from explorer.app import service
+    from explorer.app.metrics import sweet_spot
+    from explorer.compress.recipe import Recipe
+    from explorer.run import runner
+
+    ok = df[df["status"] == "ok"]
+    pick = sweet_spot(ok, max_drop=1.0, objective="smallest") if len(ok) and "key" in ok.columns else None
+    if pick is None or pick.row is None:
+        return None
+    try:
+        r = Recipe.from_json(pick.row["recipe_json"])
+        base_key = runner.run_key(Recipe(model=r.model, dataset=r.dataset, checkpoint=r.checkpoint, seed=r.seed))
+    except ValueError:
+        return None
+    cache = service.cache()
+    run, base = cache.get(str(pick.row["key"])), cache.get(base_key)
+    return service.forgets(run, base) if run and base else None
+
+
+@command("recommend")
+def _recommend(a: argparse.Namespace) -> int:
+    from explorer.app.metrics import sweet_spot
+    from explorer.app.report import read_results
+
+    df = read_results(a.results)
+    for col in (a.size, a.latency):
+        if col not in df.columns:
+            raise ValueError(f"column {col!r} is not in {a.results}; columns: {', '.join(df.columns)}")
+    pick = sweet_spot(df, max_drop=a.max_drop, objective=a.objective, size_col=a.size, latency_col=a.latency,
+                      size_budget=None if a.size_budget_kb is None else a.size_budget_kb * 1024,
+                      latency_budget=a.latency_budget_ms, confidence=a.confidence or None)
+    if pick.row is None:
+        print(f"error: {pick.reason}", file=sys.stderr)
+        return 1
+    print(pick.reason)
+    if pick.point_row is not None:
+        print(f"by point estimates alone (not {pick.confidence:.0%} sure): {pick.point_row.get('label')}")
+    print(pick.row["recipe_json"])
+    return 0
+
+
+@command("cache")
+def _cache(a: argparse.Namespace) -> int:
+    from explorer.run.cache import RunCache
+
+    cache = RunCache()
+    if a.action == "ls":
+        for e in cache.entries():
+            print(f"{e['key']}  {e.get('status', '?'):6}  {e['bytes'] / 1024:10,.1f} KiB  {e.get('last_used', '')}  "
+                  f"{e.get('label', '')}")
+        print(f"{cache.total_bytes() / 2**20:,.1f} MiB in {cache.root}", file=sys.stderr)
+    elif a.action == "verify":
+        bad = cache.verify(fix=a.fix)
+        for b in bad:
+            print(f"{b['key']}: {b['problem']}")
+        print(f"{len(bad)} bad entr{'y' if len(bad) == 1 else 'ies'}{' removed' if a.fix and bad else ''}",
+              file=sys.stderr)
+        return 1 if bad and not a.fix else 0
+    else:
+        print(f"removed {cache.clear()} entries from {cache.root}")
+    return 0
+
+
+@command("add-model")
+def _add_model(a: argparse.Namespace) -> int:
+    from explorer.models.user import add_model
+
+    card = add_model(a.checkpoint, arch=a.arch, dataset=a.dataset, root=a.root, name=a.name,
+                     trust_code=a.trust_code, replace=a.replace)
+    acc = card["accuracy"]
+    verb = "already added as" if card.get("reused") else "added"
+    print(f"{verb} {card['name']} ({card['architecture']}, {card['params']:,} parameters) at {card['path']}: "
+          f"top-1 {acc['top1']:.2f}% on {card['test_samples']} {card['dataset']} test images")
+    if card.get("unsupported_reason"):
+        print(f"note: {card['unsupported_reason']}")
+    return 0
+
+
+@command("data")
+def _data(a: argparse.Namespace) -> int:
+    if a.data_command == "fetch":
+        from explorer.core.data import fetch
+
+        where = fetch(a.name, a.dir)
+        print(f"{a.name} is in {where}; the explorer finds it there without --root")
+        return 0
+    import numpy as np
+
+    from explorer.core.data import export_split, load_dataset
+
+    bundle = load_dataset(a.dataset, a.root, seed=a.seed, image_size=a.image_size)
+    arrays = export_split(bundle, a.split)
+    np.savez(a.out, **arrays)
+    print(f"wrote {a.out}: x {arrays['x'].shape} float32, y {arrays['y'].shape} int64", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from explorer.core.errors import first_line
+
+    try:
+        from explorer.core import scratch, settings
+
+        settings.check_all()  # every setting, before any work: one line naming a bad one
+        scratch.clean()  # scratch folders that killed processes left behind
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for the user; the traceback only on request
+        if args.debug:
+            raise
+        kind = "" if isinstance(e, ValueError) else f"{type(e).__name__}: "
+        msg = first_line(e, 1000)
+        print(f"error: {kind}{msg}", file=sys.stderr)
+        return 2

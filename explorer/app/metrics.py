@@ -1,0 +1,313 @@
+"""Trade-off metrics over a table of runs: accuracy delta, reduction factor, seed 001's normalised
+AD x RF score, Pareto fronts and a sweet-spot picker. Pure functions of numbers and DataFrames.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from explorer.core.errors import bad_value, check_choice
+from explorer.core.stats import CONFIDENCE, newcombe_paired
+
+
+def accuracy_delta(top1: float, baseline_top1: float) -> float:
+    """Points of top-1 gained (positive) or lost (negative)."""
+    return top1 - baseline_top1
+
+
+def reduction_factor(size_bytes: float, baseline_bytes: float) -> float:
+    if size_bytes <= 0:
+        raise bad_value("size_bytes", size_bytes, "a positive byte count")
+    return baseline_bytes / size_bytes
+
+
+def normalized_ad_rf(accuracy_deltas: Sequence[float], reduction_factors: Sequence[float]) -> np.ndarray:
+    """Seed 001's "Norm. AD x RF": the product of accuracy delta (points) and reduction factor,
+    standardised across the variants compared (minus the mean, over the sample standard deviation).
+    It reproduces the seed's column from the seed's own AD and RF columns to within 0.003.
+
+    What it rewards: among the variants in the table, those whose accuracy delta times reduction
+    factor is least negative. Where it misleads: (1) it is relative: adding or removing one variant
+    changes every score, so scores from different tables do not compare; (2) a variant with no
+    accuracy change scores AD x RF = 0 whatever its size, so fp16 (+0.05 points, 1.97x) beats every
+    smaller variant in the seed's table; (3) any accuracy gain, however small, beats any compression
+    with any loss, and a large loss is amplified by a large reduction factor (95% pruning: -2.43);
+    (4) delta is in points, so the same score means different things at 60% and at 99% accuracy.
+    Read it beside the Pareto front, not instead of it.
+    """
+    ad = np.asarray(accuracy_deltas, dtype=np.float64)
+    rf = np.asarray(reduction_factors, dtype=np.float64)
+    if ad.shape != rf.shape or ad.ndim != 1:
+        raise ValueError("accuracy_deltas and reduction_factors must be equal-length lists; "
+                         f"got {ad.shape} and {rf.shape}")
+    if len(ad) < 2:
+        raise ValueError(f"the normalised score compares variants: need at least 2, got {len(ad)}")
+    if not np.isfinite(ad).all() or not np.isfinite(rf).all():
+        raise ValueError("accuracy deltas and reduction factors must be finite numbers")
+    p = ad * rf
+    sd = p.std(ddof=1)
+    return np.zeros_like(p) if sd == 0 else (p - p.mean()) / sd
+
+
+def pareto_front(df: pd.DataFrame, cost: str, gain: str = "top1") -> pd.Series:
+    """True for rows no other row beats: another row with cost <= and gain >= (one strictly) dominates.
+    Rows with a missing cost or gain are never on the front."""
+    for col in (cost, gain):
+        if col not in df.columns:
+            raise bad_value("column", col, list(df.columns))
+    c = pd.to_numeric(df[cost], errors="coerce").to_numpy(dtype=float)
+    g = pd.to_numeric(df[gain], errors="coerce").to_numpy(dtype=float)
+    valid = np.isfinite(c) & np.isfinite(g)
+    on = np.zeros(len(df), dtype=bool)
+    for i in np.flatnonzero(valid):
+        better = valid & (c <= c[i]) & (g >= g[i]) & ((c < c[i]) | (g > g[i]))
+        on[i] = not better.any()
+    return pd.Series(on, index=df.index, name=f"pareto_{cost}")
+
+
+OBJECTIVES = {"smallest": ("size", True), "fastest": ("latency", True), "most_accurate": ("top1", False)}
+COUNTS = ("both_right", "baseline_only", "run_only", "both_wrong")
+
+
+@dataclass(frozen=True)
+class Pick:
+    row: pd.Series | None
+    reason: str
+    point_row: pd.Series | None = None  # the pick by point estimates alone, where it differs
+    confidence: float | None = None
+
+
+def _steps(rows: pd.DataFrame) -> pd.Series:
+    if "steps" in rows.columns:
+        return pd.to_numeric(rows["steps"], errors="coerce").fillna(0)
+
+    def count(js) -> int:
+        try:
+            return len(json.loads(js).get("steps", []))
+        except (TypeError, ValueError):
+            return 0
+    return rows.get("recipe_json", pd.Series("{}", index=rows.index)).map(count)
+
+
+def delta_lower(rows: pd.DataFrame, confidence: float) -> pd.Series:
+    """The lower end of each run's paired interval for its top-1 change, at `confidence`, from the 2x2
+    counts a run keeps (NaN where a row has none)."""
+    def one(r) -> float:
+        if any(pd.isna(r.get(c)) for c in COUNTS):
+            return float("nan")
+        return newcombe_paired(*(int(r[c]) for c in COUNTS), confidence=confidence)[0]
+    return rows.apply(one, axis=1) if len(rows) else pd.Series(dtype=float)
+
+
+def _interval(rows: pd.DataFrame, col: str) -> tuple[pd.Series, pd.Series] | None:
+    """The columns holding `col`'s interval: top1 -> top1_lo/top1_hi, lat_..._ms -> lat_..._lo_ms/_hi_ms."""
+    lo, hi = (f"{col[:-3]}_lo_ms", f"{col[:-3]}_hi_ms") if col.endswith("_ms") else (f"{col}_lo", f"{col}_hi")
+    if lo in rows.columns and hi in rows.columns and rows[[lo, hi]].notna().all().all():
+        return pd.to_numeric(rows[lo]), pd.to_numeric(rows[hi])
+    return None
+
+
+def _choose(cand: pd.DataFrame, col: str, ascending: bool, size_col: str, aware: bool) -> tuple[pd.Series, int]:
+    """The best row for the objective column and how many runs tie with it. Point estimates: the best value,
+    ties to the more accurate, then the smaller. Noise-aware: every run whose interval overlaps the best's
+    ties with it; ties go to the other objective (size, or accuracy for the smallest), then to the recipe
+    with fewer steps."""
+    steps = _steps(cand)
+    if not aware or (col != size_col and _interval(cand, col) is None):
+        order, asc = ([col, size_col], [False, True]) if col == "top1" else ([col, "top1", size_col], [ascending, False,
+                                                                                                         True])
+        return cand.assign(_steps=steps).sort_values(order, ascending=asc, kind="stable").iloc[0], 1
+    values = pd.to_numeric(cand[col])
+    best = values.idxmin() if ascending else values.idxmax()
+    if col == size_col:
+        tied = values == values[best]
+        other, other_asc = "top1", False
+    else:
+        lo, hi = _interval(cand, col)
+        tied = (lo <= hi[best]) & (hi >= lo[best])
+        other, other_asc = (size_col, True)
+    pool = cand[tied].assign(_steps=steps[tied])
+    pick = pool.sort_values([other, "_steps", col], ascending=[other_asc, True, ascending], kind="stable").iloc[0]
+    return pick, int(tied.sum())
+
+
+def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: float | None = None,
+               latency_budget: float | None = None, objective: str = "smallest", size_col: str = "packed_bytes",
+               latency_col: str = "latency_ms", delta_col: str = "accuracy_delta",
+               confidence: float | None = CONFIDENCE) -> Pick:
+    """The best run under the constraints (top-1 drop at most `max_drop` points, size at most `size_budget`
+    bytes, latency at most `latency_budget` ms) for the objective, with the reason in words; or no row and
+    the constraint that no run meets.
+
+    With `confidence` (default 95%) and the paired counts the runs keep, a run qualifies under `max_drop`
+    when the lower end of its paired interval loses at most that much ("95% sure it loses at most 1
+    point"), under a latency budget when the upper end of its latency interval is within it, and runs whose
+    intervals overlap the best one's are ties (see `_choose`). `point_row` is the pick by point estimates
+    where that differs. None: point estimates only."""
+    check_choice("objective", objective, list(OBJECTIVES))
+    rows = df[df.get("status", pd.Series("ok", index=df.index)) == "ok"] if len(df) else df
+    if rows.empty:
+        return Pick(None, "no successful run to choose from")
+    aware = confidence is not None and set(COUNTS) <= set(rows.columns)
+    pct = f"{confidence:.0%}" if aware else ""
+    constraints, point = [], []
+    if max_drop is not None:
+        unit = "point" if max_drop == 1 else "points"
+        point.append((f"top-1 drop at most {max_drop:g} {unit}", rows[delta_col] >= -max_drop))
+        if aware:
+            constraints.append((f"{pct} sure to lose at most {max_drop:g} {unit} of top-1",
+                                delta_lower(rows, confidence) >= -max_drop))
+        else:
+            constraints.append(point[-1])
+    if size_budget is not None:
+        ok = rows[size_col] <= size_budget
+        constraints.append((f"size at most {fmt_value(size_col, size_budget)}", ok))
+        point.append(constraints[-1])
+    if latency_budget is not None:
+        ok = rows[latency_col] <= latency_budget
+        point.append((f"latency at most {latency_budget:g} ms", ok))
+        interval = _interval(rows, latency_col) if aware else None
+        constraints.append((f"{pct} sure latency is at most {latency_budget:g} ms", interval[1] <= latency_budget)
+                           if interval is not None else point[-1])
+    col = {"size": size_col, "latency": latency_col, "top1": "top1"}[OBJECTIVES[objective][0]]
+    ascending = OBJECTIVES[objective][1]
+    found = _meeting(rows, constraints, col)
+    if isinstance(found, str):
+        if aware and max_drop is not None and not (delta_lower(rows, confidence) >= -max_drop).any():
+            found = _too_small(rows, confidence, max_drop)
+        return Pick(None, found, confidence=confidence if aware else None)
+    best, tied = _choose(found, col, ascending, size_col, aware)
+    met = "; ".join(t for t, _ in constraints) or "no constraints"
+    reason = (f"{objective.replace('_', ' ')} of {len(found)} run(s) meeting {met}: {best.get('label', '')}, "
+              f"top-1 {best['top1']:.2f}%, {describe_column(col)} {fmt_value(col, best[col])}")
+    if tied > 1:
+        reason += (f" ({tied} runs tie within their {pct} intervals; the tie goes to "
+                   f"{'the more accurate' if col == size_col else 'the smaller'}, then the simpler recipe)")
+    point_row = None
+    if aware:
+        alt = _meeting(rows, point, col)
+        if not isinstance(alt, str):
+            p_best, _ = _choose(alt, col, ascending, size_col, aware=False)
+            if p_best.get("key", p_best.name) != best.get("key", best.name):
+                point_row = p_best
+    return Pick(best, reason, point_row, confidence if aware else None)
+
+
+def _too_small(rows: pd.DataFrame, confidence: float, max_drop: float) -> str:
+    """Why no run is sure to stay within the drop: the test set cannot resolve a drop that small."""
+    best = float(-delta_lower(rows, confidence).max())
+    n = int(rows[list(COUNTS)].iloc[0].sum())
+    unit = "point" if max_drop == 1 else "points"
+    return (f"no run is {confidence:.0%} sure to lose at most {max_drop:g} {unit} of top-1: with {n:,} test images "
+            f"the smallest loss any run here can be {confidence:.0%} sure of is {best:.2f} points, so the test set is "
+            f"too small to tell a drop under that. Allow a larger drop, lower the confidence, or measure on a larger "
+            f"test set")
+
+
+def _meeting(rows: pd.DataFrame, constraints: list, col: str) -> pd.DataFrame | str:
+    """The rows meeting every constraint that have the objective's figure, or the reason there are none."""
+    keep = pd.Series(True, index=rows.index)
+    for text, ok in constraints:
+        ok = ok.fillna(False).astype(bool)
+        if not (keep & ok).any():
+            alone = "" if ok.any() else " (no run meets it even alone)"
+            return f"no run meets: {text}{alone}"
+        keep &= ok
+    cand = rows[keep].dropna(subset=[col])
+    return cand if not cand.empty else f"no run under the constraints has a {col} figure"
+
+
+def fmt_value(col: str, v) -> str:
+    """A figure as a person reads it: sizes in KiB or MiB, milliseconds to three significant digits."""
+    if v is None or pd.isna(v):
+        return "n/a"
+    if col.endswith("_bytes"):
+        v = float(v)
+        return f"{v:,.0f} bytes" if v < 1024 else f"{v / 1024:,.1f} KiB" if v < 2**20 else f"{v / 2**20:,.2f} MiB"
+    if col.endswith("_ms"):
+        return f"{float(v):.3g} ms"
+    if col == "top1":
+        return f"{float(v):.2f}%"
+    return f"{float(v):,.4g}"
+
+
+SIZE_NAMES = {"packed_bytes": "packed .xpk file", "gzip_bytes": "gzip of the checkpoint", "file_bytes": "checkpoint",
+              "zstd_bytes": "zstd of the checkpoint", "onnx_bytes": "ONNX fp32 file",
+              "onnx_int8_bytes": "ONNX int8 file"}
+ENGINE_NAMES = {"torch_cpu_fp32": "PyTorch on the CPU", "onnxruntime_cpu_fp32": "ONNX Runtime fp32",
+                "onnxruntime_cpu_int8": "ONNX Runtime int8"}
+
+
+def describe_column(col: str) -> str:
+    """'packed_bytes' -> 'size of the packed .xpk file', 'lat_onnxruntime_cpu_int8_b256_ms' -> 'latency with
+    ONNX Runtime int8, batch of 256': the words beside a figure already formatted with its unit."""
+    if col == "top1":
+        return "top-1"
+    if col.startswith("lat_") and col.endswith("_ms"):
+        engine, _, batch = col[4:-3].rpartition("_b")
+        return f"latency with {ENGINE_NAMES.get(engine, engine)}, batch of {batch}"
+    if col.endswith("_bytes"):
+        return f"size of the {SIZE_NAMES.get(col, col[:-6].replace('_', ' '))}"
+    return col.replace("_", " ")
+
+
+@dataclass(frozen=True)
+class Forgets:
+    """What a compressed model gets wrong that its baseline got right, and the reverse (Hooker et al., "What
+    do compressed deep neural networks forget?", 2019), from the predictions both keep."""
+
+    per_class: pd.DataFrame  # class, images, baseline top-1, run top-1, change (points)
+    confusion_change: np.ndarray  # run's confusion counts minus the baseline's; rows true, columns predicted
+    lost: np.ndarray  # indices of test images the baseline gets right and the run gets wrong
+    gained: np.ndarray  # the reverse
+
+
+def forgets(labels: np.ndarray, baseline_pred: np.ndarray, run_pred: np.ndarray, classes: Sequence[str]) -> Forgets:
+    y, b, r = (np.asarray(a, dtype=np.int64) for a in (labels, baseline_pred, run_pred))
+    if not y.shape == b.shape == r.shape:
+        raise ValueError(f"predictions must cover the same test images: {y.shape}, {b.shape}, {r.shape}")
+    k = len(classes)
+    rows = []
+    for c in range(k):
+        m = y == c
+        n = int(m.sum())
+        base = 100 * float((b[m] == c).mean()) if n else float("nan")
+        run = 100 * float((r[m] == c).mean()) if n else float("nan")
+        rows.append({"class": classes[c], "images": n, "baseline_top1": base, "run_top1": run, "change": run - base})
+
+    def confusion(pred: np.ndarray) -> np.ndarray:
+        return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+
+    return Forgets(pd.DataFrame(rows), confusion(r) - confusion(b), np.flatnonzero((b == y) & (r != y)),
+                   np.flatnonzero((b != y) & (r == y)))
+
+
+SPREAD = ("top1", "top5", "accuracy_delta")
+
+
+def across_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration run with several seeds (ShrinkBench's practice): the mean of every numeric
+    figure, and for top-1, top-5 and the change the standard deviation, minimum and maximum across seeds
+    (`<col>_std`, `_min`, `_max`) and the seed count (`seeds`). Configurations run once pass through with
+    seeds = 1. Failed runs are left out."""
+    ok = df[df["status"] == "ok"] if "status" in df.columns else df
+    if ok.empty or "config" not in ok.columns:
+        return ok
+    numeric = [c for c in ok.columns if pd.api.types.is_numeric_dtype(ok[c]) and c not in ("seed",)]
+    groups = ok.groupby("config", sort=False)
+    out = groups[numeric].mean()
+    for c in SPREAD:
+        if c in ok.columns:
+            out[f"{c}_std"] = groups[c].std(ddof=1)
+            out[f"{c}_min"], out[f"{c}_max"] = groups[c].min(), groups[c].max()
+    out["seeds"] = groups.size()
+    first = groups.first()
+    for c in ok.columns:
+        if c not in out.columns and c != "seed":
+            out[c] = first[c]
+    return out.reset_index(drop=False)

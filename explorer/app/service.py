@@ -1,0 +1,320 @@
+"""What the UI asks of the backend, in one place: baselines, a run through the cache, the table of
+cached runs for a baseline, sweeps and artifacts. Keeps torch out of the UI modules."""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+
+import pandas as pd
+
+from explorer.compress.recipe import Recipe
+from explorer.core.train import Progress
+from explorer.models import baselines
+from explorer.run.cache import RunCache
+from explorer.run.sweep import Grid, results_frame, run_sweep
+
+_frames: dict[str, tuple[tuple, dict]] = {}  # result.json path -> (stats, checked result): re-read only new runs
+
+
+def datasets() -> list[str]:
+    from explorer.core.data import list_datasets
+
+    return list_datasets()
+
+
+def architectures() -> list[str]:
+    from explorer.core.zoo import list_models
+
+    return list_models()
+
+
+def cache() -> RunCache:
+    return RunCache()
+
+
+@functools.lru_cache(maxsize=64)
+def _has_batchnorm(architecture: str, arch_kwargs: str) -> bool:
+    from torch import nn
+
+    from explorer.core.zoo import create_model
+
+    try:
+        model = create_model(architecture, **json.loads(arch_kwargs))
+    except (ValueError, TypeError):  # a card the zoo cannot build says so where it is loaded
+        return False
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+PREFERRED_BASELINES = ("lenet5-fashion-mnist", "digits_cnn-digits")  # the page opens on the first present
+
+
+def all_baselines() -> list[dict]:
+    """The committed baselines, then the models users added (state_dicts and ONNX); each says whether its
+    data set is on this machine, and each PyTorch one whether it has BatchNorm layers (the page offers
+    BatchNorm adaptation for those)."""
+    from explorer.core.data import available
+    from explorer.models.user import list_user_models
+
+    cards = baselines.list_baselines() + list_user_models()
+    for c in cards:
+        c["data_available"] = available(c["dataset"], c.get("dataset_root"))
+        if c.get("format") != "onnx" and "architecture" in c:
+            c["batchnorm"] = _has_batchnorm(c["architecture"], json.dumps(c.get("arch_kwargs") or {}, sort_keys=True))
+    return cards
+
+
+def list_baselines() -> list[dict]:
+    """The baselines whose data set is on this machine (the others cannot be measured here)."""
+    return [c for c in all_baselines() if c["data_available"]]
+
+
+def default_baseline(names: list[str]) -> str:
+    """Fashion-MNIST's LeNet-5 where its data is here (10,000 test images resolve differences the 359 of
+    digits cannot), else the digits CNN, else the first."""
+    return next((n for n in PREFERRED_BASELINES if n in names), names[0])
+
+
+def missing_data_note() -> str | None:
+    """One line for the baselines hidden because their data set is not on this machine."""
+    from explorer.core.data import how_to_get
+
+    missing = [c for c in all_baselines() if not c["data_available"]]
+    if not missing:
+        return None
+    sets = sorted({c["dataset"] for c in missing})
+    how = "; ".join(f"{d}: {how_to_get(d)}" for d in sets)
+    return (f"{len(missing)} baseline(s) need data not on this machine ({', '.join(c['name'] for c in missing)}), "
+            f"so they are hidden. To get it: {how}.")
+
+
+def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, name: str | None,
+              shown: str | None = None) -> dict:
+    """The page's "Your model": a state_dict with its architecture, or an ONNX model. Programs (TorchScript,
+    exported programs, pickled modules) are always refused here: trusting code is for the command line."""
+    from explorer.models import user
+
+    return user.add_model(path, arch=arch, dataset=dataset, root=root, name=name, shown=shown, trust_code=False)
+
+
+def check_upload(n_bytes: int, what: str) -> None:
+    from explorer.models.user import check_upload_size
+
+    check_upload_size(n_bytes, what)
+
+
+def add_dataset_zip(zip_path: str, name: str, shown: str | None = None) -> str:
+    """Extract an uploaded image-folder zip safely; returns the folder to use as the dataset root."""
+    from explorer.models import user
+
+    return user.add_dataset_zip(zip_path, name, shown=shown)
+
+
+def upload_folder():
+    """A scratch folder for an upload's bytes while they are checked (removed afterwards, and at start-up
+    if the server was killed meanwhile)."""
+    from explorer.core import scratch
+
+    return scratch.folder("upload")
+
+
+_cleaned = False
+
+
+def start_up() -> None:
+    """Every render: the settings checked, in one line; once per process: scratch folders of killed
+    processes removed."""
+    global _cleaned
+    from explorer.core import scratch, settings
+
+    settings.check_all()
+    if not _cleaned:
+        scratch.clean()
+        _cleaned = True
+
+
+def describe_baseline(path: str) -> dict:
+    return baselines.describe_baseline(path)
+
+
+def run(recipe: Recipe, progress: Progress | None = None) -> dict:
+    return cache().get_or_run(recipe, progress=progress)
+
+
+def is_cached(recipe: Recipe) -> bool:
+    """Whether the configuration is stored complete (a cheap look: no checksum of the artifacts)."""
+    from explorer.run.runner import run_key
+
+    return cache().peek(run_key(recipe)) is not None
+
+
+def cached_results(model: str, dataset: str, checkpoint: str | None = None) -> list[dict]:
+    """Every stored run of this baseline (light read: the checked result JSON of complete entries)."""
+    c = cache()
+    out = []
+    for key in c.keys():
+        path = c.root / key / "result.json"
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        hit = _frames.get(str(path))
+        if hit is None or hit[0] != stamp:
+            r = c.peek(key)
+            if r is None:
+                continue
+            hit = (stamp, r)
+            _frames[str(path)] = hit
+        r = hit[1]
+        rc = r.get("recipe", {})
+        if r.get("model") == model and r.get("dataset") == dataset and rc.get("checkpoint") == checkpoint:
+            out.append(r)
+    return out
+
+
+def frame(model: str, dataset: str, checkpoint: str | None = None) -> pd.DataFrame:
+    rows = cached_results(model, dataset, checkpoint)
+    df = results_frame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=["key", "label", "status", "top1", "accuracy_delta", "sparsity_requested",
+                                     "bits", "clusters", "packed_bytes", "recipe_json"])
+    return df
+
+
+def sweep(card: dict, *, sparsity, bits, clusters, epochs: int, granularity: str, bn_adapt: bool = False,
+          repeats: int = 1, progress=None) -> pd.DataFrame:
+    """The Sweep tab's grid on this baseline (a user's model by its path), through the cache."""
+    committed = card.get("name") == f"{card['architecture']}-{card['dataset']}"
+    grid = Grid(model=card["architecture"], dataset=card["dataset"], sparsity=tuple(sparsity), bits=tuple(bits),
+                clusters=tuple(clusters), granularity=(granularity,), finetune_epochs=(epochs,),
+                bn_adapt=bn_adapt and bool(card.get("batchnorm")), repeats=repeats,
+                checkpoint=None if committed else card["path"])
+    return run_sweep(grid.recipes(), progress=progress, cache=cache())
+
+
+def artifact(key: str, name: str) -> bytes | None:
+    """A stored artifact's bytes, checked against the cache manifest as they are served."""
+    return cache().artifact(key, name)
+
+
+def sensitivity(result: dict, compute: bool = False) -> dict | None:
+    """Per-layer sensitivity of a cached run: stored figures, or computed now when `compute`."""
+    from explorer.run import sensitivity as sens
+
+    c = cache()
+    key = result.get("key")
+    if not key or result.get("format") == "onnx":
+        return None
+    got = sens.stored(c.root, key)
+    if got is not None or not compute:
+        return got
+    blob = c.artifact(key, "model.xpk")
+    if blob is None:
+        raise ValueError(f"run {key} has no intact packed file in the cache; run it again")
+    values = sens.layer_sensitivity(Recipe.from_dict(result["recipe"]), blob)
+    sens.store(c.root, key, values)
+    return values
+
+
+def forgets(result: dict, base_result: dict, limit: int = 24) -> dict | None:
+    """What the run forgets against its baseline, from the predictions both stored (no compute): per-class
+    change, the confusion-matrix change, and the test images whose prediction flipped (at most `limit` of
+    each way, as arrays in [0, 1] with a caption each). None when either run kept no predictions."""
+    import numpy as np
+
+    from explorer.app.metrics import forgets as compute
+    from explorer.measure.accuracy import load_predictions
+
+    c = cache()
+    raw = [c.artifact(r.get("key") or "", "predictions.npy") if r.get("key") else None for r in (result, base_result)]
+    if any(b is None for b in raw):
+        return None
+    run_pred, base_pred = (load_predictions(b) for b in raw)
+    card = baselines.read_card(Recipe.from_dict(result["recipe"]).checkpoint_path)
+    data = baselines.baseline_data(card)
+    y = data.test.y.numpy()
+    classes = [str(k) for k in card.get("classes") or data.classes]
+    f = compute(y, base_pred, run_pred, classes)
+    mean = np.asarray(data.mean, dtype=np.float32)[None, :, None, None]
+    std = np.asarray(data.std, dtype=np.float32)[None, :, None, None]
+
+    def pictures(idx: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        idx = idx[:limit]
+        images = np.clip(data.test.x[idx].numpy() * std + mean, 0.0, 1.0)
+        captions = [f"{classes[y[i]]}<br>was {classes[base_pred[i]]}, now {classes[run_pred[i]]}" for i in idx]
+        return images, captions
+
+    return {"forgets": f, "classes": classes, "lost": pictures(f.lost), "gained": pictures(f.gained),
+            "test_samples": len(y)}
+
+
+def stored_result(key: str) -> dict | None:
+    """A stored RunResult by its key (checked), for the sweet spot's downloads and summary."""
+    return cache().peek(key)
+
+
+def controls_for(recipe: dict, card: dict) -> dict | None:
+    """The sidebar settings that give this recipe on this baseline, or None where the sidebar cannot say it."""
+    from explorer.run.controls import from_recipe
+
+    return from_recipe(recipe, card)
+
+
+def summary_png(result: dict, frame: pd.DataFrame, name: str) -> bytes:
+    from explorer.app import summary
+
+    return summary.png(result, frame, name)
+
+
+def summary_html(result: dict, frame: pd.DataFrame, name: str) -> str:
+    from explorer.app import summary
+
+    return summary.page(result, frame, name)
+
+
+_live_lock = threading.Lock()
+_board = None
+_landscapes = None
+
+
+def board():
+    """The server process's queue of runs pages asked for (explorer.run.jobs), started on first use."""
+    global _board
+    with _live_lock:
+        if _board is None:
+            from explorer.run.jobs import Board
+            from explorer.run.runner import run_key
+
+            _board = Board(cache, run_key)
+        return _board
+
+
+def landscapes():
+    """The background landscapes (explorer.run.landscape), or None where EXPLORER_LANDSCAPE=0."""
+    global _landscapes
+    from explorer.core import settings
+
+    if not settings.get("EXPLORER_LANDSCAPE"):
+        return None
+    jobs = board()
+    with _live_lock:
+        if _landscapes is None:
+            from explorer.run.landscape import Landscapes
+            from explorer.run.runner import run_key
+
+            _landscapes = Landscapes(cache, run_key, jobs.busy, settings.get("EXPLORER_LANDSCAPE_IDLE_S"))
+        return _landscapes
+
+
+def run_key_of(recipe: Recipe) -> str:
+    from explorer.run.runner import run_key
+
+    return run_key(recipe)
+
+
+def baseline_recipe(recipe: Recipe) -> Recipe:
+    """The recipe's baseline with no step: the run every configuration is compared with."""
+    return Recipe(model=recipe.model, dataset=recipe.dataset, checkpoint=recipe.checkpoint, seed=recipe.seed,
+                  finetune_samples=recipe.finetune_samples)

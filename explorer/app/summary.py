@@ -1,0 +1,128 @@
+"""A one-page summary of a configuration against its baseline, for a slide: the big numbers (times smaller,
+times faster, the accuracy change with its interval), the sparsity-vs-accuracy curve with this run
+marked, and the recipe. As a PNG (matplotlib, no browser needed) and as a standalone HTML page that
+opens offline (plotly.js embedded)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import io
+import json
+import textwrap
+
+import pandas as pd
+
+from explorer.app import plots
+from explorer.core import words
+from explorer.core.stats import measurable
+
+ENGINE = "onnxruntime_cpu_int8"  # the deployment the headline's speed-up is for
+
+
+def big_numbers(result: dict) -> list[tuple[str, str, str]]:
+    """(figure, value, the words under it) for the summary's three boxes."""
+    rf = result["reduction_factor"]["vs_fp32_file"].get("packed_bytes") or \
+        result["reduction_factor"]["vs_fp32_file"].get("file_bytes")
+    size = result["size"].get("packed_bytes") or result["size"].get("file_bytes")
+    out = [("smaller", f"{rf:.1f}x", f"packed file {plots.fmt_size(size)} against the "
+                                     f"{plots.fmt_size(result['baseline_size']['file_bytes'])} fp32 checkpoint")]
+    sp = (result.get("speedup") or {}).get(ENGINE, {}).get("b256")
+    if sp:
+        lo, hi = sp["ci"]
+        value = f"{sp['ratio']:.1f}x" if measurable(sp["ci"], 1.0) else "no change"
+        out.append(("faster", value, f"{words.engine(ENGINE, 'b256')}, against the baseline in PyTorch; "
+                                     f"95% interval {lo:.1f}x to {hi:.1f}x"))
+    vs = result.get("vs_baseline") or {}
+    d = result["accuracy_delta"]
+    within = vs and not vs.get("significant")
+    ci = f"95% interval {vs['delta_ci'][0]:+.2f} to {vs['delta_ci'][1]:+.2f} points" if vs else ""
+    out.append(("accuracy change", f"{d:+.2f} pts", f"top-1 {result['accuracy']['top1']:.2f}%; {ci}"
+                                                    + ("; within noise" if within else "")))
+    return out
+
+
+def _title(result: dict, card_name: str) -> str:
+    return f"{card_name}: {words.recipe_words(result['recipe'])}"
+
+
+def _footer(result: dict) -> str:
+    hw = (result.get("hardware") or {}).get("cpu", "")
+    return (f"{result['test_samples']:,} test images of {result['dataset']}; latency on {hw}, "
+            f"{result.get('latency_threads', 1)} thread; {dt.date.today().isoformat()}; compression trade-off explorer")
+
+
+def png(result: dict, frame: pd.DataFrame, card_name: str) -> bytes:
+    """The summary as a 1600x900 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(16, 9), dpi=100)
+    fig.suptitle(_title(result, card_name), fontsize=20, x=0.03, ha="left", y=0.96)
+    for i, (what, value, under) in enumerate(big_numbers(result)):
+        ax = fig.add_axes((0.03 + i * 0.32, 0.66, 0.3, 0.22))
+        ax.axis("off")
+        ax.add_patch(matplotlib.patches.FancyBboxPatch((0, 0), 1, 1, boxstyle="round,pad=0.02", fc="#f2f5fa",
+                                                       ec="#c9d3e3", transform=ax.transAxes))
+        ax.text(0.5, 0.62, value, ha="center", va="center", fontsize=40, weight="bold", color="#1f3b6d")
+        ax.text(0.5, 0.3, what, ha="center", va="center", fontsize=16)
+        ax.text(0.5, 0.1, "\n".join(textwrap.wrap(under, 64)), ha="center", va="center", fontsize=9,
+                color="#555555")
+    ax = fig.add_axes((0.06, 0.12, 0.55, 0.46))
+    _curve(ax, frame, result)
+    side = fig.add_axes((0.65, 0.12, 0.33, 0.46))
+    side.axis("off")
+    steps = "\n".join(f"{i}. " + "\n   ".join(textwrap.wrap(words.step_words(st), 48))
+                      for i, st in enumerate(result["recipe"]["steps"], 1)) or "no compression step"
+    recipe = "\n".join(textwrap.wrap(json.dumps(result["recipe"]["steps"], separators=(",", ":")), 60))
+    side.text(0, 1, "Recipe\n\n" + steps, va="top", fontsize=12)
+    side.text(0, 0.45, "As JSON (python -m explorer run --recipe FILE):\n" + recipe[:1500], va="top",
+              family="monospace", fontsize=7, color="#333333")
+    fig.text(0.03, 0.03, _footer(result), fontsize=9, color="#555555")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _curve(ax, frame: pd.DataFrame, result: dict) -> None:
+    ok = frame[(frame.get("status") == "ok")] if "status" in frame.columns else frame
+    ok = ok.dropna(subset=[c for c in ("top1", "sparsity_requested") if c in ok.columns])
+    group = "scheme" if "scheme" in ok.columns else "bits"
+    if not ok.empty and group in ok.columns:
+        for name, part in ok.groupby(group):
+            part = part.sort_values("sparsity_requested")
+            err = None
+            if {"top1_lo", "top1_hi"} <= set(part.columns):
+                err = [part["top1"] - part["top1_lo"], part["top1_hi"] - part["top1"]]
+            ax.errorbar(part["sparsity_requested"], part["top1"], yerr=err, marker="o", capsize=3, label=str(name),
+                        color=plots.series_colour(str(name)))
+    base = result["baseline_accuracy"]["top1"]
+    ax.axhline(base, ls=":", color="grey", label=f"baseline {base:.2f}%")
+    sp = next((s.get("sparsity", 0.5) if s.get("granularity") != "nm" else 0.5 for s in result["recipe"]["steps"]
+               if s.get("kind") == "prune"), 0.0)
+    ax.plot([sp], [result["accuracy"]["top1"]], marker="*", markersize=22, color="crimson", ls="none",
+            label="this configuration")
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("top-1 accuracy (%), bars: 95% interval")
+    ax.set_title("Sparsity vs accuracy", loc="left")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.grid(alpha=0.3)
+
+
+def page(result: dict, frame: pd.DataFrame, card_name: str) -> str:
+    """The summary as a standalone HTML page."""
+    boxes = "".join(f"<div class=box><div class=v>{html.escape(v)}</div><div class=w>{html.escape(w)}</div>"
+                    f"<div class=u>{html.escape(u)}</div></div>" for w, v, u in big_numbers(result))
+    curve = plots.sparsity_accuracy(frame, result.get("key")).to_html(full_html=False, include_plotlyjs="inline")
+    recipe = html.escape(json.dumps(result["recipe"], indent=2))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(_title(result, card_name))}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}.row{{display:flex;gap:1em}}
+.box{{flex:1;background:#f2f5fa;border:1px solid #c9d3e3;border-radius:8px;padding:1em;text-align:center}}
+.v{{font-size:2.6em;font-weight:bold;color:#1f3b6d}}.w{{font-size:1.2em}}.u{{color:#555;font-size:.85em}}
+pre{{background:#f6f6f6;padding:1em}}</style></head><body>
+<h1>{html.escape(_title(result, card_name))}</h1><div class=row>{boxes}</div>{curve}
+<h2>Recipe</h2><p>Reproduce with <code>python -m explorer run --recipe recipe.json</code>.</p><pre>{recipe}</pre>
+<p style="color:#555">{html.escape(_footer(result))}</p></body></html>"""

@@ -1,0 +1,216 @@
+"""The explorer page: sidebar controls -> Recipe -> a run (off the script, explorer.run.jobs) -> the views.
+
+A slider move never blocks the page: the run is queued on the server's run board and the page shows its
+figures as they exist (accuracy and size first, latency later), refreshing itself until the run is
+complete. Meanwhile the model's landscape (explorer.run.landscape) fills the curves in the background.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import streamlit as st
+
+from explorer.app import service
+from explorer.app.ui import controls as ui_controls
+from explorer.app.ui import panels, state, views
+from explorer.core import words
+
+TABS = ["Overview", "Curves and Pareto", "Size and latency", "Layers", "What it forgets", "Sweep", "Sweet spot",
+        "Baseline", "Your model"]
+LIVE = "Computing"  # how a view that is still being measured begins (the tests wait while it shows)
+
+
+@st.cache_data(show_spinner="Loading the baseline and measuring it on its test split...")
+def _describe(path: str, sha: str) -> dict:  # sha keys the cache on the file's bytes
+    return service.describe_baseline(path)
+
+
+def _session() -> str:
+    return st.session_state.setdefault("_session", uuid.uuid4().hex)
+
+
+@st.fragment(run_every=0.5)
+def _live(key: str, base_key: str | None) -> None:
+    """A run being computed: its progress and the figures that exist so far; the whole page is drawn again
+    once it (and the baseline it is compared with) is complete."""
+    board = service.board()
+    job, base = board.job(key), board.job(base_key) if base_key else None
+    if job is None or (job.finished and (base is None or base.finished)):
+        st.rerun()
+    now = job if not job.finished else base
+    what = "this configuration" if now is job else "the baseline, measured the same way for the comparison table"
+    waited = time.perf_counter() - now.submitted
+    st.info(f"{LIVE} {what}: {now.message} ({waited:.0f} s). The page fills in as figures arrive; you can move "
+            "the sliders meanwhile (a run you leave is cancelled).")
+    st.progress(min(max(now.fraction, 0.0), 1.0))
+    shown = job.result or job.partial
+    if shown:
+        views.headline(shown)
+        if shown.get("status") == "partial":
+            st.caption("Partial: " + ", ".join(shown.get("pending", [])) + " still being measured.")
+
+
+def main() -> None:
+    st.set_page_config(page_title="Compression explorer", layout="wide")
+    t0 = time.perf_counter()
+    st.title("Compression trade-off explorer")
+    try:
+        service.start_up()
+        cards = service.list_baselines()
+    except ValueError as e:
+        st.error(str(e))
+        return
+    if not cards:
+        st.error("No baselines in models/: train one with `python -m explorer train --model digits_cnn`.")
+        return
+    names = [c["name"] for c in cards]
+    if "_select_baseline" in st.session_state:  # a model just added becomes the current one
+        st.session_state["baseline"] = st.session_state.pop("_select_baseline")
+    c = ui_controls.sidebar({c["name"]: c for c in cards}, service.default_baseline(names))
+    note = service.missing_data_note()
+    if note:
+        st.sidebar.caption(note)
+    card = cards[names.index(c["baseline"])]
+    st.caption(f"{card['architecture']} on {card['dataset']}: {card['params']:,} parameters, baseline top-1 "
+               f"{card['accuracy']['top1']:.2f}% on {card.get('test_samples', '?')} test images.")
+
+    recipe, job, base_job, error = None, None, None, None
+    try:
+        recipe = state.to_recipe(c, card)
+    except ValueError as e:
+        error = f"Invalid combination: {e}"
+    if recipe is not None:
+        st.markdown(f"**Configuration:** {words.recipe_words(recipe)}", help=f"Short form: {recipe.label()}")
+        try:
+            job, base_job = _submit(recipe)
+        except ValueError as e:
+            error = str(e)
+    lands = service.landscapes() if card.get("format") != "onnx" else None
+    if lands is not None:
+        lands.touch(card, c)
+    result = job.result if job is not None and job.state == "done" else None
+    if job is not None and job.state in ("failed", "cancelled"):
+        error = f"The run failed: {job.error or job.message}"
+    base_result = base_job.result if base_job is not None and base_job.state == "done" else None
+    if error:
+        st.error(error)
+    computing = job is not None and not error and (result is None or (base_job is not None and not base_job.finished))
+    if result is not None and lands is not None and st.session_state.get("_neighbours_of") != job.key:
+        lands.after_run(card, c)  # the slider positions next to this one are measured next
+        st.session_state["_neighbours_of"] = job.key
+
+    tabs = st.tabs(TABS, key="tab", bind="query-params")
+    frame = service.frame(card["architecture"], card["dataset"], None if recipe is None else recipe.checkpoint)
+    key = result.get("key") if result else None
+    with tabs[0]:
+        if computing:
+            _live(job.key, base_job.key if base_job is not None else None)
+        if result and not computing:
+            _overview(result, base_result, frame, card)
+        elif not computing:
+            st.info("No result for this configuration; fix the error above and the views come back.")
+        views.glossary()
+    with tabs[1]:
+        _curves(card, None if recipe is None else recipe.checkpoint, key)
+    with tabs[2]:
+        if result:
+            views.size_and_latency(result)
+    with tabs[3]:
+        if result:
+            sens = service.sensitivity(result)
+            if sens is None and result.get("format") != "onnx" and st.button(
+                    "Compute per-layer sensitivity (top-1 drop with only that layer compressed)", key="sens_run"):
+                with st.spinner("Evaluating the test split once per layer..."):
+                    sens = service.sensitivity(result, compute=True)
+            views.layers(result, sens)
+    with tabs[4]:
+        if result:
+            views.forgets_view(service.forgets(result, base_result) if base_result else None, result)
+    with tabs[5]:
+        panels.sweep_panel(card, service)
+    with tabs[6]:
+        panels.sweet_spot_panel(frame, result, service, card)
+    with tabs[7]:
+        if card.get("format") == "onnx":
+            st.info(f"{card['name']} is an ONNX model: top-1 {card['accuracy']['top1']:.2f}% with ONNX Runtime, "
+                    f"{card['file_bytes']:,} bytes. {card.get('unsupported_reason', '')}")
+        else:
+            try:
+                panels.baseline_panel(_describe(card["path"], card.get("sha256", "")))
+            except ValueError as e:
+                st.error(str(e))
+    with tabs[8]:
+        panels.byo_panel(service, service.datasets(), service.architectures())
+    st.caption(footer(time.perf_counter() - t0, job, base_job))
+
+
+def _submit(recipe):
+    """Queue this configuration and its baseline (the comparison) on the run board, and say that this page
+    watches these two now (a run it left, and no other page watches, is cancelled)."""
+    from explorer.run.jobs import COMPARISON
+
+    board, sid = service.board(), _session()
+    job = board.submit(recipe, sid)
+    base_job = job if not recipe.steps else board.submit(service.baseline_recipe(recipe), sid, COMPARISON)
+    board.watch(sid, {job.key, base_job.key})
+    return job, base_job
+
+
+def _overview(result: dict, base_result: dict | None, frame, card: dict) -> None:
+    views.headline(result)
+    views.show_table(views.comparison_table(result, base_result), key="comparison_table")
+    st.markdown("**Take it home**")
+    views.downloads(result, service.artifact, key="dl")
+    s = st.columns(2)
+    s[0].download_button("One-page summary (PNG, for a slide)",
+                         lambda: service.summary_png(result, frame, card["name"]), "summary.png", "image/png",
+                         key="summary_png", help="The big numbers against the baseline, the curve with this "
+                                                 "configuration marked, and the recipe")
+    s[1].download_button("One-page summary (HTML, opens offline)",
+                         lambda: service.summary_html(result, frame, card["name"]), "summary.html", "text/html",
+                         key="summary_html")
+    with st.expander("Recipe JSON (reproduce with `python -m explorer run --recipe FILE`)"):
+        st.json(result["recipe"])
+
+
+@st.fragment(run_every=3)
+def _curves(card: dict, checkpoint: str | None, key: str | None) -> None:
+    """The curves, Pareto fronts and AD x RF, redrawn as the landscape's points land (only this part of the
+    page reruns: the sidebar and the user's place stay)."""
+    lands = service.landscapes() if card.get("format") != "onnx" else None
+    land = lands.get(card["name"]) if lands is not None else None
+    if land is not None:
+        s = land.status(lands.cached)
+        line = (f"Landscape: {s['measured']} of {s['total']} configurations of the default grid measured"
+                + (", paused" if s["paused"] else ", measuring nearest the sliders first" if s["measured"] < s["total"]
+                   else ", complete"))
+        cols = st.columns([5, 1])
+        cols[0].caption(line)
+        if cols[1].button("Resume" if s["paused"] else "Pause", key="landscape_pause",
+                          help="The background measurement of this model's default grid, shared by every page"):
+            lands.pause(card["name"], not s["paused"])
+            st.rerun(scope="fragment")
+    views.curves(service.frame(card["architecture"], card["dataset"], checkpoint), key)
+
+
+def footer(seconds: float, job, base_job) -> str:
+    """What this render did: served from the cache, or how long the run took to its first figures."""
+    done = st.session_state.pop("_sweep_done", None)
+    if done:
+        return f"Rendered in {seconds:.2f} s (after a sweep of {done['runs']} runs that took {done['seconds']:.1f} s)"
+    if job is None:
+        return f"Rendered in {seconds:.2f} s (no run)"
+    if job.state in ("failed", "cancelled"):
+        return f"Rendered in {seconds:.2f} s (the run {job.state})"
+    hits = [bool((j.result or {}).get("cache", {}).get("hit")) for j in {job.key: job, base_job.key: base_job}.values()
+            if j is not None and j.state == "done"]
+    if job.state != "done" or (base_job is not None and not base_job.finished):
+        return f"Rendered in {seconds:.2f} s (computing)"
+    told = st.session_state.get("_told_computed")
+    if all(hits) or told == job.key:  # a run this page already reported is served from memory now
+        return f"Rendered in {seconds:.2f} s (from the cache)"
+    st.session_state["_told_computed"] = job.key
+    first = f", first figures after {job.first_figures_s:.1f} s" if job.first_figures_s else ""
+    return f"Rendered in {seconds:.2f} s (computed: {job.total_s or 0:.1f} s{first})"

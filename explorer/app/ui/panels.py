@@ -1,0 +1,246 @@
+"""Panels: the sweep launcher and its results, the sweet-spot picker with downloads, the baseline card."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pandas as pd
+import streamlit as st
+
+from explorer.app import plots
+from explorer.app.metrics import across_seeds, sweet_spot
+from explorer.app.ui.views import downloads, fmt_bytes
+from explorer.run.sweep import Grid
+
+SIZE_COLS = {"packed .xpk": "packed_bytes", "gzip of checkpoint": "gzip_bytes", "ONNX int8": "onnx_int8_bytes",
+             "checkpoint file": "file_bytes"}
+LATENCY_COLS = {"ONNX Runtime int8, batch 256": "lat_onnxruntime_cpu_int8_b256_ms",
+                "ONNX Runtime fp32, batch 256": "lat_onnxruntime_cpu_fp32_b256_ms",
+                "PyTorch CPU, batch 256": "lat_torch_cpu_fp32_b256_ms",
+                "PyTorch CPU, batch 1": "lat_torch_cpu_fp32_b1_ms"}
+
+
+def sweep_panel(card: dict, backend) -> None:
+    st.markdown("Choose grid values and launch: every run goes through the cache (cached runs return at once), "
+                "compression runs in parallel, latency is timed one run at a time.")
+    c = st.columns(4)
+    g = Grid()  # the command line's default grid, which the background landscape measures too
+    sparsity = c[0].multiselect("Sparsity", [0.0, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.98], default=list(g.sparsity),
+                                key="sweep_sparsity")
+    bits = c[1].multiselect("Bits (32: none, 16: fp16, 8: static int8, 2-7: weights only)",
+                            [32, 16, 8, 6, 4, 3, 2], default=list(g.bits), key="sweep_bits")
+    clusters = c[2].multiselect("Shared values per layer (0 = no clustering)", [0, 8, 16, 32, 64, 128, 256],
+                                default=list(g.clusters), key="sweep_clusters")
+    epochs = c[3].number_input("Fine-tune epochs", 0, 20, value=2, key="sweep_epochs")
+    g = st.columns(2)
+    granularity = g[0].selectbox("Granularity", ["unstructured", "channel", "block"], key="sweep_granularity")
+    repeats = g[1].number_input("Repeats (seeds per configuration)", 1, 10, value=1, key="sweep_repeats",
+                                help="Each configuration runs with seeds 0..K-1: the seed changes the fine-tuning "
+                                     "order, the calibration sample and the k-means start. Tables and charts then "
+                                     "show the mean and the spread across seeds.")
+    bn_adapt = bool(card.get("batchnorm")) and st.checkbox(
+        "BatchNorm adaptation after pruning or clustering", value=True, key="sweep_bn_adapt")
+    n = len(sparsity) * len(bits) * len(clusters) * int(repeats)
+    if st.button(f"Run sweep ({n} configurations)", key="sweep_run", disabled=n == 0):
+        bar = st.progress(0.0, text="starting the sweep")
+
+        def progress(done, total, eta):
+            left = "" if eta is None else f", about {eta:.0f} s left"
+            bar.progress(done / max(total, 1), text=f"{done}/{total} runs{left}")
+
+        try:
+            t0 = time.perf_counter()
+            df = backend.sweep(card, sparsity=sparsity, bits=bits, clusters=clusters, epochs=int(epochs),
+                               granularity=granularity, bn_adapt=bn_adapt, repeats=int(repeats), progress=progress)
+            st.session_state["sweep_frame"] = df
+            st.session_state["_sweep_done"] = {"runs": len(df), "seconds": time.perf_counter() - t0}
+            st.rerun()  # the curves, Pareto fronts and sweet spot above were drawn before the sweep: redraw them
+        except ValueError as e:
+            st.error(str(e))
+    df = st.session_state.get("sweep_frame")
+    if df is not None and not df.empty:
+        shown = df
+        if "seed" in df.columns and df["seed"].nunique() > 1:
+            shown = across_seeds(df)
+            st.caption("Mean across seeds, with the standard deviation, lowest and highest top-1 of each "
+                       "configuration (failed runs left out).")
+        st.dataframe(readable(shown), hide_index=True, key="sweep_table", width="stretch")
+        st.download_button("Download results CSV", df.to_csv(index=False).encode(), "results.csv", "text/csv",
+                           key="sweep_csv")
+
+
+CONFIDENCES = {"95%": 0.95, "90%": 0.90, "99%": 0.99, "point estimates only": None}
+# the table columns a person reads, with units; values rounded (sizes in KiB)
+READABLE = {"words": "configuration", "status": "status", "seeds": "seeds", "top1": "top-1 (%)",
+            "top1_lo": "top-1, 95% low", "top1_hi": "top-1, 95% high", "top1_std": "top-1 sd across seeds",
+            "accuracy_delta": "change (points)", "delta_lo": "change, 95% low", "delta_hi": "change, 95% high",
+            "significant": "a real change", "sparsity": "weight sparsity (%)", "packed_bytes": "packed file (KiB)",
+            "gzip_bytes": "gzip of checkpoint (KiB)", "onnx_int8_bytes": "ONNX int8 file (KiB)",
+            "rf_packed": "times smaller (packed)", "lat_onnxruntime_cpu_int8_b256_ms":
+            "ONNX Runtime int8, batch of 256 (ms)", "speedup_onnxruntime_cpu_int8_b256": "speed-up, int8 (x)",
+            "error": "error"}
+
+
+def readable(df: pd.DataFrame) -> pd.DataFrame:
+    """A results table for people: named columns with units, rounded values, sizes in KiB."""
+    cols = [c for c in READABLE if c in df.columns]
+    out = df[cols].copy()
+    for c in cols:
+        if c.endswith("_bytes"):
+            out[c] = (pd.to_numeric(out[c], errors="coerce") / 1024).round(1)
+        elif c == "sparsity":
+            out[c] = (pd.to_numeric(out[c], errors="coerce") * 100).round(1)
+        elif c == "significant":
+            out[c] = out[c].map({True: "yes", False: "no, within noise"})
+        elif pd.api.types.is_numeric_dtype(out[c]):
+            out[c] = out[c].round(2)
+    return out.rename(columns=READABLE)
+
+
+def _baseline_row(frame: pd.DataFrame) -> pd.Series | None:
+    """The baseline's own run in the table (no compression step), if it is there."""
+    if "technique" not in frame.columns:
+        return None
+    base = frame[(frame["technique"] == "baseline") & (frame["status"] == "ok")]
+    return base.iloc[0] if len(base) else None
+
+
+def _with_interval(row: pd.Series | None, col: str, lo: str, hi: str, fmt) -> str:
+    if row is None or pd.isna(row.get(col)):
+        return ""
+    text = fmt(row[col])
+    if lo in row and not pd.isna(row.get(lo)) and not pd.isna(row.get(hi)):
+        text += f" ({fmt(row[lo])} to {fmt(row[hi])})"
+    return text
+
+
+def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: dict) -> None:
+    if frame.empty or not frame["status"].eq("ok").any():
+        st.info("No runs yet for this baseline: move the sliders or run a sweep first.")
+        return
+    c = st.columns(5)
+    max_drop = c[0].number_input("Max top-1 drop (points)", 0.0, 100.0, value=1.0, step=0.25, key="ss_drop")
+    size_kb = c[1].number_input("Size budget (KiB, 0 = none)", 0.0, 1e7, value=0.0, key="ss_size",
+                                help="KiB: 1,024 bytes")
+    lat_ms = c[2].number_input("Latency budget (ms, 0 = none)", 0.0, 1e5, value=0.0, key="ss_lat")
+    objective = c[3].selectbox("Objective", ["smallest", "fastest", "most_accurate"], key="ss_objective",
+                               format_func=lambda o: o.replace("_", " "))
+    conf_label = c[4].selectbox("Confidence", list(CONFIDENCES), key="ss_confidence",
+                                help="How sure the pick must be: a run qualifies when the worst end of its paired "
+                                     "interval for the top-1 change is within the drop; runs whose intervals overlap "
+                                     "count as ties, broken by the other objective, then by the simpler recipe.")
+    size_label = st.radio("Size measured as", list(SIZE_COLS), horizontal=True, key="ss_size_kind")
+    lat_label = st.radio("Latency measured as", list(LATENCY_COLS), horizontal=True, key="ss_lat_kind")
+    size_col, lat_col = SIZE_COLS[size_label], LATENCY_COLS[lat_label]
+    pick = sweet_spot(frame, max_drop=max_drop, size_budget=size_kb * 1024 or None, latency_budget=lat_ms or None,
+                      objective=objective, size_col=size_col, latency_col=lat_col,
+                      confidence=CONFIDENCES[conf_label])
+    if pick.row is None:  # an answer, not a fault: say which constraint no run meets
+        st.warning(pick.reason[0].upper() + pick.reason[1:])
+        return
+    st.success(pick.reason[0].upper() + pick.reason[1:] + ".")
+    if pick.point_row is not None:
+        st.info(f"Judged by point estimates alone, the pick would be {pick.point_row.get('label')} "
+                f"(top-1 {pick.point_row['top1']:.2f}%), but the data do not make it {pick.confidence:.0%} sure.")
+    row, base = pick.row, _baseline_row(frame)
+    pct = lambda v: f"{v:.2f}%"  # noqa: E731
+    pts = lambda v: f"{v:+.2f}"  # noqa: E731
+    ms = lambda v: f"{v:.3g} ms"  # noqa: E731
+    lat_lo, lat_hi = f"{lat_col[:-3]}_lo_ms", f"{lat_col[:-3]}_hi_ms"
+    table = pd.DataFrame({
+        "figure": ["top-1 (95% interval)", "change vs the baseline, points (paired 95% interval)",
+                   f"size: {size_label}", f"latency: {lat_label} (95% interval of the median)"],
+        "baseline": [_with_interval(base, "top1", "top1_lo", "top1_hi", pct), "0",
+                     fmt_bytes(base.get(size_col)) if base is not None else "",
+                     _with_interval(base, lat_col, lat_lo, lat_hi, ms)],
+        "recommended": [_with_interval(row, "top1", "top1_lo", "top1_hi", pct),
+                        _with_interval(row, "accuracy_delta", "delta_lo", "delta_hi", pts),
+                        fmt_bytes(row.get(size_col)), _with_interval(row, lat_col, lat_lo, lat_hi, ms)]})
+    st.dataframe(table, hide_index=True, key="ss_table", height=35 * (len(table) + 1) + 3)
+    if base is None:
+        st.caption("The baseline's own run is not in this table yet; open the baseline (sparsity 0, 32 bits) once "
+                   "to fill its column.")
+    recipe = json.loads(row["recipe_json"])
+    st.markdown(f"**Recommended:** {row.get('words', row['label'])}")
+    wanted = backend.controls_for(recipe, card)
+    current = (result or {}).get("key") == row["key"]
+    if st.button("Apply this configuration", key="ss_apply", disabled=wanted is None or current,
+                 help="Set the sidebar (and the link) to the recommended configuration"
+                      if wanted else "The sidebar cannot express this recipe; run it from the recipe JSON"):
+        st.session_state["_apply_controls"] = wanted
+        st.rerun()
+    with st.expander("Recipe JSON"):
+        st.code(json.dumps(recipe, indent=2), language="json")
+    stored = backend.stored_result(row["key"])
+    if stored:
+        downloads(stored, backend.artifact, key="ss_dl")
+
+
+def baseline_panel(info: dict) -> None:
+    card, m = info["card"], info["measured"]
+    st.caption(f"Measured now on the {m['n']} test images, from the model rebuilt from `{card['file']}`; the card "
+               f"recorded top-1 {card['accuracy']['top1']:.2f}% at training.")
+    cols = st.columns(5)
+    cols[0].metric("Top-1", f"{m['top1']:.2f}%")
+    cols[1].metric("Top-3", f"{m['top3']:.2f}%")
+    cols[2].metric("Top-5", f"{m['top5']:.2f}%")
+    cols[3].metric("Parameters", f"{m['params']:,}")
+    cols[4].metric("File size", fmt_bytes(m["file_bytes"]), help=f"{m['file_bytes']:,} bytes, measured from the file")
+    st.plotly_chart(plots.params_per_layer(info["layers"]), key="params_per_layer")
+    with st.expander("Per-layer table"):
+        st.dataframe(info["layers"], hide_index=True, key="layers_table")
+    with st.expander("Baseline card"):
+        st.json({k: v for k, v in card.items() if k != "path"})
+
+
+def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
+    """Bring your own model (and data): the model gets the same views as a baseline once added."""
+    from pathlib import Path
+
+    st.markdown("Add a **state_dict** for a zoo architecture (`.safetensors`, or a PyTorch `.pt`/`.pth` "
+                "checkpoint read with `weights_only`: pickled code is refused) or an **ONNX** model (standard "
+                "operators, weights in the file): size, latency and ONNX Runtime int8 apply to ONNX models; the "
+                "techniques that rewrite PyTorch layers do not. TorchScript and exported programs (`.pt2`) are "
+                "programs: loading one runs code from the file, so this page never accepts them (the command "
+                "line does, with `--trust-code`, for files whose author you trust).")
+    up = st.file_uploader("Model file", type=["safetensors", "pt", "pth", "pt2", "onnx"], key="byo_model")
+    arch = st.selectbox("Architecture (for a state_dict)", ["(none: an ONNX model)", *archs], key="byo_arch")
+    dataset = st.selectbox("Dataset", datasets, key="byo_dataset")
+    root = st.text_input("Local dataset folder (all but digits)", key="byo_root")
+    zipped = st.file_uploader("...or a zip of an image folder (one subfolder per class)", type=["zip"], key="byo_zip")
+    name = st.text_input("Name (optional)", key="byo_name")
+    added = st.session_state.get("_byo_added")
+    if not st.button("Add model", key="byo_add", disabled=up is None):
+        if added:  # shown until the next add: the page reruns right after adding
+            st.success(added["message"])
+            if added.get("note"):
+                st.info(added["note"])
+        return
+    st.session_state.pop("_byo_added", None)
+    try:
+        with backend.upload_folder() as tmp:
+            backend.check_upload(up.size, f"model file {up.name!r}")
+            model_path = Path(tmp) / "model.upload"
+            model_path.write_bytes(up.getbuffer())
+            data_root = root.strip() or None
+            if zipped is not None:
+                backend.check_upload(zipped.size, f"zip {zipped.name!r}")
+                zip_path = Path(tmp) / "data.zip"
+                zip_path.write_bytes(zipped.getbuffer())
+                data_root = backend.add_dataset_zip(str(zip_path), name.strip() or Path(zipped.name).stem,
+                                                    shown=zipped.name)
+                dataset = "imagefolder"
+            with st.spinner("Loading, checking and measuring the model..."):
+                card = backend.add_model(str(model_path), arch=None if arch.startswith("(") else arch,
+                                         dataset=dataset, root=data_root, name=name.strip() or None, shown=up.name)
+    except ValueError as e:
+        st.error(str(e))
+        return
+    st.session_state["_select_baseline"] = card["name"]
+    verb = "Already added as" if card.get("reused") else "Added"
+    st.session_state["_byo_added"] = {
+        "message": f"{verb} {card['name']}: top-1 {card['accuracy']['top1']:.2f}% on {card['test_samples']} test "
+                   "images (measured). It is now in the baseline list.",
+        "note": card.get("unsupported_reason")}
+    st.rerun()

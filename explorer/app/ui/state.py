@@ -1,0 +1,79 @@
+"""The page's controls as plain data: defaults, the Recipe they stand for, and the URL query string that
+mirrors them so a view can be shared and reopened exactly. Pure functions, no Streamlit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from explorer.compress.recipe import Recipe
+from explorer.run.controls import (  # noqa: F401  (the page's names for them)
+    BIT_OPTIONS,
+    CALIBRATIONS,
+    CLUSTER_OPTIONS,
+    CRITERIA,
+    DEFAULTS,
+    GRANULARITIES,
+    QUANT_MODES,
+    SCHEDULES,
+    SCOPES,
+    build,
+    relevant,
+)
+
+_TYPES = {k: type(v) for k, v in DEFAULTS.items()}
+_CHOICES = {"bits": BIT_OPTIONS, "clusters": CLUSTER_OPTIONS, "granularity": GRANULARITIES, "criterion": CRITERIA,
+            "scope": SCOPES, "schedule": SCHEDULES, "quant_mode": QUANT_MODES, "calibration": CALIBRATIONS}
+_RANGES = {"sparsity": (0.0, 0.99), "prune_epochs": (0, 50), "qat_epochs": (1, 50), "student_width": (0.125, 1.0),
+           "distill_epochs": (1, 100), "rank_ratio": (0.05, 1.0)}
+
+
+def parse_query(params: dict[str, str], baselines: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Controls from a query string; values that do not parse or are out of range are dropped (and
+    reported) so a stale link still opens, on the defaults for those controls."""
+    out, problems = {}, []
+    for key, raw in params.items():
+        if key not in DEFAULTS:
+            continue
+        kind = _TYPES[key]
+        try:
+            if kind is bool:
+                if raw not in ("0", "1", "true", "false"):
+                    raise ValueError
+                val: Any = raw in ("1", "true")
+            elif kind is int:
+                val = int(raw)
+            elif kind is float:
+                val = float(raw)
+            else:
+                val = str(raw)
+        except ValueError:
+            problems.append(f"{key}={raw!r} is not a {kind.__name__}")
+            continue
+        if key in _CHOICES and val not in _CHOICES[key]:
+            problems.append(f"{key}={raw!r} must be one of: {', '.join(_CHOICES[key])}")
+            continue
+        if key == "baseline" and val not in baselines:
+            problems.append(f"baseline={raw!r} must be one of: {', '.join(baselines)}")
+            continue
+        if key in _RANGES and not (_RANGES[key][0] <= val <= _RANGES[key][1]):
+            problems.append(f"{key}={raw!r} must be in [{_RANGES[key][0]}, {_RANGES[key][1]}]")
+            continue
+        out[key] = val
+    return out, problems
+
+
+def to_query(controls: dict[str, Any], card: dict | None = None) -> dict[str, str]:
+    """The baseline, and what differs from the defaults among the controls that apply, so links stay short,
+    open the same model on every machine (the default model depends on which data sets a machine has), and
+    never carry a control that was off."""
+    keep = relevant(controls, card)
+    q = {}
+    for k, v in controls.items():
+        if k in DEFAULTS and k in keep and (v != DEFAULTS[k] or k == "baseline"):
+            q[k] = ("1" if v else "0") if isinstance(v, bool) else str(v)
+    return q
+
+
+def to_recipe(c: dict[str, Any], card: dict) -> Recipe:
+    """The recipe the controls stand for (explorer.run.controls.build, the one builder)."""
+    return build(c, card)

@@ -1,0 +1,294 @@
+"""The views of the current run: headline figures, curves, size, latency, Pareto fronts, layers."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from explorer.app import plots
+from explorer.app.metrics import across_seeds
+from explorer.core import words
+from explorer.measure.hardware import describe
+
+ENGINES_SHOWN = ("torch_cpu_fp32", "onnxruntime_cpu_fp32", "onnxruntime_cpu_int8", "torch_cuda_fp32",
+                 "torch_cuda_fp16")
+
+
+def fmt_bytes(n) -> str:
+    if n is None or pd.isna(n):
+        return "n/a"
+    n = int(n)
+    return f"{n:,} B" if n < 1024 else f"{n / 1024:,.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.2f} MiB"
+
+
+def _lat(result: dict, engine: str, batch: str):
+    v = (result.get("latency") or {}).get(engine, {}).get(batch, {})
+    return v.get("median_ms") if v.get("available") else None
+
+
+def _speedup(result: dict, engine: str, batch: str) -> tuple[str | None, str]:
+    """The metric's delta text for a speed-up and its colouring: 'off' (grey) where the interval holds 1."""
+    v = (result.get("speedup") or {}).get(engine, {}).get(batch)
+    if not v:
+        return None, "normal"
+    lo, hi = v["ci"]
+    if lo <= 1.0 <= hi:
+        return "no measurable change", "off"
+    return (f"{v['ratio']:.2f}x faster" if v["ratio"] >= 1 else f"{1 / v['ratio']:.2f}x slower"), "normal"
+
+
+def accuracy_sentence(result: dict) -> str:
+    """Top-1 with its interval and the paired comparison with the baseline, in words."""
+    ci, vs = result.get("accuracy_ci"), result.get("vs_baseline")
+    if not ci or not vs:
+        return ""
+    n = result["test_samples"]
+    lo, hi = vs["delta_ci"]
+    verdict = ("a real change (exact McNemar p = {:.2g})" if vs["significant"] else
+               "no significant change (exact McNemar p = {:.2g})").format(vs["p_value"])
+    return (f"Top-1 {result['accuracy']['top1']:.2f}%, 95% interval {ci['top1'][0]:.2f}–{ci['top1'][1]:.2f}% over "
+            f"{n:,} test images. Against the baseline on the same images: {vs['baseline_only']:,} it got right are "
+            f"now wrong, {vs['run_only']:,} it got wrong are now right; the change is {result['accuracy_delta']:+.2f} "
+            f"points, 95% interval {lo:+.2f} to {hi:+.2f}: {verdict}.")
+
+
+def headline(result: dict) -> None:
+    acc = result["accuracy"]
+    sz, rf = result["size"], result["reduction_factor"]["vs_fp32_file"]
+    c = st.columns(5)
+    delta = result["accuracy_delta"]
+    vs = result.get("vs_baseline") or {}
+    change = f"{delta:+.2f} pts" if abs(delta) >= 0.005 else None
+    if change and vs and not vs.get("significant"):
+        change += " (within noise)"
+    c[0].metric("Top-1 (measured)", f"{acc['top1']:.2f}%", change,
+                delta_color="off" if vs and not vs.get("significant") else "normal",
+                help="Measured on the model rebuilt from the packed file; the arrow is the change vs the baseline "
+                     "on the same test images, grey where it is within noise (see the line below).")
+    if sz.get("packed_bytes"):
+        c[1].metric("Packed size", fmt_bytes(sz["packed_bytes"]), f"{rf.get('packed_bytes', 0):.1f}x smaller",
+                    help="Bytes of the packed .xpk file, measured, against the uncompressed (fp32) baseline file.")
+    else:
+        c[1].metric("Model file", fmt_bytes(sz["file_bytes"]), f"{rf.get('file_bytes', 0):.1f}x smaller",
+                    help="Bytes of the deployed model file, measured (no packed format for ONNX models).")
+    removed = 1 - result["params"] / max(result["baseline_params"], 1)
+    if removed > 0.005:  # structural compression: the parameters are gone, not zeros among them
+        c[2].metric("Parameters removed", f"{removed:.1%}",
+                    help=f"{result['baseline_params']:,} parameters in the baseline, {result['params']:,} now; "
+                         f"{result['sparsity']:.1%} of the remaining weights are zero.")
+    else:
+        c[2].metric("Weight sparsity", f"{result['sparsity']:.1%}", help="The share of weights that are zero.")
+    pending = result.get("status") == "partial"
+    for col, engine in ((c[3], "torch_cpu_fp32"), (c[4], "onnxruntime_cpu_int8")):
+        ms = _lat(result, engine, "b256")
+        text, color = _speedup(result, engine, "b256")
+        col.metric(words.engine(engine, "b256"), f"{ms:.2f} ms" if ms else "measuring..." if pending else "n/a",
+                   text, delta_color=color,
+                   help="Median of interleaved timing rounds on the CPU, batch of 256 images. The arrow is the "
+                        "speed-up over the baseline in PyTorch fp32, timed in the same rounds; 'no measurable "
+                        "change' where its 95% interval holds 1.")
+    sentence = accuracy_sentence(result)
+    if sentence:
+        st.caption(sentence)
+    notes = list(dict.fromkeys(result.get("notes", [])))
+    for note in notes:
+        st.info(note)
+    if not pending:
+        for note in surprises(result, notes):
+            st.warning(note)
+
+
+def surprises(result: dict, notes: list[str] = ()) -> list[str]:
+    """Figures that will surprise a user, with the reason beside them (DESIGN: honest measurement); none that
+    a note of the run already explains."""
+    out = []
+    sz, base = result["size"], result["baseline_size"]
+    if result["sparsity"] > 0.3 and sz["file_bytes"] >= 0.95 * base["file_bytes"]:
+        out.append(f"The checkpoint file is no smaller than the dense one ({fmt_bytes(sz['file_bytes'])}): the "
+                   f"zeros are stored. The packed file, which skips them, is {fmt_bytes(sz['packed_bytes'])}.")
+    fp32 = _lat(result, "onnxruntime_cpu_fp32", "b256")
+    int8 = _lat(result, "onnxruntime_cpu_int8", "b256")
+    if fp32 and int8 and int8 > fp32:
+        isa = result.get("hardware", {}).get("isa", [])
+        why = ("this CPU has no VNNI int8 dot-product instructions" if "avx512_vnni" not in isa and
+               "avx_vnni" not in isa else "at this size the quantise/dequantise steps cost more than the int8 "
+               "arithmetic saves")
+        mode = (result.get("onnx", {}).get("int8") or {}).get("mode")
+        if mode == "dynamic":
+            why = "dynamic quantisation computes activation ranges at run time and uses ConvInteger for convolutions"
+        out.append(f"int8 is slower than fp32 here ({int8:.2f} ms vs {fp32:.2f} ms at batch 256): {why}.")
+    params_drop = 1 - result["params"] / max(result["baseline_params"], 1)
+    explained = any("removing an output channel" in n for n in notes)
+    for p in (result.get("compression", {}).get("prune") or []):
+        if p.get("granularity") == "channel" and params_drop > p.get("requested", 0) + 0.1 and not explained:
+            out.append(f"Channel pruning at ratio {p['requested']:.2f} removed {params_drop:.0%} of the parameters: "
+                       "each removed channel also removes the next layer's matching input weights.")
+    return out
+
+
+def comparison_table(result: dict, base: dict | None = None) -> pd.DataFrame:
+    """The baseline beside the current run; `base` is the baseline's own run (no steps), which gives
+    its packed size, ONNX sizes, MACs and latency measured the same way."""
+    base = base or {}
+    acc, b_acc = result["accuracy"], result["baseline_accuracy"]
+    # the baseline's file, gzip and zstd are those of its committed checkpoint (the figures every reduction factor
+    # divides by); its packed and ONNX sizes come from its own run
+    sz, bsz = result["size"], {**(base.get("size") or {}), **result["baseline_size"]}
+
+    def b(key: str):
+        return base.get(key)
+
+    rows = [("top-1 (%)", b_acc["top1"], acc["top1"]), ("top-3 (%)", b_acc["top3"], acc["top3"]),
+            ("top-5 (%)", b_acc["top5"], acc["top5"]), ("parameters", result["baseline_params"], result["params"]),
+            ("non-zero parameters", b("nonzero_params"), result["nonzero_params"]),
+            ("MACs per image", b("macs"), result["macs"])]
+    for label, key in (("checkpoint file (bytes; the baseline's committed file)", "file_bytes"),
+                       ("gzip of checkpoint (bytes)", "gzip_bytes"),
+                       ("packed .xpk (bytes)", "packed_bytes"), ("ONNX fp32 (bytes)", "onnx_bytes"),
+                       ("ONNX int8 (bytes)", "onnx_int8_bytes")):
+        rows.append((label, bsz.get(key), sz.get(key)))
+    for engine in ENGINES_SHOWN[:3]:
+        for batch in ("b1", "b256"):
+            rows.append((f"latency, {words.engine(engine, batch)} (median ms)",
+                         _lat(base, engine, batch) if base else None, _lat(result, engine, batch)))
+    df = pd.DataFrame(rows, columns=["figure", "baseline", "this run"])
+    for col in ("baseline", "this run"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["change"] = df["this run"] - df["baseline"]
+    return df
+
+
+def show_table(df: pd.DataFrame, key: str) -> None:
+    """Numbers with separators and sensible precision, empty cells blank, no inner scrollbar."""
+    def fmt(v):
+        if v is None or pd.isna(v):
+            return ""
+        if isinstance(v, float) and not float(v).is_integer():
+            return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.2f}"
+        return f"{int(v):,}" if isinstance(v, (int, float)) else str(v)
+
+    shown = df.copy()
+    for col in shown.columns[1:]:
+        shown[col] = shown[col].map(fmt)
+    st.dataframe(shown, hide_index=True, key=key, height=35 * (len(shown) + 1) + 3)
+
+
+def curves(frame: pd.DataFrame, key: str | None) -> None:
+    if frame.empty or frame["status"].eq("ok").sum() < 2:
+        st.info("The curves fill in as runs accumulate: move the sliders, or launch a sweep in the Sweep tab.")
+    if "seed" in frame.columns and frame["seed"].nunique() > 1:
+        frame = across_seeds(frame)  # one point per configuration: the mean across seeds, bars one sd
+    st.plotly_chart(plots.sparsity_accuracy(frame, key), key="chart_sparsity_accuracy")
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(plots.pareto(frame, "packed_bytes", "size of the packed file (bytes)", key),
+                        key="chart_pareto_size")
+    with right:
+        st.plotly_chart(plots.pareto(frame, "lat_onnxruntime_cpu_int8_b256_ms",
+                                     "latency, ONNX Runtime int8, batch of 256 (ms)", key), key="chart_pareto_latency")
+    kind = st.radio("Size measure for the accuracy delta x reduction factor score", ["gzip_bytes", "packed_bytes"],
+                    horizontal=True, key="adrf_kind", format_func=lambda k: plots.SIZE_LABELS[k])
+    st.plotly_chart(plots.ad_rf_ranking(frame, kind, key), key="chart_adrf")
+    st.caption("Accuracy delta times reduction factor (AD x RF), standardised across the runs shown: the score of "
+               "Ishtiaq et al., \"Model Compression\" (Habib University). It rewards runs that lose little accuracy "
+               "for their compression, but is relative to this set of runs, scores any run with no accuracy change as "
+               "0 whatever its size, and lets a tiny accuracy gain beat any compression. Read it beside the Pareto "
+               "fronts; the bars show each run's paired 95% interval carried through the same standardisation.")
+
+
+def size_and_latency(result: dict) -> None:
+    st.plotly_chart(plots.size_bars(result), key="chart_size")
+    th = result.get("theoretical") or {}
+    if th:
+        st.caption(f"Theoretical (not measured): {th.get('total_bytes', 0):,.0f} bytes from non-zeros x bits plus "
+                   "index overhead; the packed file adds its header and per-tensor parameters and may beat it with "
+                   "zstd. Every other figure here is read from a real file.")
+    st.plotly_chart(plots.latency_bars(result), key="chart_latency")
+    hw = result.get("hardware") or {}
+    st.caption(f"Hardware: {describe(hw)}. Median of repeated runs after warm-up, "
+               f"{result.get('latency_threads', '?')} thread(s); whiskers show p90. Compression, fine-tuning and "
+               f"accuracy: {(result.get('threads') or {}).get('compress_and_evaluate', '?')} torch thread(s) "
+               "(EXPLORER_TRAIN_THREADS), the same in the page, the CLI and sweeps.")
+    missing = [(e, v["b1"]["reason"]) for e, v in (result.get("latency") or {}).items()
+               if not v.get("b1", {}).get("available")]
+    if not hw.get("gpu"):
+        st.markdown("**GPU: not available on this machine.**")
+    for engine, reason in missing:
+        st.caption(f"{plots.ENGINE_LABELS.get(engine, engine)}: not available ({reason})")
+
+
+def layers(result: dict, sensitivity: dict | None) -> None:
+    table = pd.DataFrame(result["layers"])
+    if sensitivity:
+        table["sensitivity"] = pd.to_numeric(table["layer"].map(sensitivity), errors="coerce")
+        if table["sensitivity"].isna().any():
+            st.caption("Sensitivity is blank for layers whose shape the recipe changed: they have no one-layer "
+                       "counterpart in the baseline.")
+    options = ["params", "sparsity", "bits", "packed_bytes", "macs"] + (["sensitivity"] if sensitivity else [])
+    col = st.radio("Per-layer figure", options, horizontal=True, key="layer_figure")
+    st.plotly_chart(plots.layer_bars(table, col), key="chart_layers")
+    st.dataframe(table, hide_index=True, key="layers_table_run")
+    hists = result.get("histograms") or {}
+    if hists:
+        layer = st.selectbox("Weight histogram of layer", list(hists), key="hist_layer")
+        st.plotly_chart(plots.weight_histogram(hists[layer], layer), key="chart_hist")
+
+
+def forgets_view(view: dict | None, result: dict) -> None:
+    """What compression forgets (Hooker et al., 2019): per-class change, where predictions moved, and the
+    test images whose prediction flipped, all from the predictions the runs stored."""
+    if not result.get("recipe", {}).get("steps"):
+        st.info("This is the baseline itself: nothing to compare. Choose a compression in the sidebar.")
+        return
+    if view is None:
+        st.info("The predictions of this run or of its baseline are not in the cache; run them again.")
+        return
+    f = view["forgets"]
+    lost, gained = len(f.lost), len(f.gained)
+    st.markdown(f"On the same {view['test_samples']:,} test images, the compressed model gets **{lost:,}** wrong "
+                f"that the baseline got right, and **{gained:,}** right that the baseline got wrong (net "
+                f"{gained - lost:+,}). Following Hooker et al., \"What do compressed deep neural networks "
+                "forget?\" (2019): an unchanged top-1 can hide changes that fall on some classes more than others.")
+    st.plotly_chart(plots.per_class_change(f.per_class), key="chart_forgets_classes")
+    st.plotly_chart(plots.confusion_change(f.confusion_change, view["classes"]), key="chart_forgets_confusion")
+    for key, (images, captions), what, n in (("lost", view["lost"], "Lost: the baseline was right, now wrong", lost),
+                                             ("gained", view["gained"], "Gained: the baseline was wrong, now right",
+                                              gained)):
+        shown = f" (the first {len(images)} of {n:,})" if n > len(images) else ""
+        st.plotly_chart(plots.flipped_images(images, captions, f"{what}{shown}"), key=f"chart_forgets_{key}")
+
+
+DELIVERABLES = (  # file in the cache, size field, button label, what it is for
+    ("model.xpk", "packed_bytes", "Packed .xpk",
+     "The smallest exact form of the compressed model; load it back in Python with "
+     "`explorer.artifact.pack.unpack(open('model.xpk', 'rb').read()).model` (a PyTorch module)."),
+    ("model.onnx", "onnx_bytes", "ONNX, fp32",
+     "The compressed model as a float ONNX graph, for ONNX Runtime or any ONNX runtime."),
+    ("model.int8.onnx", "onnx_int8_bytes", "ONNX, int8",
+     "The same model quantised to int8 with ONNX Runtime (QDQ), the fastest CPU deployment measured here."),
+)
+
+
+def downloads(result: dict, artifact, key: str) -> None:
+    """Every deployable the run made, each with its measured size and what it is for, and the recipe. The
+    bytes are read and checked against the cache's checksums when the button is pressed."""
+    cols = st.columns(4)
+    sizes = result.get("size") or {}
+    for col, (name, field, label, what) in zip(cols, DELIVERABLES, strict=False):
+        n = sizes.get(field)
+        col.download_button(f"{label} ({fmt_bytes(n)})", (lambda k=result["key"], f=name: artifact(k, f) or
+                            b"this file no longer matches its checksum; run the configuration again"),
+                            name, disabled=not n, key=f"{key}_{name}", help=what)
+    recipe = json.dumps(result["recipe"], indent=2)
+    cols[3].download_button(f"Recipe JSON ({fmt_bytes(len(recipe))})", recipe.encode(), "recipe.json",
+                            "application/json", key=f"{key}_recipe",
+                            help="Reproduces this run: python -m explorer run --recipe recipe.json --out DIR")
+    st.caption("Packed .xpk: load it back with `explorer.unpack(bytes).model`. ONNX files: any ONNX runtime. "
+               "Recipe: `python -m explorer run --recipe recipe.json` computes the same figures.")
+
+
+def glossary() -> None:
+    with st.expander("Glossary: the terms on this page"):
+        st.markdown("\n".join(f"- **{term}**: {text}" for term, text in words.GLOSSARY.items()))

@@ -1,0 +1,167 @@
+"""Recipe: which baseline, which data, and the ordered compression steps (JSON and frozen dataclasses).
+
+The canonical JSON (sorted keys, every default written out) is what the cache key hashes, so two
+recipes that mean the same run have the same key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from explorer.core.data import DATASETS
+from explorer.core.errors import bad_value, check_choice, check_range
+
+RECIPE_KEYS = ("model", "dataset", "checkpoint", "seed", "steps", "name", "finetune_samples")
+MAX_RECIPE_BYTES = 1 << 20
+EXAMPLE = '{"model": "digits_cnn", "steps": [{"kind": "prune", "sparsity": 0.5}]}'
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: str
+    dataset: str = "digits"
+    checkpoint: str | None = None  # default: models/<model>-<dataset>.safetensors
+    seed: int = 0
+    steps: tuple[Any, ...] = field(default=())
+    name: str | None = None  # a label for tables and plots; not part of what the run computes
+    # fine-tune on a stratified, seeded subset of this many training images; None: the baseline card's
+    # recommendation for a large data set, else the whole training split
+    finetune_samples: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.model, str) or not self.model:
+            raise bad_value("model", self.model, "a model name such as 'digits_cnn'")
+        check_choice("dataset", self.dataset, DATASETS)
+        check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
+        if self.finetune_samples is not None:
+            check_range("finetune_samples", self.finetune_samples, 100, 10_000_000, integer=True)
+        from explorer.compress.base import step_type_of
+
+        weight_level_seen = None
+        for i, step in enumerate(self.steps):
+            st = step_type_of(step)
+            if st.structural(step):
+                if weight_level_seen is not None:
+                    raise ValueError(f"step {i + 1} ({st.kind}) changes layer shapes, so it must come before step "
+                                     f"{weight_level_seen + 1}; put structural steps (channel pruning, low-rank, "
+                                     "distillation) first")
+            elif weight_level_seen is None:
+                weight_level_seen = i
+        kinds = [step_type_of(s).kind for s in self.steps]
+        if kinds.count("distill") > 1:
+            raise ValueError("a recipe can distil into one student only")
+        if "bn_adapt" in kinds and "quantize" in kinds:
+            last_bn = len(kinds) - 1 - kinds[::-1].index("bn_adapt")
+            if last_bn > kinds.index("quantize"):
+                raise ValueError(f"step {last_bn + 1} (bn_adapt) must come before the quantize steps: it "
+                                 "re-measures float statistics that quantisation fixes")
+
+    @property
+    def checkpoint_path(self) -> Path:
+        from explorer.models.baselines import baseline_path
+
+        return Path(self.checkpoint) if self.checkpoint else baseline_path(self.model, self.dataset)
+
+    def to_dict(self) -> dict:
+        from explorer.compress.base import config_to_dict
+
+        return {"model": self.model, "dataset": self.dataset, "checkpoint": self.checkpoint, "seed": self.seed,
+                "steps": [config_to_dict(s) for s in self.steps], **({"name": self.name} if self.name else {}),
+                **({"finetune_samples": self.finetune_samples} if self.finetune_samples is not None else {})}
+
+    def canonical_json(self) -> str:
+        """What identifies the computation: every default explicit, keys sorted, the label left out."""
+        d = self.to_dict()
+        d.pop("name", None)
+        d["checkpoint"] = str(self.checkpoint_path.as_posix()) if self.checkpoint else None
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        from explorer.compress.base import step_type_of
+
+        return " -> ".join(describe_step(s, step_type_of(s).kind) for s in self.steps) or "baseline"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        from explorer.compress.base import config_from_dict
+
+        if not isinstance(d, dict):
+            raise ValueError(f"a recipe must be a JSON object, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(RECIPE_KEYS))
+        if unknown:
+            raise ValueError(f"recipe has unknown keys {unknown}; allowed: {list(RECIPE_KEYS)}")
+        if "model" not in d:
+            raise ValueError("recipe needs a 'model' (e.g. \"digits_cnn\")")
+        steps = d.get("steps", [])
+        if not isinstance(steps, list):
+            raise ValueError(f"recipe 'steps' must be a list, got {type(steps).__name__}")
+        return cls(model=d["model"], dataset=d.get("dataset", "digits"), checkpoint=d.get("checkpoint"),
+                   seed=d.get("seed", 0), steps=tuple(config_from_dict(s) for s in steps), name=d.get("name"),
+                   finetune_samples=d.get("finetune_samples"))
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "recipe") -> Recipe:
+        """`source` names where the text came from ("recipe file 'r.json'") in every error."""
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{source} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ValueError(f"{source} nests JSON too deeply: a recipe is a flat object such as "
+                             f"{EXAMPLE}") from None
+        try:
+            return cls.from_dict(d)
+        except RecursionError:
+            raise ValueError(f"{source} nests its values too deeply: a recipe is a flat object such as "
+                             f"{EXAMPLE}") from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Recipe:
+        p = Path(path)
+        source = f"recipe file {str(p)!r}"
+        if not p.is_file():
+            raise ValueError(f"{source} does not exist")
+        if p.stat().st_size > MAX_RECIPE_BYTES:
+            raise ValueError(f"{source} is {p.stat().st_size:,} bytes: a recipe is a small JSON object (at most "
+                             f"{MAX_RECIPE_BYTES:,} bytes) such as {EXAMPLE}")
+        raw = p.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{source} is not UTF-8 text (byte 0x{raw[e.start]:02x} at position {e.start}): a "
+                             f"recipe is a JSON object such as {EXAMPLE}") from None
+        try:
+            return cls.from_json(text, source)
+        except ValueError as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+
+def describe_step(step: Any, kind: str) -> str:
+    """A short human label for tables and legends, e.g. 'prune 90% unstructured' or 'int8 static'."""
+    if kind == "prune":
+        sched = "" if step.schedule == "oneshot" else f" {step.schedule}"
+        return f"prune {step.target:.0%} {step.granularity}{sched}"
+    if kind == "quantize":
+        if step.mode in ("fp16", "bf16"):
+            return step.mode
+        wa = f"W{step.bits}" + (f"A{step.act_bits}" if step.act_bits else "")
+        return f"{wa} {step.mode}"
+    if kind == "cluster":
+        return f"cluster {step.clusters}"
+    if kind == "lowrank":
+        return f"low-rank {step.energy:.0%} energy" if step.energy else f"low-rank {step.rank_ratio:g}"
+    if kind == "distill":
+        return f"distil -> {step.student} x{step.width:g}"
+    if kind == "bn_adapt":
+        return "BN adapt"
+    return kind

@@ -1,0 +1,486 @@
+"""Datasets as in-memory tensors with seeded, stratified, disjoint train/val/test splits.
+
+`digits` (scikit-learn's bundled 8x8 digits) is the embedded default and needs nothing on disk.
+The others read a local folder the user names and never download: MNIST and Fashion-MNIST through
+torchvision's idx readers, CIFAR-10/100 through a restricted unpickler (torchvision's CIFAR class
+unpickles arbitrary objects, which user files must never get), and any class-per-folder image tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import io
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from explorer.core.errors import bad_value, check_range
+from explorer.core.paths import REPO_DATA
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+FOLDER_DATASETS = DATASETS[1:]
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: `x` float32 (N, C, H, W) normalised, `y` int64 (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    seed: int
+    root: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train.x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.x.shape[-1])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.image_size, self.image_size)
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise bad_value("split", name, ("train", "val", "test"))
+        return getattr(self, name)
+
+    def with_train_subset(self, n: int | None, seed: int = 0) -> DataBundle:
+        """This bundle with its training split cut to about `n` images, stratified by class and seeded, for
+        fine-tuning on a large data set in bounded time; validation and test stay whole. The bundle itself
+        when `n` is None or covers the split."""
+        if n is None or n >= len(self.train):
+            return self
+        _, idx = stratified_split(self.train.y, n / len(self.train), seed)
+        return dataclasses.replace(self, train=Split(self.train.x[idx], self.train.y[idx]))
+
+    def calibration(self, n: int, seed: int = 0) -> torch.Tensor:
+        """N training inputs, drawn without replacement with `seed`, for post-training quantisation."""
+        check_range("calibration samples", n, 1, len(self.train), integer=True)
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self.train), generator=g)[:n]
+        return self.train.x[idx]
+
+
+def list_datasets() -> list[str]:
+    return list(DATASETS)
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    image_size: int | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    channels: int | None = None,
+) -> DataBundle:
+    """Load `name` into memory, split it and normalise it with the training split's statistics.
+
+    `test_fraction` applies where the data has no official test split (digits, a flat image tree);
+    `val_fraction` is carved from the training data. `image_size` resizes (imagefolder defaults to 32).
+    A data set held in a few files is kept in memory for the next call while its files are unchanged
+    (Fashion-MNIST takes seconds to decode; every run of the page asks for it). Callers never modify
+    the tensors of a bundle.
+    """
+    stamp = _files_stamp(name, root)
+    args = (name, None if root is None else str(root), seed, image_size, val_fraction, test_fraction, channels)
+    if stamp is None:
+        return _load_dataset(*args)
+    return _load_cached(stamp, *args)
+
+
+def _files_stamp(name: str, root) -> tuple | None:
+    """What identifies the bytes of a data set held in a few files; None where it is not worth keeping."""
+    if name == "digits":
+        return ("digits",)
+    if name == "imagefolder":
+        return None
+    base = Path(root).expanduser() if root not in (None, "") else default_root(name)
+    if base is None or not base.is_dir():
+        return None
+    files = []
+    for p in base.rglob("*"):
+        if len(files) > 64:
+            return None
+        with contextlib.suppress(OSError):
+            if p.is_file():
+                st = p.stat()
+                files.append((str(p), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(files))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(stamp: tuple, *args) -> DataBundle:
+    return _load_dataset(*args)
+
+
+def _load_dataset(name, root, seed, image_size, val_fraction, test_fraction, channels) -> DataBundle:
+    if name not in DATASETS:
+        raise bad_value("dataset", name, DATASETS)
+    check_range("val_fraction", val_fraction, 0.01, 0.5)
+    check_range("test_fraction", test_fraction, 0.01, 0.5)
+    if image_size is not None:
+        check_range("image_size", image_size, 4, 512, integer=True)
+    if channels is not None and channels not in (1, 3):
+        raise bad_value("channels", channels, (1, 3))
+    if name == "digits":
+        x, y, classes = _digits()
+        official_test = None
+        notes: list[str] = []
+    else:
+        if (root is None or str(root).strip() == "") and default_root(name) is not None:
+            root = default_root(name)
+        if root is None or str(root).strip() == "":
+            if name not in DEFAULT_ROOTS:
+                raise ValueError(f"dataset {name!r} reads a local folder: name it with root=... (nothing is "
+                                 "downloaded)")
+            raise ValueError(f"dataset {name!r} is not on this machine: {how_to_get(name)} (nothing is downloaded "
+                             "unasked)")
+        root = Path(root).expanduser()
+        if name in ("mnist", "fashion-mnist"):
+            (x, y), official_test, classes = _mnist_like(name, root)
+            notes = []
+        elif name in ("cifar10", "cifar100"):
+            (x, y), official_test, classes = _cifar(name, root)
+            notes = []
+        else:
+            (x, y), official_test, classes, notes = _image_folder(root, image_size or 32, channels)
+    if channels is not None and x.shape[1] != channels:
+        x = x.mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1)
+        if official_test is not None:
+            tx, ty = official_test
+            official_test = (tx.mean(1, keepdim=True) if channels == 1 else tx.expand(-1, 3, -1, -1), ty)
+    if image_size is not None and x.shape[-1] != image_size:
+        x = _resize(x, image_size)
+        if official_test is not None:
+            official_test = (_resize(official_test[0], image_size), official_test[1])
+
+    if official_test is None:
+        train_idx, test_idx = stratified_split(y, test_fraction, seed)
+        test = (x[test_idx], y[test_idx])
+        x, y = x[train_idx], y[train_idx]
+    else:
+        test = official_test
+    train_idx, val_idx = stratified_split(y, val_fraction, seed + 1)
+    xtr, ytr = x[train_idx], y[train_idx]
+    mean = xtr.mean(dim=(0, 2, 3))
+    std = xtr.std(dim=(0, 2, 3)).clamp_min(1e-6)
+
+    def norm(t: torch.Tensor) -> torch.Tensor:
+        return ((t - mean[None, :, None, None]) / std[None, :, None, None]).contiguous()
+
+    return DataBundle(
+        name=name,
+        train=Split(norm(xtr), ytr),
+        val=Split(norm(x[val_idx]), y[val_idx]),
+        test=Split(norm(test[0]), test[1]),
+        classes=tuple(classes),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        seed=seed,
+        root=None if root is None else str(root),
+        notes=tuple(notes),
+    )
+
+
+def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class seeded shuffle; each class gives round(fraction * count) samples (at least one
+    where it has two or more), so every class appears on both sides and the split is reproducible."""
+    rng = np.random.default_rng(seed)
+    labels = y.numpy()
+    keep, take = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        k = int(round(fraction * len(idx)))
+        if len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        else:
+            k = 0
+        take.append(idx[:k])
+        keep.append(idx[k:])
+    keep_idx, take_idx = np.sort(np.concatenate(keep)), np.sort(np.concatenate(take))
+    if len(take_idx) == 0 or len(keep_idx) == 0:
+        raise ValueError(f"dataset too small to split: {len(labels)} samples; need at least 2 per class")
+    return keep_idx, take_idx
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    return x, y, [str(c) for c in d.target_names]
+
+
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+# where a data set is found when no folder is named: `python -m explorer data fetch` writes the first,
+# Debian's package dataset-fashion-mnist installs the second
+DEFAULT_ROOTS = {"fashion-mnist": (REPO_DATA / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")),
+                 "mnist": (REPO_DATA / "mnist",)}
+INSTALL = {"fashion-mnist": "install Debian's package (apt-get install -y dataset-fashion-mnist), or "}
+
+
+def available(name: str, root: str | os.PathLike | None = None) -> bool:
+    """Whether `name` can be loaded here without downloading: digits always, a named folder if it exists,
+    else one of the data set's usual places."""
+    if name == "digits":
+        return True
+    if root not in (None, ""):
+        return Path(root).expanduser().exists()
+    return default_root(name) is not None
+
+
+def how_to_get(name: str, fetching: bool = False) -> str:
+    fetch_hint = "" if fetching else f"run `python -m explorer data fetch {name}` where the internet is reachable, or "
+    return f"{INSTALL.get(name, '')}{fetch_hint}name a folder holding the four IDX files"
+
+
+def fetch(name: str, folder: str | os.PathLike | None = None) -> Path:
+    """Download `name` with torchvision into `folder` (default: the first place the explorer looks). Only
+    ever called when a user asks; where the internet is out of reach, says how else to get the files."""
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    if name not in ("fashion-mnist", "mnist"):
+        raise bad_value("data set to fetch", name, ("fashion-mnist", "mnist"))
+    root = Path(folder) if folder else DEFAULT_ROOTS[name][0]
+    cls = FashionMNIST if name == "fashion-mnist" else MNIST
+    try:
+        cls(str(root), train=True, download=True)
+    except Exception as e:  # urllib's many ways to say "no network"
+        from explorer.core.errors import first_line
+
+        raise ValueError(f"could not download {name} ({first_line(e, 150)}): the internet is out of reach from "
+                         f"here; {how_to_get(name, fetching=True)}") from None
+    return root
+
+
+def _idx_file(base: Path, name: str) -> Path | None:
+    """`name` as torchvision unpacks it, or gzipped as the data set's authors and Debian ship it."""
+    return next((p for p in (base / name, base / f"{name}.gz") if p.is_file()), None)
+
+
+def _find_base(root: Path, sub: str, files: tuple[str, ...]) -> Path | None:
+    """The folder holding `files`: the subfolder torchvision expects, or the named folder itself."""
+    return next((b for b in (root / sub, root) if all((b / f).is_file() for f in files)), None)
+
+
+def _find_idx_base(root: Path, sub: str) -> Path | None:
+    return next((b for b in (root / sub, root / "raw", root) if all(_idx_file(b, f) for f in _MNIST_FILES)), None)
+
+
+def default_root(name: str) -> Path | None:
+    """The first of the data set's usual places that holds it, or None."""
+    sub = "FashionMNIST/raw" if name == "fashion-mnist" else "MNIST/raw"
+    return next((r for r in DEFAULT_ROOTS.get(name, ()) if _find_idx_base(r, sub)), None)
+
+
+def _missing(name: str, root: Path, where: str, files: tuple[str, ...]) -> ValueError:
+    if not root.exists():
+        head = f"dataset folder {str(root)!r} for {name} does not exist"
+    else:
+        head = f"dataset folder {str(root)!r} for {name} is incomplete"
+    return ValueError(f"{head}: expected the files {', '.join(files)} in {where} (nothing is downloaded)")
+
+
+def _mnist_like(name: str, root: Path):
+    """The four IDX files (plain or gzipped) in torchvision's layout (<root>/MNIST/raw/...), in a raw/
+    subfolder, or in the named folder itself."""
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    from explorer.core.idx import read_idx
+
+    cls = MNIST if name == "mnist" else FashionMNIST
+    sub = f"{cls.__name__}/raw"
+    base = _find_idx_base(root, sub)
+    if base is None:
+        raise _missing(name, root, str(root / sub), _MNIST_FILES)
+    parts = []
+    for images, labels in (_MNIST_FILES[:2], _MNIST_FILES[2:]):
+        x = read_idx(_idx_file(base, images))
+        y = read_idx(_idx_file(base, labels))
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or x.dtype != np.uint8:
+            raise ValueError(f"dataset folder {str(base)!r} for {name}: {images} holds {x.dtype} images of shape "
+                             f"{x.shape} for {y.shape} labels; expected N uint8 images for N labels")
+        parts.append((torch.from_numpy(x).float().div(255.0).unsqueeze(1), torch.from_numpy(y.astype(np.int64))))
+    n_classes = int(max(parts[0][1].max(), parts[1][1].max())) + 1
+    if n_classes > len(cls.classes) or min(int(parts[0][1].min()), int(parts[1][1].min())) < 0:
+        raise ValueError(f"dataset folder {str(base)!r} for {name}: labels outside 0..{len(cls.classes) - 1}")
+    return parts[0], parts[1], list(cls.classes)
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and numpy arrays (what the CIFAR batches hold); any other
+    global, which is how a pickle runs code, is refused."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name}: data files may hold arrays only")
+
+
+def safe_unpickle(data: bytes) -> object:
+    return _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
+_CIFAR = {
+    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+                "batches.meta", "labels", "label_names"),
+    "cifar100": ("cifar-100-python", ("train",), ("test",), "meta", "fine_labels", "fine_label_names"),
+}
+
+
+def _cifar(name: str, root: Path):
+    sub, train_files, test_files, meta_file, label_key, names_key = _CIFAR[name]
+    files = train_files + test_files + (meta_file,)
+    base = _find_base(root, sub, files)
+    if base is None:
+        raise _missing(name, root, str(root / sub), files)
+
+    def read(fname: str) -> dict:
+        try:
+            obj = safe_unpickle((base / fname).read_bytes())
+        except Exception as e:
+            raise ValueError(f"CIFAR file {str(base / fname)!r} could not be read: {e}") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"CIFAR file {str(base / fname)!r} holds {type(obj).__name__}, expected a dict")
+        return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+    def batches(names):
+        xs, ys = [], []
+        for f in names:
+            d = read(f)
+            if "data" not in d or label_key not in d:
+                raise ValueError(f"CIFAR file {str(base / f)!r} lacks the keys 'data' and {label_key!r}")
+            data = np.asarray(d["data"], dtype=np.uint8)
+            if data.ndim != 2 or data.shape[1] != 3072 or len(d[label_key]) != data.shape[0]:
+                raise ValueError(f"CIFAR file {str(base / f)!r} has data of shape {data.shape}, expected (N, 3072)")
+            xs.append(data.reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[label_key], dtype=np.int64))
+        x = torch.from_numpy(np.concatenate(xs)).float().div(255.0)
+        return x, torch.from_numpy(np.concatenate(ys))
+
+    meta = read(meta_file)
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(names_key, [])]
+    train, test = batches(train_files), batches(test_files)
+    n_classes = int(max(train[1].max(), test[1].max())) + 1
+    if len(classes) < n_classes:
+        classes = [str(i) for i in range(n_classes)]
+    return train, test, classes
+
+
+def _image_folder(root: Path, size: int, channels: int | None):
+    """A class-per-subfolder tree, or one with train/ and test/ (or val/) subtrees. Files that are
+    not images are skipped and counted in `notes`."""
+    if not root.is_dir():
+        raise ValueError(f"image folder {str(root)!r} does not exist or is not a folder: expected "
+                         "one subfolder per class holding image files (.png, .jpg, ...)")
+    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+    if (root / "train").is_dir() and test_dir is not None:
+        train_x, train_y, classes, skipped = _read_tree(root / "train", size, channels, None)
+        test_x, test_y, _, skipped_t = _read_tree(test_dir, size, channels, classes)
+        notes = _skip_notes(skipped + skipped_t)
+        return (train_x, train_y), (test_x, test_y), classes, notes
+    x, y, classes, skipped = _read_tree(root, size, channels, None)
+    return (x, y), None, classes, _skip_notes(skipped)
+
+
+def _skip_notes(skipped: list[str]) -> list[str]:
+    if not skipped:
+        return []
+    shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+    return [f"skipped {len(skipped)} file(s) that are not readable images: {shown}"]
+
+
+def _read_tree(folder: Path, size: int, channels: int | None, classes: list[str] | None):
+    from PIL import Image, UnidentifiedImageError
+
+    found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes is None:
+        classes = found
+    if not classes:
+        raise ValueError(f"image folder {str(folder)!r} has no class subfolders: expected one folder per class")
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ValueError(f"image folder {str(folder)!r} has classes {unknown} "
+                         f"not in the training classes {classes}")
+    mode = {1: "L", 3: "RGB", None: "RGB"}[channels]
+    xs, ys, skipped = [], [], []
+    for ci, cname in enumerate(classes):
+        cdir = folder / cname
+        if not cdir.is_dir():
+            continue
+        for path in sorted(cdir.rglob("*")):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append(str(path.relative_to(folder)))
+                continue
+            try:
+                with Image.open(path) as im:
+                    im = im.convert(mode).resize((size, size), Image.BILINEAR)
+                    arr = np.asarray(im, dtype=np.float32) / 255.0
+            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+                skipped.append(str(path.relative_to(folder)))
+                continue
+            xs.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+            ys.append(ci)
+    if not xs:
+        raise ValueError(f"image folder {str(folder)!r} holds no readable images in its class folders {classes}")
+    x = torch.from_numpy(np.stack(xs))
+    y = torch.tensor(ys, dtype=torch.int64)
+    return x, y, list(classes), skipped
+
+
+def export_split(bundle: DataBundle, split: str) -> dict[str, np.ndarray]:
+    """The exact preprocessed tensors the explorer evaluates on, for checking figures from outside."""
+    s = bundle.split(split)
+    return {"x": s.x.numpy().astype(np.float32), "y": s.y.numpy().astype(np.int64)}

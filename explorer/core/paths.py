@@ -1,0 +1,23 @@
+"""Where the repository keeps its data: the committed baselines, the run cache and data sets fetched on
+request. Every path is relative to the repository root (or set by an environment variable), so the
+explorer runs from any working directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]  # explorer/core/paths.py -> the repository
+MODELS_DIR = ROOT / "models"  # trained baselines: <architecture>-<dataset>.safetensors and a JSON card each
+REPO_DATA = ROOT / "data"  # data sets fetched with `python -m explorer data fetch`
+
+
+def cache_dir() -> Path:
+    """The run cache: EXPLORER_CACHE_DIR, else cache/ in the repository."""
+    env = os.environ.get("EXPLORER_CACHE_DIR")
+    return Path(env) if env else ROOT / "cache"
+
+
+def baseline_path(model: str, dataset: str, models_dir: str | os.PathLike = MODELS_DIR) -> Path:
+    """The committed weights of `model` trained on `dataset`."""
+    return Path(models_dir) / f"{model}-{dataset}.safetensors"

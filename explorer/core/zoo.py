@@ -1,0 +1,236 @@
+"""Model zoo as a registry (timm's shape): `@register_model`, `create_model`, `list_models`.
+
+Every factory takes num_classes, in_channels and image_size, so one list feeds the UI's select box,
+the CLI and the parametrised tests. torchvision's architectures are adapted to small inputs the way
+CIFAR papers do (and seed 000 did for VGG-13 on 32x32): a 3x3 stride-1 stem and no pooling past 1x1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from explorer.core.errors import bad_value, check_range
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: Callable[..., nn.Module]
+    description: str
+    min_image_size: int
+    default_image_size: int
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, *, description: str, min_image_size: int = 4, default_image_size: int = 32):
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise RuntimeError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelEntry(name, fn, description, min_image_size, default_image_size)
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        raise bad_value("model", name, list_models())
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 8, **kwargs) -> nn.Module:
+    """Build `name` for inputs of shape (in_channels, image_size, image_size)."""
+    entry = model_entry(name)
+    check_range("num_classes", num_classes, 2, 100_000, integer=True)
+    check_range("in_channels", in_channels, 1, 64, integer=True)
+    if (isinstance(image_size, bool) or not isinstance(image_size, int)
+            or not entry.min_image_size <= image_size <= 1024):
+        raise bad_value("image_size", image_size, f"an integer in [{entry.min_image_size}, 1024] for model {name!r}")
+    if "width" in kwargs:
+        check_range("width", kwargs["width"], 0.0625, 4.0)
+    try:
+        return entry.factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"model {name!r} does not take these arguments: {sorted(kwargs)} ({e})") from None
+
+
+def _ch(c: int, width: float) -> int:
+    return max(1, int(round(c * width)))
+
+
+class DigitsCNN(nn.Module):
+    """Small conv net for 8x8 digits: two conv stages and a two-layer head (about 40k parameters)."""
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: int, width: float = 1.0):
+        super().__init__()
+        c1, c2, c3, h = _ch(16, width), _ch(32, width), _ch(64, width), _ch(64, width)
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        side = image_size // 4
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c3 * side * side, h), nn.ReLU(inplace=True), nn.Dropout(0.2),
+            nn.Linear(h, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@register_model("digits_cnn", description="small conv net for 8x8 digits (~40k params)", default_image_size=8)
+def digits_cnn(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    return DigitsCNN(num_classes, in_channels, image_size, width)
+
+
+class LeNet5(nn.Module):
+    """LeCun's LeNet-5 (conv 6 -> conv 16 -> 120 -> 84). Below 16x16 the second conv pads, so the
+    network keeps its shape on 8x8 digits."""
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: int):
+        super().__init__()
+        pad2 = 0 if image_size >= 16 else 2
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5, padding=pad2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        side = (image_size // 2 - 4 + 2 * pad2) // 2
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * side * side, 120), nn.ReLU(inplace=True),
+            nn.Linear(120, 84), nn.ReLU(inplace=True), nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@register_model("lenet5", description="LeNet-5 (~60k params at 28x28)", min_image_size=8, default_image_size=28)
+def lenet5(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    return LeNet5(num_classes, in_channels, image_size)
+
+
+class SmallVGG(nn.Module):
+    """torchvision's VGG layer configuration with batch norm, pools dropped once the feature map is
+    1x1, global average pooling and a two-layer head (the usual CIFAR adaptation)."""
+
+    def __init__(self, cfg: list, num_classes: int, in_channels: int, image_size: int, width: float):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, side = in_channels, image_size
+        for v in cfg:
+            if v == "M":
+                if side >= 2:
+                    layers.append(nn.MaxPool2d(2))
+                    side //= 2
+                continue
+            out = _ch(int(v), width)
+            layers += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            c = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c, c), nn.ReLU(inplace=True), nn.Dropout(0.3), nn.Linear(c, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
+def _vgg_cfg(key: str) -> list:
+    from torchvision.models.vgg import cfgs
+
+    return list(cfgs[key])
+
+
+@register_model("vgg11", description="VGG-11 (torchvision cfg A) with BN, for small inputs", default_image_size=32)
+def vgg11(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    return SmallVGG(_vgg_cfg("A"), num_classes, in_channels, image_size, width)
+
+
+@register_model("vgg13", description="VGG-13 (torchvision cfg B) with BatchNorm, for small inputs",
+                default_image_size=32)
+def vgg13(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    return SmallVGG(_vgg_cfg("B"), num_classes, in_channels, image_size, width)
+
+
+@register_model("resnet18", description="torchvision ResNet-18 with a CIFAR-style 3x3 stem", default_image_size=32)
+def resnet18(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    from torchvision.models import resnet18 as tv_resnet18
+
+    m = tv_resnet18(weights=None, num_classes=num_classes)
+    m.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    if image_size <= 64:
+        m.maxpool = nn.Identity()
+    return m
+
+
+@register_model("mobilenet_v2", description="torchvision MobileNetV2 with a stride-1 stem", default_image_size=32)
+def mobilenet_v2(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    from torchvision.models import mobilenet_v2 as tv_mobilenet_v2
+
+    m = tv_mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width)
+    stem = m.features[0][0]
+    m.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, stride=1 if image_size <= 64 else 2,
+                                 padding=1, bias=False)
+    return m
+
+
+class CifarResNet(nn.Module):
+    """He et al.'s CIFAR ResNet ("Deep Residual Learning for Image Recognition", section 4.2): a 3x3 stem,
+    three stages of torchvision BasicBlocks at 16, 32 and 64 channels (times `width`), the last two halving
+    the feature map through a 1x1 projection shortcut, global average pooling and one linear layer.
+    Depth 6n + 2; every block after a stage's first adds an identity skip, which channel pruning must
+    keep consistent across the whole stage."""
+
+    def __init__(self, blocks: int, num_classes: int, in_channels: int, image_size: int, width: float = 1.0):
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        c = _ch(16, width)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
+                                  nn.ReLU(inplace=True))
+        stages = []
+        for i, planes in enumerate((_ch(16, width), _ch(32, width), _ch(64, width))):
+            stride = 1 if i == 0 else 2
+            layers = []
+            for b in range(blocks):
+                down = None
+                if b == 0 and (stride != 1 or c != planes):
+                    down = nn.Sequential(nn.Conv2d(c, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+                layers.append(BasicBlock(c, planes, stride if b == 0 else 1, down))
+                c = planes
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@register_model("resnet8", description="CIFAR-style ResNet-8 (~78k params): identity skips, BatchNorm",
+                default_image_size=32)
+def resnet8(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    return CifarResNet(1, num_classes, in_channels, image_size, width)
+
+
+@register_model("resnet14", description="CIFAR-style ResNet-14 (~175k params): identity skips, BatchNorm",
+                default_image_size=32)
+def resnet14(num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    return CifarResNet(2, num_classes, in_channels, image_size, width)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

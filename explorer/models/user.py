@@ -1,0 +1,375 @@
+"""Bring your own model and data: turn an upload or a named file into a baseline the explorer can compress.
+
+A state_dict for a zoo architecture (safetensors, or a PyTorch checkpoint read with weights_only) becomes
+a full baseline: its tensors are re-saved as safetensors with a card, so nothing pickled is ever kept.
+An ONNX model becomes an ONNX baseline: size, latency and ONNX Runtime's int8 quantisation apply;
+techniques that rewrite PyTorch layers do not. TorchScript, exported programs and pickled modules are
+programs (`explorer.models.formats`): refused unless `trust_code` (the command line's --trust-code), and then
+converted to ONNX once, so what is stored is data.
+
+Names are unique: a taken name is refused unless `replace`; adding the same file again without a name
+returns the model already added. Files are prepared in scratch space and renamed into place, the card
+last, so a refused or interrupted add never leaves or destroys anything. Every failure is a ValueError
+naming the file as the user named it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from explorer.core import scratch, settings
+from explorer.core.data import DataBundle, load_dataset
+from explorer.core.errors import bad_value, first_line, quiet_third_party
+from explorer.core.train import evaluate
+from explorer.core.zoo import count_params, create_model, list_models
+from explorer.models import baselines, formats, safezip
+
+FOREIGN_REASON = ("pruning, clustering, k-bit quantisation, low-rank and distillation rewrite the model's PyTorch "
+                  "layers; a {fmt} model has none the explorer can rewrite, so only size, latency and ONNX Runtime's "
+                  "int8 quantisation apply")
+
+
+def user_models_dir() -> Path:
+    return Path(os.environ.get("EXPLORER_USER_MODELS", baselines.MODELS_DIR / "user"))
+
+
+def user_data_dir() -> Path:
+    return Path(os.environ.get("EXPLORER_USER_DATA", Path(baselines.MODELS_DIR).parent / "data" / "user"))
+
+
+def max_upload_bytes() -> int:
+    return int(settings.get("EXPLORER_MAX_UPLOAD_MB") * 2**20)
+
+
+def check_upload_size(n_bytes: int, what: str) -> None:
+    cap = max_upload_bytes()
+    if n_bytes > cap:
+        raise ValueError(f"{what} is {n_bytes / 2**20:,.1f} MB, over the upload cap of {cap / 2**20:,.0f} MB "
+                         "(set EXPLORER_MAX_UPLOAD_MB to change it)")
+
+
+def safe_name(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")[:60]
+    if not s:
+        raise bad_value("name", name, "letters, digits, '_', '-' or '.'")
+    return s
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """One writer at a time in `folder` (across processes): names are checked and claimed under it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str = "digits", root: str | None = None,
+              name: str | None = None, image_size: int | None = None, width: float | None = None,
+              trust_code: bool = False, replace: bool = False, shown: str | None = None) -> dict:
+    """A state_dict with its architecture, or an ONNX model (or, trusted, a program) without one. Returns
+    the stored card, with `path` to the weights; `reused` is set when the same file was added before."""
+    path = Path(path)
+    shown = shown or path.name
+    if arch is not None and arch not in list_models():
+        raise bad_value("arch", arch, list_models())
+    check_upload_size(path.stat().st_size if path.is_file() else 0, f"model file {shown!r}")
+    fmt = formats.detect_format(path, shown)
+    if fmt in ("torchscript", "exported") and not trust_code:
+        raise formats.program_refusal(shown, fmt)
+    source = {"file": shown, "format": fmt, "sha256": baselines.sha256_file(path)}
+    auto = name is None
+    name = safe_name(name or f"{arch or fmt}-{dataset}-{Path(shown).stem}")
+    if auto:
+        with _locked(user_models_dir()):
+            again = _same_source(name, source, arch, dataset, root)
+        if again is not None:
+            return again
+    with scratch.folder("add-model") as stage:
+        if arch is not None:
+            weights, card = _state_dict_baseline(path, shown, fmt, arch, dataset, root, image_size, width,
+                                                 trust_code, stage)
+        else:
+            weights, card = _onnx_baseline(path, shown, fmt, dataset, root, image_size, trust_code, stage)
+        card.update(user=True, source=source, versions=baselines.versions(), created=_dt.date.today().isoformat())
+        return _store(weights, card, name, auto=auto, replace=replace)
+
+
+def _data(dataset: str, root: str | None, image_size: int | None, in_channels: int | None) -> DataBundle:
+    return load_dataset(dataset, root, image_size=image_size, channels=in_channels)
+
+
+def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: str, root: str | None,
+                         image_size: int | None, width: float | None, trust_code: bool,
+                         stage: Path) -> tuple[Path, dict]:
+    """Validate a state_dict against a zoo architecture and the data, measure it, re-save it as safetensors."""
+    state = baselines.load_state_dict_file(path, trust_code=trust_code, shown=shown)
+    data = _data(dataset, root, image_size, None)
+    kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
+    if width is not None:
+        kwargs["width"] = width
+    model = baselines.load_into(create_model(arch, **kwargs), state, shown)
+    _check_classes(model, data, shown)
+    acc = evaluate(model, data.test)
+    from safetensors.torch import save_file
+
+    weights = stage / "model.safetensors"
+    save_file(baselines.state_dict_for_save(model), str(weights))
+    return weights, {"architecture": arch, "arch_kwargs": kwargs, "dataset": dataset, "dataset_root": root,
+                     "split_seed": 0, "classes": list(data.classes),
+                     "accuracy": {k: acc[k] for k in ("top1", "top3", "top5", "loss")}, "test_samples": acc["n"],
+                     "params": count_params(model), "notes": list(data.notes)}
+
+
+def _onnx_baseline(path: Path, shown: str, fmt: str, dataset: str, root: str | None, image_size: int | None,
+                   trust_code: bool, stage: Path) -> tuple[Path, dict]:
+    """An ONNX model, or a trusted program converted to one, measured with ONNX Runtime."""
+    module = None
+    if fmt in ("state_dict", "pickle"):
+        obj = baselines.read_torch_checkpoint(path, shown, trust_code)
+        if not isinstance(obj, torch.nn.Module):
+            raise ValueError(f"model file {shown!r} holds a state_dict: name its architecture (one of "
+                             f"{', '.join(list_models())})")
+        module, fmt = obj, "pickled module"
+    elif fmt == "safetensors":
+        raise ValueError(f"model file {shown!r} is a safetensors state_dict: name its architecture (one of "
+                         f"{', '.join(list_models())})")
+    program = _load_program(path, shown, fmt) if fmt in ("torchscript", "exported") else None
+    shape = _declared_input_shape(path, fmt, program)  # (C, H, W) where the file says; the data is fitted to it
+    data = _data(dataset, root, image_size or (shape[-1] if shape else None), shape[0] if shape else None)
+    staged = stage / "model.onnx"
+    if fmt == "onnx":
+        shutil.copyfile(path, staged)
+    else:
+        _to_onnx(program if program is not None else module, shown, fmt, data, staged)
+    acc = onnx_model_accuracy(staged, data, shown)
+    return staged, {"architecture": "onnx", "format": "onnx", "arch_kwargs": {"input_shape": list(data.input_shape)},
+                    "dataset": dataset, "dataset_root": root, "split_seed": 0, "classes": list(data.classes),
+                    "accuracy": acc, "test_samples": len(data.test), "params": onnx_params(staged),
+                    "unsupported_reason": FOREIGN_REASON.format(fmt=fmt)}
+
+
+def _load_program(path: Path, shown: str, fmt: str):
+    """A TorchScript module or an exported program: only ever called for a file the user trusts."""
+    try:
+        with quiet_third_party():
+            if fmt == "exported":
+                return torch.export.load(str(path))
+            return torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise ValueError(f"model file {shown!r} could not be read as {formats.PROGRAMS[fmt]}: "
+                         f"{first_line(e, 200)}") from None
+
+
+def _check_classes(model, data: DataBundle, shown: str) -> None:
+    if not isinstance(model, torch.fx.GraphModule):  # an exported program's module has no train/eval switch
+        model.eval()
+    with torch.no_grad():
+        out = model(data.test.x[:1])
+    if out.shape[-1] != data.num_classes:
+        raise ValueError(f"model {shown!r} has {out.shape[-1]} outputs but the dataset {data.name!r} has "
+                         f"{data.num_classes} classes")
+
+
+def _to_onnx(obj, shown: str, fmt: str, data: DataBundle, out: Path) -> None:
+    """A trusted program (or pickled module) exported to ONNX, with torch's own logging silenced."""
+    from explorer.measure.onnx_export import ExportError, export_onnx
+
+    is_program = isinstance(obj, torch.export.ExportedProgram)
+    module = obj.module() if is_program else obj
+    try:
+        with quiet_third_party():
+            _check_classes(module, data, shown)
+    except ValueError:
+        raise
+    except Exception as e:  # a model built for other inputs fails inside its own forward
+        raise ValueError(f"model {shown!r} does not run on {data.name} inputs of shape "
+                         f"{(1, *data.input_shape)}: {first_line(e, 200)}") from None
+    try:
+        with quiet_third_party():
+            _export_program(obj, out) if is_program else export_onnx(module, data.input_shape, out)
+    except ExportError as e:
+        raise ValueError(f"model {shown!r} could not be converted to ONNX: {e}") from None
+    except Exception as e:
+        raise ValueError(f"model {shown!r} could not be converted to ONNX: {first_line(e, 200)}") from None
+
+
+def _export_program(program, out: Path) -> None:
+    """An exported program's module re-exported with a dynamic batch axis; where its graph will not take
+    one, the program itself at the shapes it was exported with (its latency then has that batch only)."""
+    args = program.example_inputs[0]
+    # export specialises a dimension whose example size is 1, so the dynamic batch needs an example of 2
+    batch2 = tuple(torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.shape[0] == 1 else a for a in args)
+    try:
+        torch.onnx.export(program.module(), batch2, str(out), dynamo=True, external_data=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), input_names=["input"],
+                          output_names=["logits"])
+    except Exception:
+        torch.onnx.export(program, args, str(out), dynamo=True, external_data=False, input_names=["input"],
+                          output_names=["logits"])
+
+
+def _declared_input_shape(path: Path, fmt: str, program) -> tuple[int, ...] | None:
+    """The input's (C, H, W) as an ONNX model or an exported program declares it; None if unknown."""
+    try:
+        if fmt == "onnx":
+            import onnx
+
+            dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+            shape = tuple(d.dim_value for d in dims[1:])
+        elif fmt == "exported" and program is not None:
+            shape = tuple(program.example_inputs[0][0].shape[1:])
+        else:
+            return None
+    except Exception:  # an unreadable file is reported, with its reason, by the loader that follows
+        return None
+    return shape if len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape) else None
+
+
+def onnx_model_accuracy(path: Path, data: DataBundle, shown: str | None = None) -> dict:
+    """top-1/3/5 with ONNX Runtime; a model that does not load, uses operators outside the standard
+    domains, keeps external data, or does not fit the data is a ValueError."""
+    import onnx
+
+    from explorer.measure.onnx_export import onnx_accuracy, onnx_logits
+
+    shown = shown or path.name
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        raise ValueError(f"ONNX model {shown!r} is not valid: {first_line(e, 200)}") from None
+    # external data names a file path: from an upload it could point anywhere on this machine
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        raise ValueError(f"ONNX model {shown!r} keeps its weights in external data files: upload a "
+                         "single-file model (onnx.save(model, path, save_as_external_data=False))")
+    formats.check_onnx_operators(proto, shown)
+    try:
+        out = onnx_logits(path, data.test.x[:2].numpy())
+    except Exception as e:
+        raise ValueError(f"ONNX model {shown!r} does not run on {data.name} inputs of shape "
+                         f"{(2, *data.input_shape)}: {first_line(e, 200)}") from None
+    if out.ndim != 2 or out.shape[1] != data.num_classes:
+        raise ValueError(f"ONNX model {shown!r} outputs shape {tuple(out.shape)}, but the dataset "
+                         f"{data.name!r} has {data.num_classes} classes")
+    acc = onnx_accuracy(path, data.test.x.numpy(), data.test.y.numpy())
+    return {k: acc[k] for k in ("top1", "top3", "top5")}
+
+
+def onnx_params(path: Path) -> int:
+    import numpy as np
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return int(sum(np.prod(t.dims) for t in m.graph.initializer))
+
+
+# ---------------------------------------------------------------- names and storage
+
+
+def _committed_names() -> set[str]:
+    return {c["name"] for c in baselines.list_baselines()}
+
+
+def _user_cards() -> dict[str, dict]:
+    return {c["name"]: c for c in list_user_models()}
+
+
+def _same_source(name: str, source: dict, arch: str | None, dataset: str, root: str | None) -> dict | None:
+    """The card of an earlier add of the very same file, with the same architecture and data."""
+    old = _user_cards().get(name)
+    if old and (old.get("source") or {}).get("sha256") == source["sha256"] and old.get("dataset") == dataset \
+            and old.get("dataset_root") == root and (arch is None or old.get("architecture") == arch):
+        return {**old, "reused": True}
+    return None
+
+
+def _store(weights: Path, card: dict, name: str, *, auto: bool, replace: bool) -> dict:
+    """Claim `name` and rename the staged weights and card into place; under the folder's lock."""
+    folder = user_models_dir()
+    with _locked(folder):
+        cards = _user_cards()
+        if auto:
+            again = _same_source(name, card["source"], card.get("architecture"), card["dataset"],
+                                 card.get("dataset_root"))
+            if again is not None:
+                return again
+            base, n = name, 2
+            while name in cards or name in _committed_names():
+                name, n = f"{base}-{n}", n + 1
+        elif name in _committed_names():
+            raise ValueError(f"name {name!r} is a committed baseline's: choose another --name")
+        elif name in cards and not replace:
+            old = cards[name]
+            raise ValueError(f"a model named {name!r} already exists ({old.get('architecture')} from "
+                             f"{(old.get('source') or {}).get('file', '?')}, added {old.get('created', '?')}): "
+                             "choose another name, or replace it explicitly (--replace)")
+        old = cards.get(name)
+        final = folder / f"{name}{weights.suffix}"
+        card = {"name": name, **card, "file": final.name, "file_bytes": weights.stat().st_size,
+                "sha256": baselines.sha256_file(weights)}
+        scratch.move_into_place(weights, final, overwrite=old is not None)
+        part = folder / f".{name}.json.part"
+        part.write_text(json.dumps(card, indent=2) + "\n")
+        os.replace(part, baselines.card_path(final))  # the card last: the model is listed once complete
+        if old is not None and Path(old["path"]) != final:
+            Path(old["path"]).unlink(missing_ok=True)  # the replaced model was the other kind of file
+    return {**card, "path": str(final)}
+
+
+def list_user_models() -> list[dict]:
+    """Cards of the models users added, one per name: a card lists only the weights file it names."""
+    d = user_models_dir()
+    cards = []
+    for w in sorted([*d.glob("*.safetensors"), *d.glob("*.onnx")]) if d.is_dir() else []:
+        if w.name.startswith(".") or not baselines.card_path(w).is_file():
+            continue
+        try:
+            card = baselines.read_card(w)
+        except ValueError:
+            continue
+        if card.get("file", w.name) == w.name:
+            cards.append({**card, "path": str(w)})
+    return cards
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def add_dataset_zip(zip_path: str | os.PathLike, name: str, *, shown: str | None = None) -> str:
+    """Extract an uploaded image-folder zip safely and store it under `name`; returns the folder to use as
+    the dataset root. It is extracted and checked in scratch space and renamed into place only once every
+    check has passed. A name already taken by other files is refused (the stored data stays as it is: cached
+    runs and added models were measured on it); the very same files again reuse the stored folder."""
+    zip_path = Path(zip_path)
+    shown = shown or zip_path.name
+    check_upload_size(zip_path.stat().st_size, f"zip {shown!r}")
+    dest = user_data_dir() / safe_name(name)
+    with scratch.folder("dataset") as stage:
+        tree = stage / "tree"
+        safezip.extract_zip(zip_path, tree, shown=shown)
+        with _locked(user_data_dir()):
+            if dest.exists():
+                if not _same_tree(dest, tree):
+                    raise ValueError(f"a dataset named {dest.name!r} already exists with other files: choose "
+                                     "another name (the stored one is kept as it is)")
+            else:
+                scratch.move_into_place(tree, dest)
+    return str(safezip.tree_root(dest))
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    def listing(root: Path) -> dict[str, str]:
+        return {str(p.relative_to(root)): baselines.sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+    return listing(a) == listing(b)

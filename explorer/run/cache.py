@@ -1,0 +1,431 @@
+"""Run cache: one folder per run key under cache/ holding the RunResult JSON and the run's artifacts.
+
+A slider move in the UI, a CLI sweep and a benchmark all come through `RunCache.get_or_run`, so the
+cache must never serve something half-written or wrong:
+- an entry is built in a scratch folder and renamed into place in one step, `manifest.json` (size and
+  sha256 of every file) written last; an entry whose files do not match its manifest is discarded;
+- a per-key file lock makes concurrent identical requests (Streamlit sessions are threads, sweeps may
+  be processes) compute once; the kernel releases the lock of a killed process;
+- only successful runs are stored: a failure comes back as a failed RunResult and is recomputed next time;
+- a size cap evicts the least recently used entries (mtime of a `last_used` marker).
+Nothing here prints; the CLI and UI report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import secrets
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import explorer
+from explorer.core.paths import cache_dir
+
+MANIFEST, RESULT, LAST_USED = "manifest.json", "result.json", "last_used"
+# runner.FILES kept; the checkpoint, gzip and zstd copies only give sizes
+ARTIFACT_KINDS = ("packed", "onnx", "onnx_int8", "predictions")
+STALE_S = 3600.0
+SCRATCH = (".tmp-", ".work-", ".trash-")
+_verified: set[tuple] = set()  # (entry, stats of its files) whose checksums matched in this process
+_held = threading.local()  # locks this thread holds: commit/get inside get_or_run's lock must not deadlock
+
+
+def max_bytes(value: str | float | None = None) -> int:
+    """The size cap in bytes: `value` megabytes, else EXPLORER_CACHE_MAX_MB, else 2048."""
+    from explorer.core import settings
+
+    if value is None:
+        return int(settings.get("EXPLORER_CACHE_MAX_MB") * 2**20)
+    try:
+        mb = float(value)
+    except (TypeError, ValueError):
+        mb = math.nan
+    if not 0 <= mb < math.inf:
+        raise ValueError(f"max_mb={value!r} must be a number of megabytes >= 0 (default 2048)")
+    return int(mb * 2**20)
+
+
+def is_key(name: object) -> bool:
+    # keys become folder names: nothing that could point outside the cache
+    return isinstance(name, str) and name.isascii() and name.isalnum() and len(name) <= 128
+
+
+def check_key(key: str) -> str:
+    if not is_key(key):
+        raise ValueError(f"cache key {key!r} must be a run key (letters and digits, as runner.run_key gives)")
+    return key
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def folder_bytes(path: Path) -> int:
+    with contextlib.suppress(OSError), os.scandir(path) as it:
+        return sum(e.stat().st_size for e in it if e.is_file(follow_symlinks=False))
+    return 0
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _tag(result: dict, hit: bool, key: str, **extra: Any) -> dict:
+    return {**result, "cache": {"hit": hit, "key": key, **extra}}
+
+
+def _default_compute(recipe, workdir: Path, progress, partial=None):
+    from explorer.run import runner  # imported late: listing or clearing the cache needs no torch
+
+    return runner.run_recipe(recipe, workdir=workdir, progress=progress, partial=partial)
+
+
+class RunCache:
+    def __init__(self, root: str | os.PathLike | None = None, max_mb: float | None = None):
+        self.root = Path(root) if root is not None else cache_dir()
+        self.max_bytes = max_bytes(max_mb)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._clean_scratch()
+
+    def _open_lock(self, key: str, wait: bool, on_wait: Callable[[], None] | None = None) -> IO | None:
+        path = self.root / ".locks" / f"{check_key(key)}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # a new open file per call: flock on separate open files excludes threads of one process too.
+        # Lock files are never deleted: a waiter would hold the lock of an unlinked file while a newcomer
+        # locked a fresh one, and both would compute.
+        f = open(path, "a+b")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                if not wait:
+                    f.close()
+                    return None
+                if on_wait:
+                    on_wait()
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            except BaseException:
+                f.close()
+                raise
+        return f
+
+    @contextlib.contextmanager
+    def lock(self, key: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Exclusive per-key lock across processes and threads; re-entrant within one thread."""
+        held = _held.__dict__.setdefault("keys", set())
+        ident = (str(self.root), key)
+        if ident in held:
+            yield
+            return
+        f = self._open_lock(key, True, on_wait)
+        held.add(ident)
+        try:
+            yield
+        finally:
+            held.discard(ident)
+            f.close()  # closing releases the flock
+
+    def _check(self, key: str, deep: bool = True, fresh: bool = False) -> tuple[dict | None, str | None]:
+        """(stored result, None) if the entry is complete and intact, else (None, the problem).
+
+        deep=False checks presence and sizes only; fresh=True re-hashes what was verified before. Checksums
+        are remembered per file stats only for files last modified over a second ago: a file changed in
+        the same clock tick as the check keeps its mtime (git's "racy clean" problem).
+        """
+        entry = self.root / key
+        try:
+            manifest = json.loads((entry / MANIFEST).read_text())
+            files = manifest["files"]
+            if manifest.get("key") != key or not isinstance(files, dict) or RESULT not in files:
+                return None, "manifest.json does not describe this entry"
+        except FileNotFoundError:
+            return None, "no manifest.json (incomplete write)"
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return None, f"manifest.json unreadable: {e}"
+        stats = []
+        for name, meta in sorted(files.items()):
+            if not isinstance(meta, dict) or not name or "/" in name or name.startswith("."):
+                return None, f"manifest.json lists a bad file entry {name!r}"
+            try:
+                st = (entry / name).stat()
+            except OSError:
+                return None, f"{name} is missing"
+            if not stat.S_ISREG(st.st_mode) or st.st_size != meta.get("bytes"):
+                return None, f"{name} has {st.st_size} bytes, the manifest says {meta.get('bytes')}"
+            stats.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
+        memo = (str(entry), tuple(stats))
+        if deep and (fresh or memo not in _verified):
+            for name, meta in files.items():
+                try:
+                    if sha256_file(entry / name) != meta.get("sha256"):
+                        return None, f"{name} checksum mismatch"
+                except OSError as e:
+                    return None, f"{name} unreadable: {e}"
+            if max(s[2] for s in stats) < time.time_ns() - 1_000_000_000:
+                if len(_verified) > 4096:
+                    _verified.clear()
+                _verified.add(memo)
+        try:
+            raw = (entry / RESULT).read_bytes()
+            # the bytes handed out are checked every time, whatever the memo says: in-place changes keep stats
+            if hashlib.sha256(raw).hexdigest() != files[RESULT].get("sha256"):
+                return None, f"{RESULT} checksum mismatch"
+            result = json.loads(raw)
+        except (OSError, ValueError) as e:
+            return None, f"result.json unreadable: {e}"
+        if not isinstance(result, dict) or result.get("key") != key or result.get("status") != "ok":
+            return None, "result.json is not a successful run with this key"
+        return result, None
+
+    def _discard(self, path: Path) -> None:
+        """Move the folder aside in one rename, then delete it: a reader sees all of it or nothing."""
+        trash = self.root / f".trash-{path.name}-{os.getpid()}-{secrets.token_hex(4)}"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def _scratch(self, prefix: str, key: str) -> Path:
+        path = self.root / f"{prefix}{key}-{os.getpid()}-{secrets.token_hex(4)}"
+        path.mkdir(parents=True)
+        return path
+
+    def _clean_scratch(self, max_age_s: float = STALE_S) -> list[str]:
+        """Remove a killed process's leftovers: scratch folders over an hour old whose key nobody holds."""
+        removed = []
+        with contextlib.suppress(OSError), os.scandir(self.root) as it:
+            for e in it:
+                prefix = next((p for p in SCRATCH if e.name.startswith(p)), None)
+                if prefix is None or time.time() - (_mtime(Path(e.path)) or time.time()) < max_age_s:
+                    continue
+                key = e.name[len(prefix):].split("-", 1)[0]
+                f = None
+                if prefix != ".trash-":  # trash belongs to nobody; tmp and work folders to their key's lock
+                    f = self._open_lock(key, wait=False) if is_key(key) else None
+                    if f is None:
+                        continue
+                shutil.rmtree(e.path, ignore_errors=True)
+                removed.append(e.name)
+                if f:
+                    f.close()
+        return removed
+
+    def get(self, key: str) -> dict | None:
+        """The stored RunResult if its entry is complete and intact; a bad entry is discarded."""
+        if not (self.root / check_key(key)).is_dir():
+            return None
+        result, problem = self._check(key)
+        if problem is not None:
+            with self.lock(key):  # another session may be replacing it: look again before deleting
+                result, problem = self._check(key)
+                if problem is not None:
+                    self._discard(self.root / key)
+                    return None
+        with contextlib.suppress(OSError):
+            (self.root / key / LAST_USED).touch()
+        return result
+
+    def peek(self, key: str) -> dict | None:
+        """The stored RunResult for listing (charts, tables): its bytes checked against the manifest, the
+        other files by size only; nothing is discarded or marked used. `get` is the full check."""
+        result, problem = self._check(key, deep=False)
+        return result if problem is None else None
+
+    def commit(self, key: str, workdir: str | os.PathLike, result: dict) -> dict:
+        """Store a successful run: its artifacts (moved out of `workdir`) and `result`; returns what is stored."""
+        from explorer.run.runner import FILES
+
+        check_key(key)
+        if result.get("status") != "ok" or result.get("key") != key:
+            raise ValueError(f"only a successful run with key {key!r} can be stored, not status "
+                             f"{result.get('status')!r} with key {result.get('key')!r}")
+        text = json.dumps({k: v for k, v in result.items() if k != "cache"})
+        entry = self.root / key
+        with self.lock(key):
+            tmp = self._scratch(".tmp-", key)
+            try:
+                for kind in ARTIFACT_KINDS:
+                    if (Path(workdir) / FILES[kind]).is_file():
+                        shutil.move(Path(workdir) / FILES[kind], tmp / FILES[kind])
+                (tmp / RESULT).write_text(text)
+                files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
+                manifest = {"key": key, "schema": explorer.SCHEMA_VERSION, "files": files,
+                            "created": datetime.now(UTC).isoformat(timespec="seconds")}
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+                (tmp / LAST_USED).touch()
+                if entry.exists():
+                    stored = self.get(key)  # discards it unless intact
+                    if stored is not None:
+                        return stored
+                os.rename(tmp, entry)  # atomic on one filesystem: the entry appears complete or not at all
+                tmp = None
+            finally:
+                if tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            self.evict(keep=key)
+        return json.loads(text)
+
+    def get_or_run(self, recipe, *, progress=None, compute=None, partial=None) -> dict:
+        """The RunResult of `recipe`: from the cache, or computed once (also across sessions) and stored.
+
+        Bad input raises ValueError; any other failure returns a failed RunResult, which is never stored.
+        `compute(recipe, workdir, progress)` defaults to runner.run_recipe; `partial` receives the result as
+        far as it goes while it is computed (runner.Partial); the stored entry is written once complete.
+        """
+        from explorer.run import runner
+
+        key = runner.run_key(recipe)
+        hit = self.get(key)
+        if hit is not None:
+            return _tag(hit, True, key)
+
+        def on_wait():
+            if progress:
+                progress(0.0, "waiting for another session running the same configuration")
+
+        with self.lock(key, on_wait=on_wait):
+            hit = self.get(key)  # the session we waited for has stored it
+            if hit is not None:
+                return _tag(hit, True, key)
+            work = self._scratch(".work-", key)
+            try:
+                try:
+                    extra = {} if partial is None else {"partial": partial}
+                    result = (compute or _default_compute)(recipe, work, progress, **extra)
+                except ValueError:
+                    raise
+                except Exception as e:
+                    return _tag(runner.failed_result(recipe, e), False, key, stored=False)
+                if result.get("status") != "ok":
+                    return _tag(result, False, key, stored=False)
+                if result.get("key") != key:
+                    err = RuntimeError(f"the run has key {result.get('key')!r}, not {key!r}: the checkpoint "
+                                       "changed while it ran")
+                    return _tag(runner.failed_result(recipe, err), False, key, stored=False)
+                try:
+                    return _tag(self.commit(key, work, result), False, key, stored=True)
+                except Exception as e:
+                    err = RuntimeError(f"the run finished but could not be stored in {self.root}: {e}")
+                    return _tag(runner.failed_result(recipe, err), False, key, stored=False)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+
+    def _files(self, key: str) -> dict:
+        try:
+            files = json.loads((self.root / check_key(key) / MANIFEST).read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+        return files if isinstance(files, dict) else {}
+
+    def _served(self, key: str, name: str, data: bytes | None) -> bool:
+        """Whether bytes about to be handed out are the ones the manifest recorded; if not, the entry is
+        discarded (and computed again when next asked for)."""
+        meta = self._files(key).get(name)
+        if data is not None and isinstance(meta, dict) and hashlib.sha256(data).hexdigest() == meta.get("sha256"):
+            return True
+        if meta is not None:
+            with self.lock(key):
+                self._discard(self.root / key)
+        return False
+
+    def artifact(self, key: str, name: str) -> bytes | None:
+        """The bytes of a stored artifact (e.g. "model.xpk") for a download or a rebuild, checked against the
+        manifest's checksum at the moment they are served; None if absent or changed since it was stored."""
+        if "/" in name or name.startswith(".") or name not in self._files(key):
+            return None
+        try:
+            data = (self.root / key / name).read_bytes()
+        except OSError:
+            data = None
+        return data if self._served(key, name, data) else None
+
+    def artifact_path(self, key: str, name: str) -> Path | None:
+        """The path of a stored artifact whose bytes match the manifest now, for tools that need a file
+        (an ONNX Runtime session). Prefer `artifact`, which checks the very bytes it returns."""
+        data = self.artifact(key, name)
+        return None if data is None else self.root / key / name
+
+    def keys(self) -> list[str]:
+        """Entry folders; anything else in the folder (README, another tool's scratch) is not ours to touch."""
+        with contextlib.suppress(OSError), os.scandir(self.root) as it:
+            return sorted(e.name for e in it if is_key(e.name) and e.is_dir(follow_symlinks=False))
+        return []
+
+    def _last_used(self, key: str) -> float:
+        return _mtime(self.root / key / LAST_USED) or _mtime(self.root / key) or 0.0
+
+    def entries(self) -> list[dict]:
+        """One row per entry, most recently used first; `complete` checks files and sizes, not checksums."""
+        rows = []
+        for key in sorted(self.keys(), key=self._last_used, reverse=True):
+            result, problem = self._check(key, deep=False)
+            if result is None:
+                with contextlib.suppress(OSError, ValueError):
+                    result = json.loads((self.root / key / RESULT).read_text())
+            result = result if isinstance(result, dict) else {}
+            used = datetime.fromtimestamp(self._last_used(key), UTC).isoformat(timespec="seconds")
+            rows.append({"key": key, "label": result.get("label", ""), "status": result.get("status", "?"),
+                         "bytes": folder_bytes(self.root / key), "last_used": used, "complete": problem is None,
+                         "problem": problem})
+        return rows
+
+    def verify(self, fix: bool = False) -> list[dict]:
+        """Check every entry like `get` does, re-hashing every file; returns the bad ones with their problem.
+
+        fix=True removes them, and scratch folders a killed process left over an hour ago.
+        """
+        bad = []
+        for key in self.keys():
+            problem = self._check(key, fresh=True)[1]
+            if problem is None:
+                continue
+            if fix:
+                with self.lock(key):
+                    self._discard(self.root / key)
+            bad.append({"key": key, "problem": problem, "removed": fix})
+        if fix:
+            bad += [{"key": n, "problem": "stale scratch folder", "removed": True} for n in self._clean_scratch()]
+        return bad
+
+    def total_bytes(self) -> int:
+        return sum(folder_bytes(self.root / k) for k in self.keys())
+
+    def evict(self, keep: str | None = None) -> list[str]:
+        """Remove least recently used entries until the total fits the cap; never `keep` or a key in use."""
+        sizes = {k: folder_bytes(self.root / k) for k in self.keys()}
+        total = sum(sizes.values())
+        removed = []
+        for key in sorted(sizes, key=self._last_used):
+            if total <= self.max_bytes:
+                break
+            # never waits: two sessions evicting each other's keys must not deadlock
+            f = self._open_lock(key, wait=False) if key != keep else None
+            if f is None:
+                continue
+            with f:
+                self._discard(self.root / key)
+            total -= sizes[key]
+            removed.append(key)
+        return removed
+
+    def clear(self) -> int:
+        """Remove every entry (waiting for a run in progress on the same key); returns how many."""
+        keys = self.keys()
+        for key in keys:
+            with self.lock(key):
+                self._discard(self.root / key)
+        return len(keys)

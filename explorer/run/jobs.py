@@ -1,0 +1,201 @@
+"""The runs pages ask for, computed off the page's script so that a slider move never blocks the page.
+
+One worker thread per server process takes the runs in order of priority (a configuration a page shows
+before the baseline it is compared with), one at a time, so latency is never timed beside another run.
+A run reports its progress and its figures as they exist (accuracy and size first, then ONNX sizes, then
+latency: runner.Partial), which the page shows as partial while the rest is measured; the cache entry is
+written once the run is complete, as always. Pages say which runs they are watching; a queued or running
+run that no page watches any more is cancelled (cooperatively, at its next progress report), and a
+cancelled run leaves nothing in the cache. While a run is going, `busy` is set, which the background
+landscape (explorer.run.landscape) waits on, so a page's own run gets the cores first.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from explorer.compress.recipe import Recipe
+
+FOREGROUND, COMPARISON = 0, 1  # priorities: what a page shows, then the baseline it compares with
+KEEP = 64  # finished jobs remembered, for pages that look again
+FAILED_TTL_S = 60.0  # a failed run is shown, not recomputed on every refresh, for this long
+
+
+class Cancelled(Exception):
+    """Raised inside a run whose configuration no page watches any more."""
+
+
+@dataclass
+class Job:
+    key: str
+    recipe: Recipe
+    priority: int
+    state: str = "queued"  # queued | running | done | failed | cancelled
+    fraction: float = 0.0
+    message: str = "waiting for the run before it"
+    partial: dict | None = None
+    result: dict | None = None
+    error: str | None = None
+    submitted: float = field(default_factory=time.perf_counter)
+    started: float | None = None
+    first_figures_s: float | None = None  # seconds from submission until accuracy and size existed
+    total_s: float | None = None
+    watchers: set[str] = field(default_factory=set)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+    def joinable(self) -> bool:
+        """Whether a page asking for this run gets this job (a failure stands for a while, then is retried)."""
+        if self.state == "failed":
+            return time.perf_counter() - self.submitted - (self.total_s or 0) < FAILED_TTL_S
+        return self.state in ("queued", "running", "done")
+
+
+class Board:
+    """The queue of runs pages asked for, and the one thread that computes them."""
+
+    def __init__(self, cache_factory: Callable, key_of: Callable[[Recipe], str], on_done: Callable | None = None,
+                 busy: threading.Event | None = None):
+        self._cache, self._key_of, self._on_done = cache_factory, key_of, on_done
+        self.busy = busy or threading.Event()
+        self._jobs: dict[str, Job] = {}
+        self._watching: dict[str, set[str]] = {}
+        self._order = itertools.count()
+        self._seq: dict[str, int] = {}
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="explorer-runs", daemon=True)
+        self._thread.start()
+        atexit.register(self.stop)
+
+    def stop(self, wait_s: float = 30.0) -> None:
+        """Cancel every run and let the thread end: a thread killed inside torch at exit aborts the process."""
+        with self._lock:
+            self._stopping = True
+            for job in self._jobs.values():
+                job.cancel.set()
+            self._lock.notify_all()
+        self._thread.join(timeout=wait_s)
+        self.busy.clear()  # nothing of this board is running: background work waiting on it may go on
+
+    def submit(self, recipe: Recipe, session: str, priority: int = FOREGROUND) -> Job:
+        """The job for `recipe`: finished at once from the cache, joined if another page asked first, else
+        queued. Bad input (a missing checkpoint) raises ValueError here, before any work."""
+        key = self._key_of(recipe)
+        cache = self._cache()
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is not None and job.state == "done" and cache.peek(key) is None:
+                job = self._jobs.pop(key)  # evicted or cleared since (or another cache): compute it again
+                job = None
+            if job is not None and job.joinable():
+                job.watchers.add(session)
+                job.priority = min(job.priority, priority)
+                return job
+        hit = cache.get(key)
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is not None and job.joinable():
+                job.watchers.add(session)
+                return job
+            job = Job(key, recipe, priority, watchers={session})
+            if hit is not None:
+                job.state, job.fraction, job.total_s = "done", 1.0, 0.0
+                job.result = {**hit, "cache": {"hit": True, "key": key}}
+            self._jobs[key] = job
+            self._seq[key] = next(self._order)
+            self._trim()
+            self._lock.notify_all()
+            return job
+
+    def watch(self, session: str, keys: set[str]) -> None:
+        """The runs a page shows now; runs left by every page are cancelled (queued ones never start)."""
+        with self._lock:
+            self._watching[session] = set(keys)
+            for job in self._jobs.values():
+                if job.key not in keys:
+                    job.watchers.discard(session)
+                if not job.finished and not job.watchers:
+                    job.cancel.set()
+                    if job.state == "queued":
+                        job.state, job.message = "cancelled", "left before it started"
+            self._lock.notify_all()
+
+    def job(self, key: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(key)
+
+    def running(self) -> Job | None:
+        with self._lock:
+            return next((j for j in self._jobs.values() if j.state == "running"), None)
+
+    def _trim(self) -> None:
+        done = sorted((j for j in self._jobs.values() if j.finished), key=lambda j: self._seq[j.key])
+        for j in done[:max(0, len(done) - KEEP)]:
+            self._jobs.pop(j.key, None)
+
+    def _next(self) -> Job | None:
+        with self._lock:
+            while not self._stopping:
+                queued = [j for j in self._jobs.values() if j.state == "queued"]
+                if queued:
+                    job = min(queued, key=lambda j: (j.priority, self._seq[j.key]))
+                    job.state, job.started, job.message = "running", time.perf_counter(), "starting"
+                    self.busy.set()
+                    return job
+                self.busy.clear()
+                self._lock.wait(timeout=1.0)
+            return None
+
+    def _loop(self) -> None:
+        while True:
+            job = self._next()
+            if job is None:
+                return
+            try:
+                self._run(job)
+            finally:
+                with self._lock:
+                    job.total_s = time.perf_counter() - job.submitted
+                    self._lock.notify_all()
+                if self._on_done is not None:
+                    try:
+                        self._on_done(job)
+                    except Exception:  # the landscape's reaction must never stop the runs
+                        pass
+
+    def _run(self, job: Job) -> None:
+        def progress(fraction: float, message: str) -> None:
+            if job.cancel.is_set():
+                raise Cancelled(f"cancelled: no page shows {job.recipe.label()} any more")
+            job.fraction, job.message = fraction, message
+
+        def partial(result: dict) -> None:
+            if job.first_figures_s is None:
+                job.first_figures_s = time.perf_counter() - job.submitted
+            job.partial = result
+
+        try:
+            result = self._cache().get_or_run(job.recipe, progress=progress, partial=partial)
+        except ValueError as e:
+            job.state, job.error = "failed", str(e)
+            return
+        except Exception as e:  # never kill the thread that serves every page
+            job.state, job.error = "failed", f"{type(e).__name__}: {e}"
+            return
+        if job.cancel.is_set() and result.get("status") != "ok":
+            job.state, job.message = "cancelled", "left while it ran; nothing was stored"
+        elif result.get("status") == "ok":
+            job.state, job.result, job.fraction = "done", result, 1.0
+            if job.first_figures_s is None:
+                job.first_figures_s = time.perf_counter() - job.submitted
+        else:
+            job.state, job.error = "failed", result.get("error", "failed")

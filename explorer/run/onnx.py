@@ -1,0 +1,146 @@
+"""Runs for an ONNX baseline (an uploaded ONNX, TorchScript or exported-program model): the figures that
+apply without PyTorch layers: accuracy with ONNX Runtime, sizes of real files, ONNX Runtime's int8
+quantisation and latency. Every other figure says why it is not there."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import explorer
+from explorer.compress.recipe import Recipe
+from explorer.core.stats import ratio_of_medians
+from explorer.measure import size
+from explorer.measure.accuracy import save_predictions, uncertainty
+from explorer.measure.hardware import hardware
+from explorer.measure.latency import interleave, ort_timer, unavailable
+from explorer.models.baselines import baseline_data, read_card, versions
+
+FILES = {"onnx": "model.onnx", "onnx_int8": "model.int8.onnx", "gzip": "model.onnx.gz", "zstd": "model.onnx.zst",
+         "predictions": "predictions.npy"}
+
+
+def check_steps(recipe: Recipe, reason: str) -> dict | None:
+    """The one step an ONNX baseline takes: int8 static or dynamic quantisation with ONNX Runtime."""
+    from explorer.compress.base import step_type_of
+
+    if len(recipe.steps) > 1:
+        raise ValueError(f"an ONNX model takes one int8 quantisation step at most: {reason}")
+    if not recipe.steps:
+        return None
+    step = recipe.steps[0]
+    kind = step_type_of(step).kind
+    if kind != "quantize" or step.mode not in ("static", "dynamic"):
+        label = kind if kind != "quantize" else f"quantize mode {step.mode!r}"
+        raise ValueError(f"{label} is not available for an ONNX model: {reason}")
+    if step.layers != "all":
+        raise ValueError(f"quantize layers={step.layers!r} is not available for an ONNX model, whose layers the "
+                         f"explorer cannot name; allowed: 'all'")
+    return {"mode": step.mode, "per_channel": step.per_channel, "calibration": step.calibration,
+            "calibration_samples": step.calibration_samples, "symmetric": step.symmetric}
+
+
+def _layers(path: Path) -> list[dict]:
+    import onnx
+    from onnx import numpy_helper
+
+    rows = []
+    for t in onnx.load(str(path)).graph.initializer:
+        arr = numpy_helper.to_array(t)
+        if arr.ndim < 2:
+            continue
+        nz = int(np.count_nonzero(arr))
+        rows.append({"layer": t.name, "type": "initializer", "shape": "x".join(map(str, arr.shape)),
+                     "params": int(arr.size), "nonzero": nz, "sparsity": 1 - nz / max(arr.size, 1),
+                     "distinct": int(np.unique(arr).size), "bits": arr.dtype.itemsize * 8, "clusters": None,
+                     "packed_bytes": None, "macs": None})
+    return rows
+
+
+def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> dict[str, Any]:
+    from explorer.measure.onnx_export import deploy_int8, onnx_accuracy
+
+    t0 = time.perf_counter()
+    card = read_card(recipe.checkpoint_path)
+    reason = card.get("unsupported_reason", "the model is ONNX")
+    deploy = check_steps(recipe, reason)
+    data = baseline_data(card)
+    shutil.copyfile(recipe.checkpoint_path, workdir / FILES["onnx"])
+    x, y = data.test.x.numpy(), data.test.y.numpy()
+    base = onnx_accuracy(workdir / FILES["onnx"], x, y, with_predictions=True)
+    public = {k: v for k, v in base.items() if k != "pred"}
+    onnx = {"fp32": {"available": True, "bytes": (workdir / FILES["onnx"]).stat().st_size, "accuracy": public},
+            "int8": {"available": False, "reason": "no int8 step in the recipe"}}
+    model_file, acc = FILES["onnx"], base
+    if deploy:
+        calib = data.calibration(min(deploy["calibration_samples"], len(data.train)), seed=recipe.seed).numpy()
+        onnx["int8"] = deploy_int8(workdir / FILES["onnx"], workdir / FILES["onnx_int8"], deploy, calib, x, y)
+        acc = onnx_accuracy(workdir / FILES["onnx_int8"], x, y, with_predictions=True)
+        model_file = FILES["onnx_int8"]
+    save_predictions(workdir / FILES["predictions"], acc["pred"])
+    sizes = {"state_dict_bytes": None, "file_bytes": (workdir / model_file).stat().st_size,
+             "gzip_bytes": size.gzip_file(workdir / model_file, workdir / FILES["gzip"]),
+             "zstd_bytes": size.zstd_file(workdir / model_file, workdir / FILES["zstd"]), "packed_bytes": None,
+             "onnx_bytes": onnx["fp32"]["bytes"], "onnx_int8_bytes": onnx["int8"].get("bytes")}
+    base_file = recipe.checkpoint_path.stat().st_size
+    base_sizes = {"file_bytes": base_file, "gzip_bytes": size.gzip_file(recipe.checkpoint_path, workdir / "b.gz"),
+                  "zstd_bytes": size.zstd_file(recipe.checkpoint_path, workdir / "b.zst")}
+    layers = _layers(workdir / model_file)
+    params = sum(r["params"] for r in layers)
+    nonzero = sum(r["nonzero"] for r in layers)
+    return {
+        "schema": explorer.SCHEMA_VERSION, "status": "ok", "key": key, "recipe": recipe.to_dict(),
+        "label": recipe.label(), "model": recipe.model, "dataset": recipe.dataset, "test_samples": len(data.test),
+        "format": "onnx", "unsupported_reason": reason,
+        "accuracy": {**{k: acc[k] for k in ("top1", "top3", "top5")}, "loss": None},
+        "accuracy_source": f"ONNX Runtime on {model_file}",
+        "baseline_accuracy": {**{k: base[k] for k in ("top1", "top3", "top5")}, "loss": None},
+        "accuracy_delta": acc["top1"] - base["top1"], **uncertainty(acc, base, data.test.y), "onnx": onnx,
+        "sparsity": 1 - nonzero / max(params, 1), "params": card.get("params", params),
+        "baseline_params": card.get("params", params), "nonzero_params": nonzero, "macs": None,
+        "macs_nonzero_theoretical": None, "size": sizes, "baseline_size": base_sizes,
+        "size_check": None,
+        "reduction_factor": size.reduction_factors({k: v for k, v in sizes.items() if isinstance(v, int)
+                                                    and k != "state_dict_bytes"}, base_file, base_sizes),
+        "theoretical": None, "layers": layers, "histograms": {}, "compression": {}, "notes": [reason],
+        "memory": {}, "timings": {"total_prepare": round(time.perf_counter() - t0, 3), "steps": []},
+        "versions": versions(), "input_shape": list(data.input_shape),
+    }
+
+
+REFERENCE = "baseline, ONNX Runtime fp32 (an ONNX model has no PyTorch form)"
+
+
+def time_onnx(result: dict, workdir: Path, threads: int, budget_s: float) -> dict:
+    """ONNX Runtime latency of the run's files, timed in interleaved rounds with the baseline ONNX file."""
+    t = time.perf_counter()
+    shape = tuple(result["input_shape"])
+    engines: dict[str, dict] = {}
+    speedup: dict[str, dict] = {}
+    reason = result.get("unsupported_reason", "ONNX model")
+    baseline = Recipe.from_dict(result["recipe"]).checkpoint_path
+    int8 = workdir / FILES["onnx_int8"]
+    for b in (1, 256):
+        x = np.random.default_rng(0).standard_normal((b, *shape)).astype(np.float32)
+        k = f"b{b}"
+        engines.setdefault("torch_cpu_fp32", {})[k] = unavailable(f"no PyTorch model: {reason}")
+        timers = {"onnxruntime_cpu_fp32": ort_timer(str(workdir / FILES["onnx"]), x, threads),
+                  "onnxruntime_cpu_int8": ort_timer(str(int8) if int8.is_file() else None, x, threads,
+                                                    reason="no int8 step in the recipe"),
+                  "reference": ort_timer(str(baseline), x, threads)}
+        timed = {**{n: r for n, r in timers.items() if isinstance(r, dict)},
+                 **interleave({n: r for n, r in timers.items() if not isinstance(r, dict)}, budget_s=budget_s)}
+        for engine in ("onnxruntime_cpu_fp32", "onnxruntime_cpu_int8"):
+            engines.setdefault(engine, {})[k] = timed[engine]
+            if timed[engine].get("available") and timed["reference"].get("available"):
+                speedup.setdefault(engine, {})[k] = ratio_of_medians(timed["reference"]["round_ms"],
+                                                                     timed[engine]["round_ms"])
+    out = dict(result)
+    out.update(latency=engines, speedup=speedup, speedup_reference=REFERENCE, latency_threads=threads,
+               hardware=hardware(threads))
+    out["timings"] = {**out["timings"], "latency": round(time.perf_counter() - t, 3)}
+    return out

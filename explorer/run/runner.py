@@ -1,0 +1,395 @@
+"""One way to run a configuration: Recipe -> compress -> pack -> unpack -> measure -> RunResult.
+
+Two stages so sweeps can parallelise the heavy part and time latency one run at a time:
+`prepare` compresses, packs, rebuilds the model from the packed bytes, measures accuracy on that
+rebuilt model, exports ONNX (fp32 and int8) and reads every size from the files it wrote into
+`workdir`; `time_run` reads the artifacts back from `workdir` and measures latency and memory.
+The UI, CLI, sweeps, tests and benchmarks all come through here; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import explorer
+from explorer.artifact import pack as packing
+from explorer.compress import compress
+from explorer.compress.recipe import Recipe
+from explorer.core import scratch, settings
+from explorer.core.errors import first_line
+from explorer.core.train import Progress, evaluate
+from explorer.measure import compute, size
+from explorer.measure.accuracy import save_predictions, uncertainty
+from explorer.measure.hardware import hardware
+from explorer.measure.latency import measure_latency
+from explorer.measure.layers import layer_table
+from explorer.measure.onnx_export import ExportError, deploy_int8, export_onnx, onnx_accuracy
+from explorer.models.baselines import baseline_data, load_baseline, read_card, sha256_file, versions
+
+FILES = {"packed": "model.xpk", "checkpoint": "model.safetensors", "gzip": "model.safetensors.gz",
+         "zstd": "model.safetensors.zst", "onnx": "model.onnx", "onnx_int8": "model.int8.onnx",
+         "predictions": "predictions.npy"}
+
+
+def threads() -> int:
+    return int(settings.get("EXPLORER_THREADS"))
+
+
+def train_threads() -> int:
+    """Torch threads for compression, fine-tuning and evaluation (EXPLORER_TRAIN_THREADS, default 1). Part
+    of a run's key: float sums split over another number of threads round differently, and fine-tuning
+    amplifies that into other accuracies (0.3 points on vgg13), so the page, the CLI and a sweep's
+    one-thread workers must all compute a recipe with the same count to show the same figures."""
+    return int(settings.get("EXPLORER_TRAIN_THREADS"))
+
+
+def latency_budget_s() -> float:
+    return float(settings.get("EXPLORER_LATENCY_BUDGET_S"))
+
+
+def run_key(recipe: Recipe) -> str:
+    """Hash of what determines the result: the baseline's bytes, the data and split seed (in the
+    recipe), the canonical recipe JSON and the schema version."""
+    path = recipe.checkpoint_path
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} for model {recipe.model!r} on {recipe.dataset!r} does not exist; "
+                         f"train it with `python -m explorer train --model {recipe.model} --dataset {recipe.dataset}`")
+    h = hashlib.sha256()
+    h.update(_sha(str(path), path.stat().st_mtime_ns).encode())
+    h.update(recipe.canonical_json().encode())
+    h.update(f"schema={explorer.SCHEMA_VERSION};train_threads={train_threads()}".encode())
+    if recipe.finetune_samples is None and (n := finetune_samples(recipe)) is not None:
+        h.update(f";finetune_samples={n}".encode())  # the card's recommendation decides what the run computes
+    return h.hexdigest()[:20]
+
+
+def finetune_samples(recipe: Recipe) -> int | None:
+    """Training images fine-tuning uses: the recipe's own figure, else the baseline card's recommendation
+    (large data sets, where full epochs would keep a slider move waiting minutes), else all (None)."""
+    if recipe.finetune_samples is not None:
+        return recipe.finetune_samples
+    return _card_finetune_samples(str(recipe.checkpoint_path), recipe.checkpoint_path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _card_finetune_samples(path: str, mtime_ns: int) -> int | None:
+    try:
+        return read_card(path).get("finetune_samples")
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=32)
+def _sha(path: str, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+_scores: dict[tuple, dict] = {}
+
+
+def _baseline_scores(path: str, mtime_ns: int, threads: int, baseline, data) -> dict:
+    """The baseline's accuracy and predictions on its test split, kept in memory per checkpoint file (every
+    run of a model needs them; on 10,000 images they take seconds)."""
+    key = (path, mtime_ns, threads, data.name, data.root, len(data.test))
+    if key not in _scores:
+        if len(_scores) > 8:
+            _scores.clear()
+        _scores[key] = evaluate(baseline, data.test, with_predictions=True)
+    return _scores[key]
+
+
+@functools.lru_cache(maxsize=8)
+def _baseline_sizes(path: str, mtime_ns: int) -> dict:
+    """The fp32 baseline's own file, gzip and zstd sizes: the denominators of the reduction factors."""
+    with scratch.folder("baseline-sizes") as tmp:
+        return {"file_bytes": Path(path).stat().st_size, "gzip_bytes": size.gzip_file(path, tmp / "b.gz"),
+                "zstd_bytes": size.zstd_file(path, tmp / "b.zst")}
+
+
+def weight_sparsity(model: torch.nn.Module) -> tuple[int, int]:
+    """(weights, zero weights) over Conv and Linear weights: what pruning acts on."""
+    total = zeros = 0
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            total += m.weight.numel()
+            zeros += m.weight.numel() - int(torch.count_nonzero(m.weight))
+    return total, zeros
+
+
+def _histograms(before: torch.nn.Module, after: torch.nn.Module, bins: int = 40) -> dict:
+    """Weight distributions per layer before and after (seed 004 shows AlexNet's), on shared edges."""
+    old = dict(before.named_modules())
+    out = {}
+    for name, m in after.named_modules():
+        if not isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            continue
+        w = m.weight.detach().reshape(-1).numpy()
+        ref = old.get(name)
+        w0 = ref.weight.detach().reshape(-1).numpy() if isinstance(ref, type(m)) else None
+        lo = float(min(w.min(), w0.min() if w0 is not None else w.min()))
+        hi = float(max(w.max(), w0.max() if w0 is not None else w.max()))
+        edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, bins + 1)
+        out[name] = {"edges": [round(float(e), 6) for e in edges], "after": np.histogram(w, edges)[0].tolist(),
+                     "before": np.histogram(w0, edges)[0].tolist() if w0 is not None else None}
+    return out
+
+
+def _layers(model, state, report: list[dict], macs: dict) -> list[dict]:
+    packed_by_layer: dict[str, int] = {}
+    for t in report:
+        layer = t["name"].rsplit(".", 1)[0]
+        packed_by_layer[layer] = packed_by_layer.get(layer, 0) + int(t["bytes"])
+    rows = []
+    for r in layer_table(model).to_dict("records"):
+        mod = model.get_submodule(r["layer"])
+        w = getattr(mod, "weight", None)
+        key = f"{r['layer']}.weight"
+        q = state.quant.get(key)
+        bits = q.bits if q else (16 if key in state.float_format else 32)
+        rows.append({**r, "distinct": int(torch.unique(w.detach()).numel()) if isinstance(w, torch.Tensor) else 0,
+                     "bits": bits, "clusters": len(state.codebooks[key].centroids) if key in state.codebooks else None,
+                     "packed_bytes": packed_by_layer.get(r["layer"], 0), "macs": macs["per_layer"].get(r["layer"], 0)})
+    return rows
+
+
+def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> dict:
+    """fp32 export and the int8 model: the recipe's own int8 settings where it has an int8 step, else
+    ONNX Runtime's default static per-channel int8 (what deploying this variant in int8 would give)."""
+    out: dict[str, Any] = {}
+    x, y = data.test.x.numpy(), data.test.y.numpy()
+    try:
+        export_onnx(model, data.input_shape, work / FILES["onnx"])
+    except ExportError as e:
+        why = f"ONNX export failed: {e}"
+        return {"fp32": {"available": False, "reason": why}, "int8": {"available": False, "reason": why}}
+    out["fp32"] = {"available": True, "bytes": (work / FILES["onnx"]).stat().st_size,
+                   "accuracy": onnx_accuracy(work / FILES["onnx"], x, y)}
+    deploy = state.deploy or {"mode": "static", "per_channel": True, "calibration": "minmax",
+                              "calibration_samples": 256, "default": True}
+    calib = data.calibration(min(int(deploy.get("calibration_samples", 256)), len(data.train)), seed=recipe.seed)
+    try:
+        out["int8"] = deploy_int8(work / FILES["onnx"], work / FILES["onnx_int8"], deploy, calib.numpy(), x, y)
+    except Exception as e:
+        out["int8"] = {"available": False, "reason": f"ONNX Runtime quantisation failed: {first_line(e)}"}
+    return out
+
+
+# receives a RunResult as far as it goes (status "partial", `pending` naming what is still being measured), so
+# a page can show accuracy and size while ONNX export and latency timing go on
+Partial = Callable[[dict], None]
+
+
+def prepare(recipe: Recipe, workdir: str | os.PathLike, *, progress: Progress | None = None,
+            partial: Partial | None = None) -> dict[str, Any]:
+    """Everything but latency: compress, pack, unpack, accuracy of the unpacked model, files and sizes."""
+    timings: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    key = run_key(recipe)
+    card = read_card(recipe.checkpoint_path)
+    for field, want in (("architecture", recipe.model), ("dataset", recipe.dataset)):
+        if card[field] != want:
+            raise ValueError(f"checkpoint {str(recipe.checkpoint_path)!r} is a {card[field]!r} {field}, not the "
+                             f"recipe's {want!r}")
+    if recipe.checkpoint_path.suffix == ".onnx":
+        from explorer.run.onnx import prepare_onnx
+
+        return prepare_onnx(recipe, work, key)
+    # set, not set-and-restore: sessions of the page compute in threads of one process, and a restore by
+    # one run that ends would change the count under another that is still going
+    torch.set_num_threads(train_threads())
+    return _prepare_torch(recipe, work, key, t0, timings, progress, partial)
+
+
+def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dict[str, Any],
+                   progress: Progress | None, partial: Partial | None = None) -> dict[str, Any]:
+    baseline, card = load_baseline(recipe.checkpoint_path)
+    data = baseline_data(card)
+    base_acc = _baseline_scores(str(recipe.checkpoint_path), recipe.checkpoint_path.stat().st_mtime_ns,
+                                train_threads(), baseline, data)
+    timings["load"] = round(time.perf_counter() - t0, 3)
+
+    t = time.perf_counter()
+    tune = data.with_train_subset(finetune_samples(recipe), recipe.seed)  # accuracy stays on the whole test split
+    stage = _stages(progress)
+    res, train_rss = compute.peak_rss_growth(lambda: compress(baseline, recipe, tune, progress=stage("compress"),
+                                                             seed=recipe.seed))
+    timings["compress"] = round(time.perf_counter() - t, 3)
+    timings["steps"] = res.timings
+
+    t = time.perf_counter()
+    stage("pack")(0.0, "packing and rebuilding the model from the packed bytes")
+    architecture = res.state.info.get("architecture") or {"name": card["architecture"], "kwargs": card["arch_kwargs"]}
+    blob = packing.pack(res.model, res.state, architecture)
+    (work / FILES["packed"]).write_bytes(blob)
+    unpacked = packing.unpack((work / FILES["packed"]).read_bytes()).model
+    # compared by name: a technique may leave the state_dict in another order (QAT's parametrization
+    # re-registers each weight after its bias), which is the same model
+    ref, got = res.model.state_dict(), unpacked.state_dict()
+    identical = ref.keys() == got.keys() and all(
+        torch.equal(ref[k].view(torch.uint8) if ref[k].is_floating_point() else ref[k],
+                    got[k].view(torch.uint8) if got[k].is_floating_point() else got[k]) for k in ref)
+    if not identical:
+        raise RuntimeError("the packed file does not reproduce the compressed weights bit for bit")
+    timings["pack"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    stage("evaluate")(0.0, f"measuring accuracy on {len(data.test):,} test images")
+    acc = evaluate(unpacked, data.test, with_predictions=True)  # the model rebuilt from the packed bytes
+    save_predictions(work / FILES["predictions"], acc["pred"])
+    if partial is not None:  # accuracy and the packed size exist: show them while the rest is measured
+        total, zeros = weight_sparsity(unpacked)
+        partial({"schema": explorer.SCHEMA_VERSION, "status": "partial", "pending": ["sizes", "onnx", "latency"],
+                 "key": key, "recipe": recipe.to_dict(), "label": recipe.label(), "model": recipe.model,
+                 "dataset": recipe.dataset, "test_samples": acc["n"],
+                 "accuracy": {k: acc[k] for k in ("top1", "top3", "top5", "loss")},
+                 "baseline_accuracy": {k: base_acc[k] for k in ("top1", "top3", "top5", "loss")},
+                 "accuracy_delta": acc["top1"] - base_acc["top1"], **uncertainty(acc, base_acc, data.test.y),
+                 "size": {"packed_bytes": len(blob)},
+                 "baseline_size": {"file_bytes": recipe.checkpoint_path.stat().st_size},
+                 "reduction_factor": {"vs_fp32_file": {
+                     "packed_bytes": recipe.checkpoint_path.stat().st_size / max(len(blob), 1)}},
+                 "params": sum(p.numel() for p in unpacked.parameters()),
+                 "baseline_params": card["params"], "finetune_samples": len(tune.train),
+                 "sparsity": zeros / total if total else 0.0, "notes": list(dict.fromkeys(res.state.notes))})
+    timings["evaluate"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    sizes: dict[str, Any] = {"state_dict_bytes": size.state_dict_bytes(unpacked, res.state.float_format)}
+    sizes["file_bytes"] = size.write_checkpoint(unpacked, work / FILES["checkpoint"], res.state.float_format)
+    sizes["gzip_bytes"] = size.gzip_file(work / FILES["checkpoint"], work / FILES["gzip"])
+    sizes["zstd_bytes"] = size.zstd_file(work / FILES["checkpoint"], work / FILES["zstd"])
+    sizes["packed_bytes"] = len(blob)
+    stage("export")(0.0, "exporting ONNX and quantising it to int8 with ONNX Runtime")
+    onnx = _onnx_stage(unpacked, res.state, data, work, recipe)
+    sizes["onnx_bytes"] = onnx["fp32"].get("bytes")
+    sizes["onnx_int8_bytes"] = onnx["int8"].get("bytes")
+    timings["export_and_sizes"] = round(time.perf_counter() - t, 3)
+
+    mac = compute.macs(unpacked, data.input_shape)
+    total, zeros = weight_sparsity(unpacked)
+    base_sizes = _baseline_sizes(str(recipe.checkpoint_path), recipe.checkpoint_path.stat().st_mtime_ns)
+    layers = _layers(unpacked, res.state, packing.tensor_report(blob), mac)
+    density_macs = sum(r["macs"] * (1 - r["sparsity"]) for r in layers)
+    timings["total_prepare"] = round(time.perf_counter() - t0, 3)
+    return {
+        "schema": explorer.SCHEMA_VERSION, "status": "ok", "key": key, "recipe": recipe.to_dict(),
+        "label": recipe.label(), "model": recipe.model, "dataset": recipe.dataset, "test_samples": acc["n"],
+        "accuracy": {k: acc[k] for k in ("top1", "top3", "top5", "loss")},
+        "accuracy_source": "PyTorch model rebuilt from the packed file",
+        "baseline_accuracy": {k: base_acc[k] for k in ("top1", "top3", "top5", "loss")},
+        "accuracy_delta": acc["top1"] - base_acc["top1"],
+        **uncertainty(acc, base_acc, data.test.y),
+        "onnx": onnx,
+        "sparsity": zeros / total if total else 0.0,
+        "params": sum(p.numel() for p in unpacked.parameters()), "baseline_params": card["params"],
+        "nonzero_params": sum(int(torch.count_nonzero(p)) for p in unpacked.parameters()),
+        "macs": mac["total"], "macs_nonzero_theoretical": int(density_macs),
+        "size": sizes, "baseline_size": base_sizes,
+        "size_check": size.check_file_against_tensors(sizes["file_bytes"], sizes["state_dict_bytes"],
+                                                      len(unpacked.state_dict())),
+        "reduction_factor": size.reduction_factors(
+            {k: v for k, v in sizes.items() if k != "state_dict_bytes"}, base_sizes["file_bytes"], base_sizes),
+        "theoretical": packing.theoretical_bits(res.model, res.state),
+        "layers": layers, "histograms": _histograms(baseline, unpacked),
+        "compression": _jsonable(res.state.info), "notes": list(dict.fromkeys(res.state.notes)),
+        "memory": {"finetune_cpu_rss_growth_bytes": train_rss},
+        "timings": timings, "versions": versions(), "input_shape": list(data.input_shape),
+        "threads": {"compress_and_evaluate": train_threads()},
+        "train_samples": len(data.train), "finetune_samples": len(tune.train),
+    }
+
+
+STAGES = {"compress": (0.0, 0.6), "pack": (0.6, 0.65), "evaluate": (0.65, 0.7), "export": (0.7, 0.85),
+          "latency": (0.85, 1.0)}
+
+
+def _stages(progress: Progress | None):
+    """Progress of one stage of a run, mapped into its share of the whole bar, so every phase reports."""
+    def stage(name: str) -> Progress:
+        lo, hi = STAGES[name]
+
+        def report(fraction: float, message: str) -> None:
+            if progress is not None:
+                progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)
+        return report
+    return stage
+
+
+def time_run(result: dict[str, Any], workdir: str | os.PathLike, *, gpu: bool = True,
+             progress: Progress | None = None) -> dict[str, Any]:
+    """Latency and inference memory of the artifacts in `workdir` (one run at a time: never in parallel)."""
+    work = Path(workdir)
+    _stages(progress)("latency")(0.0, "timing latency, the baseline in the same rounds")
+    if result.get("format") == "onnx":
+        from explorer.run.onnx import time_onnx
+
+        return time_onnx(result, work, threads(), latency_budget_s())
+    t = time.perf_counter()
+    model = packing.unpack((work / FILES["packed"]).read_bytes()).model
+    # the baseline is timed in the same interleaved rounds: speed-ups are ratios measured side by side
+    reference, _ = load_baseline(Recipe.from_dict(result["recipe"]).checkpoint_path)
+    shape = tuple(result["input_shape"])
+    onnx = result["onnx"]
+    lat = measure_latency(
+        model, shape, onnx_fp32=str(work / FILES["onnx"]) if onnx["fp32"].get("available") else None,
+        onnx_int8=str(work / FILES["onnx_int8"]) if onnx["int8"].get("available") else None,
+        onnx_reason=None if onnx["fp32"].get("available") else onnx["fp32"]["reason"],
+        threads=threads(), budget_s=latency_budget_s(), gpu=gpu, reference=reference)
+    result = dict(result)
+    result["latency"] = lat["engines"]
+    result["speedup"] = lat["speedup"]
+    result["speedup_reference"] = lat["reference"]
+    result["latency_threads"] = lat["threads"]
+    result["hardware"] = lat["hardware"]
+    result["memory"] = {**result.get("memory", {}), **compute.inference_memory(model, shape)}
+    result["timings"] = {**result["timings"], "latency": round(time.perf_counter() - t, 3)}
+    return result
+
+
+def run_recipe(recipe: Recipe, *, workdir: str | os.PathLike | None = None, progress: Progress | None = None,
+               latency: bool = True, partial: Partial | None = None) -> dict[str, Any]:
+    """Run `recipe` and return its RunResult. Files go to `workdir` (kept) or a scratch folder (removed)."""
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = stack.enter_context(scratch.folder("run"))
+        result = prepare(recipe, workdir, progress=progress, partial=partial)
+        if partial is not None and latency:
+            partial({**result, "status": "partial", "pending": ["latency"]})
+        if latency:
+            result = time_run(result, workdir, progress=progress)
+        else:
+            result["hardware"] = hardware(threads())
+        return result
+
+
+def failed_result(recipe: Recipe, error: BaseException) -> dict[str, Any]:
+    """A run that failed: recorded with its error, never mistaken for a result."""
+    msg = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+    return {"schema": explorer.SCHEMA_VERSION, "status": "failed", "recipe": recipe.to_dict(), "label": recipe.label(),
+            "model": recipe.model, "dataset": recipe.dataset, "error": msg,
+            "traceback": "".join(traceback.format_exception(error))[-4000:]}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, float):
+        return round(obj, 6)
+    return obj
