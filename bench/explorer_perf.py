@@ -24,7 +24,7 @@ from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
 from explorer.compress.recipe import Recipe
 from explorer.run.controls import grid_point
-from explorer.run.sweep import Grid
+from explorer.run.grid import Grid
 
 NAME = "explorer_perf"
 COLD_S, WARM_S, MIN_RECIPES = 300.0, 5.0, 40  # the cache/sweep issue's targets
@@ -75,7 +75,7 @@ def uncached_runs(tmp: Path) -> str:
 
 def sweep_cold_warm(tmp: Path) -> tuple[str, list[C.Check], dict]:
     from explorer.run.cache import RunCache
-    from explorer.run.sweep import run_sweep
+    from explorer.run.executor import run_sweep
 
     recipes = Grid().recipes()
     cache = RunCache(tmp / "sweep")
@@ -123,7 +123,7 @@ def worker_start_s() -> float:
 
 def workers_speedup(tmp: Path) -> tuple[str, C.Check]:
     from explorer.run.cache import RunCache
-    from explorer.run.sweep import run_sweep
+    from explorer.run.executor import run_sweep
 
     recipes = SUBSET.recipes()
     times = {}

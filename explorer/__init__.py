@@ -34,9 +34,10 @@ _EXPORTS = {
     "run_recipe": "explorer.run.runner",
     "run_key": "explorer.run.runner",
     "RunCache": "explorer.run.cache",
-    "Grid": "explorer.run.sweep",
-    "run_sweep": "explorer.run.sweep",
-    "results_frame": "explorer.run.sweep",
+    "RunResult": "explorer.run.result",
+    "Grid": "explorer.run.grid",
+    "run_sweep": "explorer.run.executor",
+    "results_frame": "explorer.run.result",
     "pareto_front": "explorer.app.metrics",
     "sweet_spot": "explorer.app.metrics",
 }
@@ -56,6 +57,7 @@ __all__ = [
     "run_recipe",
     "run_key",
     "RunCache",
+    "RunResult",
     "Grid",
     "run_sweep",
     "results_frame",
@@ -88,5 +90,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from explorer.models.baselines import list_baselines, load_baseline
     from explorer.models.user import add_model
     from explorer.run.cache import RunCache
+    from explorer.run.executor import run_sweep
+    from explorer.run.grid import Grid
+    from explorer.run.result import RunResult, results_frame
     from explorer.run.runner import run_key, run_recipe
-    from explorer.run.sweep import Grid, results_frame, run_sweep

@@ -258,7 +258,7 @@ def _values(v) -> list:
 def test_one_builder_gives_8_bits_the_same_recipe_on_the_page_and_in_a_sweep(cache):
     """8 bits meant 'W8 ptq' in the sidebar and 'W8A8 static' in sweeps: now one function builds both."""
     from explorer.run.controls import grid_point
-    from explorer.run.sweep import Grid
+    from explorer.run.grid import Grid
 
     at = _app(sparsity="0", bits="8")
     assert not at.exception

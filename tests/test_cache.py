@@ -384,3 +384,32 @@ def test_real_runner_second_call_is_a_fast_hit(root):
     assert {F["packed"], F["onnx"]} <= stored and F["checkpoint"] not in stored
     assert len(c.artifact(first["key"], F["packed"])) == first["size"]["packed_bytes"]
     assert scratch(root) == []
+
+
+def test_an_attached_file_is_checked_when_served_and_goes_with_its_entry(root):
+    c = RunCache(root)
+    res = c.get_or_run(recipe(), compute=FakeCompute())
+    key = res["cache"]["key"]
+    assert c.artifact(key, "sensitivity.json") is None  # nothing attached yet
+    c.attach(key, "sensitivity.json", b'{"conv1": 0.5}')
+    assert c.artifact(key, "sensitivity.json") == b'{"conv1": 0.5}'
+    assert c.get(key) is not None  # the entry stays intact with the new file in its manifest
+    for bad in ("../x", ".hidden", "manifest.json", "result.json", ""):
+        with pytest.raises(ValueError, match="cannot attach"):
+            c.attach(key, bad, b"x")
+    with pytest.raises(ValueError, match="not stored intact"):
+        c.attach("0" * 20, "sensitivity.json", b"x")
+    # changed in place, size kept: the bytes are refused when served and the entry goes, file and all
+    path = root / key / "sensitivity.json"
+    path.write_bytes(b'{"conv1": 0.9}')
+    assert c.artifact(key, "sensitivity.json") is None and not (root / key).exists()
+
+
+def test_clear_removes_attached_files_and_the_old_sensitivity_folder(root):
+    (root / ".sensitivity").mkdir(parents=True)
+    (root / ".sensitivity" / "k.json").write_text("{}")
+    c = RunCache(root)  # start-up removes what earlier versions kept outside the entries
+    assert not (root / ".sensitivity").exists()
+    key = c.get_or_run(recipe(), compute=FakeCompute())["cache"]["key"]
+    c.attach(key, "sensitivity.json", b"{}")
+    assert c.clear() == 1 and not list(root.glob("*/sensitivity.json"))

@@ -4,7 +4,7 @@ import pytest
 
 from explorer.run import controls
 from explorer.run.controls import DEFAULTS, build, from_recipe, grid_point, relevant
-from explorer.run.sweep import Grid
+from explorer.run.grid import Grid
 
 DIGITS = {"architecture": "digits_cnn", "dataset": "digits", "name": "digits_cnn-digits", "path": None,
           "batchnorm": False}

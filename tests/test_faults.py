@@ -13,7 +13,7 @@ from explorer.app import service
 from explorer.compress.recipe import Recipe
 from explorer.run import runner
 from explorer.run.cache import RunCache
-from explorer.run.sweep import _parallel
+from explorer.run.executor import parallel as _parallel
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,12 +1,14 @@
 import pandas as pd
 import pytest
 
-from explorer.app.cli import main
+from explorer.app.cli import main, parse_list
 from explorer.compress.prune import PruneConfig
 from explorer.compress.recipe import Recipe
 from explorer.run.cache import RunCache
 from explorer.run.controls import grid_point
-from explorer.run.sweep import Grid, parse_list, results_frame, run_sweep
+from explorer.run.executor import run_sweep
+from explorer.run.grid import Grid
+from explorer.run.result import results_frame
 
 SMALL = Grid(sparsity=(0.0, 0.5), bits=(32, 8), clusters=(0,), finetune_epochs=(0,))
 FIGURES = ["top1", "top5", "accuracy_delta", "packed_bytes", "file_bytes", "gzip_bytes", "onnx_bytes", "sparsity"]

@@ -10,7 +10,19 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import numpy as np
+
+from explorer.core import scratch, settings
+from explorer.core.engines import B256, ORT_CPU_INT8, lat_col
+from explorer.core.errors import bad_value, first_line
+from explorer.core.stats import measurable
+from explorer.run.cache import RunCache
+from explorer.run.result import FILES
+
+# Each command imports the heavy parts it needs (torch, the models, plotting) when it runs, so `--help`,
+# `cache ...` and `data ...` answer at once; everything imported above is light.
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
@@ -120,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--latency-budget-ms", type=float, default=None)
     rc.add_argument("--objective", default="smallest", help="smallest, fastest or most_accurate")
     rc.add_argument("--size", default="packed_bytes", help="size column: packed_bytes, gzip_bytes, onnx_int8_bytes ...")
-    rc.add_argument("--latency", default="lat_onnxruntime_cpu_int8_b256_ms", help="latency column")
+    rc.add_argument("--latency", default=lat_col(ORT_CPU_INT8, B256), help="latency column")
     rc.add_argument("--confidence", type=float, default=0.95,
                     help="how sure the pick must be (default 0.95); 0 judges by point estimates alone")
 
@@ -160,8 +172,6 @@ def _train(a: argparse.Namespace) -> int:
 
 @command("run")
 def _run(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from explorer.compress.recipe import Recipe
 
     recipe = Recipe.from_file(a.recipe)
@@ -178,8 +188,6 @@ def _run(a: argparse.Namespace) -> int:
 
         result = run_recipe(recipe, workdir=a.out, progress=progress)
     else:
-        from explorer.run.cache import RunCache
-
         cache = RunCache()
         result = cache.get_or_run(recipe, progress=progress)  # one computation per key, also across commands
         if result.get("status") != "ok":
@@ -195,7 +203,6 @@ def _run(a: argparse.Namespace) -> int:
 
 def _write_artifacts(cache, key: str, out) -> None:
     """The run's deployable files, as stored (and checked against their checksums) in the cache."""
-    from explorer.run.runner import FILES
 
     out.mkdir(parents=True, exist_ok=True)
     for kind in ("packed", "onnx", "onnx_int8"):
@@ -221,7 +228,6 @@ def _lat(entry: dict) -> str:
 
 
 def _speedup(v: dict) -> str:
-    from explorer.core.stats import measurable
 
     lo, hi = v["ci"]
     verdict = "" if measurable(v["ci"], 1.0) else ", no measurable change"
@@ -270,7 +276,8 @@ def summary(result: dict) -> str:
 
 @command("sweep")
 def _sweep(a: argparse.Namespace) -> int:
-    from explorer.run.sweep import Grid, parse_list, run_sweep
+    from explorer.run.executor import run_sweep
+    from explorer.run.grid import Grid
 
     grid = Grid(model=a.model, dataset=a.dataset, sparsity=parse_list(a.sparsity, float, "sparsity"),
                 bits=parse_list(a.bits, int, "bits"), clusters=parse_list(a.clusters, int, "clusters"),
@@ -350,8 +357,6 @@ def _recommend(a: argparse.Namespace) -> int:
 
 @command("cache")
 def _cache(a: argparse.Namespace) -> int:
-    from explorer.run.cache import RunCache
-
     cache = RunCache()
     if a.action == "ls":
         for e in cache.entries():
@@ -393,8 +398,6 @@ def _data(a: argparse.Namespace) -> int:
         where = fetch(a.name, a.dir)
         print(f"{a.name} is in {where}; the explorer finds it there without --root")
         return 0
-    import numpy as np
-
     from explorer.core.data import export_split, load_dataset
 
     bundle = load_dataset(a.dataset, a.root, seed=a.seed, image_size=a.image_size)
@@ -407,11 +410,7 @@ def _data(a: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from explorer.core.errors import first_line
-
     try:
-        from explorer.core import scratch, settings
-
         settings.check_all()  # every setting, before any work: one line naming a bad one
         scratch.clean()  # scratch folders that killed processes left behind
         return COMMANDS[args.command](args)
@@ -425,3 +424,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = first_line(e, 1000)
         print(f"error: {kind}{msg}", file=sys.stderr)
         return 2
+
+
+def parse_list(text: str, kind: type, name: str) -> tuple:
+    """'0,0.5,0.9' -> (0.0, 0.5, 0.9); a bad item names the option and the value."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"--{name} is empty: give comma-separated values")
+    out = []
+    for t in items:
+        if kind is str:
+            out.append(t)
+            continue
+        try:
+            out.append(int(t) if kind is int else float(t))
+        except ValueError:
+            raise bad_value(name, t, f"a comma-separated list of {kind.__name__}s") from None
+    return tuple(out)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from explorer.core.engines import ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CPU
 from explorer.core.errors import bad_value, check_choice
 from explorer.core.stats import CONFIDENCE, newcombe_paired
 
@@ -239,8 +240,8 @@ def fmt_value(col: str, v) -> str:
 SIZE_NAMES = {"packed_bytes": "packed .xpk file", "gzip_bytes": "gzip of the checkpoint", "file_bytes": "checkpoint",
               "zstd_bytes": "zstd of the checkpoint", "onnx_bytes": "ONNX fp32 file",
               "onnx_int8_bytes": "ONNX int8 file"}
-ENGINE_NAMES = {"torch_cpu_fp32": "PyTorch on the CPU", "onnxruntime_cpu_fp32": "ONNX Runtime fp32",
-                "onnxruntime_cpu_int8": "ONNX Runtime int8"}
+ENGINE_NAMES = {TORCH_CPU: "PyTorch on the CPU", ORT_CPU_FP32: "ONNX Runtime fp32",
+                ORT_CPU_INT8: "ONNX Runtime int8"}
 
 
 def describe_column(col: str) -> str:

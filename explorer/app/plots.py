@@ -11,14 +11,23 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 from explorer.app.metrics import normalized_ad_rf, pareto_front
+from explorer.core.engines import (
+    ORT_CPU_FP32,
+    ORT_CPU_INT8,
+    ORT_CUDA_FP32,
+    TORCH_CPU,
+    TORCH_CUDA_BF16,
+    TORCH_CUDA_FP16,
+    TORCH_CUDA_FP32,
+)
 
 SIZE_LABELS = {"file_bytes": "checkpoint (fp32/fp16 file)", "gzip_bytes": "gzip of checkpoint",
                "zstd_bytes": "zstd of checkpoint", "packed_bytes": "packed .xpk", "onnx_bytes": "ONNX fp32",
                "onnx_int8_bytes": "ONNX int8"}
-ENGINE_LABELS = {"torch_cpu_fp32": "PyTorch eager CPU fp32", "onnxruntime_cpu_fp32": "ONNX Runtime CPU fp32",
-                 "onnxruntime_cpu_int8": "ONNX Runtime CPU int8", "torch_cuda_fp32": "PyTorch CUDA fp32",
-                 "torch_cuda_fp16": "PyTorch CUDA fp16", "torch_cuda_bf16": "PyTorch CUDA bf16",
-                 "onnxruntime_cuda_fp32": "ONNX Runtime CUDA fp32"}
+ENGINE_LABELS = {TORCH_CPU: "PyTorch eager CPU fp32", ORT_CPU_FP32: "ONNX Runtime CPU fp32",
+                 ORT_CPU_INT8: "ONNX Runtime CPU int8", TORCH_CUDA_FP32: "PyTorch CUDA fp32",
+                 TORCH_CUDA_FP16: "PyTorch CUDA fp16", TORCH_CUDA_BF16: "PyTorch CUDA bf16",
+                 ORT_CUDA_FP32: "ONNX Runtime CUDA fp32"}
 
 
 def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:

@@ -12,11 +12,12 @@ import pandas as pd
 
 from explorer.app import plots
 from explorer.app.metrics import across_seeds, sweet_spot
+from explorer.core.engines import B256, ORT_CPU_INT8, TORCH_CPU, lat_col, speedup_col
 
 TABLE_COLUMNS = ["label", "status", "seed", "top1", "top1_lo", "top1_hi", "accuracy_delta", "delta_lo", "delta_hi",
                  "p_value", "sparsity", "file_bytes", "gzip_bytes", "packed_bytes", "onnx_int8_bytes", "rf_packed",
-                 "lat_torch_cpu_fp32_b256_ms", "lat_onnxruntime_cpu_int8_b256_ms",
-                 "speedup_onnxruntime_cpu_int8_b256", "error"]
+                 lat_col(TORCH_CPU, B256), lat_col(ORT_CPU_INT8, B256),
+                 speedup_col(ORT_CPU_INT8, B256), "error"]
 
 
 def read_results(path: str | os.PathLike) -> pd.DataFrame:
@@ -40,7 +41,7 @@ def render(df: pd.DataFrame, title: str = "Compression trade-offs", hardware: st
     shown = across_seeds(df) if "seed" in df.columns and df["seed"].nunique() > 1 else df
     figs = [plots.sparsity_accuracy(shown), plots.ad_rf_ranking(shown, "gzip_bytes"),
             plots.ad_rf_ranking(shown, "packed_bytes"), plots.pareto(shown, "packed_bytes", "packed bytes"),
-            plots.pareto(shown, "lat_torch_cpu_fp32_b256_ms", "PyTorch CPU latency, batch 256 (ms)")]
+            plots.pareto(shown, lat_col(TORCH_CPU, B256), "PyTorch CPU latency, batch 256 (ms)")]
     if forgets is not None:
         f = forgets["forgets"]
         figs += [plots.per_class_change(f.per_class), plots.confusion_change(f.confusion_change, forgets["classes"]),

@@ -9,24 +9,33 @@ import threading
 
 import pandas as pd
 
+from explorer.app.metrics import forgets as compute
 from explorer.compress.recipe import Recipe
+from explorer.core import scratch, settings
+from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
-from explorer.models import baselines
+from explorer.core.zoo import create_model, list_models
+from explorer.measure.accuracy import load_predictions
+from explorer.models import baselines, user
+from explorer.models.user import check_upload_size, list_user_models
+from explorer.run import sensitivity as sens
 from explorer.run.cache import RunCache
-from explorer.run.sweep import Grid, results_frame, run_sweep
+from explorer.run.controls import from_recipe
+from explorer.run.executor import run_sweep
+from explorer.run.grid import Grid
+from explorer.run.jobs import Board
+from explorer.run.landscape import Landscapes
+from explorer.run.result import FILES, results_frame
+from explorer.run.runner import run_key
 
 _frames: dict[str, tuple[tuple, dict]] = {}  # result.json path -> (stats, checked result): re-read only new runs
 
 
 def datasets() -> list[str]:
-    from explorer.core.data import list_datasets
-
     return list_datasets()
 
 
 def architectures() -> list[str]:
-    from explorer.core.zoo import list_models
-
     return list_models()
 
 
@@ -37,8 +46,6 @@ def cache() -> RunCache:
 @functools.lru_cache(maxsize=64)
 def _has_batchnorm(architecture: str, arch_kwargs: str) -> bool:
     from torch import nn
-
-    from explorer.core.zoo import create_model
 
     try:
         model = create_model(architecture, **json.loads(arch_kwargs))
@@ -54,9 +61,6 @@ def all_baselines() -> list[dict]:
     """The committed baselines, then the models users added (state_dicts and ONNX); each says whether its
     data set is on this machine, and each PyTorch one whether it has BatchNorm layers (the page offers
     BatchNorm adaptation for those)."""
-    from explorer.core.data import available
-    from explorer.models.user import list_user_models
-
     cards = baselines.list_baselines() + list_user_models()
     for c in cards:
         c["data_available"] = available(c["dataset"], c.get("dataset_root"))
@@ -78,8 +82,6 @@ def default_baseline(names: list[str]) -> str:
 
 def missing_data_note() -> str | None:
     """One line for the baselines hidden because their data set is not on this machine."""
-    from explorer.core.data import how_to_get
-
     missing = [c for c in all_baselines() if not c["data_available"]]
     if not missing:
         return None
@@ -93,29 +95,21 @@ def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, na
               shown: str | None = None) -> dict:
     """The page's "Your model": a state_dict with its architecture, or an ONNX model. Programs (TorchScript,
     exported programs, pickled modules) are always refused here: trusting code is for the command line."""
-    from explorer.models import user
-
     return user.add_model(path, arch=arch, dataset=dataset, root=root, name=name, shown=shown, trust_code=False)
 
 
 def check_upload(n_bytes: int, what: str) -> None:
-    from explorer.models.user import check_upload_size
-
     check_upload_size(n_bytes, what)
 
 
 def add_dataset_zip(zip_path: str, name: str, shown: str | None = None) -> str:
     """Extract an uploaded image-folder zip safely; returns the folder to use as the dataset root."""
-    from explorer.models import user
-
     return user.add_dataset_zip(zip_path, name, shown=shown)
 
 
 def upload_folder():
     """A scratch folder for an upload's bytes while they are checked (removed afterwards, and at start-up
     if the server was killed meanwhile)."""
-    from explorer.core import scratch
-
     return scratch.folder("upload")
 
 
@@ -126,8 +120,6 @@ def start_up() -> None:
     """Every render: the settings checked, in one line; once per process: scratch folders of killed
     processes removed."""
     global _cleaned
-    from explorer.core import scratch, settings
-
     settings.check_all()
     if not _cleaned:
         scratch.clean()
@@ -144,8 +136,6 @@ def run(recipe: Recipe, progress: Progress | None = None) -> dict:
 
 def is_cached(recipe: Recipe) -> bool:
     """Whether the configuration is stored complete (a cheap look: no checksum of the artifacts)."""
-    from explorer.run.runner import run_key
-
     return cache().peek(run_key(recipe)) is not None
 
 
@@ -201,20 +191,18 @@ def artifact(key: str, name: str) -> bytes | None:
 
 def sensitivity(result: dict, compute: bool = False) -> dict | None:
     """Per-layer sensitivity of a cached run: stored figures, or computed now when `compute`."""
-    from explorer.run import sensitivity as sens
-
     c = cache()
     key = result.get("key")
     if not key or result.get("format") == "onnx":
         return None
-    got = sens.stored(c.root, key)
+    got = c.artifact(key, sens.FILE)
     if got is not None or not compute:
-        return got
-    blob = c.artifact(key, "model.xpk")
+        return None if got is None else sens.from_bytes(got)
+    blob = c.artifact(key, FILES["packed"])
     if blob is None:
         raise ValueError(f"run {key} has no intact packed file in the cache; run it again")
     values = sens.layer_sensitivity(Recipe.from_dict(result["recipe"]), blob)
-    sens.store(c.root, key, values)
+    c.attach(key, sens.FILE, sens.to_bytes(values))
     return values
 
 
@@ -223,9 +211,6 @@ def forgets(result: dict, base_result: dict, limit: int = 24) -> dict | None:
     change, the confusion-matrix change, and the test images whose prediction flipped (at most `limit` of
     each way, as arrays in [0, 1] with a caption each). None when either run kept no predictions."""
     import numpy as np
-
-    from explorer.app.metrics import forgets as compute
-    from explorer.measure.accuracy import load_predictions
 
     c = cache()
     raw = [c.artifact(r.get("key") or "", "predictions.npy") if r.get("key") else None for r in (result, base_result)]
@@ -257,8 +242,6 @@ def stored_result(key: str) -> dict | None:
 
 def controls_for(recipe: dict, card: dict) -> dict | None:
     """The sidebar settings that give this recipe on this baseline, or None where the sidebar cannot say it."""
-    from explorer.run.controls import from_recipe
-
     return from_recipe(recipe, card)
 
 
@@ -284,9 +267,6 @@ def board():
     global _board
     with _live_lock:
         if _board is None:
-            from explorer.run.jobs import Board
-            from explorer.run.runner import run_key
-
             _board = Board(cache, run_key)
         return _board
 
@@ -294,23 +274,16 @@ def board():
 def landscapes():
     """The background landscapes (explorer.run.landscape), or None where EXPLORER_LANDSCAPE=0."""
     global _landscapes
-    from explorer.core import settings
-
     if not settings.get("EXPLORER_LANDSCAPE"):
         return None
     jobs = board()
     with _live_lock:
         if _landscapes is None:
-            from explorer.run.landscape import Landscapes
-            from explorer.run.runner import run_key
-
             _landscapes = Landscapes(cache, run_key, jobs.busy, settings.get("EXPLORER_LANDSCAPE_IDLE_S"))
         return _landscapes
 
 
 def run_key_of(recipe: Recipe) -> str:
-    from explorer.run.runner import run_key
-
     return run_key(recipe)
 
 

@@ -15,9 +15,10 @@ import pandas as pd
 
 from explorer.app import plots
 from explorer.core import words
+from explorer.core.engines import B256, ORT_CPU_INT8
 from explorer.core.stats import measurable
 
-ENGINE = "onnxruntime_cpu_int8"  # the deployment the headline's speed-up is for
+ENGINE = ORT_CPU_INT8  # the deployment the headline's speed-up is for
 
 
 def big_numbers(result: dict) -> list[tuple[str, str, str]]:
@@ -27,7 +28,7 @@ def big_numbers(result: dict) -> list[tuple[str, str, str]]:
     size = result["size"].get("packed_bytes") or result["size"].get("file_bytes")
     out = [("smaller", f"{rf:.1f}x", f"packed file {plots.fmt_size(size)} against the "
                                      f"{plots.fmt_size(result['baseline_size']['file_bytes'])} fp32 checkpoint")]
-    sp = (result.get("speedup") or {}).get(ENGINE, {}).get("b256")
+    sp = (result.get("speedup") or {}).get(ENGINE, {}).get(B256)
     if sp:
         lo, hi = sp["ci"]
         value = f"{sp['ratio']:.1f}x" if measurable(sp["ci"], 1.0) else "no change"

@@ -12,12 +12,11 @@ from typing import Any
 
 from torch import nn
 
+from explorer.compress.lowrank import Factorized
 from explorer.core.zoo import create_model
 
 
 def _factorized() -> type:
-    from explorer.compress.lowrank import Factorized
-
     return Factorized
 
 

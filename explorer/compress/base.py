@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from explorer.core.data import DataBundle
-from explorer.core.errors import bad_value
+from explorer.core.errors import bad_value, check_choice
 from explorer.core.train import Progress, TrainConfig, TrainHook, fit
 
 # ---------------------------------------------------------------- state
@@ -55,6 +55,50 @@ class Codebook:
     assignments: torch.Tensor  # int64, the weight's shape
 
 
+@dataclass(frozen=True)
+class Deploy(Mapping):
+    """How the int8 ONNX Runtime model of a run is made: as a recipe's static or dynamic int8 step says
+    (QuantizeConfig.deploy), or ONNX Runtime's default static per-channel int8 for a run without one
+    (`default`). Read-only, and readable as a mapping (deploy["mode"]) like the RunResult's plain data."""
+
+    mode: str  # static | dynamic
+    per_channel: bool = True
+    symmetric: bool = True
+    calibration: str = "minmax"
+    calibration_samples: int = 256
+    keep_float: list[str] = field(default_factory=list)  # layers the int8 model leaves in fp32
+    from_recipe: bool = True
+    engine: str = "onnxruntime"
+
+    def __post_init__(self):
+        check_choice("mode", self.mode, ("static", "dynamic"))
+
+    @classmethod
+    def default(cls) -> Deploy:
+        return cls(mode="static", from_recipe=False)
+
+    @property
+    def symmetric_weights(self) -> bool:
+        """Whether the int8 model's weights are symmetric: as asked, except static per-channel QDQ, which ONNX
+        Runtime always makes symmetric (its integer convolutions take one zero point)."""
+        return self.symmetric or (self.mode == "static" and self.per_channel)
+
+    def __getitem__(self, key: str):
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
 @dataclass
 class CompressionState:
     masks: dict[str, torch.Tensor] = field(default_factory=dict)  # param -> bool, True = kept
@@ -62,7 +106,7 @@ class CompressionState:
     quant: dict[str, QuantRecord] = field(default_factory=dict)
     float_format: dict[str, str] = field(default_factory=dict)  # param -> "fp16" | "bf16"
     activations: dict[str, Any] | None = None  # activation quantisation: bits, symmetric, ranges
-    deploy: dict[str, Any] | None = None  # the integer runtime path to export (ONNX Runtime int8)
+    deploy: Deploy | None = None  # the integer runtime path to export (ONNX Runtime int8)
     notes: list[str] = field(default_factory=list)  # what will surprise a user, and why
     info: dict[str, Any] = field(default_factory=dict)  # per-step details for the report
 
@@ -201,53 +245,86 @@ def finetune(model: nn.Module, ctx: Context, epochs: int, lr: float, what: str,
 
 # ---------------------------------------------------------------- registry
 
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Base of every technique's config: a frozen, validated dataclass whose class names its recipe `kind`
+    (the JSON form is {"kind": ..., every field}). Subclasses validate in __post_init__, raising a
+    ValueError that repeats the bad value and says what is allowed."""
+
+    kind: ClassVar[str] = ""
+    one_record: ClassVar[bool] = False  # its report is one record, not a list with one entry per step
+
+    def structural(self) -> bool:
+        """True when the step changes layer shapes or the architecture: such steps come before weight-level
+        ones (masks and codebooks are indexed by the shapes they were made for)."""
+        return False
+
+    def label(self) -> str:
+        """A short human label for tables and legends, e.g. 'prune 90% unstructured' or 'W8A8 static'."""
+        return self.kind
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"kind": self.kind}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = list(v) if isinstance(v, tuple) else v
+        return d
+
+
 ApplyFn = Callable[[nn.Module, Any, Context], Compressed]
 
 
 @dataclass(frozen=True)
 class StepType:
+    """A registered technique: its config type and its pure apply(model, config, ctx)."""
+
     kind: str
-    config: type
+    config: type[StepConfig]
     apply: ApplyFn
-    # True when the step changes layer shapes or the architecture: such steps come before weight-level
-    # ones (masks and codebooks are indexed by the shapes they were made for)
-    structural: Callable[[Any], bool]
+
+    def structural(self, config: StepConfig) -> bool:
+        return config.structural()
 
 
-_STEPS: dict[str, StepType] = {}
+_STEPS: dict[str, StepType] = {}  # kind -> technique; filled as explorer.compress imports each module
+_BY_TYPE: dict[type, StepType] = {}
 
 
-def register_step(kind: str, config: type, *, structural: bool | Callable[[Any], bool] = False):
+def register_step(config: type[StepConfig]) -> Callable[[ApplyFn], ApplyFn]:
+    """Decorator: `@register_step(PruneConfig)` over a technique's apply() makes its kind usable in recipes."""
+    if not (isinstance(config, type) and issubclass(config, StepConfig) and config.kind):
+        raise TypeError(f"{config!r} is not a StepConfig subclass with a kind")
+
     def deco(fn: ApplyFn) -> ApplyFn:
-        is_structural = structural if callable(structural) else (lambda cfg, _s=bool(structural): _s)
-        _STEPS[kind] = StepType(kind, config, fn, is_structural)
+        if config.kind in _STEPS and _STEPS[config.kind].config is not config:
+            raise ValueError(f"step kind {config.kind!r} is registered twice")
+        _STEPS[config.kind] = _BY_TYPE[config] = StepType(config.kind, config, fn)
         return fn
 
     return deco
 
 
 def step_types() -> dict[str, StepType]:
-    import explorer.compress  # noqa: F401  (importing the package registers every technique)
-
+    """Every registered technique by kind (importing any module of explorer.compress registers them all)."""
     return dict(_STEPS)
 
 
 def step_type_of(config: Any) -> StepType:
-    for st in step_types().values():
-        if isinstance(config, st.config):
-            return st
-    raise TypeError(f"no technique is registered for {type(config).__name__}")
+    technique = _BY_TYPE.get(type(config))
+    if technique is None:
+        raise TypeError(f"no technique is registered for {type(config).__name__}")
+    return technique
 
 
-def config_from_dict(d: dict) -> Any:
+def config_from_dict(d: dict) -> StepConfig:
     """Build a step config from its JSON form; unknown keys and kinds are named with what is allowed."""
     if not isinstance(d, dict) or "kind" not in d:
         raise ValueError(f"recipe step {d!r} must be an object with a 'kind'")
-    types = step_types()
     kind = d["kind"]
-    if kind not in types:
-        raise bad_value("step kind", kind, sorted(types))
-    cls = types[kind].config
+    if kind not in _STEPS:
+        raise bad_value("step kind", kind, sorted(_STEPS))
+    cls = _STEPS[kind].config
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(fields) - {"kind"})
     if unknown:
@@ -259,12 +336,19 @@ def config_from_dict(d: dict) -> Any:
         raise ValueError(f"{kind} step: {e}") from None
 
 
-def config_to_dict(config: Any) -> dict:
-    d = {"kind": step_type_of(config).kind}
-    for f in dataclasses.fields(config):
-        v = getattr(config, f.name)
-        d[f.name] = list(v) if isinstance(v, tuple) else v
-    return d
+def config_to_dict(config: StepConfig) -> dict:
+    step_type_of(config)  # only registered techniques have a recipe form
+    return config.to_dict()
+
+
+def record(state: CompressionState, config: StepConfig, info: dict) -> None:
+    """A step's report for the RunResult's `compression` section, under its kind: a list with one entry per
+    step, or for the techniques whose config says `one_record` (applied once: the last one's report) a
+    single record. The shapes are the stored RunResult contract, so they stay as they are."""
+    if config.one_record:
+        state.info[config.kind] = info
+    else:
+        state.info.setdefault(config.kind, []).append(info)
 
 
 def clone(model: nn.Module) -> nn.Module:

@@ -11,22 +11,28 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from explorer.compress.base import Compressed, Context, clone, register_step
+from explorer.compress.base import Compressed, Context, StepConfig, clone, record, register_step
 from explorer.core.errors import check_range
 
 
 @dataclass(frozen=True)
-class BNAdaptConfig:
+class BNAdaptConfig(StepConfig):
+    kind: ClassVar[str] = "bn_adapt"
+
     samples: int = 1024  # training images the statistics are measured on (all of them if fewer)
     batch_size: int = 128
 
     def __post_init__(self):
         check_range("samples", self.samples, 16, 1_000_000, integer=True)
         check_range("batch_size", self.batch_size, 2, 65_536, integer=True)
+
+    def label(self) -> str:
+        return "BN adapt"
 
 
 def batchnorms(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
@@ -55,6 +61,7 @@ def adapt(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
         model.eval()
 
 
+@register_step(BNAdaptConfig)
 def apply(model: nn.Module, cfg: BNAdaptConfig, ctx: Context) -> Compressed:
     t0 = time.perf_counter()
     state = ctx.state.copy()
@@ -65,14 +72,11 @@ def apply(model: nn.Module, cfg: BNAdaptConfig, ctx: Context) -> Compressed:
     norms = batchnorms(out)
     if not norms:
         state.notes.append("BatchNorm adaptation: the model has no BatchNorm layer, so there was nothing to adapt.")
-        state.info.setdefault("bn_adapt", []).append({"layers": 0, "samples": 0, "seconds": 0.0})
+        record(state, cfg, {"layers": 0, "samples": 0, "seconds": 0.0})
         return Compressed(out, state)
     data = ctx.need_data("BatchNorm adaptation (training images)")
     x = data.calibration(min(cfg.samples, len(data.train)), seed=ctx.seed)
     adapt(out, x, cfg.batch_size)
-    state.info.setdefault("bn_adapt", []).append({"layers": len(norms), "samples": len(x),
-                                                  "seconds": round(time.perf_counter() - t0, 3)})
+    record(state, cfg, {"layers": len(norms), "samples": len(x), "seconds": round(time.perf_counter() - t0, 3)})
     return Compressed(out, state)
 
-
-register_step("bn_adapt", BNAdaptConfig)(apply)

@@ -7,12 +7,17 @@ by hand. The result is a smaller dense model: fewer parameters, fewer MACs, real
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from explorer.compress.base import Context, compressible, finetune, require_shapes_free
-from explorer.compress.prune import PruneConfig, cubic_sparsity
+from explorer.compress.schedules import cubic_sparsity, geometric_sparsity
+
+if TYPE_CHECKING:  # a type only: prune imports this module to run its channel granularity
+    from explorer.compress.prune import PruneConfig
 
 
 def _importance(criterion: str):
@@ -66,7 +71,7 @@ def prune_channels(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
     if cfg.schedule == "gradual":  # the cubic schedule, sampled at each round's end
         ratios = [cubic_sparsity(r, 0.0, cfg.sparsity, 0, rounds, 1) for r in range(rounds + 1)]
     else:  # iterative: the same share of the remaining channels each round (geometric); oneshot: all at once
-        ratios = [1 - (1 - cfg.sparsity) ** (r / rounds) for r in range(rounds + 1)]
+        ratios = [geometric_sparsity(cfg.sparsity, r, rounds) for r in range(rounds + 1)]
     pruner = tp.pruner.MetaPruner(
         model, example, importance=_importance(cfg.criterion), global_pruning=cfg.scope == "global",
         pruning_ratio=cfg.sparsity, iterative_steps=rounds,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -33,13 +34,19 @@ SPLIT_STEPS = 5  # 2-means steps that place each cluster's trial split
 
 
 @dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(base.StepConfig):
+    kind: ClassVar[str] = "cluster"
+    one_record: ClassVar[bool] = True
+
     clusters: int = 16
     init: str = "kmeans++"
     finetune_epochs: int = 0
     lr: float = 1e-4
     layers: str = "all"
     max_iter: int = 30
+
+    def label(self) -> str:
+        return f"cluster {self.clusters}"
 
     def __post_init__(self):
         check_range("clusters", self.clusters, 2, 256, integer=True)
@@ -294,7 +301,7 @@ def _distinct(model: nn.Module, state: base.CompressionState, name: str) -> int:
     return int(torch.unique(w if mask is None else w[mask.to(w.device, torch.bool)]).numel())
 
 
-@base.register_step("cluster", ClusterConfig)
+@base.register_step(ClusterConfig)
 def apply(model: nn.Module, config: ClusterConfig, ctx: base.Context) -> base.Compressed:
     """Cluster the weights of the selected layers, then optionally fine-tune the shared centroids."""
     t0 = time.perf_counter()
@@ -316,11 +323,11 @@ def apply(model: nn.Module, config: ClusterConfig, ctx: base.Context) -> base.Co
             state.codebooks[name] = cb  # re-clustering replaces the old codebook
     report = base.finetune(model, dataclasses.replace(ctx, state=state), config.finetune_epochs, config.lr,
                            "clustering")
-    state.info["cluster"] = {
+    base.record(state, config, {
         "clusters": config.clusters,
         "init": config.init,
         "distinct_values": {name: _distinct(model, state, name) for name in names},
         "finetune": report,
         "seconds": round(time.perf_counter() - t0, 3),
-    }
+    })
     return base.Compressed(model, state)

@@ -12,12 +12,21 @@ from __future__ import annotations
 import copy
 import inspect
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.compress.base import Compressed, CompressionState, Context, register_step, require_shapes_free
+from explorer.compress.base import (
+    Compressed,
+    CompressionState,
+    Context,
+    StepConfig,
+    record,
+    register_step,
+    require_shapes_free,
+)
 from explorer.core.data import DataBundle
 from explorer.core.errors import bad_value, check_choice, check_range
 from explorer.core.train import Progress, TrainConfig, fit, seed_everything
@@ -27,7 +36,10 @@ WIDTH_RANGE = (0.0625, 4.0)  # what create_model accepts
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(StepConfig):
+    kind: ClassVar[str] = "distill"
+    one_record: ClassVar[bool] = True
+
     student: str = "digits_cnn"
     width: float = 0.5  # student width multiplier; ignored for architectures without one
     temperature: float = 4.0
@@ -42,6 +54,12 @@ class DistillConfig:
         check_range("alpha", self.alpha, 0.0, 1.0)
         check_range("epochs", self.epochs, 1, 1000, integer=True)
         check_range("lr", self.lr, 1e-7, 10.0)
+
+    def structural(self) -> bool:
+        return True  # a new, smaller architecture
+
+    def label(self) -> str:
+        return f"distil -> {self.student} x{self.width:g}"
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -79,7 +97,7 @@ def _fresh(arch: dict, seed: int) -> nn.Module:
     return create_model(arch["name"], **arch["kwargs"])
 
 
-@register_step("distill", DistillConfig, structural=True)
+@register_step(DistillConfig)
 def apply(model: nn.Module, config: DistillConfig, ctx: Context) -> Compressed:
     state = ctx.state
     require_shapes_free(state, "distill")
@@ -103,11 +121,11 @@ def apply(model: nn.Module, config: DistillConfig, ctx: Context) -> Compressed:
     new_state = CompressionState(notes=list(state.notes), info={"teacher": copy.deepcopy(state.info)} if state.info
                                  else {})
     new_state.info["architecture"] = arch
-    new_state.info["distill"] = {
+    record(new_state, config, {
         "student": config.student, "width": arch["kwargs"].get("width"), "teacher_params": teacher_params,
         "student_params": student_params, "temperature": t, "alpha": alpha, "epochs": config.epochs,
         "lr": config.lr, "seconds": round(hist.seconds, 3), "final_loss": hist.train_loss[-1],
-    }
+    })
     if "width" not in arch["kwargs"]:
         new_state.notes.append(f"distill: {config.student} has no width multiplier, so width={config.width} "
                                "was not used")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -18,9 +19,11 @@ from explorer.compress.base import (
     LAYER_CHOICES,
     Compressed,
     Context,
+    StepConfig,
     clone,
     compressible,
     finetune,
+    record,
     register_step,
     require_shapes_free,
 )
@@ -28,7 +31,10 @@ from explorer.core.errors import bad_value, check_choice, check_range
 
 
 @dataclass(frozen=True)
-class LowRankConfig:
+class LowRankConfig(StepConfig):
+    kind: ClassVar[str] = "lowrank"
+    one_record: ClassVar[bool] = True
+
     rank_ratio: float = 0.25  # kept rank = max(1, round(rank_ratio * full rank))
     energy: float = 0.0  # > 0: smallest rank keeping this fraction of sum(s^2); replaces rank_ratio
     layers: str = "linear"
@@ -43,6 +49,12 @@ class LowRankConfig:
         check_choice("layers", self.layers, LAYER_CHOICES)
         check_range("finetune_epochs", self.finetune_epochs, 0, 1000, integer=True)
         check_range("lr", self.lr, 1e-7, 10.0)
+
+    def structural(self) -> bool:
+        return True  # each factorised layer becomes two smaller ones
+
+    def label(self) -> str:
+        return f"low-rank {self.energy:.0%} energy" if self.energy else f"low-rank {self.rank_ratio:g}"
 
 
 # ---------------------------------------------------------------- maths on plain tensors
@@ -157,7 +169,7 @@ def _describe(layer: nn.Module) -> str:
             f"{'x'.join(str(k) for k in layer.kernel_size)} groups={layer.groups}")
 
 
-@register_step("lowrank", LowRankConfig, structural=True)
+@register_step(LowRankConfig)
 def apply(model: nn.Module, config: LowRankConfig, ctx: Context) -> Compressed:
     state = ctx.state
     require_shapes_free(state, "lowrank")
@@ -196,7 +208,7 @@ def apply(model: nn.Module, config: LowRankConfig, ctx: Context) -> Compressed:
             "ranks": {r["name"]: r["rank"] for r in records},
             "params_before": sum(p.numel() for p in model.parameters()),
             "params_after": sum(p.numel() for p in out.parameters())}
-    new_state.info["lowrank"] = info
+    record(new_state, config, info)
     info["finetune"] = finetune(out, dataclasses.replace(ctx, state=new_state), config.finetune_epochs, config.lr,
                                 "low-rank factorisation")
     return Compressed(out.train(model.training), new_state)

@@ -8,15 +8,21 @@ step down costs the least loss per bit saved, until the weighted average fits th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from explorer.compress import qmath
 from explorer.compress.base import Context
+from explorer.core.data import Split
 from explorer.core.train import evaluate
 
+if TYPE_CHECKING:  # a type only: quantize imports this module for its mixed mode
+    from explorer.compress.quantize import QuantizeConfig
 
-def _quantized_copy_loss(model: nn.Module, name: str, bits: int, cfg, val) -> float:
+
+def _quantized_copy_loss(model: nn.Module, name: str, bits: int, cfg: QuantizeConfig, val: Split) -> float:
     p = model.get_parameter(name)
     saved = p.detach().clone()
     with torch.no_grad():
@@ -29,7 +35,8 @@ def _quantized_copy_loss(model: nn.Module, name: str, bits: int, cfg, val) -> fl
             p.copy_(saved)
 
 
-def choose_bits(model: nn.Module, weights: list[str], cfg, ctx: Context) -> tuple[dict[str, int], list[dict]]:
+def choose_bits(model: nn.Module, weights: list[str], cfg: QuantizeConfig, ctx: Context) -> tuple[dict[str, int],
+                                                                                              list[dict]]:
     val = ctx.need_data("mixed precision (validation data for sensitivity)").val
     candidates = list(range(2, cfg.bits + 1))
     base_loss = evaluate(model, val)["loss"]

@@ -35,12 +35,12 @@ def compress(model: nn.Module, recipe_or_steps: Any, data: DataBundle | None, *,
     state = CompressionState()
     current, timings = model, []
     for i, cfg in enumerate(steps):
-        st = step_type_of(cfg)
-        ctx = Context(data=data, state=state, progress=_step_progress(progress, i, len(steps), st.kind), seed=seed,
-                      baseline=model)
+        technique = step_type_of(cfg)
+        ctx = Context(data=data, state=state, progress=_step_progress(progress, i, len(steps), technique.kind),
+                      seed=seed, baseline=model)
         t0 = time.perf_counter()
-        out = st.apply(current, cfg, ctx)
-        timings.append({"step": i + 1, "kind": st.kind, "seconds": round(time.perf_counter() - t0, 3)})
+        out = technique.apply(current, cfg, ctx)
+        timings.append({"step": i + 1, "kind": technique.kind, "seconds": round(time.perf_counter() - t0, 3)})
         current, state = out.model, out.state
     if progress is not None:
         progress(1.0, "compressed")

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -20,12 +21,16 @@ from explorer.compress.base import (
     LAYER_CHOICES,
     Compressed,
     Context,
+    StepConfig,
     apply_masks,
     clone,
     compressible,
     finetune,
+    record,
     register_step,
 )
+from explorer.compress.channel import prune_channels
+from explorer.compress.schedules import cubic_sparsity, geometric_sparsity
 from explorer.core.errors import bad_value, check_choice, check_range
 from explorer.core.train import TrainHook
 
@@ -35,7 +40,9 @@ SCHEDULES = ("oneshot", "iterative", "gradual")
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(StepConfig):
+    kind: ClassVar[str] = "prune"
+
     sparsity: float = 0.5
     granularity: str = "unstructured"
     criterion: str = "l1"
@@ -79,17 +86,15 @@ class PruneConfig:
     def target(self) -> float:
         return 1 - self.n / self.m if self.granularity == "nm" else self.sparsity
 
+    def structural(self) -> bool:
+        return self.granularity == "channel"  # channels are removed: the layers get smaller
+
+    def label(self) -> str:
+        sched = "" if self.schedule == "oneshot" else f" {self.schedule}"
+        return f"prune {self.target:.0%} {self.granularity}{sched}"
+
 
 # ---------------------------------------------------------------- schedule
-
-
-def cubic_sparsity(step: int, s_i: float, s_f: float, t0: int, n: int, dt: int) -> float:
-    """Zhu & Gupta (2017): s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3 for t in [t0, t0 + n dt]."""
-    if step <= t0:
-        return s_i
-    if step >= t0 + n * dt:
-        return s_f
-    return s_f + (s_i - s_f) * (1 - (step - t0) / (n * dt)) ** 3
 
 
 # ---------------------------------------------------------------- mask maths (plain tensors)
@@ -276,7 +281,7 @@ def _prune_unstructured(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dic
         return info
     rounds = cfg.rounds if cfg.schedule == "iterative" else 1
     for r in range(1, rounds + 1):
-        s = cfg.target if r == rounds else 1 - (1 - cfg.target) ** (r / rounds)  # equal fractions kept per round
+        s = cfg.target if r == rounds else geometric_sparsity(cfg.target, r, rounds)  # equal fractions per round
         state.masks.update(compute_masks(model, cfg, s, state.masks))
         apply_masks(model, state.masks)
         epochs = cfg.finetune_epochs if rounds == 1 else max(1, cfg.finetune_epochs // rounds)
@@ -284,14 +289,13 @@ def _prune_unstructured(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dic
     return info
 
 
+@register_step(PruneConfig)
 def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> Compressed:
     t0 = time.perf_counter()
     model = clone(model)
     state = ctx.state.copy()
     ctx = dataclasses.replace(ctx, state=state)
     if cfg.granularity == "channel":
-        from explorer.compress.channel import prune_channels
-
         info = prune_channels(model, cfg, ctx)
     else:
         info = _prune_unstructured(model, cfg, ctx)
@@ -313,7 +317,7 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> Compressed:
         layers, achieved = layer_sparsity(model, cfg), overall_sparsity(model, cfg)
     info.update(requested=cfg.target, granularity=cfg.granularity, layers=layers, achieved=achieved,
                 seconds=round(time.perf_counter() - t0, 3))
-    state.info.setdefault("prune", []).append(info)
+    record(state, cfg, info)
     return Compressed(model.eval(), state)
 
 
@@ -327,5 +331,3 @@ def overall_sparsity(model: nn.Module, cfg: PruneConfig) -> float:
     zeros = sum(m.weight.numel() - int(torch.count_nonzero(m.weight)) for m in t.values())
     return zeros / total if total else 0.0
 
-
-register_step("prune", PruneConfig, structural=lambda cfg: cfg.granularity == "channel")(apply)

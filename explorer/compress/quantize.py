@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -23,13 +25,17 @@ from explorer.compress.base import (
     LAYER_CHOICES,
     Compressed,
     Context,
+    Deploy,
     QuantRecord,
+    StepConfig,
     clone,
     codebook_weight,
     compressible,
     finetune,
+    record,
     register_step,
 )
+from explorer.compress.mixed import choose_bits
 from explorer.core.errors import bad_value, check_choice, check_range
 
 MODES = ("fp16", "bf16", "ptq", "static", "dynamic", "qat", "mixed")
@@ -37,7 +43,9 @@ CALIBRATIONS = ("minmax", "percentile", "entropy")
 
 
 @dataclass(frozen=True)
-class QuantizeConfig:
+class QuantizeConfig(StepConfig):
+    kind: ClassVar[str] = "quantize"
+
     bits: int = 8
     mode: str = "ptq"
     activation_bits: int = 0  # 0: weights only
@@ -85,6 +93,20 @@ class QuantizeConfig:
         if self.mode in ("static", "dynamic") and self.activation_bits == 0:
             return 8
         return self.activation_bits
+
+    def label(self) -> str:
+        if self.mode in ("fp16", "bf16"):
+            return self.mode
+        wa = f"W{self.bits}" + (f"A{self.act_bits}" if self.act_bits else "")
+        return f"{wa} {self.mode}"
+
+    def deploy(self, keep_float: Sequence[str] = ()) -> Deploy:
+        """The int8 ONNX Runtime model this step deploys as (static and dynamic modes)."""
+        return Deploy(mode=self.mode, per_channel=self.per_channel, symmetric=self.symmetric,
+                      calibration=self.calibration, calibration_samples=self.calibration_samples,
+                      keep_float=list(keep_float))
+
+
 
 
 # ---------------------------------------------------------------- activations
@@ -269,71 +291,115 @@ def _qat(model: nn.Module, layers: list[str], cfg: QuantizeConfig, ctx: Context)
     return report
 
 
+# ---------------------------------------------------------------- one handler per mode
+
+ModeHandler = Callable[[nn.Module, QuantizeConfig, Context, dict], None]  # quantises the model in place
+_MODES: dict[str, ModeHandler] = {}
+
+
+def _handles(*modes: str) -> Callable[[ModeHandler], ModeHandler]:
+    def deco(fn: ModeHandler) -> ModeHandler:
+        for m in modes:
+            _MODES[m] = fn
+        return fn
+    return deco
+
+
+def _calibration(cfg: QuantizeConfig, ctx: Context) -> torch.Tensor:
+    data = ctx.need_data("activation quantisation (calibration samples)")
+    return data.calibration(min(cfg.calibration_samples, len(data.train)), seed=ctx.seed)
+
+
+def _fix_activations(model: nn.Module, spec: dict | None, bits: dict[str, int], ctx: Context, info: dict) -> None:
+    """What every integer mode ends with: the activation ranges fixed into the model and the state."""
+    ctx.state.activations = spec
+    attach_activation_quant(model, spec)
+    info["layer_bits"] = dict(bits)
+
+
+@_handles("fp16", "bf16")
+def _half(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -> None:
+    """Every float tensor rounded to half precision (stored in 16 bits, computed in fp32 here)."""
+    dtype = torch.float16 if cfg.mode == "fp16" else torch.bfloat16
+    with torch.no_grad():
+        for k, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(t.to(dtype).float())
+                ctx.state.float_format[k] = cfg.mode
+    ctx.state.notes.append(f"{cfg.mode} halves the stored weights; compute stays fp32 on a CPU without native "
+                           f"{cfg.mode} kernels, so CPU latency does not drop: what a format saves depends on the "
+                           "hardware.")
+
+
+@_handles("ptq")
+def _ptq(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -> None:
+    """Post-training: activation ranges calibrated on the float model, then every weight onto its k-bit grid."""
+    layers, weights = _layer_names(model, cfg)
+    bits = {w: cfg.bits for w in weights}
+    spec = calibrate(model, layers, _calibration(cfg, ctx), cfg) if cfg.act_bits else None
+    quantize_weights(model, weights, bits, cfg, ctx.state)
+    _fix_activations(model, spec, bits, ctx, info)
+
+
+@_handles("mixed")
+def _mixed(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -> None:
+    """Post-training with per-layer bit-widths chosen from measured sensitivity under the bits budget."""
+    layers, weights = _layer_names(model, cfg)
+    bits, info["sensitivity"] = choose_bits(model, weights, cfg, ctx)
+    spec = calibrate(model, layers, _calibration(cfg, ctx), cfg) if cfg.act_bits else None
+    quantize_weights(model, weights, bits, cfg, ctx.state)
+    _fix_activations(model, spec, bits, ctx, info)
+
+
+@_handles("static", "dynamic")
+def _int8(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -> None:
+    """Post-training int8, and the ONNX Runtime integer model to deploy it as (`state.deploy`)."""
+    _ptq(model, cfg, ctx, info)
+    state = ctx.state
+    chosen = {n for n, _ in compressible(model, cfg.layers)}
+    state.deploy = cfg.deploy(keep_float=[n for n, _ in compressible(model, "all") if n not in chosen])
+    if cfg.mode == "static" and cfg.per_channel and not cfg.symmetric:
+        state.notes.append("The int8 ONNX model's weights are symmetric although the recipe asks for asymmetric: "
+                           "ONNX Runtime quantises per-channel weights symmetrically (its integer convolutions "
+                           "take one zero point); the PyTorch figures use the asymmetric grid.")
+    if state.deploy.keep_float:
+        state.notes.append(f"The int8 ONNX model keeps {', '.join(state.deploy.keep_float)} in fp32, as the "
+                           f"recipe's layers={cfg.layers!r} asks.")
+    if cfg.mode == "dynamic":
+        state.notes.append("Dynamic int8 quantises activations at run time; for convolutions ONNX Runtime uses "
+                           "ConvInteger, which is often slower than fp32 on x86 CPUs.")
+
+
+@_handles("qat")
+def _qat_mode(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -> None:
+    """Quantisation-aware training: fine-tuned with the quantised weights (and activations) in the forward
+    pass, activation ranges learned with the weights unless `learn_ranges` is off."""
+    layers, weights = _layer_names(model, cfg)
+    bits = {w: cfg.bits for w in weights}
+    calib = _calibration(cfg, ctx) if cfg.act_bits else None
+    spec = calibrate(model, layers, calib, cfg) if calib is not None else None
+    learned = cfg.learn_ranges and spec is not None
+    quantisers = _attach_learned(model, spec) if learned else attach_activation_quant(model, spec)
+    info["finetune"] = _qat(model, layers, cfg, ctx)
+    if learned:
+        spec = {**spec, "ranges": _detach_learned(model, quantisers), "method": "learned (LSQ+)"}
+    remove_activation_quant(model)
+    quantize_weights(model, weights, bits, cfg, ctx.state)
+    if spec and not learned:
+        # ranges move during training: calibrate again, on the weights as deployed (on the grid), not
+        # on the float weights training kept (at 2 bits most of those become zero)
+        spec = calibrate(model, layers, calib, cfg)
+    _fix_activations(model, spec, bits, ctx, info)
+
+
+@register_step(QuantizeConfig)
 def apply(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> Compressed:
     t0 = time.perf_counter()
     model = clone(model).eval()
     state = ctx.state.copy()
     ctx = dataclasses.replace(ctx, state=state)
     info: dict = {"mode": cfg.mode, "bits": cfg.bits, "activation_bits": cfg.act_bits}
-    if cfg.mode in ("fp16", "bf16"):
-        dtype = torch.float16 if cfg.mode == "fp16" else torch.bfloat16
-        with torch.no_grad():
-            for k, t in model.state_dict().items():
-                if t.is_floating_point():
-                    t.copy_(t.to(dtype).float())
-                    state.float_format[k] = cfg.mode
-        state.notes.append(f"{cfg.mode} halves the stored weights; compute stays fp32 on a CPU without native "
-                           f"{cfg.mode} kernels, so CPU latency does not drop: what a format saves depends on the "
-                           "hardware.")
-        info["seconds"] = round(time.perf_counter() - t0, 3)
-        state.info.setdefault("quantize", []).append(info)
-        return Compressed(model, state)
-
-    layers, weights = _layer_names(model, cfg)
-    if cfg.mode == "mixed":
-        from explorer.compress.mixed import choose_bits
-
-        bits, info["sensitivity"] = choose_bits(model, weights, cfg, ctx)
-    else:
-        bits = {w: cfg.bits for w in weights}
-    spec = None
-    if cfg.act_bits:
-        data = ctx.need_data("activation quantisation (calibration samples)")
-        calib = data.calibration(min(cfg.calibration_samples, len(data.train)), seed=ctx.seed)
-        spec = calibrate(model, layers, calib, cfg)
-    learned = cfg.mode == "qat" and cfg.learn_ranges and spec is not None
-    if cfg.mode == "qat":  # training sees the quantised activations too
-        quantisers = _attach_learned(model, spec) if learned else attach_activation_quant(model, spec)
-        info["finetune"] = _qat(model, layers, cfg, ctx)
-        if learned:
-            spec = {**spec, "ranges": _detach_learned(model, quantisers), "method": "learned (LSQ+)"}
-        remove_activation_quant(model)
-    quantize_weights(model, weights, bits, cfg, state)
-    if cfg.mode == "qat" and spec and not learned:
-        # ranges move during training: calibrate again, on the weights as deployed (on the grid), not
-        # on the float weights training kept (at 2 bits most of those become zero)
-        spec = calibrate(model, layers, calib, cfg)
-    state.activations = spec
-    attach_activation_quant(model, spec)
-    if cfg.mode in ("static", "dynamic"):
-        state.deploy = {"engine": "onnxruntime", "mode": cfg.mode, "per_channel": cfg.per_channel,
-                        "symmetric": cfg.symmetric, "calibration": cfg.calibration,
-                        "calibration_samples": cfg.calibration_samples,
-                        "keep_float": [n for n, _ in compressible(model, "all") if n not in layers]}
-        if cfg.mode == "static" and cfg.per_channel and not cfg.symmetric:
-            state.notes.append("The int8 ONNX model's weights are symmetric although the recipe asks for asymmetric: "
-                               "ONNX Runtime quantises per-channel weights symmetrically (its integer convolutions "
-                               "take one zero point); the PyTorch figures use the asymmetric grid.")
-        if state.deploy["keep_float"]:
-            state.notes.append(f"The int8 ONNX model keeps {', '.join(state.deploy['keep_float'])} in fp32, as the "
-                               f"recipe's layers={cfg.layers!r} asks.")
-    if cfg.mode == "dynamic":
-        state.notes.append("Dynamic int8 quantises activations at run time; for convolutions ONNX Runtime uses "
-                           "ConvInteger, which is often slower than fp32 on x86 CPUs.")
-    info["layer_bits"] = {w: bits[w] for w in weights}
+    _MODES[cfg.mode](model, cfg, ctx, info)
     info["seconds"] = round(time.perf_counter() - t0, 3)
-    state.info.setdefault("quantize", []).append(info)
+    record(state, cfg, info)
     return Compressed(model, state)
-
-
-register_step("quantize", QuantizeConfig)(apply)

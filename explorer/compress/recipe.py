@@ -10,10 +10,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from explorer.compress.base import StepConfig, config_from_dict, config_to_dict, step_type_of
 from explorer.core.data import DATASETS
 from explorer.core.errors import bad_value, check_choice, check_range
+from explorer.core.paths import baseline_path
 
 RECIPE_KEYS = ("model", "dataset", "checkpoint", "seed", "steps", "name", "finetune_samples")
 MAX_RECIPE_BYTES = 1 << 20
@@ -26,7 +27,7 @@ class Recipe:
     dataset: str = "digits"
     checkpoint: str | None = None  # default: models/<model>-<dataset>.safetensors
     seed: int = 0
-    steps: tuple[Any, ...] = field(default=())
+    steps: tuple[StepConfig, ...] = field(default=())
     name: str | None = None  # a label for tables and plots; not part of what the run computes
     # fine-tune on a stratified, seeded subset of this many training images; None: the baseline card's
     # recommendation for a large data set, else the whole training split
@@ -39,19 +40,17 @@ class Recipe:
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
         if self.finetune_samples is not None:
             check_range("finetune_samples", self.finetune_samples, 100, 10_000_000, integer=True)
-        from explorer.compress.base import step_type_of
-
         weight_level_seen = None
         for i, step in enumerate(self.steps):
-            st = step_type_of(step)
-            if st.structural(step):
+            step_type_of(step)  # a registered technique's config, or a TypeError naming it
+            if step.structural():
                 if weight_level_seen is not None:
-                    raise ValueError(f"step {i + 1} ({st.kind}) changes layer shapes, so it must come before step "
+                    raise ValueError(f"step {i + 1} ({step.kind}) changes layer shapes, so it must come before step "
                                      f"{weight_level_seen + 1}; put structural steps (channel pruning, low-rank, "
                                      "distillation) first")
             elif weight_level_seen is None:
                 weight_level_seen = i
-        kinds = [step_type_of(s).kind for s in self.steps]
+        kinds = [s.kind for s in self.steps]
         if kinds.count("distill") > 1:
             raise ValueError("a recipe can distil into one student only")
         if "bn_adapt" in kinds and "quantize" in kinds:
@@ -62,13 +61,9 @@ class Recipe:
 
     @property
     def checkpoint_path(self) -> Path:
-        from explorer.models.baselines import baseline_path
-
         return Path(self.checkpoint) if self.checkpoint else baseline_path(self.model, self.dataset)
 
     def to_dict(self) -> dict:
-        from explorer.compress.base import config_to_dict
-
         return {"model": self.model, "dataset": self.dataset, "checkpoint": self.checkpoint, "seed": self.seed,
                 "steps": [config_to_dict(s) for s in self.steps], **({"name": self.name} if self.name else {}),
                 **({"finetune_samples": self.finetune_samples} if self.finetune_samples is not None else {})}
@@ -86,14 +81,10 @@ class Recipe:
     def label(self) -> str:
         if self.name:
             return self.name
-        from explorer.compress.base import step_type_of
-
-        return " -> ".join(describe_step(s, step_type_of(s).kind) for s in self.steps) or "baseline"
+        return " -> ".join(s.label() for s in self.steps) or "baseline"
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
-        from explorer.compress.base import config_from_dict
-
         if not isinstance(d, dict):
             raise ValueError(f"a recipe must be a JSON object, got {type(d).__name__}")
         unknown = sorted(set(d) - set(RECIPE_KEYS))
@@ -144,24 +135,3 @@ class Recipe:
         except ValueError as e:
             msg = str(e)
             raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
-
-
-def describe_step(step: Any, kind: str) -> str:
-    """A short human label for tables and legends, e.g. 'prune 90% unstructured' or 'int8 static'."""
-    if kind == "prune":
-        sched = "" if step.schedule == "oneshot" else f" {step.schedule}"
-        return f"prune {step.target:.0%} {step.granularity}{sched}"
-    if kind == "quantize":
-        if step.mode in ("fp16", "bf16"):
-            return step.mode
-        wa = f"W{step.bits}" + (f"A{step.act_bits}" if step.act_bits else "")
-        return f"{wa} {step.mode}"
-    if kind == "cluster":
-        return f"cluster {step.clusters}"
-    if kind == "lowrank":
-        return f"low-rank {step.energy:.0%} energy" if step.energy else f"low-rank {step.rank_ratio:g}"
-    if kind == "distill":
-        return f"distil -> {step.student} x{step.width:g}"
-    if kind == "bn_adapt":
-        return "BN adapt"
-    return kind

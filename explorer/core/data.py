@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from explorer.core.errors import bad_value, check_range
+from explorer.core.errors import bad_value, check_range, first_line
+from explorer.core.idx import read_idx
 from explorer.core.paths import REPO_DATA
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
@@ -286,8 +287,6 @@ def fetch(name: str, folder: str | os.PathLike | None = None) -> Path:
     try:
         cls(str(root), train=True, download=True)
     except Exception as e:  # urllib's many ways to say "no network"
-        from explorer.core.errors import first_line
-
         raise ValueError(f"could not download {name} ({first_line(e, 150)}): the internet is out of reach from "
                          f"here; {how_to_get(name, fetching=True)}") from None
     return root
@@ -325,8 +324,6 @@ def _mnist_like(name: str, root: Path):
     """The four IDX files (plain or gzipped) in torchvision's layout (<root>/MNIST/raw/...), in a raw/
     subfolder, or in the named folder itself."""
     from torchvision.datasets import MNIST, FashionMNIST
-
-    from explorer.core.idx import read_idx
 
     cls = MNIST if name == "mnist" else FashionMNIST
     sub = f"{cls.__name__}/raw"

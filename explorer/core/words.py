@@ -6,10 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-ENGINES = {"torch_cpu_fp32": "PyTorch on the CPU, fp32", "onnxruntime_cpu_fp32": "ONNX Runtime, fp32",
-           "onnxruntime_cpu_int8": "ONNX Runtime, int8", "torch_cuda_fp32": "PyTorch on the GPU, fp32",
-           "torch_cuda_fp16": "PyTorch on the GPU, fp16", "torch_cuda_bf16": "PyTorch on the GPU, bf16",
-           "onnxruntime_cuda_fp32": "ONNX Runtime on the GPU, fp32"}
+from explorer.core.engines import (
+    ORT_CPU_FP32,
+    ORT_CPU_INT8,
+    ORT_CUDA_FP32,
+    TORCH_CPU,
+    TORCH_CUDA_BF16,
+    TORCH_CUDA_FP16,
+    TORCH_CUDA_FP32,
+)
+
+ENGINES = {TORCH_CPU: "PyTorch on the CPU, fp32", ORT_CPU_FP32: "ONNX Runtime, fp32",
+           ORT_CPU_INT8: "ONNX Runtime, int8", TORCH_CUDA_FP32: "PyTorch on the GPU, fp32",
+           TORCH_CUDA_FP16: "PyTorch on the GPU, fp16", TORCH_CUDA_BF16: "PyTorch on the GPU, bf16",
+           ORT_CUDA_FP32: "ONNX Runtime on the GPU, fp32"}
 GRANULARITY = {"unstructured": "single weights", "channel": "whole channels", "block": "4x4 blocks of weights",
                "nm": "2 of every 4 weights (2:4)"}
 SCHEDULE = {"oneshot": "at once", "iterative": "in rounds", "gradual": "gradually"}

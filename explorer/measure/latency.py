@@ -23,11 +23,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from explorer.core.engines import (
+    BATCH_SIZES,
+    ORT_CPU_FP32,
+    ORT_CPU_INT8,
+    ORT_CUDA_FP32,
+    TORCH_CPU,
+    TORCH_CUDA_BF16,
+    TORCH_CUDA_FP16,
+    TORCH_CUDA_FP32,
+    batch_key,
+)
 from explorer.core.errors import first_line
 from explorer.core.stats import median_ci, ratio_of_medians
 from explorer.measure.hardware import hardware
 
-BATCHES = (1, 256)
+BATCHES = BATCH_SIZES  # the batch sizes every run is timed at
 ROUNDS = 10  # an even count balances who opens a round; the median's interval spans ranks 2 to 9 (98% coverage)
 # A timer runs the engine once; it returns None to be timed by the host clock, or the milliseconds it
 # measured itself (CUDA events: the host clock would see the launch, not the work)
@@ -211,24 +222,24 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, onnx_fp32
     for b in batches:
         x = torch.randn(b, *input_shape, generator=torch.Generator().manual_seed(0))
         xn = x.numpy()
-        key = f"b{b}"
+        key = batch_key(b)
         timers: dict[str, Timer | dict] = {
-            "torch_cpu_fp32": torch_cpu_timer(model, x, threads),
-            "onnxruntime_cpu_fp32": ort_timer(onnx_fp32, xn, threads, reason=onnx_reason),
-            "onnxruntime_cpu_int8": ort_timer(onnx_int8, xn, threads,
+            TORCH_CPU: torch_cpu_timer(model, x, threads),
+            ORT_CPU_FP32: ort_timer(onnx_fp32, xn, threads, reason=onnx_reason),
+            ORT_CPU_INT8: ort_timer(onnx_int8, xn, threads,
                                               reason=onnx_reason or "no int8 model (the recipe has no int8 step)"),
             "reference_cpu": torch_cpu_timer(reference, x, threads)}
         if gpu:
-            timers.update(torch_cuda_fp32=cuda_timer(model, x, torch.float32),
-                          torch_cuda_fp16=cuda_timer(model, x, torch.float16),
-                          torch_cuda_bf16=cuda_timer(model, x, torch.bfloat16))
+            timers.update({TORCH_CUDA_FP32: cuda_timer(model, x, torch.float32),
+                           TORCH_CUDA_FP16: cuda_timer(model, x, torch.float16),
+                           TORCH_CUDA_BF16: cuda_timer(model, x, torch.bfloat16)})
             if "CUDAExecutionProvider" in ort.get_available_providers():
-                timers["onnxruntime_cuda_fp32"] = ort_timer(onnx_fp32, xn, 1, provider="CUDAExecutionProvider",
+                timers[ORT_CUDA_FP32] = ort_timer(onnx_fp32, xn, 1, provider="CUDAExecutionProvider",
                                                             reason=onnx_reason)
             else:
-                timers["onnxruntime_cuda_fp32"] = unavailable(
+                timers[ORT_CUDA_FP32] = unavailable(
                     "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu on a CUDA machine)")
-            if not isinstance(timers["torch_cuda_fp32"], dict):
+            if not isinstance(timers[TORCH_CUDA_FP32], dict):
                 timers["reference_cuda"] = cuda_timer(reference, x, torch.float32)
         live = {k: t for k, t in timers.items() if not isinstance(t, dict)}
         timed = {**{k: t for k, t in timers.items() if isinstance(t, dict)},

@@ -10,14 +10,19 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from explorer.compress.base import Deploy
 from explorer.compress.quantize import remove_activation_quant
+from explorer.core import scratch
 from explorer.core.errors import first_line
+from explorer.core.train import scores
+from explorer.measure.latency import ort_session
 
 
 class ExportError(RuntimeError):
@@ -92,8 +97,6 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, 
         quantize_static,
     )
 
-    from explorer.core import scratch
-
     with scratch.folder("int8") as tmp:
         pre = tmp / "pre.onnx"
         try:
@@ -126,28 +129,24 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, 
                                            **({"CalibPercentile": 99.99} if method == "percentile" else {})})
 
 
-def deployed_symmetry(deploy: dict) -> bool:
-    """Whether the int8 ONNX model's weights are symmetric: as the recipe asks, except static per-channel
-    QDQ, which ONNX Runtime always makes symmetric (its integer convolutions take one zero point)."""
-    return bool(deploy.get("symmetric", True)) or (deploy.get("mode") == "static" and deploy.get("per_channel", True))
+def deployed_symmetry(deploy: Mapping) -> bool:
+    """Whether the int8 ONNX model's weights are symmetric (Deploy.symmetric_weights) for deploy settings
+    given as a Deploy or as plain data."""
+    return (deploy if isinstance(deploy, Deploy) else Deploy(**deploy)).symmetric_weights
 
 
-def deploy_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, deploy: dict, calibration: np.ndarray,
+def deploy_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, deploy: Deploy, calibration: np.ndarray,
                 x: np.ndarray, y: np.ndarray) -> dict:
-    """ONNX Runtime int8 of the export as a recipe's `deploy` settings ask, and the RunResult's record of
-    it: bytes and accuracy of the int8 file, and how it was made."""
-    quantize_int8(fp32_path, out_path, mode=deploy["mode"], calibration=calibration,
-                  per_channel=deploy.get("per_channel", True), method=deploy.get("calibration", "minmax"),
-                  keep_float=set(deploy.get("keep_float", ())), symmetric=deploy.get("symmetric", True))
+    """ONNX Runtime int8 of the export as `deploy` says, and the RunResult's record of it: bytes and
+    accuracy of the int8 file, and how it was made."""
+    quantize_int8(fp32_path, out_path, mode=deploy.mode, calibration=calibration, per_channel=deploy.per_channel,
+                  method=deploy.calibration, keep_float=set(deploy.keep_float), symmetric=deploy.symmetric)
     return {"available": True, "bytes": Path(out_path).stat().st_size, "accuracy": onnx_accuracy(out_path, x, y),
-            "mode": deploy["mode"], "calibration": deploy.get("calibration"),
-            "fp32_layers": list(deploy.get("keep_float", ())), "symmetric_weights": deployed_symmetry(deploy),
-            "from_recipe": not deploy.get("default", False)}
+            "mode": deploy.mode, "calibration": deploy.calibration, "fp32_layers": list(deploy.keep_float),
+            "symmetric_weights": deploy.symmetric_weights, "from_recipe": deploy.from_recipe}
 
 
 def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 512, threads: int = 1) -> np.ndarray:
-    from explorer.measure.latency import ort_session
-
     sess = ort_session(str(path), threads)
     name = sess.get_inputs()[0].name
     dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32
@@ -165,8 +164,6 @@ def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 512, thread
 def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, with_predictions: bool = False) -> dict:
     """top-1/3/5 of an ONNX model on (x, y), computed like the PyTorch figures (explorer.core.train.scores);
     without `with_predictions` only the JSON-ready figures."""
-    from explorer.core.train import scores
-
     res = scores(torch.from_numpy(onnx_logits(path, x)), torch.from_numpy(y), with_predictions)
     res.pop("loss")
     return res

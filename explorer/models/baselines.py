@@ -21,11 +21,13 @@ from torch import nn
 
 import explorer
 from explorer.core.data import DataBundle, load_dataset
-from explorer.core.errors import first_line
+from explorer.core.errors import first_line, quiet_third_party
 from explorer.core.paths import MODELS_DIR, baseline_path  # noqa: F401  (re-exported: where baselines live)
 from explorer.core.train import Progress, TrainConfig, evaluate, fit, seed_everything
 from explorer.core.zoo import count_params, create_model
 from explorer.measure.compute import macs
+from explorer.measure.layers import layer_table
+from explorer.models.formats import PROGRAMS, detect_format, program_refusal
 
 
 def versions() -> dict[str, str]:
@@ -146,8 +148,6 @@ def load_state_dict_file(path: str | os.PathLike, *, trust_code: bool = False,
                          shown: str | None = None) -> dict[str, torch.Tensor]:
     """Tensors from a safetensors file or a PyTorch checkpoint read with weights_only (no code runs). The
     format comes from the bytes; `shown` is the file's name as the user knows it, for messages."""
-    from explorer.models.formats import PROGRAMS, detect_format, program_refusal
-
     path = Path(path)
     shown = shown or str(path)
     if not path.is_file():
@@ -176,8 +176,6 @@ def read_torch_checkpoint(path: Path, shown: str, trust_code: bool = False) -> o
     """torch.load with weights_only (tensors and plain containers only); a checkpoint that pickles other
     Python objects is refused, since unpickling them runs code, unless the user trusts it."""
     import pickle
-
-    from explorer.core.errors import quiet_third_party
 
     try:
         with quiet_third_party() if trust_code else contextlib.nullcontext():
@@ -236,8 +234,6 @@ def baseline_data(card: dict) -> DataBundle:
 
 def describe_baseline(weights: str | os.PathLike) -> dict:
     """Everything the first page shows: the card, a fresh measurement and the per-layer table."""
-    from explorer.measure.layers import layer_table
-
     model, card = load_baseline(weights)
     data = baseline_data(card)
     measured = {**evaluate(model, data.test), "file_bytes": Path(weights).stat().st_size,

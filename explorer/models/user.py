@@ -32,6 +32,7 @@ from explorer.core.data import DataBundle, load_dataset
 from explorer.core.errors import bad_value, first_line, quiet_third_party
 from explorer.core.train import evaluate
 from explorer.core.zoo import count_params, create_model, list_models
+from explorer.measure.onnx_export import ExportError, export_onnx, onnx_accuracy, onnx_logits
 from explorer.models import baselines, formats, safezip
 
 FOREIGN_REASON = ("pruning, clustering, k-bit quantisation, low-rank and distillation rewrite the model's PyTorch "
@@ -183,8 +184,6 @@ def _check_classes(model, data: DataBundle, shown: str) -> None:
 
 def _to_onnx(obj, shown: str, fmt: str, data: DataBundle, out: Path) -> None:
     """A trusted program (or pickled module) exported to ONNX, with torch's own logging silenced."""
-    from explorer.measure.onnx_export import ExportError, export_onnx
-
     is_program = isinstance(obj, torch.export.ExportedProgram)
     module = obj.module() if is_program else obj
     try:
@@ -240,8 +239,6 @@ def onnx_model_accuracy(path: Path, data: DataBundle, shown: str | None = None) 
     """top-1/3/5 with ONNX Runtime; a model that does not load, uses operators outside the standard
     domains, keeps external data, or does not fit the data is a ValueError."""
     import onnx
-
-    from explorer.measure.onnx_export import onnx_accuracy, onnx_logits
 
     shown = shown or path.name
     try:

@@ -29,13 +29,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-import explorer
+from explorer import SCHEMA_VERSION
+from explorer.core import settings
 from explorer.core.paths import cache_dir
+from explorer.run.result import FILES, RunResult, failed, to_json
 
 MANIFEST, RESULT, LAST_USED = "manifest.json", "result.json", "last_used"
-# runner.FILES kept; the checkpoint, gzip and zstd copies only give sizes
+# result.FILES kept; the checkpoint, gzip and zstd copies only give sizes
 ARTIFACT_KINDS = ("packed", "onnx", "onnx_int8", "predictions")
 STALE_S = 3600.0
+LEGACY_SENSITIVITY = ".sensitivity"
 SCRATCH = (".tmp-", ".work-", ".trash-")
 _verified: set[tuple] = set()  # (entry, stats of its files) whose checksums matched in this process
 _held = threading.local()  # locks this thread holds: commit/get inside get_or_run's lock must not deadlock
@@ -43,8 +46,6 @@ _held = threading.local()  # locks this thread holds: commit/get inside get_or_r
 
 def max_bytes(value: str | float | None = None) -> int:
     """The size cap in bytes: `value` megabytes, else EXPLORER_CACHE_MAX_MB, else 2048."""
-    from explorer.core import settings
-
     if value is None:
         return int(settings.get("EXPLORER_CACHE_MAX_MB") * 2**20)
     try:
@@ -207,6 +208,8 @@ class RunCache:
     def _clean_scratch(self, max_age_s: float = STALE_S) -> list[str]:
         """Remove a killed process's leftovers: scratch folders over an hour old whose key nobody holds."""
         removed = []
+        if (self.root / LEGACY_SENSITIVITY).is_dir():  # earlier versions kept sensitivity outside the entries
+            shutil.rmtree(self.root / LEGACY_SENSITIVITY, ignore_errors=True)
         with contextlib.suppress(OSError), os.scandir(self.root) as it:
             for e in it:
                 prefix = next((p for p in SCRATCH if e.name.startswith(p)), None)
@@ -224,7 +227,7 @@ class RunCache:
                     f.close()
         return removed
 
-    def get(self, key: str) -> dict | None:
+    def get(self, key: str) -> RunResult | None:
         """The stored RunResult if its entry is complete and intact; a bad entry is discarded."""
         if not (self.root / check_key(key)).is_dir():
             return None
@@ -239,21 +242,19 @@ class RunCache:
             (self.root / key / LAST_USED).touch()
         return result
 
-    def peek(self, key: str) -> dict | None:
+    def peek(self, key: str) -> RunResult | None:
         """The stored RunResult for listing (charts, tables): its bytes checked against the manifest, the
         other files by size only; nothing is discarded or marked used. `get` is the full check."""
         result, problem = self._check(key, deep=False)
         return result if problem is None else None
 
-    def commit(self, key: str, workdir: str | os.PathLike, result: dict) -> dict:
+    def commit(self, key: str, workdir: str | os.PathLike, result: RunResult) -> RunResult:
         """Store a successful run: its artifacts (moved out of `workdir`) and `result`; returns what is stored."""
-        from explorer.run.runner import FILES
-
         check_key(key)
         if result.get("status") != "ok" or result.get("key") != key:
             raise ValueError(f"only a successful run with key {key!r} can be stored, not status "
                              f"{result.get('status')!r} with key {result.get('key')!r}")
-        text = json.dumps({k: v for k, v in result.items() if k != "cache"})
+        text = to_json(result)
         entry = self.root / key
         with self.lock(key):
             tmp = self._scratch(".tmp-", key)
@@ -263,7 +264,7 @@ class RunCache:
                         shutil.move(Path(workdir) / FILES[kind], tmp / FILES[kind])
                 (tmp / RESULT).write_text(text)
                 files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
-                manifest = {"key": key, "schema": explorer.SCHEMA_VERSION, "files": files,
+                manifest = {"key": key, "schema": SCHEMA_VERSION, "files": files,
                             "created": datetime.now(UTC).isoformat(timespec="seconds")}
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
                 (tmp / LAST_USED).touch()
@@ -279,14 +280,14 @@ class RunCache:
             self.evict(keep=key)
         return json.loads(text)
 
-    def get_or_run(self, recipe, *, progress=None, compute=None, partial=None) -> dict:
+    def get_or_run(self, recipe, *, progress=None, compute=None, partial=None) -> RunResult:
         """The RunResult of `recipe`: from the cache, or computed once (also across sessions) and stored.
 
         Bad input raises ValueError; any other failure returns a failed RunResult, which is never stored.
         `compute(recipe, workdir, progress)` defaults to runner.run_recipe; `partial` receives the result as
         far as it goes while it is computed (runner.Partial); the stored entry is written once complete.
         """
-        from explorer.run import runner
+        from explorer.run import runner  # imported late: listing or clearing the cache needs no torch
 
         key = runner.run_key(recipe)
         hit = self.get(key)
@@ -309,18 +310,18 @@ class RunCache:
                 except ValueError:
                     raise
                 except Exception as e:
-                    return _tag(runner.failed_result(recipe, e), False, key, stored=False)
+                    return _tag(failed(recipe, e), False, key, stored=False)
                 if result.get("status") != "ok":
                     return _tag(result, False, key, stored=False)
                 if result.get("key") != key:
                     err = RuntimeError(f"the run has key {result.get('key')!r}, not {key!r}: the checkpoint "
                                        "changed while it ran")
-                    return _tag(runner.failed_result(recipe, err), False, key, stored=False)
+                    return _tag(failed(recipe, err), False, key, stored=False)
                 try:
                     return _tag(self.commit(key, work, result), False, key, stored=True)
                 except Exception as e:
                     err = RuntimeError(f"the run finished but could not be stored in {self.root}: {e}")
-                    return _tag(runner.failed_result(recipe, err), False, key, stored=False)
+                    return _tag(failed(recipe, err), False, key, stored=False)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
 
@@ -352,6 +353,26 @@ class RunCache:
         except OSError:
             data = None
         return data if self._served(key, name, data) else None
+
+    def attach(self, key: str, name: str, data: bytes) -> None:
+        """Add a file to a stored run, for figures computed later from its artifacts (per-layer sensitivity):
+        the manifest takes its size and checksum, so `artifact` checks it like every other file, and it goes
+        with its entry when the entry is evicted, cleared or found damaged."""
+        if "/" in name or name.startswith(".") or name in (MANIFEST, RESULT, LAST_USED) or not name:
+            raise ValueError(f"cannot attach {name!r}: a plain file name other than {MANIFEST}, {RESULT} and "
+                             f"{LAST_USED} is needed")
+        entry = self.root / check_key(key)
+        with self.lock(key):
+            if self._check(key)[1] is not None:
+                raise ValueError(f"run {key} is not stored intact in {self.root}; run it again")
+            manifest = json.loads((entry / MANIFEST).read_text())
+            tmp = entry / f".{name}.{os.getpid()}.tmp"
+            tmp.write_bytes(data)
+            os.replace(tmp, entry / name)
+            manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            tmp = entry / f".{MANIFEST}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(manifest, indent=1))
+            os.replace(tmp, entry / MANIFEST)  # readers see the old manifest or the new one, each complete
 
     def artifact_path(self, key: str, name: str) -> Path | None:
         """The path of a stored artifact whose bytes match the manifest now, for tools that need a file

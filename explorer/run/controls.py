@@ -11,6 +11,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from explorer.compress.bnadapt import BNAdaptConfig
+from explorer.compress.cluster import ClusterConfig
+from explorer.compress.distill import DistillConfig
+from explorer.compress.lowrank import LowRankConfig
+from explorer.compress.prune import PruneConfig
+from explorer.compress.quantize import QuantizeConfig
 from explorer.compress.recipe import Recipe
 from explorer.core.errors import bad_value
 
@@ -75,13 +81,6 @@ def build(c: dict[str, Any], card: dict, seed: int = 0) -> Recipe:
     cluster -> BatchNorm adaptation -> quantise. Invalid combinations raise ValueError from the technique
     configs, repeating the bad value. `card` is the baseline's card (architecture, dataset, name, path, and
     whether it has BatchNorm)."""
-    from explorer.compress.bnadapt import BNAdaptConfig
-    from explorer.compress.cluster import ClusterConfig
-    from explorer.compress.distill import DistillConfig
-    from explorer.compress.lowrank import LowRankConfig
-    from explorer.compress.prune import PruneConfig
-    from explorer.compress.quantize import QuantizeConfig
-
     if card.get("format") == "onnx":
         return _onnx_recipe(c, card)
     steps: list[Any] = []
@@ -121,8 +120,6 @@ def build(c: dict[str, Any], card: dict, seed: int = 0) -> Recipe:
 
 def _onnx_recipe(c: dict[str, Any], card: dict) -> Recipe:
     """An ONNX model takes only ONNX Runtime's int8 quantisation; any other control is refused with the reason."""
-    from explorer.compress.quantize import QuantizeConfig
-
     reason = card.get("unsupported_reason", "the model is ONNX")
     used = [name for name, on in (("pruning", c["sparsity"] > 0), ("clustering", c["clusters"] != "off"),
                                   ("distillation", c["distill"]), ("low-rank", c["lowrank"])) if on]

@@ -1,7 +1,7 @@
 """The landscape: a model's default grid measured in the background while pages look at it, so the curves and
 Pareto fronts fill in on their own.
 
-When a page opens a model, the model's landscape (the Sweep tab's default grid, explorer.run.sweep.Grid) is
+When a page opens a model, the model's landscape (the Sweep tab's default grid, explorer.run.grid.Grid) is
 measured through the run cache in a worker process (or as Ray tasks where RAY_ADDRESS is set), nearest the
 page's slider position first, and after a page's own run its neighbouring slider positions first of all.
 Every page looking at a model shares its one landscape; the cache's per-key locks keep a configuration
@@ -23,8 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from explorer.compress.recipe import Recipe
+from explorer.run import executor, runner
+from explorer.run.cache import RunCache
 from explorer.run.controls import BIT_OPTIONS, CLUSTER_OPTIONS, DEFAULTS, build
+from explorer.run.grid import Grid
 
 SPARSITY_STEP = 0.05  # one notch of the page's sparsity slider
 _BIT_RANK = {b: i for i, b in enumerate(BIT_OPTIONS)}
@@ -67,8 +72,6 @@ def neighbours(c: dict[str, Any]) -> list[dict[str, Any]]:
 
 def default_points(card: dict) -> list[dict[str, Any]]:
     """The Sweep tab's default grid as page controls (what the landscape measures)."""
-    from explorer.run.sweep import Grid
-
     g = Grid()
     names = {32: "fp32", 16: "fp16"}
     out = []
@@ -116,8 +119,6 @@ def _worker_main(jobs, results, busy, threads: int) -> None:
     _BUSY = busy
     with contextlib.suppress(OSError, AttributeError):
         os.nice(10)
-    import torch
-
     torch.set_num_threads(threads)
     while (recipe_json := jobs.get()) is not None:
         try:
@@ -135,8 +136,6 @@ def _wait_for_foreground(fraction: float, message: str) -> None:
 
 def _measure(recipe_json: str) -> dict:
     """One landscape point in the worker, through the cache like every run."""
-    from explorer.run.cache import RunCache
-
     recipe = Recipe.from_json(recipe_json)
     try:
         res = RunCache().get_or_run(recipe, progress=_wait_for_foreground)
@@ -210,8 +209,6 @@ class Landscapes:
 
     def _worker(self) -> _Worker:
         if self._pool is None or not self._pool.alive():
-            from explorer.run import runner
-
             self._pool = _Worker(runner.train_threads())
         return self._pool
 
@@ -264,22 +261,18 @@ class Landscapes:
 
 
 class _RayPoint:
-    """A landscape point as a Ray task: compressed on the cluster (sweep.prepare_portable), its latency timed
+    """A landscape point as a Ray task: compressed on the cluster (executor.prepare_portable), its latency timed
     here and stored here, one at a time, when no page's own run is going. Looks like a future."""
 
     def __init__(self, recipe: Recipe, cache_factory, busy):
-        from explorer.run import runner, sweep
-
         self._recipe, self._cache, self._busy = recipe, cache_factory, busy
         self._key = runner.run_key(recipe)
         self._outcome: dict | None = None
-        self._refs = list(sweep._parallel([(self._key, recipe.to_json(indent=None))], "ray", 1))
+        self._refs = list(executor.parallel([(self._key, recipe.to_json(indent=None))], "ray", 1))
 
     def done(self) -> bool:
         if self._outcome is None and not self._busy.is_set():
-            from explorer.run import sweep
-
-            res = sweep._finish(self._cache(), self._key, self._recipe, self._refs[0], latency=True)
+            res = executor.finish(self._cache(), self._key, self._recipe, self._refs[0], latency=True)
             self._outcome = {"status": res.get("status"), "key": self._key, "error": res.get("error")}
         return self._outcome is not None
 
@@ -292,13 +285,11 @@ class _Worker:
     flight. A worker that dies fails its point and is replaced on the next submit."""
 
     def __init__(self, threads: int):
-        from explorer.run.sweep import _bare_main
-
         ctx = multiprocessing.get_context("spawn")
         self._jobs, self._results, self._busy = ctx.Queue(), ctx.Queue(), ctx.Event()
         self._proc = ctx.Process(target=_worker_main, args=(self._jobs, self._results, self._busy, threads),
                                  name="explorer-landscape-worker", daemon=True)
-        with _bare_main():  # the spawned worker must not run the page's script again
+        with executor.bare_main():  # the spawned worker must not run the page's script again
             self._proc.start()
 
     def alive(self) -> bool:

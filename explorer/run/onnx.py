@@ -7,41 +7,40 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-import explorer
+from explorer.compress.base import Deploy
+from explorer.compress.quantize import QuantizeConfig
 from explorer.compress.recipe import Recipe
+from explorer.core.engines import BATCH_SIZES, ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CPU, batch_key
 from explorer.core.stats import ratio_of_medians
 from explorer.measure import size
 from explorer.measure.accuracy import save_predictions, uncertainty
 from explorer.measure.hardware import hardware
 from explorer.measure.latency import interleave, ort_timer, unavailable
+from explorer.measure.onnx_export import deploy_int8, onnx_accuracy
 from explorer.models.baselines import baseline_data, read_card, versions
+from explorer.run.result import SCHEMA_VERSION, Accuracy, Latency, Onnx, OnnxModel, RunResult, Speedups
 
 FILES = {"onnx": "model.onnx", "onnx_int8": "model.int8.onnx", "gzip": "model.onnx.gz", "zstd": "model.onnx.zst",
          "predictions": "predictions.npy"}
 
 
-def check_steps(recipe: Recipe, reason: str) -> dict | None:
+def check_steps(recipe: Recipe, reason: str) -> Deploy | None:
     """The one step an ONNX baseline takes: int8 static or dynamic quantisation with ONNX Runtime."""
-    from explorer.compress.base import step_type_of
-
     if len(recipe.steps) > 1:
         raise ValueError(f"an ONNX model takes one int8 quantisation step at most: {reason}")
     if not recipe.steps:
         return None
     step = recipe.steps[0]
-    kind = step_type_of(step).kind
-    if kind != "quantize" or step.mode not in ("static", "dynamic"):
-        label = kind if kind != "quantize" else f"quantize mode {step.mode!r}"
+    if not isinstance(step, QuantizeConfig) or step.mode not in ("static", "dynamic"):
+        label = f"quantize mode {step.mode!r}" if isinstance(step, QuantizeConfig) else step.kind
         raise ValueError(f"{label} is not available for an ONNX model: {reason}")
     if step.layers != "all":
         raise ValueError(f"quantize layers={step.layers!r} is not available for an ONNX model, whose layers the "
                          f"explorer cannot name; allowed: 'all'")
-    return {"mode": step.mode, "per_channel": step.per_channel, "calibration": step.calibration,
-            "calibration_samples": step.calibration_samples, "symmetric": step.symmetric}
+    return step.deploy()
 
 
 def _layers(path: Path) -> list[dict]:
@@ -61,9 +60,7 @@ def _layers(path: Path) -> list[dict]:
     return rows
 
 
-def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> dict[str, Any]:
-    from explorer.measure.onnx_export import deploy_int8, onnx_accuracy
-
+def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> RunResult:
     t0 = time.perf_counter()
     card = read_card(recipe.checkpoint_path)
     reason = card.get("unsupported_reason", "the model is ONNX")
@@ -73,11 +70,11 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> dict[str, Any]:
     x, y = data.test.x.numpy(), data.test.y.numpy()
     base = onnx_accuracy(workdir / FILES["onnx"], x, y, with_predictions=True)
     public = {k: v for k, v in base.items() if k != "pred"}
-    onnx = {"fp32": {"available": True, "bytes": (workdir / FILES["onnx"]).stat().st_size, "accuracy": public},
-            "int8": {"available": False, "reason": "no int8 step in the recipe"}}
+    onnx = Onnx(fp32=OnnxModel(available=True, bytes=(workdir / FILES["onnx"]).stat().st_size, accuracy=public),
+                int8=OnnxModel(available=False, reason="no int8 step in the recipe"))
     model_file, acc = FILES["onnx"], base
     if deploy:
-        calib = data.calibration(min(deploy["calibration_samples"], len(data.train)), seed=recipe.seed).numpy()
+        calib = data.calibration(min(deploy.calibration_samples, len(data.train)), seed=recipe.seed).numpy()
         onnx["int8"] = deploy_int8(workdir / FILES["onnx"], workdir / FILES["onnx_int8"], deploy, calib, x, y)
         acc = onnx_accuracy(workdir / FILES["onnx_int8"], x, y, with_predictions=True)
         model_file = FILES["onnx_int8"]
@@ -92,54 +89,51 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> dict[str, Any]:
     layers = _layers(workdir / model_file)
     params = sum(r["params"] for r in layers)
     nonzero = sum(r["nonzero"] for r in layers)
-    return {
-        "schema": explorer.SCHEMA_VERSION, "status": "ok", "key": key, "recipe": recipe.to_dict(),
-        "label": recipe.label(), "model": recipe.model, "dataset": recipe.dataset, "test_samples": len(data.test),
-        "format": "onnx", "unsupported_reason": reason,
-        "accuracy": {**{k: acc[k] for k in ("top1", "top3", "top5")}, "loss": None},
-        "accuracy_source": f"ONNX Runtime on {model_file}",
-        "baseline_accuracy": {**{k: base[k] for k in ("top1", "top3", "top5")}, "loss": None},
-        "accuracy_delta": acc["top1"] - base["top1"], **uncertainty(acc, base, data.test.y), "onnx": onnx,
-        "sparsity": 1 - nonzero / max(params, 1), "params": card.get("params", params),
-        "baseline_params": card.get("params", params), "nonzero_params": nonzero, "macs": None,
-        "macs_nonzero_theoretical": None, "size": sizes, "baseline_size": base_sizes,
-        "size_check": None,
-        "reduction_factor": size.reduction_factors({k: v for k, v in sizes.items() if isinstance(v, int)
-                                                    and k != "state_dict_bytes"}, base_file, base_sizes),
-        "theoretical": None, "layers": layers, "histograms": {}, "compression": {}, "notes": [reason],
-        "memory": {}, "timings": {"total_prepare": round(time.perf_counter() - t0, 3), "steps": []},
-        "versions": versions(), "input_shape": list(data.input_shape),
-    }
+    return RunResult(
+        schema=SCHEMA_VERSION, status="ok", key=key, recipe=recipe.to_dict(), label=recipe.label(),
+        model=recipe.model, dataset=recipe.dataset, test_samples=len(data.test), format="onnx",
+        unsupported_reason=reason, accuracy=Accuracy(top1=acc["top1"], top3=acc["top3"], top5=acc["top5"], loss=None),
+        accuracy_source=f"ONNX Runtime on {model_file}",
+        baseline_accuracy=Accuracy(top1=base["top1"], top3=base["top3"], top5=base["top5"], loss=None),
+        accuracy_delta=acc["top1"] - base["top1"], **uncertainty(acc, base, data.test.y), onnx=onnx,
+        sparsity=1 - nonzero / max(params, 1), params=card.get("params", params),
+        baseline_params=card.get("params", params), nonzero_params=nonzero, macs=None,
+        macs_nonzero_theoretical=None, size=sizes, baseline_size=base_sizes, size_check=None,
+        reduction_factor=size.reduction_factors({k: v for k, v in sizes.items() if isinstance(v, int)
+                                                 and k != "state_dict_bytes"}, base_file, base_sizes),
+        theoretical=None, layers=layers, histograms={}, compression={}, notes=[reason], memory={},
+        timings={"total_prepare": round(time.perf_counter() - t0, 3), "steps": []}, versions=versions(),
+        input_shape=list(data.input_shape))
 
 
 REFERENCE = "baseline, ONNX Runtime fp32 (an ONNX model has no PyTorch form)"
 
 
-def time_onnx(result: dict, workdir: Path, threads: int, budget_s: float) -> dict:
+def time_onnx(result: RunResult, workdir: Path, threads: int, budget_s: float) -> RunResult:
     """ONNX Runtime latency of the run's files, timed in interleaved rounds with the baseline ONNX file."""
     t = time.perf_counter()
     shape = tuple(result["input_shape"])
-    engines: dict[str, dict] = {}
-    speedup: dict[str, dict] = {}
+    engines: Latency = {}
+    speedup: Speedups = {}
     reason = result.get("unsupported_reason", "ONNX model")
     baseline = Recipe.from_dict(result["recipe"]).checkpoint_path
     int8 = workdir / FILES["onnx_int8"]
-    for b in (1, 256):
+    for b in BATCH_SIZES:
         x = np.random.default_rng(0).standard_normal((b, *shape)).astype(np.float32)
-        k = f"b{b}"
-        engines.setdefault("torch_cpu_fp32", {})[k] = unavailable(f"no PyTorch model: {reason}")
-        timers = {"onnxruntime_cpu_fp32": ort_timer(str(workdir / FILES["onnx"]), x, threads),
-                  "onnxruntime_cpu_int8": ort_timer(str(int8) if int8.is_file() else None, x, threads,
+        k = batch_key(b)
+        engines.setdefault(TORCH_CPU, {})[k] = unavailable(f"no PyTorch model: {reason}")
+        timers = {ORT_CPU_FP32: ort_timer(str(workdir / FILES["onnx"]), x, threads),
+                  ORT_CPU_INT8: ort_timer(str(int8) if int8.is_file() else None, x, threads,
                                                     reason="no int8 step in the recipe"),
                   "reference": ort_timer(str(baseline), x, threads)}
         timed = {**{n: r for n, r in timers.items() if isinstance(r, dict)},
                  **interleave({n: r for n, r in timers.items() if not isinstance(r, dict)}, budget_s=budget_s)}
-        for engine in ("onnxruntime_cpu_fp32", "onnxruntime_cpu_int8"):
+        for engine in (ORT_CPU_FP32, ORT_CPU_INT8):
             engines.setdefault(engine, {})[k] = timed[engine]
             if timed[engine].get("available") and timed["reference"].get("available"):
                 speedup.setdefault(engine, {})[k] = ratio_of_medians(timed["reference"]["round_ms"],
                                                                      timed[engine]["round_ms"])
-    out = dict(result)
+    out = RunResult(**result)
     out.update(latency=engines, speedup=speedup, speedup_reference=REFERENCE, latency_threads=threads,
                hardware=hardware(threads))
     out["timings"] = {**out["timings"], "latency": round(time.perf_counter() - t, 3)}

@@ -14,7 +14,6 @@ import functools
 import hashlib
 import os
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-import explorer
 from explorer.artifact import pack as packing
 from explorer.compress import compress
+from explorer.compress.base import Deploy
 from explorer.compress.recipe import Recipe
 from explorer.core import scratch, settings
 from explorer.core.errors import first_line
@@ -36,10 +35,8 @@ from explorer.measure.latency import measure_latency
 from explorer.measure.layers import layer_table
 from explorer.measure.onnx_export import ExportError, deploy_int8, export_onnx, onnx_accuracy
 from explorer.models.baselines import baseline_data, load_baseline, read_card, sha256_file, versions
-
-FILES = {"packed": "model.xpk", "checkpoint": "model.safetensors", "gzip": "model.safetensors.gz",
-         "zstd": "model.safetensors.zst", "onnx": "model.onnx", "onnx_int8": "model.int8.onnx",
-         "predictions": "predictions.npy"}
+from explorer.run.onnx import prepare_onnx, time_onnx
+from explorer.run.result import FILES, SCHEMA_VERSION, Accuracy, Onnx, OnnxModel, RunResult
 
 
 def threads() -> int:
@@ -68,7 +65,7 @@ def run_key(recipe: Recipe) -> str:
     h = hashlib.sha256()
     h.update(_sha(str(path), path.stat().st_mtime_ns).encode())
     h.update(recipe.canonical_json().encode())
-    h.update(f"schema={explorer.SCHEMA_VERSION};train_threads={train_threads()}".encode())
+    h.update(f"schema={SCHEMA_VERSION};train_threads={train_threads()}".encode())
     if recipe.finetune_samples is None and (n := finetune_samples(recipe)) is not None:
         h.update(f";finetune_samples={n}".encode())  # the card's recommendation decides what the run computes
     return h.hexdigest()[:20]
@@ -163,35 +160,34 @@ def _layers(model, state, report: list[dict], macs: dict) -> list[dict]:
     return rows
 
 
-def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> dict:
+def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> Onnx:
     """fp32 export and the int8 model: the recipe's own int8 settings where it has an int8 step, else
     ONNX Runtime's default static per-channel int8 (what deploying this variant in int8 would give)."""
-    out: dict[str, Any] = {}
+    out: dict[str, OnnxModel] = {}
     x, y = data.test.x.numpy(), data.test.y.numpy()
     try:
         export_onnx(model, data.input_shape, work / FILES["onnx"])
     except ExportError as e:
         why = f"ONNX export failed: {e}"
-        return {"fp32": {"available": False, "reason": why}, "int8": {"available": False, "reason": why}}
-    out["fp32"] = {"available": True, "bytes": (work / FILES["onnx"]).stat().st_size,
-                   "accuracy": onnx_accuracy(work / FILES["onnx"], x, y)}
-    deploy = state.deploy or {"mode": "static", "per_channel": True, "calibration": "minmax",
-                              "calibration_samples": 256, "default": True}
-    calib = data.calibration(min(int(deploy.get("calibration_samples", 256)), len(data.train)), seed=recipe.seed)
+        return Onnx(fp32=OnnxModel(available=False, reason=why), int8=OnnxModel(available=False, reason=why))
+    out["fp32"] = OnnxModel(available=True, bytes=(work / FILES["onnx"]).stat().st_size,
+                            accuracy=onnx_accuracy(work / FILES["onnx"], x, y))
+    deploy = state.deploy or Deploy.default()
+    calib = data.calibration(min(deploy.calibration_samples, len(data.train)), seed=recipe.seed)
     try:
         out["int8"] = deploy_int8(work / FILES["onnx"], work / FILES["onnx_int8"], deploy, calib.numpy(), x, y)
     except Exception as e:
-        out["int8"] = {"available": False, "reason": f"ONNX Runtime quantisation failed: {first_line(e)}"}
-    return out
+        out["int8"] = OnnxModel(available=False, reason=f"ONNX Runtime quantisation failed: {first_line(e)}")
+    return Onnx(fp32=out["fp32"], int8=out["int8"])
 
 
 # receives a RunResult as far as it goes (status "partial", `pending` naming what is still being measured), so
 # a page can show accuracy and size while ONNX export and latency timing go on
-Partial = Callable[[dict], None]
+Partial = Callable[[RunResult], None]
 
 
 def prepare(recipe: Recipe, workdir: str | os.PathLike, *, progress: Progress | None = None,
-            partial: Partial | None = None) -> dict[str, Any]:
+            partial: Partial | None = None) -> RunResult:
     """Everything but latency: compress, pack, unpack, accuracy of the unpacked model, files and sizes."""
     timings: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -204,8 +200,6 @@ def prepare(recipe: Recipe, workdir: str | os.PathLike, *, progress: Progress | 
             raise ValueError(f"checkpoint {str(recipe.checkpoint_path)!r} is a {card[field]!r} {field}, not the "
                              f"recipe's {want!r}")
     if recipe.checkpoint_path.suffix == ".onnx":
-        from explorer.run.onnx import prepare_onnx
-
         return prepare_onnx(recipe, work, key)
     # set, not set-and-restore: sessions of the page compute in threads of one process, and a restore by
     # one run that ends would change the count under another that is still going
@@ -214,7 +208,7 @@ def prepare(recipe: Recipe, workdir: str | os.PathLike, *, progress: Progress | 
 
 
 def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dict[str, Any],
-                   progress: Progress | None, partial: Partial | None = None) -> dict[str, Any]:
+                   progress: Progress | None, partial: Partial | None = None) -> RunResult:
     baseline, card = load_baseline(recipe.checkpoint_path)
     data = baseline_data(card)
     base_acc = _baseline_scores(str(recipe.checkpoint_path), recipe.checkpoint_path.stat().st_mtime_ns,
@@ -251,19 +245,17 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
     save_predictions(work / FILES["predictions"], acc["pred"])
     if partial is not None:  # accuracy and the packed size exist: show them while the rest is measured
         total, zeros = weight_sparsity(unpacked)
-        partial({"schema": explorer.SCHEMA_VERSION, "status": "partial", "pending": ["sizes", "onnx", "latency"],
-                 "key": key, "recipe": recipe.to_dict(), "label": recipe.label(), "model": recipe.model,
-                 "dataset": recipe.dataset, "test_samples": acc["n"],
-                 "accuracy": {k: acc[k] for k in ("top1", "top3", "top5", "loss")},
-                 "baseline_accuracy": {k: base_acc[k] for k in ("top1", "top3", "top5", "loss")},
-                 "accuracy_delta": acc["top1"] - base_acc["top1"], **uncertainty(acc, base_acc, data.test.y),
-                 "size": {"packed_bytes": len(blob)},
-                 "baseline_size": {"file_bytes": recipe.checkpoint_path.stat().st_size},
-                 "reduction_factor": {"vs_fp32_file": {
-                     "packed_bytes": recipe.checkpoint_path.stat().st_size / max(len(blob), 1)}},
-                 "params": sum(p.numel() for p in unpacked.parameters()),
-                 "baseline_params": card["params"], "finetune_samples": len(tune.train),
-                 "sparsity": zeros / total if total else 0.0, "notes": list(dict.fromkeys(res.state.notes))})
+        partial(RunResult(
+            schema=SCHEMA_VERSION, status="partial", pending=["sizes", "onnx", "latency"], key=key,
+            recipe=recipe.to_dict(), label=recipe.label(), model=recipe.model, dataset=recipe.dataset,
+            test_samples=acc["n"], accuracy=_accuracy(acc), baseline_accuracy=_accuracy(base_acc),
+            accuracy_delta=acc["top1"] - base_acc["top1"], **uncertainty(acc, base_acc, data.test.y),
+            size={"packed_bytes": len(blob)}, baseline_size={"file_bytes": recipe.checkpoint_path.stat().st_size},
+            reduction_factor={"vs_fp32_file": {
+                "packed_bytes": recipe.checkpoint_path.stat().st_size / max(len(blob), 1)}},
+            params=sum(p.numel() for p in unpacked.parameters()), baseline_params=card["params"],
+            finetune_samples=len(tune.train), sparsity=zeros / total if total else 0.0,
+            notes=list(dict.fromkeys(res.state.notes))))
     timings["evaluate"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
@@ -284,32 +276,28 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
     layers = _layers(unpacked, res.state, packing.tensor_report(blob), mac)
     density_macs = sum(r["macs"] * (1 - r["sparsity"]) for r in layers)
     timings["total_prepare"] = round(time.perf_counter() - t0, 3)
-    return {
-        "schema": explorer.SCHEMA_VERSION, "status": "ok", "key": key, "recipe": recipe.to_dict(),
-        "label": recipe.label(), "model": recipe.model, "dataset": recipe.dataset, "test_samples": acc["n"],
-        "accuracy": {k: acc[k] for k in ("top1", "top3", "top5", "loss")},
-        "accuracy_source": "PyTorch model rebuilt from the packed file",
-        "baseline_accuracy": {k: base_acc[k] for k in ("top1", "top3", "top5", "loss")},
-        "accuracy_delta": acc["top1"] - base_acc["top1"],
-        **uncertainty(acc, base_acc, data.test.y),
-        "onnx": onnx,
-        "sparsity": zeros / total if total else 0.0,
-        "params": sum(p.numel() for p in unpacked.parameters()), "baseline_params": card["params"],
-        "nonzero_params": sum(int(torch.count_nonzero(p)) for p in unpacked.parameters()),
-        "macs": mac["total"], "macs_nonzero_theoretical": int(density_macs),
-        "size": sizes, "baseline_size": base_sizes,
-        "size_check": size.check_file_against_tensors(sizes["file_bytes"], sizes["state_dict_bytes"],
-                                                      len(unpacked.state_dict())),
-        "reduction_factor": size.reduction_factors(
+    return RunResult(
+        schema=SCHEMA_VERSION, status="ok", key=key, recipe=recipe.to_dict(), label=recipe.label(),
+        model=recipe.model, dataset=recipe.dataset, test_samples=acc["n"], accuracy=_accuracy(acc),
+        accuracy_source="PyTorch model rebuilt from the packed file", baseline_accuracy=_accuracy(base_acc),
+        accuracy_delta=acc["top1"] - base_acc["top1"], **uncertainty(acc, base_acc, data.test.y), onnx=onnx,
+        sparsity=zeros / total if total else 0.0, params=sum(p.numel() for p in unpacked.parameters()),
+        baseline_params=card["params"], nonzero_params=sum(int(torch.count_nonzero(p)) for p in unpacked.parameters()),
+        macs=mac["total"], macs_nonzero_theoretical=int(density_macs), size=sizes, baseline_size=base_sizes,
+        size_check=size.check_file_against_tensors(sizes["file_bytes"], sizes["state_dict_bytes"],
+                                                   len(unpacked.state_dict())),
+        reduction_factor=size.reduction_factors(
             {k: v for k, v in sizes.items() if k != "state_dict_bytes"}, base_sizes["file_bytes"], base_sizes),
-        "theoretical": packing.theoretical_bits(res.model, res.state),
-        "layers": layers, "histograms": _histograms(baseline, unpacked),
-        "compression": _jsonable(res.state.info), "notes": list(dict.fromkeys(res.state.notes)),
-        "memory": {"finetune_cpu_rss_growth_bytes": train_rss},
-        "timings": timings, "versions": versions(), "input_shape": list(data.input_shape),
-        "threads": {"compress_and_evaluate": train_threads()},
-        "train_samples": len(data.train), "finetune_samples": len(tune.train),
-    }
+        theoretical=packing.theoretical_bits(res.model, res.state), layers=layers,
+        histograms=_histograms(baseline, unpacked), compression=_jsonable(res.state.info),
+        notes=list(dict.fromkeys(res.state.notes)), memory={"finetune_cpu_rss_growth_bytes": train_rss},
+        timings=timings, versions=versions(), input_shape=list(data.input_shape),
+        threads={"compress_and_evaluate": train_threads()}, train_samples=len(data.train),
+        finetune_samples=len(tune.train))
+
+
+def _accuracy(acc: dict) -> Accuracy:
+    return Accuracy(top1=acc["top1"], top3=acc["top3"], top5=acc["top5"], loss=acc["loss"])
 
 
 STAGES = {"compress": (0.0, 0.6), "pack": (0.6, 0.65), "evaluate": (0.65, 0.7), "export": (0.7, 0.85),
@@ -328,14 +316,12 @@ def _stages(progress: Progress | None):
     return stage
 
 
-def time_run(result: dict[str, Any], workdir: str | os.PathLike, *, gpu: bool = True,
-             progress: Progress | None = None) -> dict[str, Any]:
+def time_run(result: RunResult, workdir: str | os.PathLike, *, gpu: bool = True,
+             progress: Progress | None = None) -> RunResult:
     """Latency and inference memory of the artifacts in `workdir` (one run at a time: never in parallel)."""
     work = Path(workdir)
     _stages(progress)("latency")(0.0, "timing latency, the baseline in the same rounds")
     if result.get("format") == "onnx":
-        from explorer.run.onnx import time_onnx
-
         return time_onnx(result, work, threads(), latency_budget_s())
     t = time.perf_counter()
     model = packing.unpack((work / FILES["packed"]).read_bytes()).model
@@ -348,7 +334,7 @@ def time_run(result: dict[str, Any], workdir: str | os.PathLike, *, gpu: bool = 
         onnx_int8=str(work / FILES["onnx_int8"]) if onnx["int8"].get("available") else None,
         onnx_reason=None if onnx["fp32"].get("available") else onnx["fp32"]["reason"],
         threads=threads(), budget_s=latency_budget_s(), gpu=gpu, reference=reference)
-    result = dict(result)
+    result = RunResult(**result)
     result["latency"] = lat["engines"]
     result["speedup"] = lat["speedup"]
     result["speedup_reference"] = lat["reference"]
@@ -360,7 +346,7 @@ def time_run(result: dict[str, Any], workdir: str | os.PathLike, *, gpu: bool = 
 
 
 def run_recipe(recipe: Recipe, *, workdir: str | os.PathLike | None = None, progress: Progress | None = None,
-               latency: bool = True, partial: Partial | None = None) -> dict[str, Any]:
+               latency: bool = True, partial: Partial | None = None) -> RunResult:
     """Run `recipe` and return its RunResult. Files go to `workdir` (kept) or a scratch folder (removed)."""
     with contextlib.ExitStack() as stack:
         if workdir is None:
@@ -373,14 +359,6 @@ def run_recipe(recipe: Recipe, *, workdir: str | os.PathLike | None = None, prog
         else:
             result["hardware"] = hardware(threads())
         return result
-
-
-def failed_result(recipe: Recipe, error: BaseException) -> dict[str, Any]:
-    """A run that failed: recorded with its error, never mistaken for a result."""
-    msg = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
-    return {"schema": explorer.SCHEMA_VERSION, "status": "failed", "recipe": recipe.to_dict(), "label": recipe.label(),
-            "model": recipe.model, "dataset": recipe.dataset, "error": msg,
-            "traceback": "".join(traceback.format_exception(error))[-4000:]}
 
 
 def _jsonable(obj: Any) -> Any:

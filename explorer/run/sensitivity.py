@@ -1,13 +1,11 @@
 """Per-layer sensitivity of a run: the top-1 drop when only that layer is compressed at the run's
-setting (its weights from the packed file, every other layer the baseline's). Computed on request and
-kept beside the cache, since it costs one evaluation per layer."""
+setting (its weights from the packed file, every other layer the baseline's). Computed on request, since
+it costs one evaluation per layer, and stored with the run in the cache (RunCache.attach, as FILE)."""
 
 from __future__ import annotations
 
 import copy
 import json
-import os
-from pathlib import Path
 
 import torch
 
@@ -15,6 +13,8 @@ from explorer.artifact import pack
 from explorer.compress.recipe import Recipe
 from explorer.core.train import evaluate
 from explorer.models.baselines import baseline_data, load_baseline
+
+FILE = "sensitivity.json"
 
 
 def layer_sensitivity(recipe: Recipe, packed: bytes) -> dict[str, float | None]:
@@ -43,20 +43,9 @@ def layer_sensitivity(recipe: Recipe, packed: bytes) -> dict[str, float | None]:
     return out
 
 
-def _path(cache_root: Path, key: str) -> Path:
-    return cache_root / ".sensitivity" / f"{key}.json"
+def to_bytes(values: dict[str, float | None]) -> bytes:
+    return json.dumps(values).encode()
 
 
-def stored(cache_root: Path, key: str) -> dict | None:
-    try:
-        return json.loads(_path(cache_root, key).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def store(cache_root: Path, key: str, values: dict) -> None:
-    p = _path(cache_root, key)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(values))
-    os.replace(tmp, p)  # atomic: a reader sees the old file or the whole new one
+def from_bytes(data: bytes) -> dict[str, float | None]:
+    return json.loads(data)

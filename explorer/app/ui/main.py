@@ -16,6 +16,7 @@ from explorer.app import service
 from explorer.app.ui import controls as ui_controls
 from explorer.app.ui import panels, state, views
 from explorer.core import words
+from explorer.run.jobs import COMPARISON
 
 TABS = ["Overview", "Curves and Pareto", "Size and latency", "Layers", "What it forgets", "Sweep", "Sweet spot",
         "Baseline", "Your model"]
@@ -149,8 +150,6 @@ def main() -> None:
 def _submit(recipe):
     """Queue this configuration and its baseline (the comparison) on the run board, and say that this page
     watches these two now (a run it left, and no other page watches, is cancelled)."""
-    from explorer.run.jobs import COMPARISON
-
     board, sid = service.board(), _session()
     job = board.submit(recipe, sid)
     base_job = job if not recipe.steps else board.submit(service.baseline_recipe(recipe), sid, COMPARISON)

@@ -11,14 +11,15 @@ import streamlit as st
 from explorer.app import plots
 from explorer.app.metrics import across_seeds, sweet_spot
 from explorer.app.ui.views import downloads, fmt_bytes
-from explorer.run.sweep import Grid
+from explorer.core.engines import B1, B256, ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CPU, lat_col, speedup_col
+from explorer.run.grid import Grid
 
 SIZE_COLS = {"packed .xpk": "packed_bytes", "gzip of checkpoint": "gzip_bytes", "ONNX int8": "onnx_int8_bytes",
              "checkpoint file": "file_bytes"}
-LATENCY_COLS = {"ONNX Runtime int8, batch 256": "lat_onnxruntime_cpu_int8_b256_ms",
-                "ONNX Runtime fp32, batch 256": "lat_onnxruntime_cpu_fp32_b256_ms",
-                "PyTorch CPU, batch 256": "lat_torch_cpu_fp32_b256_ms",
-                "PyTorch CPU, batch 1": "lat_torch_cpu_fp32_b1_ms"}
+LATENCY_COLS = {"ONNX Runtime int8, batch 256": lat_col(ORT_CPU_INT8, B256),
+                "ONNX Runtime fp32, batch 256": lat_col(ORT_CPU_FP32, B256),
+                "PyTorch CPU, batch 256": lat_col(TORCH_CPU, B256),
+                "PyTorch CPU, batch 1": lat_col(TORCH_CPU, B1)}
 
 
 def sweep_panel(card: dict, backend) -> None:
@@ -77,8 +78,8 @@ READABLE = {"words": "configuration", "status": "status", "seeds": "seeds", "top
             "accuracy_delta": "change (points)", "delta_lo": "change, 95% low", "delta_hi": "change, 95% high",
             "significant": "a real change", "sparsity": "weight sparsity (%)", "packed_bytes": "packed file (KiB)",
             "gzip_bytes": "gzip of checkpoint (KiB)", "onnx_int8_bytes": "ONNX int8 file (KiB)",
-            "rf_packed": "times smaller (packed)", "lat_onnxruntime_cpu_int8_b256_ms":
-            "ONNX Runtime int8, batch of 256 (ms)", "speedup_onnxruntime_cpu_int8_b256": "speed-up, int8 (x)",
+            "rf_packed": "times smaller (packed)", lat_col(ORT_CPU_INT8, B256):
+            "ONNX Runtime int8, batch of 256 (ms)", speedup_col(ORT_CPU_INT8, B256): "speed-up, int8 (x)",
             "error": "error"}
 
 

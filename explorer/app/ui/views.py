@@ -10,10 +10,20 @@ import streamlit as st
 from explorer.app import plots
 from explorer.app.metrics import across_seeds
 from explorer.core import words
+from explorer.core.engines import (
+    B1,
+    B256,
+    ORT_CPU_FP32,
+    ORT_CPU_INT8,
+    TORCH_CPU,
+    TORCH_CUDA_FP16,
+    TORCH_CUDA_FP32,
+    lat_col,
+)
 from explorer.measure.hardware import describe
 
-ENGINES_SHOWN = ("torch_cpu_fp32", "onnxruntime_cpu_fp32", "onnxruntime_cpu_int8", "torch_cuda_fp32",
-                 "torch_cuda_fp16")
+ENGINES_SHOWN = (TORCH_CPU, ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CUDA_FP32,
+                 TORCH_CUDA_FP16)
 
 
 def fmt_bytes(n) -> str:
@@ -81,10 +91,10 @@ def headline(result: dict) -> None:
     else:
         c[2].metric("Weight sparsity", f"{result['sparsity']:.1%}", help="The share of weights that are zero.")
     pending = result.get("status") == "partial"
-    for col, engine in ((c[3], "torch_cpu_fp32"), (c[4], "onnxruntime_cpu_int8")):
-        ms = _lat(result, engine, "b256")
-        text, color = _speedup(result, engine, "b256")
-        col.metric(words.engine(engine, "b256"), f"{ms:.2f} ms" if ms else "measuring..." if pending else "n/a",
+    for col, engine in ((c[3], TORCH_CPU), (c[4], ORT_CPU_INT8)):
+        ms = _lat(result, engine, B256)
+        text, color = _speedup(result, engine, B256)
+        col.metric(words.engine(engine, B256), f"{ms:.2f} ms" if ms else "measuring..." if pending else "n/a",
                    text, delta_color=color,
                    help="Median of interleaved timing rounds on the CPU, batch of 256 images. The arrow is the "
                         "speed-up over the baseline in PyTorch fp32, timed in the same rounds; 'no measurable "
@@ -108,8 +118,8 @@ def surprises(result: dict, notes: list[str] = ()) -> list[str]:
     if result["sparsity"] > 0.3 and sz["file_bytes"] >= 0.95 * base["file_bytes"]:
         out.append(f"The checkpoint file is no smaller than the dense one ({fmt_bytes(sz['file_bytes'])}): the "
                    f"zeros are stored. The packed file, which skips them, is {fmt_bytes(sz['packed_bytes'])}.")
-    fp32 = _lat(result, "onnxruntime_cpu_fp32", "b256")
-    int8 = _lat(result, "onnxruntime_cpu_int8", "b256")
+    fp32 = _lat(result, ORT_CPU_FP32, B256)
+    int8 = _lat(result, ORT_CPU_INT8, B256)
     if fp32 and int8 and int8 > fp32:
         isa = result.get("hardware", {}).get("isa", [])
         why = ("this CPU has no VNNI int8 dot-product instructions" if "avx512_vnni" not in isa and
@@ -150,7 +160,7 @@ def comparison_table(result: dict, base: dict | None = None) -> pd.DataFrame:
                        ("ONNX int8 (bytes)", "onnx_int8_bytes")):
         rows.append((label, bsz.get(key), sz.get(key)))
     for engine in ENGINES_SHOWN[:3]:
-        for batch in ("b1", "b256"):
+        for batch in (B1, B256):
             rows.append((f"latency, {words.engine(engine, batch)} (median ms)",
                          _lat(base, engine, batch) if base else None, _lat(result, engine, batch)))
     df = pd.DataFrame(rows, columns=["figure", "baseline", "this run"])
@@ -186,7 +196,7 @@ def curves(frame: pd.DataFrame, key: str | None) -> None:
         st.plotly_chart(plots.pareto(frame, "packed_bytes", "size of the packed file (bytes)", key),
                         key="chart_pareto_size")
     with right:
-        st.plotly_chart(plots.pareto(frame, "lat_onnxruntime_cpu_int8_b256_ms",
+        st.plotly_chart(plots.pareto(frame, lat_col(ORT_CPU_INT8, B256),
                                      "latency, ONNX Runtime int8, batch of 256 (ms)", key), key="chart_pareto_latency")
     kind = st.radio("Size measure for the accuracy delta x reduction factor score", ["gzip_bytes", "packed_bytes"],
                     horizontal=True, key="adrf_kind", format_func=lambda k: plots.SIZE_LABELS[k])
@@ -211,8 +221,8 @@ def size_and_latency(result: dict) -> None:
                f"{result.get('latency_threads', '?')} thread(s); whiskers show p90. Compression, fine-tuning and "
                f"accuracy: {(result.get('threads') or {}).get('compress_and_evaluate', '?')} torch thread(s) "
                "(EXPLORER_TRAIN_THREADS), the same in the page, the CLI and sweeps.")
-    missing = [(e, v["b1"]["reason"]) for e, v in (result.get("latency") or {}).items()
-               if not v.get("b1", {}).get("available")]
+    missing = [(e, v[B1]["reason"]) for e, v in (result.get("latency") or {}).items()
+               if not v.get(B1, {}).get("available")]
     if not hw.get("gpu"):
         st.markdown("**GPU: not available on this machine.**")
     for engine, reason in missing:

@@ -1,0 +1,37 @@
+"""The names latency figures are stored under: the engines a model is timed on, the batch sizes, and the
+table columns built from them. Defined here once; everything that writes or reads a RunResult's latency
+and speed-ups uses these names."""
+
+from __future__ import annotations
+
+TORCH_CPU = "torch_cpu_fp32"  # PyTorch eager on the CPU, fp32: the baseline's own runtime
+ORT_CPU_FP32 = "onnxruntime_cpu_fp32"
+ORT_CPU_INT8 = "onnxruntime_cpu_int8"
+TORCH_CUDA_FP32 = "torch_cuda_fp32"
+TORCH_CUDA_FP16 = "torch_cuda_fp16"
+TORCH_CUDA_BF16 = "torch_cuda_bf16"
+ORT_CUDA_FP32 = "onnxruntime_cuda_fp32"
+CPU_ENGINES = (TORCH_CPU, ORT_CPU_FP32, ORT_CPU_INT8)
+GPU_ENGINES = (TORCH_CUDA_FP32, TORCH_CUDA_FP16, TORCH_CUDA_BF16, ORT_CUDA_FP32)
+ENGINES = CPU_ENGINES + GPU_ENGINES
+
+BATCH_SIZES = (1, 256)
+
+
+def batch_key(n: int) -> str:
+    """How a batch size is named in a RunResult's latency: 256 -> "b256"."""
+    return f"b{n}"
+
+
+B1, B256 = batch_key(1), batch_key(256)
+
+
+def lat_col(engine: str, batch: str, stat: str | None = None) -> str:
+    """The table column of a latency figure: lat_<engine>_<batch>_ms (the median), or _p90_ms, _lo_ms,
+    _hi_ms (the median's interval)."""
+    return f"lat_{engine}_{batch}_{stat}_ms" if stat else f"lat_{engine}_{batch}_ms"
+
+
+def speedup_col(engine: str, batch: str, bound: str | None = None) -> str:
+    """The table column of a speed-up over the baseline: speedup_<engine>_<batch>, or _lo, _hi (its interval)."""
+    return f"speedup_{engine}_{batch}_{bound}" if bound else f"speedup_{engine}_{batch}"

@@ -1,0 +1,236 @@
+"""The RunResult: what one configuration measured, as plain JSON data with its types written down here.
+
+The JSON contract (docs/ARCHITECTURE.md, and `schema`, explorer.SCHEMA_VERSION) is what the cache stores,
+`run --json` prints and every chart reads. The types below say which keys each part has; a RunResult is
+built only in `explorer.run.runner` (PyTorch baselines) and `explorer.run.onnx` (ONNX baselines).
+`flatten` turns one into a table row and `results_frame` many into a DataFrame; the latency columns are
+named by `explorer.core.engines`.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Sequence
+from typing import Any, Literal, Required, TypedDict
+
+import pandas as pd
+
+from explorer import SCHEMA_VERSION
+from explorer.core.engines import B1, TORCH_CPU, lat_col, speedup_col
+from explorer.core.words import recipe_words, scheme_of
+
+# the files a run writes into its folder; the cache keeps the artifacts (packed, ONNX, predictions)
+FILES = {"packed": "model.xpk", "checkpoint": "model.safetensors", "gzip": "model.safetensors.gz",
+         "zstd": "model.safetensors.zst", "onnx": "model.onnx", "onnx_int8": "model.int8.onnx",
+         "predictions": "predictions.npy"}
+SIZE_KINDS = ("file_bytes", "gzip_bytes", "zstd_bytes", "packed_bytes", "onnx_bytes", "onnx_int8_bytes")
+
+
+class Accuracy(TypedDict):
+    top1: float  # percent of the test images
+    top3: float
+    top5: float
+    loss: float | None  # None where ONNX Runtime computed the figures
+
+
+class PairedComparison(TypedDict, total=False):
+    """The run against its baseline on the same test images (explorer.core.stats.vs_baseline)."""
+
+    both_right: int
+    baseline_only: int  # the baseline right, the run wrong
+    run_only: int
+    both_wrong: int
+    n: int
+    delta_ci: list[float]  # of the top-1 change, in points
+    p_value: float  # exact McNemar
+    significant: bool
+    confidence: float
+    method: str
+
+
+class OnnxModel(TypedDict, total=False):
+    """The fp32 export or the int8 model of a run; `reason` instead of the figures where it is unavailable."""
+
+    available: Required[bool]
+    reason: str
+    bytes: int
+    accuracy: dict[str, float]
+    # int8 only: how it was made (explorer.compress.base.Deploy)
+    mode: str
+    calibration: str
+    fp32_layers: list[str]
+    symmetric_weights: bool
+    from_recipe: bool
+
+
+class Onnx(TypedDict):
+    fp32: OnnxModel
+    int8: OnnxModel
+
+
+class LatencyFigure(TypedDict, total=False):
+    """One engine at one batch size (explorer.measure.latency): milliseconds per batch."""
+
+    available: Required[bool]
+    reason: str
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    mean_ms: float
+    ci_ms: list[float]  # of the median
+    spread_pct: float | None
+    runs: int
+    round_ms: list[float]  # per-round medians, paired with the baseline's for the speed-up
+
+
+class Speedup(TypedDict):
+    ratio: float  # baseline time / run time, the median over interleaved rounds; above 1 the run is faster
+    ci: list[float]
+    rounds: int
+
+
+Latency = dict[str, dict[str, LatencyFigure]]  # engine -> batch key ("b1", "b256") -> figure
+Speedups = dict[str, dict[str, Speedup]]
+
+
+class RunResult(TypedDict, total=False):
+    """One configuration, measured. A failed run has `error` (and `traceback`) and no figures; a partial one
+    (status "partial", streamed while the run goes on) names what is `pending`."""
+
+    schema: Required[int]
+    status: Required[Literal["ok", "failed", "partial"]]
+    recipe: Required[dict[str, Any]]  # the Recipe's JSON
+    label: Required[str]
+    model: Required[str]
+    dataset: Required[str]
+    key: str  # explorer.run.runner.run_key
+    error: str
+    traceback: str
+    pending: list[str]
+    format: Literal["onnx"]  # an ONNX baseline: only the figures that apply without PyTorch layers
+    unsupported_reason: str
+    # accuracy, measured on the model rebuilt from the packed file
+    test_samples: int
+    accuracy: Accuracy
+    accuracy_source: str
+    baseline_accuracy: Accuracy
+    accuracy_delta: float  # points of top-1, negative = worse
+    accuracy_ci: dict[str, list[float]]  # Wilson intervals of top1 and top5
+    vs_baseline: PairedComparison
+    onnx: Onnx
+    # the model
+    sparsity: float
+    params: int
+    baseline_params: int
+    nonzero_params: int
+    macs: int | None
+    macs_nonzero_theoretical: int | None
+    layers: list[dict[str, Any]]
+    histograms: dict[str, dict[str, Any]]
+    compression: dict[str, Any]  # each step's report, by kind
+    notes: list[str]
+    # sizes of real files, in bytes, and the reduction factors against the fp32 baseline's
+    size: dict[str, int | None]
+    baseline_size: dict[str, int]
+    size_check: dict[str, Any] | None
+    reduction_factor: dict[str, dict[str, float]]  # vs_fp32_file and same_kind, per size kind
+    theoretical: dict[str, Any] | None
+    # speed, timed in interleaved rounds with the baseline
+    latency: Latency
+    speedup: Speedups
+    speedup_reference: str
+    latency_threads: int
+    hardware: dict[str, Any]
+    memory: dict[str, Any]
+    # how it was computed
+    timings: dict[str, Any]  # seconds per stage
+    versions: dict[str, Any]
+    input_shape: list[int]
+    threads: dict[str, int]
+    train_samples: int
+    finetune_samples: int
+    cache: dict[str, Any]  # added when served: {"hit", "key", ...}; never stored
+
+
+def failed(recipe, error: BaseException) -> RunResult:
+    """A run that failed: recorded with its error, never mistaken for a result."""
+    msg = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+    return RunResult(schema=SCHEMA_VERSION, status="failed", recipe=recipe.to_dict(), label=recipe.label(),
+                     model=recipe.model, dataset=recipe.dataset, error=msg,
+                     traceback="".join(traceback.format_exception(error))[-4000:])
+
+
+def to_json(result: RunResult, indent: int | None = None) -> str:
+    """The JSON that is stored and printed: the result without the cache's serving tag."""
+    return json.dumps({k: v for k, v in result.items() if k != "cache"}, indent=indent)
+
+
+# ---------------------------------------------------------------- one table row per result
+
+
+def _recipe_params(recipe: dict) -> dict:
+    p = {"sparsity_requested": 0.0, "bits": 32, "clusters": 0, "granularity": None, "technique": "baseline"}
+    kinds = []
+    for s in recipe.get("steps", []):
+        kinds.append(s["kind"])
+        if s["kind"] == "prune":
+            p["sparsity_requested"] = 1 - s["n"] / s["m"] if s["granularity"] == "nm" else s["sparsity"]
+            p["granularity"] = s["granularity"]
+        elif s["kind"] == "cluster":
+            p["clusters"] = s["clusters"]
+        elif s["kind"] == "quantize":
+            p["bits"] = s["bits"]
+    p["technique"] = "+".join(kinds) or "baseline"
+    return p
+
+
+def flatten(result: RunResult) -> dict[str, Any]:
+    """One table row from a RunResult: accuracy, sizes, factors, latency medians, the grid point."""
+    recipe = result.get("recipe", {})
+    row: dict[str, Any] = {"key": result.get("key"), "label": result.get("label"), "status": result.get("status"),
+                           "error": result.get("error"), "model": result.get("model"), "dataset": result.get("dataset"),
+                           **_recipe_params(recipe), "scheme": scheme_of(recipe.get("steps", [])),
+                           "words": recipe_words(recipe), "seed": recipe.get("seed", 0),
+                           "steps": len(recipe.get("steps", [])),
+                           "config": json.dumps({k: v for k, v in recipe.items() if k not in ("seed", "name")},
+                                                sort_keys=True),
+                           "recipe_json": json.dumps(recipe, sort_keys=True),
+                           "cache_hit": (result.get("cache") or {}).get("hit")}
+    if result.get("status") != "ok":
+        return row
+    acc = result["accuracy"]
+    row.update(top1=acc["top1"], top3=acc["top3"], top5=acc["top5"], baseline_top1=result["baseline_accuracy"]["top1"],
+               accuracy_delta=result["accuracy_delta"], sparsity=result["sparsity"], params=result["params"],
+               nonzero_params=result["nonzero_params"], macs=result["macs"], test_samples=result.get("test_samples"))
+    for k, (lo, hi) in (result.get("accuracy_ci") or {}).items():
+        row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
+    vs = result.get("vs_baseline") or {}
+    if vs:
+        row.update({c: vs[c] for c in ("both_right", "baseline_only", "run_only", "both_wrong")},
+                   delta_lo=vs["delta_ci"][0], delta_hi=vs["delta_ci"][1], p_value=vs["p_value"],
+                   significant=vs["significant"])
+    for k in SIZE_KINDS:
+        row[k] = result["size"].get(k)
+        row[f"rf_{k.replace('_bytes', '')}"] = result["reduction_factor"]["vs_fp32_file"].get(k)
+        row[f"rf_same_{k.replace('_bytes', '')}"] = result["reduction_factor"]["same_kind"].get(k)
+    for engine, per_batch in (result.get("latency") or {}).items():
+        for b, v in per_batch.items():
+            ok = v.get("available")
+            row[lat_col(engine, b)] = v.get("median_ms") if ok else None
+            row[lat_col(engine, b, "p90")] = v.get("p90_ms") if ok else None
+            lo, hi = (v.get("ci_ms") or (None, None)) if ok else (None, None)
+            row[lat_col(engine, b, "lo")], row[lat_col(engine, b, "hi")] = lo, hi
+    for engine, per_batch in (result.get("speedup") or {}).items():
+        for b, s in per_batch.items():
+            row[speedup_col(engine, b)] = s["ratio"]
+            row[speedup_col(engine, b, "lo")], row[speedup_col(engine, b, "hi")] = s["ci"]
+    onnx = result.get("onnx", {})
+    row["onnx_int8_top1"] = (onnx.get("int8", {}).get("accuracy") or {}).get("top1")
+    row["onnx_fp32_top1"] = (onnx.get("fp32", {}).get("accuracy") or {}).get("top1")
+    row["latency_ms"] = row.get(lat_col(TORCH_CPU, B1))
+    return row
+
+
+def results_frame(results: Sequence[RunResult]) -> pd.DataFrame:
+    return pd.DataFrame([flatten(r) for r in results])

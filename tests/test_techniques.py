@@ -1,0 +1,86 @@
+"""The contract every registered technique keeps (timm-style: parametrised over the registry, so a new
+technique is held to it the day it is registered): its input model is untouched, an invalid config raises
+a ValueError that repeats the bad value, its config round-trips through JSON, and its report lands in the
+state under its kind."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from explorer.compress.base import Context, StepConfig, config_from_dict, config_to_dict, step_type_of, step_types
+from explorer.compress.bnadapt import BNAdaptConfig
+from explorer.compress.cluster import ClusterConfig
+from explorer.compress.distill import DistillConfig
+from explorer.compress.lowrank import LowRankConfig
+from explorer.compress.prune import PruneConfig
+from explorer.compress.quantize import MODES, QuantizeConfig
+from explorer.core.data import load_dataset
+from explorer.core.zoo import create_model
+
+# valid configs, small enough to apply in a second each on the digits CNN; every quantisation mode has its
+# own handler, so each is here
+EXAMPLES = [
+    PruneConfig(sparsity=0.5), PruneConfig(sparsity=0.25, granularity="channel"),
+    QuantizeConfig(bits=16, mode="fp16"), QuantizeConfig(bits=16, mode="bf16"), QuantizeConfig(bits=4),
+    QuantizeConfig(bits=8, mode="static", calibration_samples=64), QuantizeConfig(bits=8, mode="dynamic"),
+    QuantizeConfig(bits=4, mode="qat", activation_bits=8, finetune_epochs=1, calibration_samples=64),
+    QuantizeConfig(bits=6, mode="mixed", budget_bits=4.0),
+    ClusterConfig(clusters=4), LowRankConfig(rank_ratio=0.5), DistillConfig(epochs=1), BNAdaptConfig(samples=64),
+]
+# one invalid setting per kind: (field, value)
+INVALID = {"prune": ("sparsity", 1.5), "quantize": ("bits", 99), "cluster": ("clusters", 1),
+           "lowrank": ("rank_ratio", 2.5), "distill": ("temperature", 0.25), "bn_adapt": ("samples", 3)}
+
+
+def _id(cfg: StepConfig) -> str:
+    return cfg.label().replace(" ", "-")
+
+
+def test_every_registered_technique_is_covered_here():
+    kinds = set(step_types())
+    assert kinds == {c.kind for c in EXAMPLES} == set(INVALID), "add the new technique to EXAMPLES and INVALID"
+    assert {c.mode for c in EXAMPLES if isinstance(c, QuantizeConfig)} == set(MODES)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("digits")
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("digits_cnn", num_classes=10, in_channels=1, image_size=8)
+
+
+@pytest.mark.parametrize("cfg", EXAMPLES, ids=_id)
+def test_the_input_model_is_untouched_and_the_report_is_under_the_kind(cfg, data):
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shape = repr(model)
+    out = step_type_of(cfg).apply(model, cfg, Context(data=data, seed=0, baseline=model))
+    assert repr(model) == shape and model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert out.model is not model
+    report = out.state.info[cfg.kind]
+    assert isinstance(report, dict if cfg.one_record else list)
+
+
+@pytest.mark.parametrize("kind", sorted(INVALID))
+def test_an_invalid_config_names_the_value(kind):
+    name, value = INVALID[kind]
+    with pytest.raises(ValueError) as e:
+        step_types()[kind].config(**{name: value})
+    assert name in str(e.value) and str(value) in str(e.value)
+    with pytest.raises(ValueError) as e:  # the same through the recipe's JSON form
+        config_from_dict({"kind": kind, name: value})
+    assert str(value) in str(e.value)
+
+
+@pytest.mark.parametrize("cfg", EXAMPLES, ids=_id)
+def test_the_config_round_trips_through_json(cfg):
+    text = json.dumps(config_to_dict(cfg))
+    again = config_from_dict(json.loads(text))
+    assert again == cfg and type(again) is type(cfg)
+    assert json.loads(text)["kind"] == cfg.kind == step_type_of(cfg).kind
