@@ -50,14 +50,17 @@ data:
 		else echo "note: installing dataset-fashion-mnist failed (see $(APT_DATA_LOG)); the page opens on digits"; fi; \
 	fi
 
-test: $(STAMP) browser data
+test: $(STAMP) browser data lint
 	$(PY) -m pytest -m "not slow" -q
 
-test-all: $(STAMP) browser data
+test-all: $(STAMP) browser data lint
 	$(PY) -m pytest -q
 
+# style (ruff) and the layer contracts (import-linter, configured in pyproject.toml): a layer imports only the
+# layers below it, no module cycles within a layer, and the page's modules never import torch themselves
 lint: $(STAMP)
 	$(PY) -m ruff check explorer tests bench app.py
+	$(VENV)/bin/lint-imports --no-cache
 
 clean-venv:
 	rm -rf $(VENV)
