@@ -78,15 +78,18 @@ def headline() -> list[str]:
                          f"than the fp32 checkpoint ({size['delta']:+.2f} points, paired 95% interval "
                          f"{size['delta_ci'][0]:+.2f} to {size['delta_ci'][1]:+.2f})")
         if lat:
-            parts.append(f"the fastest such recipe runs {lat['speedup']:.1f}x (95% interval {lat['speedup_ci'][0]:.1f}-"
-                         f"{lat['speedup_ci'][1]:.1f}) faster than the baseline's own ONNX Runtime fp32 model")
+            sp = {"ratio": lat["speedup"], "ci": lat["speedup_ci"]}
+            verdict = ("faster" if lat["speedup_ci"][0] > 1 else "within noise" if lat["speedup_ci"][1] >= 1
+                       else "slower")
+            parts.append(f"the fastest such recipe ({lat['recipe']}) runs at {C.speedup_text(sp)} the speed of the "
+                         f"baseline's own ONNX Runtime fp32 model ({verdict}, 95% interval)")
         if cold:
             parts.append("a cold slider move takes " + " and ".join(f"{v:.0f} s on {m}" for m, v in cold.items()))
         out.append(f"Measured on the Fashion-MNIST LeNet-5 (top-1 {f.get('baseline_top1')}% on 10,000 test images, "
                    f"one CPU thread, batch 256): " + "; ".join(parts) + ".")
-    lat = [f"{v['speedup']}x on {m} ({v['engine']}, {v['delta']:+.2f} points)" for m in C.MODELS
+    lat = [f"{v['speedup']:.1f}x on {m} ({v['engine']}, {v['delta']:+.2f} points)" for m in C.MODELS
            if (v := t.get(f"{m}_latency"))]
-    size = [f"{v['rf']}x on {m}" for m in C.MODELS if (v := t.get(f"{m}_size"))]
+    size = [f"{v['rf']:.1f}x on {m}" for m in C.MODELS if (v := t.get(f"{m}_size"))]
     out.append(f"On the digits baselines (359 test images), 95% sure within one point of top-1: the fastest recipe "
                f"beats fp32 PyTorch eager by {' and '.join(lat) or 'no recipe the test set can vouch for'}; the "
                f"smallest packed file beats the fp32 checkpoint by {' and '.join(size) or 'n/a'}.")

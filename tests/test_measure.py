@@ -218,15 +218,24 @@ def test_a_model_timed_against_itself_shows_no_measurable_speedup(baseline, hog)
     import sys
 
     model, data = baseline
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)] \
-        if hog else []
-    try:
-        lat = measure_latency(model, data.input_shape, batches=(1, 64), budget_s=0.3, gpu=False, reference=model)
-    finally:
-        for p in hogs:
-            p.kill()
-            p.wait()
+
+    def measure() -> dict:
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)] \
+            if hog else []
+        try:
+            return measure_latency(model, data.input_shape, batches=(1, 64), budget_s=0.3, gpu=False,
+                                   reference=model)
+        finally:
+            for p in hogs:
+                p.kill()
+                p.wait()
+
+    # a 95% interval misses the truth one time in twenty by construction: a miss is measured once more, and
+    # only a second miss in a row (one time in 400 by chance) counts as a bias between baseline and run
+    lat = measure()
     for b in ("b1", "b64"):
         s = lat["speedup"]["torch_cpu_fp32"][b]
+        if not s["ci"][0] <= 1.0 <= s["ci"][1]:
+            s = measure()["speedup"]["torch_cpu_fp32"][b]
         assert s["ci"][0] <= 1.0 <= s["ci"][1], (b, s)
         assert lat["engines"]["torch_cpu_fp32"][b]["ci_ms"][0] <= lat["engines"]["torch_cpu_fp32"][b]["median_ms"]

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import re
+import sys
+import warnings
 from collections.abc import Iterable, Iterator
 
 
@@ -51,11 +55,6 @@ def quiet_third_party() -> Iterator[None]:
     fail noisily runs (torch's exporters log whole tracebacks and graphs), so the user sees the explorer's
     one line instead. Only for the command line's trusted-program paths: it swaps the process's own
     output streams, which a server's other threads share."""
-    import logging
-    import os
-    import sys
-    import warnings
-
     previous = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
     for stream in (sys.stdout, sys.stderr):

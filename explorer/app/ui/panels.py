@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -16,10 +17,9 @@ from explorer.run.grid import Grid
 
 SIZE_COLS = {"packed .xpk": "packed_bytes", "gzip of checkpoint": "gzip_bytes", "ONNX int8": "onnx_int8_bytes",
              "checkpoint file": "file_bytes"}
-LATENCY_COLS = {"ONNX Runtime int8, batch 256": lat_col(ORT_CPU_INT8, B256),
-                "ONNX Runtime fp32, batch 256": lat_col(ORT_CPU_FP32, B256),
-                "PyTorch CPU, batch 256": lat_col(TORCH_CPU, B256),
-                "PyTorch CPU, batch 1": lat_col(TORCH_CPU, B1)}
+LATENCIES = {"ONNX Runtime int8, batch 256": (ORT_CPU_INT8, B256), "ONNX Runtime fp32, batch 256": (ORT_CPU_FP32, B256),
+             "PyTorch CPU, batch 256": (TORCH_CPU, B256), "PyTorch CPU, batch 1": (TORCH_CPU, B1)}
+LATENCY_COLS = {label: lat_col(*figure) for label, figure in LATENCIES.items()}
 
 
 def sweep_panel(card: dict, backend) -> None:
@@ -133,9 +133,9 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: di
                                      "count as ties, broken by the other objective, then by the simpler recipe.")
     size_label = st.radio("Size measured as", list(SIZE_COLS), horizontal=True, key="ss_size_kind")
     lat_label = st.radio("Latency measured as", list(LATENCY_COLS), horizontal=True, key="ss_lat_kind")
-    size_col, lat_col = SIZE_COLS[size_label], LATENCY_COLS[lat_label]
+    size_col, latency_col = SIZE_COLS[size_label], LATENCY_COLS[lat_label]
     pick = sweet_spot(frame, max_drop=max_drop, size_budget=size_kb * 1024 or None, latency_budget=lat_ms or None,
-                      objective=objective, size_col=size_col, latency_col=lat_col,
+                      objective=objective, size_col=size_col, latency_col=latency_col,
                       confidence=CONFIDENCES[conf_label])
     if pick.row is None:  # an answer, not a fault: say which constraint no run meets
         st.warning(pick.reason[0].upper() + pick.reason[1:])
@@ -148,16 +148,16 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: di
     pct = lambda v: f"{v:.2f}%"  # noqa: E731
     pts = lambda v: f"{v:+.2f}"  # noqa: E731
     ms = lambda v: f"{v:.3g} ms"  # noqa: E731
-    lat_lo, lat_hi = f"{lat_col[:-3]}_lo_ms", f"{lat_col[:-3]}_hi_ms"
+    lat_lo, lat_hi = (lat_col(*LATENCIES[lat_label], bound) for bound in ("lo", "hi"))
     table = pd.DataFrame({
         "figure": ["top-1 (95% interval)", "change vs the baseline, points (paired 95% interval)",
                    f"size: {size_label}", f"latency: {lat_label} (95% interval of the median)"],
         "baseline": [_with_interval(base, "top1", "top1_lo", "top1_hi", pct), "0",
                      fmt_bytes(base.get(size_col)) if base is not None else "",
-                     _with_interval(base, lat_col, lat_lo, lat_hi, ms)],
+                     _with_interval(base, latency_col, lat_lo, lat_hi, ms)],
         "recommended": [_with_interval(row, "top1", "top1_lo", "top1_hi", pct),
                         _with_interval(row, "accuracy_delta", "delta_lo", "delta_hi", pts),
-                        fmt_bytes(row.get(size_col)), _with_interval(row, lat_col, lat_lo, lat_hi, ms)]})
+                        fmt_bytes(row.get(size_col)), _with_interval(row, latency_col, lat_lo, lat_hi, ms)]})
     st.dataframe(table, hide_index=True, key="ss_table", height=35 * (len(table) + 1) + 3)
     if base is None:
         st.caption("The baseline's own run is not in this table yet; open the baseline (sparsity 0, 32 bits) once "
@@ -197,8 +197,6 @@ def baseline_panel(info: dict) -> None:
 
 def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
     """Bring your own model (and data): the model gets the same views as a baseline once added."""
-    from pathlib import Path
-
     st.markdown("Add a **state_dict** for a zoo architecture (`.safetensors`, or a PyTorch `.pt`/`.pth` "
                 "checkpoint read with `weights_only`: pickled code is refused) or an **ONNX** model (standard "
                 "operators, weights in the file): size, latency and ONNX Runtime int8 apply to ONNX models; the "
