@@ -33,19 +33,24 @@ SIZE_RF, SPEEDUP, MAX_LOSS = 40.0, 5.0, 1.0
 COLD_S = {"lenet5": 60.0, "resnet8": 120.0}
 
 
-def recipe(model: str, *steps) -> Recipe:
-    return Recipe(model=model, dataset=DATASET, steps=tuple(steps))
+ALL_IMAGES = 60_000  # the target searches fine-tune on the whole training split, not the page's subset
+
+
+def recipe(model: str, *steps, finetune_samples: int | None = None) -> Recipe:
+    return Recipe(model=model, dataset=DATASET, steps=tuple(steps), finetune_samples=finetune_samples)
 
 
 def gradual(s: float, epochs: int, lr: float = 1e-3) -> PruneConfig:
     return PruneConfig(sparsity=s, schedule="gradual", finetune_epochs=epochs, lr=lr)
 
 
+# Deep Compression's order: prune gradually with fine-tuning, then share weights (centroids fine-tuned) or
+# quantise; the packed file needs about 94% sparsity at 4 bits to be 40x smaller than LeNet-5's fp32 file
 SIZE_CANDIDATES = [
-    (gradual(0.9, 10), ClusterConfig(clusters=16)),
-    (gradual(0.9, 10), QuantizeConfig(bits=4)),
-    (gradual(0.93, 15), ClusterConfig(clusters=16)),
-    (gradual(0.95, 20), ClusterConfig(clusters=16)),
+    (gradual(0.9, 15), ClusterConfig(clusters=16, finetune_epochs=2)),
+    (gradual(0.9, 15), QuantizeConfig(bits=4)),
+    (gradual(0.93, 20), ClusterConfig(clusters=16, finetune_epochs=2)),
+    (gradual(0.95, 25), ClusterConfig(clusters=16, finetune_epochs=2)),
 ]
 
 
@@ -60,7 +65,7 @@ def size_section(base: dict) -> tuple[str, C.Check, dict]:
     file_b = base["baseline_size"]["file_bytes"]
     rows, best = [], None
     for steps in SIZE_CANDIDATES:
-        res = C.run(recipe("lenet5", *steps))
+        res = C.run(recipe("lenet5", *steps, finetune_samples=ALL_IMAGES))
         rf = file_b / res["size"]["packed_bytes"]
         sure = C.loses_at_most(res, MAX_LOSS)
         ok = rf >= SIZE_RF and sure == "PASS"
@@ -72,6 +77,11 @@ def size_section(base: dict) -> tuple[str, C.Check, dict]:
             break
     tab = C.table(["recipe", "top-1 (95% CI)", "change, points (paired 95% CI)", "within 1 point",
                    "weight sparsity", "packed B", "RF vs fp32 file", "meets"], rows, "lrrlrrrl")
+    if not (best and best[1] >= SIZE_RF):
+        tab += ("\n\nWhy it falls short: on Fashion-MNIST, LeNet-5's 61,706 weights have little slack. Past about "
+                "90% sparsity each further step costs points that fine-tuning does not win back, and the packed "
+                f"file must stay under {file_b / SIZE_RF:,.0f} B for {SIZE_RF:g}x. Deep Compression's 39x was on "
+                "MNIST, where LeNet-5 sits near 99% and loses little when pruned hard.")
     check = C.Check(f"lenet5 (Fashion-MNIST): packed >= {SIZE_RF:g}x smaller than the fp32 file, 95% sure of <= "
                     f"{MAX_LOSS:g} point lost", bool(best and best[1] >= SIZE_RF),
                     f"{best[1]:.1f}x ({best[0]}), {C.delta(best[2])}" if best else
@@ -88,7 +98,7 @@ def latency_section(base: dict) -> tuple[str, C.Check, dict]:
     for ratio, epochs in LATENCY_CANDIDATES:
         for int8 in (False, True):
             steps = [channel(ratio, epochs)] + ([QuantizeConfig(mode="static", bits=8)] if int8 else [])
-            res = C.run(recipe("lenet5", *steps))
+            res = C.run(recipe("lenet5", *steps, finetune_samples=ALL_IMAGES))
             kind = "int8" if int8 else "fp32"
             key = f"{res['label']} ORT {kind}"
             entries[key] = ("ort", C.artifact(res, f"model{'.int8' if int8 else ''}.onnx"))
@@ -111,6 +121,18 @@ def latency_section(base: dict) -> tuple[str, C.Check, dict]:
     tab = C.table(["recipe", "engine", "top-1 of the engine (change of the model rebuilt from the packed file, "
                    "paired 95% CI)", "", "MACs/image", "batch 256 ms",
                    "speed-up over the baseline's ORT fp32 (95% CI)", "meets"], rows, "llrrrrrl")
+    int8 = C.speedup(h, ref, "baseline ORT int8")
+    if int8["ci"][1] < 1:
+        ops = {}
+        for node in C.ort_profile(entries["baseline ORT int8"][1], C.batch_input("lenet5"), runs=5):
+            ops[node["op"]] = ops.get(node["op"], 0.0) + node["ms"]
+        total = sum(ops.values()) or 1.0
+        top = ", ".join(f"{op} {ms / total:.0%}" for op, ms in sorted(ops.items(), key=lambda kv: -kv[1])[:4])
+        tab += (f"\n\nWhy int8 does not help here: ONNX Runtime's int8 model of the baseline runs at "
+                f"{C.speedup_text(int8)} the speed of its fp32 model on this CPU. Its own profiler splits the int8 "
+                f"model's time as {top}: LeNet-5's layers are small (6 and 16 channels), so the work around the "
+                "integer arithmetic is not paid back. The speed must come from removing MACs, and LeNet-5 has few "
+                "to remove before its accuracy goes.")
     met = bool(best and best[1]["ci"][0] >= SPEEDUP)
     check = C.Check(f"lenet5 (Fashion-MNIST): >= {SPEEDUP:g}x lower latency than its own ONNX Runtime fp32 at batch "
                     f"256, 95% sure, and 95% sure of <= {MAX_LOSS:g} point lost", met,
@@ -202,11 +224,13 @@ def main() -> None:
              "does. Speed-ups are the median of per-round ratios from ten interleaved rounds, with their 95% "
              "interval."]
     tab, size_check, size_facts = size_section(base)
-    parts += ["### Size: LeNet-5, packed file against the fp32 checkpoint", tab]
+    parts += ["### Size: LeNet-5, packed file against the fp32 checkpoint",
+              "Fine-tuned on all 60,000 training images (the page uses the card's stratified subset to answer a "
+              "slider move in time); the search stops at the first recipe that meets the target.", tab]
     tab, lat_check, lat_facts = latency_section(base)
     parts += ["### Latency: LeNet-5 against its own ONNX Runtime fp32 model, batch 256, one thread",
-              "Channel pruning (whole filters, through Torch-Pruning's dependency graph) with fine-tuning, then "
-              "optionally static int8 in ONNX Runtime.", tab]
+              "Channel pruning (whole filters, through Torch-Pruning's dependency graph) with fine-tuning on all "
+              "60,000 training images, then optionally static int8 in ONNX Runtime.", tab]
     tab, res_checks = resnet_section()
     parts += ["### ResNet-8: channel pruning at 25, 50 and 75%",
               "ResNet-8 fine-tunes on a stratified subset of the training split (its card's recommendation, "
