@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 import torch.nn.utils.prune as tprune
@@ -168,6 +170,31 @@ def test_channel_pruning_per_layer_ratio_within_one_channel(digits, criterion):
     for name, ch in r.state.info["prune"][-1]["channels"].items():
         assert abs((ch["before"] - ch["after"]) - 0.5 * ch["before"]) <= 1, name
     assert r.model(digits.test.x[:4]).shape == (4, 10)
+
+
+def test_global_channel_pruning_prunes_more_as_the_ratio_grows(tmp_path):
+    """Global scope ranks channels across layers; a higher ratio never keeps more channels in any layer, and
+    never leaves a layer whole that a lower ratio pruned. Torch-Pruning's own global mode skipped a layer whose
+    every channel fell under the threshold: on the trained LeNet-5, 60% kept both convolutions whole and
+    removed fewer MACs than 50%."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import make_mnist
+
+    data = load_dataset("fashion-mnist", make_mnist(tmp_path / "f", "FashionMNIST", n_train=40, n_test=20))
+    m = create_model("lenet5", image_size=28)
+    m.load_state_dict(load_file("models/lenet5-fashion-mnist.safetensors"))
+    kept, macs = [], []
+    for ratio in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+        info = apply(m, PruneConfig(granularity="channel", sparsity=ratio), Context(data=data)).state.info["prune"][-1]
+        kept.append({n: c["after"] for n, c in info["channels"].items()})
+        macs.append(info["macs_after"])
+        assert all(c["after"] >= 1 for c in info["channels"].values()), (ratio, info["channels"])
+        total = sum(c["before"] for c in info["channels"].values())
+        assert abs(total - sum(kept[-1].values()) - ratio * total) <= len(kept[-1]), (ratio, kept[-1])
+    for lower, higher in itertools.pairwise(kept):
+        assert all(higher[n] <= lower[n] for n in lower), (lower, higher)
+    assert macs == sorted(macs, reverse=True), macs
 
 
 def test_apply_never_changes_its_input(digits):

@@ -264,6 +264,11 @@ class StepConfig:
         """A short human label for tables and legends, e.g. 'prune 90% unstructured' or 'W8A8 static'."""
         return self.kind
 
+    def revision(self) -> int:
+        """Raised when a fix changes what this configuration computes, so cached runs made before the fix are
+        recomputed (explorer.run.runner.run_key); 1 adds nothing to the key."""
+        return 1
+
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"kind": self.kind}
         for f in dataclasses.fields(self):

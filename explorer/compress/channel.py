@@ -53,6 +53,35 @@ def check_feasible(model: nn.Module, cfg: PruneConfig) -> None:
                              f"the most it can take is {(ch - 1) / ch:.3f}")
 
 
+def _global_ratios(model: nn.Module, example: torch.Tensor, cfg: PruneConfig,
+                   ignored: list[nn.Module]) -> dict[nn.Module, float]:
+    """Each layer's ratio from one ranking across layers: the `sparsity` share of all prunable channels with the
+    lowest group importance (Torch-Pruning's, normalised within each group as its global mode does), and never a
+    layer's last channel. Torch-Pruning's own global mode skips a layer whose every channel falls under the
+    threshold, so a higher ratio could prune less (LeNet-5: 60% kept both convolutions whole, 50% did not).
+    The shares are fixed on the model before pruning; an iterative schedule then reaches them round by round."""
+    importance = _importance(cfg.criterion)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    scored = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
+        imp = importance(group)
+        if imp is not None and len(imp) > 1:
+            scored.append((group[0].dep.target.module, imp.detach().flatten().cpu()))
+    if not scored:
+        return {}
+    everything = torch.cat([imp for _, imp in scored])
+    k = int(cfg.sparsity * len(everything))
+    if k < 1:
+        return {}
+    threshold = torch.kthvalue(everything, k).values
+    out = {}
+    for module, imp in scored:
+        n = min(int((imp <= threshold).sum()), len(imp) - 1)
+        # Torch-Pruning keeps int(channels * (1 - ratio)); a quarter channel below n keeps float error off it
+        out[module] = max(0.0, (n - 0.25) / len(imp))
+    return out
+
+
 def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     macs, params = tp.utils.count_ops_and_params(model, example)
     return int(macs), int(params)
@@ -72,10 +101,12 @@ def prune_channels(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
         ratios = [cubic_sparsity(r, 0.0, cfg.sparsity, 0, rounds, 1) for r in range(rounds + 1)]
     else:  # iterative: the same share of the remaining channels each round (geometric); oneshot: all at once
         ratios = [geometric_sparsity(cfg.sparsity, r, rounds) for r in range(rounds + 1)]
+    shares = [r / cfg.sparsity for r in ratios]  # of the final ratio, per round (a layer's own ratio below)
+    per_layer = _global_ratios(model, example, cfg, ignored) if cfg.scope == "global" else None
     pruner = tp.pruner.MetaPruner(
-        model, example, importance=_importance(cfg.criterion), global_pruning=cfg.scope == "global",
-        pruning_ratio=cfg.sparsity, iterative_steps=rounds,
-        iterative_pruning_ratio_scheduler=lambda ratio, steps: ratios,
+        model, example, importance=_importance(cfg.criterion), global_pruning=False,
+        pruning_ratio=cfg.sparsity, pruning_ratio_dict=per_layer, iterative_steps=rounds,
+        iterative_pruning_ratio_scheduler=lambda ratio, steps: [ratio * f for f in shares],
         max_pruning_ratio=0.99, ignored_layers=ignored,
     )
     info: dict = {"rounds": []}

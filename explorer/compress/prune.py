@@ -93,8 +93,9 @@ class PruneConfig(StepConfig):
         sched = "" if self.schedule == "oneshot" else f" {self.schedule}"
         return f"prune {self.target:.0%} {self.granularity}{sched}"
 
-
-# ---------------------------------------------------------------- schedule
+    def revision(self) -> int:
+        # 2: global channel pruning no longer skips a layer whose every channel falls under the threshold
+        return 2 if self.granularity == "channel" and self.scope == "global" else 1
 
 
 # ---------------------------------------------------------------- mask maths (plain tensors)

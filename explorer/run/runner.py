@@ -66,6 +66,8 @@ def run_key(recipe: Recipe) -> str:
     h.update(_sha(str(path), path.stat().st_mtime_ns).encode())
     h.update(recipe.canonical_json().encode())
     h.update(f"schema={SCHEMA_VERSION};train_threads={train_threads()}".encode())
+    if revised := [f"{i}:{step.revision()}" for i, step in enumerate(recipe.steps) if step.revision() != 1]:
+        h.update(f";revisions={','.join(revised)}".encode())  # a fixed technique: its old runs are stale
     if recipe.finetune_samples is None and (n := finetune_samples(recipe)) is not None:
         h.update(f";finetune_samples={n}".encode())  # the card's recommendation decides what the run computes
     return h.hexdigest()[:20]
