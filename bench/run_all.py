@@ -70,19 +70,25 @@ def headline() -> list[str]:
     f, t, p = (read_json(n).get("facts", {}) for n in ("fashion", "targets", "explorer_perf"))
     checks = [c for n in SECTIONS for c in read_json(n).get("checks", [])]
     out = []
-    if f.get("size") or f.get("latency"):
+    if f.get("baseline_top1") is not None:
         size, lat, cold = f.get("size") or {}, f.get("latency") or {}, f.get("cold_s") or {}
         parts = []
         if size:
             parts.append(f"the smallest packed file 95% sure to lose at most a point of top-1 is {size['rf']}x smaller "
                          f"than the fp32 checkpoint ({size['delta']:+.2f} points, paired 95% interval "
-                         f"{size['delta_ci'][0]:+.2f} to {size['delta_ci'][1]:+.2f})")
+                         f"{size['delta_ci'][0]:+.2f} to {size['delta_ci'][1]:+.2f}; target {size['target']:g}x "
+                         f"{'met' if size['rf'] >= size['target'] else 'missed'})")
+        else:
+            parts.append("no packed file tried is 95% sure to lose at most a point of top-1")
         if lat:
             sp = {"ratio": lat["speedup"], "ci": lat["speedup_ci"]}
             verdict = ("faster" if lat["speedup_ci"][0] > 1 else "within noise" if lat["speedup_ci"][1] >= 1
                        else "slower")
             parts.append(f"the fastest such recipe ({lat['recipe']}) runs at {C.speedup_text(sp)} the speed of the "
-                         f"baseline's own ONNX Runtime fp32 model ({verdict}, 95% interval)")
+                         f"baseline's own ONNX Runtime fp32 model ({verdict}, 95% interval; target {lat['target']:g}x "
+                         f"{'met' if lat['speedup_ci'][0] >= lat['target'] else 'missed'})")
+        else:
+            parts.append("no faster recipe tried is 95% sure to lose at most a point")
         if cold:
             parts.append("a cold slider move takes " + " and ".join(f"{v:.0f} s on {m}" for m, v in cold.items()))
         out.append(f"Measured on the Fashion-MNIST LeNet-5 (top-1 {f.get('baseline_top1')}% on 10,000 test images, "
