@@ -114,7 +114,7 @@ def main() -> None:
             st.info("No result for this configuration; fix the error above and the views come back.")
         views.glossary()
     with tabs[1]:
-        _curves(card, None if recipe is None else recipe.checkpoint, key)
+        _curves(card, c, None if recipe is None else recipe.checkpoint, key)
     with tabs[2]:
         if result:
             views.size_and_latency(result)
@@ -175,11 +175,12 @@ def _overview(result: dict, base_result: dict | None, frame, card: dict) -> None
 
 
 @st.fragment(run_every=3)
-def _curves(card: dict, checkpoint: str | None, key: str | None) -> None:
+def _curves(card: dict, controls: dict, checkpoint: str | None, key: str | None) -> None:
     """The curves, Pareto fronts and AD x RF, redrawn as the landscape's points land (only this part of the
-    page reruns: the sidebar and the user's place stay)."""
+    page reruns: the sidebar and the user's place stay). Each redraw tells the landscape the page is still
+    open, so it goes on while a user only watches."""
     lands = service.landscapes() if card.get("format") != "onnx" else None
-    land = lands.get(card["name"]) if lands is not None else None
+    land = lands.touch(card, controls) if lands is not None else None
     if land is not None:
         s = land.status(lands.cached)
         line = (f"Landscape: {s['measured']} of {s['total']} configurations of the default grid measured"
