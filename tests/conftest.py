@@ -19,6 +19,11 @@ os.environ.setdefault("EXPLORER_CACHE_DIR", _SESSION_CACHE)
 os.environ.setdefault("EXPLORER_LANDSCAPE", "0")
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """The session's run cache goes with the session (it is only ever this session's)."""
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
 def settle(at, timeout: float = 300.0):
     """Rerun an AppTest page until its runs are complete, as the browser's periodic refresh does (runs are
     computed off the page's script and the page shows them as they arrive)."""

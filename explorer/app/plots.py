@@ -283,7 +283,9 @@ def pareto(df: pd.DataFrame, cost: str, cost_title: str, current_key: str | None
                                  hovertemplate=f"<b>current: {cur.get('words', cur['label'])}</b><extra></extra>"))
     _marker_legend(fig, ok)
     fig.update_layout(xaxis_title=cost_title, yaxis_title=_accuracy_title(ok), xaxis_type="log",
-                      yaxis_range=_accuracy_range(ok))
+                      yaxis_range=_accuracy_range(ok),
+                      # below the axis: the two fronts sit side by side, where a legend on the right takes half
+                      legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.3, "yanchor": "top"})
     return _layout(fig, f"Pareto front: top-1 vs {cost_title}")
 
 
