@@ -44,9 +44,11 @@ def _speedup(result: dict, engine: str, batch: str) -> tuple[str | None, str]:
     if not v:
         return None, "normal"
     lo, hi = v["ci"]
+    # the reference is the baseline in PyTorch fp32: say so where the engine is another one
+    vs = "" if engine == TORCH_CPU else " vs PyTorch"
     if lo <= 1.0 <= hi:
-        return "no measurable change", "off"
-    return (f"{v['ratio']:.2f}x faster" if v["ratio"] >= 1 else f"{1 / v['ratio']:.2f}x slower"), "normal"
+        return f"no measurable change{vs}", "off"
+    return (f"{v['ratio']:.2f}x faster{vs}" if v["ratio"] >= 1 else f"{1 / v['ratio']:.2f}x slower{vs}"), "normal"
 
 
 def accuracy_sentence(result: dict) -> str:
