@@ -6,6 +6,7 @@ docs/screenshot-curves.png) from the page `make run` serves."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -191,6 +192,24 @@ def _report_failure(page, tmp_path: Path, log: Path) -> None:
     print(f"failure screenshot: {tmp_path / 'failure.png'}\nstreamlit log:\n{_tail(log)}")
 
 
+@contextlib.contextmanager
+def _own_server_page(browser, tmp_path: Path, **env: str):
+    """A server of the test's own (env added to its environment) and a page on it: (page, url, JavaScript errors).
+    On a failure, a screenshot and the server log's tail; the page and the server are stopped either way."""
+    proc, url, log = _start_server(tmp_path, **env)
+    page = browser.new_page(viewport=VIEWPORT)
+    page_errors: list[str] = []
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    try:
+        yield page, url, page_errors
+    except BaseException:
+        _report_failure(page, tmp_path, log)
+        raise
+    finally:
+        page.close()
+        _stop(proc)
+
+
 def _screenshot(page, path: Path) -> None:
     """The whole page: Streamlit scrolls inside its main block, so grow the viewport to that block's height."""
     height = page.evaluate('() => document.querySelector("[data-testid=stMain]").scrollHeight')
@@ -356,9 +375,8 @@ def test_the_curves_fill_in_on_their_own(browser, tmp_path):
     from playwright.sync_api import expect
 
     idle_s = 8
-    proc, url, log = _start_server(tmp_path, EXPLORER_LANDSCAPE="1", EXPLORER_LANDSCAPE_IDLE_S=str(idle_s))
-    page = browser.new_page(viewport=VIEWPORT)
-    try:
+    with _own_server_page(browser, tmp_path, EXPLORER_LANDSCAPE="1", EXPLORER_LANDSCAPE_IDLE_S=str(idle_s)) as (
+            page, url, _):
         page.goto(url + DIGITS + "&tab=Curves+and+Pareto", timeout=UI_MS)
         expect(page.get_by_text(DONE)).to_be_visible(timeout=RUN_S * 1000)
         expect(page.get_by_role("tab", name="Curves and Pareto")).to_have_attribute("aria-selected", "true")
@@ -371,12 +389,6 @@ def test_the_curves_fill_in_on_their_own(browser, tmp_path):
         _wait_for(lambda: _points(page) >= later + 2, f"two more points {2 * idle_s} s later, with no click", page,
                   timeout_s=RUN_S)
         expect(page.get_by_text(re.compile(r"Landscape: \d+ of 40 configurations"))).to_be_visible(timeout=UI_MS)
-    except BaseException:
-        _report_failure(page, tmp_path, log)
-        raise
-    finally:
-        page.close()
-        _stop(proc)
 
 
 SHOT_POINTS, SHOT_WAIT_S = 20, 900
@@ -387,21 +399,16 @@ SHOT_POINTS, SHOT_WAIT_S = 20, 900
 @pytest.mark.skipif(os.environ.get("EXPLORER_SCREENSHOTS") != "1",
                     reason="saves the README's screenshots: run with EXPLORER_SCREENSHOTS=1")
 def test_readme_screenshots(browser, tmp_path):
-    """The page as `make run` serves it (its default model, the checkout's own cache, real latency budget): the
+    """The page as `make run` serves it (its default model, an empty cache, the real latency budget): the
     Overview once the first run is done, and the curves once the background measurement has drawn
-    SHOT_POINTS points or SHOT_WAIT_S has passed. Reusing the checkout's cache lets a second call add points."""
+    SHOT_POINTS points or SHOT_WAIT_S has passed."""
     from playwright.sync_api import expect
 
     from explorer.core import settings
-    from explorer.core.paths import cache_dir
 
     budget = str(settings.parse("EXPLORER_LATENCY_BUDGET_S"))  # the page's own, not the other tests' shortcut
-    proc, url, log = _start_server(tmp_path, EXPLORER_CACHE_DIR=str(cache_dir()), EXPLORER_LATENCY_BUDGET_S=budget,
-                                   EXPLORER_LANDSCAPE="1")
-    page = browser.new_page(viewport=VIEWPORT)
-    page_errors: list[str] = []
-    page.on("pageerror", lambda e: page_errors.append(str(e)))
-    try:
+    with _own_server_page(browser, tmp_path, EXPLORER_LATENCY_BUDGET_S=budget, EXPLORER_LANDSCAPE="1") as (
+            page, url, page_errors):
         page.goto(url, timeout=UI_MS)
         expect(page.get_by_text(DONE)).to_be_visible(timeout=RUN_S * 1000)
         _wait_idle(page, "first load")
@@ -420,9 +427,3 @@ def test_readme_screenshots(browser, tmp_path):
         _assert_no_errors(page, "the curves", page_errors)
         _screenshot(page, DOCS / "screenshot-curves.png")
         print(f"curves screenshot with {_points(page)} points")
-    except BaseException:
-        _report_failure(page, tmp_path, log)
-        raise
-    finally:
-        page.close()
-        _stop(proc)
