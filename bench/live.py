@@ -2,7 +2,8 @@
 
 1. points in the curves three minutes after a page opens digits_cnn on an empty cache, with no click (the
    page's own run and its baseline through the run board, the landscape filling the rest);
-2. a cold slider move, until accuracy and size show (the run board's first partial result), per baseline;
+2. per baseline, opening the model and then a cold slider move, until accuracy and size show (the run board's
+   first partial result);
 3. a warm slider move (a configuration in the cache): the page's own render time, from its footer;
 4. how much slower a page's run is while the landscape runs, against the same kind of run with the
    landscape idle, alternating the two.
@@ -71,7 +72,9 @@ def points_after_opening(tmp: Path) -> tuple[int, list[tuple[int, int]]]:
 
 
 def first_figures(tmp: Path) -> list[list[str]]:
-    """A cold slider move on each baseline: seconds until accuracy and size show, and until complete."""
+    """Per baseline, in an empty cache: the page opening the model (its default configuration, the
+    baseline's own scores not yet in memory), then a slider move to a configuration never computed
+    (sparsity one notch of ten up): seconds until accuracy and size show, and until each run is complete."""
     from explorer.models.baselines import baseline_data
     from explorer.run import runner
     from explorer.run.cache import RunCache
@@ -84,18 +87,25 @@ def first_figures(tmp: Path) -> list[list[str]]:
         if name not in cards:
             continue
         _fresh(tmp, f"cold-{name}")
+        runner._scores.clear()  # a process that has not scored this baseline yet
         card = cards[name]
-        recipe = build({**DEFAULTS, "baseline": name}, card)
         baseline_data(card)  # in memory already in a page's process once the model is open
         board = Board(RunCache, runner.run_key)
-        job = board.submit(recipe, "page")
-        while not job.finished:
-            time.sleep(0.05)
+        jobs = []
+        for sparsity in (DEFAULTS["sparsity"], DEFAULTS["sparsity"] + 0.1):
+            recipe = build({**DEFAULTS, "baseline": name, "sparsity": sparsity}, card)
+            job = board.submit(recipe, "page")
+            while not job.finished:
+                time.sleep(0.05)
+            jobs.append((recipe, job))
         board.stop()
         target = TARGETS["digits_s"] if name.startswith("digits_cnn") else TARGETS["first_s"]
-        ok = job.first_figures_s is not None and job.first_figures_s < target
-        rows.append([name, recipe.label(), f"{job.result['finetune_samples']:,}" if job.result else "",
-                     C.secs(job.first_figures_s), C.secs(job.total_s), f"< {target:g}", "yes" if ok else "no"])
+        firsts = [j.first_figures_s for _, j in jobs]
+        ok = all(f is not None and f < target for f in firsts)
+        rows.append([name, " / ".join(r.label() for r, _ in jobs),
+                     f"{jobs[0][1].result['finetune_samples']:,}" if jobs[0][1].result else "",
+                     *(C.secs(f) for f in firsts), " / ".join(C.secs(j.total_s) for _, j in jobs),
+                     f"< {target:g}", "yes" if ok else "no"])
     return rows
 
 
@@ -163,8 +173,8 @@ def main() -> None:
                           "digits_cnn on an empty cache, no click", n >= TARGETS["points"], f"{n} points"))
     cold = first_figures(tmp)
     for row in cold:
-        checks.append(C.Check(f"{row[0]}: a cold slider move shows accuracy and size in {row[5]} s",
-                              row[6] == "yes", f"{row[3]} s"))
+        checks.append(C.Check(f"{row[0]}: opening the model and a cold slider move show accuracy and size in "
+                              f"{row[6]} s", row[7] == "yes", f"{row[3]} s and {row[4]} s"))
     warm = warm_render(tmp)
     med = statistics.median(warm)
     checks.append(C.Check(f"a warm slider move renders in under {TARGETS['warm_s']} s", med < TARGETS["warm_s"],
@@ -183,11 +193,16 @@ def main() -> None:
         f"A page opened on digits_cnn with an empty cache, left alone for {OPEN_S} s: the number of runs the "
         "curves and Pareto charts hold, over time: " + ", ".join(f"{t} s: {k}" for t, k in timeline) + ".",
         "### A cold slider move",
-        "The page's default configuration on each baseline in an empty cache (the data set already in memory, as "
-        "in a page's process once the model is open): seconds until accuracy and size show, and until the run "
-        "is complete (ONNX export, int8 and latency included).",
-        C.table(["baseline", "configuration", "fine-tuning images", "accuracy and size after s", "complete after s",
-                 "target s", "meets"], cold, "llrrrrl"),
+        "Each baseline in an empty cache, in a process that has not scored the baseline yet (the data set "
+        "already in memory, as in a page's process once the model is open): the page opening the model on its "
+        "default configuration, then a slider move to a configuration never computed (sparsity up one notch "
+        "of ten). Seconds until accuracy and size show, and until each run is complete (ONNX export, int8 and "
+        "latency included). A model's first run scores the baseline on the second core while it fine-tunes on "
+        "the first, and every run scores its rebuilt model on both cores while the landscape waits; each test "
+        "batch is computed as in one thread, so the figures are the same as in one thread.",
+        C.table(["baseline", "opening / slider move", "fine-tuning images", "opening: accuracy and size after s",
+                 "slider move: accuracy and size after s", "complete after s", "target s", "meets"],
+                cold, "llrrrrrl"),
         "### A warm slider move",
         "The page's own render time for a configuration in the cache, from its footer: "
         + ", ".join(f"{t:.3f}" for t in warm) + " s.",
@@ -199,7 +214,7 @@ def main() -> None:
     C.write_section(NAME, "A page that never blocks: the landscape, streamed figures, the foreground first",
                     "\n\n".join(parts), checks=checks,
                     facts={"points": n, "warm_s": round(med, 3), "slowdown": round(ratio, 2),
-                           "first_s": {r[0]: r[3] for r in cold}})
+                           "first_s": {r[0]: r[3] for r in cold}, "move_first_s": {r[0]: r[4] for r in cold}})
 
 
 if __name__ == "__main__":

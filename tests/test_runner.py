@@ -204,3 +204,39 @@ def test_every_phase_of_a_run_reports_progress(tmp_path):
     said = " ".join(m for _, m in seen)
     for phase in ("epoch 1/1", "packing", "measuring accuracy", "exporting ONNX", "timing latency"):
         assert phase in said, phase
+
+
+def test_a_models_baseline_is_scored_beside_its_first_compression_with_the_same_figures(monkeypatch, tmp_path):
+    """The first run of a model scores the baseline in a thread of its own while it fine-tunes, and the
+    rebuilt model on EXPLORER_EVAL_WORKERS threads; neither changes a figure, nor the run's key. A failure
+    of that thread is the run's error, and the next run scores the baseline again."""
+    import threading
+
+    from explorer.models.baselines import baseline_data, load_baseline
+
+    recipe = Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.7, finetune_epochs=1),))
+    real = runner.evaluate
+
+    def broken_beside(*args, **kwargs):
+        if threading.current_thread().name == "explorer-baseline-scores":
+            raise RuntimeError("the baseline could not be scored")
+        return real(*args, **kwargs)
+
+    runner._scores.clear()
+    monkeypatch.setattr(runner, "evaluate", broken_beside)
+    with pytest.raises(RuntimeError, match="the baseline could not be scored"):
+        runner.prepare(recipe, tmp_path / "broken")
+    monkeypatch.setattr(runner, "evaluate", real)
+    first = runner.prepare(recipe, tmp_path / "beside")  # scored again, beside the fine-tuning
+    key = runner.run_key(recipe)
+    monkeypatch.setenv("EXPLORER_EVAL_WORKERS", "1")
+    assert runner.run_key(recipe) == key
+    warm = runner.prepare(recipe, tmp_path / "warm")  # the scores are there already, one scoring thread
+    assert warm["timings"]["baseline_scores_wait"] < 0.05
+    for field in ("accuracy", "baseline_accuracy", "accuracy_delta", "accuracy_ci", "vs_baseline"):
+        assert first[field] == warm[field], field
+    base, card = load_baseline(recipe.checkpoint_path)
+    assert first["baseline_accuracy"]["top1"] == evaluate(base, baseline_data(card).test)["top1"]
+    monkeypatch.setenv("EXPLORER_EVAL_WORKERS", "0")
+    with pytest.raises(ValueError, match="EXPLORER_EVAL_WORKERS='0'"):
+        runner.eval_workers()

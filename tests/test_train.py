@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from explorer.core.data import Split, load_dataset
-from explorer.core.train import TrainConfig, TrainHook, evaluate, fit, seed_everything, topk_accuracy
+from explorer.core.train import TrainConfig, TrainHook, evaluate, fit, predict_logits, seed_everything, topk_accuracy
 from explorer.core.zoo import create_model
 
 
@@ -80,3 +80,20 @@ def test_invalid_train_config_and_empty_split():
         TrainConfig(optimizer="rmsprop")
     with pytest.raises(ValueError, match="empty"):
         evaluate(create_model("digits_cnn"), Split(torch.empty(0, 1, 8, 8), torch.empty(0, dtype=torch.long)))
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "resnet8"])
+def test_scoring_batches_side_by_side_gives_the_same_logits_bit_for_bit(digits, name):
+    """Test images scored in several threads: each batch is the computation one thread does, in order, so
+    the figures cannot depend on the count (it is not part of a run's key)."""
+    seed_everything(0)
+    m = create_model(name)
+    fit(m, digits.train, TrainConfig(epochs=1, seed=0))  # BatchNorm's running statistics away from 0 and 1
+    one = predict_logits(m, digits.test.x, batch_size=64)
+    assert len(digits.test) % 64 and len(digits.test) // 64 >= 3  # several batches and a short last one
+    for workers in (2, 3, 16):
+        got = predict_logits(m, digits.test.x, batch_size=64, workers=workers)
+        assert torch.equal(got, one) and not got.requires_grad
+    a = evaluate(m, digits.test, batch_size=64, with_predictions=True)
+    b = evaluate(m, digits.test, batch_size=64, with_predictions=True, workers=2)
+    assert torch.equal(a.pop("pred"), b.pop("pred")) and a == b

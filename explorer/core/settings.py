@@ -38,6 +38,8 @@ SETTINGS: dict[str, Setting] = {
     "EXPLORER_THREADS": Setting(1, "threads for latency timing", integer=True, unit="threads"),
     "EXPLORER_TRAIN_THREADS": Setting(1, "torch threads for compression, fine-tuning and accuracy", integer=True,
                                       unit="threads"),
+    "EXPLORER_EVAL_WORKERS": Setting(2, "threads that score test images side by side (any count gives the same "
+                                        "figures)", integer=True, unit="threads"),
     "EXPLORER_LATENCY_BUDGET_S": Setting(0.3, "seconds of timing per engine and batch", unit="seconds"),
     "EXPLORER_CACHE_MAX_MB": Setting(2048, "run cache size cap", minimum=0, inclusive=True, unit="megabytes"),
     "EXPLORER_MAX_UPLOAD_MB": Setting(500, "upload cap", unit="megabytes"),

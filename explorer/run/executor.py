@@ -37,6 +37,7 @@ BACKENDS = ("local", "ray")
 
 def _init_worker() -> None:
     torch.set_num_threads(runner.train_threads())  # runner.prepare sets it again; a worker per that many cores
+    os.environ["EXPLORER_EVAL_WORKERS"] = "1"  # every core has a worker of its own already
 
 
 def prepare_portable(job: tuple[str, str]) -> dict:

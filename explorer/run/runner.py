@@ -13,8 +13,10 @@ import contextlib
 import functools
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,13 @@ def train_threads() -> int:
     amplifies that into other accuracies (0.3 points on vgg13), so the page, the CLI and a sweep's
     one-thread workers must all compute a recipe with the same count to show the same figures."""
     return int(settings.get("EXPLORER_TRAIN_THREADS"))
+
+
+def eval_workers() -> int:
+    """Threads that score test images side by side (EXPLORER_EVAL_WORKERS, default 2). Not part of a run's
+    key: each batch is computed as in one thread, so the figures are the same for any count
+    (explorer.core.train.predict_logits); a page's run uses the core the waiting landscape leaves idle."""
+    return int(settings.get("EXPLORER_EVAL_WORKERS"))
 
 
 def latency_budget_s() -> float:
@@ -94,18 +103,32 @@ def _sha(path: str, mtime_ns: int) -> str:
     return sha256_file(path)
 
 
-_scores: dict[tuple, dict] = {}
+_scores: dict[tuple, Future] = {}
+_scores_lock = threading.Lock()
 
 
-def _baseline_scores(path: str, mtime_ns: int, threads: int, baseline, data) -> dict:
-    """The baseline's accuracy and predictions on its test split, kept in memory per checkpoint file (every
-    run of a model needs them; on 10,000 images they take seconds)."""
-    key = (path, mtime_ns, threads, data.name, data.root, len(data.test))
-    if key not in _scores:
+def _baseline_scores(path: Path, data) -> Future:
+    """The baseline's accuracy and predictions on its test split (every run of a model needs them; on 10,000
+    images they take seconds), kept in memory per checkpoint file. The first run of a model starts them in a
+    thread of their own, on a copy of the baseline read from its file, so they are scored while the
+    compression and fine-tuning (one core) go on; later runs find them done."""
+    key = (str(path), path.stat().st_mtime_ns, train_threads(), data.name, data.root, len(data.test))
+    with _scores_lock:
+        fut = _scores.get(key)
+        if fut is not None and not (fut.done() and fut.exception() is not None):
+            return fut
         if len(_scores) > 8:
             _scores.clear()
-        _scores[key] = evaluate(baseline, data.test, with_predictions=True)
-    return _scores[key]
+        fut = _scores[key] = Future()
+
+    def score() -> None:
+        try:
+            fut.set_result(evaluate(load_baseline(path)[0], data.test, with_predictions=True))
+        except BaseException as e:  # noqa: BLE001 - handed to the run that waits for it
+            fut.set_exception(e)
+
+    threading.Thread(target=score, name="explorer-baseline-scores", daemon=True).start()
+    return fut
 
 
 @functools.lru_cache(maxsize=8)
@@ -213,13 +236,13 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
                    progress: Progress | None, partial: Partial | None = None) -> RunResult:
     baseline, card = load_baseline(recipe.checkpoint_path)
     data = baseline_data(card)
-    base_acc = _baseline_scores(str(recipe.checkpoint_path), recipe.checkpoint_path.stat().st_mtime_ns,
-                                train_threads(), baseline, data)
+    base_scores = _baseline_scores(recipe.checkpoint_path, data)  # scored beside the compression
     timings["load"] = round(time.perf_counter() - t0, 3)
 
     t = time.perf_counter()
     tune = data.with_train_subset(finetune_samples(recipe), recipe.seed)  # accuracy stays on the whole test split
     stage = _stages(progress)
+    scored_beside = not base_scores.done()  # then the resident set's growth is not the fine-tuning's alone
     res, train_rss = compute.peak_rss_growth(lambda: compress(baseline, recipe, tune, progress=stage("compress"),
                                                              seed=recipe.seed))
     timings["compress"] = round(time.perf_counter() - t, 3)
@@ -243,8 +266,11 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
 
     t = time.perf_counter()
     stage("evaluate")(0.0, f"measuring accuracy on {len(data.test):,} test images")
-    acc = evaluate(unpacked, data.test, with_predictions=True)  # the model rebuilt from the packed bytes
+    acc = evaluate(unpacked, data.test, with_predictions=True, workers=eval_workers())  # rebuilt from the bytes
     save_predictions(work / FILES["predictions"], acc["pred"])
+    t_wait = time.perf_counter()
+    base_acc = base_scores.result()
+    timings["baseline_scores_wait"] = round(time.perf_counter() - t_wait, 3)
     if partial is not None:  # accuracy and the packed size exist: show them while the rest is measured
         total, zeros = weight_sparsity(unpacked)
         partial(RunResult(
@@ -292,7 +318,8 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
             {k: v for k, v in sizes.items() if k != "state_dict_bytes"}, base_sizes["file_bytes"], base_sizes),
         theoretical=packing.theoretical_bits(res.model, res.state), layers=layers,
         histograms=_histograms(baseline, unpacked), compression=_jsonable(res.state.info),
-        notes=list(dict.fromkeys(res.state.notes)), memory={"finetune_cpu_rss_growth_bytes": train_rss},
+        notes=list(dict.fromkeys(res.state.notes)),
+        memory={"finetune_cpu_rss_growth_bytes": None if scored_beside else train_rss},
         timings=timings, versions=versions(), input_shape=list(data.input_shape),
         threads={"compress_and_evaluate": train_threads()}, train_samples=len(data.train),
         finetune_samples=len(tune.train))
