@@ -240,3 +240,19 @@ def test_a_models_baseline_is_scored_beside_its_first_compression_with_the_same_
     monkeypatch.setenv("EXPLORER_EVAL_WORKERS", "0")
     with pytest.raises(ValueError, match="EXPLORER_EVAL_WORKERS='0'"):
         runner.eval_workers()
+
+
+@pytest.mark.parametrize("step", [QuantizeConfig(bits=8, mode="static", activation_bits=8),
+                                  QuantizeConfig(bits=4, mode="qat", activation_bits=8, finetune_epochs=1)])
+def test_models_with_quantised_activations_score_the_same_in_several_threads(tmp_path, step):
+    """The rebuilt models whose activations pass through quantisers (fixed or learned ranges) are scored in
+    several threads by a run: their forward must leave them as they were, so the logits match one thread."""
+    from explorer.core.train import predict_logits
+    from explorer.models.baselines import baseline_data, read_card
+
+    res = runner.prepare(Recipe(model="digits_cnn", steps=(step,)), tmp_path)
+    model = pack.unpack((tmp_path / "model.xpk").read_bytes()).model
+    test = baseline_data(read_card("models/digits_cnn-digits.safetensors")).test
+    one = predict_logits(model, test.x, batch_size=32)
+    assert torch.equal(predict_logits(model, test.x, batch_size=32, workers=4), one)
+    assert res["accuracy"]["top1"] == evaluate(model, test)["top1"]
