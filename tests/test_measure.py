@@ -239,3 +239,34 @@ def test_a_model_timed_against_itself_shows_no_measurable_speedup(baseline, hog)
             s = measure()["speedup"]["torch_cpu_fp32"][b]
         assert s["ci"][0] <= 1.0 <= s["ci"][1], (b, s)
         assert lat["engines"]["torch_cpu_fp32"][b]["ci_ms"][0] <= lat["engines"]["torch_cpu_fp32"][b]["median_ms"]
+
+
+def test_timing_rounds_let_a_background_run_wait_between_them(baseline):
+    """measure_latency calls between_rounds before each round of each batch, never inside a timed call, with
+    the fraction done; a callback that blocks (the landscape while a page's run goes) delays the rounds."""
+    import time
+
+    model, _ = baseline
+    seen, inside = [], {"now": False}
+    real_forward = model.forward
+
+    def forward(x):
+        inside["now"] = True
+        try:
+            return real_forward(x)
+        finally:
+            inside["now"] = False
+
+    model.forward = forward
+    try:
+        def between(fraction):
+            assert not inside["now"]
+            seen.append(fraction)
+            time.sleep(0.01)  # waiting, as the background does while a page's run goes
+
+        out = measure_latency(model, (1, 8, 8), batches=(1, 4), budget_s=0.02, gpu=False, rounds=5,
+                              between_rounds=between)
+    finally:
+        del model.forward
+    assert seen == pytest.approx([i / 10 for i in range(10)])  # 5 rounds of each of 2 batches
+    assert out["speedup"]["torch_cpu_fp32"]["b1"]["rounds"] == 5

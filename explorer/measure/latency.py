@@ -61,10 +61,12 @@ def _call(timer: Timer) -> float:
 
 
 def interleave(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: float = 0.3, warmup: int = 3,
-               min_calls: int = 2) -> dict[str, dict]:
+               min_calls: int = 2, between_rounds: Callable[[float], None] | None = None) -> dict[str, dict]:
     """Time every timer in the same rounds: each round gives each `budget_s / rounds` seconds (at least
     `min_calls` calls), the order rotating from round to round. Returns per timer the summary of all its
-    calls plus its per-round medians (`round_ms`), which pair up across timers for ratios."""
+    calls plus its per-round medians (`round_ms`), which pair up across timers for ratios.
+    `between_rounds(fraction done)` is called before each round, outside the timed calls: a background run
+    waits there while a page's own run goes, so neither times the other's work."""
     names = list(timers)
     if not names:
         return {}
@@ -75,6 +77,8 @@ def interleave(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: floa
     per_round: dict[str, list[float]] = {n: [] for n in names}
     slice_s = budget_s / rounds / 2
     for r in range(rounds):
+        if between_rounds is not None:
+            between_rounds(r / rounds)
         order = names[r % len(names):] + names[:r % len(names)]
         in_round: dict[str, list[float]] = {n: [] for n in names}
         # there and back (A B C C B A): a slow drift within the round, or an advantage of coming first or
@@ -209,17 +213,19 @@ REFERENCE = "baseline, PyTorch eager fp32"
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, onnx_fp32: str | None = None,
                     onnx_int8: str | None = None, onnx_reason: str | None = None, threads: int = 1,
                     batches: tuple[int, ...] = BATCHES, budget_s: float = 0.5, gpu: bool = True,
-                    reference: nn.Module | None = None, rounds: int = ROUNDS) -> dict:
+                    reference: nn.Module | None = None, rounds: int = ROUNDS,
+                    between_rounds: Callable[[float], None] | None = None) -> dict:
     """Latency per engine and batch: {"engines": {engine: {"b1": stats, ...}}, "speedup": {engine: {"b1":
     {"ratio", "ci", "rounds"}}}, "hardware": ...}. Each batch's engines and the `reference` model (the
     baseline; `model` itself when None) are timed in the same interleaved rounds; CPU engines are compared
-    with the reference in PyTorch eager fp32 on the CPU, CUDA engines with it on the GPU."""
+    with the reference in PyTorch eager fp32 on the CPU, CUDA engines with it on the GPU; `between_rounds` as
+    in `interleave`, with the fraction over all batches."""
     import onnxruntime as ort
 
     reference = model if reference is None else reference
     engines: dict[str, dict] = {}
     speedup: dict[str, dict] = {}
-    for b in batches:
+    for i, b in enumerate(batches):
         x = torch.randn(b, *input_shape, generator=torch.Generator().manual_seed(0))
         xn = x.numpy()
         key = batch_key(b)
@@ -243,7 +249,8 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, onnx_fp32
                 timers["reference_cuda"] = cuda_timer(reference, x, torch.float32)
         live = {k: t for k, t in timers.items() if not isinstance(t, dict)}
         timed = {**{k: t for k, t in timers.items() if isinstance(t, dict)},
-                 **interleave(live, rounds=rounds, budget_s=budget_s)}
+                 **interleave(live, rounds=rounds, budget_s=budget_s, between_rounds=None if between_rounds is None
+                              else lambda f, i=i: between_rounds((i + f) / len(batches)))}
         for engine, r in timed.items():
             if not engine.startswith("reference"):
                 engines.setdefault(engine, {})[key] = r

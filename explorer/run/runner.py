@@ -349,7 +349,8 @@ def time_run(result: RunResult, workdir: str | os.PathLike, *, gpu: bool = True,
              progress: Progress | None = None) -> RunResult:
     """Latency and inference memory of the artifacts in `workdir` (one run at a time: never in parallel)."""
     work = Path(workdir)
-    _stages(progress)("latency")(0.0, "timing latency, the baseline in the same rounds")
+    report = _stages(progress)("latency")
+    report(0.0, "timing latency, the baseline in the same rounds")
     if result.get("format") == "onnx":
         return time_onnx(result, work, threads(), latency_budget_s())
     t = time.perf_counter()
@@ -362,7 +363,8 @@ def time_run(result: RunResult, workdir: str | os.PathLike, *, gpu: bool = True,
         model, shape, onnx_fp32=str(work / FILES["onnx"]) if onnx["fp32"].get("available") else None,
         onnx_int8=str(work / FILES["onnx_int8"]) if onnx["int8"].get("available") else None,
         onnx_reason=None if onnx["fp32"].get("available") else onnx["fp32"]["reason"],
-        threads=threads(), budget_s=latency_budget_s(), gpu=gpu, reference=reference)
+        threads=threads(), budget_s=latency_budget_s(), gpu=gpu, reference=reference,
+        between_rounds=lambda f: report(f, "timing latency, the baseline in the same rounds"))
     result = RunResult(**result)
     result["latency"] = lat["engines"]
     result["speedup"] = lat["speedup"]
