@@ -136,4 +136,13 @@ def test_forgets_counts_the_flipped_images_and_the_moves():
     assert len(f.lost) == b == 2 and len(f.gained) == c == 1
     assert list(f.lost) == [1, 5] and list(f.gained) == [3]
     assert f.per_class.set_index("class").loc["a", "change"] == pytest.approx(-50.0)
+    from explorer.core.stats import newcombe_paired
+
+    for cls, k in (("a", 0), ("c", 2)):  # each class's interval: Newcombe's on that class's images alone
+        m = y == k
+        a, bb = int(((base[m] == k) & (run[m] == k)).sum()), int(((base[m] == k) & (run[m] != k)).sum())
+        cc, d = int(((base[m] != k) & (run[m] == k)).sum()), int(((base[m] != k) & (run[m] != k)).sum())
+        row = f.per_class.set_index("class").loc[cls]
+        assert [row["change_lo"], row["change_hi"]] == pytest.approx(list(newcombe_paired(a, bb, cc, d)), abs=1e-3)
+        assert row["change_lo"] <= row["change"] <= row["change_hi"]
     assert f.confusion_change.sum() == 0 and f.confusion_change[0, 1] == 1 and f.confusion_change[2, 0] == 1

@@ -137,3 +137,22 @@ def test_one_baseline_file_size_on_the_size_chart_and_in_the_table():
     chart_line = plots.size_bars(result).layout.shapes[0].y0
     assert table.loc[table.index.str.startswith("checkpoint file"), "baseline"].iloc[0] == chart_line == 162_432
     assert table.loc["packed .xpk (bytes)", "baseline"] == 60_000
+
+
+def test_per_class_change_draws_each_class_interval_and_greys_what_is_within_noise():
+    import numpy as np
+
+    from explorer.app.metrics import forgets
+
+    y = np.repeat([0, 1], 200)
+    base = y.copy()
+    run = y.copy()
+    run[:60] = 1  # class a: 60 of 200 lost, far outside noise
+    run[200:201] = 0  # class b: one of 200 lost, within noise
+    f = forgets(y, base, run, ["a", "b"])
+    bar = plots.per_class_change(f.per_class).data[0]
+    by_class = dict(zip(bar.y, bar.marker.color, strict=True))
+    assert by_class["b"] == "#b0b0b0" and by_class["a"] == "#d62728"
+    d = f.per_class.sort_values("change")
+    assert list(bar.error_x.array) == pytest.approx(list(d["change_hi"] - d["change"]))
+    assert any("within noise" in t for t in bar.text)

@@ -13,7 +13,7 @@ import pandas as pd
 
 from explorer.core.engines import ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CPU
 from explorer.core.errors import bad_value, check_choice
-from explorer.core.stats import CONFIDENCE, newcombe_paired
+from explorer.core.stats import CONFIDENCE, from_counts, newcombe_paired, paired_counts
 
 
 def accuracy_delta(top1: float, baseline_top1: float) -> float:
@@ -184,7 +184,8 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
         return Pick(None, found, confidence=confidence if aware else None)
     best, tied = _choose(found, col, ascending, size_col, aware)
     met = "; ".join(t for t, _ in constraints) or "no constraints"
-    reason = (f"{objective.replace('_', ' ')} of {len(found)} run(s) meeting {met}: {best.get('label', '')}, "
+    runs = "1 run" if len(found) == 1 else f"{len(found)} runs"
+    reason = (f"{objective.replace('_', ' ')} of {runs} meeting {met}: {best.get('label', '')}, "
               f"top-1 {best['top1']:.2f}%, {describe_column(col)} {fmt_value(col, best[col])}")
     if tied > 1:
         reason += (f" ({tied} runs tie within their {pct} intervals; the tie goes to "
@@ -262,7 +263,7 @@ class Forgets:
     """What a compressed model gets wrong that its baseline got right, and the reverse (Hooker et al., "What
     do compressed deep neural networks forget?", 2019), from the predictions both keep."""
 
-    per_class: pd.DataFrame  # class, images, baseline top-1, run top-1, change (points)
+    per_class: pd.DataFrame  # class, images, baseline top-1, run top-1, change (points) and its paired interval
     confusion_change: np.ndarray  # run's confusion counts minus the baseline's; rows true, columns predicted
     lost: np.ndarray  # indices of test images the baseline gets right and the run gets wrong
     gained: np.ndarray  # the reverse
@@ -279,7 +280,11 @@ def forgets(labels: np.ndarray, baseline_pred: np.ndarray, run_pred: np.ndarray,
         n = int(m.sum())
         base = 100 * float((b[m] == c).mean()) if n else float("nan")
         run = 100 * float((r[m] == c).mean()) if n else float("nan")
-        rows.append({"class": classes[c], "images": n, "baseline_top1": base, "run_top1": run, "change": run - base})
+        # the same paired interval as the whole test set's, on this class's images alone (95% for each class,
+        # not corrected for the number of classes)
+        lo, hi = from_counts(paired_counts(b[m] == c, r[m] == c))["delta_ci"] if n else (float("nan"),) * 2
+        rows.append({"class": classes[c], "images": n, "baseline_top1": base, "run_top1": run, "change": run - base,
+                     "change_lo": lo, "change_hi": hi})
 
     def confusion(pred: np.ndarray) -> np.ndarray:
         return np.bincount(y * k + pred, minlength=k * k).reshape(k, k)

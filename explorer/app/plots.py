@@ -321,16 +321,24 @@ def weight_histogram(hist: dict, layer: str) -> go.Figure:
 
 
 def per_class_change(per_class: pd.DataFrame, title: str = "Top-1 change per class") -> go.Figure:
-    """One bar per class: how many points of top-1 the run loses (red) or gains (blue) on that class."""
+    """One bar per class: how many points of top-1 the run loses (red) or gains (blue) on that class, with its
+    paired 95% interval on that class's images; grey where the interval holds 0 (within noise)."""
     d = per_class.sort_values("change")
-    colors = ["#d62728" if v < 0 else "#1f77b4" for v in d["change"]]
-    text = [f"{c:+.1f} pts ({b:.1f}% → {r:.1f}%)" for c, b, r in zip(d["change"], d["baseline_top1"], d["run_top1"],
-                                                                     strict=True)]
+    has_ci = {"change_lo", "change_hi"} <= set(d.columns)
+    noise = ((d["change_lo"] <= 0) & (d["change_hi"] >= 0)) if has_ci else pd.Series(False, index=d.index)
+    colors = ["#b0b0b0" if quiet else "#d62728" if v < 0 else "#1f77b4" for v, quiet in zip(d["change"], noise,
+                                                                                           strict=True)]
+    text = [f"{c:+.1f} pts ({b:.1f}% → {r:.1f}%)" + (", within noise" if quiet else "")
+            for c, b, r, quiet in zip(d["change"], d["baseline_top1"], d["run_top1"], noise, strict=True)]
+    whisker = ({"type": "data", "symmetric": False, "array": d["change_hi"] - d["change"],
+                "arrayminus": d["change"] - d["change_lo"]} if has_ci else None)
     fig = go.Figure(go.Bar(x=d["change"], y=d["class"], orientation="h", marker_color=colors, text=text,
-                           textposition="outside", customdata=d["images"],
+                           textposition="outside", customdata=d["images"], error_x=whisker,
                            hovertemplate="%{y}: %{text} on %{customdata} test images<extra></extra>"))
-    span = max(1.0, float(d["change"].abs().max()) * 1.6)
-    fig.update_layout(xaxis_title="change in top-1 (points), compressed minus baseline", xaxis_range=[-span, span],
+    ends = pd.concat([d["change_lo"], d["change_hi"]]) if has_ci else d["change"]
+    span = max(1.0, float(ends.abs().max()) * 1.6)
+    fig.update_layout(xaxis_title="change in top-1 (points), compressed minus baseline; whiskers: paired 95% "
+                                  "interval per class, grey where it holds 0", xaxis_range=[-span, span],
                       height=max(320, 34 * len(d)))
     return _layout(fig, title)
 
