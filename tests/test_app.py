@@ -1,4 +1,5 @@
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -321,6 +322,9 @@ def test_sweet_spot_table_follows_the_settings_and_can_be_applied(fresh_cache, m
     table = next(d.value for d in at.dataframe if "recommended" in d.value.columns)
     lat_row = table[table["figure"].str.startswith("latency")].iloc[0]
     assert "PyTorch CPU, batch 256" in lat_row["figure"] and lat_row["baseline"] and lat_row["recommended"]
+    speed = table[table["figure"].str.startswith("speed-up")].iloc[0]  # the paired ratio, not two sessions' ms
+    assert "same rounds" in speed["figure"] and re.fullmatch(r"[0-9.]+x \([0-9.]+x to [0-9.]+x\)",
+                                                               speed["recommended"]), speed["recommended"]
     recommended = next(m.value for m in at.markdown if m.value.startswith("**Recommended:**")).split(":** ")[1]
     current = next(m.value for m in at.markdown if m.value.startswith("**Configuration:**"))
     apply = at.button(key="ss_apply")

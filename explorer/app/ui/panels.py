@@ -149,15 +149,23 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: di
     pts = lambda v: f"{v:+.2f}"  # noqa: E731
     ms = lambda v: f"{v:.3g} ms"  # noqa: E731
     lat_lo, lat_hi = (lat_col(*LATENCIES[lat_label], bound) for bound in ("lo", "hi"))
+    speed = [speedup_col(*LATENCIES[lat_label], *bound) for bound in ((), ("lo",), ("hi",))]
+    times = lambda v: f"{v:.2f}x"  # noqa: E731
     table = pd.DataFrame({
         "figure": ["top-1 (95% interval)", "change vs the baseline, points (paired 95% interval)",
-                   f"size: {size_label}", f"latency: {lat_label} (95% interval of the median)"],
+                   f"size: {size_label}",
+                   f"speed-up: {lat_label} against the baseline in PyTorch fp32, timed in the same rounds (95% "
+                   "interval)",
+                   f"latency: {lat_label}, each run timed on its own (95% interval of the median; moves with what "
+                   "else the machine ran)"],
         "baseline": [_with_interval(base, "top1", "top1_lo", "top1_hi", pct), "0",
                      fmt_bytes(base.get(size_col)) if base is not None else "",
+                     _with_interval(base, speed[0], speed[1], speed[2], times),
                      _with_interval(base, latency_col, lat_lo, lat_hi, ms)],
         "recommended": [_with_interval(row, "top1", "top1_lo", "top1_hi", pct),
                         _with_interval(row, "accuracy_delta", "delta_lo", "delta_hi", pts),
-                        fmt_bytes(row.get(size_col)), _with_interval(row, latency_col, lat_lo, lat_hi, ms)]})
+                        fmt_bytes(row.get(size_col)), _with_interval(row, speed[0], speed[1], speed[2], times),
+                        _with_interval(row, latency_col, lat_lo, lat_hi, ms)]})
     st.dataframe(table, hide_index=True, key="ss_table", height=35 * (len(table) + 1) + 3)
     if base is None:
         st.caption("The baseline's own run is not in this table yet; open the baseline (sparsity 0, 32 bits) once "
@@ -166,11 +174,12 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: di
     st.markdown(f"**Recommended:** {row.get('words', row['label'])}")
     wanted = backend.controls_for(recipe, card)
     current = (result or {}).get("key") == row["key"]
-    if st.button("Apply this configuration", key="ss_apply", disabled=wanted is None or current,
-                 help="Set the sidebar (and the link) to the recommended configuration"
-                      if wanted else "The sidebar cannot express this recipe; run it from the recipe JSON"):
-        st.session_state["_apply_controls"] = wanted
-        st.rerun()
+    # the click applies the configuration this render showed (bound now), not whatever a run that landed since
+    # would make the pick on the rerun the click starts; the callback runs before the sidebar is drawn
+    st.button("Apply this configuration", key="ss_apply", disabled=wanted is None or current,
+              on_click=st.session_state.__setitem__, args=("_apply_controls", wanted),
+              help="Set the sidebar (and the link) to the recommended configuration"
+                   if wanted else "The sidebar cannot express this recipe; run it from the recipe JSON")
     with st.expander("Recipe JSON"):
         st.code(json.dumps(recipe, indent=2), language="json")
     stored = backend.stored_result(row["key"])
@@ -180,7 +189,7 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: di
 
 def baseline_panel(info: dict) -> None:
     card, m = info["card"], info["measured"]
-    st.caption(f"Measured now on the {m['n']} test images, from the model rebuilt from `{card['file']}`; the card "
+    st.caption(f"Measured now on the {m['n']:,} test images, from the model rebuilt from `{card['file']}`; the card "
                f"recorded top-1 {card['accuracy']['top1']:.2f}% at training.")
     cols = st.columns(5)
     cols[0].metric("Top-1", f"{m['top1']:.2f}%")
@@ -239,7 +248,7 @@ def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
     st.session_state["_select_baseline"] = card["name"]
     verb = "Already added as" if card.get("reused") else "Added"
     st.session_state["_byo_added"] = {
-        "message": f"{verb} {card['name']}: top-1 {card['accuracy']['top1']:.2f}% on {card['test_samples']} test "
+        "message": f"{verb} {card['name']}: top-1 {card['accuracy']['top1']:.2f}% on {card['test_samples']:,} test "
                    "images (measured). It is now in the baseline list.",
         "note": card.get("unsupported_reason")}
     st.rerun()
