@@ -87,8 +87,9 @@ def missing_data_note() -> str | None:
         return None
     sets = sorted({c["dataset"] for c in missing})
     how = "; ".join(f"{d}: {how_to_get(d)}" for d in sets)
-    return (f"{len(missing)} baseline(s) need data not on this machine ({', '.join(c['name'] for c in missing)}), "
-            f"so they are hidden. To get it: {how}.")
+    who = "1 baseline needs" if len(missing) == 1 else f"{len(missing)} baselines need"
+    return (f"{who} data not on this machine ({', '.join(c['name'] for c in missing)}), so "
+            f"{'it is' if len(missing) == 1 else 'they are'} hidden. To get it: {how}.")
 
 
 def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, name: str | None,

@@ -20,6 +20,8 @@ from explorer.run.jobs import COMPARISON
 
 TABS = ["Overview", "Curves and Pareto", "Size and latency", "Layers", "What it forgets", "Sweep", "Sweet spot",
         "Baseline", "Your model"]
+PENDING = {"sizes": "the checkpoint's file sizes", "onnx": "the ONNX export and its int8 version",
+           "latency": "latency, timed side by side with the baseline"}  # a partial result's pending parts, in words
 LIVE = "Computing"  # how a view that is still being measured begins (the tests wait while it shows)
 
 
@@ -50,7 +52,8 @@ def _live(key: str, base_key: str | None) -> None:
     if shown:
         views.headline(shown)
         if shown.get("status") == "partial":
-            st.caption("Partial: " + ", ".join(shown.get("pending", [])) + " still being measured.")
+            st.caption("Accuracy and the packed size are final; still being measured: "
+                       + ", ".join(PENDING.get(p, p) for p in shown.get("pending", [])) + ".")
 
 
 def main() -> None:
@@ -75,7 +78,7 @@ def main() -> None:
         st.sidebar.caption(note)
     card = cards[names.index(c["baseline"])]
     st.caption(f"{card['architecture']} on {card['dataset']}: {card['params']:,} parameters, baseline top-1 "
-               f"{card['accuracy']['top1']:.2f}% on {card.get('test_samples', '?')} test images.")
+               f"{card['accuracy']['top1']:.2f}% on {_count(card.get('test_samples'))} test images.")
 
     recipe, job, base_job, error = None, None, None, None
     try:
@@ -214,3 +217,7 @@ def footer(seconds: float, job, base_job) -> str:
     st.session_state["_told_computed"] = job.key
     first = f", first figures after {job.first_figures_s:.1f} s" if job.first_figures_s else ""
     return f"Rendered in {seconds:.2f} s (computed: {job.total_s or 0:.1f} s{first})"
+
+
+def _count(n) -> str:
+    return f"{n:,}" if isinstance(n, int) else "?"

@@ -38,6 +38,9 @@ def _lat(result: dict, engine: str, batch: str):
     return v.get("median_ms") if v.get("available") else None
 
 
+TILES = {TORCH_CPU: "PyTorch fp32, batch 256", ORT_CPU_INT8: "ONNX Runtime int8, batch 256"}  # short: tiles are narrow
+
+
 def _speedup(result: dict, engine: str, batch: str) -> tuple[str | None, str]:
     """The metric's delta text for a speed-up and its colouring: 'off' (grey) where the interval holds 1."""
     v = (result.get("speedup") or {}).get(engine, {}).get(batch)
@@ -47,7 +50,7 @@ def _speedup(result: dict, engine: str, batch: str) -> tuple[str | None, str]:
     # the reference is the baseline in PyTorch fp32: say so where the engine is another one
     vs = "" if engine == TORCH_CPU else " vs PyTorch"
     if lo <= 1.0 <= hi:
-        return f"no measurable change{vs}", "off"
+        return f"within noise{vs}", "off"
     return (f"{v['ratio']:.2f}x faster{vs}" if v["ratio"] >= 1 else f"{1 / v['ratio']:.2f}x slower{vs}"), "normal"
 
 
@@ -96,11 +99,12 @@ def headline(result: dict) -> None:
     for col, engine in ((c[3], TORCH_CPU), (c[4], ORT_CPU_INT8)):
         ms = _lat(result, engine, B256)
         text, color = _speedup(result, engine, B256)
-        col.metric(words.engine(engine, B256), f"{ms:.2f} ms" if ms else "measuring..." if pending else "n/a",
+        col.metric(TILES[engine], f"{ms:.2f} ms" if ms else "timing..." if pending else "n/a",
                    text, delta_color=color,
-                   help="Median of interleaved timing rounds on the CPU, batch of 256 images. The arrow is the "
-                        "speed-up over the baseline in PyTorch fp32, timed in the same rounds; 'no measurable "
-                        "change' where its 95% interval holds 1.")
+                   help=f"{words.engine(engine, B256)}: median of interleaved timing rounds, batch of 256 images. "
+                        "The arrow is the speed-up over the baseline in PyTorch fp32, timed in the same rounds; "
+                        "'within noise' where its 95% interval holds 1. The absolute time moves with whatever else "
+                        "the machine runs; the speed-up, timed side by side, holds.")
     sentence = accuracy_sentence(result)
     if sentence:
         st.caption(sentence)
@@ -219,10 +223,13 @@ def size_and_latency(result: dict) -> None:
                    "zstd. Every other figure here is read from a real file.")
     st.plotly_chart(plots.latency_bars(result), key="chart_latency")
     hw = result.get("hardware") or {}
-    st.caption(f"Hardware: {describe(hw)}. Median of repeated runs after warm-up, "
-               f"{result.get('latency_threads', '?')} thread(s); whiskers show p90. Compression, fine-tuning and "
-               f"accuracy: {(result.get('threads') or {}).get('compress_and_evaluate', '?')} torch thread(s) "
-               "(EXPLORER_TRAIN_THREADS), the same in the page, the CLI and sweeps.")
+    timing = result.get("latency_threads", "?")
+    training = (result.get("threads") or {}).get("compress_and_evaluate", "?")
+    st.caption(f"Hardware: {describe(hw)}. Median of repeated runs after warm-up, {_threads(timing)}; the whiskers "
+               "are the 95% interval of the median (the 90th percentile where a run has no interval). Absolute "
+               "times move with whatever else the machine runs; the speed-ups against the baseline are timed in the "
+               f"same rounds and hold. Compression and fine-tuning: {_threads(training)} (EXPLORER_TRAIN_THREADS), "
+               "the same in the page, the CLI and sweeps.")
     missing = [(e, v[B1]["reason"]) for e, v in (result.get("latency") or {}).items()
                if not v.get(B1, {}).get("available")]
     if not hw.get("gpu"):
@@ -304,3 +311,7 @@ def downloads(result: dict, artifact, key: str) -> None:
 def glossary() -> None:
     with st.expander("Glossary: the terms on this page"):
         st.markdown("\n".join(f"- **{term}**: {text}" for term, text in words.GLOSSARY.items()))
+
+
+def _threads(n) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
