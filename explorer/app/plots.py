@@ -248,12 +248,15 @@ def latency_bars(result: dict) -> go.Figure:
     return _layout(fig, "Measured latency")
 
 
-def pareto(df: pd.DataFrame, cost: str, cost_title: str, current_key: str | None = None) -> go.Figure:
-    """Top-1 against a cost (size or latency); the Pareto front joined, the baseline and the current run marked."""
+def pareto(df: pd.DataFrame, cost: str, cost_title: str, current_key: str | None = None,
+           short: str | None = None) -> go.Figure:
+    """Top-1 against a cost (size or latency); the Pareto front joined, the baseline and the current run marked.
+    `cost_title` names the axis, `short` (else the same) the cost in the chart's title, which has half a page."""
     ok = _ok_rows(df, cost, "top1")
     fig = go.Figure()
+    short = short or cost_title
     if ok.empty:
-        return _layout(fig, f"Pareto front: top-1 vs {cost_title} (no runs yet)")
+        return _layout(fig, f"Pareto front: top-1 vs {short} (no runs yet)")
     ok["front"] = pareto_front(ok, cost)
     shown = ok[cost].map(fmt_size) if cost.endswith("_bytes") else ok[cost].map(lambda v: f"{v:.3g} ms")
     hover = np.column_stack([_hover(ok), shown.to_numpy()])
@@ -286,7 +289,7 @@ def pareto(df: pd.DataFrame, cost: str, cost_title: str, current_key: str | None
                       yaxis_range=_accuracy_range(ok),
                       # below the axis: the two fronts sit side by side, where a legend on the right takes half
                       legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.3, "yanchor": "top"})
-    return _layout(fig, f"Pareto front: top-1 vs {cost_title}")
+    return _layout(fig, f"Pareto front: top-1 vs {short}")
 
 
 def _accuracy_title(ok: pd.DataFrame) -> str:

@@ -38,7 +38,7 @@ def _lat(result: dict, engine: str, batch: str):
     return v.get("median_ms") if v.get("available") else None
 
 
-TILES = {TORCH_CPU: "PyTorch fp32, batch 256", ORT_CPU_INT8: "ONNX Runtime int8, batch 256"}  # short: tiles are narrow
+TILES = {TORCH_CPU: "PyTorch fp32, batch 256", ORT_CPU_INT8: "ONNX Runtime int8"}  # short: the tiles are narrow
 
 
 def _speedup(result: dict, engine: str, batch: str) -> tuple[str | None, str]:
@@ -78,10 +78,12 @@ def headline(result: dict) -> None:
     change = f"{delta:+.2f} pts" if abs(delta) >= 0.005 else None
     if change and vs and not vs.get("significant"):
         change += " (within noise)"
-    c[0].metric("Top-1 (measured)", f"{acc['top1']:.2f}%", change,
-                delta_color="off" if vs and not vs.get("significant") else "normal",
+    quiet = bool(vs) and not vs.get("significant")
+    c[0].metric("Top-1 (measured)", f"{acc['top1']:.2f}%", change, delta_color="off" if quiet else "normal",
+                delta_arrow="off" if quiet else "auto",
                 help="Measured on the model rebuilt from the packed file; the arrow is the change vs the baseline "
-                     "on the same test images, grey where it is within noise (see the line below).")
+                     "on the same test images, grey and without an arrow where it is within noise (see the line "
+                     "below).")
     if sz.get("packed_bytes"):
         c[1].metric("Packed size", fmt_bytes(sz["packed_bytes"]), f"{rf.get('packed_bytes', 0):.1f}x smaller",
                     help="Bytes of the packed .xpk file, measured, against the uncompressed (fp32) baseline file.")
@@ -100,7 +102,7 @@ def headline(result: dict) -> None:
         ms = _lat(result, engine, B256)
         text, color = _speedup(result, engine, B256)
         col.metric(TILES[engine], f"{ms:.2f} ms" if ms else "timing..." if pending else "n/a",
-                   text, delta_color=color,
+                   text, delta_color=color, delta_arrow="off" if color == "off" else "auto",
                    help=f"{words.engine(engine, B256)}: median of interleaved timing rounds, batch of 256 images. "
                         "The arrow is the speed-up over the baseline in PyTorch fp32, timed in the same rounds; "
                         "'within noise' where its 95% interval holds 1. The absolute time moves with whatever else "
@@ -199,11 +201,12 @@ def curves(frame: pd.DataFrame, key: str | None) -> None:
     st.plotly_chart(plots.sparsity_accuracy(frame, key), key="chart_sparsity_accuracy")
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(plots.pareto(frame, "packed_bytes", "size of the packed file (bytes)", key),
-                        key="chart_pareto_size")
+        st.plotly_chart(plots.pareto(frame, "packed_bytes", "size of the packed file (bytes)", key,
+                                     short="packed size"), key="chart_pareto_size")
     with right:
         st.plotly_chart(plots.pareto(frame, lat_col(ORT_CPU_INT8, B256),
-                                     "latency, ONNX Runtime int8, batch of 256 (ms)", key), key="chart_pareto_latency")
+                                     "latency, ONNX Runtime int8, batch of 256 (ms)", key, short="int8 latency"),
+                        key="chart_pareto_latency")
     kind = st.radio("Size measure for the accuracy delta x reduction factor score", ["gzip_bytes", "packed_bytes"],
                     horizontal=True, key="adrf_kind", format_func=lambda k: plots.SIZE_LABELS[k])
     st.plotly_chart(plots.ad_rf_ranking(frame, kind, key), key="chart_adrf")
