@@ -156,3 +156,11 @@ def test_per_class_change_draws_each_class_interval_and_greys_what_is_within_noi
     d = f.per_class.sort_values("change")
     assert list(bar.error_x.array) == pytest.approx(list(d["change_hi"] - d["change"]))
     assert any("within noise" in t for t in bar.text)
+
+
+def test_counts_in_page_text_take_the_right_number_and_thousands_separators():
+    from explorer.core.words import count
+
+    assert (count(1, "run"), count(3, "run"), count(0, "run")) == ("1 run", "3 runs", "0 runs")
+    assert count(10_000, "test image") == "10,000 test images" and count(2, "entry", "entries") == "2 entries"
+    assert count("?", "thread") == "? threads"  # an unknown count still reads as a phrase

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from explorer.core import words
 from explorer.core.engines import ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CPU
 from explorer.core.errors import bad_value, check_choice
 from explorer.core.stats import CONFIDENCE, from_counts, newcombe_paired, paired_counts
@@ -184,7 +185,7 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
         return Pick(None, found, confidence=confidence if aware else None)
     best, tied = _choose(found, col, ascending, size_col, aware)
     met = "; ".join(t for t, _ in constraints) or "no constraints"
-    runs = "1 run" if len(found) == 1 else f"{len(found)} runs"
+    runs = words.count(len(found), "run")
     reason = (f"{objective.replace('_', ' ')} of {runs} meeting {met}: {best.get('label', '')}, "
               f"top-1 {best['top1']:.2f}%, {describe_column(col)} {fmt_value(col, best[col])}")
     if tied > 1:

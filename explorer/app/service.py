@@ -11,7 +11,7 @@ import pandas as pd
 
 from explorer.app.metrics import forgets as compute
 from explorer.compress.recipe import Recipe
-from explorer.core import scratch, settings
+from explorer.core import scratch, settings, words
 from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
 from explorer.core.zoo import create_model, list_models
@@ -87,7 +87,7 @@ def missing_data_note() -> str | None:
         return None
     sets = sorted({c["dataset"] for c in missing})
     how = "; ".join(f"{d}: {how_to_get(d)}" for d in sets)
-    who = "1 baseline needs" if len(missing) == 1 else f"{len(missing)} baselines need"
+    who = words.count(len(missing), "baseline") + (" needs" if len(missing) == 1 else " need")
     return (f"{who} data not on this machine ({', '.join(c['name'] for c in missing)}), so "
             f"{'it is' if len(missing) == 1 else 'they are'} hidden. To get it: {how}.")
 

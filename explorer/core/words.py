@@ -111,3 +111,9 @@ def engine(name: str, batch: str | int | None = None) -> str:
         return words
     n = str(batch).lstrip("b")
     return f"{words}, batch of {n}" if n != "1" else f"{words}, one image"
+
+
+def count(n, noun: str, plural: str | None = None) -> str:
+    """'1 run', '3 runs', '10,000 test images': a count with its noun in the right number."""
+    shown = f"{n:,}" if isinstance(n, int) else str(n)
+    return f"{shown} {noun if n == 1 else plural or noun + 's'}"

@@ -78,7 +78,7 @@ def main() -> None:
         st.sidebar.caption(note)
     card = cards[names.index(c["baseline"])]
     st.caption(f"{card['architecture']} on {card['dataset']}: {card['params']:,} parameters, baseline top-1 "
-               f"{card['accuracy']['top1']:.2f}% on {_count(card.get('test_samples'))} test images.")
+               f"{card['accuracy']['top1']:.2f}% on {words.count(card.get('test_samples', '?'), 'test image')}.")
 
     recipe, job, base_job, error = None, None, None, None
     try:
@@ -217,7 +217,3 @@ def footer(seconds: float, job, base_job) -> str:
     st.session_state["_told_computed"] = job.key
     first = f", first figures after {job.first_figures_s:.1f} s" if job.first_figures_s else ""
     return f"Rendered in {seconds:.2f} s (computed: {job.total_s or 0:.1f} s{first})"
-
-
-def _count(n) -> str:
-    return f"{n:,}" if isinstance(n, int) else "?"

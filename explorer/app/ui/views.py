@@ -226,12 +226,12 @@ def size_and_latency(result: dict) -> None:
                    "zstd. Every other figure here is read from a real file.")
     st.plotly_chart(plots.latency_bars(result), key="chart_latency")
     hw = result.get("hardware") or {}
-    timing = result.get("latency_threads", "?")
-    training = (result.get("threads") or {}).get("compress_and_evaluate", "?")
-    st.caption(f"Hardware: {describe(hw)}. Median of repeated runs after warm-up, {_threads(timing)}; the whiskers "
+    timing = words.count(result.get("latency_threads", "?"), "thread")
+    training = words.count((result.get("threads") or {}).get("compress_and_evaluate", "?"), "thread")
+    st.caption(f"Hardware: {describe(hw)}. Median of repeated runs after warm-up, {timing}; the whiskers "
                "are the 95% interval of the median (the 90th percentile where a run has no interval). Absolute "
                "times move with whatever else the machine runs; the speed-ups against the baseline are timed in the "
-               f"same rounds and hold. Compression and fine-tuning: {_threads(training)} (EXPLORER_TRAIN_THREADS), "
+               f"same rounds and hold. Compression and fine-tuning: {training} (EXPLORER_TRAIN_THREADS), "
                "the same in the page, the CLI and sweeps.")
     missing = [(e, v[B1]["reason"]) for e, v in (result.get("latency") or {}).items()
                if not v.get(B1, {}).get("available")]
@@ -314,7 +314,3 @@ def downloads(result: dict, artifact, key: str) -> None:
 def glossary() -> None:
     with st.expander("Glossary: the terms on this page"):
         st.markdown("\n".join(f"- **{term}**: {text}" for term, text in words.GLOSSARY.items()))
-
-
-def _threads(n) -> str:
-    return f"{n} thread" + ("" if n == 1 else "s")
