@@ -389,6 +389,9 @@ def test_the_curves_fill_in_on_their_own(browser, tmp_path):
         _wait_for(lambda: _points(page) >= later + 2, f"two more points {2 * idle_s} s later, with no click", page,
                   timeout_s=RUN_S)
         expect(page.get_by_text(re.compile(r"Landscape: \d+ of 40 configurations"))).to_be_visible(timeout=UI_MS)
+        page.get_by_role("tab", name="Overview").click()  # where a page opens: the measurement is named there too
+        expect(page.get_by_text(re.compile(r"Background measurement: \d+ of 40 configurations"))).to_be_visible(
+            timeout=UI_MS)
 
 
 SHOT_POINTS, SHOT_WAIT_S = 20, 900

@@ -109,6 +109,7 @@ def main() -> None:
     frame = service.frame(card["architecture"], card["dataset"], None if recipe is None else recipe.checkpoint)
     key = result.get("key") if result else None
     with tabs[0]:
+        _landscape_note(card, c)
         if computing:
             _live(job.key, base_job.key if base_job is not None else None)
         if result and not computing:
@@ -182,20 +183,39 @@ def _curves(card: dict, controls: dict, checkpoint: str | None, key: str | None)
     """The curves, Pareto fronts and AD x RF, redrawn as the landscape's points land (only this part of the
     page reruns: the sidebar and the user's place stay). Each redraw tells the landscape the page is still
     open, so it goes on while a user only watches."""
-    lands = service.landscapes() if card.get("format") != "onnx" else None
-    land = lands.touch(card, controls) if lands is not None else None
-    if land is not None:
-        s = land.status(lands.cached)
-        line = (f"Landscape: {s['measured']} of {s['total']} configurations of the default grid measured"
-                + (", paused" if s["paused"] else ", measuring nearest the sliders first" if s["measured"] < s["total"]
-                   else ", complete"))
+    lands, s = _landscape(card, controls)
+    if s is not None:
         cols = st.columns([5, 1])
-        cols[0].caption(line)
+        cols[0].caption(_landscape_line("Landscape", s))
         if cols[1].button("Resume" if s["paused"] else "Pause", key="landscape_pause",
                           help="The background measurement of this model's default grid, shared by every page"):
             lands.pause(card["name"], not s["paused"])
             st.rerun(scope="fragment")
     views.curves(service.frame(card["architecture"], card["dataset"], checkpoint), key)
+
+
+def _landscape(card: dict, controls: dict) -> tuple:
+    """The landscapes and this model's status (None for ONNX models, which have none); the call tells the
+    landscape the page is still open."""
+    lands = service.landscapes() if card.get("format") != "onnx" else None
+    land = lands.touch(card, controls) if lands is not None else None
+    return lands, (land.status(lands.cached) if land is not None else None)
+
+
+def _landscape_line(what: str, s: dict) -> str:
+    return (f"{what}: {s['measured']} of {s['total']} configurations of the default grid measured"
+            + (", paused" if s["paused"] else ", measuring nearest the sliders first" if s["measured"] < s["total"]
+               else ", complete"))
+
+
+@st.fragment(run_every=3)
+def _landscape_note(card: dict, controls: dict) -> None:
+    """On the Overview, where a page opens: the background measurement is going (it shares the machine with
+    this page's runs, which come first), and where its curves are."""
+    _, s = _landscape(card, controls)
+    if s is not None:
+        st.caption(_landscape_line("Background measurement", s) + " (see Curves and Pareto; your own runs go "
+                   "first).")
 
 
 def footer(seconds: float, job, base_job) -> str:
