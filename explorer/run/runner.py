@@ -349,8 +349,8 @@ def time_run(result: RunResult, workdir: str | os.PathLike, *, gpu: bool = True,
              progress: Progress | None = None) -> RunResult:
     """Latency and inference memory of the artifacts in `workdir` (one run at a time: never in parallel)."""
     work = Path(workdir)
-    report = _stages(progress)("latency")
-    report(0.0, "timing latency, the baseline in the same rounds")
+    report, what = _stages(progress)("latency"), "timing latency, the baseline in the same rounds"
+    report(0.0, what)
     if result.get("format") == "onnx":
         return time_onnx(result, work, threads(), latency_budget_s())
     t = time.perf_counter()
@@ -364,7 +364,7 @@ def time_run(result: RunResult, workdir: str | os.PathLike, *, gpu: bool = True,
         onnx_int8=str(work / FILES["onnx_int8"]) if onnx["int8"].get("available") else None,
         onnx_reason=None if onnx["fp32"].get("available") else onnx["fp32"]["reason"],
         threads=threads(), budget_s=latency_budget_s(), gpu=gpu, reference=reference,
-        between_rounds=lambda f: report(f, "timing latency, the baseline in the same rounds"))
+        between_rounds=lambda f: report(f, what))
     result = RunResult(**result)
     result["latency"] = lat["engines"]
     result["speedup"] = lat["speedup"]
