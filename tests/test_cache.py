@@ -68,7 +68,10 @@ def backdate(folder: Path, seconds: float = 60) -> None:
 
 
 def scratch(root: Path) -> list[str]:
-    return [p.name for p in root.iterdir() if p.name.startswith(cache_mod.SCRATCH)]
+    """Build folders left behind: in the scratch space, or in the cache root where earlier versions made them."""
+    space = root / ".scratch"
+    return ([p.name for p in root.iterdir() if p.name.startswith((".tmp-", ".work-", ".trash-"))]
+            + (sorted(p.name for p in space.iterdir()) if space.is_dir() else []))
 
 
 def test_hit_returns_identical_result_without_computing(root):
@@ -286,16 +289,15 @@ def test_killed_process_leaves_nothing_served(root, tmp_path, mode):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
     key = runner.run_key(recipe())
-    left = sorted(scratch(root))  # what a killed process leaves; none of it is an entry
-    assert [n.split("-")[0] for n in left] == ([".work"] if mode == "hang-in-compute" else [".tmp", ".work"])
-    c = RunCache()
+    left = sorted(scratch(root))  # what a killed process leaves (none of it an entry), all in the scratch space
+    assert [n.split("-")[0] for n in left] == (["work"] if mode == "hang-in-compute" else ["commit", "work"])
+    assert all((root / ".scratch" / n).is_dir() for n in left)
+    c = RunCache()  # the next start removes them at once: their owner is dead, however young they are
+    assert scratch(root) == []
     assert c.get(key) is None and c.keys() == []
     fake = FakeCompute()
     result = c.get_or_run(recipe(), compute=fake)  # the dead process's lock is gone: no wait
     assert fake.calls == 1 and result["status"] == "ok" and c.get(key) == strip(result)
-    for name in left:
-        backdate(root / name, 2 * 3600)
-    RunCache()  # construction removes a killed process's old leftovers
     assert scratch(root) == []
 
 
@@ -354,19 +356,41 @@ def test_entries_verify_clear(root):
     assert foreign.is_dir()
 
 
-def test_stale_scratch_cleanup_spares_live_runs(root):
+def _dead_leftover(space: Path, name: str) -> Path:
+    """A build folder as kill -9 leaves it: its owner file there, the owner's lock gone with the process."""
+    p = space / name
+    (p / "work").mkdir(parents=True)
+    (p / ".owner").touch()
+    (p / "work" / "model.onnx").write_bytes(b"x" * 1000)
+    return p
+
+
+def test_a_dead_process_leftovers_go_at_once_and_live_runs_stay(root):
+    """A killed run's 24 MB work folder used to sit in the cache root for an hour and survive restarts and
+    verify --fix. Build folders now live in the scratch space, and the next start (or verify --fix) removes
+    one as soon as its owner is dead, while a live run's folder stays; the root-level folders earlier
+    versions and sweeps made go too, once nobody holds their key."""
     c = RunCache()
-    key = runner.run_key(recipe())
-    old_dead, old_live, fresh = (root / f".work-{k}-1-ab" for k in ("a1b2", key, "c3d4"))
-    for p in (old_dead, old_live, fresh):
+    dead_key, live_key = runner.run_key(recipe(0.1)), runner.run_key(recipe(0.2))
+    legacy_dead, legacy_live = (root / f".work-{k}-4242-ab12cd34" for k in (dead_key, live_key))
+    lookalike = root / ".work-notes-1-ab"  # not named by a run key: not ours
+    for p in (legacy_dead, legacy_live, lookalike):
         p.mkdir()
         (p / "x").write_bytes(b"x")
-    for p in (old_dead, old_live):
-        backdate(p, 2 * 3600)
-    with c.lock(key):  # a long run still holds its key
+    with c.workspace("work", live_key) as live, c.lock(live_key):  # a long run in progress
+        (live / "model.xpk").write_bytes(b"x")
+        assert live.parent.parent == root / ".scratch"
+        dead = _dead_leftover(root / ".scratch", f"work-{dead_key}-4242-deadbeef")
+        RunCache()  # a new start
+        assert not dead.exists() and not legacy_dead.exists()
+        assert live.is_dir() and legacy_live.is_dir() and lookalike.is_dir()
+        dead = _dead_leftover(root / ".scratch", f"commit-{dead_key}-4243-deadbeef")
         removed = c.verify(fix=True)
-    assert [r["key"] for r in removed] == [old_dead.name]
-    assert sorted(scratch(root)) == sorted([old_live.name, fresh.name])
+        assert [r["key"] for r in removed] == [dead.name] and not dead.exists()
+        assert live.is_dir() and legacy_live.is_dir() and lookalike.is_dir()
+    assert not live.parent.exists()  # the run ended: its folder went with it
+    assert [r["key"] for r in c.verify(fix=True)] == [legacy_live.name]
+    assert lookalike.is_dir() and scratch(root) == [lookalike.name]
 
 
 def test_real_runner_second_call_is_a_fast_hit(root):
@@ -407,7 +431,7 @@ def test_an_attached_file_is_checked_when_served_and_goes_with_its_entry(root):
 
 def test_clear_removes_attached_files_and_the_old_sensitivity_folder(root):
     (root / ".sensitivity").mkdir(parents=True)
-    (root / ".sensitivity" / "k.json").write_text("{}")
+    (root / ".sensitivity" / f"{'0' * 20}.json").write_text("{}")  # named by its run key
     c = RunCache(root)  # start-up removes what earlier versions kept outside the entries
     assert not (root / ".sensitivity").exists()
     key = c.get_or_run(recipe(), compute=FakeCompute())["cache"]["key"]
@@ -426,3 +450,57 @@ def test_a_fixed_technique_gets_new_keys_and_the_others_keep_theirs(monkeypatch)
     monkeypatch.setattr(PruneConfig, "revision", lambda self: 1)
     before = [runner.run_key(r) for r in (unstructured, channel, layer)]
     assert after[0] == before[0] and after[2] == before[2] and after[1] != before[1]
+
+
+def _plant_lookalikes(folder: Path) -> dict[str, bytes]:
+    """What a shared folder such as ~/.cache holds beside the explorer's entries: folders named with letters
+    and digits, a 64-hex folder (a content-addressed store's), a folder named exactly like a run key but
+    without our manifest, and plain files. Returns every file planted, with its bytes."""
+    planted = {}
+    for rel in ("Documents/thesis.tex", "pip/http/ab/cd", "torch/hub/checkpoints/resnet.pth",
+                "huggingface/hub/models--x/config.json", f"{'ab12' * 16}/blob", f"{'0' * 20}/notes.txt",
+                "notes.txt", "TODO"):
+        p = folder / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(rel.encode() * 100)
+        planted[rel] = rel.encode() * 100
+    return planted
+
+
+def _survivors(folder: Path, planted: dict[str, bytes]) -> dict[str, bytes]:
+    return {rel: (folder / rel).read_bytes() for rel in planted if (folder / rel).is_file()}
+
+
+def test_clear_verify_and_the_size_cap_remove_only_entries_the_cache_wrote(root):
+    """clear, verify --fix and the size cap used to delete every folder named with letters and digits in the
+    cache folder (Documents/, pip/, torch/, huggingface/ under EXPLORER_CACHE_DIR=~/.cache) with everything
+    inside. Only a folder named exactly like a run key and holding our manifest.json is an entry."""
+    c, fake = RunCache(), FakeCompute()
+    planted = _plant_lookalikes(root)
+    assert c.keys() == [] and c.entries() == [] and c.total_bytes() == 0  # none of it is listed
+    a = c.get_or_run(recipe(0.1), compute=fake)["key"]
+    b = c.get_or_run(recipe(0.2), compute=fake)["key"]
+    assert c.keys() == sorted([a, b]) and len(a) == 20
+    assert c.evict() == [] and RunCache(max_mb=0).evict() == sorted([a, b], key=c._last_used)
+    assert _survivors(root, planted) == planted
+    c.get_or_run(recipe(0.1), compute=fake)
+    last = RunCache(max_mb=0).get_or_run(recipe(0.3), compute=fake)["key"]  # a run under a zero cap evicts
+    assert c.keys() == [last] and _survivors(root, planted) == planted
+    (root / last / F["packed"]).write_bytes(b"damaged")
+    assert [r["key"] for r in c.verify(fix=True)] == [last] and c.keys() == []
+    assert _survivors(root, planted) == planted
+    c.get_or_run(recipe(0.4), compute=fake)
+    assert c.clear() == 1 and c.keys() == []
+    assert _survivors(root, planted) == planted
+    with pytest.raises(RuntimeError, match="is in the way"):  # a run whose key names a folder not ours
+        c.commit("0" * 20, root, {"status": "ok", "key": "0" * 20})
+    assert c.get("0" * 20) is None and _survivors(root, planted) == planted
+
+
+def test_run_keys_have_one_exact_form(root):
+    key = runner.run_key(recipe())
+    assert cache_mod.is_key(key) and len(key) == 20  # what runner.run_key makes is what the cache accepts
+    for bad in ("Documents", "pip", "ab12" * 16, key.upper(), key[:-1], key + "0", f"{key}/..", 12345):
+        assert not cache_mod.is_key(bad)
+        with pytest.raises(ValueError, match=r"must be a run key \(20 lowercase hex digits"):
+            RunCache().get(bad)

@@ -13,9 +13,15 @@ REPO_DATA = ROOT / "data"  # data sets fetched with `python -m explorer data fet
 
 
 def cache_dir() -> Path:
-    """The run cache: EXPLORER_CACHE_DIR, else cache/ in the repository."""
-    env = os.environ.get("EXPLORER_CACHE_DIR")
-    return Path(env) if env else ROOT / "cache"
+    """The run cache: EXPLORER_CACHE_DIR, else cache/ in the repository (explorer.core.cachedir checks it)."""
+    return env_folder("EXPLORER_CACHE_DIR", ROOT / "cache")
+
+
+def env_folder(name: str, default: Path) -> Path:
+    """The folder environment variable `name` names, else `default`. Empty or blank counts as unset, as for
+    every setting: Path("") is the current folder, where nothing of the explorer's belongs."""
+    env = os.environ.get(name, "")
+    return Path(env) if env.strip() else default
 
 
 def baseline_path(model: str, dataset: str, models_dir: str | os.PathLike = MODELS_DIR) -> Path:

@@ -19,45 +19,58 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from explorer.core import cachedir
 from explorer.core.paths import cache_dir
 
 OWNER = ".owner"
-_BORN_S = 60.0  # a folder with no lock file yet may be one being created this instant
+_BORN_S = 60.0  # a hidden folder is one being born: its owner may be between mkdtemp and locking
+TRASH = "trash-"  # an entry being deleted: nobody's, removed by whoever sees it
 
 
-def root() -> Path:
-    return cache_dir() / ".scratch"
+def root(cache: str | os.PathLike | None = None) -> Path:
+    """The scratch folder of the run cache `cache` (default: EXPLORER_CACHE_DIR or the repository's cache/)."""
+    return Path(cache if cache is not None else cache_dir()) / ".scratch"
 
 
 @contextlib.contextmanager
-def folder(prefix: str) -> Iterator[Path]:
+def folder(prefix: str, cache: str | os.PathLike | None = None) -> Iterator[Path]:
     """A new empty folder under the scratch root, removed on exit; `prefix` says what it is for."""
-    base = root()
+    base = root(cachedir.claim(cache if cache is not None else cache_dir()))
     base.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f"{prefix}-{os.getpid()}-", dir=base))
-    owner = open(path / OWNER, "a+b")  # noqa: SIM115 - held open for the folder's whole life
+    # born hidden and renamed once its owner lock is held, so `clean` never sees an unlocked live folder
+    born = Path(tempfile.mkdtemp(prefix=f".{prefix}-{os.getpid()}-", dir=base))
+    owner = open(born / OWNER, "a+b")  # noqa: SIM115 - held open for the folder's whole life
+    path = born.with_name(born.name[1:])
     try:
         fcntl.flock(owner.fileno(), fcntl.LOCK_EX)
+        os.rename(born, path)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(born, ignore_errors=True)
         owner.close()
 
 
-def clean() -> list[str]:
-    """Remove the scratch folders of processes that are gone; returns their names."""
+def clean(cache: str | os.PathLike | None = None) -> list[str]:
+    """Remove the scratch folders of processes that are gone (at once: the kernel released their lock when
+    they died); returns their names. A cache folder that is not the explorer's is refused, never cleaned."""
+    top = Path(cache if cache is not None else cache_dir())
+    if not top.is_dir():
+        return []
+    cachedir.claim(top)
     removed: list[str] = []
-    with contextlib.suppress(OSError), os.scandir(root()) as it:
+    with contextlib.suppress(OSError), os.scandir(root(top)) as it:
         for e in it:
             if not e.is_dir(follow_symlinks=False):
                 continue
             try:
+                young = time.time() - e.stat(follow_symlinks=False).st_mtime < _BORN_S
                 f = open(Path(e.path) / OWNER, "rb")  # noqa: SIM115
             except FileNotFoundError:
-                with contextlib.suppress(OSError):
-                    if time.time() - e.stat(follow_symlinks=False).st_mtime > _BORN_S:
-                        shutil.rmtree(e.path, ignore_errors=True)
-                        removed.append(e.name)
+                # no owner: trash is nobody's; anything else may be a folder created this instant
+                if e.name.startswith(TRASH) or not young:
+                    shutil.rmtree(e.path, ignore_errors=True)
+                    removed.append(e.name)
                 continue
             except OSError:
                 continue
@@ -66,9 +79,22 @@ def clean() -> list[str]:
                     fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # its owner is alive
+                if e.name.startswith(".") and young:
+                    continue  # still hidden: its owner may be about to lock it
                 shutil.rmtree(e.path, ignore_errors=True)
                 removed.append(e.name)
     return removed
+
+
+def trash(path: Path, cache: str | os.PathLike) -> None:
+    """Delete the folder `path` of the run cache `cache`: renamed into the scratch folder in one step (a
+    reader sees all of it or nothing), then removed; what a kill interrupts, the next `clean` removes."""
+    base = root(cache)
+    base.mkdir(exist_ok=True)
+    dest = base / f"{TRASH}{path.name}-{os.getpid()}-{secrets.token_hex(4)}"
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(path, dest)
+        shutil.rmtree(dest, ignore_errors=True)
 
 
 def move_into_place(src: Path, dest: Path, *, overwrite: bool = False) -> None:

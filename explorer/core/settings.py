@@ -11,6 +11,8 @@ import math
 import os
 from dataclasses import dataclass
 
+from explorer.core import cachedir
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -86,5 +88,16 @@ def check_all() -> None:
             parse(name)
         except ValueError as e:
             problems.append(str(e))
+    problems += check_folders()
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def check_folders() -> list[str]:
+    """The folder settings, checked without creating anything: EXPLORER_CACHE_DIR must be a folder the
+    explorer can write and call its own (explorer.core.cachedir), so a bad one is named before any work."""
+    try:
+        cachedir.check_env()
+    except ValueError as e:
+        return [str(e)]
+    return []

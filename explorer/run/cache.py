@@ -4,6 +4,9 @@ A slider move in the UI, a CLI sweep and a benchmark all come through `RunCache.
 cache must never serve something half-written or wrong:
 - an entry is built in a scratch folder and renamed into place in one step, `manifest.json` (size and
   sha256 of every file) written last; an entry whose files do not match its manifest is discarded;
+- the cache folder may be shared with other things (EXPLORER_CACHE_DIR=~/.cache), so it deletes only what
+  it can prove it wrote: a folder named exactly like a run key that holds our manifest.json, in a folder
+  marked as the explorer's (explorer.core.cachedir), and scratch folders whose owner process is gone;
 - a per-key file lock makes concurrent identical requests (Streamlit sessions are threads, sweeps may
   be processes) compute once; the kernel releases the lock of a killed process;
 - only successful runs are stored: a failure comes back as a failed RunResult and is recomputed next time;
@@ -19,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import secrets
 import shutil
 import stat
 import threading
@@ -30,16 +32,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from explorer import SCHEMA_VERSION
-from explorer.core import settings
+from explorer.core import cachedir, scratch, settings
+from explorer.core.cachedir import is_key
 from explorer.core.paths import cache_dir
 from explorer.run.result import FILES, RunResult, failed, to_json
 
 MANIFEST, RESULT, LAST_USED = "manifest.json", "result.json", "last_used"
 # result.FILES kept; the checkpoint, gzip and zstd copies only give sizes
 ARTIFACT_KINDS = ("packed", "onnx", "onnx_int8", "predictions")
-STALE_S = 3600.0
 LEGACY_SENSITIVITY = ".sensitivity"
-SCRATCH = (".tmp-", ".work-", ".trash-")
+# an entry that lost its manifest is still recognisably ours if it holds only what commit writes
+OWN_FILES = frozenset({*FILES.values(), RESULT, LAST_USED})
 _verified: set[tuple] = set()  # (entry, stats of its files) whose checksums matched in this process
 _held = threading.local()  # locks this thread holds: commit/get inside get_or_run's lock must not deadlock
 
@@ -57,14 +60,11 @@ def max_bytes(value: str | float | None = None) -> int:
     return int(mb * 2**20)
 
 
-def is_key(name: object) -> bool:
-    # keys become folder names: nothing that could point outside the cache
-    return isinstance(name, str) and name.isascii() and name.isalnum() and len(name) <= 128
-
-
 def check_key(key: str) -> str:
+    # keys become folder names: nothing that could point outside the cache or name a folder not ours
     if not is_key(key):
-        raise ValueError(f"cache key {key!r} must be a run key (letters and digits, as runner.run_key gives)")
+        raise ValueError(f"cache key {key!r} must be a run key ({cachedir.KEY_LEN} lowercase hex digits, as "
+                         "runner.run_key gives)")
     return key
 
 
@@ -98,9 +98,8 @@ def _default_compute(recipe, workdir: Path, progress, partial=None):
 
 class RunCache:
     def __init__(self, root: str | os.PathLike | None = None, max_mb: float | None = None):
-        self.root = Path(root) if root is not None else cache_dir()
         self.max_bytes = max_bytes(max_mb)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = cachedir.claim(Path(root) if root is not None else cache_dir())  # a folder not ours: refused
         self._clean_scratch()
 
     def _open_lock(self, key: str, wait: bool, on_wait: Callable[[], None] | None = None) -> IO | None:
@@ -193,32 +192,62 @@ class RunCache:
             return None, "result.json is not a successful run with this key"
         return result, None
 
-    def _discard(self, path: Path) -> None:
-        """Move the folder aside in one rename, then delete it: a reader sees all of it or nothing."""
-        trash = self.root / f".trash-{path.name}-{os.getpid()}-{secrets.token_hex(4)}"
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(path, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+    def _is_entry(self, key: str) -> bool:
+        """Whether folder `key` is an entry this cache wrote, the only kind it ever deletes: named exactly like
+        a run key, a real folder, holding our manifest.json (or, for an entry that lost it, only files that
+        commit writes, result.json among them). Anything else in the cache folder is left alone."""
+        if not is_key(key):
+            return False
+        entry = self.root / key
+        try:
+            if not stat.S_ISDIR(entry.lstat().st_mode):
+                return False
+            if stat.S_ISREG((entry / MANIFEST).lstat().st_mode):
+                return True
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        try:
+            names = os.listdir(entry)
+        except OSError:
+            return False
+        return RESULT in names and all(n in OWN_FILES or (n.startswith(".") and n.endswith(".tmp")) for n in names)
 
-    def _scratch(self, prefix: str, key: str) -> Path:
-        path = self.root / f"{prefix}{key}-{os.getpid()}-{secrets.token_hex(4)}"
-        path.mkdir(parents=True)
-        return path
+    def _discard(self, key: str) -> None:
+        """Delete entry `key` if it is one this cache wrote: moved aside in one rename, so a reader sees all of
+        it or nothing, then removed."""
+        if self._is_entry(key):
+            scratch.trash(self.root / key, self.root)
 
-    def _clean_scratch(self, max_age_s: float = STALE_S) -> list[str]:
-        """Remove a killed process's leftovers: scratch folders over an hour old whose key nobody holds."""
-        removed = []
-        if (self.root / LEGACY_SENSITIVITY).is_dir():  # earlier versions kept sensitivity outside the entries
-            shutil.rmtree(self.root / LEGACY_SENSITIVITY, ignore_errors=True)
+    @contextlib.contextmanager
+    def workspace(self, what: str, key: str) -> Iterator[Path]:
+        """An empty folder for building run `key`, in the cache's scratch space: removed on exit, and by the
+        next start (or verify --fix) as soon as its process is gone, however it died (scratch.clean)."""
+        with scratch.folder(f"{what}-{check_key(key)}", self.root) as space:
+            path = space / what
+            path.mkdir()
+            yield path
+
+    def _clean_scratch(self) -> list[str]:
+        """Remove what processes that are gone left: their scratch folders (at once: the kernel released their
+        locks when they died), and the folders earlier versions (and sweeps) made in the cache root itself,
+        once nobody holds their key."""
+        removed = scratch.clean(self.root)
+        legacy = self.root / LEGACY_SENSITIVITY  # earlier versions kept sensitivity outside the entries
+        with contextlib.suppress(OSError):
+            for p in legacy.iterdir():
+                if p.suffix == ".json" and is_key(p.stem) and p.is_file() and not p.is_symlink():
+                    p.unlink()
+            legacy.rmdir()  # only once empty: what else is there is not ours
         with contextlib.suppress(OSError), os.scandir(self.root) as it:
             for e in it:
-                prefix = next((p for p in SCRATCH if e.name.startswith(p)), None)
-                if prefix is None or time.time() - (_mtime(Path(e.path)) or time.time()) < max_age_s:
+                m = cachedir.LEGACY_SCRATCH.fullmatch(e.name)
+                if m is None or not e.is_dir(follow_symlinks=False):
                     continue
-                key = e.name[len(prefix):].split("-", 1)[0]
                 f = None
-                if prefix != ".trash-":  # trash belongs to nobody; tmp and work folders to their key's lock
-                    f = self._open_lock(key, wait=False) if is_key(key) else None
+                if m.group(1) != "trash":  # trash belongs to nobody; tmp and work folders to their key's lock
+                    f = self._open_lock(m.group(2), wait=False)
                     if f is None:
                         continue
                 shutil.rmtree(e.path, ignore_errors=True)
@@ -236,7 +265,7 @@ class RunCache:
             with self.lock(key):  # another session may be replacing it: look again before deleting
                 result, problem = self._check(key)
                 if problem is not None:
-                    self._discard(self.root / key)
+                    self._discard(key)
                     return None
         with contextlib.suppress(OSError):
             (self.root / key / LAST_USED).touch()
@@ -257,8 +286,7 @@ class RunCache:
         text = to_json(result)
         entry = self.root / key
         with self.lock(key):
-            tmp = self._scratch(".tmp-", key)
-            try:
+            with self.workspace("commit", key) as tmp:
                 for kind in ARTIFACT_KINDS:
                     if (Path(workdir) / FILES[kind]).is_file():
                         shutil.move(Path(workdir) / FILES[kind], tmp / FILES[kind])
@@ -268,15 +296,14 @@ class RunCache:
                             "created": datetime.now(UTC).isoformat(timespec="seconds")}
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
                 (tmp / LAST_USED).touch()
-                if entry.exists():
+                if entry.exists() or entry.is_symlink():
                     stored = self.get(key)  # discards it unless intact
                     if stored is not None:
                         return stored
+                    if entry.exists() or entry.is_symlink():
+                        raise RuntimeError(f"{str(entry)!r} is in the way: the explorer did not write it (no "
+                                           f"{MANIFEST}), so it leaves it alone; move it elsewhere")
                 os.rename(tmp, entry)  # atomic on one filesystem: the entry appears complete or not at all
-                tmp = None
-            finally:
-                if tmp is not None:
-                    shutil.rmtree(tmp, ignore_errors=True)
             self.evict(keep=key)
         return json.loads(text)
 
@@ -302,8 +329,7 @@ class RunCache:
             hit = self.get(key)  # the session we waited for has stored it
             if hit is not None:
                 return _tag(hit, True, key)
-            work = self._scratch(".work-", key)
-            try:
+            with self.workspace("work", key) as work:
                 try:
                     extra = {} if partial is None else {"partial": partial}
                     result = (compute or _default_compute)(recipe, work, progress, **extra)
@@ -322,8 +348,6 @@ class RunCache:
                 except Exception as e:
                     err = RuntimeError(f"the run finished but could not be stored in {self.root}: {e}")
                     return _tag(failed(recipe, err), False, key, stored=False)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
 
     def _files(self, key: str) -> dict:
         try:
@@ -340,7 +364,7 @@ class RunCache:
             return True
         if meta is not None:
             with self.lock(key):
-                self._discard(self.root / key)
+                self._discard(key)
         return False
 
     def artifact(self, key: str, name: str) -> bytes | None:
@@ -381,9 +405,9 @@ class RunCache:
         return None if data is None else self.root / key / name
 
     def keys(self) -> list[str]:
-        """Entry folders; anything else in the folder (README, another tool's scratch) is not ours to touch."""
+        """Entry folders; anything else in the folder (README, another tool's files) is not ours to touch."""
         with contextlib.suppress(OSError), os.scandir(self.root) as it:
-            return sorted(e.name for e in it if is_key(e.name) and e.is_dir(follow_symlinks=False))
+            return sorted(e.name for e in it if self._is_entry(e.name))
         return []
 
     def _last_used(self, key: str) -> float:
@@ -407,7 +431,7 @@ class RunCache:
     def verify(self, fix: bool = False) -> list[dict]:
         """Check every entry like `get` does, re-hashing every file; returns the bad ones with their problem.
 
-        fix=True removes them, and scratch folders a killed process left over an hour ago.
+        fix=True removes them, and the scratch folders of processes that are gone (killed mid-run).
         """
         bad = []
         for key in self.keys():
@@ -416,10 +440,11 @@ class RunCache:
                 continue
             if fix:
                 with self.lock(key):
-                    self._discard(self.root / key)
+                    self._discard(key)
             bad.append({"key": key, "problem": problem, "removed": fix})
         if fix:
-            bad += [{"key": n, "problem": "stale scratch folder", "removed": True} for n in self._clean_scratch()]
+            bad += [{"key": n, "problem": "scratch folder of a process that is gone", "removed": True}
+                    for n in self._clean_scratch()]
         return bad
 
     def total_bytes(self) -> int:
@@ -438,7 +463,7 @@ class RunCache:
             if f is None:
                 continue
             with f:
-                self._discard(self.root / key)
+                self._discard(key)
             total -= sizes[key]
             removed.append(key)
         return removed
@@ -448,5 +473,5 @@ class RunCache:
         keys = self.keys()
         for key in keys:
             with self.lock(key):
-                self._discard(self.root / key)
+                self._discard(key)
         return len(keys)
