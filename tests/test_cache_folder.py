@@ -3,12 +3,15 @@ its own (a marker it wrote, or contents it wrote), a bad EXPLORER_CACHE_DIR refu
 and an empty folder variable treated as unset rather than as the current folder."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from explorer.app.cli import main
 from explorer.core import cachedir, settings
+from explorer.models import baselines
+from explorer.models import user as byo
 from explorer.run.cache import RunCache
 from tests.conftest import ROOT
 from tests.test_cache import FakeCompute, _plant_lookalikes, recipe
@@ -135,3 +138,16 @@ def test_a_cache_setting_that_is_not_a_writable_folder_is_one_line(tmp_path, mon
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {head}")
     assert file.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_folder_setting_is_the_default_not_the_current_folder(tmp_path, monkeypatch, value):
+    """EXPLORER_USER_MODELS="" used to write added models into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("EXPLORER_USER_MODELS", "EXPLORER_USER_DATA"):
+        monkeypatch.setenv(name, value)
+    assert byo.user_models_dir() == Path(baselines.MODELS_DIR) / "user"
+    assert byo.user_data_dir() == Path(baselines.MODELS_DIR).parent / "data" / "user"
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", value)
+    assert cachedir.cache_dir() == ROOT / "cache"
+    assert os.listdir(tmp_path) == []

@@ -30,6 +30,7 @@ import torch
 from explorer.core import scratch, settings
 from explorer.core.data import DataBundle, load_dataset
 from explorer.core.errors import bad_value, first_line, quiet_third_party
+from explorer.core.paths import env_folder
 from explorer.core.train import evaluate
 from explorer.core.zoo import count_params, create_model, list_models
 from explorer.measure.onnx_export import ExportError, export_onnx, onnx_accuracy, onnx_logits
@@ -41,11 +42,11 @@ FOREIGN_REASON = ("pruning, clustering, k-bit quantisation, low-rank and distill
 
 
 def user_models_dir() -> Path:
-    return Path(os.environ.get("EXPLORER_USER_MODELS", baselines.MODELS_DIR / "user"))
+    return env_folder("EXPLORER_USER_MODELS", Path(baselines.MODELS_DIR) / "user")  # "" is unset, not "here"
 
 
 def user_data_dir() -> Path:
-    return Path(os.environ.get("EXPLORER_USER_DATA", Path(baselines.MODELS_DIR).parent / "data" / "user"))
+    return env_folder("EXPLORER_USER_DATA", Path(baselines.MODELS_DIR).parent / "data" / "user")
 
 
 def max_upload_bytes() -> int:
