@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def _reason(e: OSError) -> str:
 
 def marked(root: Path) -> bool:
     with contextlib.suppress(OSError):
-        return (Path(root) / MARKER).lstat().st_mode & 0o170000 == 0o100000  # a regular file, not a link
+        return stat.S_ISREG((Path(root) / MARKER).lstat().st_mode)  # a regular file, not a link to one
     return False
 
 
