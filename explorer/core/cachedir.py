@@ -63,10 +63,26 @@ def marked(root: Path) -> bool:
     return False
 
 
-def _is_old_entry(path: Path) -> bool:
-    with contextlib.suppress(OSError):
-        return is_key(path.name) and path.is_dir() and not path.is_symlink() and (path / "manifest.json").is_file()
-    return False
+def is_entry(path: Path, own_files: frozenset[str] = frozenset()) -> bool:
+    """Whether `path` is a run entry the explorer wrote, the only kind of folder the cache ever deletes: named
+    exactly like a run key, a real folder (not a link), holding manifest.json, or, for one that lost it, only
+    files named in `own_files` (what the cache's commit writes), result.json among them."""
+    if not is_key(path.name):
+        return False
+    try:
+        if not stat.S_ISDIR(path.lstat().st_mode):
+            return False
+        if stat.S_ISREG((path / "manifest.json").lstat().st_mode):
+            return True
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return "result.json" in names and all(n in own_files or (n.startswith(".") and n.endswith(".tmp")) for n in names)
 
 
 def _foreign(root: Path) -> list[str]:
@@ -80,7 +96,7 @@ def _foreign(root: Path) -> list[str]:
             if n in PLACEHOLDERS and e.is_file(follow_symlinks=False):
                 continue
             if e.is_dir(follow_symlinks=False) and (n in OWN_HIDDEN or n == BENCH or LEGACY_SCRATCH.fullmatch(n)
-                                                     or _is_old_entry(Path(e.path))):
+                                                     or is_entry(Path(e.path))):
                 continue
             out.append(n)
     return sorted(out)

@@ -193,26 +193,7 @@ class RunCache:
         return result, None
 
     def _is_entry(self, key: str) -> bool:
-        """Whether folder `key` is an entry this cache wrote, the only kind it ever deletes: named exactly like
-        a run key, a real folder, holding our manifest.json (or, for an entry that lost it, only files that
-        commit writes, result.json among them). Anything else in the cache folder is left alone."""
-        if not is_key(key):
-            return False
-        entry = self.root / key
-        try:
-            if not stat.S_ISDIR(entry.lstat().st_mode):
-                return False
-            if stat.S_ISREG((entry / MANIFEST).lstat().st_mode):
-                return True
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return False
-        try:
-            names = os.listdir(entry)
-        except OSError:
-            return False
-        return RESULT in names and all(n in OWN_FILES or (n.startswith(".") and n.endswith(".tmp")) for n in names)
+        return cachedir.is_entry(self.root / key, OWN_FILES)  # anything else in the folder is left alone
 
     def _discard(self, key: str) -> None:
         """Delete entry `key` if it is one this cache wrote: moved aside in one rename, so a reader sees all of
