@@ -85,3 +85,12 @@ def test_unreadable_recipe_files_name_the_file(tmp_path, capsys):
         assert main(["run", "--recipe", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"recipe file '{tmp_path / name}' {why}" in err
+
+
+def test_a_recipe_file_that_gives_a_key_twice_is_one_line(tmp_path, capsys):
+    path = tmp_path / "twice.json"
+    path.write_text('{"model": "digits_cnn", "steps": [{"kind": "prune", "sparsity": 0.5}], "model": "vgg13"}')
+    assert main(["run", "--recipe", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: recipe file {str(path)!r} is ambiguous: key 'model' is given twice in one object: give " \
+                  "each key once\n"

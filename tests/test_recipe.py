@@ -122,3 +122,19 @@ def test_the_pages_largest_recipe_fits_the_bounds():
     r = build(most, {"architecture": "digits_cnn", "dataset": "digits", "name": "digits_cnn-digits"})
     assert len(r.steps) == 5 and sum(s.training_epochs() for s in r.steps) == 203
     assert Recipe.from_json(r.to_json()) == r
+
+
+def test_a_key_given_twice_is_refused_at_every_level_naming_it(tmp_path):
+    """Security review (issue 21): {"model": "digits_cnn", ..., "model": "vgg13"} silently ran VGG-13, the last
+    one, while a reader of the file saw the digits CNN first."""
+    with pytest.raises(ValueError) as e:
+        Recipe.from_json('{"model": "digits_cnn", "steps": [], "model": "vgg13"}')
+    assert str(e.value) == "recipe is ambiguous: key 'model' is given twice in one object: give each key once"
+    nested = '{"model": "digits_cnn", "steps": [{"kind": "prune", "sparsity": 0.5, "sparsity": 0.99}]}'
+    with pytest.raises(ValueError, match=r"^recipe is ambiguous: key 'sparsity' is given twice"):
+        Recipe.from_json(nested)
+    path = tmp_path / "twice.json"
+    path.write_text('{"model": "digits_cnn",\n "model": "vgg13"}')
+    with pytest.raises(ValueError, match=rf"^recipe file {str(path)!r} is ambiguous: key 'model' is given twice"):
+        Recipe.from_file(path)
+    assert Recipe.from_json('{"model": "digits_cnn", "steps": [{"kind": "prune"}, {"kind": "prune"}]}')  # lists may

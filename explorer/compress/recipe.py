@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from explorer.compress.base import StepConfig, config_from_dict, config_to_dict, step_type_of
+from explorer.core import strictjson
 from explorer.core.data import DATASETS
 from explorer.core.errors import bad_value, check_choice, check_range
 from explorer.core.paths import baseline_path
@@ -115,7 +116,9 @@ class Recipe:
     def from_json(cls, text: str, source: str = "recipe") -> Recipe:
         """`source` names where the text came from ("recipe file 'r.json'") in every error."""
         try:
-            d = json.loads(text)
+            d = strictjson.loads(text)
+        except strictjson.DuplicateKeyError as e:
+            raise ValueError(f"{source} is ambiguous: {e}") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{source} is not valid JSON: {e}") from None
         except RecursionError:
