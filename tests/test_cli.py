@@ -94,3 +94,32 @@ def test_a_recipe_file_that_gives_a_key_twice_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == f"error: recipe file {str(path)!r} is ambiguous: key 'model' is given twice in one object: give " \
                   "each key once\n"
+
+
+@pytest.mark.parametrize("value", ["-5", "0"])
+def test_train_refuses_a_bad_finetune_samples_before_training(tmp_path, capsys, value):
+    """`train --finetune-samples -5` used to train and write -5 into the card, which every later run then used
+    (0 was dropped from the card without a word)."""
+    rc = main(["train", "--model", "digits_cnn", "--epochs", "1", "--finetune-samples", value,
+               "--models-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"error: --finetune-samples={value} must be an integer in [100, 10000000]\n"
+    assert list(tmp_path.iterdir()) == []  # nothing trained, no card
+
+
+def test_a_card_with_a_bad_finetune_samples_is_refused_where_it_is_read(tmp_path, capsys):
+    import json
+    import shutil
+
+    for ext in ("safetensors", "json"):
+        shutil.copy(ROOT / "models" / f"digits_cnn-digits.{ext}", tmp_path / f"digits_cnn-digits.{ext}")
+    card = tmp_path / "digits_cnn-digits.json"
+    card.write_text(json.dumps({**json.loads(card.read_text()), "finetune_samples": -5}))
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"model": "digits_cnn", "checkpoint": str(tmp_path / "digits_cnn-digits.safetensors"),
+                                  "steps": [{"kind": "prune", "sparsity": 0.3, "finetune_epochs": 1}]}))
+    assert main(["run", "--recipe", str(recipe), "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: baseline card {str(card)!r}: finetune_samples=-5 must be an integer in [100, "
+                        "10000000]\n") and err.count("error:") == 1
+

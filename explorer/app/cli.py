@@ -157,9 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command("train")
 def _train(a: argparse.Namespace) -> int:
+    from explorer.compress.recipe import check_finetune_samples
     from explorer.core.train import TrainConfig
     from explorer.models.baselines import MODELS_DIR, train_baseline
 
+    if a.finetune_samples is not None:  # the card keeps it for every later run: refused here, before training
+        check_finetune_samples(a.finetune_samples, "--finetune-samples")
     cfg = TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, weight_decay=a.weight_decay, seed=a.seed,
                       augment_shift=a.augment_shift)
     kw = {} if a.width is None else {"width": a.width}

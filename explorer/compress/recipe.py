@@ -25,6 +25,7 @@ MAX_RECIPE_BYTES = 1 << 20
 # (base.MAX_STEP_EPOCHS). An 8,000-step recipe of 1,000 epochs each fits in the file-size cap and never ends.
 MAX_STEPS = 16
 MAX_EPOCHS = 250
+FINETUNE_SAMPLES = (100, 10_000_000)  # fewer leaves too little to fine-tune on; more than any data set here
 EXAMPLE = '{"model": "digits_cnn", "steps": [{"kind": "prune", "sparsity": 0.5}]}'
 
 
@@ -46,7 +47,7 @@ class Recipe:
         check_choice("dataset", self.dataset, DATASETS)
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
         if self.finetune_samples is not None:
-            check_range("finetune_samples", self.finetune_samples, 100, 10_000_000, integer=True)
+            check_finetune_samples(self.finetune_samples)
         _check_step_count(len(self.steps))
         weight_level_seen = None
         for i, step in enumerate(self.steps):
@@ -150,6 +151,15 @@ class Recipe:
         except ValueError as e:
             msg = str(e)
             raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+
+def check_finetune_samples(value: object, field: str = "finetune_samples", where: str = "") -> None:
+    """A recommendation of training images to fine-tune on, as a recipe, the train command's flag or a
+    baseline card gives it; `where` names the file it came from."""
+    try:
+        check_range(field, value, *FINETUNE_SAMPLES, integer=True)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}" if where else str(e)) from None
 
 
 def _check_step_count(n: int) -> None:
