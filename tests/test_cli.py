@@ -123,3 +123,24 @@ def test_a_card_with_a_bad_finetune_samples_is_refused_where_it_is_read(tmp_path
     assert err.endswith(f"error: baseline card {str(card)!r}: finetune_samples=-5 must be an integer in [100, "
                         "10000000]\n") and err.count("error:") == 1
 
+
+def test_sweep_workers_0_is_refused_not_read_as_the_default(tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    rc = main(["sweep", "--workers", "0", "--sparsity", "0", "--bits", "32", "--clusters", "0", "--no-latency",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == "error: --workers=0 must be a whole number >= 1, or omitted for the default\n"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag,value,allowed", [
+    ("--confidence", "1.5", "0 (point estimates alone) or a fraction below 1"),
+    ("--confidence", "nan", "0 (point estimates alone) or a fraction below 1"),
+    ("--size-budget-kb", "0", "a positive number of KiB"),
+])
+def test_recommend_refuses_constraints_no_run_could_meet(tmp_path, capsys, flag, value, allowed):
+    results = tmp_path / "r.csv"
+    results.write_text("label,status,top1,accuracy_delta,packed_bytes,latency_ms\nbase,ok,98.0,0.0,1000,1.0\n")
+    rc = main(["recommend", str(results), "--latency", "latency_ms", "--confidence", "0", flag, value])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"error: {flag}={float(value)!r} must be {allowed}\n"
