@@ -140,7 +140,7 @@ def _choose(cand: pd.DataFrame, col: str, ascending: bool, size_col: str, aware:
 
 
 def _check_constraints(max_drop, size_budget, latency_budget, confidence) -> None:
-    """A NaN, a budget of 0 or below, a confidence of 1 or more: no run could meet them (comparisons with NaN
+    """A NaN, a budget of 0 or below, a confidence outside (0, 1): no run could meet them (comparisons with NaN
     are all false), so the user would read "no run meets" about a typo; refused, naming the value."""
     for name, v, ok, allowed in (
             ("max_drop", max_drop, max_drop is None or -100 <= max_drop <= 100, "points in [-100, 100]"),
