@@ -190,7 +190,8 @@ def test_a_bad_setting_is_one_error_line_on_the_page(cache, monkeypatch):
     at = _app()
     assert not at.exception
     assert [e.value for e in at.error] == [
-        "EXPLORER_THREADS='abc' must be a whole number of threads >= 1 (default 1): threads for latency timing"]
+        "EXPLORER_THREADS='abc' must be a whole number of threads >= 1, at most 1024 (default 1): threads for "
+        "latency timing"]
 
 
 def test_the_page_opens_on_fashion_mnist_where_the_data_is_and_on_digits_otherwise(cache, monkeypatch, tmp_path):

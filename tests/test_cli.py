@@ -85,3 +85,62 @@ def test_unreadable_recipe_files_name_the_file(tmp_path, capsys):
         assert main(["run", "--recipe", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"recipe file '{tmp_path / name}' {why}" in err
+
+
+def test_a_recipe_file_that_gives_a_key_twice_is_one_line(tmp_path, capsys):
+    path = tmp_path / "twice.json"
+    path.write_text('{"model": "digits_cnn", "steps": [{"kind": "prune", "sparsity": 0.5}], "model": "vgg13"}')
+    assert main(["run", "--recipe", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: recipe file {str(path)!r} is ambiguous: key 'model' is given twice in one object: give " \
+                  "each key once\n"
+
+
+@pytest.mark.parametrize("value", ["-5", "0"])
+def test_train_refuses_a_bad_finetune_samples_before_training(tmp_path, capsys, value):
+    """`train --finetune-samples -5` used to train and write -5 into the card, which every later run then used
+    (0 was dropped from the card without a word)."""
+    rc = main(["train", "--model", "digits_cnn", "--epochs", "1", "--finetune-samples", value,
+               "--models-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"error: --finetune-samples={value} must be an integer in [100, 10000000]\n"
+    assert list(tmp_path.iterdir()) == []  # nothing trained, no card
+
+
+def test_a_card_with_a_bad_finetune_samples_is_refused_where_it_is_read(tmp_path, capsys):
+    import json
+    import shutil
+
+    for ext in ("safetensors", "json"):
+        shutil.copy(ROOT / "models" / f"digits_cnn-digits.{ext}", tmp_path / f"digits_cnn-digits.{ext}")
+    card = tmp_path / "digits_cnn-digits.json"
+    card.write_text(json.dumps({**json.loads(card.read_text()), "finetune_samples": -5}))
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"model": "digits_cnn", "checkpoint": str(tmp_path / "digits_cnn-digits.safetensors"),
+                                  "steps": [{"kind": "prune", "sparsity": 0.3, "finetune_epochs": 1}]}))
+    assert main(["run", "--recipe", str(recipe), "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: baseline card {str(card)!r}: finetune_samples=-5 must be an integer in [100, "
+                        "10000000]\n") and err.count("error:") == 1
+
+
+def test_sweep_workers_0_is_refused_not_read_as_the_default(tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    rc = main(["sweep", "--workers", "0", "--sparsity", "0", "--bits", "32", "--clusters", "0", "--no-latency",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == "error: --workers=0 must be a whole number >= 1, or omitted for the default\n"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag,value,allowed", [
+    ("--confidence", "1.5", "0 (point estimates alone) or a fraction below 1"),
+    ("--confidence", "nan", "0 (point estimates alone) or a fraction below 1"),
+    ("--size-budget-kb", "0", "a positive number of KiB"),
+])
+def test_recommend_refuses_constraints_no_run_could_meet(tmp_path, capsys, flag, value, allowed):
+    results = tmp_path / "r.csv"
+    results.write_text("label,status,top1,accuracy_delta,packed_bytes,latency_ms\nbase,ok,98.0,0.0,1000,1.0\n")
+    rc = main(["recommend", str(results), "--latency", "latency_ms", "--confidence", "0", flag, value])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"error: {flag}={float(value)!r} must be {allowed}\n"

@@ -146,3 +146,16 @@ def test_forgets_counts_the_flipped_images_and_the_moves():
         assert [row["change_lo"], row["change_hi"]] == pytest.approx(list(newcombe_paired(a, bb, cc, d)), abs=1e-3)
         assert row["change_lo"] <= row["change"] <= row["change_hi"]
     assert f.confusion_change.sum() == 0 and f.confusion_change[0, 1] == 1 and f.confusion_change[2, 0] == 1
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"max_drop": float("nan")}, "max_drop=nan must be points in [-100, 100]"),
+    ({"size_budget": 0}, "size_budget=0 must be a positive number"),
+    ({"latency_budget": -1.0}, "latency_budget=-1.0 must be a positive number of ms"),
+    ({"confidence": 1.5}, "confidence=1.5 must be a fraction in (0, 1), or None"),
+])
+def test_sweet_spot_refuses_constraints_no_run_could_meet(kw, message):
+    """These used to answer "no run meets ..." about what was a typo (NaN compares false with everything)."""
+    with pytest.raises(ValueError) as e:
+        sweet_spot(TABLE, objective="smallest", **kw)
+    assert str(e.value) == message

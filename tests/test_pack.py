@@ -373,3 +373,13 @@ def test_bit_packing_millions_of_codes_is_fast():
     back = bitpack.unpack_bits(packed, 4, len(codes))
     assert time.perf_counter() - t < 1.0
     assert len(packed) == 2_000_000 and np.array_equal(back, codes)
+
+
+def test_a_header_that_gives_a_key_twice_is_refused(blob):
+    """Security review (issue 21): with duplicate keys, which value wins depends on the JSON reader, so two
+    readers of one file could rebuild two different models; the header is refused, naming the key."""
+    header = _header(blob)
+    assert header.startswith(b'{"format":"xpk"')
+    twice = b'{"format":"xpk","format":"xpk"' + header[len(b'{"format":"xpk"'):]
+    with pytest.raises(PackError, match=r"^header is ambiguous: key 'format' is given twice in one object"):
+        unpack(_with_header(blob, twice))

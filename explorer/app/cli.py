@@ -157,9 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command("train")
 def _train(a: argparse.Namespace) -> int:
+    from explorer.compress.recipe import check_finetune_samples
     from explorer.core.train import TrainConfig
     from explorer.models.baselines import MODELS_DIR, train_baseline
 
+    if a.finetune_samples is not None:  # the card keeps it for every later run: refused here, before training
+        check_finetune_samples(a.finetune_samples, "--finetune-samples")
     cfg = TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, weight_decay=a.weight_decay, seed=a.seed,
                       augment_shift=a.augment_shift)
     kw = {} if a.width is None else {"width": a.width}
@@ -279,6 +282,8 @@ def _sweep(a: argparse.Namespace) -> int:
     from explorer.run.executor import run_sweep
     from explorer.run.grid import Grid
 
+    if a.workers is not None and a.workers < 1:  # run_sweep reads a 0 as "the default"
+        raise bad_value("--workers", a.workers, "a whole number >= 1, or omitted for the default")
     grid = Grid(model=a.model, dataset=a.dataset, sparsity=parse_list(a.sparsity, float, "sparsity"),
                 bits=parse_list(a.bits, int, "bits"), clusters=parse_list(a.clusters, int, "clusters"),
                 granularity=parse_list(a.granularity, str, "granularity"),
@@ -338,6 +343,10 @@ def _recommend(a: argparse.Namespace) -> int:
     from explorer.app.metrics import sweet_spot
     from explorer.app.report import read_results
 
+    if not 0 <= a.confidence < 1:  # 0 is documented as "point estimates alone" (None below); NaN fails too
+        raise bad_value("--confidence", a.confidence, "0 (point estimates alone) or a fraction below 1")
+    if a.size_budget_kb is not None and not 0 < a.size_budget_kb < float("inf"):  # sweet_spot sees bytes
+        raise bad_value("--size-budget-kb", a.size_budget_kb, "a positive number of KiB")
     df = read_results(a.results)
     for col in (a.size, a.latency):
         if col not in df.columns:

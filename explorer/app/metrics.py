@@ -5,6 +5,7 @@ AD x RF score, Pareto fronts and a sweet-spot picker. Pure functions of numbers 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -138,6 +139,19 @@ def _choose(cand: pd.DataFrame, col: str, ascending: bool, size_col: str, aware:
     return pick, int(tied.sum())
 
 
+def _check_constraints(max_drop, size_budget, latency_budget, confidence) -> None:
+    """A NaN, a budget of 0 or below, a confidence outside (0, 1): no run could meet them (comparisons with NaN
+    are all false), so the user would read "no run meets" about a typo; refused, naming the value."""
+    for name, v, ok, allowed in (
+            ("max_drop", max_drop, max_drop is None or -100 <= max_drop <= 100, "points in [-100, 100]"),
+            ("size_budget", size_budget, size_budget is None or 0 < size_budget < math.inf, "a positive number"),
+            ("latency_budget", latency_budget, latency_budget is None or 0 < latency_budget < math.inf,
+             "a positive number of ms"),
+            ("confidence", confidence, confidence is None or 0 < confidence < 1, "a fraction in (0, 1), or None")):
+        if not ok:
+            raise bad_value(name, v, allowed)
+
+
 def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: float | None = None,
                latency_budget: float | None = None, objective: str = "smallest", size_col: str = "packed_bytes",
                latency_col: str = "latency_ms", delta_col: str = "accuracy_delta",
@@ -152,6 +166,7 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
     intervals overlap the best one's are ties (see `_choose`). `point_row` is the pick by point estimates
     where that differs. None: point estimates only."""
     check_choice("objective", objective, list(OBJECTIVES))
+    _check_constraints(max_drop, size_budget, latency_budget, confidence)
     rows = df[df.get("status", pd.Series("ok", index=df.index)) == "ok"] if len(df) else df
     if rows.empty:
         return Pick(None, "no successful run to choose from")

@@ -33,6 +33,7 @@ from explorer.artifact.architecture import describe, rebuild
 from explorer.artifact.codecs import Values, bits_view, candidates, decode_values, side_bytes
 from explorer.compress.base import CompressionState
 from explorer.compress.quantize import attach_activation_quant
+from explorer.core import strictjson
 from explorer.core.errors import check_choice
 
 MAGIC = b"XPK\x01"
@@ -226,7 +227,9 @@ def _read(blob: bytes) -> tuple[dict, memoryview]:
                 raw = reader.read(HEADER_CAP + 1)
             if len(raw) > HEADER_CAP:
                 raise PackError(f"header inflates past {HEADER_CAP} bytes: refused")
-        header = json.loads(raw.decode("utf-8"))
+        header = strictjson.loads(raw.decode("utf-8"))
+    except strictjson.DuplicateKeyError as e:  # two readers could see two different models
+        raise PackError("checksum mismatch" if not digest_ok else f"header is ambiguous: {e}") from None
     except (UnicodeDecodeError, json.JSONDecodeError, zstandard.ZstdError) as e:
         raise PackError("checksum mismatch" if not digest_ok else f"header is not valid JSON: {e}") from None
     size = header.get("payload_length") if isinstance(header, dict) else None

@@ -245,6 +245,10 @@ def finetune(model: nn.Module, ctx: Context, epochs: int, lr: float, what: str,
 
 # ---------------------------------------------------------------- registry
 
+# The most training epochs one step may ask for: recipes come from users, and each epoch is real CPU time. The
+# page offers at most 100 (distillation; 50 for pruning and QAT); a recipe's total has its own cap (recipe.py).
+MAX_STEP_EPOCHS = 100
+
 
 @dataclass(frozen=True)
 class StepConfig:
@@ -263,6 +267,11 @@ class StepConfig:
     def label(self) -> str:
         """A short human label for tables and legends, e.g. 'prune 90% unstructured' or 'W8A8 static'."""
         return self.kind
+
+    def training_epochs(self) -> int:
+        """Epochs of training the step runs (fine-tuning, QAT, distillation), as a recipe's epoch budget counts
+        them; 0 for a step that does not train."""
+        return 0
 
     def revision(self) -> int:
         """Raised when a fix changes what this configuration computes, so cached runs made before the fix are

@@ -48,10 +48,13 @@ class ClusterConfig(base.StepConfig):
     def label(self) -> str:
         return f"cluster {self.clusters}"
 
+    def training_epochs(self) -> int:
+        return self.finetune_epochs
+
     def __post_init__(self):
         check_range("clusters", self.clusters, 2, 256, integer=True)
         check_choice("init", self.init, INITS)
-        check_range("finetune_epochs", self.finetune_epochs, 0, 1000, integer=True)
+        check_range("finetune_epochs", self.finetune_epochs, 0, base.MAX_STEP_EPOCHS, integer=True)
         check_range("lr", self.lr, 1e-7, 10.0)  # the range TrainConfig accepts for fine-tuning
         check_choice("layers", self.layers, base.LAYER_CHOICES)
         check_range("max_iter", self.max_iter, 1, 1000, integer=True)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explorer.compress.base import (
+    MAX_STEP_EPOCHS,
     Compressed,
     CompressionState,
     Context,
@@ -52,7 +53,7 @@ class DistillConfig(StepConfig):
         check_range("width", self.width, *WIDTH_RANGE)
         check_range("temperature", self.temperature, 1.0, 20.0)
         check_range("alpha", self.alpha, 0.0, 1.0)
-        check_range("epochs", self.epochs, 1, 1000, integer=True)
+        check_range("epochs", self.epochs, 1, MAX_STEP_EPOCHS, integer=True)
         check_range("lr", self.lr, 1e-7, 10.0)
 
     def structural(self) -> bool:
@@ -60,6 +61,9 @@ class DistillConfig(StepConfig):
 
     def label(self) -> str:
         return f"distil -> {self.student} x{self.width:g}"
+
+    def training_epochs(self) -> int:
+        return self.epochs
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,

@@ -17,6 +17,7 @@ from torch import nn
 
 from explorer.compress.base import (
     LAYER_CHOICES,
+    MAX_STEP_EPOCHS,
     Compressed,
     Context,
     StepConfig,
@@ -47,7 +48,7 @@ class LowRankConfig(StepConfig):
             raise bad_value("rank_ratio", r, "a number in (0, 1]")
         check_range("energy", self.energy, 0.0, 1.0)
         check_choice("layers", self.layers, LAYER_CHOICES)
-        check_range("finetune_epochs", self.finetune_epochs, 0, 1000, integer=True)
+        check_range("finetune_epochs", self.finetune_epochs, 0, MAX_STEP_EPOCHS, integer=True)
         check_range("lr", self.lr, 1e-7, 10.0)
 
     def structural(self) -> bool:
@@ -55,6 +56,9 @@ class LowRankConfig(StepConfig):
 
     def label(self) -> str:
         return f"low-rank {self.energy:.0%} energy" if self.energy else f"low-rank {self.rank_ratio:g}"
+
+    def training_epochs(self) -> int:
+        return self.finetune_epochs
 
 
 # ---------------------------------------------------------------- maths on plain tensors

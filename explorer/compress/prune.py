@@ -19,6 +19,7 @@ from torch import nn
 
 from explorer.compress.base import (
     LAYER_CHOICES,
+    MAX_STEP_EPOCHS,
     Compressed,
     Context,
     StepConfig,
@@ -63,7 +64,7 @@ class PruneConfig(StepConfig):
         check_choice("criterion", self.criterion, CRITERIA)
         check_choice("scope", self.scope, ("global", "layer"))
         check_choice("schedule", self.schedule, SCHEDULES)
-        check_range("finetune_epochs", self.finetune_epochs, 0, 1000, integer=True)
+        check_range("finetune_epochs", self.finetune_epochs, 0, MAX_STEP_EPOCHS, integer=True)
         check_range("lr", self.lr, 1e-7, 1.0)
         check_choice("layers", self.layers, LAYER_CHOICES)
         check_range("rounds", self.rounds, 1, 50, integer=True)
@@ -88,6 +89,13 @@ class PruneConfig(StepConfig):
 
     def structural(self) -> bool:
         return self.granularity == "channel"  # channels are removed: the layers get smaller
+
+    def training_epochs(self) -> int:
+        """Each round of an iterative schedule (and of gradual channel pruning) fine-tunes at least one epoch, so
+        many rounds train more than `finetune_epochs` (prune_channels, _prune_unstructured)."""
+        rounds = self.rounds if self.schedule == "iterative" or (
+            self.schedule == "gradual" and self.granularity == "channel") else 1
+        return self.finetune_epochs if rounds == 1 else rounds * max(1, self.finetune_epochs // rounds)
 
     def label(self) -> str:
         sched = "" if self.schedule == "oneshot" else f" {self.schedule}"

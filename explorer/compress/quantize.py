@@ -23,6 +23,7 @@ from torch.nn.utils import parametrize
 from explorer.compress import qmath
 from explorer.compress.base import (
     LAYER_CHOICES,
+    MAX_STEP_EPOCHS,
     Compressed,
     Context,
     Deploy,
@@ -79,7 +80,7 @@ class QuantizeConfig(StepConfig):
         check_choice("calibration", self.calibration, CALIBRATIONS)
         check_range("calibration_samples", self.calibration_samples, 1, 100_000, integer=True)
         check_range("percentile", self.percentile, 90.0, 100.0)
-        check_range("finetune_epochs", self.finetune_epochs, 0, 1000, integer=True)
+        check_range("finetune_epochs", self.finetune_epochs, 0, MAX_STEP_EPOCHS, integer=True)
         if self.mode == "qat" and self.finetune_epochs == 0:
             raise bad_value("finetune_epochs", 0, "at least 1 for quantisation-aware training")
         check_range("lr", self.lr, 1e-7, 1.0)
@@ -87,6 +88,9 @@ class QuantizeConfig(StepConfig):
         check_choice("learn_ranges", self.learn_ranges, (True, False))
         if self.mode == "mixed":
             check_range("budget_bits", self.budget_bits, 2.0, float(self.bits))
+
+    def training_epochs(self) -> int:
+        return self.finetune_epochs
 
     @property
     def act_bits(self) -> int:

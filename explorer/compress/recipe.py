@@ -12,12 +12,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from explorer.compress.base import StepConfig, config_from_dict, config_to_dict, step_type_of
+from explorer.core import strictjson
 from explorer.core.data import DATASETS
 from explorer.core.errors import bad_value, check_choice, check_range
 from explorer.core.paths import baseline_path
 
 RECIPE_KEYS = ("model", "dataset", "checkpoint", "seed", "steps", "name", "finetune_samples")
 MAX_RECIPE_BYTES = 1 << 20
+# A recipe is work done on the user's behalf, so it is bounded before any starts: the page builds at most 6 steps
+# (distil, low-rank, prune, cluster, BatchNorm adaptation, quantise) and at most 203 epochs of training (100 of
+# distillation, 50 of pruning, 50 of QAT, 2 of low-rank, 1 of clustering); each step has its own cap too
+# (base.MAX_STEP_EPOCHS). An 8,000-step recipe of 1,000 epochs each fits in the file-size cap and never ends.
+MAX_STEPS = 16
+MAX_EPOCHS = 250
+FINETUNE_SAMPLES = (100, 10_000_000)  # fewer leaves too little to fine-tune on; more than any data set here
 EXAMPLE = '{"model": "digits_cnn", "steps": [{"kind": "prune", "sparsity": 0.5}]}'
 
 
@@ -39,7 +47,8 @@ class Recipe:
         check_choice("dataset", self.dataset, DATASETS)
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
         if self.finetune_samples is not None:
-            check_range("finetune_samples", self.finetune_samples, 100, 10_000_000, integer=True)
+            check_finetune_samples(self.finetune_samples)
+        _check_step_count(len(self.steps))
         weight_level_seen = None
         for i, step in enumerate(self.steps):
             step_type_of(step)  # a registered technique's config, or a TypeError naming it
@@ -50,6 +59,10 @@ class Recipe:
                                      "distillation) first")
             elif weight_level_seen is None:
                 weight_level_seen = i
+        epochs = [s.training_epochs() for s in self.steps]
+        if sum(epochs) > MAX_EPOCHS:
+            each = ", ".join(f"{s.kind} {e}" for s, e in zip(self.steps, epochs, strict=True) if e)
+            raise ValueError(f"steps: {sum(epochs)} training epochs in all ({each}) must be at most {MAX_EPOCHS}")
         kinds = [s.kind for s in self.steps]
         if kinds.count("distill") > 1:
             raise ValueError("a recipe can distil into one student only")
@@ -95,6 +108,7 @@ class Recipe:
         steps = d.get("steps", [])
         if not isinstance(steps, list):
             raise ValueError(f"recipe 'steps' must be a list, got {type(steps).__name__}")
+        _check_step_count(len(steps))  # before building thousands of step configs
         return cls(model=d["model"], dataset=d.get("dataset", "digits"), checkpoint=d.get("checkpoint"),
                    seed=d.get("seed", 0), steps=tuple(config_from_dict(s) for s in steps), name=d.get("name"),
                    finetune_samples=d.get("finetune_samples"))
@@ -103,7 +117,9 @@ class Recipe:
     def from_json(cls, text: str, source: str = "recipe") -> Recipe:
         """`source` names where the text came from ("recipe file 'r.json'") in every error."""
         try:
-            d = json.loads(text)
+            d = strictjson.loads(text)
+        except strictjson.DuplicateKeyError as e:
+            raise ValueError(f"{source} is ambiguous: {e}") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{source} is not valid JSON: {e}") from None
         except RecursionError:
@@ -135,3 +151,17 @@ class Recipe:
         except ValueError as e:
             msg = str(e)
             raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+
+def check_finetune_samples(value: object, field: str = "finetune_samples", where: str = "") -> None:
+    """A recommendation of training images to fine-tune on, as a recipe, the train command's flag or a
+    baseline card gives it; `where` names the file it came from."""
+    try:
+        check_range(field, value, *FINETUNE_SAMPLES, integer=True)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}" if where else str(e)) from None
+
+
+def _check_step_count(n: int) -> None:
+    if n > MAX_STEPS:
+        raise ValueError(f"steps: {n} steps must be at most {MAX_STEPS}")

@@ -26,32 +26,50 @@ class Setting:
 
     def allowed(self) -> str:
         unit = f" of {self.unit}" if self.unit else ""
-        if self.integer and self.maximum is not None:
-            return f"{self.minimum:g} or {self.maximum:g}" if self.maximum - self.minimum == 1 else \
-                f"a whole number from {self.minimum:g} to {self.maximum:g}"
+        if self.integer and self.maximum is not None and self.maximum - self.minimum == 1:
+            return f"{self.minimum:g} or {self.maximum:g}"
         if self.integer:
-            return f"a whole number{unit} >= {max(self.minimum, 1):g}"
-        if self.inclusive:
-            return f"a number{unit} >= {self.minimum:g}"
-        return f"a positive number{unit}"
+            text = f"a whole number{unit} >= {max(self.minimum, 1):g}"
+        elif self.inclusive:
+            text = f"a number{unit} >= {self.minimum:g}"
+        else:
+            text = f"a positive number{unit}"
+        return text if self.maximum is None else f"{text}, at most {_plain(self.maximum)}"
+
+
+def _plain(v: float) -> str:
+    """16777216, not 1.67772e+07: a maximum the user can type back."""
+    return str(int(v)) if v == int(v) else f"{v:g}"
+
+
+# Every setting has a maximum: a count or a duration from the environment is work the explorer promises to
+# do, so an absurd one (EXPLORER_LATENCY_BUDGET_S=1e308, a thread count past what the OS can start) is
+# refused at start-up instead of running forever or overflowing seconds into a run.
+MAX_THREADS = 1024
+MB_PER_TB = 2**20
 
 
 SETTINGS: dict[str, Setting] = {
-    "EXPLORER_THREADS": Setting(1, "threads for latency timing", integer=True, unit="threads"),
+    "EXPLORER_THREADS": Setting(1, "threads for latency timing", integer=True, unit="threads",
+                                maximum=MAX_THREADS),
     "EXPLORER_TRAIN_THREADS": Setting(1, "torch threads for compression, fine-tuning and accuracy", integer=True,
-                                      unit="threads"),
+                                      unit="threads", maximum=MAX_THREADS),
     "EXPLORER_EVAL_WORKERS": Setting(2, "threads that score test images side by side (any count gives the same "
-                                        "figures)", integer=True, unit="threads"),
-    "EXPLORER_LATENCY_BUDGET_S": Setting(0.3, "seconds of timing per engine and batch", unit="seconds"),
-    "EXPLORER_CACHE_MAX_MB": Setting(2048, "run cache size cap", minimum=0, inclusive=True, unit="megabytes"),
-    "EXPLORER_MAX_UPLOAD_MB": Setting(500, "upload cap", unit="megabytes"),
-    "EXPLORER_ZIP_MAX_MB": Setting(1024, "bytes a zip may expand to", unit="megabytes"),
-    "EXPLORER_ZIP_MAX_FILES": Setting(100_000, "entries (files and folders) a zip may hold", integer=True),
-    "EXPLORER_ZIP_MAX_RATIO": Setting(200, "how many times a zip may expand, per entry and overall"),
+                                        "figures)", integer=True, unit="threads", maximum=MAX_THREADS),
+    "EXPLORER_LATENCY_BUDGET_S": Setting(0.3, "seconds of timing per engine and batch", unit="seconds",
+                                         maximum=60),
+    "EXPLORER_CACHE_MAX_MB": Setting(2048, "run cache size cap", minimum=0, inclusive=True, unit="megabytes",
+                                     maximum=16 * MB_PER_TB),
+    "EXPLORER_MAX_UPLOAD_MB": Setting(500, "upload cap", unit="megabytes", maximum=64 * 1024),
+    "EXPLORER_ZIP_MAX_MB": Setting(1024, "bytes a zip may expand to", unit="megabytes", maximum=MB_PER_TB),
+    "EXPLORER_ZIP_MAX_FILES": Setting(100_000, "entries (files and folders) a zip may hold", integer=True,
+                                      maximum=10_000_000),
+    "EXPLORER_ZIP_MAX_RATIO": Setting(200, "how many times a zip may expand, per entry and overall",
+                                      maximum=10_000),
     "EXPLORER_LANDSCAPE": Setting(1, "1 measures an open model's default grid in the background, 0 does not",
                                   integer=True, minimum=0, inclusive=True, maximum=1),
     "EXPLORER_LANDSCAPE_IDLE_S": Setting(120, "seconds a landscape goes on after the last page looked at its model",
-                                         unit="seconds"),
+                                         unit="seconds", maximum=86_400),
 }
 
 

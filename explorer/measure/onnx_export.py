@@ -7,10 +7,14 @@ which its graph optimiser turns into integer kernels: real int8 bytes and real i
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import os
+import sys
+import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +53,47 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | os.P
         except Exception as e:
             errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {first_line(e, 200)}")
     raise ExportError("; ".join(errors))
+
+
+# ONNX Runtime's quantiser makes its own temporary folders (`ort.quant.*`, `pre.quant.*`) with tempfile and no
+# `dir`, and offers no way to place them: they went into the system temp folder, and a kill -9 left them there.
+# Its modules see `_ScratchTempfile` as their `tempfile`, which puts them in the scratch folder of the
+# quantisation under way (this thread's), removed on exit and, after a kill, by scratch.clean.
+_ORT_TEMP: contextvars.ContextVar[Path | None] = contextvars.ContextVar("explorer_ort_temp", default=None)
+_DIR_ARG = {"TemporaryDirectory": 2, "mkdtemp": 2, "mkstemp": 2, "NamedTemporaryFile": 6, "TemporaryFile": 6}
+
+
+class _ScratchTempfile:
+    """tempfile, with `dir` defaulting to the current quantisation's scratch folder (plain tempfile outside one)."""
+
+    def __getattr__(self, name: str):
+        fn = getattr(tempfile, name)  # looked up per call: tempfile as it is now
+        if name not in _DIR_ARG:
+            return fn
+
+        def in_scratch(*args, **kw):
+            where = _ORT_TEMP.get()
+            if where is not None and len(args) <= _DIR_ARG[name] and kw.get("dir") is None:
+                kw["dir"] = str(where)
+            return fn(*args, **kw)
+
+        return in_scratch
+
+
+_TEMPFILE = _ScratchTempfile()
+
+
+@contextlib.contextmanager
+def _ort_temp_into(folder: Path) -> Iterator[None]:
+    """While open, ONNX Runtime's quantisation in this thread makes its temporary folders and files in `folder`."""
+    for name, module in list(sys.modules.items()):  # the quantiser's modules (quantize_int8 imported them)
+        if name.startswith("onnxruntime.quantization") and getattr(module, "tempfile", None) is tempfile:
+            module.tempfile = _TEMPFILE
+    token = _ORT_TEMP.set(folder)
+    try:
+        yield
+    finally:
+        _ORT_TEMP.reset(token)
 
 
 class _Reader:
@@ -97,7 +142,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, 
         quantize_static,
     )
 
-    with scratch.folder("int8") as tmp:
+    with scratch.folder("int8") as tmp, _ort_temp_into(tmp):
         pre = tmp / "pre.onnx"
         try:
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)

@@ -26,7 +26,7 @@ import torch
 from explorer.artifact import pack as packing
 from explorer.compress import compress
 from explorer.compress.base import Deploy
-from explorer.compress.recipe import Recipe
+from explorer.compress.recipe import Recipe, check_finetune_samples
 from explorer.core import scratch, settings
 from explorer.core.errors import first_line
 from explorer.core.train import Progress, evaluate
@@ -36,7 +36,7 @@ from explorer.measure.hardware import hardware
 from explorer.measure.latency import measure_latency
 from explorer.measure.layers import layer_table
 from explorer.measure.onnx_export import ExportError, deploy_int8, export_onnx, onnx_accuracy
-from explorer.models.baselines import baseline_data, load_baseline, read_card, sha256_file, versions
+from explorer.models.baselines import baseline_data, card_path, load_baseline, read_card, sha256_file, versions
 from explorer.run.onnx import prepare_onnx, time_onnx
 from explorer.run.result import FILES, SCHEMA_VERSION, Accuracy, Onnx, OnnxModel, RunResult
 
@@ -93,9 +93,12 @@ def finetune_samples(recipe: Recipe) -> int | None:
 @functools.lru_cache(maxsize=64)
 def _card_finetune_samples(path: str, mtime_ns: int) -> int | None:
     try:
-        return read_card(path).get("finetune_samples")
+        n = read_card(path).get("finetune_samples")
     except ValueError:
         return None
+    if n is not None:  # a card edited by hand or written by an older `train --finetune-samples -5`
+        check_finetune_samples(n, where=f"baseline card {str(card_path(path))!r}")
+    return n
 
 
 @functools.lru_cache(maxsize=32)
