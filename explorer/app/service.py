@@ -11,7 +11,7 @@ import pandas as pd
 
 from explorer.app.metrics import forgets as compute
 from explorer.compress.recipe import Recipe
-from explorer.core import scratch, settings, words
+from explorer.core import markup, scratch, settings, words
 from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
 from explorer.core.zoo import create_model, list_models
@@ -81,14 +81,15 @@ def default_baseline(names: list[str]) -> str:
 
 
 def missing_data_note() -> str | None:
-    """One line for the baselines hidden because their data set is not on this machine."""
+    """One line of Markdown for the baselines hidden because their data set is not on this machine (the names of
+    models users added come escaped)."""
     missing = [c for c in all_baselines() if not c["data_available"]]
     if not missing:
         return None
     sets = sorted({c["dataset"] for c in missing})
     how = "; ".join(f"{d}: {how_to_get(d)}" for d in sets)
     who = words.count(len(missing), "baseline") + (" needs" if len(missing) == 1 else " need")
-    return (f"{who} data not on this machine ({', '.join(c['name'] for c in missing)}), so "
+    return (f"{who} data not on this machine ({', '.join(markup.md(c['name']) for c in missing)}), so "
             f"{'it is' if len(missing) == 1 else 'they are'} hidden. To get it: {how}.")
 
 
@@ -221,7 +222,8 @@ def forgets(result: dict, base_result: dict, limit: int = 24) -> dict | None:
     card = baselines.read_card(Recipe.from_dict(result["recipe"]).checkpoint_path)
     data = baselines.baseline_data(card)
     y = data.test.y.numpy()
-    classes = [str(k) for k in card.get("classes") or data.classes]
+    # class names are a user's folder names (an uploaded zip's): text in the charts, never plotly's HTML
+    classes = [markup.chart(k) for k in card.get("classes") or data.classes]
     f = compute(y, base_pred, run_pred, classes)
     mean = np.asarray(data.mean, dtype=np.float32)[None, :, None, None]
     std = np.asarray(data.std, dtype=np.float32)[None, :, None, None]
