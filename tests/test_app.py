@@ -470,3 +470,38 @@ def test_an_uploaded_file_name_holding_markup_is_shown_as_its_text(cache, tmp_pa
     errors = [e.value for e in at.error]
     assert any(repr(name) in unmd(e) for e in errors), errors
     assert not any(re.search(r"<(img|a)\b", _rendered(e)) for e in errors), errors
+
+
+def test_the_page_reads_no_server_folder_unless_the_operator_allows_it(cache, tmp_path, monkeypatch):
+    """Issue 21: the folder box listed any server folder (`/etc` answered with its subfolder names)."""
+    import io
+
+    import torch
+
+    from explorer.models.baselines import load_baseline
+
+    monkeypatch.delenv("EXPLORER_DATA_ROOTS", raising=False)
+    monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
+    at = _app()
+    box = at.text_input(key="byo_root")
+    assert box.disabled and any("EXPLORER_DATA_ROOTS" in c.value for c in at.caption)
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    monkeypatch.setenv("EXPLORER_DATA_ROOTS", str(allowed))
+    model, _ = load_baseline(ROOT / "models" / "digits_cnn-digits.safetensors")
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    at = _app()
+    assert not at.text_input(key="byo_root").disabled
+    at.file_uploader(key="byo_model").set_value(("mine.pt", buf.getvalue(), "application/octet-stream"))
+    at.selectbox(key="byo_arch").set_value("digits_cnn")
+    at.selectbox(key="byo_dataset").set_value("imagefolder")
+    at.text_input(key="byo_root").set_value("/etc")
+    settle(at.run())
+    settle(at.button(key="byo_add").click().run())
+    assert not at.exception
+    errors = [unmd(e.value) for e in at.error]
+    assert errors == [f"dataset folder '/etc' is outside the folders this page may read: {allowed.resolve()} "
+                      "(EXPLORER_DATA_ROOTS)"], errors
+    assert not list((tmp_path / "user").glob("*.json"))

@@ -11,7 +11,7 @@ import pandas as pd
 
 from explorer.app.metrics import forgets as compute
 from explorer.compress.recipe import Recipe
-from explorer.core import markup, scratch, settings, words
+from explorer.core import markup, roots, scratch, settings, words
 from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
 from explorer.core.zoo import create_model, list_models
@@ -96,8 +96,22 @@ def missing_data_note() -> str | None:
 def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, name: str | None,
               shown: str | None = None) -> dict:
     """The page's "Your model": a state_dict with its architecture, or an ONNX model. Programs (TorchScript,
-    exported programs, pickled modules) are always refused here: trusting code is for the command line."""
+    exported programs, pickled modules) are always refused here: trusting code is for the command line. A data
+    folder must lie in EXPLORER_DATA_ROOTS or be an uploaded zip's (the page reads no other server folder)."""
+    if root is not None:
+        root = str(page_folder(root))
     return user.add_model(path, arch=arch, dataset=dataset, root=root, name=name, shown=shown, trust_code=False)
+
+
+def data_roots() -> tuple:
+    """The folders the operator lets the page read (EXPLORER_DATA_ROOTS); none by default."""
+    return roots.data_roots()
+
+
+def page_folder(folder: str):
+    """A data folder a visitor named, resolved, if the page may read it; else a ValueError that names the allowed
+    roots and says nothing of whether the folder exists."""
+    return roots.check_page_folder(folder, also=(user.user_data_dir(),))
 
 
 def check_upload(n_bytes: int, what: str) -> None:
@@ -123,6 +137,7 @@ def start_up() -> None:
     processes removed."""
     global _cleaned
     settings.check_all()
+    roots.data_roots()
     if not _cleaned:
         scratch.clean()
         _cleaned = True

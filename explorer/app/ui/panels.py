@@ -216,7 +216,16 @@ def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
     up = st.file_uploader("Model file", type=["safetensors", "pt", "pth", "pt2", "onnx"], key="byo_model")
     arch = st.selectbox("Architecture (for a state_dict)", ["(none: an ONNX model)", *archs], key="byo_arch")
     dataset = st.selectbox("Dataset", datasets, key="byo_dataset")
-    root = st.text_input("Local dataset folder (all but digits)", key="byo_root")
+    allowed = backend.data_roots()
+    if allowed:  # a folder on the server: only inside the roots the operator allowed (issue 21)
+        root = st.text_input("Local dataset folder (all but digits)", key="byo_root",
+                             help="A folder inside " + md(", ".join(str(r) for r in allowed)))
+    else:
+        st.text_input("Local dataset folder (all but digits)", key="byo_root", disabled=True,
+                      help="Off: the operator can allow folders with `EXPLORER_DATA_ROOTS`")
+        st.caption("Local folders are off on this page: the operator can allow folders with `EXPLORER_DATA_ROOTS`. "
+                   "Upload a zip of an image folder instead.")
+        root = ""
     zipped = st.file_uploader("...or a zip of an image folder (one subfolder per class)", type=["zip"], key="byo_zip")
     name = st.text_input("Name (optional)", key="byo_name")
     added = st.session_state.get("_byo_added")
@@ -228,11 +237,11 @@ def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
         return
     st.session_state.pop("_byo_added", None)
     try:
+        data_root = str(backend.page_folder(root.strip())) if root.strip() else None
         with backend.upload_folder() as tmp:
             backend.check_upload(up.size, f"model file {up.name!r}")
             model_path = Path(tmp) / "model.upload"
             model_path.write_bytes(up.getbuffer())
-            data_root = root.strip() or None
             if zipped is not None:
                 backend.check_upload(zipped.size, f"zip {zipped.name!r}")
                 zip_path = Path(tmp) / "data.zip"
