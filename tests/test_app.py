@@ -505,3 +505,30 @@ def test_the_page_reads_no_server_folder_unless_the_operator_allows_it(cache, tm
     assert errors == [f"dataset folder '/etc' is outside the folders this page may read: {allowed.resolve()} "
                       "(EXPLORER_DATA_ROOTS)"], errors
     assert not list((tmp_path / "user").glob("*.json"))
+
+
+def test_a_file_name_stored_by_one_visitor_is_text_in_another_visitors_error(cache, tmp_path, monkeypatch):
+    """Issue 21: a markdown image in an uploaded file's name was stored with the model and rendered in the error
+    another session got for taking the same model name."""
+    import io
+
+    import torch
+
+    from explorer.models.baselines import load_baseline
+
+    monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
+    model, _ = load_baseline(ROOT / "models" / "digits_cnn-digits.safetensors")
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    evil = "![x](http://attacker.invalid/p.png).pt"
+    for session, file_name in (("first", evil), ("second", "mine.pt")):
+        at = _app(prune_epochs="0")
+        at.file_uploader(key="byo_model").set_value((file_name, buf.getvalue(), "application/octet-stream"))
+        at.selectbox(key="byo_arch").set_value("digits_cnn")
+        at.text_input(key="byo_name").set_value("shared")
+        settle(at.run())
+        settle(at.button(key="byo_add").click().run())
+        assert not at.exception, session
+    errors = [e.value for e in at.error]
+    assert any(f"a model named 'shared' already exists (digits_cnn from {evil}" in unmd(e) for e in errors), errors
+    assert not any(re.search(r"<(img|a)\b", _rendered(e)) for e in errors), errors
