@@ -116,3 +116,15 @@ def cifar10_root(tmp_path):
 def _session_cache():
     yield
     shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+def png_header(width: int, height: int, colour: int = 2) -> bytes:
+    """A PNG that declares width x height (colour type 2: RGB, 0: grey) and holds no pixels: tiny on disk, and
+    whatever it declares is what Pillow reports before decoding (image-bomb tests)."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")

@@ -8,6 +8,7 @@ from streamlit.testing.v1 import AppTest
 from explorer.app.service import list_baselines
 from explorer.app.ui import state
 from explorer.core.data import available
+from explorer.core.markup import unmd
 from explorer.run.cache import RunCache
 from explorer.run.runner import run_key
 from tests.conftest import settle
@@ -189,7 +190,7 @@ def test_a_bad_setting_is_one_error_line_on_the_page(cache, monkeypatch):
     monkeypatch.setenv("EXPLORER_THREADS", "abc")
     at = _app()
     assert not at.exception
-    assert [e.value for e in at.error] == [
+    assert [unmd(e.value) for e in at.error] == [
         "EXPLORER_THREADS='abc' must be a whole number of threads >= 1, at most 1024 (default 1): threads for "
         "latency timing"]
 
@@ -232,10 +233,10 @@ def test_the_page_states_uncertainty_and_what_compression_forgets(cache):
     assert forgot and f"**{vs['baseline_only']:,}** wrong" in forgot[0] and f"**{vs['run_only']:,}** right" in forgot[0]
     assert len(at.get("plotly_chart")) >= 10  # curves, size, latency, layers, and the four views of what it forgets
     # 359 test images cannot make any run 95% sure of a drop under about a point: the page says so
-    small = [w.value for w in at.warning if "too small" in w.value]
+    small = [unmd(w.value) for w in at.warning if "too small" in unmd(w.value)]
     assert small and "with 359 test images" in small[0]
     settle(at.number_input(key="ss_drop").set_value(3.0).run())
-    spot = [s.value for s in at.success if "sure" in s.value]
+    spot = [unmd(s.value) for s in at.success if "sure" in s.value]
     assert spot and "95% sure to lose at most 3 points of top-1" in spot[0]
 
 
@@ -288,8 +289,8 @@ def test_structural_pruning_shows_parameters_removed_and_explains_once(cache):
     assert not at.exception
     m = _metrics(at)
     assert "Parameters removed" in m and "Weight sparsity" not in m
-    said = [x.value for x in (*at.info, *at.warning) if "removing an output channel" in x.value
-            or "also removes the next layer" in x.value]
+    said = [unmd(x.value) for x in (*at.info, *at.warning) if "removing an output channel" in unmd(x.value)
+            or "also removes the next layer" in unmd(x.value)]
     assert len(said) == 1, said
 
 
@@ -385,6 +386,150 @@ def test_an_added_model_is_announced_until_the_next_action(cache, tmp_path, monk
     settle(at.run())
     settle(at.button(key="byo_add").click().run())
     assert not at.exception and at.session_state["baseline"] == "mine"
-    assert any(s.value.startswith("Added mine: top-1 98.33%") for s in at.success)  # after the page's rerun
+    assert any(unmd(s.value).startswith("Added mine: top-1 98.33%") for s in at.success)  # after the page's rerun
     settle(at.run())
-    assert any(s.value.startswith("Added mine") for s in at.success)  # and on the next render too
+    assert any(unmd(s.value).startswith("Added mine") for s in at.success)  # and on the next render too
+
+
+DISPLAYS = {"error", "warning", "info", "success", "caption", "markdown", "toast", "title", "header", "subheader"}
+# functions of the page's own that build text from figures and fixed words, never from a visitor's text
+TRUSTED = {"md", "footer", "_landscape_line", "accuracy_sentence", "recipe_words", "engine", "count", "fmt_bytes",
+           "describe", "join", "get", "upper", "label"}
+# local names that hold the page's own words (the live run's stage, the glossary, counts of threads), by module
+OWN_WORDS = {"main.py": {"LIVE", "what", "note"},
+             "views.py": {"timing", "training", "sentence", "what", "term", "text"}}
+
+
+def _unescaped(node, own: set[str] = frozenset()) -> list[str]:
+    """The parts of a message that could carry a visitor's text into Markdown without markup.md."""
+    if isinstance(node, ast.Constant) or (isinstance(node, ast.Name) and node.id in own):
+        return []
+    if isinstance(node, ast.IfExp):
+        return _unescaped(node.body, own) + _unescaped(node.orelse, own)
+    if isinstance(node, ast.JoinedStr):
+        return [p for v in node.values if isinstance(v, ast.FormattedValue) and v.format_spec is None
+                for p in _unescaped(v.value, own)]
+    if isinstance(node, ast.BinOp):
+        return _unescaped(node.left, own) + _unescaped(node.right, own)
+    if isinstance(node, ast.Call):
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        if name == "md":
+            return []
+        if name in TRUSTED:
+            return [p for a in node.args for p in _unescaped(a, own)] if name in ("join", "upper") else []
+    if isinstance(node, ast.GeneratorExp):
+        return _unescaped(node.elt, own)
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in ("TILES", "HELP"):
+        return []
+    return [ast.unparse(node)]
+
+
+def test_every_message_the_page_renders_escapes_what_it_did_not_write():
+    """Issue 21: a URL parameter or file name holding `![x](http://attacker/p.png)` was rendered as an image.
+    Every st.error/warning/info/success/caption/markdown body and every tooltip in the page's code is fixed
+    text, figures, or a value passed through markup.md."""
+    found = []
+    for f in [ROOT / "app.py", *sorted((ROOT / "explorer" / "app" / "ui").glob("*.py"))]:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            attr = node.func.attr if isinstance(node.func, ast.Attribute) else ""
+            bodies = node.args[:1] if attr in DISPLAYS else []
+            bodies += [k.value for k in node.keywords if k.arg == "help"]
+            for body in bodies:
+                found += [f"{f.name}:{node.lineno}: {p}" for p in _unescaped(body, OWN_WORDS.get(f.name, set()))]
+    assert not found, "\n".join(found)
+
+
+def _rendered(text: str) -> str:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(text)
+
+
+def test_a_link_holding_markup_is_shown_as_its_text(cache):
+    """`?sparsity=![x](http://attacker/p.png)` made every visitor's browser fetch the attacker's image."""
+    bad = "![x](http://attacker/p.png)"
+    at = _app(sparsity=bad)
+    assert not at.exception
+    shown = [w.value for w in at.sidebar.warning]
+    assert f"Ignored from the link: sparsity={bad!r} is not a float" in [unmd(w) for w in shown], shown
+    for body in shown + [e.value for e in at.error] + [c.value for c in at.caption] + [m.value for m in at.markdown]:
+        assert "<img" not in _rendered(body) and "attacker" not in _rendered(body).split("<p>")[0], body
+        assert not re.search(r"<(img|a)\b", _rendered(body)), body
+
+
+def test_an_uploaded_file_name_holding_markup_is_shown_as_its_text(cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
+    name = "![x](http://attacker/p.png)<img src=http://attacker/q.png>.pt"
+    at = _app(prune_epochs="0")
+    at.file_uploader(key="byo_model").set_value((name, b"not a model", "application/octet-stream"))
+    at.selectbox(key="byo_arch").set_value("digits_cnn")
+    settle(at.run())
+    settle(at.button(key="byo_add").click().run())
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any(repr(name) in unmd(e) for e in errors), errors
+    assert not any(re.search(r"<(img|a)\b", _rendered(e)) for e in errors), errors
+
+
+def test_the_page_reads_no_server_folder_unless_the_operator_allows_it(cache, tmp_path, monkeypatch):
+    """Issue 21: the folder box listed any server folder (`/etc` answered with its subfolder names)."""
+    import io
+
+    import torch
+
+    from explorer.models.baselines import load_baseline
+
+    monkeypatch.delenv("EXPLORER_DATA_ROOTS", raising=False)
+    monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
+    at = _app()
+    box = at.text_input(key="byo_root")
+    assert box.disabled and any("EXPLORER_DATA_ROOTS" in c.value for c in at.caption)
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    monkeypatch.setenv("EXPLORER_DATA_ROOTS", str(allowed))
+    model, _ = load_baseline(ROOT / "models" / "digits_cnn-digits.safetensors")
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    at = _app()
+    assert not at.text_input(key="byo_root").disabled
+    at.file_uploader(key="byo_model").set_value(("mine.pt", buf.getvalue(), "application/octet-stream"))
+    at.selectbox(key="byo_arch").set_value("digits_cnn")
+    at.selectbox(key="byo_dataset").set_value("imagefolder")
+    at.text_input(key="byo_root").set_value("/etc")
+    settle(at.run())
+    settle(at.button(key="byo_add").click().run())
+    assert not at.exception
+    errors = [unmd(e.value) for e in at.error]
+    assert errors == [f"dataset folder '/etc' is outside the folders this page may read: {allowed.resolve()} "
+                      "(EXPLORER_DATA_ROOTS)"], errors
+    assert not list((tmp_path / "user").glob("*.json"))
+
+
+def test_a_file_name_stored_by_one_visitor_is_text_in_another_visitors_error(cache, tmp_path, monkeypatch):
+    """Issue 21: a markdown image in an uploaded file's name was stored with the model and rendered in the error
+    another session got for taking the same model name."""
+    import io
+
+    import torch
+
+    from explorer.models.baselines import load_baseline
+
+    monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
+    model, _ = load_baseline(ROOT / "models" / "digits_cnn-digits.safetensors")
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    evil = "![x](http://attacker.invalid/p.png).pt"
+    for session, file_name in (("first", evil), ("second", "mine.pt")):
+        at = _app(prune_epochs="0")
+        at.file_uploader(key="byo_model").set_value((file_name, buf.getvalue(), "application/octet-stream"))
+        at.selectbox(key="byo_arch").set_value("digits_cnn")
+        at.text_input(key="byo_name").set_value("shared")
+        settle(at.run())
+        settle(at.button(key="byo_add").click().run())
+        assert not at.exception, session
+    errors = [e.value for e in at.error]
+    assert any(f"a model named 'shared' already exists (digits_cnn from {evil}" in unmd(e) for e in errors), errors
+    assert not any(re.search(r"<(img|a)\b", _rendered(e)) for e in errors), errors

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from explorer.core.data import DATASETS, list_datasets, load_dataset, safe_unpickle, stratified_split
-from tests.conftest import make_cifar, make_image_folder, make_mnist
+from tests.conftest import make_cifar, make_image_folder, make_mnist, png_header
 
 
 def _rows(t: torch.Tensor) -> set[bytes]:
@@ -145,4 +145,39 @@ def test_empty_image_folder(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.txt").write_text("x")
     with pytest.raises(ValueError, match="no readable images"):
+        load_dataset("imagefolder", tmp_path)
+
+
+def test_an_image_folder_is_bounded_before_anything_is_decoded(tmp_path, monkeypatch):
+    """Issue 21: the caps hold for folders read from disk too (the command line, stored uploads), checked from
+    the headers, so an image bomb is refused without decoding it."""
+    make_image_folder(tmp_path, per_class=3, size=8)
+    (tmp_path / "dog" / "bomb.png").write_bytes(png_header(20_000, 20_000))
+    with pytest.raises(ValueError, match=r"^image 'dog/bomb.png' is 400,000,000 pixels, over the cap of 16,000,000 "
+                                         r"pixels per image \(EXPLORER_MAX_IMAGE_PIXELS\)$"):
+        load_dataset("imagefolder", tmp_path)
+    (tmp_path / "dog" / "bomb.png").unlink()
+    monkeypatch.setenv("EXPLORER_MAX_IMAGES", "8")
+    with pytest.raises(ValueError, match=r"holds more than 8 images, over the cap of 8 \(EXPLORER_MAX_IMAGES\)"):
+        load_dataset("imagefolder", tmp_path)
+    monkeypatch.setenv("EXPLORER_MAX_IMAGES", "9")
+    assert len(load_dataset("imagefolder", tmp_path, image_size=8).train) > 0
+    # the data set the images become is bounded too: 9 images of 3x512x512 floats are 27 MiB
+    monkeypatch.setenv("EXPLORER_MAX_DECODED_MB", "20")
+    with pytest.raises(ValueError, match=r"9 images of 3x512x512 from image folder .* take 27 MB as a data set, over "
+                                         r"the cap of 20 MB \(EXPLORER_MAX_DECODED_MB\)"):
+        load_dataset("imagefolder", tmp_path, image_size=512)
+
+
+def test_an_unreadable_image_folder_is_one_line(tmp_path, monkeypatch):
+    """`/` on the page gave a traceback: a folder that cannot be listed is a ValueError."""
+    from explorer.core import imagetree
+
+    make_image_folder(tmp_path, per_class=2, size=8)
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(imagetree.Path, "iterdir", denied)
+    with pytest.raises(ValueError, match=rf"^image folder '{tmp_path}' could not be read: .*Permission denied"):
         load_dataset("imagefolder", tmp_path)

@@ -430,3 +430,37 @@ def test_readme_screenshots(browser, tmp_path):
         _assert_no_errors(page, "the curves", page_errors)
         _screenshot(page, DOCS / "screenshot-curves.png")
         print(f"curves screenshot with {_points(page)} points")
+
+
+def test_a_link_holding_markup_makes_the_browser_fetch_nothing_elsewhere(browser, server, tmp_path):
+    """Issue 21: `?sparsity=![x](http://attacker/p.png)` was rendered as an image, so every visitor of the link
+    fetched the attacker's address. The page shows the text, and the browser asks only the page's own server."""
+    from urllib.parse import quote
+
+    from playwright.sync_api import expect
+
+    url, log = server
+    bad = "![x](http://attacker.invalid/p.png)<img src=http://attacker.invalid/q.png>"
+    page = browser.new_page(viewport=VIEWPORT)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    try:
+        page.goto(f"{url}{DIGITS}&sparsity={quote(bad)}", timeout=UI_MS)
+        expect(page.get_by_text(DONE)).to_be_visible(timeout=RUN_S * 1000)
+        _wait_idle(page, "first load")
+        warning = page.get_by_test_id("stSidebar").get_by_test_id("stAlert").filter(has_text="Ignored from the link")
+        expect(warning).to_be_visible(timeout=UI_MS)
+        # the text as written (word joiners, invisible, keep the addresses from becoming links)
+        assert f"sparsity={bad!r} is not a float" in warning.inner_text().replace("\u2060", "")
+        assert page.locator("img[src*='attacker'], a[href*='attacker']").count() == 0
+        page.wait_for_timeout(1000)  # a fetch the rendering started would be in flight by now
+        own = urlparse(url).netloc
+        elsewhere = [u for u in requests if urlparse(u).scheme in ("http", "https", "ws", "wss")
+                     and urlparse(u).netloc != own]
+        assert not elsewhere, f"the browser asked other hosts: {elsewhere}"
+        assert any(urlparse(u).netloc == own for u in requests)
+    except BaseException:
+        _report_failure(page, tmp_path, log)
+        raise
+    finally:
+        page.close()

@@ -25,7 +25,7 @@ from explorer.core.data import load_dataset, safe_unpickle
 from explorer.measure.onnx_export import export_onnx
 from explorer.models import user as byo
 from explorer.models.baselines import load_baseline
-from tests.conftest import make_cifar, make_mnist
+from tests.conftest import make_cifar, make_mnist, png_header
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
                 derandomize=True)
@@ -51,6 +51,9 @@ with zipfile.ZipFile(_zbuf, "w", zipfile.ZIP_DEFLATED) as _z:
         Image.new("L", (8, 8), color=40 * i).save(_img, format="PNG")
         _z.writestr(f"d/{cls}/{i}.png", _img.getvalue())
 GOOD[".zip"] = _zbuf.getvalue()
+_pbuf = io.BytesIO()
+Image.new("RGB", (4, 4)).save(_pbuf, format="PNG")
+GOOD_PNG = _pbuf.getvalue()
 with tempfile.TemporaryDirectory() as _tmp:
     export_onnx(_model, (1, 8, 8), Path(_tmp) / "m.onnx")
     GOOD[".onnx"] = (Path(_tmp) / "m.onnx").read_bytes()
@@ -172,6 +175,33 @@ def test_fuzz_onnx_upload(sandbox, data):
 def test_fuzz_dataset_zip_upload(sandbox, data):
     p = _write(sandbox, "d.zip", data)
     outcome(sandbox, lambda: byo.add_dataset_zip(p, "fuzzed"))
+
+
+@FUZZ
+@given(sizes=st.lists(st.tuples(st.integers(1, 60_000), st.integers(1, 60_000)), min_size=1, max_size=4))
+def test_fuzz_declared_image_sizes_in_a_dataset_zip(sandbox, sizes):
+    """Issue 21: images that declare any size (tiny on disk, as a bomb is): a zip is stored only when every image
+    is within the pixel cap, refused in one line naming that cap otherwise, and then nothing is stored."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("d/ok/0.png", GOOD_PNG)
+        for i, (w, h) in enumerate(sizes):
+            z.writestr(f"d/c{i % 2}/{i}.png", png_header(w, h))
+    name = "z" + "-".join(f"{w}x{h}" for w, h in sizes)
+    p = _write(sandbox, "sizes.zip", buf.getvalue())
+    over = any(w * h > 16_000_000 for w, h in sizes)
+    errors = []
+
+    def add():
+        try:
+            byo.add_dataset_zip(p, name)
+        except ValueError as e:
+            errors.append(str(e))
+            raise
+
+    assert outcome(sandbox, add) == ("refused" if over else "ok")
+    assert not over or "over the cap of 16,000,000 pixels per image (EXPLORER_MAX_IMAGE_PIXELS)" in errors[0]
+    assert (sandbox / "explorer" / "data" / name).exists() == (not over)
 
 
 @FUZZ

@@ -6,6 +6,7 @@ import zipfile
 import pytest
 
 from explorer.models.safezip import extract_zip, tree_root
+from tests.conftest import png_header
 
 
 def _zip(path, entries):
@@ -103,3 +104,58 @@ def test_ordinary_images_pass_the_ratio_checks(tmp_path):
     z = _zip(tmp_path / "ok.zip", [(f"d/c/{i}.png", os.urandom(100_000)) for i in range(5)]
              + [("d/c/empty.txt", b""), ("d/c/tiny.txt", b"\0" * 4000)])
     assert extract_zip(z, tmp_path / "out")["files"] == 7
+
+
+def _png(size: int = 4) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (9, 99, 199)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("w,h,said", [(20_000, 20_000, "is 400,000,000 pixels"),  # over Pillow's own bomb limit
+                                      (5_000, 4_000, "is 5,000x4,000 = 20,000,000 pixels")])
+def test_an_image_over_the_pixel_cap_is_refused_at_upload(tmp_path, w, h, said):
+    """Issue 21: 20 PNGs of 12000x12000 in a 2.8 MB zip took 33 s, decoded again on every run."""
+    z = _zip(tmp_path / "big.zip", [("d/cat/ok.png", _png()), ("d/cat/huge.png", png_header(w, h))])
+    assert z.stat().st_size < 2_000
+    with pytest.raises(ValueError) as e:
+        extract_zip(z, tmp_path / "out")
+    assert str(e.value) == (f"image 'd/cat/huge.png' {said}, over the cap of 16,000,000 pixels per image "
+                            "(EXPLORER_MAX_IMAGE_PIXELS)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_image_count_and_decoded_bytes_are_capped_at_upload(tmp_path, monkeypatch):
+    """Issue 21: a 24 MB zip of 99,992 tiny images took 5.4 GB of memory."""
+    many = _zip(tmp_path / "many.zip", [(f"d/c{i % 2}/{i}.png", _png()) for i in range(6)])
+    monkeypatch.setenv("EXPLORER_MAX_IMAGES", "5")
+    with pytest.raises(ValueError, match=r"^zip 'many.zip' holds more than 5 images, over the cap of 5 "
+                                         r"\(EXPLORER_MAX_IMAGES\)$"):
+        extract_zip(many, tmp_path / "out")
+    monkeypatch.setenv("EXPLORER_MAX_IMAGES", "6")
+    assert extract_zip(many, tmp_path / "out")["files"] == 6
+    # 1,000 x 600 RGB declares 1.7 MiB of pixels each: the second passes 3 MiB
+    wide = _zip(tmp_path / "wide.zip", [(f"d/c/{i}.png", png_header(1_000, 600)) for i in range(3)])
+    monkeypatch.setenv("EXPLORER_MAX_DECODED_MB", "3")
+    with pytest.raises(ValueError, match=r"^the images of zip 'wide.zip' decode to more than 3 MB, over the cap of "
+                                         r"3 MB \(EXPLORER_MAX_DECODED_MB\); up to 'd/c/1.png'$"):
+        extract_zip(wide, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_a_refused_upload_leaves_the_stored_data_set_as_it_was(tmp_path, monkeypatch):
+    from explorer.models.user import add_dataset_zip
+
+    monkeypatch.setenv("EXPLORER_USER_DATA", str(tmp_path / "data"))
+    good = _zip(tmp_path / "good.zip", [("d/cat/1.png", _png()), ("d/dog/2.png", _png(5))])
+    root = add_dataset_zip(good, "mine")
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*"))
+    bomb = _zip(tmp_path / "bomb.zip", [("d/cat/1.png", _png()), ("d/dog/2.png", png_header(12_000, 12_000))])
+    with pytest.raises(ValueError, match="over the cap of 16,000,000 pixels per image"):
+        add_dataset_zip(bomb, "mine")
+    with pytest.raises(ValueError, match="over the cap of 16,000,000 pixels per image"):
+        add_dataset_zip(bomb, "other")
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*")) == before
+    assert root.endswith("mine/d")

@@ -20,6 +20,7 @@ from explorer.core.engines import (
     TORCH_CUDA_FP16,
     TORCH_CUDA_FP32,
 )
+from explorer.core.markup import chart
 
 SIZE_LABELS = {"file_bytes": "checkpoint (fp32/fp16 file)", "gzip_bytes": "gzip of checkpoint",
                "zstd_bytes": "zstd of checkpoint", "packed_bytes": "packed .xpk", "onnx_bytes": "ONNX fp32",
@@ -101,9 +102,14 @@ def _config_text(df: pd.DataFrame) -> pd.Series:
     return df.get("recipe_json", pd.Series("", index=df.index)).map(one)
 
 
+def _named(layers: pd.DataFrame) -> pd.DataFrame:
+    """Layer names as chart text: an ONNX model's node names are its author's, and plotly reads tags in labels."""
+    return layers.assign(layer=layers["layer"].map(chart)) if "layer" in layers else layers
+
+
 def params_per_layer(layers: pd.DataFrame, title: str = "Parameters per layer") -> go.Figure:
     """Bar chart of parameters per weighted layer (seed 004: find where the size lives)."""
-    fig = px.bar(layers, x="layer", y="params", color="type", hover_data=["shape", "params"])
+    fig = px.bar(_named(layers), x="layer", y="params", color="type", hover_data=["shape", "params"])
     fig.update_layout(xaxis_title="layer", yaxis_title="parameters", xaxis_tickangle=-45)
     return _layout(fig, title)
 
@@ -303,9 +309,8 @@ def _accuracy_title(ok: pd.DataFrame) -> str:
 def layer_bars(layers: pd.DataFrame, column: str) -> go.Figure:
     titles = {"params": "parameters", "sparsity": "sparsity", "bits": "bits per weight",
               "packed_bytes": "bytes in the packed file", "macs": "MACs", "sensitivity": "top-1 drop (points)"}
-    fig = px.bar(layers, x="layer", y=column, color="type", hover_data=[c for c in ("shape", "params", "nonzero",
-                                                                                     "bits", "packed_bytes")
-                                                                        if c in layers])
+    hover = [c for c in ("shape", "params", "nonzero", "bits", "packed_bytes") if c in layers]
+    fig = px.bar(_named(layers), x="layer", y=column, color="type", hover_data=hover)
     fig.update_layout(yaxis_title=titles.get(column, column), xaxis_tickangle=-45)
     return _layout(fig, f"Per layer: {titles.get(column, column)}")
 
@@ -320,7 +325,7 @@ def weight_histogram(hist: dict, layer: str) -> go.Figure:
     fig.add_trace(go.Bar(x=mids, y=hist["after"], name="after", opacity=0.75))
     fig.update_layout(barmode="overlay", xaxis_title="weight value", yaxis_title="count", yaxis_type="log",
                       yaxis_dtick=1, bargap=0)
-    return _layout(fig, f"Weights of {layer}: before and after")
+    return _layout(fig, f"Weights of {chart(layer)}: before and after")
 
 
 def per_class_change(per_class: pd.DataFrame, title: str = "Top-1 change per class") -> go.Figure:

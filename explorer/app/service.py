@@ -11,7 +11,7 @@ import pandas as pd
 
 from explorer.app.metrics import forgets as compute
 from explorer.compress.recipe import Recipe
-from explorer.core import scratch, settings, words
+from explorer.core import markup, roots, scratch, settings, words
 from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
 from explorer.core.zoo import create_model, list_models
@@ -81,22 +81,37 @@ def default_baseline(names: list[str]) -> str:
 
 
 def missing_data_note() -> str | None:
-    """One line for the baselines hidden because their data set is not on this machine."""
+    """One line of Markdown for the baselines hidden because their data set is not on this machine (the names of
+    models users added come escaped)."""
     missing = [c for c in all_baselines() if not c["data_available"]]
     if not missing:
         return None
     sets = sorted({c["dataset"] for c in missing})
     how = "; ".join(f"{d}: {how_to_get(d)}" for d in sets)
     who = words.count(len(missing), "baseline") + (" needs" if len(missing) == 1 else " need")
-    return (f"{who} data not on this machine ({', '.join(c['name'] for c in missing)}), so "
+    return (f"{who} data not on this machine ({', '.join(markup.md(c['name']) for c in missing)}), so "
             f"{'it is' if len(missing) == 1 else 'they are'} hidden. To get it: {how}.")
 
 
 def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, name: str | None,
               shown: str | None = None) -> dict:
     """The page's "Your model": a state_dict with its architecture, or an ONNX model. Programs (TorchScript,
-    exported programs, pickled modules) are always refused here: trusting code is for the command line."""
+    exported programs, pickled modules) are always refused here: trusting code is for the command line. A data
+    folder must lie in EXPLORER_DATA_ROOTS or be an uploaded zip's (the page reads no other server folder)."""
+    if root is not None:
+        root = str(page_folder(root))
     return user.add_model(path, arch=arch, dataset=dataset, root=root, name=name, shown=shown, trust_code=False)
+
+
+def data_roots() -> tuple:
+    """The folders the operator lets the page read (EXPLORER_DATA_ROOTS); none by default."""
+    return roots.data_roots()
+
+
+def page_folder(folder: str):
+    """A data folder a visitor named, resolved, if the page may read it; else a ValueError that names the allowed
+    roots and says nothing of whether the folder exists."""
+    return roots.check_page_folder(folder, also=(user.user_data_dir(),))
 
 
 def check_upload(n_bytes: int, what: str) -> None:
@@ -122,6 +137,7 @@ def start_up() -> None:
     processes removed."""
     global _cleaned
     settings.check_all()
+    roots.data_roots()
     if not _cleaned:
         scratch.clean()
         _cleaned = True
@@ -221,7 +237,8 @@ def forgets(result: dict, base_result: dict, limit: int = 24) -> dict | None:
     card = baselines.read_card(Recipe.from_dict(result["recipe"]).checkpoint_path)
     data = baselines.baseline_data(card)
     y = data.test.y.numpy()
-    classes = [str(k) for k in card.get("classes") or data.classes]
+    # class names are a user's folder names (an uploaded zip's): text in the charts, never plotly's HTML
+    classes = [markup.chart(k) for k in card.get("classes") or data.classes]
     f = compute(y, base_pred, run_pred, classes)
     mean = np.asarray(data.mean, dtype=np.float32)[None, :, None, None]
     std = np.asarray(data.std, dtype=np.float32)[None, :, None, None]

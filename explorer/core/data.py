@@ -23,11 +23,11 @@ import torch.nn.functional as F
 
 from explorer.core.errors import bad_value, check_range, first_line
 from explorer.core.idx import read_idx
+from explorer.core.imagetree import IMAGE_EXTENSIONS, image_folder  # noqa: F401  (IMAGE_EXTENSIONS: the data set's API)
 from explorer.core.paths import REPO_DATA
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 FOLDER_DATASETS = DATASETS[1:]
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def _load_dataset(name, root, seed, image_size, val_fraction, test_fraction, cha
             (x, y), official_test, classes = _cifar(name, root)
             notes = []
         else:
-            (x, y), official_test, classes, notes = _image_folder(root, image_size or 32, channels)
+            (x, y), official_test, classes, notes = image_folder(root, image_size or 32, channels)
     if channels is not None and x.shape[1] != channels:
         x = x.mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1)
         if official_test is not None:
@@ -412,69 +412,6 @@ def _cifar(name: str, root: Path):
     if len(classes) < n_classes:
         classes = [str(i) for i in range(n_classes)]
     return train, test, classes
-
-
-def _image_folder(root: Path, size: int, channels: int | None):
-    """A class-per-subfolder tree, or one with train/ and test/ (or val/) subtrees. Files that are
-    not images are skipped and counted in `notes`."""
-    if not root.is_dir():
-        raise ValueError(f"image folder {str(root)!r} does not exist or is not a folder: expected "
-                         "one subfolder per class holding image files (.png, .jpg, ...)")
-    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
-    if (root / "train").is_dir() and test_dir is not None:
-        train_x, train_y, classes, skipped = _read_tree(root / "train", size, channels, None)
-        test_x, test_y, _, skipped_t = _read_tree(test_dir, size, channels, classes)
-        notes = _skip_notes(skipped + skipped_t)
-        return (train_x, train_y), (test_x, test_y), classes, notes
-    x, y, classes, skipped = _read_tree(root, size, channels, None)
-    return (x, y), None, classes, _skip_notes(skipped)
-
-
-def _skip_notes(skipped: list[str]) -> list[str]:
-    if not skipped:
-        return []
-    shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-    return [f"skipped {len(skipped)} file(s) that are not readable images: {shown}"]
-
-
-def _read_tree(folder: Path, size: int, channels: int | None, classes: list[str] | None):
-    from PIL import Image, UnidentifiedImageError
-
-    found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if classes is None:
-        classes = found
-    if not classes:
-        raise ValueError(f"image folder {str(folder)!r} has no class subfolders: expected one folder per class")
-    unknown = sorted(set(found) - set(classes))
-    if unknown:
-        raise ValueError(f"image folder {str(folder)!r} has classes {unknown} "
-                         f"not in the training classes {classes}")
-    mode = {1: "L", 3: "RGB", None: "RGB"}[channels]
-    xs, ys, skipped = [], [], []
-    for ci, cname in enumerate(classes):
-        cdir = folder / cname
-        if not cdir.is_dir():
-            continue
-        for path in sorted(cdir.rglob("*")):
-            if not path.is_file() or path.name.startswith("."):
-                continue
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append(str(path.relative_to(folder)))
-                continue
-            try:
-                with Image.open(path) as im:
-                    im = im.convert(mode).resize((size, size), Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.float32) / 255.0
-            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-                skipped.append(str(path.relative_to(folder)))
-                continue
-            xs.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-            ys.append(ci)
-    if not xs:
-        raise ValueError(f"image folder {str(folder)!r} holds no readable images in its class folders {classes}")
-    x = torch.from_numpy(np.stack(xs))
-    y = torch.tensor(ys, dtype=torch.int64)
-    return x, y, list(classes), skipped
 
 
 def export_split(bundle: DataBundle, split: str) -> dict[str, np.ndarray]:

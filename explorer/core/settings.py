@@ -66,6 +66,11 @@ SETTINGS: dict[str, Setting] = {
                                       maximum=10_000_000),
     "EXPLORER_ZIP_MAX_RATIO": Setting(200, "how many times a zip may expand, per entry and overall",
                                       maximum=10_000),
+    "EXPLORER_MAX_IMAGES": Setting(50_000, "images an image folder may hold", integer=True, maximum=100_000_000),
+    "EXPLORER_MAX_IMAGE_PIXELS": Setting(16_000_000, "pixels one image may hold (below Pillow's bomb warning)",
+                                         integer=True, minimum=1, inclusive=True, maximum=89_000_000),
+    "EXPLORER_MAX_DECODED_MB": Setting(1024, "megabytes an image folder's decoded pixels, and the data set made "
+                                             "from them, may take", unit="megabytes", maximum=MB_PER_TB),
     "EXPLORER_LANDSCAPE": Setting(1, "1 measures an open model's default grid in the background, 0 does not",
                                   integer=True, minimum=0, inclusive=True, maximum=1),
     "EXPLORER_LANDSCAPE_IDLE_S": Setting(120, "seconds a landscape goes on after the last page looked at its model",

@@ -1,7 +1,8 @@
 """Safe extraction of an uploaded zip of an image tree: nothing lands outside the target folder, links are
 refused, and caps on entry count, total size and compression ratio (per entry and over the whole archive)
 stop zip bombs while extracting (the sizes a zip declares can lie, so the bytes written are counted as they
-are written)."""
+are written). Each image's header is checked as it lands (explorer.core.imagetree: pixels per image, image
+count, decoded bytes), so an image bomb is refused at upload rather than decoded on every later run."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from explorer.core import settings
 from explorer.core.errors import first_line
+from explorer.core.imagetree import Budget, is_image_name
 
 
 def caps() -> dict:
@@ -57,6 +59,7 @@ def extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike, *, max_fil
         raise ValueError(f"{shown!r} is not a readable zip file: {e}") from None
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
+    budget = Budget(f"zip {shown!r}")
     written = files = 0
     skipped: list[str] = []
     try:
@@ -86,6 +89,8 @@ def extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike, *, max_fil
                         entry_bytes += len(chunk)
                         _check_expansion(info, entry_bytes, written, archive_bytes, max_bytes, max_ratio)
                         out.write(chunk)
+                if is_image_name(rel.name):
+                    budget.header(target, info.filename)
                 files += 1
     except ValueError:
         shutil.rmtree(dest, ignore_errors=True)

@@ -9,6 +9,7 @@ from typing import Any
 import streamlit as st
 
 from explorer.app.ui import state
+from explorer.core.markup import md
 
 HELP = {
     "sparsity": "Share of weights (unstructured, blocks) or of channels (channel pruning) removed.",
@@ -111,7 +112,7 @@ def sidebar(cards: dict[str, dict], default: str) -> dict[str, Any]:
     controls = {k: st.session_state[k] for k in state.DEFAULTS}
     _mirror(state.to_query(controls, card))  # the link reopens this view
     for p in st.session_state.get("_query_problems", []):
-        sb.warning(f"Ignored from the link: {p}")
+        sb.warning(f"Ignored from the link: {md(p)}")  # p repeats what a link said
     return controls
 
 

@@ -16,6 +16,7 @@ from explorer.app import service
 from explorer.app.ui import controls as ui_controls
 from explorer.app.ui import panels, state, views
 from explorer.core import words
+from explorer.core.markup import md
 from explorer.run.jobs import COMPARISON
 
 TABS = ["Overview", "Curves and Pareto", "Size and latency", "Layers", "What it forgets", "Sweep", "Sweet spot",
@@ -45,7 +46,7 @@ def _live(key: str, base_key: str | None) -> None:
     now = job if not job.finished else base
     what = "this configuration" if now is job else "the baseline, measured the same way for the comparison table"
     waited = time.perf_counter() - now.submitted
-    st.info(f"{LIVE} {what}: {now.message} ({waited:.0f} s). The page fills in as figures arrive; you can move "
+    st.info(f"{LIVE} {what}: {md(now.message)} ({waited:.0f} s). The page fills in as figures arrive; you can move "
             "the sliders meanwhile (a run you leave is cancelled).")
     st.progress(min(max(now.fraction, 0.0), 1.0))
     shown = job.result or job.partial
@@ -64,7 +65,7 @@ def main() -> None:
         service.start_up()
         cards = service.list_baselines()
     except ValueError as e:
-        st.error(str(e))
+        st.error(md(e))
         return
     if not cards:
         st.error("No baselines in models/: train one with `python -m explorer train --model digits_cnn`.")
@@ -75,9 +76,9 @@ def main() -> None:
     c = ui_controls.sidebar({c["name"]: c for c in cards}, service.default_baseline(names))
     note = service.missing_data_note()
     if note:
-        st.sidebar.caption(note)
+        st.sidebar.caption(note)  # Markdown: its model names come escaped
     card = cards[names.index(c["baseline"])]
-    st.caption(f"{card['architecture']} on {card['dataset']}: {card['params']:,} parameters, baseline top-1 "
+    st.caption(f"{md(card['architecture'])} on {md(card['dataset'])}: {card['params']:,} parameters, baseline top-1 "
                f"{card['accuracy']['top1']:.2f}% on {words.count(card.get('test_samples', '?'), 'test image')}.")
 
     recipe, job, base_job, error = None, None, None, None
@@ -99,7 +100,7 @@ def main() -> None:
         error = f"The run failed: {job.error or job.message}"
     base_result = base_job.result if base_job is not None and base_job.state == "done" else None
     if error:
-        st.error(error)
+        st.error(md(error))  # errors repeat the values that were refused: a visitor's text
     computing = job is not None and not error and (result is None or (base_job is not None and not base_job.finished))
     if result is not None and lands is not None and st.session_state.get("_neighbours_of") != job.key:
         lands.after_run(card, c)  # the slider positions next to this one are measured next
@@ -139,13 +140,13 @@ def main() -> None:
         panels.sweet_spot_panel(frame, result, service, card)
     with tabs[7]:
         if card.get("format") == "onnx":
-            st.info(f"{card['name']} is an ONNX model: top-1 {card['accuracy']['top1']:.2f}% with ONNX Runtime, "
-                    f"{card['file_bytes']:,} bytes. {card.get('unsupported_reason', '')}")
+            st.info(f"{md(card['name'])} is an ONNX model: top-1 {card['accuracy']['top1']:.2f}% with ONNX Runtime, "
+                    f"{card['file_bytes']:,} bytes. {md(card.get('unsupported_reason', ''))}")
         else:
             try:
                 panels.baseline_panel(_describe(card["path"], card.get("sha256", "")))
             except ValueError as e:
-                st.error(str(e))
+                st.error(md(e))
     with tabs[8]:
         panels.byo_panel(service, service.datasets(), service.architectures())
     st.caption(footer(time.perf_counter() - t0, job, base_job))

@@ -13,6 +13,7 @@ from explorer.app import plots
 from explorer.app.metrics import across_seeds, sweet_spot
 from explorer.app.ui.views import downloads, fmt_bytes
 from explorer.core.engines import B1, B256, ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CPU, lat_col, speedup_col
+from explorer.core.markup import md
 from explorer.run.grid import Grid
 
 SIZE_COLS = {"packed .xpk": "packed_bytes", "gzip of checkpoint": "gzip_bytes", "ONNX int8": "onnx_int8_bytes",
@@ -58,7 +59,7 @@ def sweep_panel(card: dict, backend) -> None:
             st.session_state["_sweep_done"] = {"runs": len(df), "seconds": time.perf_counter() - t0}
             st.rerun()  # the curves, Pareto fronts and sweet spot above were drawn before the sweep: redraw them
         except ValueError as e:
-            st.error(str(e))
+            st.error(md(e))
     df = st.session_state.get("sweep_frame")
     if df is not None and not df.empty:
         shown = df
@@ -138,11 +139,11 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: di
                       objective=objective, size_col=size_col, latency_col=latency_col,
                       confidence=CONFIDENCES[conf_label])
     if pick.row is None:  # an answer, not a fault: say which constraint no run meets
-        st.warning(pick.reason[0].upper() + pick.reason[1:])
+        st.warning(md(pick.reason[0].upper() + pick.reason[1:]))
         return
-    st.success(pick.reason[0].upper() + pick.reason[1:] + ".")
+    st.success(md(pick.reason[0].upper() + pick.reason[1:] + "."))
     if pick.point_row is not None:
-        st.info(f"Judged by point estimates alone, the pick would be {pick.point_row.get('label')} "
+        st.info(f"Judged by point estimates alone, the pick would be {md(pick.point_row.get('label'))} "
                 f"(top-1 {pick.point_row['top1']:.2f}%), but the data do not make it {pick.confidence:.0%} sure.")
     row, base = pick.row, _baseline_row(frame)
     pct = lambda v: f"{v:.2f}%"  # noqa: E731
@@ -171,7 +172,7 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: di
         st.caption("The baseline's own run is not in this table yet; open the baseline (sparsity 0, 32 bits) once "
                    "to fill its column.")
     recipe = json.loads(row["recipe_json"])
-    st.markdown(f"**Recommended:** {row.get('words', row['label'])}")
+    st.markdown(f"**Recommended:** {md(row.get('words', row['label']))}")
     wanted = backend.controls_for(recipe, card)
     current = (result or {}).get("key") == row["key"]
     # the click applies the configuration this render showed (bound now), not whatever a run that landed since
@@ -189,7 +190,7 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: di
 
 def baseline_panel(info: dict) -> None:
     card, m = info["card"], info["measured"]
-    st.caption(f"Measured now on the {m['n']:,} test images, from the model rebuilt from `{card['file']}`; the card "
+    st.caption(f"Measured now on the {m['n']:,} test images, from the model rebuilt from {md(card['file'])}; the card "
                f"recorded top-1 {card['accuracy']['top1']:.2f}% at training.")
     cols = st.columns(5)
     cols[0].metric("Top-1", f"{m['top1']:.2f}%")
@@ -215,23 +216,32 @@ def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
     up = st.file_uploader("Model file", type=["safetensors", "pt", "pth", "pt2", "onnx"], key="byo_model")
     arch = st.selectbox("Architecture (for a state_dict)", ["(none: an ONNX model)", *archs], key="byo_arch")
     dataset = st.selectbox("Dataset", datasets, key="byo_dataset")
-    root = st.text_input("Local dataset folder (all but digits)", key="byo_root")
+    allowed = backend.data_roots()
+    if allowed:  # a folder on the server: only inside the roots the operator allowed (issue 21)
+        root = st.text_input("Local dataset folder (all but digits)", key="byo_root",
+                             help="A folder inside " + md(", ".join(str(r) for r in allowed)))
+    else:
+        st.text_input("Local dataset folder (all but digits)", key="byo_root", disabled=True,
+                      help="Off: the operator can allow folders with `EXPLORER_DATA_ROOTS`")
+        st.caption("Local folders are off on this page: the operator can allow folders with `EXPLORER_DATA_ROOTS`. "
+                   "Upload a zip of an image folder instead.")
+        root = ""
     zipped = st.file_uploader("...or a zip of an image folder (one subfolder per class)", type=["zip"], key="byo_zip")
     name = st.text_input("Name (optional)", key="byo_name")
     added = st.session_state.get("_byo_added")
     if not st.button("Add model", key="byo_add", disabled=up is None):
         if added:  # shown until the next add: the page reruns right after adding
-            st.success(added["message"])
+            st.success(md(added["message"]))  # it holds the name the user typed
             if added.get("note"):
-                st.info(added["note"])
+                st.info(md(added["note"]))
         return
     st.session_state.pop("_byo_added", None)
     try:
+        data_root = str(backend.page_folder(root.strip())) if root.strip() else None
         with backend.upload_folder() as tmp:
             backend.check_upload(up.size, f"model file {up.name!r}")
             model_path = Path(tmp) / "model.upload"
             model_path.write_bytes(up.getbuffer())
-            data_root = root.strip() or None
             if zipped is not None:
                 backend.check_upload(zipped.size, f"zip {zipped.name!r}")
                 zip_path = Path(tmp) / "data.zip"
@@ -242,8 +252,8 @@ def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
             with st.spinner("Loading, checking and measuring the model..."):
                 card = backend.add_model(str(model_path), arch=None if arch.startswith("(") else arch,
                                          dataset=dataset, root=data_root, name=name.strip() or None, shown=up.name)
-    except ValueError as e:
-        st.error(str(e))
+    except ValueError as e:  # the message repeats file and model names, this visitor's or another's
+        st.error(md(e))
         return
     st.session_state["_select_baseline"] = card["name"]
     verb = "Already added as" if card.get("reused") else "Added"

@@ -20,6 +20,7 @@ from explorer.core.engines import (
     TORCH_CUDA_FP32,
     lat_col,
 )
+from explorer.core.markup import md
 from explorer.measure.hardware import describe
 
 ENGINES_SHOWN = (TORCH_CPU, ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CUDA_FP32,
@@ -112,10 +113,10 @@ def headline(result: dict) -> None:
         st.caption(sentence)
     notes = list(dict.fromkeys(result.get("notes", [])))
     for note in notes:
-        st.info(note)
+        st.info(md(note))
     if not pending:
         for note in surprises(result, notes):
-            st.warning(note)
+            st.warning(md(note))
 
 
 def surprises(result: dict, notes: list[str] = ()) -> list[str]:
@@ -238,7 +239,7 @@ def size_and_latency(result: dict) -> None:
     if not hw.get("gpu"):
         st.markdown("**GPU: not available on this machine.**")
     for engine, reason in missing:
-        st.caption(f"{plots.ENGINE_LABELS.get(engine, engine)}: not available ({reason})")
+        st.caption(f"{plots.ENGINE_LABELS.get(engine, engine)}: not available ({md(reason)})")
 
 
 def layers(result: dict, sensitivity: dict | None) -> None:
