@@ -5,7 +5,9 @@ a full baseline: its tensors are re-saved as safetensors with a card, so nothing
 An ONNX model becomes an ONNX baseline: size, latency and ONNX Runtime's int8 quantisation apply;
 techniques that rewrite PyTorch layers do not. TorchScript, exported programs and pickled modules are
 programs (`explorer.models.formats`): refused unless `trust_code` (the command line's --trust-code), and then
-converted to ONNX once, so what is stored is data.
+converted to ONNX once, so what is stored is data. The file is read, run and measured in a child process
+under a time and a memory limit (`explorer.models.sandbox`): a graph that loops or asks for gigabytes is
+killed there and refused, and never stored.
 
 Names are unique: a taken name is refused unless `replace`; adding the same file again without a name
 returns the model already added. Files are prepared in scratch space and renamed into place, the card
@@ -33,7 +35,7 @@ from explorer.core.errors import bad_value, first_line, quiet_third_party
 from explorer.core.train import evaluate
 from explorer.core.zoo import count_params, create_model, list_models
 from explorer.measure.onnx_export import ExportError, export_onnx, onnx_accuracy, onnx_logits
-from explorer.models import baselines, formats, safezip
+from explorer.models import baselines, formats, safezip, sandbox
 
 FOREIGN_REASON = ("pruning, clustering, k-bit quantisation, low-rank and distillation rewrite the model's PyTorch "
                   "layers; a {fmt} model has none the explorer can rewrite, so only size, latency and ONNX Runtime's "
@@ -97,13 +99,21 @@ def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str 
         if again is not None:
             return again
     with scratch.folder("add-model") as stage:
-        if arch is not None:
-            weights, card = _state_dict_baseline(path, shown, fmt, arch, dataset, root, image_size, width,
-                                                 trust_code, stage)
-        else:
-            weights, card = _onnx_baseline(path, shown, fmt, dataset, root, image_size, trust_code, stage)
-        card.update(user=True, source=source, versions=baselines.versions(), created=_dt.date.today().isoformat())
+        # read and run in a child process under a time and a memory limit: a hostile graph is killed there
+        timeout_s, max_mb = sandbox.limits()
+        weights, card = sandbox.run_checked(_stage, path, shown, fmt, arch, dataset, root, image_size, width,
+                                            trust_code, stage, what=f"model {shown!r}")
+        card.update(user=True, source=source, versions=baselines.versions(), created=_dt.date.today().isoformat(),
+                    checked={"process": "child", "timeout_s": timeout_s, "max_mb": max_mb})
         return _store(weights, card, name, auto=auto, replace=replace)
+
+
+def _stage(path: Path, shown: str, fmt: str, arch: str | None, dataset: str, root: str | None,
+           image_size: int | None, width: float | None, trust_code: bool, stage: Path) -> tuple[Path, dict]:
+    """In the checking process: the model read, validated and measured, its weights staged in `stage`."""
+    if arch is not None:
+        return _state_dict_baseline(path, shown, fmt, arch, dataset, root, image_size, width, trust_code, stage)
+    return _onnx_baseline(path, shown, fmt, dataset, root, image_size, trust_code, stage)
 
 
 def _data(dataset: str, root: str | None, image_size: int | None, in_channels: int | None) -> DataBundle:
@@ -116,6 +126,7 @@ def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: s
     """Validate a state_dict against a zoo architecture and the data, measure it, re-save it as safetensors."""
     state = baselines.load_state_dict_file(path, trust_code=trust_code, shown=shown)
     data = _data(dataset, root, image_size, None)
+    sandbox.start_clock()  # loading the data set is not the model's time
     kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
     if width is not None:
         kwargs["width"] = width
@@ -148,6 +159,7 @@ def _onnx_baseline(path: Path, shown: str, fmt: str, dataset: str, root: str | N
     program = _load_program(path, shown, fmt) if fmt in ("torchscript", "exported") else None
     shape = _declared_input_shape(path, fmt, program)  # (C, H, W) where the file says; the data is fitted to it
     data = _data(dataset, root, image_size or (shape[-1] if shape else None), shape[0] if shape else None)
+    sandbox.start_clock()  # loading the data set is not the model's time
     staged = stage / "model.onnx"
     if fmt == "onnx":
         shutil.copyfile(path, staged)

@@ -1,0 +1,205 @@
+"""Checking a user's model in a child process, under a wall-clock and a memory limit.
+
+Reading a model file and running it on a few images is where a hostile file does its harm: an ONNX Loop of
+10^12 iterations never returns, nested If branches or a ConstantOfShape ask for gigabytes, a deflated
+checkpoint record unpacks to gigabytes. So that work runs in a fresh process (multiprocessing's "spawn":
+the page's server has threads, and forking a threaded torch process is unsafe), which is killed once it runs
+past EXPLORER_CHECK_TIMEOUT_S or grows past EXPLORER_CHECK_MAX_MB. The caller's process never runs the
+model: paths go in, a small picklable verdict (the function's return value, or one line) comes back.
+
+The memory limit is enforced twice: the child caps its own address space (RLIMIT_AS, with room for the
+address space that libraries and threads reserve without using), so an allocation past it fails at once;
+and the parent watches the child's resident memory and kills it past the limit. The clock and the memory
+baseline start once torch and ONNX Runtime are loaded (trusted code, slow on a busy machine, bounded by
+START_S), and the checked function may start them again (`start_clock`) after loading trusted data.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from explorer.core import settings
+from explorer.core.errors import first_line
+
+START_S = 600.0  # loading the libraries in the fresh process: our own code, but minutes on a loaded machine
+POLL_S = 0.05
+MEMORY_SIGNS = ("bad_alloc", "can't allocate memory", "cannot allocate memory", "failed to allocate",
+                "out of memory", "memoryerror")
+
+_conn = None  # the child's end of the pipe; None in any other process
+
+
+def limits() -> tuple[float, int]:
+    """(seconds, megabytes) a check may take."""
+    return settings.get("EXPLORER_CHECK_TIMEOUT_S"), int(settings.get("EXPLORER_CHECK_MAX_MB"))
+
+
+def timeout_refusal(what: str, seconds: float) -> ValueError:
+    return ValueError(f"{what} took longer than {seconds:g} s to check (a loop, or a graph too large to run "
+                      f"here): refused (the limit is EXPLORER_CHECK_TIMEOUT_S={seconds:g})")
+
+
+def memory_refusal(what: str, max_mb: int) -> ValueError:
+    return ValueError(f"{what} needed more than {max_mb:,} MB of memory to check (a graph or a tensor too large "
+                      f"to run here): refused (the limit is EXPLORER_CHECK_MAX_MB={max_mb})")
+
+
+def run_checked(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -> Any:
+    """fn(*args, **kwargs) in a child process under the check limits. `fn` is a module-level function and its
+    arguments and result are small and picklable (paths, not models). Its ValueError is raised here as the
+    same one line; a timeout, a memory kill, or a crash is a one-line ValueError naming `what`."""
+    timeout_s, max_mb = limits()
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, max_mb, fn, args, kwargs), name="explorer-check", daemon=True)
+    proc.start()
+    send.close()  # the child holds the only write end: its death reads as end-of-file here
+    try:
+        return _wait(proc, recv, what, timeout_s, max_mb)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(10)
+        recv.close()
+
+
+def _wait(proc, recv, what: str, timeout_s: float, max_mb: int) -> Any:
+    deadline, base = time.monotonic() + START_S, None
+    while True:
+        if recv.poll(POLL_S):
+            try:
+                msg = recv.recv()
+            except (EOFError, OSError):
+                proc.join(10)
+                raise ValueError(f"{what} crashed the process that checked it ({_how(proc.exitcode)}): refused"
+                                 ) from None
+            if msg[0] == "clock":
+                deadline, base = time.monotonic() + timeout_s, msg[1]
+                continue
+            return _verdict(msg, what, max_mb)
+        now_rss = _rss(proc.pid)
+        if base is not None and now_rss is not None and now_rss - base > max_mb * 2**20:
+            proc.kill()
+            raise memory_refusal(what, max_mb)
+        if time.monotonic() > deadline:
+            proc.kill()
+            if base is None:
+                raise ValueError(f"the process that checks {what} did not start within {START_S:g} s "
+                                 "(the machine is too busy): try again")
+            raise timeout_refusal(what, timeout_s)
+
+
+def _verdict(msg: tuple, what: str, max_mb: int) -> Any:
+    kind, value = msg
+    if kind == "ok":
+        return value
+    if kind == "memory":
+        raise memory_refusal(what, max_mb)
+    if kind == "error":
+        raise ValueError(value)
+    raise ValueError(f"{what} could not be checked: {value}")
+
+
+def _how(code: int | None) -> str:
+    if code is None:
+        return "it did not answer"
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _rss(pid: int) -> int | None:
+    """Resident bytes of a process (Linux); None where /proc does not say."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _address_space() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# ---------------------------------------------------------------- in the child
+
+
+def start_clock() -> None:
+    """In the child: the time and memory limits count from now (call it after loading trusted data). A no-op
+    in any other process."""
+    if _conn is None:
+        return
+    import resource
+
+    _, max_mb = limits()
+    size = _address_space()
+    if size is not None:
+        # twice the limit: threads' stacks and malloc's arenas reserve address space they never use
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        want = size + 2 * max_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+    _conn.send(("clock", _rss(os.getpid()) or 0))
+
+
+def _few_arenas() -> None:
+    """glibc gives each thread its own 64 MB malloc arena (address space, counted by RLIMIT_AS): keep two."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+def _silence() -> None:
+    """The verdict is the child's only output: ONNX Runtime's and torch's own logging (an allocation failure is
+    logged in colour before it is raised) would add lines to a refusal that is one line."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _is_memory(e: BaseException) -> bool:
+    seen: BaseException | None = e
+    while seen is not None:  # `raise ... from None` keeps the original as __context__
+        if isinstance(seen, MemoryError) or any(s in str(seen).lower() for s in MEMORY_SIGNS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _child(conn, max_mb: int, fn, args, kwargs) -> None:
+    global _conn
+    _conn = conn
+    _few_arenas()
+    _silence()
+    try:
+        start_clock()
+        result = fn(*args, **kwargs)
+        msg: tuple = ("ok", result)
+    except BaseException as e:  # everything goes back as one line; nothing is printed
+        if _is_memory(e):
+            msg = ("memory", first_line(e, 200))
+        elif isinstance(e, ValueError):
+            msg = ("error", str(e))
+        else:
+            msg = ("crash", f"{type(e).__name__}: {first_line(e, 200)}")
+    try:
+        conn.send(msg)
+    except MemoryError:
+        conn.send(("memory", "the answer"))
+    conn.close()

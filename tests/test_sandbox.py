@@ -1,0 +1,153 @@
+"""Hostile user models (issue 21): an ONNX graph that never ends or asks for gigabytes, a deflated checkpoint that
+unpacks to gigabytes. Each is refused in one line, within the limits, without harm to the calling process or
+to the model already stored under the name."""
+
+import multiprocessing
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from explorer.core import settings
+from explorer.models import baselines, sandbox
+from explorer.models import user as byo
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EXPLORER_USER_DATA", str(tmp_path / "data"))
+    return tmp_path
+
+
+def _classifier(path, extra_nodes, extra_inits, extra_term):
+    """A digits-shaped ONNX model, (N, 1, 8, 8) -> (N, 10) logits, with the scalar `extra_term` added to them."""
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32), "w")
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+             *extra_nodes, helper.make_node("Add", ["mm", extra_term], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+                              [w, *extra_inits])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def loop_model(path, trips: int):
+    """A Loop of `trips` iterations adding 0 to a scalar: 10**12 of them never end."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "zero"], ["v_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    inits = [numpy_helper.from_array(np.array(trips, np.int64), "trips"),
+             numpy_helper.from_array(np.array(True), "cond"), numpy_helper.from_array(np.array(0.0, np.float32), "v0")]
+    return _classifier(path, [helper.make_node("Loop", ["trips", "cond", "v0"], ["v"], body=body)], inits, "v")
+
+
+def big_tensor_model(path, n: int):
+    """A ConstantOfShape of `n` float ones, summed into the logits: 4n bytes at run time from a 3 kB file."""
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"], value=one),
+             helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0)]
+    return _classifier(path, nodes, [numpy_helper.from_array(np.array([n], np.int64), "shape")], "s")
+
+
+def _stored(env) -> list[str]:
+    folder = env / "user"
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def test_check_limits_are_settings_with_bounds():
+    assert settings.parse("EXPLORER_CHECK_TIMEOUT_S") == 60 and settings.parse("EXPLORER_CHECK_MAX_MB") == 4096
+    with pytest.raises(ValueError, match=r"EXPLORER_CHECK_TIMEOUT_S='0' must be a whole number from 1 to 3600"):
+        settings.parse("EXPLORER_CHECK_TIMEOUT_S", "0")
+    with pytest.raises(ValueError, match=r"EXPLORER_CHECK_MAX_MB='1e9' must be a whole number from 64 to 262144"):
+        settings.parse("EXPLORER_CHECK_MAX_MB", "1e9")
+
+
+def test_an_endless_loop_is_refused_in_time_and_the_stored_model_kept(env, monkeypatch):
+    """The Loop runs in a child that is killed at the limit: the caller gets one line, spends no CPU on the
+    loop, has no process left behind, and the model stored under the name before is untouched."""
+    kept = byo.add_model(loop_model(env / "three.onnx", 3), name="mine")
+    before = (baselines.sha256_file(kept["path"]), _stored(env))
+    assert kept["checked"] == {"process": "child", "timeout_s": 60, "max_mb": 4096}
+
+    monkeypatch.setenv("EXPLORER_CHECK_TIMEOUT_S", "5")
+    hostile = loop_model(env / "loop.onnx", 10**12)
+    outcome: dict = {}
+
+    def add():
+        try:
+            byo.add_model(hostile, name="mine", replace=True)
+        except ValueError as e:
+            outcome["error"] = str(e)
+
+    cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    worker = threading.Thread(target=add, daemon=True)  # on a hang the test fails here instead of hanging
+    worker.start()
+    worker.join(240)
+    cpu1, elapsed = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - t0
+    assert not worker.is_alive(), "the Loop of 10**12 iterations was never stopped"
+    assert outcome["error"] == ("model 'loop.onnx' took longer than 5 s to check (a loop, or a graph too large to "
+                                "run here): refused (the limit is EXPLORER_CHECK_TIMEOUT_S=5)")
+    assert elapsed >= 5  # it was given its time
+    assert (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime) < 4  # the loop ran elsewhere
+    assert multiprocessing.active_children() == []  # the child was killed and reaped
+    assert (baselines.sha256_file(kept["path"]), _stored(env)) == before
+    assert not list((env / "cache" / ".scratch").iterdir())
+
+
+def test_the_command_line_refuses_an_endless_loop_in_one_line(env):
+    hostile = loop_model(env / "loop.onnx", 10**12)
+    run_env = {**os.environ, "EXPLORER_CHECK_TIMEOUT_S": "5", "PYTHONPATH": str(ROOT)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "explorer", "add-model", "--checkpoint", str(hostile)],
+                              env=run_env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("add-model never returned from an ONNX Loop of 10**12 iterations")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == ("error: model 'loop.onnx' took longer than 5 s to check (a loop, or a graph too large "
+                           "to run here): refused (the limit is EXPLORER_CHECK_TIMEOUT_S=5)\n")
+    assert _stored(env) == []
+
+
+def test_a_graph_that_needs_more_memory_than_the_limit_is_refused(env, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CHECK_MAX_MB", "256")
+    hostile = big_tensor_model(env / "big.onnx", 2**28)  # 1 GB of ones at run time
+    with pytest.raises(ValueError) as e:
+        byo.add_model(hostile, name="big")
+    assert str(e.value) == ("model 'big.onnx' needed more than 256 MB of memory to check (a graph or a tensor too "
+                            "large to run here): refused (the limit is EXPLORER_CHECK_MAX_MB=256)")
+    assert _stored(env) == []
+
+
+def hog(chunks: int, chunk_mb: int) -> int:
+    """Grows by `chunk_mb` at a time, each chunk written: the parent's watch on resident memory stops it."""
+    sandbox.start_clock()
+    kept = []
+    for _ in range(chunks):
+        kept.append(np.ones(chunk_mb * 2**20, np.uint8))
+        time.sleep(0.02)
+    return len(kept)
+
+
+def test_a_child_growing_past_the_memory_limit_is_killed(monkeypatch):
+    monkeypatch.setenv("EXPLORER_CHECK_MAX_MB", "128")
+    with pytest.raises(ValueError, match=r"^the test's hog needed more than 128 MB of memory to check"):
+        sandbox.run_checked(hog, 40, 16, what="the test's hog")  # 640 MB in 16 MB steps
+    assert multiprocessing.active_children() == []
