@@ -2,6 +2,7 @@
 unpacks to gigabytes. Each is refused in one line, within the limits, without harm to the calling process or
 to the model already stored under the name."""
 
+import io
 import multiprocessing
 import os
 import resource
@@ -9,10 +10,12 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from explorer.core import settings
@@ -151,3 +154,37 @@ def test_a_child_growing_past_the_memory_limit_is_killed(monkeypatch):
     with pytest.raises(ValueError, match=r"^the test's hog needed more than 128 MB of memory to check"):
         sandbox.run_checked(hog, 40, 16, what="the test's hog")  # 640 MB in 16 MB steps
     assert multiprocessing.active_children() == []
+
+
+def deflated_checkpoint(path, n_bytes: int):
+    """torch.save's zip of one zero tensor of `n_bytes`, re-written with its records deflated (torch reads it)."""
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(n_bytes // 4)}, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        for info in src.infolist():
+            z.writestr(info.filename, src.read(info.filename))
+    return path
+
+
+def test_a_deflated_checkpoint_bomb_is_refused_before_torch_reads_it(env, monkeypatch):
+    bomb = deflated_checkpoint(env / "bomb.pt", 64 * 2**20)  # 64 MB of records in about 66 kB
+    assert bomb.stat().st_size < 2**20 and torch.load(bomb, weights_only=True)["w"].numel() == 16 * 2**20
+
+    def reached(*a, **k):
+        raise AssertionError("torch.load reached")
+
+    monkeypatch.setattr(torch, "load", reached)
+    with pytest.raises(ValueError, match=r"^checkpoint 'bomb.pt' declares records 1,0\d\dx larger than their "
+                                         r"compressed bytes, over the cap of 200x \(EXPLORER_ZIP_MAX_RATIO\): "
+                                         "refused before reading"):
+        baselines.load_state_dict_file(bomb, shown="bomb.pt")
+    monkeypatch.setenv("EXPLORER_ZIP_MAX_RATIO", "5000")
+    monkeypatch.setenv("EXPLORER_ZIP_MAX_MB", "16")
+    with pytest.raises(ValueError, match=r"^checkpoint 'bomb.pt' declares 64 MB of records, over the cap of 16 MB "
+                                         r"a zip may expand to \(EXPLORER_ZIP_MAX_MB\): refused before reading$"):
+        baselines.load_state_dict_file(bomb, shown="bomb.pt")
+    monkeypatch.delenv("EXPLORER_ZIP_MAX_RATIO")
+    with pytest.raises(ValueError, match=r"^checkpoint 'bomb.pt' declares 64 MB of records"):
+        byo.add_model(bomb, arch="digits_cnn", name="bomb")  # the same refusal from the checking process
+    assert _stored(env) == []
