@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -188,3 +189,50 @@ def test_a_deflated_checkpoint_bomb_is_refused_before_torch_reads_it(env, monkey
     with pytest.raises(ValueError, match=r"^checkpoint 'bomb.pt' declares 64 MB of records"):
         byo.add_model(bomb, arch="digits_cnn", name="bomb")  # the same refusal from the checking process
     assert _stored(env) == []
+
+
+def _state(pid: int) -> tuple[int, str] | None:
+    """(parent pid, state letter) of a live process; None once it has gone (a zombie has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else (int(fields[1]), fields[0])
+
+
+def _checking_child(pid: int) -> int | None:
+    """The spawned checking process among `pid`'s children (not multiprocessing's resource tracker)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        child = int(stat.parent.name)
+        try:
+            cmd = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if (_state(child) or (0, ""))[0] == pid and b"multiprocessing-fork" in cmd:
+            return child
+    return None
+
+
+def test_a_check_whose_caller_was_killed_stops_itself(env):
+    """A server killed mid-check, so its kill of the child never comes: the child stops itself instead of
+    running the loop at 100% CPU for ever."""
+    hostile = loop_model(env / "loop.onnx", 10**12)
+    code = f"from explorer.models import user; user.add_model({str(hostile)!r}, name='x')"
+    caller = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, checker = time.monotonic() + 120, None
+        while checker is None and time.monotonic() < deadline:
+            checker = _checking_child(caller.pid)
+            time.sleep(0.2)
+        assert checker is not None, "no checking process was started: the Loop runs in the caller itself"
+        while not list((env / "cache" / ".scratch").glob("*/model.onnx")) and time.monotonic() < deadline:
+            time.sleep(0.2)  # staged: the data set is loaded and the model about to run
+        time.sleep(2)
+    finally:
+        caller.kill()
+        caller.wait()
+    deadline = time.monotonic() + 120
+    while _state(checker) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _state(checker) is None, "the checking process outlived its caller"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,7 +56,7 @@ def run_checked(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) ->
     timeout_s, max_mb = limits()
     ctx = multiprocessing.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, max_mb, fn, args, kwargs), name="explorer-check", daemon=True)
+    proc = ctx.Process(target=_child, args=(send, os.getpid(), fn, args, kwargs), name="explorer-check", daemon=True)
     proc.start()
     send.close()  # the child holds the only write end: its death reads as end-of-file here
     try:
@@ -75,6 +76,8 @@ def _wait(proc, recv, what: str, timeout_s: float, max_mb: int) -> Any:
                 msg = recv.recv()
             except (EOFError, OSError):
                 proc.join(10)
+                if base is not None and proc.exitcode == -getattr(signal, "SIGXCPU", 0):
+                    raise timeout_refusal(what, timeout_s) from None  # the child's own backstop
                 raise ValueError(f"{what} crashed the process that checked it ({_how(proc.exitcode)}): refused"
                                  ) from None
             if msg[0] == "clock":
@@ -108,8 +111,6 @@ def _how(code: int | None) -> str:
     if code is None:
         return "it did not answer"
     if code < 0:
-        import signal
-
         try:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
@@ -144,14 +145,34 @@ def start_clock() -> None:
         return
     import resource
 
-    _, max_mb = limits()
+    timeout_s, max_mb = limits()
     size = _address_space()
-    if size is not None:
-        # twice the limit: threads' stacks and malloc's arenas reserve address space they never use
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        want = size + 2 * max_mb * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+    if size is not None:  # twice the limit: threads' stacks and malloc's arenas reserve address space they never use
+        _soft_limit(resource.RLIMIT_AS, size + 2 * max_mb * 2**20)
+    # a backstop should the parent die without killing this process: CPU seconds for every core, and a minute
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    _soft_limit(resource.RLIMIT_CPU, int(used.ru_utime + used.ru_stime + timeout_s * (os.cpu_count() or 1) + 60))
     _conn.send(("clock", _rss(os.getpid()) or 0))
+
+
+def _soft_limit(which: int, want: int) -> None:
+    import resource
+
+    _, hard = resource.getrlimit(which)
+    resource.setrlimit(which, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+
+
+def _orphan_watch(parent: int) -> None:
+    """A child whose parent has gone (killed, so its kill never came) stops itself: ONNX Runtime and torch let
+    go of the interpreter while they compute, so this thread runs beside a hostile graph."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="explorer-check-orphan", daemon=True).start()
 
 
 def _few_arenas() -> None:
@@ -182,11 +203,12 @@ def _is_memory(e: BaseException) -> bool:
     return False
 
 
-def _child(conn, max_mb: int, fn, args, kwargs) -> None:
+def _child(conn, parent: int, fn, args, kwargs) -> None:
     global _conn
     _conn = conn
     _few_arenas()
     _silence()
+    _orphan_watch(parent)
     try:
         start_clock()
         result = fn(*args, **kwargs)
