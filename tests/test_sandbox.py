@@ -236,3 +236,24 @@ def test_a_check_whose_caller_was_killed_stops_itself(env):
     while _state(checker) is not None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _state(checker) is None, "the checking process outlived its caller"
+
+
+def test_the_page_refuses_an_endless_loop_and_stores_nothing(env, monkeypatch):
+    """The page's "Your model": the spinner ends with the refusal instead of running for ever."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import settle
+
+    monkeypatch.setenv("EXPLORER_CHECK_TIMEOUT_S", "5")
+    hostile = loop_model(env / "loop.onnx", 10**12)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params["baseline"] = "digits_cnn-digits"
+    settle(at.run())
+    at.file_uploader(key="byo_model").set_value(("loop.onnx", hostile.read_bytes(), "application/octet-stream"))
+    settle(at.run())
+    settle(at.button(key="byo_add").click().run())
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any("'loop.onnx' took longer than 5 s to check" in e for e in errors), errors
+    assert not [s.value for s in at.success if "Added" in s.value]
+    assert _stored(env) == []
