@@ -257,3 +257,41 @@ def test_the_page_refuses_an_endless_loop_and_stores_nothing(env, monkeypatch):
     assert any("'loop.onnx' took longer than 5 s to check" in e for e in errors), errors
     assert not [s.value for s in at.success if "Added" in s.value]
     assert _stored(env) == []
+
+
+def test_a_loop_that_runs_only_on_the_timing_batch_is_refused_when_added(env, monkeypatch):
+    """A Loop of 10**12 iterations only for a batch of 256 inputs: the test images (one batch of 359, and 2
+    for the trial) pass, the page's latency timing at batch 256 would hang the server. Added, it is refused:
+    the check also runs the inputs the page gives the model later."""
+    monkeypatch.setenv("EXPLORER_CHECK_TIMEOUT_S", "5")
+    from explorer.core.engines import BATCH_SIZES
+
+    assert 256 in BATCH_SIZES
+    i64 = TensorProto.INT64
+    inits = [numpy_helper.from_array(np.array([256], np.int64), "n256"),
+             numpy_helper.from_array(np.array([10**12], np.int64), "huge"),
+             numpy_helper.from_array(np.array([0], np.int64), "first"),
+             numpy_helper.from_array(np.array([1], np.int64), "one_i"),
+             numpy_helper.from_array(np.array(True), "cond"), numpy_helper.from_array(np.array(0.0, np.float32), "v0")]
+    nodes = [helper.make_node("Shape", ["input"], ["shape"]),
+             helper.make_node("Slice", ["shape", "first", "one_i"], ["batch"]),
+             helper.make_node("Equal", ["batch", "n256"], ["is256"]),
+             helper.make_node("Cast", ["is256"], ["is256_i"], to=i64),
+             helper.make_node("Mul", ["is256_i", "huge"], ["trips1"]),
+             helper.make_node("Squeeze", ["trips1"], ["trips"])]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "zero"], ["v_out"])],
+        "body", [helper.make_tensor_value_info("i", i64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    nodes.append(helper.make_node("Loop", ["trips", "cond", "v0"], ["v"], body=body))
+    sly = _classifier(env / "sly.onnx", nodes, inits, "v")
+    from explorer.measure.onnx_export import onnx_logits
+
+    assert onnx_logits(sly, np.zeros((359, 1, 8, 8), np.float32)).shape == (359, 10)  # the test images pass
+    with pytest.raises(ValueError, match=r"^model 'sly.onnx' took longer than 5 s to check"):
+        byo.add_model(sly, name="sly")
+    assert _stored(env) == []

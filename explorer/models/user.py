@@ -166,6 +166,7 @@ def _onnx_baseline(path: Path, shown: str, fmt: str, dataset: str, root: str | N
     else:
         _to_onnx(program if program is not None else module, shown, fmt, data, staged)
     acc = onnx_model_accuracy(staged, data, shown)
+    _rehearse(staged, data, shown)
     return staged, {"architecture": "onnx", "format": "onnx", "arch_kwargs": {"input_shape": list(data.input_shape)},
                     "dataset": dataset, "dataset_root": root, "split_seed": 0, "classes": list(data.classes),
                     "accuracy": acc, "test_samples": len(data.test), "params": onnx_params(staged),
@@ -273,6 +274,26 @@ def onnx_model_accuracy(path: Path, data: DataBundle, shown: str | None = None) 
                          f"{data.name!r} has {data.num_classes} classes")
     acc = onnx_accuracy(path, data.test.x.numpy(), data.test.y.numpy())
     return {k: acc[k] for k in ("top1", "top3", "top5")}
+
+
+def _rehearse(path: Path, data: DataBundle, shown: str) -> None:
+    """The other inputs the page later gives an ONNX model, run here under the check's limits, so that a graph
+    that loops or swells only on them is refused now rather than in the server: the latency timing's random
+    inputs at each timed batch size (explorer.run.onnx.time_onnx) and a batch of training images (int8
+    calibration)."""
+    import numpy as np
+
+    from explorer.core.engines import BATCH_SIZES
+
+    inputs = {f"random inputs of batch size {b}": np.random.default_rng(0).standard_normal(
+        (b, *data.input_shape)).astype(np.float32) for b in BATCH_SIZES}
+    inputs["training images"] = data.calibration(min(256, len(data.train))).numpy()
+    for what, x in inputs.items():
+        try:
+            onnx_logits(path, x)
+        except Exception as e:
+            raise ValueError(f"ONNX model {shown!r} does not run on {what} of shape {tuple(x.shape)}: "
+                             f"{first_line(e, 200)}") from None
 
 
 def onnx_params(path: Path) -> int:
