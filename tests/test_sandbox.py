@@ -157,6 +157,18 @@ def test_a_child_growing_past_the_memory_limit_is_killed(monkeypatch):
     assert multiprocessing.active_children() == []
 
 
+def crash() -> None:
+    sandbox.start_clock()
+    os.abort()  # as an uncaught C++ exception in a runtime's thread does
+
+
+def test_a_check_that_crashes_is_one_line():
+    with pytest.raises(ValueError) as e:
+        sandbox.run_checked(crash, what="model 'x.onnx'")
+    assert str(e.value) == ("model 'x.onnx' crashed the process that checked it (killed by SIGABRT; the check allows "
+                            "60 s and 4,096 MB): refused")
+
+
 def deflated_checkpoint(path, n_bytes: int):
     """torch.save's zip of one zero tensor of `n_bytes`, re-written with its records deflated (torch reads it)."""
     buf = io.BytesIO()

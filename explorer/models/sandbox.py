@@ -78,8 +78,8 @@ def _wait(proc, recv, what: str, timeout_s: float, max_mb: int) -> Any:
                 proc.join(10)
                 if base is not None and proc.exitcode == -getattr(signal, "SIGXCPU", 0):
                     raise timeout_refusal(what, timeout_s) from None  # the child's own backstop
-                raise ValueError(f"{what} crashed the process that checked it ({_how(proc.exitcode)}): refused"
-                                 ) from None
+                raise ValueError(f"{what} crashed the process that checked it ({_how(proc.exitcode)}; the check "
+                                 f"allows {timeout_s:g} s and {max_mb:,} MB): refused") from None
             if msg[0] == "clock":
                 deadline, base = time.monotonic() + timeout_s, msg[1]
                 continue
@@ -158,8 +158,11 @@ def start_clock() -> None:
 def _soft_limit(which: int, want: int) -> None:
     import resource
 
-    _, hard = resource.getrlimit(which)
-    resource.setrlimit(which, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+    try:
+        _, hard = resource.getrlimit(which)
+        resource.setrlimit(which, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+    except (OSError, ValueError):  # a platform without this limit: the parent's watch still applies
+        pass
 
 
 def _orphan_watch(parent: int) -> None:
@@ -208,6 +211,9 @@ def _child(conn, parent: int, fn, args, kwargs) -> None:
     _conn = conn
     _few_arenas()
     _silence()
+    import resource
+
+    _soft_limit(resource.RLIMIT_CORE, 0)  # a crash leaves no core file of up to the memory limit behind
     _orphan_watch(parent)
     try:
         start_clock()
