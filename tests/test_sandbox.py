@@ -169,6 +169,26 @@ def test_a_check_that_crashes_is_one_line():
                             "60 s and 4,096 MB): refused")
 
 
+def whoami() -> tuple[int, str | None, str]:
+    return os.getpid(), os.environ.get("EXPLORER_TEST_MARK"), os.getcwd()
+
+
+def test_a_checking_process_is_reused_with_the_callers_settings_until_it_fails(monkeypatch, tmp_path):
+    """Loading torch costs seconds, so a process that answered is kept for the next check; it takes each
+    check's settings and folder from the caller as they are then, and one that failed is never used again."""
+    monkeypatch.setenv("EXPLORER_TEST_MARK", "a")
+    first = sandbox.run_checked(whoami, what="w")
+    monkeypatch.setenv("EXPLORER_TEST_MARK", "b")
+    monkeypatch.chdir(tmp_path)
+    again = sandbox.run_checked(whoami, what="w", reuse=False)
+    assert again == (first[0], "b", str(tmp_path)) and first[0] != os.getpid()
+    fresh = sandbox.run_checked(whoami, what="w")
+    assert fresh[0] != first[0]  # not reused after reuse=False (code the user trusted)
+    with pytest.raises(ValueError, match="crashed the process that checked it"):
+        sandbox.run_checked(crash, what="w")
+    assert sandbox.run_checked(whoami, what="w")[0] not in (first[0], fresh[0])
+
+
 def deflated_checkpoint(path, n_bytes: int):
     """torch.save's zip of one zero tensor of `n_bytes`, re-written with its records deflated (torch reads it)."""
     buf = io.BytesIO()

@@ -102,7 +102,7 @@ def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str 
         # read and run in a child process under a time and a memory limit: a hostile graph is killed there
         timeout_s, max_mb = sandbox.limits()
         weights, card = sandbox.run_checked(_stage, path, shown, fmt, arch, dataset, root, image_size, width,
-                                            trust_code, stage, what=f"model {shown!r}")
+                                            trust_code, stage, what=f"model {shown!r}", reuse=not trust_code)
         card.update(user=True, source=source, versions=baselines.versions(), created=_dt.date.today().isoformat(),
                     checked={"process": "child", "timeout_s": timeout_s, "max_mb": max_mb})
         return _store(weights, card, name, auto=auto, replace=replace)
