@@ -75,6 +75,12 @@ SETTINGS: dict[str, Setting] = {
                                   integer=True, minimum=0, inclusive=True, maximum=1),
     "EXPLORER_LANDSCAPE_IDLE_S": Setting(120, "seconds a landscape goes on after the last page looked at its model",
                                          unit="seconds", maximum=86_400),
+    # a user's model is read and run in a child process under these limits (explorer.models.sandbox)
+    "EXPLORER_CHECK_TIMEOUT_S": Setting(60, "seconds a user's model may take to be read and run on the test images "
+                                            "when it is added", integer=True, minimum=1, inclusive=True,
+                                        maximum=3600, unit="seconds"),
+    "EXPLORER_CHECK_MAX_MB": Setting(4096, "megabytes of memory a user's model may use while it is checked",
+                                     integer=True, minimum=64, inclusive=True, maximum=262_144, unit="megabytes"),
 }
 
 

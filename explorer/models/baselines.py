@@ -27,7 +27,7 @@ from explorer.core.train import Progress, TrainConfig, evaluate, fit, seed_every
 from explorer.core.zoo import count_params, create_model
 from explorer.measure.compute import macs
 from explorer.measure.layers import layer_table
-from explorer.models.formats import PROGRAMS, detect_format, program_refusal
+from explorer.models.formats import PROGRAMS, check_checkpoint_zip, detect_format, program_refusal
 
 
 def versions() -> dict[str, str]:
@@ -176,7 +176,10 @@ def read_torch_checkpoint(path: Path, shown: str, trust_code: bool = False) -> o
     """torch.load with weights_only (tensors and plain containers only); a checkpoint that pickles other
     Python objects is refused, since unpickling them runs code, unless the user trusts it."""
     import pickle
+    import zipfile
 
+    if zipfile.is_zipfile(path):
+        check_checkpoint_zip(path, shown)  # the sizes its records declare are what torch.load allocates
     try:
         with quiet_third_party() if trust_code else contextlib.nullcontext():
             return torch.load(str(path), map_location="cpu", weights_only=True)

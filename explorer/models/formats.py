@@ -80,6 +80,36 @@ def _zip_format(p: Path, shown: str) -> str:
     raise ValueError(f"model file {shown!r} is a zip archive but not a PyTorch checkpoint: expected {EXPECTED}")
 
 
+def check_checkpoint_zip(path: str | os.PathLike, shown: str) -> None:
+    """A PyTorch checkpoint is a zip whose records torch reads whole into memory: it allocates the size each
+    record declares in the zip's directory and refuses one that inflates to another size. So the declared
+    sizes bound what torch.load allocates, and they are held to the caps for zips before it runs (a deflated
+    record of a few MB can declare gigabytes; torch.save itself stores records uncompressed)."""
+    from explorer.models import safezip
+
+    cap = safezip.caps()
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ValueError(f"checkpoint {shown!r} is a damaged zip archive: {e}") from None
+    total, size = sum(i.file_size for i in infos), max(Path(path).stat().st_size, 1)
+    big = max((i for i in infos if i.file_size > safezip.RATIO_FLOOR), default=None,
+              key=lambda i: i.file_size / max(i.compress_size, 1))
+    if len(infos) > cap["max_files"]:
+        raise ValueError(f"checkpoint {shown!r} holds {len(infos):,} records, over the cap of {cap['max_files']:,} "
+                         "(EXPLORER_ZIP_MAX_FILES): refused before reading")
+    if total > cap["max_bytes"]:
+        raise ValueError(f"checkpoint {shown!r} declares {total / 2**20:,.0f} MB of records, over the cap of "
+                         f"{cap['max_bytes'] / 2**20:,.0f} MB a zip may expand to (EXPLORER_ZIP_MAX_MB): refused "
+                         "before reading")
+    ratio = max(total / size, big.file_size / max(big.compress_size, 1) if big else 0)
+    if total > safezip.RATIO_FLOOR and ratio > cap["max_ratio"]:
+        raise ValueError(f"checkpoint {shown!r} declares records {ratio:,.0f}x larger than their compressed bytes, "
+                         f"over the cap of {cap['max_ratio']:g}x (EXPLORER_ZIP_MAX_RATIO): refused before reading "
+                         "as a zip bomb")
+
+
 def _is_onnx(p: Path) -> bool:
     """Protobuf has no magic number: a file is ONNX when it parses as a model with a graph and opsets."""
     import onnx

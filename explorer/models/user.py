@@ -5,7 +5,9 @@ a full baseline: its tensors are re-saved as safetensors with a card, so nothing
 An ONNX model becomes an ONNX baseline: size, latency and ONNX Runtime's int8 quantisation apply;
 techniques that rewrite PyTorch layers do not. TorchScript, exported programs and pickled modules are
 programs (`explorer.models.formats`): refused unless `trust_code` (the command line's --trust-code), and then
-converted to ONNX once, so what is stored is data.
+converted to ONNX once, so what is stored is data. The file is read, run and measured in a child process
+under a time and a memory limit (`explorer.models.sandbox`): a graph that loops or asks for gigabytes is
+killed there and refused, and never stored.
 
 Names are unique: a taken name is refused unless `replace`; adding the same file again without a name
 returns the model already added. Files are prepared in scratch space and renamed into place, the card
@@ -34,7 +36,7 @@ from explorer.core.paths import env_folder
 from explorer.core.train import evaluate
 from explorer.core.zoo import count_params, create_model, list_models
 from explorer.measure.onnx_export import ExportError, export_onnx, onnx_accuracy, onnx_logits
-from explorer.models import baselines, formats, safezip
+from explorer.models import baselines, formats, safezip, sandbox
 
 FOREIGN_REASON = ("pruning, clustering, k-bit quantisation, low-rank and distillation rewrite the model's PyTorch "
                   "layers; a {fmt} model has none the explorer can rewrite, so only size, latency and ONNX Runtime's "
@@ -98,13 +100,21 @@ def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str 
         if again is not None:
             return again
     with scratch.folder("add-model") as stage:
-        if arch is not None:
-            weights, card = _state_dict_baseline(path, shown, fmt, arch, dataset, root, image_size, width,
-                                                 trust_code, stage)
-        else:
-            weights, card = _onnx_baseline(path, shown, fmt, dataset, root, image_size, trust_code, stage)
-        card.update(user=True, source=source, versions=baselines.versions(), created=_dt.date.today().isoformat())
+        # read and run in a child process under a time and a memory limit: a hostile graph is killed there
+        timeout_s, max_mb = sandbox.limits()
+        weights, card = sandbox.run_checked(_stage, path, shown, fmt, arch, dataset, root, image_size, width,
+                                            trust_code, stage, what=f"model {shown!r}", reuse=not trust_code)
+        card.update(user=True, source=source, versions=baselines.versions(), created=_dt.date.today().isoformat(),
+                    checked={"process": "child", "timeout_s": timeout_s, "max_mb": max_mb})
         return _store(weights, card, name, auto=auto, replace=replace)
+
+
+def _stage(path: Path, shown: str, fmt: str, arch: str | None, dataset: str, root: str | None,
+           image_size: int | None, width: float | None, trust_code: bool, stage: Path) -> tuple[Path, dict]:
+    """In the checking process: the model read, validated and measured, its weights staged in `stage`."""
+    if arch is not None:
+        return _state_dict_baseline(path, shown, fmt, arch, dataset, root, image_size, width, trust_code, stage)
+    return _onnx_baseline(path, shown, fmt, dataset, root, image_size, trust_code, stage)
 
 
 def _data(dataset: str, root: str | None, image_size: int | None, in_channels: int | None) -> DataBundle:
@@ -117,6 +127,7 @@ def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: s
     """Validate a state_dict against a zoo architecture and the data, measure it, re-save it as safetensors."""
     state = baselines.load_state_dict_file(path, trust_code=trust_code, shown=shown)
     data = _data(dataset, root, image_size, None)
+    sandbox.start_clock()  # loading the data set is not the model's time
     kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
     if width is not None:
         kwargs["width"] = width
@@ -149,12 +160,14 @@ def _onnx_baseline(path: Path, shown: str, fmt: str, dataset: str, root: str | N
     program = _load_program(path, shown, fmt) if fmt in ("torchscript", "exported") else None
     shape = _declared_input_shape(path, fmt, program)  # (C, H, W) where the file says; the data is fitted to it
     data = _data(dataset, root, image_size or (shape[-1] if shape else None), shape[0] if shape else None)
+    sandbox.start_clock()  # loading the data set is not the model's time
     staged = stage / "model.onnx"
     if fmt == "onnx":
         shutil.copyfile(path, staged)
     else:
         _to_onnx(program if program is not None else module, shown, fmt, data, staged)
     acc = onnx_model_accuracy(staged, data, shown)
+    _rehearse(staged, data, shown)
     return staged, {"architecture": "onnx", "format": "onnx", "arch_kwargs": {"input_shape": list(data.input_shape)},
                     "dataset": dataset, "dataset_root": root, "split_seed": 0, "classes": list(data.classes),
                     "accuracy": acc, "test_samples": len(data.test), "params": onnx_params(staged),
@@ -262,6 +275,26 @@ def onnx_model_accuracy(path: Path, data: DataBundle, shown: str | None = None) 
                          f"{data.name!r} has {data.num_classes} classes")
     acc = onnx_accuracy(path, data.test.x.numpy(), data.test.y.numpy())
     return {k: acc[k] for k in ("top1", "top3", "top5")}
+
+
+def _rehearse(path: Path, data: DataBundle, shown: str) -> None:
+    """The other inputs the page later gives an ONNX model, run here under the check's limits, so that a graph
+    that loops or swells only on them is refused now rather than in the server: the latency timing's random
+    inputs at each timed batch size (explorer.run.onnx.time_onnx) and a batch of training images (int8
+    calibration)."""
+    import numpy as np
+
+    from explorer.core.engines import BATCH_SIZES
+
+    inputs = {f"random inputs of batch size {b}": np.random.default_rng(0).standard_normal(
+        (b, *data.input_shape)).astype(np.float32) for b in BATCH_SIZES}
+    inputs["training images"] = data.calibration(min(256, len(data.train))).numpy()
+    for what, x in inputs.items():
+        try:
+            onnx_logits(path, x)
+        except Exception as e:
+            raise ValueError(f"ONNX model {shown!r} does not run on {what} of shape {tuple(x.shape)}: "
+                             f"{first_line(e, 200)}") from None
 
 
 def onnx_params(path: Path) -> int:
