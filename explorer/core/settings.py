@@ -50,6 +50,9 @@ SETTINGS: dict[str, Setting] = {
                                   integer=True, minimum=0, inclusive=True, maximum=1),
     "EXPLORER_LANDSCAPE_IDLE_S": Setting(120, "seconds a landscape goes on after the last page looked at its model",
                                          unit="seconds"),
+    # the scheduler (explorer.run.scheduler)
+    "EXPLORER_CORES": Setting(0, "cores the explorer's work may use (0: every core this process may run on)",
+                              integer=True, minimum=0, inclusive=True, maximum=4096, unit="cores"),
 }
 
 
