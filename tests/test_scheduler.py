@@ -2,6 +2,7 @@
 priorities between threads and between processes, and workers that die with their parent."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -171,6 +172,45 @@ def test_a_timing_waits_until_another_processs_work_reaches_a_safe_point(locks):
         waited = time.monotonic() - t0
     assert 0.8 < waited < 20
     proc.communicate(timeout=30)
+
+
+PARENT = """
+import sys, time
+sys.path.insert(0, {helper!r})
+from explorer.run import workers
+import helper
+pool = workers.LocalPool(2, helper.pid)
+done, _ = pool.run([("a", ""), ("b", "")])
+print(" ".join(str(d["pid"]) for d in done), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_sweep_workers_exit_when_their_parent_is_killed(tmp_path):
+    (tmp_path / "helper.py").write_text("import os\n\ndef pid(job):\n    return {'key': job[0], 'pid': os.getpid()}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    parent = subprocess.Popen([sys.executable, "-c", PARENT.format(helper=str(tmp_path))], stdout=subprocess.PIPE,
+                              text=True, env=env, cwd=ROOT)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) >= 1 and all(_alive(p) for p in pids)  # idle workers, blocked on their pipe
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in pids)
+    finally:
+        parent.kill()
 
 
 def test_cores_is_what_the_setting_allows(monkeypatch):
