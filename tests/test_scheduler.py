@@ -135,6 +135,30 @@ def test_a_task_started_inside_work_keeps_its_priority_and_a_waiting_thread_does
             assert fut.result(timeout=10) == Priority.COMPARISON
 
 
+def test_a_low_priority_timing_lets_a_page_run_go_between_its_rounds(locks):
+    """A sweep's timing holds the slot; a page's run that arrives waits only until the timing's next round,
+    and the timing takes the slot back once the page's work is done."""
+    order = []
+    ran = threading.Event()
+
+    def page():
+        with S.priority(Priority.FOREGROUND), S.work():
+            order.append("page starts")
+            time.sleep(0.3)
+            order.append("page ends")
+        ran.set()
+
+    with S.priority(Priority.SWEEP), S.quiet_slot():
+        t = threading.Thread(target=page)
+        t.start()
+        assert not ran.wait(0.3)  # a round is going: the page's run waits at the gate
+        assert order == []
+        S.between_rounds()  # the next round starts only after the page's work
+        order.append("next round")
+    t.join(5)
+    assert order == ["page starts", "page ends", "next round"]
+
+
 HOLD = """
 import sys, time
 from explorer.run import scheduler as S
