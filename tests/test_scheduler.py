@@ -159,6 +159,29 @@ def test_a_low_priority_timing_lets_a_page_run_go_between_its_rounds(locks):
     assert order == ["page starts", "page ends", "next round"]
 
 
+def test_a_task_that_higher_priority_work_waits_for_goes_on_at_that_priority(locks):
+    """Scoring started by a sweep-priority run, then waited for by a page's run: it must not yield to the very
+    run that waits for it."""
+    def score():
+        for _ in range(20):
+            S.safe_point()
+            time.sleep(0.005)
+        return "scored"
+
+    with S.priority(Priority.SWEEP):
+        fut = S.start_task(score, name="explorer-test-task")
+    out = []
+
+    def page():
+        with S.priority(Priority.FOREGROUND), S.work():
+            out.append(S.result(fut))
+
+    t = threading.Thread(target=page, daemon=True)
+    t.start()
+    t.join(10)
+    assert out == ["scored"]
+
+
 HOLD = """
 import sys, time
 from explorer.run import scheduler as S

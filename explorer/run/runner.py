@@ -271,8 +271,7 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
     acc = evaluate(unpacked, data.test, with_predictions=True, workers=eval_workers())  # rebuilt from the bytes
     save_predictions(work / FILES["predictions"], acc["pred"])
     t_wait = time.perf_counter()
-    with scheduler.waiting():  # the scoring task may pause for a timing meanwhile: this thread must not hold it up
-        base_acc = base_scores.result()
+    base_acc = scheduler.result(base_scores)  # waits without holding up a timing; the task takes our priority
     timings["baseline_scores_wait"] = round(time.perf_counter() - t_wait, 3)
     if partial is not None:  # accuracy and the packed size exist: show them while the rest is measured
         total, zeros = weight_sparsity(unpacked)

@@ -138,6 +138,11 @@ def set_default_priority(p: Priority) -> None:
 
 
 @dataclass
+class _Boost:
+    level: int
+
+
+@dataclass
 class _Thread:
     """What one thread holds. Files are per thread because flock excludes per open file."""
     priority: Priority | None = None
@@ -145,6 +150,8 @@ class _Thread:
     timing: int = 0  # quiet_slot() nesting
     timing_priority: int = 0  # the priority of the timing this thread runs
     level: int | None = None  # the priority this thread's work announced (level-N.lock held shared)
+    level_file: IO | None = None
+    boost: _Boost | None = None  # a task's: raised when work of a higher priority waits for its result
     held: dict[str, IO] = field(default_factory=dict)  # the files of the locks this thread holds now
     files: dict[tuple[str, Path], IO] = field(default_factory=dict)
 
@@ -276,8 +283,8 @@ def work() -> Iterator[None]:
             st.depth -= 1
         return
     p = current_priority()
-    level = _file(st, "hold", f"level-{int(p)}.lock")
-    fcntl.flock(level.fileno(), fcntl.LOCK_SH)
+    st.level_file = _file(st, "hold", f"level-{int(p)}.lock")
+    fcntl.flock(st.level_file.fileno(), fcntl.LOCK_SH)
     _hold_files(st)
     st.level, st.depth = int(p), 1
     try:
@@ -290,7 +297,7 @@ def work() -> Iterator[None]:
     finally:
         st.depth, st.level = 0, None
         st.held.clear()
-        fcntl.flock(level.fileno(), fcntl.LOCK_UN)
+        fcntl.flock(st.level_file.fileno(), fcntl.LOCK_UN)
 
 
 def safe_point() -> None:
@@ -299,11 +306,35 @@ def safe_point() -> None:
     st = getattr(_tls, "st", None)
     if st is None or not st.depth or st.timing:
         return
+    _raise_level(st)
     while (d := decide(st.level, _busy_above(st, st.level), _timing_waits(st))) != GO:
         _leave(st)
-        if d == YIELD:
-            _wait_until_idle_above(st, st.level)
+        while d == YIELD and _busy_above(st, st.level):
+            time.sleep(POLL_S)
+            _raise_level(st)
         _enter(st)  # blocks at the gate while a timing waits or runs
+
+
+def _raise_level(st: _Thread) -> None:
+    """A task whose result higher-priority work waits for goes on at that priority (else a page's run could
+    wait for ever on scoring that a cancelled, lower-priority run started and that now yields to the page)."""
+    if st.boost is None or st.level is None or st.boost.level >= st.level:
+        return
+    higher = _file(st, "hold", f"level-{st.boost.level}.lock")
+    fcntl.flock(higher.fileno(), fcntl.LOCK_SH)
+    fcntl.flock(st.level_file.fileno(), fcntl.LOCK_UN)
+    st.level, st.level_file = st.boost.level, higher
+
+
+def result(fut: Future) -> Any:
+    """The result of a task (`start_task`), waited for inside work: the share is let go meanwhile, and the task
+    goes on at least at the waiter's priority."""
+    st = _me()
+    boost = getattr(fut, "boost", None)
+    if boost is not None and st.depth:
+        boost.level = min(boost.level, st.level)
+    with waiting():
+        return fut.result()
 
 
 @contextlib.contextmanager
@@ -384,8 +415,10 @@ def start_task(fn: Callable[..., Any], *args: Any, name: str) -> Future:
     """`fn(*args)` as work in a thread of its own, at the caller's priority; its result as a Future."""
     fut: Future = Future()
     p = current_priority()
+    fut.boost = _Boost(int(p))  # type: ignore[attr-defined]
 
     def body() -> None:
+        _me().boost = fut.boost  # type: ignore[attr-defined]
         try:
             with priority(p), work():
                 fut.set_result(fn(*args))
