@@ -204,34 +204,23 @@ def _file(st: _Thread, role: str, name: str) -> IO:
     return f
 
 
-def _flock(f: IO, how: int) -> bool:
-    """flock; with LOCK_NB, False where another holder blocks it."""
+def _free(f: IO, how: int) -> bool:
+    """Whether the lock `how` could be taken on `f` now (where it could, it is let go at once)."""
     try:
-        fcntl.flock(f.fileno(), how)
-        return True
+        fcntl.flock(f.fileno(), how | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return True
 
 
 def _busy_above(st: _Thread, p: int) -> list[int]:
-    """The priorities above `p` whose work is going (anywhere on this cache): their level file is held shared,
-    so a test for an exclusive lock fails; where it succeeds it is let go at once."""
-    busy = []
-    for q in range(int(p)):
-        f = _file(st, "probe", f"level-{q}.lock")
-        if _flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB):
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        else:
-            busy.append(q)
-    return busy
+    """The priorities above `p` whose work is going (anywhere on this cache): their level file is held shared."""
+    return [q for q in range(int(p)) if not _free(_file(st, "probe", f"level-{q}.lock"), fcntl.LOCK_EX)]
 
 
 def _timing_waits(st: _Thread) -> bool:
-    f = st.held["gate"]
-    if _flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB):
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        return False
-    return True
+    return not _free(st.held["gate"], fcntl.LOCK_SH)  # a timing holds the gate while it waits and while it runs
 
 
 def _enter(st: _Thread) -> None:
@@ -247,13 +236,9 @@ def _leave(st: _Thread) -> None:
     fcntl.flock(st.held["slot"].fileno(), fcntl.LOCK_UN)
 
 
-def _wait_until_idle_above(st: _Thread, p: int) -> None:
-    while _busy_above(st, p):
-        time.sleep(POLL_S)
-
-
 def _take_slot(st: _Thread, p: int) -> None:
-    _wait_until_idle_above(st, p)
+    while _busy_above(st, p):  # a round would hold higher-priority work up: let it finish first
+        time.sleep(POLL_S)
     fcntl.flock(st.held["gate"].fileno(), fcntl.LOCK_EX)  # from here on no new work starts
     fcntl.flock(st.held["slot"].fileno(), fcntl.LOCK_EX)  # every share let go: all work is at a safe point
 
