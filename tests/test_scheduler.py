@@ -182,6 +182,37 @@ def test_a_task_that_higher_priority_work_waits_for_goes_on_at_that_priority(loc
     assert out == ["scored"]
 
 
+def test_a_runs_timing_holds_the_quiet_slot_against_the_pages_own_scoring(locks, tmp_path, monkeypatch):
+    """The first screen's 43.85x of issue 22: the baseline was timed while the page's own scoring thread ran.
+    runner.time_run now times inside the quiet slot: work of the same priority stands still meanwhile."""
+    from explorer.compress.recipe import Recipe
+    from explorer.run import runner
+
+    result = runner.prepare(Recipe(model="digits_cnn"), tmp_path / "run")
+    ticks, stop, started = [], threading.Event(), threading.Event()
+    t = threading.Thread(target=_worker, args=(Priority.FOREGROUND, ticks, stop, started))
+    t.start()
+    during = []
+
+    def measure_latency(*a, between_rounds=None, **k):
+        n = len(ticks)
+        for r in range(3):
+            between_rounds(r / 3)
+            time.sleep(0.1)
+        during.append(len(ticks) - n)
+        return {"engines": {}, "speedup": {}, "reference": "", "threads": 1, "hardware": {}}
+
+    monkeypatch.setattr(runner, "measure_latency", measure_latency)
+    try:
+        assert started.wait(5) and _steps_during(ticks, 0.2) > 5
+        runner.time_run(result, tmp_path / "run", gpu=False)
+        assert during == [0]
+        assert _steps_during(ticks, 0.2) > 5
+    finally:
+        stop.set()
+        t.join(5)
+
+
 HOLD = """
 import sys, time
 from explorer.run import scheduler as S
