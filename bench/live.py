@@ -53,7 +53,7 @@ def points_after_opening(tmp: Path) -> tuple[int, list[tuple[int, int]]]:
     _fresh(tmp, "open")
     card = _cards()["digits_cnn-digits"]
     board = Board(RunCache, runner.run_key)
-    lands = Landscapes(RunCache, runner.run_key, board.busy, idle_s=600, tick_s=0.5)
+    lands = Landscapes(RunCache, runner.run_key, idle_s=600, tick_s=0.5)
     controls = {**DEFAULTS, "baseline": card["name"]}
     recipe = build(controls, card)
     board.submit(recipe, "page")
@@ -140,7 +140,7 @@ def slowdown(tmp: Path, rounds: int = 3) -> tuple[list[float], list[float]]:
     _fresh(tmp, "slowdown")
     card = _cards()["vgg13-digits"]
     board = Board(RunCache, runner.run_key)
-    lands = Landscapes(RunCache, runner.run_key, board.busy, idle_s=3600, tick_s=0.3)
+    lands = Landscapes(RunCache, runner.run_key, idle_s=3600, tick_s=0.3)
     alone, beside = [], []
     stop = threading.Event()
 

@@ -8,10 +8,13 @@ import pytest
 
 from explorer.compress.recipe import Recipe
 from explorer.run import landscape as L
+from explorer.run import runner
+from explorer.run import scheduler as S
 from explorer.run.cache import RunCache
 from explorer.run.controls import DEFAULTS
 from explorer.run.jobs import COMPARISON, FOREGROUND, Board
 from explorer.run.runner import run_key
+from explorer.run.scheduler import Priority
 
 DIGITS = {"architecture": "digits_cnn", "dataset": "digits", "name": "digits_cnn-digits", "path": None,
           "batchnorm": False}
@@ -36,7 +39,7 @@ def test_neighbours_are_one_notch_either_way_on_each_slider():
 
 def test_two_pages_on_one_model_share_one_landscape(tmp_path, monkeypatch):
     monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
-    lands = L.Landscapes(RunCache, run_key, threading.Event(), idle_s=60, tick_s=3600)  # no tick: nothing runs
+    lands = L.Landscapes(RunCache, run_key, idle_s=60, tick_s=3600)  # no tick: nothing runs
     a = lands.touch(DIGITS, {**DEFAULTS, "sparsity": 0.5})
     b = lands.touch(DIGITS, {**DEFAULTS, "sparsity": 0.9, "bits": "4"})
     assert a is b and len(a.points) == 40 and len({k for k, _, _ in a.points}) == 40
@@ -47,25 +50,43 @@ def test_two_pages_on_one_model_share_one_landscape(tmp_path, monkeypatch):
     assert a.next(lambda k: False).label() == "prune 85% unstructured -> W4 ptq"  # then its neighbours
 
 
-def test_a_background_run_waits_while_a_page_run_is_going():
-    busy = threading.Event()
-    busy.set()
-    L._BUSY = busy
-    done = threading.Event()
-    t = threading.Thread(target=lambda: (L._wait_for_foreground(0.5, "fine-tuning"), done.set()))
-    t.start()
-    time.sleep(0.3)
-    assert not done.is_set()  # held while the foreground runs
-    busy.clear()
-    t.join(timeout=5)
-    assert done.is_set()
-    L._BUSY = None
+def test_a_pages_neighbours_are_measured_above_the_rest_of_the_grid(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    lands = L.Landscapes(RunCache, run_key, idle_s=60, tick_s=3600)  # no tick: nothing runs
+    land = lands.touch(DIGITS, {**DEFAULTS, "sparsity": 0.5})
+    assert land.next_step(lambda k: False)[1] == Priority.LANDSCAPE
+    lands.after_run(DIGITS, {**DEFAULTS, "sparsity": 0.5})
+    recipe, priority = land.next_step(lambda k: False)
+    assert priority == Priority.NEIGHBOURS and recipe.label() == "prune 45% unstructured"
+
+
+def test_a_background_point_waits_while_a_page_run_is_going(tmp_path, monkeypatch):
+    """A landscape point goes through the cache and the runner as the scheduler's work at its priority: it
+    does not start while a page's own run (foreground work) is going."""
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    started = threading.Event()
+
+    def prepare(*a, **k):
+        started.set()
+        raise ValueError("stopped here: the test needs only the start")
+
+    monkeypatch.setattr(runner, "prepare", prepare)
+    def measure():
+        with S.priority(Priority.LANDSCAPE):  # as the landscape's worker sets it for the point
+            L._measure(Recipe(model="digits_cnn").to_json(indent=None))
+
+    point = threading.Thread(target=measure)
+    with S.priority(Priority.FOREGROUND), S.work():
+        point.start()
+        assert not started.wait(1.0)  # held while the foreground runs
+    assert started.wait(5)
+    point.join(5)
 
 
 def test_the_landscape_measures_in_a_worker_through_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
-    lands = L.Landscapes(RunCache, run_key, threading.Event(), idle_s=60, tick_s=0.2)
+    lands = L.Landscapes(RunCache, run_key, idle_s=60, tick_s=0.2)
     land = lands.touch(DIGITS, {**DEFAULTS, "sparsity": 0.0})
     deadline = time.monotonic() + 180
     while land.status(lands.cached)["measured"] < 2 and time.monotonic() < deadline:

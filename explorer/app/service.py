@@ -294,10 +294,9 @@ def landscapes():
     global _landscapes
     if not settings.get("EXPLORER_LANDSCAPE"):
         return None
-    jobs = board()
     with _live_lock:
         if _landscapes is None:
-            _landscapes = Landscapes(cache, run_key, jobs.busy, settings.get("EXPLORER_LANDSCAPE_IDLE_S"))
+            _landscapes = Landscapes(cache, run_key, settings.get("EXPLORER_LANDSCAPE_IDLE_S"))
         return _landscapes
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from explorer.core.data import Split
 from explorer.core.errors import check_choice, check_range
+from explorer.core.safepoint import safe_point
 
 # fraction done in [0, 1] and a one-line status; the UI maps it to st.progress, the CLI to a line
 Progress = Callable[[float, str], None]
@@ -163,15 +164,21 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512, wor
     explorer rebuilds; calibration hooks must use one worker)."""
     model.eval()
     starts = range(0, len(x), batch_size)
+    outs: list[torch.Tensor] = []
     if workers <= 1 or len(starts) < 2:
-        outs = [model(x[i:i + batch_size]) for i in starts]
+        for i in starts:
+            safe_point()  # a latency timing elsewhere may want the machine between two batches
+            outs.append(model(x[i:i + batch_size]))
     else:
         def one(i: int) -> torch.Tensor:
             with torch.no_grad():  # grad mode is per thread
                 return model(x[i:i + batch_size])
 
-        with ThreadPoolExecutor(min(workers, len(starts)), thread_name_prefix="explorer-score") as pool:
-            outs = list(pool.map(one, starts))
+        n = min(workers, len(starts))
+        with ThreadPoolExecutor(n, thread_name_prefix="explorer-score") as pool:
+            for g in range(0, len(starts), n):  # `n` batches side by side, then a safe point in this thread
+                safe_point()
+                outs += pool.map(one, starts[g:g + n])
     return torch.cat(outs).float() if outs else torch.empty(0)
 
 

@@ -25,6 +25,7 @@ from explorer.compress.base import Deploy
 from explorer.compress.quantize import remove_activation_quant
 from explorer.core import scratch
 from explorer.core.errors import first_line
+from explorer.core.safepoint import safe_point
 from explorer.core.train import scores
 from explorer.measure.latency import ort_session
 
@@ -202,7 +203,10 @@ def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 512, thread
         if pad:
             padded = np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)])
             return onnx_logits(path, padded, batch, threads)[:len(x)]
-    outs = [sess.run(None, {name: x[i:i + batch].astype(dtype)})[0] for i in range(0, len(x), batch)]
+    outs = []
+    for i in range(0, len(x), batch):
+        safe_point()  # between scoring batches: a latency timing elsewhere may want the machine
+        outs.append(sess.run(None, {name: x[i:i + batch].astype(dtype)})[0])
     return np.concatenate(outs).astype(np.float32)
 
 

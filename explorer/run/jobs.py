@@ -1,13 +1,14 @@
 """The runs pages ask for, computed off the page's script so that a slider move never blocks the page.
 
-One worker thread per server process takes the runs in order of priority (a configuration a page shows
-before the baseline it is compared with), one at a time, so latency is never timed beside another run.
+One thread per server process takes the runs in order of priority (a configuration a page shows before the
+baseline it is compared with: scheduler.Line), one at a time, and computes each as the scheduler's work at
+the job's priority (explorer.run.scheduler), so the background landscape and sweeps give it the cores and
+its latency is timed in the quiet slot.
 A run reports its progress and its figures as they exist (accuracy and size first, then ONNX sizes, then
 latency: runner.Partial), which the page shows as partial while the rest is measured; the cache entry is
 written once the run is complete, as always. Pages say which runs they are watching; a queued or running
 run that no page watches any more is cancelled (cooperatively, at its next progress report), and a
-cancelled run leaves nothing in the cache. While a run is going, `busy` is set, which the background
-landscape (explorer.run.landscape) waits on, so a page's own run gets the cores first.
+cancelled run leaves nothing in the cache.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from explorer.compress.recipe import Recipe
+from explorer.run import scheduler
 
-FOREGROUND, COMPARISON = 0, 1  # priorities: what a page shows, then the baseline it compares with
+FOREGROUND, COMPARISON = scheduler.Priority.FOREGROUND, scheduler.Priority.COMPARISON
 KEEP = 64  # finished jobs remembered, for pages that look again
 FAILED_TTL_S = 60.0  # a failed run is shown, not recomputed on every refresh, for this long
 
@@ -62,18 +64,16 @@ class Job:
 class Board:
     """The queue of runs pages asked for, and the one thread that computes them."""
 
-    def __init__(self, cache_factory: Callable, key_of: Callable[[Recipe], str], on_done: Callable | None = None,
-                 busy: threading.Event | None = None):
+    def __init__(self, cache_factory: Callable, key_of: Callable[[Recipe], str], on_done: Callable | None = None):
         self._cache, self._key_of, self._on_done = cache_factory, key_of, on_done
-        self.busy = busy or threading.Event()
         self._jobs: dict[str, Job] = {}
+        self._line = scheduler.Line()
         self._watching: dict[str, set[str]] = {}
         self._order = itertools.count()
         self._seq: dict[str, int] = {}
         self._lock = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="explorer-runs", daemon=True)
-        self._thread.start()
+        self._thread = scheduler.start_service(self._loop, "explorer-runs")
         atexit.register(self.stop)
 
     def stop(self, wait_s: float = 30.0) -> None:
@@ -84,7 +84,6 @@ class Board:
                 job.cancel.set()
             self._lock.notify_all()
         self._thread.join(timeout=wait_s)
-        self.busy.clear()  # nothing of this board is running: background work waiting on it may go on
 
     def submit(self, recipe: Recipe, session: str, priority: int = FOREGROUND) -> Job:
         """The job for `recipe`: finished at once from the cache, joined if another page asked first, else
@@ -99,6 +98,8 @@ class Board:
             if job is not None and job.joinable():
                 job.watchers.add(session)
                 job.priority = min(job.priority, priority)
+                if job.state == "queued":
+                    self._line.add(key, job.priority)  # a page's own ask moves a queued comparison up
                 return job
         hit = cache.get(key)
         with self._lock:
@@ -112,6 +113,8 @@ class Board:
                 job.result = {**hit, "cache": {"hit": True, "key": key}}
             self._jobs[key] = job
             self._seq[key] = next(self._order)
+            if job.state == "queued":
+                self._line.add(key, priority)
             self._trim()
             self._lock.notify_all()
             return job
@@ -127,6 +130,7 @@ class Board:
                     job.cancel.set()
                     if job.state == "queued":
                         job.state, job.message = "cancelled", "left before it started"
+                        self._line.discard(job.key)
             self._lock.notify_all()
 
     def job(self, key: str) -> Job | None:
@@ -145,13 +149,11 @@ class Board:
     def _next(self) -> Job | None:
         with self._lock:
             while not self._stopping:
-                queued = [j for j in self._jobs.values() if j.state == "queued"]
-                if queued:
-                    job = min(queued, key=lambda j: (j.priority, self._seq[j.key]))
-                    job.state, job.started, job.message = "running", time.perf_counter(), "starting"
-                    self.busy.set()
-                    return job
-                self.busy.clear()
+                while (key := self._line.pop()) is not None:
+                    job = self._jobs.get(key)
+                    if job is not None and job.state == "queued":
+                        job.state, job.started, job.message = "running", time.perf_counter(), "starting"
+                        return job
                 self._lock.wait(timeout=1.0)
             return None
 
@@ -184,7 +186,8 @@ class Board:
             job.partial = result
 
         try:
-            result = self._cache().get_or_run(job.recipe, progress=progress, partial=partial)
+            with scheduler.priority(job.priority):  # the run's work (inside the cache's lock) goes at this priority
+                result = self._cache().get_or_run(job.recipe, progress=progress, partial=partial)
         except ValueError as e:
             job.state, job.error = "failed", str(e)
             return

@@ -5,8 +5,10 @@ When a page opens a model, the model's landscape (the Sweep tab's default grid, 
 measured through the run cache in a worker process (or as Ray tasks where RAY_ADDRESS is set), nearest the
 page's slider position first, and after a page's own run its neighbouring slider positions first of all.
 Every page looking at a model shares its one landscape; the cache's per-key locks keep a configuration
-from being computed twice. The worker runs at a lower priority and waits, between fine-tuning steps,
-whenever a page's own run is going (explorer.run.jobs sets `busy`), so a slider move gets the cores first.
+from being computed twice. Its points are the scheduler's work (explorer.run.scheduler): a page's own
+neighbours at NEIGHBOURS, the rest at LANDSCAPE, below a page's own runs, so a slider move gets the cores
+first, and paused at their safe points while any of our timings runs. This module holds only what to
+measure next; the worker process is started by explorer.run.workers.
 A landscape no page has looked at for EXPLORER_LANDSCAPE_IDLE_S seconds stops; EXPLORER_LANDSCAPE=0 turns
 them off. The ordering and neighbours are pure functions, tested alone.
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import multiprocessing
 import os
 import threading
 import time
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from explorer.compress.recipe import Recipe
-from explorer.run import executor, runner
+from explorer.run import executor, runner, scheduler, workers
 from explorer.run.cache import RunCache
 from explorer.run.controls import BIT_OPTIONS, CLUSTER_OPTIONS, DEFAULTS, build
 from explorer.run.grid import Grid
@@ -96,10 +97,16 @@ class Landscape:
     done: int = 0  # configurations this landscape computed (the rest were in the cache already)
 
     def next(self, cached) -> Recipe | None:
+        step = self.next_step(cached)
+        return None if step is None else step[0]
+
+    def next_step(self, cached) -> tuple[Recipe, scheduler.Priority] | None:
+        """The next configuration to measure and its priority (a neighbour of a page's run, or the grid)."""
         recipes = {k: r for k, _, r in self.points} | dict(self.first)
+        near = {k for k, _ in self.first}
         for key in order([(k, p) for k, p, _ in self.points], self.position, [k for k, _ in self.first]):
             if key not in self.failed and key != self.running and not cached(key):
-                return recipes[key]
+                return recipes[key], scheduler.Priority.NEIGHBOURS if key in near else scheduler.Priority.LANDSCAPE
         return None
 
     def status(self, cached) -> dict:
@@ -108,37 +115,27 @@ class Landscape:
                 "failed": len(self.failed), "computed_here": self.done}
 
 
-_BUSY = None
-
-
-def _worker_main(jobs, results, busy, threads: int) -> None:
-    """The background worker process: lower priority, its torch threads fixed, the foreground's flag kept;
-    it measures the points it is sent, one at a time, until it is sent None (or its parent ends: it is a
-    daemon process, terminated at the parent's exit)."""
-    global _BUSY
-    _BUSY = busy
+def _worker_main(jobs, results, threads: int) -> None:
+    """The background worker process: its torch threads fixed, nice'd below the page (the scheduler's rules
+    do the rest); it measures the points it is sent, one at a time, until it is sent None."""
     with contextlib.suppress(OSError, AttributeError):
         os.nice(10)
     torch.set_num_threads(threads)
-    while (recipe_json := jobs.get()) is not None:
+    while (job := jobs.get()) is not None:
+        recipe_json, priority = job
         try:
-            out = _measure(recipe_json)
+            with scheduler.priority(priority):
+                out = _measure(recipe_json)
         except Exception as e:  # reported as a failed point; the worker goes on
             out = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
         results.put(out)
-
-
-def _wait_for_foreground(fraction: float, message: str) -> None:
-    """Progress callback of a background run: it waits here while a page's own run is going."""
-    while _BUSY is not None and _BUSY.is_set():
-        time.sleep(0.05)
 
 
 def _measure(recipe_json: str) -> dict:
     """One landscape point in the worker, through the cache like every run."""
     recipe = Recipe.from_json(recipe_json)
     try:
-        res = RunCache().get_or_run(recipe, progress=_wait_for_foreground)
+        res = RunCache().get_or_run(recipe)
     except ValueError as e:
         return {"status": "failed", "error": str(e)}
     return {"status": res.get("status"), "key": res.get("key") or (res.get("cache") or {}).get("key"),
@@ -148,15 +145,14 @@ def _measure(recipe_json: str) -> dict:
 class Landscapes:
     """Every model's landscape in this server process, and the thread that feeds the worker."""
 
-    def __init__(self, cache_factory, key_of, busy, idle_s: float, tick_s: float = 0.5):
-        self._cache, self._key_of, self._busy, self.idle_s, self.tick_s = cache_factory, key_of, busy, idle_s, tick_s
+    def __init__(self, cache_factory, key_of, idle_s: float, tick_s: float = 0.5):
+        self._cache, self._key_of, self.idle_s, self.tick_s = cache_factory, key_of, idle_s, tick_s
         self._all: dict[str, Landscape] = {}
         self._lock = threading.Lock()
         self._pool = None
         self._future = None  # (landscape name, key, future)
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="explorer-landscape", daemon=True)
-        self._thread.start()
+        self._thread = scheduler.start_service(self._loop, "explorer-landscape")
         atexit.register(self.stop)
 
     def stop(self) -> None:
@@ -207,9 +203,10 @@ class Landscapes:
         with self._lock:
             return self._all.get(name)
 
-    def _worker(self) -> _Worker:
+    def _worker(self) -> workers.Worker:
         if self._pool is None or not self._pool.alive():
-            self._pool = _Worker(runner.train_threads())
+            self._pool = workers.Worker(_worker_main, runner.train_threads(), name="explorer-landscape-worker",
+                                        priority=scheduler.Priority.LANDSCAPE)
         return self._pool
 
     def _loop(self) -> None:
@@ -221,8 +218,6 @@ class Landscapes:
                 time.sleep(5)
 
     def _tick(self) -> None:
-        if self._pool is not None:  # the worker's copy of the foreground's flag
-            self._pool.follow(self._busy.is_set())
         with self._lock:
             if self._future is not None:
                 name, key, fut = self._future
@@ -245,81 +240,38 @@ class Landscapes:
             if not live:
                 return
             land = max(live, key=lambda x: x.last_seen)
-        recipe = land.next(self.cached)
-        if recipe is None:
+        step = land.next_step(self.cached)
+        if step is None:
             return
+        recipe, priority = step
         key = self._key_of(recipe)
         land.running = key
-        future = self._submit(recipe)  # outside the lock: pages touch landscapes meanwhile
+        future = self._submit(recipe, priority)  # outside the lock: pages touch landscapes meanwhile
         with self._lock:
             self._future = (land.card["name"], key, future)
 
-    def _submit(self, recipe: Recipe):
+    def _submit(self, recipe: Recipe, priority: scheduler.Priority):
         if os.environ.get("RAY_ADDRESS"):
-            return _RayPoint(recipe, self._cache, self._busy)
-        return self._worker().submit(recipe.to_json(indent=None))
+            return _RayPoint(recipe, self._cache, priority)
+        return self._worker().submit((recipe.to_json(indent=None), priority))
 
 
 class _RayPoint:
     """A landscape point as a Ray task: compressed on the cluster (executor.prepare_portable), its latency timed
-    here and stored here, one at a time, when no page's own run is going. Looks like a future."""
+    here, on the machine whose figures the page shows, and stored here. Looks like a future."""
 
-    def __init__(self, recipe: Recipe, cache_factory, busy):
-        self._recipe, self._cache, self._busy = recipe, cache_factory, busy
+    def __init__(self, recipe: Recipe, cache_factory, priority: scheduler.Priority):
+        self._recipe, self._cache, self._priority = recipe, cache_factory, priority
         self._key = runner.run_key(recipe)
         self._outcome: dict | None = None
         self._refs = list(executor.parallel([(self._key, recipe.to_json(indent=None))], "ray", 1))
 
     def done(self) -> bool:
-        if self._outcome is None and not self._busy.is_set():
-            res = executor.finish(self._cache(), self._key, self._recipe, self._refs[0], latency=True)
+        if self._outcome is None:  # the timing waits in the scheduler while a page's own run goes
+            res = executor.finish(self._cache(), self._key, self._recipe, self._refs[0], latency=True,
+                                  priority=self._priority)
             self._outcome = {"status": res.get("status"), "key": self._key, "error": res.get("error")}
         return self._outcome is not None
 
     def result(self) -> dict:
         return self._outcome or {"status": "failed", "error": "not finished"}
-
-
-class _Worker:
-    """One daemon worker process and its queues; `submit` returns a future-like handle of the one point in
-    flight. A worker that dies fails its point and is replaced on the next submit."""
-
-    def __init__(self, threads: int):
-        ctx = multiprocessing.get_context("spawn")
-        self._jobs, self._results, self._busy = ctx.Queue(), ctx.Queue(), ctx.Event()
-        self._proc = ctx.Process(target=_worker_main, args=(self._jobs, self._results, self._busy, threads),
-                                 name="explorer-landscape-worker", daemon=True)
-        with executor.bare_main():  # the spawned worker must not run the page's script again
-            self._proc.start()
-
-    def alive(self) -> bool:
-        return self._proc.is_alive()
-
-    def follow(self, busy: bool) -> None:
-        (self._busy.set if busy else self._busy.clear)()
-
-    def submit(self, recipe_json: str) -> _Point:
-        self._jobs.put(recipe_json)
-        return _Point(self)
-
-    def terminate(self) -> None:
-        with contextlib.suppress(Exception):
-            self._busy.clear()
-            self._proc.terminate()
-            self._proc.join(timeout=5)
-
-
-class _Point:
-    def __init__(self, worker: _Worker):
-        self._worker, self._out = worker, None
-
-    def done(self) -> bool:
-        if self._out is None:
-            with contextlib.suppress(Exception):
-                self._out = self._worker._results.get_nowait()
-            if self._out is None and not self._worker.alive():
-                self._out = {"status": "failed", "error": "the background worker process died"}
-        return self._out is not None
-
-    def result(self) -> dict:
-        return self._out or {"status": "failed", "error": "not finished"}

@@ -37,6 +37,7 @@ from explorer.measure.latency import measure_latency
 from explorer.measure.layers import layer_table
 from explorer.measure.onnx_export import ExportError, deploy_int8, export_onnx, onnx_accuracy
 from explorer.models.baselines import baseline_data, card_path, load_baseline, read_card, sha256_file, versions
+from explorer.run import scheduler
 from explorer.run.onnx import prepare_onnx, time_onnx
 from explorer.run.result import FILES, SCHEMA_VERSION, Accuracy, Onnx, OnnxModel, RunResult
 
@@ -56,8 +57,9 @@ def train_threads() -> int:
 def eval_workers() -> int:
     """Threads that score test images side by side (EXPLORER_EVAL_WORKERS, default 2). Not part of a run's
     key: each batch is computed as in one thread, so the figures are the same for any count
-    (explorer.core.train.predict_logits); a page's run uses the core the waiting landscape leaves idle."""
-    return int(settings.get("EXPLORER_EVAL_WORKERS"))
+    (explorer.core.train.predict_logits); a page's run uses the core the paused landscape leaves idle. Never
+    more than the cores the scheduler may use."""
+    return min(int(settings.get("EXPLORER_EVAL_WORKERS")), scheduler.cores())
 
 
 def latency_budget_s() -> float:
@@ -112,9 +114,10 @@ _scores_lock = threading.Lock()
 
 def _baseline_scores(path: Path, data) -> Future:
     """The baseline's accuracy and predictions on its test split (every run of a model needs them; on 10,000
-    images they take seconds), kept in memory per checkpoint file. The first run of a model starts them in a
-    thread of their own, on a copy of the baseline read from its file, so they are scored while the
-    compression and fine-tuning (one core) go on; later runs find them done."""
+    images they take seconds), kept in memory per checkpoint file. The first run of a model starts them as a
+    task of the scheduler, at the run's priority, on a copy of the baseline read from its file, so they are
+    scored while the compression and fine-tuning (one core) go on, and pause like the run for its timing;
+    later runs find them done."""
     key = (str(path), path.stat().st_mtime_ns, train_threads(), data.name, data.root, len(data.test))
     with _scores_lock:
         fut = _scores.get(key)
@@ -122,16 +125,12 @@ def _baseline_scores(path: Path, data) -> Future:
             return fut
         if len(_scores) > 8:
             _scores.clear()
-        fut = _scores[key] = Future()
+        fut = _scores[key] = scheduler.start_task(_score, path, data, name="explorer-baseline-scores")
+        return fut
 
-    def score() -> None:
-        try:
-            fut.set_result(evaluate(load_baseline(path)[0], data.test, with_predictions=True))
-        except BaseException as e:  # noqa: BLE001 - handed to the run that waits for it
-            fut.set_exception(e)
 
-    threading.Thread(target=score, name="explorer-baseline-scores", daemon=True).start()
-    return fut
+def _score(path: Path, data) -> dict:
+    return evaluate(load_baseline(path)[0], data.test, with_predictions=True)
 
 
 @functools.lru_cache(maxsize=8)
@@ -195,6 +194,7 @@ def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> Onnx:
     x, y = data.test.x.numpy(), data.test.y.numpy()
     try:
         export_onnx(model, data.input_shape, work / FILES["onnx"])
+        scheduler.safe_point()  # export and quantisation are long stretches with no safe point inside
     except ExportError as e:
         why = f"ONNX export failed: {e}"
         return Onnx(fp32=OnnxModel(available=False, reason=why), int8=OnnxModel(available=False, reason=why))
@@ -204,6 +204,7 @@ def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> Onnx:
     calib = data.calibration(min(deploy.calibration_samples, len(data.train)), seed=recipe.seed)
     try:
         out["int8"] = deploy_int8(work / FILES["onnx"], work / FILES["onnx_int8"], deploy, calib.numpy(), x, y)
+        scheduler.safe_point()
     except Exception as e:
         out["int8"] = OnnxModel(available=False, reason=f"ONNX Runtime quantisation failed: {first_line(e)}")
     return Onnx(fp32=out["fp32"], int8=out["int8"])
@@ -227,12 +228,13 @@ def prepare(recipe: Recipe, workdir: str | os.PathLike, *, progress: Progress | 
         if card[field] != want:
             raise ValueError(f"checkpoint {str(recipe.checkpoint_path)!r} is a {card[field]!r} {field}, not the "
                              f"recipe's {want!r}")
-    if recipe.checkpoint_path.suffix == ".onnx":
-        return prepare_onnx(recipe, work, key)
-    # set, not set-and-restore: sessions of the page compute in threads of one process, and a restore by
-    # one run that ends would change the count under another that is still going
-    torch.set_num_threads(train_threads())
-    return _prepare_torch(recipe, work, key, t0, timings, progress, partial)
+    with scheduler.work():  # at the priority of the thread's caller (a page, the landscape, a sweep)
+        if recipe.checkpoint_path.suffix == ".onnx":
+            return prepare_onnx(recipe, work, key)
+        # set, not set-and-restore: sessions of the page compute in threads of one process, and a restore by
+        # one run that ends would change the count under another that is still going
+        torch.set_num_threads(train_threads())
+        return _prepare_torch(recipe, work, key, t0, timings, progress, partial)
 
 
 def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dict[str, Any],
@@ -272,7 +274,7 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
     acc = evaluate(unpacked, data.test, with_predictions=True, workers=eval_workers())  # rebuilt from the bytes
     save_predictions(work / FILES["predictions"], acc["pred"])
     t_wait = time.perf_counter()
-    base_acc = base_scores.result()
+    base_acc = scheduler.result(base_scores)  # waits without holding up a timing; the task takes our priority
     timings["baseline_scores_wait"] = round(time.perf_counter() - t_wait, 3)
     if partial is not None:  # accuracy and the packed size exist: show them while the rest is measured
         total, zeros = weight_sparsity(unpacked)
@@ -342,12 +344,14 @@ def _stages(progress: Progress | None):
         lo, hi = STAGES[name]
 
         def report(fraction: float, message: str) -> None:
+            scheduler.safe_point()  # every progress report (each stage, every few fine-tuning steps) is one
             if progress is not None:
                 progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)
         return report
     return stage
 
 
+@scheduler.timing  # the whole stage holds the quiet slot: none of our other work runs beside a timing
 def time_run(result: RunResult, workdir: str | os.PathLike, *, gpu: bool = True,
              progress: Progress | None = None) -> RunResult:
     """Latency and inference memory of the artifacts in `workdir` (one run at a time: never in parallel)."""
@@ -367,7 +371,7 @@ def time_run(result: RunResult, workdir: str | os.PathLike, *, gpu: bool = True,
         onnx_int8=str(work / FILES["onnx_int8"]) if onnx["int8"].get("available") else None,
         onnx_reason=None if onnx["fp32"].get("available") else onnx["fp32"]["reason"],
         threads=threads(), budget_s=latency_budget_s(), gpu=gpu, reference=reference,
-        between_rounds=lambda f: report(f, what))
+        between_rounds=lambda f: (scheduler.between_rounds(), report(f, what)))
     result = RunResult(**result)
     result["latency"] = lat["engines"]
     result["speedup"] = lat["speedup"]
@@ -385,6 +389,7 @@ def run_recipe(recipe: Recipe, *, workdir: str | os.PathLike | None = None, prog
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = stack.enter_context(scratch.folder("run"))
+        stack.enter_context(scheduler.work())  # one piece of work from compression to timing
         result = prepare(recipe, workdir, progress=progress, partial=partial)
         if partial is not None and latency:
             partial({**result, "status": "partial", "pending": ["latency"]})

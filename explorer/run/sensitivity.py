@@ -13,13 +13,20 @@ from explorer.artifact import pack
 from explorer.compress.recipe import Recipe
 from explorer.core.train import evaluate
 from explorer.models.baselines import baseline_data, load_baseline
+from explorer.run import scheduler
 
 FILE = "sensitivity.json"
 
 
 def layer_sensitivity(recipe: Recipe, packed: bytes) -> dict[str, float | None]:
     """{layer: top-1 points lost with only that layer compressed}; None where the layer's shape changed
-    (structured pruning, low-rank, distillation), which has no one-layer counterpart."""
+    (structured pruning, low-rank, distillation), which has no one-layer counterpart. Scheduler work at the
+    caller's priority (the page asks: foreground), pausing between scoring batches for any timing."""
+    with scheduler.work():
+        return _layer_sensitivity(recipe, packed)
+
+
+def _layer_sensitivity(recipe: Recipe, packed: bytes) -> dict[str, float | None]:
     baseline, card = load_baseline(recipe.checkpoint_path)
     data = baseline_data(card)
     compressed = pack.unpack(packed).model

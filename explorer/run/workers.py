@@ -1,0 +1,244 @@
+"""The processes the scheduler (explorer.run.scheduler) starts: a sweep's pool of workers, here or on a Ray
+cluster, and the landscape's one long-lived worker.
+
+Every local worker dies with the process that started it. It asks the kernel for SIGKILL when its parent
+goes (prctl PR_SET_PDEATHSIG on Linux) and, because the kernel sends that when the starting *thread* ends
+and not everywhere, it also watches its parent's pid once a second: a killed sweep or page never leaves
+workers behind, each holding a gigabyte and blocked on a pipe nobody writes. Pools and workers are started
+and closed by the same long-lived thread (a sweep's own call, the landscape's feeding loop).
+
+A worker process does its work at the priority its starter gives it (`set_default_priority`), under the
+same rules as a thread of the page: the lock files of the cache folder are shared by every process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from explorer.core import paths
+from explorer.run import scheduler
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_S = 1.0
+
+Job = tuple[str, str]  # (run key, recipe JSON)
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker: end when the process `parent` ends, whatever it died of."""
+    with contextlib.suppress(Exception):  # not Linux, or no libc: the watch below still holds
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCH_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="explorer-parent-watch", daemon=True).start()
+
+
+def _start(parent: int, priority: int, setup: Callable[[], None] | None) -> None:
+    die_with_parent(parent)
+    scheduler.set_default_priority(priority)
+    if setup is not None:
+        setup()
+
+
+@contextlib.contextmanager
+def bare_main():
+    """Spawned workers re-import the parent's __main__ from its file. Under Streamlit (and AppTest) that
+    file is app.py, so each worker would run the whole page and wait on the very cache lock the sweep
+    holds. While workers start, __main__ is an empty module, so they import only what a job needs."""
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+
+
+class LocalPool:
+    """Workers on this machine, started once for a whole sweep (a worker costs about two seconds to start: it
+    imports torch). A worker that dies breaks the pool, which is then started again on the next use."""
+
+    def __init__(self, workers: int, fn: Callable[[Job], dict], setup: Callable[[], None] | None = None,
+                 priority: int = scheduler.Priority.SWEEP):
+        self.workers, self.fn, self.setup, self.priority, self.pool = workers, fn, setup, priority, None
+
+    def run(self, jobs: list[Job]) -> tuple[list[dict], list[Job]]:
+        """(finished, jobs whose pool broke under them)."""
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_start, initargs=(os.getpid(), self.priority, self.setup))
+        done, broken = [], []
+        with bare_main():  # workers start on submit: give them no script to re-run
+            futures = {self.pool.submit(self.fn, j): j for j in jobs}
+        for f in as_completed(futures):
+            try:
+                done.append(f.result())
+            except BrokenProcessPool:
+                broken.append(futures[f])
+        if broken:
+            self.close()
+        return done, broken
+
+    def results(self, jobs: list[Job], died: Callable[[Job, BaseException], dict]) -> Iterable[dict]:
+        """Each job's output as it finishes; a job that kills its worker gives `died(job, error)`."""
+        if self.workers == 1 and len(jobs) == 1 and self.pool is None:  # one run: here, no worker started for it
+            with scheduler.priority(self.priority):
+                if self.setup is not None:
+                    self.setup()
+                out = self.fn(jobs[0])
+            yield out
+            return
+        done, broken = self.run(jobs)
+        yield from done
+        # the jobs a dying worker took down with it, each alone, to find the one that really kills its worker
+        for job in broken:
+            with LocalPool(1, self.fn, self.setup, self.priority) as alone:
+                again, still = alone.run([job])
+            yield from again
+            for j in still:
+                yield died(j, RuntimeError("process pool broken"))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def __enter__(self) -> LocalPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def ray_check(address: str | None) -> None:
+    """Fail fast, in one line, when RAY_ADDRESS names a cluster that does not answer."""
+    if not address or address == "auto" or address.startswith("local"):
+        return
+    hostport = address.split("://")[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            pass
+    except (OSError, ValueError):
+        raise ValueError(f"RAY_ADDRESS={address!r} does not answer: expected a running Ray cluster "
+                         "(host:port of its GCS), or unset it to start Ray on this machine") from None
+
+
+def _ray_job(fn: Callable[[Job], dict], setup: Callable[[], None] | None, priority: int, job: Job) -> dict:
+    scheduler.set_default_priority(priority)
+    if setup is not None:
+        setup()
+    return fn(job)
+
+
+class RayPool:
+    """Ray tasks, one core each: on the cluster RAY_ADDRESS names (the code and baselines shipped as the
+    working folder), else on a Ray started here with `workers` cores."""
+
+    def __init__(self, workers: int, fn: Callable[[Job], dict], setup: Callable[[], None] | None = None,
+                 priority: int = scheduler.Priority.SWEEP):
+        self.workers, self.fn, self.setup, self.priority = workers, fn, setup, priority
+
+    def _init(self):
+        import ray
+
+        address = os.environ.get("RAY_ADDRESS")
+        ray_check(address)
+        if not ray.is_initialized():
+            root = str(paths.ROOT)
+            if address:
+                kw = {"address": address, "runtime_env": {"working_dir": root, "excludes": [".venv", "cache", ".git"]}}
+            else:  # local workers share this machine's lock files, so they yield to timing like any other
+                path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+                env = {"PYTHONPATH": path, "EXPLORER_CACHE_DIR": str(paths.cache_dir())}
+                kw = {"num_cpus": self.workers, "include_dashboard": False, "runtime_env": {"env_vars": env}}
+            ray.init(ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR", **kw)
+        return ray
+
+    def results(self, jobs: list[Job], died: Callable[[Job, BaseException], dict]) -> Iterable[dict]:
+        ray = self._init()
+        task = ray.remote(num_cpus=1, max_retries=0)(_ray_job)
+        refs = {task.remote(self.fn, self.setup, self.priority, j): j for j in jobs}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                yield ray.get(ready[0])
+            except Exception as e:  # a crashed or killed Ray worker
+                yield died(refs[ready[0]], e)
+
+    def close(self) -> None:
+        pass
+
+
+POOLS: dict[str, type] = {"local": LocalPool, "ray": RayPool}
+
+
+class Worker:
+    """One long-lived worker process that calls `main(jobs, results, *args)`: it takes jobs from `jobs` and
+    puts what they give in `results`. `submit` returns a future-like handle of the one job in flight; a
+    worker that dies fails that job (and its starter makes a new one)."""
+
+    def __init__(self, main: Callable[..., None], *args: Any, name: str, priority: int):
+        ctx = multiprocessing.get_context("spawn")
+        self._jobs, self._results = ctx.Queue(), ctx.Queue()
+        self._proc = ctx.Process(target=_worker_entry, args=(os.getpid(), priority, main, self._jobs, self._results,
+                                                             *args), name=name, daemon=True)
+        with bare_main():
+            self._proc.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def submit(self, job: Any) -> Handle:
+        self._jobs.put(job)
+        return Handle(self)
+
+    def terminate(self) -> None:
+        with contextlib.suppress(Exception):
+            self._proc.terminate()
+            self._proc.join(timeout=5)
+
+
+def _worker_entry(parent: int, priority: int, main: Callable[..., None], *args: Any) -> None:
+    _start(parent, priority, None)
+    main(*args)
+
+
+class Handle:
+    def __init__(self, worker: Worker):
+        self._worker, self._out = worker, None
+
+    def done(self) -> bool:
+        if self._out is None:
+            with contextlib.suppress(Exception):
+                self._out = self._worker._results.get_nowait()
+            if self._out is None and not self._worker.alive():
+                self._out = {"status": "failed", "error": "the background worker process died"}
+        return self._out is not None
+
+    def result(self) -> dict:
+        return self._out or {"status": "failed", "error": "not finished"}
