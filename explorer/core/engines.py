@@ -46,3 +46,10 @@ def gain_col(engine: str, batch: str, bound: str | None = None) -> str:
 def state_col(column: str) -> str:
     """The column saying how to read a speed-up or gain column: baseline, faster, slower, within noise, disturbed."""
     return f"{column}_state"
+
+
+def reltime_col(engine: str, batch: str, bound: str | None = None) -> str:
+    """The table column of a run's time relative to the baseline's in the same engine (1 / the speed-up; 1 is
+    the baseline, lower is faster): reltime_<engine>_<batch>, or _lo, _hi. Charts plot it: it carries the
+    like-for-like comparison, where absolute milliseconds drift with the machine's load from run to run."""
+    return f"reltime_{engine}_{batch}_{bound}" if bound else f"reltime_{engine}_{batch}"

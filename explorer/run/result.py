@@ -18,7 +18,7 @@ from typing import Any, Literal, Required, TypedDict
 import pandas as pd
 
 from explorer import SCHEMA_VERSION
-from explorer.core.engines import B1, TORCH_CPU, gain_col, lat_col, speedup_col, state_col
+from explorer.core.engines import B1, TORCH_CPU, gain_col, lat_col, reltime_col, speedup_col, state_col
 from explorer.core.words import recipe_words, scheme_of
 
 # the files a run writes into its folder; the cache keeps the artifacts (packed, ONNX, predictions)
@@ -295,6 +295,10 @@ def flatten(result: RunResult) -> dict[str, Any]:
                 sp = speed(result, engine, b, kind)
                 row[col(engine, b)], row[col(engine, b, "lo")], row[col(engine, b, "hi")] = sp.ratio, sp.lo, sp.hi
                 row[state_col(col(engine, b))] = sp.state
+                if kind == "speedup":
+                    row[reltime_col(engine, b)] = None if sp.ratio is None else round(1 / sp.ratio, 4)
+                    row[reltime_col(engine, b, "lo")] = None if sp.hi is None else round(1 / sp.hi, 4)
+                    row[reltime_col(engine, b, "hi")] = None if sp.lo is None else round(1 / sp.lo, 4)
     onnx = result.get("onnx", {})
     row["onnx_int8_top1"] = (onnx.get("int8", {}).get("accuracy") or {}).get("top1")
     row["onnx_fp32_top1"] = (onnx.get("fp32", {}).get("accuracy") or {}).get("top1")
