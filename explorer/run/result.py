@@ -234,6 +234,12 @@ def disturbed_figures(result: dict) -> list[str]:
     return list((result.get("timing_quality") or {}).get("disturbed") or [])
 
 
+def needs_retime(result: dict) -> bool:
+    """Whether a stored run should be timed again when the machine is quieter (runner.time_run on its stored
+    artifacts): some speed figure of it was disturbed."""
+    return result.get("status") == "ok" and bool(disturbed_figures(result))
+
+
 # ---------------------------------------------------------------- one table row per result
 
 

@@ -11,6 +11,7 @@ The reference timings live beside them, in `.baseline-timing/`, one file per che
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -31,7 +32,12 @@ ONNX_DIR, TIMING_DIR = ".baseline-onnx", ".baseline-timing"
 
 def _digest(path: Path) -> str:
     st = path.stat()
-    return hashlib.sha256(f"{sha256_file(path)}:{st.st_size}".encode()).hexdigest()[:16]
+    return _digest_of(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest_of(path: str, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(f"{sha256_file(path)}:{size}".encode()).hexdigest()[:16]
 
 
 def baseline_onnx(recipe: Recipe) -> dict:
