@@ -197,8 +197,8 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
         reason += (f" ({tied} runs tie within their {pct} intervals; the tie goes to "
                    f"{'the more accurate' if col == size_col else 'the smaller'}, then the simpler recipe)")
     if col == speed_col and not pd.to_numeric(found.get(f"{col}_lo", found[col]), errors="coerce").gt(1).any():
-        reason += ("; nothing here is measurably faster than the baseline: every speed-up's 95% interval reaches "
-                   "1x (or its timing was disturbed), so on speed these runs tie with it")
+        reason += (" (nothing here is measurably faster than the baseline: every speed-up's 95% interval reaches "
+                   "1x, or its timing was disturbed, so on speed these runs tie with it)")
     point_row = None
     if aware:
         alt = _meeting(rows, point, col)

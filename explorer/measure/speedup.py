@@ -7,8 +7,9 @@ baseline as it runs today, in PyTorch eager fp32 on the CPU. It is never the spe
 
 The baseline itself is not compared with itself: its speed-up is 1.0 by construction. Every measured
 figure checks itself (explorer.measure.timing_checks); a session whose figures fail is timed again, at most
-`retimes` times, and a figure that still fails is recorded as disturbed ("status": "disturbed"), which no
-view shows as a number.
+`retimes` times (not when the session could not keep enough rounds on the CPU: the machine is busy then, and
+timing again at once only adds load), and a figure that still fails is recorded as disturbed ("status":
+"disturbed"), which no view shows as a number.
 """
 
 from __future__ import annotations
@@ -151,6 +152,11 @@ def measure_latency(model: nn.Module | None, input_shape: tuple[int, ...], *, on
             pending = [e for e in pending if not _settle(e, key, b, sess, is_baseline, refs, engines, speedup, gain,
                                                          base_figs, quality, len(quality["sessions"]) - 1)]
             if not pending:
+                break
+            if not sess.cpu_ok and not all(e in GPU_ENGINES for e in pending):
+                # more than a few rounds lost the CPU: the machine is busy now, and timing again at once would only
+                # add to its load; the figures stay disturbed until a re-time when it is quieter (needs_retime)
+                quality["stopped"] = "the machine was too busy: too few rounds had the CPU"
                 break
     quality["load_average"]["after"] = load_average()
     quality["disturbed"] = [f"{kind} {e} {k}" for kind, table in (("speed-up", speedup), ("deployment gain", gain))
