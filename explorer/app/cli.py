@@ -260,8 +260,11 @@ def summary(result: dict) -> str:
 
         lines.append(f"  hardware: {describe(result['hardware'])}")
     if disturbed := disturbed_figures(result):
-        lines.append(f"  the machine was too busy to time cleanly: {', '.join(disturbed)} failed their checks after "
-                     f"{(result.get('timing_quality') or {}).get('retimes', 0)} re-times")
+        q = result.get("timing_quality") or {}
+        how = q.get("stopped") or f"after {q.get('retimes', 0)} re-times"
+        load = (q.get("load_average") or {}).get("before") or ["?"]
+        lines.append(f"  the machine was too busy to time cleanly (load average {load[0]}): {len(disturbed)} speed "
+                     f"figures failed their checks ({how}) and show no number: {', '.join(disturbed)}")
     for layer in result["layers"]:
         lines.append(f"    {layer['layer']:<24} {layer['shape']:<14} sparsity {layer['sparsity']:6.1%}  "
                      f"distinct {layer['distinct']:>6}  bits {layer['bits']:>2}  "

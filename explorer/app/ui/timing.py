@@ -35,10 +35,12 @@ def busy_words(result: dict) -> str | None:
         return None
     q = result.get("timing_quality") or {}
     load = load_words(result)
+    how = ("too few timing rounds had the CPU to try again at once" if q.get("stopped") else
+           f"after {words.count(q.get('retimes', 0), 're-time')}")
     return (f"The machine was too busy to time this run cleanly: {words.count(len(bad), 'speed figure')} failed "
-            f"their checks after {words.count(q.get('retimes', 0), 're-time')} and {'is' if len(bad) == 1 else 'are'} "
-            f"shown as \"timing disturbed\", without a number" + (f" ({load})" if load else "") + ". Other work "
-            "on this machine took the CPU while the timing ran; the figures will be right once it is quieter.")
+            f"their checks ({how}) and {'is' if len(bad) == 1 else 'are'} shown as \"timing disturbed\", without a "
+            "number" + (f"; {load}" if load else "") + ". Other work on this machine took the CPU while the timing "
+            "ran; the figures will be right once it is quieter.")
 
 
 def timing_rows(result: dict) -> pd.DataFrame:
