@@ -159,3 +159,30 @@ def test_every_round_runs_in_the_quiet_slot(baseline):
     finally:
         set_quiet_slot(None)
     assert len(entered) == sess.kept + len(sess.dropped) >= 3
+
+
+def test_the_baseline_reference_timing_comes_from_its_own_clean_run(tmp_path, monkeypatch):
+    """run.timing keeps the reference the reference check compares with: the baseline's own run, timed with
+    every round on the CPU, sets it; a run's clean session fills only what is missing; nothing else moves it."""
+    from explorer.compress.recipe import Recipe
+    from explorer.run import timing
+
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path))
+    fig = {"available": True, "median_ms": 10.0, "ci_ms": [9.8, 10.2]}
+    own = Recipe(model="digits_cnn")
+    run = Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.5),))
+    busy = {"baseline": {TORCH_CPU: {"b256": fig}},
+            "timing_quality": {"sessions": [{"batch": "b256", "cpu_ok": False}]}}
+    timing.update_reference(own, 1, busy)
+    assert timing.reference_times(own, 1) == {}  # a session that lost the CPU sets nothing
+    clean = {**busy, "timing_quality": {"sessions": [{"batch": "b256", "cpu_ok": True}]}}
+    timing.update_reference(own, 1, clean)
+    assert timing.reference_times(run, 1)[f"{TORCH_CPU}/b256"]["median_ms"] == 10.0  # one book per checkpoint
+    assert timing.reference_times(run, 2) == {}  # and per thread count
+    slower = {"baseline": {TORCH_CPU: {"b256": {**fig, "median_ms": 14.0}}, ORT_CPU_INT8: {"b256": fig}},
+              "timing_quality": {"figures": {"speedup": {TORCH_CPU: {"b256": {"failed": []}},
+                                                         ORT_CPU_INT8: {"b256": {"failed": []}}}}}}
+    timing.update_reference(run, 1, slower)
+    book = timing.reference_times(run, 1)
+    assert book[f"{TORCH_CPU}/b256"]["median_ms"] == 10.0  # a run's session never moves the reference
+    assert book[f"{ORT_CPU_INT8}/b256"]["source"] == "the first clean session"
