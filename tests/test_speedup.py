@@ -186,3 +186,9 @@ def test_the_baseline_reference_timing_comes_from_its_own_clean_run(tmp_path, mo
     book = timing.reference_times(run, 1)
     assert book[f"{TORCH_CPU}/b256"]["median_ms"] == 10.0  # a run's session never moves the reference
     assert book[f"{ORT_CPU_INT8}/b256"]["source"] == "the first clean session"
+    # a reference taken under load: a clean session 30% faster (failing only the reference check) replaces it
+    faster = {"baseline": {ORT_CPU_INT8: {"b256": {**fig, "median_ms": 7.0}}}, "timing_quality": {"figures": {
+        "speedup": {ORT_CPU_INT8: {"b256": {"failed": ["reference"], "reference_deviation": -0.3}}}}}}
+    timing.update_reference(run, 1, faster)
+    entry = timing.reference_times(run, 1)[f"{ORT_CPU_INT8}/b256"]
+    assert (entry["median_ms"], entry["source"]) == (7.0, "a faster clean session")

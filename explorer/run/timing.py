@@ -24,6 +24,7 @@ from explorer.compress.base import Deploy
 from explorer.compress.recipe import Recipe
 from explorer.core.paths import cache_dir
 from explorer.measure.hardware import cpu_info
+from explorer.measure.timing_checks import REFERENCE_TOLERANCE
 from explorer.models.baselines import baseline_data, load_baseline, read_card, sha256_file
 from explorer.run.result import RunResult
 
@@ -95,7 +96,9 @@ def reference_times(recipe: Recipe, threads: int) -> dict[str, dict]:
 
 def update_reference(recipe: Recipe, threads: int, lat: dict) -> None:
     """Keep the baseline's reference timing: from the baseline's own run, timed with every round on the CPU;
-    else, where there is none yet, from the baseline's figures of a session whose other checks all passed."""
+    else, where there is none yet, from the baseline's figures of a session whose other checks all passed; and
+    from such a session that found the baseline faster than its reference beyond the tolerance (a reference
+    taken while something slowed the machine would otherwise fail every later run)."""
     own = not recipe.steps
     book = reference_times(recipe, threads)
     changed = False
@@ -104,13 +107,19 @@ def update_reference(recipe: Recipe, threads: int, lat: dict) -> None:
         for b, fig in per.items():
             key = f"{engine}/{b}"
             if own:
-                ok = all(s["cpu_ok"] for s in quality.get("sessions", []) if s["batch"] == b)
+                ok, source = all(s["cpu_ok"] for s in quality.get("sessions", []) if s["batch"] == b), \
+                    "the baseline's own run"
             else:
                 check = (quality.get("figures", {}).get("speedup", {}).get(engine) or {}).get(b) or {}
-                ok = key not in book and bool(check) and not check["failed"]
+                clean = bool(check) and not set(check["failed"]) - {"reference"}
+                # other work only ever slows a timing: a clean session that finds the baseline faster than its
+                # reference beyond the tolerance shows the reference was taken under load, and replaces it
+                faster = (check.get("reference_deviation") or 0) < -REFERENCE_TOLERANCE
+                ok = clean and (key not in book or faster)
+                source = "a faster clean session" if key in book else "the first clean session"
             if ok and fig.get("available"):
                 book[key] = {"median_ms": fig["median_ms"], "ci_ms": fig["ci_ms"], "when": round(time.time()),
-                             "source": "the baseline's own run" if own else "the first clean session"}
+                             "source": source}
                 changed = True
     if changed:
         path = _timing_file(recipe, threads)
