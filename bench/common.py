@@ -157,7 +157,7 @@ def input_shape(model: str) -> tuple[int, int, int]:
 
 
 def batch_input(model: str, batch: int = 256):
-    """The input explorer.measure.latency.measure_latency times with (seeded normal noise)."""
+    """The input explorer.measure.speedup.measure_latency times with (seeded normal noise)."""
     import torch
 
     return torch.randn(batch, *input_shape(model), generator=torch.Generator().manual_seed(0))

@@ -12,7 +12,7 @@ import torch
 
 from explorer.compress.prune import PruneConfig
 from explorer.compress.recipe import Recipe
-from explorer.measure.latency import measure_latency
+from explorer.measure.speedup import measure_latency
 from explorer.models.baselines import load_baseline
 from explorer.run.runner import run_recipe
 

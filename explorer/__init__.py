@@ -16,7 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-SCHEMA_VERSION = 4  # of the RunResult JSON (explorer.run.result)
+SCHEMA_VERSION = 5  # of the RunResult JSON (explorer.run.result)
 
 # public name -> the module that defines it
 _EXPORTS = {

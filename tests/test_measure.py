@@ -12,8 +12,9 @@ from explorer.compress.quantize import QuantizeConfig
 from explorer.core.train import evaluate, predict_logits
 from explorer.measure import compute, size
 from explorer.measure.hardware import describe, hardware
-from explorer.measure.latency import measure_latency, summarise, torch_cuda
+from explorer.measure.latency import summarise, torch_cuda
 from explorer.measure.onnx_export import export_onnx, onnx_accuracy, quantize_int8
+from explorer.measure.speedup import measure_latency
 from explorer.models.baselines import baseline_data, load_baseline
 
 
@@ -224,7 +225,7 @@ def test_a_model_timed_against_itself_shows_no_measurable_speedup(baseline, hog)
             if hog else []
         try:
             return measure_latency(model, data.input_shape, batches=(1, 64), budget_s=0.3, gpu=False,
-                                   reference=model)
+                                   reference=model, retimes=0)
         finally:
             for p in hogs:
                 p.kill()
@@ -265,8 +266,14 @@ def test_timing_rounds_let_a_background_run_wait_between_them(baseline):
             time.sleep(0.01)  # waiting, as the background does while a page's run goes
 
         out = measure_latency(model, (1, 8, 8), batches=(1, 4), budget_s=0.02, gpu=False, rounds=5,
-                              between_rounds=between)
+                              between_rounds=between, reference=model, retimes=0)
     finally:
         del model.forward
-    assert seen == pytest.approx([i / 10 for i in range(10)])  # 5 rounds of each of 2 batches
-    assert out["speedup"]["torch_cpu_fp32"]["b1"]["rounds"] == 5
+    # once before every round tried (a round dropped for want of the CPU is tried again at the same point), with
+    # the share of kept rounds over both batches: the first batch below one half, the second from it
+    sessions = out["timing_quality"]["sessions"]
+    assert len(seen) == sum(s["rounds_kept"] + s["rounds_dropped"] for s in sessions) >= 10
+    assert seen == sorted(seen) and seen[0] == 0 and 0.5 <= seen[-1] < 1
+    assert sum(f < 0.5 for f in seen) == sessions[0]["rounds_kept"] + sessions[0]["rounds_dropped"]
+    for s in sessions:
+        assert s["rounds_kept"] == 5 or not s["cpu_ok"]

@@ -172,12 +172,22 @@ def test_runs_keep_predictions_and_their_paired_comparison_with_the_baseline(tmp
     assert run["accuracy_ci"]["top1"] == pytest.approx(list(wilson(k, len(y))), abs=1e-4)
     own = base["vs_baseline"]
     assert (own["baseline_only"], own["run_only"], own["p_value"]) == (0, 0, 1.0)
+    from explorer.core.stats import ratio_of_medians
+
     for engine in ("torch_cpu_fp32", "onnxruntime_cpu_fp32", "onnxruntime_cpu_int8"):
         for batch in ("b1", "b256"):
             s = run["speedup"][engine][batch]
             assert s["ci"][0] <= s["ratio"] <= s["ci"][1] and s["rounds"] >= 5
             lat = run["latency"][engine][batch]
             assert lat["ci_ms"][0] <= lat["median_ms"] <= lat["ci_ms"][1]
+            # like for like: against the baseline in the same engine, from the same rounds
+            same = ratio_of_medians(run["baseline_latency"][engine][batch]["round_ms"], lat["round_ms"])
+            assert (s["against"], s["ratio"], s["ci"]) == (engine, same["ratio"], same["ci"])
+            # the baseline against itself: 1.0 by construction, not measured
+            assert base["speedup"][engine][batch] == {"ratio": 1.0, "ci": [1.0, 1.0], "rounds": 0,
+                                                      "status": "baseline"}
+    assert set(run["deployment_gain"]) == {"onnxruntime_cpu_fp32", "onnxruntime_cpu_int8"}
+    assert run["timing_quality"]["load_average"]["before"] and "sessions" in run["timing_quality"]
 
 
 def test_cli_run_json_prints_the_uncertainty(tmp_path, capsys, monkeypatch):
@@ -192,7 +202,8 @@ def test_cli_run_json_prints_the_uncertainty(tmp_path, capsys, monkeypatch):
     assert set(res["speedup"]["torch_cpu_fp32"]["b256"]) >= {"ratio", "ci"}
     assert main(["run", "--recipe", str(recipe)]) == 0
     out = capsys.readouterr().out
-    assert "paired 95% CI" in out and "speed-up vs the baseline, PyTorch eager fp32" in out
+    assert "paired 95% CI" in out and "speed-up vs the baseline in the same engine" in out
+    assert "deployment gain vs the baseline in PyTorch fp32" in out
 
 
 def test_every_phase_of_a_run_reports_progress(tmp_path):

@@ -17,9 +17,8 @@ import numpy as np
 from explorer.core import scratch, settings
 from explorer.core.engines import B256, ORT_CPU_INT8, lat_col
 from explorer.core.errors import bad_value, first_line
-from explorer.core.stats import measurable
 from explorer.run.cache import RunCache
-from explorer.run.result import FILES
+from explorer.run.result import FILES, disturbed_figures, speed, speed_with_interval
 
 # Each command imports the heavy parts it needs (torch, the models, plotting) when it runs, so `--help`,
 # `cache ...` and `data ...` answer at once; everything imported above is light.
@@ -230,11 +229,8 @@ def _lat(entry: dict) -> str:
     return f"{entry['median_ms']:.3f} ms (p90 {entry['p90_ms']:.3f}{within})"
 
 
-def _speedup(v: dict) -> str:
-
-    lo, hi = v["ci"]
-    verdict = "" if measurable(v["ci"], 1.0) else ", no measurable change"
-    return f"{v['ratio']:.2f}x (95% CI {lo:.2f}-{hi:.2f}{verdict})"
+def _speedup(result: dict, engine: str, batch: str, kind: str) -> str:
+    return speed_with_interval(speed(result, engine, batch, kind))
 
 
 def summary(result: dict) -> str:
@@ -258,14 +254,20 @@ def summary(result: dict) -> str:
     for engine, per_batch in (result.get("latency") or {}).items():
         if any(v.get("available") for v in per_batch.values()):
             lines.append(f"  latency {engine}: " + ", ".join(f"{b} {_lat(v)}" for b, v in per_batch.items()))
-        speed = (result.get("speedup") or {}).get(engine) or {}
-        if speed:
-            lines.append(f"    speed-up vs the {result.get('speedup_reference', 'baseline')}: " + ", ".join(
-                f"{b} {_speedup(v)}" for b, v in speed.items()))
+        for kind, against in (("speedup", "speed-up vs the baseline in the same engine"),
+                              ("deployment_gain", "deployment gain vs the baseline in PyTorch fp32")):
+            if per := (result.get(kind) or {}).get(engine):
+                lines.append(f"    {against}: " + ", ".join(f"{b} {_speedup(result, engine, b, kind)}" for b in per))
     if result.get("hardware"):
         from explorer.measure.hardware import describe
 
         lines.append(f"  hardware: {describe(result['hardware'])}")
+    if disturbed := disturbed_figures(result):
+        q = result.get("timing_quality") or {}
+        how = q.get("stopped") or f"after {q.get('retimes', 0)} re-times"
+        load = (q.get("load_average") or {}).get("before") or ["?"]
+        lines.append(f"  the machine was too busy to time cleanly (load average {load[0]}): {len(disturbed)} speed "
+                     f"figures failed their checks ({how}) and show no number: {', '.join(disturbed)}")
     for layer in result["layers"]:
         lines.append(f"    {layer['layer']:<24} {layer['shape']:<14} sparsity {layer['sparsity']:6.1%}  "
                      f"distinct {layer['distinct']:>6}  bits {layer['bits']:>2}  "

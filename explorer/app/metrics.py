@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from explorer.core import words
-from explorer.core.engines import ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CPU
+from explorer.core.engines import ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CPU, speedup_col
 from explorer.core.errors import bad_value, check_choice
 from explorer.core.stats import CONFIDENCE, from_counts, newcombe_paired, paired_counts
 
@@ -193,6 +193,11 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
                            if interval is not None else point[-1])
     col = {"size": size_col, "latency": latency_col, "top1": "top1"}[OBJECTIVES[objective][0]]
     ascending = OBJECTIVES[objective][1]
+    speed_col = speedup_of(latency_col)
+    if objective == "fastest" and speed_col in rows.columns and rows[speed_col].notna().any():
+        # fastest by the like-for-like speed-up (timed beside the baseline, checked), not by milliseconds from
+        # sessions timed apart, which drift with the machine's load
+        col, ascending = speed_col, False
     found = _meeting(rows, constraints, col)
     if isinstance(found, str):
         if aware and max_drop is not None and not (delta_lower(rows, confidence) >= -max_drop).any():
@@ -206,6 +211,9 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
     if tied > 1:
         reason += (f" ({tied} runs tie within their {pct} intervals; the tie goes to "
                    f"{'the more accurate' if col == size_col else 'the smaller'}, then the simpler recipe)")
+    if col == speed_col and not pd.to_numeric(found.get(f"{col}_lo", found[col]), errors="coerce").gt(1).any():
+        reason += (" (nothing here is measurably faster than the baseline: every speed-up's 95% interval reaches "
+                   "1x, or its timing was disturbed, so on speed these runs tie with it)")
     point_row = None
     if aware:
         alt = _meeting(rows, point, col)
@@ -214,6 +222,15 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
             if p_best.get("key", p_best.name) != best.get("key", best.name):
                 point_row = p_best
     return Pick(best, reason, point_row, confidence if aware else None)
+
+
+def speedup_of(latency_col: str) -> str | None:
+    """The like-for-like speed-up column that goes with a latency column: lat_<engine>_<batch>_ms ->
+    speedup_<engine>_<batch>."""
+    if latency_col.startswith("lat_") and latency_col.endswith("_ms"):
+        engine, _, batch = latency_col[4:-3].rpartition("_")
+        return speedup_col(engine, batch)
+    return None
 
 
 def _too_small(rows: pd.DataFrame, confidence: float, max_drop: float) -> str:
@@ -249,6 +266,8 @@ def fmt_value(col: str, v) -> str:
         return f"{v:,.0f} bytes" if v < 1024 else f"{v / 1024:,.1f} KiB" if v < 2**20 else f"{v / 2**20:,.2f} MiB"
     if col.endswith("_ms"):
         return f"{float(v):.3g} ms"
+    if col.startswith("speedup_"):
+        return f"{float(v):.2f}x"
     if col == "top1":
         return f"{float(v):.2f}%"
     return f"{float(v):,.4g}"
@@ -269,6 +288,10 @@ def describe_column(col: str) -> str:
     if col.startswith("lat_") and col.endswith("_ms"):
         engine, _, batch = col[4:-3].rpartition("_b")
         return f"latency with {ENGINE_NAMES.get(engine, engine)}, batch of {batch}"
+    if col.startswith("speedup_"):
+        engine, _, batch = col[8:].rpartition("_b")
+        return (f"speed-up with {ENGINE_NAMES.get(engine, engine)} against the baseline in the same engine, batch "
+                f"of {batch}")
     if col.endswith("_bytes"):
         return f"size of the {SIZE_NAMES.get(col, col[:-6].replace('_', ' '))}"
     return col.replace("_", " ")

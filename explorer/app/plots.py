@@ -57,8 +57,9 @@ def _accuracy_bars(part: pd.DataFrame) -> dict | None:
 
 
 def _latency_bars(part: pd.DataFrame, col: str) -> dict | None:
-    lo, hi = f"{col[:-3]}_lo_ms", f"{col[:-3]}_hi_ms"
-    if col.endswith("_ms") and {lo, hi} <= set(part.columns) and part[[lo, hi]].notna().all().all():
+    lo, hi = (f"{col[:-3]}_lo_ms", f"{col[:-3]}_hi_ms") if col.endswith("_ms") else (f"{col}_lo", f"{col}_hi")
+    if (col.endswith("_ms") or col.startswith("reltime_")) and {lo, hi} <= set(part.columns) \
+            and part[[lo, hi]].notna().all().all():
         return {"type": "data", "symmetric": False, "array": (part[hi] - part[col]).to_numpy(),
                 "arrayminus": (part[col] - part[lo]).to_numpy(), "visible": True}
     return None
@@ -264,7 +265,9 @@ def pareto(df: pd.DataFrame, cost: str, cost_title: str, current_key: str | None
     if ok.empty:
         return _layout(fig, f"Pareto front: top-1 vs {short} (no runs yet)")
     ok["front"] = pareto_front(ok, cost)
-    shown = ok[cost].map(fmt_size) if cost.endswith("_bytes") else ok[cost].map(lambda v: f"{v:.3g} ms")
+    shown = ok[cost].map(fmt_size) if cost.endswith("_bytes") else \
+        ok[cost].map(lambda v: f"{v:.2f}x the baseline's time") if cost.startswith("reltime_") else \
+        ok[cost].map(lambda v: f"{v:.3g} ms")
     hover = np.column_stack([_hover(ok), shown.to_numpy()])
     fig.add_trace(go.Scatter(x=ok[cost], y=ok["top1"], mode="markers", name="runs",
                              error_y=_accuracy_bars(ok), error_x=_latency_bars(ok, cost),

@@ -16,7 +16,7 @@ import pandas as pd
 from explorer.app import plots
 from explorer.core import words
 from explorer.core.engines import B256, ORT_CPU_INT8
-from explorer.core.stats import measurable
+from explorer.run.result import DISTURBED, speed
 
 ENGINE = ORT_CPU_INT8  # the deployment the headline's speed-up is for
 
@@ -28,12 +28,20 @@ def big_numbers(result: dict) -> list[tuple[str, str, str]]:
     size = result["size"].get("packed_bytes") or result["size"].get("file_bytes")
     out = [("smaller", f"{rf:.1f}x", f"packed file {plots.fmt_size(size)} against the "
                                      f"{plots.fmt_size(result['baseline_size']['file_bytes'])} fp32 checkpoint")]
-    sp = (result.get("speedup") or {}).get(ENGINE, {}).get(B256)
-    if sp:
-        lo, hi = sp["ci"]
-        value = f"{sp['ratio']:.1f}x" if measurable(sp["ci"], 1.0) else "no change"
-        out.append(("faster", value, f"{words.engine(ENGINE, 'b256')}, against the baseline in PyTorch; "
-                                     f"95% interval {lo:.1f}x to {hi:.1f}x"))
+    sp = speed(result, ENGINE, B256)
+    if sp.state != "pending":
+        gain = speed(result, ENGINE, B256, "deployment_gain")
+        value = {"within noise": "no change", "baseline": "1.0x", "disturbed": "disturbed"}.get(sp.state) or \
+            f"{sp.ratio if sp.state == 'faster' else 1 / sp.ratio:.1f}x"
+        what = "slower" if sp.state == "slower" else "faster"
+        under = f"{words.engine(ENGINE, 'b256')}, against the baseline's own ONNX Runtime int8 model"
+        if sp.lo is not None and sp.state != "baseline":
+            under += f"; 95% interval {sp.lo:.1f}x to {sp.hi:.1f}x"
+        if sp.state == "disturbed":
+            under += f"; {DISTURBED}: the machine was too busy to time it cleanly"
+        if gain.shown and gain.state != "baseline":
+            under += f"; against the baseline in PyTorch fp32 (deployment gain): {gain.text}"
+        out.append((what, value, under))
     vs = result.get("vs_baseline") or {}
     d = result["accuracy_delta"]
     within = vs and not vs.get("significant")

@@ -35,3 +35,21 @@ def lat_col(engine: str, batch: str, stat: str | None = None) -> str:
 def speedup_col(engine: str, batch: str, bound: str | None = None) -> str:
     """The table column of a speed-up over the baseline: speedup_<engine>_<batch>, or _lo, _hi (its interval)."""
     return f"speedup_{engine}_{batch}_{bound}" if bound else f"speedup_{engine}_{batch}"
+
+
+def gain_col(engine: str, batch: str, bound: str | None = None) -> str:
+    """The table column of a deployment gain (the run in `engine` against the baseline in PyTorch fp32):
+    gain_<engine>_<batch>, or _lo, _hi."""
+    return f"gain_{engine}_{batch}_{bound}" if bound else f"gain_{engine}_{batch}"
+
+
+def state_col(column: str) -> str:
+    """The column saying how to read a speed-up or gain column: baseline, faster, slower, within noise, disturbed."""
+    return f"{column}_state"
+
+
+def reltime_col(engine: str, batch: str, bound: str | None = None) -> str:
+    """The table column of a run's time relative to the baseline's in the same engine (1 / the speed-up; 1 is
+    the baseline, lower is faster): reltime_<engine>_<batch>, or _lo, _hi. Charts plot it: it carries the
+    like-for-like comparison, where absolute milliseconds drift with the machine's load from run to run."""
+    return f"reltime_{engine}_{batch}_{bound}" if bound else f"reltime_{engine}_{batch}"

@@ -8,35 +8,29 @@ An engine that cannot run says so ("not available" with the reason), never a 0 o
 Every engine at a batch size, and the baseline it is compared with, is timed in the same rounds: each
 round times each of them for a slice of the budget, in a rotated order. A change in the machine's load
 during the session (another process, a frequency step) then hits the baseline and the run alike, and a
-speed-up is the median of the per-round ratios, with its interval (explorer.core.stats).
+speed-up is the median of the per-round ratios, with its interval (explorer.core.stats). A round in which
+the timing did not have the CPU is dropped and replaced (explorer.measure.timing_checks). Which timers are
+timed together, and the speed-ups, are explorer.measure.speedup's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from explorer.core.engines import (
-    BATCH_SIZES,
-    ORT_CPU_FP32,
-    ORT_CPU_INT8,
-    ORT_CUDA_FP32,
-    TORCH_CPU,
-    TORCH_CUDA_BF16,
-    TORCH_CUDA_FP16,
-    TORCH_CUDA_FP32,
-    batch_key,
-)
+from explorer.core.engines import BATCH_SIZES
 from explorer.core.errors import first_line
-from explorer.core.stats import median_ci, ratio_of_medians
-from explorer.measure.hardware import hardware
+from explorer.core.stats import median_ci
+from explorer.measure.timing_checks import cpu_share, round_kept
 
 BATCHES = BATCH_SIZES  # the batch sizes every run is timed at
 ROUNDS = 10  # an even count balances who opens a round; the median's interval spans ranks 2 to 9 (98% coverage)
@@ -60,38 +54,126 @@ def _call(timer: Timer) -> float:
     return own if own is not None else 1000 * (time.perf_counter() - t)
 
 
-def interleave(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: float = 0.3, warmup: int = 3,
-               min_calls: int = 2, between_rounds: Callable[[float], None] | None = None) -> dict[str, dict]:
+# The scheduler's hook (explorer.run): every timing round runs inside `quiet_slot()`, which holds the machine
+# quiet (no other work of ours runs) for the round and gives it back after. Until a scheduler installs one,
+# a round takes no slot, and a background run still waits in `between_rounds` (its progress callback).
+QuietSlot = Callable[[], contextlib.AbstractContextManager]
+_quiet_slot: QuietSlot = contextlib.nullcontext
+
+
+def set_quiet_slot(factory: QuietSlot | None) -> None:
+    """Install the context-manager factory every timing round runs inside (None: no slot)."""
+    global _quiet_slot
+    _quiet_slot = factory or contextlib.nullcontext
+
+
+def quiet_slot() -> contextlib.AbstractContextManager:
+    return _quiet_slot()
+
+
+@dataclass
+class Session:
+    """What one interleaved timing session measured: per timer, the summary of the calls of its kept rounds
+    and their per-round medians (`round_ms`); per attempted round, the CPU share of its timed calls; the
+    rounds dropped for want of the CPU (attempt indices); the load average before and after."""
+
+    figures: dict[str, dict]
+    rounds: int  # wanted
+    kept: int
+    cpu_share: list[float] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+    load_average: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def cpu_ok(self) -> bool:
+        """Whether enough rounds had the CPU: the figures come from those rounds only."""
+        return self.kept >= self.rounds
+
+    def record(self) -> dict:
+        return {"rounds_wanted": self.rounds, "rounds_kept": self.kept, "rounds_dropped": len(self.dropped),
+                "dropped": self.dropped, "cpu_share": self.cpu_share, "cpu_ok": self.cpu_ok,
+                "load_average": self.load_average}
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # not every system has one
+        return []
+
+
+def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: float = 0.3, warmup: int = 3,
+                min_calls: int = 2, between_rounds: Callable[[float], None] | None = None, threads: int = 1,
+                unchecked: Collection[str] = (), max_extra_rounds: int | None = None) -> Session:
     """Time every timer in the same rounds: each round gives each `budget_s / rounds` seconds (at least
-    `min_calls` calls), the order rotating from round to round. Returns per timer the summary of all its
-    calls plus its per-round medians (`round_ms`), which pair up across timers for ratios.
-    `between_rounds(fraction done)` is called before each round, outside the timed calls: a background run
-    waits there while a page's own run goes, so neither times the other's work."""
+    `min_calls` calls), the order rotating from round to round, inside the quiet slot. Around each timer's
+    calls in a round the CPU time of the timing thread (the process's over `threads` where several are used)
+    is read with the wall time: a round in which any timer (but those `unchecked`, GPU timers whose host
+    thread waits) got less than MIN_CPU_SHARE of the CPU was preempted; it is dropped and another round is
+    added, at most `max_extra_rounds` times (default: half of `rounds`). `between_rounds(fraction done)` is called
+    before each round, outside the slot and the timed calls: a background run waits there while a page's
+    own run goes, so neither times the other's work."""
     names = list(timers)
     if not names:
-        return {}
+        return Session({}, rounds, rounds)
     for name in names:
         for _ in range(warmup):
             timers[name]()
+    clock = time.thread_time if threads == 1 else time.process_time
+    checked = [n for n in names if n not in set(unchecked)]
     samples: dict[str, list[float]] = {n: [] for n in names}
     per_round: dict[str, list[float]] = {n: [] for n in names}
+    every: dict[str, list[float]] = {n: [] for n in names}  # all rounds, kept or not
+    every_round: dict[str, list[float]] = {n: [] for n in names}
+    session = Session({}, rounds, 0, load_average={"before": load_average()})
+    extra = rounds // 2 if max_extra_rounds is None else max_extra_rounds
     slice_s = budget_s / rounds / 2
-    for r in range(rounds):
+    attempt = 0
+    while session.kept < rounds and attempt < rounds + extra:
         if between_rounds is not None:
-            between_rounds(r / rounds)
-        order = names[r % len(names):] + names[:r % len(names)]
+            between_rounds(session.kept / rounds)
+        order = names[attempt % len(names):] + names[:attempt % len(names)]
         in_round: dict[str, list[float]] = {n: [] for n in names}
-        # there and back (A B C C B A): a slow drift within the round, or an advantage of coming first or
-        # after another engine, falls on every timer alike
-        for name in order + order[::-1]:
-            start = time.perf_counter()
-            while len(in_round[name]) < min_calls or time.perf_counter() - start < slice_s:
-                in_round[name].append(_call(timers[name]))
+        cpu = dict.fromkeys(names, 0.0)
+        wall = dict.fromkeys(names, 0.0)
+        with quiet_slot():
+            # there and back (A B C C B A): a slow drift within the round, or an advantage of coming first or
+            # after another engine, falls on every timer alike
+            for name in order + order[::-1]:
+                c0 = clock()
+                start = time.perf_counter()
+                while len(in_round[name]) < min_calls or time.perf_counter() - start < slice_s:
+                    in_round[name].append(_call(timers[name]))
+                wall[name] += time.perf_counter() - start
+                cpu[name] += clock() - c0
+        share = min((cpu_share(cpu[n], wall[n], threads) for n in checked), default=1.0)
+        session.cpu_share.append(round(share, 4))
         for name in names:
-            samples[name] += in_round[name]
-            per_round[name].append(statistics.median(in_round[name]))
-    return {n: {"available": True, **summarise(samples[n]), "round_ms": [round(v, 5) for v in per_round[n]],
-                "rounds": rounds} for n in names}
+            every[name] += in_round[name]
+            every_round[name].append(statistics.median(in_round[name]))
+        if round_kept(share):
+            session.kept += 1
+            for name in names:
+                samples[name] += in_round[name]
+                per_round[name].append(statistics.median(in_round[name]))
+        else:
+            session.dropped.append(attempt)
+        attempt += 1
+    if not session.cpu_ok:  # too few clean rounds: the figures are of every round, and flagged by cpu_ok
+        samples, per_round = every, every_round
+    session.figures = {n: {"available": True, **summarise(samples[n]), "round_ms": [round(v, 5) for v in
+                                                                                    per_round[n]],
+                           "rounds": len(per_round[n])} for n in names}
+    session.load_average["after"] = load_average()
+    return session
+
+
+def interleave(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: float = 0.3, warmup: int = 3,
+               min_calls: int = 2, between_rounds: Callable[[float], None] | None = None) -> dict[str, dict]:
+    """The figures of `time_rounds` alone: per timer the summary of its calls plus its per-round medians
+    (`round_ms`), which pair up across timers for ratios."""
+    return time_rounds(timers, rounds=rounds, budget_s=budget_s, warmup=warmup, min_calls=min_calls,
+                       between_rounds=between_rounds).figures
 
 
 @contextlib.contextmanager
@@ -151,6 +233,7 @@ def ort_timer(path: str | None, x: np.ndarray, threads: int, provider: str = "CP
         sess.run(None, feed)
     except Exception as e:
         return unavailable(f"ONNX Runtime failed to run the model: {first_line(e)}")
+
     def run() -> None:
         sess.run(None, feed)
 
@@ -182,8 +265,10 @@ def cuda_timer(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> Timer |
     return run
 
 
-def _alone(timer: Timer | dict, budget_s: float, rounds: int = 5) -> dict:
-    return timer if isinstance(timer, dict) else interleave({"t": timer}, rounds=rounds, budget_s=budget_s)["t"]
+def _alone(timer: Timer | dict, budget_s: float, rounds: int = 5, gpu: bool = False) -> dict:
+    if isinstance(timer, dict):
+        return timer
+    return time_rounds({"t": timer}, rounds=rounds, budget_s=budget_s, unchecked=["t"] if gpu else ()).figures["t"]
 
 
 def torch_cpu(model: nn.Module, x: torch.Tensor, threads: int, budget_s: float = 0.5) -> dict:
@@ -199,63 +284,9 @@ def onnx_runtime(path: str | None, x: np.ndarray, threads: int, provider: str = 
 def torch_cuda(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, budget_s: float = 0.3) -> dict:
     """GPU eager latency timed with CUDA events, plus the peak memory of one batch."""
     timer = cuda_timer(model, x, dtype)
-    out = _alone(timer, budget_s)
+    out = _alone(timer, budget_s, gpu=True)
     if out.get("available"):
         torch.cuda.reset_peak_memory_stats()
         timer()
         out["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
     return out
-
-
-REFERENCE = "baseline, PyTorch eager fp32"
-
-
-def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, onnx_fp32: str | None = None,
-                    onnx_int8: str | None = None, onnx_reason: str | None = None, threads: int = 1,
-                    batches: tuple[int, ...] = BATCHES, budget_s: float = 0.5, gpu: bool = True,
-                    reference: nn.Module | None = None, rounds: int = ROUNDS,
-                    between_rounds: Callable[[float], None] | None = None) -> dict:
-    """Latency per engine and batch: {"engines": {engine: {"b1": stats, ...}}, "speedup": {engine: {"b1":
-    {"ratio", "ci", "rounds"}}}, "hardware": ...}. Each batch's engines and the `reference` model (the
-    baseline; `model` itself when None) are timed in the same interleaved rounds; CPU engines are compared
-    with the reference in PyTorch eager fp32 on the CPU, CUDA engines with it on the GPU; `between_rounds` as
-    in `interleave`, with the fraction over all batches."""
-    import onnxruntime as ort
-
-    reference = model if reference is None else reference
-    engines: dict[str, dict] = {}
-    speedup: dict[str, dict] = {}
-    for i, b in enumerate(batches):
-        x = torch.randn(b, *input_shape, generator=torch.Generator().manual_seed(0))
-        xn = x.numpy()
-        key = batch_key(b)
-        timers: dict[str, Timer | dict] = {
-            TORCH_CPU: torch_cpu_timer(model, x, threads),
-            ORT_CPU_FP32: ort_timer(onnx_fp32, xn, threads, reason=onnx_reason),
-            ORT_CPU_INT8: ort_timer(onnx_int8, xn, threads,
-                                              reason=onnx_reason or "no int8 model (the recipe has no int8 step)"),
-            "reference_cpu": torch_cpu_timer(reference, x, threads)}
-        if gpu:
-            timers.update({TORCH_CUDA_FP32: cuda_timer(model, x, torch.float32),
-                           TORCH_CUDA_FP16: cuda_timer(model, x, torch.float16),
-                           TORCH_CUDA_BF16: cuda_timer(model, x, torch.bfloat16)})
-            if "CUDAExecutionProvider" in ort.get_available_providers():
-                timers[ORT_CUDA_FP32] = ort_timer(onnx_fp32, xn, 1, provider="CUDAExecutionProvider",
-                                                            reason=onnx_reason)
-            else:
-                timers[ORT_CUDA_FP32] = unavailable(
-                    "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu on a CUDA machine)")
-            if not isinstance(timers[TORCH_CUDA_FP32], dict):
-                timers["reference_cuda"] = cuda_timer(reference, x, torch.float32)
-        live = {k: t for k, t in timers.items() if not isinstance(t, dict)}
-        timed = {**{k: t for k, t in timers.items() if isinstance(t, dict)},
-                 **interleave(live, rounds=rounds, budget_s=budget_s, between_rounds=None if between_rounds is None
-                              else lambda f, i=i: between_rounds((i + f) / len(batches)))}
-        for engine, r in timed.items():
-            if not engine.startswith("reference"):
-                engines.setdefault(engine, {})[key] = r
-                ref = timed.get("reference_cuda" if "cuda" in engine else "reference_cpu")
-                if r.get("available") and ref and ref.get("available"):
-                    speedup.setdefault(engine, {})[key] = ratio_of_medians(ref["round_ms"], r["round_ms"])
-    return {"engines": engines, "speedup": speedup, "threads": threads, "batches": list(batches),
-            "hardware": hardware(threads), "reference": REFERENCE}

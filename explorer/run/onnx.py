@@ -13,15 +13,13 @@ import numpy as np
 from explorer.compress.base import Deploy
 from explorer.compress.quantize import QuantizeConfig
 from explorer.compress.recipe import Recipe
-from explorer.core.engines import BATCH_SIZES, ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CPU, batch_key
-from explorer.core.stats import ratio_of_medians
+from explorer.core.engines import ORT_CPU_INT8, TORCH_CPU, batch_key
 from explorer.measure import size
 from explorer.measure.accuracy import save_predictions, uncertainty
-from explorer.measure.hardware import hardware
-from explorer.measure.latency import interleave, ort_timer, unavailable
+from explorer.measure.latency import unavailable
 from explorer.measure.onnx_export import deploy_int8, onnx_accuracy
 from explorer.models.baselines import baseline_data, read_card, versions
-from explorer.run.result import SCHEMA_VERSION, Accuracy, Latency, Onnx, OnnxModel, RunResult, Speedups
+from explorer.run.result import SCHEMA_VERSION, Accuracy, Onnx, OnnxModel, RunResult
 
 FILES = {"onnx": "model.onnx", "onnx_int8": "model.int8.onnx", "gzip": "model.onnx.gz", "zstd": "model.onnx.zst",
          "predictions": "predictions.npy"}
@@ -106,35 +104,29 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> RunResult:
         input_shape=list(data.input_shape))
 
 
-REFERENCE = "baseline, ONNX Runtime fp32 (an ONNX model has no PyTorch form)"
+def time_onnx(result: RunResult, workdir: Path, threads: int, budget_s: float,
+              between_rounds=None) -> RunResult:
+    """ONNX Runtime latency of the run's files, each timed in interleaved rounds with the baseline's ONNX model
+    in the same engine (its fp32 file; its int8 made with ONNX Runtime's default settings)."""
+    from explorer.measure.speedup import measure_latency
+    from explorer.run import timing
 
-
-def time_onnx(result: RunResult, workdir: Path, threads: int, budget_s: float) -> RunResult:
-    """ONNX Runtime latency of the run's files, timed in interleaved rounds with the baseline ONNX file."""
     t = time.perf_counter()
-    shape = tuple(result["input_shape"])
-    engines: Latency = {}
-    speedup: Speedups = {}
-    reason = result.get("unsupported_reason", "ONNX model")
-    baseline = Recipe.from_dict(result["recipe"]).checkpoint_path
+    recipe = Recipe.from_dict(result["recipe"])
+    own = not recipe.steps
+    base = {} if own else timing.baseline_onnx(recipe)
     int8 = workdir / FILES["onnx_int8"]
-    for b in BATCH_SIZES:
-        x = np.random.default_rng(0).standard_normal((b, *shape)).astype(np.float32)
-        k = batch_key(b)
-        engines.setdefault(TORCH_CPU, {})[k] = unavailable(f"no PyTorch model: {reason}")
-        timers = {ORT_CPU_FP32: ort_timer(str(workdir / FILES["onnx"]), x, threads),
-                  ORT_CPU_INT8: ort_timer(str(int8) if int8.is_file() else None, x, threads,
-                                                    reason="no int8 step in the recipe"),
-                  "reference": ort_timer(str(baseline), x, threads)}
-        timed = {**{n: r for n, r in timers.items() if isinstance(r, dict)},
-                 **interleave({n: r for n, r in timers.items() if not isinstance(r, dict)}, budget_s=budget_s)}
-        for engine in (ORT_CPU_FP32, ORT_CPU_INT8):
-            engines.setdefault(engine, {})[k] = timed[engine]
-            if timed[engine].get("available") and timed["reference"].get("available"):
-                speedup.setdefault(engine, {})[k] = ratio_of_medians(timed["reference"]["round_ms"],
-                                                                     timed[engine]["round_ms"])
-    out = RunResult(**result)
-    out.update(latency=engines, speedup=speedup, speedup_reference=REFERENCE, latency_threads=threads,
-               hardware=hardware(threads))
+    lat = measure_latency(None, tuple(result["input_shape"]), onnx_fp32=str(workdir / FILES["onnx"]),
+                          onnx_int8=str(int8) if int8.is_file() else None, threads=threads, budget_s=budget_s,
+                          gpu=False, onnx_reason=None, is_baseline=own, reference_onnx_fp32=base.get("fp32"),
+                          reference_onnx_int8=base.get("int8"), reference_reason=base.get("reason"),
+                          reference_times=timing.reference_times(recipe, threads), between_rounds=between_rounds)
+    reason = result.get("unsupported_reason", "ONNX model")
+    for b in lat["batches"]:
+        lat["engines"].setdefault(TORCH_CPU, {})[batch_key(b)] = unavailable(f"no PyTorch model: {reason}")
+        if not int8.is_file():
+            lat["engines"].setdefault(ORT_CPU_INT8, {})[batch_key(b)] = unavailable("no int8 step in the recipe")
+    timing.update_reference(recipe, threads, lat)
+    out = timing.apply(result, lat)
     out["timings"] = {**out["timings"], "latency": round(time.perf_counter() - t, 3)}
     return out

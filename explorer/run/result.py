@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Required, TypedDict
 
 import pandas as pd
 
 from explorer import SCHEMA_VERSION
-from explorer.core.engines import B1, TORCH_CPU, lat_col, speedup_col
+from explorer.core.engines import B1, TORCH_CPU, gain_col, lat_col, reltime_col, speedup_col, state_col
 from explorer.core.words import recipe_words, scheme_of
 
 # the files a run writes into its folder; the cache keeps the artifacts (packed, ONNX, predictions)
@@ -84,10 +85,16 @@ class LatencyFigure(TypedDict, total=False):
     round_ms: list[float]  # per-round medians, paired with the baseline's for the speed-up
 
 
-class Speedup(TypedDict):
-    ratio: float  # baseline time / run time, the median over interleaved rounds; above 1 the run is faster
-    ci: list[float]
+class Speedup(TypedDict, total=False):
+    """A speed-up (explorer.measure.speedup): the baseline's time over the run's, the median of per-round ratios
+    in interleaved rounds; above 1 the run is faster. Read it through `speed`, never directly: a "disturbed"
+    figure failed its checks and is never shown as a number."""
+
+    ratio: Required[float]
+    ci: Required[list[float]]
     rounds: int
+    status: Literal["measured", "disturbed", "baseline"]  # baseline: 1.0 by construction, not measured
+    against: str  # the engine the baseline ran in: the same engine (speedup) or PyTorch fp32 (deployment_gain)
 
 
 Latency = dict[str, dict[str, LatencyFigure]]  # engine -> batch key ("b1", "b256") -> figure
@@ -136,10 +143,14 @@ class RunResult(TypedDict, total=False):
     size_check: dict[str, Any] | None
     reduction_factor: dict[str, dict[str, float]]  # vs_fp32_file and same_kind, per size kind
     theoretical: dict[str, Any] | None
-    # speed, timed in interleaved rounds with the baseline
+    # speed, timed in interleaved rounds with the baseline (explorer.measure.speedup)
     latency: Latency
-    speedup: Speedups
+    speedup: Speedups  # like for like: against the baseline in the same engine and batch size
     speedup_reference: str
+    deployment_gain: Speedups  # ONNX Runtime engines against the baseline as run today, PyTorch fp32 on the CPU
+    deployment_reference: str
+    baseline_latency: Latency  # the baseline's figures from the same timing rounds as the run's
+    timing_quality: dict[str, Any]  # the timing sessions (rounds kept and dropped, CPU share, load) and every check
     latency_threads: int
     hardware: dict[str, Any]
     memory: dict[str, Any]
@@ -164,6 +175,69 @@ def failed(recipe, error: BaseException) -> RunResult:
 def to_json(result: RunResult, indent: int | None = None) -> str:
     """The JSON that is stored and printed: the result without the cache's serving tag."""
     return json.dumps({k: v for k, v in result.items() if k != "cache"}, indent=indent)
+
+
+# ---------------------------------------------------------------- how every view reads a speed-up
+
+DISTURBED = "timing disturbed: re-timing"
+
+
+@dataclass(frozen=True)
+class Speed:
+    """A speed-up (or deployment gain) as every view shows it: tiles, tables, charts, the sweet spot, the
+    sweep CSV, the report and the summary all read it here, so they agree by construction. `ratio`, `lo`
+    and `hi` are None where the figure must not be shown as a number (disturbed, or not timed yet)."""
+
+    state: str  # baseline | faster | slower | within noise | disturbed | pending
+    ratio: float | None
+    lo: float | None
+    hi: float | None
+    text: str  # "4.52x faster", "within noise", "timing disturbed: re-timing", "the baseline itself (1.00x)"
+
+    @property
+    def shown(self) -> bool:
+        return self.ratio is not None
+
+    @property
+    def measurably_faster(self) -> bool:
+        return self.state == "faster"
+
+
+def speed(result: dict, engine: str, batch: str, kind: str = "speedup") -> Speed:
+    """The run's speed-up in `engine` at `batch` against the baseline in the same engine (kind "speedup"), or
+    its deployment gain against the baseline in PyTorch fp32 (kind "deployment_gain")."""
+    v = (result.get(kind) or {}).get(engine, {}).get(batch)
+    if not v:
+        return Speed("pending", None, None, None, "timing..." if result.get("status") == "partial" else "n/a")
+    status = v.get("status")
+    if status == "baseline":
+        return Speed("baseline", 1.0, 1.0, 1.0, "the baseline itself (1.00x)")
+    if status != "measured":  # disturbed, or a figure from before the checks existed
+        return Speed("disturbed", None, None, None, DISTURBED)
+    ratio, (lo, hi) = v["ratio"], v["ci"]
+    if lo <= 1.0 <= hi:
+        return Speed("within noise", ratio, lo, hi, "within noise")
+    if ratio >= 1:
+        return Speed("faster", ratio, lo, hi, f"{ratio:.2f}x faster")
+    return Speed("slower", ratio, lo, hi, f"{1 / ratio:.2f}x slower")
+
+
+def speed_with_interval(sp: Speed) -> str:
+    """'4.52x faster (95% interval 4.31x to 4.70x)', or the state in words."""
+    if sp.state in ("baseline", "pending", "disturbed") or sp.lo is None:
+        return sp.text
+    return f"{sp.text} ({sp.ratio:.2f}x, 95% interval {sp.lo:.2f}x to {sp.hi:.2f}x)"
+
+
+def disturbed_figures(result: dict) -> list[str]:
+    """The speed figures of a run that failed their checks after every re-time."""
+    return list((result.get("timing_quality") or {}).get("disturbed") or [])
+
+
+def needs_retime(result: dict) -> bool:
+    """Whether a stored run should be timed again when the machine is quieter (runner.time_run on its stored
+    artifacts): some speed figure of it was disturbed."""
+    return result.get("status") == "ok" and bool(disturbed_figures(result))
 
 
 # ---------------------------------------------------------------- one table row per result
@@ -221,10 +295,16 @@ def flatten(result: RunResult) -> dict[str, Any]:
             row[lat_col(engine, b, "p90")] = v.get("p90_ms") if ok else None
             lo, hi = (v.get("ci_ms") or (None, None)) if ok else (None, None)
             row[lat_col(engine, b, "lo")], row[lat_col(engine, b, "hi")] = lo, hi
-    for engine, per_batch in (result.get("speedup") or {}).items():
-        for b, s in per_batch.items():
-            row[speedup_col(engine, b)] = s["ratio"]
-            row[speedup_col(engine, b, "lo")], row[speedup_col(engine, b, "hi")] = s["ci"]
+    for kind, col in (("speedup", speedup_col), ("deployment_gain", gain_col)):
+        for engine, per_batch in (result.get(kind) or {}).items():
+            for b in per_batch:
+                sp = speed(result, engine, b, kind)
+                row[col(engine, b)], row[col(engine, b, "lo")], row[col(engine, b, "hi")] = sp.ratio, sp.lo, sp.hi
+                row[state_col(col(engine, b))] = sp.state
+                if kind == "speedup":
+                    row[reltime_col(engine, b)] = None if sp.ratio is None else round(1 / sp.ratio, 4)
+                    row[reltime_col(engine, b, "lo")] = None if sp.hi is None else round(1 / sp.hi, 4)
+                    row[reltime_col(engine, b, "hi")] = None if sp.lo is None else round(1 / sp.lo, 4)
     onnx = result.get("onnx", {})
     row["onnx_int8_top1"] = (onnx.get("int8", {}).get("accuracy") or {}).get("top1")
     row["onnx_fp32_top1"] = (onnx.get("fp32", {}).get("accuracy") or {}).get("top1")

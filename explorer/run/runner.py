@@ -33,11 +33,11 @@ from explorer.core.train import Progress, evaluate
 from explorer.measure import compute, size
 from explorer.measure.accuracy import save_predictions, uncertainty
 from explorer.measure.hardware import hardware
-from explorer.measure.latency import measure_latency
 from explorer.measure.layers import layer_table
 from explorer.measure.onnx_export import ExportError, deploy_int8, export_onnx, onnx_accuracy
+from explorer.measure.speedup import measure_latency
 from explorer.models.baselines import baseline_data, card_path, load_baseline, read_card, sha256_file, versions
-from explorer.run import scheduler
+from explorer.run import scheduler, timing
 from explorer.run.onnx import prepare_onnx, time_onnx
 from explorer.run.result import FILES, SCHEMA_VERSION, Accuracy, Onnx, OnnxModel, RunResult
 
@@ -354,30 +354,33 @@ def _stages(progress: Progress | None):
 @scheduler.timing  # the whole stage holds the quiet slot: none of our other work runs beside a timing
 def time_run(result: RunResult, workdir: str | os.PathLike, *, gpu: bool = True,
              progress: Progress | None = None) -> RunResult:
-    """Latency and inference memory of the artifacts in `workdir` (one run at a time: never in parallel)."""
+    """Latency and inference memory of the artifacts in `workdir` (one run at a time: never in parallel).
+    Each engine's speed-up is against the baseline in the same engine, timed in the same rounds; the baseline's
+    own run is not compared with itself (1.0 by construction)."""
     work = Path(workdir)
     report, what = _stages(progress)("latency"), "timing latency, the baseline in the same rounds"
     report(0.0, what)
     if result.get("format") == "onnx":
-        return time_onnx(result, work, threads(), latency_budget_s())
+        return time_onnx(result, work, threads(), latency_budget_s(),
+                         between_rounds=lambda f: (scheduler.between_rounds(), report(f, what)))
     t = time.perf_counter()
     model = packing.unpack((work / FILES["packed"]).read_bytes()).model
-    # the baseline is timed in the same interleaved rounds: speed-ups are ratios measured side by side
-    reference, _ = load_baseline(Recipe.from_dict(result["recipe"]).checkpoint_path)
+    recipe = Recipe.from_dict(result["recipe"])
+    own = not recipe.steps  # the baseline's own run
+    reference = None if own else load_baseline(recipe.checkpoint_path)[0]
+    base_onnx = {} if own else timing.baseline_onnx(recipe)
     shape = tuple(result["input_shape"])
     onnx = result["onnx"]
     lat = measure_latency(
         model, shape, onnx_fp32=str(work / FILES["onnx"]) if onnx["fp32"].get("available") else None,
         onnx_int8=str(work / FILES["onnx_int8"]) if onnx["int8"].get("available") else None,
         onnx_reason=None if onnx["fp32"].get("available") else onnx["fp32"]["reason"],
-        threads=threads(), budget_s=latency_budget_s(), gpu=gpu, reference=reference,
+        threads=threads(), budget_s=latency_budget_s(), gpu=gpu, reference=reference, is_baseline=own,
+        reference_onnx_fp32=base_onnx.get("fp32"), reference_onnx_int8=base_onnx.get("int8"),
+        reference_reason=base_onnx.get("reason"), reference_times=timing.reference_times(recipe, threads()),
         between_rounds=lambda f: (scheduler.between_rounds(), report(f, what)))
-    result = RunResult(**result)
-    result["latency"] = lat["engines"]
-    result["speedup"] = lat["speedup"]
-    result["speedup_reference"] = lat["reference"]
-    result["latency_threads"] = lat["threads"]
-    result["hardware"] = lat["hardware"]
+    timing.update_reference(recipe, threads(), lat)
+    result = timing.apply(result, lat)
     result["memory"] = {**result.get("memory", {}), **compute.inference_memory(model, shape)}
     result["timings"] = {**result["timings"], "latency": round(time.perf_counter() - t, 3)}
     return result

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from explorer.core import paths, safepoint, settings
+from explorer.measure import latency
 
 
 class Priority(IntEnum):
@@ -415,3 +416,4 @@ def start_task(fn: Callable[..., Any], *args: Any, name: str) -> Future:
 
 
 safepoint.install(safe_point)  # the safe points below the run layer (scoring batches) pause by these rules
+latency.set_quiet_slot(quiet_slot)  # every timing round, wherever it starts, runs inside the quiet slot

@@ -12,9 +12,20 @@ import streamlit as st
 from explorer.app import plots
 from explorer.app.metrics import across_seeds, sweet_spot
 from explorer.app.ui.views import downloads, fmt_bytes
-from explorer.core.engines import B1, B256, ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CPU, lat_col, speedup_col
+from explorer.core.engines import (
+    B1,
+    B256,
+    ORT_CPU_FP32,
+    ORT_CPU_INT8,
+    TORCH_CPU,
+    gain_col,
+    lat_col,
+    speedup_col,
+    state_col,
+)
 from explorer.core.markup import md
 from explorer.run.grid import Grid
+from explorer.run.result import DISTURBED
 
 SIZE_COLS = {"packed .xpk": "packed_bytes", "gzip of checkpoint": "gzip_bytes", "ONNX int8": "onnx_int8_bytes",
              "checkpoint file": "file_bytes"}
@@ -80,7 +91,10 @@ READABLE = {"words": "configuration", "status": "status", "seeds": "seeds", "top
             "significant": "a real change", "sparsity": "weight sparsity (%)", "packed_bytes": "packed file (KiB)",
             "gzip_bytes": "gzip of checkpoint (KiB)", "onnx_int8_bytes": "ONNX int8 file (KiB)",
             "rf_packed": "times smaller (packed)", lat_col(ORT_CPU_INT8, B256):
-            "ONNX Runtime int8, batch of 256 (ms)", speedup_col(ORT_CPU_INT8, B256): "speed-up, int8 (x)",
+            "ONNX Runtime int8, batch of 256 (ms)",
+            speedup_col(ORT_CPU_INT8, B256): "speed-up, int8 against the baseline's int8 (x)",
+            state_col(speedup_col(ORT_CPU_INT8, B256)): "int8 speed-up reads as",
+            gain_col(ORT_CPU_INT8, B256): "deployment gain, int8 against the baseline in PyTorch (x)",
             "error": "error"}
 
 
@@ -117,6 +131,20 @@ def _with_interval(row: pd.Series | None, col: str, lo: str, hi: str, fmt) -> st
     return text
 
 
+def speed_cell(row: pd.Series | None, engine: str, batch: str) -> str:
+    """A speed-up from a results row as the tiles say it: disturbed timings as words, never as a number."""
+    if row is None:
+        return ""
+    state = row.get(state_col(speedup_col(engine, batch)))
+    if state == "disturbed":
+        return DISTURBED
+    if state == "baseline":
+        return "1.00x (the baseline itself)"
+    text = _with_interval(row, *(speedup_col(engine, batch, *b) for b in ((), ("lo",), ("hi",))),
+                          lambda v: f"{v:.2f}x")
+    return f"{text}, within noise" if text and state == "within noise" else text
+
+
 def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: dict) -> None:
     if frame.empty or not frame["status"].eq("ok").any():
         st.info("No runs yet for this baseline: move the sliders or run a sweep first.")
@@ -150,22 +178,20 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: di
     pts = lambda v: f"{v:+.2f}"  # noqa: E731
     ms = lambda v: f"{v:.3g} ms"  # noqa: E731
     lat_lo, lat_hi = (lat_col(*LATENCIES[lat_label], bound) for bound in ("lo", "hi"))
-    speed = [speedup_col(*LATENCIES[lat_label], *bound) for bound in ((), ("lo",), ("hi",))]
-    times = lambda v: f"{v:.2f}x"  # noqa: E731
     table = pd.DataFrame({
         "figure": ["top-1 (95% interval)", "change vs the baseline, points (paired 95% interval)",
                    f"size: {size_label}",
-                   f"speed-up: {lat_label} against the baseline in PyTorch fp32, timed in the same rounds (95% "
+                   f"speed-up: {lat_label} against the baseline in the same engine, timed in the same rounds (95% "
                    "interval)",
                    f"latency: {lat_label}, each run timed on its own (95% interval of the median; moves with what "
                    "else the machine ran)"],
         "baseline": [_with_interval(base, "top1", "top1_lo", "top1_hi", pct), "0",
                      fmt_bytes(base.get(size_col)) if base is not None else "",
-                     _with_interval(base, speed[0], speed[1], speed[2], times),
+                     speed_cell(base, *LATENCIES[lat_label]),
                      _with_interval(base, latency_col, lat_lo, lat_hi, ms)],
         "recommended": [_with_interval(row, "top1", "top1_lo", "top1_hi", pct),
                         _with_interval(row, "accuracy_delta", "delta_lo", "delta_hi", pts),
-                        fmt_bytes(row.get(size_col)), _with_interval(row, speed[0], speed[1], speed[2], times),
+                        fmt_bytes(row.get(size_col)), speed_cell(row, *LATENCIES[lat_label]),
                         _with_interval(row, latency_col, lat_lo, lat_hi, ms)]})
     st.dataframe(table, hide_index=True, key="ss_table", height=35 * (len(table) + 1) + 3)
     if base is None:

@@ -9,6 +9,7 @@ import streamlit as st
 
 from explorer.app import plots
 from explorer.app.metrics import across_seeds
+from explorer.app.ui.timing import busy_words, load_words, timing_rows
 from explorer.core import words
 from explorer.core.engines import (
     B1,
@@ -18,10 +19,11 @@ from explorer.core.engines import (
     TORCH_CPU,
     TORCH_CUDA_FP16,
     TORCH_CUDA_FP32,
-    lat_col,
+    reltime_col,
 )
 from explorer.core.markup import md
 from explorer.measure.hardware import describe
+from explorer.run.result import Speed, disturbed_figures, speed, speed_with_interval
 
 ENGINES_SHOWN = (TORCH_CPU, ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CUDA_FP32,
                  TORCH_CUDA_FP16)
@@ -43,16 +45,23 @@ TILES = {TORCH_CPU: "PyTorch fp32, batch 256", ORT_CPU_INT8: "ONNX Runtime int8"
 
 
 def _speedup(result: dict, engine: str, batch: str) -> tuple[str | None, str]:
-    """The metric's delta text for a speed-up and its colouring: 'off' (grey) where the interval holds 1."""
-    v = (result.get("speedup") or {}).get(engine, {}).get(batch)
-    if not v:
+    """The metric's delta text for a speed-up (against the baseline in the same engine) and its colouring:
+    'off' (grey, no arrow) where the interval holds 1, for the baseline itself, and where the timing was
+    disturbed (then no number at all)."""
+    sp = speed(result, engine, batch)
+    if sp.state == "pending":
         return None, "normal"
-    lo, hi = v["ci"]
-    # the reference is the baseline in PyTorch fp32: say so where the engine is another one
-    vs = "" if engine == TORCH_CPU else " vs PyTorch"
-    if lo <= 1.0 <= hi:
-        return f"within noise{vs}", "off"
-    return (f"{v['ratio']:.2f}x faster{vs}" if v["ratio"] >= 1 else f"{1 / v['ratio']:.2f}x slower{vs}"), "normal"
+    return sp.text, "normal" if sp.state in ("faster", "slower") else "off"
+
+
+def gain_sentence(result: dict) -> str:
+    """The deployment gain in words: this artifact in ONNX Runtime int8 against the baseline as run today."""
+    g = speed(result, ORT_CPU_INT8, B256, "deployment_gain")
+    if g.state in ("pending", "baseline"):
+        return ""
+    return (f"Deployment gain, a separate figure from the speed-up above: this model in ONNX Runtime int8 against "
+            f"the baseline as you run it today in PyTorch fp32, batch of 256, timed in the same rounds: "
+            f"{speed_with_interval(g)}. It counts the change of engine as well as the compression.")
 
 
 def accuracy_sentence(result: dict) -> str:
@@ -105,12 +114,13 @@ def headline(result: dict) -> None:
         col.metric(TILES[engine], f"{ms:.2f} ms" if ms else "timing..." if pending else "n/a",
                    text, delta_color=color, delta_arrow="off" if color == "off" else "auto",
                    help=f"{words.engine(engine, B256)}: median of interleaved timing rounds, batch of 256 images. "
-                        "The arrow is the speed-up over the baseline in PyTorch fp32, timed in the same rounds; "
-                        "'within noise' where its 95% interval holds 1. The absolute time moves with whatever else "
-                        "the machine runs; the speed-up, timed side by side, holds.")
-    sentence = accuracy_sentence(result)
-    if sentence:
-        st.caption(sentence)
+                        "The arrow is the speed-up over the baseline in the same engine, timed in the same rounds; "
+                        "'within noise' where its 95% interval holds 1; 'timing disturbed' where the timing failed "
+                        "its own checks (the machine was busy), and then no figure is shown. The absolute time "
+                        "moves with whatever else the machine runs; the speed-up, timed side by side, holds.")
+    for sentence in (accuracy_sentence(result), gain_sentence(result)):
+        if sentence:
+            st.caption(sentence)
     notes = list(dict.fromkeys(result.get("notes", [])))
     for note in notes:
         st.info(md(note))
@@ -129,7 +139,7 @@ def surprises(result: dict, notes: list[str] = ()) -> list[str]:
                    f"zeros are stored. The packed file, which skips them, is {fmt_bytes(sz['packed_bytes'])}.")
     fp32 = _lat(result, ORT_CPU_FP32, B256)
     int8 = _lat(result, ORT_CPU_INT8, B256)
-    if fp32 and int8 and int8 > fp32:
+    if fp32 and int8 and int8 > fp32 and _clearly_slower(result, ORT_CPU_INT8, ORT_CPU_FP32, B256):
         isa = result.get("hardware", {}).get("isa", [])
         why = ("this CPU has no VNNI int8 dot-product instructions" if "avx512_vnni" not in isa and
                "avx_vnni" not in isa else "at this size the quantise/dequantise steps cost more than the int8 "
@@ -145,6 +155,15 @@ def surprises(result: dict, notes: list[str] = ()) -> list[str]:
             out.append(f"Channel pruning at ratio {p['requested']:.2f} removed {params_drop:.0%} of the parameters: "
                        "each removed channel also removes the next layer's matching input weights.")
     return out
+
+
+def _clearly_slower(result: dict, slow: str, fast: str, batch: str) -> bool:
+    """Whether `slow` is slower than `fast` beyond both medians' intervals (same session's rounds)."""
+    a = (result.get("latency") or {}).get(slow, {}).get(batch, {})
+    b = (result.get("latency") or {}).get(fast, {}).get(batch, {})
+    if not (a.get("ci_ms") and b.get("ci_ms")):
+        return True
+    return a["ci_ms"][0] > b["ci_ms"][1]
 
 
 def comparison_table(result: dict, base: dict | None = None) -> pd.DataFrame:
@@ -168,15 +187,32 @@ def comparison_table(result: dict, base: dict | None = None) -> pd.DataFrame:
                        ("packed .xpk (bytes)", "packed_bytes"), ("ONNX fp32 (bytes)", "onnx_bytes"),
                        ("ONNX int8 (bytes)", "onnx_int8_bytes")):
         rows.append((label, bsz.get(key), sz.get(key)))
+    verdicts = {0: _accuracy_verdict(result)}
     for engine in ENGINES_SHOWN[:3]:
         for batch in (B1, B256):
-            rows.append((f"latency, {words.engine(engine, batch)} (median ms)",
-                         _lat(base, engine, batch) if base else None, _lat(result, engine, batch)))
+            # the baseline as timed in the same rounds as this run (what the speed-up divides), else its own run
+            in_round = (result.get("baseline_latency") or {}).get(engine, {}).get(batch, {})
+            b_ms = in_round.get("median_ms") if in_round.get("available") else _lat(base, engine, batch) if base \
+                else None
+            verdicts[len(rows)] = speed(result, engine, batch)
+            rows.append((f"latency, {words.engine(engine, batch)} (median ms)", b_ms, _lat(result, engine, batch)))
     df = pd.DataFrame(rows, columns=["figure", "baseline", "this run"])
     for col in ("baseline", "this run"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["change"] = df["this run"] - df["baseline"]
+    df["against the baseline"] = [v.text if isinstance(v, Speed) else v for v in
+                                  (verdicts.get(i, "") for i in range(len(df)))]
+    for i, v in verdicts.items():
+        if isinstance(v, Speed) and v.state in ("disturbed", "pending"):
+            df.loc[i, "change"] = float("nan")  # a disturbed timing shows no change, as its tile shows no arrow
     return df
+
+
+def _accuracy_verdict(result: dict) -> str:
+    vs = result.get("vs_baseline") or {}
+    if not vs or not result.get("recipe", {}).get("steps"):
+        return ""
+    return "a real change" if vs.get("significant") else "within noise"
 
 
 def show_table(df: pd.DataFrame, key: str) -> None:
@@ -190,7 +226,8 @@ def show_table(df: pd.DataFrame, key: str) -> None:
 
     shown = df.copy()
     for col in shown.columns[1:]:
-        shown[col] = shown[col].map(fmt)
+        if pd.api.types.is_numeric_dtype(shown[col]):
+            shown[col] = shown[col].map(fmt)
     st.dataframe(shown, hide_index=True, key=key, height=35 * (len(shown) + 1) + 3)
 
 
@@ -205,8 +242,9 @@ def curves(frame: pd.DataFrame, key: str | None) -> None:
         st.plotly_chart(plots.pareto(frame, "packed_bytes", "size of the packed file (bytes)", key,
                                      short="packed size"), key="chart_pareto_size")
     with right:
-        st.plotly_chart(plots.pareto(frame, lat_col(ORT_CPU_INT8, B256),
-                                     "latency, ONNX Runtime int8, batch of 256 (ms)", key, short="int8 latency"),
+        st.plotly_chart(plots.pareto(frame, reltime_col(ORT_CPU_INT8, B256),
+                                     "time against the baseline's, both in ONNX Runtime int8, batch of 256 (1 = the "
+                                     "baseline; lower is faster)", key, short="int8 time vs the baseline"),
                         key="chart_pareto_latency")
     kind = st.radio("Size measure for the accuracy delta x reduction factor score", ["gzip_bytes", "packed_bytes"],
                     horizontal=True, key="adrf_kind", format_func=lambda k: plots.SIZE_LABELS[k])
@@ -229,11 +267,25 @@ def size_and_latency(result: dict) -> None:
     hw = result.get("hardware") or {}
     timing = words.count(result.get("latency_threads", "?"), "thread")
     training = words.count((result.get("threads") or {}).get("compress_and_evaluate", "?"), "thread")
-    st.caption(f"Hardware: {describe(hw)}. Median of repeated runs after warm-up, {timing}; the whiskers "
-               "are the 95% interval of the median (the 90th percentile where a run has no interval). Absolute "
-               "times move with whatever else the machine runs; the speed-ups against the baseline are timed in the "
-               f"same rounds and hold. Compression and fine-tuning: {training} (EXPLORER_TRAIN_THREADS), "
-               "the same in the page, the CLI and sweeps.")
+    load = load_words(result)
+    st.caption(f"Hardware: {describe(hw)}" + (f"; {load}" if load else "") + f". Median of repeated runs after "
+               f"warm-up, {timing}; the whiskers are the 95% interval of the median (the 90th percentile where a run "
+               "has no interval). Absolute times move with whatever else the machine runs; the speed-ups against the "
+               "baseline in the same engine are timed in the same rounds and hold, and each one checks itself before "
+               f"it is shown. Compression and fine-tuning: {training} (EXPLORER_TRAIN_THREADS), the same in the page, "
+               "the CLI and sweeps.")
+    busy = busy_words(result)
+    if busy:
+        st.warning(busy)
+    checks = timing_rows(result)
+    if not checks.empty:
+        with st.expander("How each speed-up checked itself"):
+            st.dataframe(checks, hide_index=True, key="timing_checks_table")
+            st.caption("A speed-up is shown only when the median of the per-round ratios and the ratio of the medians "
+                       "agree, its 95% interval is narrow (high / low at most the bound shown), the baseline ran as "
+                       "fast as its own reference timing on this machine (within 15% or its interval), and every "
+                       "kept round had the CPU (CPU time at least 0.9 of the wall time). Rounds that lost the CPU "
+                       "are dropped and replaced; a figure that still fails is timed again, then shown as disturbed.")
     missing = [(e, v[B1]["reason"]) for e, v in (result.get("latency") or {}).items()
                if not v.get(B1, {}).get("available")]
     if not hw.get("gpu"):
@@ -290,8 +342,22 @@ DELIVERABLES = (  # file in the cache, size field, button label, what it is for
     ("model.onnx", "onnx_bytes", "ONNX, fp32",
      "The compressed model as a float ONNX graph, for ONNX Runtime or any ONNX runtime."),
     ("model.int8.onnx", "onnx_int8_bytes", "ONNX, int8",
-     "The same model quantised to int8 with ONNX Runtime (QDQ), the fastest CPU deployment measured here."),
+     "The same model quantised to int8 with ONNX Runtime (QDQ)."),
 )
+
+
+def fastest_on_cpu(result: dict, batch: str = B256) -> str | None:
+    """The CPU engine measured faster than every other at `batch` (its interval below theirs, in the same rounds,
+    with no disturbed timing), or None where none is."""
+    lat = result.get("latency") or {}
+    if disturbed_figures(result):
+        return None
+    figs = {e: lat.get(e, {}).get(batch, {}) for e in ENGINES_SHOWN[:3]}
+    figs = {e: f for e, f in figs.items() if f.get("available") and f.get("ci_ms")}
+    for e, f in figs.items():
+        if all(f["ci_ms"][1] < g["ci_ms"][0] for o, g in figs.items() if o != e):
+            return e
+    return None
 
 
 def downloads(result: dict, artifact, key: str) -> None:
@@ -301,6 +367,8 @@ def downloads(result: dict, artifact, key: str) -> None:
     sizes = result.get("size") or {}
     for col, (name, field, label, what) in zip(cols, DELIVERABLES, strict=False):
         n = sizes.get(field)
+        if name == "model.int8.onnx" and fastest_on_cpu(result) == ORT_CPU_INT8:
+            what += " It is the fastest CPU deployment measured here (batch of 256, beyond the timing's intervals)."
         col.download_button(f"{label} ({fmt_bytes(n)})", (lambda k=result["key"], f=name: artifact(k, f) or
                             b"this file no longer matches its checksum; run the configuration again"),
                             name, disabled=not n, key=f"{key}_{name}", help=what)

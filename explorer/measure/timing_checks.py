@@ -1,0 +1,92 @@
+"""Whether a timed speed-up may be shown: the checks every ratio passes before a page, a table or a report
+carries it (docs/DESIGN "Honest measurement"). Pure functions of the per-round figures a timing session
+keeps, so they are tested with planted numbers.
+
+A speed-up is the median of per-round ratios (baseline / run, both timed in the same interleaved round,
+in the same engine and batch). It is accepted only when all four hold:
+
+- agreement: the ratio of the two medians lies inside the interval of the median ratio. A few rounds in
+  which one side was slowed pull the two apart;
+- narrow: the interval's high end over its low end is at most `max_spread(batch)`: 1.3 for batches of 32
+  and more, 1.5 below, where one call takes well under a millisecond and a timer interrupt or a cache miss
+  is a larger share of it;
+- reference: the baseline's median in these rounds is within its own reference timing on this machine
+  (inside that timing's interval, or within 15% of its median). A baseline slowed for the whole session
+  (something of ours running beside it) gives narrow, agreeing ratios that are all wrong; this catches it;
+- cpu: every kept round had the CPU: CPU time over wall time of the timed calls at least 0.9 (per thread
+  used). A round below that was preempted, by our own work or another program, and is dropped and replaced
+  (a bounded number of times); a session that could not keep enough rounds fails this check.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+import numpy as np
+
+from explorer.core.stats import ratio_of_medians
+
+MIN_CPU_SHARE = 0.9  # CPU time / (wall time x threads) of a round's timed calls
+REFERENCE_TOLERANCE = 0.15  # the baseline's in-round median against its reference timing
+SPREAD_LARGE, SPREAD_SMALL, SMALL_BATCH = 1.3, 1.5, 32
+CHECKS = {"agreement": "the median of per-round ratios and the ratio of medians agree",
+          "narrow": "the 95% interval is narrow enough to mean something",
+          "reference": "the baseline's time in these rounds matches its own reference timing on this machine",
+          "cpu": "the timing had the CPU in every kept round (no other work took it)"}
+
+
+def max_spread(batch: int) -> float:
+    """The widest interval (high / low) a speed-up at this batch size may have and still be shown."""
+    return SPREAD_LARGE if batch >= SMALL_BATCH else SPREAD_SMALL
+
+
+def cpu_share(cpu_s: float, wall_s: float, threads: int = 1) -> float:
+    """The share of the wall time the timed calls spent on the CPU, per thread used (1.0: never preempted)."""
+    if wall_s <= 0:
+        return 1.0
+    return cpu_s / (wall_s * max(threads, 1))
+
+
+def round_kept(share: float) -> bool:
+    return share >= MIN_CPU_SHARE
+
+
+def reference_agrees(in_round_ms: float, reference: dict | None) -> tuple[bool | None, float | None]:
+    """(agrees, relative deviation) of the baseline's in-round median from its reference timing
+    {"median_ms", "ci_ms"}; (None, None) where there is no reference yet."""
+    if not reference or not reference.get("median_ms"):
+        return None, None
+    ref = float(reference["median_ms"])
+    dev = in_round_ms / ref - 1
+    lo, hi = reference.get("ci_ms") or (ref, ref)
+    return bool(lo <= in_round_ms <= hi or abs(dev) <= REFERENCE_TOLERANCE), round(dev, 4)
+
+
+def check_speedup(baseline_rounds: Sequence[float], run_rounds: Sequence[float], *, batch: int,
+                  reference: dict | None = None, cpu_ok: bool = True) -> dict:
+    """A speed-up and its checks from the per-round medians of the baseline and the run (kept rounds only).
+    `reference`: the baseline's own reference timing in this engine and batch ({"median_ms", "ci_ms"}), or
+    None where there is none yet (the check is then skipped, and said so); `cpu_ok`: whether the session
+    kept enough rounds that had the CPU. Returns the ratio, its interval and round count, the figures each
+    check used, `checks` (name -> True, False, or None where it could not be made), `failed` (names) and
+    `accepted`."""
+    base, run = np.asarray(baseline_rounds, float), np.asarray(run_rounds, float)
+    sp = ratio_of_medians(base, run)
+    lo, hi = sp["ci"]
+    rom = statistics.median(base) / statistics.median(run)
+    spread = hi / lo if lo > 0 else float("inf")
+    in_round = float(statistics.median(base))
+    ref_ok, dev = reference_agrees(in_round, reference)
+    checks = {"agreement": bool(lo <= rom <= hi), "narrow": bool(spread <= max_spread(batch)), "reference": ref_ok,
+              "cpu": bool(cpu_ok)}
+    failed = [k for k, v in checks.items() if v is False]
+    return {**sp, "ratio_of_medians": round(rom, 4), "spread": round(spread, 4), "max_spread": max_spread(batch),
+            "baseline_in_round_ms": round(in_round, 5),
+            "baseline_reference_ms": None if not reference else reference.get("median_ms"),
+            "reference_deviation": dev, "checks": checks, "failed": failed, "accepted": not failed}
+
+
+def disturbed_words(failed: Sequence[str]) -> str:
+    """The failed checks in plain words, for a tooltip or a table cell."""
+    return "; ".join(f"not met: {CHECKS[f]}" for f in failed if f in CHECKS)

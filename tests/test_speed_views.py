@@ -1,0 +1,149 @@
+"""One run read through every view gives the same speed-up (issue 22): the tile, the comparison table, the
+sweet spot, the sweep CSV, the report and the one-page summary all read run.result.speed. A disturbed timing
+shows no number anywhere, and the baseline is 1.0 by construction."""
+
+import io
+import math
+
+import pandas as pd
+import pytest
+
+from explorer.app import report, summary
+from explorer.app.metrics import sweet_spot
+from explorer.app.ui import panels, views
+from explorer.app.ui.timing import busy_words, timing_rows
+from explorer.core.engines import B256, ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CPU, lat_col, speedup_col
+from explorer.run.result import DISTURBED, results_frame, speed
+
+LAT = {"available": True, "median_ms": 10.0, "p90_ms": 11.0, "ci_ms": [9.8, 10.2], "runs": 40,
+       "round_ms": [10.0] * 10}
+
+
+def _lat(ms: float) -> dict:
+    return {**LAT, "median_ms": ms, "p90_ms": ms * 1.1, "ci_ms": [ms * 0.98, ms * 1.02]}
+
+
+def _result(key: str, steps: list, speedups: dict, gain: dict | None = None, disturbed=()) -> dict:
+    base_ms = {TORCH_CPU: 10.0, ORT_CPU_FP32: 4.0, ORT_CPU_INT8: 2.0}
+    run_ms = {e: base_ms[e] / (speedups[e]["ratio"] if speedups[e].get("ratio") else 1) for e in base_ms}
+    return {
+        "schema": 5, "status": "ok", "key": key, "label": key, "model": "digits_cnn", "dataset": "digits",
+        "recipe": {"model": "digits_cnn", "dataset": "digits", "seed": 0, "steps": steps}, "test_samples": 359,
+        "accuracy": {"top1": 98.0, "top3": 99.5, "top5": 99.9},
+        "baseline_accuracy": {"top1": 98.3, "top3": 99.6, "top5": 100.0},
+        "accuracy_delta": -0.3, "accuracy_ci": {"top1": [96.0, 99.0]},
+        "vs_baseline": {"both_right": 350, "baseline_only": 3, "run_only": 2, "both_wrong": 4,
+                        "delta_ci": [-1.5, 0.9], "p_value": 1.0, "significant": False},
+        "sparsity": 0.5 if steps else 0.0, "params": 100, "baseline_params": 100, "nonzero_params": 50, "macs": 1000,
+        "size": {"file_bytes": 400, "gzip_bytes": 300, "zstd_bytes": 290, "packed_bytes": 200, "onnx_bytes": 400,
+                 "onnx_int8_bytes": 120},
+        "baseline_size": {"file_bytes": 400},
+        "reduction_factor": {"vs_fp32_file": {"packed_bytes": 2.0, "gzip_bytes": 1.33}, "same_kind": {}},
+        "onnx": {"fp32": {"available": True}, "int8": {"available": True}},
+        "latency": {e: {B256: _lat(ms)} for e, ms in run_ms.items()},
+        "baseline_latency": {e: {B256: _lat(ms)} for e, ms in base_ms.items()},
+        "speedup": {e: {B256: v} for e, v in speedups.items()},
+        "deployment_gain": {e: {B256: v} for e, v in (gain or {}).items()},
+        "timing_quality": {"disturbed": list(disturbed), "retimes": 2 if disturbed else 0, "sessions": [],
+                           "figures": {}, "load_average": {"before": [3.5, 2, 1], "after": [3.9, 2, 1]}},
+        "hardware": {"cpu": "test CPU", "logical_cores": 2}, "latency_threads": 1, "layers": [], "notes": []}
+
+
+def measured(ratio, lo, hi):
+    return {"ratio": ratio, "ci": [lo, hi], "rounds": 10, "status": "measured"}
+
+
+BASELINE = {"ratio": 1.0, "ci": [1.0, 1.0], "rounds": 0, "status": "baseline"}
+BASE = _result("base", [], {e: BASELINE for e in (TORCH_CPU, ORT_CPU_FP32, ORT_CPU_INT8)},
+               gain={ORT_CPU_INT8: measured(5.0, 4.8, 5.2)})
+STEPS = [{"kind": "prune", "sparsity": 0.5, "granularity": "unstructured", "finetune_epochs": 2}]
+RUN = _result("run", STEPS, {TORCH_CPU: measured(1.01, 0.97, 1.04), ORT_CPU_FP32: measured(1.0, 0.98, 1.03),
+                             ORT_CPU_INT8: measured(3.21, 3.1, 3.3)}, gain={ORT_CPU_INT8: measured(16.1, 15.5, 16.6)})
+
+
+def _csv_row(frame: pd.DataFrame, key: str) -> pd.Series:
+    back = pd.read_csv(io.StringIO(frame.to_csv(index=False)))
+    return back[back["key"] == key].iloc[0]
+
+
+def test_one_run_shows_the_same_speedup_in_every_view():
+    frame = results_frame([BASE, RUN])
+    sp = speed(RUN, ORT_CPU_INT8, B256)
+    assert (sp.state, sp.ratio, sp.text) == ("faster", 3.21, "3.21x faster")
+    # the tile
+    assert views._speedup(RUN, ORT_CPU_INT8, B256) == ("3.21x faster", "normal")
+    # the comparison table: the same words, the baseline from the same rounds, and the change agreeing in sign
+    table = views.comparison_table(RUN, BASE).set_index("figure")
+    row = table.loc["latency, ONNX Runtime, int8, batch of 256 (median ms)"]
+    assert row["against the baseline"] == "3.21x faster" and row["baseline"] == 2.0 and row["change"] < 0
+    assert table.loc["latency, PyTorch on the CPU, fp32, batch of 256 (median ms)", "against the baseline"] == \
+        "within noise"
+    # the sweet spot, picking by the like-for-like speed-up
+    pick = sweet_spot(frame, objective="fastest", latency_col=lat_col(ORT_CPU_INT8, B256))
+    assert pick.row["key"] == "run" and pick.row[speedup_col(ORT_CPU_INT8, B256)] == 3.21
+    assert panels.speed_cell(pick.row, ORT_CPU_INT8, B256) == "3.21x (3.10x to 3.30x)"
+    assert "nothing here is measurably faster" not in pick.reason
+    # the sweep CSV
+    assert _csv_row(frame, "run")[speedup_col(ORT_CPU_INT8, B256)] == 3.21
+    # the report
+    html = report.render(frame)
+    assert "3.21" in html[html.index("<h2>All runs</h2>"):]
+    # the one-page summary (one decimal)
+    what, value, under = summary.big_numbers(RUN)[1]
+    assert (what, value) == ("faster", "3.2x") and "baseline's own ONNX Runtime int8" in under
+    assert "16.10x faster" in under  # the deployment gain, separately labelled
+    assert "16.1" not in views._speedup(RUN, ORT_CPU_INT8, B256)[0]  # never the tile's arrow
+
+
+def test_the_baseline_row_is_exactly_one_everywhere():
+    frame = results_frame([BASE, RUN])
+    base_row = frame[frame["key"] == "base"].iloc[0]
+    assert base_row[speedup_col(ORT_CPU_INT8, B256)] == 1.0
+    assert _csv_row(frame, "base")[speedup_col(ORT_CPU_INT8, B256)] == 1.0
+    assert panels.speed_cell(base_row, ORT_CPU_INT8, B256) == "1.00x (the baseline itself)"
+    assert views._speedup(BASE, ORT_CPU_INT8, B256) == ("the baseline itself (1.00x)", "off")
+    assert summary.big_numbers(BASE)[1][1] == "1.0x"
+
+
+def test_a_disturbed_timing_shows_no_number_in_any_view():
+    bad = {"ratio": 43.85, "ci": [4.35, 183.76], "rounds": 10, "status": "disturbed"}
+    run = _result("noisy", STEPS, {TORCH_CPU: measured(1.0, 0.9, 1.1), ORT_CPU_FP32: measured(1.0, 0.95, 1.05),
+                                   ORT_CPU_INT8: bad}, disturbed=["speed-up onnxruntime_cpu_int8 b256"])
+    frame = results_frame([BASE, run])
+    assert views._speedup(run, ORT_CPU_INT8, B256) == (DISTURBED, "off")
+    row = views.comparison_table(run, BASE).set_index("figure").loc[
+        "latency, ONNX Runtime, int8, batch of 256 (median ms)"]
+    assert row["against the baseline"] == DISTURBED and math.isnan(row["change"])
+    r = frame[frame["key"] == "noisy"].iloc[0]
+    assert pd.isna(r[speedup_col(ORT_CPU_INT8, B256)]) and panels.speed_cell(r, ORT_CPU_INT8, B256) == DISTURBED
+    assert pd.isna(_csv_row(frame, "noisy")[speedup_col(ORT_CPU_INT8, B256)])
+    html = report.render(frame)
+    table = html[html.index("<h2>All runs</h2>"):]  # (plotly.js, embedded above, holds every digit pattern)
+    assert "43.8" not in table and "183" not in table and "disturbed" in table
+    assert summary.big_numbers(run)[1][1] == "disturbed"
+    assert "too busy" in busy_words(run) and "3.50" in busy_words(run)
+    assert views.fastest_on_cpu(run) is None
+
+
+def test_fastest_says_when_nothing_is_measurably_faster():
+    flat = _result("flat", STEPS, {e: measured(1.02, 0.95, 1.1) for e in (TORCH_CPU, ORT_CPU_FP32, ORT_CPU_INT8)})
+    pick = sweet_spot(results_frame([BASE, flat]), objective="fastest", latency_col=lat_col(ORT_CPU_INT8, B256))
+    assert "nothing here is measurably faster than the baseline" in pick.reason
+
+
+def test_the_int8_download_is_called_fastest_only_when_measured_fastest():
+    assert views.fastest_on_cpu(RUN) == ORT_CPU_INT8  # 0.62 ms beside 4 and 9.9 ms, intervals apart
+    slow_int8 = {**RUN, "latency": {**RUN["latency"], ORT_CPU_INT8: {B256: _lat(30.0)}}}
+    assert views.fastest_on_cpu(slow_int8) == ORT_CPU_FP32
+
+
+def test_the_timing_checks_table_reads_in_words():
+    check = {"ratio": 3.21, "ci": [3.1, 3.3], "rounds": 10, "ratio_of_medians": 3.2, "spread": 1.06,
+             "max_spread": 1.3, "reference_deviation": 0.04, "failed": [], "accepted": True, "session": 0}
+    run = {**RUN, "timing_quality": {**RUN["timing_quality"], "figures": {"speedup": {ORT_CPU_INT8: {B256: check}}},
+                                     "sessions": [{"rounds_kept": 10, "rounds_dropped": 2, "dropped": [3, 7],
+                                                   "cpu_share": [0.99] * 3 + [0.5] + [0.98] * 3 + [0.6] + [0.97] * 4}]}}
+    (row,) = timing_rows(run).to_dict("records")
+    assert row["shown as"] == "3.21x faster" and row["rounds dropped (no CPU)"] == 2
+    assert row["lowest CPU share in a kept round"] == pytest.approx(0.97) and row["checks failed"] == "none"
+    assert row["baseline vs its reference time"] == "+4%"
