@@ -35,6 +35,27 @@ def test_a_killed_worker_fails_its_run_only_and_the_sweep_goes_on():
     assert all(out[k]["status"] == "ok" for k in "abc")
 
 
+def test_a_sweep_times_its_runs_in_the_cache_scratch_space_not_in_the_cache_root(tmp_path, monkeypatch):
+    from explorer.run import executor
+
+    cache = RunCache(tmp_path / "cache")
+    seen = {}
+
+    def killed(res, work):  # the parent killed while it times the run: where would its files be left?
+        seen["work"] = Path(work)
+        seen["files"] = sorted(p.name for p in Path(work).iterdir())
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(runner, "time_run", killed)
+    key = "0123456789abcdef0123"
+    out = executor.finish(cache, key, Recipe(model="digits_cnn"),
+                          {"result": {"status": "ok"}, "files": {"model.xpk": b"x"}}, latency=True)
+    assert out["status"] == "failed" and seen["files"] == ["model.xpk"]
+    assert (tmp_path / "cache" / ".scratch") in seen["work"].parents
+    assert not [p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith((".scratch", ".locks"))
+                and p.name != ".explorer-cache"]
+
+
 def test_exception_in_finetuning_is_recorded_and_not_cached(tmp_path, monkeypatch):
     from explorer.compress.prune import PruneConfig
 

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -139,9 +136,8 @@ def finish(cache, key: str, recipe: Recipe, out: dict, latency: bool,
     res = out["result"]
     if res.get("status") != "ok":
         return res
-    # named like the cache's own scratch folders, so a killed sweep's leftovers are cleaned up by it
-    work = Path(tempfile.mkdtemp(prefix=f".work-{key}-{os.getpid()}-", dir=cache.root))
-    try:
+    # in the cache's scratch space: a killed sweep's leftovers are removed by the next start or verify --fix
+    with cache.workspace("work", key) as work:
         for name, data in out["files"].items():
             (work / name).write_bytes(data)
         try:
@@ -150,5 +146,3 @@ def finish(cache, key: str, recipe: Recipe, out: dict, latency: bool,
             return {**cache.commit(key, work, res), "cache": {"hit": False, "key": key}}
         except Exception as e:  # one failed row, not a stopped sweep
             return failed(recipe, e)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
