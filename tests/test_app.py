@@ -180,7 +180,7 @@ def test_sweep_panel_runs_a_sweep_from_the_page(cache, monkeypatch):
     settle(at.run())
     settle(at.button(key="sweep_run").click().run(timeout=600))
     assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
-    df = at.session_state["sweep_frame"]
+    df = at.session_state["sweep_frames"]["digits_cnn-digits"]
     assert len(df) == 4 and (df["status"] == "ok").all()
     assert {r["label"] for r in df.to_dict("records")} == {"baseline", "W4 ptq", "prune 25% unstructured",
                                                            "prune 25% unstructured -> W4 ptq"}
@@ -537,3 +537,51 @@ def test_a_file_name_stored_by_one_visitor_is_text_in_another_visitors_error(cac
     errors = [e.value for e in at.error]
     assert any(f"a model named 'shared' already exists (digits_cnn from {evil}" in unmd(e) for e in errors), errors
     assert not any(re.search(r"<(img|a)\b", _rendered(e)) for e in errors), errors
+
+
+def _other_model() -> str:
+    names = [c["name"] for c in list_baselines()]
+    return next(n for n in ("lenet5-fashion-mnist", "vgg13-digits", *names) if n in names and n != "digits_cnn-digits")
+
+
+def _sweep_shown(at) -> bool:
+    return any("configuration" in d.value.columns and "status" in d.value.columns for d in at.dataframe)
+
+
+def test_each_model_keeps_its_own_sweep_and_settings_across_a_switch(cache, monkeypatch):
+    monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
+    at = _app(sparsity="0.25", prune_epochs="0")
+    for key, value in (("sweep_sparsity", [0.0]), ("sweep_bits", [32]), ("sweep_clusters", [0])):
+        at.multiselect(key=key).set_value(value)
+    at.number_input(key="sweep_epochs").set_value(0)
+    settle(at.run())
+    settle(at.button(key="sweep_run").click().run(timeout=600))
+    assert not at.exception and _sweep_shown(at)
+    other = _other_model()
+    at.selectbox(key="baseline").set_value(other).run()  # not settled: the other model's run is not awaited
+    assert not at.exception
+    # another model's sweep is never shown (nor offered as its CSV) under this model's header
+    assert not _sweep_shown(at)
+    assert not any(b.proto.label == "Download results CSV" for b in at.get("download_button"))
+    # the model opens on its own (default) settings, and the page says the previous ones were not carried over
+    assert at.session_state["sparsity"] == state.DEFAULTS["sparsity"]
+    assert at.session_state["prune_epochs"] == state.DEFAULTS["prune_epochs"]
+    said = " ".join(unmd(i.value) for i in at.sidebar.info)
+    assert f"{other} opens on its default settings" in said and "digits_cnn-digits" in said
+    settle(at.selectbox(key="baseline").set_value("digits_cnn-digits").run())  # back: its settings and sweep return
+    assert at.session_state["sparsity"] == 0.25 and at.session_state["prune_epochs"] == 0
+    assert _sweep_shown(at)
+    assert "the compression settings you last used with it" in " ".join(unmd(i.value) for i in at.sidebar.info)
+
+
+def test_the_layers_tab_says_it_is_computing_instead_of_staying_blank(fresh_cache):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    for k, v in {"baseline": "digits_cnn-digits", "sparsity": "0.35", "prune_epochs": "0"}.items():
+        at.query_params[k] = v
+    at.run()  # the first render: the run is queued, not complete
+    layers = at.tabs[3]
+    if any(i.value.startswith("Computing") for i in at.info):  # (a run this fast may be complete already)
+        said = [i.value for i in layers.info]
+        assert said and said[0].startswith("Computing this configuration"), said
+    settle(at)
+    assert not at.exception and any("chart_layers" in c.proto.id for c in at.tabs[3].get("plotly_chart"))

@@ -52,10 +52,19 @@ def apply_pending() -> None:
 def sidebar(cards: dict[str, dict], default: str) -> dict[str, Any]:
     baselines = list(cards)
     _init_from_query(baselines, default)
+    switched = state.switch_model(st.session_state, st.session_state["baseline"])
+    if switched:
+        st.session_state["_switched"] = (st.session_state["baseline"], *switched)
     apply_pending()
     sb = st.sidebar
     sb.header("Configuration")
     sb.selectbox("Baseline model", baselines, key="baseline")
+    told = st.session_state.get("_switched")
+    if told and told[0] == st.session_state["baseline"]:
+        new, old, restored = told
+        sb.info(f"{md(new)} opens on " + ("the compression settings you last used with it" if restored else
+                "its default settings: no compression setting is carried over") + f" ({md(old)}'s settings are "
+                "kept for when you return to it).")
     now = {k: st.session_state[k] for k in state.DEFAULTS}
     card = cards[now["baseline"]]
     on = state.relevant(now, card)

@@ -81,6 +81,11 @@ def main() -> None:
     st.caption(f"{md(card['architecture'])} on {md(card['dataset'])}: {card['params']:,} parameters, baseline top-1 "
                f"{card['accuracy']['top1']:.2f}% on {words.count(card.get('test_samples', '?'), 'test image')}.")
 
+    if st.session_state.get("_drawn_model") != c["baseline"]:
+        # a model just opened: this element takes the place of the previous model's views, which go at once
+        # instead of staying greyed under the new model's header until this run redraws them
+        st.empty()
+        st.session_state["_drawn_model"] = c["baseline"]
     recipe, job, base_job, error = None, None, None, None
     try:
         recipe = state.to_recipe(c, card)
@@ -131,6 +136,11 @@ def main() -> None:
                 with st.spinner("Evaluating the test split once per layer..."):
                     sens = service.sensitivity(result, compute=True)
             views.layers(result, sens)
+        elif computing:
+            st.info(f"{LIVE} this configuration: its per-layer figures appear here when its run is complete."
+                    + (" Meanwhile, the baseline's layers:" if base_result else ""))
+            if base_result:
+                views.layers(base_result, None)
     with tabs[4]:
         if result:
             views.forgets_view(service.forgets(result, base_result) if base_result else None, result)

@@ -59,19 +59,18 @@ def sweep_panel(card: dict, backend) -> None:
         bar = st.progress(0.0, text="starting the sweep")
 
         def progress(done, total, eta):
-            left = "" if eta is None else f", about {eta:.0f} s left"
-            bar.progress(done / max(total, 1), text=f"{done}/{total} runs{left}")
+            bar.progress(done / max(total, 1), text=sweep_progress_words(done, total, eta))
 
         try:
             t0 = time.perf_counter()
             df = backend.sweep(card, sparsity=sparsity, bits=bits, clusters=clusters, epochs=int(epochs),
                                granularity=granularity, bn_adapt=bn_adapt, repeats=int(repeats), progress=progress)
-            st.session_state["sweep_frame"] = df
+            sweeps()[card["name"]] = df  # this model's: another model's tab never shows it
             st.session_state["_sweep_done"] = {"runs": len(df), "seconds": time.perf_counter() - t0}
             st.rerun()  # the curves, Pareto fronts and sweet spot above were drawn before the sweep: redraw them
         except ValueError as e:
             st.error(md(e))
-    df = st.session_state.get("sweep_frame")
+    df = sweeps().get(card["name"])
     if df is not None and not df.empty:
         shown = df
         if "seed" in df.columns and df["seed"].nunique() > 1:
@@ -81,6 +80,20 @@ def sweep_panel(card: dict, backend) -> None:
         st.dataframe(readable(shown), hide_index=True, key="sweep_table", width="stretch")
         st.download_button("Download results CSV", df.to_csv(index=False).encode(), "results.csv", "text/csv",
                            key="sweep_csv")
+
+
+def sweeps() -> dict:
+    """The finished sweep of each model this page ran one for, by model name."""
+    return st.session_state.setdefault("sweep_frames", {})
+
+
+def sweep_progress_words(done: int, total: int, eta: float | None) -> str:
+    """The progress bar's text; once every run is measured, the phase still to come (the workers close and the
+    table is read back), so a full bar never sits on 'about 0 s left'."""
+    if total and done >= total:
+        return f"all {total} runs measured; closing the workers and building the results table"
+    left = "" if eta is None else f", about {eta:.0f} s left"
+    return f"{done}/{total} runs{left}"
 
 
 CONFIDENCES = {"95%": 0.95, "90%": 0.90, "99%": 0.99, "point estimates only": None}

@@ -77,3 +77,23 @@ def to_query(controls: dict[str, Any], card: dict | None = None) -> dict[str, st
 def to_recipe(c: dict[str, Any], card: dict) -> Recipe:
     """The recipe the controls stand for (explorer.run.controls.build, the one builder)."""
     return build(c, card)
+
+
+COMPRESSION = tuple(k for k in DEFAULTS if k != "baseline")  # the settings each model keeps for itself
+
+
+def switch_model(session: dict, model: str) -> tuple[str, bool] | None:
+    """Each model keeps its own compression settings: on a switch, the settings of the model left are kept for
+    it, and the model opened gets the settings it had in this session, else the defaults. Returns the model left
+    and whether the opened one got its own earlier settings back (None where the model did not change).
+    `session` is the page's session state, changed before the sidebar's widgets are drawn."""
+    old = session.get("_model")
+    session["_model"] = model
+    if old is None or old == model:
+        return None
+    kept = session.setdefault("_settings_of", {})
+    kept[old] = {k: session[k] for k in COMPRESSION if k in session}
+    mine = kept.get(model)
+    for k in COMPRESSION:
+        session[k] = (mine or DEFAULTS).get(k, DEFAULTS[k])
+    return old, bool(mine)
