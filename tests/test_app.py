@@ -585,3 +585,14 @@ def test_the_layers_tab_says_it_is_computing_instead_of_staying_blank(fresh_cach
         assert said and said[0].startswith("Computing this configuration"), said
     settle(at)
     assert not at.exception and any("chart_layers" in c.proto.id for c in at.tabs[3].get("plotly_chart"))
+
+
+def test_downloads_hand_over_their_bytes_as_the_page_is_drawn(cache):
+    """A file made only when its button is pressed can be gone by then (the server log said `Deferred file ...
+    not found` and the button did nothing): the summaries and the model files are there as the page is drawn."""
+    at = _app()
+    buttons = {b.proto.label: b.proto for b in at.get("download_button")}
+    summaries = [p for label, p in buttons.items() if label.startswith("One-page summary")]
+    assert len(summaries) == 2
+    for p in [*summaries, *(p for label, p in buttons.items() if label.startswith(("Packed .xpk", "ONNX")))]:
+        assert not p.HasField("deferred_file_id") and p.url, p.label

@@ -23,7 +23,7 @@ def test_the_big_numbers_say_what_a_stakeholder_asks():
     assert acc[1] == "-0.84 pts" and "within noise" in acc[2] and "-2.98 to +1.15" in acc[2]
     flat = {"ratio": 1.02, "ci": [0.9, 1.1], "status": "measured"}
     slow = {**RESULT, "speedup": {"onnxruntime_cpu_int8": {"b256": flat}}}
-    assert summary.big_numbers(slow)[1][1] == "no change"
+    assert summary.big_numbers(slow)[1][:2] == ("speed-up", "within noise")  # not "no change / faster"
 
 
 def test_png_and_html_are_one_page_each():
@@ -32,3 +32,48 @@ def test_png_and_html_are_one_page_each():
     page = summary.page(RESULT, FRAME, "digits_cnn-digits")
     assert page.startswith("<!doctype html>") and "3.3x" in page and "7.6x" in page and "plotly" in page
     assert "prune 70% of the single weights" in page
+
+
+LONG = {**RESULT, "recipe": {"model": "digits_cnn", "steps": [
+    {"kind": "prune", "sparsity": 0.7, "granularity": "block", "schedule": "gradual", "finetune_epochs": 12},
+    {"kind": "cluster", "clusters": 16, "finetune": True},
+    {"kind": "quantize", "bits": 4, "mode": "qat", "per_channel": True, "symmetric": False, "qat_epochs": 5}]}}
+FAMILIES = pd.DataFrame([
+    {"status": "ok", "key": f"k{i}", "label": f"run {i}", "sparsity_requested": sp, "top1": top1, "accuracy_delta":
+     top1 - 98.33, "scheme": "fp32 (no quantisation)", "clusters": k, "packed_bytes": 40_000}
+    for i, (sp, k, top1) in enumerate([(0.0, 0, 98.3), (0.5, 0, 98.0), (0.9, 0, 96.0), (0.5, 16, 66.0),
+                                       (0.9, 16, 60.0)])])
+
+
+def test_every_text_of_the_png_lies_inside_the_canvas_even_with_a_long_title():
+    fig = summary.figure(LONG, FAMILIES, "a-long-model-name-of-someone-s-own-$price$-" * 2)
+    fig.canvas.draw()  # as savefig does: axis labels take their places
+    renderer = fig.canvas.get_renderer()
+    # everything drawn (matplotlib's own measure, the one bbox_inches="tight" uses), in inches
+    drawn = fig.get_tightbbox(renderer)
+    assert drawn.x0 >= -0.01 and drawn.y0 >= -0.01 and drawn.x1 <= 16.01 and drawn.y1 <= 9.01, drawn
+    title = next(t for t in fig.texts if "a-long-model-name" in t.get_text())
+    box = title.get_window_extent(renderer)
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1, box
+    assert "$price$" in title.get_text().replace("\\$", "$")  # a dollar sign is text, not mathematical notation
+
+
+def test_the_png_draws_one_line_per_configuration_family():
+    fig = summary.figure(RESULT, FAMILIES, "digits_cnn-digits")
+    curve = next(ax for ax in fig.axes if ax.get_title(loc="left") == "Sparsity vs accuracy")
+    lines = {c.get_label(): c.lines[0].get_xdata().tolist() for c in curve.containers}
+    # clustered and unclustered runs are never joined into one line (a fake cliff under the star)
+    assert lines == {"fp32 (no quantisation)": [0.0, 0.5, 0.9],
+                     "fp32 (no quantisation), 16 shared values per layer": [0.5, 0.9]}, lines
+
+
+def test_the_html_curve_leaves_room_for_its_tick_labels_and_axis_titles():
+    import json
+    import re
+
+    page = summary.page(RESULT, FAMILIES, "digits_cnn-digits")
+    layout = json.loads(re.search(r'Plotly\.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*(\{.*?\}),\s*\{"responsive"',
+                                  page, re.S).group(2))
+    assert layout["yaxis"]["automargin"] and layout["xaxis"]["automargin"]
+    assert layout["margin"]["l"] >= 60 and layout["yaxis"]["title"]["standoff"] > 0
+    assert "the baseline&#x27;s fp32 checkpoint file (digits_cnn-digits.safetensors)" in page

@@ -142,6 +142,21 @@ def _hover(df: pd.DataFrame) -> np.ndarray:
     return np.stack([df.get("label", words).to_numpy(), words.to_numpy(), packed.to_numpy()], axis=1)
 
 
+def families(ok: pd.DataFrame, by: str = "scheme"):
+    """(name, rows sorted by sparsity) for each configuration family a curve joins: the same quantisation scheme
+    and the same clustering, so a clustered run and an unclustered one are never joined into a fake cliff."""
+    group = by if by in ok.columns else ("bits" if "bits" in ok.columns else "technique")
+    clusters = ok["clusters"] if "clusters" in ok.columns else pd.Series(0, index=ok.index)
+    for (gval, k), part in ok.groupby([ok[group], clusters.fillna(0)], dropna=False):
+        name = str(gval)
+        if group == "bits":  # tables written before schemes were named: the bit count alone
+            bits = int(gval) if isinstance(gval, float) and gval.is_integer() else gval
+            name = {16: "fp16", 32: "fp32"}.get(bits, f"{bits}-bit")
+        if k and not pd.isna(k):
+            name += f", {int(k)} shared values per layer"
+        yield name, part.sort_values("sparsity_requested")
+
+
 def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str = "scheme") -> go.Figure:
     """Top-1 against requested sparsity, one line per quantisation scheme (and cluster count), the current
     run marked (seed 004: "plot a sparsity vs accuracy curve to visualise and determine the sweet spot")."""
@@ -149,15 +164,7 @@ def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str 
     fig = go.Figure()
     if ok.empty:
         return _layout(fig, "Sparsity vs accuracy (no runs yet)")
-    group = by if by in ok.columns else ("bits" if "bits" in ok.columns else "technique")
-    for (gval, clusters), part in ok.groupby([group, "clusters"], dropna=False):
-        part = part.sort_values("sparsity_requested")
-        name = str(gval)
-        if group == "bits":  # tables written before schemes were named: the bit count alone
-            bits = int(gval) if isinstance(gval, float) and gval.is_integer() else gval
-            name = {16: "fp16", 32: "fp32"}.get(bits, f"{bits}-bit")
-        if clusters and not pd.isna(clusters):
-            name += f", {int(clusters)} shared values per layer"
+    for name, part in families(ok, by):
         fig.add_trace(go.Scatter(
             x=part["sparsity_requested"], y=part["top1"], mode="lines+markers", name=name,
             error_y=_accuracy_bars(part), line={"color": series_colour(name)},

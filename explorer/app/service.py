@@ -263,16 +263,31 @@ def controls_for(recipe: dict, card: dict) -> dict | None:
     return from_recipe(recipe, card)
 
 
+_summaries: dict[tuple, bytes] = {}  # (kind, run, model, the runs drawn) -> the summary's bytes, the latest few
+
+
+def _summary(kind: str, result: dict, frame: pd.DataFrame, name: str) -> bytes:
+    """A summary's bytes, made once for what it shows. The page hands the bytes to its download button as it
+    draws it, so the file exists when the button is pressed (a file made only on the click can be gone by then:
+    the page's periodic refreshes replace it)."""
+    from explorer.app import summary
+
+    drawn = int(pd.util.hash_pandas_object(frame.astype(str), index=False).sum()) if len(frame) else 0
+    key = (kind, result.get("key"), name, drawn, json.dumps(result.get("recipe"), sort_keys=True))
+    if key not in _summaries:
+        data = summary.png(result, frame, name) if kind == "png" else summary.page(result, frame, name).encode()
+        while len(_summaries) >= 8:
+            _summaries.pop(next(iter(_summaries)))
+        _summaries[key] = data
+    return _summaries[key]
+
+
 def summary_png(result: dict, frame: pd.DataFrame, name: str) -> bytes:
-    from explorer.app import summary
-
-    return summary.png(result, frame, name)
+    return _summary("png", result, frame, name)
 
 
-def summary_html(result: dict, frame: pd.DataFrame, name: str) -> str:
-    from explorer.app import summary
-
-    return summary.page(result, frame, name)
+def summary_html(result: dict, frame: pd.DataFrame, name: str) -> bytes:
+    return _summary("html", result, frame, name)
 
 
 _live_lock = threading.Lock()

@@ -26,14 +26,16 @@ def big_numbers(result: dict) -> list[tuple[str, str, str]]:
     rf = result["reduction_factor"]["vs_fp32_file"].get("packed_bytes") or \
         result["reduction_factor"]["vs_fp32_file"].get("file_bytes")
     size = result["size"].get("packed_bytes") or result["size"].get("file_bytes")
-    out = [("smaller", f"{rf:.1f}x", f"packed file {plots.fmt_size(size)} against the "
-                                     f"{plots.fmt_size(result['baseline_size']['file_bytes'])} fp32 checkpoint")]
+    out = [("smaller", f"{rf:.1f}x", f"packed file {plots.fmt_size(size)} against "
+                                     f"{words.size_reference(result)}, "
+                                     f"{plots.fmt_size(result['baseline_size']['file_bytes'])}")]
     sp = speed(result, ENGINE, B256)
     if sp.state != "pending":
         gain = speed(result, ENGINE, B256, "deployment_gain")
-        value = {"within noise": "no change", "baseline": "1.0x", "disturbed": "disturbed"}.get(sp.state) or \
+        value = {"within noise": "within noise", "baseline": "1.0x", "disturbed": "disturbed"}.get(sp.state) or \
             f"{sp.ratio if sp.state == 'faster' else 1 / sp.ratio:.1f}x"
-        what = "slower" if sp.state == "slower" else "faster"
+        what = {"faster": "faster", "slower": "slower", "baseline": "speed (the baseline itself)"}.get(
+            sp.state, "speed-up")  # the words under a value that is not a ratio never claim a direction
         under = f"{words.engine(ENGINE, 'b256')}, against the baseline's own ONNX Runtime int8 model"
         if sp.lo is not None and sp.state != "baseline":
             under += f"; 95% interval {sp.lo:.1f}x to {sp.hi:.1f}x"
@@ -55,6 +57,30 @@ def _title(result: dict, card_name: str) -> str:
     return f"{card_name}: {words.recipe_words(result['recipe'])}"
 
 
+def _plain(text: str) -> str:
+    """Text matplotlib draws as written: a dollar sign would start its mathematical notation."""
+    return text.replace("$", r"\$")
+
+
+def _fit(fig, artist, width: float, lines: int = 2, smallest: float = 10) -> None:
+    """Wrap `artist`'s text and lower its font size until it fits within `width` (a share of the figure's
+    width) in at most `lines` lines, measured with the figure's renderer."""
+    text, renderer = artist.get_text(), fig.canvas.get_renderer()
+    size = artist.get_fontsize()
+    while True:
+        artist.set_fontsize(size)
+        for chars in range(len(text), 20, -4):
+            wrapped = "\n".join(textwrap.wrap(text, chars)) or text
+            if wrapped.count("\n") >= lines:
+                break
+            artist.set_text(wrapped)
+            if artist.get_window_extent(renderer).width <= width * fig.bbox.width:
+                return
+        if size <= smallest:
+            return
+        size -= 1
+
+
 def _footer(result: dict) -> str:
     hw = (result.get("hardware") or {}).get("cpu", "")
     return (f"{result['test_samples']:,} test images of {result['dataset']}; latency on {hw}, "
@@ -63,13 +89,25 @@ def _footer(result: dict) -> str:
 
 def png(result: dict, frame: pd.DataFrame, card_name: str) -> bytes:
     """The summary as a 1600x900 PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(result, frame, card_name)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})  # the same bytes for the same summary
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def figure(result: dict, frame: pd.DataFrame, card_name: str):
+    """The summary's matplotlib figure, 16 x 9 inches at 100 dots per inch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig = plt.figure(figsize=(16, 9), dpi=100)
-    fig.suptitle(_title(result, card_name), fontsize=20, x=0.03, ha="left", y=0.96)
+    title = fig.text(0.03, 0.97, _plain(_title(result, card_name)), fontsize=20, ha="left", va="top")
+    _fit(fig, title, 0.94)
     for i, (what, value, under) in enumerate(big_numbers(result)):
         ax = fig.add_axes((0.03 + i * 0.32, 0.66, 0.3, 0.22))
         ax.axis("off")
@@ -77,7 +115,7 @@ def png(result: dict, frame: pd.DataFrame, card_name: str) -> bytes:
                                                        ec="#c9d3e3", transform=ax.transAxes))
         ax.text(0.5, 0.62, value, ha="center", va="center", fontsize=40, weight="bold", color="#1f3b6d")
         ax.text(0.5, 0.3, what, ha="center", va="center", fontsize=16)
-        ax.text(0.5, 0.1, "\n".join(textwrap.wrap(under, 64)), ha="center", va="center", fontsize=9,
+        ax.text(0.5, 0.1, "\n".join(textwrap.wrap(_plain(under), 64)), ha="center", va="center", fontsize=9,
                 color="#555555")
     ax = fig.add_axes((0.06, 0.12, 0.55, 0.46))
     _curve(ax, frame, result)
@@ -89,25 +127,20 @@ def png(result: dict, frame: pd.DataFrame, card_name: str) -> bytes:
     side.text(0, 1, "Recipe\n\n" + steps, va="top", fontsize=12)
     side.text(0, 0.45, "As JSON (python -m explorer run --recipe FILE):\n" + recipe[:1500], va="top",
               family="monospace", fontsize=7, color="#333333")
-    fig.text(0.03, 0.03, _footer(result), fontsize=9, color="#555555")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    fig.text(0.03, 0.03, _plain(_footer(result)), fontsize=9, color="#555555")
+    return fig
 
 
 def _curve(ax, frame: pd.DataFrame, result: dict) -> None:
     ok = frame[(frame.get("status") == "ok")] if "status" in frame.columns else frame
     ok = ok.dropna(subset=[c for c in ("top1", "sparsity_requested") if c in ok.columns])
-    group = "scheme" if "scheme" in ok.columns else "bits"
-    if not ok.empty and group in ok.columns:
-        for name, part in ok.groupby(group):
-            part = part.sort_values("sparsity_requested")
+    if not ok.empty and ({"scheme", "bits"} & set(ok.columns)):
+        for name, part in plots.families(ok):  # one line per configuration family, as on the page
             err = None
             if {"top1_lo", "top1_hi"} <= set(part.columns):
                 err = [part["top1"] - part["top1_lo"], part["top1_hi"] - part["top1"]]
-            ax.errorbar(part["sparsity_requested"], part["top1"], yerr=err, marker="o", capsize=3, label=str(name),
-                        color=plots.series_colour(str(name)))
+            ax.errorbar(part["sparsity_requested"], part["top1"], yerr=err, marker="o", capsize=3,
+                        label=_plain(name), color=plots.series_colour(name))
     base = result["baseline_accuracy"]["top1"]
     ax.axhline(base, ls=":", color="grey", label=f"baseline {base:.2f}%")
     sp = next((s.get("sparsity", 0.5) if s.get("granularity") != "nm" else 0.5 for s in result["recipe"]["steps"]
@@ -125,7 +158,13 @@ def page(result: dict, frame: pd.DataFrame, card_name: str) -> str:
     """The summary as a standalone HTML page."""
     boxes = "".join(f"<div class=box><div class=v>{html.escape(v)}</div><div class=w>{html.escape(w)}</div>"
                     f"<div class=u>{html.escape(u)}</div></div>" for w, v, u in big_numbers(result))
-    curve = plots.sparsity_accuracy(frame, result.get("key")).to_html(full_html=False, include_plotlyjs="inline")
+    fig = plots.sparsity_accuracy(frame, result.get("key"))
+    # outside Streamlit's theme, plotly leaves no room for tick labels by default: grow the margins to fit them,
+    # and keep the axis titles clear of the ticks
+    fig.update_layout(margin={"l": 80, "b": 70, "t": 60, "r": 20})
+    fig.update_xaxes(automargin=True, title_standoff=12)
+    fig.update_yaxes(automargin=True, title_standoff=12)
+    curve = fig.to_html(full_html=False, include_plotlyjs="inline")
     recipe = html.escape(json.dumps(result["recipe"], indent=2))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(_title(result, card_name))}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}.row{{display:flex;gap:1em}}

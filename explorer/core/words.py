@@ -117,3 +117,12 @@ def count(n, noun: str, plural: str | None = None) -> str:
     """'1 run', '3 runs', '10,000 test images': a count with its noun in the right number."""
     shown = f"{n:,}" if isinstance(n, int) else str(n)
     return f"{shown} {noun if n == 1 else plural or noun + 's'}"
+
+
+def size_reference(result: dict) -> str:
+    """What every "times smaller" on the page, the command line and the summaries divides by, named: the
+    baseline's uncompressed fp32 checkpoint file (plain text: callers escape it for their markup)."""
+    recipe = result.get("recipe") or {}
+    file = str(recipe.get("checkpoint") or f"{recipe.get('model', result.get('model'))}-"
+               f"{recipe.get('dataset', result.get('dataset'))}.safetensors").replace("\\", "/").rsplit("/", 1)[-1]
+    return f"the baseline's fp32 checkpoint file ({file})"

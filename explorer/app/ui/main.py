@@ -178,12 +178,13 @@ def _overview(result: dict, base_result: dict | None, frame, card: dict) -> None
     st.markdown("**Take it home**")
     views.downloads(result, service.artifact, key="dl")
     s = st.columns(2)
+    # the bytes now, not a callable run on the click: a deferred file can be gone when the click comes
     s[0].download_button("One-page summary (PNG, for a slide)",
-                         lambda: service.summary_png(result, frame, card["name"]), "summary.png", "image/png",
+                         service.summary_png(result, frame, card["name"]), "summary.png", "image/png",
                          key="summary_png", help="The big numbers against the baseline, the curve with this "
                                                  "configuration marked, and the recipe")
     s[1].download_button("One-page summary (HTML, opens offline)",
-                         lambda: service.summary_html(result, frame, card["name"]), "summary.html", "text/html",
+                         service.summary_html(result, frame, card["name"]), "summary.html", "text/html",
                          key="summary_html")
     with st.expander("Recipe JSON (reproduce with `python -m explorer run --recipe FILE`)"):
         st.json(result["recipe"])

@@ -360,6 +360,9 @@ def fastest_on_cpu(result: dict, batch: str = B256) -> str | None:
     return None
 
 
+EAGER_BYTES = 16 << 20
+
+
 def downloads(result: dict, artifact, key: str) -> None:
     """Every deployable the run made, each with its measured size and what it is for, and the recipe. The
     bytes are read and checked against the cache's checksums when the button is pressed."""
@@ -369,8 +372,13 @@ def downloads(result: dict, artifact, key: str) -> None:
         n = sizes.get(field)
         if name == "model.int8.onnx" and fastest_on_cpu(result) == ORT_CPU_INT8:
             what += " It is the fastest CPU deployment measured here (batch of 256, beyond the timing's intervals)."
-        col.download_button(f"{label} ({fmt_bytes(n)})", (lambda k=result["key"], f=name: artifact(k, f) or
-                            b"this file no longer matches its checksum; run the configuration again"),
+        def read(k=result["key"], f=name) -> bytes:
+            return artifact(k, f) or b"this file no longer matches its checksum; run the configuration again"
+
+        # files up to EAGER_BYTES are handed over as the page is drawn, so they exist when the button is pressed
+        # (a file made only on the click can be gone by then: the page's refreshes replace it); larger ones are
+        # read on the click rather than on every redraw
+        col.download_button(f"{label} ({fmt_bytes(n)})", read() if n and n <= EAGER_BYTES else read,
                             name, disabled=not n, key=f"{key}_{name}", help=what)
     recipe = json.dumps(result["recipe"], indent=2)
     cols[3].download_button(f"Recipe JSON ({fmt_bytes(len(recipe))})", recipe.encode(), "recipe.json",
