@@ -20,6 +20,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from explorer.core.data import available
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,6 +276,58 @@ def test_sparsity_slider_reruns_and_the_page_shows_results_and_charts(browser, s
         raise
     finally:
         page.close()
+
+
+def _remove_options(page, label: str, keep: str) -> None:
+    """Leave only `keep` selected in the multiselect labelled `label` (each removal is a rerun)."""
+    box = page.get_by_test_id("stMultiSelect").filter(has_text=label).first
+    while True:
+        removes = [r for r in box.get_by_role("button").all() if (r.get_attribute("aria-label") or "").startswith(
+            "Remove ") and r.get_attribute("aria-label") != f"Remove {keep}"]
+        if not removes:
+            return
+        removes[0].click()
+        _wait_idle(page, f"removing an option of {label}", settle_s=0.5)
+
+
+@pytest.mark.slow  # a few minutes on a shared machine: two models opened, a sweep run
+def test_a_model_switch_never_shows_the_previous_models_sweep(browser, tmp_path):
+    """A sweep on one model, then another model chosen in the sidebar: the first model's sweep (its table and its
+    CSV download) goes at once and does not come back under the new model's header; back on the first model,
+    its sweep is there again."""
+    from playwright.sync_api import expect
+
+    with _own_server_page(browser, tmp_path, EXPLORER_LANDSCAPE="0") as (page, url, errors):
+        page.goto(url + DIGITS + "&sparsity=0.0&prune_epochs=0&tab=Sweep", timeout=UI_MS)
+        expect(page.get_by_text(DONE)).to_be_visible(timeout=RUN_S * 1000)
+        _wait_idle(page, "first load")
+        for label, keep in (("Sparsity", "0.0"), ("Bits", "32"), ("Shared values", "0")):
+            _remove_options(page, label, keep)
+        page.get_by_role("button", name="Run sweep (1 configurations)").click()
+        csv = page.get_by_role("button", name="Download results CSV")
+        expect(csv).to_be_visible(timeout=RUN_S * 1000)
+        _wait_idle(page, "after the sweep")
+        _assert_no_errors(page, "after the sweep", errors)
+
+        other = "lenet5-fashion-mnist" if available("fashion-mnist") else "vgg13-digits"
+        sidebar = page.get_by_test_id("stSidebar")
+        sidebar.get_by_test_id("stSelectbox").filter(has_text="Baseline model").click()
+        page.get_by_role("option", name=other, exact=True).click()
+        switched = time.monotonic()
+        # gone at once, not greyed under the new model's header while its page is computed
+        expect(csv).to_have_count(0, timeout=5_000)
+        assert time.monotonic() - switched < 5
+        # the new model's page drawn to its end (its run may still compute: that is not awaited)
+        expect(page.get_by_text(re.compile(r"^Rendered in [0-9.]+ s \(computing\)"))).to_be_visible(
+            timeout=RUN_S * 1000)
+        _assert_no_errors(page, "the other model", errors)
+        expect(csv).to_have_count(0)
+        expect(page.get_by_role("button", name=re.compile(r"Run sweep"))).to_be_visible()
+        expect(sidebar.get_by_text(re.compile(f"{other} opens on its default settings"))).to_be_visible()
+
+        sidebar.get_by_test_id("stSelectbox").filter(has_text="Baseline model").click()
+        page.get_by_role("option", name="digits_cnn-digits", exact=True).click()
+        expect(csv).to_be_visible(timeout=RUN_S * 1000)  # its own sweep is kept
 
 
 def _tracebacks(log: str) -> list[str]:
