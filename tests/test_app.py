@@ -235,6 +235,12 @@ def test_the_page_states_uncertainty_and_what_compression_forgets(cache):
     # 359 test images cannot make any run 95% sure of a drop under about a point: the page says so
     small = [unmd(w.value) for w in at.warning if "too small" in unmd(w.value)]
     assert small and "with 359 test images" in small[0]
+    # said where the choice is made, before any pick: what this test set can resolve, and a larger one offered
+    said = " ".join(unmd(w.value) for w in at.warning)
+    assert "This test set resolves about 1.0 points" in said and "needs more test images" in said, said
+    if available("fashion-mnist"):
+        assert unmd(at.button(key="ss_larger").label).startswith("Open lenet5-fashion-mnist (10,000 test images)")
+    assert any(c.value.startswith("Judged on the") for c in at.caption)
     settle(at.number_input(key="ss_drop").set_value(3.0).run())
     spot = [unmd(s.value) for s in at.success if "sure" in s.value]
     assert spot and "95% sure to lose at most 3 points of top-1" in spot[0]
@@ -325,7 +331,9 @@ def test_sweet_spot_table_follows_the_settings_and_can_be_applied(fresh_cache, m
     lat_row = table[table["figure"].str.startswith("latency")].iloc[0]
     assert "PyTorch CPU, batch 256" in lat_row["figure"] and lat_row["baseline"] and lat_row["recommended"]
     speed = table[table["figure"].str.startswith("speed-up")].iloc[0]  # the paired ratio, not two sessions' ms
-    assert "same rounds" in speed["figure"] and "same engine" in speed["figure"]
+    told = " ".join(c.value for c in at.caption)
+    assert "same rounds" in told and "same engine" in told and "against the baseline's fp32 checkpoint file" in told
+    assert table[table["figure"] == "times smaller than the fp32 checkpoint"].iloc[0]["recommended"].endswith("x")
     # the baseline is 1.0 by construction; a measured figure has its interval; a disturbed one has no number
     shapes = (r"1\.00x \(the baseline itself\)|[0-9.]+x \([0-9.]+x to [0-9.]+x\)(, within noise)?"
               r"|timing disturbed: re-timing")
@@ -398,7 +406,7 @@ def test_an_added_model_is_announced_until_the_next_action(cache, tmp_path, monk
 DISPLAYS = {"error", "warning", "info", "success", "caption", "markdown", "toast", "title", "header", "subheader"}
 # functions of the page's own that build text from figures and fixed words, never from a visitor's text
 TRUSTED = {"md", "footer", "_landscape_line", "accuracy_sentence", "recipe_words", "engine", "count", "fmt_bytes",
-           "describe", "join", "get", "upper", "label"}
+           "describe", "join", "get", "upper", "label", "measured_so_far"}
 # local names that hold the page's own words (the live run's stage, the glossary, counts of threads), by module
 OWN_WORDS = {"main.py": {"LIVE", "what", "note"},
              "views.py": {"timing", "training", "sentence", "what", "term", "text"}}
@@ -596,3 +604,24 @@ def test_downloads_hand_over_their_bytes_as_the_page_is_drawn(cache):
     assert len(summaries) == 2
     for p in [*summaries, *(p for label, p in buttons.items() if label.startswith(("Packed .xpk", "ONNX")))]:
         assert not p.HasField("deferred_file_id") and p.url, p.label
+
+
+def test_the_sweep_progress_names_its_final_phase_and_offers_0_6():
+    from explorer.app.ui import panels
+
+    assert panels.sweep_progress_words(12, 48, 30.4) == "12/48 runs, about 30 s left"
+    last = panels.sweep_progress_words(48, 48, 0.0)
+    assert "about 0 s left" not in last and "building the results table" in last
+    assert 0.6 in panels.SWEEP_SPARSITIES
+
+
+def test_the_sweet_spot_says_what_it_is_judged_on():
+    import pandas as pd
+
+    from explorer.app.ui import panels
+
+    frame = pd.DataFrame({"status": ["ok", "ok", "failed"]})
+    assert panels.measured_so_far(frame, None) == "Judged on the 2 runs of this model measured so far."
+    said = panels.measured_so_far(frame, {"measured": 2, "total": 40})
+    assert "2 of the 40 configurations of the default grid" in said and "can change" in said
+    assert "of the default grid" not in panels.measured_so_far(frame, {"measured": 40, "total": 40})

@@ -109,6 +109,7 @@ def test_a_run_qualifies_only_when_95_percent_sure_within_the_drop():
     sure = sweet_spot(t, max_drop=1.0, objective="smallest")
     assert sure.row["label"] == "slow" and "95% sure to lose at most 1 point of top-1" in sure.reason
     assert sure.point_row["label"] == "noisy" and sure.confidence == 0.95
+    assert not sure.point_qualifies  # the page says: not 95% sure, rather than "a tie"
 
 
 def test_overlapping_latency_intervals_are_ties_broken_by_size_then_steps():
@@ -122,6 +123,8 @@ def test_overlapping_latency_intervals_are_ties_broken_by_size_then_steps():
     alone = sweet_spot(t[t["label"] != "noisy"], max_drop=1.0, objective="fastest", latency_col="lat_x_b256_ms",
                        confidence=None)
     assert alone.row["label"] == "twin"  # 1.01 ms beats 1.02 ms when noise is ignored
+    tie = sweet_spot(t[t["label"] != "noisy"], max_drop=1.0, objective="fastest", latency_col="lat_x_b256_ms")
+    assert tie.row["label"] == "steady" and tie.point_row["label"] == "twin" and tie.point_qualifies
 
 
 def test_forgets_counts_the_flipped_images_and_the_moves():
@@ -159,3 +162,15 @@ def test_sweet_spot_refuses_constraints_no_run_could_meet(kw, message):
     with pytest.raises(ValueError) as e:
         sweet_spot(TABLE, objective="smallest", **kw)
     assert str(e.value) == message
+
+
+def test_resolution_is_the_drop_an_exact_copy_of_the_baseline_can_be_sure_of():
+    from explorer.app.metrics import resolution
+
+    # digits: 359 test images, the baseline right on 353; a copy of it is within -1.02..+1.02 points (Newcombe)
+    rows = pd.DataFrame([{"both_right": 340, "baseline_only": 13, "run_only": 2, "both_wrong": 4}])
+    n, points = resolution(rows)
+    assert n == 359 and points == pytest.approx(1.0233, abs=1e-3)
+    big = pd.DataFrame([{"both_right": 9000, "baseline_only": 187, "run_only": 20, "both_wrong": 793}])
+    assert resolution(big)[1] < 0.05  # 10,000 images resolve a few hundredths of a point
+    assert resolution(pd.DataFrame([{"top1": 90.0}])) is None

@@ -83,7 +83,7 @@ def test_accuracy_charts_carry_error_bars_open_markers_and_an_axis_that_spans_th
     assert list(fp32.marker.symbol) == ["circle-open", "circle"]  # 0.5 not significant, 0.9 significant
     lo, hi = fig.layout.yaxis.range
     assert lo <= df["top1_lo"].min() and hi >= df["top1_hi"].max()
-    assert any("no significant change" in (t.name or "") for t in fig.data)
+    assert any("within noise" in (t.name or "") for t in fig.data)
     runs = plots.pareto(df, "packed_bytes", "packed bytes").data[0]
     assert runs.error_y.array is not None and list(runs.marker.symbol).count("circle-open") == 3
     # a difference far smaller than its interval does not fill the axis

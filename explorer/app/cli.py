@@ -241,7 +241,7 @@ def summary(result: dict) -> str:
     top1_ci = f" (95% CI {ci['top1'][0]:.2f}-{ci['top1'][1]:.2f})" if "top1" in ci else ""
     paired = (f"; paired 95% CI {vs['delta_ci'][0]:+.2f} to {vs['delta_ci'][1]:+.2f}, {vs['baseline_only']} images "
               f"lost, {vs['run_only']} gained, exact McNemar p={vs['p_value']:.3g}: "
-              f"{'a real change' if vs['significant'] else 'no significant change'}") if vs else ""
+              f"{'a real change' if vs['significant'] else 'within noise'}") if vs else ""
     lines = [f"{result['label']}  ({result['model']} on {result['dataset']}, {result['test_samples']} test images)",
              f"  top-1 {acc['top1']:.2f}%{top1_ci}  top-3 {acc['top3']:.2f}%  top-5 {acc['top5']:.2f}%",
              f"  delta {result['accuracy_delta']:+.2f} points vs {base['top1']:.2f}%{paired}",

@@ -83,6 +83,7 @@ class Pick:
     reason: str
     point_row: pd.Series | None = None  # the pick by point estimates alone, where it differs
     confidence: float | None = None
+    point_qualifies: bool = False  # whether that run meets the constraints at `confidence` too (then: a tie)
 
 
 def _steps(rows: pd.DataFrame) -> pd.Series:
@@ -221,7 +222,22 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
             p_best, _ = _choose(alt, col, ascending, size_col, aware=False)
             if p_best.get("key", p_best.name) != best.get("key", best.name):
                 point_row = p_best
-    return Pick(best, reason, point_row, confidence if aware else None)
+    qualifies = point_row is not None and point_row.get("key", point_row.name) in set(
+        found.get("key", pd.Series(found.index, index=found.index)))
+    return Pick(best, reason, point_row, confidence if aware else None, qualifies)
+
+
+def resolution(rows: pd.DataFrame, confidence: float = CONFIDENCE) -> tuple[int, float] | None:
+    """(test images, points): the smallest top-1 loss these test images let any run be `confidence` sure it stays
+    within, that of an exact copy of the baseline (every image classified as the baseline does), from the 2x2
+    counts a run keeps; None where no row has them."""
+    have = rows.dropna(subset=list(COUNTS)) if set(COUNTS) <= set(rows.columns) else rows.iloc[0:0]
+    if have.empty:
+        return None
+    both_right, baseline_only, run_only, both_wrong = (int(have.iloc[0][c]) for c in COUNTS)
+    right = both_right + baseline_only
+    n = right + run_only + both_wrong
+    return n, float(-newcombe_paired(right, 0, 0, n - right, confidence=confidence)[0])
 
 
 def speedup_of(latency_col: str) -> str | None:

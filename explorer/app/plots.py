@@ -88,8 +88,8 @@ def _accuracy_range(ok: pd.DataFrame, *extra: float) -> list[float]:
 
 def _marker_legend(fig: go.Figure, ok: pd.DataFrame) -> None:
     if _unchanged(ok).any():
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="open marker: no significant change "
-                                 "vs the baseline", marker={"symbol": "circle-open", "color": "grey", "size": 9}))
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="open marker: within noise of the "
+                                 "baseline", marker={"symbol": "circle-open", "color": "grey", "size": 9}))
 
 
 def _config_text(df: pd.DataFrame) -> pd.Series:
@@ -207,8 +207,10 @@ def ad_rf_ranking(df: pd.DataFrame, size_col: str = "gzip_bytes", current_key: s
     if len(ok) < 2:
         return _layout(go.Figure(), "Normalised AD x RF (needs at least two runs)")
     kind = size_col.replace("_bytes", "")
-    # like-for-like (seed 001 divides gzip by gzip) where the baseline has that kind, else vs the fp32 file
-    same = ok.get(f"rf_same_{kind}", pd.Series(np.nan, index=ok.index))
+    # gzip and zstd of a checkpoint like for like (seed 001 divides gzip by gzip); every other size against the
+    # baseline's fp32 checkpoint file, the reference of every other "times smaller" on the page
+    same = ok.get(f"rf_same_{kind}", pd.Series(np.nan, index=ok.index)) if kind in ("gzip", "zstd") else \
+        pd.Series(np.nan, index=ok.index)
     rf = same.where(same.notna(), ok[f"rf_{kind}"]).astype(float)
     ok["score"] = normalized_ad_rf(ok["accuracy_delta"].to_numpy(), rf.to_numpy())
     error_x = None

@@ -23,6 +23,7 @@ ENGINES = {TORCH_CPU: "PyTorch on the CPU, fp32", ORT_CPU_FP32: "ONNX Runtime, f
 GRANULARITY = {"unstructured": "single weights", "channel": "whole channels", "block": "4x4 blocks of weights",
                "nm": "2 of every 4 weights (2:4)"}
 SCHEDULE = {"oneshot": "at once", "iterative": "in rounds", "gradual": "gradually"}
+CRITERION = {"l1": "by L1 norm", "l2": "by L2 norm", "geometric_median": "by geometric median"}
 
 GLOSSARY = {
     "Top-1": "the share of test images whose most likely class is the right one. Its 95% interval (Wilson's) "
@@ -44,13 +45,16 @@ GLOSSARY = {
                   "weight (Deep Compression).",
     "MACs": "multiply-accumulate operations per image, the usual measure of a model's arithmetic.",
     "Packed .xpk": "the explorer's own file: each tensor in its cheapest exact encoding (sparse indices, k-bit "
-                   "codes, codebooks, fp16), compressed. Load it back with explorer.artifact.pack.unpack.",
-    "Reduction factor": "how many times smaller a file is than the uncompressed (fp32) checkpoint.",
+                   "codes, codebooks, fp16), compressed. Load it back with explorer.unpack (bytes in, a PyTorch "
+                   "module out as .model).",
+    "Reduction factor": "how many times smaller a file is than the baseline's uncompressed fp32 checkpoint file "
+                        "(the .safetensors file the model was trained into): the one reference for every "
+                        "'times smaller' on this page.",
     "AD x RF": "accuracy delta (points) times reduction factor, standardised across the runs compared: the "
                "score of Ishtiaq et al., \"Model Compression\". It rewards little loss for much compression but "
                "is relative to the runs shown.",
     "Speed-up": "the baseline's time over this model's, both timed in the same interleaved rounds so a change in "
-                "the machine's load hits both; 'no measurable change' where its 95% interval holds 1.",
+                "the machine's load hits both; 'within noise' where its 95% interval holds 1.",
 }
 
 
@@ -81,8 +85,11 @@ def step_words(step: dict) -> str:
         target = 0.5 if step.get("granularity") == "nm" else step.get("sparsity", 0)
         epochs = step.get("finetune_epochs", 0)
         tune = f", fine-tuned {epochs} epoch{'s' if epochs != 1 else ''}" if epochs else ""
+        how = CRITERION.get(step.get("criterion") or "l1", str(step.get("criterion")))
+        if step.get("granularity") == "nm":
+            how = ""  # 2:4 keeps the larger two of every four by magnitude: no choice of criterion
         return (f"prune {target:.0%} of the {GRANULARITY.get(step.get('granularity'), step.get('granularity'))} "
-                f"{SCHEDULE.get(step.get('schedule'), '')}{tune}").replace("  ", " ")
+                f"{how} {SCHEDULE.get(step.get('schedule'), '')}{tune}").replace("  ", " ").replace(" ,", ",")
     if kind == "quantize":
         return scheme(step)
     if kind == "cluster":

@@ -147,7 +147,7 @@ def main() -> None:
     with tabs[5]:
         panels.sweep_panel(card, service)
     with tabs[6]:
-        panels.sweet_spot_panel(frame, result, service, card)
+        panels.sweet_spot_panel(frame, result, service, card, _landscape(card, c)[1])
     with tabs[7]:
         if card.get("format") == "onnx":
             st.info(f"{md(card['name'])} is an ONNX model: top-1 {card['accuracy']['top1']:.2f}% with ONNX Runtime, "

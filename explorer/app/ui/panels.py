@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer.app import plots
-from explorer.app.metrics import across_seeds, sweet_spot
+from explorer.app.metrics import across_seeds, resolution, sweet_spot
 from explorer.app.ui.views import downloads, fmt_bytes
 from explorer.core.engines import (
     B1,
@@ -34,13 +34,15 @@ LATENCIES = {"ONNX Runtime int8, batch 256": (ORT_CPU_INT8, B256), "ONNX Runtime
 LATENCY_COLS = {label: lat_col(*figure) for label, figure in LATENCIES.items()}
 
 
+SWEEP_SPARSITIES = [0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98]
+
+
 def sweep_panel(card: dict, backend) -> None:
     st.markdown("Choose grid values and launch: every run goes through the cache (cached runs return at once), "
                 "compression runs in parallel, latency is timed one run at a time.")
     c = st.columns(4)
     g = Grid()  # the command line's default grid, which the background landscape measures too
-    sparsity = c[0].multiselect("Sparsity", [0.0, 0.25, 0.5, 0.75, 0.8, 0.9, 0.95, 0.98], default=list(g.sparsity),
-                                key="sweep_sparsity")
+    sparsity = c[0].multiselect("Sparsity", SWEEP_SPARSITIES, default=list(g.sparsity), key="sweep_sparsity")
     bits = c[1].multiselect("Bits (32: none, 16: fp16, 8: static int8, 2-7: weights only)",
                             [32, 16, 8, 6, 4, 3, 2], default=list(g.bits), key="sweep_bits")
     clusters = c[2].multiselect("Shared values per layer (0 = no clustering)", [0, 8, 16, 32, 64, 128, 256],
@@ -158,7 +160,10 @@ def speed_cell(row: pd.Series | None, engine: str, batch: str) -> str:
     return f"{text}, within noise" if text and state == "within noise" else text
 
 
-def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: dict) -> None:
+def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: dict,
+                     landscape: dict | None = None) -> None:
+    """The best measured run for a question (a drop, budgets, an objective), with what it is judged on: how
+    many runs are measured so far and whether the test set can answer the question at all."""
     if frame.empty or not frame["status"].eq("ok").any():
         st.info("No runs yet for this baseline: move the sliders or run a sweep first.")
         return
@@ -179,34 +184,48 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: di
     pick = sweet_spot(frame, max_drop=max_drop, size_budget=size_kb * 1024 or None, latency_budget=lat_ms or None,
                       objective=objective, size_col=size_col, latency_col=latency_col,
                       confidence=CONFIDENCES[conf_label])
+    st.caption(measured_so_far(frame, landscape))
+    _resolution_note(frame, CONFIDENCES[conf_label], max_drop, card, backend)
     if pick.row is None:  # an answer, not a fault: say which constraint no run meets
         st.warning(md(pick.reason[0].upper() + pick.reason[1:]))
         return
     st.success(md(pick.reason[0].upper() + pick.reason[1:] + "."))
     if pick.point_row is not None:
-        st.info(f"Judged by point estimates alone, the pick would be {md(pick.point_row.get('label'))} "
-                f"(top-1 {pick.point_row['top1']:.2f}%), but the data do not make it {pick.confidence:.0%} sure.")
+        p = pick.point_row
+        if pick.point_qualifies:  # it qualifies too: it lost on the objective's tie-break, not on accuracy
+            st.info(f"{md(p.get('words', p.get('label')))} (top-1 {p['top1']:.2f}%) also qualifies and its own "
+                    "figure for this objective is a little better, but the difference is within the figures' 95% "
+                    "intervals: a tie, which the rule above breaks.")
+        else:
+            st.info(f"{md(p.get('words', p.get('label')))} (top-1 {p['top1']:.2f}%) looks better if each figure is "
+                    f"taken as exact, but it is not {pick.confidence:.0%} sure to meet the constraints once the "
+                    "uncertainty of its figures is counted.")
     row, base = pick.row, _baseline_row(frame)
     pct = lambda v: f"{v:.2f}%"  # noqa: E731
     pts = lambda v: f"{v:+.2f}"  # noqa: E731
     ms = lambda v: f"{v:.3g} ms"  # noqa: E731
     lat_lo, lat_hi = (lat_col(*LATENCIES[lat_label], bound) for bound in ("lo", "hi"))
+    reference = card.get("file_bytes")
+    smaller = lambda r: (f"{reference / r.get(size_col):.1f}x" if r is not None and reference  # noqa: E731
+                         and not pd.isna(r.get(size_col)) and r.get(size_col) else "")
     table = pd.DataFrame({
-        "figure": ["top-1 (95% interval)", "change vs the baseline, points (paired 95% interval)",
-                   f"size: {size_label}",
-                   f"speed-up: {lat_label} against the baseline in the same engine, timed in the same rounds (95% "
-                   "interval)",
-                   f"latency: {lat_label}, each run timed on its own (95% interval of the median; moves with what "
-                   "else the machine ran)"],
+        "figure": ["top-1 (95% interval)", "change, points (paired 95% interval)", f"size: {size_label}",
+                   "times smaller than the fp32 checkpoint", f"speed-up: {lat_label} (95% interval)",
+                   f"latency: {lat_label} (95% interval)"],
         "baseline": [_with_interval(base, "top1", "top1_lo", "top1_hi", pct), "0",
-                     fmt_bytes(base.get(size_col)) if base is not None else "",
+                     fmt_bytes(base.get(size_col)) if base is not None else "", smaller(base),
                      speed_cell(base, *LATENCIES[lat_label]),
                      _with_interval(base, latency_col, lat_lo, lat_hi, ms)],
         "recommended": [_with_interval(row, "top1", "top1_lo", "top1_hi", pct),
                         _with_interval(row, "accuracy_delta", "delta_lo", "delta_hi", pts),
-                        fmt_bytes(row.get(size_col)), speed_cell(row, *LATENCIES[lat_label]),
+                        fmt_bytes(row.get(size_col)), smaller(row), speed_cell(row, *LATENCIES[lat_label]),
                         _with_interval(row, latency_col, lat_lo, lat_hi, ms)]})
-    st.dataframe(table, hide_index=True, key="ss_table", height=35 * (len(table) + 1) + 3)
+    st.dataframe(table, hide_index=True, key="ss_table", height=35 * (len(table) + 1) + 3,
+                 column_config={"figure": st.column_config.TextColumn(width="large")})
+    st.caption("Times smaller: against the baseline's fp32 checkpoint file (" + md(card.get("file", "its own file"))
+               + f", {fmt_bytes(reference)}), the reference of every 'times smaller' on this page. Speed-up: "
+               "against the baseline in the same engine, timed in the same rounds. Latency: each run timed on its "
+               "own; the interval is that of the median, and it moves with what else the machine ran.")
     if base is None:
         st.caption("The baseline's own run is not in this table yet; open the baseline (sparsity 0, 32 bits) once "
                    "to fill its column.")
@@ -225,6 +244,34 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: di
     stored = backend.stored_result(row["key"])
     if stored:
         downloads(stored, backend.artifact, key="ss_dl")
+
+
+def measured_so_far(frame: pd.DataFrame, landscape: dict | None) -> str:
+    """What the pick is judged on: the runs measured so far, and how far the background grid has got."""
+    n = int(frame["status"].eq("ok").sum())
+    said = f"Judged on the {n:,} run{'s' if n != 1 else ''} of this model measured so far"
+    if landscape and landscape.get("measured", 0) < landscape.get("total", 0):
+        said += (f" ({landscape['measured']} of the {landscape['total']} configurations of the default grid are "
+                 "measured; the pick can change as the rest arrive)")
+    return said + "."
+
+
+def _resolution_note(frame: pd.DataFrame, confidence: float | None, max_drop: float, card: dict, backend) -> None:
+    """Where the choice is made: whether this test set can answer the question, and a larger one where there is."""
+    got = resolution(frame[frame["status"] == "ok"], confidence) if confidence else None
+    if got is None or got[1] <= max_drop:
+        return
+    n, points = got
+    st.warning(f"This test set resolves about {points:.1f} points: with {n:,} test images even an exact copy of the "
+               f"baseline is not {confidence:.0%} sure to lose at most {max_drop:g} points, so only runs that gained "
+               "by luck can qualify. The question needs more test images, a larger drop, or a lower confidence.")
+    larger = sorted((c for c in backend.list_baselines() if (c.get("test_samples") or 0) >= 4 * n),
+                    key=lambda c: (c.get("architecture") != card.get("architecture"), -(c.get("test_samples") or 0)))
+    if larger:
+        c = larger[0]
+        st.button(f"Open {md(c['name'])} ({c['test_samples']:,} test images)", key="ss_larger",
+                  on_click=st.session_state.__setitem__, args=("_select_baseline", c["name"]),
+                  help="A model measured on a larger test set, where a drop of this size can be resolved")
 
 
 def baseline_panel(info: dict) -> None:

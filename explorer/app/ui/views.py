@@ -72,7 +72,7 @@ def accuracy_sentence(result: dict) -> str:
     n = result["test_samples"]
     lo, hi = vs["delta_ci"]
     verdict = ("a real change (exact McNemar p = {:.2g})" if vs["significant"] else
-               "no significant change (exact McNemar p = {:.2g})").format(vs["p_value"])
+               "within noise (exact McNemar p = {:.2g})").format(vs["p_value"])
     return (f"Top-1 {result['accuracy']['top1']:.2f}%, 95% interval {ci['top1'][0]:.2f}–{ci['top1'][1]:.2f}% over "
             f"{n:,} test images. Against the baseline on the same images: {vs['baseline_only']:,} it got right are "
             f"now wrong, {vs['run_only']:,} it got wrong are now right; the change is {result['accuracy_delta']:+.2f} "
@@ -96,10 +96,12 @@ def headline(result: dict) -> None:
                      "below).")
     if sz.get("packed_bytes"):
         c[1].metric("Packed size", fmt_bytes(sz["packed_bytes"]), f"{rf.get('packed_bytes', 0):.1f}x smaller",
-                    help="Bytes of the packed .xpk file, measured, against the uncompressed (fp32) baseline file.")
+                    help=f"Bytes of the packed .xpk file, measured, against {md(words.size_reference(result))} "
+                         f"({fmt_bytes(result['baseline_size']['file_bytes'])}).")
     else:
         c[1].metric("Model file", fmt_bytes(sz["file_bytes"]), f"{rf.get('file_bytes', 0):.1f}x smaller",
-                    help="Bytes of the deployed model file, measured (no packed format for ONNX models).")
+                    help="Bytes of the deployed model file, measured (no packed format for ONNX models), against "
+                         "the model's own file.")
     removed = 1 - result["params"] / max(result["baseline_params"], 1)
     if removed > 0.005:  # structural compression: the parameters are gone, not zeros among them
         c[2].metric("Parameters removed", f"{removed:.1%}",
@@ -246,14 +248,16 @@ def curves(frame: pd.DataFrame, key: str | None) -> None:
                                      "time against the baseline's, both in ONNX Runtime int8, batch of 256 (1 = the "
                                      "baseline; lower is faster)", key, short="int8 time vs the baseline"),
                         key="chart_pareto_latency")
-    kind = st.radio("Size measure for the accuracy delta x reduction factor score", ["gzip_bytes", "packed_bytes"],
+    kind = st.radio("Size measure for the accuracy delta x reduction factor score", ["packed_bytes", "gzip_bytes"],
                     horizontal=True, key="adrf_kind", format_func=lambda k: plots.SIZE_LABELS[k])
     st.plotly_chart(plots.ad_rf_ranking(frame, kind, key), key="chart_adrf")
     st.caption("Accuracy delta times reduction factor (AD x RF), standardised across the runs shown: the score of "
                "Ishtiaq et al., \"Model Compression\" (Habib University). It rewards runs that lose little accuracy "
                "for their compression, but is relative to this set of runs, scores any run with no accuracy change as "
                "0 whatever its size, and lets a tiny accuracy gain beat any compression. Read it beside the Pareto "
-               "fronts; the bars show each run's paired 95% interval carried through the same standardisation.")
+               "fronts; the bars show each run's paired 95% interval carried through the same standardisation. The "
+               "reduction factor of the packed file is against the baseline's fp32 checkpoint file, as everywhere "
+               "on this page; gzip's is gzip against the gzip of that file, as the paper defines it.")
 
 
 def size_and_latency(result: dict) -> None:
@@ -338,7 +342,7 @@ def forgets_view(view: dict | None, result: dict) -> None:
 DELIVERABLES = (  # file in the cache, size field, button label, what it is for
     ("model.xpk", "packed_bytes", "Packed .xpk",
      "The smallest exact form of the compressed model; load it back in Python with "
-     "`explorer.artifact.pack.unpack(open('model.xpk', 'rb').read()).model` (a PyTorch module)."),
+     "`explorer.unpack(open('model.xpk', 'rb').read()).model` (a PyTorch module)."),
     ("model.onnx", "onnx_bytes", "ONNX, fp32",
      "The compressed model as a float ONNX graph, for ONNX Runtime or any ONNX runtime."),
     ("model.int8.onnx", "onnx_int8_bytes", "ONNX, int8",

@@ -1,0 +1,37 @@
+"""Plain words: a recipe says everything that changes what it computes, and one verdict is said one way."""
+
+import re
+from pathlib import Path
+
+from explorer.core import words
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _prune(**kw) -> dict:
+    return {"kind": "prune", "sparsity": 0.5, "granularity": "channel", "schedule": "oneshot", "finetune_epochs": 2,
+            **kw}
+
+
+def test_the_configuration_line_names_the_pruning_criterion():
+    l1, l2 = (words.recipe_words({"steps": [_prune(criterion=c)]}) for c in ("l1", "l2"))
+    assert l1 != l2 and "by L2 norm" in l2 and "by L1 norm" in l1
+    assert "geometric median" in words.recipe_words({"steps": [_prune(criterion="geometric_median")]})
+    assert words.recipe_words({"steps": [_prune(granularity="nm", criterion="l1")]}) == \
+        "prune 50% of the 2 of every 4 weights (2:4) at once, fine-tuned 2 epochs"
+
+
+def test_within_noise_is_said_one_way_everywhere():
+    """"within noise", never "no significant change", "no measurable change" or "no change" for the same thing;
+    and the packed file is loaded back with one name, explorer.unpack."""
+    other = re.compile(r"no (significant|measurable) change|\"no change\"|explorer\.artifact\.pack\.unpack")
+    said = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in (ROOT / "explorer").rglob("*.py")
+            for m in other.finditer(p.read_text())]
+    assert not said, said
+
+
+def test_the_size_reference_is_named():
+    r = {"recipe": {"model": "lenet5", "dataset": "fashion-mnist", "checkpoint": None}}
+    assert words.size_reference(r) == "the baseline's fp32 checkpoint file (lenet5-fashion-mnist.safetensors)"
+    r = {"recipe": {"model": "lenet5", "dataset": "x", "checkpoint": "/data/user/models/mine.safetensors"}}
+    assert words.size_reference(r).endswith("(mine.safetensors)")
