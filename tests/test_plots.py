@@ -151,11 +151,20 @@ def test_per_class_change_draws_each_class_interval_and_greys_what_is_within_noi
     run[200:201] = 0  # class b: one of 200 lost, within noise
     f = forgets(y, base, run, ["a", "b"])
     bar = plots.per_class_change(f.per_class).data[0]
-    by_class = dict(zip(bar.y, bar.marker.color, strict=True))
+    by_class = {label.split(":")[0]: c for label, c in zip(bar.y, bar.marker.color, strict=True)}
     assert by_class["b"] == "#b0b0b0" and by_class["a"] == "#d62728"
     d = f.per_class.sort_values("change")
     assert list(bar.error_x.array) == pytest.approx(list(d["change_hi"] - d["change"]))
-    assert any("within noise" in t for t in bar.text)
+    # the figures are in each row's label, not printed at the bar's end where its whisker runs over them
+    assert not bar.text and any(t.startswith("b: ") and "within noise" in t for t in bar.y)
+
+
+def test_the_flipped_images_title_stands_above_the_first_rows_captions():
+    import numpy as np
+
+    fig = plots.flipped_images(np.zeros((3, 1, 8, 8)), ["a<br>was a, now b"] * 3, "Lost: the baseline was right")
+    # the captions are two lines above the first row of images, which starts at the plot area's top
+    assert fig.layout.margin.t >= 90 and fig.layout.title.yanchor == "top"
 
 
 def test_counts_in_page_text_take_the_right_number_and_thousands_separators():

@@ -352,9 +352,11 @@ def per_class_change(per_class: pd.DataFrame, title: str = "Top-1 change per cla
             for c, b, r, quiet in zip(d["change"], d["baseline_top1"], d["run_top1"], noise, strict=True)]
     whisker = ({"type": "data", "symmetric": False, "array": d["change_hi"] - d["change"],
                 "arrayminus": d["change"] - d["change_lo"]} if has_ci else None)
-    fig = go.Figure(go.Bar(x=d["change"], y=d["class"], orientation="h", marker_color=colors, text=text,
-                           textposition="outside", customdata=d["images"], error_x=whisker,
-                           hovertemplate="%{y}: %{text} on %{customdata} test images<extra></extra>"))
+    # each bar's figures in its row's label, where no whisker can run over them
+    rows = [f"{name}: {t}" for name, t in zip(d["class"], text, strict=True)]
+    fig = go.Figure(go.Bar(x=d["change"], y=rows, orientation="h", marker_color=colors,
+                           customdata=d["images"], error_x=whisker,
+                           hovertemplate="%{y} on %{customdata} test images<extra></extra>"))
     ends = pd.concat([d["change_lo"], d["change_hi"]]) if has_ci else d["change"]
     span = max(1.0, float(ends.abs().max()) * 1.6)
     fig.update_layout(xaxis_title="change in top-1 (points), compressed minus baseline; whiskers: paired 95% "
@@ -385,11 +387,14 @@ def flipped_images(images: np.ndarray, captions: list[str], title: str, columns:
     if imgs.ndim == 4 and imgs.shape[1] in (1, 3):  # (N, C, H, W) -> (N, H, W[, C])
         imgs = imgs[:, 0] if imgs.shape[1] == 1 else imgs.transpose(0, 2, 3, 1)
     fig = px.imshow(imgs, facet_col=0, facet_col_wrap=min(columns, len(imgs)), binary_string=True,
-                    facet_col_spacing=0.01, facet_row_spacing=0.08)
+                    facet_col_spacing=0.01, facet_row_spacing=0.12)
     for ann in fig.layout.annotations:
         i = int(ann.text.split("=")[-1])
         ann.update(text=captions[i], font={"size": 10})
     fig.update_xaxes(showticklabels=False).update_yaxes(showticklabels=False)
     rows = -(-len(imgs) // columns)
-    fig.update_layout(height=60 + 150 * rows)
-    return _layout(fig, title)
+    fig.update_layout(height=100 + 150 * rows)
+    _layout(fig, title)
+    # the first row's captions (two lines each) stand above their images: the title goes above them
+    fig.update_layout(margin={"t": 100}, title_y=0.99, title_yanchor="top")
+    return fig
