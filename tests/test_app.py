@@ -408,7 +408,7 @@ DISPLAYS = {"error", "warning", "info", "success", "caption", "markdown", "toast
 TRUSTED = {"md", "footer", "_landscape_line", "accuracy_sentence", "recipe_words", "engine", "count", "fmt_bytes",
            "describe", "join", "get", "upper", "label", "measured_so_far"}
 # local names that hold the page's own words (the live run's stage, the glossary, counts of threads), by module
-OWN_WORDS = {"main.py": {"LIVE", "what", "note"},
+OWN_WORDS = {"main.py": {"LIVE", "what", "note"}, "shell.py": {"TITLE", "LOADING"},
              "views.py": {"timing", "training", "sentence", "what", "term", "text"}}
 
 
@@ -625,3 +625,25 @@ def test_the_sweet_spot_says_what_it_is_judged_on():
     said = panels.measured_so_far(frame, {"measured": 2, "total": 40})
     assert "2 of the 40 configurations of the default grid" in said and "can change" in said
     assert "of the default grid" not in panels.measured_so_far(frame, {"measured": 40, "total": 40})
+
+
+def test_the_shell_is_drawn_before_any_heavy_import():
+    """The title, the sidebar and a line saying what loads paint at once: app.py draws the shell, which imports
+    nothing but Streamlit, before it imports the page (which pulls in PyTorch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import explorer.app.ui.shell; heavy = {'torch', 'torch_pruning', 'onnxruntime', 'timm', "
+            "'explorer.app.service'} & set(sys.modules); print(sorted(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    body = ast.parse((ROOT / "app.py").read_text()).body
+    order = [ast.unparse(n) for n in body if not isinstance(n, ast.Expr) or not isinstance(n.value, ast.Constant)]
+    assert order.index("top = shell.draw()") < order.index("from explorer.app.ui.main import main")
+
+
+def test_the_page_draws_one_title_and_one_sidebar_heading(cache):
+    at = _app()
+    assert [t.value for t in at.title] == ["Compression trade-off explorer"]
+    assert [h.value for h in at.sidebar.header] == ["Configuration"]
+    assert not any(c.value.startswith("Starting:") for c in at.caption)  # the loading line gave way to the page

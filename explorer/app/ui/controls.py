@@ -56,8 +56,7 @@ def sidebar(cards: dict[str, dict], default: str) -> dict[str, Any]:
     if switched:
         st.session_state["_switched"] = (st.session_state["baseline"], *switched)
     apply_pending()
-    sb = st.sidebar
-    sb.header("Configuration")
+    sb = st.sidebar  # its heading is the shell's (explorer.app.ui.shell), drawn before the heavy imports
     sb.selectbox("Baseline model", baselines, key="baseline")
     told = st.session_state.get("_switched")
     if told and told[0] == st.session_state["baseline"]:

@@ -14,7 +14,7 @@ import streamlit as st
 
 from explorer.app import service
 from explorer.app.ui import controls as ui_controls
-from explorer.app.ui import panels, state, views
+from explorer.app.ui import panels, shell, state, views
 from explorer.core import words
 from explorer.core.markup import md
 from explorer.run.jobs import COMPARISON
@@ -57,18 +57,20 @@ def _live(key: str, base_key: str | None) -> None:
                        + ", ".join(PENDING.get(p, p) for p in shown.get("pending", [])) + ".")
 
 
-def main() -> None:
-    st.set_page_config(page_title="Compression explorer", layout="wide")
+def main(top=None) -> None:
+    """The page; `top` is the placeholder under the title that the shell (explorer.app.ui.shell, drawn before
+    this module's imports) left for the page's first line."""
     t0 = time.perf_counter()
-    st.title("Compression trade-off explorer")
+    if top is None:
+        top = shell.draw()
     try:
         service.start_up()
         cards = service.list_baselines()
     except ValueError as e:
-        st.error(md(e))
+        top.error(md(e))
         return
     if not cards:
-        st.error("No baselines in models/: train one with `python -m explorer train --model digits_cnn`.")
+        top.error("No baselines in models/: train one with `python -m explorer train --model digits_cnn`.")
         return
     names = [c["name"] for c in cards]
     if "_select_baseline" in st.session_state:  # a model just added becomes the current one
@@ -78,8 +80,8 @@ def main() -> None:
     if note:
         st.sidebar.caption(note)  # Markdown: its model names come escaped
     card = cards[names.index(c["baseline"])]
-    st.caption(f"{md(card['architecture'])} on {md(card['dataset'])}: {card['params']:,} parameters, baseline top-1 "
-               f"{card['accuracy']['top1']:.2f}% on {words.count(card.get('test_samples', '?'), 'test image')}.")
+    top.caption(f"{md(card['architecture'])} on {md(card['dataset'])}: {card['params']:,} parameters, baseline "
+                f"top-1 {card['accuracy']['top1']:.2f}% on {words.count(card.get('test_samples', '?'), 'test image')}.")
 
     if st.session_state.get("_drawn_model") != c["baseline"]:
         # a model just opened: this element takes the place of the previous model's views, which go at once
