@@ -1,0 +1,133 @@
+"""The page as a first visitor meets it, in a real browser (Debian's Chromium through Playwright), on a cold server
+and an empty cache, the default model, no click: seconds until the page's shell paints (title and sidebar), until
+the model picker shows, until the first figures show (the Overview's top-1 tile), and how many runs the curves
+hold three minutes after opening. The machine's load average is recorded beside the figures: on a shared machine
+they move with it.
+
+Run: .venv/bin/python bench/page_open.py   (writes docs/results/page_open.md)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import common as C
+
+NAME = "page_open"
+TARGETS = {"shell_s": 2.0, "first_s": 5.0, "points": 20}
+OPEN_S = 180
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
+TITLE = "Compression trade-off explorer"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server(tmp: Path) -> tuple[subprocess.Popen, str, float]:
+    """`streamlit run app.py` on an empty cache, the landscape on (as a visitor gets it); seconds to healthy."""
+    env = dict(os.environ, EXPLORER_CACHE_DIR=str(tmp / "cache"), EXPLORER_LANDSCAPE="1", PYTHONUNBUFFERED="1")
+    port = _port()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1",
+                             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+                            cwd=C.ROOT, env=env, stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    while time.perf_counter() - t0 < 120:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return proc, url, time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the server did not start within 120 s")
+
+
+def _points(page) -> int:
+    chart = page.locator(".js-plotly-plot").filter(visible=True).first
+    return chart.evaluate("el => (el._fullData || []).filter(t => t.name !== 'current' && t.name !== 'baseline')"
+                          ".reduce((n, t) => n + Array.from(t.x || []).filter(v => v !== null).length, 0)")
+
+
+def measure(tmp: Path) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    load = [os.getloadavg()[0]]
+    proc, url, start_s = _server(tmp)
+    out = {"server_s": start_s}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            t0 = time.perf_counter()
+            page.goto(url, timeout=120_000)
+            page.get_by_role("heading", name=TITLE).wait_for(timeout=120_000)
+            out["shell_s"] = time.perf_counter() - t0
+            page.get_by_test_id("stSidebar").get_by_text("Baseline model").wait_for(timeout=300_000)
+            out["picker_s"] = time.perf_counter() - t0
+            page.wait_for_url(re.compile(r"baseline="), timeout=60_000)  # the page mirrors its model in the link
+            out["model"] = parse_qs(urlparse(page.url).query)["baseline"][0]
+            page.get_by_test_id("stMetricLabel").get_by_text("Top-1 (measured)", exact=True).first.wait_for(
+                timeout=600_000)
+            out["first_s"] = time.perf_counter() - t0
+            load.append(os.getloadavg()[0])
+            page.wait_for_timeout(max(0.0, OPEN_S - 10 - (time.perf_counter() - t0)) * 1000)
+            page.get_by_role("tab", name="Curves and Pareto").click()
+            page.wait_for_timeout(max(0.0, OPEN_S - (time.perf_counter() - t0)) * 1000)
+            out["points"] = _points(page)
+            text = page.get_by_text(re.compile(r"Landscape: \d+ of \d+ configurations")).first.inner_text()
+            out["landscape"] = text
+            load.append(os.getloadavg()[0])
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    out["load"] = load
+    return out
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="explorer-page-open-") as tmp:
+        m = measure(Path(tmp))
+    cores = os.cpu_count()
+    load = ", ".join(f"{v:.1f}" for v in m["load"])
+    checks = [C.Check(f"the page's shell paints in < {TARGETS['shell_s']:g} s on a cold server",
+                      m["shell_s"] < TARGETS["shell_s"], f"{m['shell_s']:.2f} s"),
+              C.Check(f"the default model's first figures show in < {TARGETS['first_s']:g} s on an empty cache",
+                      m["first_s"] < TARGETS["first_s"], f"{m['first_s']:.1f} s", note=f"load average {load}"),
+              C.Check(f"at least {TARGETS['points']} points in the curves {OPEN_S} s after opening, no click",
+                      m["points"] >= TARGETS["points"], f"{m['points']} points")]
+    body = (f"A cold server (`streamlit run app.py`, healthy after {m['server_s']:.1f} s), an empty cache, the page "
+            f"opened in Chromium on its default model ({m['model']}) and left alone. {cores} cores; the one-minute "
+            f"load average was {load} (at opening, at the first figures, at {OPEN_S} s): the machine was "
+            + ("idle" if max(m["load"]) < 0.5 else "shared with other work") + ".\n\n"
+            + C.table(["measure", "seconds or count"],
+                      [["the shell (title, sidebar heading) paints", f"{m['shell_s']:.2f} s"],
+                       ["the model picker shows", f"{m['picker_s']:.2f} s"],
+                       ["the first figures show (top-1 tile)", f"{m['first_s']:.1f} s"],
+                       [f"points in the curves {OPEN_S} s after opening", f"{m['points']} ({m['landscape']})"]])
+            + "\n\n" + C.checks_table(checks))
+    C.write_section(NAME, "Opening the page: the shell, the default model's first figures, the curves", body,
+                    checks=checks, facts={k: v for k, v in m.items() if k != "landscape"})
+
+
+if __name__ == "__main__":
+    main()
