@@ -1,5 +1,6 @@
-"""Pruning: unstructured magnitude, block, N:M semi-structured, and structured channel pruning that
-physically removes channels through Torch-Pruning's dependency graph; one-shot, iterative or
+"""Pruning: unstructured magnitude, block, N:M semi-structured, structured channel pruning that
+physically removes channels through Torch-Pruning's dependency graph, and for transformers the removal
+of whole attention heads or MLP hidden neurons (explorer.compress.attention); one-shot, iterative or
 gradual (Zhu & Gupta's cubic schedule) with masked fine-tuning.
 
 The mask maths works on plain tensors (`magnitude_masks`, `block_mask`, `nm_mask`) so it can be
@@ -17,6 +18,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from explorer.compress.attention import prune_units
 from explorer.compress.base import (
     LAYER_CHOICES,
     MAX_STEP_EPOCHS,
@@ -35,13 +37,25 @@ from explorer.compress.schedules import cubic_sparsity, geometric_sparsity
 from explorer.core.errors import bad_value, check_choice, check_range
 from explorer.core.train import TrainHook
 
-GRANULARITIES = ("unstructured", "channel", "block", "nm")
+GRANULARITIES = ("unstructured", "channel", "block", "nm", "heads", "neurons")
+REMOVES = ("channel", "heads", "neurons")  # granularities that make layers smaller (structural steps)
 CRITERIA = ("l1", "l2", "geometric_median")
 SCHEDULES = ("oneshot", "iterative", "gradual")
 
 
 @dataclass(frozen=True)
 class PruneConfig(StepConfig):
+    """Fields: `sparsity` is the share pruned: of the selected weights (unstructured, block), of each layer's
+    output channels (channel), of the attention heads (heads: every block keeps at least one) or of the MLP
+    hidden neurons (neurons), all physically removed for channel, heads and neurons; n:m fixes it at 1 - n/m.
+    `granularity`: unstructured | channel | block | nm | heads | neurons. `criterion`: l1 | l2 magnitude
+    (geometric_median for channel). `scope`: global (one ranking over all layers; for heads and neurons each
+    block's scores are divided by their mean first) | layer (the same share in every layer). `schedule`:
+    oneshot | iterative | gradual (heads and neurons: oneshot). `finetune_epochs`, `lr`: fine-tuning after
+    pruning. `layers`: which Conv/Linear layers (all | conv | linear | inner | mlp; heads and neurons take
+    every transformer block). `rounds`, `initial_sparsity`: the iterative and gradual schedules. `block`:
+    the block shape; `n`, `m`: n of every m consecutive inputs kept (2:4 by default)."""
+
     kind: ClassVar[str] = "prune"
 
     sparsity: float = 0.5
@@ -80,6 +94,8 @@ class PruneConfig(StepConfig):
             raise bad_value("sparsity", self.sparsity, fixed)
         if self.schedule != "oneshot" and self.finetune_epochs == 0:
             raise bad_value("finetune_epochs", 0, f"at least 1 for the {self.schedule} schedule")
+        if self.granularity in ("heads", "neurons") and self.schedule != "oneshot":
+            raise bad_value("schedule", self.schedule, f"oneshot for {self.granularity} pruning")
         if self.granularity == "nm" and self.schedule == "gradual":
             raise bad_value("schedule", "gradual", "oneshot or iterative for n:m pruning (its sparsity is fixed)")
 
@@ -88,7 +104,7 @@ class PruneConfig(StepConfig):
         return 1 - self.n / self.m if self.granularity == "nm" else self.sparsity
 
     def structural(self) -> bool:
-        return self.granularity == "channel"  # channels are removed: the layers get smaller
+        return self.granularity in REMOVES  # channels, heads or neurons are removed: the layers get smaller
 
     def training_epochs(self) -> int:
         """Each round of an iterative schedule (and of gradual channel pruning) fine-tunes at least one epoch, so
@@ -306,6 +322,8 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> Compressed:
     ctx = dataclasses.replace(ctx, state=state)
     if cfg.granularity == "channel":
         info = prune_channels(model, cfg, ctx)
+    elif cfg.granularity in REMOVES:
+        info = prune_units(model, cfg, ctx)
     else:
         info = _prune_unstructured(model, cfg, ctx)
         if cfg.granularity == "unstructured":
@@ -318,7 +336,7 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> Compressed:
         else:
             state.notes.append("Block sparsity needs block-sparse kernels to run faster; the runtimes here are "
                                "dense, so it shrinks the packed file, not the latency.")
-    if cfg.granularity == "channel":  # sparsity here is the share of channels removed
+    if cfg.granularity in REMOVES:  # sparsity here is the share of channels (heads, neurons) removed
         ch = info["channels"]
         layers = {k: 1 - v["after"] / v["before"] for k, v in ch.items()}
         achieved = 1 - sum(v["after"] for v in ch.values()) / sum(v["before"] for v in ch.values())
