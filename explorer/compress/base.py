@@ -29,13 +29,16 @@ from explorer.core.train import Progress, TrainConfig, TrainHook, fit
 @dataclass
 class QuantRecord:
     """Weight `name` equals (q - zero_point) * scale with integer q in [qmin, qmax]; scale and zero_point
-    are per output channel when `axis` is 0, else one value each."""
+    are per output channel when `axis` is 0, else one value each. With `group_size` > 0 (a Linear weight,
+    axis 0) they are per output row and per group of `group_size` consecutive inputs: shape (rows, groups),
+    the last group of a row shorter when the inputs are not a multiple of the group."""
 
     bits: int
     symmetric: bool
     axis: int | None
     scale: torch.Tensor
     zero_point: torch.Tensor
+    group_size: int = 0
 
     @property
     def qmin(self) -> int:
@@ -370,10 +373,26 @@ def clone(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
+def _mlp_types() -> tuple[type, ...]:
+    """A transformer block's feed-forward module types: timm's Mlp family and torchvision's MLP (MLPBlock)."""
+    from torchvision.ops import MLP
+
+    try:
+        from timm.layers import GluMlp, Mlp, SwiGLU
+    except ImportError:  # timm is optional: without it no model holds its modules
+        return (MLP,)
+    return Mlp, GluMlp, SwiGLU, MLP
+
+
 def compressible(model: nn.Module, layers: str = "all") -> list[tuple[str, nn.Module]]:
-    """Conv and Linear layers selected by `layers`: all, conv, linear, or inner (all but the first and
-    last, which are the most sensitive and hold few weights)."""
+    """Conv and Linear layers selected by `layers`: all, conv, linear, inner (all but the first and
+    last, which are the most sensitive and hold few weights), or mlp (the Linear layers inside a
+    transformer block's feed-forward MLP: timm's fc1/fc2, torchvision's MLPBlock)."""
     mods = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if layers == "mlp":
+        inside = {f"{n}.{c}" for n, m in model.named_modules() if isinstance(m, _mlp_types())
+                  for c, _ in m.named_modules() if c}
+        return [(n, m) for n, m in mods if isinstance(m, nn.Linear) and n in inside]
     if layers == "conv":
         return [(n, m) for n, m in mods if isinstance(m, nn.Conv2d)]
     if layers == "linear":
@@ -383,4 +402,4 @@ def compressible(model: nn.Module, layers: str = "all") -> list[tuple[str, nn.Mo
     return mods
 
 
-LAYER_CHOICES = ("all", "conv", "linear", "inner")
+LAYER_CHOICES = ("all", "conv", "linear", "inner", "mlp")

@@ -41,10 +41,20 @@ from explorer.core.errors import bad_value, check_choice, check_range
 
 MODES = ("fp16", "bf16", "ptq", "static", "dynamic", "qat", "mixed")
 CALIBRATIONS = ("minmax", "percentile", "entropy")
+GROUP_SIZES = (0, 32, 64, 128)
 
 
 @dataclass(frozen=True)
 class QuantizeConfig(StepConfig):
+    """Fields: `bits` (2-8; 16 for fp16/bf16; 8 for static and dynamic), `mode` (fp16 | bf16 | ptq | static |
+    dynamic | qat | mixed: static and dynamic also deploy as ONNX Runtime int8, dynamic through MatMulInteger,
+    the usual CPU path for transformers), `activation_bits` (0: weights only), `symmetric`, `per_channel`,
+    calibration settings, QAT epochs and lr, `layers` (all | conv | linear | inner | mlp), `budget_bits` (mixed)
+    and `learn_ranges` (QAT). `group_size` (0, 32, 64 or 128; mode ptq, weights only): each Linear weight gets
+    a scale and zero point per output row and per group of that many consecutive inputs (int4 g128 as GPTQ and
+    AWQ ship); conv weights keep per-channel or per-tensor scales. Left out of the JSON form while 0, so recipes
+    without it keep their cache keys."""
+
     kind: ClassVar[str] = "quantize"
 
     bits: int = 8
@@ -60,6 +70,7 @@ class QuantizeConfig(StepConfig):
     layers: str = "all"
     budget_bits: float = 0.0  # mixed: average bits per quantised weight the mix must fit under
     learn_ranges: bool = True  # QAT: learn each activation range with the weights (LSQ+) instead of fixing it
+    group_size: int = 0  # > 0: weight-only group-wise scales for Linear layers (ptq)
 
     def __post_init__(self):
         check_choice("mode", self.mode, MODES)
@@ -88,6 +99,16 @@ class QuantizeConfig(StepConfig):
         check_choice("learn_ranges", self.learn_ranges, (True, False))
         if self.mode == "mixed":
             check_range("budget_bits", self.budget_bits, 2.0, float(self.bits))
+        check_choice("group_size", self.group_size, GROUP_SIZES)
+        if self.group_size and (self.mode != "ptq" or self.activation_bits):
+            raise bad_value("group_size", self.group_size, "0 unless mode is 'ptq' with weights only "
+                            f"(activation_bits 0); got mode {self.mode!r}, activation_bits {self.activation_bits}")
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if not self.group_size:  # the field came later: recipes without it keep their JSON and cache keys
+            d.pop("group_size")
+        return d
 
     def training_epochs(self) -> int:
         return self.finetune_epochs
@@ -102,7 +123,7 @@ class QuantizeConfig(StepConfig):
         if self.mode in ("fp16", "bf16"):
             return self.mode
         wa = f"W{self.bits}" + (f"A{self.act_bits}" if self.act_bits else "")
-        return f"{wa} {self.mode}"
+        return f"{wa} {self.mode}" + (f" groups of {self.group_size}" if self.group_size else "")
 
     def deploy(self, keep_float: Sequence[str] = ()) -> Deploy:
         """The int8 ONNX Runtime model this step deploys as (static and dynamic modes)."""
@@ -257,6 +278,12 @@ def quantize_weights(model: nn.Module, names: list[str], bits: dict[str, int] | 
                 codes = qmath.quantize(cb.centroids, scale, zp, b, cfg.symmetric)
                 cb.centroids.copy_(qmath.dequantize(codes, scale, zp))
                 p.copy_(codebook_weight(cb, state.masks.get(name)))
+            elif cfg.group_size and p.dim() == 2:  # a Linear weight: scales per row and group of inputs
+                g = cfg.group_size
+                scale, zp = qmath.group_qparams(p, b, cfg.symmetric, g)
+                p.copy_(qmath.dequantize_groups(qmath.quantize_groups(p, scale, zp, b, cfg.symmetric, g), scale, zp, g))
+                state.quant[name] = QuantRecord(b, cfg.symmetric, 0, scale.clone(), zp.clone(), group_size=g)
+                continue
             else:
                 scale, zp, axis = qmath.weight_qparams(p, b, cfg.symmetric, cfg.per_channel)
                 p.copy_(qmath.dequantize(qmath.quantize(p, scale, zp, b, cfg.symmetric, axis), scale, zp, axis))
