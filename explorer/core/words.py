@@ -21,7 +21,7 @@ ENGINES = {TORCH_CPU: "PyTorch on the CPU, fp32", ORT_CPU_FP32: "ONNX Runtime, f
            TORCH_CUDA_FP16: "PyTorch on the GPU, fp16", TORCH_CUDA_BF16: "PyTorch on the GPU, bf16",
            ORT_CUDA_FP32: "ONNX Runtime on the GPU, fp32"}
 GRANULARITY = {"unstructured": "single weights", "channel": "whole channels", "block": "4x4 blocks of weights",
-               "nm": "2 of every 4 weights (2:4)"}
+               "nm": "2 of every 4 weights (2:4)", "heads": "attention heads", "neurons": "MLP neurons"}
 SCHEDULE = {"oneshot": "at once", "iterative": "in rounds", "gradual": "gradually"}
 
 GLOSSARY = {

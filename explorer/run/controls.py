@@ -22,7 +22,9 @@ from explorer.core.errors import bad_value
 
 BIT_OPTIONS = ["2", "3", "4", "5", "6", "7", "8", "fp16", "bf16", "fp32"]
 CLUSTER_OPTIONS = ["off", "2", "4", "8", "16", "32", "64", "128", "256"]
-GRANULARITIES = ["unstructured", "channel", "block", "nm"]
+# heads and neurons: a transformer's attention heads or MLP hidden neurons, physically removed (the sparsity is
+# their share); for the other granularities the share of weights or channels
+GRANULARITIES = ["unstructured", "channel", "block", "nm", "heads", "neurons"]
 CRITERIA = ["l1", "l2", "geometric_median"]
 SCOPES = ["global", "layer"]
 SCHEDULES = ["oneshot", "iterative", "gradual"]
@@ -30,13 +32,16 @@ SCHEDULES = ["oneshot", "iterative", "gradual"]
 # at 8 bits and post-training weights-only below; the others as named
 QUANT_MODES = ["auto", "ptq", "static", "dynamic", "qat"]
 CALIBRATIONS = ["minmax", "percentile", "entropy"]
+# weights-only post-training quantisation: 0 keeps per-channel scales; 32/64/128 give each Linear layer a scale
+# per row and group of that many inputs (QuantizeConfig.group_size)
+GROUP_SIZES = [0, 32, 64, 128]
 
 DEFAULTS: dict[str, Any] = {
     "baseline": "digits_cnn-digits",
     "sparsity": 0.5, "granularity": "unstructured", "criterion": "l1", "scope": "global", "schedule": "oneshot",
     "prune_epochs": 2,
     "bits": "fp32", "quant_mode": "auto", "quant_acts": False, "symmetric": True, "per_channel": True,
-    "calibration": "minmax", "qat_epochs": 2, "learn_ranges": True,
+    "calibration": "minmax", "qat_epochs": 2, "learn_ranges": True, "group_size": 0,
     "clusters": "off", "cluster_finetune": False,
     "distill": False, "student_width": 0.5, "distill_epochs": 15,
     "lowrank": False, "rank_ratio": 0.25, "bn_adapt": True,
@@ -61,6 +66,8 @@ def relevant(c: dict[str, Any], card: dict | None = None) -> set[str]:
         keys |= {"quant_mode", "symmetric", "per_channel"}
         if mode in ("ptq", "qat"):
             keys.add("quant_acts")
+        if mode == "ptq" and not c["quant_acts"]:
+            keys.add("group_size")  # group-wise scales are for weights-only quantisation
         if mode == "static" or (mode in ("ptq", "qat") and c["quant_acts"]):
             keys.add("calibration")  # activation ranges are calibrated; weights-only needs none
         if mode == "qat":
@@ -107,7 +114,9 @@ def build(c: dict[str, Any], card: dict, seed: int = 0) -> Recipe:
         mode = quant_mode(bits, c["quant_mode"])
         acts = int(bits) if c["quant_acts"] and mode in ("ptq", "qat") else 0
         calibration = c["calibration"] if mode == "static" or acts else "minmax"
+        group = c["group_size"] if mode == "ptq" and not acts else 0
         steps.append(QuantizeConfig(bits=int(bits), mode=mode, activation_bits=acts, symmetric=c["symmetric"],
+                                    group_size=group,
                                     per_channel=c["per_channel"], calibration=calibration,
                                     finetune_epochs=c["qat_epochs"] if mode == "qat" else 0,
                                     learn_ranges=c["learn_ranges"] or mode != "qat",
@@ -179,7 +188,7 @@ def from_recipe(recipe: dict, card: dict) -> dict[str, Any] | None:
                          s.get("activation_bits") else mode, quant_acts=bool(s.get("activation_bits")),
                          symmetric=s["symmetric"], per_channel=s["per_channel"], calibration=s["calibration"],
                          qat_epochs=s.get("finetune_epochs") or DEFAULTS["qat_epochs"],
-                         learn_ranges=s.get("learn_ranges", True))
+                         learn_ranges=s.get("learn_ranges", True), group_size=s.get("group_size", 0))
         else:
             return None
     if not card.get("batchnorm"):

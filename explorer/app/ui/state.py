@@ -13,6 +13,7 @@ from explorer.run.controls import (  # noqa: F401  (the page's names for them)
     CRITERIA,
     DEFAULTS,
     GRANULARITIES,
+    GROUP_SIZES,
     QUANT_MODES,
     SCHEDULES,
     SCOPES,
@@ -22,7 +23,8 @@ from explorer.run.controls import (  # noqa: F401  (the page's names for them)
 
 _TYPES = {k: type(v) for k, v in DEFAULTS.items()}
 _CHOICES = {"bits": BIT_OPTIONS, "clusters": CLUSTER_OPTIONS, "granularity": GRANULARITIES, "criterion": CRITERIA,
-            "scope": SCOPES, "schedule": SCHEDULES, "quant_mode": QUANT_MODES, "calibration": CALIBRATIONS}
+            "scope": SCOPES, "schedule": SCHEDULES, "quant_mode": QUANT_MODES, "calibration": CALIBRATIONS,
+            "group_size": GROUP_SIZES}
 _RANGES = {"sparsity": (0.0, 0.99), "prune_epochs": (0, 50), "qat_epochs": (1, 50), "student_width": (0.125, 1.0),
            "distill_epochs": (1, 100), "rank_ratio": (0.05, 1.0)}
 
