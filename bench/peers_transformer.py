@@ -46,6 +46,18 @@ MODELS = ("vit", "lenet5")
 CALIBRATION = C.CALIBRATION  # 256 training images, seed 0, for every calibrated row
 FT_SAMPLES, FT_EPOCHS = 10_000, 3  # head pruning's fine-tuning: a 10,000-image subset (a full epoch is ~270 s here)
 ROUNDS, BUDGET_S = 6, 1.0
+READING = ("Reading the ViT rows. Int8: ONNX Runtime runs the Linear layers' MatMuls in int8, while LayerNorm, "
+           "softmax, GELU and the attention's own matrix products stay fp32, so the speed-up of this small model "
+           "(width 96, 17 tokens) stays well under 2x; the figures also move between runs on this shared machine (see"
+           " the load average). Packed size: at 4 bits the Linear weights alone cannot go below 8x, and each group's "
+           "float32 scale and zero point, the patch embedding, position embedding and LayerNorm tensors add to that; "
+           "3 bits or 16-bit scales would be the next things to try. Heads: the query/key/value and output "
+           "projections are about half of a block's multiply-accumulates and the MLP the other half, so removing half"
+           " of the heads cannot reach 0.6x alone (MLP neurons, the 'neurons' granularity, would have to go too); "
+           "fine-tuning used a 10,000-image subset for 3 epochs because a full epoch of this ViT takes about 270 s on"
+           " this CPU under load. torchao's Int4WeightOnlyConfig needs a kernel package (mslk) that is not available "
+           "for this CPU build, and on LeNet-5 it quantises nothing; its int8 config runs in PyTorch eager, the "
+           "explorer's int8 in ONNX Runtime, so that pair compares deployments, not kernels.")
 
 
 def _threads1():
@@ -322,6 +334,7 @@ def main() -> None:
     text, f = heads_target(work)
     parts.append("### ViT: half of the attention heads removed\n\n" + text)
     facts["heads"] = f
+    parts.append(READING)
     parts.append(f"Load average (1, 5, 15 min) at the start {load0}, at the end {load_average()}; "
                  f"cards: {read_card(baseline_path('vit', 'fashion-mnist'))['name']}, lenet5-fashion-mnist.")
     found = checks(facts)
