@@ -50,14 +50,15 @@ READING = ("Reading the ViT rows. Int8: ONNX Runtime runs the Linear layers' Mat
            "softmax, GELU and the attention's own matrix products stay fp32, so the speed-up of this small model "
            "(width 96, 17 tokens) stays well under 2x; the figures also move between runs on this shared machine (see"
            " the load average). Packed size: at 4 bits the Linear weights alone cannot go below 8x, and each group's "
-           "float32 scale and zero point, the patch embedding, position embedding and LayerNorm tensors add to that; "
-           "3 bits or 16-bit scales would be the next things to try. Heads: the query/key/value and output "
-           "projections are about half of a block's multiply-accumulates and the MLP the other half, so removing half"
-           " of the heads cannot reach 0.6x alone (MLP neurons, the 'neurons' granularity, would have to go too); "
-           "fine-tuning used a 10,000-image subset for 3 epochs because a full epoch of this ViT takes about 270 s on"
-           " this CPU under load. torchao's Int4WeightOnlyConfig needs a kernel package (mslk) that is not available "
-           "for this CPU build, and on LeNet-5 it quantises nothing; its int8 config runs in PyTorch eager, the "
-           "explorer's int8 in ONNX Runtime, so that pair compares deployments, not kernels.")
+           "float32 scale and zero point, the patch embedding, position embedding and LayerNorm tensors add to that, "
+           "so only the 3-bit row can reach the target. Heads: the query/key/value and output projections are about "
+           "half of a block's multiply-accumulates and the MLP the other half, so removing half of the heads cannot "
+           "reach 0.6x alone (MLP neurons, the 'neurons' granularity, would have to go too); fine-tuning used a "
+           "10,000-image subset for 3 epochs because a full epoch of this ViT takes about 270 s on this CPU under "
+           "load. torchao's Int4WeightOnlyConfig needs the mslk kernel package (version 1.0.0 or later; PyPI holds "
+           "only an empty 0.0.0 placeholder) or a CUDA device for its other layouts, and on LeNet-5 it quantises "
+           "nothing; its int8 config runs in PyTorch eager, the explorer's int8 in ONNX Runtime, so that pair "
+           "compares deployments, not kernels.")
 
 
 def _threads1():
@@ -161,13 +162,15 @@ def section(model_name: str, work) -> tuple[str, dict]:
 
     # weight-only group-wise: the packed file (compute stays fp32 in eager PyTorch: no int4 kernels on this CPU)
     arch = {"name": card["architecture"], "kwargs": card["arch_kwargs"]}
-    for bits, group in ((4, 32), (4, 128), (8, 128)):
-        out = quantize(model, QuantizeConfig(bits=bits, group_size=group), Context(data=data, seed=0))
+    for bits, group, symmetric in ((4, 32, True), (4, 128, True), (8, 128, True), (3, 128, False)):
+        cfg = QuantizeConfig(bits=bits, group_size=group, symmetric=symmetric)
+        out = quantize(model, cfg, Context(data=data, seed=0))
         blob = pack(out.model, out.state, arch)
-        r = rows.add("explorer", f"W{bits} weight-only, groups of {group} (packed file)", torch_predict(out.model, x),
-                     len(blob), ".xpk", None, "PyTorch eager (fp32 compute)")
-        facts[f"packed_w{bits}g{group}"] = {"bytes": len(blob), "ratio": file_bytes / len(blob),
-                                            "delta_ci": r["paired"]["delta_ci"]}
+        grid = "" if symmetric else ", asymmetric"
+        r = rows.add("explorer", f"W{bits} weight-only, groups of {group}{grid} (packed file)",
+                     torch_predict(out.model, x), len(blob), ".xpk", None, "PyTorch eager (fp32 compute)")
+        facts[f"packed_w{bits}g{group}{'' if symmetric else 'a'}"] = {
+            "bytes": len(blob), "ratio": file_bytes / len(blob), "delta_ci": r["paired"]["delta_ci"]}
 
     # peers
     for mode in ("dynamic", "static"):
@@ -288,7 +291,8 @@ def checks(facts: dict) -> list:
                        bool(top and top["ratio"] >= 8),
                        ", ".join(f"{k.removeprefix('packed_')} {v['ratio']:.2f}x ({v['delta_ci'][0]:+.2f} to "
                                  f"{v['delta_ci'][1]:+.2f})" for k, v in packed.items()),
-                       "weight-only group-wise; float32 scales and the non-Linear tensors keep it under 8x at 4 bits"))
+                       "weight-only group-wise (w3g128a: 3 bits, asymmetric); at 4 bits the float32 scales and the "
+                       "non-Linear tensors keep it under 8x"))
     ft = heads["results"][f"fine-tuned {FT_EPOCHS} epochs"]["paired"]["delta_ci"]
     out.append(C.Check("ViT: 50% of heads removed and fine-tuned, within 2 points, MACs <= 0.6x",
                        ft[0] >= -2 and heads["macs_ratio"] <= 0.6,
