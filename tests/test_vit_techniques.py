@@ -10,6 +10,7 @@ from vit_tiny import ARCH, digits, trained
 
 from explorer.artifact.pack import pack, unpack
 from explorer.compress.base import Context, compressible, step_type_of
+from explorer.compress.cluster import ClusterConfig
 from explorer.compress.lowrank import Factorized, LowRankConfig
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
@@ -20,6 +21,7 @@ FLOAT_EXPORTS = [
     PruneConfig(sparsity=0.5, granularity="nm", layers="inner"), PruneConfig(sparsity=0.5),
     QuantizeConfig(bits=4, group_size=32), QuantizeConfig(bits=8, group_size=64),
     QuantizeConfig(bits=4, group_size=128, symmetric=False), LowRankConfig(rank_ratio=0.25, layers="mlp"),
+    PruneConfig(sparsity=0.5, granularity="block"), ClusterConfig(clusters=16), QuantizeConfig(bits=16, mode="fp16"),
 ]
 
 
@@ -42,6 +44,11 @@ def test_onnx_runtime_predicts_what_pytorch_predicts_after_each_technique(cfg, t
     assert torch.allclose(ort, out.model(x).detach(), atol=1e-4)
     again = unpack(pack(out.model, out.state, ARCH)).model  # and the packed file gives the same model
     assert torch.equal(again(x[:32]), out.model(x[:32]))
+
+
+def test_channel_pruning_of_a_transformer_is_refused_in_words():
+    with pytest.raises(ValueError, match="granularity='channel'.*transformer.*use granularity 'heads'"):
+        _apply(PruneConfig(sparsity=0.25, granularity="channel"))
 
 
 def test_two_four_prunes_every_inner_linear_layer_of_the_transformer():

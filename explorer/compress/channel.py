@@ -13,6 +13,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from explorer.compress.attention import attention_blocks
 from explorer.compress.base import Context, compressible, finetune, require_shapes_free
 from explorer.compress.schedules import cubic_sparsity, geometric_sparsity
 
@@ -44,7 +45,12 @@ def _plan(model: nn.Module, cfg: PruneConfig) -> tuple[list[nn.Module], list[tup
 
 
 def check_feasible(model: nn.Module, cfg: PruneConfig) -> None:
-    """Refuse, before any work, a ratio that would remove every channel of a layer."""
+    """Refuse, before any work, a transformer (its channels are the width every block shares: the heads and
+    MLP neurons are what can go) and a ratio that would remove every channel of a layer."""
+    if attention_blocks(model):
+        raise ValueError("granularity='channel' removes convolution channels, and this model is a transformer whose "
+                         "blocks all share one width; use granularity 'heads' (attention heads) or 'neurons' (MLP "
+                         "hidden neurons) to make it smaller")
     _, prunable = _plan(model, cfg)
     for name, m in prunable:
         ch = _out_channels(m)
