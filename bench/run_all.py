@@ -25,7 +25,7 @@ import time
 import common as C
 
 SECTIONS = ("fashion", "live", "seed001", "seed000", "seed002", "seed004", "bnadapt", "peers", "targets",
-            "explorer_perf")
+            "explorer_perf", "stress_speed")
 MICRO = {"bench_pack": "Packed-format benchmark (`bench/bench_pack.py`)",
          "bench_cluster": "Clustering benchmark (`bench/bench_cluster.py`)"}
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

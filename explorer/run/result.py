@@ -180,6 +180,9 @@ def to_json(result: RunResult, indent: int | None = None) -> str:
 # ---------------------------------------------------------------- how every view reads a speed-up
 
 DISTURBED = "timing disturbed: re-timing"
+GAVE_UP = "timing disturbed: the machine was too busy"
+LATER_RETIMES = 3  # later re-times of a stored run (explorer.run.retime) before its figures stay disturbed
+UNCHECKED = "not shown: timed by an earlier version, before speed-ups checked themselves"
 
 
 @dataclass(frozen=True)
@@ -212,8 +215,9 @@ def speed(result: dict, engine: str, batch: str, kind: str = "speedup") -> Speed
     status = v.get("status")
     if status == "baseline":
         return Speed("baseline", 1.0, 1.0, 1.0, "the baseline itself (1.00x)")
-    if status != "measured":  # disturbed, or a figure from before the checks existed
-        return Speed("disturbed", None, None, None, DISTURBED)
+    if status != "measured":  # disturbed, or a figure from before the checks existed (a schema 4 run in the cache)
+        spent = len((result.get("timing_quality") or {}).get("later") or []) >= LATER_RETIMES
+        return Speed("disturbed", None, None, None, UNCHECKED if not status else GAVE_UP if spent else DISTURBED)
     ratio, (lo, hi) = v["ratio"], v["ci"]
     if lo <= 1.0 <= hi:
         return Speed("within noise", ratio, lo, hi, "within noise")
@@ -235,9 +239,10 @@ def disturbed_figures(result: dict) -> list[str]:
 
 
 def needs_retime(result: dict) -> bool:
-    """Whether a stored run should be timed again when the machine is quieter (runner.time_run on its stored
-    artifacts): some speed figure of it was disturbed."""
-    return result.get("status") == "ok" and bool(disturbed_figures(result))
+    """Whether a stored run should be timed again when the machine is quieter (explorer.run.retime): some
+    speed figure of it was disturbed, and it has had fewer than LATER_RETIMES later re-times."""
+    later = (result.get("timing_quality") or {}).get("later") or []
+    return result.get("status") == "ok" and bool(disturbed_figures(result)) and len(later) < LATER_RETIMES
 
 
 # ---------------------------------------------------------------- one table row per result

@@ -350,7 +350,7 @@ def fastest_on_cpu(result: dict, batch: str = B256) -> str | None:
     """The CPU engine measured faster than every other at `batch` (its interval below theirs, in the same rounds,
     with no disturbed timing), or None where none is."""
     lat = result.get("latency") or {}
-    if disturbed_figures(result):
+    if disturbed_figures(result) or not result.get("timing_quality"):  # disturbed, or timed before the checks
         return None
     figs = {e: lat.get(e, {}).get(batch, {}) for e in ENGINES_SHOWN[:3]}
     figs = {e: f for e, f in figs.items() if f.get("available") and f.get("ci_ms")}
