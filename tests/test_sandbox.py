@@ -87,7 +87,7 @@ def test_check_limits_are_settings_with_bounds():
                        match=r"^EXPLORER_CHECK_TIMEOUT_S='0' must be a whole number of seconds >= 1, at most 3600 "):
         settings.parse("EXPLORER_CHECK_TIMEOUT_S", "0")
     with pytest.raises(ValueError,
-                       match=r"^EXPLORER_CHECK_MAX_MB='1e9' must be a whole number of megabytes >= 64, at most 262144 "):
+                       match=r"^EXPLORER_CHECK_MAX_MB='1e9' must be a whole number of megabytes >= 64, at most 262144"):
         settings.parse("EXPLORER_CHECK_MAX_MB", "1e9")
 
 
