@@ -7,17 +7,13 @@ by hand. The result is a smaller dense model: fewer parameters, fewer MACs, real
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from explorer.compress.base import Context, compressible, finetune, require_shapes_free
+from explorer.compress.prune_config import PruneConfig
 from explorer.compress.schedules import cubic_sparsity, geometric_sparsity
-
-if TYPE_CHECKING:  # a type only: prune imports this module to run its channel granularity
-    from explorer.compress.prune import PruneConfig
 
 
 def _importance(criterion: str):

@@ -17,8 +17,8 @@ from typing import Any, Literal, Required, TypedDict
 
 import pandas as pd
 
-from explorer import SCHEMA_VERSION
 from explorer.core.engines import B1, TORCH_CPU, gain_col, lat_col, reltime_col, speedup_col, state_col
+from explorer.core.version import SCHEMA_VERSION
 from explorer.core.words import recipe_words, scheme_of
 
 # the files a run writes into its folder; the cache keeps the artifacts (packed, ONNX, predictions)
