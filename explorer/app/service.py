@@ -151,11 +151,6 @@ def run(recipe: Recipe, progress: Progress | None = None) -> dict:
     return cache().get_or_run(recipe, progress=progress)
 
 
-def is_cached(recipe: Recipe) -> bool:
-    """Whether the configuration is stored complete (a cheap look: no checksum of the artifacts)."""
-    return cache().peek(run_key(recipe)) is not None
-
-
 def cached_results(model: str, dataset: str, checkpoint: str | None = None) -> list[dict]:
     """Every stored run of this baseline (light read: the checked result JSON of complete entries)."""
     c = cache()
@@ -298,10 +293,6 @@ def landscapes():
         if _landscapes is None:
             _landscapes = Landscapes(cache, run_key, settings.get("EXPLORER_LANDSCAPE_IDLE_S"))
         return _landscapes
-
-
-def run_key_of(recipe: Recipe) -> str:
-    return run_key(recipe)
 
 
 def baseline_recipe(recipe: Recipe) -> Recipe:

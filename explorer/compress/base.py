@@ -297,9 +297,6 @@ class StepType:
     config: type[StepConfig]
     apply: ApplyFn
 
-    def structural(self, config: StepConfig) -> bool:
-        return config.structural()
-
 
 _STEPS: dict[str, StepType] = {}  # kind -> technique; filled as explorer.compress imports each module
 _BY_TYPE: dict[type, StepType] = {}

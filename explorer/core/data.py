@@ -344,6 +344,10 @@ def _mnist_like(name: str, root: Path):
     return parts[0], parts[1], list(cls.classes)
 
 
+class RefusedGlobal(ValueError):
+    """A pickle asked for a global other than the array builders: how a pickle runs code, so never loaded."""
+
+
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickles only plain containers and numpy arrays (what the CIFAR batches hold); any other
     global, which is how a pickle runs code, is refused."""
@@ -361,11 +365,20 @@ class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused global {module}.{name}: data files may hold arrays only")
+        raise RefusedGlobal(f"refused global {module}.{name}: data files may hold arrays only")
 
 
 def safe_unpickle(data: bytes) -> object:
-    return _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+    """Plain containers, strings, numbers and numpy arrays back. Anything else is one ValueError of one line: a
+    RefusedGlobal for a pickle that asks for any other global, else 'not a pickle of arrays (...)' with the cause,
+    since truncated or corrupt bytes fail in many ways inside pickle."""
+    try:
+        return _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except RefusedGlobal:
+        raise
+    except Exception as e:
+        cause = " ".join(f"{type(e).__name__}: {e}".split())
+        raise ValueError(f"not a pickle of arrays ({cause})") from None
 
 
 _CIFAR = {
