@@ -10,7 +10,7 @@ import threading
 import pandas as pd
 
 from explorer.app.metrics import forgets as compute
-from explorer.compress.recipe import Recipe
+from explorer.compress.recipe import Recipe, recipe_words  # noqa: F401  (the page's door to a recipe's words)
 from explorer.core import markup, roots, scratch, settings, words
 from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress

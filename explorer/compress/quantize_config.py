@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from explorer.compress.base import LAYER_CHOICES, MAX_STEP_EPOCHS, Deploy, StepConfig
+from explorer.compress.base import LAYER_CHOICES, MAX_STEP_EPOCHS, Card, Control, Controls, Deploy, StepConfig
 from explorer.core.errors import bad_value, check_choice, check_range
 
 MODES = ("fp16", "bf16", "ptq", "static", "dynamic", "qat", "mixed")
@@ -17,6 +17,8 @@ CALIBRATIONS = ("minmax", "percentile", "entropy")
 @dataclass(frozen=True)
 class QuantizeConfig(StepConfig):
     kind: ClassVar[str] = "quantize"
+    page_order: ClassVar[int] = 60
+    on_onnx: ClassVar[bool] = True
 
     bits: int = 8
     mode: str = "ptq"
@@ -80,3 +82,88 @@ class QuantizeConfig(StepConfig):
         return Deploy(mode=self.mode, per_channel=self.per_channel, symmetric=self.symmetric,
                       calibration=self.calibration, calibration_samples=self.calibration_samples,
                       keep_float=list(keep_float))
+
+    def words(self) -> str:
+        """'8-bit weights and activations (static int8)', '4-bit weights only (post-training)'."""
+        if self.mode in ("fp16", "bf16"):
+            return f"16-bit floats ({self.mode})"
+        if self.mode == "static":
+            return "8-bit weights and activations (static int8)"
+        if self.mode == "dynamic":
+            return "8-bit weights, activations at run time (dynamic int8)"
+        what = f"{self.bits}-bit weights and activations" if self.act_bits else f"{self.bits}-bit weights only"
+        how = {"ptq": "post-training", "qat": "quantisation-aware training", "mixed": "mixed precision"}[self.mode]
+        return f"{what} ({how})"
+
+    @classmethod
+    def controls(cls) -> tuple[Control, ...]:
+        return (
+            Control("bits", "fp32", BIT_OPTIONS, off="fp32"),
+            Control("quant_mode", "auto", PAGE_MODES, enabled=_integer),
+            Control("quant_acts", False, enabled=lambda c, card: _integer(c, card) and _mode(c) in ("ptq", "qat")),
+            Control("symmetric", True, enabled=_integer),
+            Control("per_channel", True, enabled=_integer),
+            # activation ranges are calibrated; weights-only quantisation needs none
+            Control("calibration", "minmax", CALIBRATIONS, enabled=lambda c, card: _integer(c, card) and (
+                _mode(c) == "static" or (_mode(c) in ("ptq", "qat") and bool(c["quant_acts"])))),
+            Control("qat_epochs", 2, lo=1, hi=50, step=1, enabled=_qat),
+            Control("learn_ranges", True, enabled=_qat),
+        )
+
+    @classmethod
+    def from_controls(cls, controls: Controls, card: Card, before: tuple[StepConfig, ...]) -> QuantizeConfig | None:
+        c, bits = controls, controls["bits"]
+        if bits == "fp32":
+            return None
+        if card.get("format") == "onnx":
+            mode = quant_mode(bits, c["quant_mode"])
+            if bits != "8" or mode not in ("static", "dynamic"):
+                asked = f"bits={bits}" if bits in ("fp16", "bf16") else f"bits={bits} with mode {mode!r}"
+                raise ValueError(f"{asked} is not available for {card['name']}: only 8 bits with mode static or "
+                                 "dynamic (ONNX Runtime's int8) apply to an ONNX model")
+            return cls(bits=8, mode=mode, per_channel=c["per_channel"], calibration=c["calibration"])
+        if bits in ("fp16", "bf16"):
+            return cls(mode=bits, bits=16)
+        mode = quant_mode(bits, c["quant_mode"])
+        acts = int(bits) if c["quant_acts"] and mode in ("ptq", "qat") else 0
+        return cls(bits=int(bits), mode=mode, activation_bits=acts, symmetric=c["symmetric"],
+                   per_channel=c["per_channel"], calibration=c["calibration"],
+                   finetune_epochs=c["qat_epochs"] if mode == "qat" else 0,
+                   learn_ranges=c["learn_ranges"] or mode != "qat", lr=1e-3 if mode == "qat" else 1e-4)
+
+    def to_controls(self) -> dict[str, Any]:
+        if self.mode in ("fp16", "bf16"):
+            return {"bits": self.mode}
+        auto = self.mode == quant_mode(str(self.bits), "auto") and not self.activation_bits
+        return {"bits": str(self.bits), "quant_mode": "auto" if auto else self.mode,
+                "quant_acts": bool(self.activation_bits), "symmetric": self.symmetric,
+                "per_channel": self.per_channel, "calibration": self.calibration,
+                "qat_epochs": self.finetune_epochs or 2, "learn_ranges": self.learn_ranges}
+
+    def columns(self) -> dict[str, Any]:
+        return {"bits": self.bits, "scheme": self.words()}
+
+
+BIT_OPTIONS = ("2", "3", "4", "5", "6", "7", "8", "fp16", "bf16", "fp32")
+# auto: the usual scheme for the bit-width, static int8 (weights and activations, ONNX Runtime's int8 path)
+# at 8 bits and post-training weights-only below; the others as named
+PAGE_MODES = ("auto", "ptq", "static", "dynamic", "qat")
+
+
+def quant_mode(bits: str, mode: str) -> str:
+    """The mode a bit-width and the page's mode control stand for ('auto' resolved)."""
+    if mode != "auto":
+        return mode
+    return "static" if bits == "8" else "ptq"
+
+
+def _integer(c: Controls, card: Card | None) -> bool:
+    return c["bits"] not in ("fp32", "fp16", "bf16")
+
+
+def _qat(c: Controls, card: Card | None) -> bool:
+    return _integer(c, card) and _mode(c) == "qat"
+
+
+def _mode(c: Controls) -> str:
+    return quant_mode(c["bits"], c["quant_mode"])

@@ -17,9 +17,11 @@ from typing import Any, Literal, Required, TypedDict
 
 import pandas as pd
 
+from explorer.compress.base import config_from_dict
+from explorer.compress.recipe import recipe_words
 from explorer.core.engines import B1, TORCH_CPU, gain_col, lat_col, reltime_col, speedup_col, state_col
 from explorer.core.version import SCHEMA_VERSION
-from explorer.core.words import recipe_words, scheme_of
+from explorer.core.words import UNQUANTISED
 
 # the files a run writes into its folder; the cache keeps the artifacts (packed, ONNX, predictions)
 FILES = {"packed": "model.xpk", "checkpoint": "model.safetensors", "gzip": "model.safetensors.gz",
@@ -244,18 +246,16 @@ def needs_retime(result: dict) -> bool:
 
 
 def _recipe_params(recipe: dict) -> dict:
-    p = {"sparsity_requested": 0.0, "bits": 32, "clusters": 0, "granularity": None, "technique": "baseline"}
-    kinds = []
-    for s in recipe.get("steps", []):
-        kinds.append(s["kind"])
-        if s["kind"] == "prune":
-            p["sparsity_requested"] = 1 - s["n"] / s["m"] if s["granularity"] == "nm" else s["sparsity"]
-            p["granularity"] = s["granularity"]
-        elif s["kind"] == "cluster":
-            p["clusters"] = s["clusters"]
-        elif s["kind"] == "quantize":
-            p["bits"] = s["bits"]
-    p["technique"] = "+".join(kinds) or "baseline"
+    """The grid point's columns, as each step's technique gives them (StepConfig.columns)."""
+    p: dict[str, Any] = {"sparsity_requested": 0.0, "bits": 32, "clusters": 0, "granularity": None,
+                         "technique": "baseline", "scheme": UNQUANTISED}
+    steps = recipe.get("steps", [])
+    for s in steps:
+        try:
+            p.update(config_from_dict(s).columns())
+        except (ValueError, TypeError):
+            pass  # a step no technique reads (a stored run of an older explorer): its columns stay at their defaults
+    p["technique"] = "+".join(str(s.get("kind")) for s in steps) or "baseline"
     return p
 
 
@@ -264,7 +264,7 @@ def flatten(result: RunResult) -> dict[str, Any]:
     recipe = result.get("recipe", {})
     row: dict[str, Any] = {"key": result.get("key"), "label": result.get("label"), "status": result.get("status"),
                            "error": result.get("error"), "model": result.get("model"), "dataset": result.get("dataset"),
-                           **_recipe_params(recipe), "scheme": scheme_of(recipe.get("steps", [])),
+                           **_recipe_params(recipe),
                            "words": recipe_words(recipe), "seed": recipe.get("seed", 0),
                            "steps": len(recipe.get("steps", [])),
                            "config": json.dumps({k: v for k, v in recipe.items() if k not in ("seed", "name")},

@@ -87,7 +87,7 @@ def main() -> None:
     except ValueError as e:
         error = f"Invalid combination: {e}"
     if recipe is not None:
-        st.markdown(f"**Configuration:** {words.recipe_words(recipe)}", help=f"Short form: {recipe.label()}")
+        st.markdown(f"**Configuration:** {service.recipe_words(recipe)}", help=f"Short form: {recipe.label()}")
         try:
             job, base_job = _submit(recipe)
         except ValueError as e:
