@@ -157,7 +157,8 @@ def named_param(model: nn.Module, name: str) -> nn.Parameter:
     try:
         mod = model.get_submodule(owner) if owner else model
         if parametrize.is_parametrized(mod, attr):
-            return mod.parametrizations[attr].original
+            original: nn.Parameter = getattr(mod.parametrizations, attr).original
+            return original
         return model.get_parameter(name)
     except AttributeError:
         raise ValueError(f"the model has no parameter {name!r}") from None
@@ -453,7 +454,8 @@ def clone(model: nn.Module) -> nn.Module:
 def compressible(model: nn.Module, layers: str = "all") -> list[tuple[str, nn.Module]]:
     """Conv and Linear layers selected by `layers`: all, conv, linear, or inner (all but the first and
     last, which are the most sensitive and hold few weights)."""
-    mods = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    mods: list[tuple[str, nn.Module]] = [(n, m) for n, m in model.named_modules()
+                                         if isinstance(m, (nn.Conv2d, nn.Linear))]
     if layers == "conv":
         return [(n, m) for n, m in mods if isinstance(m, nn.Conv2d)]
     if layers == "linear":

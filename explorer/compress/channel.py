@@ -23,7 +23,7 @@ def _importance(criterion: str):
 
 
 def _out_channels(m: nn.Module) -> int:
-    return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+    return int(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)  # type: ignore[arg-type]
 
 
 def _plan(model: nn.Module, cfg: PruneConfig) -> tuple[list[nn.Module], list[tuple[str, nn.Module]]]:

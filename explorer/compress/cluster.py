@@ -244,7 +244,8 @@ class _Points:
 
         # all improving swaps that leave each other's clusters alone, at once: from a poor start (linear
         # init on a long-tailed layer strands many centroids in the tails) one swap a round is too slow
-        taken, batch = set(), []
+        taken: set[int] = set()
+        batch = []
         for f, v in zip(order, values, strict=True):
             if not v < 0:
                 break

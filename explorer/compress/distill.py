@@ -107,7 +107,8 @@ def takes_width(arch: str) -> bool:
 
 def architecture(arch: str, data: DataBundle, width: float | None) -> dict:
     """What the packer needs to rebuild the model: create_model(name, **kwargs)."""
-    kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
+    kwargs: dict[str, float] = {"num_classes": data.num_classes, "in_channels": data.in_channels,
+                                "image_size": data.image_size}
     if width is not None and takes_width(arch):
         kwargs["width"] = width
     return {"name": arch, "kwargs": kwargs}

@@ -172,7 +172,7 @@ def check_finetune_samples(value: object, field: str = "finetune_samples", where
     """A recommendation of training images to fine-tune on, as a recipe, the train command's flag or a
     baseline card gives it; `where` names the file it came from."""
     try:
-        check_range(field, value, *FINETUNE_SAMPLES, integer=True)
+        check_range(field, value, *FINETUNE_SAMPLES, integer=True)  # type: ignore[arg-type]  # checked there
     except ValueError as e:
         raise ValueError(f"{where}: {e}" if where else str(e)) from None
 

@@ -13,7 +13,7 @@ import json
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Required, TypedDict
+from typing import Any, Literal, Required, TypedDict, cast
 
 import pandas as pd
 
@@ -293,12 +293,13 @@ def flatten(result: RunResult) -> dict[str, Any]:
             ok = v.get("available")
             row[lat_col(engine, b)] = v.get("median_ms") if ok else None
             row[lat_col(engine, b, "p90")] = v.get("p90_ms") if ok else None
-            lo, hi = (v.get("ci_ms") or (None, None)) if ok else (None, None)
-            row[lat_col(engine, b, "lo")], row[lat_col(engine, b, "hi")] = lo, hi
+            ci = (v.get("ci_ms") or (None, None)) if ok else (None, None)
+            row[lat_col(engine, b, "lo")], row[lat_col(engine, b, "hi")] = ci[0], ci[1]
     for kind, col in (("speedup", speedup_col), ("deployment_gain", gain_col)):
-        for engine, per_batch in (result.get(kind) or {}).items():
+        speeds: dict[str, Any] = cast(dict, result).get(kind) or {}
+        for engine, per_batch in speeds.items():
             for b in per_batch:
-                sp = speed(result, engine, b, kind)
+                sp = speed(cast(dict, result), engine, b, kind)
                 row[col(engine, b)], row[col(engine, b, "lo")], row[col(engine, b, "hi")] = sp.ratio, sp.lo, sp.hi
                 row[state_col(col(engine, b))] = sp.state
                 if kind == "speedup":
