@@ -9,6 +9,9 @@ import threading
 
 import pandas as pd
 
+# The page's one door (an import-linter contract in pyproject.toml): what explorer.app.ui needs from the layers
+# below, named here so the page imports only this module, app.plots, core.words, core.engines and core.markup.
+from explorer.app.metrics import across_seeds, sweet_spot  # noqa: E402, F401
 from explorer.app.metrics import forgets as compute
 from explorer.compress.recipe import Recipe, recipe_words  # noqa: F401  (the page's door to a recipe's words)
 from explorer.core import markup, roots, scratch, settings, words
@@ -16,16 +19,35 @@ from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
 from explorer.core.zoo import create_model, list_models
 from explorer.measure.accuracy import load_predictions
+from explorer.measure.hardware import describe  # noqa: E402, F401
 from explorer.models import baselines, user
 from explorer.models.user import check_upload_size, list_user_models
 from explorer.run import sensitivity as sens
 from explorer.run.cache import RunCache
-from explorer.run.controls import from_recipe
+from explorer.run.controls import (  # noqa: E402, F401
+    BIT_OPTIONS,
+    CALIBRATIONS,
+    CHOICES,
+    CLUSTER_OPTIONS,
+    CRITERIA,
+    DEFAULTS,
+    GRANULARITIES,
+    QUANT_MODES,
+    RANGES,
+    SCHEDULES,
+    SCOPES,
+    build,
+    from_recipe,
+    relevant,
+)
 from explorer.run.executor import run_sweep
 from explorer.run.grid import Grid
-from explorer.run.jobs import Board
+from explorer.run.jobs import (
+    COMPARISON,  # noqa: E402, F401
+    Board,
+)
 from explorer.run.landscape import Landscapes
-from explorer.run.result import FILES, results_frame
+from explorer.run.result import DISTURBED, FILES, Speed, disturbed_figures, results_frame, speed, speed_with_interval  # noqa: E402, F401
 from explorer.run.runner import run_key
 
 _frames: dict[str, tuple[tuple, dict]] = {}  # result.json path -> (stats, checked result): re-read only new runs

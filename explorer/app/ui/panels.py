@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer.app import plots
-from explorer.app.metrics import across_seeds, sweet_spot
+from explorer.app.service import DISTURBED, Grid, across_seeds, sweet_spot
 from explorer.app.ui.views import downloads, fmt_bytes
 from explorer.core.engines import (
     B1,
@@ -24,8 +24,6 @@ from explorer.core.engines import (
     state_col,
 )
 from explorer.core.markup import md
-from explorer.run.grid import Grid
-from explorer.run.result import DISTURBED
 
 SIZE_COLS = {"packed .xpk": "packed_bytes", "gzip of checkpoint": "gzip_bytes", "ONNX int8": "onnx_int8_bytes",
              "checkpoint file": "file_bytes"}
