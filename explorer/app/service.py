@@ -13,6 +13,16 @@ import pandas as pd
 # below, named here so the page imports only this module, app.plots, core.words, core.engines and core.markup.
 from explorer.app.metrics import across_seeds, sweet_spot  # noqa: E402, F401
 from explorer.app.metrics import forgets as compute
+from explorer.app.tables import (  # noqa: E402, F401
+    CONFIDENCES,
+    LATENCY_COLS,
+    SIZE_COLS,
+    baseline_row,
+    fmt_bytes,
+    readable,
+    speed_cell,
+    sweet_spot_table,
+)
 from explorer.compress.recipe import Recipe, recipe_words  # noqa: F401  (the page's door to a recipe's words)
 from explorer.core import markup, roots, scratch, settings, words
 from explorer.core.data import available, how_to_get, list_datasets
