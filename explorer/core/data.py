@@ -130,7 +130,7 @@ def _files_stamp(name: str, root) -> tuple | None:
     base = Path(root).expanduser() if root not in (None, "") else default_root(name)
     if base is None or not base.is_dir():
         return None
-    files = []
+    files: list[tuple[str, int, int]] = []
     for p in base.rglob("*"):
         if len(files) > 64:
             return None
@@ -297,6 +297,14 @@ def _idx_file(base: Path, name: str) -> Path | None:
     return next((p for p in (base / name, base / f"{name}.gz") if p.is_file()), None)
 
 
+def _read_idx_in(base: Path, name: str) -> np.ndarray:
+    """An IDX file of a folder _find_idx_base found complete (it checked each file is there)."""
+    path = _idx_file(base, name)
+    if path is None:
+        raise ValueError(f"dataset folder {str(base)!r} has no {name} (nor {name}.gz)")
+    return read_idx(path)
+
+
 def _find_base(root: Path, sub: str, files: tuple[str, ...]) -> Path | None:
     """The folder holding `files`: the subfolder torchvision expects, or the named folder itself."""
     return next((b for b in (root / sub, root) if all((b / f).is_file() for f in files)), None)
@@ -332,8 +340,8 @@ def _mnist_like(name: str, root: Path):
         raise _missing(name, root, str(root / sub), _MNIST_FILES)
     parts = []
     for images, labels in (_MNIST_FILES[:2], _MNIST_FILES[2:]):
-        x = read_idx(_idx_file(base, images))
-        y = read_idx(_idx_file(base, labels))
+        x = _read_idx_in(base, images)
+        y = _read_idx_in(base, labels)
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or x.dtype != np.uint8:
             raise ValueError(f"dataset folder {str(base)!r} for {name}: {images} holds {x.dtype} images of shape "
                              f"{x.shape} for {y.shape} labels; expected N uint8 images for N labels")
@@ -342,6 +350,10 @@ def _mnist_like(name: str, root: Path):
     if n_classes > len(cls.classes) or min(int(parts[0][1].min()), int(parts[1][1].min())) < 0:
         raise ValueError(f"dataset folder {str(base)!r} for {name}: labels outside 0..{len(cls.classes) - 1}")
     return parts[0], parts[1], list(cls.classes)
+
+
+class RefusedGlobal(ValueError):
+    """A pickle asked for a global other than the array builders: how a pickle runs code, so never loaded."""
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -361,11 +373,20 @@ class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused global {module}.{name}: data files may hold arrays only")
+        raise RefusedGlobal(f"refused global {module}.{name}: data files may hold arrays only")
 
 
 def safe_unpickle(data: bytes) -> object:
-    return _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+    """Plain containers, strings, numbers and numpy arrays back. Anything else is one ValueError of one line: a
+    RefusedGlobal for a pickle that asks for any other global, else 'not a pickle of arrays (...)' with the cause,
+    since truncated or corrupt bytes fail in many ways inside pickle."""
+    try:
+        return _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except RefusedGlobal:
+        raise
+    except Exception as e:
+        cause = " ".join(f"{type(e).__name__}: {e}".split())
+        raise ValueError(f"not a pickle of arrays ({cause})") from None
 
 
 _CIFAR = {

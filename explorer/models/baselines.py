@@ -19,11 +19,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import explorer
 from explorer.core.data import DataBundle, load_dataset
 from explorer.core.errors import first_line, quiet_third_party
 from explorer.core.paths import MODELS_DIR, baseline_path  # noqa: F401  (re-exported: where baselines live)
 from explorer.core.train import Progress, TrainConfig, evaluate, fit, seed_everything
+from explorer.core.version import SCHEMA_VERSION, __version__
 from explorer.core.zoo import count_params, create_model
 from explorer.measure.compute import macs
 from explorer.measure.layers import layer_table
@@ -35,8 +35,8 @@ def versions() -> dict[str, str]:
     import torchvision
 
     return {"torch": torch.__version__, "torchvision": torchvision.__version__,
-            "onnxruntime": onnxruntime.__version__, "explorer": explorer.__version__,
-            "schema": str(explorer.SCHEMA_VERSION)}
+            "onnxruntime": onnxruntime.__version__, "explorer": __version__,
+            "schema": str(SCHEMA_VERSION)}
 
 
 def sha256_file(path: str | os.PathLike) -> str:

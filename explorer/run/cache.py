@@ -31,10 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from explorer import SCHEMA_VERSION
 from explorer.core import cachedir, scratch, settings
 from explorer.core.cachedir import is_key
 from explorer.core.paths import cache_dir
+from explorer.core.version import SCHEMA_VERSION
 from explorer.run.result import FILES, RunResult, failed, to_json
 
 MANIFEST, RESULT, LAST_USED = "manifest.json", "result.json", "last_used"

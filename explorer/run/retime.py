@@ -13,6 +13,8 @@ re-time: when, the load then, and the figures still disturbed after it.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from explorer.measure.latency import load_average
 from explorer.run.cache import ARTIFACT_KINDS, RunCache
@@ -28,7 +30,7 @@ def quiet_enough(load1: float | None, cores: int) -> bool:
     return load1 is None or load1 < cores
 
 
-def later(result: dict) -> list[dict]:
+def later(result: Mapping[str, Any]) -> list[dict]:
     """The later re-times a run has had (timing_quality.later), oldest first."""
     return list((result.get("timing_quality") or {}).get("later") or [])
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from explorer.app.service import disturbed_figures, speed
 from explorer.core import words
-from explorer.run.result import disturbed_figures, speed
 
 CHECK_WORDS = {"agreement": "two ways of taking the ratio disagree", "narrow": "interval too wide",
                "reference": "the baseline ran slower or faster than its own reference timing",
