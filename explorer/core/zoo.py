@@ -234,3 +234,19 @@ def resnet14(num_classes: int, in_channels: int, image_size: int, width: float =
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@register_model("vit", description="Vision Transformer (timm's VisionTransformer): 7x7 patches, width 96, "
+                "4 blocks of 4 attention heads (~0.3M params)", min_image_size=7, default_image_size=28)
+def vit(num_classes: int, in_channels: int, image_size: int, patch_size: int = 7, embed_dim: int = 96,
+        depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0) -> nn.Module:
+    """Dosovitskiy et al.'s "An Image is Worth 16x16 Words" at Fashion-MNIST's scale: 28x28 images in 16 patches
+    of 7x7 plus a class token. timm builds it, so attention, MLP and LayerNorm are the library's own modules,
+    which Torch-Pruning and ONNX export know."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if image_size % patch_size:
+        raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size} for model 'vit'")
+    return VisionTransformer(img_size=image_size, patch_size=patch_size, in_chans=in_channels,
+                             num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                             mlp_ratio=mlp_ratio, class_token=True, global_pool="token", qkv_bias=True)
