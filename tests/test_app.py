@@ -69,6 +69,8 @@ def _assert_shows(at, res):
 def test_sliders_drive_runs_and_the_page_shows_the_backend_result(cache):
     at = _app()
     assert not at.exception and not at.error, [e.value for e in at.error]
+    if available("fashion-mnist"):  # every committed baseline is offered, the Vision Transformer among them
+        assert "vit-fashion-mnist" in at.sidebar.selectbox(key="baseline").options
     _assert_shows(at, _stored(at, cache))
     settle(at.sidebar.slider(key="sparsity").set_value(0.8).run())
     assert not at.exception

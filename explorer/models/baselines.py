@@ -32,9 +32,10 @@ from explorer.models.formats import PROGRAMS, check_checkpoint_zip, detect_forma
 
 def versions() -> dict[str, str]:
     import onnxruntime
+    import timm
     import torchvision
 
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__,
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
             "onnxruntime": onnxruntime.__version__, "explorer": explorer.__version__,
             "schema": str(explorer.SCHEMA_VERSION)}
 
