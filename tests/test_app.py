@@ -397,6 +397,28 @@ def test_an_added_model_is_announced_until_the_next_action(cache, tmp_path, monk
     assert any(unmd(s.value).startswith("Added mine") for s in at.success)  # and on the next render too
 
 
+def test_your_model_names_a_timm_architecture_from_the_searchable_list(cache, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from explorer.core.zoo import create_model
+
+    monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
+    model = create_model("timm:test_resnet", num_classes=10, in_channels=1, image_size=8)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    at = _app(prune_epochs="0")
+    options = at.selectbox(key="byo_arch").options
+    assert {"digits_cnn", "timm:test_resnet", "torchvision:mobilenet_v3_small", "timm:vit_small_patch16_224"} <= set(
+        options)
+    at.file_uploader(key="byo_model").set_value(("w.safetensors", (tmp_path / "w.safetensors").read_bytes(),
+                                                 "application/octet-stream"))
+    at.selectbox(key="byo_arch").set_value("timm:test_resnet")
+    at.text_input(key="byo_name").set_value("mine_timm")
+    settle(at.run())
+    settle(at.button(key="byo_add").click().run())
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["baseline"] == "mine_timm"
+
+
 DISPLAYS = {"error", "warning", "info", "success", "caption", "markdown", "toast", "title", "header", "subheader"}
 # functions of the page's own that build text from figures and fixed words, never from a visitor's text
 TRUSTED = {"md", "footer", "_landscape_line", "accuracy_sentence", "recipe_words", "engine", "count", "fmt_bytes",

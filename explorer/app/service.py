@@ -14,7 +14,7 @@ from explorer.compress.recipe import Recipe
 from explorer.core import markup, roots, scratch, settings, words
 from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
-from explorer.core.zoo import create_model, list_models
+from explorer.core.zoo import all_model_names, create_model
 from explorer.measure.accuracy import load_predictions
 from explorer.models import baselines, user
 from explorer.models.user import check_upload_size, list_user_models
@@ -36,7 +36,9 @@ def datasets() -> list[str]:
 
 
 def architectures() -> list[str]:
-    return list_models()
+    """What a state_dict can be loaded into: the zoo's and the plugins' architectures, then every torchvision and
+    timm classification model by name (built by the installed library with random weights; nothing downloaded)."""
+    return all_model_names()
 
 
 def cache() -> RunCache:

@@ -230,8 +230,8 @@ def baseline_data(card: dict) -> DataBundle:
     """The dataset and split the baseline was trained and measured on."""
     kw = card["arch_kwargs"]
     shape = kw.get("input_shape") or [kw.get("in_channels"), kw.get("image_size"), kw.get("image_size")]
-    if card["dataset"] == "digits":
-        return load_dataset("digits", seed=card.get("split_seed", 0))
+    if card["dataset"] == "digits":  # a model whose first layer takes colour gets the digits as 3 equal channels
+        return load_dataset("digits", seed=card.get("split_seed", 0), channels=shape[0] if shape[0] != 1 else None)
     return load_dataset(card["dataset"], card.get("dataset_root"), seed=card.get("split_seed", 0),
                         image_size=shape[-1], channels=shape[0])
 
