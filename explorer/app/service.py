@@ -11,7 +11,7 @@ import pandas as pd
 
 from explorer.app.metrics import forgets as compute
 from explorer.compress.recipe import Recipe
-from explorer.core import markup, roots, scratch, settings, words
+from explorer.core import markup, plugins, roots, scratch, settings, words
 from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
 from explorer.core.zoo import all_model_names, create_model
@@ -135,11 +135,13 @@ _cleaned = False
 
 
 def start_up() -> None:
-    """Every render: the settings checked, in one line; once per process: scratch folders of killed
+    """Every render: the settings checked, in one line, and the operator's plugins imported (EXPLORER_PLUGINS and
+    installed entry points; one that fails is one line); once per process: scratch folders of killed
     processes removed."""
     global _cleaned
     settings.check_all()
     roots.data_roots()
+    plugins.load()
     if not _cleaned:
         scratch.clean()
         _cleaned = True
