@@ -346,7 +346,7 @@ def count_params(model: nn.Module) -> int:
 
 
 @register_model("vit", description="Vision Transformer (timm's VisionTransformer): 7x7 patches, width 96, "
-                "4 blocks of 4 attention heads (~0.3M params)", min_image_size=7, default_image_size=28)
+                "4 blocks of 4 attention heads (~0.3M params)", min_image_size=14, default_image_size=28)
 def vit(num_classes: int, in_channels: int, image_size: int, patch_size: int = 7, embed_dim: int = 96,
         depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0) -> nn.Module:
     """Dosovitskiy et al.'s "An Image is Worth 16x16 Words" at Fashion-MNIST's scale: 28x28 images in 16 patches
