@@ -79,8 +79,9 @@ def test_an_entry_point_may_name_a_function_called_once(package):
     assert sys.modules["plug_fn"].calls == [1]
 
 
-def test_plugin_from_the_command_line_reaches_the_checking_process(package, tmp_path, capsys):
+def test_plugin_from_the_command_line_reaches_the_checking_process(package, tmp_path, monkeypatch, capsys):
     """--plugin names a module; the child process that checks an added model imports it too."""
+    monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
     package("plug_cli")
     assert main(["--plugin", "plug_cli", "models", "plug_cli"]) == 0
     assert capsys.readouterr().out.split("\t")[0] == "plug_cli_net"
