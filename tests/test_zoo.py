@@ -25,7 +25,7 @@ def test_registry_lists_required_models():
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match=r"model='alexnet' must be one of: digits_cnn, lenet5"):
+    with pytest.raises(ValueError, match=r"'alexnet' is not known: close matches: torchvision:alexnet.*zoo has"):
         create_model("alexnet")
 
 

@@ -24,10 +24,10 @@ from explorer.app.tables import (  # noqa: E402, F401
     sweet_spot_table,
 )
 from explorer.compress.recipe import Recipe, recipe_words  # noqa: F401  (the page's door to a recipe's words)
-from explorer.core import markup, roots, scratch, settings, words
+from explorer.core import markup, plugins, roots, scratch, settings, words
 from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
-from explorer.core.zoo import create_model, list_models
+from explorer.core.zoo import all_model_names, create_model
 from explorer.measure.accuracy import load_predictions
 from explorer.measure.hardware import describe  # noqa: E402, F401
 from explorer.models import baselines, user
@@ -68,7 +68,9 @@ def datasets() -> list[str]:
 
 
 def architectures() -> list[str]:
-    return list_models()
+    """What a state_dict can be loaded into: the zoo's and the plugins' architectures, then every torchvision and
+    timm classification model by name (built by the installed library with random weights; nothing downloaded)."""
+    return all_model_names()
 
 
 def cache() -> RunCache:
@@ -165,11 +167,13 @@ _cleaned = False
 
 
 def start_up() -> None:
-    """Every render: the settings checked, in one line; once per process: scratch folders of killed
+    """Every render: the settings checked, in one line, and the operator's plugins imported (EXPLORER_PLUGINS and
+    installed entry points; one that fails is one line); once per process: scratch folders of killed
     processes removed."""
     global _cleaned
     settings.check_all()
     roots.data_roots()
+    plugins.load()
     if not _cleaned:
         scratch.clean()
         _cleaned = True

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from explorer.compress.base import StepConfig, config_from_dict, config_to_dict, step_type_of
 from explorer.core import strictjson
-from explorer.core.data import DATASETS
+from explorer.core.data import list_datasets
 from explorer.core.errors import bad_value, check_choice, check_range
 from explorer.core.paths import baseline_path
 
@@ -44,7 +44,7 @@ class Recipe:
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
             raise bad_value("model", self.model, "a model name such as 'digits_cnn'")
-        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("dataset", self.dataset, list_datasets())
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
         if self.finetune_samples is not None:
             check_finetune_samples(self.finetune_samples)

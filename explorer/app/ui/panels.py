@@ -146,14 +146,19 @@ def baseline_panel(info: dict) -> None:
 
 def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
     """Bring your own model (and data): the model gets the same views as a baseline once added."""
-    st.markdown("Add a **state_dict** for a zoo architecture (`.safetensors`, or a PyTorch `.pt`/`.pth` "
-                "checkpoint read with `weights_only`: pickled code is refused) or an **ONNX** model (standard "
+    st.markdown("Add a **state_dict** (`.safetensors`, or a PyTorch `.pt`/`.pth` checkpoint read with "
+                "`weights_only`: pickled code is refused) for an architecture of the zoo or any classification model "
+                "of torchvision or timm, named in the list below (the installed library builds it; your file gives "
+                "only its weights), or an **ONNX** model (standard "
                 "operators, weights in the file): size, latency and ONNX Runtime int8 apply to ONNX models; the "
                 "techniques that rewrite PyTorch layers do not. TorchScript and exported programs (`.pt2`) are "
                 "programs: loading one runs code from the file, so this page never accepts them (the command "
                 "line does, with `--trust-code`, for files whose author you trust).")
     up = st.file_uploader("Model file", type=["safetensors", "pt", "pth", "pt2", "onnx"], key="byo_model")
-    arch = st.selectbox("Architecture (for a state_dict)", ["(none: an ONNX model)", *archs], key="byo_arch")
+    arch = st.selectbox("Architecture (for a state_dict): type to search", ["(none: an ONNX model)", *archs],
+                        key="byo_arch", help="The zoo's architectures first, then torchvision's and timm's by name, "
+                        "such as `timm:resnet18` or `torchvision:mobilenet_v3_small`. Their first layer is made "
+                        "for the data set's channels; your weights must match the architecture's layers.")
     dataset = st.selectbox("Dataset", datasets, key="byo_dataset")
     allowed = backend.data_roots()
     if allowed:  # a folder on the server: only inside the roots the operator allowed (issue 21)
