@@ -62,10 +62,11 @@ def _signature(m: nn.Module) -> tuple[str, dict | None]:
 
 def _set_heads(model: nn.Module, path: str, args: dict) -> None:
     """The attention at `path` (built by the architecture) with `num_heads` heads of `head_dim` each."""
-    attn = model.get_submodule(path)
+    found = model.get_submodule(path)
     heads, dim = args.get("num_heads"), args.get("head_dim")
-    if _attention() is None or type(attn) is not _attention():
+    if _attention() is None or type(found) is not _attention():
         raise ValueError(f"packed structure names attention heads at {path!r}, which is not an attention layer")
+    attn: Any = found  # timm's Attention
     if not (type(heads) is int and 1 <= heads <= attn.num_heads and dim == attn.head_dim):
         raise ValueError(f"packed structure gives {path!r} num_heads={heads!r} head_dim={dim!r}; allowed: 1 to "
                          f"{attn.num_heads} heads of {attn.head_dim}")

@@ -15,7 +15,7 @@ Heads Really Better than One?", mask the heads the same way): tests/test_attenti
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch_pruning as tp
@@ -23,8 +23,8 @@ from torch import nn
 
 from explorer.compress.base import Context, finetune, require_shapes_free
 
-if TYPE_CHECKING:  # a type only: prune imports this module to run its heads and neurons granularities
-    from explorer.compress.prune import PruneConfig
+if TYPE_CHECKING:
+    from explorer.compress.prune_config import PruneConfig
 
 UNITS = {"heads": "attention heads", "neurons": "MLP hidden neurons"}
 
@@ -52,11 +52,11 @@ def blocks(model: nn.Module, granularity: str) -> list[tuple[str, nn.Module]]:
     return attention_blocks(model) if granularity == "heads" else mlp_blocks(model)
 
 
-def _units(m: nn.Module, granularity: str) -> int:
+def _units(m: Any, granularity: str) -> int:
     return m.num_heads if granularity == "heads" else m.fc1.out_features
 
 
-def head_rows(attn: nn.Module, head: int) -> list[int]:
+def head_rows(attn: Any, head: int) -> list[int]:
     """The output rows of the fused qkv projection that belong to `head` (its query, key and value parts)."""
     d, dim = attn.head_dim, attn.num_heads * attn.head_dim
     return [part * dim + head * d + i for part in range(3) for i in range(d)]
@@ -66,7 +66,7 @@ def _mag(t: torch.Tensor, p: int) -> torch.Tensor:
     return t.detach().abs().float() if p == 1 else t.detach().float() ** 2
 
 
-def head_scores(attn: nn.Module, p: int = 1) -> torch.Tensor:
+def head_scores(attn: Any, p: int = 1) -> torch.Tensor:
     """Each head's mean |w| (p=1) or w^2 (p=2) over its query/key/value rows (and biases) and its columns of
     the output projection: Torch-Pruning's group magnitude, averaged over the head."""
     d = attn.head_dim
@@ -81,7 +81,7 @@ def head_scores(attn: nn.Module, p: int = 1) -> torch.Tensor:
     return torch.stack(out)
 
 
-def neuron_scores(mlp: nn.Module, p: int = 1) -> torch.Tensor:
+def neuron_scores(mlp: Any, p: int = 1) -> torch.Tensor:
     """Each hidden neuron's summed |w| (or w^2) over its fc1 row, its fc1 bias and its fc2 column."""
     s = _mag(mlp.fc1.weight, p).sum(1) + _mag(mlp.fc2.weight, p).sum(0)
     return s + _mag(mlp.fc1.bias, p) if mlp.fc1.bias is not None else s
@@ -91,7 +91,7 @@ def choose(scores: dict[str, torch.Tensor], share: float, scope: str) -> dict[st
     """The units to remove per block: the lowest-scoring `share` of each block's units (scope 'layer', rounded),
     or of all units ranked together (scope 'global', each block's scores divided by their mean so blocks of
     different scale compare). Every block keeps at least one unit."""
-    out = {}
+    out: dict[str, list[int]] = {}
     if scope == "layer":
         for name, s in scores.items():
             k = min(round(share * len(s)), len(s) - 1)
@@ -122,7 +122,7 @@ def _remove(model: nn.Module, graph, granularity: str, plan: dict[str, list[int]
     for name, idxs in plan.items():
         if not idxs:
             continue
-        m = model.get_submodule(name)
+        m: Any = model.get_submodule(name)  # timm's Attention or Mlp
         if granularity == "heads":
             rows = [r for h in idxs for r in head_rows(m, h)]
             graph.get_pruning_group(m.qkv, tp.prune_linear_out_channels, rows).prune()
@@ -158,7 +158,7 @@ def prune_units(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
     report = finetune(model, ctx, cfg.finetune_epochs, cfg.lr, f"{g} pruning")
     macs1, params1 = macs_and_params(model, example)
     modules = dict(model.named_modules())
-    info = {"rounds": [{"ratio": cfg.sparsity, **report}], "removed": plan,
+    info: dict[str, Any] = {"rounds": [{"ratio": cfg.sparsity, **report}], "removed": plan,
             "channels": {n: {"before": c, "after": _units(modules[n], g)} for n, c in before.items()},
             "macs_before": macs0, "macs_after": macs1, "params_before": params0, "params_after": params1}
     total0, total1 = sum(before.values()), sum(v["after"] for v in info["channels"].values())

@@ -12,19 +12,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import nn
 
 from explorer.compress.attention import prune_units
 from explorer.compress.base import (
-    LAYER_CHOICES,
-    MAX_STEP_EPOCHS,
     Compressed,
     Context,
-    StepConfig,
     apply_masks,
     clone,
     compressible,
@@ -33,94 +28,9 @@ from explorer.compress.base import (
     register_step,
 )
 from explorer.compress.channel import prune_channels
+from explorer.compress.prune_config import CRITERIA, GRANULARITIES, REMOVES, SCHEDULES, PruneConfig  # noqa: F401
 from explorer.compress.schedules import cubic_sparsity, geometric_sparsity
-from explorer.core.errors import bad_value, check_choice, check_range
 from explorer.core.train import TrainHook
-
-GRANULARITIES = ("unstructured", "channel", "block", "nm", "heads", "neurons")
-REMOVES = ("channel", "heads", "neurons")  # granularities that make layers smaller (structural steps)
-CRITERIA = ("l1", "l2", "geometric_median")
-SCHEDULES = ("oneshot", "iterative", "gradual")
-
-
-@dataclass(frozen=True)
-class PruneConfig(StepConfig):
-    """Fields: `sparsity` is the share pruned: of the selected weights (unstructured, block), of each layer's
-    output channels (channel), of the attention heads (heads: every block keeps at least one) or of the MLP
-    hidden neurons (neurons), all physically removed for channel, heads and neurons; n:m fixes it at 1 - n/m.
-    `granularity`: unstructured | channel | block | nm | heads | neurons. `criterion`: l1 | l2 magnitude
-    (geometric_median for channel). `scope`: global (one ranking over all layers; for heads and neurons each
-    block's scores are divided by their mean first) | layer (the same share in every layer). `schedule`:
-    oneshot | iterative | gradual (heads and neurons: oneshot). `finetune_epochs`, `lr`: fine-tuning after
-    pruning. `layers`: which Conv/Linear layers (all | conv | linear | inner | mlp; heads and neurons take
-    every transformer block). `rounds`, `initial_sparsity`: the iterative and gradual schedules. `block`:
-    the block shape; `n`, `m`: n of every m consecutive inputs kept (2:4 by default)."""
-
-    kind: ClassVar[str] = "prune"
-
-    sparsity: float = 0.5
-    granularity: str = "unstructured"
-    criterion: str = "l1"
-    scope: str = "global"
-    schedule: str = "oneshot"
-    finetune_epochs: int = 0
-    lr: float = 1e-3
-    layers: str = "all"
-    rounds: int = 3  # iterative: prune/fine-tune rounds
-    initial_sparsity: float = 0.0  # gradual: s_i of the cubic schedule
-    block: tuple[int, int] = (4, 4)
-    n: int = 2
-    m: int = 4
-
-    def __post_init__(self):
-        check_range("sparsity", self.sparsity, 0.0, 0.99)
-        check_choice("granularity", self.granularity, GRANULARITIES)
-        check_choice("criterion", self.criterion, CRITERIA)
-        check_choice("scope", self.scope, ("global", "layer"))
-        check_choice("schedule", self.schedule, SCHEDULES)
-        check_range("finetune_epochs", self.finetune_epochs, 0, MAX_STEP_EPOCHS, integer=True)
-        check_range("lr", self.lr, 1e-7, 1.0)
-        check_choice("layers", self.layers, LAYER_CHOICES)
-        check_range("rounds", self.rounds, 1, 50, integer=True)
-        check_range("initial_sparsity", self.initial_sparsity, 0.0, self.sparsity)
-        if len(self.block) != 2 or not all(isinstance(b, int) and 1 <= b <= 64 for b in self.block):
-            raise bad_value("block", self.block, "two integers in [1, 64]")
-        check_range("m", self.m, 2, 32, integer=True)
-        check_range("n", self.n, 1, self.m - 1, integer=True)
-        if self.criterion == "geometric_median" and self.granularity != "channel":
-            raise bad_value("criterion", self.criterion, "l1 or l2 unless granularity is 'channel'")
-        if self.granularity == "nm" and self.sparsity not in (0.0, 1 - self.n / self.m):
-            fixed = f"1 - n/m = {1 - self.n / self.m:g} for {self.n}:{self.m} pruning"
-            raise bad_value("sparsity", self.sparsity, fixed)
-        if self.schedule != "oneshot" and self.finetune_epochs == 0:
-            raise bad_value("finetune_epochs", 0, f"at least 1 for the {self.schedule} schedule")
-        if self.granularity in ("heads", "neurons") and self.schedule != "oneshot":
-            raise bad_value("schedule", self.schedule, f"oneshot for {self.granularity} pruning")
-        if self.granularity == "nm" and self.schedule == "gradual":
-            raise bad_value("schedule", "gradual", "oneshot or iterative for n:m pruning (its sparsity is fixed)")
-
-    @property
-    def target(self) -> float:
-        return 1 - self.n / self.m if self.granularity == "nm" else self.sparsity
-
-    def structural(self) -> bool:
-        return self.granularity in REMOVES  # channels, heads or neurons are removed: the layers get smaller
-
-    def training_epochs(self) -> int:
-        """Each round of an iterative schedule (and of gradual channel pruning) fine-tunes at least one epoch, so
-        many rounds train more than `finetune_epochs` (prune_channels, _prune_unstructured)."""
-        rounds = self.rounds if self.schedule == "iterative" or (
-            self.schedule == "gradual" and self.granularity == "channel") else 1
-        return self.finetune_epochs if rounds == 1 else rounds * max(1, self.finetune_epochs // rounds)
-
-    def label(self) -> str:
-        sched = "" if self.schedule == "oneshot" else f" {self.schedule}"
-        return f"prune {self.target:.0%} {self.granularity}{sched}"
-
-    def revision(self) -> int:
-        # 2: global channel pruning no longer skips a layer whose every channel falls under the threshold
-        return 2 if self.granularity == "channel" and self.scope == "global" else 1
-
 
 # ---------------------------------------------------------------- mask maths (plain tensors)
 

@@ -5,28 +5,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from explorer.compress.recipe import Recipe
-from explorer.run.controls import (  # noqa: F401  (the page's names for them)
+from explorer.app.service import (  # noqa: F401  (the page's names for them)
     BIT_OPTIONS,
     CALIBRATIONS,
+    CHOICES,
     CLUSTER_OPTIONS,
     CRITERIA,
     DEFAULTS,
     GRANULARITIES,
     GROUP_SIZES,
     QUANT_MODES,
+    RANGES,
     SCHEDULES,
     SCOPES,
+    Recipe,
     build,
     relevant,
 )
 
 _TYPES = {k: type(v) for k, v in DEFAULTS.items()}
-_CHOICES = {"bits": BIT_OPTIONS, "clusters": CLUSTER_OPTIONS, "granularity": GRANULARITIES, "criterion": CRITERIA,
-            "scope": SCOPES, "schedule": SCHEDULES, "quant_mode": QUANT_MODES, "calibration": CALIBRATIONS,
-            "group_size": GROUP_SIZES}
-_RANGES = {"sparsity": (0.0, 0.99), "prune_epochs": (0, 50), "qat_epochs": (1, 50), "student_width": (0.125, 1.0),
-           "distill_epochs": (1, 100), "rank_ratio": (0.05, 1.0)}
+_CHOICES = CHOICES  # each technique declares its controls' choices and ranges (explorer.compress.base.Control)
+_RANGES = RANGES
 
 
 def parse_query(params: dict[str, str], baselines: list[str]) -> tuple[dict[str, Any], list[str]]:
