@@ -57,10 +57,12 @@ test-all: $(STAMP) browser data lint
 	$(PY) -m pytest -q
 
 # style (ruff) and the layer contracts (import-linter, configured in pyproject.toml): a layer imports only the
-# layers below it, no module cycles within a layer, and the page's modules never import torch themselves
+# layers below it, no module cycles within a layer, and the page's modules never import torch themselves; and
+# the types (mypy, configured in pyproject.toml)
 lint: $(STAMP)
 	$(PY) -m ruff check explorer tests bench app.py
 	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m mypy
 
 clean-venv:
 	rm -rf $(VENV)

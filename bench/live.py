@@ -129,8 +129,10 @@ def warm_render(tmp: Path) -> list[float]:
     return times
 
 
-def slowdown(tmp: Path, rounds: int = 3) -> tuple[list[float], list[float]]:
-    """A page's cold run with the landscape busy and idle, alternating; distinct recipes of equal cost."""
+def slowdown(tmp: Path, rounds: int = 3, baseline: str = "vgg13-digits",
+             epochs: int = 1) -> tuple[list[float], list[float]]:
+    """A page's cold run of `baseline` (one-shot pruning, `epochs` of fine-tuning) with the landscape busy and
+    idle, alternating; distinct recipes of equal cost."""
     from explorer.run import runner
     from explorer.run.cache import RunCache
     from explorer.run.controls import DEFAULTS
@@ -138,7 +140,7 @@ def slowdown(tmp: Path, rounds: int = 3) -> tuple[list[float], list[float]]:
     from explorer.run.landscape import Landscapes
 
     _fresh(tmp, "slowdown")
-    card = _cards()["vgg13-digits"]
+    card = _cards()[baseline]
     board = Board(RunCache, runner.run_key)
     lands = Landscapes(RunCache, runner.run_key, idle_s=3600, tick_s=0.3)
     alone, beside = [], []
@@ -154,7 +156,8 @@ def slowdown(tmp: Path, rounds: int = 3) -> tuple[list[float], list[float]]:
         for busy, out in ((True, beside), (False, alone)):
             lands.pause(card["name"], not busy)
             time.sleep(3 if busy else 8)  # the worker busy on a grid point, or done with its last one
-            r = Recipe(model="vgg13", steps=(PruneConfig(sparsity=0.31 + 0.01 * (2 * i + busy), finetune_epochs=1),))
+            r = Recipe(model=card["architecture"], dataset=card["dataset"],
+                       steps=(PruneConfig(sparsity=0.31 + 0.01 * (2 * i + busy), finetune_epochs=epochs),))
             job = board.submit(r, "page")
             while not job.finished:
                 time.sleep(0.05)
@@ -162,6 +165,7 @@ def slowdown(tmp: Path, rounds: int = 3) -> tuple[list[float], list[float]]:
     stop.set()
     board.stop()
     lands.pause(card["name"], True)
+    lands.stop()
     return alone, beside
 
 

@@ -7,7 +7,8 @@ claim checked, and the sections in order. A re-run with a warm cache (cache/benc
 the figures that are cold or re-timed by design (explorer_perf, head-to-head latency, the two micro-benchmarks).
 
 Options: --only seed001,peers (run these, assemble all), --assemble (run nothing), --remeasure (re-time the
-latency of cached runs, for a re-run on an idle machine: BENCH_REMEASURE=1).
+latency of cached runs, for a re-run on an idle machine: BENCH_REMEASURE=1). BENCH_PEERS_PYTHON names the
+interpreter of the environment with bench/requirements-peers.txt, for peers_transformer.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ import time
 
 import common as C
 
-SECTIONS = ("fashion", "live", "seed001", "seed000", "seed002", "seed004", "bnadapt", "peers", "targets",
-            "explorer_perf")
+SECTIONS = ("fashion", "live", "seed001", "seed000", "seed002", "seed004", "bnadapt", "peers", "peers_transformer",
+            "targets", "explorer_perf", "stress_speed")
+# peers_transformer needs the peers' own environment (bench/requirements-peers.txt); without it its peers say
+# "not installed" in their rows
+PYTHON = {"peers_transformer": os.environ.get("BENCH_PEERS_PYTHON", sys.executable)}
 MICRO = {"bench_pack": "Packed-format benchmark (`bench/bench_pack.py`)",
          "bench_cluster": "Clustering benchmark (`bench/bench_cluster.py`)"}
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -33,7 +37,7 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 def run_script(name: str, env: dict) -> tuple[float, int, str]:
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(C.ROOT / "bench" / f"{name}.py")], cwd=C.ROOT, env=env,
+    proc = subprocess.run([PYTHON.get(name, sys.executable), str(C.ROOT / "bench" / f"{name}.py")], cwd=C.ROOT, env=env,
                           stdout=subprocess.PIPE, text=True)
     return time.perf_counter() - t, proc.returncode, proc.stdout
 

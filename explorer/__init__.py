@@ -15,8 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-SCHEMA_VERSION = 5  # of the RunResult JSON (explorer.run.result)
+from explorer.core.version import SCHEMA_VERSION, __version__
 
 # public name -> the module that defines it
 _EXPORTS = {

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from explorer.core.data import available, how_to_get
+from explorer.core.stats import wilson
 from explorer.core.train import TrainConfig, evaluate
 from explorer.core.zoo import create_model
 from explorer.models.baselines import (
@@ -50,7 +51,8 @@ def test_committed_checkpoint_reproduces_its_card_exactly(path):
         assert key in card
 
 
-@pytest.mark.parametrize("name,target", [("lenet5-fashion-mnist", 89.0), ("resnet8-fashion-mnist", 91.0)])
+@pytest.mark.parametrize("name,target", [("lenet5-fashion-mnist", 89.0), ("resnet8-fashion-mnist", 91.0),
+                                         ("vit-fashion-mnist", 88.0)])
 def test_fashion_mnist_baselines_meet_their_targets_and_say_how_they_were_made(name, target):
     card = json.loads((MODELS_DIR / f"{name}.json").read_text())
     assert card["accuracy"]["top1"] >= target and card["test_samples"] == 10_000
@@ -58,6 +60,9 @@ def test_fashion_mnist_baselines_meet_their_targets_and_say_how_they_were_made(n
     train = card["train"]
     assert train["seconds"] > 0 and train["seed"] == 0 and train["command"].startswith("python -m explorer train")
     assert f"--epochs {train['epochs']}" in train["command"] and card["dataset_root"] is None
+    if "top1_interval" in card:  # Wilson's interval of the count of right answers the card's top-1 stands for
+        right = round(card["accuracy"]["top1"] * card["test_samples"] / 100)
+        assert card["top1_interval"] == [round(v, 2) for v in wilson(right, card["test_samples"])]
 
 
 def test_train_baseline_writes_weights_and_card(tmp_path):

@@ -17,7 +17,7 @@ def _run(*args):
 def test_unknown_model_one_line_error_nonzero_exit():
     r = _run("train", "--model", "nope")
     assert r.returncode != 0
-    assert r.stderr.strip().count("\n") == 0 and "model='nope' must be one of" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "model 'nope' is not known" in r.stderr
     assert "Traceback" not in r.stderr
 
 

@@ -56,3 +56,32 @@ def test_two_four_fixes_the_sparsity_and_bad_combinations_name_the_value():
     with pytest.raises(ValueError, match="bits=4 must be 8 for mode 'static'"):
         build({**DEFAULTS, "bits": "4", "quant_mode": "static"}, DIGITS)
     assert controls.quant_mode("8", "auto") == "static" and controls.quant_mode("4", "auto") == "ptq"
+
+
+@pytest.mark.parametrize("granularity,control,a,b", [
+    ("unstructured", "criterion", "l1", "l2"), ("nm", "criterion", "l1", "l2"), ("nm", "scope", "global", "layer")])
+def test_a_disabled_control_stays_out_of_the_recipe_and_the_run_key(granularity, control, a, b):
+    from explorer.compress.prune import PruneConfig
+    from explorer.compress.recipe import Recipe
+    from explorer.run.runner import run_key
+
+    c = {**DEFAULTS, "sparsity": 0.5, "granularity": granularity}
+    assert control not in relevant(c, DIGITS)
+    assert build({**c, control: a}, DIGITS) == build({**c, control: b}, DIGITS)
+    nm = {"sparsity": 0.5, "layers": "inner"} if granularity == "nm" else {}
+    one, two = (Recipe(model="digits_cnn", steps=(PruneConfig(granularity=granularity, **nm, **{control: v}),))
+                for v in (a, b))
+    assert one.to_dict() != two.to_dict() and run_key(one) == run_key(two)
+
+
+def test_a_control_that_applies_changes_the_run_key():
+    from explorer.compress.prune import PruneConfig
+    from explorer.compress.recipe import Recipe
+    from explorer.run.runner import run_key
+
+    c = {**DEFAULTS, "sparsity": 0.5, "granularity": "channel"}
+    assert {"criterion", "scope"} <= relevant(c, DIGITS)
+    assert build({**c, "criterion": "l1"}, DIGITS) != build({**c, "criterion": "l2"}, DIGITS)
+    keys = {run_key(Recipe(model="digits_cnn", steps=(PruneConfig(granularity=g, criterion=k),)))
+            for g in ("channel", "block") for k in ("l1", "l2")}
+    assert len(keys) == 4

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.core.data import DATASETS, list_datasets, load_dataset, safe_unpickle, stratified_split
+from explorer.core.data import DATASETS, RefusedGlobal, list_datasets, load_dataset, safe_unpickle, stratified_split
 from tests.conftest import make_cifar, make_image_folder, make_mnist, png_header
 
 
@@ -107,7 +107,7 @@ def test_cifar_pickle_with_code_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(ValueError, match="refused global"):
         load_dataset("cifar10", tmp_path)
     assert not marker.exists()
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(RefusedGlobal, match="refused global io.open"):
         safe_unpickle(pickle.dumps(_Payload(str(marker))))
     assert not marker.exists()
 

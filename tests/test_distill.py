@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explorer.compress.base import CompressionState, Context, step_types
+from explorer.compress.base import CompressionState, Context
 from explorer.compress.distill import (
     DistillConfig,
     apply,
@@ -145,4 +145,4 @@ def test_refuses_after_weight_level_steps_and_without_data(digits):
         apply(teacher, DistillConfig(epochs=1), Context(data=digits, state=state))
     with pytest.raises(ValueError, match="dataset"):
         apply(teacher, DistillConfig(epochs=1), Context())
-    assert step_types()["distill"].structural(DistillConfig())
+    assert DistillConfig().structural()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.compress.base import CompressionState, Context, config_from_dict, step_types
+from explorer.compress.base import CompressionState, Context, config_from_dict
 from explorer.compress.lowrank import (
     Factorized,
     LowRankConfig,
@@ -172,7 +172,7 @@ def test_refuses_after_masks_or_codebooks():
 
 
 def test_registered_and_finetunes_with_data():
-    assert step_types()["lowrank"].structural(LowRankConfig())
+    assert LowRankConfig().structural()
     cfg = config_from_dict({"kind": "lowrank", "rank_ratio": 0.25, "layers": "all", "finetune_epochs": 1})
     assert cfg == LowRankConfig(rank_ratio=0.25, layers="all", finetune_epochs=1)
     with pytest.raises(ValueError, match="dataset"):

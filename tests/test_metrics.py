@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from explorer.app.metrics import accuracy_delta, normalized_ad_rf, pareto_front, reduction_factor, sweet_spot
+from explorer.app.metrics import normalized_ad_rf, pareto_front, sweet_spot
 
 # Seed 001 (Ishtiaq et al.), section IV: accuracy delta (points), reduction factor, and Norm. AD x RF
 SEED_001 = [
@@ -34,13 +34,6 @@ def test_normalized_ad_rf_is_relative_and_validates():
         normalized_ad_rf([1.0], [2.0])
     with pytest.raises(ValueError, match="equal-length"):
         normalized_ad_rf([1.0, 2.0], [2.0])
-
-
-def test_delta_and_reduction_factor():
-    assert accuracy_delta(97.35, 97.89) == pytest.approx(-0.54)
-    assert reduction_factor(48_380, 78_041) == pytest.approx(1.613, abs=1e-3)
-    with pytest.raises(ValueError, match="size_bytes=0 must be a positive byte count"):
-        reduction_factor(0, 10)
 
 
 TABLE = pd.DataFrame({

@@ -255,3 +255,16 @@ def test_channel_pruning_keeps_every_residual_addition_consistent_and_exports(tm
     with torch.no_grad():
         ref = r.model.eval()(x).numpy()
     assert abs(onnx_logits(tmp_path / "p.onnx", x.numpy()) - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("cfg,said", [
+    (PruneConfig(sparsity=0.5, granularity="block"), "prune 50% of the 4x4 blocks of weights at once"),
+    (PruneConfig(sparsity=0.6, granularity="block", block=(8, 8)), "prune 60% of the 8x8 blocks of weights at once"),
+    (PruneConfig(sparsity=0.5, granularity="nm"), "prune 50% of the weights, keeping 2 of every 4 (2:4) at once"),
+    (PruneConfig(sparsity=0.0, granularity="nm", n=1, m=4, finetune_epochs=1),
+     "prune 75% of the weights, keeping 1 of every 4 (1:4) at once, fine-tuned 1 epoch"),
+    (PruneConfig(sparsity=0.7, schedule="gradual", finetune_epochs=3),
+     "prune 70% of the single weights gradually, fine-tuned 3 epochs"),
+])
+def test_the_words_say_what_the_config_does(cfg, said):
+    assert cfg.words() == said

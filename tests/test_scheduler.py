@@ -200,7 +200,8 @@ def test_a_runs_timing_holds_the_quiet_slot_against_the_pages_own_scoring(locks,
             between_rounds(r / 3)
             time.sleep(0.1)
         during.append(len(ticks) - n)
-        return {"engines": {}, "speedup": {}, "reference": "", "threads": 1, "hardware": {}}
+        return {"engines": {}, "speedup": {}, "reference": "", "deployment_gain": {}, "deployment_reference": "",
+                "baseline": {}, "threads": 1, "hardware": {}, "timing_quality": {"load_average": {}}}
 
     monkeypatch.setattr(runner, "measure_latency", measure_latency)
     try:

@@ -147,3 +147,52 @@ def test_the_timing_checks_table_reads_in_words():
     assert row["shown as"] == "3.21x faster" and row["rounds dropped (no CPU)"] == 2
     assert row["lowest CPU share in a kept round"] == pytest.approx(0.97) and row["checks failed"] == "none"
     assert row["baseline vs its reference time"] == "+4%"
+
+
+def _schema4(key: str, steps: list, ratio: float, lo: float, hi: float) -> dict:
+    """A run as the cache held it before speed-ups checked themselves (schema 4): ratios against PyTorch with no
+    status, no timing record, no in-round baseline and no deployment gain."""
+    r = _result(key, steps, {e: {"ratio": ratio, "ci": [lo, hi], "rounds": 10}
+                             for e in (TORCH_CPU, ORT_CPU_FP32, ORT_CPU_INT8)})
+    for k in ("baseline_latency", "deployment_gain", "timing_quality"):
+        r.pop(k)
+    return {**r, "schema": 4}
+
+
+def test_a_run_stored_before_the_checks_is_read_by_every_view_without_a_number(tmp_path):
+    """Earlier versions' runs stay in the cache (under other keys) and the page lists them: every view reads
+    them, and none shows their unchecked speed-up (43.85x, 1.31x for the baseline itself) as a number."""
+    import json
+
+    from explorer.app import plots
+    from explorer.app.ui.timing import load_words
+    from explorer.run.cache import RunCache
+    from explorer.run.result import UNCHECKED
+
+    old_base, old_run = _schema4("c" * 20, [], 1.31, 0.73, 7.44), _schema4("d" * 20, STEPS, 43.85, 4.35, 183.76)
+    cache = RunCache(tmp_path / "cache")
+    for r in (old_base, old_run):
+        work = tmp_path / r["key"]
+        work.mkdir()
+        cache.commit(r["key"], work, r)
+    listed = [cache.peek(k) for k in cache.keys()]
+    assert sorted(r["key"] for r in listed) == sorted([old_base["key"], old_run["key"]])
+    run = json.loads(json.dumps(cache.peek(old_run["key"])))
+    base = cache.peek(old_base["key"])
+    frame = results_frame(listed)
+    assert frame[speedup_col(ORT_CPU_INT8, B256)].isna().all()
+    assert speed(run, ORT_CPU_INT8, B256).text == UNCHECKED == views._speedup(run, ORT_CPU_INT8, B256)[0]
+    table = views.comparison_table(run, base).set_index("figure")
+    row = table.loc["latency, ONNX Runtime, int8, batch of 256 (median ms)"]
+    assert row["against the baseline"] == UNCHECKED and math.isnan(row["change"])
+    assert timing_rows(run).empty and busy_words(run) is None and load_words(run) == ""
+    assert views.fastest_on_cpu(run) is None  # no download called fastest from unchecked timing
+    assert summary.big_numbers(run)[1][1] == "disturbed"
+    html = report.render(frame)
+    assert "43.8" not in html[html.index("<h2>All runs</h2>"):]
+    pick = sweet_spot(frame, objective="fastest", latency_col=lat_col(ORT_CPU_INT8, B256))
+    assert pick.row is None or pd.isna(pick.row.get(speedup_col(ORT_CPU_INT8, B256)))
+    assert not any(ch.isdigit() for ch in panels.speed_cell(frame.iloc[1], ORT_CPU_INT8, B256))
+    plots.latency_bars(run)
+    plots.pareto(frame, "packed_bytes", "size", run["key"], short="size")
+    summary.page(run, frame, "old run")

@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+from explorer.compress.recipe import recipe_words
 from explorer.core import words
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,11 +15,14 @@ def _prune(**kw) -> dict:
 
 
 def test_the_configuration_line_names_the_pruning_criterion():
-    l1, l2 = (words.recipe_words({"steps": [_prune(criterion=c)]}) for c in ("l1", "l2"))
+    l1, l2 = (recipe_words({"steps": [_prune(criterion=c)]}) for c in ("l1", "l2"))
     assert l1 != l2 and "by L2 norm" in l2 and "by L1 norm" in l1
-    assert "geometric median" in words.recipe_words({"steps": [_prune(criterion="geometric_median")]})
-    assert words.recipe_words({"steps": [_prune(granularity="nm", criterion="l1")]}) == \
-        "prune 50% of the 2 of every 4 weights (2:4) at once, fine-tuned 2 epochs"
+    assert "geometric median" in recipe_words({"steps": [_prune(criterion="geometric_median")]})
+    # n:m keeps the larger n of every m and single weights rank alike by L1 and L2: no criterion to name
+    assert recipe_words({"steps": [_prune(granularity="nm", criterion="l1")]}) == \
+        "prune 50% of the weights, keeping 2 of every 4 (2:4) at once, fine-tuned 2 epochs"
+    assert recipe_words({"steps": [_prune(granularity="unstructured")]}) == \
+        "prune 50% of the single weights at once, fine-tuned 2 epochs"
 
 
 def test_within_noise_is_said_one_way_everywhere():

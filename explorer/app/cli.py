@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explorer.core import scratch, settings
+from explorer.core import plugins, scratch, settings
 from explorer.core.engines import B256, ORT_CPU_INT8, lat_col
 from explorer.core.errors import bad_value, first_line
 from explorer.run.cache import RunCache
@@ -59,6 +59,9 @@ TRUST_HELP = ("load a model file that is a program (TorchScript, an exported .pt
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m explorer", description="Compression trade-off explorer")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import your own Python module, which registers architectures or data sets (trusted code, "
+                        "like the explorer itself; repeat for several; also EXPLORER_PLUGINS)")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a baseline and write models/<model>-<dataset>.safetensors + card")
@@ -92,9 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     am = sub.add_parser("add-model", help="add your own model (state_dict + --arch, or ONNX/TorchScript/.pt2)")
     am.add_argument("--checkpoint", required=True)
-    am.add_argument("--arch", default=None, help="zoo architecture of a state_dict (.safetensors/.pt/.pth)")
+    am.add_argument("--arch", default=None,
+                    help="architecture of a state_dict (.safetensors/.pt/.pth): a zoo or plugin name, or "
+                         "'torchvision:<name>' / 'timm:<name>' (built by the installed library, nothing downloaded; "
+                         "`models` lists them)")
     am.add_argument("--dataset", default="digits")
     am.add_argument("--root", default=None)
+    am.add_argument("--image-size", type=int, default=None, help="resize the data's images to this size")
+    ls = sub.add_parser("models", help="list the architectures --arch takes (zoo, plugins, torchvision, timm)")
+    ls.add_argument("search", nargs="?", default="", help="only names containing this text")
     am.add_argument("--name", default=None)
     am.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
     am.add_argument("--replace", action="store_true", help="replace the model already added under --name")
@@ -391,13 +400,25 @@ def _add_model(a: argparse.Namespace) -> int:
     from explorer.models.user import add_model
 
     card = add_model(a.checkpoint, arch=a.arch, dataset=a.dataset, root=a.root, name=a.name,
-                     trust_code=a.trust_code, replace=a.replace)
+                     image_size=a.image_size, trust_code=a.trust_code, replace=a.replace)
     acc = card["accuracy"]
     verb = "already added as" if card.get("reused") else "added"
     print(f"{verb} {card['name']} ({card['architecture']}, {card['params']:,} parameters) at {card['path']}: "
           f"top-1 {acc['top1']:.2f}% on {card['test_samples']} {card['dataset']} test images")
     if card.get("unsupported_reason"):
         print(f"note: {card['unsupported_reason']}")
+    return 0
+
+
+@command("models")
+def _models(a: argparse.Namespace) -> int:
+    from explorer.core.zoo import all_model_names, model_entry
+
+    names = [n for n in all_model_names() if a.search.lower() in n.lower()]
+    if not names:
+        raise ValueError(f"no architecture name contains {a.search!r}")
+    for n in names:
+        print(n if ":" in n else f"{n}\t{model_entry(n).description}")
     return 0
 
 
@@ -423,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings.check_all()  # every setting, before any work: one line naming a bad one
+        plugins.add_to_environment(args.plugin)  # the processes this one starts import them too
+        plugins.load()  # the operator's own modules: one that fails to import is one line, before any work
         scratch.clean()  # scratch folders that killed processes left behind
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

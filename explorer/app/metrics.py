@@ -18,17 +18,6 @@ from explorer.core.errors import bad_value, check_choice
 from explorer.core.stats import CONFIDENCE, from_counts, newcombe_paired, paired_counts
 
 
-def accuracy_delta(top1: float, baseline_top1: float) -> float:
-    """Points of top-1 gained (positive) or lost (negative)."""
-    return top1 - baseline_top1
-
-
-def reduction_factor(size_bytes: float, baseline_bytes: float) -> float:
-    if size_bytes <= 0:
-        raise bad_value("size_bytes", size_bytes, "a positive byte count")
-    return baseline_bytes / size_bytes
-
-
 def normalized_ad_rf(accuracy_deltas: Sequence[float], reduction_factors: Sequence[float]) -> np.ndarray:
     """Seed 001's "Norm. AD x RF": the product of accuracy delta (points) and reduction factor,
     standardised across the variants compared (minus the mean, over the sample standard deviation).

@@ -3,8 +3,6 @@ Hovering a point shows the run's full configuration."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import plotly.express as px
@@ -90,17 +88,6 @@ def _marker_legend(fig: go.Figure, ok: pd.DataFrame) -> None:
     if _unchanged(ok).any():
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="open marker: within noise of the "
                                  "baseline", marker={"symbol": "circle-open", "color": "grey", "size": 9}))
-
-
-def _config_text(df: pd.DataFrame) -> pd.Series:
-    """The full recipe, one step per line, for hover boxes."""
-    def one(js):
-        try:
-            steps = json.loads(js).get("steps", [])
-        except (TypeError, ValueError):
-            return ""
-        return "<br>".join(", ".join(f"{k}={v}" for k, v in s.items()) for s in steps) or "baseline (no step)"
-    return df.get("recipe_json", pd.Series("", index=df.index)).map(one)
 
 
 def _named(layers: pd.DataFrame) -> pd.DataFrame:

@@ -9,23 +9,56 @@ import threading
 
 import pandas as pd
 
+# The page's one door (an import-linter contract in pyproject.toml): what explorer.app.ui needs from the layers
+# below, named here so the page imports only this module, app.plots, core.words, core.engines and core.markup.
+from explorer.app.metrics import across_seeds, resolution, sweet_spot  # noqa: E402, F401
 from explorer.app.metrics import forgets as compute
-from explorer.compress.recipe import Recipe
-from explorer.core import markup, roots, scratch, settings, words
+from explorer.app.tables import (  # noqa: E402, F401
+    CONFIDENCES,
+    LATENCY_COLS,
+    SIZE_COLS,
+    baseline_row,
+    fmt_bytes,
+    readable,
+    speed_cell,
+    sweet_spot_table,
+)
+from explorer.compress.recipe import Recipe, recipe_words  # noqa: F401  (the page's door to a recipe's words)
+from explorer.core import markup, plugins, roots, scratch, settings, words
 from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
-from explorer.core.zoo import create_model, list_models
+from explorer.core.zoo import all_model_names, create_model
 from explorer.measure.accuracy import load_predictions
+from explorer.measure.hardware import describe  # noqa: E402, F401
 from explorer.models import baselines, user
 from explorer.models.user import check_upload_size, list_user_models
 from explorer.run import sensitivity as sens
 from explorer.run.cache import RunCache
-from explorer.run.controls import from_recipe
+from explorer.run.controls import (  # noqa: E402, F401
+    BIT_OPTIONS,
+    CALIBRATIONS,
+    CHOICES,
+    CLUSTER_OPTIONS,
+    CRITERIA,
+    DEFAULTS,
+    GRANULARITIES,
+    GROUP_SIZES,
+    QUANT_MODES,
+    RANGES,
+    SCHEDULES,
+    SCOPES,
+    build,
+    from_recipe,
+    relevant,
+)
 from explorer.run.executor import run_sweep
 from explorer.run.grid import Grid
-from explorer.run.jobs import Board
+from explorer.run.jobs import (
+    COMPARISON,  # noqa: E402, F401
+    Board,
+)
 from explorer.run.landscape import Landscapes
-from explorer.run.result import FILES, results_frame
+from explorer.run.result import DISTURBED, FILES, Speed, disturbed_figures, results_frame, speed, speed_with_interval  # noqa: E402, F401
 from explorer.run.runner import run_key
 
 _frames: dict[str, tuple[tuple, dict]] = {}  # result.json path -> (stats, checked result): re-read only new runs
@@ -36,7 +69,9 @@ def datasets() -> list[str]:
 
 
 def architectures() -> list[str]:
-    return list_models()
+    """What a state_dict can be loaded into: the zoo's and the plugins' architectures, then every torchvision and
+    timm classification model by name (built by the installed library with random weights; nothing downloaded)."""
+    return all_model_names()
 
 
 def cache() -> RunCache:
@@ -133,11 +168,13 @@ _cleaned = False
 
 
 def start_up() -> None:
-    """Every render: the settings checked, in one line; once per process: scratch folders of killed
+    """Every render: the settings checked, in one line, and the operator's plugins imported (EXPLORER_PLUGINS and
+    installed entry points; one that fails is one line); once per process: scratch folders of killed
     processes removed."""
     global _cleaned
     settings.check_all()
     roots.data_roots()
+    plugins.load()
     if not _cleaned:
         scratch.clean()
         _cleaned = True
@@ -149,11 +186,6 @@ def describe_baseline(path: str) -> dict:
 
 def run(recipe: Recipe, progress: Progress | None = None) -> dict:
     return cache().get_or_run(recipe, progress=progress)
-
-
-def is_cached(recipe: Recipe) -> bool:
-    """Whether the configuration is stored complete (a cheap look: no checksum of the artifacts)."""
-    return cache().peek(run_key(recipe)) is not None
 
 
 def cached_results(model: str, dataset: str, checkpoint: str | None = None) -> list[dict]:
@@ -313,10 +345,6 @@ def landscapes():
         if _landscapes is None:
             _landscapes = Landscapes(cache, run_key, settings.get("EXPLORER_LANDSCAPE_IDLE_S"))
         return _landscapes
-
-
-def run_key_of(recipe: Recipe) -> str:
-    return run_key(recipe)
 
 
 def baseline_recipe(recipe: Recipe) -> Recipe:

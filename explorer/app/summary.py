@@ -14,9 +14,10 @@ import textwrap
 import pandas as pd
 
 from explorer.app import plots
+from explorer.compress.recipe import recipe_words, step_words
 from explorer.core import words
 from explorer.core.engines import B256, ORT_CPU_INT8
-from explorer.run.result import DISTURBED, speed
+from explorer.run.result import DISTURBED, flatten, speed
 
 ENGINE = ORT_CPU_INT8  # the deployment the headline's speed-up is for
 
@@ -54,7 +55,7 @@ def big_numbers(result: dict) -> list[tuple[str, str, str]]:
 
 
 def _title(result: dict, card_name: str) -> str:
-    return f"{card_name}: {words.recipe_words(result['recipe'])}"
+    return f"{card_name}: {recipe_words(result['recipe'])}"
 
 
 def _plain(text: str) -> str:
@@ -121,7 +122,7 @@ def figure(result: dict, frame: pd.DataFrame, card_name: str):
     _curve(ax, frame, result)
     side = fig.add_axes((0.65, 0.12, 0.33, 0.46))
     side.axis("off")
-    steps = "\n".join(f"{i}. " + "\n   ".join(textwrap.wrap(words.step_words(st), 48))
+    steps = "\n".join(f"{i}. " + "\n   ".join(textwrap.wrap(step_words(st), 48))
                       for i, st in enumerate(result["recipe"]["steps"], 1)) or "no compression step"
     recipe = "\n".join(textwrap.wrap(json.dumps(result["recipe"]["steps"], separators=(",", ":")), 60))
     side.text(0, 1, "Recipe\n\n" + steps, va="top", fontsize=12)
@@ -143,8 +144,7 @@ def _curve(ax, frame: pd.DataFrame, result: dict) -> None:
                         label=_plain(name), color=plots.series_colour(name))
     base = result["baseline_accuracy"]["top1"]
     ax.axhline(base, ls=":", color="grey", label=f"baseline {base:.2f}%")
-    sp = next((s.get("sparsity", 0.5) if s.get("granularity") != "nm" else 0.5 for s in result["recipe"]["steps"]
-               if s.get("kind") == "prune"), 0.0)
+    sp = flatten(result)["sparsity_requested"]  # as the pruning step says it (n:m: 1 - n/m)
     ax.plot([sp], [result["accuracy"]["top1"]], marker="*", markersize=22, color="crimson", ls="none",
             label="this configuration")
     ax.set_xlabel("sparsity")

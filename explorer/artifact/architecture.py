@@ -41,10 +41,36 @@ def _args(m: nn.Module) -> dict[str, Any] | None:
 _TYPES = {"Conv2d": nn.Conv2d, "Linear": nn.Linear, "BatchNorm2d": nn.BatchNorm2d, "BatchNorm1d": nn.BatchNorm1d}
 
 
+def _attention() -> type | None:
+    """timm's multi-head attention, whose head count changes when heads are removed (explorer.compress.attention);
+    None without timm."""
+    try:
+        from timm.layers import Attention
+    except ImportError:
+        return None
+    return Attention
+
+
 def _signature(m: nn.Module) -> tuple[str, dict | None]:
     if isinstance(m, _factorized()):
         return "Factorized", {}
+    if _attention() is not None and type(m) is _attention():
+        # its layers follow as their own entries; the head count is what the module itself holds
+        return "Attention", {"num_heads": m.num_heads, "head_dim": m.head_dim}
     return type(m).__name__, _args(m)
+
+
+def _set_heads(model: nn.Module, path: str, args: dict) -> None:
+    """The attention at `path` (built by the architecture) with `num_heads` heads of `head_dim` each."""
+    found = model.get_submodule(path)
+    heads, dim = args.get("num_heads"), args.get("head_dim")
+    if _attention() is None or type(found) is not _attention():
+        raise ValueError(f"packed structure names attention heads at {path!r}, which is not an attention layer")
+    attn: Any = found  # timm's Attention
+    if not (type(heads) is int and 1 <= heads <= attn.num_heads and dim == attn.head_dim):
+        raise ValueError(f"packed structure gives {path!r} num_heads={heads!r} head_dim={dim!r}; allowed: 1 to "
+                         f"{attn.num_heads} heads of {attn.head_dim}")
+    attn.num_heads, attn.attn_dim = heads, heads * dim
 
 
 def describe(model: nn.Module, architecture: dict) -> list[dict]:
@@ -80,8 +106,15 @@ def rebuild(architecture: dict, entries: list[dict]) -> nn.Module:
             # children follow as their own entries; placeholders keep the two slots
             _set(model, e["path"], _factorized()(nn.Identity(), nn.Identity()))
             continue
+        if kind == "Attention":
+            try:
+                _set_heads(model, e["path"], args)
+            except AttributeError:
+                raise ValueError(f"packed structure names no layer at {e.get('path')!r}") from None
+            continue
         if kind not in _TYPES:
-            raise ValueError(f"packed structure names layer type {kind!r}; allowed: {sorted(_TYPES)} and Factorized")
+            raise ValueError(f"packed structure names layer type {kind!r}; allowed: {sorted(_TYPES)}, Factorized and "
+                             "Attention")
         kw = dict(args)
         for k in ("kernel_size", "stride", "padding", "dilation"):
             if isinstance(kw.get(k), list):

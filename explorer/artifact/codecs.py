@@ -2,9 +2,11 @@
 integer codes of a fixed width plus the float32 side arrays needed to decode them.
 
 Which encodings a tensor is offered comes from the compression state (a QuantRecord gives k-bit codes
-on the recorded grid, a Codebook gives cluster indices, float_format gives 16-bit floats); the data
-decides whether they hold (explorer.artifact.pack decodes each one and compares bits). A float tensor with few
-distinct values also gets a palette, an integer tensor an offset code, and every tensor raw bits.
+on the recorded grid: per tensor, per output channel, or per row and group of inputs, where the header's
+"group" is the group length and the side arrays hold a scale and zero point per group, row by row; a
+Codebook gives cluster indices, float_format gives 16-bit floats); the data decides whether they hold
+(explorer.artifact.pack decodes each one and compares bits). A float tensor with few distinct values also
+gets a palette, an integer tensor an offset code, and every tensor raw bits.
 Decoding errors raise ValueError; explorer.artifact.pack reports them as PackError with the tensor's name.
 """
 
@@ -51,7 +53,9 @@ def candidates(name: str, t: torch.Tensor, state: CompressionState) -> list[Valu
     out: list[Values] = []
     if t.dtype == torch.float32:
         rec = state.quant.get(name)
-        if rec is not None and (rec.axis is None or (rec.axis == 0 and t.dim())) \
+        if rec is not None and rec.group_size:
+            out += _grouped(t, rec)
+        elif rec is not None and (rec.axis is None or (rec.axis == 0 and t.dim())) \
                 and rec.scale.numel() == (1 if rec.axis is None else t.shape[0]):
             scale, zp = rec.scale.detach().cpu().float().reshape(-1), rec.zero_point.detach().cpu().float().reshape(-1)
             qmin, _ = qmath.qrange(rec.bits, rec.symmetric)
@@ -80,6 +84,21 @@ def candidates(name: str, t: torch.Tensor, state: CompressionState) -> list[Valu
             out.append(Values({"kind": "offset", "bits": max(1, (hi - lo).bit_length()), "min": lo}, codes, b""))
     out.append(Values({"kind": "raw", "bits": t.element_size() * 8}, raw_codes(t), b""))
     return out
+
+
+def _grouped(t: torch.Tensor, rec) -> list[Values]:
+    """k-bit codes on a group-wise grid (a Linear weight's scale and zero point per row and group of inputs),
+    or nothing where the record does not fit the tensor."""
+    g = rec.group_size
+    if t.dim() != 2 or tuple(rec.scale.shape) != (t.shape[0], math.ceil(t.shape[1] / g)):
+        return []
+    scale, zp = rec.scale.detach().cpu().float(), rec.zero_point.detach().cpu().float()
+    qmin, _ = qmath.qrange(rec.bits, rec.symmetric)
+    q = qmath.quantize_groups(t, scale, zp, rec.bits, rec.symmetric, g)
+    return [Values({"kind": f"int{rec.bits}", "bits": rec.bits, "symmetric": rec.symmetric, "axis": 0,
+                    "channels": scale.numel(), "group": g},
+                   (q - qmin).reshape(-1).numpy().astype(np.uint64),
+                   scale.reshape(-1).numpy().tobytes() + zp.reshape(-1).numpy().tobytes())]
 
 
 def palette(raw: np.ndarray) -> Values | None:
@@ -111,10 +130,18 @@ def decode_values(p: dict, side, codes: np.ndarray, shape: list[int], dtype: tor
     elif kind.startswith("int") and kind[3:].isdigit():
         c = int(p["channels"])
         scale, zp = _f32(side[:4 * c]), _f32(side[4 * c:])
-        axis = p["axis"]
+        axis, group = p["axis"], p.get("group", 0)
+        qmin, _ = qmath.qrange(bits, bool(p["symmetric"]))
+        if group:  # per row and group of `group` inputs of a 2-D weight
+            if type(group) is not int or group < 1 or len(shape) != 2 or c != shape[0] * math.ceil(shape[1] / group):
+                raise ValueError(f"{kind} has {c} scales for groups of {group!r} of shape {shape}")
+            q = torch.from_numpy(codes.astype(np.int64)).reshape(shape) + qmin
+            out = qmath.dequantize_groups(q, scale.reshape(shape[0], -1), zp.reshape(shape[0], -1), group)
+            if out.dtype != dtype:
+                raise ValueError(f"encoding {kind} gives {out.dtype}, not {dtype}")
+            return out
         if axis not in (0, None) or (axis is None and c != 1) or (axis == 0 and c != shape[0]):
             raise ValueError(f"{kind} has {c} scales for axis {axis} of shape {shape}")
-        qmin, _ = qmath.qrange(bits, bool(p["symmetric"]))
         q = torch.from_numpy(codes.astype(np.int64)).reshape(shape) + qmin
         out = qmath.dequantize(q, scale, zp, axis)
     elif kind in ("fp16", "bf16"):

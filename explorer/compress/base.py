@@ -29,13 +29,16 @@ from explorer.core.train import Progress, TrainConfig, TrainHook, fit
 @dataclass
 class QuantRecord:
     """Weight `name` equals (q - zero_point) * scale with integer q in [qmin, qmax]; scale and zero_point
-    are per output channel when `axis` is 0, else one value each."""
+    are per output channel when `axis` is 0, else one value each. With `group_size` > 0 (a Linear weight,
+    axis 0) they are per output row and per group of `group_size` consecutive inputs: shape (rows, groups),
+    the last group of a row shorter when the inputs are not a multiple of the group."""
 
     bits: int
     symmetric: bool
     axis: int | None
     scale: torch.Tensor
     zero_point: torch.Tensor
+    group_size: int = 0
 
     @property
     def qmin(self) -> int:
@@ -157,7 +160,8 @@ def named_param(model: nn.Module, name: str) -> nn.Parameter:
     try:
         mod = model.get_submodule(owner) if owner else model
         if parametrize.is_parametrized(mod, attr):
-            return mod.parametrizations[attr].original
+            original: nn.Parameter = getattr(mod.parametrizations, attr).original
+            return original
         return model.get_parameter(name)
     except AttributeError:
         raise ValueError(f"the model has no parameter {name!r}") from None
@@ -250,14 +254,53 @@ def finetune(model: nn.Module, ctx: Context, epochs: int, lr: float, what: str,
 MAX_STEP_EPOCHS = 100
 
 
+Controls = Mapping[str, Any]  # the page's control values by name, as its sidebar and share link hold them
+Card = Mapping[str, Any]  # a baseline's card: architecture, dataset, name, path, format, whether it has BatchNorm
+
+
+@dataclass(frozen=True)
+class Control:
+    """One control of the page's sidebar that a technique owns, as data: a selector when it has `options`, else a
+    number, slider or box (a box when the default is a bool) with its range [lo, hi] and step. `enabled(controls,
+    card)` says when it can change the result; a control that cannot is shown disabled, and the recipe and the run
+    key never see its value (explorer.run.controls.build resets it to its default first). A technique's switch (the
+    control that turns it on: sparsity, bits, clusters...) names the value that turns it `off`."""
+
+    name: str
+    default: Any
+    options: tuple[Any, ...] = ()
+    lo: float | None = None
+    hi: float | None = None
+    step: float | None = None
+    enabled: Callable[[Controls, Card | None], bool] | None = None  # None: always
+    off: Any = None  # a switch's value that leaves the technique out; None for a control that is no switch
+
+    def applies(self, controls: Controls, card: Card | None) -> bool:
+        return self.enabled is None or bool(self.enabled(controls, card))
+
+
 @dataclass(frozen=True)
 class StepConfig:
     """Base of every technique's config: a frozen, validated dataclass whose class names its recipe `kind`
     (the JSON form is {"kind": ..., every field}). Subclasses validate in __post_init__, raising a
-    ValueError that repeats the bad value and says what is allowed."""
+    ValueError that repeats the bad value and says what is allowed.
+
+    A technique knows itself: besides `label` its config class must define (register_step refuses it otherwise)
+      - `words()`: the step in plain words for the page, the report and the command line, right for every
+        value the config allows;
+      - `controls()`: the page's controls it owns, as `Control` data ((): it has none, and the page never
+        builds it);
+      - `from_controls(controls, card, before)`: the step the controls stand for (None: the controls leave it
+        out), given the steps built before it; ValueError for a combination the technique refuses;
+      - `to_controls()`: the inverse, the controls it sets (None: the sidebar cannot express this config).
+    `page_order` places its step among the page's (distil 10, low-rank 20, prune 30, cluster 40, BatchNorm
+    adaptation 50, quantise 60); `on_onnx` says whether an ONNX model takes it; `columns()` and `canonical()`
+    have defaults. Adding a technique touches its own module, its test and the README's Techniques table."""
 
     kind: ClassVar[str] = ""
     one_record: ClassVar[bool] = False  # its report is one record, not a list with one entry per step
+    page_order: ClassVar[int] = 100
+    on_onnx: ClassVar[bool] = False  # whether an ONNX model (ONNX Runtime only) takes this step
 
     def structural(self) -> bool:
         """True when the step changes layer shapes or the architecture: such steps come before weight-level
@@ -267,6 +310,34 @@ class StepConfig:
     def label(self) -> str:
         """A short human label for tables and legends, e.g. 'prune 90% unstructured' or 'W8A8 static'."""
         return self.kind
+
+    def words(self) -> str:
+        """The step in plain words, e.g. 'prune 90% of the single weights at once'."""
+        raise NotImplementedError
+
+    @classmethod
+    def controls(cls) -> tuple[Control, ...]:
+        """The page's controls this technique owns; () for a technique the page does not offer."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_controls(cls, controls: Controls, card: Card, before: tuple[StepConfig, ...]) -> StepConfig | None:
+        """The step the page's controls stand for on this baseline, or None when they leave it out."""
+        raise NotImplementedError
+
+    def to_controls(self) -> dict[str, Any] | None:
+        """The controls that build this step (from_controls' inverse), or None where the page cannot say it."""
+        raise NotImplementedError
+
+    def columns(self) -> dict[str, Any]:
+        """What the step contributes to a run's table row (explorer.run.result.flatten): the requested sparsity,
+        the bit-width, the clusters... Later steps overwrite earlier ones."""
+        return {}
+
+    def canonical(self) -> StepConfig:
+        """The same computation with every field that cannot change it at its default, so two recipes that
+        differ only there share a run key (Recipe.canonical_json)."""
+        return self
 
     def training_epochs(self) -> int:
         """Epochs of training the step runs (fine-tuning, QAT, distillation), as a recipe's epoch budget counts
@@ -278,12 +349,19 @@ class StepConfig:
         recomputed (explorer.run.runner.run_key); 1 adds nothing to the key."""
         return 1
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             d[f.name] = list(v) if isinstance(v, tuple) else v
         return d
+
+
+SELF_DESCRIPTION = ("words", "controls", "from_controls", "to_controls")
+
+
+def _missing_self_description(config: type[StepConfig]) -> list[str]:
+    return [name for name in SELF_DESCRIPTION if getattr(config, name).__qualname__.startswith("StepConfig.")]
 
 
 ApplyFn = Callable[[nn.Module, Any, Context], Compressed]
@@ -297,9 +375,6 @@ class StepType:
     config: type[StepConfig]
     apply: ApplyFn
 
-    def structural(self, config: StepConfig) -> bool:
-        return config.structural()
-
 
 _STEPS: dict[str, StepType] = {}  # kind -> technique; filled as explorer.compress imports each module
 _BY_TYPE: dict[type, StepType] = {}
@@ -309,6 +384,10 @@ def register_step(config: type[StepConfig]) -> Callable[[ApplyFn], ApplyFn]:
     """Decorator: `@register_step(PruneConfig)` over a technique's apply() makes its kind usable in recipes."""
     if not (isinstance(config, type) and issubclass(config, StepConfig) and config.kind):
         raise TypeError(f"{config!r} is not a StepConfig subclass with a kind")
+    if missing := _missing_self_description(config):
+        raise TypeError(f"step kind {config.kind!r} ({config.__name__}) does not describe itself: it lacks "
+                        f"{', '.join(m + '()' for m in missing)}; every technique defines "
+                        f"{', '.join(m + '()' for m in SELF_DESCRIPTION)} (explorer.compress.base.StepConfig)")
 
     def deco(fn: ApplyFn) -> ApplyFn:
         if config.kind in _STEPS and _STEPS[config.kind].config is not config:
@@ -317,6 +396,11 @@ def register_step(config: type[StepConfig]) -> Callable[[ApplyFn], ApplyFn]:
         return fn
 
     return deco
+
+
+def page_types() -> list[type[StepConfig]]:
+    """The techniques the page offers (those with controls), in the order the page composes their steps."""
+    return sorted((t.config for t in _STEPS.values() if t.config.controls()), key=lambda c: c.page_order)
 
 
 def step_types() -> dict[str, StepType]:
@@ -370,10 +454,27 @@ def clone(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
+def _mlp_types() -> tuple[type[nn.Module], ...]:
+    """A transformer block's feed-forward module types: timm's Mlp family and torchvision's MLP (MLPBlock)."""
+    from torchvision.ops import MLP
+
+    try:
+        from timm.layers import GluMlp, Mlp, SwiGLU
+    except ImportError:  # timm is optional: without it no model holds its modules
+        return (MLP,)
+    return Mlp, GluMlp, SwiGLU, MLP
+
+
 def compressible(model: nn.Module, layers: str = "all") -> list[tuple[str, nn.Module]]:
-    """Conv and Linear layers selected by `layers`: all, conv, linear, or inner (all but the first and
-    last, which are the most sensitive and hold few weights)."""
-    mods = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    """Conv and Linear layers selected by `layers`: all, conv, linear, inner (all but the first and
+    last, which are the most sensitive and hold few weights), or mlp (the Linear layers inside a
+    transformer block's feed-forward MLP: timm's fc1/fc2, torchvision's MLPBlock)."""
+    mods: list[tuple[str, nn.Module]] = [(n, m) for n, m in model.named_modules()
+                                         if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if layers == "mlp":
+        mlps = [(n, m) for n, m in model.named_modules() if isinstance(m, _mlp_types())]
+        inside = {f"{n}.{c}" for n, m in mlps for c, _ in m.named_modules() if c}
+        return [(n, m) for n, m in mods if isinstance(m, nn.Linear) and n in inside]
     if layers == "conv":
         return [(n, m) for n, m in mods if isinstance(m, nn.Conv2d)]
     if layers == "linear":
@@ -383,4 +484,4 @@ def compressible(model: nn.Module, layers: str = "all") -> list[tuple[str, nn.Mo
     return mods
 
 
-LAYER_CHOICES = ("all", "conv", "linear", "inner")
+LAYER_CHOICES = ("all", "conv", "linear", "inner", "mlp")

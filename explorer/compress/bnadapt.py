@@ -11,18 +11,29 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from explorer.compress.base import Compressed, Context, StepConfig, clone, record, register_step
+from explorer.compress.base import (
+    Card,
+    Compressed,
+    Context,
+    Control,
+    Controls,
+    StepConfig,
+    clone,
+    record,
+    register_step,
+)
 from explorer.core.errors import check_range
 
 
 @dataclass(frozen=True)
 class BNAdaptConfig(StepConfig):
     kind: ClassVar[str] = "bn_adapt"
+    page_order: ClassVar[int] = 50
 
     samples: int = 1024  # training images the statistics are measured on (all of them if fewer)
     batch_size: int = 128
@@ -33,6 +44,24 @@ class BNAdaptConfig(StepConfig):
 
     def label(self) -> str:
         return "BN adapt"
+
+    def words(self) -> str:
+        return "BatchNorm statistics re-measured"
+
+    @classmethod
+    def controls(cls) -> tuple[Control, ...]:
+        return (Control("bn_adapt", True, off=False,
+                        enabled=lambda c, card: card is None or bool(card.get("batchnorm"))),)
+
+    @classmethod
+    def from_controls(cls, controls: Controls, card: Card, before: tuple[StepConfig, ...]) -> BNAdaptConfig | None:
+        # after a step that changed the weights, on a model with BatchNorm; a distilled student has none
+        if controls["bn_adapt"] and card.get("batchnorm") and before and not any(s.kind == "distill" for s in before):
+            return cls()
+        return None
+
+    def to_controls(self) -> dict[str, Any]:
+        return {"bn_adapt": True}
 
 
 def batchnorms(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:

@@ -7,17 +7,14 @@ by hand. The result is a smaller dense model: fewer parameters, fewer MACs, real
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from explorer.compress.attention import attention_blocks
 from explorer.compress.base import Context, compressible, finetune, require_shapes_free
+from explorer.compress.prune_config import PruneConfig
 from explorer.compress.schedules import cubic_sparsity, geometric_sparsity
-
-if TYPE_CHECKING:  # a type only: prune imports this module to run its channel granularity
-    from explorer.compress.prune import PruneConfig
 
 
 def _importance(criterion: str):
@@ -27,7 +24,7 @@ def _importance(criterion: str):
 
 
 def _out_channels(m: nn.Module) -> int:
-    return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+    return int(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)  # type: ignore[arg-type]
 
 
 def _plan(model: nn.Module, cfg: PruneConfig) -> tuple[list[nn.Module], list[tuple[str, nn.Module]]]:
@@ -44,7 +41,12 @@ def _plan(model: nn.Module, cfg: PruneConfig) -> tuple[list[nn.Module], list[tup
 
 
 def check_feasible(model: nn.Module, cfg: PruneConfig) -> None:
-    """Refuse, before any work, a ratio that would remove every channel of a layer."""
+    """Refuse, before any work, a transformer (its channels are the width every block shares: the heads and
+    MLP neurons are what can go) and a ratio that would remove every channel of a layer."""
+    if attention_blocks(model):
+        raise ValueError("granularity='channel' removes convolution channels, and this model is a transformer whose "
+                         "blocks all share one width; use granularity 'heads' (attention heads) or 'neurons' (MLP "
+                         "hidden neurons) to make it smaller")
     _, prunable = _plan(model, cfg)
     for name, m in prunable:
         ch = _out_channels(m)

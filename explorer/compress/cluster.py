@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -33,10 +33,14 @@ SWAP_TRIES = 8  # single swaps tried per round before the local search gives up
 SPLIT_STEPS = 5  # 2-means steps that place each cluster's trial split
 
 
+CLUSTER_OPTIONS = ("off", "2", "4", "8", "16", "32", "64", "128", "256")
+
+
 @dataclass(frozen=True)
 class ClusterConfig(base.StepConfig):
     kind: ClassVar[str] = "cluster"
     one_record: ClassVar[bool] = True
+    page_order: ClassVar[int] = 40
 
     clusters: int = 16
     init: str = "kmeans++"
@@ -47,6 +51,27 @@ class ClusterConfig(base.StepConfig):
 
     def label(self) -> str:
         return f"cluster {self.clusters}"
+
+    def words(self) -> str:
+        return f"share {self.clusters} values per layer (clustering)"
+
+    @classmethod
+    def controls(cls) -> tuple[base.Control, ...]:
+        return (base.Control("clusters", "off", CLUSTER_OPTIONS, off="off"),
+                base.Control("cluster_finetune", False, enabled=lambda c, card: c["clusters"] != "off"))
+
+    @classmethod
+    def from_controls(cls, controls: base.Controls, card: base.Card,
+                      before: tuple[base.StepConfig, ...]) -> ClusterConfig | None:
+        if controls["clusters"] == "off":
+            return None
+        return cls(clusters=int(controls["clusters"]), finetune_epochs=1 if controls["cluster_finetune"] else 0)
+
+    def to_controls(self) -> dict[str, Any]:
+        return {"clusters": str(self.clusters), "cluster_finetune": self.finetune_epochs > 0}
+
+    def columns(self) -> dict[str, Any]:
+        return {"clusters": self.clusters}
 
     def training_epochs(self) -> int:
         return self.finetune_epochs
@@ -219,7 +244,8 @@ class _Points:
 
         # all improving swaps that leave each other's clusters alone, at once: from a poor start (linear
         # init on a long-tailed layer strands many centroids in the tails) one swap a round is too slow
-        taken, batch = set(), []
+        taken: set[int] = set()
+        batch = []
         for f, v in zip(order, values, strict=True):
             if not v < 0:
                 break

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import inspect
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +20,12 @@ from torch import nn
 
 from explorer.compress.base import (
     MAX_STEP_EPOCHS,
+    Card,
     Compressed,
     CompressionState,
     Context,
+    Control,
+    Controls,
     StepConfig,
     record,
     register_step,
@@ -40,6 +43,7 @@ WIDTH_RANGE = (0.0625, 4.0)  # what create_model accepts
 class DistillConfig(StepConfig):
     kind: ClassVar[str] = "distill"
     one_record: ClassVar[bool] = True
+    page_order: ClassVar[int] = 10
 
     student: str = "digits_cnn"
     width: float = 0.5  # student width multiplier; ignored for architectures without one
@@ -61,6 +65,24 @@ class DistillConfig(StepConfig):
 
     def label(self) -> str:
         return f"distil -> {self.student} x{self.width:g}"
+
+    def words(self) -> str:
+        return f"distil into a {self.student} at width {self.width:g}"
+
+    @classmethod
+    def controls(cls) -> tuple[Control, ...]:
+        return (Control("distill", False, off=False),
+                Control("student_width", 0.5, lo=0.125, hi=1.0, step=0.125, enabled=lambda c, card: bool(c["distill"])),
+                Control("distill_epochs", 15, lo=1, hi=100, step=1, enabled=lambda c, card: bool(c["distill"])))
+
+    @classmethod
+    def from_controls(cls, controls: Controls, card: Card, before: tuple[StepConfig, ...]) -> DistillConfig | None:
+        if not controls["distill"]:
+            return None
+        return cls(student="digits_cnn", width=controls["student_width"], epochs=controls["distill_epochs"])
+
+    def to_controls(self) -> dict[str, Any]:
+        return {"distill": True, "student_width": self.width, "distill_epochs": self.epochs}
 
     def training_epochs(self) -> int:
         return self.epochs
@@ -85,7 +107,8 @@ def takes_width(arch: str) -> bool:
 
 def architecture(arch: str, data: DataBundle, width: float | None) -> dict:
     """What the packer needs to rebuild the model: create_model(name, **kwargs)."""
-    kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
+    kwargs: dict[str, float] = {"num_classes": data.num_classes, "in_channels": data.in_channels,
+                                "image_size": data.image_size}
     if width is not None and takes_width(arch):
         kwargs["width"] = width
     return {"name": arch, "kwargs": kwargs}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -18,8 +18,11 @@ from torch import nn
 from explorer.compress.base import (
     LAYER_CHOICES,
     MAX_STEP_EPOCHS,
+    Card,
     Compressed,
     Context,
+    Control,
+    Controls,
     StepConfig,
     clone,
     compressible,
@@ -35,6 +38,7 @@ from explorer.core.errors import bad_value, check_choice, check_range
 class LowRankConfig(StepConfig):
     kind: ClassVar[str] = "lowrank"
     one_record: ClassVar[bool] = True
+    page_order: ClassVar[int] = 20
 
     rank_ratio: float = 0.25  # kept rank = max(1, round(rank_ratio * full rank))
     energy: float = 0.0  # > 0: smallest rank keeping this fraction of sum(s^2); replaces rank_ratio
@@ -56,6 +60,25 @@ class LowRankConfig(StepConfig):
 
     def label(self) -> str:
         return f"low-rank {self.energy:.0%} energy" if self.energy else f"low-rank {self.rank_ratio:g}"
+
+    def words(self) -> str:
+        return (f"low-rank factorisation keeping {self.energy:.0%} of the energy" if self.energy else
+                f"low-rank factorisation at {self.rank_ratio:g} of the rank")
+
+    @classmethod
+    def controls(cls) -> tuple[Control, ...]:
+        return (Control("lowrank", False, off=False),
+                Control("rank_ratio", 0.25, lo=0.05, hi=1.0, step=0.05, enabled=lambda c, card: bool(c["lowrank"])))
+
+    @classmethod
+    def from_controls(cls, controls: Controls, card: Card, before: tuple[StepConfig, ...]) -> LowRankConfig | None:
+        if not controls["lowrank"]:
+            return None
+        # the inner layers: factorising the classifier or the first conv costs accuracy for few weights
+        return cls(rank_ratio=controls["rank_ratio"], layers="inner", finetune_epochs=2)
+
+    def to_controls(self) -> dict[str, Any]:
+        return {"lowrank": True, "rank_ratio": self.rank_ratio}
 
     def training_epochs(self) -> int:
         return self.finetune_epochs

@@ -8,18 +8,14 @@ step down costs the least loss per bit saved, until the weighted average fits th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from explorer.compress import qmath
 from explorer.compress.base import Context
+from explorer.compress.quantize_config import QuantizeConfig
 from explorer.core.data import Split
 from explorer.core.train import evaluate
-
-if TYPE_CHECKING:  # a type only: quantize imports this module for its mixed mode
-    from explorer.compress.quantize import QuantizeConfig
 
 
 def _quantized_copy_loss(model: nn.Module, name: str, bits: int, cfg: QuantizeConfig, val: Split) -> float:

@@ -1,5 +1,6 @@
-"""Pruning: unstructured magnitude, block, N:M semi-structured, and structured channel pruning that
-physically removes channels through Torch-Pruning's dependency graph; one-shot, iterative or
+"""Pruning: unstructured magnitude, block, N:M semi-structured, structured channel pruning that
+physically removes channels through Torch-Pruning's dependency graph, and for transformers the removal
+of whole attention heads or MLP hidden neurons (explorer.compress.attention); one-shot, iterative or
 gradual (Zhu & Gupta's cubic schedule) with masked fine-tuning.
 
 The mask maths works on plain tensors (`magnitude_masks`, `block_mask`, `nm_mask`) so it can be
@@ -11,18 +12,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import nn
 
+from explorer.compress.attention import prune_units
 from explorer.compress.base import (
-    LAYER_CHOICES,
-    MAX_STEP_EPOCHS,
     Compressed,
     Context,
-    StepConfig,
     apply_masks,
     clone,
     compressible,
@@ -31,80 +28,9 @@ from explorer.compress.base import (
     register_step,
 )
 from explorer.compress.channel import prune_channels
+from explorer.compress.prune_config import CRITERIA, GRANULARITIES, REMOVES, SCHEDULES, PruneConfig  # noqa: F401
 from explorer.compress.schedules import cubic_sparsity, geometric_sparsity
-from explorer.core.errors import bad_value, check_choice, check_range
 from explorer.core.train import TrainHook
-
-GRANULARITIES = ("unstructured", "channel", "block", "nm")
-CRITERIA = ("l1", "l2", "geometric_median")
-SCHEDULES = ("oneshot", "iterative", "gradual")
-
-
-@dataclass(frozen=True)
-class PruneConfig(StepConfig):
-    kind: ClassVar[str] = "prune"
-
-    sparsity: float = 0.5
-    granularity: str = "unstructured"
-    criterion: str = "l1"
-    scope: str = "global"
-    schedule: str = "oneshot"
-    finetune_epochs: int = 0
-    lr: float = 1e-3
-    layers: str = "all"
-    rounds: int = 3  # iterative: prune/fine-tune rounds
-    initial_sparsity: float = 0.0  # gradual: s_i of the cubic schedule
-    block: tuple[int, int] = (4, 4)
-    n: int = 2
-    m: int = 4
-
-    def __post_init__(self):
-        check_range("sparsity", self.sparsity, 0.0, 0.99)
-        check_choice("granularity", self.granularity, GRANULARITIES)
-        check_choice("criterion", self.criterion, CRITERIA)
-        check_choice("scope", self.scope, ("global", "layer"))
-        check_choice("schedule", self.schedule, SCHEDULES)
-        check_range("finetune_epochs", self.finetune_epochs, 0, MAX_STEP_EPOCHS, integer=True)
-        check_range("lr", self.lr, 1e-7, 1.0)
-        check_choice("layers", self.layers, LAYER_CHOICES)
-        check_range("rounds", self.rounds, 1, 50, integer=True)
-        check_range("initial_sparsity", self.initial_sparsity, 0.0, self.sparsity)
-        if len(self.block) != 2 or not all(isinstance(b, int) and 1 <= b <= 64 for b in self.block):
-            raise bad_value("block", self.block, "two integers in [1, 64]")
-        check_range("m", self.m, 2, 32, integer=True)
-        check_range("n", self.n, 1, self.m - 1, integer=True)
-        if self.criterion == "geometric_median" and self.granularity != "channel":
-            raise bad_value("criterion", self.criterion, "l1 or l2 unless granularity is 'channel'")
-        if self.granularity == "nm" and self.sparsity not in (0.0, 1 - self.n / self.m):
-            fixed = f"1 - n/m = {1 - self.n / self.m:g} for {self.n}:{self.m} pruning"
-            raise bad_value("sparsity", self.sparsity, fixed)
-        if self.schedule != "oneshot" and self.finetune_epochs == 0:
-            raise bad_value("finetune_epochs", 0, f"at least 1 for the {self.schedule} schedule")
-        if self.granularity == "nm" and self.schedule == "gradual":
-            raise bad_value("schedule", "gradual", "oneshot or iterative for n:m pruning (its sparsity is fixed)")
-
-    @property
-    def target(self) -> float:
-        return 1 - self.n / self.m if self.granularity == "nm" else self.sparsity
-
-    def structural(self) -> bool:
-        return self.granularity == "channel"  # channels are removed: the layers get smaller
-
-    def training_epochs(self) -> int:
-        """Each round of an iterative schedule (and of gradual channel pruning) fine-tunes at least one epoch, so
-        many rounds train more than `finetune_epochs` (prune_channels, _prune_unstructured)."""
-        rounds = self.rounds if self.schedule == "iterative" or (
-            self.schedule == "gradual" and self.granularity == "channel") else 1
-        return self.finetune_epochs if rounds == 1 else rounds * max(1, self.finetune_epochs // rounds)
-
-    def label(self) -> str:
-        sched = "" if self.schedule == "oneshot" else f" {self.schedule}"
-        return f"prune {self.target:.0%} {self.granularity}{sched}"
-
-    def revision(self) -> int:
-        # 2: global channel pruning no longer skips a layer whose every channel falls under the threshold
-        return 2 if self.granularity == "channel" and self.scope == "global" else 1
-
 
 # ---------------------------------------------------------------- mask maths (plain tensors)
 
@@ -306,6 +232,8 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> Compressed:
     ctx = dataclasses.replace(ctx, state=state)
     if cfg.granularity == "channel":
         info = prune_channels(model, cfg, ctx)
+    elif cfg.granularity in REMOVES:
+        info = prune_units(model, cfg, ctx)
     else:
         info = _prune_unstructured(model, cfg, ctx)
         if cfg.granularity == "unstructured":
@@ -318,7 +246,7 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> Compressed:
         else:
             state.notes.append("Block sparsity needs block-sparse kernels to run faster; the runtimes here are "
                                "dense, so it shrinks the packed file, not the latency.")
-    if cfg.granularity == "channel":  # sparsity here is the share of channels removed
+    if cfg.granularity in REMOVES:  # sparsity here is the share of channels (heads, neurons) removed
         ch = info["channels"]
         layers = {k: 1 - v["after"] / v["before"] for k, v in ch.items()}
         achieved = 1 - sum(v["after"] for v in ch.values()) / sum(v["before"] for v in ch.values())

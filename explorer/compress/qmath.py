@@ -85,6 +85,40 @@ def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: boo
     return scale, zp, None
 
 
+# ---------------------------------------------------------------- group-wise (weight-only, Linear layers)
+
+
+def expand_groups(v: torch.Tensor, cols: int, group: int) -> torch.Tensor:
+    """(rows, groups) per-group values repeated over each group's `group` columns, cut to `cols`."""
+    return v.repeat_interleave(group, dim=1)[:, :cols]
+
+
+def group_qparams(w: torch.Tensor, bits: int, symmetric: bool, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of every group of `group` consecutive inputs of each row of a 2-D weight (GPTQ's and
+    AWQ's group-wise layout): shape (rows, ceil(cols / group)). The last group of a row may be shorter; padding it
+    with zeros changes nothing, since every range is widened to include 0."""
+    if w.dim() != 2:
+        raise ValueError(f"group-wise quantisation takes a 2-D (Linear) weight, got shape {tuple(w.shape)}")
+    rows, cols = w.shape
+    groups = math.ceil(cols / group)
+    padded = torch.nn.functional.pad(w.detach().float(), (0, groups * group - cols)).reshape(rows, groups, group)
+    scale, zp = qparams(padded.amin(2).reshape(-1), padded.amax(2).reshape(-1), bits, symmetric)
+    return scale.reshape(rows, groups), zp.reshape(rows, groups)
+
+
+def quantize_groups(w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int, symmetric: bool,
+                    group: int) -> torch.Tensor:
+    """Integer codes (int64) of a 2-D weight on its group-wise grid."""
+    qmin, qmax = qrange(bits, symmetric)
+    s, z = expand_groups(scale, w.shape[1], group), expand_groups(zp, w.shape[1], group)
+    return torch.clamp(torch.round(w / s) + z, qmin, qmax).to(torch.int64)
+
+
+def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, group: int) -> torch.Tensor:
+    s, z = expand_groups(scale, q.shape[1], group), expand_groups(zp, q.shape[1], group)
+    return ((q.float() - z) * s).float()
+
+
 # ---------------------------------------------------------------- activation range calibration
 
 

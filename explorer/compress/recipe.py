@@ -13,7 +13,7 @@ from pathlib import Path
 
 from explorer.compress.base import StepConfig, config_from_dict, config_to_dict, step_type_of
 from explorer.core import strictjson
-from explorer.core.data import DATASETS
+from explorer.core.data import list_datasets
 from explorer.core.errors import bad_value, check_choice, check_range
 from explorer.core.paths import baseline_path
 
@@ -44,7 +44,7 @@ class Recipe:
     def __post_init__(self):
         if not isinstance(self.model, str) or not self.model:
             raise bad_value("model", self.model, "a model name such as 'digits_cnn'")
-        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("dataset", self.dataset, list_datasets())
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
         if self.finetune_samples is not None:
             check_finetune_samples(self.finetune_samples)
@@ -85,6 +85,7 @@ class Recipe:
         """What identifies the computation: every default explicit, keys sorted, the label left out."""
         d = self.to_dict()
         d.pop("name", None)
+        d["steps"] = [config_to_dict(s.canonical()) for s in self.steps]  # fields that change nothing at defaults
         d["checkpoint"] = str(self.checkpoint_path.as_posix()) if self.checkpoint else None
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
@@ -153,11 +154,25 @@ class Recipe:
             raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
 
 
+def step_words(step: dict) -> str:
+    """A step (JSON form) in plain words, as its technique says it; the kind for a step no technique reads."""
+    try:
+        return config_from_dict(step).words()
+    except (ValueError, TypeError):
+        return str(step.get("kind")) if isinstance(step, dict) else str(step)
+
+
+def recipe_words(recipe: Recipe | dict) -> str:
+    """A whole recipe in words, steps in order; 'the baseline, uncompressed' for none."""
+    steps = recipe.to_dict()["steps"] if isinstance(recipe, Recipe) else recipe.get("steps", [])
+    return ", then ".join(step_words(s) for s in steps) or "the baseline, uncompressed"
+
+
 def check_finetune_samples(value: object, field: str = "finetune_samples", where: str = "") -> None:
     """A recommendation of training images to fine-tune on, as a recipe, the train command's flag or a
     baseline card gives it; `where` names the file it came from."""
     try:
-        check_range(field, value, *FINETUNE_SAMPLES, integer=True)
+        check_range(field, value, *FINETUNE_SAMPLES, integer=True)  # type: ignore[arg-type]  # checked there
     except ValueError as e:
         raise ValueError(f"{where}: {e}" if where else str(e)) from None
 

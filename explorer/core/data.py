@@ -14,6 +14,7 @@ import functools
 import io
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,8 +93,28 @@ class DataBundle:
         return self.train.x[idx]
 
 
+# a trusted plugin's data sets (explorer.core.plugins): name -> loader(root) returning (x, y, classes, test), x float
+# images (N, C, H, W) in [0, 1], y int64 labels, test an official (x, y) test split or None for a seeded one
+PLUGIN_DATASETS: dict[str, Callable] = {}
+
+
+def register_dataset(name: str, loader: Callable) -> None:
+    """For plugins: a data set under `name`, loaded by `loader(root)` (root is the folder the user named, or None)
+    into (x, y, classes, test); split, resized and normalised like every other data set."""
+    if name in DATASETS or name in PLUGIN_DATASETS:
+        raise RuntimeError(f"dataset {name!r} registered twice")
+    PLUGIN_DATASETS[name] = loader
+
+
+def _load_plugins() -> None:
+    from explorer.core import plugins
+
+    plugins.load()
+
+
 def list_datasets() -> list[str]:
-    return list(DATASETS)
+    _load_plugins()
+    return [*DATASETS, *sorted(PLUGIN_DATASETS)]
 
 
 def load_dataset(
@@ -130,7 +151,7 @@ def _files_stamp(name: str, root) -> tuple | None:
     base = Path(root).expanduser() if root not in (None, "") else default_root(name)
     if base is None or not base.is_dir():
         return None
-    files = []
+    files: list[tuple[str, int, int]] = []
     for p in base.rglob("*"):
         if len(files) > 64:
             return None
@@ -147,8 +168,8 @@ def _load_cached(stamp: tuple, *args) -> DataBundle:
 
 
 def _load_dataset(name, root, seed, image_size, val_fraction, test_fraction, channels) -> DataBundle:
-    if name not in DATASETS:
-        raise bad_value("dataset", name, DATASETS)
+    if name not in DATASETS and name not in list_datasets():
+        raise bad_value("dataset", name, list_datasets())
     check_range("val_fraction", val_fraction, 0.01, 0.5)
     check_range("test_fraction", test_fraction, 0.01, 0.5)
     if image_size is not None:
@@ -159,6 +180,9 @@ def _load_dataset(name, root, seed, image_size, val_fraction, test_fraction, cha
         x, y, classes = _digits()
         official_test = None
         notes: list[str] = []
+    elif name in PLUGIN_DATASETS:
+        x, y, classes, official_test = _from_plugin(name, root)
+        notes = []
     else:
         if (root is None or str(root).strip() == "") and default_root(name) is not None:
             root = default_root(name)
@@ -237,6 +261,20 @@ def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[np.nd
     return keep_idx, take_idx
 
 
+def _from_plugin(name: str, root) -> tuple:
+    """A plugin's data set, held to the shapes every other one has; a mismatch is one line naming the data set."""
+    x, y, classes, test = PLUGIN_DATASETS[name](None if root in (None, "") else Path(root).expanduser())
+    for what, (xx, yy) in (("images", (x, y)), *((("test images", test),) if test is not None else ())):
+        if not (isinstance(xx, torch.Tensor) and xx.ndim == 4 and xx.is_floating_point() and xx.shape[1] in (1, 3)
+                and isinstance(yy, torch.Tensor) and yy.shape == (len(xx),) and not yy.is_floating_point()):
+            raise ValueError(f"dataset {name!r} from a plugin gave {what} that are not float (N, 1 or 3, H, W) "
+                             "tensors with one integer label each")
+        if len(yy) and not 0 <= int(yy.min()) <= int(yy.max()) < len(classes):
+            raise ValueError(f"dataset {name!r} from a plugin has labels outside 0..{len(classes) - 1}")
+    test = None if test is None else (test[0].float(), test[1].long())
+    return x.float(), y.long(), list(classes), test
+
+
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
@@ -263,7 +301,7 @@ INSTALL = {"fashion-mnist": "install Debian's package (apt-get install -y datase
 def available(name: str, root: str | os.PathLike | None = None) -> bool:
     """Whether `name` can be loaded here without downloading: digits always, a named folder if it exists,
     else one of the data set's usual places."""
-    if name == "digits":
+    if name == "digits" or name in PLUGIN_DATASETS:
         return True
     if root not in (None, ""):
         return Path(root).expanduser().exists()
@@ -295,6 +333,14 @@ def fetch(name: str, folder: str | os.PathLike | None = None) -> Path:
 def _idx_file(base: Path, name: str) -> Path | None:
     """`name` as torchvision unpacks it, or gzipped as the data set's authors and Debian ship it."""
     return next((p for p in (base / name, base / f"{name}.gz") if p.is_file()), None)
+
+
+def _read_idx_in(base: Path, name: str) -> np.ndarray:
+    """An IDX file of a folder _find_idx_base found complete (it checked each file is there)."""
+    path = _idx_file(base, name)
+    if path is None:
+        raise ValueError(f"dataset folder {str(base)!r} has no {name} (nor {name}.gz)")
+    return read_idx(path)
 
 
 def _find_base(root: Path, sub: str, files: tuple[str, ...]) -> Path | None:
@@ -332,8 +378,8 @@ def _mnist_like(name: str, root: Path):
         raise _missing(name, root, str(root / sub), _MNIST_FILES)
     parts = []
     for images, labels in (_MNIST_FILES[:2], _MNIST_FILES[2:]):
-        x = read_idx(_idx_file(base, images))
-        y = read_idx(_idx_file(base, labels))
+        x = _read_idx_in(base, images)
+        y = _read_idx_in(base, labels)
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or x.dtype != np.uint8:
             raise ValueError(f"dataset folder {str(base)!r} for {name}: {images} holds {x.dtype} images of shape "
                              f"{x.shape} for {y.shape} labels; expected N uint8 images for N labels")
@@ -342,6 +388,10 @@ def _mnist_like(name: str, root: Path):
     if n_classes > len(cls.classes) or min(int(parts[0][1].min()), int(parts[1][1].min())) < 0:
         raise ValueError(f"dataset folder {str(base)!r} for {name}: labels outside 0..{len(cls.classes) - 1}")
     return parts[0], parts[1], list(cls.classes)
+
+
+class RefusedGlobal(ValueError):
+    """A pickle asked for a global other than the array builders: how a pickle runs code, so never loaded."""
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -361,11 +411,20 @@ class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused global {module}.{name}: data files may hold arrays only")
+        raise RefusedGlobal(f"refused global {module}.{name}: data files may hold arrays only")
 
 
 def safe_unpickle(data: bytes) -> object:
-    return _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+    """Plain containers, strings, numbers and numpy arrays back. Anything else is one ValueError of one line: a
+    RefusedGlobal for a pickle that asks for any other global, else 'not a pickle of arrays (...)' with the cause,
+    since truncated or corrupt bytes fail in many ways inside pickle."""
+    try:
+        return _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except RefusedGlobal:
+        raise
+    except Exception as e:
+        cause = " ".join(f"{type(e).__name__}: {e}".split())
+        raise ValueError(f"not a pickle of arrays ({cause})") from None
 
 
 _CIFAR = {

@@ -30,7 +30,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             head = f.read(4)
             if len(head) != 4 or head[:2] != b"\0\0" or head[2] not in TYPES or not 1 <= head[3] <= 4:
                 raise ValueError(f"IDX file {p.name!r} has no IDX header (magic {head.hex() or 'missing'})")
-            dtype, ndim = np.dtype(TYPES[head[2]]), head[3]
+            dtype, ndim = np.dtype(TYPES[head[2]]), head[3]  # type: ignore[call-overload]  # TYPES holds dtype names
             raw_dims = f.read(4 * ndim)
             if len(raw_dims) != 4 * ndim:
                 raise ValueError(f"IDX file {p.name!r} ends inside its header")

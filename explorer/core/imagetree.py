@@ -153,7 +153,8 @@ def _decode(tree, size: int, channels: int | None, budget: Budget):
     for path, ci, rel in files:
         try:
             with Image.open(path) as im:
-                arr = np.asarray(im.convert(mode).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+                small = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+                arr = np.asarray(small, dtype=np.float32) / 255.0
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             bad.append(rel)
             continue

@@ -109,6 +109,7 @@ def fit(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    opt: torch.optim.Optimizer
     if cfg.optimizer == "adam":
         opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:

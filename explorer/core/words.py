@@ -1,10 +1,9 @@
 """Plain words for what the explorer shows: a recipe, a quantisation scheme, an engine, a figure. The page,
 the report and the command line speak to an ML engineer and their stakeholders, so abbreviations are
-spelt out here and the short forms kept for tooltips. Pure functions of recipe JSON (step dicts)."""
+spelt out here and the short forms kept for tooltips. A step's own words are its technique's (StepConfig.words,
+explorer.compress.recipe.recipe_words); this module holds the words every part shares."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 from explorer.core.engines import (
     ORT_CPU_FP32,
@@ -20,10 +19,7 @@ ENGINES = {TORCH_CPU: "PyTorch on the CPU, fp32", ORT_CPU_FP32: "ONNX Runtime, f
            ORT_CPU_INT8: "ONNX Runtime, int8", TORCH_CUDA_FP32: "PyTorch on the GPU, fp32",
            TORCH_CUDA_FP16: "PyTorch on the GPU, fp16", TORCH_CUDA_BF16: "PyTorch on the GPU, bf16",
            ORT_CUDA_FP32: "ONNX Runtime on the GPU, fp32"}
-GRANULARITY = {"unstructured": "single weights", "channel": "whole channels", "block": "4x4 blocks of weights",
-               "nm": "2 of every 4 weights (2:4)"}
-SCHEDULE = {"oneshot": "at once", "iterative": "in rounds", "gradual": "gradually"}
-CRITERION = {"l1": "by L1 norm", "l2": "by L2 norm", "geometric_median": "by geometric median"}
+UNQUANTISED = "fp32 (no quantisation)"  # the scheme of a run with no quantisation step
 
 GLOSSARY = {
     "Top-1": "the share of test images whose most likely class is the right one. Its 95% interval (Wilson's) "
@@ -56,59 +52,6 @@ GLOSSARY = {
     "Speed-up": "the baseline's time over this model's, both timed in the same interleaved rounds so a change in "
                 "the machine's load hits both; 'within noise' where its 95% interval holds 1.",
 }
-
-
-def scheme(step: dict | None) -> str:
-    """A quantisation step in words: '8-bit weights and activations (static int8)'; fp32 for none."""
-    if not step:
-        return "fp32 (no quantisation)"
-    mode, bits = step.get("mode"), step.get("bits")
-    acts = step.get("activation_bits") or (8 if mode in ("static", "dynamic") else 0)
-    if mode in ("fp16", "bf16"):
-        return f"16-bit floats ({mode})"
-    if mode == "static":
-        return "8-bit weights and activations (static int8)"
-    if mode == "dynamic":
-        return "8-bit weights, activations at run time (dynamic int8)"
-    what = f"{bits}-bit weights and activations" if acts else f"{bits}-bit weights only"
-    how = {"ptq": "post-training", "qat": "quantisation-aware training", "mixed": "mixed precision"}.get(mode, mode)
-    return f"{what} ({how})"
-
-
-def scheme_of(steps: Sequence[dict]) -> str:
-    return scheme(next((s for s in steps if s.get("kind") == "quantize"), None))
-
-
-def step_words(step: dict) -> str:
-    kind = step.get("kind")
-    if kind == "prune":
-        target = 0.5 if step.get("granularity") == "nm" else step.get("sparsity", 0)
-        epochs = step.get("finetune_epochs", 0)
-        tune = f", fine-tuned {epochs} epoch{'s' if epochs != 1 else ''}" if epochs else ""
-        how = CRITERION.get(step.get("criterion") or "l1", str(step.get("criterion")))
-        if step.get("granularity") == "nm":
-            how = ""  # 2:4 keeps the larger two of every four by magnitude: no choice of criterion
-        return (f"prune {target:.0%} of the {GRANULARITY.get(step.get('granularity'), step.get('granularity'))} "
-                f"{how} {SCHEDULE.get(step.get('schedule'), '')}{tune}").replace("  ", " ").replace(" ,", ",")
-    if kind == "quantize":
-        return scheme(step)
-    if kind == "cluster":
-        return f"share {step.get('clusters')} values per layer (clustering)"
-    if kind == "lowrank":
-        energy = step.get("energy")
-        return (f"low-rank factorisation keeping {energy:.0%} of the energy" if energy else
-                f"low-rank factorisation at {step.get('rank_ratio', 0):g} of the rank")
-    if kind == "distill":
-        return f"distil into a {step.get('student')} at width {step.get('width', 1):g}"
-    if kind == "bn_adapt":
-        return "BatchNorm statistics re-measured"
-    return str(kind)
-
-
-def recipe_words(recipe) -> str:
-    """A whole recipe in words, steps in order; 'the baseline, uncompressed' for none."""
-    steps = recipe.to_dict()["steps"] if hasattr(recipe, "to_dict") else recipe.get("steps", [])
-    return ", then ".join(step_words(s) for s in steps) or "the baseline, uncompressed"
 
 
 def engine(name: str, batch: str | int | None = None) -> str:

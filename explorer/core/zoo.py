@@ -3,12 +3,21 @@
 Every factory takes num_classes, in_channels and image_size, so one list feeds the UI's select box,
 the CLI and the parametrised tests. torchvision's architectures are adapted to small inputs the way
 CIFAR papers do (and seed 000 did for VGG-13 on 32x32): a 3x3 stride-1 stem and no pooling past 1x1.
+
+Beyond the zoo, any classification architecture of the installed torchvision or timm is named
+`torchvision:<name>` or `timm:<name>` (`library_models`), and trusted plugins (`explorer.core.plugins`) register
+their own with `register_model`. A named architecture is built by the library's own code with random weights
+(torchvision's `get_model(name, weights=None)`, timm's `create_model(name, pretrained=False)`): nothing is ever
+downloaded, and a user's weights are loaded into it as data.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -39,13 +48,113 @@ def register_model(name: str, *, description: str, min_image_size: int = 4, defa
 
 
 def list_models() -> list[str]:
+    """The zoo's architectures and those trusted plugins registered (each plugin is imported once)."""
+    _load_plugins()
     return sorted(_REGISTRY)
 
 
 def model_entry(name: str) -> ModelEntry:
-    if name not in _REGISTRY:
-        raise bad_value("model", name, list_models())
-    return _REGISTRY[name]
+    _load_plugins()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    lib, sep, arch = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if sep and lib in LIBRARIES:
+        if arch not in _library_names(lib):
+            raise unknown_model(name)
+        return ModelEntry(name, functools.partial(LIBRARIES[lib][1], arch), f"{lib}'s {arch}", 1, 224)
+    raise unknown_model(name)
+
+
+def _load_plugins() -> None:
+    from explorer.core import plugins  # plugins import this module to register: imported late
+
+    plugins.load()
+
+
+def unknown_model(name: object) -> ValueError:
+    """One line: the unknown name, the closest known ones, and where the rest are listed."""
+    names = all_model_names()
+    bare: dict[str, list[str]] = {}  # 'resnet18' -> the library names it stands for, so a bare name finds them
+    for n in names:
+        if ":" in n:
+            bare.setdefault(n.partition(":")[2], []).append(n)
+    query = str(name).partition(":")[2] if ":" in str(name) else str(name)
+    close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.6)
+    close = [*bare.get(query, []), *close, *(full for b in difflib.get_close_matches(query, bare, n=3, cutoff=0.8)
+                                             for full in bare[b])]
+    close = list(dict.fromkeys(c for c in close if c != name))[:6]
+    hint = f"close matches: {', '.join(close)}; " if close else ""
+    return ValueError(f"model {name!r} is not known: {hint}the zoo has {', '.join(sorted(_REGISTRY))}, and any "
+                      f"classification model of torchvision or timm is named 'torchvision:<name>' or 'timm:<name>' "
+                      f"(python -m explorer models lists them all)")
+
+
+def all_model_names() -> list[str]:
+    """The zoo's and the plugins' names, then every torchvision and timm name: what the page's list searches."""
+    return [*list_models(), *library_models()]
+
+
+def library_models() -> list[str]:
+    """'torchvision:<name>' for torchvision's classification builders, 'timm:<name>' for timm's models."""
+    return [f"{lib}:{n}" for lib in LIBRARIES for n in _library_names(lib)]
+
+
+@functools.cache
+def _library_names(lib: str) -> tuple[str, ...]:
+    return tuple(LIBRARIES[lib][0]())
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision.models as tvm
+
+    return tvm.list_models(module=tvm)  # the classification builders only (not detection, segmentation, video)
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+def _torchvision_model(arch: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """torchvision's builder with random weights (weights=None: nothing is downloaded). Its stem takes 3 channels:
+    for other inputs the first convolution that takes 3 is replaced by one of the same shape that takes
+    `in_channels` (timm's in_chans does the same inside timm); the image size is the data's (checked by running)."""
+    import torchvision.models as tvm
+
+    model = tvm.get_model(arch, weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        path, conv = next(((p, m) for p, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3),
+                          (None, None))
+        if conv is None:
+            raise ValueError(f"model 'torchvision:{arch}' has no convolution that takes 3 channels to adapt to "
+                             f"{in_channels}")
+        parent, _, leaf = str(path).rpartition(".")
+        kernel, stride, dilation = (cast(tuple[int, int], t) for t in (conv.kernel_size, conv.stride, conv.dilation))
+        padding = conv.padding if isinstance(conv.padding, str) else cast(tuple[int, int], conv.padding)
+        setattr(model.get_submodule(parent) if parent else model, leaf,
+                nn.Conv2d(in_channels, conv.out_channels, kernel, stride, padding, dilation,
+                          conv.groups, conv.bias is not None, conv.padding_mode))
+    return model
+
+
+def _timm_model(arch: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """timm's model with random weights (pretrained=False: nothing is downloaded), for `in_channels` and, where
+    the model takes an image size (Vision Transformers and the like), for `image_size`."""
+    import timm
+
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels,
+                                 img_size=image_size)
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+
+
+# (the names it knows, how it builds one) for each library an architecture can be named from
+LIBRARIES: dict[str, tuple[Callable[[], list[str]], Callable[..., nn.Module]]] = {
+    "torchvision": (_torchvision_names, _torchvision_model), "timm": (_timm_names, _timm_model)}
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 8, **kwargs) -> nn.Module:
@@ -61,6 +170,9 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 1, image_s
     try:
         return entry.factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
     except TypeError as e:
+        if not kwargs:
+            raise ValueError(f"model {name!r} could not be built for {num_classes} classes and inputs of shape "
+                             f"{(in_channels, image_size, image_size)}: {e}") from None
         raise ValueError(f"model {name!r} does not take these arguments: {sorted(kwargs)} ({e})") from None
 
 
@@ -234,3 +346,19 @@ def resnet14(num_classes: int, in_channels: int, image_size: int, width: float =
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@register_model("vit", description="Vision Transformer (timm's VisionTransformer): 7x7 patches, width 96, "
+                "4 blocks of 4 attention heads (~0.3M params)", min_image_size=4, default_image_size=28)
+def vit(num_classes: int, in_channels: int, image_size: int, patch_size: int = 7, embed_dim: int = 96,
+        depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0) -> nn.Module:
+    """Dosovitskiy et al.'s "An Image is Worth 16x16 Words" at Fashion-MNIST's scale: 28x28 images in 16 patches
+    of 7x7 plus a class token. timm builds it, so attention, MLP and LayerNorm are the library's own modules,
+    which Torch-Pruning and ONNX export know."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if image_size % patch_size:
+        raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size} for model 'vit'")
+    return VisionTransformer(img_size=image_size, patch_size=patch_size, in_chans=in_channels,
+                             num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                             mlp_ratio=mlp_ratio, class_token=True, global_pool="token", qkv_bias=True)

@@ -19,11 +19,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import explorer
 from explorer.core.data import DataBundle, load_dataset
 from explorer.core.errors import first_line, quiet_third_party
 from explorer.core.paths import MODELS_DIR, baseline_path  # noqa: F401  (re-exported: where baselines live)
 from explorer.core.train import Progress, TrainConfig, evaluate, fit, seed_everything
+from explorer.core.version import SCHEMA_VERSION, __version__
 from explorer.core.zoo import count_params, create_model
 from explorer.measure.compute import macs
 from explorer.measure.layers import layer_table
@@ -32,11 +32,12 @@ from explorer.models.formats import PROGRAMS, check_checkpoint_zip, detect_forma
 
 def versions() -> dict[str, str]:
     import onnxruntime
+    import timm
     import torchvision
 
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__,
-            "onnxruntime": onnxruntime.__version__, "explorer": explorer.__version__,
-            "schema": str(explorer.SCHEMA_VERSION)}
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
+            "onnxruntime": onnxruntime.__version__, "explorer": __version__,
+            "schema": str(SCHEMA_VERSION)}
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -229,8 +230,8 @@ def baseline_data(card: dict) -> DataBundle:
     """The dataset and split the baseline was trained and measured on."""
     kw = card["arch_kwargs"]
     shape = kw.get("input_shape") or [kw.get("in_channels"), kw.get("image_size"), kw.get("image_size")]
-    if card["dataset"] == "digits":
-        return load_dataset("digits", seed=card.get("split_seed", 0))
+    if card["dataset"] == "digits":  # a model whose first layer takes colour gets the digits as 3 equal channels
+        return load_dataset("digits", seed=card.get("split_seed", 0), channels=shape[0] if shape[0] != 1 else None)
     return load_dataset(card["dataset"], card.get("dataset_root"), seed=card.get("split_seed", 0),
                         image_size=shape[-1], channels=shape[0])
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -101,7 +102,7 @@ def run_checked(fn: Callable[..., Any], *args: Any, what: str, reuse: bool = Tru
     for code the user trusted: the process it ran in is not used again."""
     timeout_s, max_mb = limits()
     w = _take()
-    job = ("job", fn, args, kwargs, dict(os.environ), os.getcwd())
+    job = ("job", fn, args, kwargs, dict(os.environ), os.getcwd(), list(sys.path))
     try:
         w.conn.send(job)
     except (BrokenPipeError, OSError):  # it left while idle, just now
@@ -276,9 +277,10 @@ def _serve(conn, parent: int) -> None:
             job = conn.recv()
         except (EOFError, OSError):
             return
-        _, fn, args, kwargs, env, cwd = job
+        _, fn, args, kwargs, env, cwd, path = job
         os.environ.clear()  # the caller's settings and folders as they are now, not when this process began
         os.environ.update(env)
+        sys.path[:] = path  # where the caller's trusted plugins (EXPLORER_PLUGINS) are imported from
         tempfile.tempdir = None
         try:
             os.chdir(cwd)

@@ -34,10 +34,12 @@ from explorer.core.data import DataBundle, load_dataset
 from explorer.core.errors import bad_value, first_line, quiet_third_party
 from explorer.core.paths import env_folder
 from explorer.core.train import evaluate
-from explorer.core.zoo import count_params, create_model, list_models
+from explorer.core.zoo import count_params, create_model, model_entry
 from explorer.measure.onnx_export import ExportError, export_onnx, onnx_accuracy, onnx_logits
 from explorer.models import baselines, formats, safezip, sandbox
 
+NAME_ARCH = ("name its architecture: one of the zoo's (python -m explorer models), or a torchvision or timm model "
+             "as 'torchvision:<name>' or 'timm:<name>'")
 FOREIGN_REASON = ("pruning, clustering, k-bit quantisation, low-rank and distillation rewrite the model's PyTorch "
                   "layers; a {fmt} model has none the explorer can rewrite, so only size, latency and ONNX Runtime's "
                   "int8 quantisation apply")
@@ -85,8 +87,8 @@ def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str 
     the stored card, with `path` to the weights; `reused` is set when the same file was added before."""
     path = Path(path)
     shown = shown or path.name
-    if arch is not None and arch not in list_models():
-        raise bad_value("arch", arch, list_models())
+    if arch is not None:
+        model_entry(arch)  # an unknown name is one line with the closest known ones
     check_upload_size(path.stat().st_size if path.is_file() else 0, f"model file {shown!r}")
     fmt = formats.detect_format(path, shown)
     if fmt in ("torchscript", "exported") and not trust_code:
@@ -124,14 +126,34 @@ def _data(dataset: str, root: str | None, image_size: int | None, in_channels: i
 def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: str, root: str | None,
                          image_size: int | None, width: float | None, trust_code: bool,
                          stage: Path) -> tuple[Path, dict]:
-    """Validate a state_dict against a zoo architecture and the data, measure it, re-save it as safetensors."""
+    """Validate a state_dict against an architecture (the zoo's, a plugin's, or torchvision's or timm's by name)
+    and the data, measure it, re-save it as safetensors. The architecture's code is the installed library's; the
+    file gives tensors only. Channels and image size are checked against the data before the weights run."""
     state = baselines.load_state_dict_file(path, trust_code=trust_code, shown=shown)
     data = _data(dataset, root, image_size, None)
+    model_entry(arch)  # the library imported and its names listed: our own code's time, not the model's
     sandbox.start_clock()  # loading the data set is not the model's time
-    kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
-    if width is not None:
-        kwargs["width"] = width
-    model = baselines.load_into(create_model(arch, **kwargs), state, shown)
+    extra = {} if width is None else {"width": width}
+    model = create_model(arch, **_arch_kwargs(data), **extra)
+    channels = _weights_channels(model, state)
+    notes = list(data.notes)
+    if channels is not None and channels != data.in_channels:
+        if {channels, data.in_channels} != {1, 3}:
+            raise ValueError(f"checkpoint {shown!r} takes {channels} input channels (its first layer's weights), but "
+                             f"{dataset} images have {data.in_channels}: the model does not fit this data set")
+        data = _data(dataset, root, image_size, channels)  # grey <-> colour, as the weights expect
+        model = create_model(arch, **_arch_kwargs(data), **extra)
+        notes.append(f"the images were converted to {channels} channel{'s' if channels > 1 else ''}, as the "
+                     "model's first layer takes")
+    _check_input(model, data, arch, shown)
+    pos = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in model.state_dict().items()
+           if "pos_embed" in k and k in state and state[k].shape != v.shape]
+    if pos:  # a Vision Transformer's position embeddings hold one row per patch of the size it was trained at
+        raise ValueError(f"checkpoint {shown!r} has position embeddings {pos[0][0]} of shape {pos[0][1]}, for another "
+                         f"image size than {data.name}'s {data.image_size}x{data.image_size} (which needs "
+                         f"{pos[0][2]}): pass the image size the model was trained at (--image-size)")
+    kwargs = {**_arch_kwargs(data), **extra}
+    model = baselines.load_into(model, state, shown)
     _check_classes(model, data, shown)
     acc = evaluate(model, data.test)
     from safetensors.torch import save_file
@@ -141,7 +163,35 @@ def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: s
     return weights, {"architecture": arch, "arch_kwargs": kwargs, "dataset": dataset, "dataset_root": root,
                      "split_seed": 0, "classes": list(data.classes),
                      "accuracy": {k: acc[k] for k in ("top1", "top3", "top5", "loss")}, "test_samples": acc["n"],
-                     "params": count_params(model), "notes": list(data.notes)}
+                     "params": count_params(model), "notes": notes}
+
+
+def _arch_kwargs(data: DataBundle) -> dict:
+    return {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
+
+
+def _weights_channels(model: torch.nn.Module, state: dict) -> int | None:
+    """The input channels the checkpoint's first layer takes: its first 4-dimensional weight (a convolution's,
+    in the architecture's order) read from the file; None where the file lacks it (reported with the other keys)."""
+    own = model.state_dict()
+    first = next((k for k, v in own.items() if v.ndim == 4), None)
+    if first is None or first not in state or state[first].ndim != 4:
+        return None
+    groups = next((m.groups for name, m in model.named_modules() if f"{name}.weight" == first
+                   and isinstance(m, torch.nn.Conv2d)), 1)
+    return int(state[first].shape[1]) * groups
+
+
+def _check_input(model: torch.nn.Module, data: DataBundle, arch: str, shown: str) -> None:
+    """The architecture, as the library builds it with random weights, run on one image of the data: an input size
+    it cannot take is one line before the checkpoint's weights are loaded."""
+    try:
+        with torch.no_grad(), quiet_third_party():
+            model.eval()(data.test.x[:1])
+    except Exception as e:  # the library's own forward failing on this shape, in its own words
+        raise ValueError(f"model {arch!r} does not run on {data.name} images of shape {tuple(data.input_shape)} "
+                         f"(checkpoint {shown!r}): {first_line(e, 200)}; choose another image size (--image-size) "
+                         "or architecture") from None
 
 
 def _onnx_baseline(path: Path, shown: str, fmt: str, dataset: str, root: str | None, image_size: int | None,
@@ -151,12 +201,10 @@ def _onnx_baseline(path: Path, shown: str, fmt: str, dataset: str, root: str | N
     if fmt in ("state_dict", "pickle"):
         obj = baselines.read_torch_checkpoint(path, shown, trust_code)
         if not isinstance(obj, torch.nn.Module):
-            raise ValueError(f"model file {shown!r} holds a state_dict: name its architecture (one of "
-                             f"{', '.join(list_models())})")
+            raise ValueError(f"model file {shown!r} holds a state_dict: {NAME_ARCH}")
         module, fmt = obj, "pickled module"
     elif fmt == "safetensors":
-        raise ValueError(f"model file {shown!r} is a safetensors state_dict: name its architecture (one of "
-                         f"{', '.join(list_models())})")
+        raise ValueError(f"model file {shown!r} is a safetensors state_dict: {NAME_ARCH}")
     program = _load_program(path, shown, fmt) if fmt in ("torchscript", "exported") else None
     shape = _declared_input_shape(path, fmt, program)  # (C, H, W) where the file says; the data is fitted to it
     data = _data(dataset, root, image_size or (shape[-1] if shape else None), shape[0] if shape else None)

@@ -31,10 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from explorer import SCHEMA_VERSION
 from explorer.core import cachedir, scratch, settings
 from explorer.core.cachedir import is_key
 from explorer.core.paths import cache_dir
+from explorer.core.version import SCHEMA_VERSION
 from explorer.run.result import FILES, RunResult, failed, to_json
 
 MANIFEST, RESULT, LAST_USED = "manifest.json", "result.json", "last_used"
@@ -366,6 +366,12 @@ class RunCache:
         if "/" in name or name.startswith(".") or name in (MANIFEST, RESULT, LAST_USED) or not name:
             raise ValueError(f"cannot attach {name!r}: a plain file name other than {MANIFEST}, {RESULT} and "
                              f"{LAST_USED} is needed")
+        self._put(key, name, data)
+
+    def _put(self, key: str, name: str, data: bytes) -> None:
+        """Write file `name` into stored entry `key`, then the manifest with its size and checksum, each in one
+        step, under the key's lock: readers see the old manifest or the new one, each complete, and `get` looks
+        again under the lock before it takes an entry for damaged."""
         entry = self.root / check_key(key)
         with self.lock(key):
             if self._check(key)[1] is not None:
@@ -377,13 +383,27 @@ class RunCache:
             manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
             tmp = entry / f".{MANIFEST}.{os.getpid()}.tmp"
             tmp.write_text(json.dumps(manifest, indent=1))
-            os.replace(tmp, entry / MANIFEST)  # readers see the old manifest or the new one, each complete
+            os.replace(tmp, entry / MANIFEST)
+
+    def replace_result(self, key: str, result: RunResult) -> RunResult:
+        """Write a new RunResult into stored entry `key` (a later re-timing of its artifacts), as `_put` writes
+        a file: a listing (`peek`) between its two steps misses the entry for that moment, nothing more."""
+        if result.get("status") != "ok" or result.get("key") != key:
+            raise ValueError(f"only a successful run with key {key!r} can replace the stored one, not status "
+                             f"{result.get('status')!r} with key {result.get('key')!r}")
+        text = to_json(result)
+        self._put(key, RESULT, text.encode())
+        return json.loads(text)
 
     def artifact_path(self, key: str, name: str) -> Path | None:
         """The path of a stored artifact whose bytes match the manifest now, for tools that need a file
         (an ONNX Runtime session). Prefer `artifact`, which checks the very bytes it returns."""
         data = self.artifact(key, name)
         return None if data is None else self.root / key / name
+
+    def stored_at(self, key: str) -> float | None:
+        """When entry `key`'s result was last written (seconds since the epoch), or None where there is none."""
+        return _mtime(self.root / check_key(key) / RESULT)
 
     def keys(self) -> list[str]:
         """Entry folders; anything else in the folder (README, another tool's files) is not ours to touch."""

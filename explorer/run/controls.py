@@ -1,9 +1,11 @@
 """The explorer's controls as plain data, and the one function that turns them into a Recipe.
 
 The page's sidebar, its Sweep tab and the command line's sweep grid all build recipes with `build`, so a
-bit-width means the same quantisation scheme, the same label and the same cache key everywhere. Controls
-that do not apply to a configuration (calibration for weights-only quantisation, the rank ratio while
-low-rank is off) are left out of the recipe, so moving them never starts a new run.
+bit-width means the same quantisation scheme, the same label and the same cache key everywhere. Each technique
+owns its controls (explorer.compress.base.Control: ranges, choices, when each applies), the mapping from them to
+its step and back; this module only composes them. Controls that do not apply to a configuration (calibration
+for weights-only quantisation, the rank ratio while low-rank is off, the criterion of unstructured pruning) are
+reset to their defaults before anything is built, so moving them never starts a new run.
 """
 
 from __future__ import annotations
@@ -11,107 +13,57 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from explorer.compress.bnadapt import BNAdaptConfig
-from explorer.compress.cluster import ClusterConfig
-from explorer.compress.distill import DistillConfig
-from explorer.compress.lowrank import LowRankConfig
-from explorer.compress.prune import PruneConfig
-from explorer.compress.quantize import QuantizeConfig
+from explorer.compress.base import Control, StepConfig, config_from_dict, config_to_dict, page_types
+from explorer.compress.quantize_config import quant_mode  # noqa: F401  (the page's name for it)
 from explorer.compress.recipe import Recipe
 from explorer.core.errors import bad_value
 
-BIT_OPTIONS = ["2", "3", "4", "5", "6", "7", "8", "fp16", "bf16", "fp32"]
-CLUSTER_OPTIONS = ["off", "2", "4", "8", "16", "32", "64", "128", "256"]
-GRANULARITIES = ["unstructured", "channel", "block", "nm"]
-CRITERIA = ["l1", "l2", "geometric_median"]
-SCOPES = ["global", "layer"]
-SCHEDULES = ["oneshot", "iterative", "gradual"]
-# auto: the usual scheme for the bit-width, static int8 (weights and activations, ONNX Runtime's int8 path)
-# at 8 bits and post-training weights-only below; the others as named
-QUANT_MODES = ["auto", "ptq", "static", "dynamic", "qat"]
-CALIBRATIONS = ["minmax", "percentile", "entropy"]
 
-DEFAULTS: dict[str, Any] = {
-    "baseline": "digits_cnn-digits",
-    "sparsity": 0.5, "granularity": "unstructured", "criterion": "l1", "scope": "global", "schedule": "oneshot",
-    "prune_epochs": 2,
-    "bits": "fp32", "quant_mode": "auto", "quant_acts": False, "symmetric": True, "per_channel": True,
-    "calibration": "minmax", "qat_epochs": 2, "learn_ranges": True,
-    "clusters": "off", "cluster_finetune": False,
-    "distill": False, "student_width": 0.5, "distill_epochs": 15,
-    "lowrank": False, "rank_ratio": 0.25, "bn_adapt": True,
-}
+def _all_controls() -> list[Control]:
+    return [ctrl for t in page_types() for ctrl in t.controls()]
 
 
-def quant_mode(bits: str, mode: str) -> str:
-    """The mode a bit-width and the mode control stand for ('auto' resolved)."""
-    if mode != "auto":
-        return mode
-    return "static" if bits == "8" else "ptq"
+DEFAULTS: dict[str, Any] = {"baseline": "digits_cnn-digits", **{ctrl.name: ctrl.default for ctrl in _all_controls()}}
+CHOICES: dict[str, list[Any]] = {ctrl.name: list(ctrl.options) for ctrl in _all_controls() if ctrl.options}
+RANGES: dict[str, tuple[float, float]] = {ctrl.name: (ctrl.lo, ctrl.hi) for ctrl in _all_controls()
+                                          if ctrl.lo is not None and ctrl.hi is not None}
+OFF: dict[str, Any] = {ctrl.name: ctrl.off for ctrl in _all_controls() if ctrl.off is not None}  # every technique off
+BIT_OPTIONS = CHOICES["bits"]
+CLUSTER_OPTIONS = CHOICES["clusters"]
+GRANULARITIES = CHOICES["granularity"]
+CRITERIA = CHOICES["criterion"]
+SCOPES = CHOICES["scope"]
+SCHEDULES = CHOICES["schedule"]
+QUANT_MODES = CHOICES["quant_mode"]
+CALIBRATIONS = CHOICES["calibration"]
+GROUP_SIZES = CHOICES["group_size"]
 
 
 def relevant(c: dict[str, Any], card: dict | None = None) -> set[str]:
     """The controls that change what a configuration computes; the others are shown disabled, kept out of
     the recipe and out of the share link."""
-    keys = {"baseline", "sparsity", "bits", "clusters", "distill", "lowrank"}
-    if c["sparsity"] > 0:
-        keys |= {"granularity", "criterion", "scope", "schedule", "prune_epochs"}
-    if c["bits"] not in ("fp32", "fp16", "bf16"):
-        mode = quant_mode(c["bits"], c["quant_mode"])
-        keys |= {"quant_mode", "symmetric", "per_channel"}
-        if mode in ("ptq", "qat"):
-            keys.add("quant_acts")
-        if mode == "static" or (mode in ("ptq", "qat") and c["quant_acts"]):
-            keys.add("calibration")  # activation ranges are calibrated; weights-only needs none
-        if mode == "qat":
-            keys |= {"qat_epochs", "learn_ranges"}
-    if c["clusters"] != "off":
-        keys.add("cluster_finetune")
-    if c["distill"]:
-        keys |= {"student_width", "distill_epochs"}
-    if c["lowrank"]:
-        keys.add("rank_ratio")
-    if card is None or card.get("batchnorm"):
-        keys.add("bn_adapt")
-    return keys
+    return {"baseline"} | {ctrl.name for ctrl in _all_controls() if ctrl.applies(c, card)}
+
+
+def effective(c: dict[str, Any], card: dict | None = None) -> dict[str, Any]:
+    """The controls with every one that does not apply at its default: what a recipe is built from."""
+    on = relevant(c, card)
+    return {k: v if k in on or k not in DEFAULTS else DEFAULTS[k] for k, v in c.items()}
 
 
 def build(c: dict[str, Any], card: dict, seed: int = 0) -> Recipe:
-    """The recipe the controls stand for, in the order the techniques compose: distil -> low-rank -> prune ->
-    cluster -> BatchNorm adaptation -> quantise. Invalid combinations raise ValueError from the technique
-    configs, repeating the bad value. `card` is the baseline's card (architecture, dataset, name, path, and
-    whether it has BatchNorm)."""
+    """The recipe the controls stand for, each technique's step in the order the techniques compose (distil ->
+    low-rank -> prune -> cluster -> BatchNorm adaptation -> quantise: their `page_order`). Invalid combinations
+    raise ValueError from the technique configs, repeating the bad value. `card` is the baseline's card
+    (architecture, dataset, name, path, and whether it has BatchNorm)."""
+    c = effective(c, card)
     if card.get("format") == "onnx":
         return _onnx_recipe(c, card)
-    steps: list[Any] = []
-    if c["distill"]:
-        steps.append(DistillConfig(student="digits_cnn", width=c["student_width"], epochs=c["distill_epochs"]))
-    if c["lowrank"]:
-        # the inner layers: factorising the classifier or the first conv costs accuracy for few weights
-        steps.append(LowRankConfig(rank_ratio=c["rank_ratio"], layers="inner", finetune_epochs=2))
-    if c["sparsity"] > 0:
-        g = c["granularity"]
-        kw = {"granularity": g, "criterion": c["criterion"], "scope": c["scope"], "schedule": c["schedule"],
-              "finetune_epochs": c["prune_epochs"], "sparsity": c["sparsity"]}
-        if g == "nm":  # 2:4 fixes the sparsity at one half; the slider only turns it on
-            kw.update(sparsity=0.5, layers="inner")
-        steps.append(PruneConfig(**kw))
-    if c["clusters"] != "off":
-        steps.append(ClusterConfig(clusters=int(c["clusters"]), finetune_epochs=1 if c["cluster_finetune"] else 0))
-    if c["bn_adapt"] and card.get("batchnorm") and steps and not c["distill"]:  # the student has no BatchNorm
-        steps.append(BNAdaptConfig())
-    bits = c["bits"]
-    if bits in ("fp16", "bf16"):
-        steps.append(QuantizeConfig(mode=bits, bits=16))
-    elif bits != "fp32":
-        mode = quant_mode(bits, c["quant_mode"])
-        acts = int(bits) if c["quant_acts"] and mode in ("ptq", "qat") else 0
-        calibration = c["calibration"] if mode == "static" or acts else "minmax"
-        steps.append(QuantizeConfig(bits=int(bits), mode=mode, activation_bits=acts, symmetric=c["symmetric"],
-                                    per_channel=c["per_channel"], calibration=calibration,
-                                    finetune_epochs=c["qat_epochs"] if mode == "qat" else 0,
-                                    learn_ranges=c["learn_ranges"] or mode != "qat",
-                                    lr=1e-3 if mode == "qat" else 1e-4))
+    steps: list[StepConfig] = []
+    for technique in page_types():
+        step = technique.from_controls(c, card, tuple(steps))
+        if step is not None:
+            steps.append(step)
     # the committed baselines sit where Recipe looks by default; others are named by their path
     default = card.get("name") == f"{card['architecture']}-{card['dataset']}"
     return Recipe(model=card["architecture"], dataset=card["dataset"], checkpoint=None if default else card["path"],
@@ -119,27 +71,32 @@ def build(c: dict[str, Any], card: dict, seed: int = 0) -> Recipe:
 
 
 def _onnx_recipe(c: dict[str, Any], card: dict) -> Recipe:
-    """An ONNX model takes only ONNX Runtime's int8 quantisation; any other control is refused with the reason."""
+    """An ONNX model takes only the techniques that run on one (ONNX Runtime's int8 quantisation); any other
+    control is refused with the reason."""
     reason = card.get("unsupported_reason", "the model is ONNX")
-    used = [name for name, on in (("pruning", c["sparsity"] > 0), ("clustering", c["clusters"] != "off"),
-                                  ("distillation", c["distill"]), ("low-rank", c["lowrank"])) if on]
+    used, switches = [], []
+    for technique in page_types():
+        if technique.on_onnx:
+            continue
+        try:
+            on = technique.from_controls(c, card, ()) is not None
+        except ValueError:  # asked for, in a combination the technique refuses anyway
+            on = True
+        if on:
+            used.append(technique.kind)
+            switches += [f"{ctrl.name} to {ctrl.off}" for ctrl in technique.controls() if ctrl.off is not None]
     if used:
-        raise ValueError(f"{', '.join(used)} not available for {card['name']}: {reason}. Set sparsity to 0 and "
-                         "clusters to off.")
-    steps: tuple = ()
-    if c["bits"] != "fp32":
-        mode = quant_mode(c["bits"], c["quant_mode"])
-        if c["bits"] != "8" or mode not in ("static", "dynamic"):
-            raise ValueError(f"bits={c['bits']} with mode {mode!r} is not available for {card['name']}: only 8 bits "
-                             "with mode static or dynamic (ONNX Runtime's int8) apply to an ONNX model")
-        steps = (QuantizeConfig(bits=8, mode=mode, per_channel=c["per_channel"], calibration=c["calibration"]),)
-    return Recipe(model="onnx", dataset=card["dataset"], checkpoint=card["path"], seed=0, steps=steps)
+        raise ValueError(f"{', '.join(used)} not available for {card['name']}: {reason}. Set "
+                         f"{' and '.join(switches)}.")
+    steps = [technique.from_controls(c, card, ()) for technique in page_types() if technique.on_onnx]
+    return Recipe(model="onnx", dataset=card["dataset"], checkpoint=card["path"], seed=0,
+                  steps=tuple(s for s in steps if s is not None))
 
 
 def grid_point(model: str, dataset: str = "digits", *, sparsity: float = 0.0, bits: int = 32, clusters: int = 0,
                granularity: str = "unstructured", schedule: str = "oneshot", finetune_epochs: int = 2,
                seed: int = 0, bn_adapt: bool = False, checkpoint: str | None = None,
-               quant_mode: str = "auto") -> Recipe:
+               quant_mode: str = "auto") -> Recipe:  # noqa: F811  (the grid's name for the mode control)
     """A sweep grid's point as the page's controls: bits 32 = none, 16 = fp16, else that integer bit-width
     in the 'auto' scheme (static int8 at 8 bits, weights-only below); clusters 0 = off."""
     names = {32: "fp32", 16: "fp16"}
@@ -156,37 +113,23 @@ def grid_point(model: str, dataset: str = "digits", *, sparsity: float = 0.0, bi
 def from_recipe(recipe: dict, card: dict) -> dict[str, Any] | None:
     """The controls that build `recipe` (JSON form) on this baseline, or None where the sidebar cannot express
     it (a hand-written recipe, another learning rate): checked by building them again."""
-    c = {**DEFAULTS, "baseline": card["name"], "sparsity": 0.0, "bn_adapt": False}
-    for s in recipe.get("steps", []):
-        kind = s.get("kind")
-        if kind == "distill":
-            c.update(distill=True, student_width=s["width"], distill_epochs=s["epochs"])
-        elif kind == "lowrank":
-            c.update(lowrank=True, rank_ratio=s["rank_ratio"])
-        elif kind == "prune":
-            c.update(sparsity=s["sparsity"], granularity=s["granularity"], criterion=s["criterion"],
-                     scope=s["scope"], schedule=s["schedule"], prune_epochs=s["finetune_epochs"])
-        elif kind == "cluster":
-            c.update(clusters=str(s["clusters"]), cluster_finetune=s.get("finetune_epochs", 0) > 0)
-        elif kind == "bn_adapt":
-            c["bn_adapt"] = True
-        elif kind == "quantize":
-            mode = s["mode"]
-            if mode in ("fp16", "bf16"):
-                c["bits"] = mode
-            else:
-                c.update(bits=str(s["bits"]), quant_mode="auto" if mode == quant_mode(str(s["bits"]), "auto") and not
-                         s.get("activation_bits") else mode, quant_acts=bool(s.get("activation_bits")),
-                         symmetric=s["symmetric"], per_channel=s["per_channel"], calibration=s["calibration"],
-                         qat_epochs=s.get("finetune_epochs") or DEFAULTS["qat_epochs"],
-                         learn_ranges=s.get("learn_ranges", True))
-        else:
-            return None
-    if not card.get("batchnorm"):
-        c["bn_adapt"] = DEFAULTS["bn_adapt"]  # not shown for a model without BatchNorm; keep the default
+    c: dict[str, Any] = {**DEFAULTS, "baseline": card["name"], **OFF}
     try:
-        again = build(c, card, seed=recipe.get("seed", 0)).to_dict()
+        steps = [config_from_dict(s) for s in recipe.get("steps", [])]
     except ValueError:
         return None
-    same = json.dumps(again["steps"], sort_keys=True) == json.dumps(recipe.get("steps", []), sort_keys=True)
-    return c if same else None
+    for step in steps:
+        said = step.to_controls() if step.controls() else None
+        if said is None:
+            return None
+        c.update(said)
+    c = effective(c, card)
+    try:
+        again = build(c, card, seed=recipe.get("seed", 0))
+    except ValueError:
+        return None
+    return c if _canonical(list(again.steps)) == _canonical(steps) else None
+
+
+def _canonical(steps: list[StepConfig]) -> str:
+    return json.dumps([config_to_dict(s.canonical()) for s in steps], sort_keys=True)

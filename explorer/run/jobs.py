@@ -64,8 +64,8 @@ class Job:
 class Board:
     """The queue of runs pages asked for, and the one thread that computes them."""
 
-    def __init__(self, cache_factory: Callable, key_of: Callable[[Recipe], str], on_done: Callable | None = None):
-        self._cache, self._key_of, self._on_done = cache_factory, key_of, on_done
+    def __init__(self, cache_factory: Callable, key_of: Callable[[Recipe], str]):
+        self._cache, self._key_of = cache_factory, key_of
         self._jobs: dict[str, Job] = {}
         self._line = scheduler.Line()
         self._watching: dict[str, set[str]] = {}
@@ -137,10 +137,6 @@ class Board:
         with self._lock:
             return self._jobs.get(key)
 
-    def running(self) -> Job | None:
-        with self._lock:
-            return next((j for j in self._jobs.values() if j.state == "running"), None)
-
     def _trim(self) -> None:
         done = sorted((j for j in self._jobs.values() if j.finished), key=lambda j: self._seq[j.key])
         for j in done[:max(0, len(done) - KEEP)]:
@@ -168,11 +164,6 @@ class Board:
                 with self._lock:
                     job.total_s = time.perf_counter() - job.submitted
                     self._lock.notify_all()
-                if self._on_done is not None:
-                    try:
-                        self._on_done(job)
-                    except Exception:  # the landscape's reaction must never stop the runs
-                        pass
 
     def _run(self, job: Job) -> None:
         def progress(fraction: float, message: str) -> None:

@@ -9,6 +9,8 @@ from being computed twice. Its points are the scheduler's work (explorer.run.sch
 neighbours at NEIGHBOURS, the rest at LANDSCAPE, below a page's own runs, so a slider move gets the cores
 first, and paused at their safe points while any of our timings runs. This module holds only what to
 measure next; the worker process is started by explorer.run.workers.
+A stored run whose speed figures failed their timing checks is re-timed by the same worker once the machine
+is quieter (explorer.run.retime): a page's own runs before the next point, the grid's once it is all measured.
 A landscape no page has looked at for EXPLORER_LANDSCAPE_IDLE_S seconds stops; EXPLORER_LANDSCAPE=0 turns
 them off. The ordering and neighbours are pure functions, tested alone.
 """
@@ -27,7 +29,8 @@ from typing import Any
 import torch
 
 from explorer.compress.recipe import Recipe
-from explorer.run import executor, runner, scheduler, workers
+from explorer.measure.latency import load_average
+from explorer.run import executor, retime, runner, scheduler, workers
 from explorer.run.cache import RunCache
 from explorer.run.controls import BIT_OPTIONS, CLUSTER_OPTIONS, DEFAULTS, build
 from explorer.run.grid import Grid
@@ -95,6 +98,9 @@ class Landscape:
     failed: set[str] = field(default_factory=set)
     running: str | None = None
     done: int = 0  # configurations this landscape computed (the rest were in the cache already)
+    own: list[tuple[str, Recipe]] = field(default_factory=list)  # the pages' own runs, latest first
+    retimed: int = 0  # stored runs this landscape timed again (their figures had failed their checks)
+    scanned: float = 0.0  # when the grid's stored runs were last looked through for a re-time
 
     def next(self, cached) -> Recipe | None:
         step = self.next_step(cached)
@@ -112,7 +118,7 @@ class Landscape:
     def status(self, cached) -> dict:
         measured = sum(1 for k, _, _ in self.points if cached(k))
         return {"measured": measured, "total": len(self.points), "paused": self.paused, "running": self.running,
-                "failed": len(self.failed), "computed_here": self.done}
+                "failed": len(self.failed), "computed_here": self.done, "retimed_here": self.retimed}
 
 
 def _worker_main(jobs, results, threads: int) -> None:
@@ -122,13 +128,24 @@ def _worker_main(jobs, results, threads: int) -> None:
         os.nice(10)
     torch.set_num_threads(threads)
     while (job := jobs.get()) is not None:
-        recipe_json, priority = job
+        recipe_json, priority, *how = job
         try:
             with scheduler.priority(priority):
-                out = _measure(recipe_json)
+                out = _retime(recipe_json) if how == [RETIME] else _measure(recipe_json)
         except Exception as e:  # reported as a failed point; the worker goes on
             out = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
         results.put(out)
+
+
+RETIME = "retime"
+RETIME_SCAN_S = 30.0  # how often the grid's stored runs are looked through for one due for a re-time
+
+
+def _retime(recipe_json: str) -> dict:
+    """A stored run timed again in the worker (its figures had failed their checks)."""
+    key = runner.run_key(Recipe.from_json(recipe_json))
+    res = retime.retime(RunCache(), key)
+    return {"status": "ok" if res is not None else "skipped", "key": key, "retime": True}
 
 
 def _measure(recipe_json: str) -> dict:
@@ -193,6 +210,10 @@ class Landscapes:
                     r = build(c, card)
                     first.append((self._key_of(r), r))
             land.first = first
+            with contextlib.suppress(ValueError):
+                r = build(controls, card)
+                own = self._key_of(r)
+                land.own = [(own, r), *((k, o) for k, o in land.own if k != own)][:8]
 
     def pause(self, name: str, paused: bool) -> None:
         with self._lock:
@@ -220,7 +241,7 @@ class Landscapes:
     def _tick(self) -> None:
         with self._lock:
             if self._future is not None:
-                name, key, fut = self._future
+                name, key, fut, is_retime = self._future
                 if not fut.done():
                     return
                 self._future = None
@@ -231,7 +252,9 @@ class Landscapes:
                         out = fut.result()
                     except Exception as e:  # a worker that died: that point is left out
                         out = {"status": "failed", "error": str(e)}
-                    if out.get("status") == "ok":
+                    if is_retime:
+                        land.retimed += out.get("status") == "ok"
+                    elif out.get("status") == "ok":
                         land.done += 1
                     else:
                         land.failed.add(key)
@@ -240,20 +263,42 @@ class Landscapes:
             if not live:
                 return
             land = max(live, key=lambda x: x.last_seen)
+        is_retime = False
         step = land.next_step(self.cached)
+        key = self._retime_key(land, grid=step is None)  # a page's own run first; the grid's once it is measured
+        if key is not None:
+            step, is_retime = (self._recipes(land)[key], scheduler.Priority.LANDSCAPE), True
         if step is None:
             return
         recipe, priority = step
         key = self._key_of(recipe)
         land.running = key
-        future = self._submit(recipe, priority)  # outside the lock: pages touch landscapes meanwhile
+        future = self._submit(recipe, priority, is_retime)  # outside the lock: pages touch landscapes meanwhile
         with self._lock:
-            self._future = (land.card["name"], key, future)
+            self._future = (land.card["name"], key, future, is_retime)
 
-    def _submit(self, recipe: Recipe, priority: scheduler.Priority):
-        if os.environ.get("RAY_ADDRESS"):
+    def _recipes(self, land: Landscape) -> dict[str, Recipe]:
+        return {k: r for k, _, r in land.points} | dict(land.first) | dict(land.own)
+
+    def _retime_key(self, land: Landscape, grid: bool) -> str | None:
+        """A stored run of this landscape due for a re-time (explorer.run.retime): the pages' own runs, and,
+        when `grid` and at most every RETIME_SCAN_S, every point of the grid."""
+        keys = [k for k, _ in land.own]
+        now = time.time()
+        if grid and now - land.scanned >= RETIME_SCAN_S:
+            land.scanned = now
+            keys += [k for k, _, _ in land.points if k not in keys]
+        if not keys:
+            return None
+        load = load_average()
+        cache = self._cache()
+        return retime.next_key(keys, cache.peek, now, load[0] if load else None, scheduler.cores(),
+                               timed_at=cache.stored_at)
+
+    def _submit(self, recipe: Recipe, priority: scheduler.Priority, is_retime: bool = False):
+        if os.environ.get("RAY_ADDRESS") and not is_retime:  # a re-time is only timing: it stays on this machine
             return _RayPoint(recipe, self._cache, priority)
-        return self._worker().submit((recipe.to_json(indent=None), priority))
+        return self._worker().submit((recipe.to_json(indent=None), priority, *([RETIME] if is_retime else [])))
 
 
 class _RayPoint:

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Required, TypedDict
+from typing import Any, Literal, Required, TypedDict, cast
 
 import pandas as pd
 
-from explorer import SCHEMA_VERSION
+from explorer.compress.base import config_from_dict
+from explorer.compress.recipe import recipe_words
 from explorer.core.engines import B1, TORCH_CPU, gain_col, lat_col, reltime_col, speedup_col, state_col
-from explorer.core.words import recipe_words, scheme_of
+from explorer.core.version import SCHEMA_VERSION
+from explorer.core.words import UNQUANTISED
 
 # the files a run writes into its folder; the cache keeps the artifacts (packed, ONNX, predictions)
 FILES = {"packed": "model.xpk", "checkpoint": "model.safetensors", "gzip": "model.safetensors.gz",
@@ -180,6 +182,9 @@ def to_json(result: RunResult, indent: int | None = None) -> str:
 # ---------------------------------------------------------------- how every view reads a speed-up
 
 DISTURBED = "timing disturbed: re-timing"
+GAVE_UP = "timing disturbed: the machine was too busy"
+LATER_RETIMES = 3  # later re-times of a stored run (explorer.run.retime) before its figures stay disturbed
+UNCHECKED = "not shown: timed by an earlier version, before speed-ups checked themselves"
 
 
 @dataclass(frozen=True)
@@ -212,8 +217,9 @@ def speed(result: dict, engine: str, batch: str, kind: str = "speedup") -> Speed
     status = v.get("status")
     if status == "baseline":
         return Speed("baseline", 1.0, 1.0, 1.0, "the baseline itself (1.00x)")
-    if status != "measured":  # disturbed, or a figure from before the checks existed
-        return Speed("disturbed", None, None, None, DISTURBED)
+    if status != "measured":  # disturbed, or a figure from before the checks existed (a schema 4 run in the cache)
+        spent = len((result.get("timing_quality") or {}).get("later") or []) >= LATER_RETIMES
+        return Speed("disturbed", None, None, None, UNCHECKED if not status else GAVE_UP if spent else DISTURBED)
     ratio, (lo, hi) = v["ratio"], v["ci"]
     if lo <= 1.0 <= hi:
         return Speed("within noise", ratio, lo, hi, "within noise")
@@ -229,33 +235,32 @@ def speed_with_interval(sp: Speed) -> str:
     return f"{sp.text} ({sp.ratio:.2f}x, 95% interval {sp.lo:.2f}x to {sp.hi:.2f}x)"
 
 
-def disturbed_figures(result: dict) -> list[str]:
+def disturbed_figures(result: Mapping[str, Any]) -> list[str]:
     """The speed figures of a run that failed their checks after every re-time."""
     return list((result.get("timing_quality") or {}).get("disturbed") or [])
 
 
-def needs_retime(result: dict) -> bool:
-    """Whether a stored run should be timed again when the machine is quieter (runner.time_run on its stored
-    artifacts): some speed figure of it was disturbed."""
-    return result.get("status") == "ok" and bool(disturbed_figures(result))
+def needs_retime(result: Mapping[str, Any]) -> bool:
+    """Whether a stored run should be timed again when the machine is quieter (explorer.run.retime): some
+    speed figure of it was disturbed, and it has had fewer than LATER_RETIMES later re-times."""
+    later = (result.get("timing_quality") or {}).get("later") or []
+    return result.get("status") == "ok" and bool(disturbed_figures(result)) and len(later) < LATER_RETIMES
 
 
 # ---------------------------------------------------------------- one table row per result
 
 
 def _recipe_params(recipe: dict) -> dict:
-    p = {"sparsity_requested": 0.0, "bits": 32, "clusters": 0, "granularity": None, "technique": "baseline"}
-    kinds = []
-    for s in recipe.get("steps", []):
-        kinds.append(s["kind"])
-        if s["kind"] == "prune":
-            p["sparsity_requested"] = 1 - s["n"] / s["m"] if s["granularity"] == "nm" else s["sparsity"]
-            p["granularity"] = s["granularity"]
-        elif s["kind"] == "cluster":
-            p["clusters"] = s["clusters"]
-        elif s["kind"] == "quantize":
-            p["bits"] = s["bits"]
-    p["technique"] = "+".join(kinds) or "baseline"
+    """The grid point's columns, as each step's technique gives them (StepConfig.columns)."""
+    p: dict[str, Any] = {"sparsity_requested": 0.0, "bits": 32, "clusters": 0, "granularity": None,
+                         "technique": "baseline", "scheme": UNQUANTISED}
+    steps = recipe.get("steps", [])
+    for s in steps:
+        try:
+            p.update(config_from_dict(s).columns())
+        except (ValueError, TypeError):
+            pass  # a step no technique reads (a stored run of an older explorer): its columns stay at their defaults
+    p["technique"] = "+".join(str(s.get("kind")) for s in steps) or "baseline"
     return p
 
 
@@ -264,7 +269,7 @@ def flatten(result: RunResult) -> dict[str, Any]:
     recipe = result.get("recipe", {})
     row: dict[str, Any] = {"key": result.get("key"), "label": result.get("label"), "status": result.get("status"),
                            "error": result.get("error"), "model": result.get("model"), "dataset": result.get("dataset"),
-                           **_recipe_params(recipe), "scheme": scheme_of(recipe.get("steps", [])),
+                           **_recipe_params(recipe),
                            "words": recipe_words(recipe), "seed": recipe.get("seed", 0),
                            "steps": len(recipe.get("steps", [])),
                            "config": json.dumps({k: v for k, v in recipe.items() if k not in ("seed", "name")},
@@ -293,12 +298,13 @@ def flatten(result: RunResult) -> dict[str, Any]:
             ok = v.get("available")
             row[lat_col(engine, b)] = v.get("median_ms") if ok else None
             row[lat_col(engine, b, "p90")] = v.get("p90_ms") if ok else None
-            lo, hi = (v.get("ci_ms") or (None, None)) if ok else (None, None)
-            row[lat_col(engine, b, "lo")], row[lat_col(engine, b, "hi")] = lo, hi
+            ci = (v.get("ci_ms") or (None, None)) if ok else (None, None)
+            row[lat_col(engine, b, "lo")], row[lat_col(engine, b, "hi")] = ci[0], ci[1]
     for kind, col in (("speedup", speedup_col), ("deployment_gain", gain_col)):
-        for engine, per_batch in (result.get(kind) or {}).items():
+        speeds: dict[str, Any] = cast(dict, result).get(kind) or {}
+        for engine, per_batch in speeds.items():
             for b in per_batch:
-                sp = speed(result, engine, b, kind)
+                sp = speed(cast(dict, result), engine, b, kind)
                 row[col(engine, b)], row[col(engine, b, "lo")], row[col(engine, b, "hi")] = sp.ratio, sp.lo, sp.hi
                 row[state_col(col(engine, b))] = sp.state
                 if kind == "speedup":

@@ -22,7 +22,9 @@ MODES = {"auto": "the usual one for the bit-width: static int8 at 8 bits, weight
          "dynamic": "dynamic int8: activation ranges measured at run time",
          "qat": "quantisation-aware training (QAT): fine-tuned with the rounding in the loop"}
 GRANULARITY = {"unstructured": "single weights", "channel": "whole channels (physically removed)",
-               "block": "4x4 blocks", "nm": "2:4 semi-structured (sparsity fixed at 50%)"}
+               "block": "4x4 blocks", "nm": "2:4 semi-structured (sparsity fixed at 50%)",
+               "heads": "attention heads of a transformer (physically removed)",
+               "neurons": "hidden neurons of a transformer's MLPs (physically removed)"}
 SCHEDULE = {"oneshot": "one shot, then fine-tune", "iterative": "in rounds, fine-tuning between",
             "gradual": "gradually during fine-tuning (Zhu & Gupta's cubic schedule)"}
 
@@ -97,6 +99,11 @@ def sidebar(cards: dict[str, dict], default: str) -> dict[str, Any]:
         st.checkbox("Quantise activations too (not only weights)", key="quant_acts", disabled="quant_acts" not in on)
         st.checkbox("Symmetric (no zero point)", key="symmetric", disabled="symmetric" not in on)
         st.checkbox("A scale per output channel", key="per_channel", disabled="per_channel" not in on)
+        st.selectbox("Group-wise scales for Linear layers", state.GROUP_SIZES, key="group_size",
+                     disabled="group_size" not in on,
+                     format_func=lambda g: f"a scale per {g} inputs of each row" if g else "off (one scale per row)",
+                     help="weights-only quantisation: each Linear layer's row gets a scale for every group of "
+                          "consecutive inputs, as GPTQ and AWQ store 4-bit transformers")
         st.selectbox("Calibration of activation ranges", state.CALIBRATIONS, key="calibration",
                      disabled="calibration" not in on,
                      help="only where activations are quantised: weights-only quantisation needs no calibration")

@@ -17,7 +17,6 @@ from explorer.app.ui import controls as ui_controls
 from explorer.app.ui import panels, shell, state, views
 from explorer.core import words
 from explorer.core.markup import md
-from explorer.run.jobs import COMPARISON
 
 TABS = ["Overview", "Curves and Pareto", "Size and latency", "Layers", "What it forgets", "Sweep", "Sweet spot",
         "Baseline", "Your model"]
@@ -94,7 +93,7 @@ def main(top=None) -> None:
     except ValueError as e:
         error = f"Invalid combination: {e}"
     if recipe is not None:
-        st.markdown(f"**Configuration:** {words.recipe_words(recipe)}", help=f"Short form: {recipe.label()}")
+        st.markdown(f"**Configuration:** {service.recipe_words(recipe)}", help=f"Short form: {recipe.label()}")
         try:
             job, base_job = _submit(recipe)
         except ValueError as e:
@@ -169,7 +168,7 @@ def _submit(recipe):
     watches these two now (a run it left, and no other page watches, is cancelled)."""
     board, sid = service.board(), _session()
     job = board.submit(recipe, sid)
-    base_job = job if not recipe.steps else board.submit(service.baseline_recipe(recipe), sid, COMPARISON)
+    base_job = job if not recipe.steps else board.submit(service.baseline_recipe(recipe), sid, service.COMPARISON)
     board.watch(sid, {job.key, base_job.key})
     return job, base_job
 

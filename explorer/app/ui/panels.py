@@ -10,29 +10,22 @@ import pandas as pd
 import streamlit as st
 
 from explorer.app import plots
-from explorer.app.metrics import across_seeds, resolution, sweet_spot
-from explorer.app.ui.views import downloads, fmt_bytes
-from explorer.core.engines import (
-    B1,
-    B256,
-    ORT_CPU_FP32,
-    ORT_CPU_INT8,
-    TORCH_CPU,
-    gain_col,
-    lat_col,
-    speedup_col,
-    state_col,
+from explorer.app.service import (  # noqa: F401  (speed_cell: the page's name for it)
+    CONFIDENCES,
+    LATENCY_COLS,
+    SIZE_COLS,
+    Grid,
+    across_seeds,
+    baseline_row,
+    fmt_bytes,
+    readable,
+    resolution,
+    speed_cell,
+    sweet_spot,
+    sweet_spot_table,
 )
+from explorer.app.ui.views import downloads
 from explorer.core.markup import md
-from explorer.run.grid import Grid
-from explorer.run.result import DISTURBED
-
-SIZE_COLS = {"packed .xpk": "packed_bytes", "gzip of checkpoint": "gzip_bytes", "ONNX int8": "onnx_int8_bytes",
-             "checkpoint file": "file_bytes"}
-LATENCIES = {"ONNX Runtime int8, batch 256": (ORT_CPU_INT8, B256), "ONNX Runtime fp32, batch 256": (ORT_CPU_FP32, B256),
-             "PyTorch CPU, batch 256": (TORCH_CPU, B256), "PyTorch CPU, batch 1": (TORCH_CPU, B1)}
-LATENCY_COLS = {label: lat_col(*figure) for label, figure in LATENCIES.items()}
-
 
 SWEEP_SPARSITIES = [0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98]
 
@@ -98,68 +91,6 @@ def sweep_progress_words(done: int, total: int, eta: float | None) -> str:
     return f"{done}/{total} runs{left}"
 
 
-CONFIDENCES = {"95%": 0.95, "90%": 0.90, "99%": 0.99, "point estimates only": None}
-# the table columns a person reads, with units; values rounded (sizes in KiB)
-READABLE = {"words": "configuration", "status": "status", "seeds": "seeds", "top1": "top-1 (%)",
-            "top1_lo": "top-1, 95% low", "top1_hi": "top-1, 95% high", "top1_std": "top-1 sd across seeds",
-            "accuracy_delta": "change (points)", "delta_lo": "change, 95% low", "delta_hi": "change, 95% high",
-            "significant": "a real change", "sparsity": "weight sparsity (%)", "packed_bytes": "packed file (KiB)",
-            "gzip_bytes": "gzip of checkpoint (KiB)", "onnx_int8_bytes": "ONNX int8 file (KiB)",
-            "rf_packed": "times smaller (packed)", lat_col(ORT_CPU_INT8, B256):
-            "ONNX Runtime int8, batch of 256 (ms)",
-            speedup_col(ORT_CPU_INT8, B256): "speed-up, int8 against the baseline's int8 (x)",
-            state_col(speedup_col(ORT_CPU_INT8, B256)): "int8 speed-up reads as",
-            gain_col(ORT_CPU_INT8, B256): "deployment gain, int8 against the baseline in PyTorch (x)",
-            "error": "error"}
-
-
-def readable(df: pd.DataFrame) -> pd.DataFrame:
-    """A results table for people: named columns with units, rounded values, sizes in KiB."""
-    cols = [c for c in READABLE if c in df.columns]
-    out = df[cols].copy()
-    for c in cols:
-        if c.endswith("_bytes"):
-            out[c] = (pd.to_numeric(out[c], errors="coerce") / 1024).round(1)
-        elif c == "sparsity":
-            out[c] = (pd.to_numeric(out[c], errors="coerce") * 100).round(1)
-        elif c == "significant":
-            out[c] = out[c].map({True: "yes", False: "no, within noise"})
-        elif pd.api.types.is_numeric_dtype(out[c]):
-            out[c] = out[c].round(2)
-    return out.rename(columns=READABLE)
-
-
-def _baseline_row(frame: pd.DataFrame) -> pd.Series | None:
-    """The baseline's own run in the table (no compression step), if it is there."""
-    if "technique" not in frame.columns:
-        return None
-    base = frame[(frame["technique"] == "baseline") & (frame["status"] == "ok")]
-    return base.iloc[0] if len(base) else None
-
-
-def _with_interval(row: pd.Series | None, col: str, lo: str, hi: str, fmt) -> str:
-    if row is None or pd.isna(row.get(col)):
-        return ""
-    text = fmt(row[col])
-    if lo in row and not pd.isna(row.get(lo)) and not pd.isna(row.get(hi)):
-        text += f" ({fmt(row[lo])} to {fmt(row[hi])})"
-    return text
-
-
-def speed_cell(row: pd.Series | None, engine: str, batch: str) -> str:
-    """A speed-up from a results row as the tiles say it: disturbed timings as words, never as a number."""
-    if row is None:
-        return ""
-    state = row.get(state_col(speedup_col(engine, batch)))
-    if state == "disturbed":
-        return DISTURBED
-    if state == "baseline":
-        return "1.00x (the baseline itself)"
-    text = _with_interval(row, *(speedup_col(engine, batch, *b) for b in ((), ("lo",), ("hi",))),
-                          lambda v: f"{v:.2f}x")
-    return f"{text}, within noise" if text and state == "within noise" else text
-
-
 def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: dict,
                      landscape: dict | None = None) -> None:
     """The best measured run for a question (a drop, budgets, an objective), with what it is judged on: how
@@ -200,26 +131,9 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: di
             st.info(f"{md(p.get('words', p.get('label')))} (top-1 {p['top1']:.2f}%) looks better if each figure is "
                     f"taken as exact, but it is not {pick.confidence:.0%} sure to meet the constraints once the "
                     "uncertainty of its figures is counted.")
-    row, base = pick.row, _baseline_row(frame)
-    pct = lambda v: f"{v:.2f}%"  # noqa: E731
-    pts = lambda v: f"{v:+.2f}"  # noqa: E731
-    ms = lambda v: f"{v:.3g} ms"  # noqa: E731
-    lat_lo, lat_hi = (lat_col(*LATENCIES[lat_label], bound) for bound in ("lo", "hi"))
+    row, base = pick.row, baseline_row(frame)
     reference = card.get("file_bytes")
-    smaller = lambda r: (f"{reference / r.get(size_col):.1f}x" if r is not None and reference  # noqa: E731
-                         and not pd.isna(r.get(size_col)) and r.get(size_col) else "")
-    table = pd.DataFrame({
-        "figure": ["top-1 (95% interval)", "change, points (paired 95% interval)", f"size: {size_label}",
-                   "times smaller than the fp32 checkpoint", f"speed-up: {lat_label} (95% interval)",
-                   f"latency: {lat_label} (95% interval)"],
-        "baseline": [_with_interval(base, "top1", "top1_lo", "top1_hi", pct), "0",
-                     fmt_bytes(base.get(size_col)) if base is not None else "", smaller(base),
-                     speed_cell(base, *LATENCIES[lat_label]),
-                     _with_interval(base, latency_col, lat_lo, lat_hi, ms)],
-        "recommended": [_with_interval(row, "top1", "top1_lo", "top1_hi", pct),
-                        _with_interval(row, "accuracy_delta", "delta_lo", "delta_hi", pts),
-                        fmt_bytes(row.get(size_col)), smaller(row), speed_cell(row, *LATENCIES[lat_label]),
-                        _with_interval(row, latency_col, lat_lo, lat_hi, ms)]})
+    table = sweet_spot_table(row, base, size_label, lat_label, reference)
     st.dataframe(table, hide_index=True, key="ss_table", height=35 * (len(table) + 1) + 3,
                  column_config={"figure": st.column_config.TextColumn(width="large")})
     st.caption("Times smaller: against the baseline's fp32 checkpoint file (" + md(card.get("file", "its own file"))
@@ -293,14 +207,19 @@ def baseline_panel(info: dict) -> None:
 
 def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
     """Bring your own model (and data): the model gets the same views as a baseline once added."""
-    st.markdown("Add a **state_dict** for a zoo architecture (`.safetensors`, or a PyTorch `.pt`/`.pth` "
-                "checkpoint read with `weights_only`: pickled code is refused) or an **ONNX** model (standard "
+    st.markdown("Add a **state_dict** (`.safetensors`, or a PyTorch `.pt`/`.pth` checkpoint read with "
+                "`weights_only`: pickled code is refused) for an architecture of the zoo or any classification model "
+                "of torchvision or timm, named in the list below (the installed library builds it; your file gives "
+                "only its weights), or an **ONNX** model (standard "
                 "operators, weights in the file): size, latency and ONNX Runtime int8 apply to ONNX models; the "
                 "techniques that rewrite PyTorch layers do not. TorchScript and exported programs (`.pt2`) are "
                 "programs: loading one runs code from the file, so this page never accepts them (the command "
                 "line does, with `--trust-code`, for files whose author you trust).")
     up = st.file_uploader("Model file", type=["safetensors", "pt", "pth", "pt2", "onnx"], key="byo_model")
-    arch = st.selectbox("Architecture (for a state_dict)", ["(none: an ONNX model)", *archs], key="byo_arch")
+    arch = st.selectbox("Architecture (for a state_dict): type to search", ["(none: an ONNX model)", *archs],
+                        key="byo_arch", help="The zoo's architectures first, then torchvision's and timm's by name, "
+                        "such as `timm:resnet18` or `torchvision:mobilenet_v3_small`. Their first layer is made "
+                        "for the data set's channels; your weights must match the architecture's layers.")
     dataset = st.selectbox("Dataset", datasets, key="byo_dataset")
     allowed = backend.data_roots()
     if allowed:  # a folder on the server: only inside the roots the operator allowed (issue 21)

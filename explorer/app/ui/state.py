@@ -3,28 +3,30 @@ mirrors them so a view can be shared and reopened exactly. Pure functions, no St
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
-from explorer.compress.recipe import Recipe
-from explorer.run.controls import (  # noqa: F401  (the page's names for them)
+from explorer.app.service import (  # noqa: F401  (the page's names for them)
     BIT_OPTIONS,
     CALIBRATIONS,
+    CHOICES,
     CLUSTER_OPTIONS,
     CRITERIA,
     DEFAULTS,
     GRANULARITIES,
+    GROUP_SIZES,
     QUANT_MODES,
+    RANGES,
     SCHEDULES,
     SCOPES,
+    Recipe,
     build,
     relevant,
 )
 
 _TYPES = {k: type(v) for k, v in DEFAULTS.items()}
-_CHOICES = {"bits": BIT_OPTIONS, "clusters": CLUSTER_OPTIONS, "granularity": GRANULARITIES, "criterion": CRITERIA,
-            "scope": SCOPES, "schedule": SCHEDULES, "quant_mode": QUANT_MODES, "calibration": CALIBRATIONS}
-_RANGES = {"sparsity": (0.0, 0.99), "prune_epochs": (0, 50), "qat_epochs": (1, 50), "student_width": (0.125, 1.0),
-           "distill_epochs": (1, 100), "rank_ratio": (0.05, 1.0)}
+_CHOICES = CHOICES  # each technique declares its controls' choices and ranges (explorer.compress.base.Control)
+_RANGES = RANGES
 
 
 def parse_query(params: dict[str, str], baselines: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -82,7 +84,7 @@ def to_recipe(c: dict[str, Any], card: dict) -> Recipe:
 COMPRESSION = tuple(k for k in DEFAULTS if k != "baseline")  # the settings each model keeps for itself
 
 
-def switch_model(session: dict, model: str) -> tuple[str, bool] | None:
+def switch_model(session: MutableMapping[Any, Any], model: str) -> tuple[str, bool] | None:
     """Each model keeps its own compression settings: on a switch, the settings of the model left are kept for
     it, and the model opened gets the settings it had in this session, else the defaults. Returns the model left
     and whether the opened one got its own earlier settings back (None where the model did not change).

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from explorer.app.service import disturbed_figures, speed
 from explorer.core import words
-from explorer.run.result import disturbed_figures, speed
 
 CHECK_WORDS = {"agreement": "two ways of taking the ratio disagree", "narrow": "interval too wide",
                "reference": "the baseline ran slower or faster than its own reference timing",
@@ -37,6 +37,8 @@ def busy_words(result: dict) -> str | None:
     load = load_words(result)
     how = ("too few timing rounds had the CPU to try again at once" if q.get("stopped") else
            f"after {words.count(q.get('retimes', 0), 're-time')}")
+    if later := q.get("later"):
+        how += f"; still failing after {words.count(len(later), 'later re-time')}, each once the machine looked quieter"
     return (f"The machine was too busy to time this run cleanly: {words.count(len(bad), 'speed figure')} failed "
             f"their checks ({how}) and {'is' if len(bad) == 1 else 'are'} shown as \"timing disturbed\", without a "
             "number" + (f"; {load}" if load else "") + ". Other work on this machine took the CPU while the timing "

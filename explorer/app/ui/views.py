@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer.app import plots
-from explorer.app.metrics import across_seeds
+from explorer.app.service import Speed, across_seeds, describe, disturbed_figures, fmt_bytes, speed, speed_with_interval
 from explorer.app.ui.timing import busy_words, load_words, timing_rows
 from explorer.core import words
 from explorer.core.engines import (
@@ -22,18 +22,9 @@ from explorer.core.engines import (
     reltime_col,
 )
 from explorer.core.markup import md
-from explorer.measure.hardware import describe
-from explorer.run.result import Speed, disturbed_figures, speed, speed_with_interval
 
 ENGINES_SHOWN = (TORCH_CPU, ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CUDA_FP32,
                  TORCH_CUDA_FP16)
-
-
-def fmt_bytes(n) -> str:
-    if n is None or pd.isna(n):
-        return "n/a"
-    n = int(n)
-    return f"{n:,} B" if n < 1024 else f"{n / 1024:,.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.2f} MiB"
 
 
 def _lat(result: dict, engine: str, batch: str):
@@ -354,7 +345,7 @@ def fastest_on_cpu(result: dict, batch: str = B256) -> str | None:
     """The CPU engine measured faster than every other at `batch` (its interval below theirs, in the same rounds,
     with no disturbed timing), or None where none is."""
     lat = result.get("latency") or {}
-    if disturbed_figures(result):
+    if disturbed_figures(result) or not result.get("timing_quality"):  # disturbed, or timed before the checks
         return None
     figs = {e: lat.get(e, {}).get(batch, {}) for e in ENGINES_SHOWN[:3]}
     figs = {e: f for e, f in figs.items() if f.get("available") and f.get("ci_ms")}

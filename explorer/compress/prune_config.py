@@ -1,0 +1,168 @@
+"""The pruning step's config: what a recipe's {"kind": "prune", ...} step asks for, validated. Kept apart from the
+mask maths and module surgery (prune.py, channel.py) so both can name the type without importing each other."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from explorer.compress.base import LAYER_CHOICES, MAX_STEP_EPOCHS, Card, Control, Controls, StepConfig
+from explorer.core.errors import bad_value, check_choice, check_range
+
+GRANULARITIES = ("unstructured", "channel", "block", "nm", "heads", "neurons")
+REMOVES = ("channel", "heads", "neurons")  # granularities that make layers smaller (structural steps)
+CRITERIA = ("l1", "l2", "geometric_median")
+SCHEDULES = ("oneshot", "iterative", "gradual")
+
+
+@dataclass(frozen=True)
+class PruneConfig(StepConfig):
+    """Fields: `sparsity` is the share pruned: of the selected weights (unstructured, block), of each layer's
+    output channels (channel), of the attention heads (heads: every block keeps at least one) or of the MLP
+    hidden neurons (neurons), all physically removed for channel, heads and neurons; n:m fixes it at 1 - n/m.
+    `granularity`: unstructured | channel | block | nm | heads | neurons. `criterion`: l1 | l2 magnitude
+    (geometric_median for channel). `scope`: global (one ranking over all layers; for heads and neurons each
+    block's scores are divided by their mean first) | layer (the same share in every layer). `schedule`:
+    oneshot | iterative | gradual (heads and neurons: oneshot). `finetune_epochs`, `lr`: fine-tuning after
+    pruning. `layers`: which Conv/Linear layers (all | conv | linear | inner | mlp; heads and neurons take
+    every transformer block). `rounds`, `initial_sparsity`: the iterative and gradual schedules. `block`:
+    the block shape; `n`, `m`: n of every m consecutive inputs kept (2:4 by default)."""
+
+    kind: ClassVar[str] = "prune"
+    page_order: ClassVar[int] = 30
+
+    sparsity: float = 0.5
+    granularity: str = "unstructured"
+    criterion: str = "l1"
+    scope: str = "global"
+    schedule: str = "oneshot"
+    finetune_epochs: int = 0
+    lr: float = 1e-3
+    layers: str = "all"
+    rounds: int = 3  # iterative: prune/fine-tune rounds
+    initial_sparsity: float = 0.0  # gradual: s_i of the cubic schedule
+    block: tuple[int, int] = (4, 4)
+    n: int = 2
+    m: int = 4
+
+    def __post_init__(self):
+        check_range("sparsity", self.sparsity, 0.0, 0.99)
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("criterion", self.criterion, CRITERIA)
+        check_choice("scope", self.scope, SCOPES)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_range("finetune_epochs", self.finetune_epochs, 0, MAX_STEP_EPOCHS, integer=True)
+        check_range("lr", self.lr, 1e-7, 1.0)
+        check_choice("layers", self.layers, LAYER_CHOICES)
+        check_range("rounds", self.rounds, 1, 50, integer=True)
+        check_range("initial_sparsity", self.initial_sparsity, 0.0, self.sparsity)
+        if len(self.block) != 2 or not all(isinstance(b, int) and 1 <= b <= 64 for b in self.block):
+            raise bad_value("block", self.block, "two integers in [1, 64]")
+        check_range("m", self.m, 2, 32, integer=True)
+        check_range("n", self.n, 1, self.m - 1, integer=True)
+        if self.criterion == "geometric_median" and self.granularity != "channel":
+            raise bad_value("criterion", self.criterion, "l1 or l2 unless granularity is 'channel'")
+        if self.granularity == "nm" and self.sparsity not in (0.0, 1 - self.n / self.m):
+            fixed = f"1 - n/m = {1 - self.n / self.m:g} for {self.n}:{self.m} pruning"
+            raise bad_value("sparsity", self.sparsity, fixed)
+        if self.schedule != "oneshot" and self.finetune_epochs == 0:
+            raise bad_value("finetune_epochs", 0, f"at least 1 for the {self.schedule} schedule")
+        if self.granularity in ("heads", "neurons") and self.schedule != "oneshot":
+            raise bad_value("schedule", self.schedule, f"oneshot for {self.granularity} pruning")
+        if self.granularity == "nm" and self.schedule == "gradual":
+            raise bad_value("schedule", "gradual", "oneshot or iterative for n:m pruning (its sparsity is fixed)")
+
+    @property
+    def target(self) -> float:
+        return 1 - self.n / self.m if self.granularity == "nm" else self.sparsity
+
+    def structural(self) -> bool:
+        return self.granularity in REMOVES  # channels, heads or neurons are removed: the layers get smaller
+
+    def training_epochs(self) -> int:
+        """Each round of an iterative schedule (and of gradual channel pruning) fine-tunes at least one epoch, so
+        many rounds train more than `finetune_epochs` (prune_channels, _prune_unstructured)."""
+        rounds = self.rounds if self.schedule == "iterative" or (
+            self.schedule == "gradual" and self.granularity == "channel") else 1
+        return self.finetune_epochs if rounds == 1 else rounds * max(1, self.finetune_epochs // rounds)
+
+    def label(self) -> str:
+        sched = "" if self.schedule == "oneshot" else f" {self.schedule}"
+        return f"prune {self.target:.0%} {self.granularity}{sched}"
+
+    def revision(self) -> int:
+        # 2: global channel pruning no longer skips a layer whose every channel falls under the threshold
+        return 2 if self.granularity == "channel" and self.scope == "global" else 1
+
+    def words(self) -> str:
+        if self.granularity == "nm":
+            what = f"the weights, keeping {self.n} of every {self.m} ({self.n}:{self.m})"
+        else:
+            what = f"the {_granularity_words(self)}"
+        if self.granularity in RANKED:  # the criterion changes which groups go; single weights and n:m: it cannot
+            what += f" {CRITERION_WORDS[self.criterion]}"
+        tune = f", fine-tuned {self.finetune_epochs} epoch{'s' if self.finetune_epochs != 1 else ''}" \
+            if self.finetune_epochs else ""
+        return f"prune {self.target:.0%} of {what} {SCHEDULE_WORDS[self.schedule]}{tune}"
+
+    @classmethod
+    def controls(cls) -> tuple[Control, ...]:
+        return (
+            Control("sparsity", 0.5, lo=0.0, hi=0.99, step=0.01, off=0.0),
+            Control("granularity", "unstructured", GRANULARITIES, enabled=_pruning),
+            # unstructured ranks |w| and w^2 alike, and n:m keeps the n largest of each group whatever the
+            # criterion and scope: there these controls change nothing
+            Control("criterion", "l1", CRITERIA,
+                    enabled=lambda c, card: _pruning(c, card) and c["granularity"] in RANKED),
+            Control("scope", "global", SCOPES, enabled=lambda c, card: _pruning(c, card) and c["granularity"] != "nm"),
+            # heads and neurons are removed at once (Torch-Pruning's graph, then fine-tuning)
+            Control("schedule", "oneshot", SCHEDULES,
+                    enabled=lambda c, card: _pruning(c, card) and c["granularity"] not in ("heads", "neurons")),
+            Control("prune_epochs", 2, lo=0, hi=50, step=1, enabled=_pruning),
+        )
+
+    @classmethod
+    def from_controls(cls, controls: Controls, card: Card, before: tuple[StepConfig, ...]) -> PruneConfig | None:
+        c = controls
+        if c["sparsity"] <= 0:
+            return None
+        if c["granularity"] == "nm":  # 2:4 fixes the sparsity at one half; the slider only turns it on
+            return cls(granularity="nm", sparsity=0.5, layers="inner", criterion=c["criterion"], scope=c["scope"],
+                       schedule=c["schedule"], finetune_epochs=c["prune_epochs"])
+        return cls(sparsity=c["sparsity"], granularity=c["granularity"], criterion=c["criterion"], scope=c["scope"],
+                   schedule=c["schedule"], finetune_epochs=c["prune_epochs"])
+
+    def to_controls(self) -> dict[str, Any]:
+        return {"sparsity": self.sparsity, "granularity": self.granularity, "criterion": self.criterion,
+                "scope": self.scope, "schedule": self.schedule, "prune_epochs": self.finetune_epochs}
+
+    def columns(self) -> dict[str, Any]:
+        return {"sparsity_requested": self.target, "granularity": self.granularity}
+
+    def canonical(self) -> PruneConfig:
+        """L1 and L2 rank single weights alike, and n:m pruning uses neither the criterion nor the scope."""
+        if self.granularity == "unstructured":
+            return dataclasses.replace(self, criterion="l1")
+        if self.granularity == "nm":
+            return dataclasses.replace(self, criterion="l1", scope="global")
+        return self
+
+
+SCOPES = ("global", "layer")
+# granularities whose ranking the L1/L2 criterion changes: groups of weights (a channel, a block, a head's rows,
+# a neuron's row and column) rank differently by the sum of |w| and of w^2; single weights and n:m do not
+RANKED = ("channel", "block", "heads", "neurons")
+CRITERION_WORDS = {"l1": "by L1 norm", "l2": "by L2 norm", "geometric_median": "by geometric median"}
+SCHEDULE_WORDS = {"oneshot": "at once", "iterative": "in rounds", "gradual": "gradually"}
+
+
+def _granularity_words(cfg: PruneConfig) -> str:
+    if cfg.granularity == "block":
+        return f"{cfg.block[0]}x{cfg.block[1]} blocks of weights"
+    return {"unstructured": "single weights", "channel": "whole channels", "heads": "attention heads",
+            "neurons": "hidden neurons of the MLPs"}[cfg.granularity]
+
+
+def _pruning(c: Controls, card: Card | None) -> bool:
+    return bool(c["sparsity"] > 0)

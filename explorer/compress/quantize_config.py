@@ -1,0 +1,198 @@
+"""The quantisation step's config: what a recipe's {"kind": "quantize", ...} step asks for, validated. Kept apart
+from the quantisers (quantize.py, mixed.py) so both can name the type without importing each other."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from explorer.compress.base import LAYER_CHOICES, MAX_STEP_EPOCHS, Card, Control, Controls, Deploy, StepConfig
+from explorer.core.errors import bad_value, check_choice, check_range
+
+MODES = ("fp16", "bf16", "ptq", "static", "dynamic", "qat", "mixed")
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+# weights-only post-training quantisation: 0 keeps per-channel scales; 32/64/128 give each Linear layer a scale
+# per row and group of that many inputs
+GROUP_SIZES = (0, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class QuantizeConfig(StepConfig):
+    """Fields: `bits` (2-8; 16 for fp16/bf16; 8 for static and dynamic), `mode` (fp16 | bf16 | ptq | static |
+    dynamic | qat | mixed: static and dynamic also deploy as ONNX Runtime int8, dynamic through MatMulInteger,
+    the usual CPU path for transformers), `activation_bits` (0: weights only), `symmetric`, `per_channel`,
+    calibration settings, QAT epochs and lr, `layers` (all | conv | linear | inner | mlp), `budget_bits` (mixed)
+    and `learn_ranges` (QAT). `group_size` (0, 32, 64 or 128; mode ptq, weights only): each Linear weight gets
+    a scale and zero point per output row and per group of that many consecutive inputs (int4 g128 as GPTQ and
+    AWQ ship); conv weights keep per-channel or per-tensor scales. Left out of the JSON form while 0, so recipes
+    without it keep their cache keys."""
+
+    kind: ClassVar[str] = "quantize"
+    page_order: ClassVar[int] = 60
+    on_onnx: ClassVar[bool] = True
+
+    bits: int = 8
+    mode: str = "ptq"
+    activation_bits: int = 0  # 0: weights only
+    symmetric: bool = True
+    per_channel: bool = True
+    calibration: str = "minmax"
+    calibration_samples: int = 256
+    percentile: float = 99.99
+    finetune_epochs: int = 0  # QAT epochs
+    lr: float = 1e-4
+    layers: str = "all"
+    budget_bits: float = 0.0  # mixed: average bits per quantised weight the mix must fit under
+    learn_ranges: bool = True  # QAT: learn each activation range with the weights (LSQ+) instead of fixing it
+    group_size: int = 0  # > 0: weight-only group-wise scales for Linear layers (ptq)
+
+    def __post_init__(self):
+        check_choice("mode", self.mode, MODES)
+        if self.mode in ("fp16", "bf16"):
+            if self.bits != 16:
+                raise bad_value("bits", self.bits, f"16 for mode {self.mode!r}")
+        elif self.mode in ("static", "dynamic"):
+            if self.bits != 8:
+                raise bad_value("bits", self.bits, f"8 for mode {self.mode!r} (the int8 runtime path)")
+        else:
+            check_range("bits", self.bits, 2, 8, integer=True)
+        if self.activation_bits != 0:
+            check_range("activation_bits", self.activation_bits, 2, 8, integer=True)
+        if self.mode == "dynamic" and self.activation_bits not in (0, 8):
+            raise bad_value("activation_bits", self.activation_bits, "8 (or 0) for dynamic quantisation")
+        check_choice("symmetric", self.symmetric, (True, False))
+        check_choice("per_channel", self.per_channel, (True, False))
+        check_choice("calibration", self.calibration, CALIBRATIONS)
+        check_range("calibration_samples", self.calibration_samples, 1, 100_000, integer=True)
+        check_range("percentile", self.percentile, 90.0, 100.0)
+        check_range("finetune_epochs", self.finetune_epochs, 0, MAX_STEP_EPOCHS, integer=True)
+        if self.mode == "qat" and self.finetune_epochs == 0:
+            raise bad_value("finetune_epochs", 0, "at least 1 for quantisation-aware training")
+        check_range("lr", self.lr, 1e-7, 1.0)
+        check_choice("layers", self.layers, LAYER_CHOICES)
+        check_choice("learn_ranges", self.learn_ranges, (True, False))
+        if self.mode == "mixed":
+            check_range("budget_bits", self.budget_bits, 2.0, float(self.bits))
+        check_choice("group_size", self.group_size, GROUP_SIZES)
+        if self.group_size and (self.mode != "ptq" or self.activation_bits):
+            raise bad_value("group_size", self.group_size, "0 unless mode is 'ptq' with weights only "
+                            f"(activation_bits 0); got mode {self.mode!r}, activation_bits {self.activation_bits}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if not self.group_size:  # the field came later: recipes without it keep their JSON and cache keys
+            d.pop("group_size")
+        return d
+
+    def training_epochs(self) -> int:
+        return self.finetune_epochs
+
+    @property
+    def act_bits(self) -> int:
+        if self.mode in ("static", "dynamic") and self.activation_bits == 0:
+            return 8
+        return self.activation_bits
+
+    def label(self) -> str:
+        if self.mode in ("fp16", "bf16"):
+            return self.mode
+        wa = f"W{self.bits}" + (f"A{self.act_bits}" if self.act_bits else "")
+        return f"{wa} {self.mode}" + (f" groups of {self.group_size}" if self.group_size else "")
+
+    def deploy(self, keep_float: Sequence[str] = ()) -> Deploy:
+        """The int8 ONNX Runtime model this step deploys as (static and dynamic modes)."""
+        return Deploy(mode=self.mode, per_channel=self.per_channel, symmetric=self.symmetric,
+                      calibration=self.calibration, calibration_samples=self.calibration_samples,
+                      keep_float=list(keep_float))
+
+    def words(self) -> str:
+        """'8-bit weights and activations (static int8)', '4-bit weights only (post-training)'."""
+        if self.mode in ("fp16", "bf16"):
+            return f"16-bit floats ({self.mode})"
+        if self.mode == "static":
+            return "8-bit weights and activations (static int8)"
+        if self.mode == "dynamic":
+            return "8-bit weights, activations at run time (dynamic int8)"
+        what = f"{self.bits}-bit weights and activations" if self.act_bits else f"{self.bits}-bit weights only"
+        how = {"ptq": "post-training", "qat": "quantisation-aware training", "mixed": "mixed precision"}[self.mode]
+        groups = f", a scale per {self.group_size} inputs" if self.group_size else ""
+        return f"{what} ({how}{groups})"
+
+    @classmethod
+    def controls(cls) -> tuple[Control, ...]:
+        return (
+            Control("bits", "fp32", BIT_OPTIONS, off="fp32"),
+            Control("quant_mode", "auto", PAGE_MODES, enabled=_integer),
+            Control("quant_acts", False, enabled=lambda c, card: _integer(c, card) and _mode(c) in ("ptq", "qat")),
+            Control("symmetric", True, enabled=_integer),
+            Control("per_channel", True, enabled=_integer),
+            # activation ranges are calibrated; weights-only quantisation needs none
+            Control("calibration", "minmax", CALIBRATIONS, enabled=lambda c, card: _integer(c, card) and (
+                _mode(c) == "static" or (_mode(c) in ("ptq", "qat") and bool(c["quant_acts"])))),
+            # group-wise scales are for weights-only post-training quantisation
+            Control("group_size", 0, GROUP_SIZES, enabled=lambda c, card: _integer(c, card) and _mode(c) == "ptq"
+                    and not c["quant_acts"]),
+            Control("qat_epochs", 2, lo=1, hi=50, step=1, enabled=_qat),
+            Control("learn_ranges", True, enabled=_qat),
+        )
+
+    @classmethod
+    def from_controls(cls, controls: Controls, card: Card, before: tuple[StepConfig, ...]) -> QuantizeConfig | None:
+        c, bits = controls, controls["bits"]
+        if bits == "fp32":
+            return None
+        if card.get("format") == "onnx":
+            mode = quant_mode(bits, c["quant_mode"])
+            if bits != "8" or mode not in ("static", "dynamic"):
+                asked = f"bits={bits}" if bits in ("fp16", "bf16") else f"bits={bits} with mode {mode!r}"
+                raise ValueError(f"{asked} is not available for {card['name']}: only 8 bits with mode static or "
+                                 "dynamic (ONNX Runtime's int8) apply to an ONNX model")
+            return cls(bits=8, mode=mode, per_channel=c["per_channel"], calibration=c["calibration"])
+        if bits in ("fp16", "bf16"):
+            return cls(mode=bits, bits=16)
+        mode = quant_mode(bits, c["quant_mode"])
+        acts = int(bits) if c["quant_acts"] and mode in ("ptq", "qat") else 0
+        group = c["group_size"] if mode == "ptq" and not acts else 0
+        return cls(bits=int(bits), mode=mode, activation_bits=acts, symmetric=c["symmetric"], group_size=group,
+                   per_channel=c["per_channel"], calibration=c["calibration"],
+                   finetune_epochs=c["qat_epochs"] if mode == "qat" else 0,
+                   learn_ranges=c["learn_ranges"] or mode != "qat", lr=1e-3 if mode == "qat" else 1e-4)
+
+    def to_controls(self) -> dict[str, Any]:
+        if self.mode in ("fp16", "bf16"):
+            return {"bits": self.mode}
+        auto = self.mode == quant_mode(str(self.bits), "auto") and not self.activation_bits
+        return {"bits": str(self.bits), "quant_mode": "auto" if auto else self.mode,
+                "quant_acts": bool(self.activation_bits), "symmetric": self.symmetric,
+                "per_channel": self.per_channel, "calibration": self.calibration,
+                "qat_epochs": self.finetune_epochs or 2, "learn_ranges": self.learn_ranges,
+                "group_size": self.group_size}
+
+    def columns(self) -> dict[str, Any]:
+        return {"bits": self.bits, "scheme": self.words()}
+
+
+BIT_OPTIONS = ("2", "3", "4", "5", "6", "7", "8", "fp16", "bf16", "fp32")
+# auto: the usual scheme for the bit-width, static int8 (weights and activations, ONNX Runtime's int8 path)
+# at 8 bits and post-training weights-only below; the others as named
+PAGE_MODES = ("auto", "ptq", "static", "dynamic", "qat")
+
+
+def quant_mode(bits: str, mode: str) -> str:
+    """The mode a bit-width and the page's mode control stand for ('auto' resolved)."""
+    if mode != "auto":
+        return mode
+    return "static" if bits == "8" else "ptq"
+
+
+def _integer(c: Controls, card: Card | None) -> bool:
+    return c["bits"] not in ("fp32", "fp16", "bf16")
+
+
+def _qat(c: Controls, card: Card | None) -> bool:
+    return _integer(c, card) and _mode(c) == "qat"
+
+
+def _mode(c: Controls) -> str:
+    return quant_mode(c["bits"], c["quant_mode"])

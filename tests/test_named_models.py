@@ -1,0 +1,132 @@
+"""Architectures named from torchvision and timm, weights as data: `add-model --arch timm:<name>`.
+
+timm's `test_resnet` (373k parameters) and torchvision's `shufflenet_v2_x0_5` (350k) on the 8x8 digits keep this fast;
+torchvision's `mobilenet_v3_small` (1.5M) runs in the slow suite."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from explorer.app.cli import main
+from explorer.artifact import pack
+from explorer.compress.prune import PruneConfig
+from explorer.compress.quantize import QuantizeConfig
+from explorer.compress.recipe import Recipe
+from explorer.core import zoo
+from explorer.core.train import evaluate
+from explorer.models import user as byo
+from explorer.models.baselines import baseline_data, load_baseline, read_card
+from explorer.run import runner
+
+TIMM, TV = "timm:test_resnet", "torchvision:mobilenet_v3_small"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def _weights(path, arch: str, in_channels: int = 1, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    model = zoo.create_model(arch, num_classes=10, in_channels=in_channels, image_size=8, **kw)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model
+
+
+def _one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+def test_library_names_are_listed_and_built_by_the_library_with_random_weights():
+    names = zoo.all_model_names()
+    assert {TIMM, TV, "timm:resnet18", "torchvision:resnet18", "lenet5", "vit"} <= set(names)
+    assert not [n for n in names if n.startswith("torchvision:") and "fasterrcnn" in n]  # classification only
+    tv = zoo.create_model(TV, num_classes=7, in_channels=1, image_size=8)
+    assert tv.features[0][0].in_channels == 1 and tv.classifier[-1].out_features == 7  # the stem adapted to 1 channel
+    tm = zoo.create_model(TIMM, num_classes=7, in_channels=1, image_size=8)
+    assert tm(torch.zeros(2, 1, 8, 8)).shape == (2, 7)
+    vit = zoo.create_model("timm:test_vit", num_classes=3, in_channels=1, image_size=32)  # img_size where taken
+    assert vit.patch_embed.img_size == (32, 32)
+
+
+def test_unknown_name_is_one_line_with_close_matches(env):
+    with pytest.raises(ValueError) as e:
+        byo.add_model(env / "nothing.safetensors", arch="timm:resnet81")
+    msg = _one_line(e)
+    assert "'timm:resnet81' is not known" in msg and "timm:resnet18" in msg and "timm:<name>" in msg
+    with pytest.raises(ValueError) as e:
+        zoo.create_model("torchvision:mobilenet_v3_smal")
+    assert "torchvision:mobilenet_v3_small" in _one_line(e)
+    with pytest.raises(ValueError, match="'keras:resnet' is not known"):
+        zoo.model_entry("keras:resnet")
+
+
+def test_key_mismatch_is_one_line_with_counts_and_first_names(env):
+    _weights(env / "w.safetensors", TIMM)
+    with pytest.raises(ValueError) as e:
+        byo.add_model(env / "w.safetensors", arch="timm:test_efficientnet")
+    msg = _one_line(e)
+    assert "does not fit" in msg and "missing " in msg and "unexpected " in msg and "conv1.0.weight" in msg
+    assert not (env / "user").exists() or not list((env / "user").glob("*.json"))  # nothing stored
+
+
+def test_wrong_input_size_and_channels_are_one_line_before_the_weights_run(env):
+    _weights(env / "w.safetensors", TIMM)
+    with pytest.raises(ValueError) as e:  # 16x16 patches cannot cut 8x8 digits
+        byo.add_model(env / "w.safetensors", arch="timm:test_vit")
+    assert "does not run on digits images of shape (1, 8, 8)" in _one_line(e) and "--image-size" in str(e.value)
+    _weights(env / "five.safetensors", TIMM, in_channels=5)
+    with pytest.raises(ValueError) as e:
+        byo.add_model(env / "five.safetensors", arch=TIMM)
+    assert "takes 5 input channels" in _one_line(e) and "digits images have 1" in str(e.value)
+    torch.manual_seed(0)
+    vit = zoo.create_model("timm:test_vit", num_classes=10, in_channels=1, image_size=32)
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(env / "vit32.safetensors"))
+    with pytest.raises(ValueError) as e:  # trained at 32x32, offered 16x16 images
+        byo.add_model(env / "vit32.safetensors", arch="timm:test_vit", image_size=16)
+    assert "position embeddings" in _one_line(e) and "--image-size" in str(e.value)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_torchscript_given_as_weights_is_still_refused(env):
+    ts = env / "ts.pt"
+    torch.jit.save(torch.jit.trace(zoo.create_model("digits_cnn").eval(), torch.zeros(1, 1, 8, 8)), str(ts))
+    with pytest.raises(ValueError) as e:
+        byo.add_model(ts, arch=TIMM)
+    assert "TorchScript program" in _one_line(e) and "refused" in str(e.value)
+
+
+@pytest.mark.parametrize("arch,channels", [(TIMM, 1), ("torchvision:shufflenet_v2_x0_5", 3),
+                                           pytest.param(TV, 3, marks=pytest.mark.slow)])
+def test_named_architecture_from_weights_runs_techniques_and_round_trips_the_packed_file(env, arch, channels):
+    """A colour model (3-channel stem) on the grey digits gets them as 3 equal channels, and says so."""
+    model = _weights(env / "w.safetensors", arch, in_channels=channels)
+    card = byo.add_model(env / "w.safetensors", arch=arch, dataset="digits")
+    assert card["architecture"] == arch and card["arch_kwargs"]["in_channels"] == channels
+    assert any("3 channels" in n for n in card["notes"]) == (channels == 3)
+    rebuilt, _ = load_baseline(card["path"])  # rebuilt from the card's name: the library's code, the file's tensors
+    x = torch.rand(2, channels, 8, 8)
+    assert torch.equal(rebuilt(x), model.eval()(x))
+    recipe = Recipe(model=arch, checkpoint=card["path"],
+                    steps=(PruneConfig(sparsity=0.5), QuantizeConfig(bits=8)))
+    res = runner.run_recipe(recipe, workdir=env / "run", latency=False)
+    assert res["status"] == "ok" and res["sparsity"] >= 0.45
+    unpacked = pack.unpack((env / "run" / "model.xpk").read_bytes()).model
+    acc = evaluate(unpacked, baseline_data(read_card(card["path"])).test)
+    assert acc["top1"] == res["accuracy"]["top1"]
+
+
+def test_cli_adds_by_name_and_lists_names(env, capsys):
+    _weights(env / "w.safetensors", TIMM)
+    assert main(["add-model", "--arch", TIMM, "--checkpoint", str(env / "w.safetensors")]) == 0
+    assert "(timm:test_resnet, 373,370 parameters)" in capsys.readouterr().out
+    assert main(["models", "mobilenet"]) == 0
+    out = capsys.readouterr().out.split()
+    assert TV in out and "timm:mobilenetv3_small_100" in out and "lenet5" not in out
+    assert main(["add-model", "--arch", "timm:nope_net", "--checkpoint", str(env / "w.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'timm:nope_net' is not known" in err
