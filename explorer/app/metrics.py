@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from explorer.core import words
-from explorer.core.engines import ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CPU, speedup_col
+from explorer.core.engines import ORT_CPU_FP32, ORT_CPU_INT8, speedup_col
+from explorer.core.engines import TORCH_CPU as PYTORCH_FP32
 from explorer.core.errors import bad_value, check_choice
 from explorer.core.stats import CONFIDENCE, from_counts, newcombe_paired, paired_counts
 
@@ -281,7 +282,7 @@ def fmt_value(col: str, v) -> str:
 SIZE_NAMES = {"packed_bytes": "packed .xpk file", "gzip_bytes": "gzip of the checkpoint", "file_bytes": "checkpoint",
               "zstd_bytes": "zstd of the checkpoint", "onnx_bytes": "ONNX fp32 file",
               "onnx_int8_bytes": "ONNX int8 file"}
-ENGINE_NAMES = {TORCH_CPU: "PyTorch on the CPU", ORT_CPU_FP32: "ONNX Runtime fp32",
+ENGINE_NAMES = {PYTORCH_FP32: "PyTorch on the CPU", ORT_CPU_FP32: "ONNX Runtime fp32",
                 ORT_CPU_INT8: "ONNX Runtime int8"}
 
 

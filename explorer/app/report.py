@@ -12,11 +12,12 @@ import pandas as pd
 
 from explorer.app import plots
 from explorer.app.metrics import across_seeds, sweet_spot
-from explorer.core.engines import B256, ORT_CPU_INT8, TORCH_CPU, gain_col, lat_col, reltime_col, speedup_col, state_col
+from explorer.core.engines import B256, ORT_CPU_INT8, gain_col, lat_col, reltime_col, speedup_col, state_col
+from explorer.core.engines import TORCH_CPU as PYTORCH_FP32
 
 TABLE_COLUMNS = ["label", "status", "seed", "top1", "top1_lo", "top1_hi", "accuracy_delta", "delta_lo", "delta_hi",
                  "p_value", "sparsity", "file_bytes", "gzip_bytes", "packed_bytes", "onnx_int8_bytes", "rf_packed",
-                 lat_col(TORCH_CPU, B256), lat_col(ORT_CPU_INT8, B256),
+                 lat_col(PYTORCH_FP32, B256), lat_col(ORT_CPU_INT8, B256),
                  speedup_col(ORT_CPU_INT8, B256), speedup_col(ORT_CPU_INT8, B256, "lo"),
                  speedup_col(ORT_CPU_INT8, B256, "hi"), state_col(speedup_col(ORT_CPU_INT8, B256)),
                  gain_col(ORT_CPU_INT8, B256), "error"]
