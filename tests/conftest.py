@@ -24,6 +24,25 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _no_background_work_outlives_its_test():
+    """A page test leaves the server process's queue of runs (and any landscape) working in this process; a
+    run still going when the next test starts would write into that test's cache. Each test ends them."""
+    yield
+    import sys
+
+    service = sys.modules.get("explorer.app.service")
+    if service is None:
+        return
+    with service._live_lock:
+        board, service._board = service._board, None
+        scapes, service._landscapes = service._landscapes, None
+    if board is not None:
+        board.stop()
+    if scapes is not None:
+        scapes.stop()
+
+
 def settle(at, timeout: float = 300.0):
     """Rerun an AppTest page until its runs are complete, as the browser's periodic refresh does (runs are
     computed off the page's script and the page shows them as they arrive)."""

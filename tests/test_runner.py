@@ -217,6 +217,18 @@ def test_every_phase_of_a_run_reports_progress(tmp_path):
         assert phase in said, phase
 
 
+def test_a_stage_started_again_never_moves_the_bar_back():
+    """Under load the timing is taken again from its first round; the bar stays where it was until the new
+    rounds pass it."""
+    seen = []
+    report = runner._stages(lambda f, m: seen.append(f))("latency")
+    for fraction in (0.2, 0.6, 0.1, 0.3, 0.8):
+        report(fraction, "timing latency")
+    lo, hi = runner.STAGES["latency"]
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(lo + (hi - lo) * 0.8)
+    assert seen[2] == seen[1]
+
+
 def test_a_models_baseline_is_scored_beside_its_first_compression_with_the_same_figures(monkeypatch, tmp_path):
     """The first run of a model scores the baseline in a thread of its own while it fine-tunes, and the
     rebuilt model on EXPLORER_EVAL_WORKERS threads; neither changes a figure, nor the run's key. A failure

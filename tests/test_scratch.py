@@ -29,6 +29,31 @@ def test_a_live_folder_is_kept_and_removed_on_exit(env):
     assert not p.exists()
 
 
+def test_a_folder_renamed_while_clean_looks_is_passed_over(env, monkeypatch):
+    """A folder is born hidden and renamed once its owner holds the lock: `clean` (another page starting up)
+    may list the hidden name an instant before the rename. It passes over it; it does not fail the page."""
+    with scratch.folder("work") as live:
+        born = live.with_name("." + live.name)
+        real = os.scandir
+
+        def listed_before_the_rename(path):
+            born.mkdir()
+            entries = sorted(real(path), key=lambda e: e.name != born.name)  # the hidden name listed first
+            born.rmdir()  # renamed away before `clean` looks at it
+            return _Listing(entries)
+
+        monkeypatch.setattr(scratch.os, "scandir", listed_before_the_rename)
+        assert scratch.clean() == [] and live.is_dir()
+
+
+class _Listing(list):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def test_folders_of_a_killed_process_are_removed_at_start_up(env):
     code = ("from explorer.core import scratch; import time\n"
             "with scratch.folder('run') as p:\n    (p / 'model.onnx').write_bytes(b'x'); print(p, flush=True); "

@@ -65,6 +65,9 @@ def clean(cache: str | os.PathLike | None = None) -> list[str]:
                 continue
             try:
                 young = time.time() - e.stat(follow_symlinks=False).st_mtime < _BORN_S
+            except OSError:
+                continue  # gone since the listing (renamed by its owner once locked, or removed)
+            try:
                 f = open(Path(e.path) / OWNER, "rb")  # noqa: SIM115
             except FileNotFoundError:
                 # no owner: trash is nobody's; anything else may be a folder created this instant

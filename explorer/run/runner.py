@@ -342,11 +342,13 @@ def _stages(progress: Progress | None):
     """Progress of one stage of a run, mapped into its share of the whole bar, so every phase reports."""
     def stage(name: str) -> Progress:
         lo, hi = STAGES[name]
+        furthest = [0.0]  # a stage that starts a part again (timing re-taken under load) never moves the bar back
 
         def report(fraction: float, message: str) -> None:
             scheduler.safe_point()  # every progress report (each stage, every few fine-tuning steps) is one
+            furthest[0] = max(furthest[0], min(max(fraction, 0.0), 1.0))
             if progress is not None:
-                progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)
+                progress(lo + (hi - lo) * furthest[0], message)
         return report
     return stage
 
