@@ -133,7 +133,7 @@ class Recipe:
                              f"{EXAMPLE}") from None
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> Recipe:
+    def from_file(cls, path: str | os.PathLike[str]) -> Recipe:
         p = Path(path)
         source = f"recipe file {str(p)!r}"
         if not p.is_file():

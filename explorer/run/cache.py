@@ -97,7 +97,7 @@ def _default_compute(recipe, workdir: Path, progress, partial=None):
 
 
 class RunCache:
-    def __init__(self, root: str | os.PathLike | None = None, max_mb: float | None = None):
+    def __init__(self, root: str | os.PathLike[str] | None = None, max_mb: float | None = None):
         self.max_bytes = max_bytes(max_mb)
         self.root = cachedir.claim(Path(root) if root is not None else cache_dir())  # a folder not ours: refused
         self._clean_scratch()
@@ -258,7 +258,7 @@ class RunCache:
         result, problem = self._check(key, deep=False)
         return result if problem is None else None
 
-    def commit(self, key: str, workdir: str | os.PathLike, result: RunResult) -> RunResult:
+    def commit(self, key: str, workdir: str | os.PathLike[str], result: RunResult) -> RunResult:
         """Store a successful run: its artifacts (moved out of `workdir`) and `result`; returns what is stored."""
         check_key(key)
         if result.get("status") != "ok" or result.get("key") != key:

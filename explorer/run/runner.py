@@ -215,7 +215,7 @@ def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> Onnx:
 Partial = Callable[[RunResult], None]
 
 
-def prepare(recipe: Recipe, workdir: str | os.PathLike, *, progress: Progress | None = None,
+def prepare(recipe: Recipe, workdir: str | os.PathLike[str], *, progress: Progress | None = None,
             partial: Partial | None = None) -> RunResult:
     """Everything but latency: compress, pack, unpack, accuracy of the unpacked model, files and sizes."""
     timings: dict[str, Any] = {}
@@ -352,7 +352,7 @@ def _stages(progress: Progress | None):
 
 
 @scheduler.timing  # the whole stage holds the quiet slot: none of our other work runs beside a timing
-def time_run(result: RunResult, workdir: str | os.PathLike, *, gpu: bool = True,
+def time_run(result: RunResult, workdir: str | os.PathLike[str], *, gpu: bool = True,
              progress: Progress | None = None) -> RunResult:
     """Latency and inference memory of the artifacts in `workdir` (one run at a time: never in parallel).
     Each engine's speed-up is against the baseline in the same engine, timed in the same rounds; the baseline's
@@ -386,7 +386,7 @@ def time_run(result: RunResult, workdir: str | os.PathLike, *, gpu: bool = True,
     return result
 
 
-def run_recipe(recipe: Recipe, *, workdir: str | os.PathLike | None = None, progress: Progress | None = None,
+def run_recipe(recipe: Recipe, *, workdir: str | os.PathLike[str] | None = None, progress: Progress | None = None,
                latency: bool = True, partial: Partial | None = None) -> RunResult:
     """Run `recipe` and return its RunResult. Files go to `workdir` (kept) or a scratch folder (removed)."""
     with contextlib.ExitStack() as stack:
