@@ -105,7 +105,7 @@ def median_ci(samples: Sequence[float], confidence: float = CONFIDENCE) -> tuple
     return float(x[j - 1]), float(x[n - j])
 
 
-def ratio_of_medians(reference_rounds: Sequence[float], run_rounds: Sequence[float],
+def ratio_of_medians(reference_rounds: Sequence[float] | np.ndarray, run_rounds: Sequence[float] | np.ndarray,
                      confidence: float = CONFIDENCE) -> dict[str, Any]:
     """Speed-up of a run over a reference timed in the same interleaved rounds: the median of the
     per-round ratios (reference / run; above 1 the run is faster) and its interval."""
