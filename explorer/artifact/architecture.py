@@ -51,7 +51,7 @@ def _attention() -> type | None:
     return Attention
 
 
-def _signature(m: nn.Module) -> tuple[str, dict | None]:
+def _signature(m: nn.Module) -> tuple[str, dict[str, Any] | None]:
     if isinstance(m, _factorized()):
         return "Factorized", {}
     if _attention() is not None and type(m) is _attention():
@@ -60,7 +60,7 @@ def _signature(m: nn.Module) -> tuple[str, dict | None]:
     return type(m).__name__, _args(m)
 
 
-def _set_heads(model: nn.Module, path: str, args: dict) -> None:
+def _set_heads(model: nn.Module, path: str, args: dict[str, Any]) -> None:
     """The attention at `path` (built by the architecture) with `num_heads` heads of `head_dim` each."""
     found = model.get_submodule(path)
     heads, dim = args.get("num_heads"), args.get("head_dim")
@@ -73,7 +73,7 @@ def _set_heads(model: nn.Module, path: str, args: dict) -> None:
     attn.num_heads, attn.attn_dim = heads, heads * dim
 
 
-def describe(model: nn.Module, architecture: dict) -> list[dict]:
+def describe(model: nn.Module, architecture: dict[str, Any]) -> list[dict[str, Any]]:
     """Layers of `model` that differ from `create_model(**architecture)`, parents before children."""
     fresh = dict(create_model(architecture["name"], **architecture["kwargs"]).named_modules())
     entries = []
@@ -97,7 +97,7 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, module)
 
 
-def rebuild(architecture: dict, entries: list[dict]) -> nn.Module:
+def rebuild(architecture: dict[str, Any], entries: list[dict[str, Any]]) -> nn.Module:
     """The model `describe` described: the zoo architecture with the listed layers replaced."""
     model = create_model(architecture["name"], **architecture["kwargs"])
     for e in entries:

@@ -94,7 +94,8 @@ def csr_decode(codes: np.ndarray, index_bits: int) -> np.ndarray:
     codes = codes.astype(np.int64)
     real = codes != skip
     steps = np.where(real, codes + 1, skip)
-    return (np.cumsum(steps) - 1)[real]
+    positions: np.ndarray = (np.cumsum(steps) - 1)[real]
+    return positions
 
 
 def best_csr(positions: np.ndarray) -> tuple[int, int]:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from explorer.compress import qmath
-from explorer.compress.base import CompressionState
+from explorer.compress.base import CompressionState, QuantRecord
 
 PALETTE_MAX = 256
 _SIGNED = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -27,7 +28,7 @@ _SIGNED = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 @dataclass
 class Values:
-    params: dict  # the header's "encoding": kind, bits and what decoding needs
+    params: dict[str, Any]  # the header's "encoding": kind, bits and what decoding needs
     codes: np.ndarray  # unsigned, one per element, each < 2**bits
     side: bytes  # float32 arrays decoding needs, stored ahead of the indices
 
@@ -44,7 +45,7 @@ def raw_codes(t: torch.Tensor) -> np.ndarray:
     return b.view(f"<u{b.itemsize}")
 
 
-def _f32(data) -> torch.Tensor:
+def _f32(data: bytes) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(data, dtype="<f4").copy())
 
 
@@ -86,7 +87,7 @@ def candidates(name: str, t: torch.Tensor, state: CompressionState) -> list[Valu
     return out
 
 
-def _grouped(t: torch.Tensor, rec) -> list[Values]:
+def _grouped(t: torch.Tensor, rec: QuantRecord) -> list[Values]:
     """k-bit codes on a group-wise grid (a Linear weight's scale and zero point per row and group of inputs),
     or nothing where the record does not fit the tensor."""
     g = rec.group_size
@@ -112,14 +113,15 @@ def palette(raw: np.ndarray) -> Values | None:
                   inverse.reshape(-1).astype(np.uint64), table.astype("<u4").tobytes())
 
 
-def side_bytes(p: dict) -> int:
+def side_bytes(p: dict[str, Any]) -> int:
     """Bytes of float32 side arrays ahead of the indices: scale and zero point per channel, or the table."""
     if p["kind"].startswith("int"):
         return 8 * int(p["channels"])
     return 4 * int(p["k"]) if p["kind"] in ("codebook", "palette") else 0
 
 
-def decode_values(p: dict, side, codes: np.ndarray, shape: list[int], dtype: torch.dtype) -> torch.Tensor:
+def decode_values(p: dict[str, Any], side: bytes, codes: np.ndarray, shape: list[int],
+                  dtype: torch.dtype) -> torch.Tensor:
     """The tensor these codes stand for (codes of every element, side arrays as stored)."""
     kind, bits = p["kind"], int(p["bits"])
     if kind in ("codebook", "palette"):

@@ -22,6 +22,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,13 +58,13 @@ class PackError(ValueError):
 @dataclass
 class Unpacked:
     model: nn.Module
-    header: dict
+    header: dict[str, Any]
 
 
 # ---------------------------------------------------------------- sections: side | index | values
 
 
-def _serialize(v: Values, layout: dict, positions: np.ndarray, keep: np.ndarray) -> bytes:
+def _serialize(v: Values, layout: dict[str, Any], positions: np.ndarray, keep: np.ndarray) -> bytes:
     bits = v.params["bits"]
     if layout["kind"] == "dense":
         return v.side + bitpack.pack_bits(v.codes, bits)
@@ -74,7 +75,7 @@ def _serialize(v: Values, layout: dict, positions: np.ndarray, keep: np.ndarray)
     return v.side + index + bitpack.pack_bits(v.codes[positions], bits)
 
 
-def _decode_section(e: dict, data: bytes, dtype: torch.dtype) -> torch.Tensor:
+def _decode_section(e: dict[str, Any], data: bytes, dtype: torch.dtype) -> torch.Tensor:
     p, layout, shape = e["encoding"], e["layout"], [int(s) for s in e["shape"]]
     n, bits = math.prod(shape), int(p["bits"])
     if not 1 <= bits <= 64:
@@ -113,7 +114,7 @@ def _decode_section(e: dict, data: bytes, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def _scatter(p: dict, side, values: np.ndarray, positions: np.ndarray, shape: list[int],
+def _scatter(p: dict[str, Any], side: bytes, values: np.ndarray, positions: np.ndarray, shape: list[int],
              dtype: torch.dtype) -> torch.Tensor:
     """Decode the stored values into their positions; every other element is a +0.0 (or 0)."""
     n = math.prod(shape)
@@ -129,7 +130,7 @@ def _scatter(p: dict, side, values: np.ndarray, positions: np.ndarray, shape: li
     return out.reshape(shape)
 
 
-def _options(v: Values, t: torch.Tensor, positions: np.ndarray) -> list[tuple[int, dict]]:
+def _options(v: Values, t: torch.Tensor, positions: np.ndarray) -> list[tuple[int, dict[str, Any]]]:
     """(bytes, layout) for each layout in which this encoding reproduces t exactly."""
     n, m, bits = t.numel(), len(positions), v.params["bits"]
     try:
@@ -137,7 +138,7 @@ def _options(v: Values, t: torch.Tensor, positions: np.ndarray) -> list[tuple[in
     except ValueError:  # a state that does not fit the tensor (a codebook index past its centroids)
         return []
     same = (bits_view(dec) == bits_view(t)).reshape(-1)
-    out = []
+    out: list[tuple[int, dict[str, Any]]] = []
     if bool(same.all()):
         out.append((len(v.side) + bitpack.nbytes(n, bits), {"kind": "dense"}))
     if m < n and bool(same[torch.from_numpy(positions)].all()):
@@ -157,7 +158,7 @@ def _entropy(raw: bytes, mode: str) -> tuple[str, bytes]:
     return ("zstd", packed) if mode == "zstd" or len(packed) < len(raw) else ("none", raw)
 
 
-def _encode_tensor(name: str, t: torch.Tensor, state: CompressionState, entropy: str) -> tuple[dict, bytes]:
+def _encode_tensor(name: str, t: torch.Tensor, state: CompressionState, entropy: str) -> tuple[dict[str, Any], bytes]:
     keep = (bits_view(t) != 0).reshape(-1).numpy()
     positions = np.flatnonzero(keep)
     choices = []
@@ -180,7 +181,7 @@ def _encode_tensor(name: str, t: torch.Tensor, state: CompressionState, entropy:
 # ---------------------------------------------------------------- the file
 
 
-def pack(model: nn.Module, state: CompressionState, architecture: dict, *, entropy: str = "auto") -> bytes:
+def pack(model: nn.Module, state: CompressionState, architecture: dict[str, Any], *, entropy: str = "auto") -> bytes:
     """The packed file's bytes for `model` (as compressed with `state`) built on `architecture`."""
     check_choice("entropy", entropy, ENTROPY)
     tensors, chunks, offset = [], [], 0
@@ -204,7 +205,7 @@ def pack(model: nn.Module, state: CompressionState, architecture: dict, *, entro
     return body + hashlib.sha256(body).digest()
 
 
-def _read(blob: bytes) -> tuple[dict, memoryview]:
+def _read(blob: bytes) -> tuple[dict[str, Any], memoryview]:
     """Header and payload of a checked blob (magic, version, lengths, checksum, JSON)."""
     blob = bytes(blob)
     n = len(blob)
@@ -244,7 +245,7 @@ def _read(blob: bytes) -> tuple[dict, memoryview]:
     return header, memoryview(blob)[end:end + size]
 
 
-def _section(e: dict, payload: memoryview) -> bytes:
+def _section(e: dict[str, Any], payload: memoryview) -> bytes:
     off, length = e["offset"], e["length"]
     if not (isinstance(off, int) and isinstance(length, int) and 0 <= off and 0 <= length
             and off + length <= len(payload)):
@@ -271,14 +272,14 @@ def unpack(blob: bytes) -> Unpacked:
     header, payload = _read(blob)
     try:
         model = rebuild(header["architecture"], header["structure"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise PackError(f"structure cannot be rebuilt: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise PackError(f"structure cannot be rebuilt: {err}") from None
     expected = model.state_dict()
     decoded: dict[str, torch.Tensor] = {}
     for e in header["tensors"]:
         name = e.get("name") if isinstance(e, dict) else None
         ref = expected.get(name) if isinstance(name, str) else None
-        if ref is None or name in decoded:
+        if ref is None or not isinstance(name, str) or name in decoded:  # (ref is None for any name not a str)
             raise PackError(f"tensor {name!r} is {'repeated' if name in decoded else 'not in the rebuilt model'}")
         try:
             if list(e["shape"]) != list(ref.shape) or _DTYPES.get(e["dtype"]) != ref.dtype:
@@ -297,7 +298,7 @@ def unpack(blob: bytes) -> Unpacked:
     return Unpacked(model.eval(), header)
 
 
-def tensor_report(blob: bytes) -> list[dict]:
+def tensor_report(blob: bytes) -> list[dict[str, Any]]:
     """Per tensor: how it is stored and how many bytes of the file it takes (the per-layer size column)."""
     header, _ = _read(blob)
     rows = []
@@ -310,7 +311,7 @@ def tensor_report(blob: bytes) -> list[dict]:
     return rows
 
 
-def theoretical_bits(model: nn.Module, state: CompressionState) -> dict:
+def theoretical_bits(model: nn.Module, state: CompressionState) -> dict[str, Any]:
     """The textbook count, labelled theoretical: per tensor, stored values x value bits (k for k-bit
     quantisation; ceil(log2 k) per index plus 32 per centroid for a codebook; 16 for fp16/bf16; 32 for
     other floats, the dtype's width for integers) plus the index overhead of the cheaper of dense, a

@@ -53,7 +53,8 @@ def blocks(model: nn.Module, granularity: str) -> list[tuple[str, nn.Module]]:
 
 
 def _units(m: Any, granularity: str) -> int:
-    return m.num_heads if granularity == "heads" else m.fc1.out_features
+    n: int = m.num_heads if granularity == "heads" else m.fc1.out_features
+    return n
 
 
 def head_rows(attn: Any, head: int) -> list[int]:
@@ -118,7 +119,7 @@ def remove(model: nn.Module, example: torch.Tensor, granularity: str, plan: dict
         _remove(model, graph, granularity, plan)
 
 
-def _remove(model: nn.Module, graph, granularity: str, plan: dict[str, list[int]]) -> None:
+def _remove(model: nn.Module, graph: Any, granularity: str, plan: dict[str, list[int]]) -> None:
     for name, idxs in plan.items():
         if not idxs:
             continue
@@ -137,7 +138,7 @@ def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     return int(macs), int(params)
 
 
-def prune_units(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
+def prune_units(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict[str, Any]:
     """Remove the `cfg.sparsity` share of attention heads or MLP neurons from `model` in place (the caller
     passes a copy), then fine-tune; the report has each block's units before and after."""
     g = cfg.granularity

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 
 from explorer.core.data import DataBundle
 from explorer.core.errors import bad_value, check_choice
-from explorer.core.train import Progress, TrainConfig, TrainHook, fit
+from explorer.core.train import LossFn, Progress, TrainConfig, TrainHook, fit
 
 # ---------------------------------------------------------------- state
 
@@ -59,7 +59,7 @@ class Codebook:
 
 
 @dataclass(frozen=True)
-class Deploy(Mapping):
+class Deploy(Mapping[str, Any]):
     """How the int8 ONNX Runtime model of a run is made: as a recipe's static or dynamic int8 step says
     (QuantizeConfig.deploy), or ONNX Runtime's default static per-channel int8 for a run without one
     (`default`). Read-only, and readable as a mapping (deploy["mode"]) like the RunResult's plain data."""
@@ -73,7 +73,7 @@ class Deploy(Mapping):
     from_recipe: bool = True
     engine: str = "onnxruntime"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choice("mode", self.mode, ("static", "dynamic"))
 
     @classmethod
@@ -86,7 +86,7 @@ class Deploy(Mapping):
         Runtime always makes symmetric (its integer convolutions take one zero point)."""
         return self.symmetric or (self.mode == "static" and self.per_channel)
 
-    def __getitem__(self, key: str):
+    def __getitem__(self, key: str) -> Any:
         if key not in self._names():
             raise KeyError(key)
         return getattr(self, key)
@@ -236,7 +236,8 @@ def require_shapes_free(state: CompressionState, kind: str) -> None:
 
 
 def finetune(model: nn.Module, ctx: Context, epochs: int, lr: float, what: str,
-             extra_hooks: list[TrainHook] | None = None, loss_fn=None, params=None) -> dict:
+             extra_hooks: list[TrainHook] | None = None, loss_fn: LossFn | None = None,
+             params: Sequence[nn.Parameter] | None = None) -> dict[str, Any]:
     """Fine-tune in place with every constraint in the state kept; returns a small report."""
     if epochs == 0:
         return {"epochs": 0, "seconds": 0.0}
@@ -254,6 +255,7 @@ def finetune(model: nn.Module, ctx: Context, epochs: int, lr: float, what: str,
 MAX_STEP_EPOCHS = 100
 
 
+Layer = nn.Conv2d | nn.Linear  # what the techniques compress
 Controls = Mapping[str, Any]  # the page's control values by name, as its sidebar and share link hold them
 Card = Mapping[str, Any]  # a baseline's card: architecture, dataset, name, path, format, whether it has BatchNorm
 
@@ -415,7 +417,7 @@ def step_type_of(config: Any) -> StepType:
     return technique
 
 
-def config_from_dict(d: dict) -> StepConfig:
+def config_from_dict(d: dict[str, Any]) -> StepConfig:
     """Build a step config from its JSON form; unknown keys and kinds are named with what is allowed."""
     if not isinstance(d, dict) or "kind" not in d:
         raise ValueError(f"recipe step {d!r} must be an object with a 'kind'")
@@ -434,12 +436,12 @@ def config_from_dict(d: dict) -> StepConfig:
         raise ValueError(f"{kind} step: {e}") from None
 
 
-def config_to_dict(config: StepConfig) -> dict:
+def config_to_dict(config: StepConfig) -> dict[str, Any]:
     step_type_of(config)  # only registered techniques have a recipe form
     return config.to_dict()
 
 
-def record(state: CompressionState, config: StepConfig, info: dict) -> None:
+def record(state: CompressionState, config: StepConfig, info: dict[str, Any]) -> None:
     """A step's report for the RunResult's `compression` section, under its kind: a list with one entry per
     step, or for the techniques whose config says `one_record` (applied once: the last one's report) a
     single record. The shapes are the stored RunResult contract, so they stay as they are."""
@@ -465,12 +467,12 @@ def _mlp_types() -> tuple[type[nn.Module], ...]:
     return Mlp, GluMlp, SwiGLU, MLP
 
 
-def compressible(model: nn.Module, layers: str = "all") -> list[tuple[str, nn.Module]]:
+def compressible(model: nn.Module, layers: str = "all") -> list[tuple[str, Layer]]:
     """Conv and Linear layers selected by `layers`: all, conv, linear, inner (all but the first and
     last, which are the most sensitive and hold few weights), or mlp (the Linear layers inside a
     transformer block's feed-forward MLP: timm's fc1/fc2, torchvision's MLPBlock)."""
-    mods: list[tuple[str, nn.Module]] = [(n, m) for n, m in model.named_modules()
-                                         if isinstance(m, (nn.Conv2d, nn.Linear))]
+    mods: list[tuple[str, Layer]] = [(n, m) for n, m in model.named_modules()
+                                     if isinstance(m, (nn.Conv2d, nn.Linear))]
     if layers == "mlp":
         mlps = [(n, m) for n, m in model.named_modules() if isinstance(m, _mlp_types())]
         inside = {f"{n}.{c}" for n, m in mlps for c, _ in m.named_modules() if c}

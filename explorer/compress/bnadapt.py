@@ -38,7 +38,7 @@ class BNAdaptConfig(StepConfig):
     samples: int = 1024  # training images the statistics are measured on (all of them if fewer)
     batch_size: int = 128
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_range("samples", self.samples, 16, 1_000_000, integer=True)
         check_range("batch_size", self.batch_size, 2, 65_536, integer=True)
 

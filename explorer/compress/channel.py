@@ -7,17 +7,19 @@ by hand. The result is a smaller dense model: fewer parameters, fewer MACs, real
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from explorer.compress.attention import attention_blocks
-from explorer.compress.base import Context, compressible, finetune, require_shapes_free
+from explorer.compress.base import Context, Layer, compressible, finetune, require_shapes_free
 from explorer.compress.prune_config import PruneConfig
 from explorer.compress.schedules import cubic_sparsity, geometric_sparsity
 
 
-def _importance(criterion: str):
+def _importance(criterion: str) -> Any:  # a Torch-Pruning importance (untyped library)
     if criterion == "geometric_median":
         return tp.importance.FPGMImportance(p=2)
     return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
@@ -27,7 +29,7 @@ def _out_channels(m: nn.Module) -> int:
     return int(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)  # type: ignore[arg-type]
 
 
-def _plan(model: nn.Module, cfg: PruneConfig) -> tuple[list[nn.Module], list[tuple[str, nn.Module]]]:
+def _plan(model: nn.Module, cfg: PruneConfig) -> tuple[list[Layer], list[tuple[str, Layer]]]:
     """(ignored layers, prunable layers). The classifier's outputs are the classes: never pruned."""
     everything = compressible(model, "all")
     chosen = {id(m) for _, m in compressible(model, cfg.layers)}
@@ -56,7 +58,7 @@ def check_feasible(model: nn.Module, cfg: PruneConfig) -> None:
 
 
 def _global_ratios(model: nn.Module, example: torch.Tensor, cfg: PruneConfig,
-                   ignored: list[nn.Module]) -> dict[nn.Module, float]:
+                   ignored: list[Layer]) -> dict[nn.Module, float]:
     """Each layer's ratio from one ranking across layers: the `sparsity` share of all prunable channels with the
     lowest group importance (Torch-Pruning's, normalised within each group as its global mode does), and never a
     layer's last channel. Torch-Pruning's own global mode skips a layer whose every channel falls under the
@@ -89,7 +91,7 @@ def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     return int(macs), int(params)
 
 
-def prune_channels(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
+def prune_channels(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict[str, Any]:
     """Prune `model` in place (the caller passes a copy) and fine-tune per the schedule."""
     require_shapes_free(ctx.state, "channel pruning")
     check_feasible(model, cfg)
@@ -111,7 +113,7 @@ def prune_channels(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
         iterative_pruning_ratio_scheduler=lambda ratio, steps: [ratio * f for f in shares],
         max_pruning_ratio=0.99, ignored_layers=ignored,
     )
-    info: dict = {"rounds": []}
+    info: dict[str, Any] = {"rounds": []}
     for r in range(rounds):
         model.eval()
         with torch.no_grad():

@@ -76,7 +76,7 @@ class ClusterConfig(base.StepConfig):
     def training_epochs(self) -> int:
         return self.finetune_epochs
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_range("clusters", self.clusters, 2, 256, integer=True)
         check_choice("init", self.init, INITS)
         check_range("finetune_epochs", self.finetune_epochs, 0, base.MAX_STEP_EPOCHS, integer=True)

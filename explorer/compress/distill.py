@@ -52,7 +52,7 @@ class DistillConfig(StepConfig):
     epochs: int = 30
     lr: float = 2e-3
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choice("student", self.student, list_models())
         check_range("width", self.width, *WIDTH_RANGE)
         check_range("temperature", self.temperature, 1.0, 20.0)
@@ -105,7 +105,7 @@ def takes_width(arch: str) -> bool:
     return "width" in inspect.signature(model_entry(arch).factory).parameters
 
 
-def architecture(arch: str, data: DataBundle, width: float | None) -> dict:
+def architecture(arch: str, data: DataBundle, width: float | None) -> dict[str, Any]:
     """What the packer needs to rebuild the model: create_model(name, **kwargs)."""
     kwargs: dict[str, float] = {"num_classes": data.num_classes, "in_channels": data.in_channels,
                                 "image_size": data.image_size}
@@ -119,7 +119,7 @@ def train_config(epochs: int, lr: float, seed: int) -> TrainConfig:
     return TrainConfig(epochs=epochs, lr=lr, seed=seed)
 
 
-def _fresh(arch: dict, seed: int) -> nn.Module:
+def _fresh(arch: dict[str, Any], seed: int) -> nn.Module:
     seed_everything(seed)  # the student's initial weights depend on the run's seed only
     return create_model(arch["name"], **arch["kwargs"])
 
@@ -195,7 +195,7 @@ def matched_width(arch: str, target_params: int, num_classes: int, in_channels: 
 
 
 def train_dense_control(arch: str, target_params: int, data: DataBundle, epochs: int, lr: float, seed: int,
-                        progress: Progress | None = None) -> tuple[nn.Module, dict]:
+                        progress: Progress | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """`arch` at the width matching `target_params`, trained from scratch on labels only, with the
     same training recipe as a distilled student."""
     width = matched_width(arch, target_params, data.num_classes, data.in_channels, data.image_size)

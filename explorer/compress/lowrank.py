@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from explorer.compress.base import (
     Context,
     Control,
     Controls,
+    Layer,
     StepConfig,
     clone,
     compressible,
@@ -46,7 +47,7 @@ class LowRankConfig(StepConfig):
     finetune_epochs: int = 0
     lr: float = 1e-3
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         r = self.rank_ratio
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:  # also rejects NaN
             raise bad_value("rank_ratio", r, "a number in (0, 1]")
@@ -137,37 +138,41 @@ class Factorized(nn.Sequential):
     @property
     def rank(self) -> int:
         first = self[0]
-        return first.out_features if isinstance(first, nn.Linear) else first.out_channels
+        return first.out_features if isinstance(first, nn.Linear) else cast(nn.Conv2d, first).out_channels
 
     @classmethod
-    def shaped_like(cls, layer: nn.Module, rank: int) -> Factorized:
+    def shaped_like(cls, layer: Layer, rank: int) -> Factorized:
         """Uninitialised factors for `layer` at `rank` (also what a packer needs to rebuild the model)."""
         w = layer.weight
-        kw = {"device": w.device, "dtype": w.dtype}
+        kw: dict[str, Any] = {"device": w.device, "dtype": w.dtype}
         has_bias = layer.bias is not None
         if isinstance(layer, nn.Linear):
             return cls(nn.Linear(layer.in_features, rank, bias=False, **kw),
                        nn.Linear(rank, layer.out_features, bias=has_bias, **kw))
         if isinstance(layer, nn.Conv2d) and layer.groups == 1:
-            first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                              dilation=layer.dilation, bias=False, padding_mode=layer.padding_mode, **kw)
+            # torch types a convolution's sizes tuple[int, ...] and Conv2d's arguments tuple[int, int]
+            first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, stride=layer.stride,  # type: ignore[arg-type]
+                              padding=layer.padding, dilation=layer.dilation,  # type: ignore[arg-type]
+                              bias=False, padding_mode=layer.padding_mode, **kw)
             return cls(first, nn.Conv2d(rank, layer.out_channels, 1, bias=has_bias, **kw))
         raise ValueError(f"cannot factorise {type(layer).__name__} with groups={getattr(layer, 'groups', None)}")
 
     @classmethod
-    def from_layer(cls, layer: nn.Module, rank: int) -> Factorized:
+    def from_layer(cls, layer: Layer, rank: int) -> Factorized:
         out = cls.shaped_like(layer, rank)
+        first, second = cast(Layer, out[0]), cast(Layer, out[1])  # shaped_like makes two of the layer's kind
         w = layer.weight.detach()
         a, b = svd_factors(w.reshape(w.shape[0], -1), rank)
         with torch.no_grad():
-            out[0].weight.copy_(a.reshape(out[0].weight.shape))
-            out[1].weight.copy_(b.reshape(out[1].weight.shape))
+            first.weight.copy_(a.reshape(first.weight.shape))
+            second.weight.copy_(b.reshape(second.weight.shape))
             if layer.bias is not None:
-                out[1].bias.copy_(layer.bias.detach())
+                assert second.bias is not None  # shaped_like gives the second factor the layer's bias
+                second.bias.copy_(layer.bias.detach())
         return out
 
 
-def factorized_params(layer: nn.Module, rank: int) -> int:
+def factorized_params(layer: Layer, rank: int) -> int:
     w = layer.weight
     bias = 0 if layer.bias is None else layer.bias.numel()
     return rank * (w[0].numel() + w.shape[0]) + bias
@@ -185,11 +190,12 @@ def restructure(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
     state_dict saved after `apply` loads into it strictly (the packer's rebuild step)."""
     out = clone(model)
     for name, rank in ranks.items():
-        set_module(out, name, Factorized.shaped_like(out.get_submodule(name), rank))
+        # a name the low-rank step recorded is a Conv2d or Linear; anything else is refused by shaped_like
+        set_module(out, name, Factorized.shaped_like(cast(Layer, out.get_submodule(name)), rank))
     return out
 
 
-def _describe(layer: nn.Module) -> str:
+def _describe(layer: Layer) -> str:
     if isinstance(layer, nn.Linear):
         return f"Linear {layer.in_features}->{layer.out_features}"
     return (f"Conv2d {layer.in_channels}->{layer.out_channels} "

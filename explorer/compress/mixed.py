@@ -8,6 +8,8 @@ step down costs the least loss per bit saved, until the weighted average fits th
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -25,14 +27,15 @@ def _quantized_copy_loss(model: nn.Module, name: str, bits: int, cfg: QuantizeCo
         scale, zp, axis = qmath.weight_qparams(p, bits, cfg.symmetric, cfg.per_channel)
         p.copy_(qmath.dequantize(qmath.quantize(p, scale, zp, bits, cfg.symmetric, axis), scale, zp, axis))
     try:
-        return evaluate(model, val)["loss"]
+        loss: float = evaluate(model, val)["loss"]
+        return loss
     finally:
         with torch.no_grad():
             p.copy_(saved)
 
 
 def choose_bits(model: nn.Module, weights: list[str], cfg: QuantizeConfig, ctx: Context) -> tuple[dict[str, int],
-                                                                                              list[dict]]:
+                                                                                              list[dict[str, Any]]]:
     val = ctx.need_data("mixed precision (validation data for sensitivity)").val
     candidates = list(range(2, cfg.bits + 1))
     base_loss = evaluate(model, val)["loss"]

@@ -18,7 +18,7 @@ from explorer.core.train import Progress
 class CompressResult:
     model: nn.Module
     state: CompressionState
-    timings: list[dict] = field(default_factory=list)  # one {"step", "kind", "seconds"} per step
+    timings: list[dict[str, Any]] = field(default_factory=list)  # one {"step", "kind", "seconds"} per step
 
 
 def _step_progress(progress: Progress | None, i: int, n: int, kind: str) -> Progress | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from explorer.compress.attention import prune_units
 from explorer.compress.base import (
     Compressed,
     Context,
+    Layer,
     apply_masks,
     clone,
     compressible,
@@ -139,14 +141,14 @@ def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return keep.permute(0, 3, 1, 2).contiguous() if w.dim() == 4 else keep
 
 
-def _input_size(mod: nn.Module) -> int:
+def _input_size(mod: Layer) -> int:
     return mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features
 
 
 # ---------------------------------------------------------------- apply
 
 
-def _targets(model: nn.Module, cfg: PruneConfig) -> dict[str, nn.Module]:
+def _targets(model: nn.Module, cfg: PruneConfig) -> dict[str, Layer]:
     mods = compressible(model, cfg.layers)
     if not mods:
         raise ValueError(f"layers={cfg.layers!r} selects no Conv2d or Linear layer in this model")
@@ -196,11 +198,11 @@ class GradualHook(TrainHook):
         self.history.append((step, round(s, 4)))
 
 
-def _prune_unstructured(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict:
+def _prune_unstructured(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict[str, Any]:
     state = ctx.state
     if cfg.granularity == "nm":
         _check_nm(model, cfg)
-    info: dict = {"rounds": []}
+    info: dict[str, Any] = {"rounds": []}
     if cfg.schedule == "gradual":
         data = ctx.need_data("gradual pruning")
         steps = math.ceil(len(data.train) / 64) * cfg.finetune_epochs

@@ -46,7 +46,7 @@ class PruneConfig(StepConfig):
     n: int = 2
     m: int = 4
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_range("sparsity", self.sparsity, 0.0, 0.99)
         check_choice("granularity", self.granularity, GRANULARITIES)
         check_choice("criterion", self.criterion, CRITERIA)

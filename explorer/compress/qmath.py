@@ -74,7 +74,8 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: 
     return x + (xq - x).detach()
 
 
-def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool):
+def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
     """(scale, zero_point, axis) from the weight's own min and max (per output channel or whole)."""
     w = w.detach()
     if per_channel and w.dim() > 1:

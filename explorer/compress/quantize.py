@@ -13,14 +13,17 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.utils.hooks import RemovableHandle
 
 from explorer.compress import qmath
 from explorer.compress.base import (
     Compressed,
+    CompressionState,
     Context,
     QuantRecord,
     clone,
@@ -35,11 +38,13 @@ from explorer.compress.quantize_config import CALIBRATIONS, MODES, QuantizeConfi
 
 # ---------------------------------------------------------------- activations
 
+PreHook = Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]  # a forward pre-hook that replaces the inputs
 
-def _act_hook(lo: float, hi: float, bits: int, dynamic: bool):
+
+def _act_hook(lo: float, hi: float, bits: int, dynamic: bool) -> PreHook:
     scale, zp = qmath.qparams(torch.tensor([lo]), torch.tensor([hi]), bits, symmetric=False)
 
-    def hook(module, args):
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x = args[0]
         if dynamic:  # ranges measured on each input at run time, as dynamic quantisation does
             s, z = qmath.qparams(x.detach().min().reshape(1), x.detach().max().reshape(1), bits, symmetric=False)
@@ -47,7 +52,7 @@ def _act_hook(lo: float, hi: float, bits: int, dynamic: bool):
             s, z = scale, zp
         return (qmath.fake_quantize(x, s, z, bits, symmetric=False), *args[1:])
 
-    hook.explorer_act_quant = True
+    hook.explorer_act_quant = True  # type: ignore[attr-defined]  # the marker remove_activation_quant looks for
     return hook
 
 
@@ -72,7 +77,7 @@ class _LearnedActQuant(nn.Module):
         self.u, self.v = nn.Parameter(torch.zeros(())), nn.Parameter(torch.zeros(()))
         self.qmax = 2 ** bits - 1
 
-    def bounds(self):
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lo0 * torch.exp(self.GAIN * self.u), self.hi0 * torch.exp(self.GAIN * self.v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,23 +91,23 @@ class _LearnedActQuant(nn.Module):
         return [lo.item(), hi.item()]
 
 
-def _attach_learned(model: nn.Module, spec: dict) -> dict[str, _LearnedActQuant]:
+def _attach_learned(model: nn.Module, spec: dict[str, Any]) -> dict[str, _LearnedActQuant]:
     """Learnable quantisers on the inputs of the spec's layers, as submodules (so the optimiser sees them)."""
-    quantisers = {}
+    quantisers: dict[str, _LearnedActQuant] = {}
     for name, (lo, hi) in spec["ranges"].items():
         layer = model.get_submodule(name)
         q = quantisers[name] = _LearnedActQuant(lo, hi, spec["bits"])
         layer.explorer_act_quant = q
 
-        def hook(module, args, _q=q):
+        def hook(module: nn.Module, args: tuple[Any, ...], _q: _LearnedActQuant = q) -> tuple[Any, ...]:
             return (_q(args[0]), *args[1:])
 
-        hook.explorer_act_quant = True
+        hook.explorer_act_quant = True  # type: ignore[attr-defined]  # the marker remove_activation_quant looks for
         layer.register_forward_pre_hook(hook)
     return quantisers
 
 
-def _detach_learned(model: nn.Module, quantisers: dict[str, _LearnedActQuant]) -> dict:
+def _detach_learned(model: nn.Module, quantisers: dict[str, _LearnedActQuant]) -> dict[str, Any]:
     """The learned ranges; the quantiser submodules go (their hooks go with remove_activation_quant)."""
     for name in quantisers:
         del model.get_submodule(name).explorer_act_quant
@@ -117,7 +122,7 @@ def remove_activation_quant(model: nn.Module) -> nn.Module:
     return model
 
 
-def attach_activation_quant(model: nn.Module, spec: dict | None) -> nn.Module:
+def attach_activation_quant(model: nn.Module, spec: dict[str, Any] | None) -> nn.Module:
     """Quantise the input of each listed layer: fixed calibrated ranges, or per-input ranges when dynamic.
     `spec` is plain data (it travels in the packed file): bits, dynamic, ranges {layer: [lo, hi]}."""
     remove_activation_quant(model)
@@ -129,12 +134,13 @@ def attach_activation_quant(model: nn.Module, spec: dict | None) -> nn.Module:
 
 
 @torch.no_grad()
-def collect_inputs(model: nn.Module, names: list[str], x: torch.Tensor, per_layer_cap: int = 500_000):
+def collect_inputs(model: nn.Module, names: list[str], x: torch.Tensor, per_layer_cap: int = 500_000
+                   ) -> dict[str, torch.Tensor]:
     """The inputs each named layer sees on x (subsampled past `per_layer_cap` values)."""
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    handles = []
+    handles: list[RemovableHandle] = []
     for n in names:
-        def grab(mod, args, _n=n):
+        def grab(mod: nn.Module, args: tuple[Any, ...], _n: str = n) -> None:
             seen[_n].append(args[0].detach().reshape(-1))
         handles.append(model.get_submodule(n).register_forward_pre_hook(grab, prepend=True))
     model.eval()
@@ -145,14 +151,14 @@ def collect_inputs(model: nn.Module, names: list[str], x: torch.Tensor, per_laye
         for h in handles:
             h.remove()
     g = torch.Generator().manual_seed(0)
-    out = {}
+    out: dict[str, torch.Tensor] = {}
     for n, parts in seen.items():
         v = torch.cat(parts)
         out[n] = v[torch.randperm(v.numel(), generator=g)[:per_layer_cap]] if v.numel() > per_layer_cap else v
     return out
 
 
-def calibrate(model: nn.Module, names: list[str], x: torch.Tensor, cfg: QuantizeConfig) -> dict:
+def calibrate(model: nn.Module, names: list[str], x: torch.Tensor, cfg: QuantizeConfig) -> dict[str, Any]:
     inputs = collect_inputs(model, names, x)
     ranges = {n: list(qmath.calibrated_range(v, cfg.calibration, cfg.percentile, cfg.act_bits))
               for n, v in inputs.items()}
@@ -164,7 +170,7 @@ def calibrate(model: nn.Module, names: list[str], x: torch.Tensor, cfg: Quantize
 
 
 def quantize_weights(model: nn.Module, names: list[str], bits: dict[str, int] | int, cfg: QuantizeConfig,
-                     state) -> None:
+                     state: CompressionState) -> None:
     """Snap each weight onto its grid in place and record how (QuantRecord). A clustered weight keeps
     its codebook: the centroids are quantised (per tensor), so it keeps at most k distinct values."""
     with torch.no_grad():
@@ -209,7 +215,7 @@ def _layer_names(model: nn.Module, cfg: QuantizeConfig) -> tuple[list[str], list
     return [n for n, _ in mods], [f"{n}.weight" for n, _ in mods]
 
 
-def _qat(model: nn.Module, layers: list[str], cfg: QuantizeConfig, ctx: Context) -> dict:
+def _qat(model: nn.Module, layers: list[str], cfg: QuantizeConfig, ctx: Context) -> dict[str, Any]:
     for n in layers:
         parametrize.register_parametrization(model.get_submodule(n), "weight",
                                              _FakeQuantWeight(cfg.bits, cfg.symmetric, cfg.per_channel))
@@ -223,7 +229,7 @@ def _qat(model: nn.Module, layers: list[str], cfg: QuantizeConfig, ctx: Context)
 
 # ---------------------------------------------------------------- one handler per mode
 
-ModeHandler = Callable[[nn.Module, QuantizeConfig, Context, dict], None]  # quantises the model in place
+ModeHandler = Callable[[nn.Module, QuantizeConfig, Context, dict[str, Any]], None]  # quantises the model in place
 _MODES: dict[str, ModeHandler] = {}
 
 
@@ -240,7 +246,8 @@ def _calibration(cfg: QuantizeConfig, ctx: Context) -> torch.Tensor:
     return data.calibration(min(cfg.calibration_samples, len(data.train)), seed=ctx.seed)
 
 
-def _fix_activations(model: nn.Module, spec: dict | None, bits: dict[str, int], ctx: Context, info: dict) -> None:
+def _fix_activations(model: nn.Module, spec: dict[str, Any] | None, bits: dict[str, int], ctx: Context,
+                     info: dict[str, Any]) -> None:
     """What every integer mode ends with: the activation ranges fixed into the model and the state."""
     ctx.state.activations = spec
     attach_activation_quant(model, spec)
@@ -248,7 +255,7 @@ def _fix_activations(model: nn.Module, spec: dict | None, bits: dict[str, int], 
 
 
 @_handles("fp16", "bf16")
-def _half(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -> None:
+def _half(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict[str, Any]) -> None:
     """Every float tensor rounded to half precision (stored in 16 bits, computed in fp32 here)."""
     dtype = torch.float16 if cfg.mode == "fp16" else torch.bfloat16
     with torch.no_grad():
@@ -262,7 +269,7 @@ def _half(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -> No
 
 
 @_handles("ptq")
-def _ptq(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -> None:
+def _ptq(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict[str, Any]) -> None:
     """Post-training: activation ranges calibrated on the float model, then every weight onto its k-bit grid."""
     layers, weights = _layer_names(model, cfg)
     bits = {w: cfg.bits for w in weights}
@@ -272,7 +279,7 @@ def _ptq(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -> Non
 
 
 @_handles("mixed")
-def _mixed(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -> None:
+def _mixed(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict[str, Any]) -> None:
     """Post-training with per-layer bit-widths chosen from measured sensitivity under the bits budget."""
     layers, weights = _layer_names(model, cfg)
     bits, info["sensitivity"] = choose_bits(model, weights, cfg, ctx)
@@ -282,7 +289,7 @@ def _mixed(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -> N
 
 
 @_handles("static", "dynamic")
-def _int8(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -> None:
+def _int8(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict[str, Any]) -> None:
     """Post-training int8, and the ONNX Runtime integer model to deploy it as (`state.deploy`)."""
     _ptq(model, cfg, ctx, info)
     state = ctx.state
@@ -301,7 +308,7 @@ def _int8(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -> No
 
 
 @_handles("qat")
-def _qat_mode(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -> None:
+def _qat_mode(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict[str, Any]) -> None:
     """Quantisation-aware training: fine-tuned with the quantised weights (and activations) in the forward
     pass, activation ranges learned with the weights unless `learn_ranges` is off."""
     layers, weights = _layer_names(model, cfg)
@@ -309,13 +316,17 @@ def _qat_mode(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict) -
     calib = _calibration(cfg, ctx) if cfg.act_bits else None
     spec = calibrate(model, layers, calib, cfg) if calib is not None else None
     learned = cfg.learn_ranges and spec is not None
-    quantisers = _attach_learned(model, spec) if learned else attach_activation_quant(model, spec)
+    quantisers: dict[str, _LearnedActQuant] = {}
+    if learned and spec is not None:  # (learned says spec is there; the type checker reads only this)
+        quantisers = _attach_learned(model, spec)
+    else:
+        attach_activation_quant(model, spec)
     info["finetune"] = _qat(model, layers, cfg, ctx)
-    if learned:
+    if learned and spec is not None:
         spec = {**spec, "ranges": _detach_learned(model, quantisers), "method": "learned (LSQ+)"}
     remove_activation_quant(model)
     quantize_weights(model, weights, bits, cfg, ctx.state)
-    if spec and not learned:
+    if spec and not learned and calib is not None:  # (a spec is there only with calibration images)
         # ranges move during training: calibrate again, on the weights as deployed (on the grid), not
         # on the float weights training kept (at 2 bits most of those become zero)
         spec = calibrate(model, layers, calib, cfg)
@@ -328,7 +339,7 @@ def apply(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> Compressed:
     model = clone(model).eval()
     state = ctx.state.copy()
     ctx = dataclasses.replace(ctx, state=state)
-    info: dict = {"mode": cfg.mode, "bits": cfg.bits, "activation_bits": cfg.act_bits}
+    info: dict[str, Any] = {"mode": cfg.mode, "bits": cfg.bits, "activation_bits": cfg.act_bits}
     _MODES[cfg.mode](model, cfg, ctx, info)
     info["seconds"] = round(time.perf_counter() - t0, 3)
     record(state, cfg, info)

@@ -47,7 +47,7 @@ class QuantizeConfig(StepConfig):
     learn_ranges: bool = True  # QAT: learn each activation range with the weights (LSQ+) instead of fixing it
     group_size: int = 0  # > 0: weight-only group-wise scales for Linear layers (ptq)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
         if self.mode in ("fp16", "bf16"):
             if self.bits != 16:

@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from explorer.compress.base import StepConfig, config_from_dict, config_to_dict, step_type_of
 from explorer.core import strictjson
@@ -41,7 +42,7 @@ class Recipe:
     # recommendation for a large data set, else the whole training split
     finetune_samples: int | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise bad_value("model", self.model, "a model name such as 'digits_cnn'")
         check_choice("dataset", self.dataset, list_datasets())
@@ -76,7 +77,7 @@ class Recipe:
     def checkpoint_path(self) -> Path:
         return Path(self.checkpoint) if self.checkpoint else baseline_path(self.model, self.dataset)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "dataset": self.dataset, "checkpoint": self.checkpoint, "seed": self.seed,
                 "steps": [config_to_dict(s) for s in self.steps], **({"name": self.name} if self.name else {}),
                 **({"finetune_samples": self.finetune_samples} if self.finetune_samples is not None else {})}
@@ -98,7 +99,7 @@ class Recipe:
         return " -> ".join(s.label() for s in self.steps) or "baseline"
 
     @classmethod
-    def from_dict(cls, d: dict) -> Recipe:
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
         if not isinstance(d, dict):
             raise ValueError(f"a recipe must be a JSON object, got {type(d).__name__}")
         unknown = sorted(set(d) - set(RECIPE_KEYS))
@@ -133,7 +134,7 @@ class Recipe:
                              f"{EXAMPLE}") from None
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> Recipe:
+    def from_file(cls, path: str | os.PathLike[str]) -> Recipe:
         p = Path(path)
         source = f"recipe file {str(p)!r}"
         if not p.is_file():
@@ -154,7 +155,7 @@ class Recipe:
             raise ValueError(msg if msg.startswith(source) else f"{source}: {msg}") from None
 
 
-def step_words(step: dict) -> str:
+def step_words(step: dict[str, Any]) -> str:
     """A step (JSON form) in plain words, as its technique says it; the kind for a step no technique reads."""
     try:
         return config_from_dict(step).words()
@@ -162,7 +163,7 @@ def step_words(step: dict) -> str:
         return str(step.get("kind")) if isinstance(step, dict) else str(step)
 
 
-def recipe_words(recipe: Recipe | dict) -> str:
+def recipe_words(recipe: Recipe | dict[str, Any]) -> str:
     """A whole recipe in words, steps in order; 'the baseline, uncompressed' for none."""
     steps = recipe.to_dict()["steps"] if isinstance(recipe, Recipe) else recipe.get("steps", [])
     return ", then ".join(step_words(s) for s in steps) or "the baseline, uncompressed"

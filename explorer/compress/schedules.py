@@ -16,4 +16,5 @@ def cubic_sparsity(step: int, s_i: float, s_f: float, t0: int, n: int, dt: int) 
 def geometric_sparsity(target: float, r: int, rounds: int) -> float:
     """Iterative pruning: after round r of `rounds`, the same fraction of the remaining weights has gone each
     round, so 1 - (1 - target)^(r / rounds) of them are pruned."""
-    return 1 - (1 - target) ** (r / rounds)
+    s: float = 1 - (1 - target) ** (r / rounds)  # a float: 1 - target is never negative
+    return s

@@ -102,7 +102,7 @@ def _foreign(root: Path) -> list[str]:
     return sorted(out)
 
 
-def problem(root: str | os.PathLike) -> str | None:
+def problem(root: str | os.PathLike[str]) -> str | None:
     """Why `root` cannot be the run cache, or None; looks only, creates nothing."""
     root = Path(root)
     try:
@@ -127,7 +127,7 @@ def problem(root: str | os.PathLike) -> str | None:
     return None
 
 
-def check(root: str | os.PathLike) -> None:
+def check(root: str | os.PathLike[str]) -> None:
     """A one-line ValueError if `root` cannot be the run cache; touches nothing."""
     why = problem(root)
     if why is not None:
@@ -139,7 +139,7 @@ def check_env() -> None:
     check(cache_dir())
 
 
-def claim(root: str | os.PathLike) -> Path:
+def claim(root: str | os.PathLike[str]) -> Path:
     """`root`, made if missing and marked as the explorer's; a ValueError (one line) for a folder that is not
     a folder, cannot be written, or holds what the explorer did not write."""
     root = Path(root)

@@ -17,6 +17,7 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from explorer.core.errors import bad_value, check_range, first_line
 from explorer.core.idx import read_idx
-from explorer.core.imagetree import IMAGE_EXTENSIONS, image_folder  # noqa: F401  (IMAGE_EXTENSIONS: the data set's API)
+from explorer.core.imagetree import IMAGE_EXTENSIONS, Pair, image_folder  # noqa: F401  (IMAGE_EXTENSIONS: the data set's API)
 from explorer.core.paths import REPO_DATA
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
@@ -74,7 +75,8 @@ class DataBundle:
     def split(self, name: str) -> Split:
         if name not in ("train", "val", "test"):
             raise bad_value("split", name, ("train", "val", "test"))
-        return getattr(self, name)
+        split: Split = getattr(self, name)
+        return split
 
     def with_train_subset(self, n: int | None, seed: int = 0) -> DataBundle:
         """This bundle with its training split cut to about `n` images, stratified by class and seeded, for
@@ -95,10 +97,10 @@ class DataBundle:
 
 # a trusted plugin's data sets (explorer.core.plugins): name -> loader(root) returning (x, y, classes, test), x float
 # images (N, C, H, W) in [0, 1], y int64 labels, test an official (x, y) test split or None for a seeded one
-PLUGIN_DATASETS: dict[str, Callable] = {}
+PLUGIN_DATASETS: dict[str, Callable[[Path | None], Any]] = {}
 
 
-def register_dataset(name: str, loader: Callable) -> None:
+def register_dataset(name: str, loader: Callable[[Path | None], Any]) -> None:
     """For plugins: a data set under `name`, loaded by `loader(root)` (root is the folder the user named, or None)
     into (x, y, classes, test); split, resized and normalised like every other data set."""
     if name in DATASETS or name in PLUGIN_DATASETS:
@@ -119,7 +121,7 @@ def list_datasets() -> list[str]:
 
 def load_dataset(
     name: str,
-    root: str | os.PathLike | None = None,
+    root: str | os.PathLike[str] | None = None,
     *,
     seed: int = 0,
     image_size: int | None = None,
@@ -142,13 +144,13 @@ def load_dataset(
     return _load_cached(stamp, *args)
 
 
-def _files_stamp(name: str, root) -> tuple | None:
+def _files_stamp(name: str, root: str | os.PathLike[str] | None) -> tuple[object, ...] | None:
     """What identifies the bytes of a data set held in a few files; None where it is not worth keeping."""
     if name == "digits":
         return ("digits",)
     if name == "imagefolder":
         return None
-    base = Path(root).expanduser() if root not in (None, "") else default_root(name)
+    base = Path(root).expanduser() if root is not None and root != "" else default_root(name)
     if base is None or not base.is_dir():
         return None
     files: list[tuple[str, int, int]] = []
@@ -163,11 +165,12 @@ def _files_stamp(name: str, root) -> tuple | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(stamp: tuple, *args) -> DataBundle:
+def _load_cached(stamp: tuple[object, ...], *args: Any) -> DataBundle:
     return _load_dataset(*args)
 
 
-def _load_dataset(name, root, seed, image_size, val_fraction, test_fraction, channels) -> DataBundle:
+def _load_dataset(name: str, root: str | Path | None, seed: int, image_size: int | None, val_fraction: float,
+                  test_fraction: float, channels: int | None) -> DataBundle:
     if name not in DATASETS and name not in list_datasets():
         raise bad_value("dataset", name, list_datasets())
     check_range("val_fraction", val_fraction, 0.01, 0.5)
@@ -178,7 +181,7 @@ def _load_dataset(name, root, seed, image_size, val_fraction, test_fraction, cha
         raise bad_value("channels", channels, (1, 3))
     if name == "digits":
         x, y, classes = _digits()
-        official_test = None
+        official_test: Pair | None = None
         notes: list[str] = []
     elif name in PLUGIN_DATASETS:
         x, y, classes, official_test = _from_plugin(name, root)
@@ -244,7 +247,8 @@ def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[np.nd
     where it has two or more), so every class appears on both sides and the split is reproducible."""
     rng = np.random.default_rng(seed)
     labels = y.numpy()
-    keep, take = [], []
+    keep: list[np.ndarray] = []
+    take: list[np.ndarray] = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
@@ -261,9 +265,9 @@ def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[np.nd
     return keep_idx, take_idx
 
 
-def _from_plugin(name: str, root) -> tuple:
+def _from_plugin(name: str, root: str | Path | None) -> tuple[torch.Tensor, torch.Tensor, list[str], Pair | None]:
     """A plugin's data set, held to the shapes every other one has; a mismatch is one line naming the data set."""
-    x, y, classes, test = PLUGIN_DATASETS[name](None if root in (None, "") else Path(root).expanduser())
+    x, y, classes, test = PLUGIN_DATASETS[name](None if root is None or root == "" else Path(root).expanduser())
     for what, (xx, yy) in (("images", (x, y)), *((("test images", test),) if test is not None else ())):
         if not (isinstance(xx, torch.Tensor) and xx.ndim == 4 and xx.is_floating_point() and xx.shape[1] in (1, 3)
                 and isinstance(yy, torch.Tensor) and yy.shape == (len(xx),) and not yy.is_floating_point()):
@@ -276,10 +280,11 @@ def _from_plugin(name: str, root) -> tuple:
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    out: torch.Tensor = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out
 
 
-def _digits():
+def _digits() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -298,7 +303,7 @@ DEFAULT_ROOTS = {"fashion-mnist": (REPO_DATA / "fashion-mnist", Path("/usr/share
 INSTALL = {"fashion-mnist": "install Debian's package (apt-get install -y dataset-fashion-mnist), or "}
 
 
-def available(name: str, root: str | os.PathLike | None = None) -> bool:
+def available(name: str, root: str | os.PathLike[str] | None = None) -> bool:
     """Whether `name` can be loaded here without downloading: digits always, a named folder if it exists,
     else one of the data set's usual places."""
     if name == "digits" or name in PLUGIN_DATASETS:
@@ -313,7 +318,7 @@ def how_to_get(name: str, fetching: bool = False) -> str:
     return f"{INSTALL.get(name, '')}{fetch_hint}name a folder holding the four IDX files"
 
 
-def fetch(name: str, folder: str | os.PathLike | None = None) -> Path:
+def fetch(name: str, folder: str | os.PathLike[str] | None = None) -> Path:
     """Download `name` with torchvision into `folder` (default: the first place the explorer looks). Only
     ever called when a user asks; where the internet is out of reach, says how else to get the files."""
     from torchvision.datasets import MNIST, FashionMNIST
@@ -366,7 +371,7 @@ def _missing(name: str, root: Path, where: str, files: tuple[str, ...]) -> Value
     return ValueError(f"{head}: expected the files {', '.join(files)} in {where} (nothing is downloaded)")
 
 
-def _mnist_like(name: str, root: Path):
+def _mnist_like(name: str, root: Path) -> tuple[Pair, Pair, list[str]]:
     """The four IDX files (plain or gzipped) in torchvision's layout (<root>/MNIST/raw/...), in a raw/
     subfolder, or in the named folder itself."""
     from torchvision.datasets import MNIST, FashionMNIST
@@ -376,7 +381,7 @@ def _mnist_like(name: str, root: Path):
     base = _find_idx_base(root, sub)
     if base is None:
         raise _missing(name, root, str(root / sub), _MNIST_FILES)
-    parts = []
+    parts: list[Pair] = []
     for images, labels in (_MNIST_FILES[:2], _MNIST_FILES[2:]):
         x = _read_idx_in(base, images)
         y = _read_idx_in(base, labels)
@@ -408,7 +413,7 @@ class _SafeUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),
     }
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise RefusedGlobal(f"refused global {module}.{name}: data files may hold arrays only")
@@ -434,14 +439,14 @@ _CIFAR = {
 }
 
 
-def _cifar(name: str, root: Path):
+def _cifar(name: str, root: Path) -> tuple[Pair, Pair, list[str]]:
     sub, train_files, test_files, meta_file, label_key, names_key = _CIFAR[name]
     files = train_files + test_files + (meta_file,)
     base = _find_base(root, sub, files)
     if base is None:
         raise _missing(name, root, str(root / sub), files)
 
-    def read(fname: str) -> dict:
+    def read(fname: str) -> dict[Any, Any]:
         try:
             obj = safe_unpickle((base / fname).read_bytes())
         except Exception as e:
@@ -450,8 +455,9 @@ def _cifar(name: str, root: Path):
             raise ValueError(f"CIFAR file {str(base / fname)!r} holds {type(obj).__name__}, expected a dict")
         return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
-    def batches(names):
-        xs, ys = [], []
+    def batches(names: tuple[str, ...]) -> Pair:
+        xs: list[np.ndarray] = []
+        ys: list[np.ndarray] = []
         for f in names:
             d = read(f)
             if "data" not in d or label_key not in d:

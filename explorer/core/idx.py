@@ -20,7 +20,7 @@ TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">
 MAX_BYTES = 1 << 31  # no IDX data set the explorer reads comes near 2 GiB; a header that says so lies
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """The array an IDX file holds (`.gz` is decompressed as it is read); ValueError naming the file if the
     header is not IDX or the data does not match it."""
     p = Path(path)

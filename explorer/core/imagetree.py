@@ -21,6 +21,8 @@ from explorer.core import settings
 from explorer.core.errors import first_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+Pair = tuple[torch.Tensor, torch.Tensor]  # images (N, C, H, W) and their class indices
+Listed = tuple[list[tuple[Path, int, str]], list[str], list[str]]  # (file, class, name) listed, classes, skipped
 
 
 def is_image_name(name: str) -> bool:
@@ -84,7 +86,8 @@ class Budget:
         return f"{n / 2**20:,.0f} MB"
 
 
-def image_folder(root: Path, size: int, channels: int | None):
+def image_folder(root: Path, size: int, channels: int | None
+                 ) -> tuple[Pair, Pair | None, list[str], list[str]]:
     """A class-per-subfolder tree, or one with train/ and test/ (or val/) subtrees: (train, test or None,
     classes, notes). Files that are not images are skipped and counted in `notes`."""
     try:
@@ -112,7 +115,7 @@ def _skip_notes(skipped: list[str]) -> list[str]:
     return [f"skipped {len(skipped)} file(s) that are not readable images: {shown}"]
 
 
-def _list_tree(folder: Path, classes: list[str] | None, budget: Budget):
+def _list_tree(folder: Path, classes: list[str] | None, budget: Budget) -> Listed:
     """(files with their class index, classes, skipped), every image checked by its header against `budget`."""
     found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if classes is None:
@@ -123,7 +126,8 @@ def _list_tree(folder: Path, classes: list[str] | None, budget: Budget):
     if unknown:
         raise ValueError(f"image folder {str(folder)!r} has classes {unknown} "
                          f"not in the training classes {classes}")
-    files, skipped = [], []
+    files: list[tuple[Path, int, str]] = []
+    skipped: list[str] = []
     for ci, cname in enumerate(classes):
         cdir = folder / cname
         if not cdir.is_dir():
@@ -141,7 +145,8 @@ def _list_tree(folder: Path, classes: list[str] | None, budget: Budget):
     return files, list(classes), skipped
 
 
-def _decode(tree, size: int, channels: int | None, budget: Budget):
+def _decode(tree: Listed, size: int, channels: int | None, budget: Budget
+            ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The listed images decoded and resized straight into one preallocated array (no list of copies)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -149,7 +154,9 @@ def _decode(tree, size: int, channels: int | None, budget: Budget):
     mode, c = {1: ("L", 1), 3: ("RGB", 3), None: ("RGB", 3)}[channels]
     budget.tensor(len(files), c, size)
     x = np.empty((len(files), c, size, size), dtype=np.float32)
-    y, bad, n = [], [], 0
+    y: list[int] = []
+    bad: list[str] = []
+    n = 0
     for path, ci, rel in files:
         try:
             with Image.open(path) as im:

@@ -24,6 +24,6 @@ def env_folder(name: str, default: Path) -> Path:
     return Path(env) if env.strip() else default
 
 
-def baseline_path(model: str, dataset: str, models_dir: str | os.PathLike = MODELS_DIR) -> Path:
+def baseline_path(model: str, dataset: str, models_dir: str | os.PathLike[str] = MODELS_DIR) -> Path:
     """The committed weights of `model` trained on `dataset`."""
     return Path(models_dir) / f"{model}-{dataset}.safetensors"

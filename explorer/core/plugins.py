@@ -34,7 +34,7 @@ _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 _lock = threading.RLock()
 _done: dict[str, str | None] = {}  # what was loaded ("entry point x" or "module y") -> None, or its error line
-_seen: tuple | None = None  # the environment and sys.path the last look-up saw
+_seen: tuple[str, tuple[str, ...]] | None = None  # the environment and sys.path the last look-up saw
 _named: list[str] = []  # the plugins named then
 _busy = False  # a plugin that looks up names while it is imported finds the ones registered so far
 
@@ -100,7 +100,7 @@ def loaded() -> dict[str, str | None]:
         return dict(_done)
 
 
-def _once(what: str, fn) -> None:
+def _once(what: str, fn: Callable[[], object]) -> None:
     if what in _done and _done[what] is None:
         return
     try:
@@ -114,7 +114,7 @@ def _load(ep: metadata.EntryPoint) -> None:
     _call(ep.load())
 
 
-def _call(obj) -> None:
+def _call(obj: object) -> None:
     """An entry point names a module (it registered as it was imported) or a function to call once."""
     if callable(obj) and not isinstance(obj, types.ModuleType):
         obj()

@@ -29,13 +29,13 @@ def data_roots(raw: str | None = None) -> tuple[Path, ...]:
     return tuple(dict.fromkeys(roots))
 
 
-def inside(path: str | os.PathLike, roots: Iterable[Path]) -> Path | None:
+def inside(path: str | os.PathLike[str], roots: Iterable[Path]) -> Path | None:
     """`path` resolved (symbolic links and `..`), if that is one of `roots` or under one; else None."""
     resolved = Path(os.path.realpath(Path(path)))
     return next((resolved for r in roots if resolved == r or r in resolved.parents), None)
 
 
-def check_page_folder(path: str | os.PathLike, roots: Iterable[Path] | None = None,
+def check_page_folder(path: str | os.PathLike[str], roots: Iterable[Path] | None = None,
                       also: Iterable[Path] = ()) -> Path:
     """The folder a visitor named, resolved, if it lies in an allowed root (or in `also`: the explorer's own
     folder of uploaded data sets); else a ValueError that repeats the path and names the allowed roots. The

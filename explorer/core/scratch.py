@@ -27,13 +27,13 @@ _BORN_S = 60.0  # a hidden folder is one being born: its owner may be between mk
 TRASH = "trash-"  # an entry being deleted: nobody's, removed by whoever sees it
 
 
-def root(cache: str | os.PathLike | None = None) -> Path:
+def root(cache: str | os.PathLike[str] | None = None) -> Path:
     """The scratch folder of the run cache `cache` (default: EXPLORER_CACHE_DIR or the repository's cache/)."""
     return Path(cache if cache is not None else cache_dir()) / ".scratch"
 
 
 @contextlib.contextmanager
-def folder(prefix: str, cache: str | os.PathLike | None = None) -> Iterator[Path]:
+def folder(prefix: str, cache: str | os.PathLike[str] | None = None) -> Iterator[Path]:
     """A new empty folder under the scratch root, removed on exit; `prefix` says what it is for."""
     base = root(cachedir.claim(cache if cache is not None else cache_dir()))
     base.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def folder(prefix: str, cache: str | os.PathLike | None = None) -> Iterator[Path
         owner.close()
 
 
-def clean(cache: str | os.PathLike | None = None) -> list[str]:
+def clean(cache: str | os.PathLike[str] | None = None) -> list[str]:
     """Remove the scratch folders of processes that are gone (at once: the kernel released their lock when
     they died); returns their names. A cache folder that is not the explorer's is refused, never cleaned."""
     top = Path(cache if cache is not None else cache_dir())
@@ -89,7 +89,7 @@ def clean(cache: str | os.PathLike | None = None) -> list[str]:
     return removed
 
 
-def trash(path: Path, cache: str | os.PathLike) -> None:
+def trash(path: Path, cache: str | os.PathLike[str]) -> None:
     """Delete the folder `path` of the run cache `cache`: renamed into the scratch folder in one step (a
     reader sees all of it or nothing), then removed; what a kill interrupts, the next `clean` removes."""
     base = root(cache)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -74,7 +75,7 @@ def newcombe_paired(both_right: int, baseline_only: int, run_only: int, both_wro
 
 
 def vs_baseline(baseline_pred: np.ndarray, run_pred: np.ndarray, labels: np.ndarray,
-                confidence: float = CONFIDENCE) -> dict:
+                confidence: float = CONFIDENCE) -> dict[str, Any]:
     """The run against its baseline on the same test images: the 2x2 counts, the paired interval for the
     top-1 difference in points, and the exact McNemar p-value."""
     y = np.asarray(labels)
@@ -82,7 +83,7 @@ def vs_baseline(baseline_pred: np.ndarray, run_pred: np.ndarray, labels: np.ndar
     return from_counts(t, confidence)
 
 
-def from_counts(t: dict[str, int], confidence: float = CONFIDENCE) -> dict:
+def from_counts(t: dict[str, int], confidence: float = CONFIDENCE) -> dict[str, Any]:
     p = mcnemar_exact(t["baseline_only"], t["run_only"])
     lo, hi = newcombe_paired(t["both_right"], t["baseline_only"], t["run_only"], t["both_wrong"], confidence)
     return {**t, "n": sum(t.values()), "delta_ci": [round(lo, 4), round(hi, 4)], "p_value": float(f"{p:.6g}"),
@@ -104,8 +105,8 @@ def median_ci(samples: Sequence[float], confidence: float = CONFIDENCE) -> tuple
     return float(x[j - 1]), float(x[n - j])
 
 
-def ratio_of_medians(reference_rounds: Sequence[float], run_rounds: Sequence[float],
-                     confidence: float = CONFIDENCE) -> dict:
+def ratio_of_medians(reference_rounds: Sequence[float] | np.ndarray, run_rounds: Sequence[float] | np.ndarray,
+                     confidence: float = CONFIDENCE) -> dict[str, Any]:
     """Speed-up of a run over a reference timed in the same interleaved rounds: the median of the
     per-round ratios (reference / run; above 1 the run is faster) and its interval."""
     ref, run = np.asarray(reference_rounds, float), np.asarray(run_rounds, float)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ class TrainConfig:
     seed: int = 0
     augment_shift: int = 0  # random translation in pixels (0 = none)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         check_range("epochs", self.epochs, 0, 10_000, integer=True)
         check_range("lr", self.lr, 1e-7, 10.0)
         check_range("batch_size", self.batch_size, 1, 65_536, integer=True)
@@ -135,7 +136,7 @@ def fit(
                 raise ValueError(f"training diverged: loss became {loss.item()} at epoch {epoch + 1}; "
                                  "lower the learning rate")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             for h in hooks:
                 h.after_backward(model)
             opt.step()
@@ -173,7 +174,8 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512, wor
     else:
         def one(i: int) -> torch.Tensor:
             with torch.no_grad():  # grad mode is per thread
-                return model(x[i:i + batch_size])
+                out: torch.Tensor = model(x[i:i + batch_size])
+                return out
 
         n = min(workers, len(starts))
         with ThreadPoolExecutor(n, thread_name_prefix="explorer-score") as pool:
@@ -193,10 +195,10 @@ def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, ks: Sequence[int] = (1,
     return out
 
 
-def scores(logits: torch.Tensor, y: torch.Tensor, with_predictions: bool = False) -> dict:
+def scores(logits: torch.Tensor, y: torch.Tensor, with_predictions: bool = False) -> dict[str, Any]:
     """top-1/3/5 (percent), loss, the sample count, the counts of correct images behind top-1 and top-5
     (their intervals need counts), and with `with_predictions` the predicted label of every image."""
-    res: dict = topk_accuracy(logits, y)
+    res: dict[str, Any] = topk_accuracy(logits, y)
     res["loss"] = F.cross_entropy(logits, y).item()
     res["n"] = len(y)
     res["correct"] = {f"top{k}": int((logits.topk(min(k, logits.shape[1]), dim=1).indices == y[:, None]).any(1).sum())
@@ -207,7 +209,7 @@ def scores(logits: torch.Tensor, y: torch.Tensor, with_predictions: bool = False
 
 
 def evaluate(model: nn.Module, split: Split, batch_size: int = 512, with_predictions: bool = False,
-             workers: int = 1) -> dict:
+             workers: int = 1) -> dict[str, Any]:
     """top-1, top-3, top-5 accuracy (percent), mean cross-entropy loss, the sample count and the correct
     counts; the predictions too when asked (see `scores`); `workers` as in `predict_logits`."""
     if len(split) == 0:

@@ -5,6 +5,9 @@ explorer.compress.recipe.recipe_words); this module holds the words every part s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from explorer.core.engines import (
     ORT_CPU_FP32,
     ORT_CPU_INT8,
@@ -63,13 +66,13 @@ def engine(name: str, batch: str | int | None = None) -> str:
     return f"{words}, batch of {n}" if n != "1" else f"{words}, one image"
 
 
-def count(n, noun: str, plural: str | None = None) -> str:
+def count(n: object, noun: str, plural: str | None = None) -> str:
     """'1 run', '3 runs', '10,000 test images': a count with its noun in the right number."""
     shown = f"{n:,}" if isinstance(n, int) else str(n)
     return f"{shown} {noun if n == 1 else plural or noun + 's'}"
 
 
-def size_reference(result: dict) -> str:
+def size_reference(result: Mapping[str, Any]) -> str:
     """What every "times smaller" on the page, the command line and the summaries divides by, named: the
     baseline's uncompressed fp32 checkpoint file (plain text: callers escape it for their markup)."""
     recipe = result.get("recipe") or {}

@@ -17,7 +17,7 @@ import difflib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -35,10 +35,12 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
 
 
-def register_model(name: str, *, description: str, min_image_size: int = 4, default_image_size: int = 32):
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+def register_model(name: str, *, description: str, min_image_size: int = 4, default_image_size: int = 32
+                   ) -> Callable[[Factory], Factory]:
+    def deco(fn: Factory) -> Factory:
         if name in _REGISTRY:
             raise RuntimeError(f"model {name!r} registered twice")
         _REGISTRY[name] = ModelEntry(name, fn, description, min_image_size, default_image_size)
@@ -107,7 +109,8 @@ def _library_names(lib: str) -> tuple[str, ...]:
 def _torchvision_names() -> list[str]:
     import torchvision.models as tvm
 
-    return tvm.list_models(module=tvm)  # the classification builders only (not detection, segmentation, video)
+    names: list[str] = tvm.list_models(module=tvm)
+    return names  # the classification builders only (not detection, segmentation, video)
 
 
 def _timm_names() -> list[str]:
@@ -122,7 +125,7 @@ def _torchvision_model(arch: str, num_classes: int, in_channels: int, image_size
     `in_channels` (timm's in_chans does the same inside timm); the image size is the data's (checked by running)."""
     import torchvision.models as tvm
 
-    model = tvm.get_model(arch, weights=None, num_classes=num_classes)
+    model: nn.Module = tvm.get_model(arch, weights=None, num_classes=num_classes)
     if in_channels != 3:
         path, conv = next(((p, m) for p, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3),
                           (None, None))
@@ -157,7 +160,8 @@ LIBRARIES: dict[str, tuple[Callable[[], list[str]], Callable[..., nn.Module]]] =
     "torchvision": (_torchvision_names, _torchvision_model), "timm": (_timm_names, _timm_model)}
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 8, **kwargs) -> nn.Module:
+def create_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 8,
+                 **kwargs: Any) -> nn.Module:
     """Build `name` for inputs of shape (in_channels, image_size, image_size)."""
     entry = model_entry(name)
     check_range("num_classes", num_classes, 2, 100_000, integer=True)
@@ -198,7 +202,8 @@ class DigitsCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        out: torch.Tensor = self.classifier(self.features(x))
+        return out
 
 
 @register_model("digits_cnn", description="small conv net for 8x8 digits (~40k params)", default_image_size=8)
@@ -224,7 +229,8 @@ class LeNet5(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        out: torch.Tensor = self.classifier(self.features(x))
+        return out
 
 
 @register_model("lenet5", description="LeNet-5 (~60k params at 28x28)", min_image_size=8, default_image_size=28)
@@ -236,7 +242,7 @@ class SmallVGG(nn.Module):
     """torchvision's VGG layer configuration with batch norm, pools dropped once the feature map is
     1x1, global average pooling and a two-layer head (the usual CIFAR adaptation)."""
 
-    def __init__(self, cfg: list, num_classes: int, in_channels: int, image_size: int, width: float):
+    def __init__(self, cfg: list[str | int], num_classes: int, in_channels: int, image_size: int, width: float):
         super().__init__()
         layers: list[nn.Module] = []
         c, side = in_channels, image_size
@@ -256,10 +262,11 @@ class SmallVGG(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.features(x)))
+        out: torch.Tensor = self.classifier(self.pool(self.features(x)))
+        return out
 
 
-def _vgg_cfg(key: str) -> list:
+def _vgg_cfg(key: str) -> list[str | int]:
     from torchvision.models.vgg import cfgs
 
     return list(cfgs[key])
@@ -284,7 +291,7 @@ def resnet18(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     m.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     if image_size <= 64:
         m.maxpool = nn.Identity()
-    return m
+    return cast(nn.Module, m)  # torchvision's builders are untyped
 
 
 @register_model("mobilenet_v2", description="torchvision MobileNetV2 with a stride-1 stem", default_image_size=32)
@@ -295,7 +302,7 @@ def mobilenet_v2(num_classes: int, in_channels: int, image_size: int, width: flo
     stem = m.features[0][0]
     m.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, stride=1 if image_size <= 64 else 2,
                                  padding=1, bias=False)
-    return m
+    return cast(nn.Module, m)  # torchvision's builders are untyped
 
 
 class CifarResNet(nn.Module):
@@ -312,10 +319,10 @@ class CifarResNet(nn.Module):
         c = _ch(16, width)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
                                   nn.ReLU(inplace=True))
-        stages = []
+        stages: list[nn.Module] = []
         for i, planes in enumerate((_ch(16, width), _ch(32, width), _ch(64, width))):
             stride = 1 if i == 0 else 2
-            layers = []
+            layers: list[nn.Module] = []
             for b in range(blocks):
                 down = None
                 if b == 0 and (stride != 1 or c != planes):
@@ -329,7 +336,8 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        out: torch.Tensor = self.fc(torch.flatten(self.pool(x), 1))
+        return out
 
 
 @register_model("resnet8", description="CIFAR-style ResNet-8 (~78k params): identity skips, BatchNorm",

@@ -285,7 +285,7 @@ def torch_cuda(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, budget_s: 
     """GPU eager latency timed with CUDA events, plus the peak memory of one batch."""
     timer = cuda_timer(model, x, dtype)
     out = _alone(timer, budget_s, gpu=True)
-    if out.get("available"):
+    if out.get("available") and not isinstance(timer, dict):  # (available: the timer ran)
         torch.cuda.reset_peak_memory_stats()
         timer()
         out["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())

@@ -89,7 +89,7 @@ def _ort_temp_into(folder: Path) -> Iterator[None]:
     """While open, ONNX Runtime's quantisation in this thread makes its temporary folders and files in `folder`."""
     for name, module in list(sys.modules.items()):  # the quantiser's modules (quantize_int8 imported them)
         if name.startswith("onnxruntime.quantization") and getattr(module, "tempfile", None) is tempfile:
-            module.tempfile = _TEMPFILE
+            module.tempfile = _TEMPFILE  # type: ignore[attr-defined]  # typeshed lets a module be read, not patched
     token = _ORT_TEMP.set(folder)
     try:
         yield

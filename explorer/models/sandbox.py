@@ -173,7 +173,7 @@ def _how(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _rss(pid: int) -> int | None:
+def _rss(pid: int | None) -> int | None:  # None: a process not started (no /proc entry)
     """Resident bytes of a process (Linux); None where /proc does not say."""
     try:
         with open(f"/proc/{pid}/statm") as f:

@@ -26,6 +26,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -133,7 +134,7 @@ def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: s
     data = _data(dataset, root, image_size, None)
     model_entry(arch)  # the library imported and its names listed: our own code's time, not the model's
     sandbox.start_clock()  # loading the data set is not the model's time
-    extra = {} if width is None else {"width": width}
+    extra: dict[str, Any] = {} if width is None else {"width": width}
     model = create_model(arch, **_arch_kwargs(data), **extra)
     channels = _weights_channels(model, state)
     notes = list(data.notes)
@@ -389,9 +390,9 @@ def _store(weights: Path, card: dict, name: str, *, auto: bool, replace: bool) -
         elif name in _committed_names():
             raise ValueError(f"name {name!r} is a committed baseline's: choose another --name")
         elif name in cards and not replace:
-            old = cards[name]
-            raise ValueError(f"a model named {name!r} already exists ({old.get('architecture')} from "
-                             f"{(old.get('source') or {}).get('file', '?')}, added {old.get('created', '?')}): "
+            taken = cards[name]
+            raise ValueError(f"a model named {name!r} already exists ({taken.get('architecture')} from "
+                             f"{(taken.get('source') or {}).get('file', '?')}, added {taken.get('created', '?')}): "
                              "choose another name, or replace it explicitly (--replace)")
         old = cards.get(name)
         final = folder / f"{name}{weights.suffix}"

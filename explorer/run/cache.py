@@ -26,10 +26,10 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from explorer.core import cachedir, scratch, settings
 from explorer.core.cachedir import is_key
@@ -37,13 +37,18 @@ from explorer.core.paths import cache_dir
 from explorer.core.version import SCHEMA_VERSION
 from explorer.run.result import FILES, RunResult, failed, to_json
 
+if TYPE_CHECKING:  # (runner imports torch: listing or clearing the cache needs none)
+    from explorer.compress.recipe import Recipe
+    from explorer.core.train import Progress
+    from explorer.run.runner import Partial
+
 MANIFEST, RESULT, LAST_USED = "manifest.json", "result.json", "last_used"
 # result.FILES kept; the checkpoint, gzip and zstd copies only give sizes
 ARTIFACT_KINDS = ("packed", "onnx", "onnx_int8", "predictions")
 LEGACY_SENSITIVITY = ".sensitivity"
 # an entry that lost its manifest is still recognisably ours if it holds only what commit writes
 OWN_FILES = frozenset({*FILES.values(), RESULT, LAST_USED})
-_verified: set[tuple] = set()  # (entry, stats of its files) whose checksums matched in this process
+_verified: set[tuple[Any, ...]] = set()  # (entry, stats of its files) whose checksums matched in this process
 _held = threading.local()  # locks this thread holds: commit/get inside get_or_run's lock must not deadlock
 
 
@@ -86,23 +91,24 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def _tag(result: dict, hit: bool, key: str, **extra: Any) -> dict:
+def _tag(result: RunResult, hit: bool, key: str, **extra: Any) -> RunResult:
     return {**result, "cache": {"hit": hit, "key": key, **extra}}
 
 
-def _default_compute(recipe, workdir: Path, progress, partial=None):
+def _default_compute(recipe: Recipe, workdir: Path, progress: Progress | None,
+                     partial: Partial | None = None) -> RunResult:
     from explorer.run import runner  # imported late: listing or clearing the cache needs no torch
 
     return runner.run_recipe(recipe, workdir=workdir, progress=progress, partial=partial)
 
 
 class RunCache:
-    def __init__(self, root: str | os.PathLike | None = None, max_mb: float | None = None):
+    def __init__(self, root: str | os.PathLike[str] | None = None, max_mb: float | None = None):
         self.max_bytes = max_bytes(max_mb)
         self.root = cachedir.claim(Path(root) if root is not None else cache_dir())  # a folder not ours: refused
         self._clean_scratch()
 
-    def _open_lock(self, key: str, wait: bool, on_wait: Callable[[], None] | None = None) -> IO | None:
+    def _open_lock(self, key: str, wait: bool, on_wait: Callable[[], None] | None = None) -> IO[bytes] | None:
         path = self.root / ".locks" / f"{check_key(key)}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         # a new open file per call: flock on separate open files excludes threads of one process too.
@@ -133,6 +139,7 @@ class RunCache:
             yield
             return
         f = self._open_lock(key, True, on_wait)
+        assert f is not None  # a lock waited for is always taken
         held.add(ident)
         try:
             yield
@@ -140,7 +147,7 @@ class RunCache:
             held.discard(ident)
             f.close()  # closing releases the flock
 
-    def _check(self, key: str, deep: bool = True, fresh: bool = False) -> tuple[dict | None, str | None]:
+    def _check(self, key: str, deep: bool = True, fresh: bool = False) -> tuple[RunResult | None, str | None]:
         """(stored result, None) if the entry is complete and intact, else (None, the problem).
 
         deep=False checks presence and sizes only; fresh=True re-hashes what was verified before. Checksums
@@ -190,7 +197,7 @@ class RunCache:
             return None, f"result.json unreadable: {e}"
         if not isinstance(result, dict) or result.get("key") != key or result.get("status") != "ok":
             return None, "result.json is not a successful run with this key"
-        return result, None
+        return cast(RunResult, result), None  # a stored run's JSON, written by `commit` from a RunResult
 
     def _is_entry(self, key: str) -> bool:
         return cachedir.is_entry(self.root / key, OWN_FILES)  # anything else in the folder is left alone
@@ -258,7 +265,7 @@ class RunCache:
         result, problem = self._check(key, deep=False)
         return result if problem is None else None
 
-    def commit(self, key: str, workdir: str | os.PathLike, result: RunResult) -> RunResult:
+    def commit(self, key: str, workdir: str | os.PathLike[str], result: RunResult) -> RunResult:
         """Store a successful run: its artifacts (moved out of `workdir`) and `result`; returns what is stored."""
         check_key(key)
         if result.get("status") != "ok" or result.get("key") != key:
@@ -286,9 +293,11 @@ class RunCache:
                                            f"{MANIFEST}), so it leaves it alone; move it elsewhere")
                 os.rename(tmp, entry)  # atomic on one filesystem: the entry appears complete or not at all
             self.evict(keep=key)
-        return json.loads(text)
+        committed: RunResult = json.loads(text)
+        return committed
 
-    def get_or_run(self, recipe, *, progress=None, compute=None, partial=None) -> RunResult:
+    def get_or_run(self, recipe: Recipe, *, progress: Progress | None = None,
+                   compute: Callable[..., RunResult] | None = None, partial: Partial | None = None) -> RunResult:
         """The RunResult of `recipe`: from the cache, or computed once (also across sessions) and stored.
 
         Bad input raises ValueError; any other failure returns a failed RunResult, which is never stored.
@@ -302,7 +311,7 @@ class RunCache:
         if hit is not None:
             return _tag(hit, True, key)
 
-        def on_wait():
+        def on_wait() -> None:
             if progress:
                 progress(0.0, "waiting for another session running the same configuration")
 
@@ -312,7 +321,7 @@ class RunCache:
                 return _tag(hit, True, key)
             with self.workspace("work", key) as work:
                 try:
-                    extra = {} if partial is None else {"partial": partial}
+                    extra: dict[str, Any] = {} if partial is None else {"partial": partial}
                     result = (compute or _default_compute)(recipe, work, progress, **extra)
                 except ValueError:
                     raise
@@ -330,7 +339,7 @@ class RunCache:
                     err = RuntimeError(f"the run finished but could not be stored in {self.root}: {e}")
                     return _tag(failed(recipe, err), False, key, stored=False)
 
-    def _files(self, key: str) -> dict:
+    def _files(self, key: str) -> dict[str, Any]:
         try:
             files = json.loads((self.root / check_key(key) / MANIFEST).read_text())["files"]
         except (OSError, ValueError, KeyError, TypeError):
@@ -393,7 +402,8 @@ class RunCache:
                              f"{result.get('status')!r} with key {result.get('key')!r}")
         text = to_json(result)
         self._put(key, RESULT, text.encode())
-        return json.loads(text)
+        stored: RunResult = json.loads(text)
+        return stored
 
     def artifact_path(self, key: str, name: str) -> Path | None:
         """The path of a stored artifact whose bytes match the manifest now, for tools that need a file
@@ -414,9 +424,10 @@ class RunCache:
     def _last_used(self, key: str) -> float:
         return _mtime(self.root / key / LAST_USED) or _mtime(self.root / key) or 0.0
 
-    def entries(self) -> list[dict]:
+    def entries(self) -> list[dict[str, Any]]:
         """One row per entry, most recently used first; `complete` checks files and sizes, not checksums."""
         rows = []
+        result: Mapping[str, Any] | None  # the stored run, or what its result.json holds, or nothing
         for key in sorted(self.keys(), key=self._last_used, reverse=True):
             result, problem = self._check(key, deep=False)
             if result is None:
@@ -429,7 +440,7 @@ class RunCache:
                          "problem": problem})
         return rows
 
-    def verify(self, fix: bool = False) -> list[dict]:
+    def verify(self, fix: bool = False) -> list[dict[str, Any]]:
         """Check every entry like `get` does, re-hashing every file; returns the bad ones with their problem.
 
         fix=True removes them, and the scratch folders of processes that are gone (killed mid-run).

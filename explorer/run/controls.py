@@ -39,19 +39,19 @@ CALIBRATIONS = CHOICES["calibration"]
 GROUP_SIZES = CHOICES["group_size"]
 
 
-def relevant(c: dict[str, Any], card: dict | None = None) -> set[str]:
+def relevant(c: dict[str, Any], card: dict[str, Any] | None = None) -> set[str]:
     """The controls that change what a configuration computes; the others are shown disabled, kept out of
     the recipe and out of the share link."""
     return {"baseline"} | {ctrl.name for ctrl in _all_controls() if ctrl.applies(c, card)}
 
 
-def effective(c: dict[str, Any], card: dict | None = None) -> dict[str, Any]:
+def effective(c: dict[str, Any], card: dict[str, Any] | None = None) -> dict[str, Any]:
     """The controls with every one that does not apply at its default: what a recipe is built from."""
     on = relevant(c, card)
     return {k: v if k in on or k not in DEFAULTS else DEFAULTS[k] for k, v in c.items()}
 
 
-def build(c: dict[str, Any], card: dict, seed: int = 0) -> Recipe:
+def build(c: dict[str, Any], card: dict[str, Any], seed: int = 0) -> Recipe:
     """The recipe the controls stand for, each technique's step in the order the techniques compose (distil ->
     low-rank -> prune -> cluster -> BatchNorm adaptation -> quantise: their `page_order`). Invalid combinations
     raise ValueError from the technique configs, repeating the bad value. `card` is the baseline's card
@@ -70,7 +70,7 @@ def build(c: dict[str, Any], card: dict, seed: int = 0) -> Recipe:
                   seed=seed, steps=tuple(steps))
 
 
-def _onnx_recipe(c: dict[str, Any], card: dict) -> Recipe:
+def _onnx_recipe(c: dict[str, Any], card: dict[str, Any]) -> Recipe:
     """An ONNX model takes only the techniques that run on one (ONNX Runtime's int8 quantisation); any other
     control is refused with the reason."""
     reason = card.get("unsupported_reason", "the model is ONNX")
@@ -110,7 +110,7 @@ def grid_point(model: str, dataset: str = "digits", *, sparsity: float = 0.0, bi
     return build(c, card, seed=seed)
 
 
-def from_recipe(recipe: dict, card: dict) -> dict[str, Any] | None:
+def from_recipe(recipe: dict[str, Any], card: dict[str, Any]) -> dict[str, Any] | None:
     """The controls that build `recipe` (JSON form) on this baseline, or None where the sidebar cannot express
     it (a hand-written recipe, another learning rate): checked by building them again."""
     c: dict[str, Any] = {**DEFAULTS, "baseline": card["name"], **OFF}

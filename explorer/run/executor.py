@@ -12,6 +12,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -21,10 +22,11 @@ from explorer.core import scratch
 from explorer.core.errors import check_choice, check_range
 from explorer.run import runner, scheduler, workers
 from explorer.run.cache import RunCache
-from explorer.run.result import failed, results_frame
+from explorer.run.result import RunResult, failed, results_frame
 
 SweepProgress = Callable[[int, int, float | None], None]  # done, total, seconds left (None until known)
 BACKENDS = tuple(workers.POOLS)
+Pool = workers.LocalPool | workers.RayPool  # the scheduler's workers, on this machine or Ray's
 
 
 def _init_worker() -> None:
@@ -32,7 +34,7 @@ def _init_worker() -> None:
     os.environ["EXPLORER_EVAL_WORKERS"] = "1"  # every core has a worker of its own already
 
 
-def prepare_portable(job: tuple[str, str]) -> dict:
+def prepare_portable(job: tuple[str, str]) -> dict[str, Any]:
     """Compress and measure everything but latency in a worker; bring the artifacts back as bytes so
     the worker may be another machine (Ray)."""
 
@@ -47,20 +49,21 @@ def prepare_portable(job: tuple[str, str]) -> dict:
     return {"key": key, "result": result, "files": files}
 
 
-def _died(job: tuple[str, str], error: BaseException) -> dict:
+def _died(job: tuple[str, str], error: BaseException) -> dict[str, Any]:
     err = RuntimeError(f"the worker process died ({type(error).__name__}: {error}); killed, or out of memory")
     return {"key": job[0], "result": failed(Recipe.from_json(job[1]), err), "files": {}}
 
 
-def pool(backend: str, n: int, fn: Callable[[tuple[str, str]], dict] | None = None,
-         priority: int = scheduler.Priority.SWEEP):
+def pool(backend: str, n: int, fn: Callable[[tuple[str, str]], dict[str, Any]] | None = None,
+         priority: int = scheduler.Priority.SWEEP) -> Pool:
     """The scheduler's workers for `backend` ("local" or "ray"), running `fn` (default: prepare_portable)."""
     check_choice("backend", backend, BACKENDS)
     return workers.POOLS[backend](n, fn or prepare_portable, _init_worker, priority)
 
 
-def parallel(jobs: list[tuple[str, str]], backend: str, n: int, fn: Callable[[tuple[str, str]], dict] | None = None,
-             pool_: workers.LocalPool | workers.RayPool | None = None) -> Iterable[dict]:
+def parallel(jobs: list[tuple[str, str]], backend: str, n: int,
+             fn: Callable[[tuple[str, str]], dict[str, Any]] | None = None,
+             pool_: Pool | None = None) -> Iterable[dict[str, Any]]:
     """Each job's output, computed by the workers, as they finish (a job whose worker died: a failed run)."""
     with contextlib.ExitStack() as stack:
         if pool_ is None:
@@ -70,7 +73,7 @@ def parallel(jobs: list[tuple[str, str]], backend: str, n: int, fn: Callable[[tu
 
 
 def run_sweep(recipes: Sequence[Recipe], *, backend: str = "local", workers: int | None = None,
-              progress: SweepProgress | None = None, cache=None, chunk: int | None = None,
+              progress: SweepProgress | None = None, cache: RunCache | None = None, chunk: int | None = None,
               latency: bool = True) -> pd.DataFrame:
     """Run every recipe through the cache and return one row per run (failed runs included)."""
 
@@ -81,11 +84,11 @@ def run_sweep(recipes: Sequence[Recipe], *, backend: str = "local", workers: int
     check_range("workers", n, 1, 256, integer=True)
     cache = cache or RunCache()
     keys = [runner.run_key(r) for r in recipes]  # bad input (a missing checkpoint) fails here, before work
-    results: dict[str, dict] = {}
+    results: dict[str, RunResult] = {}
     t0, total = time.perf_counter(), len(recipes)
     computed = [0]
 
-    def report(computed_now: bool = False):
+    def report(computed_now: bool = False) -> None:
         computed[0] += computed_now
         if progress:
             done = len(results)
@@ -106,13 +109,14 @@ def run_sweep(recipes: Sequence[Recipe], *, backend: str = "local", workers: int
     return results_frame(rows)
 
 
-def _chunks(pending, size, cache, workers_, results, latency, report) -> None:
+def _chunks(pending: list[tuple[str, Recipe]], size: int, cache: RunCache, workers_: Pool,
+            results: dict[str, RunResult], latency: bool, report: Callable[[bool], None]) -> None:
     """Compress a chunk in parallel, then time and store each of its runs one at a time."""
 
     for i in range(0, len(pending), size):
         part = pending[i:i + size]
         with contextlib.ExitStack() as locks:
-            todo = []
+            todo: list[tuple[str, Recipe]] = []
             for k, r in part:
                 locks.enter_context(cache.lock(k))
                 hit = cache.get(k)  # another session may have computed it meanwhile
@@ -129,11 +133,11 @@ def _chunks(pending, size, cache, workers_, results, latency, report) -> None:
                 report(True)
 
 
-def finish(cache, key: str, recipe: Recipe, out: dict, latency: bool,
-           priority: int = scheduler.Priority.SWEEP) -> dict:
+def finish(cache: RunCache, key: str, recipe: Recipe, out: dict[str, Any], latency: bool,
+           priority: int = scheduler.Priority.SWEEP) -> RunResult:
     """Time a run prepared by a worker, here (the machine whose figures are shown), and store it."""
 
-    res = out["result"]
+    res: RunResult = out["result"]
     if res.get("status") != "ok":
         return res
     # in the cache's scratch space: a killed sweep's leftovers are removed by the next start or verify --fix

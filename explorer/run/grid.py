@@ -33,7 +33,7 @@ class Grid:
     checkpoint: str | None = None  # a user's model instead of models/<model>-<dataset>.safetensors
     quant_mode: str = "auto"  # the page's mode control: auto = static int8 at 8 bits, weights-only below
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("sparsity", "bits", "clusters", "granularity", "schedule", "finetune_epochs"):
             if not getattr(self, name):
                 raise ValueError(f"grid {name} is empty: give at least one value")

@@ -19,9 +19,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 from explorer.compress.recipe import Recipe
 from explorer.run import scheduler
+
+if TYPE_CHECKING:
+    from explorer.run.cache import RunCache
+    from explorer.run.result import RunResult
 
 FOREGROUND, COMPARISON = scheduler.Priority.FOREGROUND, scheduler.Priority.COMPARISON
 KEEP = 64  # finished jobs remembered, for pages that look again
@@ -40,8 +45,8 @@ class Job:
     state: str = "queued"  # queued | running | done | failed | cancelled
     fraction: float = 0.0
     message: str = "waiting for the run before it"
-    partial: dict | None = None
-    result: dict | None = None
+    partial: RunResult | None = None
+    result: RunResult | None = None
     error: str | None = None
     submitted: float = field(default_factory=time.perf_counter)
     started: float | None = None
@@ -64,7 +69,7 @@ class Job:
 class Board:
     """The queue of runs pages asked for, and the one thread that computes them."""
 
-    def __init__(self, cache_factory: Callable, key_of: Callable[[Recipe], str]):
+    def __init__(self, cache_factory: Callable[[], RunCache], key_of: Callable[[Recipe], str]):
         self._cache, self._key_of = cache_factory, key_of
         self._jobs: dict[str, Job] = {}
         self._line = scheduler.Line()
@@ -146,7 +151,7 @@ class Board:
         with self._lock:
             while not self._stopping:
                 while (key := self._line.pop()) is not None:
-                    job = self._jobs.get(key)
+                    job = self._jobs.get(cast(str, key))  # the line holds the keys of _jobs
                     if job is not None and job.state == "queued":
                         job.state, job.started, job.message = "running", time.perf_counter(), "starting"
                         return job
@@ -171,7 +176,7 @@ class Board:
                 raise Cancelled(f"cancelled: no page shows {job.recipe.label()} any more")
             job.fraction, job.message = fraction, message
 
-        def partial(result: dict) -> None:
+        def partial(result: RunResult) -> None:
             if job.first_figures_s is None:
                 job.first_figures_s = time.perf_counter() - job.submitted
             job.partial = result

@@ -22,8 +22,9 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
 from typing import Any
 
 import torch
@@ -74,7 +75,7 @@ def neighbours(c: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def default_points(card: dict) -> list[dict[str, Any]]:
+def default_points(card: dict[str, Any]) -> list[dict[str, Any]]:
     """The Sweep tab's default grid as page controls (what the landscape measures)."""
     g = Grid()
     names = {32: "fp32", 16: "fp16"}
@@ -89,7 +90,7 @@ def default_points(card: dict) -> list[dict[str, Any]]:
 
 @dataclass
 class Landscape:
-    card: dict
+    card: dict[str, Any]
     points: list[tuple[str, tuple[float, ...], Recipe]]  # key, slider place, recipe
     position: tuple[float, ...] = (0.0, 0.0, 0.0)
     first: list[tuple[str, Recipe]] = field(default_factory=list)  # neighbours of a page's last run
@@ -102,11 +103,11 @@ class Landscape:
     retimed: int = 0  # stored runs this landscape timed again (their figures had failed their checks)
     scanned: float = 0.0  # when the grid's stored runs were last looked through for a re-time
 
-    def next(self, cached) -> Recipe | None:
+    def next(self, cached: Callable[[str], bool]) -> Recipe | None:
         step = self.next_step(cached)
         return None if step is None else step[0]
 
-    def next_step(self, cached) -> tuple[Recipe, scheduler.Priority] | None:
+    def next_step(self, cached: Callable[[str], bool]) -> tuple[Recipe, scheduler.Priority] | None:
         """The next configuration to measure and its priority (a neighbour of a page's run, or the grid)."""
         recipes = {k: r for k, _, r in self.points} | dict(self.first)
         near = {k for k, _ in self.first}
@@ -115,13 +116,13 @@ class Landscape:
                 return recipes[key], scheduler.Priority.NEIGHBOURS if key in near else scheduler.Priority.LANDSCAPE
         return None
 
-    def status(self, cached) -> dict:
+    def status(self, cached: Callable[[str], bool]) -> dict[str, Any]:
         measured = sum(1 for k, _, _ in self.points if cached(k))
         return {"measured": measured, "total": len(self.points), "paused": self.paused, "running": self.running,
                 "failed": len(self.failed), "computed_here": self.done, "retimed_here": self.retimed}
 
 
-def _worker_main(jobs, results, threads: int) -> None:
+def _worker_main(jobs: Queue[Any], results: Queue[Any], threads: int) -> None:
     """The background worker process: its torch threads fixed, nice'd below the page (the scheduler's rules
     do the rest); it measures the points it is sent, one at a time, until it is sent None."""
     with contextlib.suppress(OSError, AttributeError):
@@ -141,14 +142,14 @@ RETIME = "retime"
 RETIME_SCAN_S = 30.0  # how often the grid's stored runs are looked through for one due for a re-time
 
 
-def _retime(recipe_json: str) -> dict:
+def _retime(recipe_json: str) -> dict[str, Any]:
     """A stored run timed again in the worker (its figures had failed their checks)."""
     key = runner.run_key(Recipe.from_json(recipe_json))
     res = retime.retime(RunCache(), key)
     return {"status": "ok" if res is not None else "skipped", "key": key, "retime": True}
 
 
-def _measure(recipe_json: str) -> dict:
+def _measure(recipe_json: str) -> dict[str, Any]:
     """One landscape point in the worker, through the cache like every run."""
     recipe = Recipe.from_json(recipe_json)
     try:
@@ -162,12 +163,13 @@ def _measure(recipe_json: str) -> dict:
 class Landscapes:
     """Every model's landscape in this server process, and the thread that feeds the worker."""
 
-    def __init__(self, cache_factory, key_of, idle_s: float, tick_s: float = 0.5):
+    def __init__(self, cache_factory: Callable[[], RunCache], key_of: Callable[[Recipe], str], idle_s: float,
+                 tick_s: float = 0.5):
         self._cache, self._key_of, self.idle_s, self.tick_s = cache_factory, key_of, idle_s, tick_s
         self._all: dict[str, Landscape] = {}
         self._lock = threading.Lock()
-        self._pool = None
-        self._future = None  # (landscape name, key, future)
+        self._pool: workers.Worker | None = None
+        self._future: tuple[str, str, Point, bool] | None = None  # (landscape name, key, future, is a re-time)
         self._stopping = threading.Event()
         self._thread = scheduler.start_service(self._loop, "explorer-landscape")
         atexit.register(self.stop)
@@ -182,12 +184,12 @@ class Landscapes:
     def cached(self, key: str) -> bool:
         return self._cache().peek(key) is not None
 
-    def touch(self, card: dict, controls: dict[str, Any]) -> Landscape:
+    def touch(self, card: dict[str, Any], controls: dict[str, Any]) -> Landscape:
         """A page looks at `card` with its sliders at `controls`: the landscape (one per model) starts or goes on."""
         with self._lock:
             land = self._all.get(card["name"])
             if land is None:
-                points = []
+                points: list[tuple[str, tuple[float, ...], Recipe]] = []
                 for c in default_points(card):
                     try:
                         r = build(c, card)
@@ -198,7 +200,7 @@ class Landscapes:
             land.position, land.last_seen = coords(controls), time.monotonic()
             return land
 
-    def after_run(self, card: dict, controls: dict[str, Any]) -> None:
+    def after_run(self, card: dict[str, Any], controls: dict[str, Any]) -> None:
         """A page's own run finished: its neighbouring slider positions go to the front of the queue."""
         with self._lock:
             land = self._all.get(card["name"])
@@ -265,9 +267,9 @@ class Landscapes:
             land = max(live, key=lambda x: x.last_seen)
         is_retime = False
         step = land.next_step(self.cached)
-        key = self._retime_key(land, grid=step is None)  # a page's own run first; the grid's once it is measured
-        if key is not None:
-            step, is_retime = (self._recipes(land)[key], scheduler.Priority.LANDSCAPE), True
+        due = self._retime_key(land, grid=step is None)  # a page's own run first; the grid's once it is measured
+        if due is not None:
+            step, is_retime = (self._recipes(land)[due], scheduler.Priority.LANDSCAPE), True
         if step is None:
             return
         recipe, priority = step
@@ -295,7 +297,7 @@ class Landscapes:
         return retime.next_key(keys, cache.peek, now, load[0] if load else None, scheduler.cores(),
                                timed_at=cache.stored_at)
 
-    def _submit(self, recipe: Recipe, priority: scheduler.Priority, is_retime: bool = False):
+    def _submit(self, recipe: Recipe, priority: scheduler.Priority, is_retime: bool = False) -> Point:
         if os.environ.get("RAY_ADDRESS") and not is_retime:  # a re-time is only timing: it stays on this machine
             return _RayPoint(recipe, self._cache, priority)
         return self._worker().submit((recipe.to_json(indent=None), priority, *([RETIME] if is_retime else [])))
@@ -305,10 +307,10 @@ class _RayPoint:
     """A landscape point as a Ray task: compressed on the cluster (executor.prepare_portable), its latency timed
     here, on the machine whose figures the page shows, and stored here. Looks like a future."""
 
-    def __init__(self, recipe: Recipe, cache_factory, priority: scheduler.Priority):
+    def __init__(self, recipe: Recipe, cache_factory: Callable[[], RunCache], priority: scheduler.Priority):
         self._recipe, self._cache, self._priority = recipe, cache_factory, priority
         self._key = runner.run_key(recipe)
-        self._outcome: dict | None = None
+        self._outcome: dict[str, Any] | None = None
         self._refs = list(executor.parallel([(self._key, recipe.to_json(indent=None))], "ray", 1))
 
     def done(self) -> bool:
@@ -318,5 +320,8 @@ class _RayPoint:
             self._outcome = {"status": res.get("status"), "key": self._key, "error": res.get("error")}
         return self._outcome is not None
 
-    def result(self) -> dict:
+    def result(self) -> dict[str, Any]:
         return self._outcome or {"status": "failed", "error": "not finished"}
+
+
+Point = workers.Handle | _RayPoint  # a point in flight: done() and result(), like a future

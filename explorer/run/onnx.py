@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
 from explorer.compress.base import Deploy
-from explorer.compress.quantize import QuantizeConfig
+from explorer.compress.quantize_config import QuantizeConfig
 from explorer.compress.recipe import Recipe
 from explorer.core.engines import ORT_CPU_INT8, TORCH_CPU, batch_key
+from explorer.core.version import SCHEMA_VERSION
 from explorer.measure import size
 from explorer.measure.accuracy import save_predictions, uncertainty
 from explorer.measure.latency import unavailable
 from explorer.measure.onnx_export import deploy_int8, onnx_accuracy
 from explorer.models.baselines import baseline_data, read_card, versions
-from explorer.run.result import SCHEMA_VERSION, Accuracy, Onnx, OnnxModel, RunResult
+from explorer.run.result import Accuracy, Onnx, OnnxModel, RunResult
 
 FILES = {"onnx": "model.onnx", "onnx_int8": "model.int8.onnx", "gzip": "model.onnx.gz", "zstd": "model.onnx.zst",
          "predictions": "predictions.npy"}
@@ -41,7 +44,7 @@ def check_steps(recipe: Recipe, reason: str) -> Deploy | None:
     return step.deploy()
 
 
-def _layers(path: Path) -> list[dict]:
+def _layers(path: Path) -> list[dict[str, Any]]:
     import onnx
     from onnx import numpy_helper
 
@@ -73,7 +76,9 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> RunResult:
     model_file, acc = FILES["onnx"], base
     if deploy:
         calib = data.calibration(min(deploy.calibration_samples, len(data.train)), seed=recipe.seed).numpy()
-        onnx["int8"] = deploy_int8(workdir / FILES["onnx"], workdir / FILES["onnx_int8"], deploy, calib, x, y)
+        # the measure layer's plain dict, with OnnxModel's keys
+        onnx["int8"] = cast(OnnxModel, deploy_int8(workdir / FILES["onnx"], workdir / FILES["onnx_int8"], deploy,
+                                                   calib, x, y))
         acc = onnx_accuracy(workdir / FILES["onnx_int8"], x, y, with_predictions=True)
         model_file = FILES["onnx_int8"]
     save_predictions(workdir / FILES["predictions"], acc["pred"])
@@ -93,7 +98,8 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> RunResult:
         unsupported_reason=reason, accuracy=Accuracy(top1=acc["top1"], top3=acc["top3"], top5=acc["top5"], loss=None),
         accuracy_source=f"ONNX Runtime on {model_file}",
         baseline_accuracy=Accuracy(top1=base["top1"], top3=base["top3"], top5=base["top5"], loss=None),
-        accuracy_delta=acc["top1"] - base["top1"], **uncertainty(acc, base, data.test.y), onnx=onnx,
+        # (uncertainty's plain dict holds accuracy_ci and vs_baseline only)
+        accuracy_delta=acc["top1"] - base["top1"], **uncertainty(acc, base, data.test.y), onnx=onnx,  # type: ignore[typeddict-item]
         sparsity=1 - nonzero / max(params, 1), params=card.get("params", params),
         baseline_params=card.get("params", params), nonzero_params=nonzero, macs=None,
         macs_nonzero_theoretical=None, size=sizes, baseline_size=base_sizes, size_check=None,
@@ -105,7 +111,7 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> RunResult:
 
 
 def time_onnx(result: RunResult, workdir: Path, threads: int, budget_s: float,
-              between_rounds=None) -> RunResult:
+              between_rounds: Callable[[float], None] | None = None) -> RunResult:
     """ONNX Runtime latency of the run's files, each timed in interleaved rounds with the baseline's ONNX model
     in the same engine (its fp32 file; its int8 made with ONNX Runtime's default settings)."""
     from explorer.measure.speedup import measure_latency

@@ -18,7 +18,7 @@ from typing import Any, Literal, Required, TypedDict, cast
 import pandas as pd
 
 from explorer.compress.base import config_from_dict
-from explorer.compress.recipe import recipe_words
+from explorer.compress.recipe import Recipe, recipe_words
 from explorer.core.engines import B1, TORCH_CPU, gain_col, lat_col, reltime_col, speedup_col, state_col
 from explorer.core.version import SCHEMA_VERSION
 from explorer.core.words import UNQUANTISED
@@ -166,7 +166,7 @@ class RunResult(TypedDict, total=False):
     cache: dict[str, Any]  # added when served: {"hit", "key", ...}; never stored
 
 
-def failed(recipe, error: BaseException) -> RunResult:
+def failed(recipe: Recipe, error: BaseException) -> RunResult:
     """A run that failed: recorded with its error, never mistaken for a result."""
     msg = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
     return RunResult(schema=SCHEMA_VERSION, status="failed", recipe=recipe.to_dict(), label=recipe.label(),
@@ -208,7 +208,7 @@ class Speed:
         return self.state == "faster"
 
 
-def speed(result: dict, engine: str, batch: str, kind: str = "speedup") -> Speed:
+def speed(result: dict[str, Any], engine: str, batch: str, kind: str = "speedup") -> Speed:
     """The run's speed-up in `engine` at `batch` against the baseline in the same engine (kind "speedup"), or
     its deployment gain against the baseline in PyTorch fp32 (kind "deployment_gain")."""
     v = (result.get(kind) or {}).get(engine, {}).get(batch)
@@ -250,7 +250,7 @@ def needs_retime(result: Mapping[str, Any]) -> bool:
 # ---------------------------------------------------------------- one table row per result
 
 
-def _recipe_params(recipe: dict) -> dict:
+def _recipe_params(recipe: dict[str, Any]) -> dict[str, Any]:
     """The grid point's columns, as each step's technique gives them (StepConfig.columns)."""
     p: dict[str, Any] = {"sparsity_requested": 0.0, "bits": 32, "clusters": 0, "granularity": None,
                          "technique": "baseline", "scheme": UNQUANTISED}
@@ -301,10 +301,10 @@ def flatten(result: RunResult) -> dict[str, Any]:
             ci = (v.get("ci_ms") or (None, None)) if ok else (None, None)
             row[lat_col(engine, b, "lo")], row[lat_col(engine, b, "hi")] = ci[0], ci[1]
     for kind, col in (("speedup", speedup_col), ("deployment_gain", gain_col)):
-        speeds: dict[str, Any] = cast(dict, result).get(kind) or {}
+        speeds: dict[str, Any] = cast(dict[str, Any], result).get(kind) or {}
         for engine, per_batch in speeds.items():
             for b in per_batch:
-                sp = speed(cast(dict, result), engine, b, kind)
+                sp = speed(cast(dict[str, Any], result), engine, b, kind)
                 row[col(engine, b)], row[col(engine, b, "lo")], row[col(engine, b, "hi")] = sp.ratio, sp.lo, sp.hi
                 row[state_col(col(engine, b))] = sp.state
                 if kind == "speedup":

@@ -13,7 +13,8 @@ re-time: when, the load then, and the figures still disturbed after it.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from explorer.measure.latency import load_average
@@ -30,12 +31,12 @@ def quiet_enough(load1: float | None, cores: int) -> bool:
     return load1 is None or load1 < cores
 
 
-def later(result: Mapping[str, Any]) -> list[dict]:
+def later(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The later re-times a run has had (timing_quality.later), oldest first."""
     return list((result.get("timing_quality") or {}).get("later") or [])
 
 
-def due(result: dict, now: float, timed_at: float | None = None) -> bool:
+def due(result: Mapping[str, Any], now: float, timed_at: float | None = None) -> bool:
     """Whether stored run `result` should be re-timed at `now` (seconds since the epoch): some figure is
     disturbed, it has had fewer than MAX_LATER later re-times, and the wait since its last timing is over
     (FIRST_WAIT_S, doubled for each later re-time). `timed_at`: when it was first timed, where no later
@@ -55,7 +56,8 @@ def merge(stored: RunResult, timed: RunResult, when: float, load: list[float]) -
     return RunResult(**{**timed, "timing_quality": q})
 
 
-def retime(cache: RunCache, key: str, *, time_run=None, now: float | None = None) -> RunResult | None:
+def retime(cache: RunCache, key: str, *, time_run: Callable[[RunResult, Path], RunResult] | None = None,
+           now: float | None = None) -> RunResult | None:
     """Time stored run `key` again from its stored artifacts and write the result into its entry; the new
     RunResult, or None where the entry is gone or needs no re-time. `time_run(result, workdir)` defaults to
     runner.time_run (which holds the quiet slot for the whole timing)."""
@@ -77,7 +79,8 @@ def retime(cache: RunCache, key: str, *, time_run=None, now: float | None = None
         return cache.replace_result(key, new)
 
 
-def next_key(keys: list[str], peek, now: float, load1: float | None, cores: int, timed_at=None) -> str | None:
+def next_key(keys: list[str], peek: Callable[[str], RunResult | None], now: float, load1: float | None, cores: int,
+             timed_at: Callable[[str], float | None] | None = None) -> str | None:
     """The first of `keys` (in their order) whose stored run (`peek(key)`) is due for a re-time now, or None;
     none at all while the machine is busy. `timed_at(key)`: when the entry was stored."""
     if not quiet_enough(load1, cores):

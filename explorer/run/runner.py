@@ -18,18 +18,21 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from explorer.artifact import pack as packing
-from explorer.compress import compress
-from explorer.compress.base import Deploy
+from explorer.compress.base import CompressionState, Deploy
+from explorer.compress.pipeline import compress
 from explorer.compress.recipe import Recipe, check_finetune_samples
 from explorer.core import scratch, settings
+from explorer.core.data import DataBundle
 from explorer.core.errors import first_line
 from explorer.core.train import Progress, evaluate
+from explorer.core.version import SCHEMA_VERSION
 from explorer.measure import compute, size
 from explorer.measure.accuracy import save_predictions, uncertainty
 from explorer.measure.hardware import hardware
@@ -39,7 +42,7 @@ from explorer.measure.speedup import measure_latency
 from explorer.models.baselines import baseline_data, card_path, load_baseline, read_card, sha256_file, versions
 from explorer.run import scheduler, timing
 from explorer.run.onnx import prepare_onnx, time_onnx
-from explorer.run.result import FILES, SCHEMA_VERSION, Accuracy, Onnx, OnnxModel, RunResult
+from explorer.run.result import FILES, Accuracy, Onnx, OnnxModel, RunResult
 
 
 def threads() -> int:
@@ -108,11 +111,11 @@ def _sha(path: str, mtime_ns: int) -> str:
     return sha256_file(path)
 
 
-_scores: dict[tuple, Future] = {}
+_scores: dict[tuple[Any, ...], Future[Any]] = {}
 _scores_lock = threading.Lock()
 
 
-def _baseline_scores(path: Path, data) -> Future:
+def _baseline_scores(path: Path, data: DataBundle) -> Future[Any]:
     """The baseline's accuracy and predictions on its test split (every run of a model needs them; on 10,000
     images they take seconds), kept in memory per checkpoint file. The first run of a model starts them as a
     task of the scheduler, at the run's priority, on a copy of the baseline read from its file, so they are
@@ -129,12 +132,12 @@ def _baseline_scores(path: Path, data) -> Future:
         return fut
 
 
-def _score(path: Path, data) -> dict:
+def _score(path: Path, data: DataBundle) -> dict[str, Any]:
     return evaluate(load_baseline(path)[0], data.test, with_predictions=True)
 
 
 @functools.lru_cache(maxsize=8)
-def _baseline_sizes(path: str, mtime_ns: int) -> dict:
+def _baseline_sizes(path: str, mtime_ns: int) -> dict[str, Any]:
     """The fp32 baseline's own file, gzip and zstd sizes: the denominators of the reduction factors."""
     with scratch.folder("baseline-sizes") as tmp:
         return {"file_bytes": Path(path).stat().st_size, "gzip_bytes": size.gzip_file(path, tmp / "b.gz"),
@@ -151,7 +154,7 @@ def weight_sparsity(model: torch.nn.Module) -> tuple[int, int]:
     return total, zeros
 
 
-def _histograms(before: torch.nn.Module, after: torch.nn.Module, bins: int = 40) -> dict:
+def _histograms(before: torch.nn.Module, after: torch.nn.Module, bins: int = 40) -> dict[str, Any]:
     """Weight distributions per layer before and after (seed 004 shows AlexNet's), on shared edges."""
     old = dict(before.named_modules())
     out = {}
@@ -169,7 +172,8 @@ def _histograms(before: torch.nn.Module, after: torch.nn.Module, bins: int = 40)
     return out
 
 
-def _layers(model, state, report: list[dict], macs: dict) -> list[dict]:
+def _layers(model: nn.Module, state: CompressionState, report: list[dict[str, Any]],
+            macs: dict[str, Any]) -> list[dict[str, Any]]:
     packed_by_layer: dict[str, int] = {}
     for t in report:
         layer = t["name"].rsplit(".", 1)[0]
@@ -187,7 +191,8 @@ def _layers(model, state, report: list[dict], macs: dict) -> list[dict]:
     return rows
 
 
-def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> Onnx:
+def _onnx_stage(model: nn.Module, state: CompressionState, data: DataBundle, work: Path,
+                recipe: Recipe) -> Onnx:
     """fp32 export and the int8 model: the recipe's own int8 settings where it has an int8 step, else
     ONNX Runtime's default static per-channel int8 (what deploying this variant in int8 would give)."""
     out: dict[str, OnnxModel] = {}
@@ -203,7 +208,9 @@ def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> Onnx:
     deploy = state.deploy or Deploy.default()
     calib = data.calibration(min(deploy.calibration_samples, len(data.train)), seed=recipe.seed)
     try:
-        out["int8"] = deploy_int8(work / FILES["onnx"], work / FILES["onnx_int8"], deploy, calib.numpy(), x, y)
+        # the measure layer's plain dict, with OnnxModel's keys
+        out["int8"] = cast(OnnxModel, deploy_int8(work / FILES["onnx"], work / FILES["onnx_int8"], deploy,
+                                                  calib.numpy(), x, y))
         scheduler.safe_point()
     except Exception as e:
         out["int8"] = OnnxModel(available=False, reason=f"ONNX Runtime quantisation failed: {first_line(e)}")
@@ -215,7 +222,7 @@ def _onnx_stage(model, state, data, work: Path, recipe: Recipe) -> Onnx:
 Partial = Callable[[RunResult], None]
 
 
-def prepare(recipe: Recipe, workdir: str | os.PathLike, *, progress: Progress | None = None,
+def prepare(recipe: Recipe, workdir: str | os.PathLike[str], *, progress: Progress | None = None,
             partial: Partial | None = None) -> RunResult:
     """Everything but latency: compress, pack, unpack, accuracy of the unpacked model, files and sizes."""
     timings: dict[str, Any] = {}
@@ -282,7 +289,8 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
             schema=SCHEMA_VERSION, status="partial", pending=["sizes", "onnx", "latency"], key=key,
             recipe=recipe.to_dict(), label=recipe.label(), model=recipe.model, dataset=recipe.dataset,
             test_samples=acc["n"], accuracy=_accuracy(acc), baseline_accuracy=_accuracy(base_acc),
-            accuracy_delta=acc["top1"] - base_acc["top1"], **uncertainty(acc, base_acc, data.test.y),
+            # (uncertainty's plain dict holds accuracy_ci and vs_baseline only)
+            accuracy_delta=acc["top1"] - base_acc["top1"], **uncertainty(acc, base_acc, data.test.y),  # type: ignore[typeddict-item]
             size={"packed_bytes": len(blob)}, baseline_size={"file_bytes": recipe.checkpoint_path.stat().st_size},
             reduction_factor={"vs_fp32_file": {
                 "packed_bytes": recipe.checkpoint_path.stat().st_size / max(len(blob), 1)}},
@@ -313,7 +321,8 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
         schema=SCHEMA_VERSION, status="ok", key=key, recipe=recipe.to_dict(), label=recipe.label(),
         model=recipe.model, dataset=recipe.dataset, test_samples=acc["n"], accuracy=_accuracy(acc),
         accuracy_source="PyTorch model rebuilt from the packed file", baseline_accuracy=_accuracy(base_acc),
-        accuracy_delta=acc["top1"] - base_acc["top1"], **uncertainty(acc, base_acc, data.test.y), onnx=onnx,
+        # (uncertainty's plain dict holds accuracy_ci and vs_baseline only)
+        accuracy_delta=acc["top1"] - base_acc["top1"], **uncertainty(acc, base_acc, data.test.y), onnx=onnx,  # type: ignore[typeddict-item]
         sparsity=zeros / total if total else 0.0, params=sum(p.numel() for p in unpacked.parameters()),
         baseline_params=card["params"], nonzero_params=sum(int(torch.count_nonzero(p)) for p in unpacked.parameters()),
         macs=mac["total"], macs_nonzero_theoretical=int(density_macs), size=sizes, baseline_size=base_sizes,
@@ -330,7 +339,7 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
         finetune_samples=len(tune.train))
 
 
-def _accuracy(acc: dict) -> Accuracy:
+def _accuracy(acc: dict[str, Any]) -> Accuracy:
     return Accuracy(top1=acc["top1"], top3=acc["top3"], top5=acc["top5"], loss=acc["loss"])
 
 
@@ -338,7 +347,7 @@ STAGES = {"compress": (0.0, 0.6), "pack": (0.6, 0.65), "evaluate": (0.65, 0.7), 
           "latency": (0.85, 1.0)}
 
 
-def _stages(progress: Progress | None):
+def _stages(progress: Progress | None) -> Callable[[str], Progress]:
     """Progress of one stage of a run, mapped into its share of the whole bar, so every phase reports."""
     def stage(name: str) -> Progress:
         lo, hi = STAGES[name]
@@ -354,7 +363,7 @@ def _stages(progress: Progress | None):
 
 
 @scheduler.timing  # the whole stage holds the quiet slot: none of our other work runs beside a timing
-def time_run(result: RunResult, workdir: str | os.PathLike, *, gpu: bool = True,
+def time_run(result: RunResult, workdir: str | os.PathLike[str], *, gpu: bool = True,
              progress: Progress | None = None) -> RunResult:
     """Latency and inference memory of the artifacts in `workdir` (one run at a time: never in parallel).
     Each engine's speed-up is against the baseline in the same engine, timed in the same rounds; the baseline's
@@ -362,9 +371,13 @@ def time_run(result: RunResult, workdir: str | os.PathLike, *, gpu: bool = True,
     work = Path(workdir)
     report, what = _stages(progress)("latency"), "timing latency, the baseline in the same rounds"
     report(0.0, what)
+
+    def between_rounds(f: float) -> None:
+        scheduler.between_rounds()
+        report(f, what)
+
     if result.get("format") == "onnx":
-        return time_onnx(result, work, threads(), latency_budget_s(),
-                         between_rounds=lambda f: (scheduler.between_rounds(), report(f, what)))
+        return time_onnx(result, work, threads(), latency_budget_s(), between_rounds=between_rounds)
     t = time.perf_counter()
     model = packing.unpack((work / FILES["packed"]).read_bytes()).model
     recipe = Recipe.from_dict(result["recipe"])
@@ -380,7 +393,7 @@ def time_run(result: RunResult, workdir: str | os.PathLike, *, gpu: bool = True,
         threads=threads(), budget_s=latency_budget_s(), gpu=gpu, reference=reference, is_baseline=own,
         reference_onnx_fp32=base_onnx.get("fp32"), reference_onnx_int8=base_onnx.get("int8"),
         reference_reason=base_onnx.get("reason"), reference_times=timing.reference_times(recipe, threads()),
-        between_rounds=lambda f: (scheduler.between_rounds(), report(f, what)))
+        between_rounds=between_rounds)
     timing.update_reference(recipe, threads(), lat)
     result = timing.apply(result, lat)
     result["memory"] = {**result.get("memory", {}), **compute.inference_memory(model, shape)}
@@ -388,7 +401,7 @@ def time_run(result: RunResult, workdir: str | os.PathLike, *, gpu: bool = True,
     return result
 
 
-def run_recipe(recipe: Recipe, *, workdir: str | os.PathLike | None = None, progress: Progress | None = None,
+def run_recipe(recipe: Recipe, *, workdir: str | os.PathLike[str] | None = None, progress: Progress | None = None,
                latency: bool = True, partial: Partial | None = None) -> RunResult:
     """Run `recipe` and return its RunResult. Files go to `workdir` (kept) or a scratch folder (removed)."""
     with contextlib.ExitStack() as stack:

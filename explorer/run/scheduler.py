@@ -132,7 +132,7 @@ def cores() -> int:
 _default = Priority.FOREGROUND  # a process that says nothing is a page or a command line: foreground
 
 
-def set_default_priority(p: Priority) -> None:
+def set_default_priority(p: int) -> None:  # a Priority, or its number
     """The priority of every thread of this process that was not given one (a sweep worker: SWEEP)."""
     global _default
     _default = Priority(p)
@@ -151,10 +151,10 @@ class _Thread:
     timing: int = 0  # quiet_slot() nesting
     timing_priority: int = 0  # the priority of the timing this thread runs
     level: int | None = None  # the priority this thread's work announced (level-N.lock held shared)
-    level_file: IO | None = None
+    level_file: IO[bytes] | None = None
     boost: _Boost | None = None  # a task's: raised when work of a higher priority waits for its result
-    held: dict[str, IO] = field(default_factory=dict)  # the files of the locks this thread holds now
-    files: dict[tuple[str, Path], IO] = field(default_factory=dict)
+    held: dict[str, IO[bytes]] = field(default_factory=dict)  # the files of the locks this thread holds now
+    files: dict[tuple[str, Path], IO[bytes]] = field(default_factory=dict)
 
 
 _tls = threading.local()
@@ -173,7 +173,7 @@ def current_priority() -> Priority:
 
 
 @contextlib.contextmanager
-def priority(p: Priority) -> Iterator[None]:
+def priority(p: int) -> Iterator[None]:  # a Priority, or its number
     """Work this thread starts inside the block runs at priority `p`."""
     st = _me()
     old, st.priority = st.priority, Priority(p)
@@ -197,7 +197,7 @@ def lock_folder() -> Path:
     return folder
 
 
-def _file(st: _Thread, role: str, name: str) -> IO:
+def _file(st: _Thread, role: str, name: str) -> IO[bytes]:
     path = lock_folder() / name
     f = st.files.get((role, path))
     if f is None:
@@ -205,7 +205,7 @@ def _file(st: _Thread, role: str, name: str) -> IO:
     return f
 
 
-def _free(f: IO, how: int) -> bool:
+def _free(f: IO[bytes], how: int) -> bool:
     """Whether the lock `how` could be taken on `f` now (where it could, it is let go at once)."""
     try:
         fcntl.flock(f.fileno(), how | fcntl.LOCK_NB)
@@ -304,7 +304,7 @@ def safe_point() -> None:
 def _raise_level(st: _Thread) -> None:
     """A task whose result higher-priority work waits for goes on at that priority (else a page's run could
     wait for ever on scoring that a cancelled, lower-priority run started and that now yields to the page)."""
-    if st.boost is None or st.level is None or st.boost.level >= st.level:
+    if st.boost is None or st.level is None or st.level_file is None or st.boost.level >= st.level:
         return
     higher = _file(st, "hold", f"level-{st.boost.level}.lock")
     fcntl.flock(higher.fileno(), fcntl.LOCK_SH)
@@ -312,7 +312,7 @@ def _raise_level(st: _Thread) -> None:
     st.level, st.level_file = st.boost.level, higher
 
 
-def result(fut: Future) -> Any:
+def result(fut: Future[Any]) -> Any:
     """The result of a task (`start_task`), waited for inside work: the share is let go meanwhile, and the task
     goes on at least at the waiter's priority."""
     st = _me()
@@ -349,7 +349,7 @@ def quiet_slot() -> Iterator[None]:
             st.timing -= 1
         return
     working = bool(st.depth)
-    p = st.level if working else int(current_priority())
+    p = st.level if working and st.level is not None else int(current_priority())  # (working: level is set)
     if working:
         _leave(st)
     _hold_files(st)
@@ -397,9 +397,9 @@ def start_service(target: Callable[[], Any], name: str) -> threading.Thread:
     return t
 
 
-def start_task(fn: Callable[..., Any], *args: Any, name: str) -> Future:
+def start_task(fn: Callable[..., Any], *args: Any, name: str) -> Future[Any]:
     """`fn(*args)` as work in a thread of its own, at the caller's priority; its result as a Future."""
-    fut: Future = Future()
+    fut: Future[Any] = Future()
     p = current_priority()
     fut.boost = _Boost(int(p))  # type: ignore[attr-defined]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import cast
 
 import torch
 
@@ -41,10 +42,10 @@ def _layer_sensitivity(recipe: Recipe, packed: bytes) -> dict[str, float | None]
             out[name] = None
             continue
         probe = copy.deepcopy(baseline)
-        target = probe.get_submodule(name)
+        target = cast(torch.nn.Conv2d | torch.nn.Linear, probe.get_submodule(name))  # a copy of the baseline's `mod`
         with torch.no_grad():
             target.weight.copy_(other.weight)
-            if mod.bias is not None and other.bias is not None:
+            if mod.bias is not None and other.bias is not None and target.bias is not None:  # (target: a copy of mod)
                 target.bias.copy_(other.bias)
         out[name] = round(base_top1 - evaluate(probe, data.test)["top1"], 4)
     return out
@@ -55,4 +56,5 @@ def to_bytes(values: dict[str, float | None]) -> bytes:
 
 
 def from_bytes(data: bytes) -> dict[str, float | None]:
-    return json.loads(data)
+    values: dict[str, float | None] = json.loads(data)
+    return values

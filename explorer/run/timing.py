@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from explorer.compress.base import Deploy
 from explorer.compress.recipe import Recipe
@@ -41,7 +42,7 @@ def _digest_of(path: str, mtime_ns: int, size: int) -> str:
     return hashlib.sha256(f"{sha256_file(path)}:{size}".encode()).hexdigest()[:16]
 
 
-def baseline_onnx(recipe: Recipe) -> dict:
+def baseline_onnx(recipe: Recipe) -> dict[str, Any]:
     """{"fp32": path or None, "int8": path or None, "reason": why not, or None} for the recipe's baseline."""
     path = recipe.checkpoint_path
     folder = cache_dir() / ONNX_DIR / f"{_digest(path)}-seed{recipe.seed}"
@@ -87,14 +88,15 @@ def _timing_file(recipe: Recipe, threads: int) -> Path:
     return cache_dir() / TIMING_DIR / f"{h}.json"
 
 
-def reference_times(recipe: Recipe, threads: int) -> dict[str, dict]:
+def reference_times(recipe: Recipe, threads: int) -> dict[str, dict[str, Any]]:
     """The baseline's reference timing on this machine: "engine/b256" -> {"median_ms", "ci_ms", "source"}."""
     with contextlib.suppress(OSError, ValueError):
-        return json.loads(_timing_file(recipe, threads).read_text())
+        book: dict[str, dict[str, Any]] = json.loads(_timing_file(recipe, threads).read_text())
+        return book
     return {}
 
 
-def update_reference(recipe: Recipe, threads: int, lat: dict) -> None:
+def update_reference(recipe: Recipe, threads: int, lat: dict[str, Any]) -> None:
     """Keep the baseline's reference timing: from the baseline's own run, timed with every round on the CPU;
     else, where there is none yet, from the baseline's figures of a session whose other checks all passed; and
     from such a session that found the baseline faster than its reference beyond the tolerance (a reference
@@ -129,12 +131,12 @@ def update_reference(recipe: Recipe, threads: int, lat: dict) -> None:
         os.replace(tmp, path)
 
 
-def apply(result: RunResult, lat: dict) -> RunResult:
+def apply(result: RunResult, lat: dict[str, Any]) -> RunResult:
     """The RunResult with a timing written in (explorer.measure.speedup.measure_latency's answer)."""
     out = RunResult(**result)
     quality = lat["timing_quality"]
-    out.update(latency=lat["engines"], speedup=lat["speedup"], speedup_reference=lat["reference"],
-               deployment_gain=lat["deployment_gain"], deployment_reference=lat["deployment_reference"],
-               baseline_latency=lat["baseline"], timing_quality=quality, latency_threads=lat["threads"],
-               hardware={**lat["hardware"], "load_average": quality["load_average"]})
+    out.update({"latency": lat["engines"], "speedup": lat["speedup"], "speedup_reference": lat["reference"],
+                "deployment_gain": lat["deployment_gain"], "deployment_reference": lat["deployment_reference"],
+                "baseline_latency": lat["baseline"], "timing_quality": quality, "latency_threads": lat["threads"],
+                "hardware": {**lat["hardware"], "load_average": quality["load_average"]}})
     return out

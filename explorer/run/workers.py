@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -60,7 +60,7 @@ def _start(parent: int, priority: int, setup: Callable[[], None] | None) -> None
 
 
 @contextlib.contextmanager
-def bare_main():
+def bare_main() -> Iterator[None]:
     """Spawned workers re-import the parent's __main__ from its file. Under Streamlit (and AppTest) that
     file is app.py, so each worker would run the whole page and wait on the very cache lock the sweep
     holds. While workers start, __main__ is an empty module, so they import only what a job needs."""
@@ -77,16 +77,18 @@ class LocalPool:
     """Workers on this machine, started once for a whole sweep (a worker costs about two seconds to start: it
     imports torch). A worker that dies breaks the pool, which is then started again on the next use."""
 
-    def __init__(self, workers: int, fn: Callable[[Job], dict], setup: Callable[[], None] | None = None,
+    def __init__(self, workers: int, fn: Callable[[Job], dict[str, Any]], setup: Callable[[], None] | None = None,
                  priority: int = scheduler.Priority.SWEEP):
-        self.workers, self.fn, self.setup, self.priority, self.pool = workers, fn, setup, priority, None
+        self.workers, self.fn, self.setup, self.priority = workers, fn, setup, priority
+        self.pool: ProcessPoolExecutor | None = None
 
-    def run(self, jobs: list[Job]) -> tuple[list[dict], list[Job]]:
+    def run(self, jobs: list[Job]) -> tuple[list[dict[str, Any]], list[Job]]:
         """(finished, jobs whose pool broke under them)."""
         if self.pool is None:
             self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_start, initargs=(os.getpid(), self.priority, self.setup))
-        done, broken = [], []
+        done: list[dict[str, Any]] = []
+        broken: list[Job] = []
         with bare_main():  # workers start on submit: give them no script to re-run
             futures = {self.pool.submit(self.fn, j): j for j in jobs}
         for f in as_completed(futures):
@@ -98,7 +100,8 @@ class LocalPool:
             self.close()
         return done, broken
 
-    def results(self, jobs: list[Job], died: Callable[[Job, BaseException], dict]) -> Iterable[dict]:
+    def results(self, jobs: list[Job], died: Callable[[Job, BaseException], dict[str, Any]]
+                ) -> Iterable[dict[str, Any]]:
         """Each job's output as it finishes; a job that kills its worker gives `died(job, error)`."""
         if self.workers == 1 and len(jobs) == 1 and self.pool is None:  # one run: here, no worker started for it
             with scheduler.priority(self.priority):
@@ -125,7 +128,7 @@ class LocalPool:
     def __enter__(self) -> LocalPool:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -143,7 +146,8 @@ def ray_check(address: str | None) -> None:
                          "(host:port of its GCS), or unset it to start Ray on this machine") from None
 
 
-def _ray_job(fn: Callable[[Job], dict], setup: Callable[[], None] | None, priority: int, job: Job) -> dict:
+def _ray_job(fn: Callable[[Job], dict[str, Any]], setup: Callable[[], None] | None, priority: int,
+             job: Job) -> dict[str, Any]:
     scheduler.set_default_priority(priority)
     if setup is not None:
         setup()
@@ -154,27 +158,30 @@ class RayPool:
     """Ray tasks, one core each: on the cluster RAY_ADDRESS names (the code and baselines shipped as the
     working folder), else on a Ray started here with `workers` cores."""
 
-    def __init__(self, workers: int, fn: Callable[[Job], dict], setup: Callable[[], None] | None = None,
+    def __init__(self, workers: int, fn: Callable[[Job], dict[str, Any]], setup: Callable[[], None] | None = None,
                  priority: int = scheduler.Priority.SWEEP):
         self.workers, self.fn, self.setup, self.priority = workers, fn, setup, priority
 
-    def _init(self):
+    def _init(self) -> Any:  # the ray module (imported only where Ray is used)
         import ray
 
         address = os.environ.get("RAY_ADDRESS")
         ray_check(address)
         if not ray.is_initialized():
             root = str(paths.ROOT)
+            kw: dict[str, Any]
             if address:
                 kw = {"address": address, "runtime_env": {"working_dir": root, "excludes": [".venv", "cache", ".git"]}}
             else:  # local workers share this machine's lock files, so they yield to timing like any other
                 path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
                 env = {"PYTHONPATH": path, "EXPLORER_CACHE_DIR": str(paths.cache_dir())}
                 kw = {"num_cpus": self.workers, "include_dashboard": False, "runtime_env": {"env_vars": env}}
-            ray.init(ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR", **kw)
+            # Ray takes a logging level by name too, though its annotation says int
+            ray.init(ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR", **kw)  # type: ignore[arg-type]
         return ray
 
-    def results(self, jobs: list[Job], died: Callable[[Job, BaseException], dict]) -> Iterable[dict]:
+    def results(self, jobs: list[Job], died: Callable[[Job, BaseException], dict[str, Any]]
+                ) -> Iterable[dict[str, Any]]:
         ray = self._init()
         task = ray.remote(num_cpus=1, max_retries=0)(_ray_job)
         refs = {task.remote(self.fn, self.setup, self.priority, j): j for j in jobs}
@@ -190,7 +197,7 @@ class RayPool:
         pass
 
 
-POOLS: dict[str, type] = {"local": LocalPool, "ray": RayPool}
+POOLS: dict[str, type[LocalPool] | type[RayPool]] = {"local": LocalPool, "ray": RayPool}
 
 
 class Worker:
@@ -230,7 +237,8 @@ def _worker_entry(parent: int, priority: int, main: Callable[..., None], *args: 
 
 class Handle:
     def __init__(self, worker: Worker):
-        self._worker, self._out = worker, None
+        self._worker = worker
+        self._out: dict[str, Any] | None = None
 
     def done(self) -> bool:
         if self._out is None:
@@ -240,5 +248,5 @@ class Handle:
                 self._out = {"status": "failed", "error": "the background worker process died"}
         return self._out is not None
 
-    def result(self) -> dict:
+    def result(self) -> dict[str, Any]:
         return self._out or {"status": "failed", "error": "not finished"}
