@@ -12,7 +12,7 @@ from explorer.artifact import pack
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
 from explorer.compress.recipe import Recipe
-from explorer.core import zoo
+from explorer.core import paths, zoo
 from explorer.core.train import evaluate
 from explorer.models import user as byo
 from explorer.models.baselines import baseline_data, load_baseline, read_card
@@ -130,3 +130,17 @@ def test_cli_adds_by_name_and_lists_names(env, capsys):
     assert main(["add-model", "--arch", "timm:nope_net", "--checkpoint", str(env / "w.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'timm:nope_net' is not known" in err
+
+
+def test_train_by_library_name_writes_a_file_name_without_colon(env, capsys):
+    """`train --model timm:<name>`: ':' is no file name character everywhere (a drive on Windows); the card inside
+    keeps the name the library knows, and a recipe naming the model finds the file."""
+    models = env / "models"
+    assert main(["train", "--model", TIMM, "--dataset", "digits", "--epochs", "1", "--models-dir", str(models)]) == 0
+    [weights] = models.glob("*.safetensors")
+    assert weights.name == "timm-test_resnet-digits.safetensors"
+    card = read_card(weights)
+    assert card["architecture"] == TIMM and card["file"] == weights.name
+    assert paths.baseline_path(TIMM, "digits", models) == weights
+    rebuilt, _ = load_baseline(weights)
+    assert isinstance(rebuilt, type(zoo.create_model(TIMM)))
