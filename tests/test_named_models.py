@@ -144,3 +144,20 @@ def test_train_by_library_name_writes_a_file_name_without_colon(env, capsys):
     assert paths.baseline_path(TIMM, "digits", models) == weights
     rebuilt, _ = load_baseline(weights)
     assert isinstance(rebuilt, type(zoo.create_model(TIMM)))
+
+
+def test_channel_removal_on_shufflenet_is_refused_in_one_line_naming_the_model():
+    """Torch-Pruning's graph cannot follow ShuffleNet's channel shuffle (its build fails with ZeroDivisionError):
+    the refusal names the model and the reason in words, before any channel goes; other models still prune."""
+    from explorer.compress.pipeline import compress
+    from explorer.core.data import load_dataset
+
+    data = load_dataset("digits")
+    arch = "torchvision:shufflenet_v2_x0_5"
+    model = zoo.create_model(arch, num_classes=10, in_channels=1, image_size=8)
+    recipe = Recipe(model=arch, dataset="digits", steps=(PruneConfig(granularity="channel", sparsity=0.5),))
+    with pytest.raises(ValueError) as e:
+        compress(model, recipe, data)
+    msg = _one_line(e)
+    assert f"channel removal cannot run on model '{arch}' (ShuffleNetV2)" in msg
+    assert "channel shuffle" in msg and "ZeroDivisionError" not in msg
