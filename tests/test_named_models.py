@@ -161,3 +161,23 @@ def test_channel_removal_on_shufflenet_is_refused_in_one_line_naming_the_model()
     msg = _one_line(e)
     assert f"channel removal cannot run on model '{arch}' (ShuffleNetV2)" in msg
     assert "channel shuffle" in msg and "ZeroDivisionError" not in msg
+
+
+def test_two_four_on_shufflenet_leaves_depthwise_convolutions_dense_and_says_so():
+    """A depthwise convolution's filter sees one input channel: no group of 4 to keep 2 of. 2:4 prunes the other
+    layers (as the page asks, inner layers) and leaves these dense with a note, as NVIDIA's apex ASP skips them."""
+    from explorer.compress.pipeline import compress
+    from explorer.core.data import load_dataset
+
+    model = zoo.create_model("torchvision:shufflenet_v2_x0_5", num_classes=10, in_channels=1, image_size=8)
+    out = compress(model, [PruneConfig(granularity="nm", sparsity=0.5, layers="inner", finetune_epochs=0)],
+                   load_dataset("digits"))
+    convs = {n: m for n, m in out.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    depthwise = [n for n, m in convs.items() if m.groups > 1]
+    assert depthwise and not {f"{n}.weight" for n in depthwise} & set(out.state.masks)
+    assert len(out.state.masks) >= 20
+    for mask in out.state.masks.values():  # 2 of every 4 consecutive input channels kept
+        groups = (mask.permute(0, 2, 3, 1) if mask.dim() == 4 else mask).reshape(-1, 4)
+        assert torch.equal(groups.sum(1), torch.full((len(groups),), 2))
+    [note] = [n for n in out.state.notes if "depthwise" in n]
+    assert f"left {len(depthwise)} depthwise or grouped convolutions dense" in note
