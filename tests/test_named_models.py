@@ -181,3 +181,40 @@ def test_two_four_on_shufflenet_leaves_depthwise_convolutions_dense_and_says_so(
         assert torch.equal(groups.sum(1), torch.full((len(groups),), 2))
     [note] = [n for n in out.state.notes if "depthwise" in n]
     assert f"left {len(depthwise)} depthwise or grouped convolutions dense" in note
+
+
+def test_channel_removal_on_a_named_resnet_equals_zeroing_the_batchnorms_that_feed_the_channels():
+    """Torch-Pruning's graph on timm's ResNet (residual stages, a deep stem) removes the right channels: the pruned
+    model's logits equal the original's with the removed channels' BatchNorms (scale and shift) set to zero, for half
+    the channels of every group of coupled layers. (A collapse to chance after removal is then the lost channels.)"""
+    import copy
+
+    import torch_pruning as tp
+
+    from explorer.compress.channel import dependency_graph
+
+    torch.manual_seed(0)
+    model = zoo.create_model(TIMM, num_classes=10, in_channels=1, image_size=8).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # not the identity BatchNorm of a fresh model
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5), torch.nn.init.uniform_(m.bias, -0.5, 0.5)
+    zeroed, removed, ex = copy.deepcopy(model), copy.deepcopy(model), torch.zeros(1, 1, 8, 8)
+    gz, gr = dependency_graph(zeroed, ex), dependency_graph(removed, ex)
+    groups = zip(gz.get_all_groups(ignored_layers=[zeroed.fc], root_module_types=[torch.nn.Conv2d]),
+                 gr.get_all_groups(ignored_layers=[removed.fc], root_module_types=[torch.nn.Conv2d]), strict=True)
+    n_groups = 0
+    for z, r in groups:
+        n = z[0].dep.target.module.out_channels
+        idxs = torch.randperm(n)[: n // 2].tolist()
+        for dep, _ in z:
+            if isinstance(dep.target.module, torch.nn.BatchNorm2d):
+                with torch.no_grad():
+                    dep.target.module.weight[idxs], dep.target.module.bias[idxs] = 0.0, 0.0
+        gr.get_pruning_group(r[0].dep.target.module, tp.prune_conv_out_channels, idxs=idxs).prune()
+        n_groups += 1
+    params = [sum(p.numel() for p in m.parameters()) for m in (removed, model)]
+    assert n_groups >= 8 and params[0] < 0.4 * params[1]
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(removed(x), zeroed(x), atol=1e-5)
+        assert not torch.allclose(zeroed(x), model(x), atol=1e-2)  # half the channels did matter
