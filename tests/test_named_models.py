@@ -12,7 +12,7 @@ from explorer.artifact import pack
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import QuantizeConfig
 from explorer.compress.recipe import Recipe
-from explorer.core import zoo
+from explorer.core import paths, zoo
 from explorer.core.train import evaluate
 from explorer.models import user as byo
 from explorer.models.baselines import baseline_data, load_baseline, read_card
@@ -130,3 +130,91 @@ def test_cli_adds_by_name_and_lists_names(env, capsys):
     assert main(["add-model", "--arch", "timm:nope_net", "--checkpoint", str(env / "w.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'timm:nope_net' is not known" in err
+
+
+def test_train_by_library_name_writes_a_file_name_without_colon(env, capsys):
+    """`train --model timm:<name>`: ':' is no file name character everywhere (a drive on Windows); the card inside
+    keeps the name the library knows, and a recipe naming the model finds the file."""
+    models = env / "models"
+    assert main(["train", "--model", TIMM, "--dataset", "digits", "--epochs", "1", "--models-dir", str(models)]) == 0
+    [weights] = models.glob("*.safetensors")
+    assert weights.name == "timm-test_resnet-digits.safetensors"
+    card = read_card(weights)
+    assert card["architecture"] == TIMM and card["file"] == weights.name
+    assert paths.baseline_path(TIMM, "digits", models) == weights
+    rebuilt, _ = load_baseline(weights)
+    assert isinstance(rebuilt, type(zoo.create_model(TIMM)))
+
+
+def test_channel_removal_on_shufflenet_is_refused_in_one_line_naming_the_model():
+    """Torch-Pruning's graph cannot follow ShuffleNet's channel shuffle (its build fails with ZeroDivisionError):
+    the refusal names the model and the reason in words, before any channel goes; other models still prune."""
+    from explorer.compress.pipeline import compress
+    from explorer.core.data import load_dataset
+
+    data = load_dataset("digits")
+    arch = "torchvision:shufflenet_v2_x0_5"
+    model = zoo.create_model(arch, num_classes=10, in_channels=1, image_size=8)
+    recipe = Recipe(model=arch, dataset="digits", steps=(PruneConfig(granularity="channel", sparsity=0.5),))
+    with pytest.raises(ValueError) as e:
+        compress(model, recipe, data)
+    msg = _one_line(e)
+    assert f"channel removal cannot run on model '{arch}' (ShuffleNetV2)" in msg
+    assert "channel shuffle" in msg and "ZeroDivisionError" not in msg
+
+
+def test_two_four_on_shufflenet_leaves_depthwise_convolutions_dense_and_says_so():
+    """A depthwise convolution's filter sees one input channel: no group of 4 to keep 2 of. 2:4 prunes the other
+    layers (as the page asks, inner layers) and leaves these dense with a note, as NVIDIA's apex ASP skips them."""
+    from explorer.compress.pipeline import compress
+    from explorer.core.data import load_dataset
+
+    model = zoo.create_model("torchvision:shufflenet_v2_x0_5", num_classes=10, in_channels=1, image_size=8)
+    out = compress(model, [PruneConfig(granularity="nm", sparsity=0.5, layers="inner", finetune_epochs=0)],
+                   load_dataset("digits"))
+    convs = {n: m for n, m in out.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    depthwise = [n for n, m in convs.items() if m.groups > 1]
+    assert depthwise and not {f"{n}.weight" for n in depthwise} & set(out.state.masks)
+    assert len(out.state.masks) >= 20
+    for mask in out.state.masks.values():  # 2 of every 4 consecutive input channels kept
+        groups = (mask.permute(0, 2, 3, 1) if mask.dim() == 4 else mask).reshape(-1, 4)
+        assert torch.equal(groups.sum(1), torch.full((len(groups),), 2))
+    [note] = [n for n in out.state.notes if "depthwise" in n]
+    assert f"left {len(depthwise)} depthwise or grouped convolutions dense" in note
+
+
+def test_channel_removal_on_a_named_resnet_equals_zeroing_the_batchnorms_that_feed_the_channels():
+    """Torch-Pruning's graph on timm's ResNet (residual stages, a deep stem) removes the right channels: the pruned
+    model's logits equal the original's with the removed channels' BatchNorms (scale and shift) set to zero, for half
+    the channels of every group of coupled layers. (A collapse to chance after removal is then the lost channels.)"""
+    import copy
+
+    import torch_pruning as tp
+
+    from explorer.compress.channel import dependency_graph
+
+    torch.manual_seed(0)
+    model = zoo.create_model(TIMM, num_classes=10, in_channels=1, image_size=8).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # not the identity BatchNorm of a fresh model
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5), torch.nn.init.uniform_(m.bias, -0.5, 0.5)
+    zeroed, removed, ex = copy.deepcopy(model), copy.deepcopy(model), torch.zeros(1, 1, 8, 8)
+    gz, gr = dependency_graph(zeroed, ex), dependency_graph(removed, ex)
+    groups = zip(gz.get_all_groups(ignored_layers=[zeroed.fc], root_module_types=[torch.nn.Conv2d]),
+                 gr.get_all_groups(ignored_layers=[removed.fc], root_module_types=[torch.nn.Conv2d]), strict=True)
+    n_groups = 0
+    for z, r in groups:
+        n = z[0].dep.target.module.out_channels
+        idxs = torch.randperm(n)[: n // 2].tolist()
+        for dep, _ in z:
+            if isinstance(dep.target.module, torch.nn.BatchNorm2d):
+                with torch.no_grad():
+                    dep.target.module.weight[idxs], dep.target.module.bias[idxs] = 0.0, 0.0
+        gr.get_pruning_group(r[0].dep.target.module, tp.prune_conv_out_channels, idxs=idxs).prune()
+        n_groups += 1
+    params = [sum(p.numel() for p in m.parameters()) for m in (removed, model)]
+    assert n_groups >= 8 and params[0] < 0.4 * params[1]
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(removed(x), zeroed(x), atol=1e-5)
+        assert not torch.allclose(zeroed(x), model(x), atol=1e-2)  # half the channels did matter

@@ -7,6 +7,7 @@ by hand. The result is a smaller dense model: fewer parameters, fewer MACs, real
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from explorer.compress.attention import attention_blocks
 from explorer.compress.base import Context, Layer, compressible, finetune, require_shapes_free
 from explorer.compress.prune_config import PruneConfig
 from explorer.compress.schedules import cubic_sparsity, geometric_sparsity
+from explorer.core.errors import first_line
 
 
 def _importance(criterion: str) -> Any:  # a Torch-Pruning importance (untyped library)
@@ -57,7 +59,27 @@ def check_feasible(model: nn.Module, cfg: PruneConfig) -> None:
                              f"the most it can take is {(ch - 1) / ch:.3f}")
 
 
-def _global_ratios(model: nn.Module, example: torch.Tensor, cfg: PruneConfig,
+def dependency_graph(model: nn.Module, example: torch.Tensor, name: str | None = None) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of `model`, or one line that names the model and says why channels cannot be
+    removed from it. A reshape that regroups channels between layers (ShuffleNet's channel shuffle interleaves its
+    two branches' channels) is what the graph cannot follow (Torch-Pruning issue 14, open since 2020): building it
+    fails inside the library (torchvision's shufflenet_v2: ZeroDivisionError), long before any channel goes."""
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    except Exception as e:  # the library's own failure, said in the user's words
+        who = f"model {name!r} ({type(model).__name__})" if name else f"this model ({type(model).__name__})"
+        frames = [f.name for f in traceback.extract_tb(e.__traceback__)]
+        if any("reshape" in f for f in frames):
+            why = ("it regroups its channels with a reshape between layers (such as a channel shuffle, which "
+                   "interleaves two branches' channels), and Torch-Pruning's dependency graph cannot follow which "
+                   "layers share a channel through it")
+        else:
+            why = f"Torch-Pruning's dependency graph could not follow its channels ({first_line(e, 120)})"
+        raise ValueError(f"channel removal cannot run on {who}: {why}; unstructured or block pruning, "
+                         "quantisation, clustering and low-rank still apply") from None
+
+
+def _global_ratios(model: nn.Module, graph: tp.DependencyGraph, cfg: PruneConfig,
                    ignored: list[Layer]) -> dict[nn.Module, float]:
     """Each layer's ratio from one ranking across layers: the `sparsity` share of all prunable channels with the
     lowest group importance (Torch-Pruning's, normalised within each group as its global mode does), and never a
@@ -65,7 +87,6 @@ def _global_ratios(model: nn.Module, example: torch.Tensor, cfg: PruneConfig,
     threshold, so a higher ratio could prune less (LeNet-5: 60% kept both convolutions whole, 50% did not).
     The shares are fixed on the model before pruning; an iterative schedule then reaches them round by round."""
     importance = _importance(cfg.criterion)
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     scored = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
         imp = importance(group)
@@ -97,6 +118,7 @@ def prune_channels(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict[str
     check_feasible(model, cfg)
     data = ctx.need_data("channel pruning (an example input for the dependency graph)")
     example = torch.zeros(1, *data.input_shape)
+    graph = dependency_graph(model, example, ctx.model_name)  # before any work: a model it cannot follow is refused
     ignored, prunable = _plan(model, cfg)
     before = {n: _out_channels(m) for n, m in prunable}
     macs0, params0 = macs_and_params(model, example)
@@ -106,7 +128,7 @@ def prune_channels(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict[str
     else:  # iterative: the same share of the remaining channels each round (geometric); oneshot: all at once
         ratios = [geometric_sparsity(cfg.sparsity, r, rounds) for r in range(rounds + 1)]
     shares = [r / cfg.sparsity for r in ratios]  # of the final ratio, per round (a layer's own ratio below)
-    per_layer = _global_ratios(model, example, cfg, ignored) if cfg.scope == "global" else None
+    per_layer = _global_ratios(model, graph, cfg, ignored) if cfg.scope == "global" else None
     pruner = tp.pruner.MetaPruner(
         model, example, importance=_importance(cfg.criterion), global_pruning=False,
         pruning_ratio=cfg.sparsity, pruning_ratio_dict=per_layer, iterative_steps=rounds,

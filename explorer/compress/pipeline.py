@@ -32,12 +32,13 @@ def compress(model: nn.Module, recipe_or_steps: Any, data: DataBundle | None, *,
     """Apply each step to a copy of the previous model; `model` itself is never changed."""
     steps: Sequence[Any] = getattr(recipe_or_steps, "steps", recipe_or_steps)
     seed = getattr(recipe_or_steps, "seed", 0) if seed is None else seed
+    name = getattr(recipe_or_steps, "model", None)  # a step's refusal names the model the user chose
     state = CompressionState()
     current, timings = model, []
     for i, cfg in enumerate(steps):
         technique = step_type_of(cfg)
         ctx = Context(data=data, state=state, progress=_step_progress(progress, i, len(steps), technique.kind),
-                      seed=seed, baseline=model)
+                      seed=seed, baseline=model, model_name=name)
         t0 = time.perf_counter()
         out = technique.apply(current, cfg, ctx)
         timings.append({"step": i + 1, "kind": technique.kind, "seconds": round(time.perf_counter() - t0, 3)})

@@ -142,7 +142,15 @@ def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 
 def _input_size(mod: Layer) -> int:
-    return mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features
+    """The input channels each filter sees: a grouped convolution's filters see in_channels / groups."""
+    return mod.in_channels // mod.groups if isinstance(mod, nn.Conv2d) else mod.in_features
+
+
+def _nm_unfit(mod: nn.Module, m: int) -> bool:
+    """A grouped convolution whose filters see no multiple of m input channels: a depthwise one sees a single
+    channel, so there is no group of m to keep n of. N:M leaves these dense, as NVIDIA's automatic sparsity tool
+    (apex ASP) skips the layers whose shape its sparse kernels cannot take."""
+    return isinstance(mod, nn.Conv2d) and mod.groups > 1 and _input_size(mod) % m != 0
 
 
 # ---------------------------------------------------------------- apply
@@ -152,7 +160,24 @@ def _targets(model: nn.Module, cfg: PruneConfig) -> dict[str, Layer]:
     mods = compressible(model, cfg.layers)
     if not mods:
         raise ValueError(f"layers={cfg.layers!r} selects no Conv2d or Linear layer in this model")
+    if cfg.granularity == "nm":
+        mods = [(n, m) for n, m in mods if not _nm_unfit(m, cfg.m)]
+        if not mods:
+            raise ValueError(f"{cfg.n}:{cfg.m} pruning finds no layer in layers={cfg.layers!r} whose filters see a "
+                             f"multiple of {cfg.m} input channels (all are grouped convolutions)")
     return {f"{n}.weight": m for n, m in mods}
+
+
+def _nm_dense_note(model: nn.Module, cfg: PruneConfig) -> str | None:
+    """What N:M left dense among the selected layers, in words, with their share of the selected weights."""
+    mods = compressible(model, cfg.layers)
+    left = [m for _, m in mods if _nm_unfit(m, cfg.m)]
+    if not left:
+        return None
+    share = sum(m.weight.numel() for m in left) / sum(m.weight.numel() for _, m in mods)
+    return (f"{cfg.n}:{cfg.m} left {len(left)} depthwise or grouped convolutions dense ({share:.1%} of the selected "
+            f"layers' weights): their filters see no multiple of {cfg.m} input channels (a depthwise one sees one), so "
+            f"there is no group of {cfg.m} to keep {cfg.n} of.")
 
 
 def compute_masks(model: nn.Module, cfg: PruneConfig, sparsity: float,
@@ -245,6 +270,8 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> Compressed:
             state.notes.append(f"{cfg.n}:{cfg.m} sparsity runs faster only on GPUs with sparse tensor cores "
                                "(NVIDIA Ampere and later, through sparse kernels such as cuSPARSELt); the CPU "
                                "runtimes here multiply the zeros, so its latency is the dense one.")
+            if dense := _nm_dense_note(model, cfg):
+                state.notes.append(dense)
         else:
             state.notes.append("Block sparsity needs block-sparse kernels to run faster; the runtimes here are "
                                "dense, so it shrinks the packed file, not the latency.")

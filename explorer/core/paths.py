@@ -5,6 +5,7 @@ explorer runs from any working directory."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # explorer/core/paths.py -> the repository
@@ -25,5 +26,7 @@ def env_folder(name: str, default: Path) -> Path:
 
 
 def baseline_path(model: str, dataset: str, models_dir: str | os.PathLike[str] = MODELS_DIR) -> Path:
-    """The committed weights of `model` trained on `dataset`."""
-    return Path(models_dir) / f"{model}-{dataset}.safetensors"
+    """The committed weights of `model` trained on `dataset`. A name from a library (`timm:resnet18`) gives a file
+    name every file system takes (`timm-resnet18-digits.safetensors`: ':' is a drive separator on Windows and
+    odd in URLs); the card inside keeps the real name."""
+    return Path(models_dir) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', model)}-{dataset}.safetensors"
