@@ -1,10 +1,16 @@
 """Streamlit entry point: `streamlit run app.py` (or `make run`). The shell is drawn first, the page (and its
-heavy imports) after it, so a first open paints at once."""
+heavy imports) after it, so a first open paints at once.
 
-from explorer.app.ui import shell
+Streamlit runs this file as `__main__`, and multiprocessing's "spawn" (the processes that check a user's model
+and the landscape's workers) re-imports the parent's `__main__` file in each child, as `__mp_main__`. The guard
+keeps those children from drawing the page and queueing its runs: without it every child computed the page's
+default configuration beside its own work."""
 
-top = shell.draw()
+if __name__ == "__main__":
+    from explorer.app.ui import shell
 
-from explorer.app.ui.main import main  # noqa: E402  (imported after the shell is drawn: it pulls in PyTorch)
+    top = shell.draw()
 
-main(top)
+    from explorer.app.ui.main import main  # (imported after the shell is drawn: it pulls in PyTorch)
+
+    main(top)

@@ -170,6 +170,27 @@ def test_query_round_trip():
     assert set(state.to_query(off)) == {"baseline", "bits"}
 
 
+def test_a_process_the_page_spawns_does_not_draw_the_page_or_queue_its_runs(monkeypatch):
+    """multiprocessing's spawn re-imports the parent's __main__ file (under Streamlit, app.py) in every child, as
+    __mp_main__: a model check or a landscape worker ran the whole page and computed its default run beside its
+    own work. The page is drawn only where Streamlit runs the file."""
+    import runpy
+
+    from explorer.app.ui import shell
+
+    drawn = []
+    monkeypatch.setattr(shell, "draw", lambda: drawn.append("shell"))
+    runpy.run_path(str(ROOT / "app.py"), run_name="__mp_main__")
+    assert drawn == []
+    def page(top):
+        raise RuntimeError("the page is drawn")
+
+    monkeypatch.setattr("explorer.app.ui.main.main", page)
+    with pytest.raises(RuntimeError, match="the page is drawn"):  # as Streamlit runs the file
+        runpy.run_path(str(ROOT / "app.py"), run_name="__main__")
+    assert drawn == ["shell"]
+
+
 def test_sweep_panel_runs_a_sweep_from_the_page(cache, monkeypatch):
     # spawned sweep workers must not re-run the page (under Streamlit, __main__ is app.py): they would
     # wait forever on the cache lock the sweep holds
