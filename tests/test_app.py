@@ -92,6 +92,7 @@ def test_cached_configuration_rerenders_from_the_cache(cache):
     assert "(from the cache)" in at.caption[-1].value
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_invalid_combination_shows_an_error_not_an_exception(cache):
     at = _app(bits="4", quant_mode="static")
     assert not at.exception
@@ -100,6 +101,7 @@ def test_invalid_combination_shows_an_error_not_an_exception(cache):
     assert not at.exception and not at.error and "Top-1 (measured)" in _metrics(at)
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_failed_run_shows_its_error_and_the_page_stays_usable(cache):
     at = _app(granularity="nm", sparsity="0.5")  # nm uses layers=inner here, so it runs
     assert not at.exception and not at.error
@@ -130,6 +132,7 @@ def test_batchnorm_adaptation_is_offered_where_the_model_has_batchnorm(cache):
     assert state.to_recipe(state.DEFAULTS, cards["digits_cnn-digits"]).label() == "prune 50% unstructured"
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_a_shared_link_reopens_the_same_view_and_bad_values_are_reported(cache):
     at = _app(sparsity="0.75", clusters="16", baseline="nope", bits="99")
     c = _controls(at)
@@ -191,6 +194,7 @@ def test_a_process_the_page_spawns_does_not_draw_the_page_or_queue_its_runs(monk
     assert drawn == ["shell"]
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_sweep_panel_runs_a_sweep_from_the_page(cache, monkeypatch):
     # spawned sweep workers must not re-run the page (under Streamlit, __main__ is app.py): they would
     # wait forever on the cache lock the sweep holds
@@ -235,6 +239,7 @@ def test_the_page_opens_on_fashion_mnist_where_the_data_is_and_on_digits_otherwi
 
 @pytest.mark.skipif(not available("fashion-mnist"),
                     reason="Fashion-MNIST is not installed (apt-get install -y dataset-fashion-mnist)")
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_with_the_data_the_page_opens_on_the_fashion_mnist_lenet5(cache):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.query_params["prune_epochs"] = "0"  # a quick first run; the baseline is the page's own choice
@@ -245,6 +250,7 @@ def test_with_the_data_the_page_opens_on_the_fashion_mnist_lenet5(cache):
     assert _metrics(at)["Top-1 (measured)"].endswith("%")
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_the_page_states_uncertainty_and_what_compression_forgets(cache):
     at = _app(sparsity="0.9", prune_epochs="0")
     assert not at.exception
@@ -287,6 +293,7 @@ def _values(v) -> list:
     return [x for x in (v or []) if x is not None]
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_one_builder_gives_8_bits_the_same_recipe_on_the_page_and_in_a_sweep(cache):
     """8 bits meant 'W8 ptq' in the sidebar and 'W8A8 static' in sweeps: now one function builds both."""
     from explorer.run.controls import grid_point
@@ -300,6 +307,7 @@ def test_one_builder_gives_8_bits_the_same_recipe_on_the_page_and_in_a_sweep(cac
     assert page["key"] == run_key(grid)
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_controls_that_do_not_apply_are_disabled_and_start_no_run(cache):
     at = _app(bits="4")  # weights-only: no activation ranges to calibrate
     assert at.sidebar.selectbox(key="calibration").disabled and at.sidebar.slider(key="rank_ratio").disabled
@@ -323,6 +331,7 @@ def test_structural_pruning_shows_parameters_removed_and_explains_once(cache):
     assert len(said) == 1, said
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_a_finished_sweep_shows_in_the_charts_and_the_footer_says_so(cache, monkeypatch):
     monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
     at = _app()
@@ -403,6 +412,7 @@ def test_user_facing_text_uses_plain_words():
                 assert not any(b in node.value for b in banned), (f.name, node.value[:80])
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_an_added_model_is_announced_until_the_next_action(cache, tmp_path, monkeypatch):
     import io
 
@@ -426,6 +436,7 @@ def test_an_added_model_is_announced_until_the_next_action(cache, tmp_path, monk
     assert any(unmd(s.value).startswith("Added mine") for s in at.success)  # and on the next render too
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_your_model_names_a_timm_architecture_from_the_searchable_list(cache, tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
@@ -627,6 +638,7 @@ def test_each_model_keeps_its_own_sweep_and_settings_across_a_switch(cache, monk
     assert "the compression settings you last used with it" in " ".join(unmd(i.value) for i in at.sidebar.info)
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_the_layers_tab_says_it_is_computing_instead_of_staying_blank(fresh_cache):
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     for k, v in {"baseline": "digits_cnn-digits", "sparsity": "0.35", "prune_epochs": "0"}.items():

@@ -70,6 +70,7 @@ def test_state_dict_model_gets_every_view(env, baseline):
         assert np.load(p, allow_pickle=False).dtype == np.int16
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 @pytest.mark.parametrize("fmt", ["torchscript", "exported", "onnx"])
 def test_foreign_models_get_size_latency_and_int8_only(env, baseline, fmt):
     model, card = baseline

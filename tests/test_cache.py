@@ -267,6 +267,7 @@ def start_worker(tmp_path: Path, mode: str, sessions: int = 1) -> subprocess.Pop
                              str(sessions)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_two_processes_compute_once(root, tmp_path):
     procs = [start_worker(tmp_path, "normal", sessions=2) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]

@@ -37,6 +37,7 @@ def test_data_export_writes_the_evaluated_tensors(tmp_path):
     np.testing.assert_array_equal(z["y"], ref.y.numpy())
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_concurrent_runs_of_one_new_recipe_compute_it_once(tmp_path):
     """Four `run` commands for the same new recipe used to compute it four times; they now go through the
     cache and its per-key lock, like sweeps and the page."""

@@ -222,6 +222,7 @@ def _screenshot(page, path: Path) -> None:
     page.set_viewport_size(VIEWPORT)
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_sparsity_slider_reruns_and_the_page_shows_results_and_charts(browser, server, tmp_path):
     from playwright.sync_api import expect
 
@@ -422,6 +423,7 @@ def _points(page, chart_index: int = 0) -> int:
                           ".reduce((n, t) => n + Array.from(t.x || []).filter(v => v !== null).length, 0)")
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_the_curves_fill_in_on_their_own(browser, tmp_path):
     """An empty cache, the page opened and left alone: the background landscape measures the default grid
     and the curve's point count grows without a click, past the idle time (a page that only watches keeps

@@ -73,6 +73,7 @@ def test_exception_in_finetuning_is_recorded_and_not_cached(tmp_path, monkeypatc
     assert cache.get_or_run(recipe)["status"] == "ok"
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_eight_sessions_compute_each_configuration_once_and_agree(tmp_path, monkeypatch):
     monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")

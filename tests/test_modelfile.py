@@ -87,6 +87,7 @@ def test_a_program_under_another_name_is_still_a_program(env, attack, name):
     assert not marker.exists()
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_the_page_refuses_the_upload_and_never_runs_it(env, attack):
     path, marker = attack
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
@@ -173,6 +174,7 @@ def test_formats_come_from_the_bytes(tmp_path):
         detect_format(tmp_path / "e.onnx")
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_trusted_program_that_fails_is_one_line(env, tmp_path):
     """A malformed .pt2 and a TorchScript model whose export fails used to print two tracebacks from
     torch's logger; with --trust-code they now give the explorer's one line."""

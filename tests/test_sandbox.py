@@ -123,6 +123,7 @@ def test_an_endless_loop_is_refused_in_time_and_the_stored_model_kept(env, monke
     assert not list((env / "cache" / ".scratch").iterdir())
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_the_command_line_refuses_an_endless_loop_in_one_line(env):
     hostile = loop_model(env / "loop.onnx", 10**12)
     run_env = {**os.environ, "EXPLORER_CHECK_TIMEOUT_S": "5", "PYTHONPATH": str(ROOT)}
@@ -180,6 +181,7 @@ def whoami() -> tuple[int, str | None, str]:
     return os.getpid(), os.environ.get("EXPLORER_TEST_MARK"), os.getcwd()
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_a_checking_process_is_reused_with_the_callers_settings_until_it_fails(monkeypatch, tmp_path):
     """Loading torch costs seconds, so a process that answered is kept for the next check; it takes each
     check's settings and folder from the caller as they are then, and one that failed is never used again."""
@@ -252,6 +254,7 @@ def _checking_child(pid: int) -> int | None:
     return None
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_a_check_whose_caller_was_killed_stops_itself(env):
     """A server killed mid-check, so its kill of the child never comes: the child stops itself instead of
     running the loop at 100% CPU for ever."""
@@ -299,6 +302,7 @@ def test_the_page_refuses_an_endless_loop_and_stores_nothing(env, monkeypatch):
     assert _stored(env) == []
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_a_loop_that_runs_only_on_the_timing_batch_is_refused_when_added(env, monkeypatch):
     """A Loop of 10**12 iterations only for a batch of 256 inputs: the test images (one batch of 359, and 2
     for the trial) pass, the page's latency timing at batch 256 would hang the server. Added, it is refused:

@@ -73,6 +73,7 @@ def test_failed_run_does_not_stop_the_sweep_and_resume_computes_only_the_rest(ca
     assert list(df2["cache_hit"]) == [True, False]
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_ray_backend_matches_local(cache, tmp_path, monkeypatch):
     pytest.importorskip("ray")
     import ray
@@ -100,6 +101,7 @@ def test_results_frame_flattens_failed_and_ok_rows():
     assert df.loc[0, "error"] == "boom" and df.loc[0, "technique"] == "baseline"
 
 
+@pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
 def test_cli_sweep_report_recommend(cache, tmp_path, capsys):
     out = tmp_path / "results.csv"
     assert main(["sweep", "--sparsity", "0,0.5", "--bits", "32,8", "--clusters", "0", "--finetune-epochs", "0",
