@@ -9,8 +9,9 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from explorer.core import plugins, scratch, settings
 from explorer.core.engines import B256, ORT_CPU_INT8, lat_col
 from explorer.core.errors import bad_value, first_line
 from explorer.run.cache import RunCache
-from explorer.run.result import FILES, disturbed_figures, speed, speed_with_interval
+from explorer.run.result import FILES, RunResult, disturbed_figures, speed, speed_with_interval
 
 # Each command imports the heavy parts it needs (torch, the models, plotting) when it runs, so `--help`,
 # `cache ...` and `data ...` answer at once; everything imported above is light.
@@ -230,7 +231,7 @@ def _num(n) -> str:
     return "n/a" if n is None else f"{n:,}"
 
 
-def _lat(entry: dict) -> str:
+def _lat(entry: Mapping[str, Any]) -> str:
     if not entry.get("available"):
         return "not available"
     ci = entry.get("ci_ms")
@@ -238,11 +239,11 @@ def _lat(entry: dict) -> str:
     return f"{entry['median_ms']:.3f} ms (p90 {entry['p90_ms']:.3f}{within})"
 
 
-def _speedup(result: dict, engine: str, batch: str, kind: str) -> str:
+def _speedup(result: RunResult, engine: str, batch: str, kind: str) -> str:
     return speed_with_interval(speed(result, engine, batch, kind))
 
 
-def summary(result: dict) -> str:
+def summary(result: RunResult) -> str:
     """What a person reads: accuracy and delta, sparsity, sizes, latency, per-layer table, seconds."""
     acc, base, sz, rf = result["accuracy"], result["baseline_accuracy"], result["size"], result["reduction_factor"]
     ci = result.get("accuracy_ci") or {}
@@ -260,12 +261,15 @@ def summary(result: dict) -> str:
                                      + (f" ({rf['vs_fp32_file'][k]:.2f}x)" if k in rf["vs_fp32_file"] else "")
                                      for k in ("file_bytes", "gzip_bytes", "packed_bytes", "onnx_bytes",
                                                "onnx_int8_bytes"))]
-    for engine, per_batch in (result.get("latency") or {}).items():
+    latency: Mapping[str, Mapping[str, Mapping[str, Any]]] = result.get("latency") or {}
+    for engine, per_batch in latency.items():
         if any(v.get("available") for v in per_batch.values()):
             lines.append(f"  latency {engine}: " + ", ".join(f"{b} {_lat(v)}" for b, v in per_batch.items()))
-        for kind, against in (("speedup", "speed-up vs the baseline in the same engine"),
-                              ("deployment_gain", "deployment gain vs the baseline in PyTorch fp32")):
-            if per := (result.get(kind) or {}).get(engine):
+        for kind, against, figures in (
+                ("speedup", "speed-up vs the baseline in the same engine", result.get("speedup") or {}),
+                ("deployment_gain", "deployment gain vs the baseline in PyTorch fp32",
+                 result.get("deployment_gain") or {})):
+            if per := figures.get(engine):
                 lines.append(f"    {against}: " + ", ".join(f"{b} {_speedup(result, engine, b, kind)}" for b in per))
     if result.get("hardware"):
         from explorer.measure.hardware import describe
@@ -434,7 +438,7 @@ def _data(a: argparse.Namespace) -> int:
 
     bundle = load_dataset(a.dataset, a.root, seed=a.seed, image_size=a.image_size)
     arrays = export_split(bundle, a.split)
-    np.savez(a.out, **arrays)
+    np.savez(a.out, x=arrays["x"], y=arrays["y"])
     print(f"wrote {a.out}: x {arrays['x'].shape} float32, y {arrays['y'].shape} int64", file=sys.stderr)
     return 0
 
@@ -465,7 +469,7 @@ def parse_list(text: str, kind: type, name: str) -> tuple:
     items = [t.strip() for t in str(text).split(",") if t.strip()]
     if not items:
         raise ValueError(f"--{name} is empty: give comma-separated values")
-    out = []
+    out: list[str | int | float] = []
     for t in items:
         if kind is str:
             out.append(t)

@@ -94,7 +94,8 @@ def delta_lower(rows: pd.DataFrame, confidence: float) -> pd.Series:
     def one(r) -> float:
         if any(pd.isna(r.get(c)) for c in COUNTS):
             return float("nan")
-        return newcombe_paired(*(int(r[c]) for c in COUNTS), confidence=confidence)[0]
+        a, b, c, d = (int(r[c]) for c in COUNTS)
+        return newcombe_paired(a, b, c, d, confidence=confidence)[0]
     return rows.apply(one, axis=1) if len(rows) else pd.Series(dtype=float)
 
 
@@ -122,7 +123,9 @@ def _choose(cand: pd.DataFrame, col: str, ascending: bool, size_col: str, aware:
         tied = values == values[best]
         other, other_asc = "top1", False
     else:
-        lo, hi = _interval(cand, col)
+        interval = _interval(cand, col)
+        assert interval is not None  # checked above: without one the choice is by point estimates
+        lo, hi = interval
         tied = (lo <= hi[best]) & (hi >= lo[best])
         other, other_asc = (size_col, True)
     pool = cand[tied].assign(_steps=steps[tied])
@@ -162,6 +165,7 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
     if rows.empty:
         return Pick(None, "no successful run to choose from")
     aware = confidence is not None and set(COUNTS) <= set(rows.columns)
+    sure = confidence if confidence is not None else CONFIDENCE  # read only where `aware`
     pct = f"{confidence:.0%}" if aware else ""
     constraints, point = [], []
     if max_drop is not None:
@@ -169,7 +173,7 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
         point.append((f"top-1 drop at most {max_drop:g} {unit}", rows[delta_col] >= -max_drop))
         if aware:
             constraints.append((f"{pct} sure to lose at most {max_drop:g} {unit} of top-1",
-                                delta_lower(rows, confidence) >= -max_drop))
+                                delta_lower(rows, sure) >= -max_drop))
         else:
             constraints.append(point[-1])
     if size_budget is not None:
@@ -185,14 +189,14 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
     col = {"size": size_col, "latency": latency_col, "top1": "top1"}[OBJECTIVES[objective][0]]
     ascending = OBJECTIVES[objective][1]
     speed_col = speedup_of(latency_col)
-    if objective == "fastest" and speed_col in rows.columns and rows[speed_col].notna().any():
+    if objective == "fastest" and speed_col is not None and speed_col in rows.columns and rows[speed_col].notna().any():
         # fastest by the like-for-like speed-up (timed beside the baseline, checked), not by milliseconds from
         # sessions timed apart, which drift with the machine's load
         col, ascending = speed_col, False
     found = _meeting(rows, constraints, col)
     if isinstance(found, str):
-        if aware and max_drop is not None and not (delta_lower(rows, confidence) >= -max_drop).any():
-            found = _too_small(rows, confidence, max_drop)
+        if aware and max_drop is not None and not (delta_lower(rows, sure) >= -max_drop).any():
+            found = _too_small(rows, sure, max_drop)
         return Pick(None, found, confidence=confidence if aware else None)
     best, tied = _choose(found, col, ascending, size_col, aware)
     met = "; ".join(t for t, _ in constraints) or "no constraints"

@@ -3,6 +3,9 @@ Hovering a point shows the run's full configuration."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import plotly.express as px
@@ -176,7 +179,7 @@ def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str 
     return _layout(fig, "Sparsity vs accuracy")
 
 
-def size_bars(result: dict) -> go.Figure:
+def size_bars(result: Mapping[str, Any]) -> go.Figure:
     """Bytes of each artifact, measured from files, with the reduction factor against the fp32 file."""
     sizes, base = result["size"], result["baseline_size"]["file_bytes"]
     rows = [(SIZE_LABELS[k], v, base / v) for k, v in sizes.items() if k in SIZE_LABELS and v]
@@ -221,7 +224,7 @@ def ad_rf_ranking(df: pd.DataFrame, size_col: str = "gzip_bytes", current_key: s
     return _layout(fig, f"Accuracy delta x reduction factor ({SIZE_LABELS.get(size_col, size_col)})")
 
 
-def latency_bars(result: dict) -> go.Figure:
+def latency_bars(result: Mapping[str, Any]) -> go.Figure:
     """Median latency per engine and batch with p90 whiskers; engines that cannot run are left out
     (the page lists them with their reasons)."""
     rows = []

@@ -48,10 +48,11 @@ def render(df: pd.DataFrame, title: str = "Compression trade-offs", hardware: st
                          "int8, batch 256 (1 = the baseline; lower is faster)")]
     if forgets is not None:
         f = forgets["forgets"]
+        (lost, lost_captions), (gained, gained_captions) = forgets["lost"], forgets["gained"]
         figs += [plots.per_class_change(f.per_class), plots.confusion_change(f.confusion_change, forgets["classes"]),
-                 plots.flipped_images(*forgets["lost"], f"Lost: the baseline was right, now wrong ({len(f.lost)})"),
-                 plots.flipped_images(*forgets["gained"], f"Gained: the baseline was wrong, now right "
-                                                          f"({len(f.gained)})")]
+                 plots.flipped_images(lost, lost_captions, f"Lost: the baseline was right, now wrong ({len(f.lost)})"),
+                 plots.flipped_images(gained, gained_captions, f"Gained: the baseline was wrong, now right "
+                                                               f"({len(f.gained)})")]
     parts = [fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False)
              for i, fig in enumerate(figs)]
     ok = df[df["status"] == "ok"]

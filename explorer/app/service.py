@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
+from typing import Any
 
 import pandas as pd
 
@@ -25,6 +26,7 @@ from explorer.app.tables import (  # noqa: E402, F401
 )
 from explorer.compress.recipe import Recipe, recipe_words  # noqa: F401  (the page's door to a recipe's words)
 from explorer.core import markup, plugins, roots, scratch, settings, words
+from explorer.core.card import ModelCard
 from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
 from explorer.core.zoo import all_model_names, create_model
@@ -58,10 +60,20 @@ from explorer.run.jobs import (
     Board,
 )
 from explorer.run.landscape import Landscapes
-from explorer.run.result import DISTURBED, FILES, Speed, disturbed_figures, results_frame, speed, speed_with_interval  # noqa: E402, F401
+from explorer.run.result import (  # noqa: E402, F401
+    DISTURBED,
+    FILES,
+    RunResult,
+    Speed,
+    disturbed_figures,
+    results_frame,
+    speed,
+    speed_with_interval,
+)
 from explorer.run.runner import run_key
 
-_frames: dict[str, tuple[tuple, dict]] = {}  # result.json path -> (stats, checked result): re-read only new runs
+# result.json path -> (stats, checked result): re-read only new runs
+_frames: dict[str, tuple[tuple[int, int, int], RunResult]] = {}
 
 
 def datasets() -> list[str]:
@@ -92,7 +104,7 @@ def _has_batchnorm(architecture: str, arch_kwargs: str) -> bool:
 PREFERRED_BASELINES = ("lenet5-fashion-mnist", "digits_cnn-digits")  # the page opens on the first present
 
 
-def all_baselines() -> list[dict]:
+def all_baselines() -> list[ModelCard]:
     """The committed baselines, then the models users added (state_dicts and ONNX); each says whether its
     data set is on this machine, and each PyTorch one whether it has BatchNorm layers (the page offers
     BatchNorm adaptation for those)."""
@@ -104,7 +116,7 @@ def all_baselines() -> list[dict]:
     return cards
 
 
-def list_baselines() -> list[dict]:
+def list_baselines() -> list[ModelCard]:
     """The baselines whose data set is on this machine (the others cannot be measured here)."""
     return [c for c in all_baselines() if c["data_available"]]
 
@@ -180,15 +192,15 @@ def start_up() -> None:
         _cleaned = True
 
 
-def describe_baseline(path: str) -> dict:
+def describe_baseline(path: str) -> dict[str, Any]:
     return baselines.describe_baseline(path)
 
 
-def run(recipe: Recipe, progress: Progress | None = None) -> dict:
+def run(recipe: Recipe, progress: Progress | None = None) -> RunResult:
     return cache().get_or_run(recipe, progress=progress)
 
 
-def cached_results(model: str, dataset: str, checkpoint: str | None = None) -> list[dict]:
+def cached_results(model: str, dataset: str, checkpoint: str | None = None) -> list[RunResult]:
     """Every stored run of this baseline (light read: the checked result JSON of complete entries)."""
     c = cache()
     out = []
@@ -222,7 +234,7 @@ def frame(model: str, dataset: str, checkpoint: str | None = None) -> pd.DataFra
     return df
 
 
-def sweep(card: dict, *, sparsity, bits, clusters, epochs: int, granularity: str, bn_adapt: bool = False,
+def sweep(card: ModelCard, *, sparsity, bits, clusters, epochs: int, granularity: str, bn_adapt: bool = False,
           repeats: int = 1, progress=None) -> pd.DataFrame:
     """The Sweep tab's grid on this baseline (a user's model by its path), through the cache."""
     committed = card.get("name") == f"{card['architecture']}-{card['dataset']}"
@@ -238,7 +250,7 @@ def artifact(key: str, name: str) -> bytes | None:
     return cache().artifact(key, name)
 
 
-def sensitivity(result: dict, compute: bool = False) -> dict | None:
+def sensitivity(result: RunResult, compute: bool = False) -> dict | None:
     """Per-layer sensitivity of a cached run: stored figures, or computed now when `compute`."""
     c = cache()
     key = result.get("key")
@@ -255,7 +267,7 @@ def sensitivity(result: dict, compute: bool = False) -> dict | None:
     return values
 
 
-def forgets(result: dict, base_result: dict, limit: int = 24) -> dict | None:
+def forgets(result: RunResult, base_result: RunResult, limit: int = 24) -> dict | None:
     """What the run forgets against its baseline, from the predictions both stored (no compute): per-class
     change, the confusion-matrix change, and the test images whose prediction flipped (at most `limit` of
     each way, as arrays in [0, 1] with a caption each). None when either run kept no predictions."""
@@ -263,9 +275,10 @@ def forgets(result: dict, base_result: dict, limit: int = 24) -> dict | None:
 
     c = cache()
     raw = [c.artifact(r.get("key") or "", "predictions.npy") if r.get("key") else None for r in (result, base_result)]
-    if any(b is None for b in raw):
+    run_raw, base_raw = raw
+    if run_raw is None or base_raw is None:
         return None
-    run_pred, base_pred = (load_predictions(b) for b in raw)
+    run_pred, base_pred = load_predictions(run_raw), load_predictions(base_raw)
     card = baselines.read_card(Recipe.from_dict(result["recipe"]).checkpoint_path)
     data = baselines.baseline_data(card)
     y = data.test.y.numpy()
@@ -285,12 +298,12 @@ def forgets(result: dict, base_result: dict, limit: int = 24) -> dict | None:
             "test_samples": len(y)}
 
 
-def stored_result(key: str) -> dict | None:
+def stored_result(key: str) -> RunResult | None:
     """A stored RunResult by its key (checked), for the sweet spot's downloads and summary."""
     return cache().peek(key)
 
 
-def controls_for(recipe: dict, card: dict) -> dict | None:
+def controls_for(recipe: dict[str, Any], card: ModelCard) -> dict[str, Any] | None:
     """The sidebar settings that give this recipe on this baseline, or None where the sidebar cannot say it."""
     return from_recipe(recipe, card)
 
@@ -298,7 +311,7 @@ def controls_for(recipe: dict, card: dict) -> dict | None:
 _summaries: dict[tuple, bytes] = {}  # (kind, run, model, the runs drawn) -> the summary's bytes, the latest few
 
 
-def _summary(kind: str, result: dict, frame: pd.DataFrame, name: str) -> bytes:
+def _summary(kind: str, result: RunResult, frame: pd.DataFrame, name: str) -> bytes:
     """A summary's bytes, made once for what it shows. The page hands the bytes to its download button as it
     draws it, so the file exists when the button is pressed (a file made only on the click can be gone by then:
     the page's periodic refreshes replace it)."""
@@ -314,11 +327,11 @@ def _summary(kind: str, result: dict, frame: pd.DataFrame, name: str) -> bytes:
     return _summaries[key]
 
 
-def summary_png(result: dict, frame: pd.DataFrame, name: str) -> bytes:
+def summary_png(result: RunResult, frame: pd.DataFrame, name: str) -> bytes:
     return _summary("png", result, frame, name)
 
 
-def summary_html(result: dict, frame: pd.DataFrame, name: str) -> bytes:
+def summary_html(result: RunResult, frame: pd.DataFrame, name: str) -> bytes:
     return _summary("html", result, frame, name)
 
 

@@ -17,12 +17,12 @@ from explorer.app import plots
 from explorer.compress.recipe import recipe_words, step_words
 from explorer.core import words
 from explorer.core.engines import B256, ORT_CPU_INT8
-from explorer.run.result import DISTURBED, flatten, speed
+from explorer.run.result import DISTURBED, RunResult, flatten, speed
 
 ENGINE = ORT_CPU_INT8  # the deployment the headline's speed-up is for
 
 
-def big_numbers(result: dict) -> list[tuple[str, str, str]]:
+def big_numbers(result: RunResult) -> list[tuple[str, str, str]]:
     """(figure, value, the words under it) for the summary's three boxes."""
     rf = result["reduction_factor"]["vs_fp32_file"].get("packed_bytes") or \
         result["reduction_factor"]["vs_fp32_file"].get("file_bytes")
@@ -33,8 +33,10 @@ def big_numbers(result: dict) -> list[tuple[str, str, str]]:
     sp = speed(result, ENGINE, B256)
     if sp.state != "pending":
         gain = speed(result, ENGINE, B256, "deployment_gain")
-        value = {"within noise": "within noise", "baseline": "1.0x", "disturbed": "disturbed"}.get(sp.state) or \
-            f"{sp.ratio if sp.state == 'faster' else 1 / sp.ratio:.1f}x"
+        value = {"within noise": "within noise", "baseline": "1.0x", "disturbed": "disturbed"}.get(sp.state)
+        if value is None:  # faster or slower: a checked ratio
+            ratio = sp.ratio if sp.ratio is not None else float("nan")
+            value = f"{ratio if sp.state == 'faster' else 1 / ratio:.1f}x"
         what = {"faster": "faster", "slower": "slower", "baseline": "speed (the baseline itself)"}.get(
             sp.state, "speed-up")  # the words under a value that is not a ratio never claim a direction
         under = f"{words.engine(ENGINE, 'b256')}, against the baseline's own ONNX Runtime int8 model"
@@ -54,7 +56,7 @@ def big_numbers(result: dict) -> list[tuple[str, str, str]]:
     return out
 
 
-def _title(result: dict, card_name: str) -> str:
+def _title(result: RunResult, card_name: str) -> str:
     return f"{card_name}: {recipe_words(result['recipe'])}"
 
 
@@ -82,13 +84,13 @@ def _fit(fig, artist, width: float, lines: int = 2, smallest: float = 10) -> Non
         size -= 1
 
 
-def _footer(result: dict) -> str:
+def _footer(result: RunResult) -> str:
     hw = (result.get("hardware") or {}).get("cpu", "")
     return (f"{result['test_samples']:,} test images of {result['dataset']}; latency on {hw}, "
             f"{result.get('latency_threads', 1)} thread; {dt.date.today().isoformat()}; compression trade-off explorer")
 
 
-def png(result: dict, frame: pd.DataFrame, card_name: str) -> bytes:
+def png(result: RunResult, frame: pd.DataFrame, card_name: str) -> bytes:
     """The summary as a 1600x900 PNG."""
     import matplotlib.pyplot as plt
 
@@ -99,7 +101,7 @@ def png(result: dict, frame: pd.DataFrame, card_name: str) -> bytes:
     return buf.getvalue()
 
 
-def figure(result: dict, frame: pd.DataFrame, card_name: str):
+def figure(result: RunResult, frame: pd.DataFrame, card_name: str):
     """The summary's matplotlib figure, 16 x 9 inches at 100 dots per inch."""
     import matplotlib
 
@@ -132,7 +134,7 @@ def figure(result: dict, frame: pd.DataFrame, card_name: str):
     return fig
 
 
-def _curve(ax, frame: pd.DataFrame, result: dict) -> None:
+def _curve(ax, frame: pd.DataFrame, result: RunResult) -> None:
     ok = frame[(frame.get("status") == "ok")] if "status" in frame.columns else frame
     ok = ok.dropna(subset=[c for c in ("top1", "sparsity_requested") if c in ok.columns])
     if not ok.empty and ({"scheme", "bits"} & set(ok.columns)):
@@ -154,7 +156,7 @@ def _curve(ax, frame: pd.DataFrame, result: dict) -> None:
     ax.grid(alpha=0.3)
 
 
-def page(result: dict, frame: pd.DataFrame, card_name: str) -> str:
+def page(result: RunResult, frame: pd.DataFrame, card_name: str) -> str:
     """The summary as a standalone HTML page."""
     boxes = "".join(f"<div class=box><div class=v>{html.escape(v)}</div><div class=w>{html.escape(w)}</div>"
                     f"<div class=u>{html.escape(u)}</div></div>" for w, v, u in big_numbers(result))

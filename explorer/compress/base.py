@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from explorer.core.card import ModelCard
 from explorer.core.data import DataBundle
 from explorer.core.errors import bad_value, check_choice
 from explorer.core.train import LossFn, Progress, TrainConfig, TrainHook, fit
@@ -257,7 +258,7 @@ MAX_STEP_EPOCHS = 100
 
 Layer = nn.Conv2d | nn.Linear  # what the techniques compress
 Controls = Mapping[str, Any]  # the page's control values by name, as its sidebar and share link hold them
-Card = Mapping[str, Any]  # a baseline's card: architecture, dataset, name, path, format, whether it has BatchNorm
+Card = ModelCard  # a baseline's card: architecture, dataset, name, path, format, whether it has BatchNorm
 
 
 @dataclass(frozen=True)

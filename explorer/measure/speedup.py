@@ -15,6 +15,7 @@ timing again at once only adds load), and a figure that still fails is recorded 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -77,6 +78,14 @@ def engine_timers(model: nn.Module | None, x: torch.Tensor, *, threads: int, onn
     return timers
 
 
+def _over_batches(between_rounds: Callable[[float], None] | None, i: int,
+                  n: int) -> Callable[[float], None] | None:
+    """`between_rounds` for the i-th of n batches: its fraction is over all of them."""
+    if between_rounds is None:
+        return None
+    return lambda f: between_rounds((i + f) / n)
+
+
 def _live(t) -> bool:
     return t is not None and not isinstance(t, dict)
 
@@ -137,16 +146,15 @@ def measure_latency(model: nn.Module | None, input_shape: tuple[int, ...], *, on
                 engines.setdefault(e, {})[key] = t
         pending = [e for e, t in run.items() if _live(t)]
         for attempt in range(retimes + 1):
-            timers = {e: run[e] for e in pending}
+            timers: dict[str, Timer] = {e: cast(Timer, run[e]) for e in pending}
             torch_base = TORCH_CPU if is_baseline else BASE + TORCH_CPU
             if not is_baseline:
-                timers.update({BASE + e: base[e] for e in pending if _live(base.get(e))})
+                timers.update({BASE + e: cast(Timer, base[e]) for e in pending if _live(base.get(e))})
             if any(e in DEPLOYMENT_ENGINES for e in pending) and _live((run if is_baseline else base).get(TORCH_CPU)):
-                timers[torch_base] = (run if is_baseline else base)[TORCH_CPU]
+                timers[torch_base] = cast(Timer, (run if is_baseline else base)[TORCH_CPU])
             sess = time_rounds(timers, rounds=rounds, budget_s=budget_s, threads=threads,
                                unchecked=[n for n in timers if n.removeprefix(BASE) in GPU_ENGINES],
-                               between_rounds=None if between_rounds is None else
-                               lambda f, i=i: between_rounds((i + f) / len(batches)))
+                               between_rounds=_over_batches(between_rounds, i, len(batches)))
             quality["sessions"].append({"batch": key, "attempt": attempt, "timers": list(timers), **sess.record()})
             quality["retimes"] += attempt > 0
             pending = [e for e in pending if not _settle(e, key, b, sess, is_baseline, refs, engines, speedup, gain,

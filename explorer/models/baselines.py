@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from explorer.core.card import ModelCard
 from explorer.core.data import DataBundle, load_dataset
 from explorer.core.errors import first_line, quiet_third_party
 from explorer.core.paths import MODELS_DIR, baseline_path  # noqa: F401  (re-exported: where baselines live)
@@ -122,7 +123,7 @@ def train_command(model_name: str, dataset: str, cfg: TrainConfig, model_kwargs:
             f"--augment-shift {cfg.augment_shift}{width}")
 
 
-def read_card(weights: str | os.PathLike) -> dict:
+def read_card(weights: str | os.PathLike) -> ModelCard:
     path = card_path(weights)
     if not path.is_file():
         raise ValueError(f"baseline card {str(path)!r} is missing: every checkpoint in models/ needs its JSON card")
@@ -136,12 +137,14 @@ def read_card(weights: str | os.PathLike) -> dict:
     return card
 
 
-def list_baselines(models_dir: str | os.PathLike = MODELS_DIR) -> list[dict]:
+def list_baselines(models_dir: str | os.PathLike = MODELS_DIR) -> list[ModelCard]:
     """Cards of the committed baselines, each with `path` to its weights, smallest first."""
-    cards = []
+    cards: list[ModelCard] = []
     for w in sorted(Path(models_dir).glob("*.safetensors")):
         if card_path(w).is_file():
-            cards.append({**read_card(w), "path": str(w)})
+            card = read_card(w)
+            card["path"] = str(w)
+            cards.append(card)
     return sorted(cards, key=lambda c: c.get("params", 0))
 
 
@@ -219,14 +222,14 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     return model.eval()
 
 
-def load_baseline(weights: str | os.PathLike) -> tuple[nn.Module, dict]:
+def load_baseline(weights: str | os.PathLike) -> tuple[nn.Module, ModelCard]:
     card = read_card(weights)
     model = create_model(card["architecture"], **card["arch_kwargs"])
     load_into(model, load_state_dict_file(weights), str(weights))
     return model, card
 
 
-def baseline_data(card: dict) -> DataBundle:
+def baseline_data(card: ModelCard) -> DataBundle:
     """The dataset and split the baseline was trained and measured on."""
     kw = card["arch_kwargs"]
     shape = kw.get("input_shape") or [kw.get("in_channels"), kw.get("image_size"), kw.get("image_size")]

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from explorer.core import scratch, settings
+from explorer.core.card import ModelCard
 from explorer.core.data import DataBundle, load_dataset
 from explorer.core.errors import bad_value, first_line, quiet_third_party
 from explorer.core.paths import env_folder
@@ -361,7 +362,7 @@ def _committed_names() -> set[str]:
     return {c["name"] for c in baselines.list_baselines()}
 
 
-def _user_cards() -> dict[str, dict]:
+def _user_cards() -> dict[str, ModelCard]:
     return {c["name"]: c for c in list_user_models()}
 
 
@@ -407,10 +408,10 @@ def _store(weights: Path, card: dict, name: str, *, auto: bool, replace: bool) -
     return {**card, "path": str(final)}
 
 
-def list_user_models() -> list[dict]:
+def list_user_models() -> list[ModelCard]:
     """Cards of the models users added, one per name: a card lists only the weights file it names."""
     d = user_models_dir()
-    cards = []
+    cards: list[ModelCard] = []
     for w in sorted([*d.glob("*.safetensors"), *d.glob("*.onnx")]) if d.is_dir() else []:
         if w.name.startswith(".") or not baselines.card_path(w).is_file():
             continue
@@ -419,7 +420,8 @@ def list_user_models() -> list[dict]:
         except ValueError:
             continue
         if card.get("file", w.name) == w.name:
-            cards.append({**card, "path": str(w)})
+            card["path"] = str(w)
+            cards.append(card)
     return cards
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from explorer.compress.base import Control, StepConfig, config_from_dict, config_to_dict, page_types
 from explorer.compress.quantize_config import quant_mode  # noqa: F401  (the page's name for it)
 from explorer.compress.recipe import Recipe
+from explorer.core.card import ModelCard
 from explorer.core.errors import bad_value
 
 
@@ -39,19 +40,19 @@ CALIBRATIONS = CHOICES["calibration"]
 GROUP_SIZES = CHOICES["group_size"]
 
 
-def relevant(c: dict[str, Any], card: dict[str, Any] | None = None) -> set[str]:
+def relevant(c: dict[str, Any], card: ModelCard | None = None) -> set[str]:
     """The controls that change what a configuration computes; the others are shown disabled, kept out of
     the recipe and out of the share link."""
     return {"baseline"} | {ctrl.name for ctrl in _all_controls() if ctrl.applies(c, card)}
 
 
-def effective(c: dict[str, Any], card: dict[str, Any] | None = None) -> dict[str, Any]:
+def effective(c: dict[str, Any], card: ModelCard | None = None) -> dict[str, Any]:
     """The controls with every one that does not apply at its default: what a recipe is built from."""
     on = relevant(c, card)
     return {k: v if k in on or k not in DEFAULTS else DEFAULTS[k] for k, v in c.items()}
 
 
-def build(c: dict[str, Any], card: dict[str, Any], seed: int = 0) -> Recipe:
+def build(c: dict[str, Any], card: ModelCard, seed: int = 0) -> Recipe:
     """The recipe the controls stand for, each technique's step in the order the techniques compose (distil ->
     low-rank -> prune -> cluster -> BatchNorm adaptation -> quantise: their `page_order`). Invalid combinations
     raise ValueError from the technique configs, repeating the bad value. `card` is the baseline's card
@@ -70,7 +71,7 @@ def build(c: dict[str, Any], card: dict[str, Any], seed: int = 0) -> Recipe:
                   seed=seed, steps=tuple(steps))
 
 
-def _onnx_recipe(c: dict[str, Any], card: dict[str, Any]) -> Recipe:
+def _onnx_recipe(c: dict[str, Any], card: ModelCard) -> Recipe:
     """An ONNX model takes only the techniques that run on one (ONNX Runtime's int8 quantisation); any other
     control is refused with the reason."""
     reason = card.get("unsupported_reason", "the model is ONNX")
@@ -105,12 +106,14 @@ def grid_point(model: str, dataset: str = "digits", *, sparsity: float = 0.0, bi
     c = {**DEFAULTS, "sparsity": sparsity, "bits": names.get(bits, str(bits)), "quant_mode": quant_mode,
          "clusters": "off" if not clusters else str(clusters), "granularity": granularity, "schedule": schedule,
          "prune_epochs": finetune_epochs, "bn_adapt": bn_adapt}
-    card = {"architecture": model, "dataset": dataset, "batchnorm": bn_adapt,
-            "name": f"{model}-{dataset}" if checkpoint is None else checkpoint, "path": checkpoint}
+    card: ModelCard = {"architecture": model, "dataset": dataset, "batchnorm": bn_adapt,
+            "name": f"{model}-{dataset}" if checkpoint is None else checkpoint}
+    if checkpoint is not None:
+        card["path"] = checkpoint
     return build(c, card, seed=seed)
 
 
-def from_recipe(recipe: dict[str, Any], card: dict[str, Any]) -> dict[str, Any] | None:
+def from_recipe(recipe: dict[str, Any], card: ModelCard) -> dict[str, Any] | None:
     """The controls that build `recipe` (JSON form) on this baseline, or None where the sidebar cannot express
     it (a hand-written recipe, another learning rate): checked by building them again."""
     c: dict[str, Any] = {**DEFAULTS, "baseline": card["name"], **OFF}

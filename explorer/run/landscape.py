@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from explorer.compress.recipe import Recipe
+from explorer.core.card import ModelCard
 from explorer.measure.latency import load_average
 from explorer.run import executor, retime, runner, scheduler, workers
 from explorer.run.cache import RunCache
@@ -75,7 +76,7 @@ def neighbours(c: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def default_points(card: dict[str, Any]) -> list[dict[str, Any]]:
+def default_points(card: ModelCard) -> list[dict[str, Any]]:
     """The Sweep tab's default grid as page controls (what the landscape measures)."""
     g = Grid()
     names = {32: "fp32", 16: "fp16"}
@@ -90,7 +91,7 @@ def default_points(card: dict[str, Any]) -> list[dict[str, Any]]:
 
 @dataclass
 class Landscape:
-    card: dict[str, Any]
+    card: ModelCard
     points: list[tuple[str, tuple[float, ...], Recipe]]  # key, slider place, recipe
     position: tuple[float, ...] = (0.0, 0.0, 0.0)
     first: list[tuple[str, Recipe]] = field(default_factory=list)  # neighbours of a page's last run
@@ -184,7 +185,7 @@ class Landscapes:
     def cached(self, key: str) -> bool:
         return self._cache().peek(key) is not None
 
-    def touch(self, card: dict[str, Any], controls: dict[str, Any]) -> Landscape:
+    def touch(self, card: ModelCard, controls: dict[str, Any]) -> Landscape:
         """A page looks at `card` with its sliders at `controls`: the landscape (one per model) starts or goes on."""
         with self._lock:
             land = self._all.get(card["name"])
@@ -200,7 +201,7 @@ class Landscapes:
             land.position, land.last_seen = coords(controls), time.monotonic()
             return land
 
-    def after_run(self, card: dict[str, Any], controls: dict[str, Any]) -> None:
+    def after_run(self, card: ModelCard, controls: dict[str, Any]) -> None:
         """A page's own run finished: its neighbouring slider positions go to the front of the queue."""
         with self._lock:
             land = self._all.get(card["name"])

@@ -208,7 +208,7 @@ class Speed:
         return self.state == "faster"
 
 
-def speed(result: dict[str, Any], engine: str, batch: str, kind: str = "speedup") -> Speed:
+def speed(result: Mapping[str, Any], engine: str, batch: str, kind: str = "speedup") -> Speed:
     """The run's speed-up in `engine` at `batch` against the baseline in the same engine (kind "speedup"), or
     its deployment gain against the baseline in PyTorch fp32 (kind "deployment_gain")."""
     v = (result.get(kind) or {}).get(engine, {}).get(batch)

@@ -231,9 +231,10 @@ def prepare(recipe: Recipe, workdir: str | os.PathLike[str], *, progress: Progre
     work.mkdir(parents=True, exist_ok=True)
     key = run_key(recipe)
     card = read_card(recipe.checkpoint_path)
-    for field, want in (("architecture", recipe.model), ("dataset", recipe.dataset)):
-        if card[field] != want:
-            raise ValueError(f"checkpoint {str(recipe.checkpoint_path)!r} is a {card[field]!r} {field}, not the "
+    for field, have, want in (("architecture", card["architecture"], recipe.model),
+                              ("dataset", card["dataset"], recipe.dataset)):
+        if have != want:
+            raise ValueError(f"checkpoint {str(recipe.checkpoint_path)!r} is a {have!r} {field}, not the "
                              f"recipe's {want!r}")
     with scheduler.work():  # at the priority of the thread's caller (a page, the landscape, a sweep)
         if recipe.checkpoint_path.suffix == ".onnx":

@@ -8,6 +8,7 @@ from typing import Any
 
 import streamlit as st
 
+from explorer.app.service import ModelCard
 from explorer.app.ui import state
 from explorer.core.markup import md
 
@@ -51,7 +52,7 @@ def apply_pending() -> None:
             st.session_state[k] = v
 
 
-def sidebar(cards: dict[str, dict], default: str) -> dict[str, Any]:
+def sidebar(cards: dict[str, ModelCard], default: str) -> dict[str, Any]:
     baselines = list(cards)
     _init_from_query(baselines, default)
     switched = state.switch_model(st.session_state, st.session_state["baseline"])

@@ -13,6 +13,7 @@ import uuid
 import streamlit as st
 
 from explorer.app import service
+from explorer.app.service import ModelCard, RunResult
 from explorer.app.ui import controls as ui_controls
 from explorer.app.ui import panels, shell, state, views
 from explorer.core import words
@@ -43,6 +44,8 @@ def _live(key: str, base_key: str | None) -> None:
     if job is None or (job.finished and (base is None or base.finished)):
         st.rerun()
     now = job if not job.finished else base
+    if now is None:  # the run is done and there is no baseline to wait for (handled above; for the checker)
+        st.rerun()
     what = "this configuration" if now is job else "the baseline, measured the same way for the comparison table"
     waited = time.perf_counter() - now.submitted
     st.info(f"{LIVE} {what}: {md(now.message)} ({waited:.0f} s). The page fills in as figures arrive; you can move "
@@ -108,7 +111,8 @@ def main(top=None) -> None:
     if error:
         st.error(md(error))  # errors repeat the values that were refused: a visitor's text
     computing = job is not None and not error and (result is None or (base_job is not None and not base_job.finished))
-    if result is not None and lands is not None and st.session_state.get("_neighbours_of") != job.key:
+    if result is not None and job is not None and lands is not None \
+            and st.session_state.get("_neighbours_of") != job.key:
         lands.after_run(card, c)  # the slider positions next to this one are measured next
         st.session_state["_neighbours_of"] = job.key
 
@@ -117,7 +121,7 @@ def main(top=None) -> None:
     key = result.get("key") if result else None
     with tabs[0]:
         _landscape_note(card, c)
-        if computing:
+        if computing and job is not None:
             _live(job.key, base_job.key if base_job is not None else None)
         if result and not computing:
             _overview(result, base_result, frame, card)
@@ -173,7 +177,7 @@ def _submit(recipe):
     return job, base_job
 
 
-def _overview(result: dict, base_result: dict | None, frame, card: dict) -> None:
+def _overview(result: RunResult, base_result: RunResult | None, frame, card: ModelCard) -> None:
     views.headline(result)
     views.show_table(views.comparison_table(result, base_result), key="comparison_table")
     st.markdown("**Take it home**")
@@ -192,7 +196,7 @@ def _overview(result: dict, base_result: dict | None, frame, card: dict) -> None
 
 
 @st.fragment(run_every=3)
-def _curves(card: dict, controls: dict, checkpoint: str | None, key: str | None) -> None:
+def _curves(card: ModelCard, controls: dict, checkpoint: str | None, key: str | None) -> None:
     """The curves, Pareto fronts and AD x RF, redrawn as the landscape's points land (only this part of the
     page reruns: the sidebar and the user's place stay). Each redraw tells the landscape the page is still
     open, so it goes on while a user only watches."""
@@ -207,12 +211,13 @@ def _curves(card: dict, controls: dict, checkpoint: str | None, key: str | None)
     views.curves(service.frame(card["architecture"], card["dataset"], checkpoint), key)
 
 
-def _landscape(card: dict, controls: dict) -> tuple:
+def _landscape(card: ModelCard, controls: dict) -> tuple:
     """The landscapes and this model's status (None for ONNX models, which have none); the call tells the
     landscape the page is still open."""
     lands = service.landscapes() if card.get("format") != "onnx" else None
-    land = lands.touch(card, controls) if lands is not None else None
-    return lands, (land.status(lands.cached) if land is not None else None)
+    if lands is None:
+        return None, None
+    return lands, lands.touch(card, controls).status(lands.cached)
 
 
 def _landscape_line(what: str, s: dict) -> str:
@@ -222,7 +227,7 @@ def _landscape_line(what: str, s: dict) -> str:
 
 
 @st.fragment(run_every=3)
-def _landscape_note(card: dict, controls: dict) -> None:
+def _landscape_note(card: ModelCard, controls: dict) -> None:
     """On the Overview, where a page opens: the background measurement is going (it shares the machine with
     this page's runs, which come first), and where its curves are."""
     _, s = _landscape(card, controls)

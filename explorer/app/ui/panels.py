@@ -15,6 +15,8 @@ from explorer.app.service import (  # noqa: F401  (speed_cell: the page's name f
     LATENCY_COLS,
     SIZE_COLS,
     Grid,
+    ModelCard,
+    RunResult,
     across_seeds,
     baseline_row,
     fmt_bytes,
@@ -30,7 +32,7 @@ from explorer.core.markup import md
 SWEEP_SPARSITIES = [0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98]
 
 
-def sweep_panel(card: dict, backend) -> None:
+def sweep_panel(card: ModelCard, backend) -> None:
     st.markdown("Choose grid values and launch: every run goes through the cache (cached runs return at once), "
                 "compression runs in parallel, latency is timed one run at a time.")
     c = st.columns(4)
@@ -41,9 +43,9 @@ def sweep_panel(card: dict, backend) -> None:
     clusters = c[2].multiselect("Shared values per layer (0 = no clustering)", [0, 8, 16, 32, 64, 128, 256],
                                 default=list(g.clusters), key="sweep_clusters")
     epochs = c[3].number_input("Fine-tune epochs", 0, 20, value=2, key="sweep_epochs")
-    g = st.columns(2)
-    granularity = g[0].selectbox("Granularity", ["unstructured", "channel", "block"], key="sweep_granularity")
-    repeats = g[1].number_input("Repeats (seeds per configuration)", 1, 10, value=1, key="sweep_repeats",
+    more = st.columns(2)
+    granularity = more[0].selectbox("Granularity", ["unstructured", "channel", "block"], key="sweep_granularity")
+    repeats = more[1].number_input("Repeats (seeds per configuration)", 1, 10, value=1, key="sweep_repeats",
                                 help="Each configuration runs with seeds 0..K-1: the seed changes the fine-tuning "
                                      "order, the calibration sample and the k-means start. Tables and charts then "
                                      "show the mean and the spread across seeds.")
@@ -91,7 +93,7 @@ def sweep_progress_words(done: int, total: int, eta: float | None) -> str:
     return f"{done}/{total} runs{left}"
 
 
-def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: dict,
+def sweet_spot_panel(frame: pd.DataFrame, result: RunResult | None, backend, card: ModelCard,
                      landscape: dict | None = None) -> None:
     """The best measured run for a question (a drop, budgets, an objective), with what it is judged on: how
     many runs are measured so far and whether the test set can answer the question at all."""
@@ -146,7 +148,7 @@ def sweet_spot_panel(frame: pd.DataFrame, result: dict | None, backend, card: di
     recipe = json.loads(row["recipe_json"])
     st.markdown(f"**Recommended:** {md(row.get('words', row['label']))}")
     wanted = backend.controls_for(recipe, card)
-    current = (result or {}).get("key") == row["key"]
+    current = result is not None and result.get("key") == row["key"]
     # the click applies the configuration this render showed (bound now), not whatever a run that landed since
     # would make the pick on the rerun the click starts; the callback runs before the sidebar is drawn
     st.button("Apply this configuration", key="ss_apply", disabled=wanted is None or current,
@@ -170,7 +172,7 @@ def measured_so_far(frame: pd.DataFrame, landscape: dict | None) -> str:
     return said + "."
 
 
-def _resolution_note(frame: pd.DataFrame, confidence: float | None, max_drop: float, card: dict, backend) -> None:
+def _resolution_note(frame: pd.DataFrame, confidence: float | None, max_drop: float, card: ModelCard, backend) -> None:
     """Where the choice is made: whether this test set can answer the question, and a larger one where there is."""
     got = resolution(frame[frame["status"] == "ok"], confidence) if confidence else None
     if got is None or got[1] <= max_drop:
@@ -241,6 +243,8 @@ def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
                 st.info(md(added["note"]))
         return
     st.session_state.pop("_byo_added", None)
+    if up is None:  # the button is disabled without a file
+        return
     try:
         data_root = str(backend.page_folder(root.strip())) if root.strip() else None
         with backend.upload_folder() as tmp:

@@ -19,6 +19,7 @@ from explorer.app.service import (  # noqa: F401  (the page's names for them)
     RANGES,
     SCHEDULES,
     SCOPES,
+    ModelCard,
     Recipe,
     build,
     relevant,
@@ -64,7 +65,7 @@ def parse_query(params: dict[str, str], baselines: list[str]) -> tuple[dict[str,
     return out, problems
 
 
-def to_query(controls: dict[str, Any], card: dict | None = None) -> dict[str, str]:
+def to_query(controls: dict[str, Any], card: ModelCard | None = None) -> dict[str, str]:
     """The baseline, and what differs from the defaults among the controls that apply, so links stay short,
     open the same model on every machine (the default model depends on which data sets a machine has), and
     never carry a control that was off."""
@@ -76,7 +77,7 @@ def to_query(controls: dict[str, Any], card: dict | None = None) -> dict[str, st
     return q
 
 
-def to_recipe(c: dict[str, Any], card: dict) -> Recipe:
+def to_recipe(c: dict[str, Any], card: ModelCard) -> Recipe:
     """The recipe the controls stand for (explorer.run.controls.build, the one builder)."""
     return build(c, card)
 

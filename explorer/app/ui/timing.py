@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from explorer.app.service import disturbed_figures, speed
+from explorer.app.service import RunResult, disturbed_figures, speed
 from explorer.core import words
 
 CHECK_WORDS = {"agreement": "two ways of taking the ratio disagree", "narrow": "interval too wide",
@@ -16,7 +16,7 @@ KIND_WORDS = {"speedup": "speed-up against the baseline in the same engine",
               "deployment_gain": "deployment gain against the baseline in PyTorch fp32"}
 
 
-def load_words(result: dict) -> str:
+def load_words(result: RunResult) -> str:
     """'load average 1.52 before timing and 1.87 after (over the last minute; 2 cores)', or ''."""
     load = (result.get("timing_quality") or {}).get("load_average") or {}
     before, after = load.get("before") or [], load.get("after") or []
@@ -28,7 +28,7 @@ def load_words(result: dict) -> str:
     return f"load average {before[0]:.2f} before timing{then} (processes wanting a core, over the last minute{on})"
 
 
-def busy_words(result: dict) -> str | None:
+def busy_words(result: RunResult) -> str | None:
     """Where figures failed their checks after every re-time: that the machine was too busy, in words."""
     bad = disturbed_figures(result)
     if not bad:
@@ -45,7 +45,7 @@ def busy_words(result: dict) -> str | None:
             "ran; the figures will be right once it is quieter.")
 
 
-def timing_rows(result: dict) -> pd.DataFrame:
+def timing_rows(result: RunResult) -> pd.DataFrame:
     """One row per speed figure: what is shown, and each check with the figures it used."""
     q = result.get("timing_quality") or {}
     sessions = q.get("sessions") or []

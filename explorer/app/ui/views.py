@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import pandas as pd
 import streamlit as st
 
 from explorer.app import plots
-from explorer.app.service import Speed, across_seeds, describe, disturbed_figures, fmt_bytes, speed, speed_with_interval
+from explorer.app.service import (
+    RunResult,
+    Speed,
+    across_seeds,
+    describe,
+    disturbed_figures,
+    fmt_bytes,
+    speed,
+    speed_with_interval,
+)
 from explorer.app.ui.timing import busy_words, load_words, timing_rows
 from explorer.core import words
 from explorer.core.engines import (
@@ -27,15 +38,26 @@ ENGINES_SHOWN = (TORCH_CPU, ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CUDA_FP32,
                  TORCH_CUDA_FP16)
 
 
-def _lat(result: dict, engine: str, batch: str):
-    v = (result.get("latency") or {}).get(engine, {}).get(batch, {})
+Figures = Mapping[str, Mapping[str, Mapping[str, Any]]]  # engine -> batch -> one latency figure
+
+
+def _figures(result: RunResult | None, which: Literal["latency", "baseline_latency"] = "latency") -> Figures:
+    """A run's latency figures (or the baseline's from the same rounds), empty where there are none."""
+    if result is None:
+        return {}
+    figures = result.get("baseline_latency") if which == "baseline_latency" else result.get("latency")
+    return figures or {}
+
+
+def _lat(result: RunResult, engine: str, batch: str) -> float | None:
+    v = _figures(result).get(engine, {}).get(batch, {})
     return v.get("median_ms") if v.get("available") else None
 
 
 TILES = {TORCH_CPU: "PyTorch fp32, batch 256", ORT_CPU_INT8: "ONNX Runtime int8"}  # short: the tiles are narrow
 
 
-def _speedup(result: dict, engine: str, batch: str) -> tuple[str | None, str]:
+def _speedup(result: RunResult, engine: str, batch: str) -> tuple[str | None, Literal["normal", "off"]]:
     """The metric's delta text for a speed-up (against the baseline in the same engine) and its colouring:
     'off' (grey, no arrow) where the interval holds 1, for the baseline itself, and where the timing was
     disturbed (then no number at all)."""
@@ -45,7 +67,7 @@ def _speedup(result: dict, engine: str, batch: str) -> tuple[str | None, str]:
     return sp.text, "normal" if sp.state in ("faster", "slower") else "off"
 
 
-def gain_sentence(result: dict) -> str:
+def gain_sentence(result: RunResult) -> str:
     """The deployment gain in words: this artifact in ONNX Runtime int8 against the baseline as run today."""
     g = speed(result, ORT_CPU_INT8, B256, "deployment_gain")
     if g.state in ("pending", "baseline"):
@@ -55,7 +77,7 @@ def gain_sentence(result: dict) -> str:
             f"{speed_with_interval(g)}. It counts the change of engine as well as the compression.")
 
 
-def accuracy_sentence(result: dict) -> str:
+def accuracy_sentence(result: RunResult) -> str:
     """Top-1 with its interval and the paired comparison with the baseline, in words."""
     ci, vs = result.get("accuracy_ci"), result.get("vs_baseline")
     if not ci or not vs:
@@ -70,7 +92,7 @@ def accuracy_sentence(result: dict) -> str:
             f"points, 95% interval {lo:+.2f} to {hi:+.2f}: {verdict}.")
 
 
-def headline(result: dict) -> None:
+def headline(result: RunResult) -> None:
     acc = result["accuracy"]
     sz, rf = result["size"], result["reduction_factor"]["vs_fp32_file"]
     c = st.columns(5)
@@ -122,22 +144,25 @@ def headline(result: dict) -> None:
             st.warning(md(note))
 
 
-def surprises(result: dict, notes: list[str] = ()) -> list[str]:
+def surprises(result: RunResult, notes: Sequence[str] = ()) -> list[str]:
     """Figures that will surprise a user, with the reason beside them (DESIGN: honest measurement); none that
     a note of the run already explains."""
     out = []
-    sz, base = result["size"], result["baseline_size"]
+    sz: Mapping[str, Any] = result["size"]
+    base: Mapping[str, Any] = result["baseline_size"]
     if result["sparsity"] > 0.3 and sz["file_bytes"] >= 0.95 * base["file_bytes"]:
         out.append(f"The checkpoint file is no smaller than the dense one ({fmt_bytes(sz['file_bytes'])}): the "
                    f"zeros are stored. The packed file, which skips them, is {fmt_bytes(sz['packed_bytes'])}.")
     fp32 = _lat(result, ORT_CPU_FP32, B256)
     int8 = _lat(result, ORT_CPU_INT8, B256)
     if fp32 and int8 and int8 > fp32 and _clearly_slower(result, ORT_CPU_INT8, ORT_CPU_FP32, B256):
-        isa = result.get("hardware", {}).get("isa", [])
+        hardware: Mapping[str, Any] = result.get("hardware") or {}
+        isa = hardware.get("isa", [])
         why = ("this CPU has no VNNI int8 dot-product instructions" if "avx512_vnni" not in isa and
                "avx_vnni" not in isa else "at this size the quantise/dequantise steps cost more than the int8 "
                "arithmetic saves")
-        mode = (result.get("onnx", {}).get("int8") or {}).get("mode")
+        onnx: Mapping[str, Any] = result.get("onnx") or {}
+        mode = (onnx.get("int8") or {}).get("mode")
         if mode == "dynamic":
             why = "dynamic quantisation computes activation ranges at run time and uses ConvInteger for convolutions"
         out.append(f"int8 is slower than fp32 here ({int8:.2f} ms vs {fp32:.2f} ms at batch 256): {why}.")
@@ -150,26 +175,27 @@ def surprises(result: dict, notes: list[str] = ()) -> list[str]:
     return out
 
 
-def _clearly_slower(result: dict, slow: str, fast: str, batch: str) -> bool:
+def _clearly_slower(result: RunResult, slow: str, fast: str, batch: str) -> bool:
     """Whether `slow` is slower than `fast` beyond both medians' intervals (same session's rounds)."""
-    a = (result.get("latency") or {}).get(slow, {}).get(batch, {})
-    b = (result.get("latency") or {}).get(fast, {}).get(batch, {})
+    a = _figures(result).get(slow, {}).get(batch, {})
+    b = _figures(result).get(fast, {}).get(batch, {})
     if not (a.get("ci_ms") and b.get("ci_ms")):
         return True
     return a["ci_ms"][0] > b["ci_ms"][1]
 
 
-def comparison_table(result: dict, base: dict | None = None) -> pd.DataFrame:
+def comparison_table(result: RunResult, base: RunResult | None = None) -> pd.DataFrame:
     """The baseline beside the current run; `base` is the baseline's own run (no steps), which gives
     its packed size, ONNX sizes, MACs and latency measured the same way."""
-    base = base or {}
+    got: Mapping[str, Any] = base or {}
     acc, b_acc = result["accuracy"], result["baseline_accuracy"]
     # the baseline's file, gzip and zstd are those of its committed checkpoint (the figures every reduction factor
     # divides by); its packed and ONNX sizes come from its own run
-    sz, bsz = result["size"], {**(base.get("size") or {}), **result["baseline_size"]}
+    sz: Mapping[str, Any] = result["size"]
+    bsz: Mapping[str, Any] = {**(got.get("size") or {}), **result["baseline_size"]}
 
-    def b(key: str):
-        return base.get(key)
+    def b(key: str) -> Any:
+        return got.get(key)
 
     rows = [("top-1 (%)", b_acc["top1"], acc["top1"]), ("top-3 (%)", b_acc["top3"], acc["top3"]),
             ("top-5 (%)", b_acc["top5"], acc["top5"]), ("parameters", result["baseline_params"], result["params"]),
@@ -180,11 +206,11 @@ def comparison_table(result: dict, base: dict | None = None) -> pd.DataFrame:
                        ("packed .xpk (bytes)", "packed_bytes"), ("ONNX fp32 (bytes)", "onnx_bytes"),
                        ("ONNX int8 (bytes)", "onnx_int8_bytes")):
         rows.append((label, bsz.get(key), sz.get(key)))
-    verdicts = {0: _accuracy_verdict(result)}
+    verdicts: dict[int, str | Speed] = {0: _accuracy_verdict(result)}
     for engine in ENGINES_SHOWN[:3]:
         for batch in (B1, B256):
             # the baseline as timed in the same rounds as this run (what the speed-up divides), else its own run
-            in_round = (result.get("baseline_latency") or {}).get(engine, {}).get(batch, {})
+            in_round = _figures(result, "baseline_latency").get(engine, {}).get(batch, {})
             b_ms = in_round.get("median_ms") if in_round.get("available") else _lat(base, engine, batch) if base \
                 else None
             verdicts[len(rows)] = speed(result, engine, batch)
@@ -201,7 +227,7 @@ def comparison_table(result: dict, base: dict | None = None) -> pd.DataFrame:
     return df
 
 
-def _accuracy_verdict(result: dict) -> str:
+def _accuracy_verdict(result: RunResult) -> str:
     vs = result.get("vs_baseline") or {}
     if not vs or not result.get("recipe", {}).get("steps"):
         return ""
@@ -251,7 +277,7 @@ def curves(frame: pd.DataFrame, key: str | None) -> None:
                "on this page; gzip's is gzip against the gzip of that file, as the paper defines it.")
 
 
-def size_and_latency(result: dict) -> None:
+def size_and_latency(result: RunResult) -> None:
     st.plotly_chart(plots.size_bars(result), key="chart_size")
     th = result.get("theoretical") or {}
     if th:
@@ -281,7 +307,7 @@ def size_and_latency(result: dict) -> None:
                        "fast as its own reference timing on this machine (within 15% or its interval), and every "
                        "kept round had the CPU (CPU time at least 0.9 of the wall time). Rounds that lost the CPU "
                        "are dropped and replaced; a figure that still fails is timed again, then shown as disturbed.")
-    missing = [(e, v[B1]["reason"]) for e, v in (result.get("latency") or {}).items()
+    missing = [(e, v[B1]["reason"]) for e, v in _figures(result).items()
                if not v.get(B1, {}).get("available")]
     if not hw.get("gpu"):
         st.markdown("**GPU: not available on this machine.**")
@@ -289,7 +315,7 @@ def size_and_latency(result: dict) -> None:
         st.caption(f"{plots.ENGINE_LABELS.get(engine, engine)}: not available ({md(reason)})")
 
 
-def layers(result: dict, sensitivity: dict | None) -> None:
+def layers(result: RunResult, sensitivity: dict | None) -> None:
     table = pd.DataFrame(result["layers"])
     if sensitivity:
         table["sensitivity"] = pd.to_numeric(table["layer"].map(sensitivity), errors="coerce")
@@ -306,7 +332,7 @@ def layers(result: dict, sensitivity: dict | None) -> None:
         st.plotly_chart(plots.weight_histogram(hists[layer], layer), key="chart_hist")
 
 
-def forgets_view(view: dict | None, result: dict) -> None:
+def forgets_view(view: dict | None, result: RunResult) -> None:
     """What compression forgets (Hooker et al., 2019): per-class change, where predictions moved, and the
     test images whose prediction flipped, all from the predictions the runs stored."""
     if not result.get("recipe", {}).get("steps"):
@@ -341,10 +367,10 @@ DELIVERABLES = (  # file in the cache, size field, button label, what it is for
 )
 
 
-def fastest_on_cpu(result: dict, batch: str = B256) -> str | None:
+def fastest_on_cpu(result: RunResult, batch: str = B256) -> str | None:
     """The CPU engine measured faster than every other at `batch` (its interval below theirs, in the same rounds,
     with no disturbed timing), or None where none is."""
-    lat = result.get("latency") or {}
+    lat = _figures(result)
     if disturbed_figures(result) or not result.get("timing_quality"):  # disturbed, or timed before the checks
         return None
     figs = {e: lat.get(e, {}).get(batch, {}) for e in ENGINES_SHOWN[:3]}
@@ -358,7 +384,7 @@ def fastest_on_cpu(result: dict, batch: str = B256) -> str | None:
 EAGER_BYTES = 16 << 20
 
 
-def downloads(result: dict, artifact, key: str) -> None:
+def downloads(result: RunResult, artifact, key: str) -> None:
     """Every deployable the run made, each with its measured size and what it is for, and the recipe. The
     bytes are read and checked against the cache's checksums when the button is pressed."""
     cols = st.columns(4)
