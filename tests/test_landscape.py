@@ -12,6 +12,7 @@ from explorer.run import runner
 from explorer.run import scheduler as S
 from explorer.run.cache import RunCache
 from explorer.run.controls import DEFAULTS
+from explorer.run.controls import build as controls_build
 from explorer.run.jobs import COMPARISON, FOREGROUND, Board
 from explorer.run.runner import run_key
 from explorer.run.scheduler import Priority
@@ -48,6 +49,23 @@ def test_two_pages_on_one_model_share_one_landscape(tmp_path, monkeypatch):
     assert first.label() == "prune 90% unstructured -> W4 ptq"  # the point under the sliders comes first
     lands.after_run(DIGITS, {**DEFAULTS, "sparsity": 0.9, "bits": "4"})
     assert a.next(lambda k: False).label() == "prune 85% unstructured -> W4 ptq"  # then its neighbours
+
+
+def test_the_landscape_leaves_a_pages_own_runs_to_the_page(tmp_path, monkeypatch):
+    """The point under a page's sliders is the landscape's nearest; while the page's run board computes it (and
+    its baseline), the landscape takes the next point instead: the page's run must not wait on the cache lock for
+    the worker's run of the same configuration at background priority."""
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    controls = {**DEFAULTS, "sparsity": 0.5}
+    page = {run_key(controls_build(controls, DIGITS)), run_key(Recipe(model="digits_cnn", dataset="digits"))}
+    lands = L.Landscapes(RunCache, run_key, idle_s=60, tick_s=3600, asked=lambda key: key in page)
+    land = lands.touch(DIGITS, controls)
+    assert land.next(lambda k: False).label() == "prune 50% unstructured"  # alone, the page's own point first
+    recipe, _ = lands.next_step(land)
+    assert run_key(recipe) not in page and recipe.label() != "baseline"
+    page.clear()  # the page's runs are done (or left): the landscape may take them again
+    assert lands.next_step(land)[0].label() == "prune 50% unstructured"
+    lands.stop()
 
 
 def test_a_pages_neighbours_are_measured_above_the_rest_of_the_grid(tmp_path, monkeypatch):

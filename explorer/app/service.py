@@ -349,6 +349,12 @@ def board():
         return _board
 
 
+def _asked(key: str) -> bool:
+    """Whether a page's run board is computing (or about to compute) this configuration itself."""
+    job = board().job(key)
+    return job is not None and not job.finished
+
+
 def landscapes():
     """The background landscapes (explorer.run.landscape), or None where EXPLORER_LANDSCAPE=0."""
     global _landscapes
@@ -356,7 +362,7 @@ def landscapes():
         return None
     with _live_lock:
         if _landscapes is None:
-            _landscapes = Landscapes(cache, run_key, settings.get("EXPLORER_LANDSCAPE_IDLE_S"))
+            _landscapes = Landscapes(cache, run_key, settings.get("EXPLORER_LANDSCAPE_IDLE_S"), asked=_asked)
         return _landscapes
 
 

@@ -165,8 +165,12 @@ class Landscapes:
     """Every model's landscape in this server process, and the thread that feeds the worker."""
 
     def __init__(self, cache_factory: Callable[[], RunCache], key_of: Callable[[Recipe], str], idle_s: float,
-                 tick_s: float = 0.5):
+                 tick_s: float = 0.5, asked: Callable[[str], bool] | None = None):
+        """`asked(key)`: whether a page is computing that configuration itself (on its run board): the landscape
+        leaves it to the page, whose run would otherwise wait on the cache lock for the worker's, at background
+        priority (the point under a page's sliders is the landscape's nearest)."""
         self._cache, self._key_of, self.idle_s, self.tick_s = cache_factory, key_of, idle_s, tick_s
+        self._asked = asked or (lambda key: False)
         self._all: dict[str, Landscape] = {}
         self._lock = threading.Lock()
         self._pool: workers.Worker | None = None
@@ -184,6 +188,10 @@ class Landscapes:
 
     def cached(self, key: str) -> bool:
         return self._cache().peek(key) is not None
+
+    def next_step(self, land: Landscape) -> tuple[Recipe, scheduler.Priority] | None:
+        """The landscape's next point: neither stored nor one a page is computing itself."""
+        return land.next_step(lambda key: self.cached(key) or self._asked(key))
 
     def touch(self, card: ModelCard, controls: dict[str, Any]) -> Landscape:
         """A page looks at `card` with its sliders at `controls`: the landscape (one per model) starts or goes on."""
@@ -267,7 +275,7 @@ class Landscapes:
                 return
             land = max(live, key=lambda x: x.last_seen)
         is_retime = False
-        step = land.next_step(self.cached)
+        step = self.next_step(land)
         due = self._retime_key(land, grid=step is None)  # a page's own run first; the grid's once it is measured
         if due is not None:
             step, is_retime = (self._recipes(land)[due], scheduler.Priority.LANDSCAPE), True
