@@ -11,6 +11,7 @@ Run: .venv/bin/python bench/page_open.py   (writes docs/results/page_open.md; ab
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -143,7 +144,23 @@ def _both() -> dict[str, dict]:
 
 
 def main() -> None:
-    m = _both()
+    if sys.argv[1:] == ["--render"]:  # the page again from the figures of the last run (docs/results/page_open.json)
+        render(json.loads((C.RESULTS / f"{NAME}.json").read_text())["facts"])
+    else:
+        render(_both())
+
+
+def _phases(said: list[str]) -> list[str]:
+    """What the page said, each phase once: the fine-tuning loss and epoch counts left out."""
+    out: list[str] = []
+    for w in said:
+        w = re.sub(r"(, loss [0-9.]+|: epoch \d+/\d+)", "", w)
+        if w not in out:
+            out.append(w)
+    return out
+
+
+def render(m: dict) -> None:
     idle, loaded = m["idle"], m["loaded"]
     cores = os.cpu_count()
 
@@ -151,7 +168,7 @@ def main() -> None:
         return ", ".join(f"{v:.1f}" for v in x["load"])
 
     def said(x: dict) -> str:
-        return "; ".join(f"\"{w}\"" for w in x["waiting"]) or "(the figures came before a message was read)"
+        return "; ".join(f"\"{w}\"" for w in _phases(x["waiting"])) or "(the figures came before a message was read)"
 
     quiet = max(idle["load"]) < 1.0
     checks = [C.Check(f"the page's shell paints in < {TARGETS['shell_s']:g} s on a cold server",
@@ -168,8 +185,8 @@ def main() -> None:
     rows = [["the shell (title, sidebar heading) paints", f"{idle['shell_s']:.2f} s", f"{loaded['shell_s']:.2f} s"],
             ["the model picker shows", f"{idle['picker_s']:.2f} s", f"{loaded['picker_s']:.2f} s"],
             ["the first figures show (top-1 tile)", f"{idle['first_s']:.1f} s", f"{loaded['first_s']:.1f} s"],
-            [f"points in the curves {OPEN_S} s after opening", f"{idle['points']} ({idle['landscape']})",
-             f"{loaded['points']} ({loaded['landscape']})"],
+            [f"points in the curves {OPEN_S} s after opening", f"{idle['points']} ({idle.get('landscape', '')})",
+             f"{loaded['points']} ({loaded.get('landscape', '')})"],
             ["one-minute load average (opening, first figures, end)", load(idle), load(loaded)]]
     body = (f"A cold server (`streamlit run app.py`), an empty cache, the page opened in Chromium on its default "
             f"model ({idle['model']}) and left alone for {OPEN_S} s; then the same again beside {LOAD_PROCS} busy "
@@ -178,8 +195,7 @@ def main() -> None:
             + ".\n\n" + C.table(["measure", "as the machine was", f"beside {LOAD_PROCS} busy processes"], rows)
             + f"\n\nWhile it worked under the load, the page said: {said(loaded)}.\n\n" + C.checks_table(checks))
     C.write_section(NAME, "Opening the page: the shell, the default model's first figures, the curves", body,
-                    checks=checks, facts={label: {k: v for k, v in x.items() if k != "landscape"}
-                                          for label, x in m.items()})
+                    checks=checks, facts=m)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,10 @@ def main(top=None) -> None:
         if card.get("format") == "onnx":
             st.info(f"{md(card['name'])} is an ONNX model: top-1 {card['accuracy']['top1']:.2f}% with ONNX Runtime, "
                     f"{card['file_bytes']:,} bytes. {md(card.get('unsupported_reason', ''))}")
+        elif computing:  # measuring the baseline afresh would take the cores from the run this page waits for
+            st.info(f"{LIVE} this configuration first: the baseline's fresh measurement on its test images and its "
+                    f"per-layer table follow when that run is done. Its card recorded top-1 "
+                    f"{card['accuracy']['top1']:.2f}% at training.")
         else:
             try:
                 panels.baseline_panel(_describe(card["path"], card.get("sha256", "")))
