@@ -168,10 +168,10 @@ def _quiet_note(n: dict) -> str:
     failed = n.get("quiet_failed") or {}
     if not failed:
         return ""
-    words = {"narrow": "interval too wide for its batch", "agreement": "the two ratio estimates disagree",
-             "reference": "the baseline off its own reference timing", "cpu": "rounds without the CPU"}
-    return "failed checks: " + ", ".join(f"{words.get(k, k)} {v}" for k, v in sorted(failed.items(),
-                                                                                   key=lambda kv: -kv[1]))
+    from explorer.measure.timing_checks import CHECKS  # the checks' own words, as the page says them
+
+    return "not met: " + "; ".join(f"{CHECKS.get(k, k)} ({v})" for k, v in sorted(failed.items(),
+                                                                                 key=lambda kv: -kv[1]))
 
 
 def compare(openings: list[dict]) -> tuple[list[list[str]], dict]:
