@@ -170,8 +170,15 @@ def _quiet_note(n: dict) -> str:
         return ""
     from explorer.measure.timing_checks import CHECKS  # the checks' own words, as the page says them
 
-    return "not met: " + "; ".join(f"{CHECKS.get(k, k)} ({v})" for k, v in sorted(failed.items(),
-                                                                                 key=lambda kv: -kv[1]))
+    words = "not met: " + "; ".join(f"{CHECKS.get(k, k)} ({v})" for k, v in sorted(failed.items(),
+                                                                                  key=lambda kv: -kv[1]))
+    devs = n.get("quiet_reference_deviations") or []
+    if devs:
+        faster = sum(d < 0 for d in devs)
+        words += (f". Where the reference check failed, the baseline's quiet time was faster than its reference "
+                  f"in {faster} and slower in {len(devs) - faster} of {len(devs)} speed-ups (from {devs[0]:+.0%} to "
+                  f"{devs[-1]:+.0%})")
+    return words
 
 
 def compare(openings: list[dict]) -> tuple[list[list[str]], dict]:
@@ -182,6 +189,7 @@ def compare(openings: list[dict]) -> tuple[list[list[str]], dict]:
     n = {"shown": 0, "disturbed_shown": 0, "agree": 0, "wrong": 0, "unjudged": 0, "quiet_figures": 0,
                    "quiet_disturbed": 0}
     failed: collections.Counter[str] = collections.Counter()  # the checks the quiet disturbed figures failed
+    ref_devs: list[float] = []  # how far the baseline's quiet time was from its reference, where that failed
     for o in openings:
         os.environ["EXPLORER_CACHE_DIR"] = str(o["cache"])
         for session, r in o["runs"]:
@@ -197,6 +205,8 @@ def compare(openings: list[dict]) -> tuple[list[list[str]], dict]:
                             figure = ((again.get("timing_quality") or {}).get("figures", {}).get(kind, {})
                                       .get(engine, {}).get(b, {}))
                             failed.update(figure.get("failed") or ["(no check recorded)"])
+                            if "reference" in (figure.get("failed") or []) and kind == "speedup":
+                                ref_devs.append(figure.get("reference_deviation"))
             for engine in TILES:
                 shown, q = speed(r, engine, B256), speed(again, engine, B256)
                 if not shown.shown:
@@ -219,6 +229,7 @@ def compare(openings: list[dict]) -> tuple[list[list[str]], dict]:
                              f"{q_load[0]:.1f}" if q_load[0] is not None else "", verdict])
     n["quiet_sessions"] = _sessions(quiet_results)
     n["quiet_failed"] = dict(failed)
+    n["quiet_reference_deviations"] = sorted(round(d, 3) for d in ref_devs if d is not None)
     return rows, n
 
 

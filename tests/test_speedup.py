@@ -161,10 +161,12 @@ def test_every_round_runs_in_the_quiet_slot(baseline):
     assert len(entered) == sess.kept + len(sess.dropped) >= 3
 
 
-def test_the_baseline_reference_timing_comes_from_its_own_clean_run(tmp_path, monkeypatch):
-    """run.timing keeps the reference the reference check compares with: the baseline's own run, timed with
-    every round on the CPU, sets it; a run's clean session fills only what is missing; nothing else moves it."""
+def test_the_baseline_reference_timing_is_the_record_of_its_steady_sessions(tmp_path, monkeypatch):
+    """run.timing keeps the reference the reference check compares with: the baseline's medians of its last
+    steady sessions (every round on the CPU; a run's session passing its other checks), their median and their
+    range; a session that lost the CPU, or failed another check, never enters it."""
     from explorer.compress.recipe import Recipe
+    from explorer.measure.timing_checks import reference_agrees
     from explorer.run import timing
 
     monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path))
@@ -177,18 +179,26 @@ def test_the_baseline_reference_timing_comes_from_its_own_clean_run(tmp_path, mo
     assert timing.reference_times(own, 1) == {}  # a session that lost the CPU sets nothing
     clean = {**busy, "timing_quality": {"sessions": [{"batch": "b256", "cpu_ok": True}]}}
     timing.update_reference(own, 1, clean)
-    assert timing.reference_times(run, 1)[f"{TORCH_CPU}/b256"]["median_ms"] == 10.0  # one book per checkpoint
+    first = timing.reference_times(run, 1)[f"{TORCH_CPU}/b256"]  # one book per checkpoint
+    assert (first["median_ms"], first["ci_ms"]) == (10.0, [9.8, 10.2])  # one session: its own interval
     assert timing.reference_times(run, 2) == {}  # and per thread count
-    slower = {"baseline": {TORCH_CPU: {"b256": {**fig, "median_ms": 14.0}}, ORT_CPU_INT8: {"b256": fig}},
-              "timing_quality": {"figures": {"speedup": {TORCH_CPU: {"b256": {"failed": []}},
-                                                         ORT_CPU_INT8: {"b256": {"failed": []}}}}}}
-    timing.update_reference(run, 1, slower)
-    book = timing.reference_times(run, 1)
-    assert book[f"{TORCH_CPU}/b256"]["median_ms"] == 10.0  # a run's session never moves the reference
-    assert book[f"{ORT_CPU_INT8}/b256"]["source"] == "the first clean session"
-    # a reference taken under load: a clean session 30% faster (failing only the reference check) replaces it
-    faster = {"baseline": {ORT_CPU_INT8: {"b256": {**fig, "median_ms": 7.0}}}, "timing_quality": {"figures": {
-        "speedup": {ORT_CPU_INT8: {"b256": {"failed": ["reference"], "reference_deviation": -0.3}}}}}}
-    timing.update_reference(run, 1, faster)
-    entry = timing.reference_times(run, 1)[f"{ORT_CPU_INT8}/b256"]
-    assert (entry["median_ms"], entry["source"]) == (7.0, "a faster clean session")
+
+    def session(ms: float, failed: list[str]) -> dict:
+        return {"baseline": {TORCH_CPU: {"b256": {**fig, "median_ms": ms}}}, "timing_quality": {"figures": {
+            "speedup": {TORCH_CPU: {"b256": {"failed": failed, "reference_deviation": ms / 10 - 1}}}}}}
+
+    timing.update_reference(run, 1, session(30.0, ["narrow"]))  # an unsteady session: not recorded
+    assert timing.reference_times(run, 1)[f"{TORCH_CPU}/b256"]["history"] == [10.0]
+    for ms in (12.0, 13.0):  # steady sessions, the last failing only the reference check: recorded
+        timing.update_reference(run, 1, session(ms, [] if ms < 13 else ["reference"]))
+    ref = timing.reference_times(run, 1)[f"{TORCH_CPU}/b256"]
+    assert ref["history"] == [10.0, 12.0, 13.0]
+    assert (ref["median_ms"], ref["ci_ms"]) == (12.0, [10.0, 13.0])
+    assert reference_agrees(13.7, ref)[0] and reference_agrees(10.0, ref)[0]  # within 15% of 12, or the range
+    assert not reference_agrees(14.0, ref)[0] and not reference_agrees(9.5, ref)[0]
+    for _ in range(timing.HISTORY):
+        timing.update_reference(own, 1, clean)
+    ref = timing.reference_times(run, 1)[f"{TORCH_CPU}/b256"]  # the record forgets its oldest sessions
+    assert ref["history"] == [10.0] * timing.HISTORY and ref["ci_ms"] == [10.0, 10.0]
+
+

@@ -12,7 +12,9 @@ in the same engine and batch). It is accepted only when all four hold:
   is a larger share of it;
 - reference: the baseline's median in these rounds is within its own reference timing on this machine
   (inside that timing's interval, or within 15% of its median). A baseline slowed for the whole session
-  (something of ours running beside it) gives narrow, agreeing ratios that are all wrong; this catches it;
+  (something of ours running beside it) gives narrow, agreeing ratios that are all wrong; this catches it.
+  The reference is the record of the baseline's recent steady sessions on this machine (explorer.run.timing):
+  its median, and as its interval the range those sessions spanned;
 - cpu: every kept round had the CPU: CPU time over wall time of the timed calls at least 0.9 (per thread
   used). A round below that was preempted, by our own work or another program, and is dropped and replaced
   (a bounded number of times); a session that could not keep enough rounds fails this check.

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,6 @@ from explorer.compress.base import Deploy
 from explorer.compress.recipe import Recipe
 from explorer.core.paths import cache_dir
 from explorer.measure.hardware import cpu_info
-from explorer.measure.timing_checks import REFERENCE_TOLERANCE
 from explorer.models.baselines import baseline_data, load_baseline, read_card, sha256_file
 from explorer.run.result import RunResult
 
@@ -96,11 +96,18 @@ def reference_times(recipe: Recipe, threads: int) -> dict[str, dict[str, Any]]:
     return {}
 
 
+HISTORY = 15  # the baseline's clean sessions a reference timing remembers
+
+
 def update_reference(recipe: Recipe, threads: int, lat: dict[str, Any]) -> None:
-    """Keep the baseline's reference timing: from the baseline's own run, timed with every round on the CPU;
-    else, where there is none yet, from the baseline's figures of a session whose other checks all passed; and
-    from such a session that found the baseline faster than its reference beyond the tolerance (a reference
-    taken while something slowed the machine would otherwise fail every later run)."""
+    """Keep the baseline's reference timing on this machine: the record of its last `HISTORY` steady timing
+    sessions, each the baseline's median in one session whose rounds all had the CPU and whose other checks
+    (narrow, agreement) passed: the baseline's own run, or any run's session (failing at most the reference
+    check). The reference is their median, and its interval their range: on a shared machine the same model's
+    time moves between sessions (its caches and memory are shared with other programs) by more than one
+    session's interval, and the check asks whether this session's baseline is inside what steady sessions on
+    this machine have shown, or within the tolerance of their median. A session slowed by work of ours fails
+    the CPU check and never enters the record."""
     own = not recipe.steps
     book = reference_times(recipe, threads)
     changed = False
@@ -109,20 +116,21 @@ def update_reference(recipe: Recipe, threads: int, lat: dict[str, Any]) -> None:
         for b, fig in per.items():
             key = f"{engine}/{b}"
             if own:
-                ok, source = all(s["cpu_ok"] for s in quality.get("sessions", []) if s["batch"] == b), \
-                    "the baseline's own run"
+                steady = all(s["cpu_ok"] for s in quality.get("sessions", []) if s["batch"] == b)
+                source = "the baseline's own run"
             else:
                 check = (quality.get("figures", {}).get("speedup", {}).get(engine) or {}).get(b) or {}
-                clean = bool(check) and not set(check["failed"]) - {"reference"}
-                # other work only ever slows a timing: a clean session that finds the baseline faster than its
-                # reference beyond the tolerance shows the reference was taken under load, and replaces it
-                faster = (check.get("reference_deviation") or 0) < -REFERENCE_TOLERANCE
-                ok = clean and (key not in book or faster)
-                source = "a faster clean session" if key in book else "the first clean session"
-            if ok and fig.get("available"):
-                book[key] = {"median_ms": fig["median_ms"], "ci_ms": fig["ci_ms"], "when": round(time.time()),
-                             "source": source}
-                changed = True
+                steady = bool(check) and not set(check["failed"]) - {"reference"}
+                source = "a run's session"
+            if not (steady and fig.get("available")):
+                continue
+            old = book.get(key) or {}
+            history = [*old.get("history", [old["median_ms"]] if old.get("median_ms") else []),
+                       fig["median_ms"]][-HISTORY:]
+            ci = list(fig["ci_ms"]) if len(history) == 1 else [min(history), max(history)]
+            book[key] = {"median_ms": round(statistics.median(history), 5), "ci_ms": ci, "history": history,
+                         "when": round(time.time()), "source": source}
+            changed = True
     if changed:
         path = _timing_file(recipe, threads)
         path.parent.mkdir(parents=True, exist_ok=True)
