@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -270,6 +271,7 @@ def main() -> None:
     not_one, other, looked = construction(openings)
     alone, beside = live.slowdown(tmp, SLOWDOWN_ROUNDS, "digits_cnn-digits", epochs=2)
     stop.set()
+    shutil.rmtree(tmp, ignore_errors=True)  # the openings' caches (hundreds of MB) are not kept
     ratio = statistics.median(beside) / statistics.median(alone)
     loads = [x for o in openings for x in o["load"]]
     before = openings[0]["load"][0] if openings and openings[0]["load"] else os.getloadavg()[0]

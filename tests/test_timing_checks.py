@@ -54,9 +54,11 @@ def test_a_baseline_slowed_for_the_whole_session_fails_the_reference_check():
     assert check_speedup(base, CLEAN_RUN, batch=256, reference=None)["checks"]["reference"] is None
 
 
-def test_reference_agrees_within_its_interval_or_fifteen_percent():
+def test_reference_agrees_within_its_interval_or_fifteen_percent_or_faster():
     assert reference_agrees(11.4, REF)[0] and reference_agrees(8.6, REF)[0]
     assert reference_agrees(11.6, REF)[0] is False
+    # faster than the reference beyond the tolerance: the reference was the slowed one (it is replaced)
+    assert reference_agrees(6.0, REF) == (True, -0.4)
     assert reference_agrees(30, {"median_ms": 10, "ci_ms": [5, 35]})[0]  # inside its (wide) interval
     assert reference_agrees(10, None) == (None, None)
 

@@ -33,6 +33,7 @@ from explorer.core.stats import median_ci
 from explorer.measure.timing_checks import cpu_share, round_kept
 
 BATCHES = BATCH_SIZES  # the batch sizes every run is timed at
+WARM_CALL_MS = 50.0  # a timer whose calls take less gets one untimed call before each of its slices
 ROUNDS = 10  # an even count balances who opens a round; the median's interval spans ranks 2 to 9 (98% coverage)
 # A timer runs the engine once; it returns None to be timed by the host clock, or the milliseconds it
 # measured itself (CUDA events: the host clock would see the launch, not the work)
@@ -106,7 +107,9 @@ def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: flo
                 min_calls: int = 2, between_rounds: Callable[[float], None] | None = None, threads: int = 1,
                 unchecked: Collection[str] = (), max_extra_rounds: int | None = None) -> Session:
     """Time every timer in the same rounds: each round gives each `budget_s / rounds` seconds (at least
-    `min_calls` calls), the order rotating from round to round, inside the quiet slot. Around each timer's
+    `min_calls` calls, after one untimed call where its calls take under WARM_CALL_MS: the first call after
+    another engine's finds the caches holding that engine's weights, and how much slower it is depends on which
+    engines share the session), the order rotating from round to round, inside the quiet slot. Around each timer's
     calls in a round the CPU time of the timing thread (the process's over `threads` where several are used)
     is read with the wall time: a round in which any timer (but those `unchecked`, GPU timers whose host
     thread waits) got less than MIN_CPU_SHARE of the CPU was preempted; it is dropped and another round is
@@ -128,6 +131,7 @@ def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: flo
     session = Session({}, rounds, 0, load_average={"before": load_average()})
     extra = rounds // 2 if max_extra_rounds is None else max_extra_rounds
     slice_s = budget_s / rounds / 2
+    last: dict[str, float] = {}  # each timer's median call in the last round
     attempt = 0
     while session.kept < rounds and attempt < rounds + extra:
         if between_rounds is not None:
@@ -140,6 +144,8 @@ def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: flo
             # there and back (A B C C B A): a slow drift within the round, or an advantage of coming first or
             # after another engine, falls on every timer alike
             for name in order + order[::-1]:
+                if last.get(name, 0.0) < WARM_CALL_MS:
+                    _call(timers[name])  # untimed: the first call after another engine's finds cold caches
                 c0 = clock()
                 start = time.perf_counter()
                 while len(in_round[name]) < min_calls or time.perf_counter() - start < slice_s:
@@ -149,6 +155,7 @@ def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: flo
         share = min((cpu_share(cpu[n], wall[n], threads) for n in checked), default=1.0)
         session.cpu_share.append(round(share, 4))
         for name in names:
+            last[name] = statistics.median(in_round[name])
             every[name] += in_round[name]
             every_round[name].append(statistics.median(in_round[name]))
         if round_kept(share):

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -100,14 +99,11 @@ HISTORY = 15  # the baseline's clean sessions a reference timing remembers
 
 
 def update_reference(recipe: Recipe, threads: int, lat: dict[str, Any]) -> None:
-    """Keep the baseline's reference timing on this machine: the record of its last `HISTORY` steady timing
-    sessions, each the baseline's median in one session whose rounds all had the CPU and whose other checks
-    (narrow, agreement) passed: the baseline's own run, or any run's session (failing at most the reference
-    check). The reference is their median, and its interval their range: on a shared machine the same model's
-    time moves between sessions (its caches and memory are shared with other programs) by more than one
-    session's interval, and the check asks whether this session's baseline is inside what steady sessions on
-    this machine have shown, or within the tolerance of their median. A session slowed by work of ours fails
-    the CPU check and never enters the record."""
+    """Keep the baseline's reference timing on this machine: the quietest of its last `HISTORY` steady timing
+    sessions, each the baseline's median and interval in one session whose rounds all had the CPU and whose
+    other checks (narrow, agreement) passed: the baseline's own run, or any run's session (failing at most the
+    reference check). Other work only ever slows a timing, so the quietest steady session is the closest to the
+    machine's own speed; keeping only the last sessions lets the reference follow a machine that changed."""
     own = not recipe.steps
     book = reference_times(recipe, threads)
     changed = False
@@ -125,11 +121,11 @@ def update_reference(recipe: Recipe, threads: int, lat: dict[str, Any]) -> None:
             if not (steady and fig.get("available")):
                 continue
             old = book.get(key) or {}
-            history = [*old.get("history", [old["median_ms"]] if old.get("median_ms") else []),
-                       fig["median_ms"]][-HISTORY:]
-            ci = list(fig["ci_ms"]) if len(history) == 1 else [min(history), max(history)]
-            book[key] = {"median_ms": round(statistics.median(history), 5), "ci_ms": ci, "history": history,
-                         "when": round(time.time()), "source": source}
+            session = {"median_ms": fig["median_ms"], "ci_ms": list(fig["ci_ms"]), "source": source,
+                       "when": round(time.time())}
+            kept = old.get("history") or ([{k: old[k] for k in session if k in old}] if old else [])
+            history = [*kept, session][-HISTORY:]
+            book[key] = {**min(history, key=lambda h: h["median_ms"]), "history": history}
             changed = True
     if changed:
         path = _timing_file(recipe, threads)
