@@ -13,8 +13,8 @@ in the same engine and batch). It is accepted only when all four hold:
 - reference: the baseline's median in these rounds is within its own reference timing on this machine
   (inside that timing's interval, within 15% of its median, or faster). A baseline slowed for the whole
   session (something running beside it) gives narrow, agreeing ratios that are all wrong; this catches it.
-  The reference is the quietest of the baseline's recent steady sessions on this machine (explorer.run.timing),
-  so a reference taken under load is replaced by the first quieter session instead of failing it;
+  The reference is the record of the baseline's recent steady sessions on this machine (explorer.run.timing):
+  their median, and the range they spanned as its interval. Only slower fails: other work only slows a timing;
 - cpu: every kept round had the CPU: CPU time over wall time of the timed calls at least 0.9 (per thread
   used). A round below that was preempted, by our own work or another program, and is dropped and replaced
   (a bounded number of times); a session that could not keep enough rounds fails this check.
@@ -58,7 +58,7 @@ def reference_agrees(in_round_ms: float, reference: dict | None) -> tuple[bool |
     """(agrees, relative deviation) of the baseline's in-round median from its reference timing
     {"median_ms", "ci_ms"}; (None, None) where there is no reference yet. Agrees: inside the reference's
     interval, within the tolerance of its median, or faster (other work only slows a timing: a baseline faster
-    than its reference shows the reference was the disturbed one, and it replaces it)."""
+    than its reference shows the machine quieter than when the reference was recorded)."""
     if not reference or not reference.get("median_ms"):
         return None, None
     ref = float(reference["median_ms"])

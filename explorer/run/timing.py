@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -99,11 +100,13 @@ HISTORY = 15  # the baseline's clean sessions a reference timing remembers
 
 
 def update_reference(recipe: Recipe, threads: int, lat: dict[str, Any]) -> None:
-    """Keep the baseline's reference timing on this machine: the quietest of its last `HISTORY` steady timing
-    sessions, each the baseline's median and interval in one session whose rounds all had the CPU and whose
-    other checks (narrow, agreement) passed: the baseline's own run, or any run's session (failing at most the
-    reference check). Other work only ever slows a timing, so the quietest steady session is the closest to the
-    machine's own speed; keeping only the last sessions lets the reference follow a machine that changed."""
+    """Keep the baseline's reference timing on this machine: the record of its last `HISTORY` steady timing
+    sessions, each the baseline's median in one session whose rounds all had the CPU and whose other checks
+    (narrow, agreement) passed: the baseline's own run, or any run's session (failing at most the reference
+    check). The reference is their median, and its interval the range of their medians: on a shared machine the
+    same model's time moves between quiet sessions by more than one session's interval (its caches and memory
+    bandwidth are shared with other programs), and a single session would flag the next ones. Keeping only the
+    last sessions lets the reference follow a machine that changed."""
     own = not recipe.steps
     book = reference_times(recipe, threads)
     changed = False
@@ -125,7 +128,9 @@ def update_reference(recipe: Recipe, threads: int, lat: dict[str, Any]) -> None:
                        "when": round(time.time())}
             kept = old.get("history") or ([{k: old[k] for k in session if k in old}] if old else [])
             history = [*kept, session][-HISTORY:]
-            book[key] = {**min(history, key=lambda h: h["median_ms"]), "history": history}
+            medians = [h["median_ms"] for h in history]
+            book[key] = {"median_ms": round(statistics.median(medians), 5), "history": history, "source": source,
+                         "ci_ms": session["ci_ms"] if len(history) == 1 else [min(medians), max(medians)]}
             changed = True
     if changed:
         path = _timing_file(recipe, threads)
