@@ -21,6 +21,7 @@ Run: .venv/bin/python bench/stress_speed.py   (writes docs/results/stress_speed.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
 import signal
@@ -133,14 +134,20 @@ def opening(tmp: Path, name: str, i: int, sliders: bool) -> dict:
             "load": load, "sweep_finished": sweep_done, "baseline_key": runner.run_key(service.baseline_recipe(recipe))}
 
 
-def quiet(result: dict) -> dict:
-    """The same stored files timed again with none of our other work running (runner.time_run)."""
+def quiet(cache: Path, keys: list[str]) -> list[dict]:
+    """The same stored files timed again with none of our other work running (runner.time_run), in a fresh
+    process: this one has run eight openings (their threads, sessions and memory), a server has not."""
+    out = subprocess.run([sys.executable, __file__, "--quiet", str(cache), *keys], cwd=C.ROOT, check=True,
+                         env=dict(os.environ, EXPLORER_CACHE_DIR=str(cache)), capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _quiet_main(keys: list[str]) -> None:
     from explorer.run import runner
     from explorer.run.cache import RunCache
 
     cache = RunCache()
-    stored = cache.get(result["key"])
-    return runner.time_run(stored, cache.root / result["key"])
+    print(json.dumps([runner.time_run(cache.get(k), cache.root / k) for k in keys]))
 
 
 def _sessions(results) -> dict:
@@ -193,8 +200,8 @@ def compare(openings: list[dict]) -> tuple[list[list[str]], dict]:
     ref_devs: list[float] = []  # how far the baseline's quiet time was from its reference, where that failed
     for o in openings:
         os.environ["EXPLORER_CACHE_DIR"] = str(o["cache"])
-        for session, r in o["runs"]:
-            again = quiet(r)
+        agains = quiet(o["cache"], [r["key"] for _, r in o["runs"]])
+        for (session, r), again in zip(o["runs"], agains, strict=True):
             quiet_results.append(again)
             q_load = (again.get("timing_quality") or {}).get("load_average", {}).get("before") or [None]
             for kind in ("speedup", "deployment_gain"):
@@ -267,6 +274,8 @@ def main() -> None:
             for name in MODELS:
                 if name in cards:
                     openings.append(opening(tmp, name, i, sliders))
+    C.log(f"  quiet re-measurements: this process holds {threading.active_count()} threads, load "
+          f"{os.getloadavg()[0]:.1f}")
     rows, n = compare(openings)
     not_one, other, looked = construction(openings)
     alone, beside = live.slowdown(tmp, SLOWDOWN_ROUNDS, "digits_cnn-digits", epochs=2)
@@ -341,4 +350,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--quiet"]:
+        _quiet_main(sys.argv[3:])
+    else:
+        main()

@@ -1,3 +1,4 @@
+import json
 import ast
 import re
 from pathlib import Path
@@ -720,3 +721,14 @@ def test_the_page_draws_one_title_and_one_sidebar_heading(cache):
     assert [t.value for t in at.title] == ["Compression trade-off explorer"]
     assert [h.value for h in at.sidebar.header] == ["Configuration"]
     assert not any(c.value.startswith("Starting:") for c in at.caption)  # the loading line gave way to the page
+
+
+def test_whether_a_baseline_has_batchnorm_is_read_from_its_weights_names():
+    """The first page lists every card without building its model: BatchNorm is read from the safetensors
+    header (running statistics present), and agrees with the built model for every committed baseline."""
+    from explorer.app import service
+
+    for c in service.all_baselines():
+        built = service._has_batchnorm(c["architecture"], json.dumps(c.get("arch_kwargs") or {}, sort_keys=True))
+        assert c["batchnorm"] == built, c["name"]
+    assert service._running_stats_in(__file__, 0) is None  # not safetensors: the model is built instead

@@ -3,8 +3,10 @@ cached runs for a baseline, sweeps and artifacts. Keeps torch out of the UI modu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import threading
 from typing import Any
 
@@ -91,6 +93,31 @@ def cache() -> RunCache:
 
 
 @functools.lru_cache(maxsize=64)
+def _running_stats_in(path: str, mtime_ns: int) -> bool | None:
+    """Whether a safetensors file holds BatchNorm running statistics (what BatchNorm adaptation re-estimates),
+    read from its header alone; None for another format."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            return any(k.endswith(".running_mean") for k in f.keys())
+    except (SafetensorError, OSError, ValueError):
+        return None
+
+
+def _batchnorm(card: ModelCard) -> bool:
+    """Whether the card's model has BatchNorm layers: from its weights' names where they are safetensors (no
+    model built: the first page lists every card), else by building the architecture."""
+    path = card.get("path")
+    if path:
+        with contextlib.suppress(OSError):
+            found = _running_stats_in(path, os.stat(path).st_mtime_ns)
+            if found is not None:
+                return found
+    return _has_batchnorm(card["architecture"], json.dumps(card.get("arch_kwargs") or {}, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
 def _has_batchnorm(architecture: str, arch_kwargs: str) -> bool:
     from torch import nn
 
@@ -112,7 +139,7 @@ def all_baselines() -> list[ModelCard]:
     for c in cards:
         c["data_available"] = available(c["dataset"], c.get("dataset_root"))
         if c.get("format") != "onnx" and "architecture" in c:
-            c["batchnorm"] = _has_batchnorm(c["architecture"], json.dumps(c.get("arch_kwargs") or {}, sort_keys=True))
+            c["batchnorm"] = _batchnorm(c)
     return cards
 
 
