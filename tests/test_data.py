@@ -181,3 +181,25 @@ def test_an_unreadable_image_folder_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(imagetree.Path, "iterdir", denied)
     with pytest.raises(ValueError, match=rf"^image folder '{tmp_path}' could not be read: .*Permission denied"):
         load_dataset("imagefolder", tmp_path)
+
+
+def test_mnist_like_names_are_torchvisions():
+    """The folder and class names read without importing torchvision (seconds on a first page) are its own."""
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    from explorer.core.data import _MNIST_LIKE
+
+    for name, cls in (("mnist", MNIST), ("fashion-mnist", FashionMNIST)):
+        assert _MNIST_LIKE[name] == (cls.__name__, tuple(cls.classes))
+
+
+def test_recorded_versions_are_the_imported_libraries():
+    import onnxruntime
+    import timm
+    import torchvision
+
+    from explorer.models.baselines import versions
+
+    v = versions()  # the installed distributions' versions (without a build's local tag, such as "+cpu")
+    assert (v["torchvision"], v["timm"], v["onnxruntime"]) == (torchvision.__version__.split("+")[0],
+                                                                 timm.__version__, onnxruntime.__version__)

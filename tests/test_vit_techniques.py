@@ -88,3 +88,20 @@ def test_int8_on_onnx_runtime_agrees_with_the_simulated_model(mode, integer_op, 
     pt = _predictions(out.model, d.test.x).numpy()
     assert (ort == pt).mean() >= agree
     assert abs(rec["accuracy"]["top1"] - 100 * (pt == y).mean()) <= 2.0
+
+
+def test_looking_for_transformer_blocks_imports_no_library_a_model_does_not_use():
+    """A first page's run of a small CNN never imports timm or torchvision (seconds) to learn it holds none of
+    their modules; a timm ViT's blocks are still found (its library is imported to build it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from explorer.compress.base import _mlp_types\n"
+            "from explorer.artifact.architecture import _attention\n"
+            "assert _mlp_types() == () and _attention() is None\n"
+            "assert not {'timm', 'torchvision', 'torch_pruning'} & set(sys.modules), sorted(sys.modules)\n"
+            "import timm\n"
+            "assert _attention() is timm.layers.Attention and timm.layers.Mlp in _mlp_types()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

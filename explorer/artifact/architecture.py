@@ -8,6 +8,7 @@ type from a fixed allow-list and its constructor arguments. Nothing from a file 
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from torch import nn
@@ -44,6 +45,8 @@ _TYPES = {"Conv2d": nn.Conv2d, "Linear": nn.Linear, "BatchNorm2d": nn.BatchNorm2
 def _attention() -> type | None:
     """timm's multi-head attention, whose head count changes when heads are removed (explorer.compress.attention);
     None without timm."""
+    if "timm" not in sys.modules:  # no model holds a timm module before timm is imported: not imported for it
+        return None
     try:
         from timm.layers import Attention
     except ImportError:

@@ -18,7 +18,6 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from explorer.compress.base import Context, finetune, require_shapes_free
@@ -112,6 +111,8 @@ def choose(scores: dict[str, torch.Tensor], share: float, scope: str) -> dict[st
 
 def remove(model: nn.Module, example: torch.Tensor, granularity: str, plan: dict[str, list[int]]) -> None:
     """Remove the planned heads or neurons in place, through Torch-Pruning's dependency graph."""
+    import torch_pruning as tp  # imported where used: it pulls in timm and torchvision (seconds)
+
     with warnings.catch_warnings():  # its note on the class token and position embedding: their width stays
         warnings.simplefilter("ignore")
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
@@ -120,6 +121,8 @@ def remove(model: nn.Module, example: torch.Tensor, granularity: str, plan: dict
 
 
 def _remove(model: nn.Module, graph: Any, granularity: str, plan: dict[str, list[int]]) -> None:
+    import torch_pruning as tp  # imported where used: it pulls in timm and torchvision (seconds)
+
     for name, idxs in plan.items():
         if not idxs:
             continue
@@ -134,6 +137,8 @@ def _remove(model: nn.Module, graph: Any, granularity: str, plan: dict[str, list
 
 
 def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    import torch_pruning as tp  # imported where used: it pulls in timm and torchvision (seconds)
+
     macs, params = tp.utils.count_ops_and_params(model, example)
     return int(macs), int(params)
 

@@ -9,8 +9,10 @@ integer grid, which is what the packed format stores.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -458,14 +460,19 @@ def clone(model: nn.Module) -> nn.Module:
 
 
 def _mlp_types() -> tuple[type[nn.Module], ...]:
-    """A transformer block's feed-forward module types: timm's Mlp family and torchvision's MLP (MLPBlock)."""
-    from torchvision.ops import MLP
+    """A transformer block's feed-forward module types: timm's Mlp family and torchvision's MLP (MLPBlock). A
+    library not imported yet holds no module of any model, and is not imported for it (seconds on a first page)."""
+    types: list[type[nn.Module]] = []
+    if "torchvision" in sys.modules:
+        from torchvision.ops import MLP
 
-    try:
-        from timm.layers import GluMlp, Mlp, SwiGLU
-    except ImportError:  # timm is optional: without it no model holds its modules
-        return (MLP,)
-    return Mlp, GluMlp, SwiGLU, MLP
+        types.append(MLP)
+    if "timm" in sys.modules:
+        with contextlib.suppress(ImportError):
+            from timm.layers import GluMlp, Mlp, SwiGLU
+
+            types = [Mlp, GluMlp, SwiGLU, *types]
+    return tuple(types)
 
 
 def compressible(model: nn.Module, layers: str = "all") -> list[tuple[str, Layer]]:

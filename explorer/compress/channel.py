@@ -8,10 +8,9 @@ by hand. The result is a smaller dense model: fewer parameters, fewer MACs, real
 from __future__ import annotations
 
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from explorer.compress.attention import attention_blocks
@@ -20,8 +19,13 @@ from explorer.compress.prune_config import PruneConfig
 from explorer.compress.schedules import cubic_sparsity, geometric_sparsity
 from explorer.core.errors import first_line
 
+if TYPE_CHECKING:
+    import torch_pruning as tp
+
 
 def _importance(criterion: str) -> Any:  # a Torch-Pruning importance (untyped library)
+    import torch_pruning as tp  # imported where used: it pulls in timm and torchvision (seconds)
+
     if criterion == "geometric_median":
         return tp.importance.FPGMImportance(p=2)
     return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
@@ -64,6 +68,8 @@ def dependency_graph(model: nn.Module, example: torch.Tensor, name: str | None =
     removed from it. A reshape that regroups channels between layers (ShuffleNet's channel shuffle interleaves its
     two branches' channels) is what the graph cannot follow (Torch-Pruning issue 14, open since 2020): building it
     fails inside the library (torchvision's shufflenet_v2: ZeroDivisionError), long before any channel goes."""
+    import torch_pruning as tp  # imported where used: it pulls in timm and torchvision (seconds)
+
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example)
     except Exception as e:  # the library's own failure, said in the user's words
@@ -108,12 +114,16 @@ def _global_ratios(model: nn.Module, graph: tp.DependencyGraph, cfg: PruneConfig
 
 
 def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    import torch_pruning as tp  # imported where used: it pulls in timm and torchvision (seconds)
+
     macs, params = tp.utils.count_ops_and_params(model, example)
     return int(macs), int(params)
 
 
 def prune_channels(model: nn.Module, cfg: PruneConfig, ctx: Context) -> dict[str, Any]:
     """Prune `model` in place (the caller passes a copy) and fine-tune per the schedule."""
+    import torch_pruning as tp  # imported where used: it pulls in timm and torchvision (seconds)
+
     require_shapes_free(ctx.state, "channel pruning")
     check_feasible(model, cfg)
     data = ctx.need_data("channel pruning (an example input for the dependency graph)")

@@ -371,13 +371,18 @@ def _missing(name: str, root: Path, where: str, files: tuple[str, ...]) -> Value
     return ValueError(f"{head}: expected the files {', '.join(files)} in {where} (nothing is downloaded)")
 
 
+# torchvision.datasets' folder and class names (MNIST.classes, FashionMNIST.classes; test_data checks them)
+_MNIST_LIKE = {"mnist": ("MNIST", ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six",
+                                   "7 - seven", "8 - eight", "9 - nine")),
+               "fashion-mnist": ("FashionMNIST", ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                                                  "Shirt", "Sneaker", "Bag", "Ankle boot"))}
+
+
 def _mnist_like(name: str, root: Path) -> tuple[Pair, Pair, list[str]]:
     """The four IDX files (plain or gzipped) in torchvision's layout (<root>/MNIST/raw/...), in a raw/
     subfolder, or in the named folder itself."""
-    from torchvision.datasets import MNIST, FashionMNIST
-
-    cls = MNIST if name == "mnist" else FashionMNIST
-    sub = f"{cls.__name__}/raw"
+    folder, classes = _MNIST_LIKE[name]  # torchvision's names, without importing it (seconds) to read them
+    sub = f"{folder}/raw"
     base = _find_idx_base(root, sub)
     if base is None:
         raise _missing(name, root, str(root / sub), _MNIST_FILES)
@@ -390,9 +395,9 @@ def _mnist_like(name: str, root: Path) -> tuple[Pair, Pair, list[str]]:
                              f"{x.shape} for {y.shape} labels; expected N uint8 images for N labels")
         parts.append((torch.from_numpy(x).float().div(255.0).unsqueeze(1), torch.from_numpy(y.astype(np.int64))))
     n_classes = int(max(parts[0][1].max(), parts[1][1].max())) + 1
-    if n_classes > len(cls.classes) or min(int(parts[0][1].min()), int(parts[1][1].min())) < 0:
-        raise ValueError(f"dataset folder {str(base)!r} for {name}: labels outside 0..{len(cls.classes) - 1}")
-    return parts[0], parts[1], list(cls.classes)
+    if n_classes > len(classes) or min(int(parts[0][1].min()), int(parts[1][1].min())) < 0:
+        raise ValueError(f"dataset folder {str(base)!r} for {name}: labels outside 0..{len(classes) - 1}")
+    return parts[0], parts[1], list(classes)
 
 
 class RefusedGlobal(ValueError):

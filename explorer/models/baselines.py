@@ -32,13 +32,12 @@ from explorer.models.formats import PROGRAMS, check_checkpoint_zip, detect_forma
 
 
 def versions() -> dict[str, str]:
-    import onnxruntime
-    import timm
-    import torchvision
+    """The libraries' versions, read from their installed metadata: importing torchvision and timm to ask
+    them takes seconds, in the middle of a page's first run."""
+    from importlib.metadata import version
 
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
-            "onnxruntime": onnxruntime.__version__, "explorer": __version__,
-            "schema": str(SCHEMA_VERSION)}
+    return {"torch": torch.__version__, "torchvision": version("torchvision"), "timm": version("timm"),
+            "onnxruntime": version("onnxruntime"), "explorer": __version__, "schema": str(SCHEMA_VERSION)}
 
 
 def sha256_file(path: str | os.PathLike) -> str:
