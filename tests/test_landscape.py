@@ -3,9 +3,11 @@ cancelling leaves nothing behind."""
 
 import threading
 import time
+from unittest import mock
 
 import pytest
 
+from explorer.compress.prune_config import PruneConfig
 from explorer.compress.recipe import Recipe
 from explorer.run import landscape as L
 from explorer.run import runner
@@ -158,3 +160,39 @@ def test_the_board_serves_the_page_before_the_comparison_and_joins_repeated_asks
     board.stop()
     with pytest.raises(ValueError, match="does not exist"):
         board.submit(Recipe(model="digits_cnn", checkpoint=str(tmp_path / "nope.safetensors")), "p")
+
+
+def test_no_background_point_starts_while_a_page_waits_for_its_own_run(tmp_path, monkeypatch):
+    """A page's first figures come before the landscape's first point (and its worker process, importing
+    PyTorch beside the page's run): no point is submitted while the board holds a page's own run."""
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    waiting = [True]
+    lands = L.Landscapes(RunCache, run_key, idle_s=60, tick_s=3600, page_waiting=lambda: waiting[0])
+    submitted: list[str] = []
+    monkeypatch.setattr(lands, "_submit", lambda recipe, priority, is_retime=False: submitted.append(
+        recipe.label()) or mock.Mock(done=lambda: False))
+    lands.touch(DIGITS, {**DEFAULTS, "sparsity": 0.5})
+    lands._tick()
+    assert submitted == []
+    waiting[0] = False
+    lands._tick()
+    assert submitted == ["prune 50% unstructured"]
+    lands.stop()
+
+
+def test_the_board_says_whether_a_page_waits_for_its_own_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    board = Board(RunCache, run_key)
+    try:
+        assert not board.page_waiting()
+        job = board.submit(Recipe(model="digits_cnn", dataset="digits"), "s1", COMPARISON)
+        assert not board.page_waiting()  # a comparison is not a page's own run
+        board.submit(Recipe(model="digits_cnn", dataset="digits", steps=(PruneConfig(sparsity=0.3),)), "s1")
+        assert board.page_waiting()
+        board.watch("s1", set())  # the page left: its runs are cancelled
+        deadline = time.monotonic() + 60
+        while board.page_waiting() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not board.page_waiting() and job.cancel.is_set()
+    finally:
+        board.stop()

@@ -389,7 +389,8 @@ def landscapes():
         return None
     with _live_lock:
         if _landscapes is None:
-            _landscapes = Landscapes(cache, run_key, settings.get("EXPLORER_LANDSCAPE_IDLE_S"), asked=_asked)
+            _landscapes = Landscapes(cache, run_key, settings.get("EXPLORER_LANDSCAPE_IDLE_S"), asked=_asked,
+                                     page_waiting=lambda: board().page_waiting())
         return _landscapes
 
 

@@ -138,6 +138,11 @@ class Board:
                         self._line.discard(job.key)
             self._lock.notify_all()
 
+    def page_waiting(self) -> bool:
+        """Whether a page's own run (not a comparison) is queued or running."""
+        with self._lock:
+            return any(not j.finished and j.priority <= FOREGROUND for j in self._jobs.values())
+
     def job(self, key: str) -> Job | None:
         with self._lock:
             return self._jobs.get(key)

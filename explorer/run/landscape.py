@@ -165,12 +165,16 @@ class Landscapes:
     """Every model's landscape in this server process, and the thread that feeds the worker."""
 
     def __init__(self, cache_factory: Callable[[], RunCache], key_of: Callable[[Recipe], str], idle_s: float,
-                 tick_s: float = 0.5, asked: Callable[[str], bool] | None = None):
+                 tick_s: float = 0.5, asked: Callable[[str], bool] | None = None,
+                 page_waiting: Callable[[], bool] | None = None):
         """`asked(key)`: whether a page is computing that configuration itself (on its run board): the landscape
         leaves it to the page, whose run would otherwise wait on the cache lock for the worker's, at background
-        priority (the point under a page's sliders is the landscape's nearest)."""
+        priority (the point under a page's sliders is the landscape's nearest). `page_waiting()`: whether a page
+        waits for its own run now; no new point starts meanwhile (a point's start, and a first one's worker
+        process importing PyTorch, took two cores' worth from a page's first figures: 11 s to them against 6 s)."""
         self._cache, self._key_of, self.idle_s, self.tick_s = cache_factory, key_of, idle_s, tick_s
         self._asked = asked or (lambda key: False)
+        self._page_waiting = page_waiting or (lambda: False)
         self._all: dict[str, Landscape] = {}
         self._lock = threading.Lock()
         self._pool: workers.Worker | None = None
@@ -274,6 +278,8 @@ class Landscapes:
             if not live:
                 return
             land = max(live, key=lambda x: x.last_seen)
+        if self._page_waiting():
+            return
         is_retime = False
         step = self.next_step(land)
         due = self._retime_key(land, grid=step is None)  # a page's own run first; the grid's once it is measured
