@@ -446,7 +446,7 @@ def test_your_model_names_a_timm_architecture_from_the_searchable_list(cache, tm
     monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
     model = create_model("timm:test_resnet", num_classes=10, in_channels=1, image_size=8)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
-    at = _app(prune_epochs="0")
+    at = _app(prune_epochs="0", tab="Your model")  # the libraries' names are listed where the tab is open
     options = at.selectbox(key="byo_arch").options
     assert {"digits_cnn", "timm:test_resnet", "torchvision:mobilenet_v3_small", "timm:vit_small_patch16_224"} <= set(
         options)
@@ -732,3 +732,13 @@ def test_whether_a_baseline_has_batchnorm_is_read_from_its_weights_names():
         built = service._has_batchnorm(c["architecture"], json.dumps(c.get("arch_kwargs") or {}, sort_keys=True))
         assert c["batchnorm"] == built, c["name"]
     assert service._running_stats_in(__file__, 0) is None  # not safetensors: the model is built instead
+
+
+@pytest.mark.slow  # two page runs: over 10 s on two cores
+def test_the_library_names_are_listed_only_where_your_model_is_open(cache):
+    """Listing torchvision's and timm's names imports both (seconds beside a page's first run): the Overview
+    lists the zoo's names in the (hidden) Your model tab; opened, the tab searches every library's names."""
+    at = _app(prune_epochs="0")
+    assert not any(o.startswith(("timm:", "torchvision:")) for o in at.selectbox(key="byo_arch").options)
+    at = _app(prune_epochs="0", tab="Your model")
+    assert "timm:resnet18" in at.selectbox(key="byo_arch").options

@@ -31,7 +31,7 @@ from explorer.core import markup, plugins, roots, scratch, settings, words
 from explorer.core.card import ModelCard
 from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
-from explorer.core.zoo import all_model_names, create_model
+from explorer.core.zoo import all_model_names, create_model, list_models
 from explorer.measure.accuracy import load_predictions
 from explorer.measure.hardware import describe  # noqa: E402, F401
 from explorer.models import baselines, user
@@ -82,10 +82,12 @@ def datasets() -> list[str]:
     return list_datasets()
 
 
-def architectures() -> list[str]:
-    """What a state_dict can be loaded into: the zoo's and the plugins' architectures, then every torchvision and
-    timm classification model by name (built by the installed library with random weights; nothing downloaded)."""
-    return all_model_names()
+def architectures(libraries: bool = True) -> list[str]:
+    """What a state_dict can be loaded into: the zoo's and the plugins' architectures, then (with `libraries`)
+    every torchvision and timm classification model by name (built by the installed library with random weights;
+    nothing downloaded). Listing the libraries' names imports both (seconds on two cores): a page lists them
+    when its "Your model" tab is open, not beside its first run."""
+    return all_model_names() if libraries else list_models()
 
 
 def cache() -> RunCache:

@@ -167,7 +167,7 @@ def main(top=None) -> None:
             except ValueError as e:
                 st.error(md(e))
     with tabs[8]:
-        panels.byo_panel(service, service.datasets(), service.architectures())
+        panels.byo_panel(service, service.datasets(), service.architectures(libraries=tabs[8].open is not False))
     st.caption(footer(time.perf_counter() - t0, job, base_job))
 
 
