@@ -199,11 +199,13 @@ def render(m: dict) -> None:
             "column is the machine as it was: " + ("idle" if quiet else "shared with other work, so not idle")
             + ".\n\n" + C.table(["measure", "as the machine was", f"beside {LOAD_PROCS} busy processes"], rows)
             + f"\n\nOf the {idle['first_s']:.1f} s to the first figures, {idle['picker_s']:.1f} s pass before the "
-            "model picker shows (the server imports PyTorch, ONNX Runtime and timm for the first page) and "
+            "model picker shows (the server imports PyTorch, SciPy, pandas and plotly for the first page, and "
+            "draws it) and "
             f"{idle['first_s'] - idle['picker_s']:.1f} s are the default configuration's own run (pruning with two "
             "epochs of fine-tuning on 12,000 training images, then accuracy on 10,000 test images): on this machine "
             "the wait for the picker alone is longer than the 5 s target. The landscape measures one configuration at "
-            "a time in its worker, paused while the page's own runs and their timings go."
+            "a time in its worker: it starts no point while a page waits for its own run, and pauses the point it is "
+            "measuring while the page's runs and their timings go."
             + f"\n\nWhile it worked under the load, the page said: {said(loaded)}.\n\n" + C.checks_table(checks))
     C.write_section(NAME, "Opening the page: the shell, the default model's first figures, the curves", body,
                     checks=checks, facts=m)
