@@ -63,7 +63,7 @@ def reference_agrees(in_round_ms: float, reference: dict | None) -> tuple[bool |
         return None, None
     ref = float(reference["median_ms"])
     dev = in_round_ms / ref - 1
-    lo, hi = reference.get("ci_ms") or (ref, ref)
+    hi = (reference.get("ci_ms") or (ref, ref))[1]
     return bool(in_round_ms <= hi or dev <= REFERENCE_TOLERANCE), round(dev, 4)
 
 
