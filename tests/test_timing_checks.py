@@ -1,5 +1,6 @@
 """The checks a speed-up passes before it is shown, on planted per-round times (no real timing)."""
 
+import numpy as np
 import pytest
 
 from explorer.measure.timing_checks import (
@@ -8,12 +9,13 @@ from explorer.measure.timing_checks import (
     cpu_share,
     max_spread,
     reference_agrees,
+    reference_interval,
     round_kept,
 )
 
 CLEAN_BASE = [10.0, 10.1, 9.9, 10.05, 9.95, 10.0, 10.2, 9.8, 10.1, 9.9]
 CLEAN_RUN = [2.0, 2.02, 1.98, 2.01, 1.99, 2.0, 2.03, 1.97, 2.0, 2.01]
-REF = {"median_ms": 10.0, "ci_ms": [9.9, 10.1]}
+REF = {"median_ms": 10.0, "ci_ms": [9.9, 10.1], "history": [{"median_ms": m} for m in (9.9, 10.0, 10.1)]}
 
 
 def test_clean_rounds_are_accepted():
@@ -59,8 +61,30 @@ def test_reference_agrees_within_its_interval_or_fifteen_percent_or_faster():
     assert reference_agrees(11.6, REF)[0] is False
     # faster than the reference beyond the tolerance: the reference was the slowed one (it is replaced)
     assert reference_agrees(6.0, REF) == (True, -0.4)
-    assert reference_agrees(30, {"median_ms": 10, "ci_ms": [5, 35]})[0]  # inside its (wide) interval
+    assert reference_agrees(30, {**REF, "median_ms": 10, "ci_ms": [5, 35]})[0]  # inside its (wide) interval
     assert reference_agrees(10, None) == (None, None)
+    # fewer than three steady sessions: how far this machine's sessions spread is unknown, the check is not made
+    assert reference_agrees(30, {**REF, "history": REF["history"][:2]}) == (None, None)
+    assert reference_agrees(30, {"median_ms": 10, "ci_ms": [9.9, 10.1]}) == (None, None)  # one, no history
+
+
+def test_the_reference_interval_covers_the_next_session_as_often_as_it_says():
+    """The 95% prediction interval of one more session's median: on sessions drawn as this machine's are (one
+    baseline's quiet median moved 7.4 to 14 ms between sessions), the next one falls inside it about 95% of the
+    time, for a short record and a full one; and a baseline at twice its median is outside a steady record's."""
+    rng = np.random.default_rng(0)
+    for n in (3, 15):
+        inside = 0
+        for _ in range(2000):
+            s = np.exp(rng.normal(np.log(10), 0.2, n + 1))
+            lo, hi = reference_interval(list(s[:n]))
+            inside += lo <= s[n] <= hi
+        assert 0.93 <= inside / 2000 <= 0.97
+    assert reference_interval([10.0, 10.0]) is None and reference_interval([]) is None
+    steady = [10.0, 10.3, 9.8, 10.1, 9.9]
+    lo, hi = reference_interval(steady)
+    assert lo < 10 < hi < 11.5 and not reference_agrees(20.0, {"median_ms": 10.0, "ci_ms": [lo, hi],
+                                                              "history": steady})[0]
 
 
 def test_a_session_without_the_cpu_is_flagged():

@@ -52,7 +52,10 @@ def gpu_info() -> dict | None:
 def hardware(threads: int | None = None) -> dict:
     import onnxruntime as ort
 
-    return {**cpu_info(), "threads": threads, "gpu": gpu_info(), "onnxruntime_providers": ort.get_available_providers()}
+    from explorer.measure.latency import steady_allocator
+
+    return {**cpu_info(), "threads": threads, "gpu": gpu_info(), "onnxruntime_providers": ort.get_available_providers(),
+            "memory_allocator": steady_allocator()}
 
 
 def describe(hw: dict) -> str:

@@ -12,9 +12,14 @@ in the same engine and batch). It is accepted only when all four hold:
   is a larger share of it;
 - reference: the baseline's median in these rounds is within its own reference timing on this machine
   (inside that timing's interval, within 15% of its median, or faster). A baseline slowed for the whole
-  session (something running beside it) gives narrow, agreeing ratios that are all wrong; this catches it.
+  session (something running beside it) gives narrow, agreeing ratios that may all be wrong; this catches it.
   The reference is the record of the baseline's recent steady sessions on this machine (explorer.run.timing):
-  their median, and the range they spanned as its interval. Only slower fails: other work only slows a timing;
+  their median, and as its interval the 95% prediction interval of one more session's median from them
+  (`reference_interval`). On a shared virtual machine the same model's quiet time moves between sessions by
+  more than one session's interval (seen here: 7.4 to 14 ms for one baseline, its speed-ups steady at 1.0),
+  so the interval is how far the sessions recorded here actually spread; with fewer than
+  `MIN_REFERENCE_SESSIONS` of them that spread is unknown and the check is not made (said so). Only slower
+  fails: other work only slows a timing;
 - cpu: every kept round had the CPU: CPU time over wall time of the timed calls at least 0.9 (per thread
   used). A round below that was preempted, by our own work or another program, and is dropped and replaced
   (a bounded number of times); a session that could not keep enough rounds fails this check.
@@ -31,6 +36,8 @@ from explorer.core.stats import ratio_of_medians
 
 MIN_CPU_SHARE = 0.9  # CPU time / (wall time x threads) of a round's timed calls
 REFERENCE_TOLERANCE = 0.15  # the baseline's in-round median against its reference timing
+MIN_REFERENCE_SESSIONS = 3  # steady sessions a reference needs before it can judge a session
+REFERENCE_LEVEL = 0.95  # of the prediction interval of one more session's median
 SPREAD_LARGE, SPREAD_SMALL, SMALL_BATCH = 1.3, 1.5, 32
 CHECKS = {"agreement": "the median of per-round ratios and the ratio of medians agree",
           "narrow": "the 95% interval is narrow enough to mean something",
@@ -54,16 +61,34 @@ def round_kept(share: float) -> bool:
     return share >= MIN_CPU_SHARE
 
 
+def reference_interval(medians: Sequence[float], level: float = REFERENCE_LEVEL) -> list[float] | None:
+    """The `level` prediction interval of one more steady session's median, from the medians of the steady
+    sessions recorded (Student's t on their logarithms: a time is positive and its spread proportional to
+    it); None with fewer than MIN_REFERENCE_SESSIONS of them."""
+    if len(medians) < MIN_REFERENCE_SESSIONS or min(medians) <= 0:
+        return None
+    from scipy import stats
+
+    logs = np.log(np.asarray(medians, float))
+    n = len(logs)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * logs.std(ddof=1) * np.sqrt(1 + 1 / n))
+    centre = float(logs.mean())
+    return [round(float(np.exp(centre - half)), 5), round(float(np.exp(centre + half)), 5)]
+
+
 def reference_agrees(in_round_ms: float, reference: dict | None) -> tuple[bool | None, float | None]:
     """(agrees, relative deviation) of the baseline's in-round median from its reference timing
-    {"median_ms", "ci_ms"}; (None, None) where there is no reference yet. Agrees: inside the reference's
-    interval, within the tolerance of its median, or faster (other work only slows a timing: a baseline faster
-    than its reference shows the machine quieter than when the reference was recorded)."""
+    {"median_ms", "ci_ms", "history"}; (None, None) where there is no reference yet, or one recorded from
+    fewer than MIN_REFERENCE_SESSIONS steady sessions (a record without its history is one session). Agrees:
+    inside the reference's interval, within the tolerance of its median, or faster (other work only slows a
+    timing: a baseline faster than its reference shows the machine quieter than when it was recorded)."""
     if not reference or not reference.get("median_ms"):
+        return None, None
+    if len(reference.get("history") or [None]) < MIN_REFERENCE_SESSIONS:
         return None, None
     ref = float(reference["median_ms"])
     dev = in_round_ms / ref - 1
-    hi = (reference.get("ci_ms") or (ref, ref))[1]
+    hi = (reference.get("ci_ms") or (ref, ref))[1]  # recorded before prediction intervals: their range
     return bool(in_round_ms <= hi or dev <= REFERENCE_TOLERANCE), round(dev, 4)
 
 

@@ -26,6 +26,7 @@ from explorer.compress.base import Deploy
 from explorer.compress.recipe import Recipe
 from explorer.core.paths import cache_dir
 from explorer.measure.hardware import cpu_info
+from explorer.measure.timing_checks import reference_interval
 from explorer.models.baselines import baseline_data, load_baseline, read_card, sha256_file
 from explorer.run.result import RunResult
 
@@ -103,10 +104,11 @@ def update_reference(recipe: Recipe, threads: int, lat: dict[str, Any]) -> None:
     """Keep the baseline's reference timing on this machine: the record of its last `HISTORY` steady timing
     sessions, each the baseline's median in one session whose rounds all had the CPU and whose other checks
     (narrow, agreement) passed: the baseline's own run, or any run's session (failing at most the reference
-    check). The reference is their median, and its interval the range of their medians: on a shared machine the
-    same model's time moves between quiet sessions by more than one session's interval (its caches and memory
-    bandwidth are shared with other programs), and a single session would flag the next ones. Keeping only the
-    last sessions lets the reference follow a machine that changed."""
+    check). The reference is their median, and its interval the 95% prediction interval of one more session's
+    median from theirs (timing_checks.reference_interval; none below MIN_REFERENCE_SESSIONS sessions): on a
+    shared machine the same model's time moves between quiet sessions by more than one session's interval (its
+    caches and memory bandwidth are shared with other programs), and a single session would flag the next ones.
+    Keeping only the last sessions lets the reference follow a machine that changed."""
     own = not recipe.steps
     book = reference_times(recipe, threads)
     changed = False
@@ -130,7 +132,7 @@ def update_reference(recipe: Recipe, threads: int, lat: dict[str, Any]) -> None:
             history = [*kept, session][-HISTORY:]
             medians = [h["median_ms"] for h in history]
             book[key] = {"median_ms": round(statistics.median(medians), 5), "history": history, "source": source,
-                         "ci_ms": session["ci_ms"] if len(history) == 1 else [min(medians), max(medians)]}
+                         "ci_ms": reference_interval(medians), "sessions": len(history)}
             changed = True
     if changed:
         path = _timing_file(recipe, threads)

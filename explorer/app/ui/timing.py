@@ -10,8 +10,9 @@ from explorer.app.service import RunResult, disturbed_figures, speed
 from explorer.core import words
 
 CHECK_WORDS = {"agreement": "two ways of taking the ratio disagree", "narrow": "interval too wide",
-               "reference": "the baseline ran slower or faster than its own reference timing",
+               "reference": "the baseline ran slower than its own reference timing",
                "cpu": "the timing lost the CPU to other work"}
+NO_REFERENCE = "no reference yet (fewer than 3 steady sessions timed here)"
 KIND_WORDS = {"speedup": "speed-up against the baseline in the same engine",
               "deployment_gain": "deployment gain against the baseline in PyTorch fp32"}
 
@@ -61,7 +62,7 @@ def timing_rows(result: RunResult) -> pd.DataFrame:
                     "shown as": speed(result, engine, batch, kind).text,
                     "median of round ratios (x)": c["ratio"], "ratio of the medians (x)": c["ratio_of_medians"],
                     "interval high / low": c["spread"], "widest allowed": c["max_spread"],
-                    "baseline vs its reference time": "no reference yet" if dev is None else f"{dev:+.0%}",
+                    "baseline vs its reference time": NO_REFERENCE if dev is None else f"{dev:+.0%}",
                     "rounds kept": s.get("rounds_kept"), "rounds dropped (no CPU)": s.get("rounds_dropped"),
                     "lowest CPU share in a kept round": min(kept) if kept else None,
                     "checks failed": "; ".join(CHECK_WORDS[f] for f in c["failed"]) or "none"})
