@@ -11,7 +11,7 @@ from explorer.compress import compress
 from explorer.compress.prune import PruneConfig
 from explorer.core.engines import ORT_CPU_FP32, ORT_CPU_INT8, TORCH_CPU
 from explorer.core.stats import ratio_of_medians
-from explorer.measure.latency import set_quiet_slot, time_rounds, torch_cpu_timer
+from explorer.measure.latency import WARM_ROUNDS, set_quiet_slot, time_rounds, torch_cpu_timer
 from explorer.measure.onnx_export import export_onnx, quantize_int8
 from explorer.measure.speedup import BASE, measure_latency
 from explorer.models.baselines import baseline_data, load_baseline
@@ -158,7 +158,7 @@ def test_every_round_runs_in_the_quiet_slot(baseline):
         sess = time_rounds({"a": torch_cpu_timer(model, torch.randn(2, 1, 8, 8), 1)}, rounds=3, budget_s=0.01)
     finally:
         set_quiet_slot(None)
-    assert len(entered) == sess.kept + len(sess.dropped) >= 3
+    assert len(entered) == WARM_ROUNDS + sess.kept + len(sess.dropped) >= 3  # the warm round's calls too
 
 
 def test_the_baseline_reference_timing_is_the_record_of_its_steady_sessions(tmp_path, monkeypatch):
@@ -231,14 +231,16 @@ torch.set_num_threads(1)
 m = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval()
 x = torch.randn(256, 1, 8, 8)
 
-def faults_per_call():
+def faults_per_call():  # the median call's page faults
+    counts = []
     with torch.inference_mode():
         for _ in range(3):
             m(x)
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(20):
+        for _ in range(21):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             m(x)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 20
+            counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return sorted(counts)[10]
 
 before = faults_per_call()
 latency.time_rounds({"t": lambda: None}, rounds=2, budget_s=0.01, warmup=0)
@@ -250,9 +252,29 @@ def test_timing_keeps_freed_memory_so_a_call_does_not_fault_its_pages_in_again()
     """Before: glibc handed each call's large freed blocks back to the system, and the next call faulted them in
     again (1,600 page faults per batch-256 call of the digits CNN; 15 ms against 9 ms), by an amount that depended
     on what the process had allocated before, so the same model's quiet time moved 40% between sessions. Counted
-    in page faults (the operating system's count, not a clock), in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", STEADY_PROBE], capture_output=True, text=True, check=True,
+    in page faults (the operating system's count, not a clock), in a fresh process whose glibc starts where it
+    starts by default (blocks from 128 KiB handed back), held there: by default it moves with what the process
+    allocated before, which is the trouble, and would make this test pass or fail by chance."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(128 * 1024))
+    out = subprocess.run([sys.executable, "-c", STEADY_PROBE], capture_output=True, text=True, check=True, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.split()
     before, after = float(out[0]), float(out[1])
-    assert before > 100 and after <= before / 20, (before, after)
+    assert before > 100 and after < before / 5, (before, after)
     assert " ".join(out[2:]) == "freed blocks kept for reuse"
+
+
+def test_the_first_round_after_the_warm_up_calls_is_not_kept():
+    """The first round's ratios were off by 15-25% in six of ten sessions of one run (later rounds in about one in
+    ten): it is played and not kept. Planted: a timer slow through its first round's calls only."""
+    calls = {"b": 0}
+
+    def fast() -> float:
+        return 10.0
+
+    def slow_at_first() -> float:
+        calls["b"] += 1
+        return 30.0 if 3 < calls["b"] <= 7 else 10.0  # after its 3 warm-up calls, the first round's 4 calls
+
+    sess = time_rounds({"a": fast, "b": slow_at_first}, rounds=4, budget_s=1e-6, warmup=3)
+    assert WARM_ROUNDS == 1 and calls["b"] > 7
+    assert sess.figures["b"]["round_ms"] == [10.0] * 4 and sess.kept == 4
