@@ -683,6 +683,8 @@ def test_the_sweet_spot_says_what_it_is_judged_on():
     said = panels.measured_so_far(frame, {"measured": 2, "total": 40})
     assert "2 of the 40 configurations of the default grid" in said and "can change" in said
     assert "of the default grid" not in panels.measured_so_far(frame, {"measured": 40, "total": 40})
+    timed = pd.DataFrame({"status": ["ok", "ok", "ok"], "latency_ms": [1.0, None, None]})
+    assert "2 of them are not timed yet" in panels.measured_so_far(timed, None)  # landscape points, timing next
 
 
 def test_the_server_does_not_collect_garbage_after_every_rerun():

@@ -169,8 +169,8 @@ def test_no_background_point_starts_while_a_page_waits_for_its_own_run(tmp_path,
     waiting = [True]
     lands = L.Landscapes(RunCache, run_key, idle_s=60, tick_s=3600, page_waiting=lambda: waiting[0])
     submitted: list[str] = []
-    monkeypatch.setattr(lands, "_submit", lambda recipe, priority, is_retime=False: submitted.append(
-        recipe.label()) or mock.Mock(done=lambda: False))
+    monkeypatch.setattr(lands, "_submit", lambda recipe, priority, is_retime=False, untimed_point=False:
+                        submitted.append(recipe.label()) or mock.Mock(done=lambda: False))
     lands.touch(DIGITS, {**DEFAULTS, "sparsity": 0.5})
     lands._tick()
     assert submitted == []
@@ -196,3 +196,25 @@ def test_the_board_says_whether_a_page_waits_for_its_own_run(tmp_path, monkeypat
         assert not board.page_waiting() and job.cancel.is_set()
     finally:
         board.stop()
+
+
+def test_grid_points_are_measured_untimed_first_and_a_pages_neighbours_with_their_latency(tmp_path, monkeypatch):
+    """The curves fill at the pace of fine-tuning: a grid point is measured for its accuracy and sizes, its timing
+    follows once the grid is measured; a neighbour of a page's run is the next slider move, timed at once."""
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    lands = L.Landscapes(RunCache, run_key, idle_s=60, tick_s=3600)
+    submitted: list[tuple] = []
+
+    def submit(recipe, priority, is_retime=False, untimed_point=False):
+        submitted.append((priority, untimed_point))
+        return mock.Mock(done=lambda: False)
+
+    monkeypatch.setattr(lands, "_submit", submit)
+    lands.touch(DIGITS, {**DEFAULTS, "sparsity": 0.5})
+    lands._tick()
+    assert submitted == [(L.scheduler.Priority.LANDSCAPE, True)]
+    lands._future = None
+    lands.after_run(DIGITS, {**DEFAULTS, "sparsity": 0.5})
+    lands._tick()
+    assert submitted[-1] == (L.scheduler.Priority.NEIGHBOURS, False)
+    lands.stop()

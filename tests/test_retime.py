@@ -13,7 +13,7 @@ from explorer.run import landscape as L
 from explorer.run import retime
 from explorer.run.cache import RunCache
 from explorer.run.controls import DEFAULTS, build
-from explorer.run.result import disturbed_figures, needs_retime, speed
+from explorer.run.result import disturbed_figures, needs_retime, speed, untimed
 from explorer.run.runner import run_key
 
 FIG = f"speed-up {ORT_CPU_INT8} {B256}"
@@ -166,3 +166,64 @@ def test_after_the_last_later_re_time_the_page_says_the_machine_was_too_busy():
     assert speed(r, ORT_CPU_INT8, B256).text == "timing disturbed: the machine was too busy"
     assert "still failing after 3 later re-times" in busy_words(r)
     assert speed(_disturbed(), ORT_CPU_INT8, B256).text == "timing disturbed: re-timing"
+
+
+def _untimed(key: str = "e" * 20) -> dict:
+    return {"status": "ok", "key": key, "pending": ["latency"], "accuracy": {"top1": 97.0}}
+
+
+def test_a_run_stored_untimed_is_due_at_once_even_on_a_busy_machine_and_its_timing_is_no_re_time():
+    r = _untimed()
+    assert untimed(r) and needs_retime(r) and retime.due(r, now=1.0, timed_at=1.0)
+    assert retime.next_key(["x", r["key"]], {r["key"]: r}.get, now=1.0, load1=50.0, cores=2) == r["key"]
+    assert retime.next_key(["x"], {"x": _disturbed("x")}.get, now=1e9, load1=50.0, cores=2) is None
+    timed = {**r, "speedup": {}, "timing_quality": {"disturbed": []}}
+    first = retime.merge(r, timed, when=5.0, load=[0.1])
+    assert "pending" not in first and "later" not in first["timing_quality"] and not needs_retime(first)
+
+
+def test_the_landscape_times_its_untimed_grid_points_one_after_another(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    digits = {"architecture": "digits_cnn", "dataset": "digits", "name": "digits_cnn-digits", "path": None,
+              "batchnorm": False}
+    lands = L.Landscapes(RunCache, run_key, idle_s=60, tick_s=3600)  # no tick: nothing runs
+    land = lands.touch(digits, DEFAULTS)
+    keys = [k for k, _, _ in land.points]
+    stored = {k: _untimed(k) for k in keys[:2]}
+
+    class FakeCache:
+        def peek(self, k):
+            return stored.get(k)
+
+        def stored_at(self, k):
+            return 0.0
+
+    lands._cache = FakeCache
+    monkeypatch.setattr(L, "load_average", lambda: [50.0, 50.0, 50.0])  # busy: a first timing does not wait
+    assert lands._retime_key(land, grid=True) == keys[0] and land.scanned == 0.0  # the next scan comes at once
+    stored[keys[0]] = {**stored[keys[0]], "pending": []}
+    assert lands._retime_key(land, grid=True) == keys[1]
+    stored[keys[1]] = {**stored[keys[1]], "pending": []}
+    assert lands._retime_key(land, grid=True) is None and land.scanned > 0  # none left: every RETIME_SCAN_S again
+    lands.stop()
+
+
+def test_a_run_stored_untimed_is_timed_from_its_files_when_asked_for_with_its_latency(tmp_path, monkeypatch):
+    """A landscape point stored untimed: its accuracy and sizes at once; a page (or a sweep) asking for the run
+    gets it timed first from the stored files, the untimed result streamed meanwhile, and the entry stored timed."""
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
+    recipe = Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.5, finetune_epochs=0),))
+    cache = RunCache()
+    first = cache.get_or_run(recipe, latency=False)
+    key = first["key"]
+    assert untimed(cache.get(key)) and not cache.get(key).get("speedup") and cache.get(key)["accuracy"]
+    assert cache.get_or_run(recipe, latency=False)["cache"]["hit"]  # untimed is what was asked: a hit
+    streamed = []
+    timed = cache.get_or_run(recipe, partial=streamed.append)
+    assert [s["status"] for s in streamed] == ["partial"] and streamed[0]["pending"] == ["latency"]
+    assert timed["cache"]["hit"] and not untimed(timed) and "pending" not in timed
+    assert speed(timed, ORT_CPU_INT8, B256).state != "pending" and timed["accuracy"] == first["accuracy"]
+    stored = cache.get(key)
+    assert not untimed(stored) and stored["speedup"] == timed["speedup"] and cache.verify() == []
+    assert "later" not in stored["timing_quality"]  # a first timing, no re-time

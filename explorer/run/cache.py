@@ -35,7 +35,7 @@ from explorer.core import cachedir, scratch, settings
 from explorer.core.cachedir import is_key
 from explorer.core.paths import cache_dir
 from explorer.core.version import SCHEMA_VERSION
-from explorer.run.result import FILES, RunResult, failed, to_json
+from explorer.run.result import FILES, UNTIMED, RunResult, failed, to_json, untimed
 
 if TYPE_CHECKING:  # (runner imports torch: listing or clearing the cache needs none)
     from explorer.compress.recipe import Recipe
@@ -96,10 +96,10 @@ def _tag(result: RunResult, hit: bool, key: str, **extra: Any) -> RunResult:
 
 
 def _default_compute(recipe: Recipe, workdir: Path, progress: Progress | None,
-                     partial: Partial | None = None) -> RunResult:
+                     partial: Partial | None = None, latency: bool = True) -> RunResult:
     from explorer.run import runner  # imported late: listing or clearing the cache needs no torch
 
-    return runner.run_recipe(recipe, workdir=workdir, progress=progress, partial=partial)
+    return runner.run_recipe(recipe, workdir=workdir, progress=progress, partial=partial, latency=latency)
 
 
 class RunCache:
@@ -297,18 +297,22 @@ class RunCache:
         return committed
 
     def get_or_run(self, recipe: Recipe, *, progress: Progress | None = None,
-                   compute: Callable[..., RunResult] | None = None, partial: Partial | None = None) -> RunResult:
+                   compute: Callable[..., RunResult] | None = None, partial: Partial | None = None,
+                   latency: bool = True) -> RunResult:
         """The RunResult of `recipe`: from the cache, or computed once (also across sessions) and stored.
 
         Bad input raises ValueError; any other failure returns a failed RunResult, which is never stored.
         `compute(recipe, workdir, progress)` defaults to runner.run_recipe; `partial` receives the result as
         far as it goes while it is computed (runner.Partial); the stored entry is written once complete.
+        `latency=False` stores the run untimed (result.untimed: a landscape point, its accuracy and sizes first);
+        asked for with its latency, a run stored untimed is timed from its stored files first (explorer.run.retime),
+        `partial` receiving it meanwhile.
         """
         from explorer.run import runner  # imported late: listing or clearing the cache needs no torch
 
         key = runner.run_key(recipe)
         hit = self.get(key)
-        if hit is not None:
+        if hit is not None and not (latency and untimed(hit)):
             return _tag(hit, True, key)
 
         def on_wait() -> None:
@@ -317,11 +321,15 @@ class RunCache:
 
         with self.lock(key, on_wait=on_wait):
             hit = self.get(key)  # the session we waited for has stored it
+            if hit is not None and latency and untimed(hit):
+                return _tag(self._time_stored(key, hit, progress, partial), True, key)
             if hit is not None:
                 return _tag(hit, True, key)
             with self.workspace("work", key) as work:
                 try:
                     extra: dict[str, Any] = {} if partial is None else {"partial": partial}
+                    if not latency:
+                        extra["latency"] = False
                     result = (compute or _default_compute)(recipe, work, progress, **extra)
                 except ValueError:
                     raise
@@ -338,6 +346,19 @@ class RunCache:
                 except Exception as e:
                     err = RuntimeError(f"the run finished but could not be stored in {self.root}: {e}")
                     return _tag(failed(recipe, err), False, key, stored=False)
+
+    def _time_stored(self, key: str, hit: RunResult, progress: Progress | None,
+                     partial: Partial | None) -> RunResult:
+        """Time run `key`, stored untimed, from its stored files (under its lock) and store the timing."""
+        import functools
+
+        from explorer.run import retime, runner, scheduler
+
+        if partial is not None:
+            partial(RunResult(**{**hit, "status": "partial", "pending": [UNTIMED]}))
+        with scheduler.work():
+            done = retime.retime(self, key, time_run=functools.partial(runner.time_run, progress=progress))
+        return done if done is not None else (self.get(key) or hit)
 
     def _files(self, key: str) -> dict[str, Any]:
         try:

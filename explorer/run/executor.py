@@ -22,7 +22,7 @@ from explorer.core import scratch
 from explorer.core.errors import check_choice, check_range
 from explorer.run import runner, scheduler, workers
 from explorer.run.cache import RunCache
-from explorer.run.result import RunResult, failed, results_frame
+from explorer.run.result import UNTIMED, RunResult, failed, results_frame, untimed
 
 SweepProgress = Callable[[int, int, float | None], None]  # done, total, seconds left (None until known)
 BACKENDS = tuple(workers.POOLS)
@@ -95,8 +95,11 @@ def run_sweep(recipes: Sequence[Recipe], *, backend: str = "local", workers: int
             rate = (time.perf_counter() - t0) / computed[0] if computed[0] else None
             progress(done, total, None if rate is None else rate * (total - done))
 
-    for k in keys:
+    for k, r in zip(keys, recipes, strict=True):
         hit = cache.get(k)
+        if hit is not None and latency and untimed(hit):  # a landscape point stored untimed: timed here, first
+            with scheduler.priority(scheduler.Priority.SWEEP):
+                hit = cache.get_or_run(r)
         if hit is not None:
             results[k] = {**hit, "cache": {"hit": True, "key": k}}
     report()
@@ -146,7 +149,7 @@ def finish(cache: RunCache, key: str, recipe: Recipe, out: dict[str, Any], laten
             (work / name).write_bytes(data)
         try:
             with scheduler.priority(priority):
-                res = runner.time_run(res, work) if latency else res
+                res = runner.time_run(res, work) if latency else RunResult(**{**res, "pending": [UNTIMED]})
             return {**cache.commit(key, work, res), "cache": {"hit": False, "key": key}}
         except Exception as e:  # one failed row, not a stopped sweep
             return failed(recipe, e)

@@ -9,8 +9,12 @@ from being computed twice. Its points are the scheduler's work (explorer.run.sch
 neighbours at NEIGHBOURS, the rest at LANDSCAPE, below a page's own runs, so a slider move gets the cores
 first, and paused at their safe points while any of our timings runs. This module holds only what to
 measure next; the worker process is started by explorer.run.workers.
-A stored run whose speed figures failed their timing checks is re-timed by the same worker once the machine
-is quieter (explorer.run.retime): a page's own runs before the next point, the grid's once it is all measured.
+A grid point is measured untimed first (its accuracy and sizes: the curves fill at the pace of fine-tuning,
+not of timing), and the grid's points are timed from their stored files once all of it is measured; a page
+that asks for one times it first (RunCache.get_or_run). A page's neighbours are measured with their latency:
+they are the next slider move. A stored run whose speed figures failed their timing checks is re-timed by the
+same worker once the machine is quieter (explorer.run.retime): a page's own runs before the next point, the
+grid's once it is all measured.
 A landscape no page has looked at for EXPLORER_LANDSCAPE_IDLE_S seconds stops; EXPLORER_LANDSCAPE=0 turns
 them off. The ordering and neighbours are pure functions, tested alone.
 """
@@ -36,6 +40,7 @@ from explorer.run import executor, retime, runner, scheduler, workers
 from explorer.run.cache import RunCache
 from explorer.run.controls import BIT_OPTIONS, CLUSTER_OPTIONS, DEFAULTS, build
 from explorer.run.grid import Grid
+from explorer.run.result import untimed
 
 SPARSITY_STEP = 0.05  # one notch of the page's sparsity slider
 _BIT_RANK = {b: i for i, b in enumerate(BIT_OPTIONS)}
@@ -133,13 +138,14 @@ def _worker_main(jobs: Queue[Any], results: Queue[Any], threads: int) -> None:
         recipe_json, priority, *how = job
         try:
             with scheduler.priority(priority):
-                out = _retime(recipe_json) if how == [RETIME] else _measure(recipe_json)
+                out = _retime(recipe_json) if how == [RETIME] else _measure(recipe_json, latency=how != [UNTIMED_POINT])
         except Exception as e:  # reported as a failed point; the worker goes on
             out = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
         results.put(out)
 
 
 RETIME = "retime"
+UNTIMED_POINT = "untimed"  # a grid point measured without its latency first
 RETIME_SCAN_S = 30.0  # how often the grid's stored runs are looked through for one due for a re-time
 
 
@@ -150,11 +156,12 @@ def _retime(recipe_json: str) -> dict[str, Any]:
     return {"status": "ok" if res is not None else "skipped", "key": key, "retime": True}
 
 
-def _measure(recipe_json: str) -> dict[str, Any]:
-    """One landscape point in the worker, through the cache like every run."""
+def _measure(recipe_json: str, latency: bool = True) -> dict[str, Any]:
+    """One landscape point in the worker, through the cache like every run; a grid point untimed (its accuracy and
+    sizes first, so the curves fill; the grid's timing follows once all of it is measured)."""
     recipe = Recipe.from_json(recipe_json)
     try:
-        res = RunCache().get_or_run(recipe)
+        res = RunCache().get_or_run(recipe, latency=latency)
     except ValueError as e:
         return {"status": "failed", "error": str(e)}
     return {"status": res.get("status"), "key": res.get("key") or (res.get("cache") or {}).get("key"),
@@ -290,7 +297,8 @@ class Landscapes:
         recipe, priority = step
         key = self._key_of(recipe)
         land.running = key
-        future = self._submit(recipe, priority, is_retime)  # outside the lock: pages touch landscapes meanwhile
+        untimed_point = not is_retime and priority == scheduler.Priority.LANDSCAPE  # a grid point: timed later
+        future = self._submit(recipe, priority, is_retime, untimed_point)  # outside the lock: pages touch landscapes
         with self._lock:
             self._future = (land.card["name"], key, future, is_retime)
 
@@ -309,13 +317,19 @@ class Landscapes:
             return None
         load = load_average()
         cache = self._cache()
-        return retime.next_key(keys, cache.peek, now, load[0] if load else None, scheduler.cores(),
-                               timed_at=cache.stored_at)
+        key = retime.next_key(keys, cache.peek, now, load[0] if load else None, scheduler.cores(),
+                              timed_at=cache.stored_at)
+        hit = cache.peek(key) if key is not None else None
+        if hit is not None and untimed(hit):
+            land.scanned = 0.0  # the grid's untimed points one after another, not one per RETIME_SCAN_S
+        return key
 
-    def _submit(self, recipe: Recipe, priority: scheduler.Priority, is_retime: bool = False) -> Point:
+    def _submit(self, recipe: Recipe, priority: scheduler.Priority, is_retime: bool = False,
+                untimed_point: bool = False) -> Point:
         if os.environ.get("RAY_ADDRESS") and not is_retime:  # a re-time is only timing: it stays on this machine
             return _RayPoint(recipe, self._cache, priority)
-        return self._worker().submit((recipe.to_json(indent=None), priority, *([RETIME] if is_retime else [])))
+        how = [RETIME] if is_retime else [UNTIMED_POINT] if untimed_point else []
+        return self._worker().submit((recipe.to_json(indent=None), priority, *how))
 
 
 class _RayPoint:

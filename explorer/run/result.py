@@ -240,9 +240,20 @@ def disturbed_figures(result: Mapping[str, Any]) -> list[str]:
     return list((result.get("timing_quality") or {}).get("disturbed") or [])
 
 
+UNTIMED = "latency"  # what a stored run measured without its latency has pending
+
+
+def untimed(result: Mapping[str, Any]) -> bool:
+    """Whether a stored run was measured without its latency (a landscape point: its accuracy and sizes first, so
+    the curves fill; its timing follows, and whoever asks for the run with its latency times it first)."""
+    return result.get("status") == "ok" and UNTIMED in (result.get("pending") or [])
+
+
 def needs_retime(result: Mapping[str, Any]) -> bool:
-    """Whether a stored run should be timed again when the machine is quieter (explorer.run.retime): some
-    speed figure of it was disturbed, and it has had fewer than LATER_RETIMES later re-times."""
+    """Whether a stored run should be timed (again) from its stored files (explorer.run.retime): it was stored
+    untimed, or some speed figure of it was disturbed and it has had fewer than LATER_RETIMES later re-times."""
+    if untimed(result):
+        return True
     later = (result.get("timing_quality") or {}).get("later") or []
     return result.get("status") == "ok" and bool(disturbed_figures(result)) and len(later) < LATER_RETIMES
 

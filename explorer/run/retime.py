@@ -8,6 +8,10 @@ average is below the cores the explorer may use (`quiet_enough`) and the run's l
 enough (waits double each time, `due`); after `MAX_LATER` later re-times a figure stays shown as disturbed,
 and the page says the machine was too busy. The RunResult's `timing_quality.later` records every later
 re-time: when, the load then, and the figures still disturbed after it.
+
+A run stored untimed (a landscape point measured for its accuracy and sizes first, result.untimed) is timed the
+same way, from its stored files: by the landscape once its grid is measured, or at once by whoever asks the cache
+for it with its latency (RunCache.get_or_run). That first timing is no re-time and waits for nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 from explorer.measure.latency import load_average
 from explorer.run.cache import ARTIFACT_KINDS, RunCache
-from explorer.run.result import FILES, LATER_RETIMES, RunResult, disturbed_figures, needs_retime
+from explorer.run.result import FILES, LATER_RETIMES, RunResult, disturbed_figures, needs_retime, untimed
 
 MAX_LATER = LATER_RETIMES  # later re-times of one run before its figures stay disturbed
 FIRST_WAIT_S = 60.0  # after the timing that failed; doubled after each later re-time
@@ -43,13 +47,20 @@ def due(result: Mapping[str, Any], now: float, timed_at: float | None = None) ->
     re-time says so (the entry's time)."""
     if not needs_retime(result):
         return False
+    if untimed(result):  # never timed: now
+        return True
     done = later(result)
     last = done[-1]["when"] if done else timed_at
     return last is None or now - last >= FIRST_WAIT_S * 2 ** len(done)
 
 
 def merge(stored: RunResult, timed: RunResult, when: float, load: list[float]) -> RunResult:
-    """The re-timed result, keeping the record of every later re-time (the stored one's and this one)."""
+    """The re-timed result, keeping the record of every later re-time (the stored one's and this one); a run
+    stored untimed gets its first timing, which is no re-time."""
+    if untimed(stored):
+        first = RunResult(**timed)
+        first.pop("pending", None)
+        return first
     q = dict(timed.get("timing_quality") or {})
     q["later"] = [*later(stored), {"when": round(when), "load_average": load, "before": disturbed_figures(stored),
                                    "after": list(q.get("disturbed") or [])}]
@@ -82,11 +93,12 @@ def retime(cache: RunCache, key: str, *, time_run: Callable[[RunResult, Path], R
 def next_key(keys: list[str], peek: Callable[[str], RunResult | None], now: float, load1: float | None, cores: int,
              timed_at: Callable[[str], float | None] | None = None) -> str | None:
     """The first of `keys` (in their order) whose stored run (`peek(key)`) is due for a re-time now, or None;
-    none at all while the machine is busy. `timed_at(key)`: when the entry was stored."""
-    if not quiet_enough(load1, cores):
-        return None
+    none at all while the machine is busy but a run stored untimed (its first timing cannot wait for a quiet
+    machine; where the machine is busy it fails its checks and is re-timed later). `timed_at(key)`: when the
+    entry was stored."""
+    quiet = quiet_enough(load1, cores)
     for key in keys:
         r = peek(key)
-        if r is not None and due(r, now, timed_at(key) if timed_at else None):
+        if r is not None and (quiet or untimed(r)) and due(r, now, timed_at(key) if timed_at else None):
             return key
     return None

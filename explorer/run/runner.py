@@ -42,7 +42,7 @@ from explorer.measure.speedup import measure_latency
 from explorer.models.baselines import baseline_data, card_path, load_baseline, read_card, sha256_file, versions
 from explorer.run import scheduler, timing
 from explorer.run.onnx import prepare_onnx, time_onnx
-from explorer.run.result import FILES, Accuracy, Onnx, OnnxModel, RunResult
+from explorer.run.result import FILES, UNTIMED, Accuracy, Onnx, OnnxModel, RunResult
 
 
 def threads() -> int:
@@ -414,8 +414,9 @@ def run_recipe(recipe: Recipe, *, workdir: str | os.PathLike[str] | None = None,
             partial({**result, "status": "partial", "pending": ["latency"]})
         if latency:
             result = time_run(result, workdir, progress=progress)
-        else:
+        else:  # stored untimed (result.untimed): timed later from its files, or first by whoever asks for it
             result["hardware"] = hardware(threads())
+            result["pending"] = [UNTIMED]
         return result
 
 

@@ -169,6 +169,11 @@ def measured_so_far(frame: pd.DataFrame, landscape: dict | None) -> str:
     if landscape and landscape.get("measured", 0) < landscape.get("total", 0):
         said += (f" ({landscape['measured']} of the {landscape['total']} configurations of the default grid are "
                  "measured; the pick can change as the rest arrive)")
+    ok = frame[frame["status"].eq("ok")]
+    waiting = int(ok["latency_ms"].isna().sum()) if "latency_ms" in ok.columns else 0
+    if waiting:
+        said += (f". {waiting:,} of them {'is' if waiting == 1 else 'are'} not timed yet (their accuracy and size come "
+                 "first; the timing follows), so a latency budget or the fastest pick sees only the others")
     return said + "."
 
 
