@@ -35,7 +35,7 @@ from explorer.core import cachedir, scratch, settings
 from explorer.core.cachedir import is_key
 from explorer.core.paths import cache_dir
 from explorer.core.version import SCHEMA_VERSION
-from explorer.run.result import FILES, UNTIMED, RunResult, failed, to_json, untimed
+from explorer.run.result import ARTIFACT_KINDS, FILES, UNTIMED, RunResult, failed, to_json, untimed
 
 if TYPE_CHECKING:  # (runner imports torch: listing or clearing the cache needs none)
     from explorer.compress.recipe import Recipe
@@ -44,7 +44,6 @@ if TYPE_CHECKING:  # (runner imports torch: listing or clearing the cache needs 
 
 MANIFEST, RESULT, LAST_USED = "manifest.json", "result.json", "last_used"
 # result.FILES kept; the checkpoint, gzip and zstd copies only give sizes
-ARTIFACT_KINDS = ("packed", "onnx", "onnx_int8", "predictions")
 LEGACY_SENSITIVITY = ".sensitivity"
 # an entry that lost its manifest is still recognisably ours if it holds only what commit writes
 OWN_FILES = frozenset({*FILES.values(), RESULT, LAST_USED})
@@ -352,13 +351,25 @@ class RunCache:
         """Time run `key`, stored untimed, from its stored files (under its lock) and store the timing."""
         import functools
 
-        from explorer.run import retime, runner, scheduler
+        from explorer.run import runner, scheduler
 
         if partial is not None:
             partial(RunResult(**{**hit, "status": "partial", "pending": [UNTIMED]}))
         with scheduler.work():
-            done = retime.retime(self, key, time_run=functools.partial(runner.time_run, progress=progress))
-        return done if done is not None else (self.get(key) or hit)
+            timed = self.timed_again(key, hit, functools.partial(runner.time_run, progress=progress))
+        first = RunResult(**timed)
+        first.pop("pending", None)  # a first timing: no re-time (explorer.run.retime.merge)
+        return self.replace_result(key, first)
+
+    def timed_again(self, key: str, stored: RunResult, time_run: Callable[[RunResult, Path], RunResult]) -> RunResult:
+        """Stored run `key` timed from its stored files: `time_run(result, workdir)` on a workspace holding them,
+        each checked against the manifest as it is read; not written back (replace_result does that)."""
+        with self.workspace("retime", key) as work:
+            for kind in ARTIFACT_KINDS:
+                data = self.artifact(key, FILES[kind])
+                if data is not None:
+                    (work / FILES[kind]).write_bytes(data)
+            return time_run(stored, work)
 
     def _files(self, key: str) -> dict[str, Any]:
         try:

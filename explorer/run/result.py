@@ -27,6 +27,7 @@ from explorer.core.words import UNQUANTISED
 FILES = {"packed": "model.xpk", "checkpoint": "model.safetensors", "gzip": "model.safetensors.gz",
          "zstd": "model.safetensors.zst", "onnx": "model.onnx", "onnx_int8": "model.int8.onnx",
          "predictions": "predictions.npy"}
+ARTIFACT_KINDS = ("packed", "onnx", "onnx_int8", "predictions")  # the files the cache keeps of a run
 SIZE_KINDS = ("file_bytes", "gzip_bytes", "zstd_bytes", "packed_bytes", "onnx_bytes", "onnx_int8_bytes")
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from explorer.measure.latency import load_average
-from explorer.run.cache import ARTIFACT_KINDS, RunCache
-from explorer.run.result import FILES, LATER_RETIMES, RunResult, disturbed_figures, needs_retime, untimed
+from explorer.run.cache import RunCache
+from explorer.run.result import LATER_RETIMES, RunResult, disturbed_figures, needs_retime, untimed
 
 MAX_LATER = LATER_RETIMES  # later re-times of one run before its figures stay disturbed
 FIRST_WAIT_S = 60.0  # after the timing that failed; doubled after each later re-time
@@ -80,12 +80,7 @@ def retime(cache: RunCache, key: str, *, time_run: Callable[[RunResult, Path], R
         stored = cache.get(key)
         if stored is None or not needs_retime(stored):
             return None
-        with cache.workspace("retime", key) as work:
-            for kind in ARTIFACT_KINDS:
-                data = cache.artifact(key, FILES[kind])  # checked against the manifest as it is read
-                if data is not None:
-                    (work / FILES[kind]).write_bytes(data)
-            timed = time_run(stored, work)  # as scheduler work, inside the quiet slot (runner.time_run)
+        timed = cache.timed_again(key, stored, time_run)  # as scheduler work, inside the quiet slot
         new = merge(stored, timed, time.time() if now is None else now, load_average())
         return cache.replace_result(key, new)
 
