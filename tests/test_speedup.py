@@ -278,3 +278,28 @@ def test_the_first_round_after_the_warm_up_calls_is_not_kept():
     sess = time_rounds({"a": fast, "b": slow_at_first}, rounds=4, budget_s=1e-6, warmup=3)
     assert WARM_ROUNDS == 1 and calls["b"] > 7
     assert sess.figures["b"]["round_ms"] == [10.0] * 4 and sess.kept == 4
+
+
+def test_a_re_time_adds_its_rounds_to_the_earlier_sessions_that_had_the_cpu():
+    """Ten rounds with two slow ones on one side give an interval too wide to show; the re-time's ten more rounds are
+    judged with them (pairs stay pairs), and a session without the CPU pools nothing."""
+    from explorer.measure.latency import Session
+    from explorer.measure.speedup import pool_rounds
+    from explorer.measure.timing_checks import check_speedup
+
+    def session(base, run, cpu_ok=True):
+        figs = {"base": {"round_ms": base, "rounds": len(base)}, "run": {"round_ms": run, "rounds": len(run)}}
+        return Session(figs, 10, 10 if cpu_ok else 3)
+
+    base1 = [10.0] * 7 + [13.5, 14.0, 14.0]  # three rounds slowed on the baseline's side
+    run = [5.0] * 10
+    pooled: dict = {}
+    first = pool_rounds(session(base1, run), pooled)
+    assert "narrow" in check_speedup(first.figures["base"]["round_ms"], first.figures["run"]["round_ms"],
+                                     batch=256)["failed"]
+    busy = pool_rounds(session([30.0] * 10, run, cpu_ok=False), pooled)
+    assert busy.figures["base"]["round_ms"] == [30.0] * 10 and len(pooled["base"]) == 10  # judged alone
+    second = pool_rounds(session([10.0] * 10, [5.0] * 10), pooled)
+    assert second.figures["base"]["rounds"] == 20 and second.figures["base"]["round_ms"][:10] == base1
+    c = check_speedup(second.figures["base"]["round_ms"], second.figures["run"]["round_ms"], batch=256)
+    assert c["accepted"] and c["ratio"] == pytest.approx(2.0)

@@ -8,12 +8,15 @@ baseline as it runs today, in PyTorch eager fp32 on the CPU. It is never the spe
 The baseline itself is not compared with itself: its speed-up is 1.0 by construction. Every measured
 figure checks itself (explorer.measure.timing_checks); a session whose figures fail is timed again, at most
 `retimes` times (not when the session could not keep enough rounds on the CPU: the machine is busy then, and
-timing again at once only adds load), and a figure that still fails is recorded as disturbed ("status":
-"disturbed"), which no view shows as a number.
+timing again at once only adds load), its rounds added to the earlier sessions' (`pool_rounds`: on this shared
+machine one round in ten or so is off by 20%, and ten rounds with two such rounds on one side give an interval
+too wide to show), and a figure that still fails is recorded as disturbed ("status": "disturbed"), which no view
+shows as a number.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import cast
 
@@ -145,6 +148,7 @@ def measure_latency(model: nn.Module | None, input_shape: tuple[int, ...], *, on
             if not _live(t):
                 engines.setdefault(e, {})[key] = t
         pending = [e for e, t in run.items() if _live(t)]
+        pooled: dict[str, list[float]] = {}  # per timer, the rounds of this batch's sessions that had the CPU
         for attempt in range(retimes + 1):
             timers: dict[str, Timer] = {e: cast(Timer, run[e]) for e in pending}
             torch_base = TORCH_CPU if is_baseline else BASE + TORCH_CPU
@@ -157,7 +161,8 @@ def measure_latency(model: nn.Module | None, input_shape: tuple[int, ...], *, on
                                between_rounds=_over_batches(between_rounds, i, len(batches)))
             quality["sessions"].append({"batch": key, "attempt": attempt, "timers": list(timers), **sess.record()})
             quality["retimes"] += attempt > 0
-            pending = [e for e in pending if not _settle(e, key, b, sess, is_baseline, refs, engines, speedup, gain,
+            view = pool_rounds(sess, pooled)
+            pending = [e for e in pending if not _settle(e, key, b, view, is_baseline, refs, engines, speedup, gain,
                                                          base_figs, quality, len(quality["sessions"]) - 1)]
             if not pending:
                 break
@@ -172,6 +177,20 @@ def measure_latency(model: nn.Module | None, input_shape: tuple[int, ...], *, on
     return {"engines": engines, "speedup": speedup, "deployment_gain": gain, "baseline": base_figs,
             "timing_quality": quality, "threads": threads, "batches": list(batches), "hardware": hardware(threads),
             "reference": REFERENCE, "deployment_reference": DEPLOYMENT_REFERENCE}
+
+
+def pool_rounds(sess: Session, pooled: dict[str, list[float]]) -> Session:
+    """The session as its figures are judged: where it had the CPU, its rounds added to those of the batch's earlier
+    sessions that had it (`pooled`, updated). A re-time then adds rounds instead of starting over: an interval
+    too wide after 10 rounds is judged again on 20, then 30. Each round is a pair timed side by side, so the pairs
+    stay pairs; a session without the CPU is judged alone (its figures are flagged) and pools nothing."""
+    if not sess.cpu_ok:
+        return sess
+    figures = {}
+    for name, fig in sess.figures.items():
+        pooled[name] = pooled.get(name, []) + list(fig.get("round_ms") or [])
+        figures[name] = {**fig, "round_ms": pooled[name], "rounds": len(pooled[name])}
+    return dataclasses.replace(sess, figures=figures)
 
 
 def _settle(e: str, key: str, b: int, sess: Session, is_baseline: bool, refs: dict, engines: dict, speedup: dict,
