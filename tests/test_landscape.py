@@ -198,9 +198,9 @@ def test_the_board_says_whether_a_page_waits_for_its_own_run(tmp_path, monkeypat
         board.stop()
 
 
-def test_grid_points_are_measured_untimed_first_and_a_pages_neighbours_with_their_latency(tmp_path, monkeypatch):
-    """The curves fill at the pace of fine-tuning: a grid point is measured for its accuracy and sizes, its timing
-    follows once the grid is measured; a neighbour of a page's run is the next slider move, timed at once."""
+def test_landscape_points_are_measured_untimed_first(tmp_path, monkeypatch):
+    """The curves fill at the pace of fine-tuning: a point, of the grid or a neighbour of a page's run, is measured
+    for its accuracy and sizes; its timing follows once the grid is measured, or when a page asks for it."""
     monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
     lands = L.Landscapes(RunCache, run_key, idle_s=60, tick_s=3600)
     submitted: list[tuple] = []
@@ -216,5 +216,5 @@ def test_grid_points_are_measured_untimed_first_and_a_pages_neighbours_with_thei
     lands._future = None
     lands.after_run(DIGITS, {**DEFAULTS, "sparsity": 0.5})
     lands._tick()
-    assert submitted[-1] == (L.scheduler.Priority.NEIGHBOURS, False)
+    assert submitted[-1] == (L.scheduler.Priority.NEIGHBOURS, True)
     lands.stop()

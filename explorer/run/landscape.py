@@ -9,10 +9,10 @@ from being computed twice. Its points are the scheduler's work (explorer.run.sch
 neighbours at NEIGHBOURS, the rest at LANDSCAPE, below a page's own runs, so a slider move gets the cores
 first, and paused at their safe points while any of our timings runs. This module holds only what to
 measure next; the worker process is started by explorer.run.workers.
-A grid point is measured untimed first (its accuracy and sizes: the curves fill at the pace of fine-tuning,
-not of timing), and the grid's points are timed from their stored files once all of it is measured; a page
-that asks for one times it first (RunCache.get_or_run). A page's neighbours are measured with their latency:
-they are the next slider move. A stored run whose speed figures failed their timing checks is re-timed by the
+A point is measured untimed first (its accuracy and sizes: the curves fill at the pace of fine-tuning, not of
+timing), and the points are timed from their stored files once the grid is measured; a page that asks for one
+(a slider moved to a neighbour) shows its accuracy and sizes at once and times it first (RunCache.get_or_run).
+A stored run whose speed figures failed their timing checks is re-timed by the
 same worker once the machine is quieter (explorer.run.retime): a page's own runs before the next point, the
 grid's once it is all measured.
 A landscape no page has looked at for EXPLORER_LANDSCAPE_IDLE_S seconds stops; EXPLORER_LANDSCAPE=0 turns
@@ -145,7 +145,7 @@ def _worker_main(jobs: Queue[Any], results: Queue[Any], threads: int) -> None:
 
 
 RETIME = "retime"
-UNTIMED_POINT = "untimed"  # a grid point measured without its latency first
+UNTIMED_POINT = "untimed"  # a point measured without its latency first
 RETIME_SCAN_S = 30.0  # how often the grid's stored runs are looked through for one due for a re-time
 
 
@@ -157,8 +157,8 @@ def _retime(recipe_json: str) -> dict[str, Any]:
 
 
 def _measure(recipe_json: str, latency: bool = True) -> dict[str, Any]:
-    """One landscape point in the worker, through the cache like every run; a grid point untimed (its accuracy and
-    sizes first, so the curves fill; the grid's timing follows once all of it is measured)."""
+    """One landscape point in the worker, through the cache like every run; untimed (its accuracy and sizes first,
+    so the curves fill; its timing follows once the grid is measured, or when a page asks for it)."""
     recipe = Recipe.from_json(recipe_json)
     try:
         res = RunCache().get_or_run(recipe, latency=latency)
@@ -297,8 +297,7 @@ class Landscapes:
         recipe, priority = step
         key = self._key_of(recipe)
         land.running = key
-        untimed_point = not is_retime and priority == scheduler.Priority.LANDSCAPE  # a grid point: timed later
-        future = self._submit(recipe, priority, is_retime, untimed_point)  # outside the lock: pages touch landscapes
+        future = self._submit(recipe, priority, is_retime, not is_retime)  # outside the lock: pages touch landscapes
         with self._lock:
             self._future = (land.card["name"], key, future, is_retime)
 
