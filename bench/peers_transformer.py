@@ -49,7 +49,9 @@ NEURONS, FULL_EPOCHS = 0.4, 4  # heads with MLP neurons: fine-tuned on every tra
 ROUNDS, BUDGET_S = 6, 1.0
 READING = ("Reading the ViT rows. Int8: ONNX Runtime runs the Linear layers' MatMuls in int8, while LayerNorm, "
            "softmax, GELU and the attention's own matrix products stay fp32, so the speed-up of this small model "
-           "(width 96, 17 tokens) stays well under 2x; the figures also move between runs on this shared machine (see"
+           "(width 96, 17 tokens) stays well under 2x (ONNX Runtime's own quantize_dynamic gets the same; its "
+           "transformer optimiser, tried with model type vit, fuses no attention in timm's graph and made the fp32 "
+           "model slower); the figures also move between runs on this shared machine (see"
            " the load average). Packed size: at 4 bits the Linear weights alone cannot go below 8x, and each group's "
            "float32 scale and zero point, the patch embedding, position embedding and LayerNorm tensors add to that, "
            "so only the 3-bit row can reach the target. Heads: the query/key/value and output projections are about "
