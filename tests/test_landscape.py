@@ -218,3 +218,26 @@ def test_landscape_points_are_measured_untimed_first(tmp_path, monkeypatch):
     lands._tick()
     assert submitted[-1] == (L.scheduler.Priority.NEIGHBOURS, True)
     lands.stop()
+
+
+def test_the_board_times_a_run_stored_untimed_instead_of_serving_it_as_done(tmp_path, monkeypatch):
+    """A slider moved onto a landscape point stored untimed: the page's job is not finished from the cache without
+    its speed figures; it shows the accuracy and sizes at once (a partial) and times the stored files."""
+    from explorer.compress.prune import PruneConfig
+    from explorer.run.result import untimed
+
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
+    recipe = Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.4, finetune_epochs=0),))
+    assert untimed(RunCache().get_or_run(recipe, latency=False))
+    board = Board(RunCache, run_key)
+    try:
+        job = board.submit(recipe, "p", FOREGROUND)
+        assert job.state != "done" or not untimed(job.result)
+        deadline = time.monotonic() + 120
+        while not job.finished and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert job.state == "done" and not untimed(job.result) and job.result.get("speedup")
+        assert not untimed(RunCache().get(job.key))
+    finally:
+        board.stop()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, cast
 
 from explorer.compress.recipe import Recipe
 from explorer.run import scheduler
+from explorer.run.result import untimed
 
 if TYPE_CHECKING:
     from explorer.run.cache import RunCache
@@ -113,7 +114,7 @@ class Board:
                 job.watchers.add(session)
                 return job
             job = Job(key, recipe, priority, watchers={session})
-            if hit is not None:
+            if hit is not None and not untimed(hit):  # one stored untimed is timed first (RunCache.get_or_run)
                 job.state, job.fraction, job.total_s = "done", 1.0, 0.0
                 job.result = {**hit, "cache": {"hit": True, "key": key}}
             self._jobs[key] = job
