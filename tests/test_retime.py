@@ -175,6 +175,7 @@ def _untimed(key: str = "e" * 20) -> dict:
 def test_a_run_stored_untimed_is_due_at_once_even_on_a_busy_machine_and_its_timing_is_no_re_time():
     r = _untimed()
     assert untimed(r) and needs_retime(r) and retime.due(r, now=1.0, timed_at=1.0)
+    assert speed(r, ORT_CPU_INT8, B256).text == "not timed yet"
     assert retime.next_key(["x", r["key"]], {r["key"]: r}.get, now=1.0, load1=50.0, cores=2) == r["key"]
     assert retime.next_key(["x"], {"x": _disturbed("x")}.get, now=1e9, load1=50.0, cores=2) is None
     timed = {**r, "speedup": {}, "timing_quality": {"disturbed": []}}

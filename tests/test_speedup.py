@@ -301,5 +301,6 @@ def test_a_re_time_adds_its_rounds_to_the_earlier_sessions_that_had_the_cpu():
     assert busy.figures["base"]["round_ms"] == [30.0] * 10 and len(pooled["base"]) == 10  # judged alone
     second = pool_rounds(session([10.0] * 10, [5.0] * 10), pooled)
     assert second.figures["base"]["rounds"] == 20 and second.figures["base"]["round_ms"][:10] == base1
+    assert second.figures["base"]["round_sessions"] == [10, 10]  # its ratio of medians is taken in each
     c = check_speedup(second.figures["base"]["round_ms"], second.figures["run"]["round_ms"], batch=256)
     assert c["accepted"] and c["ratio"] == pytest.approx(2.0)

@@ -8,6 +8,7 @@ from explorer.measure.timing_checks import (
     check_speedup,
     cpu_share,
     max_spread,
+    pooled_ratio_of_medians,
     reference_agrees,
     reference_interval,
     round_kept,
@@ -103,3 +104,17 @@ def test_spread_bound_depends_on_the_batch():
     wobbly = [2.0, 2.0, 1.6, 2.4, 1.65, 2.35, 2.0, 1.62, 2.38, 2.0]
     assert "narrow" in check_speedup(CLEAN_BASE, wobbly, batch=256)["failed"]
     assert check_speedup(CLEAN_BASE, wobbly, batch=1)["checks"]["narrow"]
+
+
+def test_rounds_pooled_from_two_sessions_take_their_ratio_of_medians_in_each():
+    """A re-time's rounds are pooled with the first session's (speedup.pool_rounds), and the machine's speed moved
+    between them: the median of the pooled rounds lands in the gap between the two speeds, on one slow round of the
+    first session, and the ratio of those medians (2.17) left the interval of a steady 2.0; taken in each session
+    the two ratios of medians agree."""
+    base = [10.0] * 9 + [11.9] + [12.8] * 10
+    run = [5.0] * 10 + [6.4] * 10
+    assert "agreement" in check_speedup(base, run, batch=256)["failed"]
+    c = check_speedup(base, run, batch=256, sessions=[10, 10])
+    assert c["accepted"] and c["ratio_of_medians"] == pytest.approx(2.0)
+    assert pooled_ratio_of_medians(np.array(base), np.array(run), [7, 7]) == pytest.approx(
+        pooled_ratio_of_medians(np.array(base), np.array(run), None))  # counts that do not add up: one session

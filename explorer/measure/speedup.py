@@ -179,6 +179,9 @@ def measure_latency(model: nn.Module | None, input_shape: tuple[int, ...], *, on
             "reference": REFERENCE, "deployment_reference": DEPLOYMENT_REFERENCE}
 
 
+SESSIONS = "sessions of "  # pool_rounds keeps each timer's session sizes beside its rounds
+
+
 def pool_rounds(sess: Session, pooled: dict[str, list[float]]) -> Session:
     """The session as its figures are judged: where it had the CPU, its rounds added to those of the batch's earlier
     sessions that had it (`pooled`, updated). A re-time then adds rounds instead of starting over: an interval
@@ -188,8 +191,11 @@ def pool_rounds(sess: Session, pooled: dict[str, list[float]]) -> Session:
         return sess
     figures = {}
     for name, fig in sess.figures.items():
-        pooled[name] = pooled.get(name, []) + list(fig.get("round_ms") or [])
-        figures[name] = {**fig, "round_ms": pooled[name], "rounds": len(pooled[name])}
+        rounds = list(fig.get("round_ms") or [])
+        pooled[name] = pooled.get(name, []) + rounds
+        pooled[SESSIONS + name] = pooled.get(SESSIONS + name, []) + [float(len(rounds))]
+        figures[name] = {**fig, "round_ms": pooled[name], "rounds": len(pooled[name]),
+                         "round_sessions": [int(n) for n in pooled[SESSIONS + name]]}
     return dataclasses.replace(sess, figures=figures)
 
 
@@ -207,14 +213,15 @@ def _settle(e: str, key: str, b: int, sess: Session, is_baseline: bool, refs: di
         speedup.setdefault(e, {})[key] = dict(BASELINE)
     elif own_base is not None:
         check = check_speedup(own_base["round_ms"], fig["round_ms"], batch=b, reference=refs.get(f"{e}/{key}"),
-                              cpu_ok=cpu_ok)
+                              cpu_ok=cpu_ok, sessions=fig.get("round_sessions"))
         speedup.setdefault(e, {})[key] = _record(check, e)
         quality["figures"]["speedup"].setdefault(e, {})[key] = {**check, "session": index}
         ok = check["accepted"]
     torch_base = sess.figures.get(TORCH_CPU if is_baseline else BASE + TORCH_CPU)
     if e in DEPLOYMENT_ENGINES and torch_base is not None:
         check = check_speedup(torch_base["round_ms"], fig["round_ms"], batch=b,
-                              reference=refs.get(f"{TORCH_CPU}/{key}"), cpu_ok=sess.cpu_ok)
+                              reference=refs.get(f"{TORCH_CPU}/{key}"), cpu_ok=sess.cpu_ok,
+                              sessions=fig.get("round_sessions"))
         gain.setdefault(e, {})[key] = _record(check, TORCH_CPU)
         quality["figures"]["deployment_gain"].setdefault(e, {})[key] = {**check, "session": index}
         ok = ok and check["accepted"]

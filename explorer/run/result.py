@@ -214,7 +214,8 @@ def speed(result: Mapping[str, Any], engine: str, batch: str, kind: str = "speed
     its deployment gain against the baseline in PyTorch fp32 (kind "deployment_gain")."""
     v = (result.get(kind) or {}).get(engine, {}).get(batch)
     if not v:
-        return Speed("pending", None, None, None, "timing..." if result.get("status") == "partial" else "n/a")
+        text = "timing..." if result.get("status") == "partial" else "not timed yet" if untimed(result) else "n/a"
+        return Speed("pending", None, None, None, text)
     status = v.get("status")
     if status == "baseline":
         return Speed("baseline", 1.0, 1.0, 1.0, "the baseline itself (1.00x)")
