@@ -92,21 +92,6 @@ def reference_agrees(in_round_ms: float, reference: dict | None) -> tuple[bool |
     return bool(in_round_ms <= hi or dev <= REFERENCE_TOLERANCE), round(dev, 4)
 
 
-def pooled_ratio_of_medians(base: np.ndarray, run: np.ndarray, sessions: Sequence[int] | None) -> float:
-    """The ratio of the two sides' medians, taken in each session (`sessions`: its round counts, in order) and
-    combined as their geometric mean weighted by rounds; one session without `sessions`. Across sessions the
-    machine's speed moves (one baseline 7.4 to 14 ms), and the median of rounds pooled from two speeds lands in
-    the gap between them, where it is no measure of either side."""
-    if not sessions or sum(sessions) != len(base):
-        sessions = [len(base)]
-    logs, start = [], 0
-    for n in sessions:
-        b, r = base[start:start + n], run[start:start + n]
-        logs.append((n, np.log(statistics.median(b) / statistics.median(r))))
-        start += n
-    return float(np.exp(sum(n * v for n, v in logs) / sum(n for n, _ in logs)))
-
-
 def check_speedup(baseline_rounds: Sequence[float], run_rounds: Sequence[float], *, batch: int,
                   reference: dict | None = None, cpu_ok: bool = True, sessions: Sequence[int] | None = None) -> dict:
     """A speed-up and its checks from the per-round medians of the baseline and the run (kept rounds only).
@@ -115,15 +100,21 @@ def check_speedup(baseline_rounds: Sequence[float], run_rounds: Sequence[float],
     kept enough rounds that had the CPU. Returns the ratio, its interval and round count, the figures each
     check used, `checks` (name -> True, False, or None where it could not be made), `failed` (names) and
     `accepted`. `sessions`: the round counts of the sessions the rounds were pooled from (speedup.pool_rounds), in
-    order; the ratio of medians is then taken in each (`pooled_ratio_of_medians`)."""
+    order: the figure and its interval are the pooled rounds', and agreement is judged in the latest session alone,
+    on its own rounds and interval. Across sessions the machine's speed moves (one baseline 7.4 to 14 ms), so the
+    median of rounds pooled from two speeds lands in the gap between them, and the pooled interval, narrow from 20
+    or 30 rounds, would flag that gap instead of a session whose sides were slowed apart."""
     base, run = np.asarray(baseline_rounds, float), np.asarray(run_rounds, float)
     sp = ratio_of_medians(base, run)
     lo, hi = sp["ci"]
-    rom = pooled_ratio_of_medians(base, run, sessions)
+    last = sessions[-1] if sessions and sum(sessions) == len(base) and 0 < sessions[-1] else len(base)
+    own = ratio_of_medians(base[-last:], run[-last:])
+    rom = statistics.median(base[-last:]) / statistics.median(run[-last:])
     spread = hi / lo if lo > 0 else float("inf")
     in_round = float(statistics.median(base))
     ref_ok, dev = reference_agrees(in_round, reference)
-    checks = {"agreement": bool(lo <= rom <= hi), "narrow": bool(spread <= max_spread(batch)), "reference": ref_ok,
+    agrees = bool(own["ci"][0] <= rom <= own["ci"][1])
+    checks = {"agreement": agrees, "narrow": bool(spread <= max_spread(batch)), "reference": ref_ok,
               "cpu": bool(cpu_ok)}
     failed = [k for k, v in checks.items() if v is False]
     return {**sp, "ratio_of_medians": round(rom, 4), "spread": round(spread, 4), "max_spread": max_spread(batch),

@@ -304,7 +304,7 @@ class RunCache:
         `compute(recipe, workdir, progress)` defaults to runner.run_recipe; `partial` receives the result as
         far as it goes while it is computed (runner.Partial); the stored entry is written once complete.
         `latency=False` stores the run untimed (result.untimed: a landscape point, its accuracy and sizes first);
-        asked for with its latency, a run stored untimed is timed from its stored files first (explorer.run.retime),
+        asked for with its latency, a run stored untimed is timed from its stored files first (`timed_again`),
         `partial` receiving it meanwhile.
         """
         from explorer.run import runner  # imported late: listing or clearing the cache needs no torch
@@ -321,7 +321,11 @@ class RunCache:
         with self.lock(key, on_wait=on_wait):
             hit = self.get(key)  # the session we waited for has stored it
             if hit is not None and latency and untimed(hit):
-                return _tag(self._time_stored(key, hit, progress, partial), True, key)
+                try:
+                    return _tag(self._time_stored(key, hit, progress, partial), True, key)
+                except Exception as e:  # the stored entry stays as it was (untimed)
+                    err = RuntimeError(f"timing the stored run failed: {e}")
+                    return _tag(failed(recipe, err), False, key, stored=False)
             if hit is not None:
                 return _tag(hit, True, key)
             with self.workspace("work", key) as work:
