@@ -148,7 +148,7 @@ def measure_latency(model: nn.Module | None, input_shape: tuple[int, ...], *, on
             if not _live(t):
                 engines.setdefault(e, {})[key] = t
         pending = [e for e, t in run.items() if _live(t)]
-        pooled: dict[str, list[float]] = {}  # per timer, the rounds of this batch's sessions that had the CPU
+        pooled: dict[str, list[list[float]]] = {}  # per timer, the rounds of each of this batch's sessions with the CPU
         for attempt in range(retimes + 1):
             timers: dict[str, Timer] = {e: cast(Timer, run[e]) for e in pending}
             torch_base = TORCH_CPU if is_baseline else BASE + TORCH_CPU
@@ -179,10 +179,7 @@ def measure_latency(model: nn.Module | None, input_shape: tuple[int, ...], *, on
             "reference": REFERENCE, "deployment_reference": DEPLOYMENT_REFERENCE}
 
 
-SESSIONS = "sessions of "  # pool_rounds keeps each timer's session sizes beside its rounds
-
-
-def pool_rounds(sess: Session, pooled: dict[str, list[float]]) -> Session:
+def pool_rounds(sess: Session, pooled: dict[str, list[list[float]]]) -> Session:
     """The session as its figures are judged: where it had the CPU, its rounds added to those of the batch's earlier
     sessions that had it (`pooled`, updated). A re-time then adds rounds instead of starting over: an interval
     too wide after 10 rounds is judged again on 20, then 30. Each round is a pair timed side by side, so the pairs
@@ -191,11 +188,10 @@ def pool_rounds(sess: Session, pooled: dict[str, list[float]]) -> Session:
         return sess
     figures = {}
     for name, fig in sess.figures.items():
-        rounds = list(fig.get("round_ms") or [])
-        pooled[name] = pooled.get(name, []) + rounds
-        pooled[SESSIONS + name] = pooled.get(SESSIONS + name, []) + [float(len(rounds))]
-        figures[name] = {**fig, "round_ms": pooled[name], "rounds": len(pooled[name]),
-                         "round_sessions": [int(n) for n in pooled[SESSIONS + name]]}
+        pooled.setdefault(name, []).append(list(fig.get("round_ms") or []))
+        rounds = [v for session in pooled[name] for v in session]
+        figures[name] = {**fig, "round_ms": rounds, "rounds": len(rounds),
+                         "round_sessions": [len(session) for session in pooled[name]]}
     return dataclasses.replace(sess, figures=figures)
 
 

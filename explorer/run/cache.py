@@ -35,7 +35,7 @@ from explorer.core import cachedir, scratch, settings
 from explorer.core.cachedir import is_key
 from explorer.core.paths import cache_dir
 from explorer.core.version import SCHEMA_VERSION
-from explorer.run.result import ARTIFACT_KINDS, FILES, UNTIMED, RunResult, failed, to_json, untimed
+from explorer.run.result import ARTIFACT_KINDS, FILES, UNTIMED, RunResult, failed, first_timing, to_json, untimed
 
 if TYPE_CHECKING:  # (runner imports torch: listing or clearing the cache needs none)
     from explorer.compress.recipe import Recipe
@@ -361,9 +361,7 @@ class RunCache:
             partial(RunResult(**{**hit, "status": "partial", "pending": [UNTIMED]}))
         with scheduler.work():
             timed = self.timed_again(key, hit, functools.partial(runner.time_run, progress=progress))
-        first = RunResult(**timed)
-        first.pop("pending", None)  # a first timing: no re-time (explorer.run.retime.merge)
-        return self.replace_result(key, first)
+        return self.replace_result(key, first_timing(timed))  # a first timing: no re-time
 
     def timed_again(self, key: str, stored: RunResult, time_run: Callable[[RunResult, Path], RunResult]) -> RunResult:
         """Stored run `key` timed from its stored files: `time_run(result, workdir)` on a workspace holding them,

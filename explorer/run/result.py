@@ -251,6 +251,13 @@ def untimed(result: Mapping[str, Any]) -> bool:
     return result.get("status") == "ok" and UNTIMED in (result.get("pending") or [])
 
 
+def first_timing(timed: RunResult) -> RunResult:
+    """A run stored untimed, as its first timing leaves it: nothing pending (no re-time either)."""
+    first = RunResult(**timed)
+    first.pop("pending", None)
+    return first
+
+
 def needs_retime(result: Mapping[str, Any]) -> bool:
     """Whether a stored run should be timed (again) from its stored files (explorer.run.retime): it was stored
     untimed, or some speed figure of it was disturbed and it has had fewer than LATER_RETIMES later re-times."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from explorer.measure.latency import load_average
 from explorer.run.cache import RunCache
-from explorer.run.result import LATER_RETIMES, RunResult, disturbed_figures, needs_retime, untimed
+from explorer.run.result import LATER_RETIMES, RunResult, disturbed_figures, first_timing, needs_retime, untimed
 
 MAX_LATER = LATER_RETIMES  # later re-times of one run before its figures stay disturbed
 FIRST_WAIT_S = 60.0  # after the timing that failed; doubled after each later re-time
@@ -58,9 +58,7 @@ def merge(stored: RunResult, timed: RunResult, when: float, load: list[float]) -
     """The re-timed result, keeping the record of every later re-time (the stored one's and this one); a run
     stored untimed gets its first timing, which is no re-time."""
     if untimed(stored):
-        first = RunResult(**timed)
-        first.pop("pending", None)
-        return first
+        return first_timing(timed)
     q = dict(timed.get("timing_quality") or {})
     q["later"] = [*later(stored), {"when": round(when), "load_average": load, "before": disturbed_figures(stored),
                                    "after": list(q.get("disturbed") or [])}]
