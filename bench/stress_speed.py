@@ -152,13 +152,15 @@ def _quiet_main(keys: list[str]) -> None:
 
 def _sessions(results) -> dict:
     """Rounds kept and the CPU share of every round's timed calls, over the timing sessions of `results`."""
-    shares, kept, wanted, sessions = [], 0, 0, 0
+    shares, kept, wanted, sessions, others = [], 0, 0, 0, []
     for r in results:
         for s in (r.get("timing_quality") or {}).get("sessions") or []:
             sessions += 1
+            if s.get("others_busy") is not None:
+                others.append(s["others_busy"])
             shares += s.get("cpu_share") or []
             kept, wanted = kept + s.get("rounds_kept", 0), wanted + s.get("rounds_wanted", 0)
-    return {"sessions": sessions, "kept": kept, "wanted": wanted, "shares": shares}
+    return {"sessions": sessions, "kept": kept, "wanted": wanted, "shares": shares, "others": others}
 
 
 def _sessions_words(what: str, s: dict) -> str:
@@ -168,14 +170,17 @@ def _sessions_words(what: str, s: dict) -> str:
     return (f"{what}: {s['sessions']} timing sessions kept {s['kept']} of the {s['wanted']} rounds they wanted; the "
             f"timing thread had the CPU for {min(s['shares']):.0%} to {max(s['shares']):.0%} of its timed calls' wall "
             f"time (median {statistics.median(s['shares']):.0%}, quartiles {q[0]:.0%} and {q[2]:.0%}; a round needs "
-            "90%).")
+            "90%)." + (f" Other work kept the other cores busy for {statistics.median(s['others']):.0%} of the timing "
+                       f"rounds' time (median; up to {max(s['others']):.0%})." if s.get("others") else ""))
 
 
 def _quiet_note(n: dict) -> str:
     """Which checks the figures re-measured with none of our work running failed (a figure can fail several)."""
     failed = n.get("quiet_failed") or {}
+    waived = (f"{n['quiet_waived']} figures had a baseline slower than its reference with nothing else running on "
+              "the other cores (the machine's own speed: the check passes them)" if n.get("quiet_waived") else "")
     if not failed:
-        return ""
+        return waived
     from explorer.measure.timing_checks import CHECKS  # the checks' own words, as the page says them
 
     words = "not met: " + "; ".join(f"{CHECKS.get(k, k)} ({v})" for k, v in sorted(failed.items(),
@@ -186,7 +191,7 @@ def _quiet_note(n: dict) -> str:
         words += (f". Where the reference check failed, the baseline's quiet time was faster than its reference "
                   f"in {faster} and slower in {len(devs) - faster} of {len(devs)} speed-ups (from {devs[0]:+.0%} to "
                   f"{devs[-1]:+.0%})")
-    return words
+    return words + (f". {waived}" if waived else "")
 
 
 def compare(openings: list[dict]) -> tuple[list[list[str]], dict]:
@@ -195,7 +200,7 @@ def compare(openings: list[dict]) -> tuple[list[list[str]], dict]:
 
     rows, quiet_results = [], []
     n = {"shown": 0, "disturbed_shown": 0, "agree": 0, "wrong": 0, "unjudged": 0, "quiet_figures": 0,
-                   "quiet_disturbed": 0}
+         "quiet_disturbed": 0, "quiet_waived": 0}
     failed: collections.Counter[str] = collections.Counter()  # the checks the quiet disturbed figures failed
     ref_devs: list[float] = []  # how far the baseline's quiet time was from its reference, where that failed
     for o in openings:
@@ -208,11 +213,20 @@ def compare(openings: list[dict]) -> tuple[list[list[str]], dict]:
                 for engine, per in (again.get(kind) or {}).items():
                     for b in per:
                         n["quiet_figures"] += 1
+                        n["quiet_waived"] += bool(((again.get("timing_quality") or {}).get("figures", {}).get(kind, {})
+                                                   .get(engine, {}).get(b, {})).get("reference_waived"))
                         if speed(again, engine, b, kind).state == "disturbed":
                             n["quiet_disturbed"] += 1
                             figure = ((again.get("timing_quality") or {}).get("figures", {}).get(kind, {})
                                       .get(engine, {}).get(b, {}))
                             failed.update(figure.get("failed") or ["(no check recorded)"])
+                            sessions = (again.get("timing_quality") or {}).get("sessions") or []
+                            sess = sessions[figure["session"]] if figure.get("session") is not None else {}
+                            C.log(f"  quiet disturbed: {o['model']} {kind} {engine} {b}: {figure.get('failed')} "
+                                  f"ratio {figure.get('ratio')} ({figure.get('ci')}), baseline "
+                                  f"{figure.get('baseline_in_round_ms')} ms against reference "
+                                  f"{figure.get('baseline_reference_ms')} ms, attempt {sess.get('attempt')}, other "
+                                  f"work on the other cores {sess.get('others_busy')}")
                             if "reference" in (figure.get("failed") or []) and kind == "speedup":
                                 ref_devs.append(figure.get("reference_deviation"))
             for engine in TILES:

@@ -146,7 +146,17 @@ def test_the_timing_checks_table_reads_in_words():
     (row,) = timing_rows(run).to_dict("records")
     assert row["shown as"] == "3.21x faster" and row["rounds dropped (no CPU)"] == 2
     assert row["lowest CPU share in a kept round"] == pytest.approx(0.97) and row["checks failed"] == "none"
-    assert row["baseline vs its reference time"] == "+4%"
+    assert row["baseline vs its reference time"] == "+4%" and row["other cores busy with other work"] is None
+    waived = {**check, "reference_deviation": 0.4, "reference_waived": True}
+    beside = {**run, "timing_quality": {**run["timing_quality"], "figures": {"speedup": {ORT_CPU_INT8: {B256: waived}}},
+                                        "sessions": [{**run["timing_quality"]["sessions"][0], "others_busy": 0.03}]}}
+    (row,) = timing_rows(beside).to_dict("records")
+    assert row["baseline vs its reference time"].startswith("+40% (nothing else ran beside it")
+    assert row["other cores busy with other work"] == "3%"
+    from explorer.app.ui.timing import load_words
+
+    assert load_words(beside).startswith("load average 3.50 before timing and 3.90 after")
+    assert load_words(beside).endswith("other work kept the other cores busy for 3% of the timing rounds at most")
 
 
 def _schema4(key: str, steps: list, ratio: float, lo: float, hi: float) -> dict:

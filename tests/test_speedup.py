@@ -203,6 +203,13 @@ def test_the_baseline_reference_timing_is_the_record_of_its_steady_sessions(tmp_
         timing.update_reference(own, 1, clean)
     assert ref()["ci_ms"] == [10.0, 10.0] and len(ref()["history"]) == timing.HISTORY  # the oldest forgotten
     assert reference_agrees(11.4, ref())[0] and not reference_agrees(11.6, ref())[0]  # 15% of a steady one
+    before = ref()["history"]
+    beside = {**clean, "timing_quality": {"sessions": [{"batch": "b256", "cpu_ok": True, "others_busy": 0.7}]}}
+    timing.update_reference(own, 1, {**beside, "baseline": {TORCH_CPU: {"b256": {**fig, "median_ms": 20.0}}}})
+    slowed = session(20.0, ["reference"])
+    slowed["timing_quality"]["figures"]["speedup"][TORCH_CPU]["b256"]["others_busy"] = 0.7
+    timing.update_reference(run, 1, slowed)
+    assert ref()["history"] == before  # other work kept the other cores busy beside them: not steady
 
 
 
@@ -304,3 +311,34 @@ def test_a_re_time_adds_its_rounds_to_the_earlier_sessions_that_had_the_cpu():
     assert second.figures["base"]["round_sessions"] == [10, 10]  # its ratio of medians is taken in each
     c = check_speedup(second.figures["base"]["round_ms"], second.figures["run"]["round_ms"], batch=256)
     assert c["accepted"] and c["ratio"] == pytest.approx(2.0)
+
+
+def test_the_other_cores_busy_share_is_the_machines_count_less_the_timings_own():
+    """latency.machine_busy from /proc/stat's counts (planted), and a real session with a busy process beside it."""
+    import time
+
+    import torch
+
+    from explorer.measure.latency import cpu_jiffies, machine_busy
+
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    cores = os.cpu_count() or 1
+    if cores < 2 or cpu_jiffies() is None:
+        pytest.skip("needs Linux's /proc/stat and two cores")
+    # one second on every core; the timing used one core-second of it, the others as much as `busy` says
+    total = round(cores / tick)
+    assert machine_busy((0, 0), (round(1 / tick), total), 1.0) == 0.0
+    assert machine_busy((0, 0), (round(cores / tick), total), 1.0) == 1.0
+    assert machine_busy(None, (1, 2), 0.0) is None
+    model = torch.nn.Linear(256, 256).eval()
+    call = torch_cpu_timer(model, torch.randn(64, 256), 1)  # one thread: the other cores are not ours
+    quiet = time_rounds({"a": call, "b": call}, rounds=4, budget_s=0.4)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = time_rounds({"a": call, "b": call}, rounds=4, budget_s=0.4)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert busy.others_busy is not None and busy.others_busy > 0.5
+    assert quiet.others_busy is not None and quiet.others_busy < busy.others_busy

@@ -96,6 +96,7 @@ class Session:
     cpu_share: list[float] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
     load_average: dict[str, list[float]] = field(default_factory=dict)
+    others_busy: float | None = None  # the other cores' share busy with other processes' work (machine_busy)
 
     @property
     def cpu_ok(self) -> bool:
@@ -105,7 +106,7 @@ class Session:
     def record(self) -> dict:
         return {"rounds_wanted": self.rounds, "rounds_kept": self.kept, "rounds_dropped": len(self.dropped),
                 "dropped": self.dropped, "cpu_share": self.cpu_share, "cpu_ok": self.cpu_ok,
-                "load_average": self.load_average}
+                "load_average": self.load_average, "others_busy": self.others_busy}
 
 
 def load_average() -> list[float]:
@@ -113,6 +114,47 @@ def load_average() -> list[float]:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:  # not every system has one
         return []
+
+
+def cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU time of the whole machine since boot, in clock ticks, from /proc/stat (Linux; None
+    elsewhere). Busy counts user, nice, system, interrupts and time stolen by the hypervisor."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + fields[4]  # idle and waiting for input/output
+    return sum(fields) - idle, sum(fields)
+
+
+def machine_busy(before: tuple[int, int] | None, after: tuple[int, int] | None, own_cpu_s: float,
+                 threads: int = 1) -> float | None:
+    """The share of the other cores' time that other work kept busy between two `cpu_jiffies` readings: the
+    machine's busy time less the timing's own CPU time `own_cpu_s` (its thread's, or the process's where it uses
+    several threads), over the time of the cores this
+    timing does not use. Load average counts waiting tasks over minutes; this is the session's own seconds.
+    None where the system does not say, or no other core exists."""
+    if before is None or after is None:
+        return None
+    cores = os.cpu_count() or 1
+    total = after[1] - before[1]
+    if total <= 0 or cores <= threads:
+        return None
+    tick = 1 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+    wall_cores = total * tick  # seconds of all cores
+    others = (after[0] - before[0]) * tick - own_cpu_s
+    return round(min(max(others / (wall_cores * (cores - threads) / cores), 0.0), 1.0), 4)
+
+
+def others_busy(rounds: list[tuple], threads: int = 1) -> float | None:
+    """`machine_busy` over a session's rounds, each (jiffies before, jiffies after, own CPU seconds): only the
+    rounds' own seconds count, not the waits between them (where a page's run may go on by design)."""
+    if not rounds or any(b is None or a is None for b, a, _ in rounds):
+        return None
+    busy = sum(a[0] - b[0] for b, a, _ in rounds)
+    total = sum(a[1] - b[1] for b, a, _ in rounds)
+    return machine_busy((0, 0), (busy, total), sum(own for *_, own in rounds), threads)
 
 
 def steady_allocator() -> str:
@@ -161,6 +203,7 @@ def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: flo
     extra = rounds // 2 if max_extra_rounds is None else max_extra_rounds
     slice_s = budget_s / rounds / 2
     last: dict[str, float] = {}  # each timer's median call in the last round
+    beside: list[tuple] = []  # per round: the machine's CPU time before and after, and the timing's own
 
     def play(order: list[str]) -> tuple[dict[str, list[float]], dict[str, float], dict[str, float]]:
         """One round in `order`: each timer's calls, and the CPU and wall time around them."""
@@ -168,6 +211,7 @@ def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: flo
         cpu = dict.fromkeys(names, 0.0)
         wall = dict.fromkeys(names, 0.0)
         with quiet_slot():
+            j0, own0 = cpu_jiffies(), clock()
             # there and back (A B C C B A): a slow drift within the round, or an advantage of coming first or
             # after another engine, falls on every timer alike
             for name in order + order[::-1]:
@@ -179,6 +223,7 @@ def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: flo
                     in_round[name].append(_call(timers[name]))
                 wall[name] += time.perf_counter() - start
                 cpu[name] += clock() - c0
+            beside.append((j0, cpu_jiffies(), clock() - own0))
         return in_round, cpu, wall
 
     for _ in range(WARM_ROUNDS):  # not kept: the first round after the warm-up calls gave ratios off by 15-25%
@@ -209,6 +254,7 @@ def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: flo
                                                                                     per_round[n]],
                            "rounds": len(per_round[n])} for n in names}
     session.load_average["after"] = load_average()
+    session.others_busy = others_busy(beside, threads)
     return session
 
 

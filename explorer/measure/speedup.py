@@ -149,6 +149,7 @@ def measure_latency(model: nn.Module | None, input_shape: tuple[int, ...], *, on
                 engines.setdefault(e, {})[key] = t
         pending = [e for e, t in run.items() if _live(t)]
         pooled: dict[str, list[list[float]]] = {}  # per timer, the rounds of each of this batch's sessions with the CPU
+        beside: list[float | None] = []  # the other cores' busy share in each of those sessions
         for attempt in range(retimes + 1):
             timers: dict[str, Timer] = {e: cast(Timer, run[e]) for e in pending}
             torch_base = TORCH_CPU if is_baseline else BASE + TORCH_CPU
@@ -162,8 +163,12 @@ def measure_latency(model: nn.Module | None, input_shape: tuple[int, ...], *, on
             quality["sessions"].append({"batch": key, "attempt": attempt, "timers": list(timers), **sess.record()})
             quality["retimes"] += attempt > 0
             view = pool_rounds(sess, pooled)
+            if sess.cpu_ok:  # pooled as its rounds are (pool_rounds)
+                beside.append(sess.others_busy)
+            judged = beside if sess.cpu_ok else [sess.others_busy]
+            others = None if None in judged else max(cast(list[float], judged))
             pending = [e for e in pending if not _settle(e, key, b, view, is_baseline, refs, engines, speedup, gain,
-                                                         base_figs, quality, len(quality["sessions"]) - 1)]
+                                                         base_figs, quality, len(quality["sessions"]) - 1, others)]
             if not pending:
                 break
             if not sess.cpu_ok and not all(e in GPU_ENGINES for e in pending):
@@ -196,8 +201,9 @@ def pool_rounds(sess: Session, pooled: dict[str, list[list[float]]]) -> Session:
 
 
 def _settle(e: str, key: str, b: int, sess: Session, is_baseline: bool, refs: dict, engines: dict, speedup: dict,
-            gain: dict, base_figs: dict, quality: dict, index: int) -> bool:
-    """Record engine `e`'s figures from this session; True when they passed their checks (no re-time)."""
+            gain: dict, base_figs: dict, quality: dict, index: int, others: float | None = None) -> bool:
+    """Record engine `e`'s figures from this session; True when they passed their checks (no re-time). `others`:
+    the busiest share of the other cores over the sessions its rounds come from (timing_checks.check_speedup)."""
     fig = sess.figures[e]
     engines.setdefault(e, {})[key] = fig
     cpu_ok = sess.cpu_ok or e in GPU_ENGINES
@@ -209,7 +215,7 @@ def _settle(e: str, key: str, b: int, sess: Session, is_baseline: bool, refs: di
         speedup.setdefault(e, {})[key] = dict(BASELINE)
     elif own_base is not None:
         check = check_speedup(own_base["round_ms"], fig["round_ms"], batch=b, reference=refs.get(f"{e}/{key}"),
-                              cpu_ok=cpu_ok, sessions=fig.get("round_sessions"))
+                              cpu_ok=cpu_ok, sessions=fig.get("round_sessions"), others_busy=others)
         speedup.setdefault(e, {})[key] = _record(check, e)
         quality["figures"]["speedup"].setdefault(e, {})[key] = {**check, "session": index}
         ok = check["accepted"]
@@ -217,7 +223,7 @@ def _settle(e: str, key: str, b: int, sess: Session, is_baseline: bool, refs: di
     if e in DEPLOYMENT_ENGINES and torch_base is not None:
         check = check_speedup(torch_base["round_ms"], fig["round_ms"], batch=b,
                               reference=refs.get(f"{TORCH_CPU}/{key}"), cpu_ok=sess.cpu_ok,
-                              sessions=fig.get("round_sessions"))
+                              sessions=fig.get("round_sessions"), others_busy=others)
         gain.setdefault(e, {})[key] = _record(check, TORCH_CPU)
         quality["figures"]["deployment_gain"].setdefault(e, {})[key] = {**check, "session": index}
         ok = ok and check["accepted"]

@@ -26,7 +26,7 @@ from explorer.compress.base import Deploy
 from explorer.compress.recipe import Recipe
 from explorer.core.paths import cache_dir
 from explorer.measure.hardware import cpu_info
-from explorer.measure.timing_checks import reference_interval
+from explorer.measure.timing_checks import ran_beside, reference_interval
 from explorer.models.baselines import baseline_data, load_baseline, read_card, sha256_file
 from explorer.run.result import RunResult
 
@@ -101,14 +101,15 @@ HISTORY = 15  # the baseline's clean sessions a reference timing remembers
 
 
 def update_reference(recipe: Recipe, threads: int, lat: dict[str, Any]) -> None:
-    """Keep the baseline's reference timing on this machine: the record of its last `HISTORY` steady timing
-    sessions, each the baseline's median in one session whose rounds all had the CPU and whose other checks
-    (narrow, agreement) passed: the baseline's own run, or any run's session (failing at most the reference
-    check). The reference is their median, and its interval the 95% prediction interval of one more session's
-    median from theirs (timing_checks.reference_interval; none below MIN_REFERENCE_SESSIONS sessions): on a
-    shared machine the same model's time moves between quiet sessions by more than one session's interval (its
-    caches and memory bandwidth are shared with other programs), and a single session would flag the next ones.
-    Keeping only the last sessions lets the reference follow a machine that changed."""
+    """Keep the baseline's reference timing on this machine: the record of its last `HISTORY` steady timing sessions,
+    each the baseline's median in one session whose rounds all had the CPU, with nothing else keeping the other
+    cores busy (timing_checks.ran_beside), and whose other checks (narrow, agreement) passed: the baseline's own
+    run, or any run's session (failing at most the reference check). The reference is their median, and its interval
+    the 95% prediction interval of one more session's median from theirs (timing_checks.reference_interval; none
+    below MIN_REFERENCE_SESSIONS sessions): on a shared machine the same model's time moves between quiet sessions
+    by more than one session's interval (its caches and memory bandwidth are shared with other programs), and a
+    single session would flag the next ones. Keeping only the last sessions lets the reference follow a machine that
+    changed."""
     own = not recipe.steps
     book = reference_times(recipe, threads)
     changed = False
@@ -117,11 +118,13 @@ def update_reference(recipe: Recipe, threads: int, lat: dict[str, Any]) -> None:
         for b, fig in per.items():
             key = f"{engine}/{b}"
             if own:
-                steady = all(s["cpu_ok"] for s in quality.get("sessions", []) if s["batch"] == b)
+                steady = all(s["cpu_ok"] and not ran_beside(s.get("others_busy"))
+                             for s in quality.get("sessions", []) if s["batch"] == b)
                 source = "the baseline's own run"
             else:
                 check = (quality.get("figures", {}).get("speedup", {}).get(engine) or {}).get(b) or {}
-                steady = bool(check) and not set(check["failed"]) - {"reference"}
+                steady = bool(check) and not set(check["failed"]) - {"reference"} and not ran_beside(
+                    check.get("others_busy"))
                 source = "a run's session"
             if not (steady and fig.get("available")):
                 continue

@@ -13,6 +13,8 @@ CHECK_WORDS = {"agreement": "two ways of taking the ratio disagree", "narrow": "
                "reference": "the baseline ran slower than its own reference timing",
                "cpu": "the timing lost the CPU to other work"}
 NO_REFERENCE = "no reference yet (fewer than 3 steady sessions timed here)"
+WAIVED = (" (nothing else ran beside it: the machine's own speed, which slows the baseline and the run in each round "
+          "alike)")
 KIND_WORDS = {"speedup": "speed-up against the baseline in the same engine",
               "deployment_gain": "deployment gain against the baseline in PyTorch fp32"}
 
@@ -26,7 +28,12 @@ def load_words(result: RunResult) -> str:
     cores = (result.get("hardware") or {}).get("logical_cores")
     on = f"; {words.count(cores, 'core')}" if cores else ""
     then = f" and {after[0]:.2f} after" if after else ""
-    return f"load average {before[0]:.2f} before timing{then} (processes wanting a core, over the last minute{on})"
+    others = [s["others_busy"] for s in (result.get("timing_quality") or {}).get("sessions") or []
+              if s.get("others_busy") is not None]
+    beside = (f"; other work kept the other cores busy for {max(others):.0%} of the timing rounds at most"
+              if others else "")
+    return (f"load average {before[0]:.2f} before timing{then} (processes wanting a core, over the last "
+            f"minute{on}){beside}")
 
 
 def busy_words(result: RunResult) -> str | None:
@@ -62,7 +69,10 @@ def timing_rows(result: RunResult) -> pd.DataFrame:
                     "shown as": speed(result, engine, batch, kind).text,
                     "median of round ratios (x)": c["ratio"], "ratio of the medians (x)": c["ratio_of_medians"],
                     "interval high / low": c["spread"], "widest allowed": c["max_spread"],
-                    "baseline vs its reference time": NO_REFERENCE if dev is None else f"{dev:+.0%}",
+                    "baseline vs its reference time": NO_REFERENCE if dev is None else f"{dev:+.0%}" + (
+                        WAIVED if c.get("reference_waived") else ""),
+                    "other cores busy with other work": None if s.get("others_busy") is None else
+                    f"{s['others_busy']:.0%}",
                     "rounds kept": s.get("rounds_kept"), "rounds dropped (no CPU)": s.get("rounds_dropped"),
                     "lowest CPU share in a kept round": min(kept) if kept else None,
                     "checks failed": "; ".join(CHECK_WORDS[f] for f in c["failed"]) or "none"})
