@@ -157,6 +157,9 @@ def test_the_timing_checks_table_reads_in_words():
 
     assert load_words(beside).startswith("load average 3.50 before timing and 3.90 after")
     assert load_words(beside).endswith("other work kept the other cores busy for 3% of the timing rounds at most")
+    sessions = [{**beside["timing_quality"]["sessions"][0], "stolen": 0.12}]
+    stolen = {**beside, "timing_quality": {**beside["timing_quality"], "sessions": sessions}}
+    assert "other virtual machines on the same host took up to 12% of the CPU time" in load_words(stolen)
 
 
 def _schema4(key: str, steps: list, ratio: float, lo: float, hi: float) -> dict:

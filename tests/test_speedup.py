@@ -314,12 +314,13 @@ def test_a_re_time_adds_its_rounds_to_the_earlier_sessions_that_had_the_cpu():
 
 
 def test_the_other_cores_busy_share_is_the_machines_count_less_the_timings_own():
-    """latency.machine_busy from /proc/stat's counts (planted), and a real session with a busy process beside it."""
+    """latency.machine_busy and stolen_share from /proc/stat's counts (planted), and a real session with a busy
+    process beside it."""
     import time
 
     import torch
 
-    from explorer.measure.latency import cpu_jiffies, machine_busy
+    from explorer.measure.latency import Jiffies, cpu_jiffies, machine_busy, stolen_share
 
     tick = 1 / os.sysconf("SC_CLK_TCK")
     cores = os.cpu_count() or 1
@@ -327,9 +328,13 @@ def test_the_other_cores_busy_share_is_the_machines_count_less_the_timings_own()
         pytest.skip("needs Linux's /proc/stat and two cores")
     # one second on every core; the timing used one core-second of it, the others as much as `busy` says
     total = round(cores / tick)
-    assert machine_busy((0, 0), (round(1 / tick), total), 1.0) == 0.0
-    assert machine_busy((0, 0), (round(cores / tick), total), 1.0) == 1.0
-    assert machine_busy(None, (1, 2), 0.0) is None
+    zero = Jiffies(0, 0, 0)
+    assert machine_busy(zero, Jiffies(round(1 / tick), 0, total), 1.0) == 0.0
+    assert machine_busy(zero, Jiffies(round(cores / tick), 0, total), 1.0) == 1.0
+    assert machine_busy(None, Jiffies(1, 0, 2), 0.0) is None
+    # time the hypervisor gave other virtual machines is not this machine's work: it is counted apart
+    assert machine_busy(zero, Jiffies(round(1 / tick), total // 4, total), 1.0) == 0.0
+    assert stolen_share(zero, Jiffies(round(1 / tick), total // 4, total)) == pytest.approx(0.25, abs=0.01)
     model = torch.nn.Linear(256, 256).eval()
     call = torch_cpu_timer(model, torch.randn(64, 256), 1)  # one thread: the other cores are not ours
     quiet = time_rounds({"a": call, "b": call}, rounds=4, budget_s=0.4)

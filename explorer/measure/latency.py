@@ -29,6 +29,7 @@ import statistics
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -97,6 +98,7 @@ class Session:
     dropped: list[int] = field(default_factory=list)
     load_average: dict[str, list[float]] = field(default_factory=dict)
     others_busy: float | None = None  # the other cores' share busy with other processes' work (machine_busy)
+    stolen: float | None = None  # the share of the rounds' time the hypervisor gave other machines (stolen_share)
 
     @property
     def cpu_ok(self) -> bool:
@@ -106,7 +108,8 @@ class Session:
     def record(self) -> dict:
         return {"rounds_wanted": self.rounds, "rounds_kept": self.kept, "rounds_dropped": len(self.dropped),
                 "dropped": self.dropped, "cpu_share": self.cpu_share, "cpu_ok": self.cpu_ok,
-                "load_average": self.load_average, "others_busy": self.others_busy}
+                "load_average": self.load_average, "others_busy": self.others_busy,
+                "stolen": self.stolen}
 
 
 def load_average() -> list[float]:
@@ -116,45 +119,71 @@ def load_average() -> list[float]:
         return []
 
 
-def cpu_jiffies() -> tuple[int, int] | None:
-    """(busy, total) CPU time of the whole machine since boot, in clock ticks, from /proc/stat (Linux; None
-    elsewhere). Busy counts user, nice, system, interrupts and time stolen by the hypervisor."""
+class Jiffies(NamedTuple):
+    """The whole machine's CPU time since boot in clock ticks (/proc/stat): busy (user, nice, system, interrupts),
+    stolen by the hypervisor (other virtual machines on the same host ran instead), and in all."""
+
+    busy: int
+    stolen: int
+    total: int
+
+
+def cpu_jiffies() -> Jiffies | None:
+    """This machine's `Jiffies` now, from /proc/stat (Linux; None elsewhere)."""
     try:
         with open("/proc/stat") as f:
             fields = [int(v) for v in f.readline().split()[1:9]]
     except (OSError, ValueError):
         return None
-    idle = fields[3] + fields[4]  # idle and waiting for input/output
-    return sum(fields) - idle, sum(fields)
+    idle, stolen = fields[3] + fields[4], fields[7]  # idle and waiting for input/output; steal
+    return Jiffies(sum(fields) - idle - stolen, stolen, sum(fields))
 
 
-def machine_busy(before: tuple[int, int] | None, after: tuple[int, int] | None, own_cpu_s: float,
+def machine_busy(before: Jiffies | None, after: Jiffies | None, own_cpu_s: float,
                  threads: int = 1) -> float | None:
-    """The share of the other cores' time that other work kept busy between two `cpu_jiffies` readings: the
-    machine's busy time less the timing's own CPU time `own_cpu_s` (its thread's, or the process's where it uses
-    several threads), over the time of the cores this
-    timing does not use. Load average counts waiting tasks over minutes; this is the session's own seconds.
-    None where the system does not say, or no other core exists."""
+    """The share of the other cores' time that other work on this machine kept busy between two `cpu_jiffies`
+    readings: the machine's busy time less the timing's own CPU time `own_cpu_s` (its thread's, or the process's
+    where it uses several threads), over the time of the cores this timing does not use. Load average counts
+    waiting tasks over minutes; this is the session's own seconds. None where the system does not say, or no
+    other core exists."""
     if before is None or after is None:
         return None
     cores = os.cpu_count() or 1
-    total = after[1] - before[1]
+    total = after.total - before.total
     if total <= 0 or cores <= threads:
         return None
     tick = 1 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
-    wall_cores = total * tick  # seconds of all cores
-    others = (after[0] - before[0]) * tick - own_cpu_s
-    return round(min(max(others / (wall_cores * (cores - threads) / cores), 0.0), 1.0), 4)
+    others = (after.busy - before.busy) * tick - own_cpu_s
+    return round(min(max(others / (total * tick * (cores - threads) / cores), 0.0), 1.0), 4)
+
+
+def stolen_share(before: Jiffies | None, after: Jiffies | None) -> float | None:
+    """The share of all cores' time the hypervisor gave to other virtual machines between two readings: load from
+    outside this machine, which no process here sees (None where the system does not say)."""
+    if before is None or after is None or after.total <= before.total:
+        return None
+    return round((after.stolen - before.stolen) / (after.total - before.total), 4)
+
+
+def _sum(rounds: list[tuple]) -> tuple[Jiffies, Jiffies, float] | None:
+    """A session's rounds, each (jiffies before, jiffies after, own CPU seconds), as one span: only the rounds' own
+    seconds count, not the waits between them (where a page's run may go on by design)."""
+    if not rounds or any(b is None or a is None for b, a, _ in rounds):
+        return None
+    after = Jiffies(*(sum(a[k] - b[k] for b, a, _ in rounds) for k in range(3)))
+    return Jiffies(0, 0, 0), after, sum(own for *_, own in rounds)
 
 
 def others_busy(rounds: list[tuple], threads: int = 1) -> float | None:
-    """`machine_busy` over a session's rounds, each (jiffies before, jiffies after, own CPU seconds): only the
-    rounds' own seconds count, not the waits between them (where a page's run may go on by design)."""
-    if not rounds or any(b is None or a is None for b, a, _ in rounds):
-        return None
-    busy = sum(a[0] - b[0] for b, a, _ in rounds)
-    total = sum(a[1] - b[1] for b, a, _ in rounds)
-    return machine_busy((0, 0), (busy, total), sum(own for *_, own in rounds), threads)
+    """`machine_busy` over a session's rounds (`_sum`)."""
+    span = _sum(rounds)
+    return None if span is None else machine_busy(*span, threads)
+
+
+def stolen_in(rounds: list[tuple]) -> float | None:
+    """`stolen_share` over a session's rounds (`_sum`)."""
+    span = _sum(rounds)
+    return None if span is None else stolen_share(span[0], span[1])
 
 
 def steady_allocator() -> str:
@@ -254,7 +283,7 @@ def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: flo
                                                                                     per_round[n]],
                            "rounds": len(per_round[n])} for n in names}
     session.load_average["after"] = load_average()
-    session.others_busy = others_busy(beside, threads)
+    session.others_busy, session.stolen = others_busy(beside, threads), stolen_in(beside)
     return session
 
 

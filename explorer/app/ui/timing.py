@@ -31,9 +31,20 @@ def load_words(result: RunResult) -> str:
     others = [s["others_busy"] for s in (result.get("timing_quality") or {}).get("sessions") or []
               if s.get("others_busy") is not None]
     beside = (f"; other work kept the other cores busy for {max(others):.0%} of the timing rounds at most"
-              if others else "")
+              if others else "") + stolen_words(result)
     return (f"load average {before[0]:.2f} before timing{then} (processes wanting a core, over the last "
             f"minute{on}){beside}")
+
+
+def stolen_words(result: RunResult) -> str:
+    """'; other virtual machines on the same host took 12% of the CPU time...' where the hypervisor took more than
+    1% of a timing session's time, or ''."""
+    stolen = [s["stolen"] for s in (result.get("timing_quality") or {}).get("sessions") or []
+              if s.get("stolen") is not None]
+    if not stolen or max(stolen) <= 0.01:
+        return ""
+    return (f"; other virtual machines on the same host took up to {max(stolen):.0%} of the CPU time while it was "
+            "timed (the hypervisor's count: load from outside this machine)")
 
 
 def busy_words(result: RunResult) -> str | None:
