@@ -17,7 +17,7 @@ $(STAMP): requirements.txt
 
 run: $(STAMP) data
 	@echo "Explorer at http://$(ADDRESS):$(PORT)"
-	$(PY) -m streamlit run app.py --server.headless true --server.port $(PORT) \
+	$(PY) -m explorer.app.serve --server.headless true --server.port $(PORT) \
 		--server.address $(ADDRESS) --browser.gatherUsageStats false
 
 # Debian's chromium for the end-to-end browser test (Playwright's own download needs the internet).

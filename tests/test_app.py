@@ -247,6 +247,12 @@ def test_with_the_data_the_page_opens_on_the_fashion_mnist_lenet5(cache):
     settle(at.run())
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.session_state["baseline"] == "lenet5-fashion-mnist"
+    # the sidebar's defaults are the configuration the server queued at its start (explorer.app.serve)
+    from explorer.app import service
+
+    opened = state.to_recipe({**_controls(at), "prune_epochs": state.DEFAULTS["prune_epochs"]},
+                             {c["name"]: c for c in list_baselines()}["lenet5-fashion-mnist"])
+    assert run_key(opened) == run_key(service.default_recipe())
     assert "10000 test images" in " ".join(c.value for c in at.caption).replace(",", "")
     assert _metrics(at)["Top-1 (measured)"].endswith("%")
 

@@ -59,6 +59,7 @@ from explorer.run.executor import run_sweep
 from explorer.run.grid import Grid
 from explorer.run.jobs import (
     COMPARISON,  # noqa: E402, F401
+    STARTUP,
     Board,
 )
 from explorer.run.landscape import Landscapes
@@ -376,6 +377,32 @@ def board():
         if _board is None:
             _board = Board(cache, run_key)
         return _board
+
+
+def default_recipe() -> Recipe | None:
+    """The configuration a first visitor's page opens on: the default model (default_baseline) at the default
+    settings, the same recipe its sidebar builds; None where no baseline can be opened."""
+    start_up()
+    cards = list_baselines()
+    if not cards:
+        return None
+    names = [c["name"] for c in cards]
+    card = cards[names.index(default_baseline(names))]
+    return build({**DEFAULTS, "baseline": card["name"]}, card)
+
+
+def start_default() -> str | None:
+    """Queue the default configuration and its baseline on the run board before any page asks (the server's
+    start-up, explorer.app.serve): the first visitor's page then finds its figures computed or on the way. Returns
+    the run's key, or None where there is no default to compute."""
+    recipe = default_recipe()
+    if recipe is None:
+        return None
+    b = board()
+    job = b.submit(recipe, STARTUP)
+    if recipe.steps:
+        b.submit(baseline_recipe(recipe), STARTUP, COMPARISON)
+    return job.key
 
 
 def _asked(key: str) -> bool:

@@ -8,7 +8,9 @@ A run reports its progress and its figures as they exist (accuracy and size firs
 latency: runner.Partial), which the page shows as partial while the rest is measured; the cache entry is
 written once the run is complete, as always. Pages say which runs they are watching; a queued or running
 run that no page watches any more is cancelled (cooperatively, at its next progress report), and a
-cancelled run leaves nothing in the cache.
+cancelled run leaves nothing in the cache. A server may ask for runs before any page (`STARTUP`: the default
+configuration the first visitor opens on); the first page that watches one takes it over, and once no page
+watches it any more it is cancelled like a page's own.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 FOREGROUND, COMPARISON = scheduler.Priority.FOREGROUND, scheduler.Priority.COMPARISON
 KEEP = 64  # finished jobs remembered, for pages that look again
+STARTUP = "(server start-up)"  # the session a server's own first runs are asked for (a page takes them over)
 FAILED_TTL_S = 60.0  # a failed run is shown, not recomputed on every refresh, for this long
 
 
@@ -132,6 +135,8 @@ class Board:
             for job in self._jobs.values():
                 if job.key not in keys:
                     job.watchers.discard(session)
+                elif session != STARTUP:
+                    job.watchers.discard(STARTUP)  # a page took over the run the server started for it
                 if not job.finished and not job.watchers:
                     job.cancel.set()
                     if job.state == "queued":
