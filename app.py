@@ -8,9 +8,11 @@ default configuration beside its own work."""
 
 if __name__ == "__main__":
     from explorer.app.ui import shell
+    from explorer.core.opening import page_opening  # (standard library only)
 
-    top = shell.draw()
+    with page_opening():  # the server's own start-up run waits until this page has asked for its runs
+        top = shell.draw()
 
-    from explorer.app.ui.main import main  # (imported after the shell is drawn: it pulls in PyTorch)
+        from explorer.app.ui.main import main  # (imported after the shell is drawn: it pulls in PyTorch)
 
-    main(top)
+        main(top)

@@ -53,6 +53,7 @@ class _Slow:
     """A run cache whose runs go on, reporting progress, until released (nothing is computed)."""
 
     release = threading.Event()
+    reports = [0]
 
     def peek(self, key):
         return None
@@ -64,6 +65,7 @@ class _Slow:
         while not self.release.is_set():
             try:
                 progress(0.5, "working")
+                self.reports[0] += 1
             except Exception:  # the board's cancellation, as the real cache ends a run that no page watches
                 return {"status": "cancelled"}
             time.sleep(0.01)
@@ -91,6 +93,30 @@ def test_the_first_page_takes_over_the_run_the_server_started_and_cancels_it_whe
         assert job.watchers == {"page-1"}  # ...and it is that page's own run now
         board.watch("page-1", set())  # the page moved on: no one watches it
         assert _until(lambda: job.state == "cancelled")
+    finally:
+        _Slow.release.set()
+        board.stop()
+
+
+def test_the_servers_own_run_gives_way_to_a_page_being_opened_until_the_page_takes_it_over():
+    """While a page is being opened (app.py, before its heavy imports) the run no page has taken over waits at its
+    progress reports; a page's own run does not."""
+    from explorer.core.opening import page_opening
+
+    _Slow.release.clear()
+    board = Board(_Slow, run_key)
+    try:
+        recipe = Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.4),))
+        job = board.submit(recipe, STARTUP)
+        assert _until(lambda: _Slow.reports[0] > 0)
+        with page_opening():
+            time.sleep(0.1)  # its report under way ends
+            held = _Slow.reports[0]
+            time.sleep(0.3)
+            assert _Slow.reports[0] == held  # waiting while the page opens
+            board.submit(recipe, "page-1")
+            board.watch("page-1", {job.key})  # the page asked for its runs: this one is its own now
+            assert _until(lambda: _Slow.reports[0] > held + 3, timeout=2.0)  # at once, not after the longest wait
     finally:
         _Slow.release.set()
         board.stop()

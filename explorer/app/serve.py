@@ -3,7 +3,8 @@
 Before it accepts the first visitor it does what that visitor would otherwise wait for:
 
 1. imports the page's libraries (PyTorch, SciPy, pandas, plotly: about 3.5 s on a 2-core machine, which a first
-   visitor of `streamlit run app.py` spent looking at a page with only its title);
+   visitor of `streamlit run app.py` spent looking at a page with only its title), and the part of PyTorch a
+   run's first optimiser imports (1.7 s more, which the first run paid);
 2. queues the default model's default configuration, and the baseline it is compared with, on the server's run
    board (explorer.app.service.start_default): the first page finds its figures computed or on the way, and takes
    the run over from the server as its own (explorer.run.jobs.STARTUP).
@@ -26,6 +27,8 @@ def warm() -> str | None:
     """Import the page's libraries and queue the default configuration; the run's key, or None."""
     t0 = time.perf_counter()
     # the page's heavy imports (explorer.app.ui.main's own are Streamlit's, made inside its runtime)
+    import torch._dynamo  # noqa: F401  (what a run's first optimiser imports: 1.7 s, once per process)
+
     import explorer.app.plots  # noqa: F401  (plotly)
     from explorer.app import service  # PyTorch, SciPy, pandas
 

@@ -9,8 +9,8 @@ latency: runner.Partial), which the page shows as partial while the rest is meas
 written once the run is complete, as always. Pages say which runs they are watching; a queued or running
 run that no page watches any more is cancelled (cooperatively, at its next progress report), and a
 cancelled run leaves nothing in the cache. A server may ask for runs before any page (`STARTUP`: the default
-configuration the first visitor opens on); the first page that watches one takes it over, and once no page
-watches it any more it is cancelled like a page's own.
+configuration the first visitor opens on); it gives way to pages being opened (explorer.core.opening), the first
+page that watches one takes it over, and once no page watches it any more it is cancelled like a page's own.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from explorer.compress.recipe import Recipe
+from explorer.core import opening
 from explorer.run import scheduler
 from explorer.run.result import untimed
 
@@ -62,6 +63,10 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.state in ("done", "failed", "cancelled")
+
+    def servers_own(self) -> bool:
+        """Whether only the server's start-up asked for this run (no page has taken it over); lock-free reads."""
+        return len(self.watchers) == 1 and STARTUP in self.watchers
 
     def joinable(self) -> bool:
         """Whether a page asking for this run gets this job (a failure stands for a while, then is retried)."""
@@ -135,8 +140,9 @@ class Board:
             for job in self._jobs.values():
                 if job.key not in keys:
                     job.watchers.discard(session)
-                elif session != STARTUP:
+                elif session != STARTUP and STARTUP in job.watchers:
                     job.watchers.discard(STARTUP)  # a page took over the run the server started for it
+                    opening.nudge()
                 if not job.finished and not job.watchers:
                     job.cancel.set()
                     if job.state == "queued":
@@ -185,6 +191,8 @@ class Board:
         def progress(fraction: float, message: str) -> None:
             if job.cancel.is_set():
                 raise Cancelled(f"cancelled: no page shows {job.recipe.label()} any more")
+            if job.servers_own():  # no page has taken it over: pages being opened go first
+                opening.wait_while_opening(done=lambda: not job.servers_own())
             job.fraction, job.message = fraction, message
 
         def partial(result: RunResult) -> None:
