@@ -280,6 +280,7 @@ def test_a_check_whose_caller_was_killed_stops_itself(env):
     assert _state(checker) is None, "the checking process outlived its caller"
 
 
+@pytest.mark.slow  # 25 s, run by `make test-all`: the refusal itself is test_an_endless_loop_is_refused_in_time...
 def test_the_page_refuses_an_endless_loop_and_stores_nothing(env, monkeypatch):
     """The page's "Your model": the spinner ends with the refusal instead of running for ever."""
     from streamlit.testing.v1 import AppTest
