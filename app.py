@@ -10,9 +10,9 @@ if __name__ == "__main__":
     from explorer.app.ui import shell
     from explorer.core.opening import page_opening  # (standard library only)
 
-    with page_opening():  # the server's own start-up run waits until this page has asked for its runs
+    with page_opening():  # the server's own start-up run waits while this page's shell is drawn
         top = shell.draw()
 
-        from explorer.app.ui.main import main  # (imported after the shell is drawn: it pulls in PyTorch)
+    from explorer.app.ui.main import main  # (imported after the shell is drawn: it pulls in PyTorch)
 
-        main(top)
+    main(top)

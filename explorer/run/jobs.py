@@ -140,9 +140,8 @@ class Board:
             for job in self._jobs.values():
                 if job.key not in keys:
                     job.watchers.discard(session)
-                elif session != STARTUP and STARTUP in job.watchers:
+                elif session != STARTUP:
                     job.watchers.discard(STARTUP)  # a page took over the run the server started for it
-                    opening.nudge()
                 if not job.finished and not job.watchers:
                     job.cancel.set()
                     if job.state == "queued":
@@ -191,8 +190,8 @@ class Board:
         def progress(fraction: float, message: str) -> None:
             if job.cancel.is_set():
                 raise Cancelled(f"cancelled: no page shows {job.recipe.label()} any more")
-            if job.servers_own():  # no page has taken it over: pages being opened go first
-                opening.wait_while_opening(done=lambda: not job.servers_own())
+            if job.servers_own():  # no page has taken it over: a page drawing its shell goes first
+                opening.wait_while_opening()
             job.fraction, job.message = fraction, message
 
         def partial(result: RunResult) -> None:
