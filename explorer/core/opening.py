@@ -34,11 +34,6 @@ def page_opening() -> Iterator[None]:
             _cond.notify_all()
 
 
-def opening_now() -> int:
-    with _cond:
-        return _opening
-
-
 def wait_while_opening(max_s: float = MAX_WAIT_S) -> bool:
     """Wait until no page is being opened, at most `max_s` seconds; whether none is (False: it timed out)."""
     with _cond:
