@@ -19,9 +19,37 @@ os.environ.setdefault("EXPLORER_CACHE_DIR", _SESSION_CACHE)
 os.environ.setdefault("EXPLORER_LANDSCAPE", "0")
 
 
+_EXIT_GRACE_S = 120.0  # how long the process may take to end after the summary before the watchdog ends it
+_status = [0]
+
+
 def pytest_sessionfinish(session, exitstatus):
     """The session's run cache goes with the session (it is only ever this session's)."""
+    _status[0] = int(exitstatus)
     shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """A thread a test left waiting keeps the process alive after the summary: CI once sat so until its
+    limit. A daemon watchdog names the threads still running, prints their stacks and ends the process with
+    a failing status; a process that ends normally ends the watchdog with it."""
+    import faulthandler
+    import sys
+    import threading
+    import time
+
+    def watchdog():
+        time.sleep(_EXIT_GRACE_S)
+        left = [t.name for t in threading.enumerate() if t.is_alive() and not t.daemon
+                and t is not threading.main_thread()]
+        err = sys.__stderr__
+        err.write(f"\nthe tests ended {_EXIT_GRACE_S:.0f} s ago but these threads still run: {left}\n")
+        faulthandler.dump_traceback(file=err)
+        err.flush()
+        os._exit(_status[0] or 1)
+
+    threading.Thread(target=watchdog, name="tests-exit-watchdog", daemon=True).start()
 
 
 @pytest.fixture(autouse=True)

@@ -214,10 +214,10 @@ def test_two_threads_compute_once(root):
 
     def session(i):
         c = RunCache()
-        barrier.wait()
+        barrier.wait(60)  # a session that failed to start breaks the barrier rather than holding the other
         results[i] = c.get_or_run(recipe(), compute=fake, progress=lambda f, m: messages.append(m))
 
-    threads = [threading.Thread(target=session, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=session, args=(i,), daemon=True) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:

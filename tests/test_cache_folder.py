@@ -88,6 +88,24 @@ def test_a_fresh_clone_cache_folder_with_only_its_readme_is_adopted(tmp_path):
     assert cachedir.problem(ROOT / "cache") is None  # the repository's own folder, whatever a checkout holds
 
 
+def test_a_folder_another_session_adopts_at_the_same_moment_is_not_refused(tmp_path, monkeypatch):
+    """Two sessions adopting one empty folder: the first writes the marker after the second looked for it and
+    before the second listed the folder. The second must take the marker as the explorer's, not refuse it
+    (CI once failed so, and its waiting thread then held the test run open)."""
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / cachedir.MARKER).write_text("{}\n")
+    monkeypatch.setattr(cachedir, "marked", lambda root: False)  # looked a moment before it was written
+    assert cachedir.problem(folder) is None
+    assert cachedir.claim(folder) == folder
+    (folder / "notes.txt").write_text("x")
+    assert "'notes.txt'" in cachedir.problem(folder)
+    (folder / "notes.txt").unlink()
+    (folder / cachedir.MARKER).unlink()
+    (folder / cachedir.MARKER).mkdir()  # a folder by that name is not the marker
+    assert cachedir.MARKER in cachedir.problem(folder)
+
+
 def test_a_cache_an_earlier_version_wrote_is_adopted(tmp_path):
     """Caches written before the marker existed hold entries with their manifest, .locks and build folders;
     they are adopted as they are, entries kept."""

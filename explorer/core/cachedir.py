@@ -93,8 +93,8 @@ def _foreign(root: Path) -> list[str]:
     with os.scandir(root) as it:
         for e in it:
             n = e.name
-            if n in PLACEHOLDERS and e.is_file(follow_symlinks=False):
-                continue
+            if (n in PLACEHOLDERS or n == MARKER) and e.is_file(follow_symlinks=False):
+                continue  # the marker too: another thread or process may have written it since `marked` looked
             if e.is_dir(follow_symlinks=False) and (n in OWN_HIDDEN or n == BENCH or LEGACY_SCRATCH.fullmatch(n)
                                                      or is_entry(Path(e.path))):
                 continue
