@@ -488,6 +488,7 @@ def test_readme_screenshots(browser, tmp_path):
         print(f"curves screenshot with {_points(page)} points")
 
 
+@pytest.mark.slow  # over 20 s on two cores: run by `make test-all`; test_app's link test keeps it in the default suite
 def test_a_link_holding_markup_makes_the_browser_fetch_nothing_elsewhere(browser, server, tmp_path):
     """Issue 21: `?sparsity=![x](http://attacker/p.png)` was rendered as an image, so every visitor of the link
     fetched the attacker's address. The page shows the text, and the browser asks only the page's own server."""
