@@ -534,7 +534,7 @@ def test_a_link_holding_markup_is_shown_as_its_text(cache):
         assert not re.search(r"<(img|a)\b", _rendered(body)), body
 
 
-@pytest.mark.slow  # over 15 s: `make test-all` runs it; test_markup and the link test keep escaping in the default suite
+@pytest.mark.slow  # over 15 s: `make test-all` runs it; test_markup and the link test keep escaping in the default run
 def test_an_uploaded_file_name_holding_markup_is_shown_as_its_text(cache, tmp_path, monkeypatch):
     monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
     name = "![x](http://attacker/p.png)<img src=http://attacker/q.png>.pt"
@@ -584,7 +584,7 @@ def test_the_page_reads_no_server_folder_unless_the_operator_allows_it(cache, tm
     assert not list((tmp_path / "user").glob("*.json"))
 
 
-@pytest.mark.slow  # over 15 s: `make test-all` runs it; test_markup and the link test keep escaping in the default suite
+@pytest.mark.slow  # over 15 s: `make test-all` runs it; test_markup and the link test keep escaping in the default run
 def test_a_file_name_stored_by_one_visitor_is_text_in_another_visitors_error(cache, tmp_path, monkeypatch):
     """Issue 21: a markdown image in an uploaded file's name was stored with the model and rendered in the error
     another session got for taking the same model name."""
