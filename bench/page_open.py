@@ -65,6 +65,36 @@ def _server(tmp: Path) -> tuple[subprocess.Popen, str, float]:
     raise SystemExit("the server did not start within 120 s")
 
 
+def _cpu() -> dict[int, tuple[int, int, str]]:
+    """Every process's CPU time so far (clock ticks, user + system), its parent and its command line (Linux)."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        f = stat[stat.rindex(")") + 2:].split()
+        out[int(pid)] = (int(f[11]) + int(f[12]), int(f[1]), cmd)
+    return out
+
+
+def _cpu_used(before: dict, after: dict, server: int) -> dict[str, float]:
+    """CPU seconds each side used between two `_cpu` readings: the server with every process it started (runs,
+    the landscape's worker), the browser (Chromium and Playwright's driver), and everything else."""
+    tick = os.sysconf("SC_CLK_TCK")
+    ours = {server}
+    for _ in range(5):  # children, grandchildren...
+        ours |= {p for p, (_, parent, _) in after.items() if parent in ours}
+    used = {"server": 0.0, "browser": 0.0, "other": 0.0}
+    for pid, (t, _, cmd) in after.items():
+        side = "server" if pid in ours else "browser" if ("chromium" in cmd or "playwright" in cmd) else "other"
+        used[side] += (t - before.get(pid, (0, 0, ""))[0]) / tick
+    return used
+
+
 def _points(page) -> int:
     chart = page.locator(".js-plotly-plot").filter(visible=True).first
     return chart.evaluate("el => (el._fullData || []).filter(t => t.name !== 'current' && t.name !== 'baseline')"
@@ -82,6 +112,7 @@ def measure(tmp: Path) -> dict:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            cpu0 = _cpu()
             t0 = time.perf_counter()
             page.goto(url, timeout=120_000)
             page.get_by_role("heading", name=TITLE).wait_for(timeout=120_000)
@@ -105,6 +136,7 @@ def measure(tmp: Path) -> dict:
                         if said and said not in out["waiting"]:
                             out["waiting"].append(said)
             out["first_s"] = time.perf_counter() - t0
+            out["cpu_to_first"] = _cpu_used(cpu0, _cpu(), proc.pid)
             load.append(os.getloadavg()[0])
             page.wait_for_timeout(max(0.0, OPEN_S - 10 - (time.perf_counter() - t0)) * 1000)
             page.get_by_role("tab", name="Curves and Pareto").click()
@@ -121,6 +153,14 @@ def measure(tmp: Path) -> dict:
         except subprocess.TimeoutExpired:
             proc.kill()
     out["load"] = load
+    # the page's run (the first result with a compression step written: the landscape starts no point while the
+    # page waits for its run): its stages' seconds, beside what the machine gave
+    done = sorted((f.stat().st_mtime, f) for f in (tmp / "cache").rglob("result.json"))
+    for _, f in done:
+        res = json.loads(f.read_text())
+        if res.get("recipe", {}).get("steps"):
+            out["run_timings"] = {k: v for k, v in res.get("timings", {}).items() if isinstance(v, (int, float))}
+            break
     return out
 
 
@@ -167,6 +207,19 @@ def _phases(said: list[str]) -> list[str]:
     return out
 
 
+def _spent(x: dict, cores: int | None) -> str:
+    """Where the seconds to the first figures went: the CPU each side used, and the run's own stages."""
+    if "cpu_to_first" not in x:
+        return ""
+    c, t = x["cpu_to_first"], x.get("run_timings", {})
+    stages = (f" The run's own stages took {t.get('load', 0):.1f} s to load the data, {t.get('compress', 0):.1f} s "
+              f"to prune and fine-tune and {t.get('evaluate', 0):.1f} s to measure top-1, counted from its start "
+              "at the server's start-up, sharing the cores." if t else "")
+    return (f"From opening to the first figures, the server used {c['server']:.1f} CPU seconds (the run, the page's "
+            f"script, the baseline's scores) and the browser, on the same machine, {c['browser']:.1f}, of the "
+            f"{(cores or 1) * x['first_s']:.1f} its {cores} cores offered.{stages} ")
+
+
 def render(m: dict) -> None:
     idle, loaded = m["idle"], m["loaded"]
     cores = os.cpu_count()
@@ -199,6 +252,10 @@ def render(m: dict) -> None:
             [f"points in the curves {OPEN_S} s after opening", f"{idle['points']} ({idle.get('landscape', '')})",
              f"{loaded['points']} ({loaded.get('landscape', '')})"],
             ["one-minute load average (opening, first figures, end)", load(idle), load(loaded)]]
+    if "cpu_to_first" in idle:
+        rows.insert(5, ["CPU seconds from opening to the first figures: server, browser, other",
+                        *(", ".join(f"{x['cpu_to_first'][k]:.1f}" for k in ("server", "browser", "other"))
+                          + f" (of {cores * x['first_s']:.1f} on {cores} cores)" for x in (idle, loaded))])
     body = (f"A cold server started as `make run` starts it (`python -m explorer.app.serve`), an empty cache, the "
             f"page opened in Chromium on its default model ({idle['model']}) as soon as the server accepts a visitor, "
             f"and left alone for {OPEN_S} s; then the same again beside {LOAD_PROCS} busy processes (pure Python "
@@ -210,7 +267,8 @@ def render(m: dict) -> None:
             "training images, then accuracy on 10,000 test images) and its baseline on its run board; the page takes "
             f"that run over. Of the {idle['first_s']:.1f} s from opening the page to its first figures, "
             f"{idle['picker_s']:.1f} s pass before the model picker shows; counted from the server's start, the "
-            f"first figures come after {idle['server_s'] + idle['first_s']:.1f} s. The landscape measures one "
+            f"first figures come after {idle['server_s'] + idle['first_s']:.1f} s. " + _spent(idle, cores)
+            + "The landscape measures one "
             "configuration at a time in its worker: it starts no point while a page waits for its own run, and "
             "pauses the point it is measuring while the page's runs and their timings go."
             + f"\n\nWhile it worked under the load, the page said: {said(loaded)}.\n\n" + C.checks_table(checks))

@@ -16,6 +16,7 @@ from explorer.measure.latency import summarise, torch_cuda
 from explorer.measure.onnx_export import export_onnx, onnx_accuracy, quantize_int8
 from explorer.measure.speedup import measure_latency
 from explorer.models.baselines import baseline_data, load_baseline
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +210,23 @@ def test_peak_rss_growth_sees_an_allocation():
 
     _, growth = compute.peak_rss_growth(alloc)
     assert growth is None or growth > 30_000_000
+
+
+def test_peak_rss_growth_sees_a_freed_peak_between_two_samples():
+    """The compression stage samples every 50 ms (a 2 ms sampler slowed fine-tuning by a third): a peak freed
+    before the next sample still counts where it is the process's new high-water mark. In a fresh process, so
+    that the mark is this allocation's."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\nfrom explorer.measure import compute\n"
+            "def f():\n    a = np.ones(100_000_000, dtype=np.uint8)\n    n = int(a[::4096].sum())\n    del a\n"
+            "    return n\n"
+            "print(compute.peak_rss_growth(f, interval_s=30)[1])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    growth = out.stdout.split()[-1]
+    assert growth == "None" or int(growth) > 80_000_000, out.stdout
 
 
 @pytest.mark.parametrize("hog", [False, True], ids=["idle", "under a CPU hog"])

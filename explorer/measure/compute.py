@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,20 +38,36 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _hwm_bytes() -> int:
+    """The process's resident set high-water mark (the kernel's VmHWM), 0 where it cannot be read."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def peak_rss_growth(fn: Callable[[], Any], interval_s: float = 0.002) -> tuple[Any, int | None]:
-    """Run fn while sampling the resident set; return (fn's result, peak growth in bytes). None where
-    /proc is missing (not Linux)."""
+    """Run fn while sampling the resident set every `interval_s`; return (fn's result, peak growth in bytes).
+    Where fn takes the process past its high-water mark, the kernel's mark is the exact peak and the sampling
+    only covers peaks below it. None where /proc is missing (not Linux). A long fn wants a long interval: each
+    wake-up takes the interpreter's lock from fn's thread, and sampling every 2 ms made a fine-tuning 35% to 50%
+    slower."""
     try:
         start = _rss_bytes()
     except OSError:
         return fn(), None
+    hwm = _hwm_bytes()
     peak = [start]
     done = threading.Event()
 
     def sample():
         while not done.is_set():
             peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(interval_s)
+            done.wait(interval_s)  # woken at once when fn returns
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
@@ -62,6 +77,8 @@ def peak_rss_growth(fn: Callable[[], Any], interval_s: float = 0.002) -> tuple[A
         done.set()
         t.join()
     peak[0] = max(peak[0], _rss_bytes())
+    if (after := _hwm_bytes()) > hwm:  # fn (or work beside it) set a new high-water mark
+        peak[0] = max(peak[0], after)
     return out, max(0, peak[0] - start)
 
 

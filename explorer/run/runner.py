@@ -87,6 +87,11 @@ def run_key(recipe: Recipe) -> str:
     return h.hexdigest()[:20]
 
 
+# how often the resident set is sampled during the compression stage (seconds): at 2 ms the sampler's wake-ups
+# slowed the default fine-tuning by a third; the kernel's high-water mark catches a new peak at any interval
+TRAIN_RSS_INTERVAL_S = 0.05
+
+
 def finetune_samples(recipe: Recipe) -> int | None:
     """Training images fine-tuning uses: the recipe's own figure, else the baseline card's recommendation
     (large data sets, where full epochs would keep a slider move waiting minutes), else all (None)."""
@@ -257,7 +262,7 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
     stage = _stages(progress)
     scored_beside = not base_scores.done()  # then the resident set's growth is not the fine-tuning's alone
     res, train_rss = compute.peak_rss_growth(lambda: compress(baseline, recipe, tune, progress=stage("compress"),
-                                                             seed=recipe.seed))
+                                                             seed=recipe.seed), interval_s=TRAIN_RSS_INTERVAL_S)
     timings["compress"] = round(time.perf_counter() - t, 3)
     timings["steps"] = res.timings
 

@@ -128,46 +128,61 @@ def main(top=None) -> None:
         elif not computing:
             st.info("No result for this configuration; fix the error above and the views come back.")
         views.glossary()
-    with tabs[1]:
-        _curves(card, c, None if recipe is None else recipe.checkpoint, key)
-    with tabs[2]:
-        if result:
-            views.size_and_latency(result)
-    with tabs[3]:
-        if result:
-            sens = service.sensitivity(result)
-            if sens is None and result.get("format") != "onnx" and st.button(
-                    "Compute per-layer sensitivity (top-1 drop with only that layer compressed)", key="sens_run"):
-                with st.spinner("Evaluating the test split once per layer..."):
-                    sens = service.sensitivity(result, compute=True)
-            views.layers(result, sens)
-        elif computing:
-            st.info(f"{LIVE} this configuration: its per-layer figures appear here when its run is complete."
-                    + (" Meanwhile, the baseline's layers:" if base_result else ""))
-            if base_result:
-                views.layers(base_result, None)
-    with tabs[4]:
-        if result:
-            views.forgets_view(service.forgets(result, base_result) if base_result else None, result)
-    with tabs[5]:
-        panels.sweep_panel(card, service)
-    with tabs[6]:
-        panels.sweet_spot_panel(frame, result, service, card, _landscape(card, c)[1])
-    with tabs[7]:
-        if card.get("format") == "onnx":
-            st.info(f"{md(card['name'])} is an ONNX model: top-1 {card['accuracy']['top1']:.2f}% with ONNX Runtime, "
-                    f"{card['file_bytes']:,} bytes. {md(card.get('unsupported_reason', ''))}")
-        elif computing:  # measuring the baseline afresh would take the cores from the run this page waits for
-            st.info(f"{LIVE} this configuration first: the baseline's fresh measurement on its test images and its "
-                    f"per-layer table follow when that run is done. Its card recorded top-1 "
-                    f"{card['accuracy']['top1']:.2f}% at training.")
-        else:
-            try:
-                panels.baseline_panel(_describe(card["path"], card.get("sha256", "")))
-            except ValueError as e:
-                st.error(md(e))
-    with tabs[8]:
-        panels.byo_panel(service, service.datasets(), service.architectures(libraries=tabs[8].open is not False))
+    # While the page waits for its run, a tab that is not open stays empty: drawing them all (the curves' charts
+    # every 3 s, the panels) took the two cores from the run the page waits for, and the browser's share with
+    # them; the first figures came 1 s later. Opening a tab reruns the page, which then draws that tab.
+    def shown(i: int) -> bool:
+        return not computing or tabs[i].open is not False
+
+    if shown(1):
+        with tabs[1]:
+            _curves(card, c, None if recipe is None else recipe.checkpoint, key)
+    if shown(2):
+        with tabs[2]:
+            if result:
+                views.size_and_latency(result)
+    if shown(3):
+        with tabs[3]:
+            if result:
+                sens = service.sensitivity(result)
+                if sens is None and result.get("format") != "onnx" and st.button(
+                        "Compute per-layer sensitivity (top-1 drop with only that layer compressed)", key="sens_run"):
+                    with st.spinner("Evaluating the test split once per layer..."):
+                        sens = service.sensitivity(result, compute=True)
+                views.layers(result, sens)
+            elif computing:
+                st.info(f"{LIVE} this configuration: its per-layer figures appear here when its run is complete."
+                        + (" Meanwhile, the baseline's layers:" if base_result else ""))
+                if base_result:
+                    views.layers(base_result, None)
+    if shown(4):
+        with tabs[4]:
+            if result:
+                views.forgets_view(service.forgets(result, base_result) if base_result else None, result)
+    if shown(5):
+        with tabs[5]:
+            panels.sweep_panel(card, service)
+    if shown(6):
+        with tabs[6]:
+            panels.sweet_spot_panel(frame, result, service, card, _landscape(card, c)[1])
+    if shown(7):
+        with tabs[7]:
+            if card.get("format") == "onnx":
+                st.info(f"{md(card['name'])} is an ONNX model: top-1 {card['accuracy']['top1']:.2f}% with ONNX "
+                        f"Runtime, {card['file_bytes']:,} bytes. {md(card.get('unsupported_reason', ''))}")
+            elif computing:  # measuring the baseline afresh would take the cores from the run this page waits for
+                st.info(f"{LIVE} this configuration first: the baseline's fresh measurement on its test images and "
+                        f"its per-layer table follow when that run is done. Its card recorded top-1 "
+                        f"{card['accuracy']['top1']:.2f}% at training.")
+            else:
+                try:
+                    panels.baseline_panel(_describe(card["path"], card.get("sha256", "")))
+                except ValueError as e:
+                    st.error(md(e))
+    if shown(8):
+        with tabs[8]:
+            panels.byo_panel(service, service.datasets(),
+                             service.architectures(libraries=tabs[8].open is not False))
     st.caption(footer(time.perf_counter() - t0, job, base_job))
 
 
