@@ -37,6 +37,7 @@ from explorer.compress.quantize import apply as quantize
 from explorer.core.data import Split
 from explorer.core.stats import vs_baseline, wilson
 from explorer.measure.compute import macs
+from explorer.measure.latency import ort_session
 from explorer.measure.onnx_export import deploy_int8, export_onnx, onnx_logits
 from explorer.models.baselines import baseline_path, load_baseline, read_card
 
@@ -140,14 +141,7 @@ def op_times(path: str, xb: np.ndarray, calls: int = 10) -> dict[str, float]:
     """Milliseconds per call by operator type, from ONNX Runtime's own profiler (one thread, after warm-up)."""
     import json
 
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.enable_profiling = True
-    so.profile_file_prefix = str(Path(path).with_suffix(""))
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    sess = ort_session(path, 1, profile_prefix=str(Path(path).with_suffix("")))
     name = sess.get_inputs()[0].name
     for _ in range(3):
         sess.run(None, {name: xb})

@@ -347,3 +347,27 @@ def test_the_other_cores_busy_share_is_the_machines_count_less_the_timings_own()
         hog.wait()
     assert busy.others_busy is not None and busy.others_busy > 0.5
     assert quiet.others_busy is not None and quiet.others_busy < busy.others_busy
+
+
+
+def test_a_profiled_session_is_the_timing_session_with_onnx_runtimes_per_operator_profile(onnx_pair, tmp_path):
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import onnx
+
+    from explorer.measure.latency import ort_session
+
+    _, paths = onnx_pair
+    plain = ort_session(paths["base"][0], 1)
+    profiled = ort_session(paths["base"][0], 1, profile_prefix=str(tmp_path / "prof"))
+    shape = [2, *plain.get_inputs()[0].shape[1:]]
+    feed = {plain.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    np.testing.assert_array_equal(plain.run(None, feed)[0], profiled.run(None, feed)[0])
+    written = Path(profiled.end_profiling())
+    assert written.parent == tmp_path and written.name.startswith("prof")
+    ops = {e["args"]["op_name"] for e in json.loads(written.read_text())
+           if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")}
+    convs = sum(n.op_type == "Conv" for n in onnx.load(paths["base"][0]).graph.node)
+    assert convs and "Conv" in ops  # the optimised graph ONNX Runtime ran (fused Gemm and ReLU), operator by operator
