@@ -158,6 +158,45 @@ def test_onnx_with_operators_outside_the_standard_domains_is_refused(env, tmp_pa
         byo.add_model(path)
 
 
+def _digits_onnx(path: Path, where: str) -> Path:
+    """A linear digits classifier whose 64x10 weights sit inline, or in an external file `secret.bin`, as an
+    initializer or as a Constant node's value (the place an initializer-only check missed) inside an If's branch."""
+    from onnx.external_data_helper import set_external_data
+
+    w = helper.make_tensor("W", TensorProto.FLOAT, [64, 10], b"\0" * 2560, raw=True)
+    if where != "inline":
+        (path.parent / "secret.bin").write_bytes(b"\0" * 2560)
+        set_external_data(w, location="secret.bin")
+        w.ClearField("raw_data")
+        w.data_location = TensorProto.EXTERNAL
+    flat = helper.make_node("Flatten", ["input"], ["f"], axis=1)
+    mm = helper.make_node("MatMul", ["f", "W"], ["logits"])
+    inits, nodes = ([w], [flat, mm]) if where in ("inline", "initializer") else ([], [flat, mm])
+    if where == "constant":
+        nodes.insert(0, helper.make_node("Constant", [], ["W"], value=w))
+    if where == "branch":
+        branch = helper.make_graph([helper.make_node("Constant", [], ["Wb"], value=w)], "b", [],
+                                   [helper.make_tensor_value_info("Wb", TensorProto.FLOAT, [64, 10])])
+        cond = helper.make_tensor("c", TensorProto.BOOL, [], [True])
+        nodes[:0] = [helper.make_node("Constant", [], ["cond"], value=cond),
+                     helper.make_node("If", ["cond"], ["W"], then_branch=branch, else_branch=branch)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 1, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_onnx_with_any_tensor_in_an_external_file_is_refused(env, tmp_path):
+    """The location of external data is a file path: from an upload it could name any file here, or the upload
+    itself read back as weights. Initializers, Constant nodes and subgraphs are all checked."""
+    assert byo.add_model(_digits_onnx(tmp_path / "inline.onnx", "inline"), name="inline")["architecture"] == "onnx"
+    for where in ("initializer", "constant", "branch"):
+        path = _digits_onnx(tmp_path / f"{where}.onnx", where)
+        with pytest.raises(ValueError, match=f"'{where}.onnx' keeps tensor 'W' in an external data file "
+                                             r"\('secret.bin'\): upload a single-file model"):
+            byo.add_model(path, name=where)
+
+
 def test_formats_come_from_the_bytes(tmp_path):
     from safetensors.torch import save_file
 

@@ -135,6 +135,58 @@ def _walk(nodes):
                     yield from _walk(g.node)
 
 
+def _tensors(proto):
+    """Every tensor a model holds: the graph's initializers (sparse ones' values and indices too), the
+    tensors in node attributes (a Constant's value, a ConstantOfShape's fill), and the same in every
+    subgraph (If/Loop/Scan bodies) and model-local function."""
+    import onnx
+
+    def of_sparse(sp):
+        yield sp.values
+        yield sp.indices
+
+    def of_nodes(nodes):
+        for node in nodes:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    yield a.t
+                elif a.type == onnx.AttributeProto.TENSORS:
+                    yield from a.tensors
+                elif a.type == onnx.AttributeProto.SPARSE_TENSOR:
+                    yield from of_sparse(a.sparse_tensor)
+                elif a.type == onnx.AttributeProto.SPARSE_TENSORS:
+                    for sp in a.sparse_tensors:
+                        yield from of_sparse(sp)
+                elif a.type == onnx.AttributeProto.GRAPH:
+                    yield from of_graph(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for g in a.graphs:
+                        yield from of_graph(g)
+
+    def of_graph(g):
+        yield from g.initializer
+        for sp in g.sparse_initializer:
+            yield from of_sparse(sp)
+        yield from of_nodes(g.node)
+
+    yield from of_graph(proto.graph)
+    for f in proto.functions:
+        yield from of_nodes(f.node)
+
+
+def check_onnx_external_data(proto, shown: str) -> None:
+    """No tensor anywhere in the model may keep its bytes in an external file: the location is a file path,
+    and from an upload it could name any file on this machine (or the uploaded file itself, read as weights)."""
+    import onnx
+
+    for t in _tensors(proto):
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+            where = next((e.value for e in t.external_data if e.key == "location"), "")
+            raise ValueError(f"ONNX model {shown!r} keeps tensor {t.name or '(a constant)'!r} in an external data "
+                             f"file ({where!r}): upload a single-file model "
+                             "(onnx.save(model, path, save_as_external_data=False))")
+
+
 def check_onnx_operators(proto, shown: str) -> None:
     """Standard operator domains only: a custom domain names operators from a library loaded into the
     runtime, code the explorer will not take from an upload. Model-local functions are allowed, as
