@@ -94,6 +94,25 @@ def test_nan_weights_are_refused():
         load_into(create_model("digits_cnn"), state, "x")
 
 
+def test_weights_of_the_wrong_kind_are_refused_not_cast():
+    """load_state_dict casts silently: complex weights lost their imaginary part (and a NaN in them passed the
+    NaN check, which looked at real floating tensors only); a fractional count was cut to an integer."""
+    m = create_model("resnet8")
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    cplx = {**state, "fc.weight": state["fc.weight"].to(torch.complex64) + 5j}
+    with pytest.raises(ValueError, match=r"'x' holds values of the wrong kind: fc.weight \(complex64 for float32\)"):
+        load_into(create_model("resnet8"), cplx, "x")
+    counter = next(k for k in state if k.endswith("num_batches_tracked"))
+    with pytest.raises(ValueError, match=rf"{counter} \(float32 for int64\)"):
+        load_into(create_model("resnet8"), {**state, counter: torch.tensor(2.5)}, "x")
+    whole = load_into(create_model("resnet8"), {**state, counter: torch.tensor(3.0)}, "x")  # a whole number is fine
+    assert whole.state_dict()[counter].item() == 3
+    nan = {**state, "fc.weight": state["fc.weight"].to(torch.complex64)}
+    nan["fc.weight"][0, 0] = complex(float("nan"), 0)
+    with pytest.raises(ValueError, match="wrong kind"):
+        load_into(create_model("resnet8"), nan, "x")
+
+
 def test_pt_loaded_weights_only_and_pickled_code_refused(tmp_path):
     m = create_model("digits_cnn")
     torch.save(m.state_dict(), tmp_path / "ok.pt")

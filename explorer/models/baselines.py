@@ -214,7 +214,20 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
             if items:
                 parts.append(f"{label} {len(items)}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}")
         raise ValueError(f"checkpoint {source!r} does not fit {type(model).__name__}: " + "; ".join(parts))
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    # load_state_dict would cast silently: a complex tensor loses its imaginary part, a fraction in an integer
+    # buffer is cut off
+    def wrong_kind(got: torch.Tensor, want: torch.Tensor) -> bool:
+        if got.is_complex():
+            return not want.is_complex()
+        return (got.is_floating_point() and not (want.is_floating_point() or want.is_complex())
+                and not bool((got == got.trunc()).all()))
+
+    kinds = sorted(f"{k} ({str(state[k].dtype).removeprefix('torch.')} for {str(own[k].dtype).removeprefix('torch.')})"
+                   for k in own if wrong_kind(state[k], own[k]))
+    if kinds:
+        raise ValueError(f"checkpoint {source!r} holds values of the wrong kind: {', '.join(kinds[:6])}"
+                         f"{' ...' if len(kinds) > 6 else ''}; real-valued weights and integer counters expected")
+    bad = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"checkpoint {source!r} has NaN or Inf values in {', '.join(bad[:6])}")
     model.load_state_dict(state, strict=True)
