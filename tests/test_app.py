@@ -174,6 +174,17 @@ def test_query_round_trip():
     assert set(state.to_query(off)) == {"baseline", "bits"}
 
 
+def test_a_link_with_a_value_outside_any_controls_choices_is_one_line_listing_them():
+    """?group_size=33 raised a TypeError on the page: its choices are numbers, and the refusal joined them as text."""
+    for key, choices in state._CHOICES.items():
+        parsed, problems = state.parse_query({key: "33"}, ["digits_cnn-digits"])
+        if 33 in choices or "33" in choices:
+            continue
+        assert key not in parsed
+        assert problems == [f"{key}='33' must be one of: {', '.join(str(c) for c in choices)}"]
+    assert any(not isinstance(c, str) for cs in state._CHOICES.values() for c in cs)  # the case that failed
+
+
 def test_a_process_the_page_spawns_does_not_draw_the_page_or_queue_its_runs(monkeypatch):
     """multiprocessing's spawn re-imports the parent's __main__ file (under Streamlit, app.py) in every child, as
     __mp_main__: a model check or a landscape worker ran the whole page and computed its default run beside its

@@ -53,7 +53,7 @@ def parse_query(params: dict[str, str], baselines: list[str]) -> tuple[dict[str,
             problems.append(f"{key}={raw!r} is not a {kind.__name__}")
             continue
         if key in _CHOICES and val not in _CHOICES[key]:
-            problems.append(f"{key}={raw!r} must be one of: {', '.join(_CHOICES[key])}")
+            problems.append(f"{key}={raw!r} must be one of: {', '.join(map(str, _CHOICES[key]))}")
             continue
         if key == "baseline" and val not in baselines:
             problems.append(f"baseline={raw!r} must be one of: {', '.join(baselines)}")
