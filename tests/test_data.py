@@ -131,6 +131,38 @@ def test_image_folder_with_train_and_test_subtrees(tmp_path):
     assert len(d.test) == 6 and d.image_size == 32
 
 
+def test_an_image_folder_follows_links_only_inside_itself(tmp_path):
+    """The page checks the folder a visitor names against the folders it may read, but the listing followed links
+    inside it: a class folder or an image linked to outside read images from anywhere, and a link to / walked
+    the whole file system."""
+    import os
+
+    outside = tmp_path / "private"
+    make_image_folder(outside, per_class=4, size=8, seed=2)
+    tree = tmp_path / "allowed" / "mine"
+    make_image_folder(tree, per_class=3, size=8)
+    os.symlink(outside / "cat", tree / "secret")  # a class folder outside
+    os.symlink(outside / "dog" / sorted(os.listdir(outside / "dog"))[0], tree / "dog" / "z.png")  # an image outside
+    os.symlink("/", tree / "cat" / "everything")  # the whole file system
+    os.symlink(tree / "cat", tree / "cat" / "again")  # a loop, inside: walked once
+    (tree / "eel" / "deep").mkdir()
+    os.symlink(tree / "dog" / sorted(os.listdir(tree / "dog"))[0], tree / "eel" / "deep" / "d.png")  # inside: read
+    d = load_dataset("imagefolder", tree, image_size=8)
+    assert d.classes == ("cat", "dog", "eel") and len(d.train) + len(d.val) + len(d.test) == 10
+    note = next(n for n in d.notes if n.startswith("skipped 3 file"))
+    for shown in ("secret/ (a link to outside the folder)", "dog/z.png (a link to outside the folder)",
+                  "cat/everything (a link to outside the folder)"):
+        assert shown in note
+    test_tree = tmp_path / "split"  # the same inside a train/test tree: a test class linked to outside is not read
+    make_image_folder(test_tree / "train", per_class=3, size=8)
+    make_image_folder(test_tree / "test", per_class=1, size=8)
+    import shutil
+
+    shutil.rmtree(test_tree / "test" / "dog")
+    os.symlink(outside / "dog", test_tree / "test" / "dog")
+    assert len(load_dataset("imagefolder", test_tree, image_size=8).test) == 2
+
+
 def test_bad_names_and_values_repeat_the_value():
     with pytest.raises(ValueError, match=r"dataset='svhn' must be one of: digits, mnist"):
         load_dataset("svhn")

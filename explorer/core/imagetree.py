@@ -6,10 +6,15 @@ decoded: one image may hold at most EXPLORER_MAX_IMAGE_PIXELS pixels, a tree at 
 and their decoded pixels (width x height x bands, summed) and the data set built from them at most
 EXPLORER_MAX_DECODED_MB each. The same checks run while an uploaded zip is extracted, so a refused upload is
 refused at once and never stored.
+
+Symbolic links are followed only where they stay inside the tree: the folder was checked against the folders the
+page may read, and a link inside it could otherwise read images from anywhere on the server (or, linked to `/`,
+walk the whole file system).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -95,13 +100,14 @@ def image_folder(root: Path, size: int, channels: int | None
             raise ValueError(f"image folder {str(root)!r} does not exist or is not a folder: expected "
                              "one subfolder per class holding image files (.png, .jpg, ...)")
         budget = Budget(f"image folder {str(root)!r}")
-        test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
-        if (root / "train").is_dir() and test_dir is not None:
-            train = _list_tree(root / "train", None, budget)
-            test = _list_tree(test_dir, train[1], budget)
+        top = Path(os.path.realpath(root))
+        test_dir = next((root / d for d in ("test", "val") if _within(root / d, top, folder=True)), None)
+        if _within(root / "train", top, folder=True) and test_dir is not None:
+            train = _list_tree(root / "train", None, budget, top)
+            test = _list_tree(test_dir, train[1], budget, top)
             parts = [_decode(train, size, channels, budget), _decode(test, size, channels, budget)]
             return parts[0][:2], parts[1][:2], train[1], _skip_notes(train[2] + test[2] + parts[0][2] + parts[1][2])
-        tree = _list_tree(root, None, budget)
+        tree = _list_tree(root, None, budget, top)
         x, y, bad = _decode(tree, size, channels, budget)
         return (x, y), None, tree[1], _skip_notes(tree[2] + bad)
     except OSError as e:  # a folder the server may not read, a file gone meanwhile
@@ -115,9 +121,47 @@ def _skip_notes(skipped: list[str]) -> list[str]:
     return [f"skipped {len(skipped)} file(s) that are not readable images: {shown}"]
 
 
-def _list_tree(folder: Path, classes: list[str] | None, budget: Budget) -> Listed:
+def _within(path: Path, top: Path, folder: bool = False) -> bool:
+    """`path` is a file (or a folder) that, its symbolic links resolved, lies inside `top`."""
+    real = Path(os.path.realpath(path))
+    return (real.is_dir() if folder else real.is_file()) and (real == top or top in real.parents)
+
+
+def _walk(cdir: Path, top: Path) -> tuple[list[Path], list[Path]]:
+    """The files under `cdir` (links that stay inside `top` followed, each folder once) and the links that
+    lead outside it, which are skipped."""
+    files: list[Path] = []
+    outside: list[Path] = []
+    seen: set[str] = set()
+    stack = [cdir]
+    while stack:
+        d = stack.pop()
+        real = os.path.realpath(d)
+        if real in seen:  # a link back to a folder already walked: no loops, no double counting
+            continue
+        seen.add(real)
+        with os.scandir(d) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_symlink() and not _within(path, top, folder=entry.is_dir()):
+                outside.append(path)
+            elif entry.is_dir():
+                stack.append(path)
+            elif entry.is_file():
+                files.append(path)
+    return sorted(files), outside
+
+
+def _list_tree(folder: Path, classes: list[str] | None, budget: Budget, top: Path) -> Listed:
     """(files with their class index, classes, skipped), every image checked by its header against `budget`."""
-    found = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    found, skipped = [], []
+    for d in sorted(folder.iterdir()):
+        if d.is_dir() and not d.name.startswith("."):
+            if _within(d, top, folder=True):
+                found.append(d.name)
+            else:
+                skipped.append(f"{d.name}/ (a link to outside the folder)")
     if classes is None:
         classes = found
     if not classes:
@@ -127,13 +171,14 @@ def _list_tree(folder: Path, classes: list[str] | None, budget: Budget) -> Liste
         raise ValueError(f"image folder {str(folder)!r} has classes {unknown} "
                          f"not in the training classes {classes}")
     files: list[tuple[Path, int, str]] = []
-    skipped: list[str] = []
     for ci, cname in enumerate(classes):
         cdir = folder / cname
-        if not cdir.is_dir():
+        if not _within(cdir, top, folder=True):  # missing here, or a link to outside (noted above)
             continue
-        for path in sorted(cdir.rglob("*")):
-            if not path.is_file() or path.name.startswith("."):
+        listed, outside = _walk(cdir, top)
+        skipped += [f"{p.relative_to(folder)} (a link to outside the folder)" for p in outside]
+        for path in listed:
+            if path.name.startswith("."):
                 continue
             rel = str(path.relative_to(folder))
             if is_image_name(path.name) and budget.header(path, rel):
