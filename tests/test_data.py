@@ -91,6 +91,20 @@ def test_cifar10_and_cifar100(tmp_path):
     assert e.num_classes == 100 and len(e.test) == 100
 
 
+def test_cifar_labels_outside_the_classes_are_refused(tmp_path):
+    """A label of 60,000,000 built one class name per number up to it; a negative label went through unchecked."""
+    import pickle
+
+    for label, split, f in ((60_000_000, "training", "data_batch_3"), (-1, "test", "test_batch")):
+        base = make_cifar(tmp_path / str(label), 10) / "cifar-10-batches-py"
+        batch = pickle.loads((base / f).read_bytes())  # noqa: S301 (the file this test wrote)
+        batch[b"labels"][1] = label
+        (base / f).write_bytes(pickle.dumps(batch, protocol=2))
+        with pytest.raises(ValueError, match=rf"hold the label {label} in their {split} images: cifar10 labels are "
+                                             "0 to 9$"):
+            load_dataset("cifar10", tmp_path / str(label))
+
+
 class _Payload:
     def __init__(self, path):
         self.path = path

@@ -476,11 +476,16 @@ def _cifar(name: str, root: Path) -> tuple[Pair, Pair, list[str]]:
         return x, torch.from_numpy(np.concatenate(ys))
 
     meta = read(meta_file)
+    expected = {"cifar10": 10, "cifar100": 100}[name]
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(names_key, [])]
+    if len(classes) != expected:
+        classes = [str(i) for i in range(expected)]
     train, test = batches(train_files), batches(test_files)
-    n_classes = int(max(train[1].max(), test[1].max())) + 1
-    if len(classes) < n_classes:
-        classes = [str(i) for i in range(n_classes)]
+    for split, (_, y) in (("training", train), ("test", test)):
+        out = y[(y < 0) | (y >= expected)]
+        if len(out):
+            raise ValueError(f"CIFAR files in {str(base)!r} hold the label {int(out[0])} in their {split} images: "
+                             f"{name} labels are 0 to {expected - 1}")
     return train, test, classes
 
 
