@@ -72,3 +72,21 @@ def test_damaged_files_are_one_line_errors(tmp_path):
     images.unlink()
     with pytest.raises(ValueError, match="could not be read"):
         load_dataset("fashion-mnist", root)
+
+
+def test_an_idx_data_set_over_the_decoded_cap_is_refused_from_its_header(tmp_path, monkeypatch):
+    """A gzipped IDX file of zeros expands about a thousand times: 640,000 images took 0.5 MB on disk and 2 GB as
+    a data set. The cap on decoded images holds for IDX files too, judged from the header before any data is read."""
+    import gzip
+
+    root = make_mnist(tmp_path, cls_name="FashionMNIST", n_train=40, n_test=20, gz=True)
+    images = root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    with gzip.open(images, "wb") as f:  # a header for 640,000 images and no data: refused before reading any
+        f.write(b"\x00\x00\x08\x03" + (640_000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2)
+    with pytest.raises(ValueError, match=r"^IDX file 'train-images-idx3-ubyte.gz' declares \(640000, 28, 28\): 1,914 "
+                                         r"MB as a data set, over the cap of 1,024 MB \(EXPLORER_MAX_DECODED_MB\)$"):
+        load_dataset("fashion-mnist", root)
+    monkeypatch.setenv("EXPLORER_MAX_DECODED_MB", "0.1")  # 40 images of 28x28 as floats take 0.12 MB
+    fresh = make_mnist(tmp_path / "b", cls_name="FashionMNIST", n_train=40, n_test=20, gz=True)
+    with pytest.raises(ValueError, match=r"over the cap of 0.1 MB \(EXPLORER"):
+        load_dataset("fashion-mnist", fresh)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from explorer.core import settings
 from explorer.core.errors import bad_value, check_range, first_line
 from explorer.core.idx import read_idx
 from explorer.core.imagetree import IMAGE_EXTENSIONS, Pair, image_folder  # noqa: F401  (IMAGE_EXTENSIONS: the data set's API)
@@ -345,7 +346,7 @@ def _read_idx_in(base: Path, name: str) -> np.ndarray:
     path = _idx_file(base, name)
     if path is None:
         raise ValueError(f"dataset folder {str(base)!r} has no {name} (nor {name}.gz)")
-    return read_idx(path)
+    return read_idx(path, as_floats_mb=settings.get("EXPLORER_MAX_DECODED_MB"))
 
 
 def _find_base(root: Path, sub: str, files: tuple[str, ...]) -> Path | None:

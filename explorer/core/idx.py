@@ -20,9 +20,11 @@ TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">
 MAX_BYTES = 1 << 31  # no IDX data set the explorer reads comes near 2 GiB; a header that says so lies
 
 
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str], as_floats_mb: float | None = None) -> np.ndarray:
     """The array an IDX file holds (`.gz` is decompressed as it is read); ValueError naming the file if the
-    header is not IDX or the data does not match it."""
+    header is not IDX or the data does not match it. With `as_floats_mb`, an array that would take more
+    megabytes than that as 32-bit floats (the data set it becomes) is refused from its header, before its data
+    is read: a gzipped file of zeros expands about a thousand times."""
     p = Path(path)
     opener = gzip.open if p.suffix == ".gz" else open
     try:
@@ -38,6 +40,10 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
             n = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
             if n > MAX_BYTES:
                 raise ValueError(f"IDX file {p.name!r} declares {dims}, {n:,} bytes: more than any data set read here")
+            floats = int(np.prod(dims, dtype=np.int64)) * 4
+            if as_floats_mb is not None and floats > as_floats_mb * 2**20:
+                raise ValueError(f"IDX file {p.name!r} declares {dims}: {floats / 2**20:,.0f} MB as a data set, over "
+                                 f"the cap of {as_floats_mb:,.4g} MB (EXPLORER_MAX_DECODED_MB)")
             data = f.read(n)
             extra = f.read(1)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:

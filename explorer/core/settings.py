@@ -70,7 +70,8 @@ SETTINGS: dict[str, Setting] = {
     "EXPLORER_MAX_IMAGE_PIXELS": Setting(16_000_000, "pixels one image may hold (below Pillow's bomb warning)",
                                          integer=True, minimum=1, inclusive=True, maximum=89_000_000),
     "EXPLORER_MAX_DECODED_MB": Setting(1024, "megabytes an image folder's decoded pixels, and the data set made "
-                                             "from them, may take", unit="megabytes", maximum=MB_PER_TB),
+                                             "from them or from IDX files, may take", unit="megabytes",
+                                       maximum=MB_PER_TB),
     "EXPLORER_LANDSCAPE": Setting(1, "1 measures an open model's default grid in the background, 0 does not",
                                   integer=True, minimum=0, inclusive=True, maximum=1),
     "EXPLORER_LANDSCAPE_IDLE_S": Setting(120, "seconds a landscape goes on after the last page looked at its model",
