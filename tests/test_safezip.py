@@ -67,7 +67,7 @@ def test_lying_header_is_caught_by_counting_bytes(tmp_path):
 
 def test_file_count_cap_and_bad_zip(tmp_path):
     z = _zip(tmp_path / "many.zip", [(f"d/c/{i}.png", b"a") for i in range(30)])
-    with pytest.raises(ValueError, match="holds 30 entries, over the cap of 10 entries"):
+    with pytest.raises(ValueError, match="holds more than 10 entries, over the cap"):
         extract_zip(z, tmp_path / "out", max_files=10)
     (tmp_path / "no.zip").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a readable zip file"):
@@ -81,9 +81,47 @@ def test_folder_entries_count_toward_the_entry_cap(tmp_path, monkeypatch):
             z.writestr(zipfile.ZipInfo(f"d/{i}/"), b"")
         z.writestr("d/0/a.png", b"a")
     monkeypatch.setenv("EXPLORER_ZIP_MAX_FILES", "100")
-    with pytest.raises(ValueError, match="holds 151 entries, over the cap of 100 entries"):
+    with pytest.raises(ValueError, match="holds more than 100 entries, over the cap"):
         extract_zip(tmp_path / "dirs.zip", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _count_in_end_record(path, n):
+    """The zip's end record made to state `n` entries, whatever its directory holds."""
+    data = bytearray(path.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 8:end + 12] = n.to_bytes(2, "little") * 2
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("entries", [150, 70_000])  # 70,000: past 65,535, the zip has zip64 end records
+def test_entries_are_counted_from_the_directory_before_zipfile_reads_it(tmp_path, monkeypatch, entries):
+    """zipfile keeps some 400 bytes per entry of the directory it reads, and an entry can take 46 bytes: a 500 MB
+    upload of empty entries took gigabytes in the server (the page's zip, the model file's format check) before
+    the entry cap was looked at. The directory's records are now counted from the file, not from the count the
+    end record states, which zipfile does not trust either."""
+    from explorer.models import formats
+
+    path = tmp_path / "many.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"")
+        for i in range(entries - 1):
+            z.writestr(zipfile.ZipInfo(f"a/{i}"), b"")
+    if entries < 65_535:
+        _count_in_end_record(path, 1)
+    seen = []
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents", lambda self: seen.append(self))  # never reached
+    monkeypatch.setenv("EXPLORER_ZIP_MAX_FILES", str(entries - 1))
+    with pytest.raises(ValueError, match=rf"^zip 'many.pt' holds more than {entries - 1:,} entries, over the cap"):
+        extract_zip(path, tmp_path / "out")
+    with pytest.raises(ValueError, match=rf"^model file 'many.pt' holds more than {entries - 1:,} entries"):
+        formats.detect_format(path)
+    with pytest.raises(ValueError, match=rf"^checkpoint 'many.pt' holds more than {entries - 1:,} entries"):
+        formats.check_checkpoint_zip(path, "many.pt")
+    assert not seen and not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("EXPLORER_ZIP_MAX_FILES", str(entries))
+    assert formats.detect_format(path) == "state_dict"  # at the cap it is read
 
 
 def test_many_small_bombs_are_refused_over_the_whole_archive(tmp_path):

@@ -65,6 +65,9 @@ def _is_safetensors(head: bytes, size: int) -> bool:
 
 
 def _zip_format(p: Path, shown: str) -> str:
+    from explorer.models import safezip
+
+    safezip.count_entries(p, f"model file {shown!r}", safezip.caps()["max_files"])
     try:
         with zipfile.ZipFile(p) as z:
             names = z.namelist()
@@ -88,6 +91,7 @@ def check_checkpoint_zip(path: str | os.PathLike, shown: str) -> None:
     from explorer.models import safezip
 
     cap = safezip.caps()
+    safezip.count_entries(path, f"checkpoint {shown!r}", cap["max_files"])
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()

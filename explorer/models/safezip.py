@@ -35,6 +35,43 @@ def _member_path(name: str) -> PurePosixPath:
     return p
 
 
+def count_entries(zip_path: str | os.PathLike, what: str, max_files: int) -> None:
+    """Refuse a zip (`what`: how the refusal names it) whose central directory holds more than `max_files`
+    records, counted record by record from the file before `zipfile` reads it: `zipfile.ZipFile` keeps an object
+    of some 400 bytes per record, and a record can take 46 bytes, so a 500 MB upload of empty entries took
+    gigabytes in the server before any cap could be checked. The record count the end record states is not
+    trusted (zipfile reads every record the directory's size holds). A file that is not a zip is left to
+    zipfile to refuse."""
+    import struct
+
+    with open(zip_path, "rb") as f:
+        try:
+            end = zipfile._EndRecData(f)  # type: ignore[attr-defined]  # zipfile's own end-record reader
+        except OSError:
+            return
+        if not end:
+            return
+        size = end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+        start = end[zipfile._ECD_LOCATION] - size  # type: ignore[attr-defined]  # as zipfile finds it
+        if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # type: ignore[attr-defined]
+            start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator  # type: ignore[attr-defined]
+        if start < 0:
+            return
+        f.seek(start)
+        count = pos = 0
+        while pos + 46 <= size:
+            head = f.read(46)
+            if len(head) < 46 or head[:4] != b"PK\x01\x02":
+                return  # a damaged directory: zipfile refuses it
+            name, extra, comment = struct.unpack("<HHH", head[28:34])
+            count += 1
+            if count > max_files:
+                raise ValueError(f"{what} holds more than {max_files:,} entries, over the cap (files and folders "
+                                 "count alike; EXPLORER_ZIP_MAX_FILES)")
+            f.seek(name + extra + comment, 1)
+            pos += 46 + name + extra + comment
+
+
 RATIO_FLOOR = 64 << 10  # below this many bytes written, a ratio says nothing (a tiny file of zeros is fine)
 
 
@@ -53,6 +90,7 @@ def extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike, *, max_fil
     if dest.exists() and any(dest.iterdir()):
         raise ValueError(f"extraction folder {str(dest)!r} is not empty")
     try:
+        count_entries(zip_path, f"zip {shown!r}", max_files)
         zf = zipfile.ZipFile(zip_path)
         archive_bytes = max(Path(zip_path).stat().st_size, 1)
     except (zipfile.BadZipFile, OSError) as e:
