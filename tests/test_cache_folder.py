@@ -134,6 +134,18 @@ def test_a_cache_an_earlier_version_wrote_is_adopted(tmp_path):
     assert tree(mixed) == before
 
 
+def test_a_folder_whose_scratch_folder_holds_other_things_is_not_adopted(tmp_path):
+    """A folder holding only `.scratch` counted as an earlier version's cache: it was adopted and every old folder
+    in `.scratch` deleted as a killed run's leftovers."""
+    someone = tmp_path / "someone"
+    (someone / ".scratch" / "build-cache-2019").mkdir(parents=True)
+    (someone / ".scratch" / "build-cache-2019" / "blob").write_text("data")
+    before = tree(someone)
+    with pytest.raises(ValueError, match=r"it holds '.scratch/build-cache-2019', which the explorer did not write"):
+        RunCache(someone)
+    assert tree(someone) == before and not (someone / cachedir.MARKER).exists()
+
+
 @pytest.mark.parametrize("value,why", [
     ("FILE", "it is not a folder"),
     ("/dev/null", "it is not a folder"),

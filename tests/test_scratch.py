@@ -92,3 +92,44 @@ def test_a_killed_run_leaves_nothing_in_the_system_temp_directory(env, tmp_path)
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert list(base.iterdir()) == []  # the next start-up cleared them
+
+
+def _old(path: Path) -> Path:
+    os.utime(path, (time.time() - 7200, time.time() - 7200))
+    return path
+
+
+def test_a_scratch_folder_that_is_a_link_is_refused_and_its_target_left_alone(env, tmp_path, capsys):
+    """`clean` ran at every start and deleted every old folder in the scratch folder: a link there deleted another
+    project's folders (`explorer cache ls` removed them)."""
+    from explorer.app.cli import main
+
+    victim = tmp_path / "victim"
+    (victim / "important-1-project").mkdir(parents=True)
+    (victim / "important-1-project" / "thesis.tex").write_text("do not delete")
+    _old(victim / "important-1-project")
+    assert main(["cache", "ls"]) == 0  # the cache folder is made and marked
+    if scratch.root().exists():
+        scratch.root().rmdir()
+    os.symlink(victim, scratch.root())
+    assert main(["cache", "ls"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        ".scratch' is a symbolic link: the explorer deletes old folders in it, so it must be a real folder it made; "
+        "remove it, or set EXPLORER_CACHE_DIR elsewhere")
+    assert (victim / "important-1-project" / "thesis.tex").read_text() == "do not delete"
+
+
+def test_clean_removes_only_folders_named_as_the_explorer_names_them(env):
+    from explorer.core import cachedir
+
+    base = scratch.root()
+    base.mkdir(parents=True, exist_ok=True)
+    cachedir.claim(base.parent)  # the explorer's cache (marked), whose scratch folder gained someone's folder
+    ours, other = _old_dir(base / "run-123-abcd_xyz"), _old_dir(base / "holiday photos")
+    assert scratch.clean() == ["run-123-abcd_xyz"]
+    assert not ours.exists() and other.exists()
+
+
+def _old_dir(path: Path) -> Path:
+    path.mkdir()
+    return _old(path)

@@ -30,6 +30,9 @@ PLACEHOLDERS = frozenset({"README.md", ".gitkeep"})
 OWN_HIDDEN = frozenset({".locks", ".scratch", ".sensitivity"})
 # scratch folders earlier versions (and sweeps) made in the root itself: .work-<key>-<pid>-<random>
 LEGACY_SCRATCH = re.compile(rf"\.(tmp|work|trash)-({_KEY.pattern})-\d+-[A-Za-z0-9_]+")
+# what explorer.core.scratch names the folders it makes in .scratch: <prefix>-<pid>-<random> (hidden while being
+# born; trash-<name>-<pid>-<hex> while being deleted)
+SCRATCH_NAME = re.compile(r"\.?[A-Za-z0-9_.-]+-\d+-[A-Za-z0-9_]+")
 # the benchmarks' own store beside the entries (bench/common.py memo)
 BENCH = "_bench"
 ALLOWED = "empty, missing, or made by the explorer, which deletes only what it wrote"
@@ -85,6 +88,17 @@ def is_entry(path: Path, own_files: frozenset[str] = frozenset()) -> bool:
     return "result.json" in names and all(n in own_files or (n.startswith(".") and n.endswith(".tmp")) for n in names)
 
 
+def _not_scratch(path: Path) -> list[str]:
+    """What in a scratch folder is not a folder named the way the explorer names its scratch folders (the
+    explorer deletes old ones as leftovers of killed processes)."""
+    try:
+        with os.scandir(path) as it:
+            return [f"{path.name}/{e.name}" for e in it
+                    if not (e.is_dir(follow_symlinks=False) and SCRATCH_NAME.fullmatch(e.name))]
+    except OSError as e:
+        return [f"{path.name}/ ({_reason(e)})"]
+
+
 def _foreign(root: Path) -> list[str]:
     """What in an unmarked folder the explorer did not write (empty: the folder may be adopted)."""
     if Path(root).resolve() == (ROOT / "cache").resolve():
@@ -97,6 +111,8 @@ def _foreign(root: Path) -> list[str]:
                 continue  # the marker too: another thread or process may have written it since `marked` looked
             if e.is_dir(follow_symlinks=False) and (n in OWN_HIDDEN or n == BENCH or LEGACY_SCRATCH.fullmatch(n)
                                                      or is_entry(Path(e.path))):
+                if n == ".scratch":
+                    out += _not_scratch(Path(e.path))
                 continue
             out.append(n)
     return sorted(out)

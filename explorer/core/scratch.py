@@ -14,6 +14,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,11 +26,25 @@ from explorer.core.paths import cache_dir
 OWNER = ".owner"
 _BORN_S = 60.0  # a hidden folder is one being born: its owner may be between mkdtemp and locking
 TRASH = "trash-"  # an entry being deleted: nobody's, removed by whoever sees it
+NAME = cachedir.SCRATCH_NAME  # `clean` removes nothing else, whatever else the scratch folder holds
 
 
 def root(cache: str | os.PathLike[str] | None = None) -> Path:
-    """The scratch folder of the run cache `cache` (default: EXPLORER_CACHE_DIR or the repository's cache/)."""
-    return Path(cache if cache is not None else cache_dir()) / ".scratch"
+    """The scratch folder of the run cache `cache` (default: EXPLORER_CACHE_DIR or the repository's cache/).
+    One that exists as anything but a real folder (a symbolic link, above all: `clean` would delete inside its
+    target) is refused in one line."""
+    path = Path(cache if cache is not None else cache_dir()) / ".scratch"
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as e:
+        raise ValueError(f"the run cache's scratch folder {str(path)!r} cannot be read ({e.strerror})") from None
+    if not stat.S_ISDIR(mode):
+        what = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
+        raise ValueError(f"the run cache's scratch folder {str(path)!r} is {what}: the explorer deletes old folders "
+                         "in it, so it must be a real folder it made; remove it, or set EXPLORER_CACHE_DIR elsewhere")
+    return path
 
 
 @contextlib.contextmanager
@@ -61,7 +76,7 @@ def clean(cache: str | os.PathLike[str] | None = None) -> list[str]:
     removed: list[str] = []
     with contextlib.suppress(OSError), os.scandir(root(top)) as it:
         for e in it:
-            if not e.is_dir(follow_symlinks=False):
+            if not e.is_dir(follow_symlinks=False) or not NAME.fullmatch(e.name):
                 continue
             try:
                 young = time.time() - e.stat(follow_symlinks=False).st_mtime < _BORN_S
