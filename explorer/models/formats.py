@@ -30,8 +30,11 @@ def program_refusal(shown: str, fmt: str) -> ValueError:
                       "author, pass --trust-code on the command line (the web page never loads programs)")
 
 
-def detect_format(path: str | os.PathLike, shown: str | None = None) -> str:
-    """safetensors | state_dict | torchscript | exported | pickle | onnx, from the file's bytes."""
+def detect_format(path: str | os.PathLike, shown: str | None = None, parse_onnx: bool = True) -> str:
+    """safetensors | state_dict | torchscript | exported | pickle | onnx, from the file's bytes. ONNX has no
+    magic number: it is told by parsing the whole file, which takes some 80 times the file's size for a graph
+    of millions of empty nodes, so a process that must not run out of memory passes `parse_onnx=False` and gets
+    "onnx" for any file that is none of the others, to be parsed (and refused) under a memory limit."""
     p = Path(path)
     shown = shown or p.name
     if not p.is_file():
@@ -45,7 +48,7 @@ def detect_format(path: str | os.PathLike, shown: str | None = None) -> str:
         return _zip_format(p, shown)
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"  # a legacy torch.save file or a plain pickle (protocols 2-5 open with 0x80 and the number)
-    if _is_onnx(p):
+    if not parse_onnx or _is_onnx(p):
         return "onnx"
     # the name only words the error: the bytes have already decided
     suffix = Path(shown).suffix.lower()

@@ -92,7 +92,7 @@ def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str 
     if arch is not None:
         model_entry(arch)  # an unknown name is one line with the closest known ones
     check_upload_size(path.stat().st_size if path.is_file() else 0, f"model file {shown!r}")
-    fmt = formats.detect_format(path, shown)
+    fmt = formats.detect_format(path, shown, parse_onnx=False)  # an ONNX file is parsed in the checking process
     if fmt in ("torchscript", "exported") and not trust_code:
         raise formats.program_refusal(shown, fmt)
     source = {"file": shown, "format": fmt, "sha256": baselines.sha256_file(path)}
@@ -116,6 +116,8 @@ def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str 
 def _stage(path: Path, shown: str, fmt: str, arch: str | None, dataset: str, root: str | None,
            image_size: int | None, width: float | None, trust_code: bool, stage: Path) -> tuple[Path, dict]:
     """In the checking process: the model read, validated and measured, its weights staged in `stage`."""
+    if fmt == "onnx":
+        formats.detect_format(path, shown)  # the caller did not parse it: this is where a file that is none says so
     if arch is not None:
         return _state_dict_baseline(path, shown, fmt, arch, dataset, root, image_size, width, trust_code, stage)
     return _onnx_baseline(path, shown, fmt, dataset, root, image_size, trust_code, stage)
