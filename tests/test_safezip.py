@@ -197,3 +197,21 @@ def test_a_refused_upload_leaves_the_stored_data_set_as_it_was(tmp_path, monkeyp
         add_dataset_zip(bomb, "other")
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*")) == before
     assert root.endswith("mine/d")
+
+
+def test_a_zip_with_no_readable_image_is_refused_before_it_takes_its_name(tmp_path, monkeypatch):
+    """A zip whose .png files were not images was stored; the model added on it was refused, and the corrected zip
+    under the same name then met "already exists" (on the page the name is the zip's, so for every visitor)."""
+    from explorer.models.user import add_dataset_zip
+
+    monkeypatch.setenv("EXPLORER_USER_DATA", str(tmp_path / "data"))
+    bad = _zip(tmp_path / "pets.zip", [(f"pets/{c}/{i}.png", b"oops, a text file") for c in "ab" for i in range(3)])
+    with pytest.raises(ValueError, match=r"^zip 'pets.zip' is not an image folder the explorer can read: image folder "
+                                         r".* holds no readable images in its class folders \['a', 'b'\]$"):
+        add_dataset_zip(bad, "pets", shown="pets.zip")
+    flat = _zip(tmp_path / "flat.zip", [("1.png", _png()), ("2.png", _png(3))])
+    with pytest.raises(ValueError, match="has no class subfolders"):
+        add_dataset_zip(flat, "pets", shown="flat.zip")
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+    good = _zip(tmp_path / "good.zip", [(f"pets/{c}/{i}.png", _png(i + 2)) for c in "ab" for i in range(3)])
+    assert add_dataset_zip(good, "pets", shown="pets.zip").endswith("pets/pets")

@@ -96,22 +96,35 @@ def image_folder(root: Path, size: int, channels: int | None
     """A class-per-subfolder tree, or one with train/ and test/ (or val/) subtrees: (train, test or None,
     classes, notes). Files that are not images are skipped and counted in `notes`."""
     try:
-        if not root.is_dir():
-            raise ValueError(f"image folder {str(root)!r} does not exist or is not a folder: expected "
-                             "one subfolder per class holding image files (.png, .jpg, ...)")
-        budget = Budget(f"image folder {str(root)!r}")
-        top = Path(os.path.realpath(root))
-        test_dir = next((root / d for d in ("test", "val") if _within(root / d, top, folder=True)), None)
-        if _within(root / "train", top, folder=True) and test_dir is not None:
-            train = _list_tree(root / "train", None, budget, top)
-            test = _list_tree(test_dir, train[1], budget, top)
-            parts = [_decode(train, size, channels, budget), _decode(test, size, channels, budget)]
-            return parts[0][:2], parts[1][:2], train[1], _skip_notes(train[2] + test[2] + parts[0][2] + parts[1][2])
-        tree = _list_tree(root, None, budget, top)
-        x, y, bad = _decode(tree, size, channels, budget)
-        return (x, y), None, tree[1], _skip_notes(tree[2] + bad)
+        trees, budget = _listings(root)
+        parts = [_decode(t, size, channels, budget) for t in trees]
     except OSError as e:  # a folder the server may not read, a file gone meanwhile
         raise ValueError(f"image folder {str(root)!r} could not be read: {first_line(e)}") from None
+    notes = _skip_notes([s for t in trees for s in t[2]] + [s for p in parts for s in p[2]])
+    return parts[0][:2], (parts[1][:2] if len(parts) == 2 else None), trees[0][1], notes
+
+
+def check_image_folder(root: Path) -> list[str]:
+    """The classes of an image tree, every image checked by its header and none decoded; a ValueError where the
+    tree is not an image folder image_folder can read (no class folders, no readable image, over a cap)."""
+    try:
+        return _listings(root)[0][0][1]
+    except OSError as e:
+        raise ValueError(f"image folder {str(root)!r} could not be read: {first_line(e)}") from None
+
+
+def _listings(root: Path) -> tuple[list[Listed], Budget]:
+    """The tree listed: [train, test] where it has train/ and test/ (or val/) subtrees, else [the tree]."""
+    if not root.is_dir():
+        raise ValueError(f"image folder {str(root)!r} does not exist or is not a folder: expected "
+                         "one subfolder per class holding image files (.png, .jpg, ...)")
+    budget = Budget(f"image folder {str(root)!r}")
+    top = Path(os.path.realpath(root))
+    test_dir = next((root / d for d in ("test", "val") if _within(root / d, top, folder=True)), None)
+    if _within(root / "train", top, folder=True) and test_dir is not None:
+        train = _list_tree(root / "train", None, budget, top)
+        return [train, _list_tree(test_dir, train[1], budget, top)], budget
+    return [_list_tree(root, None, budget, top)], budget
 
 
 def _skip_notes(skipped: list[str]) -> list[str]:

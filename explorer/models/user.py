@@ -34,6 +34,7 @@ from explorer.core import scratch, settings
 from explorer.core.card import ModelCard
 from explorer.core.data import DataBundle, load_dataset
 from explorer.core.errors import bad_value, first_line, quiet_third_party
+from explorer.core.imagetree import check_image_folder
 from explorer.core.paths import env_folder
 from explorer.core.train import evaluate
 from explorer.core.zoo import count_params, create_model, model_entry
@@ -442,6 +443,10 @@ def add_dataset_zip(zip_path: str | os.PathLike, name: str, *, shown: str | None
     with scratch.folder("dataset") as stage:
         tree = stage / "tree"
         safezip.extract_zip(zip_path, tree, shown=shown)
+        try:  # a tree no model could be measured on is refused here, before it takes the name
+            check_image_folder(safezip.tree_root(tree))
+        except ValueError as e:
+            raise ValueError(f"zip {shown!r} is not an image folder the explorer can read: {e}") from None
         with _locked(user_data_dir()):
             if dest.exists():
                 if not _same_tree(dest, tree):
