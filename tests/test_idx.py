@@ -64,6 +64,8 @@ def test_damaged_files_are_one_line_errors(tmp_path):
     for data, why in ((good[:-5], r"holds 15,675 data bytes, but its header \(20, 28, 28\) says 15,680"),
                       (good + b"x", "has bytes past the end"), (b"\x00\x00\x08\x03\xff\xff\xff\xff" + good[8:],
                                                                  "more than any data set read here"),
+                      (b"\x00\x00\x08\x03" + b"\xff\xff\xff\xff" * 3, "more than any data set"),  # past 2**64
+                      (b"\x00\x00\x08\x03" + b"\x00" * 4 + good[8:16], r"expected N uint8 images for N labels, N at"),
                       (b"PK\x03\x04", "no IDX header")):
         images.write_bytes(data)
         with pytest.raises(ValueError, match=why):

@@ -55,6 +55,13 @@ def test_bad_recipes_name_the_problem():
         Recipe(model="digits_cnn", dataset="imagenet")
     with pytest.raises(ValueError, match="changes layer shapes, so it must come before step 1"):
         Recipe(model="digits_cnn", steps=(QuantizeConfig(bits=8), PruneConfig(granularity="channel", sparsity=0.5)))
+    # values of the wrong JSON type were Python's TypeErrors ("unhashable type: 'list'")
+    with pytest.raises(ValueError, match=r"^step kind=\['prune'\] must be one of: bn_adapt, cluster"):
+        Recipe.from_dict({"model": "digits_cnn", "steps": [{"kind": ["prune"]}]})
+    with pytest.raises(ValueError, match=r"^checkpoint=5 must be a path to a weights file, as text$"):
+        Recipe.from_dict({"model": "digits_cnn", "checkpoint": 5})
+    with pytest.raises(ValueError, match=r"^name=\{'a': 1\} must be a label, as text$"):
+        Recipe.from_dict({"model": "digits_cnn", "name": {"a": 1}})
 
 
 def test_compress_composes_steps_and_never_changes_the_input():

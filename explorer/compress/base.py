@@ -425,7 +425,7 @@ def config_from_dict(d: dict[str, Any]) -> StepConfig:
     if not isinstance(d, dict) or "kind" not in d:
         raise ValueError(f"recipe step {d!r} must be an object with a 'kind'")
     kind = d["kind"]
-    if kind not in _STEPS:
+    if not isinstance(kind, str) or kind not in _STEPS:
         raise bad_value("step kind", kind, sorted(_STEPS))
     cls = _STEPS[kind].config
     fields = {f.name: f for f in dataclasses.fields(cls)}

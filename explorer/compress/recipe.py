@@ -46,6 +46,10 @@ class Recipe:
         if not isinstance(self.model, str) or not self.model:
             raise bad_value("model", self.model, "a model name such as 'digits_cnn'")
         check_choice("dataset", self.dataset, list_datasets())
+        if self.checkpoint is not None and (not isinstance(self.checkpoint, str) or not self.checkpoint):
+            raise bad_value("checkpoint", self.checkpoint, "a path to a weights file, as text")
+        if self.name is not None and not isinstance(self.name, str):
+            raise bad_value("name", self.name, "a label, as text")
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
         if self.finetune_samples is not None:
             check_finetune_samples(self.finetune_samples)

@@ -391,9 +391,9 @@ def _mnist_like(name: str, root: Path) -> tuple[Pair, Pair, list[str]]:
     for images, labels in (_MNIST_FILES[:2], _MNIST_FILES[2:]):
         x = _read_idx_in(base, images)
         y = _read_idx_in(base, labels)
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or x.dtype != np.uint8:
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or x.dtype != np.uint8 or not len(x):
             raise ValueError(f"dataset folder {str(base)!r} for {name}: {images} holds {x.dtype} images of shape "
-                             f"{x.shape} for {y.shape} labels; expected N uint8 images for N labels")
+                             f"{x.shape} for {y.shape} labels; expected N uint8 images for N labels, N at least 1")
         parts.append((torch.from_numpy(x).float().div(255.0).unsqueeze(1), torch.from_numpy(y.astype(np.int64))))
     n_classes = int(max(parts[0][1].max(), parts[1][1].max())) + 1
     if n_classes > len(classes) or min(int(parts[0][1].min()), int(parts[1][1].min())) < 0:

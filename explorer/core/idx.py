@@ -8,6 +8,7 @@ unpacked ones, so the explorer reads both itself (and the tests check it against
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -37,10 +38,10 @@ def read_idx(path: str | os.PathLike[str], as_floats_mb: float | None = None) ->
             if len(raw_dims) != 4 * ndim:
                 raise ValueError(f"IDX file {p.name!r} ends inside its header")
             dims = struct.unpack(f">{ndim}I", raw_dims)
-            n = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+            n = math.prod(dims) * dtype.itemsize  # Python's integers: numpy's int64 wraps past 2**63
             if n > MAX_BYTES:
                 raise ValueError(f"IDX file {p.name!r} declares {dims}, {n:,} bytes: more than any data set read here")
-            floats = int(np.prod(dims, dtype=np.int64)) * 4
+            floats = math.prod(dims) * 4
             if as_floats_mb is not None and floats > as_floats_mb * 2**20:
                 raise ValueError(f"IDX file {p.name!r} declares {dims}: {floats / 2**20:,.0f} MB as a data set, over "
                                  f"the cap of {as_floats_mb:,.4g} MB (EXPLORER_MAX_DECODED_MB)")

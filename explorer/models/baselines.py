@@ -227,7 +227,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     if kinds:
         raise ValueError(f"checkpoint {source!r} holds values of the wrong kind: {', '.join(kinds[:6])}"
                          f"{' ...' if len(kinds) > 6 else ''}; real-valued weights and integer counters expected")
-    bad = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
+    bad = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex())
+           and not torch.isfinite(v if v.element_size() > 1 else v.float()).all()]  # float8 has no isfinite
     if bad:
         raise ValueError(f"checkpoint {source!r} has NaN or Inf values in {', '.join(bad[:6])}")
     model.load_state_dict(state, strict=True)
