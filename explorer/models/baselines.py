@@ -12,6 +12,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -188,8 +189,11 @@ def read_torch_checkpoint(path: Path, shown: str, trust_code: bool = False) -> o
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not trust_code:
+            # torch's message opens with a paragraph about its defaults; what it refused follows "error:"
+            found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", str(e), re.S)
+            why = first_line(found.group(1), 160) if found else "torch's weights-only loader could not read it"
             raise ValueError(f"checkpoint {shown!r} was refused: it pickles Python objects besides tensors "
-                             f"({first_line(e, 160)}), and unpickling them runs code. Re-save its state_dict with "
+                             f"({why}), and unpickling them runs code. Re-save its state_dict with "
                              "safetensors, or pass --trust-code on the command line if you trust its author"
                              ) from None
     except Exception as e:
