@@ -175,3 +175,16 @@ def png_header(width: int, height: int, colour: int = 2) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def complete(result: dict) -> dict:
+    """A test's made-up successful run with every field the cache requires of one (explorer.run.result.malformed)
+    that it does not set itself: what a real run always has, with plausible values."""
+    from explorer.core.version import SCHEMA_VERSION
+
+    acc = {"top1": 97.0, "top3": 99.0, "top5": 99.5, "loss": 0.1}
+    recipe = {"model": "digits_cnn", "dataset": "digits", "seed": 0, "steps": []}
+    return {"schema": SCHEMA_VERSION, "recipe": recipe, "label": "test", "model": "digits_cnn", "dataset": "digits",
+            "accuracy": acc, "baseline_accuracy": acc, "accuracy_delta": 0.0, "test_samples": 100,
+            "size": {"packed_bytes": 100}, "baseline_size": {"packed_bytes": 400},
+            "reduction_factor": {"packed_bytes": {"vs_fp32_file": 4.0}}, **result}

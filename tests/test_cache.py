@@ -15,6 +15,7 @@ import pytest
 
 from explorer.compress.prune import PruneConfig
 from explorer.compress.recipe import Recipe
+from explorer.core.version import SCHEMA_VERSION
 from explorer.run import cache as cache_mod
 from explorer.run import runner
 from explorer.run.cache import RunCache
@@ -49,8 +50,12 @@ class FakeCompute:
         for i, name in enumerate([*ARTIFACTS, F["checkpoint"]]):
             (work / name).write_bytes(bytes([i]) + payload)
         time.sleep(self.sleep)
-        return {"status": self.status, "key": runner.run_key(r), "label": r.label(),
-                "accuracy": {"top1": 0.91, "top3": 0.97, "top5": 0.99}, "size": {"packed_bytes": len(payload) + 1},
+        acc = {"top1": 0.91, "top3": 0.97, "top5": 0.99, "loss": 0.3}
+        return {"schema": SCHEMA_VERSION, "status": self.status, "key": runner.run_key(r), "label": r.label(),
+                "recipe": r.to_dict(), "model": r.model, "dataset": r.dataset, "accuracy": acc,
+                "baseline_accuracy": acc, "accuracy_delta": 0.0, "test_samples": 100,
+                "size": {"packed_bytes": len(payload) + 1}, "baseline_size": {"packed_bytes": 2 * len(payload)},
+                "reduction_factor": {"packed_bytes": {"vs_fp32_file": 2.0}},
                 **({"error": "loss diverged"} if self.status != "ok" else {})}
 
 
@@ -163,7 +168,23 @@ CORRUPTIONS = {
     "garbage_result": lambda e: (e / "result.json").write_text("{garbage"),
     "truncate_int8": lambda e: (e / F["onnx_int8"]).write_bytes(b""),
     "no_manifest": lambda e: (e / "manifest.json").unlink(),
+    # checksums that match, over a result whose fields the views would fail on
+    "no_accuracy": lambda e: rewrite_result(e, lambda r: r.pop("accuracy")),
+    "label_of_wrong_type": lambda e: rewrite_result(e, lambda r: r.update(label={"a": 1})),
+    "size_of_wrong_type": lambda e: rewrite_result(e, lambda r: r.update(size="big")),
 }
+
+
+def rewrite_result(entry: Path, change) -> None:
+    import hashlib
+
+    result = json.loads((entry / "result.json").read_text())
+    change(result)
+    raw = json.dumps(result).encode()
+    (entry / "result.json").write_bytes(raw)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest["files"]["result.json"].update(sha256=hashlib.sha256(raw).hexdigest(), bytes=len(raw))
+    (entry / "manifest.json").write_text(json.dumps(manifest))
 
 
 @pytest.mark.parametrize("how", CORRUPTIONS)
@@ -234,6 +255,8 @@ from pathlib import Path
 from explorer.run import cache, runner
 from explorer.compress.prune import PruneConfig
 from explorer.compress.recipe import Recipe
+from explorer.core.version import SCHEMA_VERSION
+from tests.conftest import complete
 
 mode, state = sys.argv[1], Path(sys.argv[2])
 
@@ -244,7 +267,7 @@ def compute(r, work, progress):
         (work / runner.FILES[kind]).write_bytes(kind.encode() * 500)
     (state / "computing").touch()
     time.sleep(600 if mode == "hang-in-compute" else 1.0)
-    return {"status": "ok", "key": runner.run_key(r), "label": r.label(), "accuracy": {"top1": 0.5}}
+    return complete({"status": "ok", "key": runner.run_key(r), "label": r.label()})
 
 if mode == "hang-in-commit":  # artifacts and result.json are in the scratch folder, no manifest yet
     def stall(path):

@@ -15,14 +15,16 @@ from explorer.run.cache import RunCache
 from explorer.run.controls import DEFAULTS, build
 from explorer.run.result import disturbed_figures, needs_retime, speed, untimed
 from explorer.run.runner import run_key
+from tests.conftest import complete
 
 FIG = f"speed-up {ORT_CPU_INT8} {B256}"
 
 
 def _disturbed(key: str = "a" * 20, later=()) -> dict:
-    return {"status": "ok", "key": key, "speedup": {ORT_CPU_INT8: {B256: {"ratio": 43.85, "ci": [4.35, 183.76],
-                                                                           "rounds": 10, "status": "disturbed"}}},
-            "timing_quality": {"disturbed": [FIG], "retimes": 2, "later": list(later)}}
+    return complete({"status": "ok", "key": key,
+                     "speedup": {ORT_CPU_INT8: {B256: {"ratio": 43.85, "ci": [4.35, 183.76], "rounds": 10,
+                                                       "status": "disturbed"}}},
+                     "timing_quality": {"disturbed": [FIG], "retimes": 2, "later": list(later)}})
 
 
 def test_the_machine_is_quiet_enough_below_one_waiting_process_per_core():
@@ -169,7 +171,7 @@ def test_after_the_last_later_re_time_the_page_says_the_machine_was_too_busy():
 
 
 def _untimed(key: str = "e" * 20) -> dict:
-    return {"status": "ok", "key": key, "pending": ["latency"], "accuracy": {"top1": 97.0}}
+    return complete({"status": "ok", "key": key, "pending": ["latency"]})
 
 
 def test_a_run_stored_untimed_is_due_at_once_even_on_a_busy_machine_and_its_timing_is_no_re_time():

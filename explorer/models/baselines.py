@@ -191,7 +191,8 @@ def read_torch_checkpoint(path: Path, shown: str, trust_code: bool = False) -> o
         if not trust_code:
             # torch's message opens with a paragraph about its defaults; what it refused follows "error:"
             found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", str(e), re.S)
-            why = first_line(found.group(1), 160) if found else "torch's weights-only loader could not read it"
+            why = (found.group(1).strip().splitlines() or [""])[0][:160] if found else ""
+            why = why or "torch's weights-only loader could not read it"
             raise ValueError(f"checkpoint {shown!r} was refused: it pickles Python objects besides tensors "
                              f"({why}), and unpickling them runs code. Re-save its state_dict with "
                              "safetensors, or pass --trust-code on the command line if you trust its author"

@@ -35,7 +35,17 @@ from explorer.core import cachedir, scratch, settings
 from explorer.core.cachedir import is_key
 from explorer.core.paths import cache_dir
 from explorer.core.version import SCHEMA_VERSION
-from explorer.run.result import ARTIFACT_KINDS, FILES, UNTIMED, RunResult, failed, first_timing, to_json, untimed
+from explorer.run.result import (
+    ARTIFACT_KINDS,
+    FILES,
+    UNTIMED,
+    RunResult,
+    failed,
+    first_timing,
+    malformed,
+    to_json,
+    untimed,
+)
 
 if TYPE_CHECKING:  # (runner imports torch: listing or clearing the cache needs none)
     from explorer.compress.recipe import Recipe
@@ -196,6 +206,9 @@ class RunCache:
             return None, f"result.json unreadable: {e}"
         if not isinstance(result, dict) or result.get("key") != key or result.get("status") != "ok":
             return None, "result.json is not a successful run with this key"
+        shape = malformed(result)  # checksums that match can still guard a field every view would fail on
+        if shape is not None:
+            return None, f"result.json: {shape}"
         return cast(RunResult, result), None  # a stored run's JSON, written by `commit` from a RunResult
 
     def _is_entry(self, key: str) -> bool:

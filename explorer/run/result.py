@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import traceback
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Required, TypedDict, cast
@@ -165,6 +167,48 @@ class RunResult(TypedDict, total=False):
     train_samples: int
     finetune_samples: int
     cache: dict[str, Any]  # added when served: {"hit", "key", ...}; never stored
+
+
+# what every view reads from a successful run without asking whether it is there
+OK_NEEDS = ("accuracy", "baseline_accuracy", "accuracy_delta", "test_samples", "size", "baseline_size",
+            "reduction_factor")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """A shallow check of one field against its annotation: the outer type only (a dict is a dict, a
+    TypedDict too), None only where the annotation allows it."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if origin in (typing.Required, typing.NotRequired):
+        return _fits(value, args[0])
+    if hint is type(None):
+        return value is None
+    if typing.is_typeddict(hint):
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
+
+
+def malformed(result: object) -> str | None:
+    """What is wrong with a stored run's JSON in its shape (a field missing, or of the wrong type), or None:
+    a cache entry whose checksums match can still hold a field the views would fail on."""
+    if not isinstance(result, dict):
+        return f"it holds {type(result).__name__}, not a run"
+    hints = typing.get_type_hints(RunResult)
+    needs = [*RunResult.__required_keys__, *(OK_NEEDS if result.get("status") == "ok" else ())]
+    missing = sorted(k for k in needs if k not in result)
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    wrong = sorted(k for k, v in result.items() if k in hints and not _fits(v, hints[k]))
+    return f"its {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} of the wrong type" if wrong else None
 
 
 def failed(recipe: Recipe, error: BaseException) -> RunResult:
