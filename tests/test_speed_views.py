@@ -71,7 +71,11 @@ def test_one_run_shows_the_same_speedup_in_every_view():
     sp = speed(RUN, ORT_CPU_INT8, B256)
     assert (sp.state, sp.ratio, sp.text) == ("faster", 3.21, "3.21x faster")
     # the tile
-    assert views._speedup(RUN, ORT_CPU_INT8, B256) == ("3.21x faster", "normal")
+    assert views._speedup(RUN, ORT_CPU_INT8, B256) == ("3.21x faster", "green", "up")
+    # a slower run is red with its arrow down: Streamlit's own reading of "1.19x slower" was a green gain
+    slow = _result("slow", STEPS, {TORCH_CPU: measured(1 / 1.19, 0.8, 0.86), ORT_CPU_FP32: measured(1.0, 0.98, 1.03),
+                                   ORT_CPU_INT8: measured(1.0, 0.98, 1.03)})
+    assert views._speedup(slow, TORCH_CPU, B256) == ("1.19x slower", "red", "down")
     # the comparison table: the same words, the baseline from the same rounds, and the change agreeing in sign
     table = views.comparison_table(RUN, BASE).set_index("figure")
     row = table.loc["latency, ONNX Runtime, int8, batch of 256 (median ms)"]
@@ -101,7 +105,7 @@ def test_the_baseline_row_is_exactly_one_everywhere():
     assert base_row[speedup_col(ORT_CPU_INT8, B256)] == 1.0
     assert _csv_row(frame, "base")[speedup_col(ORT_CPU_INT8, B256)] == 1.0
     assert panels.speed_cell(base_row, ORT_CPU_INT8, B256) == "1.00x (the baseline itself)"
-    assert views._speedup(BASE, ORT_CPU_INT8, B256) == ("the baseline itself (1.00x)", "off")
+    assert views._speedup(BASE, ORT_CPU_INT8, B256) == ("the baseline itself (1.00x)", "off", "off")
     assert summary.big_numbers(BASE)[1][1] == "1.0x"
 
 
@@ -110,7 +114,7 @@ def test_a_disturbed_timing_shows_no_number_in_any_view():
     run = _result("noisy", STEPS, {TORCH_CPU: measured(1.0, 0.9, 1.1), ORT_CPU_FP32: measured(1.0, 0.95, 1.05),
                                    ORT_CPU_INT8: bad}, disturbed=["speed-up onnxruntime_cpu_int8 b256"])
     frame = results_frame([BASE, run])
-    assert views._speedup(run, ORT_CPU_INT8, B256) == (DISTURBED, "off")
+    assert views._speedup(run, ORT_CPU_INT8, B256) == (DISTURBED, "off", "off")
     row = views.comparison_table(run, BASE).set_index("figure").loc[
         "latency, ONNX Runtime, int8, batch of 256 (median ms)"]
     assert row["against the baseline"] == DISTURBED and math.isnan(row["change"])

@@ -57,14 +57,21 @@ def _lat(result: RunResult, engine: str, batch: str) -> float | None:
 TILES = {TORCH_CPU: "PyTorch fp32, batch 256", ORT_CPU_INT8: "ONNX Runtime int8"}  # short: the tiles are narrow
 
 
-def _speedup(result: RunResult, engine: str, batch: str) -> tuple[str | None, Literal["normal", "off"]]:
-    """The metric's delta text for a speed-up (against the baseline in the same engine) and its colouring:
-    'off' (grey, no arrow) where the interval holds 1, for the baseline itself, and where the timing was
-    disturbed (then no number at all)."""
+def _speedup(result: RunResult, engine: str, batch: str
+             ) -> tuple[str | None, Literal["green", "red", "off"], Literal["up", "down", "off"]]:
+    """The metric's delta text for a speed-up (against the baseline in the same engine), its colour and its
+    arrow: green and up where it is faster, red and down where slower (Streamlit reads the direction from a
+    leading minus sign, which "1.19x slower" has not, so it drew a slower run as a green gain); grey with no
+    arrow where the interval holds 1, for the baseline itself, and where the timing was disturbed (then no
+    number at all)."""
     sp = speed(result, engine, batch)
     if sp.state == "pending":
-        return None, "normal"
-    return sp.text, "normal" if sp.state in ("faster", "slower") else "off"
+        return None, "off", "off"
+    if sp.state == "faster":
+        return sp.text, "green", "up"
+    if sp.state == "slower":
+        return sp.text, "red", "down"
+    return sp.text, "off", "off"
 
 
 def gain_sentence(result: RunResult) -> str:
@@ -125,9 +132,9 @@ def headline(result: RunResult) -> None:
     pending = result.get("status") == "partial"
     for col, engine in ((c[3], TORCH_CPU), (c[4], ORT_CPU_INT8)):
         ms = _lat(result, engine, B256)
-        text, color = _speedup(result, engine, B256)
+        text, color, arrow = _speedup(result, engine, B256)
         col.metric(TILES[engine], f"{ms:.2f} ms" if ms else "timing..." if pending else "n/a",
-                   text, delta_color=color, delta_arrow="off" if color == "off" else "auto",
+                   text, delta_color=color, delta_arrow=arrow,
                    help=f"{words.engine(engine, B256)}: median of interleaved timing rounds, batch of 256 images. "
                         "The arrow is the speed-up over the baseline in the same engine, timed in the same rounds; "
                         "'within noise' where its 95% interval holds 1; 'timing disturbed' where the timing failed "
