@@ -538,8 +538,12 @@ def test_a_link_holding_markup_is_shown_as_its_text(cache):
     bad = "![x](http://attacker/p.png)"
     at = _app(sparsity=bad)
     assert not at.exception
-    shown = [w.value for w in at.sidebar.warning]
+    shown = [w.value for w in at.main.warning]  # in the page, where it is seen, not below the sidebar's controls
     assert f"Ignored from the link: sparsity={bad!r} is not a float" in [unmd(w) for w in shown], shown
+    assert not at.sidebar.warning
+    nowhere = _app(tab="Nonsense")  # Streamlit drops an unknown tab from the link without a word
+    assert any(unmd(w.value).startswith("Ignored from the link: tab='Nonsense' must be one of: Overview, Curves")
+               for w in nowhere.main.warning), [w.value for w in nowhere.main.warning]
     for body in shown + [e.value for e in at.error] + [c.value for c in at.caption] + [m.value for m in at.markdown]:
         assert "<img" not in _rendered(body) and "attacker" not in _rendered(body).split("<p>")[0], body
         assert not re.search(r"<(img|a)\b", _rendered(body)), body

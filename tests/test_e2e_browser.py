@@ -507,8 +507,8 @@ def test_a_link_holding_markup_makes_the_browser_fetch_nothing_elsewhere(browser
         page.goto(f"{url}{DIGITS}&sparsity={quote(bad)}", timeout=UI_MS)
         expect(page.get_by_text(DONE)).to_be_visible(timeout=RUN_S * 1000)
         _wait_idle(page, "first load")
-        warning = page.get_by_test_id("stSidebar").get_by_test_id("stAlert").filter(has_text="Ignored from the link")
-        expect(warning).to_be_visible(timeout=UI_MS)
+        warning = page.get_by_test_id("stMain").get_by_test_id("stAlert").filter(has_text="Ignored from the link")
+        expect(warning).to_be_visible(timeout=UI_MS)  # in the page: at the sidebar's foot it was out of sight
         # the text as written (word joiners, invisible, keep the addresses from becoming links)
         assert f"sparsity={bad!r} is not a float" in warning.inner_text().replace("\u2060", "")
         assert page.locator("img[src*='attacker'], a[href*='attacker']").count() == 0

@@ -128,7 +128,7 @@ def sidebar(cards: dict[str, ModelCard], default: str) -> dict[str, Any]:
     controls = {k: st.session_state[k] for k in state.DEFAULTS}
     _mirror(state.to_query(controls, card))  # the link reopens this view
     for p in st.session_state.get("_query_problems", []):
-        sb.warning(f"Ignored from the link: {md(p)}")  # p repeats what a link said
+        st.warning(f"Ignored from the link: {md(p)}")  # in the page, not below the sidebar's controls
     return controls
 
 

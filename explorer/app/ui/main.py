@@ -116,6 +116,9 @@ def main(top=None) -> None:
         lands.after_run(card, c)  # the slider positions next to this one are measured next
         st.session_state["_neighbours_of"] = job.key
 
+    asked = st.query_params.get("tab")
+    if asked is not None and asked not in TABS:  # Streamlit drops it from the link without a word
+        st.warning(f"Ignored from the link: tab={md(repr(asked))} must be one of: {', '.join(TABS)}")
     tabs = st.tabs(TABS, key="tab", bind="query-params")
     frame = service.frame(card["architecture"], card["dataset"], None if recipe is None else recipe.checkpoint)
     key = result.get("key") if result else None
