@@ -759,15 +759,28 @@ def test_the_page_draws_one_title_and_one_sidebar_heading(cache):
     assert not any(c.value.startswith("Starting:") for c in at.caption)  # the loading line gave way to the page
 
 
-def test_whether_a_baseline_has_batchnorm_is_read_from_its_weights_names():
-    """The first page lists every card without building its model: BatchNorm is read from the safetensors
-    header (running statistics present), and agrees with the built model for every committed baseline."""
+def test_transformer_pruning_is_offered_only_for_a_model_with_attention(cache):
+    """LeNet-5 offered pruning attention heads; choosing it failed the run and emptied every tab."""
+    at = _app(granularity="heads")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    gran = next(s for s in at.sidebar.selectbox if s.label == "Granularity")
+    assert "heads" not in gran.options and "neurons" not in gran.options and gran.value == "unstructured"
+    assert any("Pruning attention heads applies to transformers only, and digits" in unmd(w.value)
+               for w in at.main.warning)
+
+
+def test_whether_a_baseline_has_batchnorm_or_attention_is_read_from_its_weights_names():
+    """The first page lists every card without building its model: BatchNorm and attention are read from the
+    safetensors header, and agree with the built model for every committed baseline."""
     from explorer.app import service
 
-    for c in service.all_baselines():
-        built = service._has_batchnorm(c["architecture"], json.dumps(c.get("arch_kwargs") or {}, sort_keys=True))
-        assert c["batchnorm"] == built, c["name"]
-    assert service._running_stats_in(__file__, 0) is None  # not safetensors: the model is built instead
+    cards = service.all_baselines()
+    for c in cards:
+        for kind in ("batchnorm", "attention"):
+            built = service._built_has(c["architecture"], json.dumps(c.get("arch_kwargs") or {}, sort_keys=True), kind)
+            assert c[kind] == built, (c["name"], kind)
+    assert [c["name"] for c in cards if c["attention"]] == ["vit-fashion-mnist"]
+    assert service._weight_names_in(__file__, 0, "batchnorm") is None  # not safetensors: the model is built instead
 
 
 @pytest.mark.slow  # two page runs: over 10 s on two cores

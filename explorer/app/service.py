@@ -95,39 +95,48 @@ def cache() -> RunCache:
     return RunCache()
 
 
+# the weights' names that tell a layer kind, read from a safetensors header without building the model
+_NAMES = {"batchnorm": (".running_mean",),  # BatchNorm's running statistics (what BatchNorm adaptation re-estimates)
+          # attention: timm's fused qkv, torch.nn.MultiheadAttention's in_proj, Hugging Face's query
+          "attention": (".attn.qkv.weight", ".in_proj_weight", ".attention.self.query.weight")}
+
+
 @functools.lru_cache(maxsize=64)
-def _running_stats_in(path: str, mtime_ns: int) -> bool | None:
-    """Whether a safetensors file holds BatchNorm running statistics (what BatchNorm adaptation re-estimates),
-    read from its header alone; None for another format."""
+def _weight_names_in(path: str, mtime_ns: int, kind: str) -> bool | None:
+    """Whether a safetensors file holds weights of `kind`, read from its header alone; None for another format."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(path, framework="numpy") as f:
-            return any(k.endswith(".running_mean") for k in f.keys())
+            return any(k.endswith(_NAMES[kind]) for k in f.keys())
     except (SafetensorError, OSError, ValueError):
         return None
 
 
-def _batchnorm(card: ModelCard) -> bool:
-    """Whether the card's model has BatchNorm layers: from its weights' names where they are safetensors (no
-    model built: the first page lists every card), else by building the architecture."""
+def _has(card: ModelCard, kind: str) -> bool:
+    """Whether the card's model has layers of `kind` (BatchNorm, attention): from its weights' names where they
+    are safetensors (no model built: the first page lists every card), else by building the architecture."""
     path = card.get("path")
     if path:
         with contextlib.suppress(OSError):
-            found = _running_stats_in(path, os.stat(path).st_mtime_ns)
+            found = _weight_names_in(path, os.stat(path).st_mtime_ns, kind)
             if found is not None:
                 return found
-    return _has_batchnorm(card["architecture"], json.dumps(card.get("arch_kwargs") or {}, sort_keys=True))
+    return _built_has(card["architecture"], json.dumps(card.get("arch_kwargs") or {}, sort_keys=True), kind)
 
 
 @functools.lru_cache(maxsize=64)
-def _has_batchnorm(architecture: str, arch_kwargs: str) -> bool:
+def _built_has(architecture: str, arch_kwargs: str, kind: str) -> bool:
     from torch import nn
+
+    from explorer.compress.attention import attention_blocks
 
     try:
         model = create_model(architecture, **json.loads(arch_kwargs))
     except (ValueError, TypeError):  # a card the zoo cannot build says so where it is loaded
         return False
+    if kind == "attention":
+        return bool(attention_blocks(model))
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
@@ -142,7 +151,8 @@ def all_baselines() -> list[ModelCard]:
     for c in cards:
         c["data_available"] = available(c["dataset"], c.get("dataset_root"))
         if c.get("format") != "onnx" and "architecture" in c:
-            c["batchnorm"] = _batchnorm(c)
+            c["batchnorm"] = _has(c, "batchnorm")
+            c["attention"] = _has(c, "attention")  # the page offers pruning heads and MLP neurons for these
     return cards
 
 

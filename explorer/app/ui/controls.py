@@ -26,6 +26,7 @@ GRANULARITY = {"unstructured": "single weights", "channel": "whole channels (phy
                "block": "4x4 blocks", "nm": "2:4 semi-structured (sparsity fixed at 50%)",
                "heads": "attention heads of a transformer (physically removed)",
                "neurons": "hidden neurons of a transformer's MLPs (physically removed)"}
+TRANSFORMER_ONLY = ("heads", "neurons")  # offered only where the model has attention layers
 SCHEDULE = {"oneshot": "one shot, then fine-tune", "iterative": "in rounds, fine-tuning between",
             "gradual": "gradually during fine-tuning (Zhu & Gupta's cubic schedule)"}
 
@@ -71,9 +72,19 @@ def sidebar(cards: dict[str, ModelCard], default: str) -> dict[str, Any]:
     card = cards[now["baseline"]]
     on = state.relevant(now, card)
 
+    grans = [g for g in state.GRANULARITIES if card.get("attention") or g not in TRANSFORMER_ONLY]
+    if st.session_state["granularity"] not in grans:  # from a link, or kept from a transformer's settings
+        what = {"heads": "attention heads", "neurons": "the hidden neurons of transformer MLPs"}
+        st.session_state["_granularity_note"] = (now["baseline"], (
+            f"Pruning {what[st.session_state['granularity']]} applies to transformers only, and "
+            f"{md(now['baseline'])} has no attention layers: it prunes single weights instead."))
+        st.session_state["granularity"] = "unstructured"
+    told_gran = st.session_state.get("_granularity_note")
+    if told_gran and told_gran[0] == now["baseline"] and st.session_state["granularity"] == "unstructured":
+        st.warning(told_gran[1])  # until another model or granularity is chosen
     with sb.expander("Pruning", expanded=True):
         st.slider("Sparsity", 0.0, 0.99, step=0.01, key="sparsity", help=HELP["sparsity"])
-        st.selectbox("Granularity", state.GRANULARITIES, key="granularity", disabled="granularity" not in on,
+        st.selectbox("Granularity", grans, key="granularity", disabled="granularity" not in on,
                      format_func=lambda g: GRANULARITY[g])
         st.selectbox("Criterion", state.CRITERIA, key="criterion", disabled="criterion" not in on,
                      format_func=lambda c: {"l1": "L1 norm (magnitude)", "l2": "L2 norm",
