@@ -2,8 +2,8 @@
 checker holds from where it is read (explorer.models) through the service to the page.
 
 Every key is optional to the checker (`total=False`) because cards come from three writers: `train` writes the
-full card, `add-model` a shorter one, and the model list adds `path` and `batchnorm` when it reads them. The keys
-that a card must have to be read at all are checked by `explorer.models.baselines.read_card`.
+full card, `add-model` a shorter one, and the model list adds `path`, `batchnorm` and `attention` when it reads
+them. The keys that a card must have to be read at all are checked by `explorer.models.baselines.read_card`.
 """
 
 from __future__ import annotations
@@ -43,4 +43,5 @@ class ModelCard(TypedDict, total=False):
     # added when the list of models is read
     path: str
     batchnorm: bool
+    attention: bool  # attention layers (the page offers pruning heads and MLP neurons), from the weights' names
     data_available: bool  # its data set is on this machine
