@@ -663,16 +663,20 @@ def test_each_model_keeps_its_own_sweep_and_settings_across_a_switch(cache, monk
 
 
 @pytest.mark.slow  # over 10 s on two cores: run by `make test-all` (the default suite stays under 10 min)
-def test_the_layers_tab_says_it_is_computing_instead_of_staying_blank(fresh_cache):
-    """Opened while the run computes (a tab not open is left empty then, so the run gets the cores), the Layers
-    tab says so; once the run is done every tab is drawn."""
+@pytest.mark.parametrize("tab", ["Layers", pytest.param("Size and latency", marks=pytest.mark.slow),
+                                 pytest.param("What it forgets", marks=pytest.mark.slow)])
+def test_a_tab_opened_while_computing_says_so_instead_of_staying_blank(fresh_cache, tab):
+    """Opened while the run computes (a tab not open is left empty then, so the run gets the cores), the tab
+    says so (Size and latency, What it forgets showed nothing at all); once the run is done every tab is drawn."""
+    from explorer.app.ui.main import TABS
+
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    for k, v in {"baseline": "digits_cnn-digits", "sparsity": "0.35", "prune_epochs": "0", "tab": "Layers"}.items():
+    for k, v in {"baseline": "digits_cnn-digits", "sparsity": "0.35", "prune_epochs": "0", "tab": tab}.items():
         at.query_params[k] = v
     at.run()  # the first render: the run is queued, not complete
-    layers = at.tabs[3]
+    opened = at.tabs[TABS.index(tab)]
     if any(i.value.startswith("Computing") for i in at.info):  # (a run this fast may be complete already)
-        said = [i.value for i in layers.info]
+        said = [i.value for i in opened.info]
         assert said and said[0].startswith("Computing this configuration"), said
         assert not at.tabs[1].get("plotly_chart") and not at.tabs[1].caption  # the curves wait: not open
     settle(at)

@@ -144,6 +144,9 @@ def main(top=None) -> None:
         with tabs[2]:
             if result:
                 views.size_and_latency(result)
+            elif computing:
+                st.info(f"{LIVE} this configuration: its file sizes and latency appear here when its run is "
+                        "complete.")
     if shown(3):
         with tabs[3]:
             if result:
@@ -162,6 +165,9 @@ def main(top=None) -> None:
         with tabs[4]:
             if result:
                 views.forgets_view(service.forgets(result, base_result) if base_result else None, result)
+            elif computing:
+                st.info(f"{LIVE} this configuration: the test images it gets wrong that the baseline got right "
+                        "appear here when its run and the baseline's are complete.")
     if shown(5):
         with tabs[5]:
             panels.sweep_panel(card, service)
