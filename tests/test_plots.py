@@ -113,8 +113,25 @@ def test_series_are_named_by_scheme_and_keep_their_colour():
     again = plots.sparsity_accuracy(df.iloc[::-1])  # another order, another rerun: the same colours
     for t in again.data:
         if t.name in names:
-            assert t.line.color == names[t.name].line.color == plots.series_colour(t.name)
+            assert (t.line.color, t.line.dash) == (names[t.name].line.color, names[t.name].line.dash)
     assert "configuration" in fig.data[0].customdata[0][1] and "KiB" in fig.data[0].customdata[0][2]
+
+
+def test_every_family_of_a_chart_is_told_apart():
+    """A hash of the name gave '4-bit weights only' and '8-bit ..., 16 shared values' one brown, and both fp16
+    lines one pink: now each scheme has its own colour and each cluster count of it its own dash."""
+    names = ["4-bit weights only (post-training)", "8-bit weights and activations (static int8)",
+             "8-bit weights and activations (static int8), 16 shared values per layer",
+             "8-bit weights and activations (static int8), 8 shared values per layer",
+             "fp32 (no quantisation), 16 shared values per layer", "fp32 (no quantisation), 2 shared values per layer",
+             "16-bit floats (fp16)", "16-bit floats (fp16), 16 shared values per layer", "fp32 (no quantisation)"]
+    style = plots.series_styles(names)
+    assert len(set(style.values())) == len(names)
+    colour = {n.split(", ")[0]: style[n][0] for n in names}
+    assert len(set(colour.values())) == 4  # one per scheme: its clustered lines share it, dashed
+    assert style["fp32 (no quantisation)"] == (plots.PALETTE[0], "solid")
+    assert style["fp32 (no quantisation), 2 shared values per layer"][0] == plots.PALETTE[0]
+    assert plots.series_styles(reversed(names)) == style
 
 
 def test_pareto_marks_the_baseline():

@@ -111,11 +111,27 @@ SCHEME_ORDER = ("fp32 (no quantisation)", "16-bit floats (fp16)", "16-bit floats
                 "8-bit weights and activations (static int8)")
 
 
-def series_colour(name: str) -> str:
-    """The same colour for the same series on every rerun and every chart (a stable hash, not draw order)."""
-    if name in SCHEME_ORDER:
-        return PALETTE[SCHEME_ORDER.index(name)]
-    return PALETTE[len(SCHEME_ORDER) + sum(name.encode()) % (len(PALETTE) - len(SCHEME_ORDER))]
+CLUSTERED = ", "  # a family's name: "<scheme>, <k> shared values per layer" where it is clustered
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")  # plotly's; matplotlib's below
+MPL_DASHES = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-.", "longdash": (0, (8, 3)),
+              "longdashdot": (0, (8, 3, 2, 3))}
+
+
+def series_styles(names) -> dict[str, tuple[str, str]]:
+    """(colour, dash) for each family a chart draws: one colour per quantisation scheme, distinct within the
+    chart (the usual schemes first, in a fixed order, then the others sorted by name, so the same runs get the
+    same colours on every rerun, in the page and in the summary), and one dash per cluster count of that
+    scheme (solid: not clustered). A hash of the name gave unrelated families one colour."""
+    names = list(dict.fromkeys(names))
+    schemes = sorted({n.split(CLUSTERED)[0] for n in names},
+                     key=lambda b: (SCHEME_ORDER.index(b) if b in SCHEME_ORDER else len(SCHEME_ORDER), b))
+    colour = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(schemes)}
+    out = {}
+    for b in schemes:
+        variants = sorted((n for n in names if n.split(CLUSTERED)[0] == b), key=lambda n: (CLUSTERED in n, n))
+        for j, n in enumerate(variants):
+            out[n] = (colour[b], DASHES[j % len(DASHES)])
+    return out
 
 
 def fmt_size(n) -> str:
@@ -154,12 +170,14 @@ def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str 
     fig = go.Figure()
     if ok.empty:
         return _layout(fig, "Sparsity vs accuracy (no runs yet)")
-    for name, part in families(ok, by):
+    fams = list(families(ok, by))
+    style = series_styles(name for name, _ in fams)
+    for name, part in fams:
+        colour, dash = style[name]
         fig.add_trace(go.Scatter(
             x=part["sparsity_requested"], y=part["top1"], mode="lines+markers", name=name,
-            error_y=_accuracy_bars(part), line={"color": series_colour(name)},
-            marker={"symbol": np.where(_unchanged(part), "circle-open", "circle"), "size": 9,
-                    "color": series_colour(name)},
+            error_y=_accuracy_bars(part), line={"color": colour, "dash": dash},
+            marker={"symbol": np.where(_unchanged(part), "circle-open", "circle"), "size": 9, "color": colour},
             customdata=_hover(part),
             hovertemplate="<b>%{customdata[1]}</b><br>sparsity %{x:.0%}, top-1 %{y:.2f}%<br>packed file "
                           "%{customdata[2]}<extra>%{customdata[0]}</extra>"))

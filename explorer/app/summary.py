@@ -138,12 +138,15 @@ def _curve(ax, frame: pd.DataFrame, result: RunResult) -> None:
     ok = frame[(frame.get("status") == "ok")] if "status" in frame.columns else frame
     ok = ok.dropna(subset=[c for c in ("top1", "sparsity_requested") if c in ok.columns])
     if not ok.empty and ({"scheme", "bits"} & set(ok.columns)):
-        for name, part in plots.families(ok):  # one line per configuration family, as on the page
+        fams = list(plots.families(ok))  # one line per configuration family, styled as on the page
+        style = plots.series_styles(name for name, _ in fams)
+        for name, part in fams:
             err = None
             if {"top1_lo", "top1_hi"} <= set(part.columns):
                 err = [part["top1"] - part["top1_lo"], part["top1_hi"] - part["top1"]]
+            colour, dash = style[name]
             ax.errorbar(part["sparsity_requested"], part["top1"], yerr=err, marker="o", capsize=3,
-                        label=_plain(name), color=plots.series_colour(name))
+                        label=_plain(name), color=colour, ls=plots.MPL_DASHES[dash])
     base = result["baseline_accuracy"]["top1"]
     ax.axhline(base, ls=":", color="grey", label=f"baseline {base:.2f}%")
     sp = flatten(result)["sparsity_requested"]  # as the pruning step says it (n:m: 1 - n/m)
