@@ -120,7 +120,7 @@ def sweet_spot_panel(frame: pd.DataFrame, result: RunResult | None, backend, car
     st.caption(measured_so_far(frame, landscape))
     _resolution_note(frame, CONFIDENCES[conf_label], max_drop, card, backend)
     if pick.row is None:  # an answer, not a fault: say which constraint no run meets
-        st.warning(md(pick.reason[0].upper() + pick.reason[1:]))
+        st.warning(md(pick.reason[0].upper() + pick.reason[1:].rstrip(".") + "."))
         return
     st.success(md(pick.reason[0].upper() + pick.reason[1:] + "."))
     if pick.point_row is not None:
@@ -183,7 +183,7 @@ def _resolution_note(frame: pd.DataFrame, confidence: float | None, max_drop: fl
     if got is None or got[1] <= max_drop:
         return
     n, points = got
-    st.warning(f"This test set resolves about {points:.1f} points: with {n:,} test images even an exact copy of the "
+    st.warning(f"This test set resolves about {points:.2f} points: with {n:,} test images even an exact copy of the "
                f"baseline is not {confidence:.0%} sure to lose at most {max_drop:g} points, so only runs that gained "
                "by luck can qualify. The question needs more test images, a larger drop, or a lower confidence.")
     larger = sorted((c for c in backend.list_baselines() if (c.get("test_samples") or 0) >= 4 * n),
