@@ -116,7 +116,9 @@ def test_class_count_that_does_not_match(env, baseline):
     with pytest.raises(ValueError, match="has 3 classes"):
         byo.add_model(env / "m.onnx", dataset="imagefolder", root=str(env / "three"), image_size=8)
     torch.save(model.state_dict(), env / "m.pt")
-    with pytest.raises(ValueError, match="mis-shaped.*classifier.4"):
+    with pytest.raises(ValueError, match=r"mis-shaped.*classifier.4.*\(the architecture was built for imagefolder: "
+                                         r"8x8 images, 1 channel, 3 classes; if the model was trained on another "
+                                         r"data set or image size, choose that one\)$"):
         byo.add_model(env / "m.pt", arch="digits_cnn", dataset="imagefolder", root=str(env / "three"), image_size=8)
 
 

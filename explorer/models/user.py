@@ -158,7 +158,16 @@ def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: s
                          f"image size than {data.name}'s {data.image_size}x{data.image_size} (which needs "
                          f"{pos[0][2]}): pass the image size the model was trained at (--image-size)")
     kwargs = {**_arch_kwargs(data), **extra}
-    model = baselines.load_into(model, state, shown)
+    try:
+        model = baselines.load_into(model, state, shown)
+    except ValueError as e:
+        if "mis-shaped" not in str(e):
+            raise
+        # the layer sizes follow the data set (image size, channels, classes): the usual cause is the wrong one
+        raise ValueError(f"{e} (the architecture was built for {dataset}: {data.image_size}x{data.image_size} "
+                         f"images, {data.in_channels} channel{'s' if data.in_channels > 1 else ''}, "
+                         f"{data.num_classes} classes; if the model was trained on another data set or image size, "
+                         "choose that one)") from None
     _check_classes(model, data, shown)
     acc = evaluate(model, data.test)
     from safetensors.torch import save_file
