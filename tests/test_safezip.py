@@ -207,10 +207,10 @@ def test_a_zip_with_no_readable_image_is_refused_before_it_takes_its_name(tmp_pa
     monkeypatch.setenv("EXPLORER_USER_DATA", str(tmp_path / "data"))
     bad = _zip(tmp_path / "pets.zip", [(f"pets/{c}/{i}.png", b"oops, a text file") for c in "ab" for i in range(3)])
     with pytest.raises(ValueError, match=r"^zip 'pets.zip' is not an image folder the explorer can read: image folder "
-                                         r".* holds no readable images in its class folders \['a', 'b'\]$"):
+                                         r"'pets.zip' holds no readable images in its class folders \['a', 'b'\]$"):
         add_dataset_zip(bad, "pets", shown="pets.zip")
     flat = _zip(tmp_path / "flat.zip", [("1.png", _png()), ("2.png", _png(3))])
-    with pytest.raises(ValueError, match="has no class subfolders"):
+    with pytest.raises(ValueError, match="image folder 'flat.zip' has no class subfolders"):
         add_dataset_zip(flat, "pets", shown="flat.zip")
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
     good = _zip(tmp_path / "good.zip", [(f"pets/{c}/{i}.png", _png(i + 2)) for c in "ab" for i in range(3)])

@@ -452,10 +452,12 @@ def add_dataset_zip(zip_path: str | os.PathLike, name: str, *, shown: str | None
     with scratch.folder("dataset") as stage:
         tree = stage / "tree"
         safezip.extract_zip(zip_path, tree, shown=shown)
+        top = safezip.tree_root(tree)
         try:  # a tree no model could be measured on is refused here, before it takes the name
-            check_image_folder(safezip.tree_root(tree))
-        except ValueError as e:
-            raise ValueError(f"zip {shown!r} is not an image folder the explorer can read: {e}") from None
+            check_image_folder(top)
+        except ValueError as e:  # named by the zip, not by the server's scratch folder it was unpacked in
+            why = str(e).replace(str(top), shown).replace(str(tree), shown)
+            raise ValueError(f"zip {shown!r} is not an image folder the explorer can read: {why}") from None
         with _locked(user_data_dir()):
             if dest.exists():
                 if not _same_tree(dest, tree):
