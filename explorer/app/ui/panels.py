@@ -271,8 +271,10 @@ def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
         return
     st.session_state["_select_baseline"] = card["name"]
     verb = "Already added as" if card.get("reused") else "Added"
+    renamed = (f" (the name you typed, {name.strip()!r}, is stored as {card['name']!r}: names keep letters, digits, "
+               "'_', '-' and '.')") if name.strip() and name.strip() != card["name"] else ""
     st.session_state["_byo_added"] = {
-        "message": f"{verb} {card['name']}: top-1 {card['accuracy']['top1']:.2f}% on {card['test_samples']:,} test "
-                   "images (measured). It is now in the baseline list.",
+        "message": f"{verb} {card['name']}{renamed}: top-1 {card['accuracy']['top1']:.2f}% on "
+                   f"{card['test_samples']:,} test images (measured). It is now in the baseline list.",
         "note": card.get("unsupported_reason")}
     st.rerun()
