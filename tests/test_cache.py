@@ -55,7 +55,7 @@ class FakeCompute:
                 "recipe": r.to_dict(), "model": r.model, "dataset": r.dataset, "accuracy": acc,
                 "baseline_accuracy": acc, "accuracy_delta": 0.0, "test_samples": 100,
                 "size": {"packed_bytes": len(payload) + 1}, "baseline_size": {"packed_bytes": 2 * len(payload)},
-                "reduction_factor": {"packed_bytes": {"vs_fp32_file": 2.0}},
+                "reduction_factor": {"vs_fp32_file": {"packed_bytes": 2.0}, "same_kind": {}},
                 **({"error": "loss diverged"} if self.status != "ok" else {})}
 
 

@@ -127,3 +127,32 @@ def test_cli_sweep_report_recommend(cache, tmp_path, capsys):
     assert "no run meets" in capsys.readouterr().err
     assert main(["sweep", "--bits", "12", "--out", str(tmp_path / "x.csv")]) == 2
     assert "bits=12 must be one of" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+
+
+def test_a_sweep_says_its_progress_while_it_times_the_points_the_background_stored_untimed():
+    """The Sweep tab sat at 'starting the sweep' for minutes: the background grid's points, stored without their
+    timing, were timed one by one before the first progress report."""
+    from explorer.run.result import UNTIMED
+    from tests.conftest import complete
+
+    recipes = SMALL.recipes()
+
+    class Stored:  # every point stored untimed; asking for it with its latency times it
+        def __init__(self):
+            self.timed = set()
+
+        def get(self, key):
+            pending = {} if key in self.timed else {"pending": [UNTIMED]}
+            return complete({"status": "ok", "key": key, "sparsity": 0.0, "params": 10, "baseline_params": 10,
+                             "nonzero_params": 10, "macs": 100, **pending})
+
+        def get_or_run(self, recipe):
+            from explorer.run import runner
+
+            self.timed.add(runner.run_key(recipe))
+            return self.get(runner.run_key(recipe))
+
+    said = []
+    df = run_sweep(recipes, workers=1, cache=Stored(), progress=lambda done, total, eta: said.append((done, total)))
+    assert len(df) == len(recipes) and said[0] == (0, len(recipes))
+    assert [d for d, _ in said[1:len(recipes) + 1]] == list(range(1, len(recipes) + 1))  # one report per point timed

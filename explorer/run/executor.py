@@ -95,13 +95,17 @@ def run_sweep(recipes: Sequence[Recipe], *, backend: str = "local", workers: int
             rate = (time.perf_counter() - t0) / computed[0] if computed[0] else None
             progress(done, total, None if rate is None else rate * (total - done))
 
+    report()
     for k, r in zip(keys, recipes, strict=True):
         hit = cache.get(k)
-        if hit is not None and latency and untimed(hit):  # a landscape point stored untimed: timed here, first
+        timed_now = hit is not None and latency and untimed(hit)
+        if timed_now:  # a landscape point stored untimed: timed here, first (seconds each, so said as it goes)
             with scheduler.priority(scheduler.Priority.SWEEP):
                 hit = cache.get_or_run(r)
         if hit is not None:
             results[k] = {**hit, "cache": {"hit": True, "key": k}}
+            if timed_now:
+                report(computed_now=True)
     report()
     pending = [(k, r) for k, r in zip(keys, recipes, strict=True) if k not in results]
     pending = list({k: r for k, r in pending}.items())  # the same run asked twice is computed once

@@ -33,7 +33,8 @@ SWEEP_SPARSITIES = [0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.8
 
 
 def sweep_panel(card: ModelCard, backend) -> None:
-    st.markdown("Choose grid values and launch: every run goes through the cache (cached runs return at once), "
+    st.markdown("Choose grid values and launch: every run goes through the cache (cached runs return at once; "
+                "those the background measured without their timing are timed first, a few seconds each), "
                 "compression runs in parallel, latency is timed one run at a time.")
     c = st.columns(4)
     g = Grid()  # the command line's default grid, which the background landscape measures too
