@@ -275,7 +275,9 @@ def test_the_page_states_uncertainty_and_what_compression_forgets(cache):
     res = _stored(at, cache)
     vs = res["vs_baseline"]
     captions = " ".join(c.value for c in at.caption)
-    assert f"{vs['baseline_only']:,} it got right are now wrong" in captions and "95% interval" in captions
+    n = vs["baseline_only"]
+    assert f"{n:,} image{'' if n == 1 else 's'} it got right {'is' if n == 1 else 'are'} now wrong" in captions
+    assert "95% interval" in captions
     forgot = [m.value for m in at.markdown if "gets **" in m.value]
     assert forgot and f"**{vs['baseline_only']:,}** wrong" in forgot[0] and f"**{vs['run_only']:,}** right" in forgot[0]
     assert len(at.get("plotly_chart")) >= 10  # curves, size, latency, layers, and the four views of what it forgets

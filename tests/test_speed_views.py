@@ -214,3 +214,9 @@ def test_a_run_stored_before_the_checks_is_read_by_every_view_without_a_number(t
     plots.latency_bars(run)
     plots.pareto(frame, "packed_bytes", "size", run["key"], short="size")
     summary.page(run, frame, "old run")
+
+
+def test_the_paired_counts_are_said_in_the_right_number():
+    one = {**RUN, "vs_baseline": {**RUN["vs_baseline"], "baseline_only": 1, "run_only": 2}}
+    said = views.accuracy_sentence(one)
+    assert "1 image it got right is now wrong, 2 images it got wrong are now right" in said

@@ -79,7 +79,7 @@ def gain_sentence(result: RunResult) -> str:
     g = speed(result, ORT_CPU_INT8, B256, "deployment_gain")
     if g.state in ("pending", "baseline"):
         return ""
-    return (f"Deployment gain, a separate figure from the speed-up above: this model in ONNX Runtime int8 against "
+    return (f"Deployment gain, a separate figure from the tiles' speed-ups: this model in ONNX Runtime int8 against "
             f"the baseline as you run it today in PyTorch fp32, batch of 256, timed in the same rounds: "
             f"{speed_with_interval(g)}. It counts the change of engine as well as the compression.")
 
@@ -94,8 +94,10 @@ def accuracy_sentence(result: RunResult) -> str:
     verdict = ("a real change (exact McNemar p = {:.2g})" if vs["significant"] else
                "within noise (exact McNemar p = {:.2g})").format(vs["p_value"])
     return (f"Top-1 {result['accuracy']['top1']:.2f}%, 95% interval {ci['top1'][0]:.2f}–{ci['top1'][1]:.2f}% over "
-            f"{n:,} test images. Against the baseline on the same images: {vs['baseline_only']:,} it got right are "
-            f"now wrong, {vs['run_only']:,} it got wrong are now right; the change is {result['accuracy_delta']:+.2f} "
+            f"{n:,} test images. Against the baseline on the same images: {words.count(vs['baseline_only'], 'image')} "
+            f"it got right {'is' if vs['baseline_only'] == 1 else 'are'} now wrong, "
+            f"{words.count(vs['run_only'], 'image')} it got wrong {'is' if vs['run_only'] == 1 else 'are'} now "
+            f"right; the change is {result['accuracy_delta']:+.2f} "
             f"points, 95% interval {lo:+.2f} to {hi:+.2f}: {verdict}.")
 
 
