@@ -220,3 +220,10 @@ def test_the_paired_counts_are_said_in_the_right_number():
     one = {**RUN, "vs_baseline": {**RUN["vs_baseline"], "baseline_only": 1, "run_only": 2}}
     said = views.accuracy_sentence(one)
     assert "1 image it got right is now wrong, 2 images it got wrong are now right" in said
+
+
+def test_a_download_is_named_by_its_configuration():
+    """Every download was model.xpk, summary.png...: files from several configurations overwrote each other."""
+    assert views.file_name(RUN, "model.int8.onnx") == "digits_cnn-digits-run-model.int8.onnx"
+    named = {**RUN, "model": "timm:vit_tiny_patch16_224", "key": "3fa9c2d1e0aa11223344"}
+    assert views.file_name(named, "summary.png") == "timm_vit_tiny_patch16_224-digits-3fa9c2d1-summary.png"

@@ -213,11 +213,13 @@ def _overview(result: RunResult, base_result: RunResult | None, frame, card: Mod
     s = st.columns(2)
     # the bytes now, not a callable run on the click: a deferred file can be gone when the click comes
     s[0].download_button("One-page summary (PNG, for a slide)",
-                         service.summary_png(result, frame, card["name"]), "summary.png", "image/png",
+                         service.summary_png(result, frame, card["name"]), views.file_name(result, "summary.png"),
+                         "image/png",
                          key="summary_png", help="The big numbers against the baseline, the curve with this "
                                                  "configuration marked, and the recipe")
     s[1].download_button("One-page summary (HTML, opens offline)",
-                         service.summary_html(result, frame, card["name"]), "summary.html", "text/html",
+                         service.summary_html(result, frame, card["name"]), views.file_name(result, "summary.html"),
+                         "text/html",
                          key="summary_html")
     with st.expander("Recipe JSON (reproduce with `python -m explorer run --recipe FILE`)"):
         st.json(result["recipe"])

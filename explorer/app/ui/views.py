@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -394,6 +395,13 @@ def fastest_on_cpu(result: RunResult, batch: str = B256) -> str | None:
 EAGER_BYTES = 16 << 20
 
 
+def file_name(result: RunResult, name: str) -> str:
+    """A download's file name that says which configuration it is, so files from several do not collide:
+    '<model>-<data set>-<run key's first 8 digits>-<name>' ('lenet5-fashion-mnist-3fa9c2d1-model.onnx')."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{result['model']}-{result['dataset']}").strip("._")
+    return f"{stem}-{str(result.get('key', ''))[:8]}-{name}"
+
+
 def downloads(result: RunResult, artifact, key: str) -> None:
     """Every deployable the run made, each with its measured size and what it is for, and the recipe. The
     bytes are read and checked against the cache's checksums when the button is pressed."""
@@ -410,9 +418,10 @@ def downloads(result: RunResult, artifact, key: str) -> None:
         # (a file made only on the click can be gone by then: the page's refreshes replace it); larger ones are
         # read on the click rather than on every redraw
         col.download_button(f"{label} ({fmt_bytes(n)})", read() if n and n <= EAGER_BYTES else read,
-                            name, disabled=not n, key=f"{key}_{name}", help=what)
+                            file_name(result, name), disabled=not n, key=f"{key}_{name}", help=what)
     recipe = json.dumps(result["recipe"], indent=2)
-    cols[3].download_button(f"Recipe JSON ({fmt_bytes(len(recipe))})", recipe.encode(), "recipe.json",
+    cols[3].download_button(f"Recipe JSON ({fmt_bytes(len(recipe))})", recipe.encode(),
+                            file_name(result, "recipe.json"),
                             "application/json", key=f"{key}_recipe",
                             help="Reproduces this run: python -m explorer run --recipe recipe.json --out DIR")
     st.caption("Packed .xpk: load it back with `explorer.unpack(bytes).model`. ONNX files: any ONNX runtime. "
