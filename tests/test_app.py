@@ -683,6 +683,8 @@ def test_a_tab_opened_while_computing_says_so_instead_of_staying_blank(fresh_cac
         assert not at.tabs[1].get("plotly_chart") and not at.tabs[1].caption  # the curves wait: not open
     settle(at)
     assert not at.exception and any("chart_layers" in c.proto.id for c in at.tabs[3].get("plotly_chart"))
+    columns = list(at.tabs[3].dataframe[0].value.columns)  # in words: they were params, packed_bytes, macs
+    assert "bytes in the packed file" in columns and not {"packed_bytes", "macs", "params"} & set(columns), columns
     assert at.tabs[1].get("plotly_chart")  # the run done, the tabs not open are drawn too
 
 

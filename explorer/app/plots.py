@@ -326,13 +326,17 @@ def _accuracy_title(ok: pd.DataFrame) -> str:
     return "top-1 accuracy (%)"
 
 
+LAYER_FIGURES = {"params": "parameters", "sparsity": "share of zero weights", "bits": "bits per weight",
+                 "packed_bytes": "bytes in the packed file", "macs": "multiply-accumulates per image",
+                 "sensitivity": "top-1 change with only that layer compressed (points; negative: worse)"}
+
+
 def layer_bars(layers: pd.DataFrame, column: str) -> go.Figure:
-    titles = {"params": "parameters", "sparsity": "sparsity", "bits": "bits per weight",
-              "packed_bytes": "bytes in the packed file", "macs": "MACs", "sensitivity": "top-1 drop (points)"}
     hover = [c for c in ("shape", "params", "nonzero", "bits", "packed_bytes") if c in layers]
-    fig = px.bar(_named(layers), x="layer", y=column, color="type", hover_data=hover)
-    fig.update_layout(yaxis_title=titles.get(column, column), xaxis_tickangle=-45)
-    return _layout(fig, f"Per layer: {titles.get(column, column)}")
+    fig = px.bar(_named(layers), x="layer", y=column, color="type", hover_data=hover,
+                 labels={c: LAYER_FIGURES.get(c, c) for c in [column, *hover]})
+    fig.update_layout(yaxis_title=LAYER_FIGURES.get(column, column), xaxis_tickangle=-45)
+    return _layout(fig, f"Per layer: {LAYER_FIGURES.get(column, column)}")
 
 
 def weight_histogram(hist: dict, layer: str) -> go.Figure:

@@ -326,6 +326,13 @@ def size_and_latency(result: RunResult) -> None:
         st.caption(f"{plots.ENGINE_LABELS.get(engine, engine)}: not available ({md(reason)})")
 
 
+LAYER_COLUMNS = {"layer": "layer", "type": "type", "shape": "weight shape", "params": "parameters",
+                 "nonzero": "non-zero weights", "sparsity": "share of zero weights", "distinct": "distinct values",
+                 "bits": "bits per weight", "clusters": "shared values (clustering)",
+                 "packed_bytes": "bytes in the packed file", "macs": "multiply-accumulates per image",
+                 "sensitivity": "top-1 change alone (points)"}
+
+
 def layers(result: RunResult, sensitivity: dict | None) -> None:
     table = pd.DataFrame(result["layers"])
     if sensitivity:
@@ -334,9 +341,18 @@ def layers(result: RunResult, sensitivity: dict | None) -> None:
             st.caption("Sensitivity is blank for layers whose shape the recipe changed: they have no one-layer "
                        "counterpart in the baseline.")
     options = ["params", "sparsity", "bits", "packed_bytes", "macs"] + (["sensitivity"] if sensitivity else [])
-    col = st.radio("Per-layer figure", options, horizontal=True, key="layer_figure")
+    col = st.radio("Per-layer figure", options, horizontal=True, key="layer_figure",
+                   format_func=lambda c: plots.LAYER_FIGURES[c])
     st.plotly_chart(plots.layer_bars(table, col), key="chart_layers")
-    st.dataframe(table, hide_index=True, key="layers_table_run")
+    if col == "sensitivity":
+        n = result.get("test_samples") or 0
+        st.caption(f"Each bar is the top-1 change, in points, with only that layer compressed as this recipe "
+                   f"compresses it (negative: worse). One test image is {100 / max(n, 1):.2f} points of "
+                   f"{words.count(n, 'test image')}, so a change of a few images is within noise.")
+    shown = table.rename(columns=LAYER_COLUMNS)
+    if "clusters" in table:
+        shown[LAYER_COLUMNS["clusters"]] = table["clusters"].map(lambda k: "" if pd.isna(k) else f"{int(k)}")
+    st.dataframe(shown, hide_index=True, key="layers_table_run")
     hists = result.get("histograms") or {}
     if hists:
         layer = st.selectbox("Weight histogram of layer", list(hists), key="hist_layer")
