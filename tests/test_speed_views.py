@@ -227,3 +227,13 @@ def test_a_download_is_named_by_its_configuration():
     assert views.file_name(RUN, "model.int8.onnx") == "digits_cnn-digits-run-model.int8.onnx"
     named = {**RUN, "model": "timm:vit_tiny_patch16_224", "key": "3fa9c2d1e0aa11223344"}
     assert views.file_name(named, "summary.png") == "timm_vit_tiny_patch16_224-digits-3fa9c2d1-summary.png"
+
+
+def test_the_overview_table_signs_its_changes(monkeypatch):
+    """Changes showed no sign ('0.010') and latencies '-0.000'."""
+    shown = []
+    monkeypatch.setattr(views.st, "dataframe", lambda df, **kw: shown.append(df))
+    views.show_table(pd.DataFrame({"figure": ["a", "b", "c", "d"], "baseline": [1.5, 2.5, 3.5, 4],
+                                   "change": [0.01, -0.0001, -3.5, 2]}), key="t")
+    assert list(shown[0]["change"]) == ["+0.010", "0", "-3.500", "+2"]
+    assert list(shown[0]["baseline"]) == ["1.500", "2.500", "3.500", "4"]

@@ -246,18 +246,25 @@ def _accuracy_verdict(result: RunResult) -> str:
 
 
 def show_table(df: pd.DataFrame, key: str) -> None:
-    """Numbers with separators and sensible precision, empty cells blank, no inner scrollbar."""
-    def fmt(v):
+    """Numbers with separators and sensible precision, empty cells blank, no inner scrollbar; a change column
+    carries its sign, and a change that rounds to nothing is 0, not -0.000."""
+    def fmt(v, signed: bool = False):
         if v is None or pd.isna(v):
             return ""
+        sign = "+" if signed else ""
         if isinstance(v, float) and not float(v).is_integer():
-            return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.2f}"
-        return f"{int(v):,}" if isinstance(v, (int, float)) else str(v)
+            places = 3 if abs(v) < 100 else 2
+            if round(v, places) == 0:
+                return "0"
+            return f"{v:{sign},.{places}f}"
+        if not isinstance(v, (int, float)):
+            return str(v)
+        return f"{int(v):{sign},}" if int(v) else "0"
 
     shown = df.copy()
     for col in shown.columns[1:]:
         if pd.api.types.is_numeric_dtype(shown[col]):
-            shown[col] = shown[col].map(fmt)
+            shown[col] = shown[col].map(lambda v, s=str(col) == "change": fmt(v, s))
     st.dataframe(shown, hide_index=True, key=key, height=35 * (len(shown) + 1) + 3)
 
 
