@@ -142,6 +142,15 @@ def test_pareto_marks_the_baseline():
     assert (base.x[0], base.y[0]) == (45_000, 98.2)
 
 
+def test_a_time_pareto_says_how_many_runs_it_leaves_out():
+    """With every timing disturbed it showed the baseline alone, and its legend listed runs that were not there."""
+    df = _frame().iloc[:-1].copy()
+    df["reltime"] = [None, None, 1.0, 0.5, None, None]  # two timed, four not (yet)
+    title = plots.pareto(df, "reltime", "time").layout.title.text
+    assert "4 runs not shown: not timed yet, or their timing was disturbed" in title
+    assert "not shown" not in plots.pareto(df, "packed_bytes", "bytes").layout.title.text  # sizes are always there
+
+
 def test_one_baseline_file_size_on_the_size_chart_and_in_the_table():
     from explorer.app.ui.views import comparison_table
 

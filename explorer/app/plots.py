@@ -279,8 +279,12 @@ def pareto(df: pd.DataFrame, cost: str, cost_title: str, current_key: str | None
     ok = _ok_rows(df, cost, "top1")
     fig = go.Figure()
     short = short or cost_title
+    left_out = len(_ok_rows(df, "top1")) - len(ok)  # runs without this cost: not timed yet, or timing disturbed
+    its = "its" if left_out == 1 else "their"
+    missing = (f"<br><sup>{left_out} run{'s' if left_out != 1 else ''} not shown: not timed yet, or {its} timing "
+               "was disturbed</sup>") if left_out > 0 and not cost.endswith("_bytes") else ""
     if ok.empty:
-        return _layout(fig, f"Pareto front: top-1 vs {short} (no runs yet)")
+        return _layout(fig, f"Pareto front: top-1 vs {short} (no runs yet){missing}")
     ok["front"] = pareto_front(ok, cost)
     shown = ok[cost].map(fmt_size) if cost.endswith("_bytes") else \
         ok[cost].map(lambda v: f"{v:.2f}x the baseline's time") if cost.startswith("reltime_") else \
@@ -302,7 +306,7 @@ def pareto(df: pd.DataFrame, cost: str, cost_title: str, current_key: str | None
     if "technique" in ok.columns and (ok["technique"] == "baseline").any():
         b = ok[ok["technique"] == "baseline"].iloc[0]
         fig.add_trace(go.Scatter(x=[b[cost]], y=[b["top1"]], mode="markers+text", name="baseline",
-                                 text=["baseline"], textposition="top center",
+                                 text=["baseline"], textposition="top center", cliponaxis=False,
                                  marker={"size": 14, "symbol": "diamond", "color": "black"},
                                  hovertemplate="<b>the baseline, uncompressed</b><extra></extra>"))
     if current_key is not None and (ok["key"] == current_key).any():
@@ -311,11 +315,13 @@ def pareto(df: pd.DataFrame, cost: str, cost_title: str, current_key: str | None
                                  marker={"size": 16, "symbol": "star", "color": "crimson"},
                                  hovertemplate=f"<b>current: {cur.get('words', cur['label'])}</b><extra></extra>"))
     _marker_legend(fig, ok)
+    fig.update_xaxes(automargin=True)  # a long axis title keeps its room in half a page
+    fig.update_yaxes(automargin=True)
     fig.update_layout(xaxis_title=cost_title, yaxis_title=_accuracy_title(ok), xaxis_type="log",
                       yaxis_range=_accuracy_range(ok),
                       # below the axis: the two fronts sit side by side, where a legend on the right takes half
                       legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.3, "yanchor": "top"})
-    return _layout(fig, f"Pareto front: top-1 vs {short}")
+    return _layout(fig, f"Pareto front: top-1 vs {short}{missing}")
 
 
 def _accuracy_title(ok: pd.DataFrame) -> str:

@@ -280,8 +280,8 @@ def curves(frame: pd.DataFrame, key: str | None) -> None:
                                      short="packed size"), key="chart_pareto_size")
     with right:
         st.plotly_chart(plots.pareto(frame, reltime_col(ORT_CPU_INT8, B256),
-                                     "time against the baseline's, both in ONNX Runtime int8, batch of 256 (1 = the "
-                                     "baseline; lower is faster)", key, short="int8 time vs the baseline"),
+                                     "time against the baseline's, both in ONNX Runtime int8,<br>batch of 256 (1 = "
+                                     "the baseline; lower is faster)", key, short="int8 time vs the baseline"),
                         key="chart_pareto_latency")
     kind = st.radio("Size measure for the accuracy delta x reduction factor score", ["packed_bytes", "gzip_bytes"],
                     horizontal=True, key="adrf_kind", format_func=lambda k: plots.SIZE_LABELS[k])
