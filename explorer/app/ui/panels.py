@@ -26,6 +26,7 @@ from explorer.app.service import (  # noqa: F401  (speed_cell: the page's name f
     sweet_spot,
     sweet_spot_table,
 )
+from explorer.app.ui.controls import GRANULARITY
 from explorer.app.ui.views import downloads
 from explorer.core.markup import md
 
@@ -39,13 +40,17 @@ def sweep_panel(card: ModelCard, backend) -> None:
     c = st.columns(4)
     g = Grid()  # the command line's default grid, which the background landscape measures too
     sparsity = c[0].multiselect("Sparsity", SWEEP_SPARSITIES, default=list(g.sparsity), key="sweep_sparsity")
-    bits = c[1].multiselect("Bits (32: none, 16: fp16, 8: static int8, 2-7: weights only)",
-                            [32, 16, 8, 6, 4, 3, 2], default=list(g.bits), key="sweep_bits")
-    clusters = c[2].multiselect("Shared values per layer (0 = no clustering)", [0, 8, 16, 32, 64, 128, 256],
-                                default=list(g.clusters), key="sweep_clusters")
+    bits = c[1].multiselect("Quantisation", [32, 16, 8, 6, 4, 3, 2], default=list(g.bits), key="sweep_bits",
+                            format_func=lambda b: {32: "none (fp32)", 16: "16-bit floats (fp16)",
+                                                   8: "8-bit weights and activations (static int8)"}.get(
+                                                       b, f"{b}-bit weights only"))
+    clusters = c[2].multiselect("Shared values per layer (clustering)", [0, 8, 16, 32, 64, 128, 256],
+                                default=list(g.clusters), key="sweep_clusters",
+                                format_func=lambda k: "no clustering" if k == 0 else str(k))
     epochs = c[3].number_input("Fine-tune epochs", 0, 20, value=2, key="sweep_epochs")
     more = st.columns(2)
-    granularity = more[0].selectbox("Granularity", ["unstructured", "channel", "block"], key="sweep_granularity")
+    granularity = more[0].selectbox("Granularity", ["unstructured", "channel", "block"], key="sweep_granularity",
+                                    format_func=lambda g: GRANULARITY[g])  # as the sidebar says them
     repeats = more[1].number_input("Repeats (seeds per configuration)", 1, 10, value=1, key="sweep_repeats",
                                 help="Each configuration runs with seeds 0..K-1: the seed changes the fine-tuning "
                                      "order, the calibration sample and the k-means start. Tables and charts then "
