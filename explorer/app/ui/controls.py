@@ -129,7 +129,12 @@ def sidebar(cards: dict[str, ModelCard], default: str) -> dict[str, Any]:
         st.checkbox("Fine-tune centroids", key="cluster_finetune", disabled="cluster_finetune" not in on)
 
     with sb.expander("Distillation and low-rank"):
-        st.checkbox("Distil into a smaller digits CNN", key="distill")
+        st.checkbox("Distil into a small CNN", key="distill",
+                    help="Trains a student network with the explorer's small convolutional architecture (the one "
+                         "its digits model uses, sized to this data set's images and classes), at the width below, "
+                         "to match this model's outputs (Hinton et al., \"Distilling the Knowledge in a Neural "
+                         "Network\", 2015). Whether it is faster depends on the model it replaces: compare the "
+                         "latency tiles.")
         st.slider("Student width", 0.125, 1.0, step=0.125, key="student_width", disabled="student_width" not in on)
         st.number_input("Distillation epochs", 1, 100, step=1, key="distill_epochs",
                         disabled="distill_epochs" not in on)
