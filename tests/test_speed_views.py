@@ -237,3 +237,16 @@ def test_the_overview_table_signs_its_changes(monkeypatch):
                                    "change": [0.01, -0.0001, -3.5, 2]}), key="t")
     assert list(shown[0]["change"]) == ["+0.010", "0", "-3.500", "+2"]
     assert list(shown[0]["baseline"]) == ["1.500", "2.500", "3.500", "4"]
+
+
+def test_a_re_time_that_waits_for_a_quieter_machine_says_why(monkeypatch):
+    """On a machine kept busy, 'timing disturbed: re-timing' stayed for forty minutes without a word of why."""
+    from explorer.app import service
+    from explorer.run import scheduler
+
+    monkeypatch.setattr(scheduler, "cores", lambda: 2)
+    monkeypatch.setattr(service.os, "getloadavg", lambda: (3.4, 3.0, 2.0))
+    said = service.retime_wait_words()
+    assert said and "load average is 3.4 now, and a re-time waits until it is below 2" in said
+    monkeypatch.setattr(service.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert service.retime_wait_words() is None

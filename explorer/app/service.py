@@ -290,6 +290,23 @@ def artifact(key: str, name: str) -> bytes | None:
     return cache().artifact(key, name)
 
 
+def retime_wait_words() -> str | None:
+    """Why a disturbed figure is not re-timed now, where the machine is too busy for it: the load and what it must
+    fall below; None where a re-time may run."""
+    from explorer.run import retime, scheduler
+
+    try:
+        load1 = os.getloadavg()[0]
+    except OSError:
+        return None
+    cores = scheduler.cores()
+    if retime.quiet_enough(load1, cores):
+        return None
+    return (f"A speed-up shown as \"timing disturbed\" is timed again once the machine is quieter: the one-minute "
+            f"load average is {load1:.1f} now, and a re-time waits until it is below {cores} (the cores the "
+            "explorer may use). Other programs, a sweep or the background measurements keep it up.")
+
+
 def sensitivity(result: RunResult, compute: bool = False) -> dict | None:
     """Per-layer sensitivity of a cached run: stored figures, or computed now when `compute`."""
     c = cache()

@@ -18,6 +18,7 @@ from explorer.app.service import (
     describe,
     disturbed_figures,
     fmt_bytes,
+    retime_wait_words,
     speed,
     speed_with_interval,
 )
@@ -146,6 +147,10 @@ def headline(result: RunResult) -> None:
     for sentence in (accuracy_sentence(result), gain_sentence(result)):
         if sentence:
             st.caption(sentence)
+    if any(speed(result, e, B256).state == "disturbed" for e in (TORCH_CPU, ORT_CPU_INT8)):
+        wait = retime_wait_words()  # "re-timing" that never comes needs its reason
+        if wait:
+            st.caption(wait)
     notes = list(dict.fromkeys(result.get("notes", [])))
     for note in notes:
         st.info(md(note))
