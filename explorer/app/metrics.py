@@ -201,7 +201,9 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
     best, tied = _choose(found, col, ascending, size_col, aware)
     met = "; ".join(t for t, _ in constraints) or "no constraints"
     runs = words.count(len(found), "run")
-    reason = (f"{objective.replace('_', ' ')} of {runs} meeting {met}: {best.get('label', '')}, "
+    said = best.get("words")  # the recipe in words, not its short form ("W8A8 static")
+    said = said if isinstance(said, str) and said else best.get("label", "")
+    reason = (f"{objective.replace('_', ' ')} of {runs} meeting {met}: {said}, "
               f"top-1 {best['top1']:.2f}%, {describe_column(col)} {fmt_value(col, best[col])}")
     if tied > 1:
         reason += (f" ({tied} runs tie within their {pct} intervals; the tie goes to "
