@@ -75,13 +75,13 @@ def sidebar(cards: dict[str, ModelCard], default: str) -> dict[str, Any]:
     grans = [g for g in state.GRANULARITIES if card.get("attention") or g not in TRANSFORMER_ONLY]
     if st.session_state["granularity"] not in grans:  # from a link, or kept from a transformer's settings
         what = {"heads": "attention heads", "neurons": "the hidden neurons of transformer MLPs"}
-        st.session_state["_granularity_note"] = (now["baseline"], (
+        st.session_state["_granularity_note"] = (now["baseline"], (  # plain text: escaped where it is shown
             f"Pruning {what[st.session_state['granularity']]} applies to transformers only, and "
-            f"{md(now['baseline'])} has no attention layers: it prunes single weights instead."))
+            f"{now['baseline']} has no attention layers: it prunes single weights instead."))
         st.session_state["granularity"] = "unstructured"
     told_gran = st.session_state.get("_granularity_note")
     if told_gran and told_gran[0] == now["baseline"] and st.session_state["granularity"] == "unstructured":
-        st.warning(told_gran[1])  # until another model or granularity is chosen
+        st.warning(md(told_gran[1]))  # until another model or granularity is chosen
     with sb.expander("Pruning", expanded=True):
         st.slider("Sparsity", 0.0, 0.99, step=0.01, key="sparsity", help=HELP["sparsity"])
         st.selectbox("Granularity", grans, key="granularity", disabled="granularity" not in on,
