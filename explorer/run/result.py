@@ -9,6 +9,7 @@ named by `explorer.core.engines`.
 
 from __future__ import annotations
 
+import functools
 import json
 import traceback
 import types
@@ -197,12 +198,18 @@ def _fits(value: Any, hint: Any) -> bool:
     return isinstance(value, origin or hint)
 
 
+@functools.cache
+def _hints() -> dict[str, Any]:
+    """RunResult's field annotations, resolved once (the cache checks every entry it lists or serves)."""
+    return typing.get_type_hints(RunResult)
+
+
 def malformed(result: object) -> str | None:
     """What is wrong with a stored run's JSON in its shape (a field missing, or of the wrong type), or None:
     a cache entry whose checksums match can still hold a field the views would fail on."""
     if not isinstance(result, dict):
         return f"it holds {type(result).__name__}, not a run"
-    hints = typing.get_type_hints(RunResult)
+    hints = _hints()
     needs = [*RunResult.__required_keys__, *(OK_NEEDS if result.get("status") == "ok" else ())]
     missing = sorted(k for k in needs if k not in result)
     if missing:
