@@ -301,3 +301,31 @@ def test_cores_is_what_the_setting_allows(monkeypatch):
     monkeypatch.setenv("EXPLORER_CORES", "-2")
     with pytest.raises(ValueError, match="EXPLORER_CORES='-2'"):
         S.cores()
+
+
+def test_work_stops_at_its_next_safe_point_when_the_process_exits(tmp_path):
+    """A page's run in a daemon thread, frozen inside torch's C++ as the interpreter tore down, aborted the process
+    ("terminate called without an active exception", status 134): at exit, work now stops at its next safe point
+    and the exit waits for it."""
+    script = textwrap.dedent(f"""
+        import threading, time, torch
+        from explorer.run import scheduler as S
+        started = threading.Event()
+        def run():
+            try:
+                with S.work():
+                    started.set()
+                    while True:
+                        S.safe_point()
+                        torch.randn(64, 64) @ torch.randn(64, 64)
+            except S.Exiting:
+                open({str(tmp_path / "stopped")!r}, "w").write("at a safe point")
+        threading.Thread(target=run, daemon=True).start()
+        started.wait(30)
+        time.sleep(0.2)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EXPLORER_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, timeout=120, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "stopped").read_text() == "at a safe point"

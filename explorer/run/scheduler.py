@@ -35,6 +35,7 @@ The decisions are pure functions (`decide`, `may_time`, `Line`), tested with a f
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import functools
@@ -273,6 +274,7 @@ def work() -> Iterator[None]:
     fcntl.flock(st.level_file.fileno(), fcntl.LOCK_SH)
     _hold_files(st)
     st.level, st.depth = int(p), 1
+    _working.add(threading.get_ident())
     try:
         _enter(st)
         try:
@@ -281,16 +283,42 @@ def work() -> Iterator[None]:
         finally:
             _leave(st)
     finally:
+        _working.discard(threading.get_ident())
         st.depth, st.level = 0, None
         st.held.clear()
         fcntl.flock(st.level_file.fileno(), fcntl.LOCK_UN)
 
 
+class Exiting(Exception):
+    """Raised at a safe point once the interpreter is exiting: the work stops there (a failed run is never
+    stored), rather than being frozen inside torch's C++ while the interpreter tears down, which aborted the
+    process ("terminate called without an active exception", status 134)."""
+
+
+_exiting = threading.Event()
+_working: set[int] = set()  # threads inside work() or a timing now
+
+
+def _stop_work_at_exit(wait_s: float = 5.0) -> None:
+    """At the interpreter's exit: work and timings stop at their next safe point; wait a little for them."""
+    _exiting.set()
+    deadline = time.monotonic() + wait_s
+    while _working and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+
+
+atexit.register(_stop_work_at_exit)
+
+
 def safe_point() -> None:
     """Pause here while a timing wants the machine or higher-priority work is going; a no-op outside work
-    (or inside a timing, which holds the machine already)."""
+    (or inside a timing, which holds the machine already). Once the interpreter exits, work stops here."""
     st = getattr(_tls, "st", None)
-    if st is None or not st.depth or st.timing:
+    if st is None or not st.depth:
+        return
+    if _exiting.is_set():
+        raise Exiting("the process is exiting")
+    if st.timing:
         return
     _raise_level(st)
     while (d := decide(st.level, _busy_above(st, st.level), _timing_waits(st))) != GO:
@@ -353,6 +381,7 @@ def quiet_slot() -> Iterator[None]:
     if working:
         _leave(st)
     _hold_files(st)
+    _working.add(threading.get_ident())  # (already there where it works: the timing is part of that work)
     _take_slot(st, p)
     st.timing, st.timing_priority = 1, p
     try:
@@ -363,6 +392,7 @@ def quiet_slot() -> Iterator[None]:
         if working:
             _enter(st)
         else:
+            _working.discard(threading.get_ident())
             st.held.clear()
 
 
@@ -382,6 +412,8 @@ def between_rounds() -> None:
     if not st.timing:
         safe_point()
         return
+    if _exiting.is_set():
+        raise Exiting("the process is exiting")
     p = st.timing_priority
     if not may_time(p, _busy_above(st, p)):
         _give_slot(st)
