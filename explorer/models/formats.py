@@ -128,57 +128,53 @@ def _is_onnx(p: Path) -> bool:
     return m.ir_version > 0 and len(m.opset_import) > 0 and len(m.graph.node) > 0
 
 
-def _walk(nodes):
-    """Every node, and every node of the subgraphs nodes hold (If/Loop/Scan bodies)."""
+def _subgraphs(node):
+    """The graphs a node holds (If branches, Loop and Scan bodies)."""
     import onnx
 
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def _walk(nodes):
+    """Every node, and every node of the subgraphs nodes hold."""
     for node in nodes:
         yield node
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _walk(a.g.node)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    yield from _walk(g.node)
+        for g in _subgraphs(node):
+            yield from _walk(g.node)
+
+
+def _all_nodes(proto):
+    """Every node of the model: its graph's, its model-local functions', and those of every subgraph in them."""
+    return _walk([*proto.graph.node, *(n for f in proto.functions for n in f.node)])
 
 
 def _tensors(proto):
-    """Every tensor a model holds: the graph's initializers (sparse ones' values and indices too), the
-    tensors in node attributes (a Constant's value, a ConstantOfShape's fill), and the same in every
-    subgraph (If/Loop/Scan bodies) and model-local function."""
+    """Every tensor a model holds: the initializers of its graph and of every subgraph (sparse ones' values and
+    indices too), and the tensors in node attributes (a Constant's value, a ConstantOfShape's fill)."""
     import onnx
 
-    def of_sparse(sp):
+    nodes = list(_all_nodes(proto))
+    sparse = []
+    for g in [proto.graph, *(g for n in nodes for g in _subgraphs(n))]:
+        yield from g.initializer
+        sparse += g.sparse_initializer
+    for node in nodes:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+            elif a.type == onnx.AttributeProto.TENSORS:
+                yield from a.tensors
+            elif a.type == onnx.AttributeProto.SPARSE_TENSOR:
+                sparse.append(a.sparse_tensor)
+            elif a.type == onnx.AttributeProto.SPARSE_TENSORS:
+                sparse += a.sparse_tensors
+    for sp in sparse:
         yield sp.values
         yield sp.indices
-
-    def of_nodes(nodes):
-        for node in nodes:
-            for a in node.attribute:
-                if a.type == onnx.AttributeProto.TENSOR:
-                    yield a.t
-                elif a.type == onnx.AttributeProto.TENSORS:
-                    yield from a.tensors
-                elif a.type == onnx.AttributeProto.SPARSE_TENSOR:
-                    yield from of_sparse(a.sparse_tensor)
-                elif a.type == onnx.AttributeProto.SPARSE_TENSORS:
-                    for sp in a.sparse_tensors:
-                        yield from of_sparse(sp)
-                elif a.type == onnx.AttributeProto.GRAPH:
-                    yield from of_graph(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for g in a.graphs:
-                        yield from of_graph(g)
-
-    def of_graph(g):
-        yield from g.initializer
-        for sp in g.sparse_initializer:
-            yield from of_sparse(sp)
-        yield from of_nodes(g.node)
-
-    yield from of_graph(proto.graph)
-    for f in proto.functions:
-        yield from of_nodes(f.node)
 
 
 def check_onnx_external_data(proto, shown: str) -> None:
@@ -199,8 +195,7 @@ def check_onnx_operators(proto, shown: str) -> None:
     runtime, code the explorer will not take from an upload. Model-local functions are allowed, as
     long as they are built of standard operators too."""
     local = {(f.domain, f.name) for f in proto.functions}
-    bodies = [n for f in proto.functions for n in f.node]
-    for node in _walk([*proto.graph.node, *bodies]):
+    for node in _all_nodes(proto):
         if node.domain not in STANDARD_DOMAINS and (node.domain, node.op_type) not in local:
             raise ValueError(f"ONNX model {shown!r} uses operator {node.op_type!r} from the domain "
                              f"{node.domain!r}: only the standard ONNX operator domains are accepted "
