@@ -103,7 +103,7 @@ def test_eight_sessions_compute_each_configuration_once_and_agree(tmp_path, monk
             with apptest:
                 at.run()
             board = service.board()
-            keys = board._watching[at.session_state["_session"]]
+            keys = board.watched(at.session_state["_session"])
             deadline = time.monotonic() + 500
             while not all(board.job(k).finished for k in keys) and time.monotonic() < deadline:
                 time.sleep(0.2)

@@ -397,12 +397,23 @@ _board = None
 _landscapes = None
 
 
+def page_open(session: str) -> bool:
+    """Whether the page `session` ('<page id>@<Streamlit's session id>') is connected now; True for a session of
+    another form and outside a Streamlit server."""
+    page, at, streamlit_id = session.partition("@")
+    try:
+        from streamlit.runtime import Runtime
+    except ImportError:
+        return True
+    return not (at and streamlit_id and Runtime.exists()) or Runtime.instance().is_active_session(streamlit_id)
+
+
 def board():
     """The server process's queue of runs pages asked for (explorer.run.jobs), started on first use."""
     global _board
     with _live_lock:
         if _board is None:
-            _board = Board(cache, run_key)
+            _board = Board(cache, run_key, alive=page_open)
         return _board
 
 

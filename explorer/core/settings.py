@@ -85,6 +85,9 @@ SETTINGS: dict[str, Setting] = {
     # the scheduler (explorer.run.scheduler)
     "EXPLORER_CORES": Setting(0, "cores the explorer's work may use (0: every core this process may run on)",
                               integer=True, minimum=0, inclusive=True, maximum=4096, unit="cores"),
+    # the page's runs (explorer.run.jobs): one visitor's tabs together may have this many waiting or going
+    "EXPLORER_RUNS_PER_VISITOR": Setting(4, "runs one visitor's pages may have waiting or going at once",
+                                         integer=True, minimum=1, inclusive=True, maximum=1000, unit="runs"),
 }
 
 

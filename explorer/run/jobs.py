@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from explorer.compress.recipe import Recipe
-from explorer.core import opening
+from explorer.core import opening, settings
 from explorer.run import scheduler
 from explorer.run.result import untimed
 
@@ -36,6 +36,8 @@ FOREGROUND, COMPARISON = scheduler.Priority.FOREGROUND, scheduler.Priority.COMPA
 KEEP = 64  # finished jobs remembered, for pages that look again
 STARTUP = "(server start-up)"  # the session a server's own first runs are asked for (a page takes them over)
 FAILED_TTL_S = 60.0  # a failed run is shown, not recomputed on every refresh, for this long
+GONE_S = 10.0  # a page closed (or its connection lost) this long no longer watches its runs: a reload comes back
+REAP_S = 2.0  # how often the board looks for closed pages
 
 
 class Cancelled(Exception):
@@ -59,6 +61,7 @@ class Job:
     total_s: float | None = None
     watchers: set[str] = field(default_factory=set)
     cancel: threading.Event = field(default_factory=threading.Event)
+    owner: str = ""  # the visitor who asked first: the runs waiting take turns between visitors
 
     @property
     def finished(self) -> bool:
@@ -78,11 +81,16 @@ class Job:
 class Board:
     """The queue of runs pages asked for, and the one thread that computes them."""
 
-    def __init__(self, cache_factory: Callable[[], RunCache], key_of: Callable[[Recipe], str]):
-        self._cache, self._key_of = cache_factory, key_of
+    def __init__(self, cache_factory: Callable[[], RunCache], key_of: Callable[[Recipe], str],
+                 alive: Callable[[str], bool] = lambda session: True):
+        """`alive(session)`: whether that page is connected now (the page's server knows); a page seen connected
+        and then closed for GONE_S stops watching its runs, so a closed tab's queued runs never start."""
+        self._cache, self._key_of, self._alive = cache_factory, key_of, alive
+        self._open: set[str] = set()  # sessions seen connected (one never seen so, a test's, is never reaped)
+        self._gone: dict[str, float] = {}  # session -> when it was first seen closed
+        self._reaped = time.monotonic()
         self._jobs: dict[str, Job] = {}
         self._line = scheduler.Line()
-        self._watching: dict[str, set[str]] = {}
         self._order = itertools.count()
         self._seq: dict[str, int] = {}
         self._lock = threading.Condition()
@@ -99,9 +107,12 @@ class Board:
             self._lock.notify_all()
         self._thread.join(timeout=wait_s)
 
-    def submit(self, recipe: Recipe, session: str, priority: int = FOREGROUND) -> Job:
+    def submit(self, recipe: Recipe, session: str, priority: int = FOREGROUND, visitor: str | None = None) -> Job:
         """The job for `recipe`: finished at once from the cache, joined if another page asked first, else
-        queued. Bad input (a missing checkpoint) raises ValueError here, before any work."""
+        queued for `visitor` (a browser, whose tabs are many sessions; by default the session itself). Bad
+        input (a missing checkpoint), or a visitor who already has EXPLORER_RUNS_PER_VISITOR runs waiting or
+        going, raises ValueError here, before any work."""
+        visitor = visitor or session
         key = self._key_of(recipe)
         cache = self._cache()
         with self._lock:
@@ -121,38 +132,78 @@ class Board:
             if job is not None and job.joinable():
                 job.watchers.add(session)
                 return job
-            job = Job(key, recipe, priority, watchers={session})
+            job = Job(key, recipe, priority, watchers={session}, owner=visitor)
             if hit is not None and not untimed(hit):  # one stored untimed is timed first (RunCache.get_or_run)
                 job.state, job.fraction, job.total_s = "done", 1.0, 0.0
                 job.result = {**hit, "cache": {"hit": True, "key": key}}
+            else:
+                self._check_share(visitor, session)
             self._jobs[key] = job
             self._seq[key] = next(self._order)
             if job.state == "queued":
-                self._line.add(key, priority)
+                self._line.add(key, priority, owner=visitor)
             self._trim()
             self._lock.notify_all()
             return job
 
+    def _check_share(self, visitor: str, session: str) -> None:
+        """Refuse a new run of a visitor whose other pages already have their share waiting or going (under the
+        lock). The asking page's own runs do not count: it shows one configuration, and the runs it leaves are
+        cancelled as it moves on (`watch`)."""
+        most = int(settings.get("EXPLORER_RUNS_PER_VISITOR"))
+        theirs = [j for j in self._jobs.values() if j.owner == visitor and not j.finished and not j.cancel.is_set()
+                  and j.watchers != {session}]
+        if visitor != STARTUP and len(theirs) >= most:
+            raise ValueError(f"this browser's other tabs already have {len(theirs)} runs waiting or going (at most "
+                             f"{most} at once, so that every visitor's runs take turns); this one can start once "
+                             "one of them ends or its tab is closed")
+
     def watch(self, session: str, keys: set[str]) -> None:
         """The runs a page shows now; runs left by every page are cancelled (queued ones never start)."""
         with self._lock:
-            self._watching[session] = set(keys)
-            for job in self._jobs.values():
-                if job.key not in keys:
-                    job.watchers.discard(session)
-                elif session != STARTUP:
-                    job.watchers.discard(STARTUP)  # a page took over the run the server started for it
-                if not job.finished and not job.watchers:
-                    job.cancel.set()
-                    if job.state == "queued":
-                        job.state, job.message = "cancelled", "left before it started"
-                        self._line.discard(job.key)
-            self._lock.notify_all()
+            self._watch(session, keys)
+
+    def _watch(self, session: str, keys: set[str]) -> None:  # under the lock
+        for job in self._jobs.values():
+            if job.key not in keys:
+                job.watchers.discard(session)
+            elif session != STARTUP:
+                job.watchers.discard(STARTUP)  # a page took over the run the server started for it
+            if not job.finished and not job.watchers:
+                job.cancel.set()
+                if job.state == "queued":
+                    job.state, job.message = "cancelled", "left before it started"
+                    self._line.discard(job.key)
+        self._lock.notify_all()
+
+    def _reap(self) -> None:
+        """Pages closed for GONE_S watch nothing any more (under the lock, every REAP_S): a tab closed with runs
+        waiting leaves no work behind, and its visitor's share is free again."""
+        now = time.monotonic()
+        if now - self._reaped < REAP_S:
+            return
+        self._reaped = now
+        sessions = {s for j in self._jobs.values() if not j.finished for s in j.watchers} - {STARTUP}
+        self._open &= sessions
+        self._gone = {s: t for s, t in self._gone.items() if s in sessions}
+        for session in sessions:
+            if self._alive(session):
+                self._open.add(session)
+                self._gone.pop(session, None)
+            elif session in self._open and now - self._gone.setdefault(session, now) >= GONE_S:
+                self._open.discard(session)
+                del self._gone[session]
+                self._watch(session, set())
 
     def page_waiting(self) -> bool:
         """Whether a page's own run (not a comparison) is queued or running."""
         with self._lock:
             return any(not j.finished and j.priority <= FOREGROUND for j in self._jobs.values())
+
+    def watched(self, session: str) -> set[str]:
+        """The keys of the runs the page `session` shows."""
+        with self._lock:
+            return {j.key for j in self._jobs.values() if session in j.watchers}
 
     def job(self, key: str) -> Job | None:
         with self._lock:
@@ -166,6 +217,7 @@ class Board:
     def _next(self) -> Job | None:
         with self._lock:
             while not self._stopping:
+                self._reap()
                 while (key := self._line.pop()) is not None:
                     job = self._jobs.get(cast(str, key))  # the line holds the keys of _jobs
                     if job is not None and job.state == "queued":
@@ -188,6 +240,8 @@ class Board:
 
     def _run(self, job: Job) -> None:
         def progress(fraction: float, message: str) -> None:
+            with self._lock:
+                self._reap()  # a tab closed while this runs: its run ends here, its queued ones never start
             if job.cancel.is_set():
                 raise Cancelled(f"cancelled: no page shows {job.recipe.label()} any more")
             if job.servers_own():  # no page has taken it over: a page drawing its shell goes first

@@ -85,31 +85,50 @@ def may_time(priority: int, busy: Iterable[int]) -> bool:
 
 
 class Line:
-    """Jobs waiting to start: the highest priority first, then the first come. Pure; the clock is given, so
-    tests run on a fake one."""
+    """Jobs waiting to start: the highest priority first; at the same priority, the owners (a page's visitors)
+    take turns, the one served longest ago first, so one visitor's many runs never hold up another's; within
+    an owner, the first come. Pure; the clock is given, so tests run on a fake one."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
         self._seq = itertools.count()
         self._waiting: dict[Hashable, tuple[int, float, int]] = {}  # key -> (priority, arrival, tie-break)
+        self._owner: dict[Hashable, Hashable] = {}  # key -> whose it is (absent: its own owner)
+        self._served: dict[Hashable, int] = {}  # owner -> when it was last served (a count, not a time)
+        self._turns = itertools.count(1)
 
-    def add(self, key: Hashable, priority: int) -> None:
-        """Queue `key`; a key already waiting keeps its place in time and takes the higher of the priorities."""
+    def add(self, key: Hashable, priority: int, owner: Hashable | None = None) -> None:
+        """Queue `key` for `owner`; a key already waiting keeps its place in time and owner and takes the higher
+        of the priorities."""
         old = self._waiting.get(key)
         if old is None:
             self._waiting[key] = (int(priority), self._clock(), next(self._seq))
+            if owner is not None:
+                self._owner[key] = owner
         else:
             self._waiting[key] = (min(old[0], int(priority)), old[1], old[2])
 
     def discard(self, key: Hashable) -> None:
         self._waiting.pop(key, None)
+        self._owner.pop(key, None)
+
+    def _rank(self, key: Hashable) -> tuple[int, int, float, int]:
+        p, arrival, tie = self._waiting[key]
+        return p, self._served.get(self._owner.get(key, key), 0), arrival, tie
 
     def pop(self) -> Hashable | None:
         if not self._waiting:
             return None
-        key = min(self._waiting, key=self._waiting.__getitem__)
-        del self._waiting[key]
+        key = min(self._waiting, key=self._rank)
+        self._served[self._owner.get(key, key)] = next(self._turns)
+        self.discard(key)
+        owners = {self._owner.get(k, k) for k in self._waiting}
+        for gone in [o for o in self._served if o not in owners]:  # nothing waiting: it rejoins as a newcomer
+            del self._served[gone]
         return key
+
+    def owner(self, key: Hashable) -> Hashable:
+        return self._owner.get(key, key)
 
     def waited(self, key: Hashable) -> float:
         return self._clock() - self._waiting[key][1]

@@ -32,7 +32,17 @@ def _describe(path: str, sha: str) -> dict:  # sha keys the cache on the file's 
 
 
 def _session() -> str:
-    return st.session_state.setdefault("_session", uuid.uuid4().hex)
+    """This page's id on the run board, with Streamlit's session id after the '@' so that the board can tell when
+    its tab closed (service.page_open); the page's own part tells apart tests' pages, which share Streamlit's id."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return st.session_state.setdefault("_session", f"{uuid.uuid4().hex}@{ctx.session_id if ctx else ''}")
+
+
+def _visitor() -> str:
+    """Whose runs these are, for the board's turns and its share per visitor: a browser's tabs are one visitor."""
+    return state.visitor_of(st.context.ip_address, st.context.cookies.get("_streamlit_xsrf"), _session())
 
 
 @st.fragment(run_every=0.5)
@@ -198,9 +208,10 @@ def main(top=None) -> None:
 def _submit(recipe):
     """Queue this configuration and its baseline (the comparison) on the run board, and say that this page
     watches these two now (a run it left, and no other page watches, is cancelled)."""
-    board, sid = service.board(), _session()
-    job = board.submit(recipe, sid)
-    base_job = job if not recipe.steps else board.submit(service.baseline_recipe(recipe), sid, service.COMPARISON)
+    board, sid, who = service.board(), _session(), _visitor()
+    job = board.submit(recipe, sid, visitor=who)
+    base_job = job if not recipe.steps else board.submit(service.baseline_recipe(recipe), sid, service.COMPARISON,
+                                                          visitor=who)
     board.watch(sid, {job.key, base_job.key})
     return job, base_job
 

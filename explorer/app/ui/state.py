@@ -3,6 +3,8 @@ mirrors them so a view can be shared and reopened exactly. Pure functions, no St
 
 from __future__ import annotations
 
+import binascii
+import hashlib
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -100,3 +102,30 @@ def switch_model(session: MutableMapping[Any, Any], model: str) -> tuple[str, bo
     for k in COMPRESSION:
         session[k] = (mine or DEFAULTS).get(k, DEFAULTS[k])
     return old, bool(mine)
+
+
+def visitor_of(ip: str | None, xsrf_cookie: str | None, session: str) -> str:
+    """Who is asking, so that one visitor's many tabs share one turn on the run board: the connection's address
+    where the server sees one (Streamlit gives none on localhost), else the browser's own XSRF token, which every
+    tab of one browser shares (the cookie's mask changes from page to page; the token it masks does not), else
+    the page itself. Hashed: the token is a secret of that browser."""
+    if ip:
+        return "address " + ip
+    token = _xsrf_token(xsrf_cookie or "")
+    if token:
+        return "browser " + hashlib.sha256(token).hexdigest()[:16]
+    return "page " + session
+
+
+def _xsrf_token(cookie: str) -> bytes | None:
+    """The token in a version-2 XSRF cookie ("2|mask|masked token|time", as Tornado and Streamlit write it)."""
+    parts = cookie.strip("\"'").split("|")
+    if len(parts) != 4 or parts[0] != "2":
+        return None
+    try:
+        mask, masked = binascii.a2b_hex(parts[1]), binascii.a2b_hex(parts[2])
+    except (binascii.Error, ValueError):
+        return None
+    if len(mask) != 4 or not masked:
+        return None
+    return bytes(b ^ mask[i % 4] for i, b in enumerate(masked))
