@@ -137,13 +137,16 @@ def _listening(root: int) -> set[tuple[str, str, int]]:
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads the sockets from Linux's /proc")
-def test_local_ray_listens_only_on_loopback(cache, tmp_path, monkeypatch):
+@pytest.mark.parametrize("address", [None, "local"])  # unset, or Ray's own word for a Ray started here
+def test_local_ray_listens_only_on_loopback(cache, monkeypatch, address):
     """A Ray started here must not take programs from the network (ShadowRay, CVE-2023-48022): while the sweep
     runs, every port of its processes (GCS, raylet, agents, workers) is on loopback."""
     pytest.importorskip("ray")
     import ray
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if address:
+        monkeypatch.setenv("RAY_ADDRESS", address)
     monkeypatch.delenv(workers.RAY_CLUSTER_SWITCH, raising=False)
     seen: set[tuple[str, str, int]] = set()
 

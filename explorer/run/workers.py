@@ -204,6 +204,8 @@ class RayPool:
 
         address = os.environ.get("RAY_ADDRESS")
         ray_check(address)
+        if address == "local":  # Ray's word for a Ray started here, like none at all
+            address = None
         if not ray.is_initialized():
             root = str(paths.ROOT)
             kw: dict[str, Any]
