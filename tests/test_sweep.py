@@ -137,7 +137,7 @@ def _listening(root: int) -> set[tuple[str, str, int]]:
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads the sockets from Linux's /proc")
-@pytest.mark.parametrize("address", [None, "local"])  # unset, or Ray's own word for a Ray started here
+@pytest.mark.parametrize("address", [None, pytest.param("local", marks=pytest.mark.slow)])  # unset, or "local"
 def test_local_ray_listens_only_on_loopback(cache, monkeypatch, address):
     """A Ray started here must not take programs from the network (ShadowRay, CVE-2023-48022): while the sweep
     runs, every port of its processes (GCS, raylet, agents, workers) is on loopback."""
