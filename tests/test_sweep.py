@@ -1,9 +1,16 @@
+import contextlib
+import ipaddress
+import os
+import types
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from explorer.app.cli import main, parse_list
 from explorer.compress.prune import PruneConfig
 from explorer.compress.recipe import Recipe
+from explorer.run import workers
 from explorer.run.cache import RunCache
 from explorer.run.controls import grid_point
 from explorer.run.executor import run_sweep
@@ -87,6 +94,91 @@ def test_ray_backend_matches_local(cache, tmp_path, monkeypatch):
         ray.shutdown()
     assert (distributed["status"] == "ok").all()
     pd.testing.assert_frame_equal(local[FIGURES], distributed[FIGURES])
+
+
+def _bound_sockets() -> dict[int, tuple[str, int]]:
+    """inode: (address, port) of every listening TCP socket and bound, unconnected UDP socket, from /proc/net."""
+    out = {}
+    for table, state in (("tcp", "0A"), ("tcp6", "0A"), ("udp", "07"), ("udp6", "07")):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == state:
+                raw, port = f[1].split(":")
+                words = [bytes.fromhex(raw[i:i + 8])[::-1] for i in range(0, len(raw), 8)]  # host-order words
+                ip = ipaddress.ip_address(b"".join(words))
+                mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None  # ::ffff:a.b.c.d
+                out[int(f[9])] = (str(mapped or ip), int(port, 16))
+    return out
+
+
+def _process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        with contextlib.suppress(ValueError, OSError):  # not a process, or one that ended meanwhile
+            children.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
+    tree, todo = [], [root]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def _listening(root: int) -> set[tuple[str, str, int]]:
+    """(process name, address, port) of each socket that `root` or a process under it listens on."""
+    bound, out = _bound_sockets(), set()
+    for pid in _process_tree(root):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:[") and int(link[8:-1]) in bound:
+                        out.add((Path(f"/proc/{pid}/comm").read_text().strip(), *bound[int(link[8:-1])]))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads the sockets from Linux's /proc")
+@pytest.mark.parametrize("address", [None, pytest.param("local", marks=pytest.mark.slow)])  # unset, or "local"
+def test_local_ray_listens_only_on_loopback(cache, monkeypatch, address):
+    """A Ray started here must not take programs from the network (ShadowRay, CVE-2023-48022): while the sweep
+    runs, every port of its processes (GCS, raylet, agents, workers) is on loopback."""
+    pytest.importorskip("ray")
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if address:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    monkeypatch.delenv(workers.RAY_CLUSTER_SWITCH, raising=False)
+    seen: set[tuple[str, str, int]] = set()
+
+    def look(done, total, left):
+        if done:  # a run came back from a Ray worker: every Ray process is up
+            seen.update(_listening(os.getpid()))
+
+    try:
+        df = run_sweep(SMALL.recipes()[:1], backend="ray", workers=1, cache=cache, latency=False, progress=look)
+        gcs_port = int(ray.get_runtime_context().gcs_address.rsplit(":", 1)[1])
+    finally:
+        ray.shutdown()
+    assert (df["status"] == "ok").all()
+    assert gcs_port in {port for _, _, port in seen}  # the listing saw Ray's own ports
+    assert sorted(s for s in seen if s[1] not in ("127.0.0.1", "::1")) == []
+    assert workers.RAY_CLUSTER_SWITCH not in os.environ  # put back: a later RAY_ADDRESS is a cluster's again
+
+
+def test_local_ray_on_a_network_address_is_stopped():
+    class FakeRay:
+        stopped = False
+
+        def get_runtime_context(self):
+            return types.SimpleNamespace(gcs_address="192.0.2.7:6379")
+
+        def shutdown(self):
+            self.stopped = True
+
+    ray = FakeRay()
+    with pytest.raises(RuntimeError, match="the local Ray came up on 192.0.2.7, reachable from the network"):
+        workers._check_loopback(ray)
+    assert ray.stopped
 
 
 def test_ray_address_that_does_not_answer_is_one_clear_error(cache, monkeypatch):

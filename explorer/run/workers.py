@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import multiprocessing
 import os
 import signal
@@ -146,6 +147,42 @@ def ray_check(address: str | None) -> None:
                          "(host:port of its GCS), or unset it to start Ray on this machine") from None
 
 
+LOOPBACK = "127.0.0.1"
+RAY_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _single_node() -> Iterator[None]:
+    """While a local Ray starts: its cluster mode off, so that it stays on loopback. Each of Ray's servers (the
+    GCS, raylet, object manager, agents and their HTTP job API, metrics, every worker) listens on all
+    interfaces unless the node's address is loopback, and Ray replaces a node address of 127.0.0.1 with the
+    machine's own while that mode is on: anyone on the network could then send the cluster a program to run
+    (ShadowRay, CVE-2023-48022). The switch is read once, when ray is imported (hence the constant too), and by
+    the processes Ray starts (hence the environment); both are put back, for a later RAY_ADDRESS."""
+    constants: Any = importlib.import_module("ray._private.ray_constants")
+    saved = constants.ENABLE_RAY_CLUSTER, os.environ.get(RAY_CLUSTER_SWITCH)
+    constants.ENABLE_RAY_CLUSTER = False
+    os.environ[RAY_CLUSTER_SWITCH] = "0"
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = saved[0]
+        if saved[1] is None:
+            os.environ.pop(RAY_CLUSTER_SWITCH, None)
+        else:
+            os.environ[RAY_CLUSTER_SWITCH] = saved[1]
+
+
+def _check_loopback(ray: Any) -> None:
+    """A local Ray that came up on another address (a later Ray that moved the switch) is stopped, not used."""
+    host = str(ray.get_runtime_context().gcs_address).rpartition(":")[0].strip("[]")
+    if host not in (LOOPBACK, "::1"):
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray came up on {host}, reachable from the network, and was stopped: "
+                           "this Ray version does not keep a local cluster on 127.0.0.1; set RAY_ADDRESS to "
+                           "a cluster of your own, or use the local backend")
+
+
 def _ray_job(fn: Callable[[Job], dict[str, Any]], setup: Callable[[], None] | None, priority: int,
              job: Job) -> dict[str, Any]:
     scheduler.set_default_priority(priority)
@@ -167,6 +204,8 @@ class RayPool:
 
         address = os.environ.get("RAY_ADDRESS")
         ray_check(address)
+        if address == "local":  # Ray's word for a Ray started here, like none at all
+            address = None
         if not ray.is_initialized():
             root = str(paths.ROOT)
             kw: dict[str, Any]
@@ -175,9 +214,13 @@ class RayPool:
             else:  # local workers share this machine's lock files, so they yield to timing like any other
                 path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
                 env = {"PYTHONPATH": path, "EXPLORER_CACHE_DIR": str(paths.cache_dir())}
-                kw = {"num_cpus": self.workers, "include_dashboard": False, "runtime_env": {"env_vars": env}}
-            # Ray takes a logging level by name too, though its annotation says int
-            ray.init(ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR", **kw)  # type: ignore[arg-type]
+                kw = {"num_cpus": self.workers, "include_dashboard": False, "runtime_env": {"env_vars": env},
+                      "_node_ip_address": LOOPBACK}
+            with contextlib.nullcontext() if address else _single_node():
+                # Ray takes a logging level by name too, though its annotation says int
+                ray.init(ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR", **kw)  # type: ignore[arg-type]
+            if not address:
+                _check_loopback(ray)
         return ray
 
     def results(self, jobs: list[Job], died: Callable[[Job, BaseException], dict[str, Any]]
