@@ -30,7 +30,7 @@ NAME = "explorer_perf"
 COLD_S, WARM_S, MIN_RECIPES = 300.0, 5.0, 40  # the cache/sweep issue's targets
 AGREE = 1.10  # repeated medians agree within 10%
 REPEATS, RERENDERS = 5, 7
-SUBSET = Grid(sparsity=(0.5, 0.75, 0.9), bits=(32, 8), clusters=(0, 16))  # 12 recipes for 1 vs 2 workers
+SUBSET = Grid.of(sparsity=(0.5, 0.75, 0.9), bits=(32, 8), clusters=(0, 16))  # 12 recipes for 1 vs 2 workers
 
 
 def techniques() -> list[tuple[str, Recipe]]:

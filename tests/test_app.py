@@ -213,9 +213,9 @@ def test_sweep_panel_runs_a_sweep_from_the_page(cache, monkeypatch):
     monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
     at = _app()
     at.multiselect(key="sweep_sparsity").set_value([0.0, 0.25])
-    at.multiselect(key="sweep_bits").set_value([32, 4])
-    at.multiselect(key="sweep_clusters").set_value([0])
-    at.number_input(key="sweep_epochs").set_value(0)
+    at.multiselect(key="sweep_bits").set_value(["fp32", "4"])
+    at.multiselect(key="sweep_clusters").set_value(["off"])
+    at.multiselect(key="sweep_prune_epochs").set_value([0])
     settle(at.run())
     settle(at.button(key="sweep_run").click().run(timeout=600))
     assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
@@ -322,7 +322,7 @@ def test_one_builder_gives_8_bits_the_same_recipe_on_the_page_and_in_a_sweep(cac
     at = _app(sparsity="0", bits="8")
     assert not at.exception
     page = _stored(at, cache)
-    grid = Grid(sparsity=(0.0,), bits=(8,), clusters=(0,)).recipes()[0]
+    grid = Grid.of(sparsity=(0.0,), bits=(8,), clusters=(0,)).recipes()[0]
     assert page["label"] == grid.label() == grid_point("digits_cnn", bits=8).label() == "W8A8 static"
     assert page["key"] == run_key(grid)
 
@@ -356,9 +356,9 @@ def test_a_finished_sweep_shows_in_the_charts_and_the_footer_says_so(cache, monk
     monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
     at = _app()
     at.multiselect(key="sweep_sparsity").set_value([0.25, 0.75])
-    at.multiselect(key="sweep_bits").set_value([32])
-    at.multiselect(key="sweep_clusters").set_value([0])
-    at.number_input(key="sweep_epochs").set_value(0)
+    at.multiselect(key="sweep_bits").set_value(["fp32"])
+    at.multiselect(key="sweep_clusters").set_value(["off"])
+    at.multiselect(key="sweep_prune_epochs").set_value([0])
     settle(at.run())
     settle(at.button(key="sweep_run").click().run(timeout=600))
     assert not at.exception
@@ -641,9 +641,9 @@ def _sweep_shown(at) -> bool:
 def test_each_model_keeps_its_own_sweep_and_settings_across_a_switch(cache, monkeypatch):
     monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
     at = _app(sparsity="0.25", prune_epochs="0")
-    for key, value in (("sweep_sparsity", [0.0]), ("sweep_bits", [32]), ("sweep_clusters", [0])):
+    for key, value in (("sweep_sparsity", [0.0]), ("sweep_bits", ["fp32"]), ("sweep_clusters", ["off"])):
         at.multiselect(key=key).set_value(value)
-    at.number_input(key="sweep_epochs").set_value(0)
+    at.multiselect(key="sweep_prune_epochs").set_value([0])
     settle(at.run())
     settle(at.button(key="sweep_run").click().run(timeout=600))
     assert not at.exception and _sweep_shown(at)
@@ -705,7 +705,9 @@ def test_the_sweep_progress_names_its_final_phase_and_offers_0_6():
     assert panels.sweep_progress_words(12, 48, 30.4) == "12/48 runs, about 30 s left"
     last = panels.sweep_progress_words(48, 48, 0.0)
     assert "about 0 s left" not in last and "building the results table" in last
-    assert 0.6 in panels.SWEEP_SPARSITIES
+    from explorer.run.controls import control
+
+    assert 0.6 in control("sparsity").offered()  # the Sweep tab offers what the sparsity control says
 
 
 def test_the_sweet_spot_says_what_it_is_judged_on():

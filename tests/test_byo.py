@@ -93,7 +93,7 @@ def test_foreign_models_get_size_latency_and_int8_only(env, baseline, fmt):
     assert abs(res["accuracy_delta"]) <= 1.0 and res["size"]["onnx_int8_bytes"] < res["size"]["onnx_bytes"]
     assert res["latency"]["onnxruntime_cpu_int8"]["b1"]["available"]
     assert not res["latency"]["torch_cpu_fp32"]["b1"]["available"]
-    with pytest.raises(ValueError, match="prune is not available for an ONNX model: pruning, clustering"):
+    with pytest.raises(ValueError, match="prune .prune 50% unstructured. is not available for an ONNX model: pruning"):
         service.run(Recipe(model="onnx", checkpoint=added["path"], steps=(PruneConfig(sparsity=0.5),)))
     with pytest.raises(ValueError, match="layers='inner' is not available for an ONNX model.*allowed: 'all'"):
         service.run(Recipe(model="onnx", checkpoint=added["path"],

@@ -14,7 +14,7 @@ VGG = {"architecture": "vgg13", "dataset": "digits", "name": "vgg13-digits", "pa
 @pytest.mark.parametrize("bits,label", [(8, "W8A8 static"), (4, "W4 ptq"), (16, "fp16"), (32, "baseline")])
 def test_a_bit_width_means_one_scheme_everywhere(bits, label):
     page = build({**DEFAULTS, "sparsity": 0.0, "bits": {32: "fp32", 16: "fp16"}.get(bits, str(bits))}, DIGITS)
-    sweep = Grid(sparsity=(0.0,), bits=(bits,), clusters=(0,)).recipes()[0]
+    sweep = Grid.of(sparsity=(0.0,), bits=(bits,), clusters=(0,)).recipes()[0]
     assert page.label() == sweep.label() == grid_point("digits_cnn", bits=bits).label() == label
     assert page.canonical_json() == sweep.canonical_json()
 

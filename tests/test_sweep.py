@@ -17,7 +17,7 @@ from explorer.run.executor import run_sweep
 from explorer.run.grid import Grid
 from explorer.run.result import results_frame
 
-SMALL = Grid(sparsity=(0.0, 0.5), bits=(32, 8), clusters=(0,), finetune_epochs=(0,))
+SMALL = Grid.of(sparsity=(0.0, 0.5), bits=(32, 8), clusters=(0,), finetune_epochs=(0,))
 FIGURES = ["top1", "top5", "accuracy_delta", "packed_bytes", "file_bytes", "gzip_bytes", "onnx_bytes", "sparsity"]
 
 
@@ -28,7 +28,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_grid_builds_distinct_recipes():
-    g = Grid(sparsity=(0.0, 0.5, 0.9), bits=(32, 16, 8, 4), clusters=(0, 16), finetune_epochs=(0, 2))
+    g = Grid.of(sparsity=(0.0, 0.5, 0.9), bits=(32, 16, 8, 4), clusters=(0, 16), finetune_epochs=(0, 2))
     rs = g.recipes()
     # at sparsity 0 the fine-tune epochs do not apply, so those points collapse
     assert len(rs) == 4 * 2 * (1 + 2 * 2) and len({r.canonical_json() for r in rs}) == len(rs)
@@ -39,16 +39,16 @@ def test_grid_builds_distinct_recipes():
     adapted = grid_point("vgg13", sparsity=0.9, bits=8, bn_adapt=True)
     assert [type(s).__name__ for s in adapted.steps] == ["PruneConfig", "BNAdaptConfig", "QuantizeConfig"]
     assert grid_point("vgg13", bits=8, bn_adapt=True).steps == grid_point("vgg13", bits=8).steps  # nothing to adapt
-    assert all("BN adapt" in r.label() for r in Grid(sparsity=(0.5,), bn_adapt=True).recipes())
+    assert all("BN adapt" in r.label() for r in Grid.of(sparsity=(0.5,), bn_adapt=True).recipes())
 
 
 def test_bad_grid_values_are_named():
     with pytest.raises(ValueError, match=r"bits=12 must be one of"):
-        Grid(bits=(12,))
+        Grid.of(bits=(12,))
     with pytest.raises(ValueError, match="grid sparsity is empty"):
-        Grid(sparsity=())
-    with pytest.raises(ValueError, match=r"clusters=1 must be an integer in \[2, 256\]"):
-        Grid(clusters=(1,))
+        Grid.of(sparsity=())
+    with pytest.raises(ValueError, match=r"clusters=1 must be one of: off, 2, 4, 8, 16, 32, 64, 128, 256, 0"):
+        Grid.of(clusters=(1,))
     with pytest.raises(ValueError, match=r"sparsity='x' must be a comma-separated list of floats"):
         parse_list("0.5,x", float, "sparsity")
     with pytest.raises(ValueError, match="the sweep is empty"):

@@ -130,6 +130,23 @@ def test_every_technique_describes_itself_and_declares_its_controls(kind):
             assert ctrl.lo <= ctrl.default <= ctrl.hi and ctrl.step
     if controls:
         assert sum(ctrl.off is not None for ctrl in controls) == 1, "one switch turns the technique on and off"
+        assert cls.section[1], "its sidebar section has a title"
+
+
+@pytest.mark.parametrize("ctrl", [c for t in page_types() for c in t.controls()], ids=lambda c: c.name)
+def test_every_control_says_how_the_page_draws_it(ctrl):
+    """The sidebar, the Sweep tab and the command line draw every control from its own data: its words are
+    for values it takes, every value it offers parses back from its text, and its grid values are its own."""
+    assert ctrl.label and ctrl.label[0].isupper() and "_" not in ctrl.label, "a label in words"
+    assert set(ctrl.words) <= set(ctrl.allowed()), "words only for values the control takes"
+    assert ctrl.default in ctrl.allowed() or (ctrl.lo is not None and ctrl.lo <= ctrl.default <= ctrl.hi)
+    for v in (*ctrl.offered(), *ctrl.sweep, *ctrl.skip_near):
+        assert ctrl.parse(str(v)) == v, f"{v!r} does not read back from its text"
+    for spelled, v in ctrl.aliases.items():
+        assert ctrl.parse(spelled) == v and v in ctrl.allowed()
+    assert ctrl.cli.startswith("--") and " " not in ctrl.cli
+    with pytest.raises(ValueError, match=rf"^{ctrl.name}=.* (must|is not)"):
+        ctrl.parse("nonsense-value")
 
 
 def test_the_page_controls_belong_to_one_technique_each():

@@ -109,25 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     am.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
     am.add_argument("--replace", action="store_true", help="replace the model already added under --name")
 
-    w = sub.add_parser("sweep", help="run a grid of recipes through the cache and write a results CSV")
-    w.add_argument("--model", default="digits_cnn")
-    w.add_argument("--dataset", default="digits")
-    w.add_argument("--sparsity", default="0,0.5,0.75,0.9,0.95")
-    w.add_argument("--bits", default="32,16,8,4", help="32 = none, 16 = fp16, 8 = static int8, 2-7 = k-bit weights")
-    w.add_argument("--clusters", default="0,16", help="0 = off")
-    w.add_argument("--granularity", default="unstructured")
-    w.add_argument("--schedule", default="oneshot")
-    w.add_argument("--finetune-epochs", default="2")
-    w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--repeats", type=int, default=1,
-                   help="run each recipe with seeds SEED..SEED+K-1 (fine-tuning order, calibration sample, k-means "
-                        "start); tables then show mean and spread across seeds")
-    w.add_argument("--bn-adapt", action="store_true",
-                   help="re-estimate BatchNorm statistics after pruning or clustering (models with BatchNorm)")
-    w.add_argument("--backend", default="local", help="local (process pool) or ray")
-    w.add_argument("--workers", type=int, default=None)
-    w.add_argument("--out", required=True, help="results CSV")
-    w.add_argument("--no-latency", action="store_true", help="skip latency timing")
+    # the sweep's own flags, each technique's controls among them, come from the registry once the plugins are in
+    sub.add_parser("sweep", add_help=False, help="run a grid of recipes through the cache and write a results CSV "
+                                                 "(`sweep --help` lists every technique's flags)")
 
     rp = sub.add_parser("report", help="standalone HTML report of a sweep's CSV")
     rp.add_argument("results")
@@ -292,6 +276,38 @@ def summary(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def sweep_parser() -> argparse.ArgumentParser:
+    """The sweep's flags: the grid's own, then one per control of every registered technique (plugins' included),
+    drawn from the techniques' own data."""
+    from explorer.run.controls import all_controls
+    from explorer.run.grid import default_axes
+
+    w = argparse.ArgumentParser(prog="python -m explorer sweep",
+                                description="Run a grid of recipes through the cache and write a results CSV.")
+    w.add_argument("--model", default="digits_cnn")
+    w.add_argument("--dataset", default="digits")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--repeats", type=int, default=1,
+                   help="run each recipe with seeds SEED..SEED+K-1 (fine-tuning order, calibration sample, k-means "
+                        "start); tables then show mean and spread across seeds")
+    w.add_argument("--backend", default="local", help="local (process pool) or ray")
+    w.add_argument("--workers", type=int, default=None)
+    w.add_argument("--out", required=True, help="results CSV")
+    w.add_argument("--no-latency", action="store_true", help="skip latency timing")
+    axes = dict(default_axes())
+    g = w.add_argument_group("the grid", "comma-separated values of each technique's controls; a control not given "
+                                          "takes its default, and a technique not given is off unless the default "
+                                          "grid varies it")
+    for ctrl in all_controls():
+        spelled = ", ".join([*map(str, ctrl.allowed()), *(f"{k} = {v}" for k, v in ctrl.aliases.items())]) \
+            if ctrl.options or isinstance(ctrl.default, bool) else f"from {ctrl.lo:g} to {ctrl.hi:g}"
+        default = ",".join(map(str, axes[ctrl.name])) if ctrl.name in axes else None
+        box: dict[str, Any] = {"nargs": "?", "const": "1"} if isinstance(ctrl.default, bool) else {}  # alone: on
+        g.add_argument(ctrl.cli, dest=f"control_{ctrl.name}", metavar="VALUES", default=default, **box,
+                       help=f"{ctrl.title} ({spelled})" + (f"; default {default}" if default else ""))
+    return w
+
+
 @command("sweep")
 def _sweep(a: argparse.Namespace) -> int:
     from explorer.run.executor import run_sweep
@@ -299,12 +315,9 @@ def _sweep(a: argparse.Namespace) -> int:
 
     if a.workers is not None and a.workers < 1:  # run_sweep reads a 0 as "the default"
         raise bad_value("--workers", a.workers, "a whole number >= 1, or omitted for the default")
-    grid = Grid(model=a.model, dataset=a.dataset, sparsity=parse_list(a.sparsity, float, "sparsity"),
-                bits=parse_list(a.bits, int, "bits"), clusters=parse_list(a.clusters, int, "clusters"),
-                granularity=parse_list(a.granularity, str, "granularity"),
-                schedule=parse_list(a.schedule, str, "schedule"),
-                finetune_epochs=parse_list(a.finetune_epochs, int, "finetune-epochs"), seed=a.seed,
-                bn_adapt=a.bn_adapt, repeats=a.repeats)
+    asked = {k[len("control_"):]: parse_list(v, str, k[len("control_"):].replace("_", "-"))
+             for k, v in vars(a).items() if k.startswith("control_") and v is not None}
+    grid = Grid.of(a.model, a.dataset, seed=a.seed, repeats=a.repeats, values=asked)
     recipes = grid.recipes()
     t0 = time.perf_counter()
 
@@ -445,11 +458,16 @@ def _data(a: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "sweep" and rest:
+        parser.parse_args(argv)  # argparse's own message for the flags it does not know
     try:
         settings.check_all()  # every setting, before any work: one line naming a bad one
         plugins.add_to_environment(args.plugin)  # the processes this one starts import them too
         plugins.load()  # the operator's own modules: one that fails to import is one line, before any work
+        if args.command == "sweep":  # its flags are the registered techniques', plugins' included
+            sweep_parser().parse_args(rest, namespace=args)
         scratch.clean()  # scratch folders that killed processes left behind
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 from explorer.app.metrics import normalized_ad_rf, pareto_front
+from explorer.compress.quantize_config import bits_control
 from explorer.core.engines import (
     ORT_CPU_FP32,
     ORT_CPU_INT8,
@@ -157,7 +158,7 @@ def families(ok: pd.DataFrame, by: str = "scheme"):
         name = str(gval)
         if group == "bits":  # tables written before schemes were named: the bit count alone
             bits = int(gval) if isinstance(gval, float) and gval.is_integer() else gval
-            name = {16: "fp16", 32: "fp32"}.get(bits, f"{bits}-bit")
+            name = bits_control(bits) if bits in (16, 32) else f"{bits}-bit"
         if k and not pd.isna(k):
             name += f", {int(k)} shared values per layer"
         yield name, part.sort_values("sparsity_requested")

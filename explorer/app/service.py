@@ -26,6 +26,7 @@ from explorer.app.tables import (  # noqa: E402, F401
     speed_cell,
     sweet_spot_table,
 )
+from explorer.compress.base import Control
 from explorer.compress.recipe import Recipe, recipe_words  # noqa: F401  (the page's door to a recipe's words)
 from explorer.core import markup, plugins, roots, scratch, settings, words
 from explorer.core.card import ModelCard
@@ -38,22 +39,16 @@ from explorer.models import baselines, user
 from explorer.models.user import check_upload_size, list_user_models
 from explorer.run import sensitivity as sens
 from explorer.run.cache import RunCache
-from explorer.run.controls import (  # noqa: E402, F401
-    BIT_OPTIONS,
-    CALIBRATIONS,
+from explorer.run.controls import (  # noqa: F401  (the page's names for the techniques' controls)
     CHOICES,
-    CLUSTER_OPTIONS,
-    CRITERIA,
     DEFAULTS,
-    GRANULARITIES,
-    GROUP_SIZES,
-    QUANT_MODES,
     RANGES,
-    SCHEDULES,
-    SCOPES,
+    all_controls,
     build,
+    explain,
     from_recipe,
     relevant,
+    sections,
 )
 from explorer.run.executor import run_sweep
 from explorer.run.grid import Grid
@@ -274,15 +269,20 @@ def frame(model: str, dataset: str, checkpoint: str | None = None) -> pd.DataFra
     return df
 
 
-def sweep(card: ModelCard, *, sparsity, bits, clusters, epochs: int, granularity: str, bn_adapt: bool = False,
-          repeats: int = 1, progress=None) -> pd.DataFrame:
-    """The Sweep tab's grid on this baseline (a user's model by its path), through the cache."""
-    committed = card.get("name") == f"{card['architecture']}-{card['dataset']}"
-    grid = Grid(model=card["architecture"], dataset=card["dataset"], sparsity=tuple(sparsity), bits=tuple(bits),
-                clusters=tuple(clusters), granularity=(granularity,), finetune_epochs=(epochs,),
-                bn_adapt=bn_adapt and bool(card.get("batchnorm")), repeats=repeats,
-                checkpoint=None if committed else card["path"])
-    return run_sweep(grid.recipes(), progress=progress, cache=cache())
+def sweep_grid(card: ModelCard, axes: dict[str, list[Any]] | None = None, repeats: int = 1) -> Grid:
+    """The Sweep tab's grid on this baseline (a user's model by its path): `axes` control -> values (None: the
+    default grid); every other control at the page's defaults."""
+    return Grid.page(card, tuple((k, tuple(v)) for k, v in (axes or {}).items()), repeats=repeats)
+
+
+def sweep_axes() -> list[tuple[str, bool, list[Control]]]:
+    """The Sweep tab's choices, as the sidebar's sections: each technique's controls and the grid's default axes."""
+    return sections()
+
+
+def sweep(card: ModelCard, axes: dict[str, list[Any]], repeats: int = 1, progress=None) -> pd.DataFrame:
+    """The Sweep tab's grid on this baseline, through the cache."""
+    return run_sweep(sweep_grid(card, axes, repeats).recipes(), progress=progress, cache=cache())
 
 
 def artifact(key: str, name: str) -> bytes | None:

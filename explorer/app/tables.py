@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from explorer.core import words
 from explorer.core.engines import (
     B1,
     B256,
@@ -32,8 +33,7 @@ LATENCY_COLS = {label: lat_col(*figure) for label, figure in LATENCIES.items()}
 def fmt_bytes(n) -> str:
     if n is None or pd.isna(n):
         return "n/a"
-    n = int(n)
-    return f"{n:,} B" if n < 1024 else f"{n / 1024:,.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.2f} MiB"
+    return words.byte_size(int(n))
 
 
 CONFIDENCES = {"95%": 0.95, "90%": 0.90, "99%": 0.99, "point estimates only": None}

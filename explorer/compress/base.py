@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from explorer.core import plugins
 from explorer.core.card import ModelCard
 from explorer.core.data import DataBundle
 from explorer.core.errors import bad_value, check_choice
@@ -266,10 +267,16 @@ Card = ModelCard  # a baseline's card: architecture, dataset, name, path, format
 @dataclass(frozen=True)
 class Control:
     """One control of the page's sidebar that a technique owns, as data: a selector when it has `options`, else a
-    number, slider or box (a box when the default is a bool) with its range [lo, hi] and step. `enabled(controls,
-    card)` says when it can change the result; a control that cannot is shown disabled, and the recipe and the run
-    key never see its value (explorer.run.controls.build resets it to its default first). A technique's switch (the
-    control that turns it on: sparsity, bits, clusters...) names the value that turns it `off`."""
+    number (a slider with `slider`, else a number box) with its range [lo, hi] and step, or a box when the default
+    is a bool. `enabled(controls, card)` says when it can change the result; a control that cannot is shown
+    disabled, and the recipe and the run key never see its value (explorer.run.controls.build resets it to its
+    default first). A technique's switch (the control that turns it on: sparsity, bits, clusters...) names the value
+    that turns it `off`.
+
+    Everything that draws a control reads it from here: the sidebar (its label, help, the words of each option,
+    the number format), the Sweep tab and the command line's sweep flags (`flag`, `aliases`: the other spellings it
+    takes, such as 32 for fp32), and the background grid (`sweep`: the values of the default grid, which make the
+    control one of its axes; `notch`: how far a number moves to its neighbouring slider position)."""
 
     name: str
     default: Any
@@ -279,9 +286,87 @@ class Control:
     step: float | None = None
     enabled: Callable[[Controls, Card | None], bool] | None = None  # None: always
     off: Any = None  # a switch's value that leaves the technique out; None for a control that is no switch
+    label: str = ""  # the sidebar's words for it ("" : its name)
+    help: str = ""
+    words: Mapping[Any, str] = field(default_factory=dict, hash=False)  # an option's words in the sidebar
+    slider: bool = False  # options on a select slider, a number on a slider (else a select box, a number box)
+    fmt: str | None = None  # printf-style format of a number ("%.2f")
+    # why an option does not apply to this model (None: it does), e.g. attention heads on a model without attention
+    refuse: Callable[[Any, Card | None], str | None] | None = None
+    unavailable: Callable[[Card | None], str | None] | None = None  # why the control never applies to this model
+    sweep: tuple[Any, ...] = ()  # the default grid's values: an axis of sweeps and of the background grid
+    choices: tuple[Any, ...] = ()  # what the Sweep tab offers (default: every option, or lo to hi by step)
+    notch: float | None = None  # a number axis: the distance to its neighbouring positions (default: step)
+    skip_near: tuple[Any, ...] = ()  # options the background grid never measures as a neighbour
+    flag: str = ""  # the command line's sweep flag, without its dashes ("": the name with dashes)
+    aliases: Mapping[str, Any] = field(default_factory=dict, hash=False)  # command-line spellings -> values
 
     def applies(self, controls: Controls, card: Card | None) -> bool:
         return self.enabled is None or bool(self.enabled(controls, card))
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+    def say(self, value: Any) -> str:
+        """A value in the sidebar's words."""
+        return self.words.get(value, str(value))
+
+    def allowed(self, card: Card | None = None) -> tuple[Any, ...]:
+        """Every value the control takes on this model, in order: its options (less those the model refuses), or
+        its range by its step (a bool: False and True)."""
+        if self.options:
+            return tuple(o for o in self.options if self.refuse is None or self.refuse(o, card) is None)
+        if isinstance(self.default, bool):
+            return (False, True)
+        if self.lo is None or self.hi is None or not self.step:
+            return (self.default,)
+        n = int(round((self.hi - self.lo) / self.step))
+        whole = isinstance(self.default, int)
+        return tuple(int(round(self.lo + i * self.step)) if whole else round(self.lo + i * self.step, 10)
+                     for i in range(n + 1))
+
+    def offered(self, card: Card | None = None) -> tuple[Any, ...]:
+        """The values the Sweep tab offers."""
+        return self.choices or self.allowed(card)
+
+    def parse(self, text: str) -> Any:
+        """A value given as text (a command line's sweep flag, a link), checked: ValueError names it and what is
+        allowed."""
+        raw = text.strip()
+        shown = raw if _number(raw) else repr(raw)  # sparsity=1.2, granularity='rows'
+        if raw in self.aliases:
+            return self.aliases[raw]
+        if self.options:
+            for o in self.options:
+                if str(o) == raw:
+                    return o
+            spelled = [*map(str, self.options), *self.aliases]
+            raise ValueError(f"{self.name}={shown} must be one of: {', '.join(spelled)}")
+        if isinstance(self.default, bool):
+            if raw.lower() not in ("0", "1", "true", "false"):
+                raise ValueError(f"{self.name}={shown} must be 0 or 1")
+            return raw.lower() in ("1", "true")
+        kind = int if isinstance(self.default, int) else float
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"{self.name}={shown} is not a {'whole number' if kind is int else 'number'}") from None
+        if self.lo is not None and self.hi is not None and not self.lo <= value <= self.hi:
+            raise ValueError(f"{self.name}={shown} must be in [{self.lo:g}, {self.hi:g}]")
+        return value
+
+    @property
+    def cli(self) -> str:
+        return "--" + (self.flag or self.name.replace("_", "-"))
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -306,6 +391,11 @@ class StepConfig:
     one_record: ClassVar[bool] = False  # its report is one record, not a list with one entry per step
     page_order: ClassVar[int] = 100
     on_onnx: ClassVar[bool] = False  # whether an ONNX model (ONNX Runtime only) takes this step
+    # where the sidebar draws its controls: (the section's place, its title, whether it opens expanded); techniques
+    # that share a title share the section, their controls in page order
+    section: ClassVar[tuple[int, str, bool]] = (90, "More techniques", True)
+    trains_anew: ClassVar[bool] = False  # the step trains a new model from scratch (distillation)
+    fixes_floats: ClassVar[bool] = False  # after it the float statistics are fixed (quantisation)
 
     def structural(self) -> bool:
         """True when the step changes layer shapes or the architecture: such steps come before weight-level
@@ -354,6 +444,20 @@ class StepConfig:
         recomputed (explorer.run.runner.run_key); 1 adds nothing to the key."""
         return 1
 
+    def check_place(self, before: tuple[StepConfig, ...], after: tuple[StepConfig, ...]) -> None:
+        """Refuse (ValueError, in words) a recipe that puts this step where it cannot work, given the steps before
+        and after it (Recipe checks every step)."""
+
+    def deploys(self) -> Deploy | None:
+        """The int8 ONNX Runtime model this step deploys as (None: it deploys none), which is also the one step an
+        ONNX model takes: ValueError, in words, where this configuration of it cannot."""
+        return None
+
+    def explain(self, result: Mapping[str, Any]) -> list[str]:
+        """What will surprise a user in a result of a recipe with this step, each a sentence for the page (a
+        checkpoint no smaller than the dense one, channel pruning that removes more than its ratio...)."""
+        return []
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind}
         for f in dataclasses.fields(self):
@@ -383,6 +487,7 @@ class StepType:
 
 _STEPS: dict[str, StepType] = {}  # kind -> technique; filled as explorer.compress imports each module
 _BY_TYPE: dict[type, StepType] = {}
+_registered = 0
 
 
 def register_step(config: type[StepConfig]) -> Callable[[ApplyFn], ApplyFn]:
@@ -397,14 +502,23 @@ def register_step(config: type[StepConfig]) -> Callable[[ApplyFn], ApplyFn]:
     def deco(fn: ApplyFn) -> ApplyFn:
         if config.kind in _STEPS and _STEPS[config.kind].config is not config:
             raise ValueError(f"step kind {config.kind!r} is registered twice")
+        global _registered
         _STEPS[config.kind] = _BY_TYPE[config] = StepType(config.kind, config, fn)
+        _registered += 1
         return fn
 
     return deco
 
 
+def registered() -> int:
+    """How many registrations there have been: tables built from the techniques are built again when it changes."""
+    return _registered
+
+
 def page_types() -> list[type[StepConfig]]:
-    """The techniques the page offers (those with controls), in the order the page composes their steps."""
+    """The techniques the page offers (those with controls), in the order the page composes their steps; the
+    operator's plugins are imported first, so their techniques are offered too."""
+    plugins.load()
     return sorted((t.config for t in _STEPS.values() if t.config.controls()), key=lambda c: c.page_order)
 
 
@@ -425,6 +539,8 @@ def config_from_dict(d: dict[str, Any]) -> StepConfig:
     if not isinstance(d, dict) or "kind" not in d:
         raise ValueError(f"recipe step {d!r} must be an object with a 'kind'")
     kind = d["kind"]
+    if isinstance(kind, str) and kind not in _STEPS:
+        plugins.load()  # a plugin's technique (a sweep worker, a command line, a recipe from the page)
     if not isinstance(kind, str) or kind not in _STEPS:
         raise bad_value("step kind", kind, sorted(_STEPS))
     cls = _STEPS[kind].config

@@ -34,6 +34,7 @@ from explorer.core.errors import check_range
 class BNAdaptConfig(StepConfig):
     kind: ClassVar[str] = "bn_adapt"
     page_order: ClassVar[int] = 50
+    section: ClassVar[tuple[int, str, bool]] = (1, "Pruning", True)
 
     samples: int = 1024  # training images the statistics are measured on (all of them if fewer)
     batch_size: int = 128
@@ -50,15 +51,24 @@ class BNAdaptConfig(StepConfig):
 
     @classmethod
     def controls(cls) -> tuple[Control, ...]:
-        return (Control("bn_adapt", True, off=False,
-                        enabled=lambda c, card: card is None or bool(card.get("batchnorm"))),)
+        return (Control("bn_adapt", True, off=False, label="BatchNorm adaptation",
+                        help="after pruning, low-rank or clustering, re-measure each BatchNorm layer's statistics on "
+                             "1,024 training images (no weight changes)",
+                        enabled=lambda c, card: card is None or bool(card.get("batchnorm")),
+                        unavailable=lambda card: None if card is None or card.get("batchnorm") else
+                        "this model has no BatchNorm layers: there is nothing to adapt"),)
 
     @classmethod
     def from_controls(cls, controls: Controls, card: Card, before: tuple[StepConfig, ...]) -> BNAdaptConfig | None:
-        # after a step that changed the weights, on a model with BatchNorm; a distilled student has none
-        if controls["bn_adapt"] and card.get("batchnorm") and before and not any(s.kind == "distill" for s in before):
+        # after a step that changed the weights, on a model with BatchNorm; a student trained anew needs none
+        if controls["bn_adapt"] and card.get("batchnorm") and before and not any(s.trains_anew for s in before):
             return cls()
         return None
+
+    def check_place(self, before: tuple[StepConfig, ...], after: tuple[StepConfig, ...]) -> None:
+        if any(s.fixes_floats for s in before):
+            raise ValueError("must come before the quantize steps: it re-measures float statistics that "
+                             "quantisation fixes")
 
     def to_controls(self) -> dict[str, Any]:
         return {"bn_adapt": True}

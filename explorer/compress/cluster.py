@@ -41,6 +41,7 @@ class ClusterConfig(base.StepConfig):
     kind: ClassVar[str] = "cluster"
     one_record: ClassVar[bool] = True
     page_order: ClassVar[int] = 40
+    section: ClassVar[tuple[int, str, bool]] = (3, "Clustering", True)
 
     clusters: int = 16
     init: str = "kmeans++"
@@ -57,8 +58,12 @@ class ClusterConfig(base.StepConfig):
 
     @classmethod
     def controls(cls) -> tuple[base.Control, ...]:
-        return (base.Control("clusters", "off", CLUSTER_OPTIONS, off="off"),
-                base.Control("cluster_finetune", False, enabled=lambda c, card: c["clusters"] != "off"))
+        return (base.Control("clusters", "off", CLUSTER_OPTIONS, off="off", label="Clusters per layer", slider=True,
+                             help="k-means weight sharing: each layer keeps at most this many distinct values.",
+                             sweep=("off", "16"), aliases={"0": "off"},
+                             words={"off": "no clustering"}),
+                base.Control("cluster_finetune", False, enabled=lambda c, card: c["clusters"] != "off",
+                             label="Fine-tune centroids"))
 
     @classmethod
     def from_controls(cls, controls: base.Controls, card: base.Card,

@@ -44,6 +44,8 @@ class DistillConfig(StepConfig):
     kind: ClassVar[str] = "distill"
     one_record: ClassVar[bool] = True
     page_order: ClassVar[int] = 10
+    section: ClassVar[tuple[int, str, bool]] = (4, "Distillation and low-rank", False)
+    trains_anew: ClassVar[bool] = True
 
     student: str = "digits_cnn"
     width: float = 0.5  # student width multiplier; ignored for architectures without one
@@ -71,9 +73,19 @@ class DistillConfig(StepConfig):
 
     @classmethod
     def controls(cls) -> tuple[Control, ...]:
-        return (Control("distill", False, off=False),
-                Control("student_width", 0.5, lo=0.125, hi=1.0, step=0.125, enabled=lambda c, card: bool(c["distill"])),
-                Control("distill_epochs", 15, lo=1, hi=100, step=1, enabled=lambda c, card: bool(c["distill"])))
+        on = lambda c, card: bool(c["distill"])
+        return (Control("distill", False, off=False, label="Distil into a small CNN", help=(
+                    "Trains a student network with the explorer's small convolutional architecture (the one its "
+                    "digits model uses, sized to this data set's images and classes), at the width below, to match "
+                    "this model's outputs (Hinton et al., \"Distilling the Knowledge in a Neural Network\", 2015). "
+                    "Whether it is faster depends on the model it replaces: compare the latency tiles.")),
+                Control("student_width", 0.5, lo=0.125, hi=1.0, step=0.125, enabled=on, label="Student width",
+                        slider=True),
+                Control("distill_epochs", 15, lo=1, hi=100, step=1, enabled=on, label="Distillation epochs"))
+
+    def check_place(self, before: tuple[StepConfig, ...], after: tuple[StepConfig, ...]) -> None:
+        if any(isinstance(s, DistillConfig) for s in before):
+            raise ValueError("distils again: a recipe can distil into one student only")
 
     @classmethod
     def from_controls(cls, controls: Controls, card: Card, before: tuple[StepConfig, ...]) -> DistillConfig | None:

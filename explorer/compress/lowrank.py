@@ -40,6 +40,7 @@ class LowRankConfig(StepConfig):
     kind: ClassVar[str] = "lowrank"
     one_record: ClassVar[bool] = True
     page_order: ClassVar[int] = 20
+    section: ClassVar[tuple[int, str, bool]] = (4, "Distillation and low-rank", False)
 
     rank_ratio: float = 0.25  # kept rank = max(1, round(rank_ratio * full rank))
     energy: float = 0.0  # > 0: smallest rank keeping this fraction of sum(s^2); replaces rank_ratio
@@ -68,8 +69,9 @@ class LowRankConfig(StepConfig):
 
     @classmethod
     def controls(cls) -> tuple[Control, ...]:
-        return (Control("lowrank", False, off=False),
-                Control("rank_ratio", 0.25, lo=0.05, hi=1.0, step=0.05, enabled=lambda c, card: bool(c["lowrank"])))
+        return (Control("lowrank", False, off=False, label="Low-rank (SVD) of the inner layers"),
+                Control("rank_ratio", 0.25, lo=0.05, hi=1.0, step=0.05, enabled=lambda c, card: bool(c["lowrank"]),
+                        label="Rank ratio", slider=True))
 
     @classmethod
     def from_controls(cls, controls: Controls, card: Card, before: tuple[StepConfig, ...]) -> LowRankConfig | None:

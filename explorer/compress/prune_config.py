@@ -4,11 +4,13 @@ mask maths and module surgery (prune.py, channel.py) so both can name the type w
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from explorer.compress.base import LAYER_CHOICES, MAX_STEP_EPOCHS, Card, Control, Controls, StepConfig
 from explorer.core.errors import bad_value, check_choice, check_range
+from explorer.core.words import byte_size
 
 GRANULARITIES = ("unstructured", "channel", "block", "nm", "heads", "neurons")
 REMOVES = ("channel", "heads", "neurons")  # granularities that make layers smaller (structural steps)
@@ -31,6 +33,7 @@ class PruneConfig(StepConfig):
 
     kind: ClassVar[str] = "prune"
     page_order: ClassVar[int] = 30
+    section: ClassVar[tuple[int, str, bool]] = (1, "Pruning", True)
 
     sparsity: float = 0.5
     granularity: str = "unstructured"
@@ -109,18 +112,44 @@ class PruneConfig(StepConfig):
     @classmethod
     def controls(cls) -> tuple[Control, ...]:
         return (
-            Control("sparsity", 0.5, lo=0.0, hi=0.99, step=0.01, off=0.0),
-            Control("granularity", "unstructured", GRANULARITIES, enabled=_pruning),
+            Control("sparsity", 0.5, lo=0.0, hi=0.99, step=0.01, off=0.0, label="Sparsity", slider=True,
+                    help="Share of weights (unstructured, blocks) or of channels (channel pruning) removed.",
+                    sweep=(0.0, 0.5, 0.75, 0.9, 0.95), notch=0.05,
+                    choices=(0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98)),
+            Control("granularity", "unstructured", GRANULARITIES, enabled=_pruning, label="Granularity",
+                    words=GRANULARITY_WORDS, refuse=_needs_attention),
             # unstructured ranks |w| and w^2 alike, and n:m keeps the n largest of each group whatever the
             # criterion and scope: there these controls change nothing
             Control("criterion", "l1", CRITERIA,
-                    enabled=lambda c, card: _pruning(c, card) and c["granularity"] in RANKED),
-            Control("scope", "global", SCOPES, enabled=lambda c, card: _pruning(c, card) and c["granularity"] != "nm"),
+                    enabled=lambda c, card: _pruning(c, card) and c["granularity"] in RANKED, label="Criterion",
+                    words={"l1": "L1 norm (magnitude)", "l2": "L2 norm",
+                           "geometric_median": "geometric median (channels only)"}),
+            Control("scope", "global", SCOPES, enabled=lambda c, card: _pruning(c, card) and c["granularity"] != "nm",
+                    label="Scope", words={"global": "one threshold for all layers",
+                                          "layer": "the same share in every layer"}),
             # heads and neurons are removed at once (Torch-Pruning's graph, then fine-tuning)
             Control("schedule", "oneshot", SCHEDULES,
-                    enabled=lambda c, card: _pruning(c, card) and c["granularity"] not in ("heads", "neurons")),
-            Control("prune_epochs", 2, lo=0, hi=50, step=1, enabled=_pruning),
+                    enabled=lambda c, card: _pruning(c, card) and c["granularity"] not in ("heads", "neurons"),
+                    label="Schedule", words={"oneshot": "one shot, then fine-tune",
+                                             "iterative": "in rounds, fine-tuning between",
+                                             "gradual": "gradually during fine-tuning (Zhu & Gupta's cubic schedule)"}),
+            Control("prune_epochs", 2, lo=0, hi=50, step=1, enabled=_pruning, label="Fine-tune epochs",
+                    flag="finetune-epochs"),
         )
+
+    def explain(self, result: Mapping[str, Any]) -> list[str]:
+        out = []
+        size, base = result.get("size") or {}, result.get("baseline_size") or {}
+        if result.get("sparsity", 0) > 0.3 and size.get("file_bytes", 0) >= 0.95 * base.get("file_bytes", 1):
+            out.append(f"The checkpoint file is no smaller than the dense one ({byte_size(size['file_bytes'])}): "
+                       "the zeros are stored. The packed file, which skips them, is "
+                       f"{byte_size(size['packed_bytes'])}.")
+        removed = 1 - result.get("params", 0) / max(result.get("baseline_params", 1), 1)
+        explained = any("removing an output channel" in n for n in result.get("notes", []))
+        if self.granularity == "channel" and removed > self.sparsity + 0.1 and not explained:
+            out.append(f"Channel pruning at ratio {self.sparsity:.2f} removed {removed:.0%} of the parameters: each "
+                       "removed channel also removes the next layer's matching input weights.")
+        return out
 
     @classmethod
     def from_controls(cls, controls: Controls, card: Card, before: tuple[StepConfig, ...]) -> PruneConfig | None:
@@ -166,3 +195,18 @@ def _granularity_words(cfg: PruneConfig) -> str:
 
 def _pruning(c: Controls, card: Card | None) -> bool:
     return bool(c["sparsity"] > 0)
+
+
+GRANULARITY_WORDS = {"unstructured": "single weights", "channel": "whole channels (physically removed)",
+                     "block": "4x4 blocks", "nm": "2:4 semi-structured (sparsity fixed at 50%)",
+                     "heads": "attention heads of a transformer (physically removed)",
+                     "neurons": "hidden neurons of a transformer's MLPs (physically removed)"}
+
+
+def _needs_attention(granularity: Any, card: Card | None) -> str | None:
+    """Heads and neurons are a transformer's: refused for a model without attention layers."""
+    if granularity in ("heads", "neurons") and card is not None and not card.get("attention"):
+        what = {"heads": "attention heads", "neurons": "the hidden neurons of transformer MLPs"}[granularity]
+        name = card.get("name", "this model")
+        return f"Pruning {what} applies to transformers only, and {name} has no attention layers"
+    return None

@@ -31,6 +31,8 @@ class QuantizeConfig(StepConfig):
     kind: ClassVar[str] = "quantize"
     page_order: ClassVar[int] = 60
     on_onnx: ClassVar[bool] = True
+    section: ClassVar[tuple[int, str, bool]] = (2, "Quantisation", True)
+    fixes_floats: ClassVar[bool] = True
 
     bits: int = 8
     mode: str = "ptq"
@@ -122,20 +124,40 @@ class QuantizeConfig(StepConfig):
     @classmethod
     def controls(cls) -> tuple[Control, ...]:
         return (
-            Control("bits", "fp32", BIT_OPTIONS, off="fp32"),
-            Control("quant_mode", "auto", PAGE_MODES, enabled=_integer),
-            Control("quant_acts", False, enabled=lambda c, card: _integer(c, card) and _mode(c) in ("ptq", "qat")),
-            Control("symmetric", True, enabled=_integer),
-            Control("per_channel", True, enabled=_integer),
-            # activation ranges are calibrated; weights-only quantisation needs none
-            Control("calibration", "minmax", CALIBRATIONS, enabled=lambda c, card: _integer(c, card) and (
-                _mode(c) == "static" or (_mode(c) in ("ptq", "qat") and bool(c["quant_acts"])))),
+            Control("bits", "fp32", BIT_OPTIONS, off="fp32", label="Bit-width", slider=True,
+                    help="Bits per weight: 2 to 8 on an integer grid, fp16/bf16 halves, fp32 leaves the weights alone.",
+                    words=BIT_WORDS, sweep=("fp32", "fp16", "8", "4"), skip_near=("bf16",),
+                    choices=("fp32", "fp16", "8", "6", "4", "3", "2"), aliases={"32": "fp32", "16": "fp16"}),
+            Control("quant_mode", "auto", PAGE_MODES, enabled=_integer, label="Scheme", words=MODE_WORDS),
+            Control("quant_acts", False, enabled=lambda c, card: _integer(c, card) and _mode(c) in ("ptq", "qat"),
+                    label="Quantise activations too (not only weights)"),
+            Control("symmetric", True, enabled=_integer, label="Symmetric (no zero point)"),
+            Control("per_channel", True, enabled=_integer, label="A scale per output channel"),
             # group-wise scales are for weights-only post-training quantisation
             Control("group_size", 0, GROUP_SIZES, enabled=lambda c, card: _integer(c, card) and _mode(c) == "ptq"
-                    and not c["quant_acts"]),
-            Control("qat_epochs", 2, lo=1, hi=50, step=1, enabled=_qat),
-            Control("learn_ranges", True, enabled=_qat),
+                    and not c["quant_acts"], label="Group-wise scales for Linear layers",
+                    words={0: "off (one scale per row)", **{g: f"a scale per {g} inputs of each row"
+                                                           for g in GROUP_SIZES if g}},
+                    help="weights-only quantisation: each Linear layer's row gets a scale for every group of "
+                         "consecutive inputs, as GPTQ and AWQ store 4-bit transformers"),
+            # activation ranges are calibrated; weights-only quantisation needs none
+            Control("calibration", "minmax", CALIBRATIONS, enabled=lambda c, card: _integer(c, card) and (
+                _mode(c) == "static" or (_mode(c) in ("ptq", "qat") and bool(c["quant_acts"]))),
+                    label="Calibration of activation ranges",
+                    help="only where activations are quantised: weights-only quantisation needs no calibration"),
+            Control("qat_epochs", 2, lo=1, hi=50, step=1, enabled=_qat, label="QAT epochs"),
+            Control("learn_ranges", True, enabled=_qat, label="QAT learns activation ranges",
+                    help="on: each activation range is trained with the weights (learned step size, LSQ); "
+                         "off: the calibrated ranges stay fixed and are measured again after training"),
         )
+
+    def deploys(self) -> Deploy | None:
+        if self.mode not in ("static", "dynamic"):
+            return None
+        if self.layers != "all":
+            raise ValueError(f"quantize layers={self.layers!r} is not available for an ONNX model, whose layers the "
+                             "explorer cannot name; allowed: 'all'")
+        return self.deploy()
 
     @classmethod
     def from_controls(cls, controls: Controls, card: Card, before: tuple[StepConfig, ...]) -> QuantizeConfig | None:
@@ -174,9 +196,23 @@ class QuantizeConfig(StepConfig):
 
 
 BIT_OPTIONS = ("2", "3", "4", "5", "6", "7", "8", "fp16", "bf16", "fp32")
+# the bit-width control's values in words, as the Sweep tab and the tables say them (none, or how many bits where)
+BIT_WORDS = {"fp32": "none (fp32)", "fp16": "16-bit floats (fp16)", "bf16": "16-bit brain floats (bf16)",
+             "8": "8-bit weights and activations (static int8)",
+             **{str(b): f"{b}-bit weights only" for b in range(2, 8)}}
 # auto: the usual scheme for the bit-width, static int8 (weights and activations, ONNX Runtime's int8 path)
 # at 8 bits and post-training weights-only below; the others as named
 PAGE_MODES = ("auto", "ptq", "static", "dynamic", "qat")
+MODE_WORDS = {"auto": "the usual one for the bit-width: static int8 at 8 bits, weights only below",
+              "ptq": "post-training (PTQ): weights rounded once, no training",
+              "static": "static int8: weights and activations, activation ranges calibrated",
+              "dynamic": "dynamic int8: activation ranges measured at run time",
+              "qat": "quantisation-aware training (QAT): fine-tuned with the rounding in the loop"}
+
+
+def bits_control(bits: int) -> str:
+    """A bit-width as a number (the command line's and the tables' 32, 16, 8...) as the bit-width control says it."""
+    return {32: "fp32", 16: "fp16"}.get(bits, str(bits))
 
 
 def quant_mode(bits: str, mode: str) -> str:

@@ -68,14 +68,11 @@ class Recipe:
         if sum(epochs) > MAX_EPOCHS:
             each = ", ".join(f"{s.kind} {e}" for s, e in zip(self.steps, epochs, strict=True) if e)
             raise ValueError(f"steps: {sum(epochs)} training epochs in all ({each}) must be at most {MAX_EPOCHS}")
-        kinds = [s.kind for s in self.steps]
-        if kinds.count("distill") > 1:
-            raise ValueError("a recipe can distil into one student only")
-        if "bn_adapt" in kinds and "quantize" in kinds:
-            last_bn = len(kinds) - 1 - kinds[::-1].index("bn_adapt")
-            if last_bn > kinds.index("quantize"):
-                raise ValueError(f"step {last_bn + 1} (bn_adapt) must come before the quantize steps: it "
-                                 "re-measures float statistics that quantisation fixes")
+        for i, step in enumerate(self.steps):  # each technique's own rules on where it may stand
+            try:
+                step.check_place(self.steps[:i], self.steps[i + 1:])
+            except ValueError as e:
+                raise ValueError(f"step {i + 1} ({step.kind}) {e}") from None
 
     @property
     def checkpoint_path(self) -> Path:

@@ -79,3 +79,8 @@ def size_reference(result: Mapping[str, Any]) -> str:
     file = str(recipe.get("checkpoint") or f"{recipe.get('model', result.get('model'))}-"
                f"{recipe.get('dataset', result.get('dataset'))}.safetensors").replace("\\", "/").rsplit("/", 1)[-1]
     return f"the baseline's fp32 checkpoint file ({file})"
+
+
+def byte_size(n: int) -> str:
+    """A size in bytes as a person reads it: 812 B, 23.4 KiB, 1.25 MiB."""
+    return f"{n:,} B" if n < 1024 else f"{n / 1024:,.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.2f} MiB"

@@ -11,39 +11,87 @@ reset to their defaults before anything is built, so moving them never starts a 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from explorer.compress.base import Control, StepConfig, config_from_dict, config_to_dict, page_types
-from explorer.compress.quantize_config import quant_mode  # noqa: F401  (the page's name for it)
+from explorer.compress.base import Control, StepConfig, config_from_dict, config_to_dict, page_types, registered
+from explorer.compress.cluster import CLUSTER_OPTIONS  # noqa: F401  (the page's name for them)
+from explorer.compress.prune_config import CRITERIA, GRANULARITIES, SCHEDULES, SCOPES  # noqa: F401
+from explorer.compress.quantize_config import (  # noqa: F401
+    BIT_OPTIONS,
+    CALIBRATIONS,
+    GROUP_SIZES,
+    PAGE_MODES,
+    quant_mode,
+)
 from explorer.compress.recipe import Recipe
 from explorer.core.card import ModelCard
-from explorer.core.errors import bad_value
 
 
-def _all_controls() -> list[Control]:
+def all_controls() -> list[Control]:
+    """Every registered technique's controls, in page order (plugins' techniques included)."""
     return [ctrl for t in page_types() for ctrl in t.controls()]
 
 
-DEFAULTS: dict[str, Any] = {"baseline": "digits_cnn-digits", **{ctrl.name: ctrl.default for ctrl in _all_controls()}}
-CHOICES: dict[str, list[Any]] = {ctrl.name: list(ctrl.options) for ctrl in _all_controls() if ctrl.options}
-RANGES: dict[str, tuple[float, float]] = {ctrl.name: (ctrl.lo, ctrl.hi) for ctrl in _all_controls()
-                                          if ctrl.lo is not None and ctrl.hi is not None}
-OFF: dict[str, Any] = {ctrl.name: ctrl.off for ctrl in _all_controls() if ctrl.off is not None}  # every technique off
-BIT_OPTIONS = CHOICES["bits"]
-CLUSTER_OPTIONS = CHOICES["clusters"]
-GRANULARITIES = CHOICES["granularity"]
-CRITERIA = CHOICES["criterion"]
-SCOPES = CHOICES["scope"]
-SCHEDULES = CHOICES["schedule"]
-QUANT_MODES = CHOICES["quant_mode"]
-CALIBRATIONS = CHOICES["calibration"]
-GROUP_SIZES = CHOICES["group_size"]
+def control(name: str) -> Control:
+    for ctrl in all_controls():
+        if ctrl.name == name or ctrl.flag == name.replace("_", "-"):
+            return ctrl
+    raise ValueError(f"no technique has a control {name!r}; the controls: {', '.join(_names())}")
+
+
+def _names() -> list[str]:
+    return [ctrl.name for ctrl in all_controls()]
+
+
+def sections() -> list[tuple[str, bool, list[Control]]]:
+    """The sidebar's sections in order (title, opened, controls), each technique's controls in its own section."""
+    out: dict[tuple[int, str, bool], list[Control]] = {}
+    for t in page_types():
+        out.setdefault(t.section, []).extend(t.controls())
+    return [(title, opened, ctrls) for (_, title, opened), ctrls in sorted(out.items(), key=lambda kv: kv[0][:2])]
+
+
+class _Live(Mapping[str, Any]):
+    """A table built from the registered techniques' controls, built again when a technique is registered (a
+    plugin's, after this module was imported), so that the page, the link and the grid always know every control."""
+
+    def __init__(self, make: Callable[[], dict[str, Any]]):
+        self._make, self._at = make, -1
+        self._built: dict[str, Any] = {}
+
+    def _table(self) -> dict[str, Any]:
+        if self._at != registered():
+            self._built, self._at = self._make(), registered()
+        return self._built
+
+    def __getitem__(self, key: str) -> Any:
+        return self._table()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+    def __repr__(self) -> str:
+        return repr(self._table())
+
+
+DEFAULTS: Mapping[str, Any] = _Live(lambda: {"baseline": "digits_cnn-digits",
+                                             **{ctrl.name: ctrl.default for ctrl in all_controls()}})
+CHOICES: Mapping[str, Any] = _Live(lambda: {ctrl.name: list(ctrl.options) for ctrl in all_controls() if ctrl.options})
+RANGES: Mapping[str, Any] = _Live(lambda: {ctrl.name: (ctrl.lo, ctrl.hi) for ctrl in all_controls()
+                                           if ctrl.lo is not None and ctrl.hi is not None})
+OFF: Mapping[str, Any] = _Live(lambda: {ctrl.name: ctrl.off for ctrl in all_controls()
+                                        if ctrl.off is not None})  # every technique off
+QUANT_MODES = PAGE_MODES
 
 
 def relevant(c: dict[str, Any], card: ModelCard | None = None) -> set[str]:
     """The controls that change what a configuration computes; the others are shown disabled, kept out of
     the recipe and out of the share link."""
-    return {"baseline"} | {ctrl.name for ctrl in _all_controls() if ctrl.applies(c, card)}
+    return {"baseline"} | {ctrl.name for ctrl in all_controls() if ctrl.applies(c, card)}
 
 
 def effective(c: dict[str, Any], card: ModelCard | None = None) -> dict[str, Any]:
@@ -94,23 +142,53 @@ def _onnx_recipe(c: dict[str, Any], card: ModelCard) -> Recipe:
                   steps=tuple(s for s in steps if s is not None))
 
 
-def grid_point(model: str, dataset: str = "digits", *, sparsity: float = 0.0, bits: int = 32, clusters: int = 0,
-               granularity: str = "unstructured", schedule: str = "oneshot", finetune_epochs: int = 2,
-               seed: int = 0, bn_adapt: bool = False, checkpoint: str | None = None,
-               quant_mode: str = "auto") -> Recipe:  # noqa: F811  (the grid's name for the mode control)
-    """A sweep grid's point as the page's controls: bits 32 = none, 16 = fp16, else that integer bit-width
-    in the 'auto' scheme (static int8 at 8 bits, weights-only below); clusters 0 = off."""
-    names = {32: "fp32", 16: "fp16"}
-    if bits not in (*names, *range(2, 9)):
-        raise bad_value("bits", bits, (32, 16, 8, 7, 6, 5, 4, 3, 2))
-    c = {**DEFAULTS, "sparsity": sparsity, "bits": names.get(bits, str(bits)), "quant_mode": quant_mode,
-         "clusters": "off" if not clusters else str(clusters), "granularity": granularity, "schedule": schedule,
-         "prune_epochs": finetune_epochs, "bn_adapt": bn_adapt}
-    card: ModelCard = {"architecture": model, "dataset": dataset, "batchnorm": bn_adapt,
-            "name": f"{model}-{dataset}" if checkpoint is None else checkpoint}
+def value(ctrl: Control, given: Any) -> Any:
+    """A grid's value for `ctrl` as the control holds it: one of its own values as it is, anything else read as
+    text through its spellings (the command line's 32 for fp32, 0 for no clustering), checked."""
+    if isinstance(given, bool) != isinstance(ctrl.default, bool):
+        return ctrl.parse(str(given))
+    if ctrl.options and given in ctrl.options:
+        return given
+    if not ctrl.options and isinstance(given, (int, float)) and not isinstance(ctrl.default, str):
+        return ctrl.parse(repr(given))
+    return ctrl.parse(str(given))
+
+
+def grid_controls(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The page's controls for one point of a grid: the values it gives (by control name, or by the command line's
+    name for it), every switch it does not name off (no technique is on unless the grid says so), every other
+    control at its default."""
+    c: dict[str, Any] = {**DEFAULTS, **OFF}
+    for name, given in values.items():
+        ctrl = control(name)
+        c[ctrl.name] = value(ctrl, given)
+    return c
+
+
+def grid_card(model: str, dataset: str, checkpoint: str | None = None) -> ModelCard:
+    """The card a grid builds its points for when it has no baseline's card: every technique it names is built,
+    and refused at run time where the model cannot take it."""
+    card: ModelCard = {"architecture": model, "dataset": dataset, "batchnorm": True, "attention": True,
+                       "name": f"{model}-{dataset}" if checkpoint is None else checkpoint}
     if checkpoint is not None:
         card["path"] = checkpoint
-    return build(c, card, seed=seed)
+    return card
+
+
+def grid_point(model: str, dataset: str = "digits", *, seed: int = 0, checkpoint: str | None = None,
+               card: ModelCard | None = None, **values: Any) -> Recipe:
+    """One point of a sweep grid as the page's controls (grid_controls), built by the page's own builder: e.g.
+    grid_point("lenet5", "fashion-mnist", sparsity=0.5, bits=4, clusters=16)."""
+    return build(grid_controls(values), card or grid_card(model, dataset, checkpoint), seed=seed)
+
+
+def explain(result: Mapping[str, Any]) -> list[str]:
+    """What will surprise a user in this result, as each technique of its recipe says it."""
+    try:
+        steps = Recipe.from_dict(result["recipe"]).steps
+    except (KeyError, ValueError, TypeError):
+        return []
+    return list(dict.fromkeys(n for step in steps for n in step.explain(result)))
 
 
 def from_recipe(recipe: dict[str, Any], card: ModelCard) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 import threading
 import time
@@ -33,24 +34,31 @@ from typing import Any
 
 import torch
 
+from explorer.compress.base import Control
 from explorer.compress.recipe import Recipe
 from explorer.core.card import ModelCard
 from explorer.measure.latency import load_average
 from explorer.run import executor, retime, runner, scheduler, workers
 from explorer.run.cache import RunCache
-from explorer.run.controls import BIT_OPTIONS, CLUSTER_OPTIONS, DEFAULTS, build
+from explorer.run.controls import all_controls, build
 from explorer.run.grid import Grid
 from explorer.run.result import untimed
 
-SPARSITY_STEP = 0.05  # one notch of the page's sparsity slider
-_BIT_RANK = {b: i for i, b in enumerate(BIT_OPTIONS)}
-_CLUSTER_RANK = {c: i for i, c in enumerate(CLUSTER_OPTIONS)}
+
+def _axes() -> list[Control]:
+    """The background grid's axes: the controls whose techniques name their default grid values (Control.sweep)."""
+    return [ctrl for ctrl in all_controls() if ctrl.sweep]
 
 
-def coords(c: dict[str, Any]) -> tuple[float, float, float]:
-    """A configuration's place on the sliders, in notches: sparsity, bit-width, clusters."""
-    return (c["sparsity"] / SPARSITY_STEP, float(_BIT_RANK.get(c["bits"], 0)),
-            float(_CLUSTER_RANK.get(c["clusters"], 0)))
+def coords(c: dict[str, Any]) -> tuple[float, ...]:
+    """A configuration's place on the sliders, in notches along each axis (sparsity, bit-width, clusters...)."""
+    out = []
+    for ctrl in _axes():
+        if ctrl.options:
+            out.append(float(ctrl.options.index(c[ctrl.name])) if c[ctrl.name] in ctrl.options else 0.0)
+        else:
+            out.append(float(c[ctrl.name]) / float(ctrl.notch or ctrl.step or 1))
+    return tuple(out)
 
 
 def distance(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -67,31 +75,26 @@ def order(points: Sequence[tuple[str, tuple[float, ...]]], position: tuple[float
 
 
 def neighbours(c: dict[str, Any]) -> list[dict[str, Any]]:
-    """The slider positions one notch either way on sparsity, bit-width and clusters, other controls as they are."""
+    """The slider positions one notch either way along each axis (no further than the grid goes on a number),
+    other controls as they are."""
     out = []
-    for delta in (-SPARSITY_STEP, SPARSITY_STEP):
-        s = round(c["sparsity"] + delta, 2)
-        if 0.0 <= s <= 0.95:
-            out.append({**c, "sparsity": s})
-    for options, name in ((BIT_OPTIONS, "bits"), (CLUSTER_OPTIONS, "clusters")):
-        i = options.index(c[name])
-        for j in (i - 1, i + 1):
-            if 0 <= j < len(options) and options[j] != "bf16":
-                out.append({**c, name: options[j]})
+    for ctrl in _axes():
+        if ctrl.options:
+            i = ctrl.options.index(c[ctrl.name]) if c[ctrl.name] in ctrl.options else 0
+            near = [ctrl.options[j] for j in (i - 1, i + 1) if 0 <= j < len(ctrl.options)]
+            out += [{**c, ctrl.name: v} for v in near if v not in ctrl.skip_near]
+            continue
+        notch, lo = float(ctrl.notch or ctrl.step or 1), float(ctrl.lo if ctrl.lo is not None else -math.inf)
+        for delta in (-notch, notch):
+            v = round(c[ctrl.name] + delta, 6)
+            if lo <= v <= max(ctrl.sweep):
+                out.append({**c, ctrl.name: v})
     return out
 
 
 def default_points(card: ModelCard) -> list[dict[str, Any]]:
     """The Sweep tab's default grid as page controls (what the landscape measures)."""
-    g = Grid()
-    names = {32: "fp32", 16: "fp16"}
-    out = []
-    for s in g.sparsity:
-        for b in g.bits:
-            for k in g.clusters:
-                out.append({**DEFAULTS, "baseline": card["name"], "sparsity": s, "bits": names.get(b, str(b)),
-                            "clusters": "off" if not k else str(k), "bn_adapt": bool(card.get("batchnorm"))})
-    return out
+    return [{**p, "baseline": card["name"]} for p in Grid.page(card).points()]
 
 
 @dataclass

@@ -13,7 +13,6 @@ from typing import Any, cast
 import numpy as np
 
 from explorer.compress.base import Deploy
-from explorer.compress.quantize_config import QuantizeConfig
 from explorer.compress.recipe import Recipe
 from explorer.core.engines import ORT_CPU_INT8, TORCH_CPU, batch_key
 from explorer.core.version import SCHEMA_VERSION
@@ -35,13 +34,10 @@ def check_steps(recipe: Recipe, reason: str) -> Deploy | None:
     if not recipe.steps:
         return None
     step = recipe.steps[0]
-    if not isinstance(step, QuantizeConfig) or step.mode not in ("static", "dynamic"):
-        label = f"quantize mode {step.mode!r}" if isinstance(step, QuantizeConfig) else step.kind
-        raise ValueError(f"{label} is not available for an ONNX model: {reason}")
-    if step.layers != "all":
-        raise ValueError(f"quantize layers={step.layers!r} is not available for an ONNX model, whose layers the "
-                         f"explorer cannot name; allowed: 'all'")
-    return step.deploy()
+    deploy = step.deploys()  # the technique says what, if anything, it deploys as in ONNX Runtime
+    if deploy is None:
+        raise ValueError(f"{step.kind} {step.label()!r} is not available for an ONNX model: {reason}")
+    return deploy
 
 
 def _layers(path: Path) -> list[dict[str, Any]]:

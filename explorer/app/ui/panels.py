@@ -14,7 +14,6 @@ from explorer.app.service import (  # noqa: F401  (speed_cell: the page's name f
     CONFIDENCES,
     LATENCY_COLS,
     SIZE_COLS,
-    Grid,
     ModelCard,
     RunResult,
     across_seeds,
@@ -26,38 +25,38 @@ from explorer.app.service import (  # noqa: F401  (speed_cell: the page's name f
     sweet_spot,
     sweet_spot_table,
 )
-from explorer.app.ui.controls import GRANULARITY
 from explorer.app.ui.views import downloads
 from explorer.core.markup import md
-
-SWEEP_SPARSITIES = [0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98]
 
 
 def sweep_panel(card: ModelCard, backend) -> None:
     st.markdown("Choose grid values and launch: every run goes through the cache (cached runs return at once; "
                 "those the background measured without their timing are timed first, a few seconds each), "
                 "compression runs in parallel, latency is timed one run at a time.")
-    c = st.columns(4)
-    g = Grid()  # the command line's default grid, which the background landscape measures too
-    sparsity = c[0].multiselect("Sparsity", SWEEP_SPARSITIES, default=list(g.sparsity), key="sweep_sparsity")
-    bits = c[1].multiselect("Quantisation", [32, 16, 8, 6, 4, 3, 2], default=list(g.bits), key="sweep_bits",
-                            format_func=lambda b: {32: "none (fp32)", 16: "16-bit floats (fp16)",
-                                                   8: "8-bit weights and activations (static int8)"}.get(
-                                                       b, f"{b}-bit weights only"))
-    clusters = c[2].multiselect("Shared values per layer (clustering)", [0, 8, 16, 32, 64, 128, 256],
-                                default=list(g.clusters), key="sweep_clusters",
-                                format_func=lambda k: "no clustering" if k == 0 else str(k))
-    epochs = c[3].number_input("Fine-tune epochs", 0, 20, value=2, key="sweep_epochs")
-    more = st.columns(2)
-    granularity = more[0].selectbox("Granularity", ["unstructured", "channel", "block"], key="sweep_granularity",
-                                    format_func=lambda g: GRANULARITY[g])  # as the sidebar says them
-    repeats = more[1].number_input("Repeats (seeds per configuration)", 1, 10, value=1, key="sweep_repeats",
-                                help="Each configuration runs with seeds 0..K-1: the seed changes the fine-tuning "
-                                     "order, the calibration sample and the k-means start. Tables and charts then "
-                                     "show the mean and the spread across seeds.")
-    bn_adapt = bool(card.get("batchnorm")) and st.checkbox(
-        "BatchNorm adaptation after pruning or clustering", value=True, key="sweep_bn_adapt")
-    n = len(sparsity) * len(bits) * len(clusters) * int(repeats)
+    grid = backend.sweep_grid(card)  # the default grid, which the background measures too
+    axes: dict[str, list] = {}
+    sections = [(title, [c for c in ctrls if not (c.unavailable and c.unavailable(card))])
+                for title, _, ctrls in backend.sweep_axes()]
+    main = [ctrl for _, ctrls in sections for ctrl in ctrls if ctrl.sweep]  # the grid's own axes, on top
+    for col, ctrl in zip(st.columns(max(len(main), 1)), main, strict=False):
+        axes[ctrl.name] = _choice(col, ctrl, card, grid)
+    with st.expander("Technique details: each at the sidebar's default; pick several values to vary it too"):
+        for title, ctrls in sections:
+            rest = [ctrl for ctrl in ctrls if not ctrl.sweep]
+            if rest:
+                st.markdown(f"**{md(title)}**")
+                cols = st.columns(3)
+                for i, ctrl in enumerate(rest):
+                    axes[ctrl.name] = _choice(cols[i % 3], ctrl, card, grid)
+    repeats = st.number_input("Repeats (seeds per configuration)", 1, 10, value=1, key="sweep_repeats",
+                              help="Each configuration runs with seeds 0..K-1: the seed changes the fine-tuning "
+                                   "order, the calibration sample and the k-means start. Tables and charts then "
+                                   "show the mean and the spread across seeds.")
+    try:  # distinct configurations: values of a detail that does not apply give the same run
+        n = len(backend.sweep_grid(card, axes, int(repeats)).recipes())
+    except ValueError as e:  # an empty choice, or a combination a technique refuses
+        st.error(md(e))
+        n = 0
     if st.button(f"Run sweep ({n} configurations)", key="sweep_run", disabled=n == 0):
         bar = st.progress(0.0, text="starting the sweep")
 
@@ -66,8 +65,7 @@ def sweep_panel(card: ModelCard, backend) -> None:
 
         try:
             t0 = time.perf_counter()
-            df = backend.sweep(card, sparsity=sparsity, bits=bits, clusters=clusters, epochs=int(epochs),
-                               granularity=granularity, bn_adapt=bn_adapt, repeats=int(repeats), progress=progress)
+            df = backend.sweep(card, axes, repeats=int(repeats), progress=progress)
             sweeps()[card["name"]] = df  # this model's: another model's tab never shows it
             st.session_state["_sweep_done"] = {"runs": len(df), "seconds": time.perf_counter() - t0}
             st.rerun()  # the curves, Pareto fronts and sweet spot above were drawn before the sweep: redraw them
@@ -83,6 +81,13 @@ def sweep_panel(card: ModelCard, backend) -> None:
         st.dataframe(readable(shown), hide_index=True, key="sweep_table", width="stretch")
         st.download_button("Download results CSV", df.to_csv(index=False).encode(), "results.csv", "text/csv",
                            key="sweep_csv")
+
+
+def _choice(where, ctrl, card: ModelCard, grid) -> list:
+    """One control as a choice of several values (the grid's values for it chosen), in the sidebar's words."""
+    say = (lambda v: "on" if v else "off") if isinstance(ctrl.default, bool) else ctrl.say
+    return where.multiselect(ctrl.title, list(ctrl.offered(card)), default=list(grid.values(ctrl.name)),
+                             key=f"sweep_{ctrl.name}", format_func=say, help=md(ctrl.help))
 
 
 def sweeps() -> dict:

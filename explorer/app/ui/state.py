@@ -9,26 +9,18 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from explorer.app.service import (  # noqa: F401  (the page's names for them)
-    BIT_OPTIONS,
-    CALIBRATIONS,
     CHOICES,
-    CLUSTER_OPTIONS,
-    CRITERIA,
     DEFAULTS,
-    GRANULARITIES,
-    GROUP_SIZES,
-    QUANT_MODES,
     RANGES,
-    SCHEDULES,
-    SCOPES,
     ModelCard,
     Recipe,
     build,
     relevant,
 )
 
-_TYPES = {k: type(v) for k, v in DEFAULTS.items()}
-_CHOICES = CHOICES  # each technique declares its controls' choices and ranges (explorer.compress.base.Control)
+# each technique declares its controls' defaults, choices and ranges (explorer.compress.base.Control); these tables
+# follow the registry, so a technique registered after this import (the operator's own) is read from a link too
+_CHOICES = CHOICES
 _RANGES = RANGES
 
 
@@ -39,7 +31,7 @@ def parse_query(params: dict[str, str], baselines: list[str]) -> tuple[dict[str,
     for key, raw in params.items():
         if key not in DEFAULTS:
             continue
-        kind = _TYPES[key]
+        kind = type(DEFAULTS[key])
         try:
             if kind is bool:
                 if raw not in ("0", "1", "true", "false"):

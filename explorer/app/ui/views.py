@@ -17,6 +17,7 @@ from explorer.app.service import (
     across_seeds,
     describe,
     disturbed_figures,
+    explain,
     fmt_bytes,
     retime_wait_words,
     speed,
@@ -162,12 +163,7 @@ def headline(result: RunResult) -> None:
 def surprises(result: RunResult, notes: Sequence[str] = ()) -> list[str]:
     """Figures that will surprise a user, with the reason beside them (DESIGN: honest measurement); none that
     a note of the run already explains."""
-    out = []
-    sz: Mapping[str, Any] = result["size"]
-    base: Mapping[str, Any] = result["baseline_size"]
-    if result["sparsity"] > 0.3 and sz["file_bytes"] >= 0.95 * base["file_bytes"]:
-        out.append(f"The checkpoint file is no smaller than the dense one ({fmt_bytes(sz['file_bytes'])}): the "
-                   f"zeros are stored. The packed file, which skips them, is {fmt_bytes(sz['packed_bytes'])}.")
+    out = explain(result)  # what each technique of the recipe knows will surprise
     fp32 = _lat(result, ORT_CPU_FP32, B256)
     int8 = _lat(result, ORT_CPU_INT8, B256)
     if fp32 and int8 and int8 > fp32 and _clearly_slower(result, ORT_CPU_INT8, ORT_CPU_FP32, B256):
@@ -182,13 +178,7 @@ def surprises(result: RunResult, notes: Sequence[str] = ()) -> list[str]:
             why = "dynamic quantisation computes activation ranges at run time and uses ConvInteger for convolutions"
         out.append(f"In ONNX Runtime, int8 is slower than fp32 here ({int8:.2f} ms against {fp32:.2f} ms at batch "
                    f"256; the fp32 time is in the table below, not in the tiles above): {why}.")
-    params_drop = 1 - result["params"] / max(result["baseline_params"], 1)
-    explained = any("removing an output channel" in n for n in notes)
-    for p in (result.get("compression", {}).get("prune") or []):
-        if p.get("granularity") == "channel" and params_drop > p.get("requested", 0) + 0.1 and not explained:
-            out.append(f"Channel pruning at ratio {p['requested']:.2f} removed {params_drop:.0%} of the parameters: "
-                       "each removed channel also removes the next layer's matching input weights.")
-    return out
+    return [n for n in dict.fromkeys(out) if n not in notes]
 
 
 def _clearly_slower(result: RunResult, slow: str, fast: str, batch: str) -> bool:
