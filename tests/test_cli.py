@@ -145,3 +145,26 @@ def test_recommend_refuses_constraints_no_run_could_meet(tmp_path, capsys, flag,
     rc = main(["recommend", str(results), "--latency", "latency_ms", "--confidence", "0", flag, value])
     err = capsys.readouterr().err
     assert rc == 2 and err == f"error: {flag}={float(value)!r} must be {allowed}\n"
+
+
+@pytest.mark.parametrize("command", [["data", "export"], ["train", "--model", "lenet5", "--epochs", "1"]])
+def test_a_large_image_size_is_refused_in_one_line_before_the_resize(tmp_path, monkeypatch, capsys, command):
+    """Issue 33: `data export` and `train` with `--image-size 512` resized the whole data set in the command's own
+    process (past 8 GB for Fashion-MNIST) and, at worst, died with the allocator's own message."""
+    from explorer.core import data
+    from tests.conftest import make_mnist
+
+    def resized(x, size):
+        raise AssertionError("the images were resized")
+
+    monkeypatch.setattr(data, "_resize", resized)
+    monkeypatch.setenv("EXPLORER_MAX_DECODED_MB", "20")
+    out = tmp_path / "out"
+    extra = ["--out", str(out / "x.npz")] if command[0] == "data" else ["--models-dir", str(out)]
+    rc = main([*command, "--dataset", "fashion-mnist", "--root", str(make_mnist(tmp_path / "f", "FashionMNIST")),
+               "--image-size", "512", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == ("error: image size 512 would make the 80 images of fashion-mnist take 80 MB, above "
+                               "EXPLORER_MAX_DECODED_MB=20: choose a smaller image size (--image-size), or raise the "
+                               "cap where the memory is there\n")
+    assert not out.exists()
