@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -145,3 +146,83 @@ def test_recommend_refuses_constraints_no_run_could_meet(tmp_path, capsys, flag,
     rc = main(["recommend", str(results), "--latency", "latency_ms", "--confidence", "0", flag, value])
     err = capsys.readouterr().err
     assert rc == 2 and err == f"error: {flag}={float(value)!r} must be {allowed}\n"
+
+
+@pytest.mark.parametrize("command", [["data", "export"], ["train", "--model", "lenet5", "--epochs", "1"]])
+def test_a_large_image_size_is_refused_in_one_line_before_the_resize(tmp_path, monkeypatch, capsys, command):
+    """Issue 33: `data export` and `train` with `--image-size 512` resized the whole data set in the command's own
+    process (past 8 GB for Fashion-MNIST) and, at worst, died with the allocator's own message."""
+    from explorer.core import data
+    from tests.conftest import make_mnist
+
+    def resized(x, size):
+        raise AssertionError("the images were resized")
+
+    monkeypatch.setattr(data, "_resize", resized)
+    monkeypatch.setenv("EXPLORER_MAX_DECODED_MB", "20")
+    out = tmp_path / "out"
+    extra = ["--out", str(out / "x.npz")] if command[0] == "data" else ["--models-dir", str(out)]
+    rc = main([*command, "--dataset", "fashion-mnist", "--root", str(make_mnist(tmp_path / "f", "FashionMNIST")),
+               "--image-size", "512", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == ("error: image size 512 would make the 80 images of fashion-mnist take 80 MB, above "
+                               "EXPLORER_MAX_DECODED_MB=20: choose a smaller image size (--image-size), or raise the "
+                               "cap where the memory is there\n")
+    assert not out.exists()
+
+
+def _not_files(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "folder").mkdir()
+    return {"a named pipe": tmp_path / "pipe", "a device": "/dev/zero", "a folder": tmp_path / "folder"}
+
+
+@pytest.mark.timeout(120)  # the named pipe, opened, would wait for a writer for ever; /dev/zero never ends
+def test_a_pipe_a_device_or_a_folder_named_as_a_file_is_said_to_be_one(tmp_path, monkeypatch, capsys):
+    """Issue 33: a FIFO, /dev/zero or a folder given as a recipe (or as a sweep's CSV, or a checkpoint) was reported as
+    "does not exist". Each is now named for what it is, in one line, without opening it."""
+    import json
+
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
+    for kind, path in _not_files(tmp_path).items():
+        recipe = tmp_path / "recipe.json"
+        recipe.write_text(json.dumps({"model": "digits_cnn", "checkpoint": str(path), "steps": []}))
+        for args, what, shown in ((["run", "--recipe", str(path)], "recipe file", str(path)),
+                                  (["report", str(path), "--html", str(tmp_path / "r.html")], "results file",
+                                   str(path)),
+                                  (["recommend", str(path)], "results file", str(path)),
+                                  (["add-model", "--checkpoint", str(path), "--arch", "digits_cnn"], "model file",
+                                   os.path.basename(path)),
+                                  (["run", "--recipe", str(recipe), "--no-cache"], "checkpoint", str(path))):
+            assert main(args) == 2, args
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: {shown!r} is {kind}, not a {what}") and err.count("\n") == 1, (args, err)
+    assert main(["run", "--recipe", str(tmp_path / "none.json")]) == 2
+    assert capsys.readouterr().err == f"error: recipe file {str(tmp_path / 'none.json')!r} does not exist\n"
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "user").exists()
+
+
+def test_a_recipe_is_read_no_further_than_its_cap(monkeypatch):
+    """A file that says it is small and is not (a file of /proc says it is empty) is read only to the cap, and
+    refused as too large rather than read whole."""
+    from explorer.compress import recipe as recipes
+
+    path = "/proc/self/maps"  # this process's memory map: 0 bytes by its size, some hundred kB with torch loaded
+    if not os.path.isfile(path) or os.path.getsize(path) != 0:
+        pytest.skip("needs Linux's /proc")
+    monkeypatch.setattr(recipes, "MAX_RECIPE_BYTES", 4096)
+    with pytest.raises(ValueError, match=rf"^recipe file {path!r} is over 4,096 bytes: a recipe is a small JSON "):
+        recipes.Recipe.from_file(path)
+
+
+@pytest.mark.timeout(60)
+def test_a_pipe_put_in_place_of_a_checked_file_does_not_hold_the_read(tmp_path, monkeypatch):
+    """The file is opened without waiting and judged again by what was opened: a named pipe swapped in after the
+    check (the check skipped here) is refused at once, not waited on for a writer."""
+    from explorer.core import paths
+
+    os.mkfifo(tmp_path / "pipe")
+    monkeypatch.setattr(paths, "user_file", lambda *a, **k: 0)
+    with pytest.raises(ValueError, match=rf"^{str(tmp_path / 'pipe')!r} is a named pipe, not a recipe file$"):
+        paths.read_user_file(tmp_path / "pipe", "recipe file", 100)

@@ -249,3 +249,27 @@ def test_recorded_versions_are_the_imported_libraries():
     v = versions()  # the installed distributions' versions (without a build's local tag, such as "+cpu")
     assert (v["torchvision"], v["timm"], v["onnxruntime"]) == (torchvision.__version__.split("+")[0],
                                                                  timm.__version__, onnxruntime.__version__)
+
+
+def test_a_resize_is_held_to_the_decoded_cap_before_it_is_made(tmp_path, monkeypatch):
+    """Issue 33: `--image-size 512` on Fashion-MNIST's 70,000 images resized them in the caller's own process, past
+    8 GB, because EXPLORER_MAX_DECODED_MB was checked on the files only. What the resize would make is checked
+    first, from its shape, and refused in one line that names the value."""
+    from explorer.core import data
+
+    make_mnist(tmp_path, "FashionMNIST")  # 80 images of 28x28
+    made: list[int] = []
+    resize = data._resize
+    monkeypatch.setattr(data, "_resize", lambda x, size: made.append(size) or resize(x, size))
+    monkeypatch.setenv("EXPLORER_MAX_DECODED_MB", "20")
+    with pytest.raises(ValueError) as e:
+        load_dataset("fashion-mnist", tmp_path, image_size=512)  # 80 x 1 x 512 x 512 x 4 bytes = 80 MB
+    assert str(e.value) == ("image size 512 would make the 80 images of fashion-mnist take 80 MB, above "
+                            "EXPLORER_MAX_DECODED_MB=20: choose a smaller image size (--image-size), or raise the "
+                            "cap where the memory is there")
+    with pytest.raises(ValueError, match=r"^image size 256 and 3 channels would make the 80 images of fashion-mnist "
+                                         r"take 60 MB, above EXPLORER_MAX_DECODED_MB=20: "):
+        load_dataset("fashion-mnist", tmp_path, image_size=256, channels=3)
+    assert made == []  # refused before anything was resized
+    assert load_dataset("fashion-mnist", tmp_path, image_size=128).input_shape == (1, 128, 128)  # 5 MB: allowed
+    assert made == [128, 128]  # the training images and the official test images

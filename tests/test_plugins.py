@@ -139,3 +139,63 @@ def test_module_names_are_validated():
     for bad in ("a-b", "1x", "a..b", "a b", "a/b"):
         with pytest.raises(ValueError, match="is not a Python module name"):
             plugins.module_names(bad)
+
+
+def test_a_plugin_that_calls_sys_exit_is_one_line_naming_it(package, monkeypatch, capsys):
+    """Issue 33: a plugin that called sys.exit() as it was imported ended the command silently with its status,
+    instead of the one line naming the plugin. A Ctrl-C while a plugin loads is still an interruption, not the
+    plugin's failure."""
+    package("plug_exit", source="import sys\nsys.exit(3)\n")
+    assert main(["--plugin", "plug_exit", "models"]) == 2
+    assert capsys.readouterr().err == ("error: plugin module 'plug_exit' could not be loaded: SystemExit: it called "
+                                       "sys.exit(3) (plugins come from the 'explorer.plugins' entry points, --plugin "
+                                       "and EXPLORER_PLUGINS)\n")
+    monkeypatch.setenv(plugins.ENV, "")
+    package("plug_exit_fn", entry_point="plug_exit_fn:register",
+            source="import sys\n\ndef register():\n    sys.exit('no GPU here')\n")
+    with pytest.raises(ValueError, match=r"^plugin entry point 'plug_exit_fn' \(plug_exit_fn:register\) could not be "
+                                         r"loaded: SystemExit: it called sys.exit\('no GPU here'\) "):
+        zoo.list_models()
+    package("plug_interrupted", source="raise KeyboardInterrupt\n")
+    monkeypatch.setenv(plugins.ENV, "plug_interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        zoo.list_models()
+    assert "module 'plug_interrupted'" not in plugins.loaded()  # not marked as failed: the next look-up tries again
+
+
+LIBRARY_NAME = '''
+from torch import nn
+
+from explorer.core.zoo import register_model
+
+
+@register_model("timm:resnet18", description="not timm's resnet18")
+def build(num_classes, in_channels, image_size):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+'''
+
+
+def test_a_plugin_cannot_take_a_library_name_nor_the_zoos_own(package, monkeypatch):
+    """Issue 33: a plugin could register 'timm:resnet18' and so silently replace timm's architecture in every card
+    that names it. A name with a ':' is the libraries' and refused, as a name of the zoo's own (or of a built-in data
+    set) already was; the library's architecture stays what the name builds."""
+    try:
+        package("plug_lib", source=LIBRARY_NAME)
+        monkeypatch.setenv(plugins.ENV, "plug_lib")
+        with pytest.raises(ValueError, match=r"^plugin module 'plug_lib' could not be loaded: RuntimeError: model "
+                                             r"'timm:resnet18' has a ':', which names a library's architecture "):
+            zoo.list_models()
+        assert "timm:resnet18" not in zoo._REGISTRY
+    finally:
+        zoo._REGISTRY.pop("timm:resnet18", None)
+    for name, source in (("plug_zoo", LIBRARY_NAME.replace("timm:resnet18", "lenet5")),
+                         ("plug_data", "from explorer.core.data import register_dataset\n"
+                                       "register_dataset('digits', lambda root: None)\n")):
+        package(name, source=source)
+        monkeypatch.setenv(plugins.ENV, name)
+        with pytest.raises(ValueError, match=rf"^plugin module '{name}' could not be loaded: RuntimeError: "
+                                             r"(model 'lenet5'|dataset 'digits') registered twice"):
+            zoo.list_models()
+    monkeypatch.setenv(plugins.ENV, "")
+    assert zoo.model_entry("timm:resnet18").description == "timm's resnet18"
+    assert zoo.model_entry("lenet5").description.startswith("LeNet-5")

@@ -340,3 +340,54 @@ def test_a_loop_that_runs_only_on_the_timing_batch_is_refused_when_added(env, mo
     with pytest.raises(ValueError, match=r"^model 'sly.onnx' took longer than 5 s to check"):
         byo.add_model(sly, name="sly")
     assert _stored(env) == []
+
+
+def data_hog(chunks: int, chunk_mb: int, how: str) -> int:
+    """Runs out of memory while it prepares the data it checks on: grows until the parent's watch stops it, or asks
+    for more than the address space allows; after a preparation that fitted, `how="model"` does so outside it."""
+    sandbox.start_clock()
+    with sandbox.preparing("the test's images at 512x512"):
+        if how == "grow":
+            return hog(chunks, chunk_mb)
+        if how == "raise":
+            return len(bytearray(2**44))  # 16 TB: refused by the address-space limit (or by the kernel) at once
+    return len(bytearray(2**44))
+
+
+@pytest.mark.parametrize("how", ["grow", "raise"])
+def test_memory_run_out_while_preparing_the_data_names_the_data_not_the_model(monkeypatch, how):
+    """Issue 33: `add-model --image-size 512` ran out of memory resizing the data set in the check, and the refusal
+    blamed the model ("a graph or a tensor too large to run here"). Work the check marks as preparing its data is
+    named as what it is; the same failure in the model's own time still names the model."""
+    monkeypatch.setenv("EXPLORER_CHECK_MAX_MB", "128")
+    with pytest.raises(ValueError) as e:
+        sandbox.run_checked(data_hog, 40, 16, how, what="model 'w.safetensors'")  # 640 MB in 16 MB steps
+    assert str(e.value) == ("the test's images at 512x512 needed more than 128 MB of memory while model "
+                            "'w.safetensors' was being checked: the data is too large to check on here, not the model: "
+                            "refused (the limit is EXPLORER_CHECK_MAX_MB=128; a smaller image size, --image-size, "
+                            "needs less)")
+    if how == "raise":
+        with pytest.raises(ValueError, match=r"^model 'w.safetensors' needed more than 128 MB of memory to check "
+                                             r"\(a graph or a tensor too large to run here\)"):
+            sandbox.run_checked(data_hog, 0, 0, "model", what="model 'w.safetensors'")
+    assert _checkers() == []
+
+
+def test_an_added_model_at_an_image_size_too_large_names_the_data_not_the_model(env, monkeypatch):
+    """Issue 33: the data set the check resizes is held to EXPLORER_MAX_DECODED_MB before it is made, in the checking
+    process too; and one within that cap but past the check's memory is named as the data, not as the model."""
+    weights = ROOT / "models" / "digits_cnn-digits.safetensors"
+    monkeypatch.setenv("EXPLORER_MAX_DECODED_MB", "16")
+    with pytest.raises(ValueError) as e:
+        byo.add_model(weights, arch="digits_cnn", image_size=64, name="big")
+    assert str(e.value) == ("image size 64 would make the 1,797 images of digits take 28 MB, above "
+                            "EXPLORER_MAX_DECODED_MB=16: choose a smaller image size (--image-size), or raise the cap "
+                            "where the memory is there")
+    monkeypatch.setenv("EXPLORER_MAX_DECODED_MB", "1024")
+    monkeypatch.setenv("EXPLORER_CHECK_MAX_MB", "64")
+    with pytest.raises(ValueError) as e:
+        byo.add_model(weights, arch="digits_cnn", image_size=256, name="big")  # 1,797 x 256 x 256 floats: 449 MB
+    assert str(e.value).startswith("the digits images at 256x256 needed more than 64 MB of memory while model "
+                                   "'digits_cnn-digits.safetensors' was being checked: the data is too large to check "
+                                   "on here, not the model: refused")
+    assert _stored(env) == []

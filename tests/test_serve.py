@@ -123,3 +123,26 @@ def test_the_servers_own_run_gives_way_to_a_page_drawing_its_shell():
     finally:
         _Slow.release.set()
         board.stop()
+
+
+def test_the_page_listens_on_this_machine_only_unless_the_operator_says_otherwise(monkeypatch, tmp_path):
+    """Issue 33: .streamlit/config.toml set no server.address, so the page started without `make run` (`streamlit
+    run app.py`, or explorer.app.serve without --server.address) listened on every interface. The file says
+    localhost, and Streamlit reads it for app.py from any working folder; a flag still overrides it."""
+    import tomllib
+
+    from streamlit import config
+
+    assert tomllib.loads((serve.APP.parent / ".streamlit" / "config.toml").read_text())["server"]["address"] == (
+        "localhost")
+    monkeypatch.delenv("STREAMLIT_SERVER_ADDRESS", raising=False)
+    monkeypatch.chdir(tmp_path)  # started from another folder: the file beside app.py is the one that counts
+    monkeypatch.setattr(config, "_main_script_path", str(serve.APP))
+    try:
+        config.get_config_options(force_reparse=True)
+        assert config.get_option("server.address") == "localhost"
+        config.get_config_options(force_reparse=True, options_from_flags={"server.address": "0.0.0.0"})
+        assert config.get_option("server.address") == "0.0.0.0"
+    finally:
+        monkeypatch.undo()
+        config.get_config_options(force_reparse=True)

@@ -63,3 +63,26 @@ def test_the_cli_refuses_an_endless_latency_budget_in_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "error: EXPLORER_LATENCY_BUDGET_S='1e308' must be a positive number of seconds, at most 60" in r.stderr
     assert not (tmp_path / "cache").exists()  # refused before any work
+
+
+def test_every_message_states_the_least_value_parse_takes():
+    """Issue 33: EXPLORER_CORES' message said '>= 1' beside its default 0 (every core), which parse takes. For every
+    setting the least value the message states is taken, the default is taken, and what is just below is refused."""
+    import re
+
+    for name, s in settings.SETTINGS.items():
+        assert settings.parse(name, f"{s.default:g}") == s.default, name
+        message = s.allowed()
+        least = re.search(r">= (\S+?),", message) or re.fullmatch(r"(\S+) or \S+", message)
+        if least is None:
+            assert message.startswith("a positive number") and s.minimum == 0, name
+            low, below = 1e-9, "0"
+        else:
+            low, below = float(least.group(1)), f"{float(least.group(1)) - (1 if s.integer else 1e-9):g}"
+        assert settings.parse(name, f"{low:g}") == low, name
+        with pytest.raises(ValueError, match=rf"^{name}="):
+            settings.parse(name, below)
+    with pytest.raises(ValueError) as e:
+        settings.parse("EXPLORER_CORES", "-1")
+    assert str(e.value) == ("EXPLORER_CORES='-1' must be a whole number of cores >= 0, at most 4096 (default 0): cores "
+                            "the explorer's work may use (0: every core this process may run on)")

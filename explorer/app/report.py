@@ -14,6 +14,7 @@ from explorer.app import plots
 from explorer.app.metrics import across_seeds, sweet_spot
 from explorer.core.engines import B256, ORT_CPU_INT8, gain_col, lat_col, reltime_col, speedup_col, state_col
 from explorer.core.engines import TORCH_CPU as PYTORCH_FP32
+from explorer.core.paths import user_file
 
 TABLE_COLUMNS = ["label", "status", "seed", "top1", "top1_lo", "top1_hi", "accuracy_delta", "delta_lo", "delta_hi",
                  "p_value", "sparsity", "file_bytes", "gzip_bytes", "packed_bytes", "onnx_int8_bytes", "rf_packed",
@@ -25,8 +26,7 @@ TABLE_COLUMNS = ["label", "status", "seed", "top1", "top1_lo", "top1_hi", "accur
 
 def read_results(path: str | os.PathLike) -> pd.DataFrame:
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"results file {str(p)!r} does not exist (write one with `python -m explorer sweep --out`)")
+    user_file(p, "results file", hint=" (write one with `python -m explorer sweep --out`)")
     try:
         df = pd.read_csv(p)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:

@@ -16,7 +16,7 @@ from explorer.compress.base import StepConfig, config_from_dict, config_to_dict,
 from explorer.core import strictjson
 from explorer.core.data import list_datasets
 from explorer.core.errors import bad_value, check_choice, check_range
-from explorer.core.paths import baseline_path
+from explorer.core.paths import baseline_path, read_user_file
 
 RECIPE_KEYS = ("model", "dataset", "checkpoint", "seed", "steps", "name", "finetune_samples")
 MAX_RECIPE_BYTES = 1 << 20
@@ -138,12 +138,10 @@ class Recipe:
     def from_file(cls, path: str | os.PathLike[str]) -> Recipe:
         p = Path(path)
         source = f"recipe file {str(p)!r}"
-        if not p.is_file():
-            raise ValueError(f"{source} does not exist")
-        if p.stat().st_size > MAX_RECIPE_BYTES:
-            raise ValueError(f"{source} is {p.stat().st_size:,} bytes: a recipe is a small JSON object (at most "
-                             f"{MAX_RECIPE_BYTES:,} bytes) such as {EXAMPLE}")
-        raw = p.read_bytes()
+        raw = read_user_file(p, "recipe file", MAX_RECIPE_BYTES)  # a pipe, a device or a folder is named as such
+        if len(raw) > MAX_RECIPE_BYTES:  # read no further: a file of /proc says it is empty and may not be
+            raise ValueError(f"{source} is over {MAX_RECIPE_BYTES:,} bytes: a recipe is a small JSON object such as "
+                             f"{EXAMPLE}")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:

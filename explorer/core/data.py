@@ -205,6 +205,7 @@ def _load_dataset(name: str, root: str | Path | None, seed: int, image_size: int
             notes = []
         else:
             (x, y), official_test, classes, notes = image_folder(root, image_size or 32, channels)
+    _check_made_size(name, x, official_test, channels, image_size)
     if channels is not None and x.shape[1] != channels:
         x = x.mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1)
         if official_test is not None:
@@ -278,6 +279,25 @@ def _from_plugin(name: str, root: str | Path | None) -> tuple[torch.Tensor, torc
             raise ValueError(f"dataset {name!r} from a plugin has labels outside 0..{len(classes) - 1}")
     test = None if test is None else (test[0].float(), test[1].long())
     return x.float(), y.long(), list(classes), test
+
+
+def _check_made_size(name: str, x: torch.Tensor, test: Pair | None, channels: int | None,
+                     image_size: int | None) -> None:
+    """The images as the data set will hold them, resized and converted, held to EXPLORER_MAX_DECODED_MB before
+    they are made: the files passed the cap at their own size, and a resize of Fashion-MNIST's 70,000 images to
+    512x512 would take 70,000 MB (allocated in the caller's process, the command line's or the page's)."""
+    size = image_size if image_size is not None and x.shape[-1] != image_size else None
+    chans = channels if channels is not None and x.shape[1] != channels else None
+    if size is None and chans is None:
+        return  # nothing is made here: the data set is the size its files (or a trusted plugin) gave
+    n = len(x) + (0 if test is None else len(test[0]))
+    c, h, w = chans or int(x.shape[1]), size or int(x.shape[-2]), size or int(x.shape[-1])
+    need, cap = n * c * h * w * 4, settings.get("EXPLORER_MAX_DECODED_MB")
+    if need > cap * 2**20:
+        asked = " and ".join([*([f"image size {size}"] if size else []), *([f"{c} channels"] if chans else [])])
+        raise ValueError(f"{asked} would make the {n:,} images of {name} take {need / 2**20:,.0f} MB, above "
+                         f"EXPLORER_MAX_DECODED_MB={cap:g}: choose a smaller image size (--image-size), or raise "
+                         "the cap where the memory is there")
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

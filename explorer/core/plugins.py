@@ -11,7 +11,9 @@ A plugin is code, so it is trusted like the explorer itself and only ever named 
 The page never loads a plugin from an upload: it has no way to name one.
 
 Each plugin is imported once per process, on the first look-up of a model or data set name. A plugin that cannot
-be imported is one line naming it and the reason, every time a name is looked up, until it is fixed or unnamed.
+be imported (an exception, or sys.exit()) is one line naming it and the reason, every time a name is looked up,
+until it is fixed or unnamed. A plugin registers names of its own: one the zoo or the built-in data sets hold, or
+one with a ':' (the libraries' 'timm:<name>', which it would otherwise replace in every card), makes it fail so.
 """
 
 from __future__ import annotations
@@ -106,8 +108,16 @@ def _once(what: str, fn: Callable[[], object]) -> None:
     try:
         fn()
         _done[what] = None
-    except Exception as e:  # the operator's code: any failure is reported as one line naming it
-        _done[what] = f"{type(e).__name__}: {first_line(e, 300)}"
+    except KeyboardInterrupt:  # the person at the keyboard stopping us, not the plugin failing: tried again next time
+        raise
+    except BaseException as e:  # the operator's code: any failure, sys.exit() included, is one line naming it
+        _done[what] = _why(e)
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, SystemExit):  # its text is only the status: without this the process ended with it, silently
+        return f"SystemExit: it called sys.exit({e.code!r})"
+    return f"{type(e).__name__}: {first_line(e, 300)}"
 
 
 def _load(ep: metadata.EntryPoint) -> None:

@@ -28,12 +28,13 @@ class Setting:
         unit = f" of {self.unit}" if self.unit else ""
         if self.integer and self.maximum is not None and self.maximum - self.minimum == 1:
             return f"{self.minimum:g} or {self.maximum:g}"
-        if self.integer:
-            text = f"a whole number{unit} >= {max(self.minimum, 1):g}"
+        if self.integer:  # the least whole number parse takes: EXPLORER_CORES' 0 (every core) is one
+            lowest = math.ceil(self.minimum) if self.inclusive else math.floor(self.minimum) + 1
+            text = f"a whole number{unit} >= {lowest:g}"
         elif self.inclusive:
             text = f"a number{unit} >= {self.minimum:g}"
         else:
-            text = f"a positive number{unit}"
+            text = f"a positive number{unit}" if self.minimum == 0 else f"a number{unit} above {self.minimum:g}"
         return text if self.maximum is None else f"{text}, at most {_plain(self.maximum)}"
 
 

@@ -43,6 +43,9 @@ def register_model(name: str, *, description: str, min_image_size: int = 4, defa
     def deco(fn: Factory) -> Factory:
         if name in _REGISTRY:
             raise RuntimeError(f"model {name!r} registered twice")
+        if ":" in name:  # 'timm:resnet18' would shadow the library's own architecture in every card that names it
+            raise RuntimeError(f"model {name!r} has a ':', which names a library's architecture ('torchvision:<name>', "
+                               "'timm:<name>'): register it under a name without one")
         _REGISTRY[name] = ModelEntry(name, fn, description, min_image_size, default_image_size)
         return fn
 

@@ -23,7 +23,7 @@ from torch import nn
 from explorer.core.card import ModelCard
 from explorer.core.data import DataBundle, load_dataset
 from explorer.core.errors import first_line, quiet_third_party
-from explorer.core.paths import MODELS_DIR, baseline_path  # noqa: F401  (re-exported: where baselines live)
+from explorer.core.paths import MODELS_DIR, baseline_path, user_file  # noqa: F401  (re-exported: where baselines live)
 from explorer.core.train import Progress, TrainConfig, evaluate, fit, seed_everything
 from explorer.core.version import SCHEMA_VERSION, __version__
 from explorer.core.zoo import count_params, create_model
@@ -154,8 +154,7 @@ def load_state_dict_file(path: str | os.PathLike, *, trust_code: bool = False,
     format comes from the bytes; `shown` is the file's name as the user knows it, for messages."""
     path = Path(path)
     shown = shown or str(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {shown!r} does not exist")
+    user_file(path, "checkpoint", shown)
     fmt = detect_format(path, shown)
     if fmt == "safetensors":
         try:

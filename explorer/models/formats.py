@@ -15,6 +15,8 @@ import os
 import zipfile
 from pathlib import Path
 
+from explorer.core.paths import user_file
+
 DATA_FORMATS = ("safetensors", "state_dict", "onnx")
 PROGRAMS = {"torchscript": "a TorchScript program", "exported": "an exported program (torch.export, .pt2)",
             "pickle": "a Python pickle"}
@@ -37,9 +39,7 @@ def detect_format(path: str | os.PathLike, shown: str | None = None, parse_onnx:
     "onnx" for any file that is none of the others, to be parsed (and refused) under a memory limit."""
     p = Path(path)
     shown = shown or p.name
-    if not p.is_file():
-        raise ValueError(f"model file {shown!r} does not exist")
-    size = p.stat().st_size
+    size = user_file(p, "model file", shown)  # a pipe would hold the open below; a device never ends
     with open(p, "rb") as f:
         head = f.read(16)
     if _is_safetensors(head, size):

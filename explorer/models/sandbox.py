@@ -13,18 +13,21 @@ The memory limit is enforced twice: the child caps its own address space (RLIMIT
 address space that libraries and threads reserve without using), so an allocation past it fails at once;
 and the parent watches the child's resident memory and kills it past the limit. The clock and the memory
 baseline start once torch and ONNX Runtime are loaded (trusted code, slow on a busy machine, bounded by
-START_S), and the checked function may start them again (`start_clock`) after loading trusted data.
+START_S), and the checked function may start them again (`start_clock`) after loading trusted data. Work it
+marks with `preparing` (the data set it checks the model on) is named instead of the model when it runs out of
+memory: an image size too large for the limit is the data's fault, not the model's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from explorer.core import settings
@@ -38,6 +41,7 @@ MEMORY_SIGNS = ("bad_alloc", "can't allocate memory", "cannot allocate memory", 
                 "out of memory", "memoryerror")
 
 _conn = None  # the child's end of the pipe; None in any other process
+_preparing: str | None = None  # in the child: what `preparing` marks now (or marked when memory ran out)
 _idle: list[_Worker] = []  # in the caller: checking processes waiting for the next check
 _idle_lock = threading.Lock()
 
@@ -52,7 +56,11 @@ def timeout_refusal(what: str, seconds: float) -> ValueError:
                       f"here): refused (the limit is EXPLORER_CHECK_TIMEOUT_S={seconds:g})")
 
 
-def memory_refusal(what: str, max_mb: int) -> ValueError:
+def memory_refusal(what: str, max_mb: int, preparing: str | None = None) -> ValueError:
+    if preparing is not None:  # the data the model is checked on, before the model ran: say so, not "a graph"
+        return ValueError(f"{preparing} needed more than {max_mb:,} MB of memory while {what} was being checked: "
+                          f"the data is too large to check on here, not the model: refused (the limit is "
+                          f"EXPLORER_CHECK_MAX_MB={max_mb}; a smaller image size, --image-size, needs less)")
     return ValueError(f"{what} needed more than {max_mb:,} MB of memory to check (a graph or a tensor too large "
                       f"to run here): refused (the limit is EXPLORER_CHECK_MAX_MB={max_mb})")
 
@@ -123,7 +131,7 @@ def run_checked(fn: Callable[..., Any], *args: Any, what: str, reuse: bool = Tru
 
 def _wait(w: _Worker, what: str, timeout_s: float, max_mb: int) -> tuple:
     """The child's verdict, ("ok" | "error" | "memory" | "crash", value); a kill or a death is raised."""
-    deadline, base = time.monotonic() + START_S, None
+    deadline, base, preparing = time.monotonic() + START_S, None, None
     while True:
         if w.conn.poll(POLL_S):
             try:
@@ -138,11 +146,14 @@ def _wait(w: _Worker, what: str, timeout_s: float, max_mb: int) -> tuple:
                 deadline, base = time.monotonic() + timeout_s, msg[1]
                 w.base = base if w.base is None else w.base
                 continue
+            if msg[0] == "preparing":
+                preparing = msg[1]
+                continue
             return msg
         now_rss = _rss(w.proc.pid)
         if base is not None and now_rss is not None and now_rss - base > max_mb * 2**20:
             w.proc.kill()
-            raise memory_refusal(what, max_mb)
+            raise memory_refusal(what, max_mb, preparing)
         if time.monotonic() > deadline:
             w.proc.kill()
             if base is None:
@@ -156,7 +167,7 @@ def _verdict(msg: tuple, what: str, max_mb: int) -> Any:
     if kind == "ok":
         return value
     if kind == "memory":
-        raise memory_refusal(what, max_mb)
+        raise memory_refusal(what, max_mb, value)
     if kind == "error":
         raise ValueError(value)
     raise ValueError(f"{what} could not be checked: {value}")
@@ -208,6 +219,27 @@ def start_clock() -> None:
     used = resource.getrusage(resource.RUSAGE_SELF)
     _soft_limit(resource.RLIMIT_CPU, int(used.ru_utime + used.ru_stime + timeout_s * (os.cpu_count() or 1) + 60))
     _conn.send(("clock", _rss(os.getpid()) or 0))
+
+
+@contextlib.contextmanager
+def preparing(what: str) -> Iterator[None]:
+    """In the child: the work inside is `what` ("the fashion-mnist images at 512x512"), data the model is checked
+    on, so running out of memory inside it is reported as that, not as the model's. A no-op in any other process."""
+    global _preparing
+    if _conn is None:
+        yield
+        return
+    _preparing = what
+    _conn.send(("preparing", what))
+    try:
+        yield
+    except BaseException as e:
+        if not _is_memory(e):  # a memory failure keeps the mark, for the verdict _serve sends
+            _preparing = None
+            _conn.send(("preparing", None))
+        raise
+    _preparing = None
+    _conn.send(("preparing", None))
 
 
 def _soft_limit(which: int, want: int) -> None:
@@ -263,7 +295,7 @@ def _is_memory(e: BaseException) -> bool:
 
 def _serve(conn, parent: int) -> None:
     """The checking process: one job at a time until told to stop, idle for IDLE_S, or its caller is gone."""
-    global _conn
+    global _conn, _preparing
     _conn = conn
     _few_arenas()
     _silence()
@@ -282,13 +314,14 @@ def _serve(conn, parent: int) -> None:
         os.environ.update(env)
         sys.path[:] = path  # where the caller's trusted plugins (EXPLORER_PLUGINS) are imported from
         tempfile.tempdir = None
+        _preparing = None
         try:
             os.chdir(cwd)
             start_clock()
             msg: tuple = ("ok", fn(*args, **kwargs))
         except BaseException as e:  # everything goes back as one line; nothing is printed
             if _is_memory(e):
-                msg = ("memory", first_line(e, 200))
+                msg = ("memory", _preparing)
             elif isinstance(e, ValueError):
                 msg = ("error", str(e))
             else:
@@ -296,4 +329,4 @@ def _serve(conn, parent: int) -> None:
         try:
             conn.send(msg)
         except MemoryError:
-            conn.send(("memory", "the answer"))
+            conn.send(("memory", None))

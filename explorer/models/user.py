@@ -125,7 +125,9 @@ def _stage(path: Path, shown: str, fmt: str, arch: str | None, dataset: str, roo
 
 
 def _data(dataset: str, root: str | None, image_size: int | None, in_channels: int | None) -> DataBundle:
-    return load_dataset(dataset, root, image_size=image_size, channels=in_channels)
+    at = f" at {image_size}x{image_size}" if image_size else ""
+    with sandbox.preparing(f"the {dataset} images{at}"):  # out of memory here is the data's size, not the model's
+        return load_dataset(dataset, root, image_size=image_size, channels=in_channels)
 
 
 def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: str, root: str | None,

@@ -31,6 +31,7 @@ from explorer.compress.recipe import Recipe, check_finetune_samples
 from explorer.core import scratch, settings
 from explorer.core.data import DataBundle
 from explorer.core.errors import first_line
+from explorer.core.paths import user_file
 from explorer.core.train import Progress, evaluate
 from explorer.core.version import SCHEMA_VERSION
 from explorer.measure import compute, size
@@ -73,9 +74,8 @@ def run_key(recipe: Recipe) -> str:
     """Hash of what determines the result: the baseline's bytes, the data and split seed (in the
     recipe), the canonical recipe JSON and the schema version."""
     path = recipe.checkpoint_path
-    if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} for model {recipe.model!r} on {recipe.dataset!r} does not exist; "
-                         f"train it with `python -m explorer train --model {recipe.model} --dataset {recipe.dataset}`")
+    user_file(path, "checkpoint", hint=f" (model {recipe.model!r} on {recipe.dataset!r}); train it with "
+                                       f"`python -m explorer train --model {recipe.model} --dataset {recipe.dataset}`")
     h = hashlib.sha256()
     h.update(_sha(str(path), path.stat().st_mtime_ns).encode())
     h.update(recipe.canonical_json().encode())
