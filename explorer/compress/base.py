@@ -429,6 +429,11 @@ class StepConfig:
         the bit-width, the clusters... Later steps overwrite earlier ones."""
         return {}
 
+    @classmethod
+    def blank_columns(cls) -> dict[str, Any]:
+        """Its columns in the row of a run without this technique (no pruning: 0 sparsity requested)."""
+        return {}
+
     def canonical(self) -> StepConfig:
         """The same computation with every field that cannot change it at its default, so two recipes that
         differ only there share a run key (Recipe.canonical_json)."""
@@ -520,6 +525,14 @@ def page_types() -> list[type[StepConfig]]:
     operator's plugins are imported first, so their techniques are offered too."""
     plugins.load()
     return sorted((t.config for t in _STEPS.values() if t.config.controls()), key=lambda c: c.page_order)
+
+
+def blank_columns() -> dict[str, Any]:
+    """Every technique's columns as a run without it has them: the row a table starts each run from."""
+    out: dict[str, Any] = {}
+    for t in sorted(_STEPS.values(), key=lambda t: t.config.page_order):
+        out.update(t.config.blank_columns())
+    return out
 
 
 def step_types() -> dict[str, StepType]:

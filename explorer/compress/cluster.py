@@ -78,6 +78,10 @@ class ClusterConfig(base.StepConfig):
     def columns(self) -> dict[str, Any]:
         return {"clusters": self.clusters}
 
+    @classmethod
+    def blank_columns(cls) -> dict[str, Any]:
+        return {"clusters": 0}
+
     def training_epochs(self) -> int:
         return self.finetune_epochs
 

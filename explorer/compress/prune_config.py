@@ -169,6 +169,10 @@ class PruneConfig(StepConfig):
     def columns(self) -> dict[str, Any]:
         return {"sparsity_requested": self.target, "granularity": self.granularity}
 
+    @classmethod
+    def blank_columns(cls) -> dict[str, Any]:
+        return {"sparsity_requested": 0.0, "granularity": None}
+
     def canonical(self) -> PruneConfig:
         """L1 and L2 rank single weights alike, and n:m pruning uses neither the criterion nor the scope."""
         if self.granularity == "unstructured":

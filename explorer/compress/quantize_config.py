@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from explorer.compress.base import LAYER_CHOICES, MAX_STEP_EPOCHS, Card, Control, Controls, Deploy, StepConfig
 from explorer.core.errors import bad_value, check_choice, check_range
+from explorer.core.words import UNQUANTISED
 
 MODES = ("fp16", "bf16", "ptq", "static", "dynamic", "qat", "mixed")
 CALIBRATIONS = ("minmax", "percentile", "entropy")
@@ -193,6 +194,10 @@ class QuantizeConfig(StepConfig):
 
     def columns(self) -> dict[str, Any]:
         return {"bits": self.bits, "scheme": self.words()}
+
+    @classmethod
+    def blank_columns(cls) -> dict[str, Any]:
+        return {"bits": 32, "scheme": UNQUANTISED}
 
 
 BIT_OPTIONS = ("2", "3", "4", "5", "6", "7", "8", "fp16", "bf16", "fp32")

@@ -20,11 +20,10 @@ from typing import Any, Literal, Required, TypedDict, cast
 
 import pandas as pd
 
-from explorer.compress.base import config_from_dict
+from explorer.compress.base import blank_columns, config_from_dict
 from explorer.compress.recipe import Recipe, recipe_words
 from explorer.core.engines import B1, TORCH_CPU, gain_col, lat_col, reltime_col, speedup_col, state_col
 from explorer.core.version import SCHEMA_VERSION
-from explorer.core.words import UNQUANTISED
 
 # the files a run writes into its folder; the cache keeps the artifacts (packed, ONNX, predictions)
 FILES = {"packed": "model.xpk", "checkpoint": "model.safetensors", "gzip": "model.safetensors.gz",
@@ -323,8 +322,7 @@ def needs_retime(result: Mapping[str, Any]) -> bool:
 
 def _recipe_params(recipe: dict[str, Any]) -> dict[str, Any]:
     """The grid point's columns, as each step's technique gives them (StepConfig.columns)."""
-    p: dict[str, Any] = {"sparsity_requested": 0.0, "bits": 32, "clusters": 0, "granularity": None,
-                         "technique": "baseline", "scheme": UNQUANTISED}
+    p: dict[str, Any] = {**blank_columns(), "technique": "baseline"}
     steps = recipe.get("steps", [])
     for s in steps:
         try:
