@@ -103,7 +103,7 @@ def test_hit_returns_identical_result_without_computing(root):
 def test_verified_get_does_not_rehash(root, monkeypatch):
     c = RunCache()
     key = c.get_or_run(recipe(), compute=FakeCompute())["key"]
-    backdate(root / key)
+    monkeypatch.setattr(cache_mod, "RACY_NS", 0)  # written "long ago": its ctime cannot be set back by a test
     assert c.get(key) is not None  # hashes once and remembers
     hashed = []
     monkeypatch.setattr(cache_mod, "sha256_file", lambda p: hashed.append(p) or "0")
@@ -128,10 +128,11 @@ def test_change_within_one_clock_tick_is_still_detected(root):
     assert c.get(key) is None
 
 
-def test_bytes_changed_in_place_are_never_served(root):
-    """In a long-running process (the page's server) the stats memo says an entry was verified; a file then
-    changed in place with its size and mtime kept must still not be handed out: artifacts and the result
-    are checked against the manifest at the moment they are served, and the entry is dropped."""
+def test_bytes_changed_in_place_are_never_served(root, monkeypatch):
+    """In a long-running process (the page's server) the memo says a file was verified; a file then changed in
+    place with its size and mtime kept must still not be handed out: artifacts and the result are checked
+    against the manifest at the moment they are served, and the entry is dropped."""
+    monkeypatch.setattr(cache_mod, "RACY_NS", 0)  # every file remembered at once, as an old one would be
     c = RunCache()
     key = c.get_or_run(recipe(), compute=FakeCompute())["key"]
     backdate(root / key)
@@ -140,8 +141,8 @@ def test_bytes_changed_in_place_are_never_served(root):
     st = packed.stat()
     flip_byte(packed)
     os.utime(packed, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert c.get(key) is not None  # the memo still trusts the stats: the result JSON itself is intact...
-    assert c.artifact(key, F["packed"]) is None  # ...but the changed bytes are refused when served
+    assert packed.stat().st_ctime_ns != st.st_ctime_ns  # a write moves the ctime, which no program sets back
+    assert c.artifact(key, F["packed"]) is None  # the changed bytes are refused when served
     assert not (root / key).exists() and c.get(key) is None and c.artifact_path(key, F["onnx"]) is None
 
     key = c.get_or_run(recipe(0.7), compute=FakeCompute())["key"]

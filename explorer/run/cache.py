@@ -57,7 +57,6 @@ MANIFEST, RESULT, LAST_USED = "manifest.json", "result.json", "last_used"
 LEGACY_SENSITIVITY = ".sensitivity"
 # an entry that lost its manifest is still recognisably ours if it holds only what commit writes
 OWN_FILES = frozenset({*FILES.values(), RESULT, LAST_USED})
-_verified: set[tuple[Any, ...]] = set()  # (entry, stats of its files) whose checksums matched in this process
 _held = threading.local()  # locks this thread holds: commit/get inside get_or_run's lock must not deadlock
 
 
@@ -85,6 +84,42 @@ def check_key(key: str) -> str:
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+_digests: dict[tuple[str, int, int, int, int], str] = {}  # (path, size, mtime, ctime, inode) -> its checksum
+_digests_lock = threading.Lock()
+RACY_NS = 1_000_000_000  # a file changed this recently is hashed again next time: one clock tick could hold two writes
+
+
+def _stamp(path: Path) -> tuple[str, int, int, int, int]:
+    st = path.stat()
+    return str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def _hash(path: Path, data: bytes | None) -> str:
+    return hashlib.sha256(data).hexdigest() if data is not None else sha256_file(path)
+
+
+def digest(path: Path, data: bytes | None = None) -> str:
+    """The sha256 of the file at `path` (of `data`, its bytes as just read), hashed once per version of the file:
+    a render that lists forty stored runs hashes nothing when nothing changed. A version is its size, times and
+    inode; any write changes its ctime, which no program can set back, so a file changed in place is hashed
+    again. A file changed within the last second is not remembered (the same clock tick could hold a second
+    write: git's "racy clean" problem), nor one that changed while it was read."""
+    before = _stamp(path)
+    with _digests_lock:
+        known = _digests.get(before)
+    if known is not None and data is None:
+        return known
+    if known is not None and _stamp(path) == before:
+        return known
+    value = _hash(path, data)
+    if _stamp(path) == before and max(before[2], before[3]) < time.time_ns() - RACY_NS:
+        with _digests_lock:
+            if len(_digests) > 16_384:
+                _digests.clear()
+            _digests[before] = value
+    return value
 
 
 def folder_bytes(path: Path) -> int:
@@ -159,9 +194,8 @@ class RunCache:
     def _check(self, key: str, deep: bool = True, fresh: bool = False) -> tuple[RunResult | None, str | None]:
         """(stored result, None) if the entry is complete and intact, else (None, the problem).
 
-        deep=False checks presence and sizes only; fresh=True re-hashes what was verified before. Checksums
-        are remembered per file stats only for files last modified over a second ago: a file changed in
-        the same clock tick as the check keeps its mtime (git's "racy clean" problem).
+        deep=False checks presence and sizes only (and result.json's checksum); fresh=True hashes every file again.
+        Otherwise each version of a file is hashed once (`digest`).
         """
         entry = self.root / key
         try:
@@ -173,7 +207,6 @@ class RunCache:
             return None, "no manifest.json (incomplete write)"
         except (OSError, ValueError, KeyError, TypeError) as e:
             return None, f"manifest.json unreadable: {e}"
-        stats = []
         for name, meta in sorted(files.items()):
             if not isinstance(meta, dict) or not name or "/" in name or name.startswith("."):
                 return None, f"manifest.json lists a bad file entry {name!r}"
@@ -183,23 +216,17 @@ class RunCache:
                 return None, f"{name} is missing"
             if not stat.S_ISREG(st.st_mode) or st.st_size != meta.get("bytes"):
                 return None, f"{name} has {st.st_size} bytes, the manifest says {meta.get('bytes')}"
-            stats.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
-        memo = (str(entry), tuple(stats))
-        if deep and (fresh or memo not in _verified):
+        if deep:
             for name, meta in files.items():
                 try:
-                    if sha256_file(entry / name) != meta.get("sha256"):
+                    if (sha256_file(entry / name) if fresh else digest(entry / name)) != meta.get("sha256"):
                         return None, f"{name} checksum mismatch"
                 except OSError as e:
                     return None, f"{name} unreadable: {e}"
-            if max(s[2] for s in stats) < time.time_ns() - 1_000_000_000:
-                if len(_verified) > 4096:
-                    _verified.clear()
-                _verified.add(memo)
         try:
             raw = (entry / RESULT).read_bytes()
-            # the bytes handed out are checked every time, whatever the memo says: in-place changes keep stats
-            if hashlib.sha256(raw).hexdigest() != files[RESULT].get("sha256"):
+            # the bytes handed out are checked every time: against the checksum of this version of the file
+            if digest(entry / RESULT, raw) != files[RESULT].get("sha256"):
                 return None, f"{RESULT} checksum mismatch"
             result = json.loads(raw)
         except (OSError, ValueError) as e:
@@ -397,8 +424,10 @@ class RunCache:
         """Whether bytes about to be handed out are the ones the manifest recorded; if not, the entry is
         discarded (and computed again when next asked for)."""
         meta = self._files(key).get(name)
-        if data is not None and isinstance(meta, dict) and hashlib.sha256(data).hexdigest() == meta.get("sha256"):
-            return True
+        with contextlib.suppress(OSError):
+            if data is not None and isinstance(meta, dict) and \
+                    digest(self.root / key / name, data) == meta.get("sha256"):
+                return True
         if meta is not None:
             with self.lock(key):
                 self._discard(key)
