@@ -211,7 +211,7 @@ def test_a_refused_zip_never_touches_the_stored_dataset(env):
     bad = {**good, "../escape.png": b"x"}  # refused mid-extraction
     with pytest.raises(ValueError, match="climbs out"):
         service.add_dataset_zip(str(_zip_tree(env / "b.zip", bad)), "mydata")
-    other = {"d/eel/1.png": _png(1), "d/eel/2.png": _png(2), "d/fox/1.png": _png(3), "d/fox/2.png": _png(4)}
+    other = {f"d/{c}/{i}.png": _png(i + 3 * (c == "fox")) for c in ("eel", "fox") for i in range(3)}
     with pytest.raises(ValueError, match="a dataset named 'mydata' already exists with other files"):
         service.add_dataset_zip(str(_zip_tree(env / "c.zip", other)), "mydata")
     assert sorted(p.relative_to(env / "data") for p in (env / "data").rglob("*")) == before

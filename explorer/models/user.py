@@ -32,7 +32,7 @@ import torch
 
 from explorer.core import scratch, settings
 from explorer.core.card import ModelCard
-from explorer.core.data import DataBundle, load_dataset
+from explorer.core.data import DataBundle, check_splittable, load_dataset
 from explorer.core.errors import bad_value, first_line, quiet_third_party
 from explorer.core.imagetree import check_image_folder
 from explorer.core.paths import env_folder
@@ -454,10 +454,11 @@ def add_dataset_zip(zip_path: str | os.PathLike, name: str, *, shown: str | None
         safezip.extract_zip(zip_path, tree, shown=shown)
         top = safezip.tree_root(tree)
         try:  # a tree no model could be measured on is refused here, before it takes the name
-            check_image_folder(top)
+            classes, counts = check_image_folder(top)
         except ValueError as e:  # named by the zip, not by the server's scratch folder it was unpacked in
             why = str(e).replace(str(top), shown).replace(str(tree), shown)
             raise ValueError(f"zip {shown!r} is not an image folder the explorer can read: {why}") from None
+        check_splittable(classes, counts, f"zip {shown!r}")
         with _locked(user_data_dir()):
             if dest.exists():
                 if not _same_tree(dest, tree):
