@@ -184,10 +184,13 @@ def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, na
               shown: str | None = None) -> dict:
     """The page's "Your model": a state_dict with its architecture, or an ONNX model. Programs (TorchScript,
     exported programs, pickled modules) are always refused here: trusting code is for the command line. A data
-    folder must lie in EXPLORER_DATA_ROOTS or be an uploaded zip's (the page reads no other server folder)."""
+    folder must lie in EXPLORER_DATA_ROOTS or be an uploaded zip's (the page reads no other server folder). The
+    uploaded file's name (`shown`) is for this visitor's messages only: it stays out of the card and of the model's
+    name, which every visitor lists."""
     if root is not None:
         root = str(page_folder(root))
-    return user.add_model(path, arch=arch, dataset=dataset, root=root, name=name, shown=shown, trust_code=False)
+    return user.add_model(path, arch=arch, dataset=dataset, root=root, name=name, shown=shown, trust_code=False,
+                          file_name=False)
 
 
 def data_roots() -> tuple:
@@ -205,8 +208,9 @@ def check_upload(n_bytes: int, what: str) -> None:
     check_upload_size(n_bytes, what)
 
 
-def add_dataset_zip(zip_path: str, name: str, shown: str | None = None) -> str:
-    """Extract an uploaded image-folder zip safely; returns the folder to use as the dataset root."""
+def add_dataset_zip(zip_path: str, name: str | None, shown: str | None = None) -> str:
+    """Extract an uploaded image-folder zip safely (named by a short hash of it where `name` is None, never by its
+    file name); returns the folder to use as the dataset root."""
     return user.add_dataset_zip(zip_path, name, shown=shown)
 
 

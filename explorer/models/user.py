@@ -10,9 +10,11 @@ under a time and a memory limit (`explorer.models.sandbox`): a graph that loops 
 killed there and refused, and never stored.
 
 Names are unique: a taken name is refused unless `replace`; adding the same file again without a name
-returns the model already added. Files are prepared in scratch space and renamed into place, the card
-last, so a refused or interrupted add never leaves or destroys anything. Every failure is a ValueError
-naming the file as the user named it.
+returns the model already added. A model without a name is named by its architecture, its data and a short hash
+of the file, never by the file's name: every visitor of the page lists every model, and an uploaded file's name is
+its uploader's (the card keeps it only where the operator added the file, `file_name`). Files are prepared in
+scratch space and renamed into place, the card last, so a refused or interrupted add never leaves or destroys
+anything. Every failure is a ValueError naming the file as the user named it (in that caller's messages only).
 """
 
 from __future__ import annotations
@@ -85,9 +87,12 @@ def _locked(folder: Path) -> Iterator[None]:
 
 def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str = "digits", root: str | None = None,
               name: str | None = None, image_size: int | None = None, width: float | None = None,
-              trust_code: bool = False, replace: bool = False, shown: str | None = None) -> dict:
+              trust_code: bool = False, replace: bool = False, shown: str | None = None,
+              file_name: bool = False) -> dict:
     """A state_dict with its architecture, or an ONNX model (or, trusted, a program) without one. Returns
-    the stored card, with `path` to the weights; `reused` is set when the same file was added before."""
+    the stored card, with `path` to the weights; `reused` is set when the same file was added before. `shown`
+    names the file in this caller's messages; `file_name` also keeps it in the card (the command line: the
+    operator's own file), which every visitor of the page can read."""
     path = Path(path)
     shown = shown or path.name
     if arch is not None:
@@ -96,9 +101,9 @@ def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str 
     fmt = formats.detect_format(path, shown, parse_onnx=False)  # an ONNX file is parsed in the checking process
     if fmt in ("torchscript", "exported") and not trust_code:
         raise formats.program_refusal(shown, fmt)
-    source = {"file": shown, "format": fmt, "sha256": baselines.sha256_file(path)}
+    source = {"format": fmt, "sha256": baselines.sha256_file(path), **({"file": shown} if file_name else {})}
     auto = name is None
-    name = safe_name(name or f"{arch or fmt}-{dataset}-{Path(shown).stem}")
+    name = safe_name(name or f"{arch or fmt}-{dataset}-{source['sha256'][:8]}")
     if auto:
         with _locked(user_models_dir()):
             again = _same_source(name, source, arch, dataset, root)
@@ -404,9 +409,9 @@ def _store(weights: Path, card: dict, name: str, *, auto: bool, replace: bool) -
             raise ValueError(f"name {name!r} is a committed baseline's: choose another --name")
         elif name in cards and not replace:
             taken = cards[name]
-            raise ValueError(f"a model named {name!r} already exists ({taken.get('architecture')} from "
-                             f"{(taken.get('source') or {}).get('file', '?')}, added {taken.get('created', '?')}): "
-                             "choose another name, or replace it explicitly (--replace)")
+            # not its file's name: the refusal may go to another visitor than the one who added it
+            raise ValueError(f"a model named {name!r} already exists ({taken.get('architecture')}, added "
+                             f"{taken.get('created', '?')}): choose another name, or replace it explicitly (--replace)")
         old = cards.get(name)
         final = folder / f"{name}{weights.suffix}"
         card = {"name": name, **card, "file": final.name, "file_bytes": weights.stat().st_size,
@@ -440,15 +445,16 @@ def list_user_models() -> list[ModelCard]:
 # ---------------------------------------------------------------- datasets
 
 
-def add_dataset_zip(zip_path: str | os.PathLike, name: str, *, shown: str | None = None) -> str:
-    """Extract an uploaded image-folder zip safely and store it under `name`; returns the folder to use as
-    the dataset root. It is extracted and checked in scratch space and renamed into place only once every
-    check has passed. A name already taken by other files is refused (the stored data stays as it is: cached
-    runs and added models were measured on it); the very same files again reuse the stored folder."""
+def add_dataset_zip(zip_path: str | os.PathLike, name: str | None, *, shown: str | None = None) -> str:
+    """Extract an uploaded image-folder zip safely and store it under `name` (None: a short hash of the zip, not
+    its file name, which is its uploader's); returns the folder to use as the dataset root. It is extracted and
+    checked in scratch space and renamed into place only once every check has passed. A name already taken by
+    other files is refused (the stored data stays as it is: cached runs and added models were measured on it);
+    the very same files again reuse the stored folder."""
     zip_path = Path(zip_path)
     shown = shown or zip_path.name
     check_upload_size(zip_path.stat().st_size, f"zip {shown!r}")
-    dest = user_data_dir() / safe_name(name)
+    dest = user_data_dir() / safe_name(name or f"zip-{baselines.sha256_file(zip_path)[:8]}")
     with scratch.folder("dataset") as stage:
         tree = stage / "tree"
         safezip.extract_zip(zip_path, tree, shown=shown)
