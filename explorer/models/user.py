@@ -26,7 +26,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +88,12 @@ def _locked(folder: Path) -> Iterator[None]:
 def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str = "digits", root: str | None = None,
               name: str | None = None, image_size: int | None = None, width: float | None = None,
               trust_code: bool = False, replace: bool = False, shown: str | None = None,
-              file_name: bool = False) -> dict:
+              file_name: bool = False, on_wait: Callable[[int], None] | None = None) -> dict:
     """A state_dict with its architecture, or an ONNX model (or, trusted, a program) without one. Returns
     the stored card, with `path` to the weights; `reused` is set when the same file was added before. `shown`
     names the file in this caller's messages; `file_name` also keeps it in the card (the command line: the
-    operator's own file), which every visitor of the page can read."""
+    operator's own file), which every visitor of the page can read. `on_wait` is told how many checks go first
+    while this one waits its turn (sandbox.run_checked)."""
     path = Path(path)
     shown = shown or path.name
     if arch is not None:
@@ -113,7 +114,8 @@ def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str 
         # read and run in a child process under a time and a memory limit: a hostile graph is killed there
         timeout_s, max_mb = sandbox.limits()
         weights, card = sandbox.run_checked(_stage, path, shown, fmt, arch, dataset, root, image_size, width,
-                                            trust_code, stage, what=f"model {shown!r}", reuse=not trust_code)
+                                            trust_code, stage, what=f"model {shown!r}", reuse=not trust_code,
+                                            on_wait=on_wait)
         card.update(user=True, source=source, versions=baselines.versions(), created=_dt.date.today().isoformat(),
                     checked={"process": "child", "timeout_s": timeout_s, "max_mb": max_mb})
         return _store(weights, card, name, auto=auto, replace=replace)

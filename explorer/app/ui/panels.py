@@ -275,9 +275,14 @@ def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
                 zip_path.write_bytes(zipped.getbuffer())
                 data_root = backend.add_dataset_zip(str(zip_path), name.strip() or None, shown=zipped.name)
                 dataset = "imagefolder"
-            with st.spinner("Loading, checking and measuring the model..."):
-                card = backend.add_model(str(model_path), arch=None if arch.startswith("(") else arch,
-                                         dataset=dataset, root=data_root, name=name.strip() or None, shown=up.name)
+            turn = st.empty()  # while other visitors' checks hold every turn: how many go first
+            try:
+                with st.spinner("Loading, checking and measuring the model..."):
+                    card = backend.add_model(str(model_path), arch=None if arch.startswith("(") else arch,
+                                             dataset=dataset, root=data_root, name=name.strip() or None,
+                                             shown=up.name, on_wait=turn.info)
+            finally:
+                turn.empty()
     except ValueError as e:  # the message repeats file and model names, this visitor's or another's
         st.error(md(e))
         return
