@@ -370,6 +370,27 @@ def test_concurrent_checks_never_pass_the_cap_and_the_others_are_told_they_wait(
         settings.parse("EXPLORER_MAX_CHECKS", "0")
 
 
+def test_an_architecture_too_large_for_the_memory_limit_is_refused_before_it_is_built(env, monkeypatch):
+    """Issue 33: torchvision:vit_h_14 (630 million parameters, 2.4 GB of weights) was built in the checking process
+    and only then killed at the memory limit, having taken the memory; its parameters, counted without memory,
+    now refuse it before it is built, in one line that says what it needs and what to raise."""
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("EXPLORER_CHECK_MAX_MB", "1024")
+    save_file({"heads.head.weight": torch.zeros(10, 1280)}, env / "huge.safetensors")
+    with pytest.raises(ValueError) as refused:
+        byo.add_model(env / "huge.safetensors", arch="torchvision:vit_h_14", name="huge")
+    assert str(refused.value) == (
+        "architecture 'torchvision:vit_h_14' has 630,275,850 parameters, which need about 3,006 MB to check (4 bytes "
+        "each, and a quarter more to build and run it), over the limit of 1,024 MB: refused before it is built (the "
+        "limit is EXPLORER_CHECK_MAX_MB=1024)")
+    assert _stored(env) == []
+    with pytest.raises(ValueError, match=r"^architecture 'x' has 1,000,000,000 parameters, which need about 4,769 MB"):
+        sandbox.check_weights("x", 10**9)
+    monkeypatch.setenv("EXPLORER_CHECK_MAX_MB", "8192")
+    sandbox.check_weights("x", 10**9)  # within the limit: nothing to say
+
+
 def _release_once_queued(other, cache) -> None:
     """The other process's check ends once this process's check has joined the queue behind it."""
     deadline = time.monotonic() + 60

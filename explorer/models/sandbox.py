@@ -11,7 +11,8 @@ costs seconds); one that was killed, or ran code the user trusted, never is; an 
 
 Each check may take EXPLORER_CHECK_MAX_MB, so at most EXPLORER_MAX_CHECKS run at once, across the page's sessions
 and the command lines that share the cache folder (explorer.core.slots); the others wait their turn, and the
-caller is told how many go first.
+caller is told how many go first. A model whose weights alone would pass the memory limit is refused before it
+is built (`check_weights`): the limit kills it anyway, after it has taken the memory.
 
 The memory limit is enforced twice: the child caps its own address space (RLIMIT_AS, with room for the
 address space that libraries and threads reserve without using), so an allocation past it fails at once;
@@ -22,6 +23,7 @@ START_S), and the checked function may start them again (`start_clock`) after lo
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import signal
@@ -37,6 +39,7 @@ from explorer.core.errors import first_line
 START_S = 600.0  # loading the libraries in the fresh process: our own code, but minutes on a loaded machine
 POLL_S = 0.05
 IDLE_S = 300.0  # an idle checking process leaves after this long
+WEIGHT_MARGIN = 1.25  # building a model (its initialisation) and running it on the test images take more
 KEEP_GROWTH = 512 * 2**20  # a process that kept more memory than this from a check is not used again
 MEMORY_SIGNS = ("bad_alloc", "can't allocate memory", "cannot allocate memory", "failed to allocate",
                 "out of memory", "memoryerror")
@@ -59,6 +62,17 @@ def waiting(ahead: int) -> str:
     """What a check waiting its turn says, `ahead` being the checks running and those queued before it."""
     return (f"The check is waiting for {ahead} other{'s' if ahead != 1 else ''} to finish (at most {max_checks()} "
             "run at once: EXPLORER_MAX_CHECKS).")
+
+
+def check_weights(arch: str, params: int) -> None:
+    """A model of `params` parameters refused, before it is built, where its weights (4 bytes each, with
+    WEIGHT_MARGIN for building and running it) pass the check's memory limit."""
+    max_mb = limits()[1]
+    need_mb = math.ceil(params * 4 * WEIGHT_MARGIN / 2**20)
+    if need_mb > max_mb:
+        raise ValueError(f"architecture {arch!r} has {params:,} parameters, which need about {need_mb:,} MB to check "
+                         f"(4 bytes each, and a quarter more to build and run it), over the limit of {max_mb:,} MB: "
+                         f"refused before it is built (the limit is EXPLORER_CHECK_MAX_MB={max_mb})")
 
 
 def timeout_refusal(what: str, seconds: float) -> ValueError:

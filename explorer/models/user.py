@@ -39,7 +39,7 @@ from explorer.core.errors import bad_value, first_line, quiet_third_party
 from explorer.core.imagetree import check_image_folder
 from explorer.core.paths import env_folder
 from explorer.core.train import evaluate
-from explorer.core.zoo import count_params, create_model, model_entry
+from explorer.core.zoo import count_params, create_model, model_entry, params_unbuilt
 from explorer.measure.onnx_export import ExportError, export_onnx, onnx_accuracy, onnx_logits
 from explorer.models import baselines, formats, safezip, sandbox
 
@@ -146,6 +146,9 @@ def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: s
     model_entry(arch)  # the library imported and its names listed: our own code's time, not the model's
     sandbox.start_clock()  # loading the data set is not the model's time
     extra: dict[str, Any] = {} if width is None else {"width": width}
+    params = params_unbuilt(arch, **_arch_kwargs(data), **extra)
+    if params is not None:
+        sandbox.check_weights(arch, params)  # before the model takes the memory that the limit would kill it for
     model = create_model(arch, **_arch_kwargs(data), **extra)
     channels = _weights_channels(model, state)
     notes = list(data.notes)
