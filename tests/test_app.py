@@ -602,9 +602,10 @@ def test_the_page_reads_no_server_folder_unless_the_operator_allows_it(cache, tm
 
 
 @pytest.mark.slow  # over 15 s: `make test-all` runs it; test_markup and the link test keep escaping in the default run
-def test_a_file_name_stored_by_one_visitor_is_text_in_another_visitors_error(cache, tmp_path, monkeypatch):
+def test_a_file_name_uploaded_by_one_visitor_never_reaches_another(cache, tmp_path, monkeypatch):
     """Issue 21: a markdown image in an uploaded file's name was stored with the model and rendered in the error
-    another session got for taking the same model name."""
+    another session got for taking the same model name. Issue 33: that name was in the error at all, and in the
+    Baseline card every session can open; now only the uploading session sees it, as text."""
     import io
 
     import torch
@@ -616,8 +617,9 @@ def test_a_file_name_stored_by_one_visitor_is_text_in_another_visitors_error(cac
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     evil = "![x](http://attacker.invalid/p.png).pt"
+    sessions = {}
     for session, file_name in (("first", evil), ("second", "mine.pt")):
-        at = _app(prune_epochs="0")
+        at = sessions[session] = _app(prune_epochs="0")
         at.file_uploader(key="byo_model").set_value((file_name, buf.getvalue(), "application/octet-stream"))
         at.selectbox(key="byo_arch").set_value("digits_cnn")
         at.text_input(key="byo_name").set_value("shared")
@@ -625,8 +627,15 @@ def test_a_file_name_stored_by_one_visitor_is_text_in_another_visitors_error(cac
         settle(at.button(key="byo_add").click().run())
         assert not at.exception, session
     errors = [e.value for e in at.error]
-    assert any(f"a model named 'shared' already exists (digits_cnn from {evil}" in unmd(e) for e in errors), errors
-    assert not any(re.search(r"<(img|a)\b", _rendered(e)) for e in errors), errors
+    assert any("a model named 'shared' already exists (digits_cnn, added" in unmd(e) for e in errors), errors
+    assert not any("attacker" in e for e in errors), errors
+    at.sidebar.selectbox(key="baseline").set_value("shared")
+    settle(at.run())
+    seen = [str(j.value) for j in at.json] + [str(c.value) for c in at.caption]
+    assert any("sha256" in v for v in seen) and not any("attacker" in v for v in seen), seen  # the card, and no name
+    own = [unmd(c.value) for c in settle(sessions["first"].run()).caption if "your file" in c.value]
+    assert own == [f"Added from your file {evil}: its name is kept in this session only."], own
+    assert not any(re.search(r"<(img|a)\b", _rendered(c.value)) for c in sessions["first"].caption)
 
 
 def _other_model() -> str:

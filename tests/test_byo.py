@@ -1,4 +1,8 @@
+import hashlib
+import json
 import pickle
+import zipfile
+from datetime import date
 
 import numpy as np
 import pytest
@@ -211,7 +215,7 @@ def test_a_refused_zip_never_touches_the_stored_dataset(env):
     bad = {**good, "../escape.png": b"x"}  # refused mid-extraction
     with pytest.raises(ValueError, match="climbs out"):
         service.add_dataset_zip(str(_zip_tree(env / "b.zip", bad)), "mydata")
-    other = {"d/eel/1.png": _png(1), "d/eel/2.png": _png(2), "d/fox/1.png": _png(3), "d/fox/2.png": _png(4)}
+    other = {f"d/{c}/{i}.png": _png(i + 3 * (c == "fox")) for c in ("eel", "fox") for i in range(3)}
     with pytest.raises(ValueError, match="a dataset named 'mydata' already exists with other files"):
         service.add_dataset_zip(str(_zip_tree(env / "c.zip", other)), "mydata")
     assert sorted(p.relative_to(env / "data") for p in (env / "data").rglob("*")) == before
@@ -227,7 +231,8 @@ def test_model_names_are_unique_and_replaced_only_on_request(env, baseline, caps
     export_onnx(model, (1, 8, 8), env / "m.onnx")
     assert main(["add-model", "--checkpoint", str(env / "m.pt"), "--arch", "digits_cnn", "--name", "dup"]) == 0
     assert main(["add-model", "--checkpoint", str(env / "m.onnx"), "--name", "dup"]) == 2
-    assert "a model named 'dup' already exists (digits_cnn from m.pt" in capsys.readouterr().err
+    assert f"a model named 'dup' already exists (digits_cnn, added {date.today().isoformat()}): choose another name" \
+        in capsys.readouterr().err
     dups = [c for c in service.list_baselines() if c["name"] == "dup"]
     assert len(dups) == 1 and dups[0]["architecture"] == "digits_cnn"
     res = service.run(Recipe(model="digits_cnn", checkpoint=dups[0]["path"], steps=(PruneConfig(sparsity=0.3),)))
@@ -246,11 +251,52 @@ def test_adding_the_same_file_again_reuses_it_and_another_gets_a_new_name(env, b
     torch.save(model.state_dict(), env / "m.pt")
     first = byo.add_model(env / "m.pt", arch="digits_cnn")
     again = byo.add_model(env / "m.pt", arch="digits_cnn")
-    assert again["reused"] and again["path"] == first["path"] and first["name"] == "digits_cnn-digits-m"
+    assert again["reused"] and again["path"] == first["path"]
+    assert first["name"] == f"digits_cnn-digits-{_hash(env / 'm.pt')}"  # a hash of the file, not its name
     other = {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}
     (env / "sub").mkdir()
     torch.save(other, env / "sub" / "m.pt")
     second = byo.add_model(env / "sub" / "m.pt", arch="digits_cnn")
-    assert second["name"] == "digits_cnn-digits-m-2" and not second.get("reused")
+    assert second["name"] == f"digits_cnn-digits-{_hash(env / 'sub' / 'm.pt')}" and not second.get("reused")
+    (env / "renamed.pt").write_bytes((env / "m.pt").read_bytes())  # the same bytes under another name: the same model
+    assert byo.add_model(env / "renamed.pt", arch="digits_cnn")["reused"]
     names = [c["name"] for c in service.list_baselines()]
     assert len(names) == len(set(names))
+
+
+def _hash(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+
+
+def test_an_uploaded_file_name_stays_out_of_what_every_visitor_sees(env, baseline):
+    """Issue 33: visitor A's file name became the automatic model name (digits_cnn-digits-<file stem>) that every
+    visitor lists, and the card every visitor can open held it again (source.file), as did another visitor's refusal
+    for taking the name; an uploaded zip's name became the data set's folder. Now the page's models and data sets
+    are named by a short hash of the file, and only the command line (the operator's own file) keeps its name."""
+    model, _ = baseline
+    secret = "alice-merger-plan"
+    torch.save(model.state_dict(), env / "upload")  # the page stores an upload's bytes under a name of its own
+    card = service.add_model(str(env / "upload"), arch="digits_cnn", dataset="digits", root=None, name=None,
+                             shown=f"{secret}.pt")
+    assert card["name"] == f"digits_cnn-digits-{_hash(env / 'upload')}"
+    again = service.add_model(str(env / "upload"), arch="digits_cnn", dataset="digits", root=None, name=None,
+                              shown="another name.pt")
+    assert again["reused"] and again["name"] == card["name"]
+    with pytest.raises(ValueError, match="already exists") as taken:  # another visitor typing that name
+        service.add_model(str(env / "upload"), arch="digits_cnn", dataset="digits", root=None, name=card["name"],
+                          shown="b.pt")
+    assert secret not in str(taken.value)
+    pics = make_image_folder(env / "pics" / "d", per_class=3, size=8)
+    with zipfile.ZipFile(env / "zipped", "w") as z:
+        for p in pics.rglob("*.png"):
+            z.write(p, p.relative_to(pics.parent))
+    root = service.add_dataset_zip(str(env / "zipped"), None, shown=f"{secret}.zip")
+    assert root == str(env / "data" / f"zip-{_hash(env / 'zipped')}" / "d")
+    listed = json.dumps(service.list_baselines())
+    stored = " ".join(p.read_text() for p in (env / "user").glob("*.json"))
+    assert secret not in listed + stored and secret not in " ".join(str(p) for p in env.glob("data/**/*"))
+    torch.save(model.state_dict(), env / "operators-own.pt")  # the operator's file, named on the command line
+    assert main(["add-model", "--checkpoint", str(env / "operators-own.pt"), "--arch", "digits_cnn"]) == 0
+    cli = next(c for c in byo.list_user_models() if c["source"].get("file"))
+    assert cli["source"]["file"] == "operators-own.pt"
+    assert cli["name"] == f"digits_cnn-digits-{_hash(env / 'operators-own.pt')}"

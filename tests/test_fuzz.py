@@ -46,7 +46,7 @@ _zbuf = io.BytesIO()
 with zipfile.ZipFile(_zbuf, "w", zipfile.ZIP_DEFLATED) as _z:
     from PIL import Image
 
-    for i, cls in enumerate(("cat", "dog", "cat", "dog")):
+    for i, cls in enumerate(("cat", "dog") * 3):  # 3 images a class: the fewest a flat tree's splits need
         _img = io.BytesIO()
         Image.new("L", (8, 8), color=40 * i).save(_img, format="PNG")
         _z.writestr(f"d/{cls}/{i}.png", _img.getvalue())
@@ -184,7 +184,9 @@ def test_fuzz_declared_image_sizes_in_a_dataset_zip(sandbox, sizes):
     is within the pixel cap, refused in one line naming that cap otherwise, and then nothing is stored."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("d/ok/0.png", GOOD_PNG)
+        for i in range(3):  # two classes, one of 3 images: a data set the splits take, whatever is added
+            z.writestr(f"d/ok/{i}.png", GOOD_PNG)
+        z.writestr("d/fine/0.png", GOOD_PNG)
         for i, (w, h) in enumerate(sizes):
             z.writestr(f"d/c{i % 2}/{i}.png", png_header(w, h))
     name = "z" + "-".join(f"{w}x{h}" for w, h in sizes)

@@ -187,7 +187,7 @@ def test_a_refused_upload_leaves_the_stored_data_set_as_it_was(tmp_path, monkeyp
     from explorer.models.user import add_dataset_zip
 
     monkeypatch.setenv("EXPLORER_USER_DATA", str(tmp_path / "data"))
-    good = _zip(tmp_path / "good.zip", [("d/cat/1.png", _png()), ("d/dog/2.png", _png(5))])
+    good = _zip(tmp_path / "good.zip", [(f"d/{c}/{i}.png", _png(4 + i)) for c in ("cat", "dog") for i in range(3)])
     root = add_dataset_zip(good, "mine")
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "data").rglob("*"))
     bomb = _zip(tmp_path / "bomb.zip", [("d/cat/1.png", _png()), ("d/dog/2.png", png_header(12_000, 12_000))])
@@ -215,3 +215,39 @@ def test_a_zip_with_no_readable_image_is_refused_before_it_takes_its_name(tmp_pa
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
     good = _zip(tmp_path / "good.zip", [(f"pets/{c}/{i}.png", _png(i + 2)) for c in "ab" for i in range(3)])
     assert add_dataset_zip(good, "pets", shown="pets.zip").endswith("pets/pets")
+
+
+@pytest.mark.parametrize("entries, said", [
+    ([(f"pets/cat/{i}.png", _png(4 + i)) for i in range(5)], r"holds images of 1 class \('cat'\): a data set needs at "
+                                                          r"least 2 classes, one subfolder with images each$"),
+    ([("pets/cat/1.png", _png())], r"holds images of 1 class \('cat'\)"),
+    ([("pets/cat/1.png", _png()), ("pets/dog/1.png", _png(4 + 3))],
+     r"holds too few images to hold out test and validation images \(cat: 1, dog: 1\): give at least one class 3 "
+     r"images or more$"),
+    ([("pets/train/cat/1.png", _png()), ("pets/train/dog/1.png", _png(4 + 3)), ("pets/test/cat/2.png", _png(4 + 4))],
+     r"holds too few images in train/ to hold out test and validation images \(cat: 1, dog: 1\): give at least one "
+     r"class 2 images or more$")])
+def test_a_zip_too_small_to_split_is_refused_before_it_takes_its_name(tmp_path, monkeypatch, entries, said):
+    """Issue 33: a one-class or a one-image zip was stored as a data set under its name, and only the model added on
+    it was refused (one class, or no test images to hold out), so the name stayed taken by a data set no model fits."""
+    from explorer.models.user import add_dataset_zip
+
+    monkeypatch.setenv("EXPLORER_USER_DATA", str(tmp_path / "data"))
+    with pytest.raises(ValueError, match=r"^zip 'pets.zip' " + said):
+        add_dataset_zip(_zip(tmp_path / "pets.zip", entries), "pets", shown="pets.zip")
+    assert not (tmp_path / "data").exists() or not [p for p in (tmp_path / "data").iterdir() if p.name != ".lock"]
+
+
+def test_the_smallest_zips_that_split_are_stored_and_load(tmp_path, monkeypatch):
+    """The least the split needs, and no more: one class of 3 images beside one of 1 in a flat tree, one class of 2
+    in a train/ and test/ tree."""
+    from explorer.core.data import load_dataset
+    from explorer.models.user import add_dataset_zip
+
+    monkeypatch.setenv("EXPLORER_USER_DATA", str(tmp_path / "data"))
+    flat = [*[(f"pets/cat/{i}.png", _png(4 + i)) for i in range(3)], ("pets/dog/1.png", _png(13))]
+    split = [("pets/train/cat/1.png", _png()), ("pets/train/cat/2.png", _png(5)), ("pets/train/dog/1.png", _png(7)),
+             ("pets/test/dog/2.png", _png(8))]
+    for name, entries in (("flat", flat), ("split", split)):
+        root = add_dataset_zip(_zip(tmp_path / f"{name}.zip", entries), name)
+        assert len(load_dataset("imagefolder", root, image_size=8).test) >= 1

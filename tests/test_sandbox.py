@@ -391,3 +391,83 @@ def test_an_added_model_at_an_image_size_too_large_names_the_data_not_the_model(
                                    "'digits_cnn-digits.safetensors' was being checked: the data is too large to check "
                                    "on here, not the model: refused")
     assert _stored(env) == []
+
+
+def test_concurrent_checks_never_pass_the_cap_and_the_others_are_told_they_wait(env, monkeypatch):
+    """Issue 33: every session adding a model got a checking process of its own, of up to EXPLORER_CHECK_MAX_MB each
+    (three adding torchvision:vit_l_16 took 7.3 GB). Three checks asked at once, with a cap of two: never more than
+    two run, and the third is told it waits for two."""
+    from tests.checkjobs import overlap
+
+    monkeypatch.setenv("EXPLORER_MAX_CHECKS", "2")
+    running = env / "running"
+    running.mkdir()
+    seen, told = [], []
+
+    def check() -> None:  # each holds its turn until a third runs beside it, or 3 s pass
+        seen.append(sandbox.run_checked(overlap, str(running), 2, 3.0, what="w", on_wait=told.append))
+
+    threads = [threading.Thread(target=check) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(seen) == 3 and max(seen) <= 2, seen
+    assert told == [2]
+    assert sandbox.waiting(2) == ("The check is waiting for 2 others to finish (at most 2 run at once: "
+                                  "EXPLORER_MAX_CHECKS).")
+    assert settings.parse("EXPLORER_MAX_CHECKS") == 2
+    with pytest.raises(ValueError, match=r"^EXPLORER_MAX_CHECKS='0' must be a whole number of checks >= 1, at most 64"):
+        settings.parse("EXPLORER_MAX_CHECKS", "0")
+
+
+def test_an_architecture_too_large_for_the_memory_limit_is_refused_before_it_is_built(env, monkeypatch):
+    """Issue 33: torchvision:vit_h_14 (630 million parameters, 2.4 GB of weights) was built in the checking process
+    and only then killed at the memory limit, having taken the memory; its parameters, counted without memory,
+    now refuse it before it is built, in one line that says what it needs and what to raise."""
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("EXPLORER_CHECK_MAX_MB", "1024")
+    save_file({"heads.head.weight": torch.zeros(10, 1280)}, env / "huge.safetensors")
+    with pytest.raises(ValueError) as refused:
+        byo.add_model(env / "huge.safetensors", arch="torchvision:vit_h_14", name="huge")
+    assert str(refused.value) == (
+        "architecture 'torchvision:vit_h_14' has 630,275,850 parameters, which need about 3,006 MB to check (4 bytes "
+        "each, and a quarter more to build and run it), over the limit of 1,024 MB: refused before it is built (the "
+        "limit is EXPLORER_CHECK_MAX_MB=1024)")
+    assert _stored(env) == []
+    with pytest.raises(ValueError, match=r"^architecture 'x' has 1,000,000,000 parameters, which need about 4,769 MB"):
+        sandbox.check_weights("x", 10**9)
+    monkeypatch.setenv("EXPLORER_CHECK_MAX_MB", "8192")
+    sandbox.check_weights("x", 10**9)  # within the limit: nothing to say
+
+
+def _release_once_queued(other, cache) -> None:
+    """The other process's check ends once this process's check has joined the queue behind it."""
+    deadline = time.monotonic() + 60
+    while not list((cache / ".locks" / "checks").glob("wait-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # its first look at the queue, and its word, come right after it joins
+    other.communicate("\n")
+
+
+def test_the_command_line_and_the_page_say_their_check_waits_for_another_process(env, monkeypatch, capsys):
+    """The cap holds across processes: with one check at a time, a check another process runs (the page's, beside
+    the command line's add-model) makes this one wait, and it says so in one line."""
+    from explorer.app import service
+    from explorer.app.cli import main
+    from tests.test_slots import other_process
+
+    monkeypatch.setenv("EXPLORER_MAX_CHECKS", "1")
+    model, _ = baselines.load_baseline(ROOT / "models" / "digits_cnn-digits.safetensors")
+    torch.save(model.state_dict(), env / "m.pt")
+    said = "The check is waiting for 1 other to finish (at most 1 run at once: EXPLORER_MAX_CHECKS).\n"
+    cli = ["add-model", "--checkpoint", str(env / "m.pt"), "--arch", "digits_cnn"]
+    for add in (lambda: main(cli) == 0,
+                lambda: service.add_model(str(env / "m.pt"), arch="digits_cnn", dataset="digits", root=None,
+                                          name="page", on_wait=lambda s: print(s, file=sys.stderr))["name"] == "page"):
+        other = other_process()
+        threading.Thread(target=_release_once_queued, args=(other, env / "cache")).start()
+        assert add()
+        other.wait(30)
+        assert capsys.readouterr().err == said

@@ -46,3 +46,35 @@ def test_width_scales_vgg_parameters():
     full = count_params(create_model("vgg13", image_size=8))
     half = count_params(create_model("vgg13", image_size=8, width=0.5))
     assert 3.5 < full / half < 4.5  # conv parameters scale with the square of the width
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_parameters_counted_unbuilt_match_the_built_model(name):
+    from explorer.core.zoo import params_unbuilt
+
+    size = max(model_entry(name).min_image_size, 28 if name == "vit" else 8)
+    assert params_unbuilt(name, num_classes=7, in_channels=3, image_size=size) == count_params(
+        create_model(name, num_classes=7, in_channels=3, image_size=size))
+
+
+UNBUILT = """
+import resource
+from explorer.core import zoo
+zoo.model_entry("torchvision:vit_h_14")  # torchvision imported: its memory is not the model's
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+n = zoo.params_unbuilt("torchvision:vit_h_14", num_classes=10, in_channels=1, image_size=8)
+print(n, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_a_huge_architecture_is_counted_without_its_memory():
+    """torchvision's ViT-H/14 holds 630 million parameters, 2.4 GB as 32-bit floats: counted on the meta device, the
+    process's peak memory (a fresh process's, so nothing earlier hides it) grows by far less."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run([sys.executable, "-c", UNBUILT], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    params, grew_mb = map(int, out.stdout.split())
+    assert params == 630_275_850 and grew_mb < 200, (params, grew_mb)

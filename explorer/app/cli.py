@@ -175,7 +175,7 @@ def _run(a: argparse.Namespace) -> int:
         from explorer.models.user import add_model
 
         card = add_model(a.checkpoint, arch=a.arch, dataset=a.dataset or recipe.dataset, root=a.root,
-                         trust_code=a.trust_code)
+                         trust_code=a.trust_code, file_name=True, on_wait=_waiting)
         recipe = Recipe(model=card["architecture"], dataset=card["dataset"], checkpoint=card["path"],
                         seed=recipe.seed, steps=recipe.steps, name=recipe.name)
     progress = ProgressLine(f"run {recipe.label()}")
@@ -412,12 +412,19 @@ def _cache(a: argparse.Namespace) -> int:
     return 0
 
 
+def _waiting(ahead: int) -> None:
+    from explorer.models.sandbox import waiting
+
+    print(waiting(ahead), file=sys.stderr, flush=True)
+
+
 @command("add-model")
 def _add_model(a: argparse.Namespace) -> int:
     from explorer.models.user import add_model
 
     card = add_model(a.checkpoint, arch=a.arch, dataset=a.dataset, root=a.root, name=a.name,
-                     image_size=a.image_size, trust_code=a.trust_code, replace=a.replace)
+                     image_size=a.image_size, trust_code=a.trust_code, replace=a.replace,
+                     file_name=True, on_wait=_waiting)  # the operator's own file: its name is kept in the card
     acc = card["accuracy"]
     verb = "already added as" if card.get("reused") else "added"
     print(f"{verb} {card['name']} ({card['architecture']}, {card['params']:,} parameters) at {card['path']}: "

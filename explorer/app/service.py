@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -35,7 +36,7 @@ from explorer.core.train import Progress
 from explorer.core.zoo import all_model_names, create_model, list_models
 from explorer.measure.accuracy import load_predictions
 from explorer.measure.hardware import describe  # noqa: E402, F401
-from explorer.models import baselines, user
+from explorer.models import baselines, sandbox, user
 from explorer.models.user import check_upload_size, list_user_models
 from explorer.run import sensitivity as sens
 from explorer.run.cache import RunCache
@@ -176,13 +177,18 @@ def missing_data_note() -> str | None:
 
 
 def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, name: str | None,
-              shown: str | None = None) -> dict:
+              shown: str | None = None, on_wait: Callable[[str], None] | None = None) -> dict:
     """The page's "Your model": a state_dict with its architecture, or an ONNX model. Programs (TorchScript,
     exported programs, pickled modules) are always refused here: trusting code is for the command line. A data
-    folder must lie in EXPLORER_DATA_ROOTS or be an uploaded zip's (the page reads no other server folder)."""
+    folder must lie in EXPLORER_DATA_ROOTS or be an uploaded zip's (the page reads no other server folder). The
+    uploaded file's name (`shown`) is for this visitor's messages only: it stays out of the card and of the model's
+    name, which every visitor lists. While other checks hold every turn, `on_wait` gets the sentence that says
+    how many go first."""
     if root is not None:
         root = str(page_folder(root))
-    return user.add_model(path, arch=arch, dataset=dataset, root=root, name=name, shown=shown, trust_code=False)
+    told = None if on_wait is None else (lambda ahead: on_wait(sandbox.waiting(ahead)))
+    return user.add_model(path, arch=arch, dataset=dataset, root=root, name=name, shown=shown, trust_code=False,
+                          file_name=False, on_wait=told)
 
 
 def data_roots() -> tuple:
@@ -200,8 +206,9 @@ def check_upload(n_bytes: int, what: str) -> None:
     check_upload_size(n_bytes, what)
 
 
-def add_dataset_zip(zip_path: str, name: str, shown: str | None = None) -> str:
-    """Extract an uploaded image-folder zip safely; returns the folder to use as the dataset root."""
+def add_dataset_zip(zip_path: str, name: str | None, shown: str | None = None) -> str:
+    """Extract an uploaded image-folder zip safely (named by a short hash of it where `name` is None, never by its
+    file name); returns the folder to use as the dataset root."""
     return user.add_dataset_zip(zip_path, name, shown=shown)
 
 

@@ -31,6 +31,7 @@ from explorer.core.paths import REPO_DATA
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 FOLDER_DATASETS = DATASETS[1:]
+VAL_FRACTION, TEST_FRACTION = 0.15, 0.2  # held out per class where load_dataset is not told otherwise
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,8 @@ def load_dataset(
     *,
     seed: int = 0,
     image_size: int | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.2,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
     channels: int | None = None,
 ) -> DataBundle:
     """Load `name` into memory, split it and normalise it with the training split's statistics.
@@ -265,6 +266,28 @@ def stratified_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[np.nd
     if len(take_idx) == 0 or len(keep_idx) == 0:
         raise ValueError(f"dataset too small to split: {len(labels)} samples; need at least 2 per class")
     return keep_idx, take_idx
+
+
+def check_splittable(classes: list[str], counts: list[list[int]], where: str) -> None:
+    """One line where an image tree's images per class (`counts`: for the tree, or for its train and test parts)
+    cannot become a data set: fewer than 2 classes with images, or too few images for the test and validation
+    images load_dataset holds out of them. Checked from the counts alone, so an upload is refused before it is
+    stored rather than by the first model added on it."""
+    held = [c for c, n in zip(classes, counts[0], strict=True) if n]
+    if len(held) < 2:
+        which = f"1 class ({held[0]!r})" if held else "no class"
+        raise ValueError(f"{where} holds images of {which}: a data set needs at least 2 classes, one subfolder "
+                         "with images each")
+    y = torch.repeat_interleave(torch.arange(len(classes)), torch.tensor(counts[0]))
+    try:
+        if len(counts) == 1:  # no test/ part: the test images are held out of the tree, then validation of the rest
+            y = y[stratified_split(y, TEST_FRACTION, 0)[0]]
+        stratified_split(y, VAL_FRACTION, 1)
+    except ValueError:
+        part, least = ("", 3) if len(counts) == 1 else (" in train/", 2)
+        listing = ", ".join(f"{c}: {n}" for c, n in zip(classes, counts[0], strict=True))
+        raise ValueError(f"{where} holds too few images{part} to hold out test and validation images ({listing}): "
+                         f"give at least one class {least} images or more") from None
 
 
 def _from_plugin(name: str, root: str | Path | None) -> tuple[torch.Tensor, torch.Tensor, list[str], Pair | None]:

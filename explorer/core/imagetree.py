@@ -104,13 +104,20 @@ def image_folder(root: Path, size: int, channels: int | None
     return parts[0][:2], (parts[1][:2] if len(parts) == 2 else None), trees[0][1], notes
 
 
-def check_image_folder(root: Path) -> list[str]:
-    """The classes of an image tree, every image checked by its header and none decoded; a ValueError where the
-    tree is not an image folder image_folder can read (no class folders, no readable image, over a cap)."""
+def check_image_folder(root: Path) -> tuple[list[str], list[list[int]]]:
+    """The classes of an image tree and its readable images per class, for the tree or for its train and test
+    parts, every image checked by its header and none decoded; a ValueError where the tree is not an image folder
+    image_folder can read (no class folders, no readable image, over a cap)."""
     try:
-        return _listings(root)[0][0][1]
+        trees = _listings(root)[0]
     except OSError as e:
         raise ValueError(f"image folder {str(root)!r} could not be read: {first_line(e)}") from None
+    classes = trees[0][1]
+    counts = [[0] * len(classes) for _ in trees]
+    for part, (files, _, _) in zip(counts, trees, strict=True):
+        for _, ci, _ in files:
+            part[ci] += 1
+    return classes, counts
 
 
 def _listings(root: Path) -> tuple[list[Listed], Budget]:

@@ -83,6 +83,8 @@ SETTINGS: dict[str, Setting] = {
                                         maximum=3600, unit="seconds"),
     "EXPLORER_CHECK_MAX_MB": Setting(4096, "megabytes of memory a user's model may use while it is checked",
                                      integer=True, minimum=64, inclusive=True, maximum=262_144, unit="megabytes"),
+    "EXPLORER_MAX_CHECKS": Setting(2, "models checked at once, each in a process of its own (the others wait their "
+                                      "turn)", integer=True, minimum=1, inclusive=True, maximum=64, unit="checks"),
     # the scheduler (explorer.run.scheduler)
     "EXPLORER_CORES": Setting(0, "cores the explorer's work may use (0: every core this process may run on)",
                               integer=True, minimum=0, inclusive=True, maximum=4096, unit="cores"),

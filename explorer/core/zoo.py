@@ -359,6 +359,17 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def params_unbuilt(name: str, **kwargs: Any) -> int | None:
+    """The parameters `create_model(name, **kwargs)` would have, counted on torch's meta device (shapes only, no
+    memory), so that a model too large to hold is known before it is built; None where the architecture cannot
+    be built there (the real build then says why, or builds it)."""
+    try:
+        with torch.device("meta"):
+            return count_params(create_model(name, **kwargs))
+    except Exception:  # a library's constructor that reads its tensors' values, or arguments it refuses
+        return None
+
+
 @register_model("vit", description="Vision Transformer (timm's VisionTransformer): 7x7 patches, width 96, "
                 "4 blocks of 4 attention heads (~0.3M params)", min_image_size=4, default_image_size=28)
 def vit(num_classes: int, in_channels: int, image_size: int, patch_size: int = 7, embed_dim: int = 96,

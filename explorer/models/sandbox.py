@@ -9,6 +9,11 @@ model: paths go in, a small picklable verdict (the function's return value, or o
 A child that answered, within the limits and without growing, is kept for the next check (loading torch
 costs seconds); one that was killed, or ran code the user trusted, never is; an idle one leaves after IDLE_S.
 
+Each check may take EXPLORER_CHECK_MAX_MB, so at most EXPLORER_MAX_CHECKS run at once, across the page's sessions
+and the command lines that share the cache folder (explorer.core.slots); the others wait their turn, and the
+caller is told how many go first. A model whose weights alone would pass the memory limit is refused before it
+is built (`check_weights`): the limit kills it anyway, after it has taken the memory.
+
 The memory limit is enforced twice: the child caps its own address space (RLIMIT_AS, with room for the
 address space that libraries and threads reserve without using), so an allocation past it fails at once;
 and the parent watches the child's resident memory and kills it past the limit. The clock and the memory
@@ -21,6 +26,7 @@ memory: an image size too large for the limit is the data's fault, not the model
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
 import signal
@@ -30,12 +36,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from explorer.core import settings
+from explorer.core import settings, slots
 from explorer.core.errors import first_line
 
 START_S = 600.0  # loading the libraries in the fresh process: our own code, but minutes on a loaded machine
 POLL_S = 0.05
 IDLE_S = 300.0  # an idle checking process leaves after this long
+WEIGHT_MARGIN = 1.25  # building a model (its initialisation) and running it on the test images take more
 KEEP_GROWTH = 512 * 2**20  # a process that kept more memory than this from a check is not used again
 MEMORY_SIGNS = ("bad_alloc", "can't allocate memory", "cannot allocate memory", "failed to allocate",
                 "out of memory", "memoryerror")
@@ -49,6 +56,27 @@ _idle_lock = threading.Lock()
 def limits() -> tuple[float, int]:
     """(seconds, megabytes) a check may take."""
     return settings.get("EXPLORER_CHECK_TIMEOUT_S"), int(settings.get("EXPLORER_CHECK_MAX_MB"))
+
+
+def max_checks() -> int:
+    return int(settings.get("EXPLORER_MAX_CHECKS"))
+
+
+def waiting(ahead: int) -> str:
+    """What a check waiting its turn says, `ahead` being the checks running and those queued before it."""
+    return (f"The check is waiting for {ahead} other{'s' if ahead != 1 else ''} to finish (at most {max_checks()} "
+            "run at once: EXPLORER_MAX_CHECKS).")
+
+
+def check_weights(arch: str, params: int) -> None:
+    """A model of `params` parameters refused, before it is built, where its weights (4 bytes each, with
+    WEIGHT_MARGIN for building and running it) pass the check's memory limit."""
+    max_mb = limits()[1]
+    need_mb = math.ceil(params * 4 * WEIGHT_MARGIN / 2**20)
+    if need_mb > max_mb:
+        raise ValueError(f"architecture {arch!r} has {params:,} parameters, which need about {need_mb:,} MB to check "
+                         f"(4 bytes each, and a quarter more to build and run it), over the limit of {max_mb:,} MB: "
+                         f"refused before it is built (the limit is EXPLORER_CHECK_MAX_MB={max_mb})")
 
 
 def timeout_refusal(what: str, seconds: float) -> ValueError:
@@ -103,11 +131,18 @@ def _give_back(w: _Worker) -> None:
         w.close()
 
 
-def run_checked(fn: Callable[..., Any], *args: Any, what: str, reuse: bool = True, **kwargs: Any) -> Any:
-    """fn(*args, **kwargs) in a child process under the check limits. `fn` is a module-level function and its
+def run_checked(fn: Callable[..., Any], *args: Any, what: str, reuse: bool = True,
+                on_wait: Callable[[int], None] | None = None, **kwargs: Any) -> Any:
+    """fn(*args, **kwargs) in a child process under the check limits, once fewer than EXPLORER_MAX_CHECKS checks
+    run (`on_wait` is told how many go first while it waits). `fn` is a module-level function and its
     arguments and result are small and picklable (paths, not models). Its ValueError is raised here as the
     same one line; a timeout, a memory kill, or a crash is a one-line ValueError naming `what`. `reuse=False`
     for code the user trusted: the process it ran in is not used again."""
+    with slots.slot("checks", max_checks(), on_wait):
+        return _run(fn, args, kwargs, what, reuse)
+
+
+def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, what: str, reuse: bool) -> Any:
     timeout_s, max_mb = limits()
     w = _take()
     job = ("job", fn, args, kwargs, dict(os.environ), os.getcwd(), list(sys.path))

@@ -10,9 +10,11 @@ under a time and a memory limit (`explorer.models.sandbox`): a graph that loops 
 killed there and refused, and never stored.
 
 Names are unique: a taken name is refused unless `replace`; adding the same file again without a name
-returns the model already added. Files are prepared in scratch space and renamed into place, the card
-last, so a refused or interrupted add never leaves or destroys anything. Every failure is a ValueError
-naming the file as the user named it.
+returns the model already added. A model without a name is named by its architecture, its data and a short hash
+of the file, never by the file's name: every visitor of the page lists every model, and an uploaded file's name is
+its uploader's (the card keeps it only where the operator added the file, `file_name`). Files are prepared in
+scratch space and renamed into place, the card last, so a refused or interrupted add never leaves or destroys
+anything. Every failure is a ValueError naming the file as the user named it (in that caller's messages only).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,12 @@ import torch
 
 from explorer.core import scratch, settings
 from explorer.core.card import ModelCard
-from explorer.core.data import DataBundle, load_dataset
+from explorer.core.data import DataBundle, check_splittable, load_dataset
 from explorer.core.errors import bad_value, first_line, quiet_third_party
 from explorer.core.imagetree import check_image_folder
 from explorer.core.paths import env_folder
 from explorer.core.train import evaluate
-from explorer.core.zoo import count_params, create_model, model_entry
+from explorer.core.zoo import count_params, create_model, model_entry, params_unbuilt
 from explorer.measure.onnx_export import ExportError, export_onnx, onnx_accuracy, onnx_logits
 from explorer.models import baselines, formats, safezip, sandbox
 
@@ -85,9 +87,13 @@ def _locked(folder: Path) -> Iterator[None]:
 
 def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str = "digits", root: str | None = None,
               name: str | None = None, image_size: int | None = None, width: float | None = None,
-              trust_code: bool = False, replace: bool = False, shown: str | None = None) -> dict:
+              trust_code: bool = False, replace: bool = False, shown: str | None = None,
+              file_name: bool = False, on_wait: Callable[[int], None] | None = None) -> dict:
     """A state_dict with its architecture, or an ONNX model (or, trusted, a program) without one. Returns
-    the stored card, with `path` to the weights; `reused` is set when the same file was added before."""
+    the stored card, with `path` to the weights; `reused` is set when the same file was added before. `shown`
+    names the file in this caller's messages; `file_name` also keeps it in the card (the command line: the
+    operator's own file), which every visitor of the page can read. `on_wait` is told how many checks go first
+    while this one waits its turn (sandbox.run_checked)."""
     path = Path(path)
     shown = shown or path.name
     if arch is not None:
@@ -96,9 +102,9 @@ def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str 
     fmt = formats.detect_format(path, shown, parse_onnx=False)  # an ONNX file is parsed in the checking process
     if fmt in ("torchscript", "exported") and not trust_code:
         raise formats.program_refusal(shown, fmt)
-    source = {"file": shown, "format": fmt, "sha256": baselines.sha256_file(path)}
+    source = {"format": fmt, "sha256": baselines.sha256_file(path), **({"file": shown} if file_name else {})}
     auto = name is None
-    name = safe_name(name or f"{arch or fmt}-{dataset}-{Path(shown).stem}")
+    name = safe_name(name or f"{arch or fmt}-{dataset}-{source['sha256'][:8]}")
     if auto:
         with _locked(user_models_dir()):
             again = _same_source(name, source, arch, dataset, root)
@@ -108,7 +114,8 @@ def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str 
         # read and run in a child process under a time and a memory limit: a hostile graph is killed there
         timeout_s, max_mb = sandbox.limits()
         weights, card = sandbox.run_checked(_stage, path, shown, fmt, arch, dataset, root, image_size, width,
-                                            trust_code, stage, what=f"model {shown!r}", reuse=not trust_code)
+                                            trust_code, stage, what=f"model {shown!r}", reuse=not trust_code,
+                                            on_wait=on_wait)
         card.update(user=True, source=source, versions=baselines.versions(), created=_dt.date.today().isoformat(),
                     checked={"process": "child", "timeout_s": timeout_s, "max_mb": max_mb})
         return _store(weights, card, name, auto=auto, replace=replace)
@@ -141,6 +148,9 @@ def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: s
     model_entry(arch)  # the library imported and its names listed: our own code's time, not the model's
     sandbox.start_clock()  # loading the data set is not the model's time
     extra: dict[str, Any] = {} if width is None else {"width": width}
+    params = params_unbuilt(arch, **_arch_kwargs(data), **extra)
+    if params is not None:
+        sandbox.check_weights(arch, params)  # before the model takes the memory that the limit would kill it for
     model = create_model(arch, **_arch_kwargs(data), **extra)
     channels = _weights_channels(model, state)
     notes = list(data.notes)
@@ -406,9 +416,9 @@ def _store(weights: Path, card: dict, name: str, *, auto: bool, replace: bool) -
             raise ValueError(f"name {name!r} is a committed baseline's: choose another --name")
         elif name in cards and not replace:
             taken = cards[name]
-            raise ValueError(f"a model named {name!r} already exists ({taken.get('architecture')} from "
-                             f"{(taken.get('source') or {}).get('file', '?')}, added {taken.get('created', '?')}): "
-                             "choose another name, or replace it explicitly (--replace)")
+            # not its file's name: the refusal may go to another visitor than the one who added it
+            raise ValueError(f"a model named {name!r} already exists ({taken.get('architecture')}, added "
+                             f"{taken.get('created', '?')}): choose another name, or replace it explicitly (--replace)")
         old = cards.get(name)
         final = folder / f"{name}{weights.suffix}"
         card = {"name": name, **card, "file": final.name, "file_bytes": weights.stat().st_size,
@@ -442,24 +452,26 @@ def list_user_models() -> list[ModelCard]:
 # ---------------------------------------------------------------- datasets
 
 
-def add_dataset_zip(zip_path: str | os.PathLike, name: str, *, shown: str | None = None) -> str:
-    """Extract an uploaded image-folder zip safely and store it under `name`; returns the folder to use as
-    the dataset root. It is extracted and checked in scratch space and renamed into place only once every
-    check has passed. A name already taken by other files is refused (the stored data stays as it is: cached
-    runs and added models were measured on it); the very same files again reuse the stored folder."""
+def add_dataset_zip(zip_path: str | os.PathLike, name: str | None, *, shown: str | None = None) -> str:
+    """Extract an uploaded image-folder zip safely and store it under `name` (None: a short hash of the zip, not
+    its file name, which is its uploader's); returns the folder to use as the dataset root. It is extracted and
+    checked in scratch space and renamed into place only once every check has passed. A name already taken by
+    other files is refused (the stored data stays as it is: cached runs and added models were measured on it);
+    the very same files again reuse the stored folder."""
     zip_path = Path(zip_path)
     shown = shown or zip_path.name
     check_upload_size(zip_path.stat().st_size, f"zip {shown!r}")
-    dest = user_data_dir() / safe_name(name)
+    dest = user_data_dir() / safe_name(name or f"zip-{baselines.sha256_file(zip_path)[:8]}")
     with scratch.folder("dataset") as stage:
         tree = stage / "tree"
         safezip.extract_zip(zip_path, tree, shown=shown)
         top = safezip.tree_root(tree)
         try:  # a tree no model could be measured on is refused here, before it takes the name
-            check_image_folder(top)
+            classes, counts = check_image_folder(top)
         except ValueError as e:  # named by the zip, not by the server's scratch folder it was unpacked in
             why = str(e).replace(str(top), shown).replace(str(tree), shown)
             raise ValueError(f"zip {shown!r} is not an image folder the explorer can read: {why}") from None
+        check_splittable(classes, counts, f"zip {shown!r}")
         with _locked(user_data_dir()):
             if dest.exists():
                 if not _same_tree(dest, tree):

@@ -220,7 +220,14 @@ def baseline_panel(info: dict) -> None:
     with st.expander("Per-layer table"):
         st.dataframe(info["layers"], hide_index=True, key="layers_table")
     with st.expander("Baseline card"):
-        st.json({k: v for k, v in card.items() if k != "path"})
+        own = st.session_state.get("_byo_files", {}).get(card["name"])
+        if own:
+            st.caption(f"Added from your file {md(own)}: its name is kept in this session only.")
+        # no file name from a card reaches the page: the operator's may be private, and an older card's an uploader's
+        shown = {k: v for k, v in card.items() if k != "path"}
+        if isinstance(shown.get("source"), dict):
+            shown["source"] = {k: v for k, v in shown["source"].items() if k != "file"}
+        st.json(shown)
 
 
 def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
@@ -271,21 +278,28 @@ def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
                 backend.check_upload(zipped.size, f"zip {zipped.name!r}")
                 zip_path = Path(tmp) / "data.zip"
                 zip_path.write_bytes(zipped.getbuffer())
-                data_root = backend.add_dataset_zip(str(zip_path), name.strip() or Path(zipped.name).stem,
-                                                    shown=zipped.name)
+                data_root = backend.add_dataset_zip(str(zip_path), name.strip() or None, shown=zipped.name)
                 dataset = "imagefolder"
-            with st.spinner("Loading, checking and measuring the model..."):
-                card = backend.add_model(str(model_path), arch=None if arch.startswith("(") else arch,
-                                         dataset=dataset, root=data_root, name=name.strip() or None, shown=up.name)
+            turn = st.empty()  # while other visitors' checks hold every turn: how many go first
+            try:
+                with st.spinner("Loading, checking and measuring the model..."):
+                    card = backend.add_model(str(model_path), arch=None if arch.startswith("(") else arch,
+                                             dataset=dataset, root=data_root, name=name.strip() or None,
+                                             shown=up.name, on_wait=turn.info)
+            finally:
+                turn.empty()
     except ValueError as e:  # the message repeats file and model names, this visitor's or another's
         st.error(md(e))
         return
     st.session_state["_select_baseline"] = card["name"]
+    # the file's name stays in this session: the card and the model's name, which every visitor lists, hold none
+    st.session_state.setdefault("_byo_files", {})[card["name"]] = up.name
     verb = "Already added as" if card.get("reused") else "Added"
     renamed = (f" (the name you typed, {name.strip()!r}, is stored as {card['name']!r}: names keep letters, digits, "
                "'_', '-' and '.')") if name.strip() and name.strip() != card["name"] else ""
     st.session_state["_byo_added"] = {
         "message": f"{verb} {card['name']}{renamed}: top-1 {card['accuracy']['top1']:.2f}% on "
-                   f"{card['test_samples']:,} test images (measured). It is now in the baseline list.",
+                   f"{card['test_samples']:,} test images (measured). It is now in the baseline list (from your "
+                   f"file {up.name!r}, whose name other visitors do not see).",
         "note": card.get("unsupported_reason")}
     st.rerun()
