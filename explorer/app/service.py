@@ -8,7 +8,8 @@ import functools
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -52,7 +53,7 @@ from explorer.run.controls import (  # noqa: F401  (the page's names for the tec
     sections,
 )
 from explorer.run.executor import run_sweep
-from explorer.run.grid import Grid
+from explorer.run.grid import Grid, page_choices
 from explorer.run.jobs import (
     COMPARISON,  # noqa: E402, F401
     STARTUP,
@@ -72,7 +73,8 @@ from explorer.run.result import (  # noqa: E402, F401
 from explorer.run.runner import run_key
 
 # result.json path -> (stats, checked result): re-read only new runs
-_frames: dict[str, tuple[tuple[int, int, int], RunResult]] = {}
+_frames: dict[str, tuple[tuple[int, ...], RunResult]] = {}
+_frames_lock = threading.Lock()  # the page's sessions render in threads of their own
 
 
 def datasets() -> list[str]:
@@ -87,8 +89,52 @@ def architectures(libraries: bool = True) -> list[str]:
     return all_model_names() if libraries else list_models()
 
 
+_pass = threading.local()  # the page's pass being drawn in this thread: what it asked, by question
+
+
+@contextlib.contextmanager
+def render() -> Iterator[None]:
+    """One pass of the page's script: what it asks more than once (the results table, the landscape's status) is
+    computed once in it. A fragment drawn inside the page's pass shares it; a fragment's own rerun is a pass of its
+    own. Sessions draw in threads of their own, so each pass is its thread's."""
+    if getattr(_pass, "asked", None) is not None:
+        yield
+        return
+    _pass.asked = {}
+    try:
+        yield
+    finally:
+        _pass.asked = None
+
+
+def _once_per_pass(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def asked(*args: Any) -> Any:
+        memo = getattr(_pass, "asked", None)
+        if memo is None:
+            return fn(*args)
+        question = (fn.__name__, json.dumps(args, sort_keys=True, default=str))
+        if question not in memo:
+            memo[question] = fn(*args)
+        return memo[question]
+
+    return asked
+
+
+_caches: dict[tuple[str, str], RunCache] = {}
+_caches_lock = threading.Lock()
+
+
 def cache() -> RunCache:
-    return RunCache()
+    """The run cache the settings name now, one object per folder and size cap for the whole server: a render
+    used to build a RunCache (claiming its folder and sweeping its scratch space) for every figure it asked."""
+    from explorer.core import cachedir, paths
+
+    at = (str(paths.cache_dir()), os.environ.get("EXPLORER_CACHE_MAX_MB", ""))
+    with _caches_lock:
+        if at not in _caches or not (Path(at[0]) / cachedir.MARKER).is_file():  # a folder removed meanwhile
+            _caches[at] = RunCache()
+        return _caches[at]
 
 
 # the weights' names that tell a layer kind, read from a safetensors header without building the model
@@ -242,44 +288,74 @@ def run(recipe: Recipe, progress: Progress | None = None) -> RunResult:
     return cache().get_or_run(recipe, progress=progress)
 
 
-def cached_results(model: str, dataset: str, checkpoint: str | None = None) -> list[RunResult]:
-    """Every stored run of this baseline (light read: the checked result JSON of complete entries)."""
+def _stored_runs() -> list[tuple[tuple[int, ...], RunResult]]:
+    """Every stored run, each with the version of its result.json (read again only when that file changed)."""
     c = cache()
     out = []
-    for key in c.keys():
+    for key in sorted(c.stored()):
         path = c.root / key / "result.json"
         try:
             st = path.stat()
         except OSError:
             continue
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        hit = _frames.get(str(path))
+        stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+        with _frames_lock:
+            hit = _frames.get(str(path))
         if hit is None or hit[0] != stamp:
             r = c.peek(key)
             if r is None:
                 continue
             hit = (stamp, r)
-            _frames[str(path)] = hit
-        r = hit[1]
-        rc = r.get("recipe", {})
-        if r.get("model") == model and r.get("dataset") == dataset and rc.get("checkpoint") == checkpoint:
-            out.append(r)
+            with _frames_lock:
+                _frames[str(path)] = hit
+        out.append(hit)
     return out
 
 
+def _of(r: RunResult, model: str, dataset: str, checkpoint: str | None) -> bool:
+    return (r.get("model"), r.get("dataset"), r.get("recipe", {}).get("checkpoint")) == (model, dataset, checkpoint)
+
+
+def cached_results(model: str, dataset: str, checkpoint: str | None = None) -> list[RunResult]:
+    """Every stored run of this baseline (light read: the checked result JSON of complete entries)."""
+    return [r for _, r in _stored_runs() if _of(r, model, dataset, checkpoint)]
+
+
+_tables: dict[tuple[Any, ...], pd.DataFrame] = {}  # (baseline, the versions of its runs) -> its results table
+
+
 def frame(model: str, dataset: str, checkpoint: str | None = None) -> pd.DataFrame:
-    rows = cached_results(model, dataset, checkpoint)
-    df = results_frame(rows)
-    if df.empty:
-        return pd.DataFrame(columns=["key", "label", "status", "top1", "accuracy_delta", "sparsity_requested",
-                                     "bits", "clusters", "packed_bytes", "recipe_json"])
-    return df
+    """The table of this baseline's stored runs (a copy of its own), built again only when one of them changed."""
+    return _frame(model, dataset, checkpoint).copy()
+
+
+@_once_per_pass
+def _frame(model: str, dataset: str, checkpoint: str | None = None) -> pd.DataFrame:
+    runs = [(stamp, r) for stamp, r in _stored_runs() if _of(r, model, dataset, checkpoint)]
+    at = (model, dataset, checkpoint, tuple((r.get("key"), stamp) for stamp, r in runs))
+    with _frames_lock:
+        df = _tables.get(at)
+    if df is None:
+        df = results_frame([r for _, r in runs])
+        if df.empty:
+            df = pd.DataFrame(columns=["key", "label", "status", "top1", "accuracy_delta", "sparsity_requested",
+                                       "bits", "clusters", "packed_bytes", "recipe_json"])
+        with _frames_lock:
+            if len(_tables) > 64:
+                _tables.clear()
+            _tables[at] = df
+    return df.copy()
 
 
 def sweep_grid(card: ModelCard, axes: dict[str, list[Any]] | None = None, repeats: int = 1) -> Grid:
     """The Sweep tab's grid on this baseline (a user's model by its path): `axes` control -> values (None: the
     default grid); every other control at the page's defaults."""
     return Grid.page(card, tuple((k, tuple(v)) for k, v in (axes or {}).items()), repeats=repeats)
+
+
+def sweep_choices(card: ModelCard) -> dict[str, tuple[Any, ...]]:
+    """The Sweep tab's starting values: each control's values in the default grid on this baseline."""
+    return page_choices(card)
 
 
 def sweep_axes() -> list[tuple[str, bool, list[Control]]]:
@@ -383,12 +459,15 @@ def _summary(kind: str, result: RunResult, frame: pd.DataFrame, name: str) -> by
 
     drawn = int(pd.util.hash_pandas_object(frame.astype(str), index=False).sum()) if len(frame) else 0
     key = (kind, result.get("key"), name, drawn, json.dumps(result.get("recipe"), sort_keys=True))
-    if key not in _summaries:
+    with _frames_lock:
+        data = _summaries.get(key)
+    if data is None:
         data = summary.png(result, frame, name) if kind == "png" else summary.page(result, frame, name).encode()
-        while len(_summaries) >= 8:
-            _summaries.pop(next(iter(_summaries)))
-        _summaries[key] = data
-    return _summaries[key]
+        with _frames_lock:
+            while len(_summaries) >= 8:
+                _summaries.pop(next(iter(_summaries)))
+            _summaries[key] = data
+    return data
 
 
 def summary_png(result: RunResult, frame: pd.DataFrame, name: str) -> bytes:
@@ -466,6 +545,14 @@ def landscapes():
             _landscapes = Landscapes(cache, run_key, settings.get("EXPLORER_LANDSCAPE_IDLE_S"), asked=_asked,
                                      page_waiting=lambda: board().page_waiting())
         return _landscapes
+
+
+@_once_per_pass
+def landscape_status(card: ModelCard, controls: dict[str, Any]) -> dict[str, Any] | None:
+    """This model's background measurement, which the call keeps going (a page still looks at it), and its status;
+    None for an ONNX model or where EXPLORER_LANDSCAPE=0."""
+    lands = landscapes() if card.get("format") != "onnx" else None
+    return None if lands is None else lands.status_of(card, controls)
 
 
 def baseline_recipe(recipe: Recipe) -> Recipe:

@@ -150,6 +150,7 @@ class RunCache:
     def __init__(self, root: str | os.PathLike[str] | None = None, max_mb: float | None = None):
         self.max_bytes = max_bytes(max_mb)
         self.root = cachedir.claim(Path(root) if root is not None else cache_dir())  # a folder not ours: refused
+        self._listed: tuple[tuple[int, int, int], frozenset[str]] | None = None  # (folder's stamp, its entries)
         self._clean_scratch()
 
     def _open_lock(self, key: str, wait: bool, on_wait: Callable[[], None] | None = None) -> IO[bytes] | None:
@@ -490,6 +491,19 @@ class RunCache:
     def stored_at(self, key: str) -> float | None:
         """When entry `key`'s result was last written (seconds since the epoch), or None where there is none."""
         return _mtime(self.root / check_key(key) / RESULT)
+
+    def stored(self) -> frozenset[str]:
+        """The keys of the entries in the folder, listed again only when the folder changed (an entry is renamed
+        in or out of it as a whole): what a page's status line counts, every few seconds, without reading them.
+        `peek` and `get` are what check an entry."""
+        try:
+            st = self.root.stat()
+        except OSError:
+            return frozenset()
+        stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        if self._listed is None or self._listed[0] != stamp:
+            self._listed = (stamp, frozenset(self.keys()))
+        return self._listed[1]
 
     def keys(self) -> list[str]:
         """Entry folders; anything else in the folder (README, another tool's files) is not ours to touch."""

@@ -113,3 +113,9 @@ class Grid:
                     seen.add(r.canonical_json())
                     out.append(r)
         return out
+
+
+def page_choices(card: ModelCard) -> dict[str, tuple[Any, ...]]:
+    """The Sweep tab's starting values on this baseline: each control's values in the page's default grid."""
+    grid = Grid.page(card)
+    return {ctrl.name: grid.values(ctrl.name) for ctrl in all_controls()}

@@ -146,6 +146,15 @@ class Board:
             self._lock.notify_all()
             return job
 
+    def show(self, session: str, recipe: Recipe, comparison: Recipe | None, visitor: str | None = None
+             ) -> tuple[Job, Job]:
+        """What a page does on each render: its configuration's job and its comparison's (the same job for a
+        recipe with no step), which it now watches in place of what it watched before (`submit`, `watch`)."""
+        job = self.submit(recipe, session, visitor=visitor)
+        base = job if comparison is None else self.submit(comparison, session, COMPARISON, visitor=visitor)
+        self.watch(session, {job.key, base.key})
+        return job, base
+
     def _check_share(self, visitor: str, session: str) -> None:
         """Refuse a new run of a visitor whose other pages already have their share waiting or going (under the
         lock). The asking page's own runs do not count: it shows one configuration, and the runs it leaves are

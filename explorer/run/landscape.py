@@ -203,6 +203,12 @@ class Landscapes:
     def cached(self, key: str) -> bool:
         return self._cache().peek(key) is not None
 
+    def status_of(self, card: ModelCard, controls: dict[str, Any]) -> dict[str, Any]:
+        """A page looks at `card` (touch) and reads its landscape's status: the points stored, counted from the
+        cache folder's listing, which is read again only when the folder changed."""
+        stored = self._cache().stored()
+        return self.touch(card, controls).status(stored.__contains__)
+
     def next_step(self, land: Landscape) -> tuple[Recipe, scheduler.Priority] | None:
         """The landscape's next point: neither stored nor one a page is computing itself."""
         return land.next_step(lambda key: self.cached(key) or self._asked(key))

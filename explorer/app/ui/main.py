@@ -71,7 +71,12 @@ def _live(key: str, base_key: str | None) -> None:
 
 def main(top=None) -> None:
     """The page; `top` is the placeholder under the title that the shell (explorer.app.ui.shell, drawn before
-    this module's imports) left for the page's first line."""
+    this module's imports) left for the page's first line. One pass: what it asks more than once is computed once."""
+    with service.render():
+        _page(top)
+
+
+def _page(top) -> None:
     t0 = time.perf_counter()
     if top is None:
         top = shell.draw()
@@ -111,9 +116,8 @@ def main(top=None) -> None:
             job, base_job = _submit(recipe)
         except ValueError as e:
             error = str(e)
+    service.landscape_status(card, c)  # the model's background measurement starts, or goes on
     lands = service.landscapes() if card.get("format") != "onnx" else None
-    if lands is not None:
-        lands.touch(card, c)
     result = job.result if job is not None and job.state == "done" else None
     if job is not None and job.state in ("failed", "cancelled"):
         error = f"The run failed: {job.error or job.message}"
@@ -208,12 +212,8 @@ def main(top=None) -> None:
 def _submit(recipe):
     """Queue this configuration and its baseline (the comparison) on the run board, and say that this page
     watches these two now (a run it left, and no other page watches, is cancelled)."""
-    board, sid, who = service.board(), _session(), _visitor()
-    job = board.submit(recipe, sid, visitor=who)
-    base_job = job if not recipe.steps else board.submit(service.baseline_recipe(recipe), sid, service.COMPARISON,
-                                                          visitor=who)
-    board.watch(sid, {job.key, base_job.key})
-    return job, base_job
+    comparison = service.baseline_recipe(recipe) if recipe.steps else None
+    return service.board().show(_session(), recipe, comparison, visitor=_visitor())
 
 
 def _overview(result: RunResult, base_result: RunResult | None, frame, card: ModelCard) -> None:
@@ -241,6 +241,11 @@ def _curves(card: ModelCard, controls: dict, checkpoint: str | None, key: str | 
     """The curves, Pareto fronts and AD x RF, redrawn as the landscape's points land (only this part of the
     page reruns: the sidebar and the user's place stay). Each redraw tells the landscape the page is still
     open, so it goes on while a user only watches."""
+    with service.render():
+        _curves_now(card, controls, checkpoint, key)
+
+
+def _curves_now(card: ModelCard, controls: dict, checkpoint: str | None, key: str | None) -> None:
     lands, s = _landscape(card, controls)
     if s is not None:
         cols = st.columns([5, 1])
@@ -255,10 +260,8 @@ def _curves(card: ModelCard, controls: dict, checkpoint: str | None, key: str | 
 def _landscape(card: ModelCard, controls: dict) -> tuple:
     """The landscapes and this model's status (None for ONNX models, which have none); the call tells the
     landscape the page is still open."""
-    lands = service.landscapes() if card.get("format") != "onnx" else None
-    if lands is None:
-        return None, None
-    return lands, lands.touch(card, controls).status(lands.cached)
+    s = service.landscape_status(card, controls)
+    return (service.landscapes(), s) if s is not None else (None, None)
 
 
 def _landscape_line(what: str, s: dict) -> str:
@@ -271,7 +274,8 @@ def _landscape_line(what: str, s: dict) -> str:
 def _landscape_note(card: ModelCard, controls: dict) -> None:
     """On the Overview, where a page opens: the background measurement is going (it shares the machine with
     this page's runs, which come first), and where its curves are."""
-    _, s = _landscape(card, controls)
+    with service.render():
+        _, s = _landscape(card, controls)
     if s is not None:
         st.caption(_landscape_line("Background measurement", s) + " (see Curves and Pareto; your own runs go "
                    "first).")

@@ -33,13 +33,13 @@ def sweep_panel(card: ModelCard, backend) -> None:
     st.markdown("Choose grid values and launch: every run goes through the cache (cached runs return at once; "
                 "those the background measured without their timing are timed first, a few seconds each), "
                 "compression runs in parallel, latency is timed one run at a time.")
-    grid = backend.sweep_grid(card)  # the default grid, which the background measures too
+    start = backend.sweep_choices(card)  # the default grid, which the background measures too
     axes: dict[str, list] = {}
     sections = [(title, [c for c in ctrls if not (c.unavailable and c.unavailable(card))])
                 for title, _, ctrls in backend.sweep_axes()]
     main = [ctrl for _, ctrls in sections for ctrl in ctrls if ctrl.sweep]  # the grid's own axes, on top
     for col, ctrl in zip(st.columns(max(len(main), 1)), main, strict=False):
-        axes[ctrl.name] = _choice(col, ctrl, card, grid)
+        axes[ctrl.name] = _choice(col, ctrl, card, start)
     with st.expander("Technique details: each at the sidebar's default; pick several values to vary it too"):
         for title, ctrls in sections:
             rest = [ctrl for ctrl in ctrls if not ctrl.sweep]
@@ -47,7 +47,7 @@ def sweep_panel(card: ModelCard, backend) -> None:
                 st.markdown(f"**{md(title)}**")
                 cols = st.columns(3)
                 for i, ctrl in enumerate(rest):
-                    axes[ctrl.name] = _choice(cols[i % 3], ctrl, card, grid)
+                    axes[ctrl.name] = _choice(cols[i % 3], ctrl, card, start)
     repeats = st.number_input("Repeats (seeds per configuration)", 1, 10, value=1, key="sweep_repeats",
                               help="Each configuration runs with seeds 0..K-1: the seed changes the fine-tuning "
                                    "order, the calibration sample and the k-means start. Tables and charts then "
@@ -83,10 +83,11 @@ def sweep_panel(card: ModelCard, backend) -> None:
                            key="sweep_csv")
 
 
-def _choice(where, ctrl, card: ModelCard, grid) -> list:
-    """One control as a choice of several values (the grid's values for it chosen), in the sidebar's words."""
+def _choice(where, ctrl, card: ModelCard, start: dict) -> list:
+    """One control as a choice of several values (the default grid's values for it chosen), in the sidebar's
+    words."""
     say = (lambda v: "on" if v else "off") if isinstance(ctrl.default, bool) else ctrl.say
-    return where.multiselect(ctrl.title, list(ctrl.offered(card)), default=list(grid.values(ctrl.name)),
+    return where.multiselect(ctrl.title, list(ctrl.offered(card)), default=list(start[ctrl.name]),
                              key=f"sweep_{ctrl.name}", format_func=say, help=md(ctrl.help))
 
 

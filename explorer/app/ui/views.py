@@ -410,6 +410,8 @@ def fastest_on_cpu(result: RunResult, batch: str = B256) -> str | None:
     return None
 
 
+
+
 EAGER_BYTES = 16 << 20
 
 
