@@ -60,15 +60,8 @@ def _no_background_work_outlives_its_test():
     import sys
 
     service = sys.modules.get("explorer.app.service")
-    if service is None:
-        return
-    with service._live_lock:
-        board, service._board = service._board, None
-        scapes, service._landscapes = service._landscapes, None
-    if board is not None:
-        board.stop()
-    if scapes is not None:
-        scapes.stop()
+    if service is not None:
+        service.shutdown()
 
 
 def settle(at, timeout: float = 300.0):

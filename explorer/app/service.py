@@ -281,7 +281,12 @@ def start_up() -> None:
 
 
 def describe_baseline(path: str) -> dict[str, Any]:
-    return baselines.describe_baseline(path)
+    """The Baseline tab's figures: its whole test split scored as the scheduler's work, at the page's own priority,
+    so that it pauses while a latency timing holds the machine."""
+    from explorer.run import scheduler
+
+    with scheduler.work():
+        return baselines.describe_baseline(path)
 
 
 def run(recipe: Recipe, progress: Progress | None = None) -> RunResult:
@@ -478,9 +483,43 @@ def summary_html(result: RunResult, frame: pd.DataFrame, name: str) -> bytes:
     return _summary("html", result, frame, name)
 
 
-_live_lock = threading.Lock()
-_board = None
-_landscapes = None
+class Background:
+    """The server process's background work, in one place: the queue of runs pages asked for (explorer.run.jobs)
+    and the landscapes that measure the open models' grids (explorer.run.landscape), each started on first use.
+    `shutdown` stops both and lets the next use start them afresh (a test ends its page's work with it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._board: Board | None = None
+        self._landscapes: Landscapes | None = None
+
+    def board(self) -> Board:
+        with self._lock:
+            if self._board is None:
+                self._board = Board(cache, run_key, alive=page_open)
+            return self._board
+
+    def landscapes(self) -> Landscapes | None:
+        if not settings.get("EXPLORER_LANDSCAPE"):
+            return None
+        with self._lock:
+            if self._landscapes is None:
+                self._landscapes = Landscapes(cache, run_key, settings.get("EXPLORER_LANDSCAPE_IDLE_S"),
+                                              asked=_asked, page_waiting=lambda: self.board().page_waiting())
+            return self._landscapes
+
+    def shutdown(self) -> None:
+        """Cancel every run and stop the landscapes; what was going ends at its next safe point."""
+        with self._lock:
+            board, self._board = self._board, None
+            scapes, self._landscapes = self._landscapes, None
+        if board is not None:
+            board.stop()
+        if scapes is not None:
+            scapes.stop()
+
+
+BACKGROUND = Background()
 
 
 def page_open(session: str) -> bool:
@@ -494,13 +533,14 @@ def page_open(session: str) -> bool:
     return not (at and streamlit_id and Runtime.exists()) or Runtime.instance().is_active_session(streamlit_id)
 
 
-def board():
+def board() -> Board:
     """The server process's queue of runs pages asked for (explorer.run.jobs), started on first use."""
-    global _board
-    with _live_lock:
-        if _board is None:
-            _board = Board(cache, run_key, alive=page_open)
-        return _board
+    return BACKGROUND.board()
+
+
+def shutdown() -> None:
+    """Stop the server process's background work (the run board and the landscapes)."""
+    BACKGROUND.shutdown()
 
 
 def default_recipe() -> Recipe | None:
@@ -535,16 +575,9 @@ def _asked(key: str) -> bool:
     return job is not None and not job.finished
 
 
-def landscapes():
+def landscapes() -> Landscapes | None:
     """The background landscapes (explorer.run.landscape), or None where EXPLORER_LANDSCAPE=0."""
-    global _landscapes
-    if not settings.get("EXPLORER_LANDSCAPE"):
-        return None
-    with _live_lock:
-        if _landscapes is None:
-            _landscapes = Landscapes(cache, run_key, settings.get("EXPLORER_LANDSCAPE_IDLE_S"), asked=_asked,
-                                     page_waiting=lambda: board().page_waiting())
-        return _landscapes
+    return BACKGROUND.landscapes()
 
 
 @_once_per_pass

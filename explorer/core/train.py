@@ -8,10 +8,10 @@ weight stays zero and a clustered layer keeps its centroids during fine-tuning.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from explorer.core import spawn
 from explorer.core.data import Split
 from explorer.core.errors import check_choice, check_range
 from explorer.core.safepoint import safe_point
@@ -67,6 +68,26 @@ class History:
     val_top1: list[float] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
+
+
+def compute_threads(n: int) -> None:
+    """The torch threads this process computes with (EXPLORER_TRAIN_THREADS for runs): set, never set and put back,
+    since the page's sessions compute in threads of one process and a run that ends would change the count under
+    one still going. The one place besides `timing_threads` that sets torch's thread count."""
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def timing_threads(n: int) -> Iterator[None]:
+    """Torch's thread count for one timed call (EXPLORER_THREADS), put back after it: a timing holds the quiet
+    slot (explorer.run.scheduler), so no other work of ours computes meanwhile."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -178,7 +199,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512, wor
                 return out
 
         n = min(workers, len(starts))
-        with ThreadPoolExecutor(n, thread_name_prefix="explorer-score") as pool:
+        with spawn.scorers(n) as pool:
             for g in range(0, len(starts), n):  # `n` batches side by side, then a safe point in this thread
                 safe_point()
                 outs += pool.map(one, starts[g:g + n])

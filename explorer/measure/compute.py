@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from explorer.compress.quantize import remove_activation_quant
+from explorer.core import spawn
 
 
 def macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
@@ -69,8 +70,7 @@ def peak_rss_growth(fn: Callable[[], Any], interval_s: float = 0.002) -> tuple[A
             peak[0] = max(peak[0], _rss_bytes())
             done.wait(interval_s)  # woken at once when fn returns
 
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
+    t = spawn.thread(sample, "explorer-memory-sample")
     try:
         out = fn()
     finally:

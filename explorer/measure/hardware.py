@@ -8,6 +8,8 @@ import os
 import platform
 import subprocess
 
+from explorer.core import spawn
+
 # flags that change what int8/bf16/fp16 cost on x86 (VNNI: int8 dot products; AMX: tile matmuls)
 ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
              "amx_bf16", "asimd", "asimddp", "i8mm")
@@ -41,8 +43,7 @@ def gpu_info() -> dict | None:
     info = {"name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda, "driver": None,
             "memory_gb": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)}
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
+        out = spawn.command(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], timeout_s=10)
         info["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         pass

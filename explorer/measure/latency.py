@@ -38,6 +38,7 @@ from torch import nn
 from explorer.core.engines import BATCH_SIZES
 from explorer.core.errors import first_line
 from explorer.core.stats import median_ci
+from explorer.core.train import timing_threads
 from explorer.measure.timing_checks import cpu_share, round_kept
 
 BATCHES = BATCH_SIZES  # the batch sizes every run is timed at
@@ -295,16 +296,6 @@ def interleave(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: floa
                        between_rounds=between_rounds).figures
 
 
-@contextlib.contextmanager
-def torch_threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def unavailable(reason: str) -> dict:
     return {"available": False, "reason": reason}
 
@@ -313,7 +304,7 @@ def torch_cpu_timer(model: nn.Module, x: torch.Tensor, threads: int) -> Timer:
     model = model.eval()
 
     def run() -> None:
-        with torch_threads(threads), torch.inference_mode():
+        with timing_threads(threads), torch.inference_mode():
             model(x)
 
     return run

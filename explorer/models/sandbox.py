@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import multiprocessing
 import os
 import signal
 import sys
@@ -36,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from explorer.core import settings, slots
+from explorer.core import settings, slots, spawn
 from explorer.core.errors import first_line
 
 START_S = 600.0  # loading the libraries in the fresh process: our own code, but minutes on a loaded machine
@@ -97,10 +96,8 @@ class _Worker:
     """A spawned checking process and the caller's end of its pipe."""
 
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child_end = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child_end, os.getpid()), name="explorer-check", daemon=True)
-        self.proc.start()
+        self.conn, child_end = spawn.pipe()
+        self.proc = spawn.process(_serve, (child_end, os.getpid()), "explorer-check")
         child_end.close()  # the child holds the only other end: its death reads as end-of-file here
         self.base: int | None = None  # resident bytes at its first clock: libraries loaded
 
@@ -287,19 +284,6 @@ def _soft_limit(which: int, want: int) -> None:
         pass
 
 
-def _orphan_watch(parent: int) -> None:
-    """A child whose parent has gone (killed, so its kill never came) stops itself: ONNX Runtime and torch let
-    go of the interpreter while they compute, so this thread runs beside a hostile graph."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(3)
-
-    threading.Thread(target=watch, name="explorer-check-orphan", daemon=True).start()
-
-
 def _few_arenas() -> None:
     """glibc gives each thread its own 64 MB malloc arena (address space, counted by RLIMIT_AS): keep two."""
     try:
@@ -338,7 +322,8 @@ def _serve(conn, parent: int) -> None:
     import tempfile
 
     _soft_limit(resource.RLIMIT_CORE, 0)  # a crash leaves no core file of up to the memory limit behind
-    _orphan_watch(parent)
+    # a child whose parent has gone (killed, so its kill never came) stops itself, beside a hostile graph too
+    spawn.die_with_parent(parent, code=3, every_s=0.5)
     while conn.poll(IDLE_S):
         try:
             job = conn.recv()

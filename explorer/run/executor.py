@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pandas as pd
-import torch
 
 from explorer.compress.recipe import Recipe
 from explorer.core import scratch
 from explorer.core.errors import check_choice, check_range
+from explorer.core.train import compute_threads
 from explorer.run import runner, scheduler, workers
 from explorer.run.cache import RunCache
 from explorer.run.result import UNTIMED, RunResult, failed, results_frame, untimed
@@ -30,7 +30,7 @@ Pool = workers.LocalPool | workers.RayPool  # the scheduler's workers, on this m
 
 
 def _init_worker() -> None:
-    torch.set_num_threads(runner.train_threads())  # runner.prepare sets it again; a worker per that many cores
+    compute_threads(runner.train_threads())  # a worker per that many cores
     os.environ["EXPLORER_EVAL_WORKERS"] = "1"  # every core has a worker of its own already
 
 

@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from typing import Any
 
-import torch
-
 from explorer.compress.base import Control
 from explorer.compress.recipe import Recipe
 from explorer.core.card import ModelCard
+from explorer.core.train import compute_threads
 from explorer.measure.latency import load_average
 from explorer.run import executor, retime, runner, scheduler, workers
 from explorer.run.cache import RunCache
@@ -136,7 +135,7 @@ def _worker_main(jobs: Queue[Any], results: Queue[Any], threads: int) -> None:
     do the rest); it measures the points it is sent, one at a time, until it is sent None."""
     with contextlib.suppress(OSError, AttributeError):
         os.nice(10)
-    torch.set_num_threads(threads)
+    compute_threads(threads)
     while (job := jobs.get()) is not None:
         recipe_json, priority, *how = job
         try:

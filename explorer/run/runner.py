@@ -32,7 +32,7 @@ from explorer.core import scratch, settings
 from explorer.core.data import DataBundle
 from explorer.core.errors import first_line
 from explorer.core.paths import user_file
-from explorer.core.train import Progress, evaluate
+from explorer.core.train import Progress, compute_threads, evaluate
 from explorer.core.version import SCHEMA_VERSION
 from explorer.measure import compute, size
 from explorer.measure.accuracy import save_predictions, uncertainty
@@ -244,9 +244,7 @@ def prepare(recipe: Recipe, workdir: str | os.PathLike[str], *, progress: Progre
     with scheduler.work():  # at the priority of the thread's caller (a page, the landscape, a sweep)
         if recipe.checkpoint_path.suffix == ".onnx":
             return prepare_onnx(recipe, work, key)
-        # set, not set-and-restore: sessions of the page compute in threads of one process, and a restore by
-        # one run that ends would change the count under another that is still going
-        torch.set_num_threads(train_threads())
+        compute_threads(train_threads())
         return _prepare_torch(recipe, work, key, t0, timings, progress, partial)
 
 

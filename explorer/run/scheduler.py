@@ -50,7 +50,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import IO, Any
 
-from explorer.core import paths, safepoint, settings
+from explorer.core import paths, safepoint, settings, spawn
 from explorer.measure import latency
 
 
@@ -443,9 +443,7 @@ def between_rounds() -> None:
 
 def start_service(target: Callable[[], Any], name: str) -> threading.Thread:
     """A thread that hands work out (a queue's loop), a daemon: it does no CPU work itself."""
-    t = threading.Thread(target=target, name=name, daemon=True)
-    t.start()
-    return t
+    return spawn.thread(target, name)
 
 
 def start_task(fn: Callable[..., Any], *args: Any, name: str) -> Future[Any]:

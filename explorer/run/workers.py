@@ -1,10 +1,9 @@
 """The processes the scheduler (explorer.run.scheduler) starts: a sweep's pool of workers, here or on a Ray
 cluster, and the landscape's one long-lived worker.
 
-Every local worker dies with the process that started it. It asks the kernel for SIGKILL when its parent
-goes (prctl PR_SET_PDEATHSIG on Linux) and, because the kernel sends that when the starting *thread* ends
-and not everywhere, it also watches its parent's pid once a second: a killed sweep or page never leaves
-workers behind, each holding a gigabyte and blocked on a pipe nobody writes. Pools and workers are started
+Every local worker dies with the process that started it (explorer.core.spawn.die_with_parent): a killed sweep or
+page never leaves workers behind, each holding a gigabyte and blocked on a pipe nobody writes. They are started
+through explorer.core.spawn, like every thread and process of the explorer. Pools and workers are started
 and closed by the same long-lived thread (a sweep's own call, the landscape's feeding loop).
 
 A worker process does its work at the priority its starter gives it (`set_default_priority`), under the
@@ -14,64 +13,25 @@ same rules as a thread of the page: the lock files of the cache folder are share
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib
-import multiprocessing
 import os
-import signal
 import socket
-import sys
-import threading
-import time
-import types
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from explorer.core import paths
+from explorer.core import paths, spawn
 from explorer.run import scheduler
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-WATCH_S = 1.0
 
 Job = tuple[str, str]  # (run key, recipe JSON)
 
 
-def die_with_parent(parent: int) -> None:
-    """In a worker: end when the process `parent` ends, whatever it died of."""
-    with contextlib.suppress(Exception):  # not Linux, or no libc: the watch below still holds
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before the request above took effect
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(WATCH_S)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="explorer-parent-watch", daemon=True).start()
-
-
 def _start(parent: int, priority: int, setup: Callable[[], None] | None) -> None:
-    die_with_parent(parent)
+    spawn.die_with_parent(parent)
     scheduler.set_default_priority(priority)
     if setup is not None:
         setup()
-
-
-@contextlib.contextmanager
-def bare_main() -> Iterator[None]:
-    """Spawned workers re-import the parent's __main__ from its file. Under Streamlit (and AppTest) that
-    file is app.py, so each worker would run the whole page and wait on the very cache lock the sweep
-    holds. While workers start, __main__ is an empty module, so they import only what a job needs."""
-    saved = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if saved is not None:
-            sys.modules["__main__"] = saved
 
 
 class LocalPool:
@@ -86,12 +46,10 @@ class LocalPool:
     def run(self, jobs: list[Job]) -> tuple[list[dict[str, Any]], list[Job]]:
         """(finished, jobs whose pool broke under them)."""
         if self.pool is None:
-            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_start, initargs=(os.getpid(), self.priority, self.setup))
+            self.pool = spawn.process_pool(self.workers, _start, (os.getpid(), self.priority, self.setup))
         done: list[dict[str, Any]] = []
         broken: list[Job] = []
-        with bare_main():  # workers start on submit: give them no script to re-run
-            futures = {self.pool.submit(self.fn, j): j for j in jobs}
+        futures = {self.pool.submit(self.fn, j): j for j in jobs}
         for f in as_completed(futures):
             try:
                 done.append(f.result())
@@ -249,12 +207,9 @@ class Worker:
     worker that dies fails that job (and its starter makes a new one)."""
 
     def __init__(self, main: Callable[..., None], *args: Any, name: str, priority: int):
-        ctx = multiprocessing.get_context("spawn")
-        self._jobs, self._results = ctx.Queue(), ctx.Queue()
-        self._proc = ctx.Process(target=_worker_entry, args=(os.getpid(), priority, main, self._jobs, self._results,
-                                                             *args), name=name, daemon=True)
-        with bare_main():
-            self._proc.start()
+        self._jobs, self._results = spawn.queue(), spawn.queue()
+        self._proc = spawn.process(_worker_entry, (os.getpid(), priority, main, self._jobs, self._results, *args),
+                                   name)
 
     @property
     def pid(self) -> int | None:
