@@ -9,12 +9,19 @@ type from a fixed allow-list and its constructor arguments. Nothing from a file 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._device import _device_constructors
 
 from explorer.compress.lowrank import Factorized
+from explorer.core.errors import first_line
 from explorer.core.zoo import create_model
+
+SMALL = 1 << 16  # a tensor of at most this many values is made for real while a model is only measured
 
 
 def _factorized() -> type:
@@ -95,6 +102,16 @@ def describe(model: nn.Module, architecture: dict[str, Any]) -> list[dict[str, A
     return entries
 
 
+def _has(model: nn.Module, path: str) -> bool:
+    if not path:  # the model itself
+        return False
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
 def _set(model: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, name, module)
@@ -102,18 +119,25 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
 
 def rebuild(architecture: dict[str, Any], entries: list[dict[str, Any]]) -> nn.Module:
     """The model `describe` described: the zoo architecture with the listed layers replaced."""
-    model = create_model(architecture["name"], **architecture["kwargs"])
+    return apply(create_model(architecture["name"], **architecture["kwargs"]), entries).eval()
+
+
+def apply(model: nn.Module, entries: list[dict[str, Any]]) -> nn.Module:
+    """`model` with the listed layers replaced, each at a layer it already has (a factorised layer's two
+    placeholders are layers too), each once: a file cannot add modules the architecture does not have."""
+    seen: set[str] = set()
     for e in entries:
-        kind, args = e.get("type"), e.get("args") or {}
+        kind, args, path = e.get("type"), e.get("args") or {}, e.get("path")
+        if not isinstance(path, str) or path in seen or not _has(model, path):
+            raise ValueError(f"packed structure names layer {path!r}, which is "
+                             f"{'listed twice' if path in seen else 'not a layer of the architecture'}")
+        seen.add(path)
         if kind == "Factorized":
             # children follow as their own entries; placeholders keep the two slots
-            _set(model, e["path"], _factorized()(nn.Identity(), nn.Identity()))
+            _set(model, path, _factorized()(nn.Identity(), nn.Identity()))
             continue
         if kind == "Attention":
-            try:
-                _set_heads(model, e["path"], args)
-            except AttributeError:
-                raise ValueError(f"packed structure names no layer at {e.get('path')!r}") from None
+            _set_heads(model, path, args)
             continue
         if kind not in _TYPES:
             raise ValueError(f"packed structure names layer type {kind!r}; allowed: {sorted(_TYPES)}, Factorized and "
@@ -123,7 +147,59 @@ def rebuild(architecture: dict[str, Any], entries: list[dict[str, Any]]) -> nn.M
             if isinstance(kw.get(k), list):
                 kw[k] = tuple(kw[k])
         try:
-            _set(model, e["path"], _TYPES[kind](**kw))
-        except (TypeError, AttributeError, ValueError) as err:
-            raise ValueError(f"packed structure entry for {e.get('path')!r} is invalid: {err}") from None
-    return model.eval()
+            _set(model, path, _TYPES[kind](**kw))
+        except (TypeError, AttributeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"packed structure entry for {path!r} is invalid: {first_line(err)}") from None
+    return model
+
+
+# ---------------------------------------------------------------- measuring a model without building it
+
+
+class TooLarge(ValueError):
+    """A model whose tensors would hold more values than its budget; raised before the one that crosses it."""
+
+
+class _Sizing(TorchFunctionMode):
+    """While a model is built: counts the values of every tensor torch's factory functions make and refuses
+    past `budget`; with `meta`, a tensor of more than SMALL values is made on the meta device (its shape, no
+    memory), a smaller one for real, so builders that compute with small tensors (torchvision's RegNet turns
+    its widths into a list) still run. Each tensor is first made on the meta device to learn its size."""
+
+    def __init__(self, budget: int, meta: bool):
+        super().__init__()
+        self.budget, self.meta, self.made = budget, meta, 0
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func not in _device_constructors() or kwargs.get("device") is not None:
+            return func(*args, **kwargs)
+        try:
+            shaped = func(*args, **{**kwargs, "device": "meta"})
+        except Exception:  # a call meta cannot make (one with a generator, say) is made as asked
+            return func(*args, **kwargs)
+        self.made += shaped.numel()
+        if self.made > self.budget:
+            raise TooLarge(f"more than {self.budget:,}")
+        return shaped if self.meta and shaped.numel() > SMALL else func(*args, **kwargs)
+
+
+def shaped(architecture: dict[str, Any], budget: int) -> nn.Module:
+    """The zoo architecture with its large tensors on the meta device, refused (TooLarge) once its tensors
+    pass `budget` values. A builder that cannot run on the meta device is built for real under the same budget.
+    torch's random state is left as it was: the real build after this draws what it always drew."""
+    name, kwargs = architecture["name"], architecture["kwargs"]
+    with torch.random.fork_rng(devices=[]):
+        try:
+            with _Sizing(budget, meta=True):
+                return create_model(name, **kwargs)
+        except (NotImplementedError, RuntimeError):  # what a meta tensor cannot do: give its data, meet a real one
+            pass
+        with _Sizing(budget, meta=False):
+            return create_model(name, **kwargs)
+
+
+def layers_shaped(model: nn.Module, entries: list[dict[str, Any]]) -> nn.Module:
+    """`model` with the listed layers replaced by layers on the meta device (torch's own layers build there)."""
+    with torch.device("meta"):
+        return apply(model, entries)

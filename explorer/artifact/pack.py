@@ -29,7 +29,7 @@ import torch
 import zstandard
 from torch import nn
 
-from explorer.artifact import bitpack
+from explorer.artifact import bitpack, bounds
 from explorer.artifact.architecture import describe, rebuild
 from explorer.artifact.codecs import Values, bits_view, candidates, decode_values, side_bytes
 from explorer.compress.base import CompressionState
@@ -228,10 +228,14 @@ def _read(blob: bytes) -> tuple[dict[str, Any], memoryview]:
                 raw = reader.read(HEADER_CAP + 1)
             if len(raw) > HEADER_CAP:
                 raise PackError(f"header inflates past {HEADER_CAP} bytes: refused")
+        levels = bounds.depth(raw)  # measured first: json recurses once per level
+        if levels > bounds.MAX_DEPTH:
+            raise PackError("checksum mismatch" if not digest_ok else
+                            f"header nests {levels:,} levels deep; at most {bounds.MAX_DEPTH} are allowed")
         header = strictjson.loads(raw.decode("utf-8"))
     except strictjson.DuplicateKeyError as e:  # two readers could see two different models
         raise PackError("checksum mismatch" if not digest_ok else f"header is ambiguous: {e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, zstandard.ZstdError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, zstandard.ZstdError, RecursionError) as e:
         raise PackError("checksum mismatch" if not digest_ok else f"header is not valid JSON: {e}") from None
     size = header.get("payload_length") if isinstance(header, dict) else None
     if not isinstance(size, int) or size < 0 or not isinstance(header.get("tensors"), list):
@@ -242,6 +246,10 @@ def _read(blob: bytes) -> tuple[dict[str, Any], memoryview]:
         raise PackError(f"{n - end - size - _DIGEST} unexpected bytes after the payload")
     if not digest_ok:
         raise PackError("checksum mismatch: the bytes are not the ones that were packed")
+    try:
+        bounds.check(header, _DTYPES)
+    except ValueError as e:
+        raise PackError(str(e)) from None
     return header, memoryview(blob)[end:end + size]
 
 
@@ -270,6 +278,10 @@ def _section(e: dict[str, Any], payload: memoryview) -> bytes:
 def unpack(blob: bytes) -> Unpacked:
     """The runnable model (eval mode, activation quantisation re-attached) and the header."""
     header, payload = _read(blob)
+    try:  # on the meta device: nothing of the size the header declares is allocated before this passes
+        bounds.check_model(header)
+    except ValueError as refusal:
+        raise PackError(str(refusal)) from None
     try:
         model = rebuild(header["architecture"], header["structure"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:

@@ -82,6 +82,10 @@ SETTINGS: dict[str, Setting] = {
                                         maximum=3600, unit="seconds"),
     "EXPLORER_CHECK_MAX_MB": Setting(4096, "megabytes of memory a user's model may use while it is checked",
                                      integer=True, minimum=64, inclusive=True, maximum=262_144, unit="megabytes"),
+    # a packed file's layers are built only once they are within this (explorer.artifact.bounds)
+    "EXPLORER_PACK_MAX_PARAMS": Setting(1_000_000_000, "parameters a packed model may declare (4 GB of float32 "
+                                        "weights); its layers are built only within this", integer=True,
+                                        unit="parameters", maximum=1_000_000_000_000),
     # the scheduler (explorer.run.scheduler)
     "EXPLORER_CORES": Setting(0, "cores the explorer's work may use (0: every core this process may run on)",
                               integer=True, minimum=0, inclusive=True, maximum=4096, unit="cores"),
