@@ -24,11 +24,11 @@ def header_of(blob: bytes) -> dict:
     return json.loads(zstandard.ZstdDecompressor().decompress(blob[10:10 + hlen]))
 
 
-def with_text(text: bytes, blob: bytes) -> bytes:
-    """`blob` with another header (the payload as it was), signed again."""
+def with_text(text: bytes, blob: bytes, version: int = pack.VERSION) -> bytes:
+    """`blob` with another header (the payload as it was), signed again; version 1 keeps the header plain."""
     hlen = struct.unpack_from("<I", blob, 6)[0]
-    new = zstandard.ZstdCompressor().compress(text)
-    body = pack.MAGIC + struct.pack("<HI", pack.VERSION, len(new)) + new + blob[10 + hlen:-32]
+    new = zstandard.ZstdCompressor().compress(text) if version >= 2 else text
+    body = pack.MAGIC + struct.pack("<HI", version, len(new)) + new + blob[10 + hlen:-32]
     return body + hashlib.sha256(body).digest()
 
 

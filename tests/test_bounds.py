@@ -85,6 +85,9 @@ HOSTILE = {
     "a header 100,000 lists deep": (
         nested(GOOD, 100_000),
         "header nests 100,001 levels deep; at most 64 are allowed"),
+    "a plain header of 13 million empty objects": (  # 39 MB, which json made into 900 MB of dictionaries
+        packfiles.with_text(b"[" + b"{}," * 13_000_000 + b"{}]", GOOD, version=1),
+        "header of 39000004 bytes is past the 4194304 allowed: refused"),
     "a number where an encoding's name belongs": (
         forged(lambda h: h["tensors"][0]["encoding"].update(kind=4)),
         "tensor features.0.weight: value encoding is 4; allowed: 'raw', 'offset', 'fp16', 'bf16', 'codebook', "
