@@ -127,6 +127,30 @@ def test_a_hostile_header_is_refused_in_one_line_within_2_s_and_500_mb(limited, 
     refused(limited, blob, match)
 
 
+def zeros(model: torch.nn.Module, arch: dict) -> bytes:
+    """The packed file of `model` with every value zero: next to no bytes of data, whatever its size."""
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            t.zero_()
+    return pack.pack(model, CompressionState(), arch)
+
+
+def test_a_model_of_zeros_is_refused_for_the_bytes_it_does_not_store(limited):
+    """A 1.3 KB file (all header: zeros take no bytes of data) held ResNet-50's 25.6 million parameters and loaded,
+    taking 424 MB and 2.4 s; a layer declared with its tensors forged over a small model's zeros loaded as well."""
+    from explorer.core.zoo import create_model
+
+    arch = {"name": "torchvision:resnet50", "kwargs": {"num_classes": 1000, "in_channels": 3, "image_size": 224}}
+    blob = zeros(create_model(arch["name"], **arch["kwargs"]), arch)
+    assert len(blob) < 2000
+    refused(limited, blob, "the file's tensors hold 25,610,205 parameters in 0 bytes of data")
+    small = zeros(create_model("digits_cnn", **ARCH["kwargs"]), ARCH)
+    wide = forged(both(declare(layer("classifier.1", "Linear", linear(256, 40000))),
+                       tensor("classifier.1.weight", shape=[40000, 256]), tensor("classifier.1.bias", shape=[40000])),
+                  small)
+    refused(limited, wide, "parameters per byte and 1,048,576 more (a 99%-sparse 2-bit model stores about 80)")
+
+
 def test_the_good_file_loads_in_the_limited_process_and_describes_its_own_layers(limited):
     """The harness lets an honest file through, and an honest file that lists its own layers (as a channel-pruned
     one does) still loads: the structure's entries are checked against the architecture, not refused as such."""

@@ -7,8 +7,9 @@ RecursionError. So, in this order: the header's JSON nests at most MAX_DEPTH dee
 every field has its type and range (`check`); the structure lists at most ENTRIES_PER_MODULE layers per
 module of the architecture, each at a layer the architecture has, once; the architecture and those layers
 are built on torch's meta device (shapes, no memory) and must ask for exactly the tensors the file stores,
-name for name and shape for shape, and for at most twice the values of the architecture itself (low-rank
-factors at full rank are the most a compression adds) and at most EXPLORER_PACK_MAX_PARAMS (`check_model`).
+name for name and shape for shape, and for at most twice the parameters of the architecture itself (low-rank
+factors at full rank are the most a compression adds), PARAMS_PER_BYTE per byte of the file's data and
+EXPLORER_PACK_MAX_PARAMS in all (`check_model`).
 Only then is the model built for real. Every refusal is a ValueError of one line, which
 explorer.artifact.pack raises as PackError.
 """
@@ -32,7 +33,10 @@ MAX_DEPTH = 64  # an honest header nests 5 deep (tensors > entry > encoding; str
 MAX_TENSORS = 1 << 17  # the largest classification models have a few thousand tensors
 MAX_ENTRIES = 1 << 15  # and a few thousand modules
 ENTRIES_PER_MODULE = 3  # a factorised layer is listed with its two factors
-SLACK = 1 << 20  # values a compressed model may hold beyond twice its architecture's (a tiny model's factors)
+SLACK = 1 << 20  # parameters any model may hold beyond the two bounds below (a tiny model's factors, its zeros)
+# parameters per byte of the file's data: a 99%-sparse 2-bit tensor (the sparsest a recipe makes) stores ~80;
+# a model of zeros stores none (a 1.3 KB file, all header, held ResNet-50's 25.6 million)
+PARAMS_PER_BYTE = 4096
 _MAX_VALUES = 1 << 48  # a declared tensor size past this is no size at all
 ENCODINGS = ("raw", "offset", "fp16", "bf16", "codebook", "palette")  # and int<bits>, a grid of that width
 LAYOUTS = ("dense", "bitmask", "csr")
@@ -263,6 +267,11 @@ def check_model(header: dict[str, Any]) -> None:
     if declared > cap:
         raise ValueError(f"the file's tensors hold {declared:,} parameters, over the cap of {cap:,} "
                          "(EXPLORER_PACK_MAX_PARAMS)")
+    data = header["payload_length"]
+    if declared > PARAMS_PER_BYTE * data + SLACK:
+        raise ValueError(f"the file's tensors hold {declared:,} parameters in {data:,} bytes of data; allowed: "
+                         f"{PARAMS_PER_BYTE:,} parameters per byte and {SLACK:,} more (a 99%-sparse 2-bit model "
+                         "stores about 80)")
     model = _built(lambda: architecture.shaped(arch, cap), f"architecture {arch['name']!r}", cap)
     base, modules = params(model), sum(1 for _ in model.modules())
     if len(entries) > ENTRIES_PER_MODULE * modules:
