@@ -181,6 +181,9 @@ def test_the_good_file_loads_in_the_limited_process_and_describes_its_own_layers
     (declare(layer("classifier.1", "Lambda", {})), "the type of layer 'classifier.1' is 'Lambda'; allowed: 'Conv2d'"),
     (declare(layer("features.0", "Conv2d", {**conv(1, 16, 3), "padding_mode": 0})), "padding_mode of layer "
                                                                                     "'features.0' (Conv2d) is 0"),
+    (declare(layer("features.1", "BatchNorm2d", {"num_features": 16})),
+     "packed structure puts a BatchNorm2d at 'features.1', where the architecture has a ReLU; allowed: a layer of "
+     "the same type"),
     (declare(layer("classifier.1", "Linear", linear(256, 64)), layer("classifier.1", "Linear", linear(256, 64))),
      "packed structure names layer 'classifier.1', which is listed twice"),
     (lambda h: h.update(activations={"bits": 10**9, "dynamic": False, "ranges": {}}),

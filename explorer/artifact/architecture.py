@@ -112,6 +112,19 @@ def _has(model: nn.Module, path: str) -> bool:
     return True
 
 
+def _check_replaces(model: nn.Module, path: str, kind: str) -> None:
+    """A layer takes the place of one of its own type (pruning shrinks it), a factorised layer that of a linear
+    or convolution layer, its two factors their placeholders: never of a block or a layer of another kind."""
+    old, parent = model.get_submodule(path), model.get_submodule(path.rpartition(".")[0])
+    if kind == "Factorized":
+        ok = isinstance(old, nn.Linear | nn.Conv2d)
+    else:
+        ok = isinstance(old, _TYPES[kind]) or (type(old) is nn.Identity and isinstance(parent, _factorized()))
+    if not ok:
+        raise ValueError(f"packed structure puts a {kind} at {path!r}, where the architecture has a "
+                         f"{type(old).__name__}; allowed: a layer of the same type")
+
+
 def _set(model: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, name, module)
@@ -133,6 +146,7 @@ def apply(model: nn.Module, entries: list[dict[str, Any]]) -> nn.Module:
                              f"{'listed twice' if path in seen else 'not a layer of the architecture'}")
         seen.add(path)
         if kind == "Factorized":
+            _check_replaces(model, path, kind)
             # children follow as their own entries; placeholders keep the two slots
             _set(model, path, _factorized()(nn.Identity(), nn.Identity()))
             continue
@@ -142,6 +156,7 @@ def apply(model: nn.Module, entries: list[dict[str, Any]]) -> nn.Module:
         if kind not in _TYPES:
             raise ValueError(f"packed structure names layer type {kind!r}; allowed: {sorted(_TYPES)}, Factorized and "
                              "Attention")
+        _check_replaces(model, path, kind)
         kw = dict(args)
         for k in ("kernel_size", "stride", "padding", "dilation"):
             if isinstance(kw.get(k), list):
