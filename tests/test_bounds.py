@@ -239,3 +239,41 @@ def test_an_architecture_the_meta_device_cannot_build_is_built_for_real_under_th
     monkeypatch.setenv("EXPLORER_PACK_MAX_PARAMS", "100000")
     with pytest.raises(PackError, match=r"^architecture 'reads_its_data' holds more than 100,000 parameters"):
         unpack(blob)
+
+
+def test_only_the_files_tensors_are_allocated_not_the_layers_they_replace(limited):
+    """A VGG-13 of width 1/16 described against VGG-13 of width 4 (every layer replaced): 143 KB that made the loader
+    build the 154.7 million parameters it then replaced, 766 MB and 1.9 s. The replaced layers are now never built."""
+    from explorer.artifact.architecture import _args
+    from explorer.core.zoo import create_model
+
+    kwargs = {"num_classes": 10, "in_channels": 1, "image_size": 8}
+    small = create_model("vgg13", width=0.0625, **kwargs)
+    blob = pack.pack(small, CompressionState(), {"name": "vgg13", "kwargs": {**kwargs, "width": 0.0625}})
+    entries = [layer(p, type(m).__name__, _args(m)) for p, m in small.named_modules() if p and _args(m) is not None]
+    wide = forged(lambda h: h.update(architecture={"name": "vgg13", "kwargs": {**kwargs, "width": 4.0}},
+                                     structure=entries), blob)
+    kind, msg, seconds, grown = limited.unpack(wide)
+    assert kind == "ok" and seconds < 2.0 and grown < 500 * 2**20, (kind, msg, seconds, grown)
+    out = unpack(wide).model
+    assert all(torch.equal(out.state_dict()[k], v) for k, v in small.state_dict().items())
+
+
+def test_a_large_buffer_the_file_does_not_hold_is_built_as_the_architecture_builds_it(monkeypatch):
+    """A module may keep a table its builder computes and the state dict leaves out; one too large to be made while
+    the model is measured is made by building the model for real, as before."""
+    from explorer.core import zoo
+
+    def with_table(num_classes: int, in_channels: int, image_size: int) -> torch.nn.Module:
+        m = zoo.DigitsCNN(num_classes, in_channels, image_size)
+        m.register_buffer("table", torch.arange(SMALL + 1, dtype=torch.float32), persistent=False)
+        return m
+
+    monkeypatch.setitem(zoo._REGISTRY, "with_table", zoo.ModelEntry("with_table", with_table, "", 4, 8))
+    model = with_table(**ARCH["kwargs"])
+    model.load_state_dict(MODEL.state_dict())
+    out = unpack(pack.pack(model, CompressionState(), {"name": "with_table", "kwargs": ARCH["kwargs"]})).model
+    assert torch.equal(out.table, torch.arange(SMALL + 1, dtype=torch.float32))
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(out(x), MODEL.eval()(x))

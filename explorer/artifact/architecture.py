@@ -218,3 +218,29 @@ def layers_shaped(model: nn.Module, entries: list[dict[str, Any]]) -> nn.Module:
     """`model` with the listed layers replaced by layers on the meta device (torch's own layers build there)."""
     with torch.device("meta"):
         return apply(model, entries)
+
+
+def materialize(model: nn.Module) -> nn.Module | None:
+    """`model` with each tensor still on the meta device made for real, uninitialised (loading the file's tensors
+    fills every one), or None where one could not be filled: a buffer or an attribute the state dict does not
+    hold (a builder's computed table, say), which only building the model for real gives."""
+    stored = {id(t) for t in model.state_dict(keep_vars=True).values()}
+    for m in model.modules():
+        kept = [*m._parameters.values(), *m._buffers.values(),
+                *(v for v in vars(m).values() if isinstance(v, torch.Tensor))]
+        if any(t is not None and t.is_meta and id(t) not in stored for t in kept):
+            return None
+    params: dict[int, nn.Parameter] = {}  # by the meta tensor, so that tied parameters stay one
+    buffers: dict[int, torch.Tensor] = {}
+    for m in model.modules():
+        for name, p in m._parameters.items():
+            if p is not None and p.is_meta:
+                if id(p) not in params:
+                    params[id(p)] = nn.Parameter(torch.empty_like(p, device="cpu"), requires_grad=p.requires_grad)
+                m._parameters[name] = params[id(p)]
+        for name, b in m._buffers.items():
+            if b is not None and b.is_meta:
+                if id(b) not in buffers:
+                    buffers[id(b)] = torch.empty_like(b, device="cpu")
+                m._buffers[name] = buffers[id(b)]
+    return model

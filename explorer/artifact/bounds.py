@@ -10,8 +10,8 @@ are built on torch's meta device (shapes, no memory) and must ask for exactly th
 name for name and shape for shape, and for at most twice the parameters of the architecture itself (low-rank
 factors at full rank are the most a compression adds), PARAMS_PER_BYTE per byte of the file's data and
 EXPLORER_PACK_MAX_PARAMS in all (`check_model`).
-Only then is the model built for real. Every refusal is a ValueError of one line, which
-explorer.artifact.pack raises as PackError.
+Only then are tensors allocated, the file's own (explorer.artifact.architecture.materialize). Every refusal is
+a ValueError of one line, which explorer.artifact.pack raises as PackError.
 """
 
 from __future__ import annotations
@@ -258,9 +258,10 @@ def params(model: nn.Module) -> int:
     return sum(t.numel() for t in model.state_dict().values())
 
 
-def check_model(header: dict[str, Any]) -> None:
+def check_model(header: dict[str, Any]) -> nn.Module:
     """The architecture and the structure's layers, built on the meta device, ask for exactly the file's
-    tensors, and for no more parameters than the caps allow (of a header `check` passed)."""
+    tensors, and for no more parameters than the caps allow (of a header `check` passed): that model, its
+    large tensors still on the meta device."""
     cap, arch, entries = max_params(), header["architecture"], header["structure"]
     stored = {e["name"]: e for e in header["tensors"]}
     declared = sum(math.prod(e["shape"]) for e in stored.values())
@@ -295,6 +296,7 @@ def check_model(header: dict[str, Any]) -> None:
     if declared > limit:
         raise ValueError(f"the declared layers hold {declared:,} parameters; a compressed {arch['name']!r} holds "
                          f"at most {limit:,} (twice the architecture's {base:,}, and {SLACK:,})")
+    return model
 
 
 def _built(build: Callable[[], nn.Module], what: str, cap: int) -> nn.Module:

@@ -30,7 +30,7 @@ import zstandard
 from torch import nn
 
 from explorer.artifact import bitpack, bounds
-from explorer.artifact.architecture import describe, rebuild
+from explorer.artifact.architecture import describe, materialize, rebuild
 from explorer.artifact.codecs import Values, bits_view, candidates, decode_values, side_bytes
 from explorer.compress.base import CompressionState
 from explorer.compress.quantize import attach_activation_quant
@@ -284,13 +284,17 @@ def unpack(blob: bytes) -> Unpacked:
     """The runnable model (eval mode, activation quantisation re-attached) and the header."""
     header, payload = _read(blob)
     try:  # on the meta device: nothing of the size the header declares is allocated before this passes
-        bounds.check_model(header)
+        shaped = bounds.check_model(header)
     except ValueError as refusal:
         raise PackError(str(refusal)) from None
-    try:
-        model = rebuild(header["architecture"], header["structure"])
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise PackError(f"structure cannot be rebuilt: {err}") from None
+    # only the file's tensors are allocated (the layers the structure replaces are never built); a model that
+    # keeps a large tensor the file does not hold is built as the architecture builds it
+    model = materialize(shaped)
+    if model is None:
+        try:
+            model = rebuild(header["architecture"], header["structure"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise PackError(f"structure cannot be rebuilt: {err}") from None
     expected = model.state_dict()
     decoded: dict[str, torch.Tensor] = {}
     for e in header["tensors"]:
