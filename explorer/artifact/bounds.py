@@ -34,7 +34,8 @@ MAX_TENSORS = 1 << 17  # the largest classification models have a few thousand t
 MAX_ENTRIES = 1 << 15  # and a few thousand modules
 ENTRIES_PER_MODULE = 3  # a factorised layer is listed with its two factors
 SLACK = 1 << 20  # parameters any model may hold beyond the two bounds below (a tiny model's factors, its zeros)
-# parameters per byte of the file's data: a 99%-sparse 2-bit tensor (the sparsest a recipe makes) stores ~80;
+# parameters per byte of the file's data: a 99%-sparse 2-bit tensor (the sparsest a recipe makes) stores ~80,
+# ~250 when its weights are pruned in blocks;
 # a model of zeros stores none (a 1.3 KB file, all header, held ResNet-50's 25.6 million)
 PARAMS_PER_BYTE = 4096
 _MAX_VALUES = 1 << 48  # a declared tensor size past this is no size at all
@@ -271,8 +272,8 @@ def check_model(header: dict[str, Any]) -> nn.Module:
     data = header["payload_length"]
     if declared > PARAMS_PER_BYTE * data + SLACK:
         raise ValueError(f"the file's tensors hold {declared:,} parameters in {data:,} bytes of data; allowed: "
-                         f"{PARAMS_PER_BYTE:,} parameters per byte and {SLACK:,} more (a 99%-sparse 2-bit model "
-                         "stores about 80)")
+                         f"{PARAMS_PER_BYTE:,} parameters per byte and {SLACK:,} more (the sparsest model a recipe "
+                         "makes stores about 250)")
     model = _built(lambda: architecture.shaped(arch, cap), f"architecture {arch['name']!r}", cap)
     base, modules = params(model), sum(1 for _ in model.modules())
     if len(entries) > ENTRIES_PER_MODULE * modules:
