@@ -4,6 +4,10 @@ Structured pruning, low-rank factorisation and distillation change layer shapes 
 architecture. The packed file must rebuild a runnable model without storing code, so it records the
 zoo architecture (name and arguments) plus every layer that differs from the freshly built one, as a
 type from a fixed allow-list and its constructor arguments. Nothing from a file is ever executed.
+
+A file's model is first built on torch's meta device (`shaped`, `layers_shaped`: shapes without memory, for
+explorer.artifact.bounds to check against the file), then made real tensor by tensor (`materialize`), so
+loading allocates the file's tensors and never the layers they replace.
 """
 
 from __future__ import annotations

@@ -35,8 +35,7 @@ MAX_ENTRIES = 1 << 15  # and a few thousand modules
 ENTRIES_PER_MODULE = 3  # a factorised layer is listed with its two factors
 SLACK = 1 << 20  # parameters any model may hold beyond the two bounds below (a tiny model's factors, its zeros)
 # parameters per byte of the file's data: a 99%-sparse 2-bit tensor (the sparsest a recipe makes) stores ~80,
-# ~250 when its weights are pruned in blocks;
-# a model of zeros stores none (a 1.3 KB file, all header, held ResNet-50's 25.6 million)
+# ~250 when pruned in blocks; a model of zeros stores none (a 1.3 KB file, all header, held ResNet-50's 25.6 million)
 PARAMS_PER_BYTE = 4096
 _MAX_VALUES = 1 << 48  # a declared tensor size past this is no size at all
 ENCODINGS = ("raw", "offset", "fp16", "bf16", "codebook", "palette")  # and int<bits>, a grid of that width
