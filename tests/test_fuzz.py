@@ -26,6 +26,7 @@ from explorer.measure.onnx_export import export_onnx
 from explorer.models import user as byo
 from explorer.models.baselines import load_baseline
 from tests.conftest import make_cifar, make_mnist, png_header
+from tests.packfiles import Limited, forged, nested
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
                 derandomize=True)
@@ -220,6 +221,69 @@ def test_fuzz_cifar_batch(sandbox, data):
 @given(data=mutated(GOOD[".xpk"]))
 def test_fuzz_packed_file(sandbox, data):
     outcome(sandbox, lambda: pack.unpack(data))
+
+
+@pytest.fixture(scope="module")
+def limited():
+    child = Limited(GOOD[".xpk"], cap_mb=500)
+    yield child
+    child.close()
+
+
+_PATHS = ("features.0", "features.2", "features.5", "classifier.1", "classifier.4", "features.1", "classifier",
+          "features.9", "classifier.1.weight", "extra", "")
+_SIZE = st.one_of(st.integers(1, 70_000), st.integers(1, 300), st.integers(-3, 0), st.integers(2**31, 2**80),
+                  st.floats(allow_nan=False), st.booleans(), st.none(), st.text(max_size=3))
+
+
+@st.composite
+def declared(draw):
+    """Layers of any size at any path, maybe with the tensor table forged to match them, maybe inside a header
+    nested deep."""
+    entries = []
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["Linear", "Conv2d", "BatchNorm2d", "Factorized", "Attention", "Sequential"]))
+        size = st.one_of(_SIZE, st.sampled_from([1, 16, 64, 256]))
+        if kind == "Linear":
+            args = {"in_features": draw(size), "out_features": draw(size), "bias": draw(st.booleans())}
+        elif kind == "Conv2d":
+            k = draw(st.one_of(st.integers(1, 12), _SIZE))
+            args = {"in_channels": draw(size), "out_channels": draw(size), "kernel_size": [k, k],
+                    "padding": draw(st.sampled_from([[1, 1], [0, 0], "same", 3]))}
+        else:
+            args = {"num_features": draw(size)} if kind == "BatchNorm2d" else {}
+        entries.append({"path": draw(st.sampled_from(_PATHS)), "type": kind, "args": args})
+    return entries, draw(st.booleans()), draw(st.sampled_from([0, 0, 3, 65, 1000, 100_000]))
+
+
+def _forge(entries, match_table: bool, deep: int) -> bytes:
+    def change(header):
+        header["structure"] = entries
+        table = {e["name"]: e for e in header["tensors"]}
+        for e in entries if match_table else ():
+            a = e["args"]
+            shape = ([a["out_features"], a["in_features"]] if e["type"] == "Linear" else
+                     [a["out_channels"], a["in_channels"], *a["kernel_size"]] if e["type"] == "Conv2d" else None)
+            if shape and f"{e['path']}.weight" in table:
+                table[f"{e['path']}.weight"]["shape"] = shape
+                if f"{e['path']}.bias" in table:
+                    table[f"{e['path']}.bias"]["shape"] = shape[:1]
+
+    blob = forged(change, GOOD[".xpk"])
+    return nested(blob, deep) if deep else blob
+
+
+@FUZZ
+@given(case=declared())
+def test_fuzz_declared_sizes_and_depths_in_a_packed_file(limited, case):
+    """Issue 33: every hostile file gives PackError within 2 s and 500 MB (a child process's address space is
+    capped 500 MB above its start); a file whose layers are the architecture's own still loads. Before, one
+    declared Linear(40000, 40000) allocated 6.7 GB, a deep header raised RecursionError."""
+    kind, msg, seconds, grown = limited.unpack(_forge(*case))
+    assert kind in ("ok", "PackError"), f"{kind}: {msg}"
+    assert "\n" not in msg, msg
+    assert seconds < 2.0 and grown < 500 * 2**20, (seconds, grown, msg)
+    event(kind)
 
 
 def _plain(obj: object) -> bool:

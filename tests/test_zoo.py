@@ -24,6 +24,20 @@ def test_every_model_runs_forward_and_backward(name):
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    ({"depth": 65}, r"^depth=65 must be an integer in \[1, 64\]$"),
+    ({"embed_dim": 10**6}, r"^embed_dim=1000000 must be an integer in \[1, 8192\]$"),
+    ({"patch_size": 0}, r"^patch_size=0 must be an integer in \[1, 28\]$"),
+    ({"num_heads": 5}, r"^num_heads=5 must be a divisor of embed_dim=96 for model 'vit'$"),
+    ({"mlp_ratio": 1e9}, r"^mlp_ratio=1000000000.0 must be a number in \[0.0625, 16.0\]$"),
+])
+def test_the_vits_sizes_are_bounded(kwargs, match):
+    """Issue 33: a packed file names these; 10^6 blocks were built one by one, 0 patches divided by zero and 5 heads
+    of 96 were timm's AssertionError."""
+    with pytest.raises(ValueError, match=match):
+        create_model("vit", image_size=28, **kwargs)
+
+
 def test_registry_lists_required_models():
     assert {"digits_cnn", "lenet5", "vgg11", "vgg13", "resnet18", "mobilenet_v2"} <= set(list_models())
 

@@ -29,8 +29,8 @@ import torch
 import zstandard
 from torch import nn
 
-from explorer.artifact import bitpack
-from explorer.artifact.architecture import describe, rebuild
+from explorer.artifact import bitpack, bounds
+from explorer.artifact.architecture import describe, materialize, rebuild
 from explorer.artifact.codecs import Values, bits_view, candidates, decode_values, side_bytes
 from explorer.compress.base import CompressionState
 from explorer.compress.quantize import attach_activation_quant
@@ -40,7 +40,9 @@ from explorer.core.errors import check_choice
 MAGIC = b"XPK\x01"
 VERSION = 2  # 2: the header JSON is one zstd frame (on a small model it was most of the file); 1: plain JSON
 READS = (1, 2)
-HEADER_CAP = 16 << 20  # no honest header inflates past this: a zstd bomb in the header stops here
+# no honest header comes near this (2,000 tensors, the most of any classification model, take 0.5 MB), and
+# parsing one takes some 20 times its size in memory: a zstd bomb in the header, or a plain one, stops here
+HEADER_CAP = 4 << 20
 SUFFIX = ".xpk"
 ENTROPY = ("auto", "zstd", "none")
 ZSTD_LEVEL = 19
@@ -228,10 +230,17 @@ def _read(blob: bytes) -> tuple[dict[str, Any], memoryview]:
                 raw = reader.read(HEADER_CAP + 1)
             if len(raw) > HEADER_CAP:
                 raise PackError(f"header inflates past {HEADER_CAP} bytes: refused")
+        elif len(raw) > HEADER_CAP:
+            raise PackError("checksum mismatch" if not digest_ok else
+                            f"header of {len(raw)} bytes is past the {HEADER_CAP} allowed: refused")
+        levels = bounds.depth(raw)  # measured first: json recurses once per level
+        if levels > bounds.MAX_DEPTH:
+            raise PackError("checksum mismatch" if not digest_ok else
+                            f"header nests {levels:,} levels deep; at most {bounds.MAX_DEPTH} are allowed")
         header = strictjson.loads(raw.decode("utf-8"))
     except strictjson.DuplicateKeyError as e:  # two readers could see two different models
         raise PackError("checksum mismatch" if not digest_ok else f"header is ambiguous: {e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, zstandard.ZstdError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, zstandard.ZstdError, RecursionError) as e:
         raise PackError("checksum mismatch" if not digest_ok else f"header is not valid JSON: {e}") from None
     size = header.get("payload_length") if isinstance(header, dict) else None
     if not isinstance(size, int) or size < 0 or not isinstance(header.get("tensors"), list):
@@ -242,6 +251,10 @@ def _read(blob: bytes) -> tuple[dict[str, Any], memoryview]:
         raise PackError(f"{n - end - size - _DIGEST} unexpected bytes after the payload")
     if not digest_ok:
         raise PackError("checksum mismatch: the bytes are not the ones that were packed")
+    try:
+        bounds.check(header, _DTYPES)
+    except ValueError as e:
+        raise PackError(str(e)) from None
     return header, memoryview(blob)[end:end + size]
 
 
@@ -270,10 +283,18 @@ def _section(e: dict[str, Any], payload: memoryview) -> bytes:
 def unpack(blob: bytes) -> Unpacked:
     """The runnable model (eval mode, activation quantisation re-attached) and the header."""
     header, payload = _read(blob)
-    try:
-        model = rebuild(header["architecture"], header["structure"])
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise PackError(f"structure cannot be rebuilt: {err}") from None
+    try:  # on the meta device: nothing of the size the header declares is allocated before this passes
+        shaped = bounds.check_model(header)
+    except ValueError as refusal:
+        raise PackError(str(refusal)) from None
+    # only the file's tensors are allocated (the layers the structure replaces are never built); a model that
+    # keeps a large tensor the file does not hold is built as the architecture builds it
+    model = materialize(shaped)
+    if model is None:
+        try:
+            model = rebuild(header["architecture"], header["structure"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise PackError(f"structure cannot be rebuilt: {err}") from None
     expected = model.state_dict()
     decoded: dict[str, torch.Tensor] = {}
     for e in header["tensors"]:

@@ -85,6 +85,10 @@ SETTINGS: dict[str, Setting] = {
                                      integer=True, minimum=64, inclusive=True, maximum=262_144, unit="megabytes"),
     "EXPLORER_MAX_CHECKS": Setting(2, "models checked at once, each in a process of its own (the others wait their "
                                       "turn)", integer=True, minimum=1, inclusive=True, maximum=64, unit="checks"),
+    # a packed file's layers are built only once they are within this (explorer.artifact.bounds)
+    "EXPLORER_PACK_MAX_PARAMS": Setting(1_000_000_000, "parameters a packed model may declare (4 GB of float32 "
+                                        "weights); its layers are built only within this", integer=True,
+                                        unit="parameters", maximum=1_000_000_000_000),
     # the scheduler (explorer.run.scheduler)
     "EXPLORER_CORES": Setting(0, "cores the explorer's work may use (0: every core this process may run on)",
                               integer=True, minimum=0, inclusive=True, maximum=4096, unit="cores"),

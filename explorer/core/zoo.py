@@ -379,6 +379,13 @@ def vit(num_classes: int, in_channels: int, image_size: int, patch_size: int = 7
     which Torch-Pruning and ONNX export know."""
     from timm.models.vision_transformer import VisionTransformer
 
+    # bounded like the zoo's other sizes: a packed file names these, and 10^6 blocks would be built one by one
+    for field, value, hi in (("patch_size", patch_size, image_size), ("embed_dim", embed_dim, 8192),
+                             ("depth", depth, 64), ("num_heads", num_heads, embed_dim)):
+        check_range(field, value, 1, hi, integer=True)
+    check_range("mlp_ratio", mlp_ratio, 0.0625, 16.0)
+    if embed_dim % num_heads:
+        raise bad_value("num_heads", num_heads, f"a divisor of embed_dim={embed_dim} for model 'vit'")
     if image_size % patch_size:
         raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size} for model 'vit'")
     return VisionTransformer(img_size=image_size, patch_size=patch_size, in_chans=in_channels,
