@@ -223,8 +223,8 @@ def _lat(entry: Mapping[str, Any]) -> str:
     return f"{entry['median_ms']:.3f} ms (p90 {entry['p90_ms']:.3f}{within})"
 
 
-def _speedup(result: RunResult, engine: str, batch: str, kind: str) -> str:
-    return speed_with_interval(speed(result, engine, batch, kind))
+def _speedup(result: RunResult, engine: str, batch: str, figure: str) -> str:
+    return speed_with_interval(speed(result, engine, batch, figure))
 
 
 def summary(result: RunResult) -> str:
@@ -249,12 +249,12 @@ def summary(result: RunResult) -> str:
     for engine, per_batch in latency.items():
         if any(v.get("available") for v in per_batch.values()):
             lines.append(f"  latency {engine}: " + ", ".join(f"{b} {_lat(v)}" for b, v in per_batch.items()))
-        for kind, against, figures in (
+        for figure, against, figures in (
                 ("speedup", "speed-up vs the baseline in the same engine", result.get("speedup") or {}),
                 ("deployment_gain", "deployment gain vs the baseline in PyTorch fp32",
                  result.get("deployment_gain") or {})):
             if per := figures.get(engine):
-                lines.append(f"    {against}: " + ", ".join(f"{b} {_speedup(result, engine, b, kind)}" for b in per))
+                lines.append(f"    {against}: " + ", ".join(f"{b} {_speedup(result, engine, b, figure)}" for b in per))
     if result.get("hardware"):
         from explorer.measure.hardware import describe
 

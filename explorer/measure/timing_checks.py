@@ -144,7 +144,3 @@ def check_speedup(baseline_rounds: Sequence[float], run_rounds: Sequence[float],
             "reference_deviation": dev, "reference_waived": waived, "others_busy": others_busy, "checks": checks,
             "failed": failed, "accepted": not failed}
 
-
-def disturbed_words(failed: Sequence[str]) -> str:
-    """The failed checks in plain words, for a tooltip or a table cell."""
-    return "; ".join(f"not met: {CHECKS[f]}" for f in failed if f in CHECKS)

@@ -254,15 +254,11 @@ class Speed:
     def shown(self) -> bool:
         return self.ratio is not None
 
-    @property
-    def measurably_faster(self) -> bool:
-        return self.state == "faster"
 
-
-def speed(result: Mapping[str, Any], engine: str, batch: str, kind: str = "speedup") -> Speed:
-    """The run's speed-up in `engine` at `batch` against the baseline in the same engine (kind "speedup"), or
-    its deployment gain against the baseline in PyTorch fp32 (kind "deployment_gain")."""
-    v = (result.get(kind) or {}).get(engine, {}).get(batch)
+def speed(result: Mapping[str, Any], engine: str, batch: str, figure: str = "speedup") -> Speed:
+    """The run's speed-up in `engine` at `batch` against the baseline in the same engine (figure "speedup"), or
+    its deployment gain against the baseline in PyTorch fp32 (figure "deployment_gain")."""
+    v = (result.get(figure) or {}).get(engine, {}).get(batch)
     if not v:
         text = "timing..." if result.get("status") == "partial" else "not timed yet" if untimed(result) else "n/a"
         return Speed("pending", None, None, None, text)
@@ -369,14 +365,14 @@ def flatten(result: RunResult) -> dict[str, Any]:
             row[lat_col(engine, b, "p90")] = v.get("p90_ms") if ok else None
             ci = (v.get("ci_ms") or (None, None)) if ok else (None, None)
             row[lat_col(engine, b, "lo")], row[lat_col(engine, b, "hi")] = ci[0], ci[1]
-    for kind, col in (("speedup", speedup_col), ("deployment_gain", gain_col)):
-        speeds: dict[str, Any] = cast(dict[str, Any], result).get(kind) or {}
+    for figure, col in (("speedup", speedup_col), ("deployment_gain", gain_col)):
+        speeds: dict[str, Any] = cast(dict[str, Any], result).get(figure) or {}
         for engine, per_batch in speeds.items():
             for b in per_batch:
-                sp = speed(cast(dict[str, Any], result), engine, b, kind)
+                sp = speed(cast(dict[str, Any], result), engine, b, figure)
                 row[col(engine, b)], row[col(engine, b, "lo")], row[col(engine, b, "hi")] = sp.ratio, sp.lo, sp.hi
                 row[state_col(col(engine, b))] = sp.state
-                if kind == "speedup":
+                if figure == "speedup":
                     row[reltime_col(engine, b)] = None if sp.ratio is None else round(1 / sp.ratio, 4)
                     row[reltime_col(engine, b, "lo")] = None if sp.hi is None else round(1 / sp.hi, 4)
                     row[reltime_col(engine, b, "hi")] = None if sp.lo is None else round(1 / sp.lo, 4)

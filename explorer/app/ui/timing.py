@@ -15,7 +15,7 @@ CHECK_WORDS = {"agreement": "two ways of taking the ratio disagree", "narrow": "
 NO_REFERENCE = "no reference yet (fewer than 3 steady sessions timed here)"
 WAIVED = (" (nothing else ran beside it: the machine's own speed, which slows the baseline and the run in each round "
           "alike)")
-KIND_WORDS = {"speedup": "speed-up against the baseline in the same engine",
+FIGURE_WORDS = {"speedup": "speed-up against the baseline in the same engine",
               "deployment_gain": "deployment gain against the baseline in PyTorch fp32"}
 
 
@@ -69,15 +69,15 @@ def timing_rows(result: RunResult) -> pd.DataFrame:
     q = result.get("timing_quality") or {}
     sessions = q.get("sessions") or []
     rows = []
-    for kind in ("speedup", "deployment_gain"):
-        for engine, per in ((q.get("figures") or {}).get(kind) or {}).items():
+    for figure in ("speedup", "deployment_gain"):
+        for engine, per in ((q.get("figures") or {}).get(figure) or {}).items():
             for batch, c in per.items():
                 s = sessions[c["session"]] if c.get("session") is not None and c["session"] < len(sessions) else {}
                 kept = [v for i, v in enumerate(s.get("cpu_share") or []) if i not in set(s.get("dropped") or [])]
                 dev = c.get("reference_deviation")
                 rows.append({
-                    "figure": f"{KIND_WORDS[kind]}, {words.engine(engine, batch)}",
-                    "shown as": speed(result, engine, batch, kind).text,
+                    "figure": f"{FIGURE_WORDS[figure]}, {words.engine(engine, batch)}",
+                    "shown as": speed(result, engine, batch, figure).text,
                     "median of round ratios (x)": c["ratio"], "ratio of the medians (x)": c["ratio_of_medians"],
                     "interval high / low": c["spread"], "widest allowed": c["max_spread"],
                     "baseline vs its reference time": NO_REFERENCE if dev is None else f"{dev:+.0%}" + (
