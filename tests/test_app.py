@@ -163,14 +163,15 @@ def test_ui_layer_has_no_torch_code():
 
 
 def test_query_round_trip():
-    c = {**state.DEFAULTS, "sparsity": 0.9, "bits": "4", "quant_acts": True}
+    c = {**state.DEFAULTS, "baseline": "digits_cnn-digits", "sparsity": 0.9, "bits": "4", "quant_acts": True}
     q = state.to_query(c)
     assert q == {"baseline": "digits_cnn-digits", "sparsity": "0.9", "bits": "4", "quant_acts": "1"}
     parsed, problems = state.parse_query(q, ["digits_cnn-digits"])
     assert parsed == {"baseline": "digits_cnn-digits", "sparsity": 0.9, "bits": "4", "quant_acts": True}
     assert not problems
     # controls that are off, or do not apply, stay out of the link
-    off = {**state.DEFAULTS, "rank_ratio": 0.5, "student_width": 0.25, "calibration": "entropy", "bits": "4"}
+    off = {**c, "sparsity": state.DEFAULTS["sparsity"], "quant_acts": False, "rank_ratio": 0.5,
+           "student_width": 0.25, "calibration": "entropy"}
     assert set(state.to_query(off)) == {"baseline", "bits"}
 
 

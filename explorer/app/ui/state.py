@@ -66,7 +66,7 @@ def to_query(controls: dict[str, Any], card: ModelCard | None = None) -> dict[st
     keep = relevant(controls, card)
     q = {}
     for k, v in controls.items():
-        if k in DEFAULTS and k in keep and (v != DEFAULTS[k] or k == "baseline"):
+        if k in DEFAULTS and k in keep and v is not None and (v != DEFAULTS[k] or k == "baseline"):
             q[k] = ("1" if v else "0") if isinstance(v, bool) else str(v)
     return q
 
