@@ -21,10 +21,14 @@ from explorer.app.metrics import forgets as compute
 from explorer.app.tables import (  # noqa: E402, F401
     CONFIDENCES,
     LATENCY_COLS,
+    SHIP_DEFAULT,
+    SHIPS,
     SIZE_COLS,
     baseline_row,
     fmt_bytes,
     readable,
+    ship_choices,
+    shipped,
     speed_cell,
     sweet_spot_table,
 )
@@ -453,21 +457,22 @@ def controls_for(recipe: dict[str, Any], card: ModelCard) -> dict[str, Any] | No
     return from_recipe(recipe, card)
 
 
-_summaries: dict[tuple, bytes] = {}  # (kind, run, model, the runs drawn) -> the summary's bytes, the latest few
+_summaries: dict[tuple, bytes] = {}  # (format, run, model, what ships, the runs drawn) -> its bytes, the latest few
 
 
-def _summary(kind: str, result: RunResult, frame: pd.DataFrame, name: str) -> bytes:
+def _summary(fmt: str, result: RunResult, frame: pd.DataFrame, name: str, ship: str) -> bytes:
     """A summary's bytes, made once for what it shows. The page hands the bytes to its download button as it
     draws it, so the file exists when the button is pressed (a file made only on the click can be gone by then:
     the page's periodic refreshes replace it)."""
     from explorer.app import summary
 
     drawn = int(pd.util.hash_pandas_object(frame.astype(str), index=False).sum()) if len(frame) else 0
-    key = (kind, result.get("key"), name, drawn, json.dumps(result.get("recipe"), sort_keys=True))
+    key = (fmt, result.get("key"), name, ship, drawn, json.dumps(result.get("recipe"), sort_keys=True))
     with _frames_lock:
         data = _summaries.get(key)
     if data is None:
-        data = summary.png(result, frame, name) if kind == "png" else summary.page(result, frame, name).encode()
+        data = summary.png(result, frame, name, ship) if fmt == "png" else \
+            summary.page(result, frame, name, ship).encode()
         with _frames_lock:
             while len(_summaries) >= 8:
                 _summaries.pop(next(iter(_summaries)))
@@ -475,12 +480,12 @@ def _summary(kind: str, result: RunResult, frame: pd.DataFrame, name: str) -> by
     return data
 
 
-def summary_png(result: RunResult, frame: pd.DataFrame, name: str) -> bytes:
-    return _summary("png", result, frame, name)
+def summary_png(result: RunResult, frame: pd.DataFrame, name: str, ship: str = SHIP_DEFAULT) -> bytes:
+    return _summary("png", result, frame, name, ship)
 
 
-def summary_html(result: RunResult, frame: pd.DataFrame, name: str) -> bytes:
-    return _summary("html", result, frame, name)
+def summary_html(result: RunResult, frame: pd.DataFrame, name: str, ship: str = SHIP_DEFAULT) -> bytes:
+    return _summary("html", result, frame, name, ship)
 
 
 class Background:

@@ -14,6 +14,7 @@ import textwrap
 import pandas as pd
 
 from explorer.app import plots
+from explorer.app.tables import SHIP_DEFAULT, baseline_row, shipped
 from explorer.compress.recipe import recipe_words, step_words
 from explorer.core import words
 from explorer.core.engines import B256, ORT_CPU_INT8
@@ -22,14 +23,16 @@ from explorer.run.result import DISTURBED, RunResult, flatten, speed
 ENGINE = ORT_CPU_INT8  # the deployment the headline's speed-up is for
 
 
-def big_numbers(result: RunResult) -> list[tuple[str, str, str]]:
-    """(figure, value, the words under it) for the summary's three boxes."""
-    rf = result["reduction_factor"]["vs_fp32_file"].get("packed_bytes") or \
-        result["reduction_factor"]["vs_fp32_file"].get("file_bytes")
-    size = result["size"].get("packed_bytes") or result["size"].get("file_bytes")
-    out = [("smaller", f"{rf:.1f}x", f"packed file {plots.fmt_size(size)} against "
-                                     f"{words.size_reference(result)}, "
-                                     f"{plots.fmt_size(result['baseline_size']['file_bytes'])}")]
+def big_numbers(result: RunResult, ship: str = SHIP_DEFAULT, baseline: dict | None = None
+                ) -> list[tuple[str, str, str]]:
+    """(figure, value, the words under it) for the summary's three boxes; the size is that of what ships, against
+    the baseline's own run's file of that kind (`baseline`: its sizes)."""
+    sh = shipped(dict(result), ship, baseline)
+    rf = sh["times_smaller"]
+    times = "no smaller" if sh["no_smaller"] or rf is None else f"{rf:.1f}x"
+    out = [("smaller", times, f"{sh['what'].split(' (')[0].removeprefix('the ')} (what ships) "
+                              f"{plots.fmt_size(sh['bytes'])} against {sh['against']}, "
+                              f"{plots.fmt_size(sh['against_bytes'])}")]
     sp = speed(result, ENGINE, B256)
     if sp.state != "pending":
         gain = speed(result, ENGINE, B256, "deployment_gain")
@@ -60,6 +63,14 @@ def big_numbers(result: RunResult) -> list[tuple[str, str, str]]:
     out.append(("accuracy change", f"{d:+.2f} pts", f"top-1 {result['accuracy']['top1']:.2f}%; {ci}"
                                                     + ("; within noise" if within else "")))
     return out
+
+
+def _baseline_sizes(frame: pd.DataFrame) -> dict:
+    """The sizes of the baseline's own run in the table (its ONNX files are measured there), or none."""
+    row = baseline_row(frame) if len(frame) else None
+    if row is None:
+        return {}
+    return {k: int(v) for k, v in row.items() if str(k).endswith("_bytes") and pd.notna(v)}
 
 
 def _title(result: RunResult, card_name: str) -> str:
@@ -96,18 +107,18 @@ def _footer(result: RunResult) -> str:
             f"{result.get('latency_threads', 1)} thread; {dt.date.today().isoformat()}; compression trade-off explorer")
 
 
-def png(result: RunResult, frame: pd.DataFrame, card_name: str) -> bytes:
+def png(result: RunResult, frame: pd.DataFrame, card_name: str, ship: str = SHIP_DEFAULT) -> bytes:
     """The summary as a 1600x900 PNG."""
     import matplotlib.pyplot as plt
 
-    fig = figure(result, frame, card_name)
+    fig = figure(result, frame, card_name, ship)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})  # the same bytes for the same summary
     plt.close(fig)
     return buf.getvalue()
 
 
-def figure(result: RunResult, frame: pd.DataFrame, card_name: str):
+def figure(result: RunResult, frame: pd.DataFrame, card_name: str, ship: str = SHIP_DEFAULT):
     """The summary's matplotlib figure, 16 x 9 inches at 100 dots per inch."""
     import matplotlib
 
@@ -117,7 +128,7 @@ def figure(result: RunResult, frame: pd.DataFrame, card_name: str):
     fig = plt.figure(figsize=(16, 9), dpi=100)
     title = fig.text(0.03, 0.97, _plain(_title(result, card_name)), fontsize=20, ha="left", va="top")
     _fit(fig, title, 0.94)
-    for i, (what, value, under) in enumerate(big_numbers(result)):
+    for i, (what, value, under) in enumerate(big_numbers(result, ship, _baseline_sizes(frame))):
         ax = fig.add_axes((0.03 + i * 0.32, 0.66, 0.3, 0.22))
         ax.axis("off")
         ax.add_patch(matplotlib.patches.FancyBboxPatch((0, 0), 1, 1, boxstyle="round,pad=0.02", fc="#f2f5fa",
@@ -165,10 +176,11 @@ def _curve(ax, frame: pd.DataFrame, result: RunResult) -> None:
     ax.grid(alpha=0.3)
 
 
-def page(result: RunResult, frame: pd.DataFrame, card_name: str) -> str:
+def page(result: RunResult, frame: pd.DataFrame, card_name: str, ship: str = SHIP_DEFAULT) -> str:
     """The summary as a standalone HTML page."""
+    numbers = big_numbers(result, ship, _baseline_sizes(frame))
     boxes = "".join(f"<div class=box><div class=v>{html.escape(v)}</div><div class=w>{html.escape(w)}</div>"
-                    f"<div class=u>{html.escape(u)}</div></div>" for w, v, u in big_numbers(result))
+                    f"<div class=u>{html.escape(u)}</div></div>" for w, v, u in numbers)
     fig = plots.sparsity_accuracy(frame, result.get("key"))
     # outside Streamlit's theme, plotly leaves no room for tick labels by default: grow the margins to fit them,
     # and keep the axis titles clear of the ticks

@@ -23,8 +23,39 @@ from explorer.core.engines import (
 )
 from explorer.run.result import DISTURBED
 
-SIZE_COLS = {"packed .xpk": "packed_bytes", "gzip of checkpoint": "gzip_bytes", "ONNX int8": "onnx_int8_bytes",
-             "checkpoint file": "file_bytes"}
+SIZE_COLS = {"packed .xpk": "packed_bytes", "gzip of checkpoint": "gzip_bytes", "ONNX fp32": "onnx_bytes",
+             "ONNX int8": "onnx_int8_bytes", "checkpoint file": "file_bytes"}
+# what a user deploys, said once in the sidebar: its file's bytes are the size on the tiles, the Pareto chart, the
+# sweet spot and the summary; (size column, its words, the size label of SIZE_COLS)
+SHIPS = {"packed": ("packed_bytes", "the packed file (.xpk, loaded with explorer.unpack)", "packed .xpk"),
+         "onnx": ("onnx_bytes", "the ONNX fp32 file (ONNX Runtime or any ONNX runtime)", "ONNX fp32"),
+         "onnx_int8": ("onnx_int8_bytes", "the ONNX int8 file (ONNX Runtime's integer kernels)", "ONNX int8")}
+SHIP_DEFAULT = "packed"
+
+
+def ship_choices(card: dict[str, Any]) -> list[str]:
+    """What a model can be deployed as: an ONNX model has no packed file."""
+    return [k for k in SHIPS if k != "packed" or card.get("format") != "onnx"]
+
+
+def shipped(result: dict[str, Any], ship: str, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The size of what ships: the file's bytes, how many times smaller it is and against what. The packed file is
+    compared with the baseline's fp32 checkpoint file, as everywhere on the page; an ONNX file with the baseline's
+    own ONNX file of the same kind, which is what the user deploys today. `no_smaller` where a compressed run's file
+    is not smaller by 1%: a dense file stores every weight at its own precision, the zeros too. `baseline`: the
+    sizes of the baseline's own run (its ONNX files are measured there), where the run's record lacks them."""
+    col, what, _ = SHIPS.get(ship, SHIPS[SHIP_DEFAULT])
+    size, base = result.get("size") or {}, result.get("baseline_size") or {}
+    n = size.get(col) or (size.get("file_bytes") if col == "packed_bytes" else None)
+    if col == "packed_bytes":
+        ref, against = base.get("file_bytes"), words.size_reference(result)
+    else:
+        ref = base.get(col) or (baseline or {}).get(col)
+        against = f"the baseline's own {what.split(' (')[0].removeprefix('the ')}"
+    rf = ref / n if ref and n else None
+    squeezed = bool((result.get("recipe") or {}).get("steps"))  # a compressed run, not the baseline itself
+    return {"column": col, "what": what, "bytes": n, "times_smaller": rf, "against": against, "against_bytes": ref,
+            "no_smaller": bool(rf is not None and rf < 1.01 and squeezed)}
 LATENCIES = {"ONNX Runtime int8, batch 256": (ORT_CPU_INT8, B256), "ONNX Runtime fp32, batch 256": (ORT_CPU_FP32, B256),
              "PyTorch CPU, batch 256": (TORCH_CPU, B256), "PyTorch CPU, batch 1": (TORCH_CPU, B1)}
 LATENCY_COLS = {label: lat_col(*figure) for label, figure in LATENCIES.items()}
@@ -99,7 +130,7 @@ def speed_cell(row: pd.Series | None, engine: str, batch: str) -> str:
 
 
 def sweet_spot_table(row: pd.Series, base: pd.Series | None, size_label: str, lat_label: str,
-                     reference: float | None = None) -> pd.DataFrame:
+                     reference: float | None = None, smaller_words: str | None = None) -> pd.DataFrame:
     """The recommended run against the baseline: top-1, the change, the size the picker chose and how many times
     smaller that is than `reference` (the baseline's fp32 checkpoint file, every 'times smaller' on the page),
     the speed-up and the latency."""
@@ -115,7 +146,7 @@ def sweet_spot_table(row: pd.Series, base: pd.Series | None, size_label: str, la
 
     table = pd.DataFrame({
         "figure": ["top-1 (95% interval)", "change, points (paired 95% interval)", f"size: {size_label}",
-                   "times smaller than the fp32 checkpoint", f"speed-up: {lat_label} (95% interval)",
+                   smaller_words or "times smaller than the fp32 checkpoint", f"speed-up: {lat_label} (95% interval)",
                    f"latency: {lat_label} (95% interval)"],
         "baseline": [with_interval(base, "top1", "top1_lo", "top1_hi", pct), "0",
                      fmt_bytes(base.get(size_col)) if base is not None else "", smaller(base),

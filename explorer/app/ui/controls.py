@@ -23,6 +23,12 @@ def _init_from_query(baselines: list[str], default: str) -> None:
         st.session_state.setdefault(k, v)
     if st.session_state["baseline"] not in baselines:
         st.session_state["baseline"] = baselines[0]
+    ship = st.query_params.get("ship")
+    if ship is not None:
+        if ship in service.SHIPS:
+            st.session_state.setdefault("ship", ship)
+        else:
+            problems.append(f"ship={ship!r} must be one of: {', '.join(service.SHIPS)}")
     st.session_state["_query_problems"] = problems
     st.session_state["_controls_initialised"] = True
 
@@ -53,6 +59,13 @@ def sidebar(cards: dict[str, ModelCard], default: str) -> dict[str, Any]:
                 "kept for when you return to it).")
     now = {k: st.session_state[k] for k in state.DEFAULTS}
     card = cards[now["baseline"]]
+    ships = service.ship_choices(dict(card))
+    if st.session_state.get("ship", ships[0]) not in ships:  # an ONNX model has no packed file
+        st.session_state["ship"] = ships[-1]
+    sb.selectbox("What you deploy", ships, key="ship",
+                 format_func=lambda k: service.SHIPS[k][1][0].upper() + service.SHIPS[k][1][1:],
+                 help="The file you will ship: its bytes are the size on the tiles, the Pareto chart, the sweet spot "
+                      "and the summary, against the baseline's own file of that kind.")
     _refused_from_link(card, now["baseline"])
     on = state.relevant(now, card)
     for title, opened, ctrls in service.sections():  # every registered technique's, the operator's own too
@@ -61,7 +74,10 @@ def sidebar(cards: dict[str, ModelCard], default: str) -> dict[str, Any]:
                 _widget(ctrl, card, ctrl.name in on)
 
     controls = {k: st.session_state[k] for k in state.DEFAULTS}
-    _mirror(state.to_query(controls, card))  # the link reopens this view
+    link = state.to_query(controls, card)
+    if st.session_state.get("ship", service.SHIP_DEFAULT) != service.SHIP_DEFAULT:
+        link["ship"] = st.session_state["ship"]
+    _mirror(link)  # the link reopens this view
     for p in st.session_state.get("_query_problems", []):
         st.warning(f"Ignored from the link: {md(p)}")  # in the page, not below the sidebar's controls
     return controls

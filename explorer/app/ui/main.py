@@ -40,6 +40,11 @@ def _session() -> str:
     return st.session_state.setdefault("_session", f"{uuid.uuid4().hex}@{ctx.session_id if ctx else ''}")
 
 
+def _ship() -> str:
+    """What the user deploys, as the sidebar says (service.SHIPS)."""
+    return st.session_state.get("ship", service.SHIP_DEFAULT)
+
+
 def _visitor() -> str:
     """Whose runs these are, for the board's turns and its share per visitor: a browser's tabs are one visitor."""
     return state.visitor_of(st.context.ip_address, st.context.cookies.get("_streamlit_xsrf"), _session())
@@ -63,7 +68,7 @@ def _live(key: str, base_key: str | None) -> None:
     st.progress(min(max(now.fraction, 0.0), 1.0))
     shown = job.result or job.partial
     if shown:
-        views.headline(shown)
+        views.headline(shown, _ship(), base.result if base is not None else None)
         if shown.get("status") == "partial":
             st.caption("Accuracy and the packed size are final; still being measured: "
                        + ", ".join(PENDING.get(p, p) for p in shown.get("pending", [])) + ".")
@@ -187,7 +192,7 @@ def _page(top) -> None:
             panels.sweep_panel(card, service)
     if shown(6):
         with tabs[6]:
-            panels.sweet_spot_panel(frame, result, service, card, _landscape(card, c)[1])
+            panels.sweet_spot_panel(frame, result, service, card, _landscape(card, c)[1], _ship())
     if shown(7):
         with tabs[7]:
             if card.get("format") == "onnx":
@@ -217,19 +222,21 @@ def _submit(recipe):
 
 
 def _overview(result: RunResult, base_result: RunResult | None, frame, card: ModelCard) -> None:
-    views.headline(result)
+    views.headline(result, _ship(), base_result)
     views.show_table(views.comparison_table(result, base_result), key="comparison_table")
     st.markdown("**Take it home**")
     views.downloads(result, service.artifact, key="dl")
     s = st.columns(2)
     # the bytes now, not a callable run on the click: a deferred file can be gone when the click comes
     s[0].download_button("One-page summary (PNG, for a slide)",
-                         service.summary_png(result, frame, card["name"]), views.file_name(result, "summary.png"),
+                         service.summary_png(result, frame, card["name"], _ship()),
+                         views.file_name(result, "summary.png"),
                          "image/png",
                          key="summary_png", help="The big numbers against the baseline, the curve with this "
                                                  "configuration marked, and the recipe")
     s[1].download_button("One-page summary (HTML, opens offline)",
-                         service.summary_html(result, frame, card["name"]), views.file_name(result, "summary.html"),
+                         service.summary_html(result, frame, card["name"], _ship()),
+                         views.file_name(result, "summary.html"),
                          "text/html",
                          key="summary_html")
     with st.expander("Recipe JSON (reproduce with `python -m explorer run --recipe FILE`)"):
@@ -254,7 +261,7 @@ def _curves_now(card: ModelCard, controls: dict, checkpoint: str | None, key: st
                           help="The background measurement of this model's default grid, shared by every page"):
             lands.pause(card["name"], not s["paused"])
             st.rerun(scope="fragment")
-    views.curves(service.frame(card["architecture"], card["dataset"], checkpoint), key)
+    views.curves(service.frame(card["architecture"], card["dataset"], checkpoint), key, _ship())
 
 
 def _landscape(card: ModelCard, controls: dict) -> tuple:

@@ -13,7 +13,8 @@ from explorer.app import plots
 from explorer.app.service import (  # noqa: F401  (speed_cell: the page's name for it)
     CONFIDENCES,
     LATENCY_COLS,
-    SIZE_COLS,
+    SHIP_DEFAULT,
+    SHIPS,
     ModelCard,
     RunResult,
     across_seeds,
@@ -106,7 +107,7 @@ def sweep_progress_words(done: int, total: int, eta: float | None) -> str:
 
 
 def sweet_spot_panel(frame: pd.DataFrame, result: RunResult | None, backend, card: ModelCard,
-                     landscape: dict | None = None) -> None:
+                     landscape: dict | None = None, ship: str = SHIP_DEFAULT) -> None:
     """The best measured run for a question (a drop, budgets, an objective), with what it is judged on: how
     many runs are measured so far and whether the test set can answer the question at all."""
     if frame.empty or not frame["status"].eq("ok").any():
@@ -123,9 +124,10 @@ def sweet_spot_panel(frame: pd.DataFrame, result: RunResult | None, backend, car
                                 help="How sure the pick must be: a run qualifies when the worst end of its paired "
                                      "interval for the top-1 change is within the drop; runs whose intervals overlap "
                                      "count as ties, broken by the other objective, then by the simpler recipe.")
-    size_label = st.radio("Size measured as", list(SIZE_COLS), horizontal=True, key="ss_size_kind")
+    size_label = SHIPS[ship][2]  # the size of what the user deploys (the sidebar), judged like the tiles
+    st.caption(f"Size: {md(SHIPS[ship][1])}, what you deploy (change it in the sidebar).")
     lat_label = st.radio("Latency measured as", list(LATENCY_COLS), horizontal=True, key="ss_lat_kind")
-    size_col, latency_col = SIZE_COLS[size_label], LATENCY_COLS[lat_label]
+    size_col, latency_col = SHIPS[ship][0], LATENCY_COLS[lat_label]
     pick = sweet_spot(frame, max_drop=max_drop, size_budget=size_kb * 1024 or None, latency_budget=lat_ms or None,
                       objective=objective, size_col=size_col, latency_col=latency_col,
                       confidence=CONFIDENCES[conf_label])
@@ -146,12 +148,15 @@ def sweet_spot_panel(frame: pd.DataFrame, result: RunResult | None, backend, car
                     f"taken as exact, but it is not {pick.confidence:.0%} sure to meet the constraints once the "
                     "uncertainty of its figures is counted.")
     row, base = pick.row, baseline_row(frame)
-    reference = card.get("file_bytes")
-    table = sweet_spot_table(row, base, size_label, lat_label, reference)
+    onnx = SHIPS[ship][0] != "packed_bytes"  # an ONNX file against the baseline's own ONNX file of that kind
+    reference = (base.get(SHIPS[ship][0]) if base is not None else None) if onnx else card.get("file_bytes")
+    table = sweet_spot_table(row, base, size_label, lat_label, reference,
+                             "times smaller than the baseline's own file of this kind" if onnx else None)
     st.dataframe(table, hide_index=True, key="ss_table", height=35 * (len(table) + 1) + 3,
                  column_config={"figure": st.column_config.TextColumn(width="large")})
-    st.caption("Times smaller: against the baseline's fp32 checkpoint file (" + md(card.get("file", "its own file"))
-               + f", {fmt_bytes(reference)}), the reference of every 'times smaller' on this page. Speed-up: "
+    against = ("the baseline's own " + md(SHIPS[ship][2]) + " file" if onnx else "the baseline's fp32 checkpoint "
+               "file (" + md(card.get("file", "its own file")) + ")")
+    st.caption(f"Times smaller: against {against}, {fmt_bytes(reference)}. Speed-up: "
                "against the baseline in the same engine, timed in the same rounds. Latency: each run timed on its "
                "own; the interval is that of the median, and it moves with what else the machine ran.")
     if base is None:

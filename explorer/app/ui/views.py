@@ -12,6 +12,8 @@ import streamlit as st
 
 from explorer.app import plots
 from explorer.app.service import (
+    SHIP_DEFAULT,
+    SHIPS,
     RunResult,
     Speed,
     across_seeds,
@@ -20,6 +22,7 @@ from explorer.app.service import (
     explain,
     fmt_bytes,
     retime_wait_words,
+    shipped,
     speed,
     speed_with_interval,
 )
@@ -104,9 +107,8 @@ def accuracy_sentence(result: RunResult) -> str:
             f"points, 95% interval {lo:+.2f} to {hi:+.2f}: {verdict}.")
 
 
-def headline(result: RunResult) -> None:
+def headline(result: RunResult, ship: str = SHIP_DEFAULT, base: RunResult | None = None) -> None:
     acc = result["accuracy"]
-    sz, rf = result["size"], result["reduction_factor"]["vs_fp32_file"]
     c = st.columns(5)
     delta = result["accuracy_delta"]
     vs = result.get("vs_baseline") or {}
@@ -119,14 +121,15 @@ def headline(result: RunResult) -> None:
                 help="Measured on the model rebuilt from the packed file; the arrow is the change vs the baseline "
                      "on the same test images, grey and without an arrow where it is within noise (see the line "
                      "below).")
-    if sz.get("packed_bytes"):
-        c[1].metric("Packed size", fmt_bytes(sz["packed_bytes"]), f"{rf.get('packed_bytes', 0):.1f}x smaller",
-                    help=f"Bytes of the packed .xpk file, measured, against {md(words.size_reference(result))} "
-                         f"({fmt_bytes(result['baseline_size']['file_bytes'])}).")
-    else:
-        c[1].metric("Model file", fmt_bytes(sz["file_bytes"]), f"{rf.get('file_bytes', 0):.1f}x smaller",
-                    help="Bytes of the deployed model file, measured (no packed format for ONNX models), against "
-                         "the model's own file.")
+    sh = shipped(dict(result), ship, dict(base.get("size") or {}) if base else None)
+    rf = sh["times_smaller"]
+    pending = result.get("status") == "partial" and sh["bytes"] is None  # the ONNX files come after the packed one
+    c[1].metric({"packed": "Packed size", "onnx": "ONNX fp32 size", "onnx_int8": "ONNX int8 size"}.get(ship, "Size"),
+                fmt_bytes(sh["bytes"]) if sh["bytes"] else "measuring..." if pending else "n/a",
+                None if rf is None else "no smaller" if sh["no_smaller"] else f"{rf:.1f}x smaller",
+                delta_color="off" if sh["no_smaller"] else "normal",
+                help=f"Bytes of {md(sh['what'])}, what you deploy (set in the sidebar), measured, against "
+                     f"{md(sh['against'])} ({fmt_bytes(sh['against_bytes'])}).")
     removed = 1 - result["params"] / max(result["baseline_params"], 1)
     if removed > 0.005:  # structural compression: the parameters are gone, not zeros among them
         c[2].metric("Parameters removed", f"{removed:.1%}",
@@ -135,6 +138,13 @@ def headline(result: RunResult) -> None:
     else:
         c[2].metric("Weight sparsity", f"{result['sparsity']:.1%}", help="The share of weights that are zero.")
     pending = result.get("status") == "partial"
+    if sh["no_smaller"]:
+        st.warning(f"{md(sh['what'][0].upper() + sh['what'][1:])}, which you deploy, is no smaller than the baseline's "
+                   f"({fmt_bytes(sh['bytes'])}): it stores every weight at its own precision, the zeros too, so "
+                   "pruning single weights, clustering and weights rounded to fewer bits leave its size as it is. "
+                   "The packed file, which skips the zeros and packs the bits, is "
+                   f"{fmt_bytes((result.get('size') or {}).get('packed_bytes'))}; removing whole channels, low-rank "
+                   "factors or the int8 file shrink what ONNX Runtime loads.")
     for col, engine in ((c[3], TORCH_CPU), (c[4], ORT_CPU_INT8)):
         ms = _lat(result, engine, B256)
         text, color, arrow = _speedup(result, engine, B256)
@@ -263,7 +273,7 @@ def show_table(df: pd.DataFrame, key: str) -> None:
     st.dataframe(shown, hide_index=True, key=key, height=35 * (len(shown) + 1) + 3)
 
 
-def curves(frame: pd.DataFrame, key: str | None) -> None:
+def curves(frame: pd.DataFrame, key: str | None, ship: str = SHIP_DEFAULT) -> None:
     if frame.empty or frame["status"].eq("ok").sum() < 2:
         st.info("The curves fill in as runs accumulate: move the sliders, or launch a sweep in the Sweep tab.")
     if "seed" in frame.columns and frame["seed"].nunique() > 1:
@@ -271,8 +281,9 @@ def curves(frame: pd.DataFrame, key: str | None) -> None:
     st.plotly_chart(plots.sparsity_accuracy(frame, key), key="chart_sparsity_accuracy")
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(plots.pareto(frame, "packed_bytes", "size of the packed file (bytes)", key,
-                                     short="packed size"), key="chart_pareto_size")
+        col, what, label = SHIPS[ship]
+        st.plotly_chart(plots.pareto(frame, col, f"size of {what.split(' (')[0]} (bytes): what you deploy", key,
+                                     short=f"{label} size"), key="chart_pareto_size")
     with right:
         st.plotly_chart(plots.pareto(frame, reltime_col(ORT_CPU_INT8, B256),
                                      "time against the baseline's, both in ONNX Runtime int8,<br>batch of 256 (1 = "
