@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from explorer.core import stats
+from explorer.core.figures import Uncertainty
 
 
 def save_predictions(path: Path, pred) -> None:
@@ -23,10 +24,10 @@ def load_predictions(data: bytes) -> np.ndarray:
         raise ValueError(f"stored predictions are not a plain array: {e}") from None
 
 
-def uncertainty(acc: dict, base_acc: dict, labels) -> dict:
+def uncertainty(acc: dict, base_acc: dict, labels) -> Uncertainty:
     """Wilson intervals of top-1 and top-5 over the test images, and the paired comparison with the
     baseline on the same images (explorer.core.stats)."""
     n = acc["n"]
     ci = {k: [round(v, 4) for v in stats.wilson(acc["correct"][k], n)] for k in ("top1", "top5")}
-    return {"accuracy_ci": ci,
-            "vs_baseline": stats.vs_baseline(base_acc["pred"].numpy(), acc["pred"].numpy(), np.asarray(labels))}
+    return Uncertainty(accuracy_ci=ci, vs_baseline=stats.vs_baseline(base_acc["pred"].numpy(), acc["pred"].numpy(),
+                                                                    np.asarray(labels)))

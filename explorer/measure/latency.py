@@ -29,7 +29,7 @@ import statistics
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from torch import nn
 
 from explorer.core.engines import BATCH_SIZES
 from explorer.core.errors import first_line
+from explorer.core.figures import LatencyFigure
 from explorer.core.stats import median_ci
 from explorer.measure.timing_checks import cpu_share, round_kept
 
@@ -53,13 +54,25 @@ _allocator: list[str] = []  # what steady_allocator did, once per process
 Timer = Callable[[], "float | None"]
 
 
-def summarise(times_ms: list[float]) -> dict:
+class Summary(TypedDict):
+    """A timer's calls summed up, in milliseconds (a LatencyFigure holds these keys)."""
+
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    mean_ms: float
+    ci_ms: list[float]
+    spread_pct: float | None
+    runs: int
+
+
+def summarise(times_ms: list[float]) -> Summary:
     ts = sorted(times_ms)
     p90 = ts[min(len(ts) - 1, int(round(0.9 * (len(ts) - 1))))]
     lo, hi = median_ci(ts)
-    return {"median_ms": round(statistics.median(ts), 5), "p90_ms": round(p90, 5), "min_ms": round(ts[0], 5),
-            "mean_ms": round(statistics.fmean(ts), 5), "ci_ms": [round(lo, 5), round(hi, 5)],
-            "spread_pct": round(100 * (p90 - ts[0]) / ts[0], 2) if ts[0] else None, "runs": len(ts)}
+    return Summary(median_ms=round(statistics.median(ts), 5), p90_ms=round(p90, 5), min_ms=round(ts[0], 5),
+                   mean_ms=round(statistics.fmean(ts), 5), ci_ms=[round(lo, 5), round(hi, 5)],
+                   spread_pct=round(100 * (p90 - ts[0]) / ts[0], 2) if ts[0] else None, runs=len(ts))
 
 
 def _call(timer: Timer) -> float:
@@ -91,7 +104,7 @@ class Session:
     and their per-round medians (`round_ms`); per attempted round, the CPU share of its timed calls; the
     rounds dropped for want of the CPU (attempt indices); the load average before and after."""
 
-    figures: dict[str, dict]
+    figures: dict[str, LatencyFigure]
     rounds: int  # wanted
     kept: int
     cpu_share: list[float] = field(default_factory=list)
@@ -279,16 +292,16 @@ def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: flo
         attempt += 1
     if not session.cpu_ok:  # too few clean rounds: the figures are of every round, and flagged by cpu_ok
         samples, per_round = every, every_round
-    session.figures = {n: {"available": True, **summarise(samples[n]), "round_ms": [round(v, 5) for v in
-                                                                                    per_round[n]],
-                           "rounds": len(per_round[n])} for n in names}
+    session.figures = {n: LatencyFigure(available=True, **summarise(samples[n]),
+                                        round_ms=[round(v, 5) for v in per_round[n]], rounds=len(per_round[n]))
+                       for n in names}
     session.load_average["after"] = load_average()
     session.others_busy, session.stolen = others_busy(beside, threads), stolen_in(beside)
     return session
 
 
 def interleave(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: float = 0.3, warmup: int = 3,
-               min_calls: int = 2, between_rounds: Callable[[float], None] | None = None) -> dict[str, dict]:
+               min_calls: int = 2, between_rounds: Callable[[float], None] | None = None) -> dict[str, LatencyFigure]:
     """The figures of `time_rounds` alone: per timer the summary of its calls plus its per-round medians
     (`round_ms`), which pair up across timers for ratios."""
     return time_rounds(timers, rounds=rounds, budget_s=budget_s, warmup=warmup, min_calls=min_calls,
@@ -305,8 +318,8 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
-def unavailable(reason: str) -> dict:
-    return {"available": False, "reason": reason}
+def unavailable(reason: str) -> LatencyFigure:
+    return LatencyFigure(available=False, reason=reason)
 
 
 def torch_cpu_timer(model: nn.Module, x: torch.Tensor, threads: int) -> Timer:
@@ -337,7 +350,7 @@ def ort_session(path: str, threads: int, provider: str = "CPUExecutionProvider",
 
 
 def ort_timer(path: str | None, x: np.ndarray, threads: int, provider: str = "CPUExecutionProvider",
-              reason: str | None = None) -> Timer | dict:
+              reason: str | None = None) -> Timer | LatencyFigure:
     """A timer for an ONNX model, or the `unavailable` record saying why it cannot run."""
     if path is None:
         return unavailable(reason or "no ONNX model")
@@ -364,7 +377,7 @@ def ort_timer(path: str | None, x: np.ndarray, threads: int, provider: str = "CP
     return run
 
 
-def cuda_timer(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> Timer | dict:
+def cuda_timer(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> Timer | LatencyFigure:
     """A CUDA eager timer measuring itself with CUDA events, or why it cannot run."""
     if not torch.cuda.is_available():
         return unavailable("no CUDA GPU on this machine")
@@ -389,23 +402,23 @@ def cuda_timer(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> Timer |
     return run
 
 
-def _alone(timer: Timer | dict, budget_s: float, rounds: int = 5, gpu: bool = False) -> dict:
+def _alone(timer: Timer | LatencyFigure, budget_s: float, rounds: int = 5, gpu: bool = False) -> LatencyFigure:
     if isinstance(timer, dict):
         return timer
     return time_rounds({"t": timer}, rounds=rounds, budget_s=budget_s, unchecked=["t"] if gpu else ()).figures["t"]
 
 
-def torch_cpu(model: nn.Module, x: torch.Tensor, threads: int, budget_s: float = 0.5) -> dict:
+def torch_cpu(model: nn.Module, x: torch.Tensor, threads: int, budget_s: float = 0.5) -> LatencyFigure:
     """One engine timed alone (tools and tests; runs time engines interleaved)."""
     return _alone(torch_cpu_timer(model, x, threads), budget_s)
 
 
 def onnx_runtime(path: str | None, x: np.ndarray, threads: int, provider: str = "CPUExecutionProvider",
-                 reason: str | None = None, budget_s: float = 0.5) -> dict:
+                 reason: str | None = None, budget_s: float = 0.5) -> LatencyFigure:
     return _alone(ort_timer(path, x, threads, provider, reason), budget_s)
 
 
-def torch_cuda(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, budget_s: float = 0.3) -> dict:
+def torch_cuda(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, budget_s: float = 0.3) -> LatencyFigure:
     """GPU eager latency timed with CUDA events, plus the peak memory of one batch."""
     timer = cuda_timer(model, x, dtype)
     out = _alone(timer, budget_s, gpu=True)

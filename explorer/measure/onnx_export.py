@@ -25,6 +25,7 @@ from explorer.compress.base import Deploy
 from explorer.compress.quantize import remove_activation_quant
 from explorer.core import scratch
 from explorer.core.errors import first_line
+from explorer.core.figures import OnnxModel
 from explorer.core.safepoint import safe_point
 from explorer.core.train import scores
 from explorer.measure.latency import ort_session
@@ -182,14 +183,14 @@ def deployed_symmetry(deploy: Mapping) -> bool:
 
 
 def deploy_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, deploy: Deploy, calibration: np.ndarray,
-                x: np.ndarray, y: np.ndarray) -> dict:
+                x: np.ndarray, y: np.ndarray) -> OnnxModel:
     """ONNX Runtime int8 of the export as `deploy` says, and the RunResult's record of it: bytes and
     accuracy of the int8 file, and how it was made."""
     quantize_int8(fp32_path, out_path, mode=deploy.mode, calibration=calibration, per_channel=deploy.per_channel,
                   method=deploy.calibration, keep_float=set(deploy.keep_float), symmetric=deploy.symmetric)
-    return {"available": True, "bytes": Path(out_path).stat().st_size, "accuracy": onnx_accuracy(out_path, x, y),
-            "mode": deploy.mode, "calibration": deploy.calibration, "fp32_layers": list(deploy.keep_float),
-            "symmetric_weights": deploy.symmetric_weights, "from_recipe": deploy.from_recipe}
+    return OnnxModel(available=True, bytes=Path(out_path).stat().st_size, accuracy=onnx_accuracy(out_path, x, y),
+                     mode=deploy.mode, calibration=deploy.calibration, fp32_layers=list(deploy.keep_float),
+                     symmetric_weights=deploy.symmetric_weights, from_recipe=deploy.from_recipe)
 
 
 def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 512, threads: int = 1) -> np.ndarray:
