@@ -27,9 +27,9 @@ import ctypes
 import os
 import statistics
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from explorer.core.errors import first_line
 from explorer.core.figures import LatencyFigure
 from explorer.core.stats import median_ci
 from explorer.measure.timing_checks import cpu_share, round_kept
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 BATCHES = BATCH_SIZES  # the batch sizes every run is timed at
 WARM_ROUNDS = 1  # whole rounds run first and not kept
@@ -84,7 +87,7 @@ def _call(timer: Timer) -> float:
 # The scheduler's hook (explorer.run): every timing round runs inside `quiet_slot()`, which holds the machine
 # quiet (no other work of ours runs) for the round and gives it back after. Until a scheduler installs one,
 # a round takes no slot, and a background run still waits in `between_rounds` (its progress callback).
-QuietSlot = Callable[[], contextlib.AbstractContextManager]
+QuietSlot = Callable[[], contextlib.AbstractContextManager[object]]
 _quiet_slot: QuietSlot = contextlib.nullcontext
 
 
@@ -94,7 +97,7 @@ def set_quiet_slot(factory: QuietSlot | None) -> None:
     _quiet_slot = factory or contextlib.nullcontext
 
 
-def quiet_slot() -> contextlib.AbstractContextManager:
+def quiet_slot() -> contextlib.AbstractContextManager[object]:
     return _quiet_slot()
 
 
@@ -118,7 +121,7 @@ class Session:
         """Whether enough rounds had the CPU: the figures come from those rounds only."""
         return self.kept >= self.rounds
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         return {"rounds_wanted": self.rounds, "rounds_kept": self.kept, "rounds_dropped": len(self.dropped),
                 "dropped": self.dropped, "cpu_share": self.cpu_share, "cpu_ok": self.cpu_ok,
                 "load_average": self.load_average, "others_busy": self.others_busy,
@@ -178,22 +181,27 @@ def stolen_share(before: Jiffies | None, after: Jiffies | None) -> float | None:
     return round((after.stolen - before.stolen) / (after.total - before.total), 4)
 
 
-def _sum(rounds: list[tuple]) -> tuple[Jiffies, Jiffies, float] | None:
+# one timing round: the machine's CPU time before and after it (None where the system does not say), and its own
+Beside = tuple[Jiffies | None, Jiffies | None, float]
+
+
+def _sum(rounds: list[Beside]) -> tuple[Jiffies, Jiffies, float] | None:
     """A session's rounds, each (jiffies before, jiffies after, own CPU seconds), as one span: only the rounds' own
     seconds count, not the waits between them (where a page's run may go on by design)."""
-    if not rounds or any(b is None or a is None for b, a, _ in rounds):
+    read = [(b, a, own) for b, a, own in rounds if b is not None and a is not None]
+    if not rounds or len(read) < len(rounds):
         return None
-    after = Jiffies(*(sum(a[k] - b[k] for b, a, _ in rounds) for k in range(3)))
-    return Jiffies(0, 0, 0), after, sum(own for *_, own in rounds)
+    after = Jiffies(*(sum(a[k] - b[k] for b, a, _ in read) for k in range(3)))
+    return Jiffies(0, 0, 0), after, sum(own for *_, own in read)
 
 
-def others_busy(rounds: list[tuple], threads: int = 1) -> float | None:
+def others_busy(rounds: list[Beside], threads: int = 1) -> float | None:
     """`machine_busy` over a session's rounds (`_sum`)."""
     span = _sum(rounds)
     return None if span is None else machine_busy(*span, threads)
 
 
-def stolen_in(rounds: list[tuple]) -> float | None:
+def stolen_in(rounds: list[Beside]) -> float | None:
     """`stolen_share` over a session's rounds (`_sum`)."""
     span = _sum(rounds)
     return None if span is None else stolen_share(span[0], span[1])
@@ -245,7 +253,7 @@ def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: flo
     extra = rounds // 2 if max_extra_rounds is None else max_extra_rounds
     slice_s = budget_s / rounds / 2
     last: dict[str, float] = {}  # each timer's median call in the last round
-    beside: list[tuple] = []  # per round: the machine's CPU time before and after, and the timing's own
+    beside: list[Beside] = []  # per round
 
     def play(order: list[str]) -> tuple[dict[str, list[float]], dict[str, float], dict[str, float]]:
         """One round in `order`: each timer's calls, and the CPU and wall time around them."""
@@ -292,12 +300,18 @@ def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: flo
         attempt += 1
     if not session.cpu_ok:  # too few clean rounds: the figures are of every round, and flagged by cpu_ok
         samples, per_round = every, every_round
-    session.figures = {n: LatencyFigure(available=True, **summarise(samples[n]),
-                                        round_ms=[round(v, 5) for v in per_round[n]], rounds=len(per_round[n]))
-                       for n in names}
+    session.figures = {n: _figure(summarise(samples[n]), per_round[n]) for n in names}
     session.load_average["after"] = load_average()
     session.others_busy, session.stolen = others_busy(beside, threads), stolen_in(beside)
     return session
+
+
+def _figure(s: Summary, per_round: list[float]) -> LatencyFigure:
+    """A timer's figure from its calls' summary and its per-round medians (key by key: mypy takes no open TypedDict
+    unpacked by ** into another)."""
+    return LatencyFigure(available=True, median_ms=s["median_ms"], p90_ms=s["p90_ms"], min_ms=s["min_ms"],
+                         mean_ms=s["mean_ms"], ci_ms=s["ci_ms"], spread_pct=s["spread_pct"], runs=s["runs"],
+                         round_ms=[round(v, 5) for v in per_round], rounds=len(per_round))
 
 
 def interleave(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: float = 0.3, warmup: int = 3,
@@ -309,7 +323,7 @@ def interleave(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: floa
 
 
 @contextlib.contextmanager
-def torch_threads(n: int):
+def torch_threads(n: int) -> Iterator[None]:
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -332,7 +346,8 @@ def torch_cpu_timer(model: nn.Module, x: torch.Tensor, threads: int) -> Timer:
     return run
 
 
-def ort_session(path: str, threads: int, provider: str = "CPUExecutionProvider", profile_prefix: str | None = None):
+def ort_session(path: str, threads: int, provider: str = "CPUExecutionProvider",
+                profile_prefix: str | None = None) -> InferenceSession:
     """An ONNX Runtime session as every timing here runs one; `profile_prefix` turns on ONNX Runtime's own
     per-operator profiler, writing its JSON beside that prefix (for the benches' breakdowns, not for timing)."""
     import onnxruntime as ort
@@ -391,13 +406,15 @@ def cuda_timer(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> Timer |
         return unavailable(f"{type(e).__name__}: {first_line(e)}")
 
     def run() -> float:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        # torch (2.14) leaves Event.__new__ unannotated
+        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         with torch.inference_mode():
             start.record()
             m(xd)
             end.record()
         end.synchronize()
-        return start.elapsed_time(end)
+        return float(start.elapsed_time(end))  # (unannotated in torch: a float of milliseconds)
 
     return run
 

@@ -17,7 +17,7 @@ shows as a number.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -104,7 +104,7 @@ def _record(check: dict[str, Any], against: str) -> Speedup:
                    status="measured" if check["accepted"] else "disturbed", against=against)
 
 
-def bounds(batches) -> dict:
+def bounds(batches: Sequence[int]) -> dict[str, Any]:
     return {"min_cpu_share": MIN_CPU_SHARE, "max_spread": {batch_key(b): max_spread(b) for b in batches},
             "reference_tolerance": REFERENCE_TOLERANCE}
 
@@ -114,7 +114,7 @@ def measure_latency(model: nn.Module | None, input_shape: tuple[int, ...], *, on
                     batches: tuple[int, ...] = BATCHES, budget_s: float = 0.5, gpu: bool = True,
                     reference: nn.Module | None = None, reference_onnx_fp32: str | None = None,
                     reference_onnx_int8: str | None = None, reference_reason: str | None = None,
-                    is_baseline: bool | None = None, reference_times: dict[str, dict] | None = None,
+                    is_baseline: bool | None = None, reference_times: dict[str, dict[str, Any]] | None = None,
                     rounds: int = ROUNDS, retimes: int = RETIMES,
                     between_rounds: Callable[[float], None] | None = None) -> Timing:
     """Latency per engine and batch and the speed-ups, like for like.

@@ -178,7 +178,7 @@ def _histograms(before: torch.nn.Module, after: torch.nn.Module, bins: int = 40)
 
 
 def _layers(model: nn.Module, state: CompressionState, report: list[dict[str, Any]],
-            macs: dict[str, Any]) -> list[dict[str, Any]]:
+            macs: compute.Macs) -> list[dict[str, Any]]:
     packed_by_layer: dict[str, int] = {}
     for t in report:
         layer = t["name"].rsplit(".", 1)[0]
