@@ -177,7 +177,7 @@ def missing_data_note() -> str | None:
 
 
 def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, name: str | None,
-              shown: str | None = None, on_wait: Callable[[str], None] | None = None) -> dict:
+              shown: str | None = None, on_wait: Callable[[str], None] | None = None) -> ModelCard:
     """The page's "Your model": a state_dict with its architecture, or an ONNX model. Programs (TorchScript,
     exported programs, pickled modules) are always refused here: trusting code is for the command line. A data
     folder must lie in EXPLORER_DATA_ROOTS or be an uploaded zip's (the page reads no other server folder). The
