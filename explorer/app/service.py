@@ -9,6 +9,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -51,7 +52,7 @@ from explorer.run.controls import (  # noqa: F401  (the page's names for the tec
     relevant,
     sections,
 )
-from explorer.run.executor import run_sweep
+from explorer.run.executor import SweepProgress, run_sweep
 from explorer.run.grid import Grid
 from explorer.run.jobs import (
     COMPARISON,  # noqa: E402, F401
@@ -70,6 +71,15 @@ from explorer.run.result import (  # noqa: E402, F401
     speed_with_interval,
 )
 from explorer.run.runner import run_key
+
+# the names above that the page takes through this door, said for the type checker (its own functions are the page's
+# too); a name the page needs from below is added here
+__all__ = [
+    "CHOICES", "COMPARISON", "CONFIDENCES", "DEFAULTS", "LATENCY_COLS", "RANGES", "SIZE_COLS", "Control", "ModelCard",
+    "Recipe", "RunResult", "Speed", "across_seeds", "all_controls", "baseline_row", "build", "describe",
+    "disturbed_figures", "explain", "fmt_bytes", "readable", "recipe_words", "relevant", "resolution", "sections",
+    "speed", "speed_cell", "speed_with_interval", "sweet_spot", "sweet_spot_table",
+]
 
 # result.json path -> (stats, checked result): re-read only new runs
 _frames: dict[str, tuple[tuple[int, int, int], RunResult]] = {}
@@ -191,12 +201,12 @@ def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, na
                           file_name=False, on_wait=told)
 
 
-def data_roots() -> tuple:
+def data_roots() -> tuple[Path, ...]:
     """The folders the operator lets the page read (EXPLORER_DATA_ROOTS); none by default."""
     return roots.data_roots()
 
 
-def page_folder(folder: str):
+def page_folder(folder: str) -> Path:
     """A data folder a visitor named, resolved, if the page may read it; else a ValueError that names the allowed
     roots and says nothing of whether the folder exists."""
     return roots.check_page_folder(folder, also=(user.user_data_dir(),))
@@ -212,7 +222,7 @@ def add_dataset_zip(zip_path: str, name: str | None, shown: str | None = None) -
     return user.add_dataset_zip(zip_path, name, shown=shown)
 
 
-def upload_folder():
+def upload_folder() -> contextlib.AbstractContextManager[Path]:
     """A scratch folder for an upload's bytes while they are checked (removed afterwards, and at start-up
     if the server was killed meanwhile)."""
     return scratch.folder("upload")
@@ -287,7 +297,8 @@ def sweep_axes() -> list[tuple[str, bool, list[Control]]]:
     return sections()
 
 
-def sweep(card: ModelCard, axes: dict[str, list[Any]], repeats: int = 1, progress=None) -> pd.DataFrame:
+def sweep(card: ModelCard, axes: dict[str, list[Any]], repeats: int = 1,
+          progress: SweepProgress | None = None) -> pd.DataFrame:
     """The Sweep tab's grid on this baseline, through the cache."""
     return run_sweep(sweep_grid(card, axes, repeats).recipes(), progress=progress, cache=cache())
 
@@ -314,7 +325,7 @@ def retime_wait_words() -> str | None:
             "explorer may use). Other programs, a sweep or the background measurements keep it up.")
 
 
-def sensitivity(result: RunResult, compute: bool = False) -> dict | None:
+def sensitivity(result: RunResult, compute: bool = False) -> dict[str, float | None] | None:
     """Per-layer sensitivity of a cached run: stored figures, or computed now when `compute`."""
     c = cache()
     key = result.get("key")
@@ -331,7 +342,7 @@ def sensitivity(result: RunResult, compute: bool = False) -> dict | None:
     return values
 
 
-def forgets(result: RunResult, base_result: RunResult, limit: int = 24) -> dict | None:
+def forgets(result: RunResult, base_result: RunResult, limit: int = 24) -> dict[str, Any] | None:
     """What the run forgets against its baseline, from the predictions both stored (no compute): per-class
     change, the confusion-matrix change, and the test images whose prediction flipped (at most `limit` of
     each way, as arrays in [0, 1] with a caption each). None when either run kept no predictions."""
@@ -372,7 +383,8 @@ def controls_for(recipe: dict[str, Any], card: ModelCard) -> dict[str, Any] | No
     return from_recipe(recipe, card)
 
 
-_summaries: dict[tuple, bytes] = {}  # (kind, run, model, the runs drawn) -> the summary's bytes, the latest few
+# (kind, run, model, the runs drawn, the recipe) -> the summary's bytes, the latest few
+_summaries: dict[tuple[str, str | None, str, int, str], bytes] = {}
 
 
 def _summary(kind: str, result: RunResult, frame: pd.DataFrame, name: str) -> bytes:
@@ -400,8 +412,8 @@ def summary_html(result: RunResult, frame: pd.DataFrame, name: str) -> bytes:
 
 
 _live_lock = threading.Lock()
-_board = None
-_landscapes = None
+_board: Board | None = None
+_landscapes: Landscapes | None = None
 
 
 def page_open(session: str) -> bool:
@@ -415,7 +427,7 @@ def page_open(session: str) -> bool:
     return not (at and streamlit_id and Runtime.exists()) or Runtime.instance().is_active_session(streamlit_id)
 
 
-def board():
+def board() -> Board:
     """The server process's queue of runs pages asked for (explorer.run.jobs), started on first use."""
     global _board
     with _live_lock:
@@ -456,7 +468,7 @@ def _asked(key: str) -> bool:
     return job is not None and not job.finished
 
 
-def landscapes():
+def landscapes() -> Landscapes | None:
     """The background landscapes (explorer.run.landscape), or None where EXPLORER_LANDSCAPE=0."""
     global _landscapes
     if not settings.get("EXPLORER_LANDSCAPE"):
