@@ -16,9 +16,9 @@ import pandas as pd
 
 # The page's one door (an import-linter contract in pyproject.toml): what explorer.app.ui needs from the layers
 # below, named here so the page imports only this module, app.plots, core.words, core.engines and core.markup.
-from explorer.app.metrics import across_seeds, resolution, sweet_spot  # noqa: E402, F401
+from explorer.app.metrics import across_seeds, resolution, sweet_spot
 from explorer.app.metrics import forgets as compute
-from explorer.app.tables import (  # noqa: E402, F401
+from explorer.app.tables import (
     CONFIDENCES,
     LATENCY_COLS,
     SIZE_COLS,
@@ -29,19 +29,19 @@ from explorer.app.tables import (  # noqa: E402, F401
     sweet_spot_table,
 )
 from explorer.compress.base import Control
-from explorer.compress.recipe import Recipe, recipe_words  # noqa: F401  (the page's door to a recipe's words)
+from explorer.compress.recipe import Recipe, recipe_words  # (the page's door to a recipe's words)
 from explorer.core import markup, plugins, roots, scratch, settings, words
 from explorer.core.card import ModelCard
 from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
 from explorer.core.zoo import all_model_names, create_model, list_models
 from explorer.measure.accuracy import load_predictions
-from explorer.measure.hardware import describe  # noqa: E402, F401
+from explorer.measure.hardware import describe
 from explorer.models import baselines, sandbox, user
 from explorer.models.user import check_upload_size, list_user_models
 from explorer.run import sensitivity as sens
 from explorer.run.cache import RunCache
-from explorer.run.controls import (  # noqa: F401  (the page's names for the techniques' controls)
+from explorer.run.controls import (  # (the page's names for the techniques' controls)
     CHOICES,
     DEFAULTS,
     RANGES,
@@ -55,13 +55,12 @@ from explorer.run.controls import (  # noqa: F401  (the page's names for the tec
 from explorer.run.executor import SweepProgress, run_sweep
 from explorer.run.grid import Grid
 from explorer.run.jobs import (
-    COMPARISON,  # noqa: E402, F401
+    COMPARISON,
     STARTUP,
     Board,
 )
 from explorer.run.landscape import Landscapes
-from explorer.run.result import (  # noqa: E402, F401
-    DISTURBED,
+from explorer.run.result import (
     FILES,
     RunResult,
     Speed,
