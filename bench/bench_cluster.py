@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from explorer.compress.cluster import kmeans_1d  # noqa: E402
+from explorer.compress.cluster import kmeans_1d
 
 N, K, RUNS, THREADS = 1_000_000, 256, 5, 2
 

@@ -120,7 +120,7 @@ def browser():
     with sync_api.sync_playwright() as pw:
         try:
             b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=60_000)
-        except Exception as e:  # noqa: BLE001 - any launch failure means no browser here, not a broken app
+        except Exception as e:  # any launch failure means no browser here, not a broken app
             pytest.skip(f"playwright cannot launch {CHROMIUM}: {str(e).splitlines()[0]}")
         try:
             yield b
@@ -189,7 +189,7 @@ def _report_failure(page, tmp_path: Path, log: Path) -> None:
     """A screenshot of the page and the server log's tail, for a failing test's output."""
     try:
         page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-    except Exception:  # noqa: BLE001 - the original failure matters, not this one
+    except Exception:  # the original failure matters, not this one
         pass
     print(f"failure screenshot: {tmp_path / 'failure.png'}\nstreamlit log:\n{_tail(log)}")
 
@@ -414,7 +414,7 @@ def test_a_crashed_session_does_not_affect_another(browser, server, tmp_path):
         _kill_processes_with(marker)
         try:
             other.close()
-        except Exception:  # noqa: BLE001 - a killed browser may refuse to close cleanly
+        except Exception:  # a killed browser may refuse to close cleanly
             pass
 
 

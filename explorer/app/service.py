@@ -16,9 +16,9 @@ import pandas as pd
 
 # The page's one door (an import-linter contract in pyproject.toml): what explorer.app.ui needs from the layers
 # below, named here so the page imports only this module, app.plots, core.words, core.engines and core.markup.
-from explorer.app.metrics import across_seeds, resolution, sweet_spot  # noqa: E402, F401
+from explorer.app.metrics import across_seeds, resolution, sweet_spot
 from explorer.app.metrics import forgets as compute
-from explorer.app.tables import (  # noqa: E402, F401
+from explorer.app.tables import (
     CONFIDENCES,
     LATENCY_COLS,
     SHIP_DEFAULT,
@@ -33,19 +33,19 @@ from explorer.app.tables import (  # noqa: E402, F401
     sweet_spot_table,
 )
 from explorer.compress.base import Control
-from explorer.compress.recipe import Recipe, recipe_words  # noqa: F401  (the page's door to a recipe's words)
+from explorer.compress.recipe import Recipe, recipe_words  # (the page's door to a recipe's words)
 from explorer.core import markup, plugins, roots, scratch, settings, words
 from explorer.core.card import ModelCard
 from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
 from explorer.core.zoo import all_model_names, create_model, list_models
 from explorer.measure.accuracy import load_predictions
-from explorer.measure.hardware import describe  # noqa: E402, F401
+from explorer.measure.hardware import describe
 from explorer.models import baselines, sandbox, user
 from explorer.models.user import check_upload_size, list_user_models
 from explorer.run import sensitivity as sens
 from explorer.run.cache import RunCache
-from explorer.run.controls import (  # noqa: F401  (the page's names for the techniques' controls)
+from explorer.run.controls import (  # (the page's names for the techniques' controls)
     CHOICES,
     DEFAULTS,
     RANGES,
@@ -56,16 +56,15 @@ from explorer.run.controls import (  # noqa: F401  (the page's names for the tec
     relevant,
     sections,
 )
-from explorer.run.executor import run_sweep
+from explorer.run.executor import SweepProgress, run_sweep
 from explorer.run.grid import Grid, page_choices
 from explorer.run.jobs import (
-    COMPARISON,  # noqa: E402, F401
+    COMPARISON,
     STARTUP,
     Board,
 )
 from explorer.run.landscape import Landscapes
-from explorer.run.result import (  # noqa: E402, F401
-    DISTURBED,
+from explorer.run.result import (
     FILES,
     RunResult,
     Speed,
@@ -75,6 +74,16 @@ from explorer.run.result import (  # noqa: E402, F401
     speed_with_interval,
 )
 from explorer.run.runner import run_key
+
+# the names above that the page takes through this door, said for the type checker (its own functions are the page's
+# too); a name the page needs from below is added here
+__all__ = [
+    "CHOICES", "COMPARISON", "CONFIDENCES", "DEFAULTS", "LATENCY_COLS", "RANGES", "SHIPS", "SHIP_DEFAULT", "SIZE_COLS",
+    "Control", "ModelCard", "ship_choices", "shipped",
+    "Recipe", "RunResult", "Speed", "across_seeds", "all_controls", "baseline_row", "build", "describe",
+    "disturbed_figures", "explain", "fmt_bytes", "readable", "recipe_words", "relevant", "resolution", "sections",
+    "speed", "speed_cell", "speed_with_interval", "sweet_spot", "sweet_spot_table",
+]
 
 # result.json path -> (stats, checked result): re-read only new runs
 _frames: dict[str, tuple[tuple[int, ...], RunResult]] = {}
@@ -227,7 +236,7 @@ def missing_data_note() -> str | None:
 
 
 def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, name: str | None,
-              shown: str | None = None, on_wait: Callable[[str], None] | None = None) -> dict:
+              shown: str | None = None, on_wait: Callable[[str], None] | None = None) -> ModelCard:
     """The page's "Your model": a state_dict with its architecture, or an ONNX model. Programs (TorchScript,
     exported programs, pickled modules) are always refused here: trusting code is for the command line. A data
     folder must lie in EXPLORER_DATA_ROOTS or be an uploaded zip's (the page reads no other server folder). The
@@ -241,12 +250,12 @@ def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, na
                           file_name=False, on_wait=told)
 
 
-def data_roots() -> tuple:
+def data_roots() -> tuple[Path, ...]:
     """The folders the operator lets the page read (EXPLORER_DATA_ROOTS); none by default."""
     return roots.data_roots()
 
 
-def page_folder(folder: str):
+def page_folder(folder: str) -> Path:
     """A data folder a visitor named, resolved, if the page may read it; else a ValueError that names the allowed
     roots and says nothing of whether the folder exists."""
     return roots.check_page_folder(folder, also=(user.user_data_dir(),))
@@ -262,7 +271,7 @@ def add_dataset_zip(zip_path: str, name: str | None, shown: str | None = None) -
     return user.add_dataset_zip(zip_path, name, shown=shown)
 
 
-def upload_folder():
+def upload_folder() -> contextlib.AbstractContextManager[Path]:
     """A scratch folder for an upload's bytes while they are checked (removed afterwards, and at start-up
     if the server was killed meanwhile)."""
     return scratch.folder("upload")
@@ -372,7 +381,8 @@ def sweep_axes() -> list[tuple[str, bool, list[Control]]]:
     return sections()
 
 
-def sweep(card: ModelCard, axes: dict[str, list[Any]], repeats: int = 1, progress=None) -> pd.DataFrame:
+def sweep(card: ModelCard, axes: dict[str, list[Any]], repeats: int = 1,
+          progress: SweepProgress | None = None) -> pd.DataFrame:
     """The Sweep tab's grid on this baseline, through the cache."""
     return run_sweep(sweep_grid(card, axes, repeats).recipes(), progress=progress, cache=cache())
 
@@ -399,7 +409,7 @@ def retime_wait_words() -> str | None:
             "explorer may use). Other programs, a sweep or the background measurements keep it up.")
 
 
-def sensitivity(result: RunResult, compute: bool = False) -> dict | None:
+def sensitivity(result: RunResult, compute: bool = False) -> dict[str, float | None] | None:
     """Per-layer sensitivity of a cached run: stored figures, or computed now when `compute`."""
     c = cache()
     key = result.get("key")
@@ -416,7 +426,7 @@ def sensitivity(result: RunResult, compute: bool = False) -> dict | None:
     return values
 
 
-def forgets(result: RunResult, base_result: RunResult, limit: int = 24) -> dict | None:
+def forgets(result: RunResult, base_result: RunResult, limit: int = 24) -> dict[str, Any] | None:
     """What the run forgets against its baseline, from the predictions both stored (no compute): per-class
     change, the confusion-matrix change, and the test images whose prediction flipped (at most `limit` of
     each way, as arrays in [0, 1] with a caption each). None when either run kept no predictions."""
@@ -457,7 +467,8 @@ def controls_for(recipe: dict[str, Any], card: ModelCard) -> dict[str, Any] | No
     return from_recipe(recipe, card)
 
 
-_summaries: dict[tuple, bytes] = {}  # (format, run, model, what ships, the runs drawn) -> its bytes, the latest few
+# (format, run, model, what ships, the runs drawn, the recipe) -> the summary's bytes, the latest few
+_summaries: dict[tuple[str, str | None, str, str, int, str], bytes] = {}
 
 
 def _summary(fmt: str, result: RunResult, frame: pd.DataFrame, name: str, ship: str) -> bytes:

@@ -135,9 +135,9 @@ def sweet_spot_table(row: pd.Series, base: pd.Series | None, size_label: str, la
     smaller that is than `reference` (the baseline's fp32 checkpoint file, every 'times smaller' on the page),
     the speed-up and the latency."""
     size_col, latency_col = SIZE_COLS[size_label], LATENCY_COLS[lat_label]
-    pct = lambda v: f"{v:.2f}%"  # noqa: E731
-    pts = lambda v: f"{v:+.2f}"  # noqa: E731
-    ms = lambda v: f"{v:.3g} ms"  # noqa: E731
+    pct = lambda v: f"{v:.2f}%"
+    pts = lambda v: f"{v:+.2f}"
+    ms = lambda v: f"{v:.3g} ms"
     lat_lo, lat_hi = (lat_col(*LATENCIES[lat_label], bound) for bound in ("lo", "hi"))
 
     def smaller(r: pd.Series | None) -> str:

@@ -40,6 +40,9 @@ class ModelCard(TypedDict, total=False):
     unsupported_reason: str
     source: dict[str, Any]  # the file it came from: name, bytes, sha256
     reused: bool  # the same file added again: the stored model is kept
+    user: bool
+    checked: dict[str, Any]  # how the file was checked: in a child process, under which limits
+    notes: list[str]  # what fitting the data took (images converted to the channels the model takes)
     # added when the list of models is read
     path: str
     batchnorm: bool

@@ -54,7 +54,7 @@ def folder(prefix: str, cache: str | os.PathLike[str] | None = None) -> Iterator
     base.mkdir(parents=True, exist_ok=True)
     # born hidden and renamed once its owner lock is held, so `clean` never sees an unlocked live folder
     born = Path(tempfile.mkdtemp(prefix=f".{prefix}-{os.getpid()}-", dir=base))
-    owner = open(born / OWNER, "a+b")  # noqa: SIM115 - held open for the folder's whole life
+    owner = open(born / OWNER, "a+b")  # held open for the folder's whole life
     path = born.with_name(born.name[1:])
     try:
         fcntl.flock(owner.fileno(), fcntl.LOCK_EX)
@@ -83,7 +83,7 @@ def clean(cache: str | os.PathLike[str] | None = None) -> list[str]:
             except OSError:
                 continue  # gone since the listing (renamed by its owner once locked, or removed)
             try:
-                f = open(Path(e.path) / OWNER, "rb")  # noqa: SIM115
+                f = open(Path(e.path) / OWNER, "rb")
             except FileNotFoundError:
                 # no owner: trash is nobody's; anything else may be a folder created this instant
                 if e.name.startswith(TRASH) or not young:

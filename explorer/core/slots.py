@@ -73,7 +73,7 @@ def _take(where: Path, n: int, on_wait: Callable[[int], None] | None) -> IO[byte
 def _hold(path: Path) -> IO[bytes]:
     """`path` created and locked. Between the two, another waiter may take it for a dead one's and remove it:
     this waiter then loses its place in the order, never the count of slots, which the slot files keep."""
-    f = open(path, "a+b")  # noqa: SIM115 - held open while it waits
+    f = open(path, "a+b")  # held open while it waits
     fcntl.flock(f.fileno(), fcntl.LOCK_EX)
     return f
 
@@ -81,7 +81,7 @@ def _hold(path: Path) -> IO[bytes]:
 def _free_slot(where: Path, n: int) -> IO[bytes] | None:
     """One of the n slot files, locked, or None where every one is held."""
     for i in range(n):
-        f = open(where / f"slot-{i}.lock", "a+b")  # noqa: SIM115 - held open while its holder runs
+        f = open(where / f"slot-{i}.lock", "a+b")  # held open while its holder runs
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -110,7 +110,7 @@ def _alive(ticket: Path) -> bool:
 def _held(path: Path) -> bool:
     """Whether someone holds the lock of `path` now (a missing file is held by nobody)."""
     try:
-        f = open(path, "rb")  # noqa: SIM115
+        f = open(path, "rb")
     except FileNotFoundError:  # a ticket whose waiter has just taken a slot, or given up
         return False
     with f:

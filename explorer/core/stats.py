@@ -23,6 +23,7 @@ import numpy as np
 from scipy import stats
 
 from explorer.core.errors import check_range
+from explorer.core.figures import PairedComparison
 
 CONFIDENCE = 0.95
 
@@ -75,7 +76,7 @@ def newcombe_paired(both_right: int, baseline_only: int, run_only: int, both_wro
 
 
 def vs_baseline(baseline_pred: np.ndarray, run_pred: np.ndarray, labels: np.ndarray,
-                confidence: float = CONFIDENCE) -> dict[str, Any]:
+                confidence: float = CONFIDENCE) -> PairedComparison:
     """The run against its baseline on the same test images: the 2x2 counts, the paired interval for the
     top-1 difference in points, and the exact McNemar p-value."""
     y = np.asarray(labels)
@@ -83,12 +84,13 @@ def vs_baseline(baseline_pred: np.ndarray, run_pred: np.ndarray, labels: np.ndar
     return from_counts(t, confidence)
 
 
-def from_counts(t: dict[str, int], confidence: float = CONFIDENCE) -> dict[str, Any]:
+def from_counts(t: dict[str, int], confidence: float = CONFIDENCE) -> PairedComparison:
     p = mcnemar_exact(t["baseline_only"], t["run_only"])
     lo, hi = newcombe_paired(t["both_right"], t["baseline_only"], t["run_only"], t["both_wrong"], confidence)
-    return {**t, "n": sum(t.values()), "delta_ci": [round(lo, 4), round(hi, 4)], "p_value": float(f"{p:.6g}"),
-            "significant": bool(p < 1 - confidence), "confidence": confidence,
-            "method": "exact McNemar; Newcombe's paired interval (method 10)"}
+    return PairedComparison(both_right=t["both_right"], baseline_only=t["baseline_only"], run_only=t["run_only"],
+                            both_wrong=t["both_wrong"], n=sum(t.values()), delta_ci=[round(lo, 4), round(hi, 4)],
+                            p_value=float(f"{p:.6g}"), significant=bool(p < 1 - confidence), confidence=confidence,
+                            method="exact McNemar; Newcombe's paired interval (method 10)")
 
 
 def median_ci(samples: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:

@@ -7,7 +7,7 @@ import copy
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict, TypeVar
 
 import torch
 from torch import nn
@@ -16,8 +16,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from explorer.compress.quantize import remove_activation_quant
 from explorer.core import spawn
 
+T = TypeVar("T")
 
-def macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
+
+class Macs(TypedDict):
+    total: int
+    per_layer: dict[str, int]  # leaf module name -> its MACs
+
+
+def macs(model: nn.Module, input_shape: tuple[int, ...]) -> Macs:
     """Dense multiply-accumulates for one sample, in total and per layer (FLOPs / 2). Unstructured zeros
     are still multiplied by dense kernels, so they do not lower this figure."""
     m = remove_activation_quant(copy.deepcopy(model)).eval()
@@ -25,11 +32,11 @@ def macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
     with counter, torch.no_grad():
         m(torch.zeros(1, *input_shape))
     root = type(m).__name__
-    per_layer = {}
+    per_layer: dict[str, int] = {}
     leaves = {n for n, mod in m.named_modules() if n and not list(mod.children())}
     for key, ops in counter.get_flop_counts().items():
         name = key[len(root) + 1:] if key.startswith(root + ".") else None
-        if name in leaves:
+        if name is not None and name in leaves:
             per_layer[name] = int(sum(ops.values()) // 2)
     return {"total": int(counter.get_total_flops() // 2), "per_layer": per_layer}
 
@@ -51,7 +58,7 @@ def _hwm_bytes() -> int:
     return 0
 
 
-def peak_rss_growth(fn: Callable[[], Any], interval_s: float = 0.002) -> tuple[Any, int | None]:
+def peak_rss_growth(fn: Callable[[], T], interval_s: float = 0.002) -> tuple[T, int | None]:
     """Run fn while sampling the resident set every `interval_s`; return (fn's result, peak growth in bytes).
     Where fn takes the process past its high-water mark, the kernel's mark is the exact peak and the sampling
     only covers peaks below it. None where /proc is missing (not Linux). A long fn wants a long interval: each
@@ -65,7 +72,7 @@ def peak_rss_growth(fn: Callable[[], Any], interval_s: float = 0.002) -> tuple[A
     peak = [start]
     done = threading.Event()
 
-    def sample():
+    def sample() -> None:
         while not done.is_set():
             peak[0] = max(peak[0], _rss_bytes())
             done.wait(interval_s)  # woken at once when fn returns
@@ -82,11 +89,11 @@ def peak_rss_growth(fn: Callable[[], Any], interval_s: float = 0.002) -> tuple[A
     return out, max(0, peak[0] - start)
 
 
-def inference_memory(model: nn.Module, input_shape: tuple[int, ...], batch: int = 256) -> dict:
+def inference_memory(model: nn.Module, input_shape: tuple[int, ...], batch: int = 256) -> dict[str, Any]:
     x = torch.zeros(batch, *input_shape)
     model = model.eval()
 
-    def run():
+    def run() -> object:
         with torch.inference_mode():
             return model(x)
 

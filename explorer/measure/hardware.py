@@ -7,6 +7,8 @@ import functools
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
+from typing import Any
 
 from explorer.core import spawn
 
@@ -16,7 +18,7 @@ ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx51
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_info() -> dict:
+def cpu_info() -> dict[str, Any]:
     model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -34,7 +36,7 @@ def cpu_info() -> dict:
 
 
 @functools.lru_cache(maxsize=1)
-def gpu_info() -> dict | None:
+def gpu_info() -> dict[str, Any] | None:
     """Name and driver of the first CUDA GPU, or None when torch sees none."""
     import torch
 
@@ -50,7 +52,7 @@ def gpu_info() -> dict | None:
     return info
 
 
-def hardware(threads: int | None = None) -> dict:
+def hardware(threads: int | None = None) -> dict[str, Any]:
     import onnxruntime as ort
 
     from explorer.measure.latency import steady_allocator
@@ -59,7 +61,7 @@ def hardware(threads: int | None = None) -> dict:
             "memory_allocator": steady_allocator()}
 
 
-def describe(hw: dict) -> str:
+def describe(hw: Mapping[str, Any]) -> str:
     """One line for under a chart: 'AMD EPYC (avx2, avx512_vnni), 1 thread; GPU: not available'."""
     isa = ", ".join(hw.get("isa") or []) or "no SIMD flags read"
     gpu = hw.get("gpu")

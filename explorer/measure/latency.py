@@ -29,7 +29,7 @@ import statistics
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import numpy as np
 import torch
@@ -37,9 +37,13 @@ from torch import nn
 
 from explorer.core.engines import BATCH_SIZES
 from explorer.core.errors import first_line
+from explorer.core.figures import LatencyFigure
 from explorer.core.stats import median_ci
 from explorer.core.train import timing_threads
 from explorer.measure.timing_checks import cpu_share, round_kept
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 BATCHES = BATCH_SIZES  # the batch sizes every run is timed at
 WARM_ROUNDS = 1  # whole rounds run first and not kept
@@ -54,13 +58,25 @@ _allocator: list[str] = []  # what steady_allocator did, once per process
 Timer = Callable[[], "float | None"]
 
 
-def summarise(times_ms: list[float]) -> dict:
+class Summary(TypedDict):
+    """A timer's calls summed up, in milliseconds (a LatencyFigure holds these keys)."""
+
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    mean_ms: float
+    ci_ms: list[float]
+    spread_pct: float | None
+    runs: int
+
+
+def summarise(times_ms: list[float]) -> Summary:
     ts = sorted(times_ms)
     p90 = ts[min(len(ts) - 1, int(round(0.9 * (len(ts) - 1))))]
     lo, hi = median_ci(ts)
-    return {"median_ms": round(statistics.median(ts), 5), "p90_ms": round(p90, 5), "min_ms": round(ts[0], 5),
-            "mean_ms": round(statistics.fmean(ts), 5), "ci_ms": [round(lo, 5), round(hi, 5)],
-            "spread_pct": round(100 * (p90 - ts[0]) / ts[0], 2) if ts[0] else None, "runs": len(ts)}
+    return Summary(median_ms=round(statistics.median(ts), 5), p90_ms=round(p90, 5), min_ms=round(ts[0], 5),
+                   mean_ms=round(statistics.fmean(ts), 5), ci_ms=[round(lo, 5), round(hi, 5)],
+                   spread_pct=round(100 * (p90 - ts[0]) / ts[0], 2) if ts[0] else None, runs=len(ts))
 
 
 def _call(timer: Timer) -> float:
@@ -72,7 +88,7 @@ def _call(timer: Timer) -> float:
 # The scheduler's hook (explorer.run): every timing round runs inside `quiet_slot()`, which holds the machine
 # quiet (no other work of ours runs) for the round and gives it back after. Until a scheduler installs one,
 # a round takes no slot, and a background run still waits in `between_rounds` (its progress callback).
-QuietSlot = Callable[[], contextlib.AbstractContextManager]
+QuietSlot = Callable[[], contextlib.AbstractContextManager[object]]
 _quiet_slot: QuietSlot = contextlib.nullcontext
 
 
@@ -82,7 +98,7 @@ def set_quiet_slot(factory: QuietSlot | None) -> None:
     _quiet_slot = factory or contextlib.nullcontext
 
 
-def quiet_slot() -> contextlib.AbstractContextManager:
+def quiet_slot() -> contextlib.AbstractContextManager[object]:
     return _quiet_slot()
 
 
@@ -92,7 +108,7 @@ class Session:
     and their per-round medians (`round_ms`); per attempted round, the CPU share of its timed calls; the
     rounds dropped for want of the CPU (attempt indices); the load average before and after."""
 
-    figures: dict[str, dict]
+    figures: dict[str, LatencyFigure]
     rounds: int  # wanted
     kept: int
     cpu_share: list[float] = field(default_factory=list)
@@ -106,7 +122,7 @@ class Session:
         """Whether enough rounds had the CPU: the figures come from those rounds only."""
         return self.kept >= self.rounds
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         return {"rounds_wanted": self.rounds, "rounds_kept": self.kept, "rounds_dropped": len(self.dropped),
                 "dropped": self.dropped, "cpu_share": self.cpu_share, "cpu_ok": self.cpu_ok,
                 "load_average": self.load_average, "others_busy": self.others_busy,
@@ -166,22 +182,27 @@ def stolen_share(before: Jiffies | None, after: Jiffies | None) -> float | None:
     return round((after.stolen - before.stolen) / (after.total - before.total), 4)
 
 
-def _sum(rounds: list[tuple]) -> tuple[Jiffies, Jiffies, float] | None:
+# one timing round: the machine's CPU time before and after it (None where the system does not say), and its own
+Beside = tuple[Jiffies | None, Jiffies | None, float]
+
+
+def _sum(rounds: list[Beside]) -> tuple[Jiffies, Jiffies, float] | None:
     """A session's rounds, each (jiffies before, jiffies after, own CPU seconds), as one span: only the rounds' own
     seconds count, not the waits between them (where a page's run may go on by design)."""
-    if not rounds or any(b is None or a is None for b, a, _ in rounds):
+    read = [(b, a, own) for b, a, own in rounds if b is not None and a is not None]
+    if not rounds or len(read) < len(rounds):
         return None
-    after = Jiffies(*(sum(a[k] - b[k] for b, a, _ in rounds) for k in range(3)))
-    return Jiffies(0, 0, 0), after, sum(own for *_, own in rounds)
+    after = Jiffies(*(sum(a[k] - b[k] for b, a, _ in read) for k in range(3)))
+    return Jiffies(0, 0, 0), after, sum(own for *_, own in read)
 
 
-def others_busy(rounds: list[tuple], threads: int = 1) -> float | None:
+def others_busy(rounds: list[Beside], threads: int = 1) -> float | None:
     """`machine_busy` over a session's rounds (`_sum`)."""
     span = _sum(rounds)
     return None if span is None else machine_busy(*span, threads)
 
 
-def stolen_in(rounds: list[tuple]) -> float | None:
+def stolen_in(rounds: list[Beside]) -> float | None:
     """`stolen_share` over a session's rounds (`_sum`)."""
     span = _sum(rounds)
     return None if span is None else stolen_share(span[0], span[1])
@@ -233,7 +254,7 @@ def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: flo
     extra = rounds // 2 if max_extra_rounds is None else max_extra_rounds
     slice_s = budget_s / rounds / 2
     last: dict[str, float] = {}  # each timer's median call in the last round
-    beside: list[tuple] = []  # per round: the machine's CPU time before and after, and the timing's own
+    beside: list[Beside] = []  # per round
 
     def play(order: list[str]) -> tuple[dict[str, list[float]], dict[str, float], dict[str, float]]:
         """One round in `order`: each timer's calls, and the CPU and wall time around them."""
@@ -280,24 +301,30 @@ def time_rounds(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: flo
         attempt += 1
     if not session.cpu_ok:  # too few clean rounds: the figures are of every round, and flagged by cpu_ok
         samples, per_round = every, every_round
-    session.figures = {n: {"available": True, **summarise(samples[n]), "round_ms": [round(v, 5) for v in
-                                                                                    per_round[n]],
-                           "rounds": len(per_round[n])} for n in names}
+    session.figures = {n: _figure(summarise(samples[n]), per_round[n]) for n in names}
     session.load_average["after"] = load_average()
     session.others_busy, session.stolen = others_busy(beside, threads), stolen_in(beside)
     return session
 
 
+def _figure(s: Summary, per_round: list[float]) -> LatencyFigure:
+    """A timer's figure from its calls' summary and its per-round medians (key by key: mypy takes no open TypedDict
+    unpacked by ** into another)."""
+    return LatencyFigure(available=True, median_ms=s["median_ms"], p90_ms=s["p90_ms"], min_ms=s["min_ms"],
+                         mean_ms=s["mean_ms"], ci_ms=s["ci_ms"], spread_pct=s["spread_pct"], runs=s["runs"],
+                         round_ms=[round(v, 5) for v in per_round], rounds=len(per_round))
+
+
 def interleave(timers: dict[str, Timer], *, rounds: int = ROUNDS, budget_s: float = 0.3, warmup: int = 3,
-               min_calls: int = 2, between_rounds: Callable[[float], None] | None = None) -> dict[str, dict]:
+               min_calls: int = 2, between_rounds: Callable[[float], None] | None = None) -> dict[str, LatencyFigure]:
     """The figures of `time_rounds` alone: per timer the summary of its calls plus its per-round medians
     (`round_ms`), which pair up across timers for ratios."""
     return time_rounds(timers, rounds=rounds, budget_s=budget_s, warmup=warmup, min_calls=min_calls,
                        between_rounds=between_rounds).figures
 
 
-def unavailable(reason: str) -> dict:
-    return {"available": False, "reason": reason}
+def unavailable(reason: str) -> LatencyFigure:
+    return LatencyFigure(available=False, reason=reason)
 
 
 def torch_cpu_timer(model: nn.Module, x: torch.Tensor, threads: int) -> Timer:
@@ -310,7 +337,8 @@ def torch_cpu_timer(model: nn.Module, x: torch.Tensor, threads: int) -> Timer:
     return run
 
 
-def ort_session(path: str, threads: int, provider: str = "CPUExecutionProvider", profile_prefix: str | None = None):
+def ort_session(path: str, threads: int, provider: str = "CPUExecutionProvider",
+                profile_prefix: str | None = None) -> InferenceSession:
     """An ONNX Runtime session as every timing here runs one; `profile_prefix` turns on ONNX Runtime's own
     per-operator profiler, writing its JSON beside that prefix (for the benches' breakdowns, not for timing)."""
     import onnxruntime as ort
@@ -328,7 +356,7 @@ def ort_session(path: str, threads: int, provider: str = "CPUExecutionProvider",
 
 
 def ort_timer(path: str | None, x: np.ndarray, threads: int, provider: str = "CPUExecutionProvider",
-              reason: str | None = None) -> Timer | dict:
+              reason: str | None = None) -> Timer | LatencyFigure:
     """A timer for an ONNX model, or the `unavailable` record saying why it cannot run."""
     if path is None:
         return unavailable(reason or "no ONNX model")
@@ -355,7 +383,7 @@ def ort_timer(path: str | None, x: np.ndarray, threads: int, provider: str = "CP
     return run
 
 
-def cuda_timer(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> Timer | dict:
+def cuda_timer(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> Timer | LatencyFigure:
     """A CUDA eager timer measuring itself with CUDA events, or why it cannot run."""
     if not torch.cuda.is_available():
         return unavailable("no CUDA GPU on this machine")
@@ -369,34 +397,36 @@ def cuda_timer(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> Timer |
         return unavailable(f"{type(e).__name__}: {first_line(e)}")
 
     def run() -> float:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        # torch (2.14) leaves Event.__new__ unannotated
+        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
         with torch.inference_mode():
             start.record()
             m(xd)
             end.record()
         end.synchronize()
-        return start.elapsed_time(end)
+        return float(start.elapsed_time(end))  # (unannotated in torch: a float of milliseconds)
 
     return run
 
 
-def _alone(timer: Timer | dict, budget_s: float, rounds: int = 5, gpu: bool = False) -> dict:
+def _alone(timer: Timer | LatencyFigure, budget_s: float, rounds: int = 5, gpu: bool = False) -> LatencyFigure:
     if isinstance(timer, dict):
         return timer
     return time_rounds({"t": timer}, rounds=rounds, budget_s=budget_s, unchecked=["t"] if gpu else ()).figures["t"]
 
 
-def torch_cpu(model: nn.Module, x: torch.Tensor, threads: int, budget_s: float = 0.5) -> dict:
+def torch_cpu(model: nn.Module, x: torch.Tensor, threads: int, budget_s: float = 0.5) -> LatencyFigure:
     """One engine timed alone (tools and tests; runs time engines interleaved)."""
     return _alone(torch_cpu_timer(model, x, threads), budget_s)
 
 
 def onnx_runtime(path: str | None, x: np.ndarray, threads: int, provider: str = "CPUExecutionProvider",
-                 reason: str | None = None, budget_s: float = 0.5) -> dict:
+                 reason: str | None = None, budget_s: float = 0.5) -> LatencyFigure:
     return _alone(ort_timer(path, x, threads, provider, reason), budget_s)
 
 
-def torch_cuda(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, budget_s: float = 0.3) -> dict:
+def torch_cuda(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, budget_s: float = 0.3) -> LatencyFigure:
     """GPU eager latency timed with CUDA events, plus the peak memory of one batch."""
     timer = cuda_timer(model, x, dtype)
     out = _alone(timer, budget_s, gpu=True)

@@ -16,6 +16,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,16 +26,20 @@ from explorer.compress.base import Deploy
 from explorer.compress.quantize import remove_activation_quant
 from explorer.core import scratch
 from explorer.core.errors import first_line
+from explorer.core.figures import OnnxModel
 from explorer.core.safepoint import safe_point
 from explorer.core.train import scores
 from explorer.measure.latency import ort_session
+
+if TYPE_CHECKING:
+    import onnx
 
 
 class ExportError(RuntimeError):
     """The model could not be exported; the message is the exporter's reason."""
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | os.PathLike, *,
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | os.PathLike[str], *,
                 half: bool = False) -> None:
     """Export with a dynamic batch axis; TorchScript-based exporter first (fast), dynamo as a fallback."""
     m = remove_activation_quant(copy.deepcopy(model)).eval()
@@ -67,12 +72,12 @@ _DIR_ARG = {"TemporaryDirectory": 2, "mkdtemp": 2, "mkstemp": 2, "NamedTemporary
 class _ScratchTempfile:
     """tempfile, with `dir` defaulting to the current quantisation's scratch folder (plain tempfile outside one)."""
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:  # what tempfile has by that name
         fn = getattr(tempfile, name)  # looked up per call: tempfile as it is now
         if name not in _DIR_ARG:
             return fn
 
-        def in_scratch(*args, **kw):
+        def in_scratch(*args: Any, **kw: Any) -> Any:
             where = _ORT_TEMP.get()
             if where is not None and len(args) <= _DIR_ARG[name] and kw.get("dir") is None:
                 kw["dir"] = str(where)
@@ -100,10 +105,10 @@ def _ort_temp_into(folder: Path) -> Iterator[None]:
 class _Reader:
     """ONNX Runtime calibration data reader over explorer calibration samples."""
 
-    def __init__(self, name: str, x: np.ndarray, batch: int = 32):
+    def __init__(self, name: str, x: np.ndarray, batch: int = 32) -> None:
         self.batches = iter([{name: x[i:i + batch]} for i in range(0, len(x), batch)])
 
-    def get_next(self):
+    def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.batches, None)
 
 
@@ -116,10 +121,11 @@ def module_of_node(node_name: str) -> str:
     return path
 
 
-def nodes_of_modules(graph, modules: set[str]) -> tuple[list[str], set[str]]:
+def nodes_of_modules(graph: onnx.GraphProto, modules: set[str]) -> tuple[list[str], set[str]]:
     """The graph's Conv, Gemm and MatMul nodes that belong to `modules`, and the modules no node matched.
     A Gemm is named twice: dynamic quantisation first rewrites it as '<name>_MatMul' plus an Add."""
-    nodes, seen = [], set()
+    nodes: list[str] = []
+    seen: set[str] = set()
     for node in graph.node:
         if node.op_type in ("Conv", "Gemm", "MatMul") and (mod := module_of_node(node.name)) in modules:
             nodes += [node.name, f"{node.name}_MatMul"] if node.op_type == "Gemm" else [node.name]
@@ -127,7 +133,7 @@ def nodes_of_modules(graph, modules: set[str]) -> tuple[list[str], set[str]]:
     return nodes, modules - seen
 
 
-def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, mode: str = "static",
+def quantize_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, mode: str = "static",
                   calibration: np.ndarray | None = None, per_channel: bool = True, method: str = "minmax",
                   keep_float: set[str] | frozenset[str] = frozenset(), symmetric: bool = True) -> None:
     """ONNX Runtime quantisation: static QDQ (U8 activations, S8 weights) calibrated on `calibration`,
@@ -175,24 +181,25 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, *, 
                                            **({"CalibPercentile": 99.99} if method == "percentile" else {})})
 
 
-def deployed_symmetry(deploy: Mapping) -> bool:
+def deployed_symmetry(deploy: Deploy | Mapping[str, Any]) -> bool:
     """Whether the int8 ONNX model's weights are symmetric (Deploy.symmetric_weights) for deploy settings
     given as a Deploy or as plain data."""
     return (deploy if isinstance(deploy, Deploy) else Deploy(**deploy)).symmetric_weights
 
 
-def deploy_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, deploy: Deploy, calibration: np.ndarray,
-                x: np.ndarray, y: np.ndarray) -> dict:
+def deploy_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str], deploy: Deploy,
+                calibration: np.ndarray,
+                x: np.ndarray, y: np.ndarray) -> OnnxModel:
     """ONNX Runtime int8 of the export as `deploy` says, and the RunResult's record of it: bytes and
     accuracy of the int8 file, and how it was made."""
     quantize_int8(fp32_path, out_path, mode=deploy.mode, calibration=calibration, per_channel=deploy.per_channel,
                   method=deploy.calibration, keep_float=set(deploy.keep_float), symmetric=deploy.symmetric)
-    return {"available": True, "bytes": Path(out_path).stat().st_size, "accuracy": onnx_accuracy(out_path, x, y),
-            "mode": deploy.mode, "calibration": deploy.calibration, "fp32_layers": list(deploy.keep_float),
-            "symmetric_weights": deploy.symmetric_weights, "from_recipe": deploy.from_recipe}
+    return OnnxModel(available=True, bytes=Path(out_path).stat().st_size, accuracy=onnx_accuracy(out_path, x, y),
+                     mode=deploy.mode, calibration=deploy.calibration, fp32_layers=list(deploy.keep_float),
+                     symmetric_weights=deploy.symmetric_weights, from_recipe=deploy.from_recipe)
 
 
-def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 512, threads: int = 1) -> np.ndarray:
+def onnx_logits(path: str | os.PathLike[str], x: np.ndarray, batch: int = 512, threads: int = 1) -> np.ndarray:
     sess = ort_session(str(path), threads)
     name = sess.get_inputs()[0].name
     dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else np.float32
@@ -210,7 +217,8 @@ def onnx_logits(path: str | os.PathLike, x: np.ndarray, batch: int = 512, thread
     return np.concatenate(outs).astype(np.float32)
 
 
-def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, with_predictions: bool = False) -> dict:
+def onnx_accuracy(path: str | os.PathLike[str], x: np.ndarray, y: np.ndarray,
+                  with_predictions: bool = False) -> dict[str, Any]:
     """top-1/3/5 of an ONNX model on (x, y), computed like the PyTorch figures (explorer.core.train.scores);
     without `with_predictions` only the JSON-ready figures."""
     res = scores(torch.from_numpy(onnx_logits(path, x)), torch.from_numpy(y), with_predictions)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import zstandard
@@ -31,7 +33,7 @@ def state_dict_bytes(model: nn.Module, float_format: dict[str, str] | None = Non
     return total
 
 
-def write_checkpoint(model: nn.Module, path: str | os.PathLike, float_format: dict[str, str] | None = None) -> int:
+def write_checkpoint(model: nn.Module, path: str | os.PathLike[str], float_format: dict[str, str] | None = None) -> int:
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
     tensors = {}
     for k, t in model.state_dict().items():
@@ -42,18 +44,18 @@ def write_checkpoint(model: nn.Module, path: str | os.PathLike, float_format: di
     return Path(path).stat().st_size
 
 
-def gzip_file(src: str | os.PathLike, dst: str | os.PathLike) -> int:
+def gzip_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> int:
     data = Path(src).read_bytes()
     Path(dst).write_bytes(gzip.compress(data, compresslevel=9, mtime=0))
     return Path(dst).stat().st_size
 
 
-def zstd_file(src: str | os.PathLike, dst: str | os.PathLike) -> int:
+def zstd_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> int:
     Path(dst).write_bytes(zstandard.ZstdCompressor(level=19).compress(Path(src).read_bytes()))
     return Path(dst).stat().st_size
 
 
-def check_file_against_tensors(file_bytes: int, tensor_bytes: int, n_tensors: int) -> dict:
+def check_file_against_tensors(file_bytes: int, tensor_bytes: int, n_tensors: int) -> dict[str, Any]:
     """Seed 004's sanity check: the file is the tensors plus a small header (safetensors: 8 bytes of
     length, a JSON index of about 100 bytes per tensor, alignment)."""
     overhead = file_bytes - tensor_bytes
@@ -61,7 +63,8 @@ def check_file_against_tensors(file_bytes: int, tensor_bytes: int, n_tensors: in
     return {"file_bytes": file_bytes, "state_dict_bytes": tensor_bytes, "overhead_bytes": overhead, "consistent": ok}
 
 
-def reduction_factors(sizes: dict, baseline_file_bytes: int, baseline_sizes: dict | None = None) -> dict:
+def reduction_factors(sizes: Mapping[str, int | None], baseline_file_bytes: int,
+                      baseline_sizes: Mapping[str, int] | None = None) -> dict[str, dict[str, float]]:
     """Per size kind: the fp32 baseline file's bytes over this kind's bytes (DESIGN's definition), and,
     where the baseline's own figure of the same kind is known, like-for-like (seed 001's gzip ratio)."""
     vs_file = {k: round(baseline_file_bytes / v, 4) for k, v in sizes.items() if isinstance(v, int) and v > 0}

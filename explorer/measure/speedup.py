@@ -17,8 +17,8 @@ shows as a number.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ from explorer.core.engines import (
     TORCH_CUDA_FP32,
     batch_key,
 )
+from explorer.core.figures import Latency, LatencyFigure, Speedup, Speedups, Timing
 from explorer.measure.hardware import hardware
 from explorer.measure.latency import (
     BATCHES,
@@ -49,21 +50,25 @@ from explorer.measure.latency import (
 )
 from explorer.measure.timing_checks import MIN_CPU_SHARE, REFERENCE_TOLERANCE, check_speedup, max_spread
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs  # typing's own from Python 3.13
+
 BASE = "baseline "  # a baseline's timer in a session: "baseline onnxruntime_cpu_int8"
 RETIMES = 2  # sessions timed again while a figure fails its checks
 DEPLOYMENT_ENGINES = (ORT_CPU_FP32, ORT_CPU_INT8)  # their deployment gain is against the baseline in TORCH_CPU
 REFERENCE = "the baseline in the same engine and batch size, timed in the same rounds"
 DEPLOYMENT_REFERENCE = "the baseline as run today: PyTorch eager fp32 on the CPU, same batch size, same rounds"
-BASELINE = {"ratio": 1.0, "ci": [1.0, 1.0], "rounds": 0, "status": "baseline"}  # not measured: 1.0 by construction
+BASELINE = Speedup(ratio=1.0, ci=[1.0, 1.0], rounds=0, status="baseline")  # not measured: 1.0 by construction
 
 
 def engine_timers(model: nn.Module | None, x: torch.Tensor, *, threads: int, onnx_fp32: str | None,
-                  onnx_int8: str | None, onnx_reason: str | None = None, gpu: bool = True) -> dict[str, Timer | dict]:
+                  onnx_int8: str | None, onnx_reason: str | None = None,
+                  gpu: bool = True) -> dict[str, Timer | LatencyFigure]:
     """A timer per engine (or the record of why it cannot run) for one model at one batch."""
     import onnxruntime as ort
 
     xn = x.numpy()
-    timers: dict[str, Timer | dict] = {
+    timers: dict[str, Timer | LatencyFigure] = {
         TORCH_CPU: torch_cpu_timer(model, x, threads) if model is not None else unavailable(
             onnx_reason or "no PyTorch model"),
         ORT_CPU_FP32: ort_timer(onnx_fp32, xn, threads, reason=onnx_reason),
@@ -89,17 +94,17 @@ def _over_batches(between_rounds: Callable[[float], None] | None, i: int,
     return lambda f: between_rounds((i + f) / n)
 
 
-def _live(t) -> bool:
+def _live(t: Timer | LatencyFigure | None) -> TypeIs[Timer]:
     return t is not None and not isinstance(t, dict)
 
 
-def _record(check: dict, against: str) -> dict:
+def _record(check: dict[str, Any], against: str) -> Speedup:
     """The speed-up as a RunResult keeps it: the figure, and whether it passed its checks."""
-    return {"ratio": check["ratio"], "ci": check["ci"], "rounds": check["rounds"],
-            "status": "measured" if check["accepted"] else "disturbed", "against": against}
+    return Speedup(ratio=check["ratio"], ci=check["ci"], rounds=check["rounds"],
+                   status="measured" if check["accepted"] else "disturbed", against=against)
 
 
-def bounds(batches) -> dict:
+def bounds(batches: Sequence[int]) -> dict[str, Any]:
     return {"min_cpu_share": MIN_CPU_SHARE, "max_spread": {batch_key(b): max_spread(b) for b in batches},
             "reference_tolerance": REFERENCE_TOLERANCE}
 
@@ -109,9 +114,9 @@ def measure_latency(model: nn.Module | None, input_shape: tuple[int, ...], *, on
                     batches: tuple[int, ...] = BATCHES, budget_s: float = 0.5, gpu: bool = True,
                     reference: nn.Module | None = None, reference_onnx_fp32: str | None = None,
                     reference_onnx_int8: str | None = None, reference_reason: str | None = None,
-                    is_baseline: bool | None = None, reference_times: dict[str, dict] | None = None,
+                    is_baseline: bool | None = None, reference_times: dict[str, dict[str, Any]] | None = None,
                     rounds: int = ROUNDS, retimes: int = RETIMES,
-                    between_rounds: Callable[[float], None] | None = None) -> dict:
+                    between_rounds: Callable[[float], None] | None = None) -> Timing:
     """Latency per engine and batch and the speed-ups, like for like.
 
     `model` and its ONNX files are the run; `reference` and `reference_onnx_*` the baseline. With no
@@ -126,11 +131,11 @@ def measure_latency(model: nn.Module | None, input_shape: tuple[int, ...], *, on
     "deployment_reference"}."""
     if is_baseline is None:
         is_baseline = reference is None and reference_onnx_fp32 is None and reference_onnx_int8 is None
-    engines: dict[str, dict] = {}
-    speedup: dict[str, dict] = {}
-    gain: dict[str, dict] = {}
-    base_figs: dict[str, dict] = {}
-    quality: dict = {"sessions": [], "figures": {"speedup": {}, "deployment_gain": {}}, "retimes": 0,
+    engines: Latency = {}
+    speedup: Speedups = {}
+    gain: Speedups = {}
+    base_figs: Latency = {}
+    quality: dict[str, Any] = {"sessions": [], "figures": {"speedup": {}, "deployment_gain": {}}, "retimes": 0,
                      "bounds": bounds(batches), "threads": threads,
                      "cpu_time": "CPU time of the timing thread" if threads == 1 else
                      f"CPU time of the whole process over {threads} threads",
@@ -179,9 +184,9 @@ def measure_latency(model: nn.Module | None, input_shape: tuple[int, ...], *, on
     quality["load_average"]["after"] = load_average()
     quality["disturbed"] = [f"{kind} {e} {k}" for kind, table in (("speed-up", speedup), ("deployment gain", gain))
                             for e, per in table.items() for k, v in per.items() if v.get("status") == "disturbed"]
-    return {"engines": engines, "speedup": speedup, "deployment_gain": gain, "baseline": base_figs,
-            "timing_quality": quality, "threads": threads, "batches": list(batches), "hardware": hardware(threads),
-            "reference": REFERENCE, "deployment_reference": DEPLOYMENT_REFERENCE}
+    return Timing(engines=engines, speedup=speedup, deployment_gain=gain, baseline=base_figs, timing_quality=quality,
+                  threads=threads, batches=list(batches), hardware=hardware(threads), reference=REFERENCE,
+                  deployment_reference=DEPLOYMENT_REFERENCE)
 
 
 def pool_rounds(sess: Session, pooled: dict[str, list[list[float]]]) -> Session:
@@ -191,7 +196,7 @@ def pool_rounds(sess: Session, pooled: dict[str, list[list[float]]]) -> Session:
     stay pairs; a session without the CPU is judged alone (its figures are flagged) and pools nothing."""
     if not sess.cpu_ok:
         return sess
-    figures = {}
+    figures: dict[str, LatencyFigure] = {}
     for name, fig in sess.figures.items():
         pooled.setdefault(name, []).append(list(fig.get("round_ms") or []))
         rounds = [v for session in pooled[name] for v in session]
@@ -200,8 +205,9 @@ def pool_rounds(sess: Session, pooled: dict[str, list[list[float]]]) -> Session:
     return dataclasses.replace(sess, figures=figures)
 
 
-def _settle(e: str, key: str, b: int, sess: Session, is_baseline: bool, refs: dict, engines: dict, speedup: dict,
-            gain: dict, base_figs: dict, quality: dict, index: int, others: float | None = None) -> bool:
+def _settle(e: str, key: str, b: int, sess: Session, is_baseline: bool, refs: dict[str, dict[str, Any]],
+            engines: Latency, speedup: Speedups, gain: Speedups, base_figs: Latency, quality: dict[str, Any],
+            index: int, others: float | None = None) -> bool:
     """Record engine `e`'s figures from this session; True when they passed their checks (no re-time). `others`:
     the busiest share of the other cores over the sessions its rounds come from (timing_checks.check_speedup)."""
     fig = sess.figures[e]
@@ -212,7 +218,7 @@ def _settle(e: str, key: str, b: int, sess: Session, is_baseline: bool, refs: di
         base_figs.setdefault(e, {})[key] = own_base
     ok = cpu_ok
     if is_baseline:
-        speedup.setdefault(e, {})[key] = dict(BASELINE)
+        speedup.setdefault(e, {})[key] = BASELINE.copy()
     elif own_base is not None:
         check = check_speedup(own_base["round_ms"], fig["round_ms"], batch=b, reference=refs.get(f"{e}/{key}"),
                               cpu_ok=cpu_ok, sessions=fig.get("round_sessions"), others_busy=others)

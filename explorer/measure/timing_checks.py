@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ def reference_interval(medians: Sequence[float], level: float = REFERENCE_LEVEL)
     return [round(float(np.exp(centre - half)), 5), round(float(np.exp(centre + half)), 5)]
 
 
-def reference_agrees(in_round_ms: float, reference: dict | None) -> tuple[bool | None, float | None]:
+def reference_agrees(in_round_ms: float, reference: dict[str, Any] | None) -> tuple[bool | None, float | None]:
     """(agrees, relative deviation) of the baseline's in-round median from its reference timing
     {"median_ms", "ci_ms", "history"}; (None, None) where there is no reference yet, or one recorded from
     fewer than MIN_REFERENCE_SESSIONS steady sessions (a record without its history is one session). Agrees:
@@ -110,8 +111,8 @@ def others_quiet(others_busy: float | None) -> bool:
 
 
 def check_speedup(baseline_rounds: Sequence[float], run_rounds: Sequence[float], *, batch: int,
-                  reference: dict | None = None, cpu_ok: bool = True, sessions: Sequence[int] | None = None,
-                  others_busy: float | None = None) -> dict:
+                  reference: dict[str, Any] | None = None, cpu_ok: bool = True,
+                  sessions: Sequence[int] | None = None, others_busy: float | None = None) -> dict[str, Any]:
     """A speed-up and its checks from the per-round medians of the baseline and the run (kept rounds only).
     `reference`: the baseline's own reference timing in this engine and batch ({"median_ms", "ci_ms"}), or
     None where there is none yet (the check is then skipped, and said so); `cpu_ok`: whether the session

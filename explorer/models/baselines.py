@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -23,7 +25,9 @@ from torch import nn
 from explorer.core.card import ModelCard
 from explorer.core.data import DataBundle, load_dataset
 from explorer.core.errors import first_line, quiet_third_party
-from explorer.core.paths import MODELS_DIR, baseline_path, user_file  # noqa: F401  (re-exported: where baselines live)
+from explorer.core.paths import MODELS_DIR as MODELS_DIR  # named here too: where baselines live
+from explorer.core.paths import baseline_path as baseline_path
+from explorer.core.paths import user_file as user_file
 from explorer.core.train import Progress, TrainConfig, evaluate, fit, seed_everything
 from explorer.core.version import SCHEMA_VERSION, __version__
 from explorer.core.zoo import count_params, create_model
@@ -41,7 +45,7 @@ def versions() -> dict[str, str]:
             "onnxruntime": version("onnxruntime"), "explorer": __version__, "schema": str(SCHEMA_VERSION)}
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -49,7 +53,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def card_path(weights: str | os.PathLike) -> Path:
+def card_path(weights: str | os.PathLike[str]) -> Path:
     return Path(weights).with_suffix(".json")
 
 
@@ -64,12 +68,12 @@ def train_baseline(
     *,
     root: str | None = None,
     cfg: TrainConfig | None = None,
-    model_kwargs: dict | None = None,
+    model_kwargs: dict[str, Any] | None = None,
     image_size: int | None = None,
-    models_dir: str | os.PathLike = MODELS_DIR,
+    models_dir: str | os.PathLike[str] = MODELS_DIR,
     progress: Progress | None = None,
     finetune_samples: int | None = None,
-) -> dict:
+) -> ModelCard:
     """Train `model_name` on `dataset`, write weights and card, and return the card. `finetune_samples`
     is recorded as the card's recommendation for compression runs: fine-tune on a stratified subset of
     that many training images (a large data set, a model slow to train on the CPU)."""
@@ -85,7 +89,7 @@ def train_baseline(
     out = baseline_path(model_name, dataset, models_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state_dict_for_save(model), str(out), metadata={"architecture": model_name})
-    card = {
+    card: ModelCard = {
         "name": f"{model_name}-{dataset}",
         "architecture": model_name,
         "arch_kwargs": arch,
@@ -113,7 +117,7 @@ def train_baseline(
     return card
 
 
-def train_command(model_name: str, dataset: str, cfg: TrainConfig, model_kwargs: dict,
+def train_command(model_name: str, dataset: str, cfg: TrainConfig, model_kwargs: Mapping[str, Any],
                   finetune_samples: int | None = None) -> str:
     """The command that trains this baseline again."""
     width = f" --width {model_kwargs['width']:g}" if "width" in model_kwargs else ""
@@ -123,12 +127,12 @@ def train_command(model_name: str, dataset: str, cfg: TrainConfig, model_kwargs:
             f"--augment-shift {cfg.augment_shift}{width}")
 
 
-def read_card(weights: str | os.PathLike) -> ModelCard:
+def read_card(weights: str | os.PathLike[str]) -> ModelCard:
     path = card_path(weights)
     if not path.is_file():
         raise ValueError(f"baseline card {str(path)!r} is missing: every checkpoint in models/ needs its JSON card")
     try:
-        card = json.loads(path.read_text())
+        card: ModelCard = json.loads(path.read_text())  # its keys checked below
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"baseline card {str(path)!r} is not valid JSON: {e}") from None
     for key in ("architecture", "arch_kwargs", "dataset", "accuracy"):
@@ -137,7 +141,7 @@ def read_card(weights: str | os.PathLike) -> ModelCard:
     return card
 
 
-def list_baselines(models_dir: str | os.PathLike = MODELS_DIR) -> list[ModelCard]:
+def list_baselines(models_dir: str | os.PathLike[str] = MODELS_DIR) -> list[ModelCard]:
     """Cards of the committed baselines, each with `path` to its weights, smallest first."""
     cards: list[ModelCard] = []
     for w in sorted(Path(models_dir).glob("*.safetensors")):
@@ -148,7 +152,7 @@ def list_baselines(models_dir: str | os.PathLike = MODELS_DIR) -> list[ModelCard
     return sorted(cards, key=lambda c: c.get("params", 0))
 
 
-def load_state_dict_file(path: str | os.PathLike, *, trust_code: bool = False,
+def load_state_dict_file(path: str | os.PathLike[str], *, trust_code: bool = False,
                          shown: str | None = None) -> dict[str, torch.Tensor]:
     """Tensors from a safetensors file or a PyTorch checkpoint read with weights_only (no code runs). The
     format comes from the bytes; `shown` is the file's name as the user knows it, for messages."""
@@ -239,7 +243,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     return model.eval()
 
 
-def load_baseline(weights: str | os.PathLike) -> tuple[nn.Module, ModelCard]:
+def load_baseline(weights: str | os.PathLike[str]) -> tuple[nn.Module, ModelCard]:
     card = read_card(weights)
     model = create_model(card["architecture"], **card["arch_kwargs"])
     load_into(model, load_state_dict_file(weights), str(weights))
@@ -256,7 +260,7 @@ def baseline_data(card: ModelCard) -> DataBundle:
                         image_size=shape[-1], channels=shape[0])
 
 
-def describe_baseline(weights: str | os.PathLike) -> dict:
+def describe_baseline(weights: str | os.PathLike[str]) -> dict[str, Any]:
     """Everything the first page shows: the card, a fresh measurement and the per-layer table."""
     model, card = load_baseline(weights)
     data = baseline_data(card)

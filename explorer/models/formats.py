@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from explorer.core.paths import user_file
+
+if TYPE_CHECKING:  # for the annotations: the functions import it when they run
+    import onnx
 
 DATA_FORMATS = ("safetensors", "state_dict", "onnx")
 PROGRAMS = {"torchscript": "a TorchScript program", "exported": "an exported program (torch.export, .pt2)",
@@ -32,7 +37,7 @@ def program_refusal(shown: str, fmt: str) -> ValueError:
                       "author, pass --trust-code on the command line (the web page never loads programs)")
 
 
-def detect_format(path: str | os.PathLike, shown: str | None = None, parse_onnx: bool = True) -> str:
+def detect_format(path: str | os.PathLike[str], shown: str | None = None, parse_onnx: bool = True) -> str:
     """safetensors | state_dict | torchscript | exported | pickle | onnx, from the file's bytes. ONNX has no
     magic number: it is told by parsing the whole file, which takes some 80 times the file's size for a graph
     of millions of empty nodes, so a process that must not run out of memory passes `parse_onnx=False` and gets
@@ -86,7 +91,7 @@ def _zip_format(p: Path, shown: str) -> str:
     raise ValueError(f"model file {shown!r} is a zip archive but not a PyTorch checkpoint: expected {EXPECTED}")
 
 
-def check_checkpoint_zip(path: str | os.PathLike, shown: str) -> None:
+def check_checkpoint_zip(path: str | os.PathLike[str], shown: str) -> None:
     """A PyTorch checkpoint is a zip whose records torch reads whole into memory: it allocates the size each
     record declares in the zip's directory and refuses one that inflates to another size. So the declared
     sizes bound what torch.load allocates, and they are held to the caps for zips before it runs (a deflated
@@ -128,7 +133,7 @@ def _is_onnx(p: Path) -> bool:
     return m.ir_version > 0 and len(m.opset_import) > 0 and len(m.graph.node) > 0
 
 
-def _subgraphs(node):
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
     """The graphs a node holds (If branches, Loop and Scan bodies)."""
     import onnx
 
@@ -139,7 +144,7 @@ def _subgraphs(node):
             yield from a.graphs
 
 
-def _walk(nodes):
+def _walk(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
     """Every node, and every node of the subgraphs nodes hold."""
     for node in nodes:
         yield node
@@ -147,18 +152,18 @@ def _walk(nodes):
             yield from _walk(g.node)
 
 
-def _all_nodes(proto):
+def _all_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     """Every node of the model: its graph's, its model-local functions', and those of every subgraph in them."""
     return _walk([*proto.graph.node, *(n for f in proto.functions for n in f.node)])
 
 
-def _tensors(proto):
+def _tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every tensor a model holds: the initializers of its graph and of every subgraph (sparse ones' values and
     indices too), and the tensors in node attributes (a Constant's value, a ConstantOfShape's fill)."""
     import onnx
 
     nodes = list(_all_nodes(proto))
-    sparse = []
+    sparse: list[onnx.SparseTensorProto] = []
     for g in [proto.graph, *(g for n in nodes for g in _subgraphs(n))]:
         yield from g.initializer
         sparse += g.sparse_initializer
@@ -177,7 +182,7 @@ def _tensors(proto):
         yield sp.indices
 
 
-def check_onnx_external_data(proto, shown: str) -> None:
+def check_onnx_external_data(proto: onnx.ModelProto, shown: str) -> None:
     """No tensor anywhere in the model may keep its bytes in an external file: the location is a file path,
     and from an upload it could name any file on this machine (or the uploaded file itself, read as weights)."""
     import onnx
@@ -190,7 +195,7 @@ def check_onnx_external_data(proto, shown: str) -> None:
                              "(onnx.save(model, path, save_as_external_data=False))")
 
 
-def check_onnx_operators(proto, shown: str) -> None:
+def check_onnx_operators(proto: onnx.ModelProto, shown: str) -> None:
     """Standard operator domains only: a custom domain names operators from a library loaded into the
     runtime, code the explorer will not take from an upload. Model-local functions are allowed, as
     long as they are built of standard operators too."""

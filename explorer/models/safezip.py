@@ -12,13 +12,20 @@ import stat
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
+from typing import Any, TypedDict
 
 from explorer.core import settings
 from explorer.core.errors import first_line
 from explorer.core.imagetree import Budget, is_image_name
 
 
-def caps() -> dict:
+class Caps(TypedDict):
+    max_files: int
+    max_bytes: int
+    max_ratio: float
+
+
+def caps() -> Caps:
     return {"max_files": int(settings.get("EXPLORER_ZIP_MAX_FILES")),
             "max_bytes": int(settings.get("EXPLORER_ZIP_MAX_MB") * 2**20),
             "max_ratio": settings.get("EXPLORER_ZIP_MAX_RATIO")}
@@ -35,7 +42,7 @@ def _member_path(name: str) -> PurePosixPath:
     return p
 
 
-def count_entries(zip_path: str | os.PathLike, what: str, max_files: int) -> None:
+def count_entries(zip_path: str | os.PathLike[str], what: str, max_files: int) -> None:
     """Refuse a zip (`what`: how the refusal names it) whose central directory holds more than `max_files`
     records, counted record by record from the file before `zipfile` reads it: `zipfile.ZipFile` keeps an object
     of some 400 bytes per record, and a record can take 46 bytes, so a 500 MB upload of empty entries took
@@ -75,8 +82,9 @@ def count_entries(zip_path: str | os.PathLike, what: str, max_files: int) -> Non
 RATIO_FLOOR = 64 << 10  # below this many bytes written, a ratio says nothing (a tiny file of zeros is fine)
 
 
-def extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike, *, max_files: int | None = None,
-                max_bytes: int | None = None, max_ratio: float | None = None, shown: str | None = None) -> dict:
+def extract_zip(zip_path: str | os.PathLike[str], dest: str | os.PathLike[str], *, max_files: int | None = None,
+                max_bytes: int | None = None, max_ratio: float | None = None,
+                shown: str | None = None) -> dict[str, Any]:
     """Extract into `dest` (created; must be empty or missing). Returns {"files", "bytes", "skipped"}.
     Caps: entries (files and folders alike), bytes written, and the expansion ratio of each entry and of
     the whole archive, all counted on the bytes actually written. On any refusal the partly written
@@ -153,7 +161,7 @@ def _check_expansion(info: zipfile.ZipInfo, entry_bytes: int, written: int, arch
                          "zip bomb (EXPLORER_ZIP_MAX_RATIO)")
 
 
-def tree_root(folder: str | os.PathLike) -> Path:
+def tree_root(folder: str | os.PathLike[str]) -> Path:
     """A zip of 'mydata/cat/...' extracts to one top folder: descend while there is exactly one folder."""
     p = Path(folder)
     while True:

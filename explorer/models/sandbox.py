@@ -33,10 +33,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from explorer.core import settings, slots, spawn
 from explorer.core.errors import first_line
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 START_S = 600.0  # loading the libraries in the fresh process: our own code, but minutes on a loaded machine
 POLL_S = 0.05
@@ -46,7 +49,7 @@ KEEP_GROWTH = 512 * 2**20  # a process that kept more memory than this from a ch
 MEMORY_SIGNS = ("bad_alloc", "can't allocate memory", "cannot allocate memory", "failed to allocate",
                 "out of memory", "memoryerror")
 
-_conn = None  # the child's end of the pipe; None in any other process
+_conn: Connection | None = None  # the child's end of the pipe; None in any other process
 _preparing: str | None = None  # in the child: what `preparing` marks now (or marked when memory ran out)
 _idle: list[_Worker] = []  # in the caller: checking processes waiting for the next check
 _idle_lock = threading.Lock()
@@ -139,7 +142,7 @@ def run_checked(fn: Callable[..., Any], *args: Any, what: str, reuse: bool = Tru
         return _run(fn, args, kwargs, what, reuse)
 
 
-def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, what: str, reuse: bool) -> Any:
+def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], what: str, reuse: bool) -> Any:
     timeout_s, max_mb = limits()
     w = _take()
     job = ("job", fn, args, kwargs, dict(os.environ), os.getcwd(), list(sys.path))
@@ -161,13 +164,13 @@ def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, what: str, reuse: bo
     return _verdict(msg, what, max_mb)
 
 
-def _wait(w: _Worker, what: str, timeout_s: float, max_mb: int) -> tuple:
+def _wait(w: _Worker, what: str, timeout_s: float, max_mb: int) -> tuple[str, Any]:
     """The child's verdict, ("ok" | "error" | "memory" | "crash", value); a kill or a death is raised."""
     deadline, base, preparing = time.monotonic() + START_S, None, None
     while True:
         if w.conn.poll(POLL_S):
             try:
-                msg = w.conn.recv()
+                msg: tuple[str, Any] = w.conn.recv()
             except (EOFError, OSError):
                 w.proc.join(10)
                 if base is not None and w.proc.exitcode == -getattr(signal, "SIGXCPU", 0):
@@ -194,7 +197,7 @@ def _wait(w: _Worker, what: str, timeout_s: float, max_mb: int) -> tuple:
             raise timeout_refusal(what, timeout_s)
 
 
-def _verdict(msg: tuple, what: str, max_mb: int) -> Any:
+def _verdict(msg: tuple[str, Any], what: str, max_mb: int) -> Any:
     kind, value = msg
     if kind == "ok":
         return value
@@ -312,7 +315,7 @@ def _is_memory(e: BaseException) -> bool:
     return False
 
 
-def _serve(conn, parent: int) -> None:
+def _serve(conn: Connection, parent: int) -> None:
     """The checking process: one job at a time until told to stop, idle for IDLE_S, or its caller is gone."""
     global _conn, _preparing
     _conn = conn
@@ -338,7 +341,7 @@ def _serve(conn, parent: int) -> None:
         try:
             os.chdir(cwd)
             start_clock()
-            msg: tuple = ("ok", fn(*args, **kwargs))
+            msg: tuple[str, Any] = ("ok", fn(*args, **kwargs))
         except BaseException as e:  # everything goes back as one line; nothing is printed
             if _is_memory(e):
                 msg = ("memory", _preparing)

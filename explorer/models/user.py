@@ -85,10 +85,10 @@ def _locked(folder: Path) -> Iterator[None]:
         yield
 
 
-def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str = "digits", root: str | None = None,
-              name: str | None = None, image_size: int | None = None, width: float | None = None,
-              trust_code: bool = False, replace: bool = False, shown: str | None = None,
-              file_name: bool = False, on_wait: Callable[[int], None] | None = None) -> dict:
+def add_model(path: str | os.PathLike[str], *, arch: str | None = None, dataset: str = "digits",
+              root: str | None = None, name: str | None = None, image_size: int | None = None,
+              width: float | None = None, trust_code: bool = False, replace: bool = False, shown: str | None = None,
+              file_name: bool = False, on_wait: Callable[[int], None] | None = None) -> ModelCard:
     """A state_dict with its architecture, or an ONNX model (or, trusted, a program) without one. Returns
     the stored card, with `path` to the weights; `reused` is set when the same file was added before. `shown`
     names the file in this caller's messages; `file_name` also keeps it in the card (the command line: the
@@ -122,7 +122,7 @@ def add_model(path: str | os.PathLike, *, arch: str | None = None, dataset: str 
 
 
 def _stage(path: Path, shown: str, fmt: str, arch: str | None, dataset: str, root: str | None,
-           image_size: int | None, width: float | None, trust_code: bool, stage: Path) -> tuple[Path, dict]:
+           image_size: int | None, width: float | None, trust_code: bool, stage: Path) -> tuple[Path, ModelCard]:
     """In the checking process: the model read, validated and measured, its weights staged in `stage`."""
     if fmt == "onnx":
         formats.detect_format(path, shown)  # the caller did not parse it: this is where a file that is none says so
@@ -139,7 +139,7 @@ def _data(dataset: str, root: str | None, image_size: int | None, in_channels: i
 
 def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: str, root: str | None,
                          image_size: int | None, width: float | None, trust_code: bool,
-                         stage: Path) -> tuple[Path, dict]:
+                         stage: Path) -> tuple[Path, ModelCard]:
     """Validate a state_dict against an architecture (the zoo's, a plugin's, or torchvision's or timm's by name)
     and the data, measure it, re-save it as safetensors. The architecture's code is the installed library's; the
     file gives tensors only. Channels and image size are checked against the data before the weights run."""
@@ -192,11 +192,11 @@ def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: s
                      "params": count_params(model), "notes": notes}
 
 
-def _arch_kwargs(data: DataBundle) -> dict:
+def _arch_kwargs(data: DataBundle) -> dict[str, Any]:
     return {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
 
 
-def _weights_channels(model: torch.nn.Module, state: dict) -> int | None:
+def _weights_channels(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> int | None:
     """The input channels the checkpoint's first layer takes: its first 4-dimensional weight (a convolution's,
     in the architecture's order) read from the file; None where the file lacks it (reported with the other keys)."""
     own = model.state_dict()
@@ -221,7 +221,7 @@ def _check_input(model: torch.nn.Module, data: DataBundle, arch: str, shown: str
 
 
 def _onnx_baseline(path: Path, shown: str, fmt: str, dataset: str, root: str | None, image_size: int | None,
-                   trust_code: bool, stage: Path) -> tuple[Path, dict]:
+                   trust_code: bool, stage: Path) -> tuple[Path, ModelCard]:
     """An ONNX model, or a trusted program converted to one, measured with ONNX Runtime."""
     module = None
     if fmt in ("state_dict", "pickle"):
@@ -238,8 +238,8 @@ def _onnx_baseline(path: Path, shown: str, fmt: str, dataset: str, root: str | N
     staged = stage / "model.onnx"
     if fmt == "onnx":
         shutil.copyfile(path, staged)
-    else:
-        _to_onnx(program if program is not None else module, shown, fmt, data, staged)
+    elif (source := program if program is not None else module) is not None:  # a program or a pickled module
+        _to_onnx(source, shown, fmt, data, staged)
     acc = onnx_model_accuracy(staged, data, shown)
     _rehearse(staged, data, shown)
     return staged, {"architecture": "onnx", "format": "onnx", "arch_kwargs": {"input_shape": list(data.input_shape)},
@@ -248,19 +248,21 @@ def _onnx_baseline(path: Path, shown: str, fmt: str, dataset: str, root: str | N
                     "unsupported_reason": FOREIGN_REASON.format(fmt=fmt)}
 
 
-def _load_program(path: Path, shown: str, fmt: str):
+def _load_program(path: Path, shown: str, fmt: str) -> torch.export.ExportedProgram | torch.jit.ScriptModule:
     """A TorchScript module or an exported program: only ever called for a file the user trusts."""
     try:
         with quiet_third_party():
             if fmt == "exported":
                 return torch.export.load(str(path))
-            return torch.jit.load(str(path), map_location="cpu")
+            # torch (2.14) leaves jit.load unannotated
+            script: torch.jit.ScriptModule = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+            return script
     except Exception as e:
         raise ValueError(f"model file {shown!r} could not be read as {formats.PROGRAMS[fmt]}: "
                          f"{first_line(e, 200)}") from None
 
 
-def _check_classes(model, data: DataBundle, shown: str) -> None:
+def _check_classes(model: torch.nn.Module, data: DataBundle, shown: str) -> None:
     if not isinstance(model, torch.fx.GraphModule):  # an exported program's module has no train/eval switch
         model.eval()
     with torch.no_grad():
@@ -270,10 +272,10 @@ def _check_classes(model, data: DataBundle, shown: str) -> None:
                          f"{data.num_classes} classes")
 
 
-def _to_onnx(obj, shown: str, fmt: str, data: DataBundle, out: Path) -> None:
+def _to_onnx(obj: torch.nn.Module | torch.export.ExportedProgram, shown: str, fmt: str, data: DataBundle,
+             out: Path) -> None:
     """A trusted program (or pickled module) exported to ONNX, with torch's own logging silenced."""
-    is_program = isinstance(obj, torch.export.ExportedProgram)
-    module = obj.module() if is_program else obj
+    module = obj.module() if isinstance(obj, torch.export.ExportedProgram) else obj
     try:
         with quiet_third_party():
             _check_classes(module, data, shown)
@@ -284,14 +286,17 @@ def _to_onnx(obj, shown: str, fmt: str, data: DataBundle, out: Path) -> None:
                          f"{(1, *data.input_shape)}: {first_line(e, 200)}") from None
     try:
         with quiet_third_party():
-            _export_program(obj, out) if is_program else export_onnx(module, data.input_shape, out)
+            if isinstance(obj, torch.export.ExportedProgram):
+                _export_program(obj, out)
+            else:
+                export_onnx(module, data.input_shape, out)
     except ExportError as e:
         raise ValueError(f"model {shown!r} could not be converted to ONNX: {e}") from None
     except Exception as e:
         raise ValueError(f"model {shown!r} could not be converted to ONNX: {first_line(e, 200)}") from None
 
 
-def _export_program(program, out: Path) -> None:
+def _export_program(program: torch.export.ExportedProgram, out: Path) -> None:
     """An exported program's module re-exported with a dynamic batch axis; where its graph will not take
     one, the program itself at the shapes it was exported with (its latency then has that batch only)."""
     args = program.example_inputs[0]
@@ -306,7 +311,8 @@ def _export_program(program, out: Path) -> None:
                           output_names=["logits"])
 
 
-def _declared_input_shape(path: Path, fmt: str, program) -> tuple[int, ...] | None:
+def _declared_input_shape(path: Path, fmt: str, program: torch.export.ExportedProgram | torch.jit.ScriptModule | None
+                          ) -> tuple[int, ...] | None:
     """The input's (C, H, W) as an ONNX model or an exported program declares it; None if unknown."""
     try:
         if fmt == "onnx":
@@ -323,7 +329,7 @@ def _declared_input_shape(path: Path, fmt: str, program) -> tuple[int, ...] | No
     return shape if len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape) else None
 
 
-def onnx_model_accuracy(path: Path, data: DataBundle, shown: str | None = None) -> dict:
+def onnx_model_accuracy(path: Path, data: DataBundle, shown: str | None = None) -> dict[str, float]:
     """top-1/3/5 with ONNX Runtime; a model that does not load, uses operators outside the standard
     domains, keeps external data, or does not fit the data is a ValueError."""
     import onnx
@@ -390,7 +396,8 @@ def _user_cards() -> dict[str, ModelCard]:
     return {c["name"]: c for c in list_user_models()}
 
 
-def _same_source(name: str, source: dict, arch: str | None, dataset: str, root: str | None) -> dict | None:
+def _same_source(name: str, source: dict[str, Any], arch: str | None, dataset: str,
+                 root: str | None) -> ModelCard | None:
     """The card of an earlier add of the very same file, with the same architecture and data."""
     old = _user_cards().get(name)
     if old and (old.get("source") or {}).get("sha256") == source["sha256"] and old.get("dataset") == dataset \
@@ -399,7 +406,7 @@ def _same_source(name: str, source: dict, arch: str | None, dataset: str, root: 
     return None
 
 
-def _store(weights: Path, card: dict, name: str, *, auto: bool, replace: bool) -> dict:
+def _store(weights: Path, card: ModelCard, name: str, *, auto: bool, replace: bool) -> ModelCard:
     """Claim `name` and rename the staged weights and card into place; under the folder's lock."""
     folder = user_models_dir()
     with _locked(folder):
@@ -452,7 +459,7 @@ def list_user_models() -> list[ModelCard]:
 # ---------------------------------------------------------------- datasets
 
 
-def add_dataset_zip(zip_path: str | os.PathLike, name: str | None, *, shown: str | None = None) -> str:
+def add_dataset_zip(zip_path: str | os.PathLike[str], name: str | None, *, shown: str | None = None) -> str:
     """Extract an uploaded image-folder zip safely and store it under `name` (None: a short hash of the zip, not
     its file name, which is its uploader's); returns the folder to use as the dataset root. It is extracted and
     checked in scratch space and renamed into place only once every check has passed. A name already taken by

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from explorer.compress.recipe import Recipe
 from explorer.core import opening, settings
@@ -38,6 +38,7 @@ STARTUP = "(server start-up)"  # the session a server's own first runs are asked
 FAILED_TTL_S = 60.0  # a failed run is shown, not recomputed on every refresh, for this long
 GONE_S = 10.0  # a page closed (or its connection lost) this long no longer watches its runs: a reload comes back
 REAP_S = 2.0  # how often the board looks for closed pages
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]  # a Job waits, runs, then ends one of three ways
 
 
 class Cancelled(Exception):
@@ -49,7 +50,7 @@ class Job:
     key: str
     recipe: Recipe
     priority: int
-    state: str = "queued"  # queued | running | done | failed | cancelled
+    state: JobState = "queued"
     fraction: float = 0.0
     message: str = "waiting for the run before it"
     partial: RunResult | None = None

@@ -8,20 +8,21 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from explorer.compress.base import Deploy
 from explorer.compress.recipe import Recipe
 from explorer.core.engines import ORT_CPU_INT8, TORCH_CPU, batch_key
+from explorer.core.figures import Accuracy, Onnx, OnnxModel
 from explorer.core.version import SCHEMA_VERSION
 from explorer.measure import size
 from explorer.measure.accuracy import save_predictions, uncertainty
 from explorer.measure.latency import unavailable
 from explorer.measure.onnx_export import deploy_int8, onnx_accuracy
 from explorer.models.baselines import baseline_data, read_card, versions
-from explorer.run.result import Accuracy, Onnx, OnnxModel, RunResult
+from explorer.run.result import RunResult
 
 FILES = {"onnx": "model.onnx", "onnx_int8": "model.int8.onnx", "gzip": "model.onnx.gz", "zstd": "model.onnx.zst",
          "predictions": "predictions.npy"}
@@ -72,9 +73,7 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> RunResult:
     model_file, acc = FILES["onnx"], base
     if deploy:
         calib = data.calibration(min(deploy.calibration_samples, len(data.train)), seed=recipe.seed).numpy()
-        # the measure layer's plain dict, with OnnxModel's keys
-        onnx["int8"] = cast(OnnxModel, deploy_int8(workdir / FILES["onnx"], workdir / FILES["onnx_int8"], deploy,
-                                                   calib, x, y))
+        onnx["int8"] = deploy_int8(workdir / FILES["onnx"], workdir / FILES["onnx_int8"], deploy, calib, x, y)
         acc = onnx_accuracy(workdir / FILES["onnx_int8"], x, y, with_predictions=True)
         model_file = FILES["onnx_int8"]
     save_predictions(workdir / FILES["predictions"], acc["pred"])
@@ -86,6 +85,7 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> RunResult:
     base_sizes = {"file_bytes": base_file, "gzip_bytes": size.gzip_file(recipe.checkpoint_path, workdir / "b.gz"),
                   "zstd_bytes": size.zstd_file(recipe.checkpoint_path, workdir / "b.zst")}
     layers = _layers(workdir / model_file)
+    unc = uncertainty(acc, base, data.test.y)  # key by key: mypy refuses a TypedDict unpacked by **
     params = sum(r["params"] for r in layers)
     nonzero = sum(r["nonzero"] for r in layers)
     return RunResult(
@@ -94,8 +94,8 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> RunResult:
         unsupported_reason=reason, accuracy=Accuracy(top1=acc["top1"], top3=acc["top3"], top5=acc["top5"], loss=None),
         accuracy_source=f"ONNX Runtime on {model_file}",
         baseline_accuracy=Accuracy(top1=base["top1"], top3=base["top3"], top5=base["top5"], loss=None),
-        # (uncertainty's plain dict holds accuracy_ci and vs_baseline only)
-        accuracy_delta=acc["top1"] - base["top1"], **uncertainty(acc, base, data.test.y), onnx=onnx,  # type: ignore[typeddict-item]
+        accuracy_delta=acc["top1"] - base["top1"], accuracy_ci=unc["accuracy_ci"], vs_baseline=unc["vs_baseline"],
+        onnx=onnx,
         sparsity=1 - nonzero / max(params, 1), params=card.get("params", params),
         baseline_params=card.get("params", params), nonzero_params=nonzero, macs=None,
         macs_nonzero_theoretical=None, size=sizes, baseline_size=base_sizes, size_check=None,

@@ -1,7 +1,8 @@
 """The RunResult: what one configuration measured, as plain JSON data with its types written down here.
 
 The JSON contract (docs/ARCHITECTURE.md, and `schema`, explorer.SCHEMA_VERSION) is what the cache stores,
-`run --json` prints and every chart reads. The types below say which keys each part has; a RunResult is
+`run --json` prints and every chart reads. The type below says which keys it has, and its parts' types (Accuracy,
+Onnx, Latency, ...) are explorer.core.figures', where the measure layer makes them, named here too; a RunResult is
 built only in `explorer.run.runner` (PyTorch baselines) and `explorer.run.onnx` (ONNX baselines).
 `flatten` turns one into a table row and `results_frame` many into a DataFrame; the latency columns are
 named by `explorer.core.engines`.
@@ -23,6 +24,16 @@ import pandas as pd
 from explorer.compress.base import blank_columns, config_from_dict
 from explorer.compress.recipe import Recipe, recipe_words
 from explorer.core.engines import B1, TORCH_CPU, gain_col, lat_col, reltime_col, speedup_col, state_col
+
+# the figures of a run, named here too for the modules that take them with RunResult
+from explorer.core.figures import Accuracy as Accuracy
+from explorer.core.figures import Latency as Latency
+from explorer.core.figures import LatencyFigure as LatencyFigure
+from explorer.core.figures import Onnx as Onnx
+from explorer.core.figures import OnnxModel as OnnxModel
+from explorer.core.figures import PairedComparison as PairedComparison
+from explorer.core.figures import Speedup as Speedup
+from explorer.core.figures import Speedups as Speedups
 from explorer.core.version import SCHEMA_VERSION
 
 # the files a run writes into its folder; the cache keeps the artifacts (packed, ONNX, predictions)
@@ -31,79 +42,6 @@ FILES = {"packed": "model.xpk", "checkpoint": "model.safetensors", "gzip": "mode
          "predictions": "predictions.npy"}
 ARTIFACT_KINDS = ("packed", "onnx", "onnx_int8", "predictions")  # the files the cache keeps of a run
 SIZE_KINDS = ("file_bytes", "gzip_bytes", "zstd_bytes", "packed_bytes", "onnx_bytes", "onnx_int8_bytes")
-
-
-class Accuracy(TypedDict):
-    top1: float  # percent of the test images
-    top3: float
-    top5: float
-    loss: float | None  # None where ONNX Runtime computed the figures
-
-
-class PairedComparison(TypedDict, total=False):
-    """The run against its baseline on the same test images (explorer.core.stats.vs_baseline)."""
-
-    both_right: int
-    baseline_only: int  # the baseline right, the run wrong
-    run_only: int
-    both_wrong: int
-    n: int
-    delta_ci: list[float]  # of the top-1 change, in points
-    p_value: float  # exact McNemar
-    significant: bool
-    confidence: float
-    method: str
-
-
-class OnnxModel(TypedDict, total=False):
-    """The fp32 export or the int8 model of a run; `reason` instead of the figures where it is unavailable."""
-
-    available: Required[bool]
-    reason: str
-    bytes: int
-    accuracy: dict[str, float]
-    # int8 only: how it was made (explorer.compress.base.Deploy)
-    mode: str
-    calibration: str
-    fp32_layers: list[str]
-    symmetric_weights: bool
-    from_recipe: bool
-
-
-class Onnx(TypedDict):
-    fp32: OnnxModel
-    int8: OnnxModel
-
-
-class LatencyFigure(TypedDict, total=False):
-    """One engine at one batch size (explorer.measure.latency): milliseconds per batch."""
-
-    available: Required[bool]
-    reason: str
-    median_ms: float
-    p90_ms: float
-    min_ms: float
-    mean_ms: float
-    ci_ms: list[float]  # of the median
-    spread_pct: float | None
-    runs: int
-    round_ms: list[float]  # per-round medians, paired with the baseline's for the speed-up
-
-
-class Speedup(TypedDict, total=False):
-    """A speed-up (explorer.measure.speedup): the baseline's time over the run's, the median of per-round ratios
-    in interleaved rounds; above 1 the run is faster. Read it through `speed`, never directly: a "disturbed"
-    figure failed its checks and is never shown as a number."""
-
-    ratio: Required[float]
-    ci: Required[list[float]]
-    rounds: int
-    status: Literal["measured", "disturbed", "baseline"]  # baseline: 1.0 by construction, not measured
-    against: str  # the engine the baseline ran in: the same engine (speedup) or PyTorch fp32 (deployment_gain)
-
-
-Latency = dict[str, dict[str, LatencyFigure]]  # engine -> batch key ("b1", "b256") -> figure
-Speedups = dict[str, dict[str, Speedup]]
 
 
 class RunResult(TypedDict, total=False):

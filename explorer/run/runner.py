@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -178,7 +178,7 @@ def _histograms(before: torch.nn.Module, after: torch.nn.Module, bins: int = 40)
 
 
 def _layers(model: nn.Module, state: CompressionState, report: list[dict[str, Any]],
-            macs: dict[str, Any]) -> list[dict[str, Any]]:
+            macs: compute.Macs) -> list[dict[str, Any]]:
     packed_by_layer: dict[str, int] = {}
     for t in report:
         layer = t["name"].rsplit(".", 1)[0]
@@ -213,9 +213,7 @@ def _onnx_stage(model: nn.Module, state: CompressionState, data: DataBundle, wor
     deploy = state.deploy or Deploy.default()
     calib = data.calibration(min(deploy.calibration_samples, len(data.train)), seed=recipe.seed)
     try:
-        # the measure layer's plain dict, with OnnxModel's keys
-        out["int8"] = cast(OnnxModel, deploy_int8(work / FILES["onnx"], work / FILES["onnx_int8"], deploy,
-                                                  calib.numpy(), x, y))
+        out["int8"] = deploy_int8(work / FILES["onnx"], work / FILES["onnx_int8"], deploy, calib.numpy(), x, y)
         scheduler.safe_point()
     except Exception as e:
         out["int8"] = OnnxModel(available=False, reason=f"ONNX Runtime quantisation failed: {first_line(e)}")
@@ -287,14 +285,15 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
     t_wait = time.perf_counter()
     base_acc = scheduler.result(base_scores)  # waits without holding up a timing; the task takes our priority
     timings["baseline_scores_wait"] = round(time.perf_counter() - t_wait, 3)
+    unc = uncertainty(acc, base_acc, data.test.y)  # key by key: mypy refuses a TypedDict unpacked by **
     if partial is not None:  # accuracy and the packed size exist: show them while the rest is measured
         total, zeros = weight_sparsity(unpacked)
         partial(RunResult(
             schema=SCHEMA_VERSION, status="partial", pending=["sizes", "onnx", "latency"], key=key,
             recipe=recipe.to_dict(), label=recipe.label(), model=recipe.model, dataset=recipe.dataset,
             test_samples=acc["n"], accuracy=_accuracy(acc), baseline_accuracy=_accuracy(base_acc),
-            # (uncertainty's plain dict holds accuracy_ci and vs_baseline only)
-            accuracy_delta=acc["top1"] - base_acc["top1"], **uncertainty(acc, base_acc, data.test.y),  # type: ignore[typeddict-item]
+            accuracy_delta=acc["top1"] - base_acc["top1"], accuracy_ci=unc["accuracy_ci"],
+            vs_baseline=unc["vs_baseline"],
             size={"packed_bytes": len(blob)}, baseline_size={"file_bytes": recipe.checkpoint_path.stat().st_size},
             reduction_factor={"vs_fp32_file": {
                 "packed_bytes": recipe.checkpoint_path.stat().st_size / max(len(blob), 1)}},
@@ -325,8 +324,8 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
         schema=SCHEMA_VERSION, status="ok", key=key, recipe=recipe.to_dict(), label=recipe.label(),
         model=recipe.model, dataset=recipe.dataset, test_samples=acc["n"], accuracy=_accuracy(acc),
         accuracy_source="PyTorch model rebuilt from the packed file", baseline_accuracy=_accuracy(base_acc),
-        # (uncertainty's plain dict holds accuracy_ci and vs_baseline only)
-        accuracy_delta=acc["top1"] - base_acc["top1"], **uncertainty(acc, base_acc, data.test.y), onnx=onnx,  # type: ignore[typeddict-item]
+        accuracy_delta=acc["top1"] - base_acc["top1"], accuracy_ci=unc["accuracy_ci"], vs_baseline=unc["vs_baseline"],
+        onnx=onnx,
         sparsity=zeros / total if total else 0.0, params=sum(p.numel() for p in unpacked.parameters()),
         baseline_params=card["params"], nonzero_params=sum(int(torch.count_nonzero(p)) for p in unpacked.parameters()),
         macs=mac["total"], macs_nonzero_theoretical=int(density_macs), size=sizes, baseline_size=base_sizes,

@@ -221,7 +221,7 @@ def _file(st: _Thread, role: str, name: str) -> IO[bytes]:
     path = lock_folder() / name
     f = st.files.get((role, path))
     if f is None:
-        f = st.files[(role, path)] = open(path, "a+b")  # noqa: SIM115 - kept open for the thread's life
+        f = st.files[(role, path)] = open(path, "a+b")  # kept open for the thread's life
     return f
 
 
@@ -457,7 +457,7 @@ def start_task(fn: Callable[..., Any], *args: Any, name: str) -> Future[Any]:
         try:
             with priority(p), work():
                 fut.set_result(fn(*args))
-        except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the result
+        except BaseException as e:  # handed to whoever waits for the result
             fut.set_exception(e)
 
     start_service(body, name)

@@ -24,6 +24,7 @@ from typing import Any
 
 from explorer.compress.base import Deploy
 from explorer.compress.recipe import Recipe
+from explorer.core.figures import Timing
 from explorer.core.paths import cache_dir
 from explorer.measure.hardware import cpu_info
 from explorer.measure.timing_checks import ran_beside, reference_interval
@@ -100,7 +101,7 @@ def reference_times(recipe: Recipe, threads: int) -> dict[str, dict[str, Any]]:
 HISTORY = 15  # the baseline's clean sessions a reference timing remembers
 
 
-def update_reference(recipe: Recipe, threads: int, lat: dict[str, Any]) -> None:
+def update_reference(recipe: Recipe, threads: int, lat: Timing) -> None:
     """Keep the baseline's reference timing on this machine: the record of its last `HISTORY` steady timing sessions,
     each the baseline's median in one session whose rounds all had the CPU, with nothing else keeping the other
     cores busy (timing_checks.ran_beside), and whose other checks (narrow, agreement) passed: the baseline's own
@@ -145,7 +146,7 @@ def update_reference(recipe: Recipe, threads: int, lat: dict[str, Any]) -> None:
         os.replace(tmp, path)
 
 
-def apply(result: RunResult, lat: dict[str, Any]) -> RunResult:
+def apply(result: RunResult, lat: Timing) -> RunResult:
     """The RunResult with a timing written in (explorer.measure.speedup.measure_latency's answer)."""
     out = RunResult(**result)
     quality = lat["timing_quality"]

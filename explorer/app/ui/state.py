@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import MutableMapping
 from typing import Any
 
-from explorer.app.service import (  # noqa: F401  (the page's names for them)
+from explorer.app.service import (  # (the page's names for them: controls reads DEFAULTS and relevant here)
     CHOICES,
     DEFAULTS,
     RANGES,
