@@ -1,6 +1,6 @@
 """GPTQ (explorer.compress.gptq): the lazy-batch Cholesky form equals the paper's Optimal Brain Surgeon updates written
-out in numpy, it never does worse than round-to-nearest on the inputs it was fitted to, and the unfolded convolution
-is the convolution."""
+out in numpy, it never does worse than round-to-nearest on the inputs it was fitted to, the unfolded convolution is
+the convolution, and a model rounded by GPTQ packs, unpacks and exports like one rounded to nearest."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.compress import gptq, qmath
+from explorer.artifact.pack import pack, unpack
+from explorer.compress import compress, gptq, qmath
+from explorer.compress.base import Context
+from explorer.compress.prune import PruneConfig
+from explorer.compress.quantize import QuantizeConfig, apply
+from explorer.core.data import load_dataset
+from explorer.core.train import evaluate
+from explorer.core.zoo import create_model
 
 
 def numpy_obs(w, h, scale, zero, qmin, qmax, damp, act_order, keep=None):
@@ -124,3 +131,114 @@ def test_a_linear_layers_columns_are_its_tokens():
     x = torch.randn(2, 5, 6)  # (batch, tokens, features), as a transformer's layers see it
     cols = gptq.layer_columns(lin, x)
     torch.testing.assert_close((gptq.weight_rows(lin)[0] @ cols[0]).t(), (x @ lin.weight.t()).reshape(-1, 4))
+
+
+class Small(nn.Module):
+    """A grouped and a depthwise convolution, then Linear layers: every layer kind GPTQ rounds."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, groups=2)
+        self.depthwise = nn.Conv2d(8, 8, 3, groups=8, padding=1)
+        self.fc1 = nn.Linear(8 * 6 * 6, 40)
+        self.fc2 = nn.Linear(40, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.depthwise(torch.relu(self.grouped(torch.relu(self.conv(x))))))
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_each_layer_is_rounded_from_the_inputs_of_the_layers_rounded_before_it(digits):
+    torch.manual_seed(0)
+    model = Small().eval()
+    cfg = QuantizeConfig(bits=3, rounding="gptq", calibration_samples=512)
+    out = apply(model, cfg, Context(data=digits))
+    x = digits.calibration(512, seed=0)
+    # replay by hand: each layer's Hessian from a model whose earlier layers hold the rounded weights
+    replay = Small().eval()
+    replay.load_state_dict(model.state_dict())
+    for name in ("conv", "grouped", "depthwise", "fc1", "fc2"):
+        layer = getattr(replay, name)
+        h = gptq.layer_hessian(replay, layer, x)
+        rows = gptq.weight_rows(layer)
+        rec = out.state.quant[f"{name}.weight"]
+        per, scale, zero = rows.shape[1], rec.scale.reshape(-1, 1), rec.zero_point.reshape(-1, 1)
+        codes = torch.cat([gptq.gptq_codes(rows[g], h[g], scale[g * per:(g + 1) * per], zero[g * per:(g + 1) * per],
+                                           -4, 3) for g in range(rows.shape[0])])
+        want = qmath.dequantize(codes.reshape(layer.weight.shape), rec.scale, rec.zero_point, 0)
+        assert torch.equal(getattr(out.model, name).weight, want), name
+        with torch.no_grad():
+            layer.weight.copy_(want)
+    report = out.state.info["quantize"][-1]
+    assert report["rounding"] == "gptq" and report["gptq"]["seconds"] >= 0
+    assert [r["layer"] for r in report["gptq"]["layers"]] == ["conv", "grouped", "depthwise", "fc1", "fc2"]
+    assert all(r["output_error_vs_nearest"] <= 1.0 for r in report["gptq"]["layers"])
+
+
+@pytest.mark.parametrize("group", [0, 32])
+def test_a_gptq_model_packs_unpacks_and_exports_like_one_rounded_to_nearest(digits, group, tmp_path):
+    from explorer.measure.onnx_export import export_onnx, onnx_accuracy
+
+    torch.manual_seed(0)
+    model = create_model("digits_cnn").eval()
+    steps = [PruneConfig(sparsity=0.5), QuantizeConfig(bits=4, rounding="gptq", calibration_samples=512,
+                                                       group_size=group)]
+    out = compress(model, steps, digits)
+    for name, mask in out.state.masks.items():  # pruned weights stay pruned
+        assert (out.model.get_parameter(name)[~mask] == 0).all()
+    again = unpack(pack(out.model, out.state, {"name": "digits_cnn", "kwargs": {}})).model
+    for k, v in out.model.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+    export_onnx(again, digits.input_shape, tmp_path / "m.onnx")
+    ours = evaluate(again, digits.test)
+    theirs = onnx_accuracy(tmp_path / "m.onnx", digits.test.x.numpy(), digits.test.y.numpy())
+    assert theirs["top1"] == ours["top1"]
+    near = compress(model, [steps[0], QuantizeConfig(bits=4, group_size=group)], digits).model
+    assert not torch.equal(near.state_dict()["classifier.1.weight"], out.model.state_dict()["classifier.1.weight"])
+
+
+def test_w4a8_gptq_keeps_the_activation_path(digits):
+    import copy
+
+    from explorer.compress.quantize import attach_activation_quant, remove_activation_quant
+
+    model = create_model("digits_cnn").eval()
+    near = apply(model, QuantizeConfig(bits=4, activation_bits=8, calibration_samples=512), Context(data=digits))
+    out = apply(model, QuantizeConfig(bits=4, activation_bits=8, rounding="gptq", calibration_samples=512),
+                Context(data=digits))
+    assert out.state.activations == near.state.activations  # ranges calibrated on the float model, as before
+    rebuilt = attach_activation_quant(remove_activation_quant(copy.deepcopy(out.model)), out.state.activations)
+    torch.testing.assert_close(rebuilt(digits.test.x), out.model(digits.test.x))
+
+
+def test_gptq_is_refused_where_it_does_not_apply_and_stays_out_of_old_recipes():
+    from explorer.compress.base import config_from_dict
+    from explorer.compress.cluster import ClusterConfig
+    from explorer.compress.recipe import Recipe
+
+    for mode, bits in (("static", 8), ("dynamic", 8), ("fp16", 16), ("qat", 4), ("mixed", 8)):
+        extra = {"finetune_epochs": 1} if mode == "qat" else {"budget_bits": 4.0} if mode == "mixed" else {}
+        with pytest.raises(ValueError, match=rf"^rounding='gptq' must be 'nearest' for mode '{mode}'"):
+            QuantizeConfig(mode=mode, bits=bits, rounding="gptq", calibration_samples=512, **extra)
+    with pytest.raises(ValueError, match=r"^calibration_samples=256 must be at least 512 with rounding 'gptq'"):
+        QuantizeConfig(bits=4, rounding="gptq")
+    with pytest.raises(ValueError, match=r"^rounding='obq' must be one of: nearest, gptq"):
+        QuantizeConfig(bits=4, rounding="obq")
+    with pytest.raises(ValueError, match=r"^gptq_damp=0.1 must be 0.01 unless rounding is 'gptq'"):
+        QuantizeConfig(bits=4, gptq_damp=0.1)
+    with pytest.raises(ValueError, match=r"^gptq_damp=0 must be a number in"):
+        QuantizeConfig(bits=4, rounding="gptq", calibration_samples=512, gptq_damp=0)
+    with pytest.raises(ValueError, match="cannot follow clustering"):
+        Recipe(model="digits_cnn", steps=(ClusterConfig(clusters=8),
+                                          QuantizeConfig(bits=4, rounding="gptq", calibration_samples=512)))
+    d = QuantizeConfig(bits=4).to_dict()
+    assert not {"rounding", "gptq_damp", "act_order", "grid"} & set(d)
+    cfg = QuantizeConfig(bits=3, rounding="gptq", calibration_samples=1024, act_order=False, gptq_damp=0.05)
+    assert config_from_dict(cfg.to_dict()) == cfg and cfg.label() == "W3 ptq GPTQ"
+    assert "error-compensating rounding (GPTQ)" in cfg.words() and cfg.to_controls() is None

@@ -16,6 +16,12 @@ CALIBRATIONS = ("minmax", "percentile", "entropy")
 # weights-only post-training quantisation: 0 keeps per-channel scales; 32/64/128 give each Linear layer a scale
 # per row and group of that many inputs
 GROUP_SIZES = (0, 32, 64, 128)
+# how weights meet their grid: each rounded to nearest on its own, or by GPTQ, which rounds a layer's inputs one
+# after another and moves the weights not yet rounded to make up for each error (explorer.compress.gptq)
+ROUNDINGS = ("nearest", "gptq")
+GPTQ_MIN_SAMPLES = 512  # GPTQ inverts the Hessian of a layer's inputs: a few hundred images leave it ill-posed
+GPTQ_PAGE_SAMPLES = 1024  # the page's calibration images for GPTQ, as the peers it was checked against use
+GPTQ_DAMP = 0.01  # the paper's dampening: 1% of the mean diagonal of the inputs' Hessian
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,8 @@ class QuantizeConfig(StepConfig):
     and `learn_ranges` (QAT). `group_size` (0, 32, 64 or 128; mode ptq, weights only): each Linear weight gets
     a scale and zero point per output row and per group of that many consecutive inputs (int4 g128 as GPTQ and
     AWQ ship); conv weights keep per-channel or per-tensor scales. Left out of the JSON form while 0, so recipes
-    without it keep their cache keys."""
+    without it keep their cache keys. `rounding` ("nearest" | "gptq", mode ptq) with `gptq_damp` and `act_order`
+    are left out of the JSON form at their defaults in the same way."""
 
     kind: ClassVar[str] = "quantize"
     page_order: ClassVar[int] = 60
@@ -49,6 +56,9 @@ class QuantizeConfig(StepConfig):
     budget_bits: float = 0.0  # mixed: average bits per quantised weight the mix must fit under
     learn_ranges: bool = True  # QAT: learn each activation range with the weights (LSQ+) instead of fixing it
     group_size: int = 0  # > 0: weight-only group-wise scales for Linear layers (ptq)
+    rounding: str = "nearest"
+    gptq_damp: float = GPTQ_DAMP
+    act_order: bool = True  # GPTQ rounds the inputs with the largest Hessian diagonal first
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
@@ -81,11 +91,36 @@ class QuantizeConfig(StepConfig):
         if self.group_size and (self.mode != "ptq" or self.activation_bits):
             raise bad_value("group_size", self.group_size, "0 unless mode is 'ptq' with weights only "
                             f"(activation_bits 0); got mode {self.mode!r}, activation_bits {self.activation_bits}")
+        self._check_rounding()
+
+    def _check_rounding(self) -> None:
+        check_choice("rounding", self.rounding, ROUNDINGS)
+        check_range("gptq_damp", self.gptq_damp, 1e-4, 1.0)
+        check_choice("act_order", self.act_order, (True, False))
+        if self.rounding == "nearest":
+            for name, default in (("gptq_damp", GPTQ_DAMP), ("act_order", True)):
+                if getattr(self, name) != default:
+                    raise bad_value(name, getattr(self, name), f"{default} unless rounding is 'gptq'")
+            return
+        if self.mode != "ptq":
+            why = {"fp16": "16-bit floats have no integer grid", "bf16": "16-bit floats have no integer grid",
+                   "static": "ONNX Runtime rounds the int8 weights again itself",
+                   "dynamic": "ONNX Runtime rounds the int8 weights again itself",
+                   "qat": "training moves the weights after any rounding",
+                   "mixed": "its bit-widths are chosen from round-to-nearest's measured loss"}[self.mode]
+            raise bad_value("rounding", self.rounding, f"'nearest' for mode {self.mode!r} ({why}); GPTQ is for "
+                            "post-training quantisation of weights, mode 'ptq'")
+        if self.calibration_samples < GPTQ_MIN_SAMPLES:
+            raise bad_value("calibration_samples", self.calibration_samples,
+                            f"at least {GPTQ_MIN_SAMPLES} with rounding 'gptq' (the Hessian of each layer's inputs)")
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
-        if not self.group_size:  # the field came later: recipes without it keep their JSON and cache keys
-            d.pop("group_size")
+        # fields that came later: recipes without them keep their JSON and cache keys
+        for name, default in (("group_size", 0), ("rounding", "nearest"), ("gptq_damp", GPTQ_DAMP),
+                              ("act_order", True)):
+            if d[name] == default:
+                d.pop(name)
         return d
 
     def training_epochs(self) -> int:
@@ -101,7 +136,8 @@ class QuantizeConfig(StepConfig):
         if self.mode in ("fp16", "bf16"):
             return self.mode
         wa = f"W{self.bits}" + (f"A{self.act_bits}" if self.act_bits else "")
-        return f"{wa} {self.mode}" + (f" groups of {self.group_size}" if self.group_size else "")
+        return (f"{wa} {self.mode}" + (" GPTQ" if self.rounding == "gptq" else "")
+                + (f" groups of {self.group_size}" if self.group_size else ""))
 
     def deploy(self, keep_float: Sequence[str] = ()) -> Deploy:
         """The int8 ONNX Runtime model this step deploys as (static and dynamic modes)."""
@@ -119,6 +155,8 @@ class QuantizeConfig(StepConfig):
             return "8-bit weights, activations at run time (dynamic int8)"
         what = f"{self.bits}-bit weights and activations" if self.act_bits else f"{self.bits}-bit weights only"
         how = {"ptq": "post-training", "qat": "quantisation-aware training", "mixed": "mixed precision"}[self.mode]
+        if self.rounding == "gptq":
+            how += ", error-compensating rounding (GPTQ)"
         groups = f", a scale per {self.group_size} inputs" if self.group_size else ""
         return f"{what} ({how}{groups})"
 
@@ -141,6 +179,12 @@ class QuantizeConfig(StepConfig):
                                                            for g in GROUP_SIZES if g}},
                     help="weights-only quantisation: each Linear layer's row gets a scale for every group of "
                          "consecutive inputs, as GPTQ and AWQ store 4-bit transformers"),
+            Control("rounding", "nearest", ROUNDINGS, enabled=lambda c, card: _integer(c, card) and _mode(c) == "ptq",
+                    label="Rounding of the weights",
+                    words={"nearest": "nearest (round each weight)", "gptq": "error-compensating (GPTQ)"},
+                    help="GPTQ rounds each layer's weights one input at a time and moves the weights not yet "
+                         f"rounded to make up for the error, measured on {GPTQ_PAGE_SAMPLES} training images; "
+                         "far more accurate at 2-4 bits, seconds slower"),
             # activation ranges are calibrated; weights-only quantisation needs none
             Control("calibration", "minmax", CALIBRATIONS, enabled=lambda c, card: _integer(c, card) and (
                 _mode(c) == "static" or (_mode(c) in ("ptq", "qat") and bool(c["quant_acts"]))),
@@ -151,6 +195,11 @@ class QuantizeConfig(StepConfig):
                     help="on: each activation range is trained with the weights (learned step size, LSQ); "
                          "off: the calibrated ranges stay fixed and are measured again after training"),
         )
+
+    def check_place(self, before: tuple[StepConfig, ...], after: tuple[StepConfig, ...]) -> None:
+        if self.rounding == "gptq" and any(step.kind == "cluster" for step in before):
+            raise ValueError("rounding='gptq' cannot follow clustering: a clustered layer's weights must stay on its "
+                             "shared values, which GPTQ would move; allowed: rounding 'nearest' after clustering")
 
     def deploys(self) -> Deploy | None:
         if self.mode not in ("static", "dynamic"):
@@ -177,12 +226,16 @@ class QuantizeConfig(StepConfig):
         mode = quant_mode(bits, c["quant_mode"])
         acts = int(bits) if c["quant_acts"] and mode in ("ptq", "qat") else 0
         group = c["group_size"] if mode == "ptq" and not acts else 0
+        gptq = mode == "ptq" and c["rounding"] == "gptq"
         return cls(bits=int(bits), mode=mode, activation_bits=acts, symmetric=c["symmetric"], group_size=group,
                    per_channel=c["per_channel"], calibration=c["calibration"],
+                   rounding="gptq" if gptq else "nearest", calibration_samples=GPTQ_PAGE_SAMPLES if gptq else 256,
                    finetune_epochs=c["qat_epochs"] if mode == "qat" else 0,
                    learn_ranges=c["learn_ranges"] or mode != "qat", lr=1e-3 if mode == "qat" else 1e-4)
 
-    def to_controls(self) -> dict[str, Any]:
+    def to_controls(self) -> dict[str, Any] | None:
+        if (self.gptq_damp, self.act_order) != (GPTQ_DAMP, True):
+            return None  # the page offers GPTQ with its paper's settings
         if self.mode in ("fp16", "bf16"):
             return {"bits": self.mode}
         auto = self.mode == quant_mode(str(self.bits), "auto") and not self.activation_bits
@@ -190,7 +243,7 @@ class QuantizeConfig(StepConfig):
                 "quant_acts": bool(self.activation_bits), "symmetric": self.symmetric,
                 "per_channel": self.per_channel, "calibration": self.calibration,
                 "qat_epochs": self.finetune_epochs or 2, "learn_ranges": self.learn_ranges,
-                "group_size": self.group_size}
+                "group_size": self.group_size, "rounding": self.rounding}
 
     def columns(self) -> dict[str, Any]:
         return {"bits": self.bits, "scheme": self.words()}
