@@ -55,9 +55,9 @@ def _problem(rows=12, cols=40, n=300, seed=0):
 def _grid(w, bits, symmetric, group=0):
     t = torch.from_numpy(w)
     if group:
-        s, z = qmath.group_qparams(t, bits, symmetric, group)
+        s, z = qmath.group_qparams(t, bits, symmetric, group, full=True)
         return qmath.expand_groups(s, w.shape[1], group), qmath.expand_groups(z, w.shape[1], group)
-    s, z, _ = qmath.weight_qparams(t, bits, symmetric, True)
+    s, z, _ = qmath.weight_qparams(t, bits, symmetric, True, full=True)
     return s.reshape(-1, 1), z.reshape(-1, 1)
 
 
@@ -176,7 +176,7 @@ def test_each_layer_is_rounded_from_the_inputs_of_the_layers_rounded_before_it(d
         with torch.no_grad():
             layer.weight.copy_(want)
     report = out.state.info["quantize"][-1]
-    assert report["rounding"] == "gptq" and report["gptq"]["seconds"] >= 0
+    assert report["rounding"] == "gptq" and report["grid"] == "full" and report["gptq"]["seconds"] >= 0
     assert [r["layer"] for r in report["gptq"]["layers"]] == ["conv", "grouped", "depthwise", "fc1", "fc2"]
     assert all(r["output_error_vs_nearest"] <= 1.0 for r in report["gptq"]["layers"])
 

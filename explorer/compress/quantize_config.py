@@ -3,6 +3,7 @@ from the quantisers (quantize.py, mixed.py) so both can name the type without im
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -22,6 +23,11 @@ ROUNDINGS = ("nearest", "gptq")
 GPTQ_MIN_SAMPLES = 512  # GPTQ inverts the Hessian of a layer's inputs: a few hundred images leave it ill-posed
 GPTQ_PAGE_SAMPLES = 1024  # the page's calibration images for GPTQ, as the peers it was checked against use
 GPTQ_DAMP = 0.01  # the paper's dampening: 1% of the mean diagonal of the inputs' Hessian
+# the signed grid of symmetric weights: "full" uses every code -2^(b-1) .. 2^(b-1) - 1 (the negative end reached
+# where a channel's largest weight is negative), "restricted" the symmetric -(2^(b-1) - 1) .. 2^(b-1) - 1;
+# "auto" is the mode's own: full for post-training, QAT and mixed precision, restricted for static and dynamic
+# int8, whose weights ONNX Runtime rounds again onto its restricted int8 grid (-127..127)
+GRIDS = ("auto", "full", "restricted")
 
 
 @dataclass(frozen=True)
@@ -33,8 +39,8 @@ class QuantizeConfig(StepConfig):
     and `learn_ranges` (QAT). `group_size` (0, 32, 64 or 128; mode ptq, weights only): each Linear weight gets
     a scale and zero point per output row and per group of that many consecutive inputs (int4 g128 as GPTQ and
     AWQ ship); conv weights keep per-channel or per-tensor scales. Left out of the JSON form while 0, so recipes
-    without it keep their cache keys. `rounding` ("nearest" | "gptq", mode ptq) with `gptq_damp` and `act_order`
-    are left out of the JSON form at their defaults in the same way."""
+    without it keep their cache keys. `rounding` ("nearest" | "gptq", mode ptq) with `gptq_damp` and `act_order`,
+    and `grid` (see GRIDS) are left out of the JSON form at their defaults in the same way."""
 
     kind: ClassVar[str] = "quantize"
     page_order: ClassVar[int] = 60
@@ -59,6 +65,7 @@ class QuantizeConfig(StepConfig):
     rounding: str = "nearest"
     gptq_damp: float = GPTQ_DAMP
     act_order: bool = True  # GPTQ rounds the inputs with the largest Hessian diagonal first
+    grid: str = "auto"
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
@@ -92,6 +99,15 @@ class QuantizeConfig(StepConfig):
             raise bad_value("group_size", self.group_size, "0 unless mode is 'ptq' with weights only "
                             f"(activation_bits 0); got mode {self.mode!r}, activation_bits {self.activation_bits}")
         self._check_rounding()
+        check_choice("grid", self.grid, GRIDS)
+        if self.grid == "auto":
+            return
+        if self.mode in ("fp16", "bf16") or not self.symmetric:
+            raise bad_value("grid", self.grid, "'auto': fp16/bf16 weights have no integer grid" if self.symmetric else
+                            "'auto': asymmetric weights have no signed grid (their zero point places the range)")
+        if self.mode in ("static", "dynamic") and self.grid != "restricted":
+            raise bad_value("grid", self.grid, f"'restricted' or 'auto' for mode {self.mode!r}: ONNX Runtime rounds "
+                            "int8 weights onto -127..127")
 
     def _check_rounding(self) -> None:
         check_choice("rounding", self.rounding, ROUNDINGS)
@@ -114,14 +130,38 @@ class QuantizeConfig(StepConfig):
             raise bad_value("calibration_samples", self.calibration_samples,
                             f"at least {GPTQ_MIN_SAMPLES} with rounding 'gptq' (the Hessian of each layer's inputs)")
 
+    @property
+    def weight_grid(self) -> str:
+        """The grid the weights use: 'full' or 'restricted' (symmetric integer weights), '' (none: fp16/bf16 or
+        asymmetric, whose zero point places the range)."""
+        if self.mode in ("fp16", "bf16") or not self.symmetric:
+            return ""
+        if self.grid != "auto":
+            return self.grid
+        return "restricted" if self.mode in ("static", "dynamic") else "full"
+
+    @property
+    def full_grid(self) -> bool:
+        return self.weight_grid == "full"
+
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
         # fields that came later: recipes without them keep their JSON and cache keys
         for name, default in (("group_size", 0), ("rounding", "nearest"), ("gptq_damp", GPTQ_DAMP),
-                              ("act_order", True)):
+                              ("act_order", True), ("grid", "auto")):
             if d[name] == default:
                 d.pop(name)
         return d
+
+    def canonical(self) -> QuantizeConfig:
+        """A grid named as the mode's own is the mode's own."""
+        if self.grid != "auto" and self.grid == dataclasses.replace(self, grid="auto").weight_grid:
+            return dataclasses.replace(self, grid="auto")
+        return self
+
+    def revision(self) -> int:
+        # 2: symmetric integer weights (post-training, QAT, mixed) use the full signed grid unless told otherwise
+        return 2 if self.full_grid else 1
 
     def training_epochs(self) -> int:
         return self.finetune_epochs
@@ -158,7 +198,15 @@ class QuantizeConfig(StepConfig):
         if self.rounding == "gptq":
             how += ", error-compensating rounding (GPTQ)"
         groups = f", a scale per {self.group_size} inputs" if self.group_size else ""
-        return f"{what} ({how}{groups})"
+        return f"{what} ({how}{groups}{self._grid_words()})"
+
+    def _grid_words(self) -> str:
+        codes = 1 << self.bits
+        if self.mode == "mixed":  # each layer has its own bit-width
+            return {"full": ", every code of each grid", "restricted": ", each grid less its lowest code",
+                    "": ""}[self.weight_grid]
+        return {"full": f", all {codes} codes", "restricted": f", {codes - 1} of {codes} codes (symmetric)",
+                "": ""}[self.weight_grid]
 
     @classmethod
     def controls(cls) -> tuple[Control, ...]:
@@ -234,8 +282,8 @@ class QuantizeConfig(StepConfig):
                    learn_ranges=c["learn_ranges"] or mode != "qat", lr=1e-3 if mode == "qat" else 1e-4)
 
     def to_controls(self) -> dict[str, Any] | None:
-        if (self.gptq_damp, self.act_order) != (GPTQ_DAMP, True):
-            return None  # the page offers GPTQ with its paper's settings
+        if (self.gptq_damp, self.act_order, self.canonical().grid) != (GPTQ_DAMP, True, "auto"):
+            return None  # the page offers GPTQ with its paper's settings and each mode's own grid
         if self.mode in ("fp16", "bf16"):
             return {"bits": self.mode}
         auto = self.mode == quant_mode(str(self.bits), "auto") and not self.activation_bits
