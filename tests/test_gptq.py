@@ -242,3 +242,16 @@ def test_gptq_is_refused_where_it_does_not_apply_and_stays_out_of_old_recipes():
     cfg = QuantizeConfig(bits=3, rounding="gptq", calibration_samples=1024, act_order=False, gptq_damp=0.05)
     assert config_from_dict(cfg.to_dict()) == cfg and cfg.label() == "W3 ptq GPTQ"
     assert "error-compensating rounding (GPTQ)" in cfg.words() and cfg.to_controls() is None
+
+
+def test_the_pages_rounding_control_builds_gptq_only_where_it_applies():
+    from explorer.run.controls import DEFAULTS, effective
+
+    card = {"architecture": "lenet5", "dataset": "fashion-mnist", "name": "lenet5-fashion-mnist", "path": None,
+            "batchnorm": False}
+    c = effective({**DEFAULTS, "bits": "3", "rounding": "gptq"}, card)
+    cfg = QuantizeConfig.from_controls(c, card, ())
+    assert cfg == QuantizeConfig(bits=3, rounding="gptq", calibration_samples=1024)
+    assert cfg.to_controls()["rounding"] == "gptq"
+    static = effective({**DEFAULTS, "bits": "8", "rounding": "gptq"}, card)  # 8 bits: static int8, no GPTQ
+    assert static["rounding"] == "nearest" and QuantizeConfig.from_controls(static, card, ()).rounding == "nearest"
