@@ -8,7 +8,7 @@ the figures that are cold or re-timed by design (explorer_perf, head-to-head lat
 
 Options: --only seed001,peers (run these, assemble all), --assemble (run nothing), --remeasure (re-time the
 latency of cached runs, for a re-run on an idle machine: BENCH_REMEASURE=1). BENCH_PEERS_PYTHON names the
-interpreter of the environment with bench/requirements-peers.txt, for peers_transformer.
+interpreter of the environment with bench/requirements-peers.txt, for peers_transformer and peers_ptq.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import time
 import common as C
 
 SECTIONS = ("fashion", "live", "page_open", "seed001", "seed000", "seed002", "seed004", "bnadapt", "peers",
-            "peers_transformer", "targets", "explorer_perf", "stress_speed", "named_arch")
-# peers_transformer needs the peers' own environment (bench/requirements-peers.txt); without it its peers say
-# "not installed" in their rows
-PYTHON = {"peers_transformer": os.environ.get("BENCH_PEERS_PYTHON", sys.executable)}
+            "peers_transformer", "peers_ptq", "targets", "explorer_perf", "stress_speed", "named_arch")
+# peers_transformer and peers_ptq need the peers' own environment (bench/requirements-peers.txt); without it
+# peers_transformer's peers say "not installed" in their rows and peers_ptq stops, saying what to install
+PEERS_PYTHON = os.environ.get("BENCH_PEERS_PYTHON", sys.executable)
+PYTHON = {"peers_transformer": PEERS_PYTHON, "peers_ptq": PEERS_PYTHON}
 MICRO = {"bench_pack": "Packed-format benchmark (`bench/bench_pack.py`)",
          "bench_cluster": "Clustering benchmark (`bench/bench_cluster.py`)"}
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

@@ -17,17 +17,19 @@ from explorer.core.data import load_dataset
 from explorer.core.zoo import create_model
 
 
-def numpy_groupwise(w: np.ndarray, bits: int, symmetric: bool, group: int) -> np.ndarray:
+def numpy_groupwise(w: np.ndarray, bits: int, symmetric: bool, group: int, full: bool = True) -> np.ndarray:
     """The textbook formulas, one group at a time: the range widened to include 0; symmetric s = max|x| / (2^(b-1)
-    - 1), q in [-2^(b-1), 2^(b-1) - 1]; asymmetric s = (max - min) / (2^b - 1), z = round(-min / s); round half to
-    even (numpy's round, as torch's)."""
+    - 1) on the restricted grid, max(max / (2^(b-1) - 1), -min / 2^(b-1)) on the full one, q in [-2^(b-1),
+    2^(b-1) - 1]; asymmetric s = (max - min) / (2^b - 1), z = round(-min / s); round half to even (numpy's round, as
+    torch's)."""
     out = np.empty_like(w, dtype=np.float64)
     for r in range(w.shape[0]):
         for start in range(0, w.shape[1], group):
             x = w[r, start:start + group].astype(np.float64)
             lo, hi = min(x.min(), 0.0), max(x.max(), 0.0)
             if symmetric:
-                s = max(hi, -lo) / (2 ** (bits - 1) - 1)
+                qmax = 2 ** (bits - 1) - 1
+                s = max(hi / qmax, -lo / (qmax + 1)) if full else max(hi, -lo) / qmax
                 q = np.clip(np.round(x / s), -2 ** (bits - 1), 2 ** (bits - 1) - 1)
                 out[r, start:start + group] = q * s
             else:
@@ -49,22 +51,23 @@ class TwoLinear(nn.Module):
         return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
 
 
-def _quantised(bits, group, symmetric=True):
+def _quantised(bits, group, symmetric=True, grid="auto"):
     torch.manual_seed(0)
     model = TwoLinear()
-    cfg = QuantizeConfig(bits=bits, group_size=group, symmetric=symmetric)
+    cfg = QuantizeConfig(bits=bits, group_size=group, symmetric=symmetric, grid=grid)
     return model, apply(model, cfg, Context())
 
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_dequantised_weights_match_numpy(bits, group, symmetric):
-    model, out = _quantised(bits, group, symmetric)
+@pytest.mark.parametrize("symmetric,grid", [(True, "auto"), (True, "restricted"), (False, "auto")])
+def test_dequantised_weights_match_numpy(bits, group, symmetric, grid):
+    model, out = _quantised(bits, group, symmetric, grid)
     for name in ("fc1", "fc2"):
         w0 = getattr(model, name).weight.detach().numpy()
         got = getattr(out.model, name).weight.detach().numpy()
-        np.testing.assert_allclose(got, numpy_groupwise(w0, bits, symmetric, group), rtol=1e-6, atol=1e-7)
+        ref = numpy_groupwise(w0, bits, symmetric, group, full=grid == "auto")
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
         rec = out.state.quant[f"{name}.weight"]
         assert rec.group_size == group and tuple(rec.scale.shape) == (w0.shape[0], math.ceil(w0.shape[1] / group))
     # the convolution keeps one scale per output channel

@@ -220,3 +220,58 @@ def test_invalid_configs_raise():
         QuantizeConfig(calibration="mse")
     with pytest.raises(ValueError, match="needs a dataset"):
         apply(create_model("digits_cnn"), QuantizeConfig(bits=8, activation_bits=8), Context())
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_the_full_grid_uses_the_negative_end_and_clips_nothing(bits):
+    """Symmetric weights on the full grid: s = max(max / (2^(b-1) - 1), -min / 2^(b-1)), so a channel whose largest
+    weight is negative reaches the code -2^(b-1) and gets a finer step than on the restricted grid, and no weight is
+    clipped; the restricted grid never uses that code."""
+    w = torch.tensor([[-1.0, 0.2, 0.3, 0.1], [-0.3, 0.1, 0.9, 0.0]])
+    qmin, qmax = qmath.qrange(bits, True)
+    s, z, axis = qmath.weight_qparams(w, bits, True, True, full=True)
+    assert s.tolist() == pytest.approx([1.0 / -qmin, 0.9 / qmax]) and not z.any()
+    q = qmath.quantize(w, s, z, bits, True, axis)
+    assert q[0, 0] == qmin and q[1, 2] == qmax  # both ends in use, neither clipped
+    assert (qmath.dequantize(q, s, z, axis) - w).abs().max() <= s.max() / 2 + 1e-6
+    r, _, _ = qmath.weight_qparams(w, bits, True, True)
+    assert r.tolist() == pytest.approx([1.0 / qmax, 0.9 / qmax])
+    assert qmath.quantize(w, r, z, bits, True, axis).min() == -qmax
+
+
+def test_the_grid_is_the_modes_own_unless_asked_and_a_changed_default_gets_a_new_revision():
+    assert QuantizeConfig(bits=4).weight_grid == "full" and QuantizeConfig(bits=4).revision() == 2
+    assert QuantizeConfig(bits=4, grid="restricted").revision() == 1
+    assert QuantizeConfig(bits=4, grid="full").canonical() == QuantizeConfig(bits=4)
+    static = QuantizeConfig(bits=8, mode="static")
+    assert static.weight_grid == "restricted" and static.revision() == 1 and "grid" not in static.to_dict()
+    assert QuantizeConfig(bits=8, mode="static", grid="restricted").canonical() == static
+    assert QuantizeConfig(bits=4, symmetric=False).weight_grid == "" and QuantizeConfig(bits=4, symmetric=False
+                                                                                         ).revision() == 1
+    assert QuantizeConfig(mode="fp16", bits=16).revision() == 1
+    assert "all 16 codes" in QuantizeConfig(bits=4).words()
+    assert "15 of 16 codes" in QuantizeConfig(bits=4, grid="restricted").words()
+    with pytest.raises(ValueError, match=r"^grid='full' must be 'restricted' or 'auto' for mode 'static'"):
+        QuantizeConfig(bits=8, mode="static", grid="full")
+    with pytest.raises(ValueError, match=r"^grid='restricted' must be 'auto': asymmetric"):
+        QuantizeConfig(bits=4, symmetric=False, grid="restricted")
+    with pytest.raises(ValueError, match=r"^grid='wide' must be one of: auto, full, restricted"):
+        QuantizeConfig(bits=4, grid="wide")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_full_grid_codes_pack_and_export(baseline, bits, tmp_path):
+    from explorer.artifact.pack import pack, unpack
+    from explorer.measure.onnx_export import export_onnx, onnx_accuracy
+
+    model, data = baseline
+    out = apply(model, QuantizeConfig(bits=bits), Context(data=data))
+    qmin = qmath.qrange(bits, True)[0]
+    used = [qmath.quantize(out.model.get_parameter(n).detach(), r.scale, r.zero_point, bits, True, r.axis).min()
+            for n, r in out.state.quant.items()]
+    assert min(used) == qmin  # the code the restricted grid never used is in the file
+    again = unpack(pack(out.model, out.state, {"name": "digits_cnn", "kwargs": {}})).model
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in out.model.state_dict().items())
+    export_onnx(again, data.input_shape, tmp_path / "m.onnx")
+    assert onnx_accuracy(tmp_path / "m.onnx", data.test.x.numpy(), data.test.y.numpy())["top1"] == \
+        evaluate(again, data.test)["top1"]

@@ -40,6 +40,7 @@ EXAMPLES = [
     QuantizeConfig(bits=8, mode="static", calibration_samples=64), QuantizeConfig(bits=8, mode="dynamic"),
     QuantizeConfig(bits=4, mode="qat", activation_bits=8, finetune_epochs=1, calibration_samples=64),
     QuantizeConfig(bits=6, mode="mixed", budget_bits=4.0), QuantizeConfig(bits=4, group_size=32),
+    QuantizeConfig(bits=3, rounding="gptq", calibration_samples=512), QuantizeConfig(bits=4, grid="restricted"),
     ClusterConfig(clusters=4), LowRankConfig(rank_ratio=0.5), DistillConfig(epochs=1), BNAdaptConfig(samples=64),
 ]
 # one invalid setting per kind: (field, value)

@@ -4,7 +4,11 @@ ONNX define them).
 Affine: q = clamp(round(x / s) + z, qmin, qmax), x_hat = (q - z) s.
   asymmetric: s = (max - min) / (2^b - 1), z = round(-min / s), q in [0, 2^b - 1]; the range is widened
               to include 0 so that zero (a pruned weight, a ReLU output) is exactly representable;
-  symmetric:  s = max|x| / (2^(b-1) - 1), z = 0, q in [-2^(b-1), 2^(b-1) - 1].
+  symmetric:  s = max|x| / (2^(b-1) - 1), z = 0, q in [-2^(b-1), 2^(b-1) - 1] (the restricted grid: the code
+              -2^(b-1) is never reached, so 4 bits use 15 of their 16 codes);
+  full grid:  symmetric with s = max(max / (2^(b-1) - 1), -min / 2^(b-1)): the negative side may reach the code
+              -2^(b-1), so a channel whose largest weight is negative gets a finer step and nothing is clipped
+              (AIMET's symmetric weights; at 3 bits the step of such a channel is 3/4 of the restricted one's).
 round() is round-half-to-even (torch.round), the banker's rounding NNCF uses (seed 001). Seed 004 writes
 the zero point as (f_max + f_min) / 2, a midpoint convention in float units; the integer zero point
 above is what runtimes (ONNX Runtime, PyTorch) store, so the explorer uses it.
@@ -24,13 +28,15 @@ def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
     return 0, (1 << bits) - 1
 
 
-def qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and integer zero point for the range [lo, hi] (tensors: one value per channel)."""
+def qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool, full: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero point for the range [lo, hi] (tensors: one value per channel); `full`: symmetric on
+    the full grid (the code -2^(b-1) in use)."""
     lo = torch.minimum(lo.float(), torch.zeros_like(lo, dtype=torch.float32))
     hi = torch.maximum(hi.float(), torch.zeros_like(hi, dtype=torch.float32))
     qmin, qmax = qrange(bits, symmetric)
     if symmetric:
-        scale = torch.maximum(hi, -lo) / qmax
+        scale = torch.maximum(hi / qmax, -lo / -qmin) if full else torch.maximum(hi, -lo) / qmax
         zp = torch.zeros_like(scale)
     else:
         scale = (hi - lo) / (qmax - qmin)
@@ -74,15 +80,15 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: 
     return x + (xq - x).detach()
 
 
-def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool
+def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool, full: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
     """(scale, zero_point, axis) from the weight's own min and max (per output channel or whole)."""
     w = w.detach()
     if per_channel and w.dim() > 1:
         flat = w.reshape(w.shape[0], -1)
-        scale, zp = qparams(flat.min(1).values, flat.max(1).values, bits, symmetric)
+        scale, zp = qparams(flat.min(1).values, flat.max(1).values, bits, symmetric, full)
         return scale, zp, 0
-    scale, zp = qparams(w.min().reshape(1), w.max().reshape(1), bits, symmetric)
+    scale, zp = qparams(w.min().reshape(1), w.max().reshape(1), bits, symmetric, full)
     return scale, zp, None
 
 
@@ -94,7 +100,8 @@ def expand_groups(v: torch.Tensor, cols: int, group: int) -> torch.Tensor:
     return v.repeat_interleave(group, dim=1)[:, :cols]
 
 
-def group_qparams(w: torch.Tensor, bits: int, symmetric: bool, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+def group_qparams(w: torch.Tensor, bits: int, symmetric: bool, group: int, full: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point of every group of `group` consecutive inputs of each row of a 2-D weight (GPTQ's and
     AWQ's group-wise layout): shape (rows, ceil(cols / group)). The last group of a row may be shorter; padding it
     with zeros changes nothing, since every range is widened to include 0."""
@@ -103,7 +110,7 @@ def group_qparams(w: torch.Tensor, bits: int, symmetric: bool, group: int) -> tu
     rows, cols = w.shape
     groups = math.ceil(cols / group)
     padded = torch.nn.functional.pad(w.detach().float(), (0, groups * group - cols)).reshape(rows, groups, group)
-    scale, zp = qparams(padded.amin(2).reshape(-1), padded.amax(2).reshape(-1), bits, symmetric)
+    scale, zp = qparams(padded.amin(2).reshape(-1), padded.amax(2).reshape(-1), bits, symmetric, full)
     return scale.reshape(rows, groups), zp.reshape(rows, groups)
 
 

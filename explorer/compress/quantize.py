@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
-from explorer.compress import qmath
+from explorer.compress import gptq, qmath
 from explorer.compress.base import (
     Compressed,
     CompressionState,
@@ -170,41 +170,52 @@ def calibrate(model: nn.Module, names: list[str], x: torch.Tensor, cfg: Quantize
 
 
 def quantize_weights(model: nn.Module, names: list[str], bits: dict[str, int] | int, cfg: QuantizeConfig,
-                     state: CompressionState) -> None:
-    """Snap each weight onto its grid in place and record how (QuantRecord). A clustered weight keeps
-    its codebook: the centroids are quantised (per tensor), so it keeps at most k distinct values."""
+                     state: CompressionState, rounder: gptq.Rounder | None = None) -> None:
+    """Snap each weight onto its grid in place, in the layers' order, and record how (QuantRecord): rounded to
+    nearest, or by `rounder` (GPTQ), which sees the model with the weights before this one already snapped. A
+    clustered weight keeps its codebook: the centroids are quantised (per tensor), so it keeps at most k distinct
+    values."""
+    full = cfg.full_grid
     with torch.no_grad():
         for name in names:
             b = bits[name] if isinstance(bits, dict) else bits
             p = model.get_parameter(name)
+            qmin, qmax = qmath.qrange(b, cfg.symmetric)
+            keep = state.masks.get(name)
             cb = state.codebooks.get(name)
+            # a Linear weight's scales per row and group of inputs (a clustered weight's: one for its centroids)
+            group = cfg.group_size if cfg.group_size and p.dim() == 2 and cb is None else 0
             if cb is not None:
-                scale, zp, axis = qmath.weight_qparams(cb.centroids, b, cfg.symmetric, per_channel=False)
+                scale, zp, axis = qmath.weight_qparams(cb.centroids, b, cfg.symmetric, per_channel=False, full=full)
                 codes = qmath.quantize(cb.centroids, scale, zp, b, cfg.symmetric)
                 cb.centroids.copy_(qmath.dequantize(codes, scale, zp))
-                p.copy_(codebook_weight(cb, state.masks.get(name)))
-            elif cfg.group_size and p.dim() == 2:  # a Linear weight: scales per row and group of inputs
-                g = cfg.group_size
-                scale, zp = qmath.group_qparams(p, b, cfg.symmetric, g)
-                p.copy_(qmath.dequantize_groups(qmath.quantize_groups(p, scale, zp, b, cfg.symmetric, g), scale, zp, g))
-                state.quant[name] = QuantRecord(b, cfg.symmetric, 0, scale.clone(), zp.clone(), group_size=g)
-                continue
+                p.copy_(codebook_weight(cb, keep))
+            elif group:
+                scale, zp = qmath.group_qparams(p, b, cfg.symmetric, group, full)
+                grid = (qmath.expand_groups(scale, p.shape[1], group), qmath.expand_groups(zp, p.shape[1], group))
+                codes = rounder(name, grid, qmin, qmax, keep) if rounder else \
+                    qmath.quantize_groups(p, scale, zp, b, cfg.symmetric, group)
+                p.copy_(qmath.dequantize_groups(codes, scale, zp, group))
+                axis = 0
             else:
-                scale, zp, axis = qmath.weight_qparams(p, b, cfg.symmetric, cfg.per_channel)
-                p.copy_(qmath.dequantize(qmath.quantize(p, scale, zp, b, cfg.symmetric, axis), scale, zp, axis))
-            state.quant[name] = QuantRecord(b, cfg.symmetric, axis, scale.clone(), zp.clone())
+                scale, zp, axis = qmath.weight_qparams(p, b, cfg.symmetric, cfg.per_channel, full)
+                rows = p.shape[0] if axis == 0 else 1
+                codes = rounder(name, (scale.reshape(rows, 1), zp.reshape(rows, 1)), qmin, qmax, keep) if rounder \
+                    else qmath.quantize(p, scale, zp, b, cfg.symmetric, axis)
+                p.copy_(qmath.dequantize(codes, scale, zp, axis))
+            state.quant[name] = QuantRecord(b, cfg.symmetric, axis, scale.clone(), zp.clone(), group_size=group)
 
 
 class _FakeQuantWeight(nn.Module):
     """Parametrization for QAT: the forward pass sees the quantised weight, the gradient flows straight
     through to the float weight (STE)."""
 
-    def __init__(self, bits: int, symmetric: bool, per_channel: bool):
+    def __init__(self, bits: int, symmetric: bool, per_channel: bool, full: bool):
         super().__init__()
-        self.bits, self.symmetric, self.per_channel = bits, symmetric, per_channel
+        self.bits, self.symmetric, self.per_channel, self.full = bits, symmetric, per_channel, full
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        scale, zp, axis = qmath.weight_qparams(w, self.bits, self.symmetric, self.per_channel)
+        scale, zp, axis = qmath.weight_qparams(w, self.bits, self.symmetric, self.per_channel, self.full)
         return qmath.fake_quantize(w, scale, zp, self.bits, self.symmetric, axis)
 
 
@@ -218,7 +229,7 @@ def _layer_names(model: nn.Module, cfg: QuantizeConfig) -> tuple[list[str], list
 def _qat(model: nn.Module, layers: list[str], cfg: QuantizeConfig, ctx: Context) -> dict[str, Any]:
     for n in layers:
         parametrize.register_parametrization(model.get_submodule(n), "weight",
-                                             _FakeQuantWeight(cfg.bits, cfg.symmetric, cfg.per_channel))
+                                             _FakeQuantWeight(cfg.bits, cfg.symmetric, cfg.per_channel, cfg.full_grid))
     try:
         report = finetune(model, ctx, cfg.finetune_epochs, cfg.lr, "quantisation-aware training")
     finally:
@@ -242,7 +253,8 @@ def _handles(*modes: str) -> Callable[[ModeHandler], ModeHandler]:
 
 
 def _calibration(cfg: QuantizeConfig, ctx: Context) -> torch.Tensor:
-    data = ctx.need_data("activation quantisation (calibration samples)")
+    data = ctx.need_data("activation quantisation (calibration samples)" if cfg.rounding == "nearest" else
+                         "GPTQ (calibration images for each layer's inputs)")
     return data.calibration(min(cfg.calibration_samples, len(data.train)), seed=ctx.seed)
 
 
@@ -273,8 +285,15 @@ def _ptq(model: nn.Module, cfg: QuantizeConfig, ctx: Context, info: dict[str, An
     """Post-training: activation ranges calibrated on the float model, then every weight onto its k-bit grid."""
     layers, weights = _layer_names(model, cfg)
     bits = {w: cfg.bits for w in weights}
-    spec = calibrate(model, layers, _calibration(cfg, ctx), cfg) if cfg.act_bits else None
-    quantize_weights(model, weights, bits, cfg, ctx.state)
+    calib = _calibration(cfg, ctx) if cfg.act_bits or cfg.rounding == "gptq" else None
+    spec = calibrate(model, layers, calib, cfg) if cfg.act_bits and calib is not None else None
+    rounder = None
+    if cfg.rounding == "gptq" and calib is not None:
+        attach_activation_quant(model, spec)  # GPTQ fits the weights to the inputs the deployed layers see
+        rounder = gptq.Rounder(model, calib, cfg.gptq_damp, cfg.act_order)
+    quantize_weights(model, weights, bits, cfg, ctx.state, rounder)
+    if rounder is not None:
+        info["gptq"] = rounder.report()
     _fix_activations(model, spec, bits, ctx, info)
 
 
@@ -339,7 +358,8 @@ def apply(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> Compressed:
     model = clone(model).eval()
     state = ctx.state.copy()
     ctx = dataclasses.replace(ctx, state=state)
-    info: dict[str, Any] = {"mode": cfg.mode, "bits": cfg.bits, "activation_bits": cfg.act_bits}
+    info: dict[str, Any] = {"mode": cfg.mode, "bits": cfg.bits, "activation_bits": cfg.act_bits,
+                            "rounding": cfg.rounding, "grid": cfg.weight_grid or None}
     _MODES[cfg.mode](model, cfg, ctx, info)
     info["seconds"] = round(time.perf_counter() - t0, 3)
     record(state, cfg, info)

@@ -3,6 +3,7 @@ from the quantisers (quantize.py, mixed.py) so both can name the type without im
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -16,6 +17,17 @@ CALIBRATIONS = ("minmax", "percentile", "entropy")
 # weights-only post-training quantisation: 0 keeps per-channel scales; 32/64/128 give each Linear layer a scale
 # per row and group of that many inputs
 GROUP_SIZES = (0, 32, 64, 128)
+# how weights meet their grid: each rounded to nearest on its own, or by GPTQ, which rounds a layer's inputs one
+# after another and moves the weights not yet rounded to make up for each error (explorer.compress.gptq)
+ROUNDINGS = ("nearest", "gptq")
+GPTQ_MIN_SAMPLES = 512  # GPTQ inverts the Hessian of a layer's inputs: a few hundred images leave it ill-posed
+GPTQ_PAGE_SAMPLES = 1024  # the page's calibration images for GPTQ, as the peers it was checked against use
+GPTQ_DAMP = 0.01  # the paper's dampening: 1% of the mean diagonal of the inputs' Hessian
+# the signed grid of symmetric weights: "full" uses every code -2^(b-1) .. 2^(b-1) - 1 (the negative end reached
+# where a channel's largest weight is negative), "restricted" the symmetric -(2^(b-1) - 1) .. 2^(b-1) - 1;
+# "auto" is the mode's own: full for post-training, QAT and mixed precision, restricted for static and dynamic
+# int8, whose weights ONNX Runtime rounds again onto its restricted int8 grid (-127..127)
+GRIDS = ("auto", "full", "restricted")
 
 
 @dataclass(frozen=True)
@@ -27,7 +39,8 @@ class QuantizeConfig(StepConfig):
     and `learn_ranges` (QAT). `group_size` (0, 32, 64 or 128; mode ptq, weights only): each Linear weight gets
     a scale and zero point per output row and per group of that many consecutive inputs (int4 g128 as GPTQ and
     AWQ ship); conv weights keep per-channel or per-tensor scales. Left out of the JSON form while 0, so recipes
-    without it keep their cache keys."""
+    without it keep their cache keys. `rounding` ("nearest" | "gptq", mode ptq) with `gptq_damp` and `act_order`,
+    and `grid` (see GRIDS) are left out of the JSON form at their defaults in the same way."""
 
     kind: ClassVar[str] = "quantize"
     page_order: ClassVar[int] = 60
@@ -49,6 +62,10 @@ class QuantizeConfig(StepConfig):
     budget_bits: float = 0.0  # mixed: average bits per quantised weight the mix must fit under
     learn_ranges: bool = True  # QAT: learn each activation range with the weights (LSQ+) instead of fixing it
     group_size: int = 0  # > 0: weight-only group-wise scales for Linear layers (ptq)
+    rounding: str = "nearest"
+    gptq_damp: float = GPTQ_DAMP
+    act_order: bool = True  # GPTQ rounds the inputs with the largest Hessian diagonal first
+    grid: str = "auto"
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
@@ -81,12 +98,70 @@ class QuantizeConfig(StepConfig):
         if self.group_size and (self.mode != "ptq" or self.activation_bits):
             raise bad_value("group_size", self.group_size, "0 unless mode is 'ptq' with weights only "
                             f"(activation_bits 0); got mode {self.mode!r}, activation_bits {self.activation_bits}")
+        self._check_rounding()
+        check_choice("grid", self.grid, GRIDS)
+        if self.grid == "auto":
+            return
+        if self.mode in ("fp16", "bf16") or not self.symmetric:
+            raise bad_value("grid", self.grid, "'auto': fp16/bf16 weights have no integer grid" if self.symmetric else
+                            "'auto': asymmetric weights have no signed grid (their zero point places the range)")
+        if self.mode in ("static", "dynamic") and self.grid != "restricted":
+            raise bad_value("grid", self.grid, f"'restricted' or 'auto' for mode {self.mode!r}: ONNX Runtime rounds "
+                            "int8 weights onto -127..127")
+
+    def _check_rounding(self) -> None:
+        check_choice("rounding", self.rounding, ROUNDINGS)
+        check_range("gptq_damp", self.gptq_damp, 1e-4, 1.0)
+        check_choice("act_order", self.act_order, (True, False))
+        if self.rounding == "nearest":
+            for name, default in (("gptq_damp", GPTQ_DAMP), ("act_order", True)):
+                if getattr(self, name) != default:
+                    raise bad_value(name, getattr(self, name), f"{default} unless rounding is 'gptq'")
+            return
+        if self.mode != "ptq":
+            why = {"fp16": "16-bit floats have no integer grid", "bf16": "16-bit floats have no integer grid",
+                   "static": "ONNX Runtime rounds the int8 weights again itself",
+                   "dynamic": "ONNX Runtime rounds the int8 weights again itself",
+                   "qat": "training moves the weights after any rounding",
+                   "mixed": "its bit-widths are chosen from round-to-nearest's measured loss"}[self.mode]
+            raise bad_value("rounding", self.rounding, f"'nearest' for mode {self.mode!r} ({why}); GPTQ is for "
+                            "post-training quantisation of weights, mode 'ptq'")
+        if self.calibration_samples < GPTQ_MIN_SAMPLES:
+            raise bad_value("calibration_samples", self.calibration_samples,
+                            f"at least {GPTQ_MIN_SAMPLES} with rounding 'gptq' (the Hessian of each layer's inputs)")
+
+    @property
+    def weight_grid(self) -> str:
+        """The grid the weights use: 'full' or 'restricted' (symmetric integer weights), '' (none: fp16/bf16 or
+        asymmetric, whose zero point places the range)."""
+        if self.mode in ("fp16", "bf16") or not self.symmetric:
+            return ""
+        if self.grid != "auto":
+            return self.grid
+        return "restricted" if self.mode in ("static", "dynamic") else "full"
+
+    @property
+    def full_grid(self) -> bool:
+        return self.weight_grid == "full"
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
-        if not self.group_size:  # the field came later: recipes without it keep their JSON and cache keys
-            d.pop("group_size")
+        # fields that came later: recipes without them keep their JSON and cache keys
+        for name, default in (("group_size", 0), ("rounding", "nearest"), ("gptq_damp", GPTQ_DAMP),
+                              ("act_order", True), ("grid", "auto")):
+            if d[name] == default:
+                d.pop(name)
         return d
+
+    def canonical(self) -> QuantizeConfig:
+        """A grid named as the mode's own is the mode's own."""
+        if self.grid != "auto" and self.grid == dataclasses.replace(self, grid="auto").weight_grid:
+            return dataclasses.replace(self, grid="auto")
+        return self
+
+    def revision(self) -> int:
+        # 2: symmetric integer weights (post-training, QAT, mixed) use the full signed grid unless told otherwise
+        return 2 if self.full_grid else 1
 
     def training_epochs(self) -> int:
         return self.finetune_epochs
@@ -101,7 +176,8 @@ class QuantizeConfig(StepConfig):
         if self.mode in ("fp16", "bf16"):
             return self.mode
         wa = f"W{self.bits}" + (f"A{self.act_bits}" if self.act_bits else "")
-        return f"{wa} {self.mode}" + (f" groups of {self.group_size}" if self.group_size else "")
+        return (f"{wa} {self.mode}" + (" GPTQ" if self.rounding == "gptq" else "")
+                + (f" groups of {self.group_size}" if self.group_size else ""))
 
     def deploy(self, keep_float: Sequence[str] = ()) -> Deploy:
         """The int8 ONNX Runtime model this step deploys as (static and dynamic modes)."""
@@ -119,8 +195,18 @@ class QuantizeConfig(StepConfig):
             return "8-bit weights, activations at run time (dynamic int8)"
         what = f"{self.bits}-bit weights and activations" if self.act_bits else f"{self.bits}-bit weights only"
         how = {"ptq": "post-training", "qat": "quantisation-aware training", "mixed": "mixed precision"}[self.mode]
+        if self.rounding == "gptq":
+            how += ", error-compensating rounding (GPTQ)"
         groups = f", a scale per {self.group_size} inputs" if self.group_size else ""
-        return f"{what} ({how}{groups})"
+        return f"{what} ({how}{groups}{self._grid_words()})"
+
+    def _grid_words(self) -> str:
+        codes = 1 << self.bits
+        if self.mode == "mixed":  # each layer has its own bit-width
+            return {"full": ", every code of each grid", "restricted": ", each grid less its lowest code",
+                    "": ""}[self.weight_grid]
+        return {"full": f", all {codes} codes", "restricted": f", {codes - 1} of {codes} codes (symmetric)",
+                "": ""}[self.weight_grid]
 
     @classmethod
     def controls(cls) -> tuple[Control, ...]:
@@ -141,6 +227,12 @@ class QuantizeConfig(StepConfig):
                                                            for g in GROUP_SIZES if g}},
                     help="weights-only quantisation: each Linear layer's row gets a scale for every group of "
                          "consecutive inputs, as GPTQ and AWQ store 4-bit transformers"),
+            Control("rounding", "nearest", ROUNDINGS, enabled=lambda c, card: _integer(c, card) and _mode(c) == "ptq",
+                    label="Rounding of the weights",
+                    words={"nearest": "nearest (round each weight)", "gptq": "error-compensating (GPTQ)"},
+                    help="GPTQ rounds each layer's weights one input at a time and moves the weights not yet "
+                         f"rounded to make up for the error, measured on {GPTQ_PAGE_SAMPLES} training images; "
+                         "far more accurate at 2-4 bits, seconds slower"),
             # activation ranges are calibrated; weights-only quantisation needs none
             Control("calibration", "minmax", CALIBRATIONS, enabled=lambda c, card: _integer(c, card) and (
                 _mode(c) == "static" or (_mode(c) in ("ptq", "qat") and bool(c["quant_acts"]))),
@@ -151,6 +243,11 @@ class QuantizeConfig(StepConfig):
                     help="on: each activation range is trained with the weights (learned step size, LSQ); "
                          "off: the calibrated ranges stay fixed and are measured again after training"),
         )
+
+    def check_place(self, before: tuple[StepConfig, ...], after: tuple[StepConfig, ...]) -> None:
+        if self.rounding == "gptq" and any(step.kind == "cluster" for step in before):
+            raise ValueError("rounding='gptq' cannot follow clustering: a clustered layer's weights must stay on its "
+                             "shared values, which GPTQ would move; allowed: rounding 'nearest' after clustering")
 
     def deploys(self) -> Deploy | None:
         if self.mode not in ("static", "dynamic"):
@@ -177,12 +274,16 @@ class QuantizeConfig(StepConfig):
         mode = quant_mode(bits, c["quant_mode"])
         acts = int(bits) if c["quant_acts"] and mode in ("ptq", "qat") else 0
         group = c["group_size"] if mode == "ptq" and not acts else 0
+        gptq = mode == "ptq" and c["rounding"] == "gptq"
         return cls(bits=int(bits), mode=mode, activation_bits=acts, symmetric=c["symmetric"], group_size=group,
                    per_channel=c["per_channel"], calibration=c["calibration"],
+                   rounding="gptq" if gptq else "nearest", calibration_samples=GPTQ_PAGE_SAMPLES if gptq else 256,
                    finetune_epochs=c["qat_epochs"] if mode == "qat" else 0,
                    learn_ranges=c["learn_ranges"] or mode != "qat", lr=1e-3 if mode == "qat" else 1e-4)
 
-    def to_controls(self) -> dict[str, Any]:
+    def to_controls(self) -> dict[str, Any] | None:
+        if (self.gptq_damp, self.act_order, self.canonical().grid) != (GPTQ_DAMP, True, "auto"):
+            return None  # the page offers GPTQ with its paper's settings and each mode's own grid
         if self.mode in ("fp16", "bf16"):
             return {"bits": self.mode}
         auto = self.mode == quant_mode(str(self.bits), "auto") and not self.activation_bits
@@ -190,7 +291,7 @@ class QuantizeConfig(StepConfig):
                 "quant_acts": bool(self.activation_bits), "symmetric": self.symmetric,
                 "per_channel": self.per_channel, "calibration": self.calibration,
                 "qat_epochs": self.finetune_epochs or 2, "learn_ranges": self.learn_ranges,
-                "group_size": self.group_size}
+                "group_size": self.group_size, "rounding": self.rounding}
 
     def columns(self) -> dict[str, Any]:
         return {"bits": self.bits, "scheme": self.words()}
