@@ -55,9 +55,9 @@ def _problem(rows=12, cols=40, n=300, seed=0):
 def _grid(w, bits, symmetric, group=0):
     t = torch.from_numpy(w)
     if group:
-        s, z = qmath.group_qparams(t, bits, symmetric, group, full=True)
+        s, z = qmath.group_qparams(t, bits, symmetric, group, grid="full")
         return qmath.expand_groups(s, w.shape[1], group), qmath.expand_groups(z, w.shape[1], group)
-    s, z, _ = qmath.weight_qparams(t, bits, symmetric, True, full=True)
+    s, z, _ = qmath.weight_qparams(t, bits, symmetric, True, grid="full")
     return s.reshape(-1, 1), z.reshape(-1, 1)
 
 

@@ -17,10 +17,11 @@ from explorer.core.data import load_dataset
 from explorer.core.zoo import create_model
 
 
-def numpy_groupwise(w: np.ndarray, bits: int, symmetric: bool, group: int, full: bool = True) -> np.ndarray:
+def numpy_groupwise(w: np.ndarray, bits: int, symmetric: bool, group: int, grid: str = "full") -> np.ndarray:
     """The textbook formulas, one group at a time: the range widened to include 0; symmetric s = max|x| / (2^(b-1)
     - 1) on the restricted grid, max(max / (2^(b-1) - 1), -min / 2^(b-1)) on the full one, q in [-2^(b-1),
-    2^(b-1) - 1]; asymmetric s = (max - min) / (2^b - 1), z = round(-min / s); round half to even (numpy's round, as
+    2^(b-1) - 1], or on "closest" whichever of the two gives the group the smaller squared error (the restricted one
+    on a tie); asymmetric s = (max - min) / (2^b - 1), z = round(-min / s); round half to even (numpy's round, as
     torch's)."""
     out = np.empty_like(w, dtype=np.float64)
     for r in range(w.shape[0]):
@@ -29,9 +30,15 @@ def numpy_groupwise(w: np.ndarray, bits: int, symmetric: bool, group: int, full:
             lo, hi = min(x.min(), 0.0), max(x.max(), 0.0)
             if symmetric:
                 qmax = 2 ** (bits - 1) - 1
-                s = max(hi / qmax, -lo / (qmax + 1)) if full else max(hi, -lo) / qmax
-                q = np.clip(np.round(x / s), -2 ** (bits - 1), 2 ** (bits - 1) - 1)
-                out[r, start:start + group] = q * s
+                rounded = {}
+                for name, s in (("restricted", max(hi, -lo) / qmax), ("full", max(hi / qmax, -lo / (qmax + 1)))):
+                    rounded[name] = np.clip(np.round(x / s), -2 ** (bits - 1), 2 ** (bits - 1) - 1) * s
+                if grid == "closest":
+                    err = {k: ((v - x) ** 2).sum() for k, v in rounded.items()}
+                    grid_here = "full" if err["full"] < err["restricted"] else "restricted"
+                else:
+                    grid_here = grid
+                out[r, start:start + group] = rounded[grid_here]
             else:
                 s = (hi - lo) / (2 ** bits - 1)
                 z = np.clip(np.round(-lo / s), 0, 2 ** bits - 1)
@@ -60,13 +67,13 @@ def _quantised(bits, group, symmetric=True, grid="auto"):
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("symmetric,grid", [(True, "auto"), (True, "restricted"), (False, "auto")])
+@pytest.mark.parametrize("symmetric,grid", [(True, "auto"), (True, "full"), (True, "restricted"), (False, "auto")])
 def test_dequantised_weights_match_numpy(bits, group, symmetric, grid):
     model, out = _quantised(bits, group, symmetric, grid)
     for name in ("fc1", "fc2"):
         w0 = getattr(model, name).weight.detach().numpy()
         got = getattr(out.model, name).weight.detach().numpy()
-        ref = numpy_groupwise(w0, bits, symmetric, group, full=grid == "auto")
+        ref = numpy_groupwise(w0, bits, symmetric, group, "closest" if grid == "auto" else grid)
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
         rec = out.state.quant[f"{name}.weight"]
         assert rec.group_size == group and tuple(rec.scale.shape) == (w0.shape[0], math.ceil(w0.shape[1] / group))

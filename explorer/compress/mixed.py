@@ -24,7 +24,7 @@ def _quantized_copy_loss(model: nn.Module, name: str, bits: int, cfg: QuantizeCo
     p = model.get_parameter(name)
     saved = p.detach().clone()
     with torch.no_grad():
-        scale, zp, axis = qmath.weight_qparams(p, bits, cfg.symmetric, cfg.per_channel, cfg.full_grid)
+        scale, zp, axis = qmath.weight_qparams(p, bits, cfg.symmetric, cfg.per_channel, cfg.weight_grid or "restricted")
         p.copy_(qmath.dequantize(qmath.quantize(p, scale, zp, bits, cfg.symmetric, axis), scale, zp, axis))
     try:
         loss: float = evaluate(model, val)["loss"]

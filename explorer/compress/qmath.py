@@ -8,7 +8,8 @@ Affine: q = clamp(round(x / s) + z, qmin, qmax), x_hat = (q - z) s.
               -2^(b-1) is never reached, so 4 bits use 15 of their 16 codes);
   full grid:  symmetric with s = max(max / (2^(b-1) - 1), -min / 2^(b-1)): the negative side may reach the code
               -2^(b-1), so a channel whose largest weight is negative gets a finer step and nothing is clipped
-              (AIMET's symmetric weights; at 3 bits the step of such a channel is 3/4 of the restricted one's).
+              (AIMET's symmetric weights; at 3 bits the step of such a channel is 3/4 of the restricted one's);
+  closest:    each channel (or group) on whichever of the two rounds its weights with the smaller error.
 round() is round-half-to-even (torch.round), the banker's rounding NNCF uses (seed 001). Seed 004 writes
 the zero point as (f_max + f_min) / 2, a midpoint convention in float units; the integer zero point
 above is what runtimes (ONNX Runtime, PyTorch) store, so the explorer uses it.
@@ -80,15 +81,41 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: 
     return x + (xq - x).detach()
 
 
-def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool, full: bool = False
+GRID_KINDS = ("restricted", "full", "closest")
+
+
+def row_qparams(rows: torch.Tensor, bits: int, symmetric: bool, grid: str = "restricted"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of each row of `rows` (a channel, or a group of inputs) from its own min and max, on
+    `grid` (GRID_KINDS): the restricted or the full signed grid, or for each row whichever of the two rounds it
+    with the smaller squared error (symmetric weights; a channel of nine weights can lose accuracy on the finer
+    full grid that its rounding does not show, and a sensitive first layer then costs points)."""
+    lo, hi = rows.amin(1), rows.amax(1)
+    if grid != "closest" or not symmetric:
+        return qparams(lo, hi, bits, symmetric, full=grid == "full")
+    qmin, qmax = qrange(bits, symmetric)
+    best_scale, best_zp, best_err = None, None, None
+    for full in (False, True):
+        scale, zp = qparams(lo, hi, bits, symmetric, full=full)
+        err = ((torch.clamp(torch.round(rows / scale[:, None]), qmin, qmax) * scale[:, None] - rows) ** 2).sum(1)
+        if best_err is None or best_scale is None or best_zp is None:
+            best_scale, best_zp, best_err = scale, zp, err
+            continue
+        closer = err < best_err  # ties keep the restricted grid, the one every runtime takes
+        best_scale, best_zp = torch.where(closer, scale, best_scale), torch.where(closer, zp, best_zp)
+        best_err = torch.minimum(err, best_err)
+    assert best_scale is not None and best_zp is not None
+    return best_scale, best_zp
+
+
+def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool, grid: str = "restricted"
                    ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
-    """(scale, zero_point, axis) from the weight's own min and max (per output channel or whole)."""
-    w = w.detach()
+    """(scale, zero_point, axis) from the weight's own min and max (per output channel or whole), on `grid`."""
+    w = w.detach().float()
     if per_channel and w.dim() > 1:
-        flat = w.reshape(w.shape[0], -1)
-        scale, zp = qparams(flat.min(1).values, flat.max(1).values, bits, symmetric, full)
+        scale, zp = row_qparams(w.reshape(w.shape[0], -1), bits, symmetric, grid)
         return scale, zp, 0
-    scale, zp = qparams(w.min().reshape(1), w.max().reshape(1), bits, symmetric, full)
+    scale, zp = row_qparams(w.reshape(1, -1), bits, symmetric, grid)
     return scale, zp, None
 
 
@@ -100,7 +127,7 @@ def expand_groups(v: torch.Tensor, cols: int, group: int) -> torch.Tensor:
     return v.repeat_interleave(group, dim=1)[:, :cols]
 
 
-def group_qparams(w: torch.Tensor, bits: int, symmetric: bool, group: int, full: bool = False
+def group_qparams(w: torch.Tensor, bits: int, symmetric: bool, group: int, grid: str = "restricted"
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point of every group of `group` consecutive inputs of each row of a 2-D weight (GPTQ's and
     AWQ's group-wise layout): shape (rows, ceil(cols / group)). The last group of a row may be shorter; padding it
@@ -110,7 +137,7 @@ def group_qparams(w: torch.Tensor, bits: int, symmetric: bool, group: int, full:
     rows, cols = w.shape
     groups = math.ceil(cols / group)
     padded = torch.nn.functional.pad(w.detach().float(), (0, groups * group - cols)).reshape(rows, groups, group)
-    scale, zp = qparams(padded.amin(2).reshape(-1), padded.amax(2).reshape(-1), bits, symmetric, full)
+    scale, zp = row_qparams(padded.reshape(rows * groups, group), bits, symmetric, grid)
     return scale.reshape(rows, groups), zp.reshape(rows, groups)
 
 

@@ -175,7 +175,7 @@ def quantize_weights(model: nn.Module, names: list[str], bits: dict[str, int] | 
     nearest, or by `rounder` (GPTQ), which sees the model with the weights before this one already snapped. A
     clustered weight keeps its codebook: the centroids are quantised (per tensor), so it keeps at most k distinct
     values."""
-    full = cfg.full_grid
+    on = cfg.weight_grid or "restricted"  # restricted, full or closest (qmath.GRID_KINDS)
     with torch.no_grad():
         for name in names:
             b = bits[name] if isinstance(bits, dict) else bits
@@ -186,19 +186,19 @@ def quantize_weights(model: nn.Module, names: list[str], bits: dict[str, int] | 
             # a Linear weight's scales per row and group of inputs (a clustered weight's: one for its centroids)
             group = cfg.group_size if cfg.group_size and p.dim() == 2 and cb is None else 0
             if cb is not None:
-                scale, zp, axis = qmath.weight_qparams(cb.centroids, b, cfg.symmetric, per_channel=False, full=full)
+                scale, zp, axis = qmath.weight_qparams(cb.centroids, b, cfg.symmetric, per_channel=False, grid=on)
                 codes = qmath.quantize(cb.centroids, scale, zp, b, cfg.symmetric)
                 cb.centroids.copy_(qmath.dequantize(codes, scale, zp))
                 p.copy_(codebook_weight(cb, keep))
             elif group:
-                scale, zp = qmath.group_qparams(p, b, cfg.symmetric, group, full)
+                scale, zp = qmath.group_qparams(p, b, cfg.symmetric, group, on)
                 grid = (qmath.expand_groups(scale, p.shape[1], group), qmath.expand_groups(zp, p.shape[1], group))
                 codes = rounder(name, grid, qmin, qmax, keep) if rounder else \
                     qmath.quantize_groups(p, scale, zp, b, cfg.symmetric, group)
                 p.copy_(qmath.dequantize_groups(codes, scale, zp, group))
                 axis = 0
             else:
-                scale, zp, axis = qmath.weight_qparams(p, b, cfg.symmetric, cfg.per_channel, full)
+                scale, zp, axis = qmath.weight_qparams(p, b, cfg.symmetric, cfg.per_channel, on)
                 rows = p.shape[0] if axis == 0 else 1
                 codes = rounder(name, (scale.reshape(rows, 1), zp.reshape(rows, 1)), qmin, qmax, keep) if rounder \
                     else qmath.quantize(p, scale, zp, b, cfg.symmetric, axis)
@@ -210,12 +210,12 @@ class _FakeQuantWeight(nn.Module):
     """Parametrization for QAT: the forward pass sees the quantised weight, the gradient flows straight
     through to the float weight (STE)."""
 
-    def __init__(self, bits: int, symmetric: bool, per_channel: bool, full: bool):
+    def __init__(self, bits: int, symmetric: bool, per_channel: bool, grid: str):
         super().__init__()
-        self.bits, self.symmetric, self.per_channel, self.full = bits, symmetric, per_channel, full
+        self.bits, self.symmetric, self.per_channel, self.grid = bits, symmetric, per_channel, grid
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        scale, zp, axis = qmath.weight_qparams(w, self.bits, self.symmetric, self.per_channel, self.full)
+        scale, zp, axis = qmath.weight_qparams(w, self.bits, self.symmetric, self.per_channel, self.grid)
         return qmath.fake_quantize(w, scale, zp, self.bits, self.symmetric, axis)
 
 
@@ -229,7 +229,8 @@ def _layer_names(model: nn.Module, cfg: QuantizeConfig) -> tuple[list[str], list
 def _qat(model: nn.Module, layers: list[str], cfg: QuantizeConfig, ctx: Context) -> dict[str, Any]:
     for n in layers:
         parametrize.register_parametrization(model.get_submodule(n), "weight",
-                                             _FakeQuantWeight(cfg.bits, cfg.symmetric, cfg.per_channel, cfg.full_grid))
+                                             _FakeQuantWeight(cfg.bits, cfg.symmetric, cfg.per_channel,
+                                                              cfg.weight_grid or "restricted"))
     try:
         report = finetune(model, ctx, cfg.finetune_epochs, cfg.lr, "quantisation-aware training")
     finally:
