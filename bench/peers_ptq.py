@@ -1,5 +1,6 @@
 """Post-training weight quantisation beside a peer: the explorer's round-to-nearest (on its old restricted grid, its
-full grid, and its default: each channel on whichever of the two rounds it closer) and its GPTQ, against Brevitas' round-to-nearest and Brevitas' GPTQ (`brevitas.graph.gptq.gptq_mode`),
+full grid, and its default: each channel on whichever of the two rounds it closer) and its GPTQ, against Brevitas'
+round-to-nearest and Brevitas' GPTQ (`brevitas.graph.gptq.gptq_mode`),
 on the committed Fashion-MNIST baselines, the same 10,000 test images and the same 1,024 calibration images from the
 training split. Each top-1 with its 95% Wilson interval, each method's seconds, and the paired difference of the
 explorer's GPTQ against Brevitas' on the same images (Newcombe's interval, exact McNemar).
