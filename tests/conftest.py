@@ -78,6 +78,12 @@ def settle(at, timeout: float = 300.0):
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def open_tab(at, name: str):
+    """Open one of the page's tabs, as a click does (only the open tab is drawn), and let its runs complete."""
+    at.query_params["tab"] = name
+    return settle(at.run())
+
+
 def write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> None:
     """idx format as MNIST ships it: magic (0, 0, type 0x08 uint8, ndim), big-endian dims, data; gzipped
     (as the authors and Debian ship it) when `gz`, with the .gz suffix added."""

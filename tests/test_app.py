@@ -12,7 +12,7 @@ from explorer.core.data import available
 from explorer.core.markup import unmd
 from explorer.run.cache import RunCache
 from explorer.run.runner import run_key
-from tests.conftest import settle
+from tests.conftest import open_tab, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,8 +81,9 @@ def test_sliders_drive_runs_and_the_page_shows_the_backend_result(cache):
     settle(at.sidebar.select_slider(key="clusters").set_value("16").run())
     res = _stored(at, cache)
     _assert_shows(at, res)
-    assert "cluster 16" in res["label"] and len(at.get("plotly_chart")) >= 6
     assert dict(at.query_params) == {"baseline": "digits_cnn-digits", "sparsity": "0.8", "bits": "4", "clusters": "16"}
+    open_tab(at, "Curves and Pareto")  # only the open tab is drawn
+    assert "cluster 16" in res["label"] and len(at.get("plotly_chart")) >= 4
 
 
 def test_cached_configuration_rerenders_from_the_cache(cache):
@@ -144,7 +145,7 @@ def test_a_shared_link_reopens_the_same_view_and_bad_values_are_reported(cache):
 
 
 def test_baseline_tab_shows_the_card(cache):
-    at = _app()
+    at = _app(tab="Baseline")
     card = next(c for c in list_baselines() if c["name"] == at.sidebar.selectbox(key="baseline").value)
     m = _metrics(at)
     assert m["Top-1"] == f"{card['accuracy']['top1']:.2f}%" and m["Parameters"] == f"{card['params']:,}"
@@ -371,7 +372,7 @@ def test_a_finished_sweep_shows_in_the_charts_and_the_footer_says_so(cache, monk
 
 def test_sweet_spot_table_follows_the_settings_and_can_be_applied(fresh_cache, monkeypatch):
     monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
-    at = _app(sparsity="0.95", prune_epochs="0")  # loses far more than 5 points: the baseline is recommended
+    at = _app(sparsity="0.95", prune_epochs="0", tab="Sweet spot")  # loses far more than 5 points: the baseline
     at.number_input(key="ss_drop").set_value(5.0)
     at.selectbox(key="ss_objective").set_value("fastest")
     at.radio(key="ss_lat_kind").set_value("PyTorch CPU, batch 256")
@@ -577,7 +578,7 @@ def test_the_page_reads_no_server_folder_unless_the_operator_allows_it(cache, tm
 
     monkeypatch.delenv("EXPLORER_DATA_ROOTS", raising=False)
     monkeypatch.setenv("EXPLORER_USER_MODELS", str(tmp_path / "user"))
-    at = _app()
+    at = _app(tab="Your model")
     box = at.text_input(key="byo_root")
     assert box.disabled and any("EXPLORER_DATA_ROOTS" in c.value for c in at.caption)
 
@@ -587,7 +588,7 @@ def test_the_page_reads_no_server_folder_unless_the_operator_allows_it(cache, tm
     model, _ = load_baseline(ROOT / "models" / "digits_cnn-digits.safetensors")
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    at = _app()
+    at = _app(tab="Your model")
     assert not at.text_input(key="byo_root").disabled
     at.file_uploader(key="byo_model").set_value(("mine.pt", buf.getvalue(), "application/octet-stream"))
     at.selectbox(key="byo_arch").set_value("digits_cnn")
@@ -650,7 +651,7 @@ def _sweep_shown(at) -> bool:
 
 def test_each_model_keeps_its_own_sweep_and_settings_across_a_switch(cache, monkeypatch):
     monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
-    at = _app(sparsity="0.25", prune_epochs="0")
+    at = _app(sparsity="0.25", prune_epochs="0", tab="Sweep")
     for key, value in (("sweep_sparsity", [0.0]), ("sweep_bits", ["fp32"]), ("sweep_clusters", ["off"])):
         at.multiselect(key=key).set_value(value)
     at.multiselect(key="sweep_prune_epochs").set_value([0])

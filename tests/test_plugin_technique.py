@@ -92,6 +92,8 @@ out["round_trip"] = service.from_recipe(recipe.to_dict(), card) is not None
 grid = Grid.of("digits_cnn", "digits", sparsity=(0.0,), bits=("fp32",), clusters=("off",), toy_gain=(1.0, 1.5, 2.0))
 out["grid"] = [r.label() for r in grid.recipes()]
 out["flag"] = "--toy-gain" in cli.sweep_parser().format_help()
+at.query_params["tab"] = "Sweep"  # only the open tab is drawn
+settle(at.run())
 out["sweep_choice"] = [m.label for m in at.multiselect if m.key == "sweep_toy_gain"]
 res = service.cache().get_or_run(Recipe(model="digits_cnn", steps=recipe.steps), latency=False)
 out["run"] = [res["status"], res.get("label")]

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from explorer.app import summary, tables
 from explorer.core.markup import unmd
-from tests.conftest import ROOT, settle
+from tests.conftest import ROOT, open_tab, settle
 
 
 def _result(**size) -> dict:
@@ -47,6 +47,7 @@ def test_with_onnx_runtime_as_the_target_the_sweet_spot_sizes_are_the_onnx_files
     tile = next(m for m in at.metric if m.label.endswith(" size"))
     assert tile.label == "ONNX int8 size" and tile.delta == "no smaller"  # pruned single weights: a dense file
     assert any("which you deploy, is no smaller than the baseline's" in unmd(w.value) for w in at.warning)
+    open_tab(at, "Sweet spot")
     settle(at.selectbox(key="ss_confidence").set_value("point estimates only").run())  # 359 images: no 95% pick
     tables_shown = [d.value for d in at.dataframe if "recommended" in d.value.columns]
     assert tables_shown, [unmd(w.value)[:200] for w in at.warning]
