@@ -21,6 +21,7 @@ from typing import Any, Literal, Required, TypedDict, cast
 import pandas as pd
 
 from explorer.compress.base import blank_columns, config_from_dict
+from explorer.compress.finetune import budget_words, is_control
 from explorer.compress.recipe import Recipe, recipe_words
 from explorer.core.engines import B1, TORCH_CPU, gain_col, lat_col, reltime_col, speedup_col, state_col
 from explorer.core.version import SCHEMA_VERSION
@@ -53,6 +54,20 @@ class PairedComparison(TypedDict, total=False):
     significant: bool
     confidence: float
     method: str
+
+
+class ControlComparison(PairedComparison, total=False):
+    """The run against its same-budget control, the baseline fine-tuned as the run's steps fine-tune with no
+    compression (explorer.run.control): the paired comparison on the same test images, "baseline" there standing
+    for the control, with the control's run key, its training epochs and budget in words, its top-1 with its
+    Wilson interval, and the run's top-1 minus the control's (points)."""
+
+    key: str
+    epochs: int
+    budget: str
+    top1: float
+    top1_ci: list[float]
+    delta: float
 
 
 class OnnxModel(TypedDict, total=False):
@@ -130,6 +145,8 @@ class RunResult(TypedDict, total=False):
     accuracy_delta: float  # points of top-1, negative = worse
     accuracy_ci: dict[str, list[float]]  # Wilson intervals of top1 and top5
     vs_baseline: PairedComparison
+    # against the same-budget control where the recipe fine-tunes: added where both runs exist, never stored by a run
+    vs_control: ControlComparison
     onnx: Onnx
     # the model
     sparsity: float
@@ -326,6 +343,12 @@ def _recipe_params(recipe: dict[str, Any]) -> dict[str, Any]:
         except (ValueError, TypeError):
             pass  # a step no technique reads (a stored run of an older explorer): its columns stay at their defaults
     p["technique"] = "+".join(str(s.get("kind")) for s in steps) or "baseline"
+    p["control"] = is_control(recipe)  # a same-budget control: a reference line, not a compression to choose
+    if p["control"]:
+        try:
+            p["control_budget"] = budget_words(Recipe.from_dict(dict(recipe)))
+        except (ValueError, TypeError):
+            pass
     return p
 
 
@@ -354,6 +377,12 @@ def flatten(result: RunResult) -> dict[str, Any]:
         row.update({c: vs[c] for c in ("both_right", "baseline_only", "run_only", "both_wrong")},
                    delta_lo=vs["delta_ci"][0], delta_hi=vs["delta_ci"][1], p_value=vs["p_value"],
                    significant=vs["significant"])
+    vc = result.get("vs_control") or {}
+    if vc:
+        row.update(control_key=vc["key"], control_epochs=vc["epochs"], control_budget=vc["budget"],
+                   control_top1=vc["top1"], control_top1_lo=vc["top1_ci"][0], control_top1_hi=vc["top1_ci"][1],
+                   control_delta=vc["delta"], control_delta_lo=vc["delta_ci"][0], control_delta_hi=vc["delta_ci"][1],
+                   control_p_value=vc["p_value"], control_significant=vc["significant"])
     for k in SIZE_KINDS:
         row[k] = result["size"].get(k)
         row[f"rf_{k.replace('_bytes', '')}"] = result["reduction_factor"]["vs_fp32_file"].get(k)
