@@ -115,3 +115,17 @@ def test_the_paired_comparison_with_the_control_is_stats_on_the_two_stored_predi
         assert row["control_delta"] == got["delta"] and row["control_key"] == got["key"] and not row["control"]
     assert flatten(controls[0])["control"] and flatten(controls[0])["control_budget"] == "1 epoch"
 
+
+def test_the_results_table_lists_runs_with_their_control_and_the_controls_apart(stored, monkeypatch):
+    from explorer.app import service
+
+    cache, runs, controls, _ = stored
+    monkeypatch.setenv("EXPLORER_CACHE_DIR", str(cache.root))
+    frame = service.frame("digits_cnn", "digits")
+    lines = service.control_frame("digits_cnn", "digits")
+    assert sorted(frame["key"]) == sorted(r["key"] for r in runs)
+    assert list(lines["key"]) == [controls[0]["key"]]
+    assert (frame["control_key"] == controls[0]["key"]).all()
+    for run in runs:
+        row = frame[frame["key"] == run["key"]].iloc[0]
+        assert row["control_delta"] == pytest.approx(control.compare(run, controls[0], cache)["delta"])
