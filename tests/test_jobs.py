@@ -94,6 +94,31 @@ def test_another_visitors_cheap_run_starts_before_one_visitors_six_expensive_one
         board.stop()
 
 
+def test_a_page_queues_its_same_budget_control_beside_its_baseline_and_leaving_cancels_it(runs):
+    from explorer.compress.finetune import FinetuneConfig
+
+    board = Board(runs, key_of)
+    run, base = expensive(0), Recipe(model="vgg13", seed=1)
+    control = Recipe(model="vgg13", seed=2, steps=(FinetuneConfig(epochs=50),))
+    try:
+        job, b, fair = board.show("page", run, base, control=control)
+        assert fair is not None and (job.priority, b.priority, fair.priority) == (FOREGROUND, COMPARISON, COMPARISON)
+        assert board.watched("page") == {"vgg13-0", "vgg13-1", "vgg13-2"}
+        wait_for(lambda: runs.started == ["vgg13-0"])
+        runs.release("vgg13-0")
+        wait_for(lambda: runs.started == ["vgg13-0", "vgg13-1"])  # the page's run first, then what it is compared with
+        assert board.show("page", run, base, control=control)[2] is fair  # a render joins it, never a second one
+        board.show("page", cheap(5), None)  # the page moved on to a configuration with no control
+        runs.release("vgg13-1")
+        wait_for(lambda: fair.finished)
+        assert fair.state == "cancelled" and "vgg13-2" not in runs.started
+        assert board.show("page", cheap(5), None)[2] is None
+    finally:
+        for key in ("vgg13-0", "vgg13-1", "vgg13-2", "digits_cnn-5"):
+            runs.release(key)
+        board.stop()
+
+
 def test_the_line_takes_turns_between_owners_at_one_priority_and_keeps_priorities_first():
     from explorer.run.scheduler import Line
 

@@ -167,3 +167,16 @@ def test_resolution_is_the_drop_an_exact_copy_of_the_baseline_can_be_sure_of():
     big = pd.DataFrame([{"both_right": 9000, "baseline_only": 187, "run_only": 20, "both_wrong": 793}])
     assert resolution(big)[1] < 0.05  # 10,000 images resolve a few hundredths of a point
     assert resolution(pd.DataFrame([{"top1": 90.0}])) is None
+
+
+def test_the_sweet_spots_reason_gives_the_comparison_with_the_same_training_where_there_is_one():
+    tuned = TABLE.assign(control_delta=[np.nan, -0.4, np.nan, np.nan, np.nan, np.nan],
+                         control_delta_lo=[np.nan, -0.9, np.nan, np.nan, np.nan, np.nan],
+                         control_delta_hi=[np.nan, 0.1, np.nan, np.nan, np.nan, np.nan],
+                         control_significant=[np.nan, False, np.nan, np.nan, np.nan, np.nan],
+                         control_budget=[np.nan, "2 epochs", np.nan, np.nan, np.nan, np.nan])
+    p = sweet_spot(tuned, max_drop=1.0, objective="smallest")
+    assert p.row["label"] == "a"
+    assert ("against the baseline fine-tuned the same 2 epochs without compression: -0.40 points, 95% interval "
+            "-0.90 to +0.10 (within noise)") in p.reason
+    assert "fine-tuned" not in sweet_spot(tuned, max_drop=2.0, objective="smallest").reason  # b has no control

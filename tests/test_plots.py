@@ -199,3 +199,16 @@ def test_counts_in_page_text_take_the_right_number_and_thousands_separators():
     assert (count(1, "run"), count(3, "run"), count(0, "run")) == ("1 run", "3 runs", "0 runs")
     assert count(10_000, "test image") == "10,000 test images" and count(2, "entry", "entries") == "2 entries"
     assert count("?", "thread") == "? threads"  # an unknown count still reads as a phrase
+
+
+def test_the_same_budget_controls_are_reference_lines_with_their_intervals():
+    controls = pd.DataFrame([{"status": "ok", "key": "c1", "top1": 99.1, "top1_lo": 98.6, "top1_hi": 99.5,
+                              "control_budget": "2 epochs"}])
+    fig = plots.sparsity_accuracy(_frame(), current_key="k3", controls=controls)
+    lines = [s for s in fig.layout.shapes if s.type == "line" and s.y0 == s.y1 == pytest.approx(99.1)]
+    bands = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert len(lines) == 1 and len(bands) == 1 and (bands[0].y0, bands[0].y1) == (98.6, 99.5)
+    assert any(a.text == "baseline fine-tuned 2 epochs, no compression: 99.10%" for a in fig.layout.annotations)
+    assert fig.layout.yaxis.range[1] >= 99.5  # the axis spans the control's interval
+    assert not [t for t in fig.data if "c1" in json.dumps(list(t.customdata[:, 0]) if t.customdata is not None
+                                                         else [])]  # never a point of a curve

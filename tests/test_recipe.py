@@ -41,7 +41,8 @@ def test_canonical_json_writes_defaults_and_ignores_the_label():
 
 def test_bad_recipes_name_the_problem():
     with pytest.raises(ValueError,
-                       match=r"step kind='sparsify' must be one of: bn_adapt, cluster, distill, lowrank, prune"):
+                       match=r"step kind='sparsify' must be one of: bn_adapt, cluster, distill, finetune, lowrank, "
+                             r"prune"):
         Recipe.from_dict({"model": "digits_cnn", "steps": [{"kind": "sparsify"}]})
     with pytest.raises(ValueError, match=r"prune step has unknown keys \['amount'\]"):
         Recipe.from_dict({"model": "digits_cnn", "steps": [{"kind": "prune", "amount": 0.5}]})

@@ -21,12 +21,13 @@ from tests.conftest import ROOT, settle
 
 STATEFUL = ("explorer.run.cache", "explorer.run.landscape", "explorer.run.jobs", "explorer.run.executor",
             "explorer.run.runner", "explorer.run.sensitivity", "explorer.run.timing", "explorer.run.onnx",
-            "explorer.run.workers")
+            "explorer.run.workers", "explorer.run.control")
 
 
-@pytest.fixture
-def counted(monkeypatch, tmp_path):
-    """The page on a cached digits configuration, with the background grid on (its worker never started)."""
+@pytest.fixture(params=["0", pytest.param("1", marks=pytest.mark.slow)], ids=["no-fine-tuning", "fine-tuning"])
+def counted(request, monkeypatch, tmp_path):
+    """The page on a cached digits configuration, with the background grid on (its worker never started); with
+    fine-tuning, its same-budget control is queued, stored and compared with too."""
     from explorer.run import cache as cache_mod
     from explorer.run import landscape
 
@@ -35,10 +36,10 @@ def counted(monkeypatch, tmp_path):
     monkeypatch.setenv("EXPLORER_LATENCY_BUDGET_S", "0.05")
     monkeypatch.setattr(landscape.Landscapes, "_submit", lambda self, *a, **k: mock.Mock(done=lambda: False))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    for k, v in {"baseline": "digits_cnn-digits", "sparsity": "0.3", "prune_epochs": "0"}.items():
+    for k, v in {"baseline": "digits_cnn-digits", "sparsity": "0.3", "prune_epochs": request.param}.items():
         at.query_params[k] = v
     settle(at.run(), timeout=600)
-    settle(at.run())  # the run and its baseline are stored; the page has seen them
+    settle(at.run())  # the run, its baseline (and its control) are stored; the page has seen them
     hashed = []
     real = cache_mod._hash
     monkeypatch.setattr(cache_mod, "_hash", lambda path, data: hashed.append(path) or real(path, data))

@@ -28,8 +28,11 @@ def test_the_server_queues_the_default_configuration_then_runs_streamlit(monkeyp
     assert serve.main(["--server.port", "8599"]) == 0
     recipe = service.default_recipe()
     assert recipe is not None and recipe.steps  # the sidebar's defaults compress: the baseline is the comparison
+    control = service.control_recipe(recipe)  # and they fine-tune: the same training without compression too
+    assert control is not None
     assert asked == [(run_key(recipe), STARTUP, FOREGROUND),
-                     (run_key(service.baseline_recipe(recipe)), STARTUP, COMPARISON)]
+                     (run_key(service.baseline_recipe(recipe)), STARTUP, COMPARISON),
+                     (run_key(control), STARTUP, COMPARISON)]
     assert ran == [["streamlit", "run", str(serve.APP), "--server.port", "8599"]]
     assert serve.APP.name == "app.py" and serve.APP.is_file()
 

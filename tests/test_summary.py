@@ -77,3 +77,22 @@ def test_the_html_curve_leaves_room_for_its_tick_labels_and_axis_titles():
     assert layout["yaxis"]["automargin"] and layout["xaxis"]["automargin"]
     assert layout["margin"]["l"] >= 60 and layout["yaxis"]["title"]["standoff"] > 0
     assert "the baseline&#x27;s fp32 checkpoint file (digits_cnn-digits.safetensors)" in page
+
+
+# issue 35: pruning 50% with 2 fine-tune epochs on an under-trained model, against the baseline and its control
+TUNED = {**RESULT, "accuracy": {"top1": 86.57}, "baseline_accuracy": {"top1": 81.59}, "accuracy_delta": 4.98,
+         "vs_baseline": {"delta_ci": [4.4, 5.6], "significant": True},
+         "vs_control": {"delta_ci": [-0.9, 0.1], "significant": False, "p_value": 0.12, "delta": -0.4, "top1": 86.97,
+                        "top1_ci": [86.3, 87.6], "budget": "2 epochs", "epochs": 2, "key": "c" * 20}}
+
+
+def test_the_slides_accuracy_figure_is_against_the_same_training_where_the_recipe_fine_tunes():
+    acc = summary.big_numbers(TUNED)[-1]
+    assert acc[:2] == ("accuracy change against the same training", "-0.40 pts")
+    assert "baseline fine-tuned the same 2 epochs without compression" in acc[2] and "-0.90 to +0.10" in acc[2]
+    assert "within noise" in acc[2] and "against the untouched baseline +4.98 pts" in acc[2]
+    assert summary.big_numbers(RESULT)[-1][:2] == ("accuracy change", "-0.84 pts")  # no control: as before
+    fig = summary.figure(TUNED, FRAME, "mobilenet")
+    labels = [t.get_text() for ax in fig.axes for t in (ax.get_legend().get_texts() if ax.get_legend() else [])]
+    assert "baseline fine-tuned 2 epochs, no compression: 86.97%" in labels
+    assert "baseline fine-tuned 2 epochs, no compression: 86.97%" in summary.page(TUNED, FRAME, "mobilenet")

@@ -26,6 +26,7 @@ from explorer.compress.base import (
 from explorer.compress.bnadapt import BNAdaptConfig
 from explorer.compress.cluster import ClusterConfig
 from explorer.compress.distill import DistillConfig
+from explorer.compress.finetune import FinetuneConfig
 from explorer.compress.lowrank import LowRankConfig
 from explorer.compress.prune import PruneConfig
 from explorer.compress.quantize import MODES, QuantizeConfig
@@ -42,10 +43,12 @@ EXAMPLES = [
     QuantizeConfig(bits=6, mode="mixed", budget_bits=4.0), QuantizeConfig(bits=4, group_size=32),
     QuantizeConfig(bits=3, rounding="gptq", calibration_samples=512), QuantizeConfig(bits=4, grid="restricted"),
     ClusterConfig(clusters=4), LowRankConfig(rank_ratio=0.5), DistillConfig(epochs=1), BNAdaptConfig(samples=64),
+    FinetuneConfig(epochs=1),
 ]
 # one invalid setting per kind: (field, value)
 INVALID = {"prune": ("sparsity", 1.5), "quantize": ("bits", 99), "cluster": ("clusters", 1),
-           "lowrank": ("rank_ratio", 2.5), "distill": ("temperature", 0.25), "bn_adapt": ("samples", 3)}
+           "lowrank": ("rank_ratio", 2.5), "distill": ("temperature", 0.25), "bn_adapt": ("samples", 3),
+           "finetune": ("runs", 99)}
 
 
 def _id(cfg: StepConfig) -> str:

@@ -205,6 +205,7 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
     said = said if isinstance(said, str) and said else best.get("label", "")
     reason = (f"{objective.replace('_', ' ')} of {runs} meeting {met}: {said}, "
               f"top-1 {best['top1']:.2f}%, {describe_column(col)} {fmt_value(col, best[col])}")
+    reason += _against_control(best)
     if tied > 1:
         reason += (f" ({tied} runs tie within their {pct} intervals; the tie goes to "
                    f"{'the more accurate' if col == size_col else 'the smaller'}, then the simpler recipe)")
@@ -221,6 +222,21 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
     qualifies = point_row is not None and point_row.get("key", point_row.name) in set(
         found.get("key", pd.Series(found.index, index=found.index)))
     return Pick(best, reason, point_row, confidence if aware else None, qualifies)
+
+
+def _against_control(row: pd.Series) -> str:
+    """The pick against its same-budget control, where it fine-tunes and the control is measured: the fair
+    comparison, so that the extra training never reads as the compression's gain."""
+    delta, budget = row.get("control_delta"), row.get("control_budget")
+    if delta is None or pd.isna(delta) or not isinstance(budget, str):
+        return ""
+    lo, hi = row.get("control_delta_lo"), row.get("control_delta_hi")
+    ci = f", 95% interval {lo:+.2f} to {hi:+.2f}" if lo is not None and pd.notna(lo) and pd.notna(hi) else ""
+    significant = row.get("control_significant")
+    real = significant is not None and not pd.isna(significant) and bool(significant)
+    verdict = f"a real {'gain' if delta > 0 else 'loss'}" if real else "within noise"
+    return (f"; against the baseline fine-tuned the same {budget} without compression: {delta:+.2f} points{ci} "
+            f"({verdict})")
 
 
 def resolution(rows: pd.DataFrame, confidence: float = CONFIDENCE) -> tuple[int, float] | None:

@@ -164,9 +164,35 @@ def families(ok: pd.DataFrame, by: str = "scheme"):
         yield name, part.sort_values("sparsity_requested")
 
 
-def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str = "scheme") -> go.Figure:
+CONTROL_COLOUR = "#2a7f62"
+
+
+def control_lines(fig: go.Figure, controls: pd.DataFrame | None) -> list[float]:
+    """The same-budget controls (the baseline fine-tuned without compression, one row each) as dashed horizontal
+    lines with their 95% intervals as bands: what a fine-tuned run must beat for its compression to count as a
+    gain. Returns the top-1 values drawn, for the axis range."""
+    ok = _ok_rows(controls if controls is not None else pd.DataFrame(), "top1")
+    drawn: list[float] = []
+    if ok.empty:
+        return drawn
+    for _, row in ok.sort_values("top1").iterrows():
+        top1, lo, hi = float(row["top1"]), row.get("top1_lo"), row.get("top1_hi")
+        budget = row.get("control_budget")
+        budget = budget if isinstance(budget, str) and budget else "the same epochs"
+        if lo is not None and hi is not None and pd.notna(lo) and pd.notna(hi):
+            fig.add_hrect(y0=float(lo), y1=float(hi), fillcolor=CONTROL_COLOUR, opacity=0.08, line_width=0)
+            drawn += [float(lo), float(hi)]
+        fig.add_hline(y=top1, line_dash="dash", line_color=CONTROL_COLOUR, annotation_position="top left",
+                      annotation_text=chart(f"baseline fine-tuned {budget}, no compression: {top1:.2f}%"))
+        drawn.append(top1)
+    return drawn
+
+
+def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str = "scheme",
+                      controls: pd.DataFrame | None = None) -> go.Figure:
     """Top-1 against requested sparsity, one line per quantisation scheme (and cluster count), the current
-    run marked (seed 004: "plot a sparsity vs accuracy curve to visualise and determine the sweet spot")."""
+    run marked (seed 004: "plot a sparsity vs accuracy curve to visualise and determine the sweet spot"), and the
+    same-budget `controls` as the reference lines a fine-tuned run must beat (control_lines)."""
     ok = _ok_rows(df, "top1", "sparsity_requested")
     fig = go.Figure()
     if ok.empty:
@@ -192,9 +218,11 @@ def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str 
         base = float((ok["top1"] - ok["accuracy_delta"]).median())  # every run carries its baseline's top-1
         fig.add_hline(y=base, line_dash="dot", line_color="grey", annotation_text=f"baseline {base:.2f}%",
                       annotation_position="bottom left")
+    references = control_lines(fig, controls)
     _marker_legend(fig, ok)
     fig.update_layout(xaxis_title="sparsity (requested)", yaxis_title=_accuracy_title(ok),
-                      yaxis_range=_accuracy_range(ok, *([base] if base is not None else [])), xaxis_tickformat=".0%")
+                      yaxis_range=_accuracy_range(ok, *([base] if base is not None else []), *references),
+                      xaxis_tickformat=".0%")
     return _layout(fig, "Sparsity vs accuracy")
 
 

@@ -33,6 +33,7 @@ from explorer.app.tables import (
     sweet_spot_table,
 )
 from explorer.compress.base import Control
+from explorer.compress.finetune import control_of
 from explorer.compress.recipe import Recipe, recipe_words  # (the page's door to a recipe's words)
 from explorer.core import markup, plugins, roots, scratch, settings, words
 from explorer.core.card import ModelCard
@@ -43,6 +44,7 @@ from explorer.measure.accuracy import load_predictions
 from explorer.measure.hardware import describe
 from explorer.models import baselines, sandbox, user
 from explorer.models.user import check_upload_size, list_user_models
+from explorer.run import control as fair
 from explorer.run import sensitivity as sens
 from explorer.run.cache import RunCache
 from explorer.run.controls import (  # (the page's names for the techniques' controls)
@@ -343,8 +345,32 @@ _tables: dict[tuple[Any, ...], pd.DataFrame] = {}  # (baseline, the versions of 
 
 
 def frame(model: str, dataset: str, checkpoint: str | None = None) -> pd.DataFrame:
-    """The table of this baseline's stored runs (a copy of its own), built again only when one of them changed."""
-    return _frame(model, dataset, checkpoint).copy()
+    """The table of this baseline's stored runs (a copy of its own), built again only when one of them changed: the
+    compressions to choose from, each with its comparison against its same-budget control where that is stored
+    (the control_* columns). The controls themselves are in `control_frame`."""
+    df = _frame(model, dataset, checkpoint)
+    return df[~df["control"].fillna(False).astype(bool)].reset_index(drop=True)
+
+
+def control_frame(model: str, dataset: str, checkpoint: str | None = None) -> pd.DataFrame:
+    """The same-budget controls stored for this baseline (the baseline fine-tuned with no compression), one row
+    each: the curves' reference lines."""
+    df = _frame(model, dataset, checkpoint)
+    return df[df["control"].fillna(False).astype(bool)].reset_index(drop=True)
+
+
+def _with_controls(runs: list[RunResult]) -> list[RunResult]:
+    """Each run with its comparison against its same-budget control, where both are stored."""
+    by_key = {r.get("key"): r for r in runs}
+    out = []
+    for r in runs:
+        recipe = fair.recipe_of(r)
+        try:
+            held = by_key.get(run_key(recipe)) if recipe is not None else None
+        except ValueError:  # its checkpoint is gone: the run is listed without its control
+            held = None
+        out.append(r if held is None else fair.attach(r, held, cache()))
+    return out
 
 
 @_once_per_pass
@@ -354,10 +380,10 @@ def _frame(model: str, dataset: str, checkpoint: str | None = None) -> pd.DataFr
     with _frames_lock:
         df = _tables.get(at)
     if df is None:
-        df = results_frame([r for _, r in runs])
+        df = results_frame(_with_controls([r for _, r in runs]))
         if df.empty:
             df = pd.DataFrame(columns=["key", "label", "status", "top1", "accuracy_delta", "sparsity_requested",
-                                       "bits", "clusters", "packed_bytes", "recipe_json"])
+                                       "bits", "clusters", "packed_bytes", "recipe_json", "control"])
         with _frames_lock:
             if len(_tables) > 64:
                 _tables.clear()
@@ -582,6 +608,8 @@ def start_default() -> str | None:
     job = b.submit(recipe, STARTUP)
     if recipe.steps:
         b.submit(baseline_recipe(recipe), STARTUP, COMPARISON)
+    if (control := control_recipe(recipe)) is not None:
+        b.submit(control, STARTUP, COMPARISON)
     return job.key
 
 
@@ -608,3 +636,15 @@ def baseline_recipe(recipe: Recipe) -> Recipe:
     """The recipe's baseline with no step: the run every configuration is compared with."""
     return Recipe(model=recipe.model, dataset=recipe.dataset, checkpoint=recipe.checkpoint, seed=recipe.seed,
                   finetune_samples=recipe.finetune_samples)
+
+
+def control_recipe(recipe: Recipe) -> Recipe | None:
+    """The recipe's same-budget control: its baseline fine-tuned as its steps fine-tune, with no compression (None
+    where it trains nothing, or trains a new model: distillation)."""
+    return control_of(recipe)
+
+
+def with_control(result: RunResult, control: RunResult | None) -> RunResult:
+    """The run with its paired comparison against its same-budget control (`vs_control`), from the predictions
+    both stored; unchanged where there is none."""
+    return fair.attach(result, control, cache())

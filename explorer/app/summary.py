@@ -60,6 +60,15 @@ def big_numbers(result: RunResult, ship: str = SHIP_DEFAULT, baseline: dict | No
     d = result["accuracy_delta"]
     within = vs and not vs.get("significant")
     ci = f"95% interval {vs['delta_ci'][0]:+.2f} to {vs['delta_ci'][1]:+.2f} points" if vs else ""
+    vc = result.get("vs_control")
+    if vc:  # a recipe that fine-tunes: the slide's figure is against the same training without compression
+        lo, hi = vc["delta_ci"]
+        out.append(("accuracy change against the same training", f"{vc['delta']:+.2f} pts",
+                    f"top-1 {result['accuracy']['top1']:.2f}% against {vc['top1']:.2f}% for the baseline fine-tuned "
+                    f"the same {vc['budget']} without compression; 95% interval {lo:+.2f} to {hi:+.2f} points"
+                    + ("; within noise" if not vc.get("significant") else "")
+                    + f"; against the untouched baseline {d:+.2f} pts" + (" (within noise)" if within else "")))
+        return out
     out.append(("accuracy change", f"{d:+.2f} pts", f"top-1 {result['accuracy']['top1']:.2f}%; {ci}"
                                                     + ("; within noise" if within else "")))
     return out
@@ -71,6 +80,15 @@ def _baseline_sizes(frame: pd.DataFrame) -> dict:
     if row is None:
         return {}
     return {k: int(v) for k, v in row.items() if str(k).endswith("_bytes") and pd.notna(v)}
+
+
+def _controls(result: RunResult) -> pd.DataFrame:
+    """The run's same-budget control as the one row the curve draws as its reference line (none: no rows)."""
+    vc = result.get("vs_control")
+    if not vc:
+        return pd.DataFrame()
+    return pd.DataFrame([{"status": "ok", "top1": vc["top1"], "top1_lo": vc["top1_ci"][0],
+                          "top1_hi": vc["top1_ci"][1], "control_budget": vc["budget"]}])
 
 
 def _title(result: RunResult, card_name: str) -> str:
@@ -166,6 +184,11 @@ def _curve(ax, frame: pd.DataFrame, result: RunResult) -> None:
                         label=_plain(name), color=colour, ls=plots.MPL_DASHES[dash])
     base = result["baseline_accuracy"]["top1"]
     ax.axhline(base, ls=":", color="grey", label=f"baseline {base:.2f}%")
+    vc = result.get("vs_control")
+    if vc:  # what a fine-tuned run must beat for its compression to count as a gain
+        ax.axhspan(*vc["top1_ci"], color=plots.CONTROL_COLOUR, alpha=0.1, lw=0)
+        ax.axhline(vc["top1"], ls="--", color=plots.CONTROL_COLOUR,
+                   label=_plain(f"baseline fine-tuned {vc['budget']}, no compression: {vc['top1']:.2f}%"))
     sp = flatten(result)["sparsity_requested"]  # as the pruning step says it (n:m: 1 - n/m)
     ax.plot([sp], [result["accuracy"]["top1"]], marker="*", markersize=22, color="crimson", ls="none",
             label="this configuration")
@@ -181,7 +204,7 @@ def page(result: RunResult, frame: pd.DataFrame, card_name: str, ship: str = SHI
     numbers = big_numbers(result, ship, _baseline_sizes(frame))
     boxes = "".join(f"<div class=box><div class=v>{html.escape(v)}</div><div class=w>{html.escape(w)}</div>"
                     f"<div class=u>{html.escape(u)}</div></div>" for w, v, u in numbers)
-    fig = plots.sparsity_accuracy(frame, result.get("key"))
+    fig = plots.sparsity_accuracy(frame, result.get("key"), controls=_controls(result))
     # outside Streamlit's theme, plotly leaves no room for tick labels by default: grow the margins to fit them,
     # and keep the axis titles clear of the ticks
     fig.update_layout(margin={"l": 80, "b": 70, "t": 60, "r": 20})

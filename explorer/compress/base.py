@@ -15,7 +15,7 @@ import dataclasses
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -259,6 +259,19 @@ def finetune(model: nn.Module, ctx: Context, epochs: int, lr: float, what: str,
 MAX_STEP_EPOCHS = 100
 
 
+DEFAULT_LR = 1e-3  # the learning rate of a step's training where its config names none
+
+
+class Training(NamedTuple):
+    """A step's training as the same-budget control repeats it on the uncompressed baseline
+    (explorer.compress.finetune): `runs` fine-tunings in a row, each `epochs` epochs at learning rate `lr` with its
+    own optimiser and cosine schedule (an iterative schedule fine-tunes once per round)."""
+
+    epochs: int
+    lr: float
+    runs: int = 1
+
+
 Layer = nn.Conv2d | nn.Linear  # what the techniques compress
 Controls = Mapping[str, Any]  # the page's control values by name, as its sidebar and share link hold them
 Card = ModelCard  # a baseline's card: architecture, dataset, name, path, format, whether it has BatchNorm
@@ -396,6 +409,7 @@ class StepConfig:
     section: ClassVar[tuple[int, str, bool]] = (90, "More techniques", True)
     trains_anew: ClassVar[bool] = False  # the step trains a new model from scratch (distillation)
     fixes_floats: ClassVar[bool] = False  # after it the float statistics are fixed (quantisation)
+    compresses: ClassVar[bool] = True  # False: it only trains (the same-budget control, explorer.compress.finetune)
 
     def structural(self) -> bool:
         """True when the step changes layer shapes or the architecture: such steps come before weight-level
@@ -443,6 +457,13 @@ class StepConfig:
         """Epochs of training the step runs (fine-tuning, QAT, distillation), as a recipe's epoch budget counts
         them; 0 for a step that does not train."""
         return 0
+
+    def training(self) -> Training | None:
+        """The training the step runs, as the same-budget control repeats it on the uncompressed baseline (None: it
+        trains none): by default its `training_epochs()` in one go at its `lr`. A step that trains in rounds says
+        so; a step that `trains_anew` has no such control (explorer.compress.finetune.control_of)."""
+        epochs = self.training_epochs()
+        return Training(epochs, float(getattr(self, "lr", DEFAULT_LR))) if epochs else None
 
     def revision(self) -> int:
         """Raised when a fix changes what this configuration computes, so cached runs made before the fix are

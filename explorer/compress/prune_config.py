@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from explorer.compress.base import LAYER_CHOICES, MAX_STEP_EPOCHS, Card, Control, Controls, StepConfig
+from explorer.compress.base import LAYER_CHOICES, MAX_STEP_EPOCHS, Card, Control, Controls, StepConfig, Training
 from explorer.core.errors import bad_value, check_choice, check_range
 from explorer.core.words import byte_size
 
@@ -86,9 +86,16 @@ class PruneConfig(StepConfig):
     def training_epochs(self) -> int:
         """Each round of an iterative schedule (and of gradual channel pruning) fine-tunes at least one epoch, so
         many rounds train more than `finetune_epochs` (prune_channels, _prune_unstructured)."""
+        t = self.training()
+        return 0 if t is None else t.epochs * t.runs
+
+    def training(self) -> Training | None:
+        """One fine-tuning per round, each of `finetune_epochs // rounds` epochs (at least one)."""
         rounds = self.rounds if self.schedule == "iterative" or (
             self.schedule == "gradual" and self.granularity == "channel") else 1
-        return self.finetune_epochs if rounds == 1 else rounds * max(1, self.finetune_epochs // rounds)
+        if rounds == 1:
+            return Training(self.finetune_epochs, self.lr) if self.finetune_epochs else None
+        return Training(max(1, self.finetune_epochs // rounds), self.lr, rounds)
 
     def label(self) -> str:
         sched = "" if self.schedule == "oneshot" else f" {self.schedule}"

@@ -30,6 +30,20 @@ class PairedComparison(TypedDict, total=False):
     method: str
 
 
+class ControlComparison(PairedComparison, total=False):
+    """The run against its same-budget control, the baseline fine-tuned as the run's steps fine-tune with no
+    compression (explorer.run.control): the paired comparison on the same test images, "baseline" there standing
+    for the control, with the control's run key, its training epochs and budget in words, its top-1 with its
+    Wilson interval, and the run's top-1 minus the control's (points)."""
+
+    key: str
+    epochs: int
+    budget: str
+    top1: float
+    top1_ci: list[float]
+    delta: float
+
+
 class OnnxModel(TypedDict, total=False):
     """The fp32 export or the int8 model of a run; `reason` instead of the figures where it is unavailable."""
 

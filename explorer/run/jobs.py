@@ -147,14 +147,16 @@ class Board:
             self._lock.notify_all()
             return job
 
-    def show(self, session: str, recipe: Recipe, comparison: Recipe | None, visitor: str | None = None
-             ) -> tuple[Job, Job]:
-        """What a page does on each render: its configuration's job and its comparison's (the same job for a
-        recipe with no step), which it now watches in place of what it watched before (`submit`, `watch`)."""
+    def show(self, session: str, recipe: Recipe, comparison: Recipe | None, visitor: str | None = None,
+             control: Recipe | None = None) -> tuple[Job, Job, Job | None]:
+        """What a page does on each render: its configuration's job, its comparison's (the same job for a recipe
+        with no step) and its same-budget control's (None for a recipe that does not fine-tune), which it now
+        watches in place of what it watched before (`submit`, `watch`). Both comparisons wait for the run."""
         job = self.submit(recipe, session, visitor=visitor)
         base = job if comparison is None else self.submit(comparison, session, COMPARISON, visitor=visitor)
-        self.watch(session, {job.key, base.key})
-        return job, base
+        fair = None if control is None else self.submit(control, session, COMPARISON, visitor=visitor)
+        self.watch(session, {job.key, base.key, *([fair.key] if fair is not None else [])})
+        return job, base, fair
 
     def _check_share(self, visitor: str, session: str) -> None:
         """Refuse a new run of a visitor whose other pages already have their share waiting or going (under the

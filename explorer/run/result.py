@@ -22,11 +22,13 @@ from typing import Any, Literal, Required, TypedDict, cast
 import pandas as pd
 
 from explorer.compress.base import blank_columns, config_from_dict
+from explorer.compress.finetune import budget_words, is_control
 from explorer.compress.recipe import Recipe, recipe_words
 from explorer.core.engines import B1, TORCH_CPU, gain_col, lat_col, reltime_col, speedup_col, state_col
 
 # the figures of a run, named here too for the modules that take them with RunResult
 from explorer.core.figures import Accuracy as Accuracy
+from explorer.core.figures import ControlComparison as ControlComparison
 from explorer.core.figures import Latency as Latency
 from explorer.core.figures import LatencyFigure as LatencyFigure
 from explorer.core.figures import Onnx as Onnx
@@ -68,6 +70,8 @@ class RunResult(TypedDict, total=False):
     accuracy_delta: float  # points of top-1, negative = worse
     accuracy_ci: dict[str, list[float]]  # Wilson intervals of top1 and top5
     vs_baseline: PairedComparison
+    # against the same-budget control where the recipe fine-tunes: added where both runs exist, never stored by a run
+    vs_control: ControlComparison
     onnx: Onnx
     # the model
     sparsity: float
@@ -264,6 +268,12 @@ def _recipe_params(recipe: dict[str, Any]) -> dict[str, Any]:
         except (ValueError, TypeError):
             pass  # a step no technique reads (a stored run of an older explorer): its columns stay at their defaults
     p["technique"] = "+".join(str(s.get("kind")) for s in steps) or "baseline"
+    p["control"] = is_control(recipe)  # a same-budget control: a reference line, not a compression to choose
+    if p["control"]:
+        try:
+            p["control_budget"] = budget_words(Recipe.from_dict(dict(recipe)))
+        except (ValueError, TypeError):
+            pass
     return p
 
 
@@ -292,6 +302,12 @@ def flatten(result: RunResult) -> dict[str, Any]:
         row.update({c: vs[c] for c in ("both_right", "baseline_only", "run_only", "both_wrong")},
                    delta_lo=vs["delta_ci"][0], delta_hi=vs["delta_ci"][1], p_value=vs["p_value"],
                    significant=vs["significant"])
+    vc = result.get("vs_control") or {}
+    if vc:
+        row.update(control_key=vc["key"], control_epochs=vc["epochs"], control_budget=vc["budget"],
+                   control_top1=vc["top1"], control_top1_lo=vc["top1_ci"][0], control_top1_hi=vc["top1_ci"][1],
+                   control_delta=vc["delta"], control_delta_lo=vc["delta_ci"][0], control_delta_hi=vc["delta_ci"][1],
+                   control_p_value=vc["p_value"], control_significant=vc["significant"])
     for k in SIZE_KINDS:
         row[k] = result["size"].get(k)
         row[f"rf_{k.replace('_bytes', '')}"] = result["reduction_factor"]["vs_fp32_file"].get(k)

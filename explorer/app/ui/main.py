@@ -51,23 +51,29 @@ def _visitor() -> str:
 
 
 @st.fragment(run_every=0.5)
-def _live(key: str, base_key: str | None) -> None:
+def _live(key: str, base_key: str | None, control_key: str | None = None) -> None:
     """A run being computed: its progress and the figures that exist so far; the whole page is drawn again
-    once it (and the baseline it is compared with) is complete."""
+    once it (and the baseline and the same-budget control it is compared with) is complete."""
     board = service.board()
-    job, base = board.job(key), board.job(base_key) if base_key else None
-    if job is None or (job.finished and (base is None or base.finished)):
+    job = board.job(key)
+    if job is None:
         st.rerun()
-    now = job if not job.finished else base
-    if now is None:  # the run is done and there is no baseline to wait for (handled above; for the checker)
+        return
+    others = [j for j in (board.job(k) for k in (base_key, control_key) if k) if j is not None]
+    now = job if not job.finished else next((j for j in others if not j.finished), None)
+    if now is None:  # the run and what it is compared with are complete
         st.rerun()
-    what = "this configuration" if now is job else "the baseline, measured the same way for the comparison table"
+        return
+    what = ("this configuration" if now is job else "the baseline, measured the same way for the comparison table"
+            if now.key == base_key else "the baseline fine-tuned the same way without compression, the fair "
+            "control for this configuration's fine-tuning")
     waited = time.perf_counter() - now.submitted
     st.info(f"{LIVE} {what}: {md(now.message)} ({waited:.0f} s). The page fills in as figures arrive; you can move "
             "the sliders meanwhile (a run you leave is cancelled).")
     st.progress(min(max(now.fraction, 0.0), 1.0))
     shown = job.result or job.partial
     if shown:
+        base = board.job(base_key) if base_key else None
         views.headline(shown, _ship(), base.result if base is not None else None)
         if shown.get("status") == "partial":
             st.caption("Accuracy and the packed size are final; still being measured: "
@@ -110,7 +116,7 @@ def _page(top) -> None:
         # instead of staying greyed under the new model's header until this run redraws them
         st.empty()
         st.session_state["_drawn_model"] = c["baseline"]
-    recipe, job, base_job, error = None, None, None, None
+    recipe, job, base_job, control_job, error = None, None, None, None, None
     try:
         recipe = state.to_recipe(c, card)
     except ValueError as e:
@@ -118,7 +124,7 @@ def _page(top) -> None:
     if recipe is not None:
         st.markdown(f"**Configuration:** {service.recipe_words(recipe)}", help=f"Short form: {recipe.label()}")
         try:
-            job, base_job = _submit(recipe)
+            job, base_job, control_job = _submit(recipe)
         except ValueError as e:
             error = str(e)
     service.landscape_status(card, c)  # the model's background measurement starts, or goes on
@@ -127,9 +133,12 @@ def _page(top) -> None:
     if job is not None and job.state in ("failed", "cancelled"):
         error = f"The run failed: {job.error or job.message}"
     base_result = base_job.result if base_job is not None and base_job.state == "done" else None
+    if result is not None and control_job is not None and control_job.state == "done":
+        result = service.with_control(result, control_job.result)  # the paired comparison with the same training
     if error:
         st.error(md(error))  # errors repeat the values that were refused: a visitor's text
-    computing = job is not None and not error and (result is None or (base_job is not None and not base_job.finished))
+    computing = job is not None and not error and (
+        result is None or any(j is not None and not j.finished for j in (base_job, control_job)))
     if result is not None and job is not None and lands is not None \
             and st.session_state.get("_neighbours_of") != job.key:
         lands.after_run(card, c)  # the slider positions next to this one are measured next
@@ -143,11 +152,15 @@ def _page(top) -> None:
     key = result.get("key") if result else None
     with tabs[0]:  # the live progress is drawn whichever tab is open: it reruns the page once the run is complete
         if computing and job is not None:
-            _live(job.key, base_job.key if base_job is not None else None)
+            _live(job.key, base_job.key if base_job is not None else None,
+                  control_job.key if control_job is not None else None)
         if tabs[0].open is not False:
             _landscape_note(card, c)
             if result and not computing:
                 _overview(result, base_result, frame, card)
+                if control_job is not None and control_job.state in ("failed", "cancelled"):
+                    st.caption("The same-budget control (the baseline fine-tuned the same way without compression) "
+                               f"did not complete: {md(control_job.error or control_job.message)}")
             elif not computing:
                 st.info("No result for this configuration; fix the error above and the views come back.")
             views.glossary()
@@ -212,14 +225,16 @@ def _page(top) -> None:
         with tabs[8]:
             panels.byo_panel(service, service.datasets(),
                              service.architectures(libraries=tabs[8].open is not False))
-    st.caption(footer(time.perf_counter() - t0, job, base_job))
+    st.caption(footer(time.perf_counter() - t0, job, base_job, control_job))
 
 
 def _submit(recipe):
-    """Queue this configuration and its baseline (the comparison) on the run board, and say that this page
-    watches these two now (a run it left, and no other page watches, is cancelled)."""
+    """Queue this configuration, its baseline (the comparison) and, where it fine-tunes, its same-budget control
+    on the run board, and say that this page watches these now (a run it left, and no other page watches, is
+    cancelled)."""
     comparison = service.baseline_recipe(recipe) if recipe.steps else None
-    return service.board().show(_session(), recipe, comparison, visitor=_visitor())
+    return service.board().show(_session(), recipe, comparison, visitor=_visitor(),
+                                control=service.control_recipe(recipe))
 
 
 def _overview(result: RunResult, base_result: RunResult | None, frame, card: ModelCard) -> None:
@@ -262,7 +277,8 @@ def _curves_now(card: ModelCard, controls: dict, checkpoint: str | None, key: st
                           help="The background measurement of this model's default grid, shared by every page"):
             lands.pause(card["name"], not s["paused"])
             st.rerun(scope="fragment")
-    views.curves(service.frame(card["architecture"], card["dataset"], checkpoint), key, _ship())
+    views.curves(service.frame(card["architecture"], card["dataset"], checkpoint), key, _ship(),
+                 service.control_frame(card["architecture"], card["dataset"], checkpoint))
 
 
 def _landscape(card: ModelCard, controls: dict) -> tuple:
@@ -289,7 +305,7 @@ def _landscape_note(card: ModelCard, controls: dict) -> None:
                    "first).")
 
 
-def footer(seconds: float, job, base_job) -> str:
+def footer(seconds: float, job, base_job, control_job=None) -> str:
     """What this render did: served from the cache, or how long the run took to its first figures."""
     done = st.session_state.pop("_sweep_done", None)
     if done:
@@ -298,9 +314,9 @@ def footer(seconds: float, job, base_job) -> str:
         return f"Rendered in {seconds:.2f} s (no run)"
     if job.state in ("failed", "cancelled"):
         return f"Rendered in {seconds:.2f} s (the run {job.state})"
-    hits = [bool((j.result or {}).get("cache", {}).get("hit")) for j in {job.key: job, base_job.key: base_job}.values()
-            if j is not None and j.state == "done"]
-    if job.state != "done" or (base_job is not None and not base_job.finished):
+    jobs = {j.key: j for j in (job, base_job, control_job) if j is not None}
+    hits = [bool((j.result or {}).get("cache", {}).get("hit")) for j in jobs.values() if j.state == "done"]
+    if job.state != "done" or any(not j.finished for j in jobs.values()):
         return f"Rendered in {seconds:.2f} s (computing)"
     told = st.session_state.get("_told_computed")
     if all(hits) or told == job.key:  # a run this page already reported is served from memory now

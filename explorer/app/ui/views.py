@@ -107,6 +107,40 @@ def accuracy_sentence(result: RunResult) -> str:
             f"points, 95% interval {lo:+.2f} to {hi:+.2f}: {verdict}.")
 
 
+def _verdict(vs: Mapping[str, Any], delta: float) -> str:
+    if not vs.get("significant"):
+        return f"within noise (exact McNemar p = {vs['p_value']:.2g})"
+    return f"a real {'gain' if delta > 0 else 'loss'} (exact McNemar p = {vs['p_value']:.2g})"
+
+
+def control_sentence(result: RunResult) -> str:
+    """The run against the baseline fine-tuned the same way without compression (its same-budget control), in
+    words: the fair comparison where a recipe fine-tunes, beside the one with the untouched baseline."""
+    vc = result.get("vs_control")
+    if not vc:
+        return ""
+    lo, hi = vc["delta_ci"]
+    return (f"Against the baseline fine-tuned the same {vc['budget']} without compression (top-1 {vc['top1']:.2f}%, "
+            f"the fair control for this fine-tuning), on the same images: {vc['delta']:+.2f} points, 95% interval "
+            f"{lo:+.2f} to {hi:+.2f}: {_verdict(vc, vc['delta'])}.")
+
+
+def fine_tuning_gain(result: RunResult) -> str:
+    """Where the run gains over the untouched baseline but not over the same training without compression: the
+    sentence that says the gain is the fine-tuning's ("" elsewhere)."""
+    vs, vc = result.get("vs_baseline") or {}, result.get("vs_control")
+    if not vc or not vs.get("significant") or result["accuracy_delta"] <= 0:
+        return ""
+    if vc.get("significant") and vc["delta"] > 0:
+        return ""  # it beats the same training without compression too: the gain is partly the compression's
+    how = "does as well: this run is within noise of it" if not vc.get("significant") else \
+        f"does better: this run is {-vc['delta']:.2f} points below it"
+    return (f"The gain of {result['accuracy_delta']:+.2f} points over the baseline is the fine-tuning's, not the "
+            f"compression's: the baseline fine-tuned the same {vc['budget']} without compression scores "
+            f"{vc['top1']:.2f}% and {how}. The baseline was not trained to convergence; compression did not make it "
+            "more accurate.")
+
+
 def headline(result: RunResult, ship: str = SHIP_DEFAULT, base: RunResult | None = None) -> None:
     acc = result["accuracy"]
     c = st.columns(5)
@@ -155,9 +189,11 @@ def headline(result: RunResult, ship: str = SHIP_DEFAULT, base: RunResult | None
                         "'within noise' where its 95% interval holds 1; 'timing disturbed' where the timing failed "
                         "its own checks (the machine was busy), and then no figure is shown. The absolute time "
                         "moves with whatever else the machine runs; the speed-up, timed side by side, holds.")
-    for sentence in (accuracy_sentence(result), gain_sentence(result)):
+    for sentence in (accuracy_sentence(result), control_sentence(result), gain_sentence(result)):
         if sentence:
             st.caption(sentence)
+    if warning := fine_tuning_gain(result):
+        st.warning(md(warning))
     if any(speed(result, e, B256).state == "disturbed" for e in (TORCH_CPU, ORT_CPU_INT8)):
         wait = retime_wait_words()  # "re-timing" that never comes needs its reason
         if wait:
@@ -273,12 +309,17 @@ def show_table(df: pd.DataFrame, key: str) -> None:
     st.dataframe(shown, hide_index=True, key=key, height=35 * (len(shown) + 1) + 3)
 
 
-def curves(frame: pd.DataFrame, key: str | None, ship: str = SHIP_DEFAULT) -> None:
+def curves(frame: pd.DataFrame, key: str | None, ship: str = SHIP_DEFAULT,
+           controls: pd.DataFrame | None = None) -> None:
     if frame.empty or frame["status"].eq("ok").sum() < 2:
         st.info("The curves fill in as runs accumulate: move the sliders, or launch a sweep in the Sweep tab.")
     if "seed" in frame.columns and frame["seed"].nunique() > 1:
         frame = across_seeds(frame)  # one point per configuration: the mean across seeds, bars one sd
-    st.plotly_chart(plots.sparsity_accuracy(frame, key), key="chart_sparsity_accuracy")
+    st.plotly_chart(plots.sparsity_accuracy(frame, key, controls=controls), key="chart_sparsity_accuracy")
+    if controls is not None and not controls.empty:
+        st.caption("Dashed lines: the baseline fine-tuned without compression for the budgets the runs fine-tune "
+                   "with (the same epochs, images and learning rate), each with its 95% interval. A run above the "
+                   "baseline but not above its line gained from the training, not from the compression.")
     left, right = st.columns(2)
     with left:
         col, what, label = SHIPS[ship]
