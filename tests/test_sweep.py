@@ -248,3 +248,25 @@ def test_a_sweep_says_its_progress_while_it_times_the_points_the_background_stor
     df = run_sweep(recipes, workers=1, cache=Stored(), progress=lambda done, total, eta: said.append((done, total)))
     assert len(df) == len(recipes) and said[0] == (0, len(recipes))
     assert [d for d, _ in said[1:len(recipes) + 1]] == list(range(1, len(recipes) + 1))  # one report per point timed
+
+
+def test_a_sweep_says_its_time_before_it_starts_from_the_runs_measured_so_far():
+    """The Sweep tab launched 40 configurations with no word of the time: the estimate is the measured runs'
+    seconds against their training epochs (least squares), the rest shared by the workers, timing one at a time."""
+    from explorer.app.ui.panels import sweep_estimate_words
+    from explorer.run.executor import estimate
+
+    def measured(epochs: int, seconds: float) -> dict:
+        r = grid_point("digits_cnn", sparsity=0.5, finetune_epochs=epochs) if epochs else grid_point("digits_cnn")
+        return {"recipe": r.to_dict(), "timings": {"total_prepare": seconds, "latency": 2.0}}
+
+    runs = [measured(0, 3.0), measured(2, 13.0), measured(4, 23.0)]  # 3 s, then 5 s an epoch
+    todo = [grid_point("digits_cnn", sparsity=s, finetune_epochs=e) for s, e in ((0.6, 2), (0.7, 4), (0.8, 0))]
+    from explorer.run.runner import run_key
+
+    est = estimate(todo, runs, frozenset({run_key(todo[2])}), workers=2)
+    assert (est.total, est.stored, est.basis) == (3, 1, 3)
+    assert est.seconds == pytest.approx(((3 + 10) + (3 + 20)) / 2 + 2 * 2.0)  # two runs left, each timed alone
+    assert "about 22 s" in sweep_estimate_words(est) and "1 of them stored already" in sweep_estimate_words(est)
+    assert estimate(todo, [], frozenset(), workers=2).seconds is None
+    assert "cannot be estimated" in sweep_estimate_words(estimate(todo, [], frozenset(), workers=2))

@@ -58,7 +58,7 @@ from explorer.run.controls import (  # (the page's names for the techniques' con
     relevant,
     sections,
 )
-from explorer.run.executor import SweepProgress, run_sweep
+from explorer.run.executor import Estimate, SweepProgress, estimate, run_sweep
 from explorer.run.grid import Grid, page_choices
 from explorer.run.jobs import (
     COMPARISON,
@@ -405,6 +405,20 @@ def sweep_choices(card: ModelCard) -> dict[str, tuple[Any, ...]]:
 def sweep_axes() -> list[tuple[str, bool, list[Control]]]:
     """The Sweep tab's choices, as the sidebar's sections: each technique's controls and the grid's default axes."""
     return sections()
+
+
+def sweep_estimate(card: ModelCard, axes: dict[str, list[Any]] | None = None, repeats: int = 1) -> Estimate:
+    """What the Sweep tab's grid will cost before it starts: the runs stored already, and the seconds the rest take
+    on this machine, from this model's runs measured so far (ValueError for a grid a technique refuses)."""
+    recipes = sweep_grid(card, axes, repeats).recipes()
+    measured = cached_results(card["architecture"], card["dataset"], None if _committed(card) else card.get("path"))
+    from explorer.run import runner, scheduler
+
+    return estimate(recipes, measured, cache().stored(), workers=max(1, scheduler.cores() // runner.train_threads()))
+
+
+def _committed(card: ModelCard) -> bool:
+    return card.get("name") == f"{card['architecture']}-{card['dataset']}"
 
 
 def sweep(card: ModelCard, axes: dict[str, list[Any]], repeats: int = 1,

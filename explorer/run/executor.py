@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -70,6 +72,46 @@ def parallel(jobs: list[tuple[str, str]], backend: str, n: int,
             pool_ = pool(backend, n, fn)
             stack.callback(pool_.close)
         yield from pool_.results(jobs, _died)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a sweep will cost before it starts: how many of its runs are stored already, and the seconds the rest
+    will take (None where no run of this model has been measured yet), from `basis` runs measured so far."""
+
+    total: int
+    stored: int
+    seconds: float | None
+    basis: int
+
+
+def estimate(recipes: Sequence[Recipe], measured: Sequence[Mapping[str, Any]], stored: set[str] | frozenset[str],
+             workers: int) -> Estimate:
+    """The seconds the runs not stored will take, from the runs of the same model measured so far: each run's
+    compression and scoring as a fixed part plus a part per training epoch (least squares over the measured runs'
+    seconds against their epochs), shared by `workers` side by side, and its latency timing one run at a time."""
+    keys = [runner.run_key(r) for r in recipes]
+    todo = [r for k, r in zip(keys, recipes, strict=True) if k not in stored]
+    points = []
+    for m in measured:
+        t = m.get("timings") or {}
+        if "total_prepare" not in t:
+            continue
+        try:
+            epochs = sum(s.training_epochs() for s in Recipe.from_dict(m["recipe"]).steps)
+        except (KeyError, ValueError, TypeError):
+            continue
+        points.append((float(epochs), float(t["total_prepare"]), float(t.get("latency") or 0.0)))
+    if not todo or not points:
+        return Estimate(len(recipes), len(recipes) - len(todo), 0.0 if not todo else None, len(points))
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    per_epoch = max(0.0, sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var) if var else 0.0
+    fixed = max(0.0, my - per_epoch * mx)
+    timing = statistics.median(p[2] for p in points)
+    work = sum(fixed + per_epoch * sum(s.training_epochs() for s in r.steps) for r in todo)
+    return Estimate(len(recipes), len(recipes) - len(todo), work / max(workers, 1) + timing * len(todo), len(points))
 
 
 def run_sweep(recipes: Sequence[Recipe], *, backend: str = "local", workers: int | None = None,

@@ -53,11 +53,14 @@ def sweep_panel(card: ModelCard, backend) -> None:
                               help="Each configuration runs with seeds 0..K-1: the seed changes the fine-tuning "
                                    "order, the calibration sample and the k-means start. Tables and charts then "
                                    "show the mean and the spread across seeds.")
-    try:  # distinct configurations: values of a detail that does not apply give the same run
-        n = len(backend.sweep_grid(card, axes, int(repeats)).recipes())
+    try:  # distinct configurations (values of a detail that does not apply give the same run), and their cost
+        est = backend.sweep_estimate(card, axes, int(repeats))
+        n = est.total
     except ValueError as e:  # an empty choice, or a combination a technique refuses
         st.error(md(e))
-        n = 0
+        est, n = None, 0
+    if est is not None and n:
+        st.caption(sweep_estimate_words(est))
     if st.button(f"Run sweep ({n} configurations)", key="sweep_run", disabled=n == 0):
         bar = st.progress(0.0, text="starting the sweep")
 
@@ -90,6 +93,21 @@ def _choice(where, ctrl, card: ModelCard, start: dict) -> list:
     say = (lambda v: "on" if v else "off") if isinstance(ctrl.default, bool) else ctrl.say
     return where.multiselect(ctrl.title, list(ctrl.offered(card)), default=list(start[ctrl.name]),
                              key=f"sweep_{ctrl.name}", format_func=say, help=md(ctrl.help))
+
+
+def sweep_estimate_words(est) -> str:
+    """What a sweep will take, said before it starts (its runs stored already come back at once)."""
+    stored = f"{est.stored} of them stored already (back at once)" if est.stored else "none of them stored yet"
+    if est.stored == est.total:
+        return f"{est.total} configurations, every one stored already: the sweep returns at once."
+    if est.seconds is None:
+        return (f"{est.total} configurations, {stored}; no run of this model has been measured on this machine yet, "
+                "so the time cannot be estimated: the progress bar says it once the first runs are in.")
+    minutes = est.seconds / 60
+    when = f"about {est.seconds:.0f} s" if est.seconds < 120 else f"about {minutes:.0f} min"
+    return (f"{est.total} configurations, {stored}; the rest take {when} on this machine, estimated from "
+            f"{est.basis} run{'s' if est.basis != 1 else ''} of this model measured so far (fine-tuning epochs "
+            "weigh most).")
 
 
 def sweeps() -> dict:
