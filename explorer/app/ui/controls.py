@@ -66,6 +66,9 @@ def sidebar(cards: dict[str, ModelCard], default: str) -> dict[str, Any]:
                  format_func=lambda k: service.SHIPS[k][1][0].upper() + service.SHIPS[k][1][1:],
                  help="The file you will ship: its bytes are the size on the tiles, the Pareto chart, the sweet spot "
                       "and the summary, against the baseline's own file of that kind.")
+    sb.toggle("Presenter view", key="presenter",
+              help="For a demo: the Overview shows three figures, the curve with this configuration marked and one "
+                   "sentence; the statistics and tables stay one click away")
     _refused_from_link(card, now["baseline"])
     on = state.relevant(now, card)
     for title, opened, ctrls in service.sections():  # every registered technique's, the operator's own too

@@ -238,7 +238,17 @@ def _submit(recipe):
 
 
 def _overview(result: RunResult, base_result: RunResult | None, frame, card: ModelCard) -> None:
-    views.headline(result, _ship(), base_result)
+    presenter = bool(st.session_state.get("presenter"))
+    views.headline(result, _ship(), base_result, presenter=presenter)
+    if presenter:  # a demo: three tiles, the curve with this configuration's star, one sentence
+        views.presenter_chart(frame, result.get("key"))
+        with st.expander("The comparison table and the files to take home"):
+            _take_home(result, base_result, frame, card)
+        return
+    _take_home(result, base_result, frame, card)
+
+
+def _take_home(result: RunResult, base_result: RunResult | None, frame, card: ModelCard) -> None:
     views.show_table(views.comparison_table(result, base_result), key="comparison_table")
     st.markdown("**Take it home**")
     views.downloads(result, service.artifact, key="dl")

@@ -60,7 +60,7 @@ def sweep_panel(card: ModelCard, backend) -> None:
         st.error(md(e))
         est, n = None, 0
     if est is not None and n:
-        st.caption(sweep_estimate_words(est))
+        st.caption(md(sweep_estimate_words(est)))
     if st.button(f"Run sweep ({n} configurations)", key="sweep_run", disabled=n == 0):
         bar = st.progress(0.0, text="starting the sweep")
 

@@ -141,9 +141,31 @@ def fine_tuning_gain(result: RunResult) -> str:
             "more accurate.")
 
 
-def headline(result: RunResult, ship: str = SHIP_DEFAULT, base: RunResult | None = None) -> None:
+def plain_sentence(result: RunResult, sh: Mapping[str, Any]) -> str:
+    """The run in one sentence for a stakeholder: what it keeps of the accuracy, what it buys in size and speed,
+    each said only as far as its measurement holds (a change within noise is no change, a disturbed timing no
+    figure)."""
+    vs = result.get("vs_baseline") or {}
+    d = result["accuracy_delta"]
+    acc = (f"keeps the baseline's accuracy (top-1 {result['accuracy']['top1']:.2f}%, a change within noise)"
+           if vs and not vs.get("significant") else
+           f"{'gains' if d > 0 else 'loses'} {abs(d):.2f} points of top-1 ({result['accuracy']['top1']:.2f}%)")
+    rf = sh.get("times_smaller")
+    size = (f"{sh['what'].split(' (')[0]} is no smaller" if sh.get("no_smaller") else
+            f"{sh['what'].split(' (')[0]} is {rf:.1f}x smaller" if rf else "")
+    sp = speed(result, ORT_CPU_INT8, B256)
+    fast = {"faster": f"it runs {sp.text} in ONNX Runtime int8", "slower": f"it runs {sp.text} in ONNX Runtime int8",
+            "within noise": "its ONNX Runtime int8 speed is the baseline's (within noise)"}.get(sp.state, "")
+    parts = [p for p in (size, fast) if p]
+    return f"This configuration {acc}" + (f"; {' and '.join(parts)}" if parts else "") + "."
+
+
+def headline(result: RunResult, ship: str = SHIP_DEFAULT, base: RunResult | None = None,
+             presenter: bool = False) -> None:
+    """The run's tiles, its one sentence, the statistics behind them (in an expander), and what will surprise.
+    `presenter`: three tiles (top-1, the size of what ships, the int8 speed-up) for a demo."""
     acc = result["accuracy"]
-    c = st.columns(5)
+    c = st.columns(3 if presenter else 5)
     delta = result["accuracy_delta"]
     vs = result.get("vs_baseline") or {}
     change = f"{delta:+.2f} pts" if abs(delta) >= 0.005 else None
@@ -165,11 +187,11 @@ def headline(result: RunResult, ship: str = SHIP_DEFAULT, base: RunResult | None
                 help=f"Bytes of {md(sh['what'])}, what you deploy (set in the sidebar), measured, against "
                      f"{md(sh['against'])} ({fmt_bytes(sh['against_bytes'])}).")
     removed = 1 - result["params"] / max(result["baseline_params"], 1)
-    if removed > 0.005:  # structural compression: the parameters are gone, not zeros among them
+    if not presenter and removed > 0.005:  # structural compression: the parameters are gone, not zeros among them
         c[2].metric("Parameters removed", f"{removed:.1%}",
                     help=f"{result['baseline_params']:,} parameters in the baseline, {result['params']:,} now; "
                          f"{result['sparsity']:.1%} of the remaining weights are zero.")
-    else:
+    elif not presenter:
         c[2].metric("Weight sparsity", f"{result['sparsity']:.1%}", help="The share of weights that are zero.")
     pending = result.get("status") == "partial"
     if sh["no_smaller"]:
@@ -179,7 +201,7 @@ def headline(result: RunResult, ship: str = SHIP_DEFAULT, base: RunResult | None
                    "The packed file, which skips the zeros and packs the bits, is "
                    f"{fmt_bytes((result.get('size') or {}).get('packed_bytes'))}; removing whole channels, low-rank "
                    "factors or the int8 file shrink what ONNX Runtime loads.")
-    for col, engine in ((c[3], TORCH_CPU), (c[4], ORT_CPU_INT8)):
+    for col, engine in ((c[2], ORT_CPU_INT8),) if presenter else ((c[3], TORCH_CPU), (c[4], ORT_CPU_INT8)):
         ms = _lat(result, engine, B256)
         text, color, arrow = _speedup(result, engine, B256)
         col.metric(TILES[engine], f"{ms:.2f} ms" if ms else "timing..." if pending else "n/a",
@@ -189,15 +211,17 @@ def headline(result: RunResult, ship: str = SHIP_DEFAULT, base: RunResult | None
                         "'within noise' where its 95% interval holds 1; 'timing disturbed' where the timing failed "
                         "its own checks (the machine was busy), and then no figure is shown. The absolute time "
                         "moves with whatever else the machine runs; the speed-up, timed side by side, holds.")
-    for sentence in (accuracy_sentence(result), control_sentence(result), gain_sentence(result)):
-        if sentence:
-            st.caption(sentence)
+    st.markdown(md(plain_sentence(result, sh)))
+    with st.expander("The statistics behind these figures"):  # before the tables, not eight paragraphs of them
+        for sentence in (accuracy_sentence(result), control_sentence(result), gain_sentence(result)):
+            if sentence:
+                st.caption(sentence)
+        if any(speed(result, e, B256).state == "disturbed" for e in (TORCH_CPU, ORT_CPU_INT8)):
+            wait = retime_wait_words()  # "re-timing" that never comes needs its reason
+            if wait:
+                st.caption(wait)
     if warning := fine_tuning_gain(result):
         st.warning(md(warning))
-    if any(speed(result, e, B256).state == "disturbed" for e in (TORCH_CPU, ORT_CPU_INT8)):
-        wait = retime_wait_words()  # "re-timing" that never comes needs its reason
-        if wait:
-            st.caption(wait)
     notes = list(dict.fromkeys(result.get("notes", [])))
     for note in notes:
         st.info(md(note))
@@ -309,6 +333,13 @@ def show_table(df: pd.DataFrame, key: str) -> None:
     st.dataframe(shown, hide_index=True, key=key, height=35 * (len(shown) + 1) + 3)
 
 
+def presenter_chart(frame: pd.DataFrame, key: str | None) -> None:
+    """The one chart of the presenter view: top-1 against sparsity, this configuration starred."""
+    if "seed" in frame.columns and frame["seed"].nunique() > 1:
+        frame = across_seeds(frame)
+    st.plotly_chart(plots.sparsity_accuracy(frame, key), key="chart_presenter")
+
+
 def curves(frame: pd.DataFrame, key: str | None, ship: str = SHIP_DEFAULT,
            controls: pd.DataFrame | None = None) -> None:
     if frame.empty or frame["status"].eq("ok").sum() < 2:
@@ -316,6 +347,9 @@ def curves(frame: pd.DataFrame, key: str | None, ship: str = SHIP_DEFAULT,
     if "seed" in frame.columns and frame["seed"].nunique() > 1:
         frame = across_seeds(frame)  # one point per configuration: the mean across seeds, bars one sd
     st.plotly_chart(plots.sparsity_accuracy(frame, key, controls=controls), key="chart_sparsity_accuracy")
+    if not frame.empty and (key is None or not (frame["key"] == key).any()):
+        st.caption("Your configuration has no star on the charts yet: it is drawn once its run is measured (the "
+                   "Overview shows its progress).")
     if controls is not None and not controls.empty:
         st.caption("Dashed lines: the baseline fine-tuned without compression for the budgets the runs fine-tune "
                    "with (the same epochs, images and learning rate), each with its 95% interval. A run above the "
