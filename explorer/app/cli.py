@@ -102,7 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "`models` lists them)")
     am.add_argument("--dataset", default="digits")
     am.add_argument("--root", default=None)
-    am.add_argument("--image-size", type=int, default=None, help="resize the data's images to this size")
+    am.add_argument("--image-size", type=int, default=None,
+                    help="the image size the model was trained at: the data's images are resized to it")
+    am.add_argument("--mean", default=None, metavar="M[,M,M]",
+                    help="the per-channel mean the model was trained with, after scaling pixels to [0, 1] (with "
+                         "--std; default: the training split's own, which the card states; 0 with --std 1 feeds the "
+                         "[0, 1] pixels as they are)")
+    am.add_argument("--std", default=None, metavar="S[,S,S]", help="the per-channel standard deviation (with --mean)")
     ls = sub.add_parser("models", help="list the architectures --arch takes (zoo, plugins, torchvision, timm)")
     ls.add_argument("search", nargs="?", default="", help="only names containing this text")
     am.add_argument("--name", default=None)
@@ -420,15 +426,20 @@ def _waiting(ahead: int) -> None:
 
 @command("add-model")
 def _add_model(a: argparse.Namespace) -> int:
+    from explorer.core.preprocessing import parse_values
+    from explorer.models.feeding import feed_words
     from explorer.models.user import add_model
 
     card = add_model(a.checkpoint, arch=a.arch, dataset=a.dataset, root=a.root, name=a.name,
                      image_size=a.image_size, trust_code=a.trust_code, replace=a.replace,
+                     mean=parse_values(a.mean, "--mean"), std=parse_values(a.std, "--std"),
                      file_name=True, on_wait=_waiting)  # the operator's own file: its name is kept in the card
     acc = card["accuracy"]
     verb = "already added as" if card.get("reused") else "added"
     print(f"{verb} {card['name']} ({card['architecture']}, {card['params']:,} parameters) at {card['path']}: "
           f"top-1 {acc['top1']:.2f}% on {card['test_samples']} {card['dataset']} test images")
+    if (fed := feed_words(card)) is not None:
+        print(f"fed {fed}")
     if card.get("unsupported_reason"):
         print(f"note: {card['unsupported_reason']}")
     return 0

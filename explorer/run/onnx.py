@@ -20,6 +20,7 @@ from explorer.measure import size
 from explorer.measure.accuracy import save_predictions, uncertainty
 from explorer.measure.latency import unavailable
 from explorer.measure.onnx_export import deploy_int8, onnx_accuracy
+from explorer.models import feeding
 from explorer.models.baselines import baseline_data, read_card, versions
 from explorer.run.result import Accuracy, Onnx, OnnxModel, RunResult
 
@@ -74,7 +75,7 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> RunResult:
         calib = data.calibration(min(deploy.calibration_samples, len(data.train)), seed=recipe.seed).numpy()
         # the measure layer's plain dict, with OnnxModel's keys
         onnx["int8"] = cast(OnnxModel, deploy_int8(workdir / FILES["onnx"], workdir / FILES["onnx_int8"], deploy,
-                                                   calib, x, y))
+                                                   calib, x, y, feeding.onnx_metadata(card, data)))
         acc = onnx_accuracy(workdir / FILES["onnx_int8"], x, y, with_predictions=True)
         model_file = FILES["onnx_int8"]
     save_predictions(workdir / FILES["predictions"], acc["pred"])
@@ -103,7 +104,7 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> RunResult:
                                                  and k != "state_dict_bytes"}, base_file, base_sizes),
         theoretical=None, layers=layers, histograms={}, compression={}, notes=[reason], memory={},
         timings={"total_prepare": round(time.perf_counter() - t0, 3), "steps": []}, versions=versions(),
-        input_shape=list(data.input_shape))
+        input_shape=list(data.input_shape), preprocessing=feeding.fed(data, feeding.given_of(card)))
 
 
 def time_onnx(result: RunResult, workdir: Path, threads: int, budget_s: float,

@@ -204,8 +204,8 @@ def _page(top) -> None:
                     st.error(md(e))
     if shown(8):
         with tabs[8]:
-            panels.byo_panel(service, service.datasets(),
-                             service.architectures(libraries=tabs[8].open is not False))
+            opened = tabs[8].open is not False
+            panels.byo_panel(service, service.datasets(), service.architectures(libraries=opened), preview=opened)
     st.caption(footer(time.perf_counter() - t0, job, base_job))
 
 
