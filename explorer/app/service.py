@@ -37,7 +37,7 @@ from explorer.core.train import Progress
 from explorer.core.zoo import all_model_names, create_model, list_models
 from explorer.measure.accuracy import load_predictions
 from explorer.measure.hardware import describe  # noqa: E402, F401
-from explorer.models import baselines, feeding, sandbox, user
+from explorer.models import baselines, feeding, sandbox, travel, user
 from explorer.models.user import check_upload_size, list_user_models
 from explorer.run import sensitivity as sens
 from explorer.run.cache import RunCache
@@ -254,6 +254,12 @@ def feed_preview(dataset: str, root: str | None, image_size: int | None, mean: t
 def feed_words(card: ModelCard) -> str | None:
     """What the card's model is fed, in words."""
     return feeding.feed_words(card)
+
+
+def recipe_download(result: RunResult) -> str:
+    """The recipe the page hands out for a run: its model by name and sha256 (no path of this server), and every
+    setting that changes its figures, so that `python -m explorer run --recipe` reproduces them elsewhere."""
+    return json.dumps(travel.shared_of(result), indent=2)
 
 
 def data_roots() -> tuple:

@@ -104,7 +104,8 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> RunResult:
                                                  and k != "state_dict_bytes"}, base_file, base_sizes),
         theoretical=None, layers=layers, histograms={}, compression={}, notes=[reason], memory={},
         timings={"total_prepare": round(time.perf_counter() - t0, 3), "steps": []}, versions=versions(),
-        input_shape=list(data.input_shape), preprocessing=feeding.fed(data, feeding.given_of(card)))
+        input_shape=list(data.input_shape), preprocessing=feeding.fed(data, feeding.given_of(card)),
+        baseline_sha256=card.get("sha256") or "")
 
 
 def time_onnx(result: RunResult, workdir: Path, threads: int, budget_s: float,

@@ -164,6 +164,7 @@ class RunResult(TypedDict, total=False):
     versions: dict[str, Any]
     input_shape: list[int]
     preprocessing: dict[str, Any]  # what the model was fed: input_size, mean, std, and what its user gave (`given`)
+    baseline_sha256: str  # of the weights file the run compressed
     threads: dict[str, int]
     train_samples: int
     finetune_samples: int

@@ -77,12 +77,18 @@ def latency_budget_s() -> float:
 def run_key(recipe: Recipe) -> str:
     """Hash of what determines the result: the baseline's bytes, the data and split seed (in the
     recipe), the canonical recipe JSON, the preprocessing the model's user gave (in its card) and the schema
-    version."""
+    version. A recipe that names its model (sha256, preprocessing) is refused here, in one line, where the file
+    is another model."""
     path = recipe.checkpoint_path
     user_file(path, "checkpoint", hint=f" (model {recipe.model!r} on {recipe.dataset!r}); train it with "
                                        f"`python -m explorer train --model {recipe.model} --dataset {recipe.dataset}`")
     mtime = path.stat().st_mtime_ns
     digest, card = _sha(str(path), mtime), _card_facts(str(path), mtime)
+    _check_identity(recipe, path, digest, card)
+    if recipe.sha256 is not None and recipe.finetune_samples == card.finetune_samples:
+        # a travelling recipe states the card's recommendation (explorer.models.travel): the same run as the page's,
+        # which leaves it to the card (only recipes that name their weights, all newer than this rule, are mapped)
+        recipe = dataclasses.replace(recipe, finetune_samples=None)
     h = hashlib.sha256()
     h.update(digest.encode())
     h.update(recipe.canonical_json().encode())
@@ -98,10 +104,11 @@ def run_key(recipe: Recipe) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class CardFacts:
-    """What a model's card says that decides a run: read once per version of the card."""
+    """What a model's card says that decides a run or names the model: read once per version of the card."""
 
     finetune_samples: int | None = None
     given: dict[str, Any] = dataclasses.field(default_factory=dict)
+    source_sha256: str | None = None
 
 
 @functools.lru_cache(maxsize=64)
@@ -114,7 +121,22 @@ def _card_facts(path: str, mtime_ns: int) -> CardFacts:
     n = card.get("finetune_samples")
     if n is not None:  # a card edited by hand or written by an older `train --finetune-samples -5`
         check_finetune_samples(n, where=where)
-    return CardFacts(finetune_samples=n, given=read_given(card.get("preprocessing"), where))
+    return CardFacts(finetune_samples=n, given=read_given(card.get("preprocessing"), where),
+                     source_sha256=(card.get("source") or {}).get("sha256"))
+
+
+def _check_identity(recipe: Recipe, path: Path, digest: str, card: CardFacts) -> None:
+    """A recipe that names its weights (sha256) or its preprocessing runs only on that model."""
+    named = f"the recipe's model {recipe.baseline!r}" if recipe.baseline else "the recipe's model"
+    wanted = {d for d in (recipe.sha256, recipe.source_sha256) if d}
+    if wanted and not wanted & {digest, card.source_sha256}:
+        raise ValueError(f"checkpoint {str(path)!r} holds other weights than {named}: its sha256 is {digest[:16]}..., "
+                         f"the recipe's {sorted(wanted)[0][:16]}...; the figures would be another model's")
+    stated = recipe.preprocessing()
+    if (wanted or stated) and stated != card.given:
+        hint = f" ({feeding.flags(stated)})" if stated else ""
+        raise ValueError(f"{named} is fed {feeding.given_words(stated)}, but the model at {str(path)!r} is fed "
+                         f"{feeding.given_words(card.given)}: add its file again as the recipe says{hint}")
 
 
 # how often the resident set is sampled during the compression stage (seconds): at 2 ms the sampler's wake-ups
@@ -360,6 +382,7 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
         memory={"finetune_cpu_rss_growth_bytes": None if scored_beside else train_rss},
         timings=timings, versions=versions(), input_shape=list(data.input_shape),
         preprocessing=feeding.fed(data, feeding.given_of(card)),
+        baseline_sha256=_sha(str(recipe.checkpoint_path), recipe.checkpoint_path.stat().st_mtime_ns),
         threads={"compress_and_evaluate": train_threads()}, train_samples=len(data.train),
         finetune_samples=len(tune.train))
 

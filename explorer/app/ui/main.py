@@ -233,7 +233,7 @@ def _overview(result: RunResult, base_result: RunResult | None, frame, card: Mod
                          "text/html",
                          key="summary_html")
     with st.expander("Recipe JSON (reproduce with `python -m explorer run --recipe FILE`)"):
-        st.json(result["recipe"])
+        st.json(service.recipe_download(result))
 
 
 @st.fragment(run_every=3)

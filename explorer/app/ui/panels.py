@@ -167,9 +167,9 @@ def sweet_spot_panel(frame: pd.DataFrame, result: RunResult | None, backend, car
               on_click=st.session_state.__setitem__, args=("_apply_controls", wanted),
               help="Set the sidebar (and the link) to the recommended configuration"
                    if wanted else "The sidebar cannot express this recipe; run it from the recipe JSON")
-    with st.expander("Recipe JSON"):
-        st.code(json.dumps(recipe, indent=2), language="json")
     stored = backend.stored_result(row["key"])
+    with st.expander("Recipe JSON"):  # as it travels: the model by name and sha256, not by this server's path
+        st.code(backend.recipe_download(stored) if stored else json.dumps(recipe, indent=2), language="json")
     if stored:
         downloads(stored, backend.artifact, key="ss_dl")
 
