@@ -330,7 +330,9 @@ def _fed_form(backend, dataset: str, root: str, zipped: bool, preview: bool) -> 
         fed = {"mean": backend.parse_values(mean, "mean"), "std": backend.parse_values(std, "standard deviation"),
                "image_size": int(size) or None}
         if preview and not zipped:
-            words = backend.feed_preview(dataset, root.strip() or None, fed["image_size"], fed["mean"], fed["std"])
+            with st.spinner("Reading the data set's size and statistics..."):  # once per data set and size
+                words = backend.feed_preview(dataset, root.strip() or None, fed["image_size"], fed["mean"],
+                                             fed["std"])
             st.caption(f"The explorer will feed {md(words)}.")
         elif zipped:
             st.caption("An uploaded image folder is read at 32x32 (or the size above), normalised with its training "
