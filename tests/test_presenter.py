@@ -16,7 +16,8 @@ def _result(delta: float, significant: bool) -> dict:
 
 
 def test_the_sentence_says_no_more_than_its_measurements_hold():
-    shipped = {"what": "the packed file (.xpk, loaded with explorer.unpack)", "times_smaller": 2.04, "no_smaller": False}
+    shipped = {"what": "the packed file (.xpk, loaded with explorer.unpack)", "times_smaller": 2.04,
+               "no_smaller": False}
     quiet = plain_sentence(_result(-0.3, False), shipped)
     assert quiet.startswith("This configuration keeps the baseline's accuracy (top-1 89.70%, a change within noise)")
     assert "the packed file is 2.0x smaller" in quiet and "ONNX Runtime" not in quiet  # no timing: no speed claim

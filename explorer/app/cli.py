@@ -86,8 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the whole RunResult as JSON")
     r.add_argument("--out", default=None,
                    help="also write result.json, recipe.json, the packed .xpk and the ONNX models here")
-    r.add_argument("--checkpoint", default=None, help="your own model file instead of the recipe's baseline")
-    r.add_argument("--arch", default=None, help="zoo architecture of a state_dict checkpoint")
+    r.add_argument("--checkpoint", default=None,
+                   help="your own model file instead of the recipe's baseline; for a recipe that names its model by "
+                        "sha256 (as the page hands them out), the file must hold those weights, and it is added fed as "
+                        "the recipe says (without it, the model is looked for in models/ and the user models folder)")
+    r.add_argument("--arch", default=None, help="architecture of a state_dict checkpoint (default: the recipe's)")
     r.add_argument("--dataset", default=None, help="dataset of --checkpoint (default: the recipe's)")
     r.add_argument("--root", default=None, help="local dataset folder for --dataset")
     r.add_argument("--trust-code", action="store_true", help=TRUST_HELP)
@@ -102,7 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "`models` lists them)")
     am.add_argument("--dataset", default="digits")
     am.add_argument("--root", default=None)
-    am.add_argument("--image-size", type=int, default=None, help="resize the data's images to this size")
+    am.add_argument("--image-size", type=int, default=None,
+                    help="the image size the model was trained at: the data's images are resized to it")
+    am.add_argument("--mean", default=None, metavar="M[,M,M]",
+                    help="the per-channel mean the model was trained with, after scaling pixels to [0, 1] (with "
+                         "--std; default: the training split's own, which the card states; 0 with --std 1 feeds the "
+                         "[0, 1] pixels as they are)")
+    am.add_argument("--std", default=None, metavar="S[,S,S]", help="the per-channel standard deviation (with --mean)")
     ls = sub.add_parser("models", help="list the architectures --arch takes (zoo, plugins, torchvision, timm)")
     ls.add_argument("search", nargs="?", default="", help="only names containing this text")
     am.add_argument("--name", default=None)
@@ -169,15 +178,12 @@ def _train(a: argparse.Namespace) -> int:
 @command("run")
 def _run(a: argparse.Namespace) -> int:
     from explorer.compress.recipe import Recipe
+    from explorer.models.travel import resolve, shared_of
 
-    recipe = Recipe.from_file(a.recipe)
-    if a.checkpoint:
-        from explorer.models.user import add_model
-
-        card = add_model(a.checkpoint, arch=a.arch, dataset=a.dataset or recipe.dataset, root=a.root,
-                         trust_code=a.trust_code, file_name=True, on_wait=_waiting)
-        recipe = Recipe(model=card["architecture"], dataset=card["dataset"], checkpoint=card["path"],
-                        seed=recipe.seed, steps=recipe.steps, name=recipe.name)
+    # the recipe's model on this machine: by its path (older recipes), by its weights' sha256 in models/ and the user
+    # models folder, or the file --checkpoint names, added fed as the recipe says
+    recipe = resolve(Recipe.from_file(a.recipe), a.checkpoint, arch=a.arch, dataset=a.dataset, root=a.root,
+                     trust_code=a.trust_code, on_wait=_waiting)
     progress = ProgressLine(f"run {recipe.label()}")
     if a.no_cache:
         from explorer.run.runner import run_recipe
@@ -192,7 +198,8 @@ def _run(a: argparse.Namespace) -> int:
             _write_artifacts(cache, result["key"], Path(a.out))
     if a.out:
         (Path(a.out) / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-        (Path(a.out) / "recipe.json").write_text(recipe.to_json() + "\n")
+        # as the page hands it out: the model by name and sha256, not by this machine's path
+        (Path(a.out) / "recipe.json").write_text(json.dumps(shared_of(result), indent=2) + "\n")
     print(json.dumps(result, indent=2) if a.json else summary(result))
     return 0
 
@@ -420,15 +427,20 @@ def _waiting(ahead: int) -> None:
 
 @command("add-model")
 def _add_model(a: argparse.Namespace) -> int:
+    from explorer.core.preprocessing import parse_values
+    from explorer.models.feeding import feed_words
     from explorer.models.user import add_model
 
     card = add_model(a.checkpoint, arch=a.arch, dataset=a.dataset, root=a.root, name=a.name,
                      image_size=a.image_size, trust_code=a.trust_code, replace=a.replace,
+                     mean=parse_values(a.mean, "--mean"), std=parse_values(a.std, "--std"),
                      file_name=True, on_wait=_waiting)  # the operator's own file: its name is kept in the card
     acc = card["accuracy"]
     verb = "already added as" if card.get("reused") else "added"
     print(f"{verb} {card['name']} ({card['architecture']}, {card['params']:,} parameters) at {card['path']}: "
           f"top-1 {acc['top1']:.2f}% on {card['test_samples']} {card['dataset']} test images")
+    if (fed := feed_words(card)) is not None:
+        print(f"fed {fed}")
     if card.get("unsupported_reason"):
         print(f"note: {card['unsupported_reason']}")
     return 0

@@ -35,14 +35,14 @@ from explorer.app.tables import (
 from explorer.compress.base import Control
 from explorer.compress.finetune import control_of
 from explorer.compress.recipe import Recipe, recipe_words  # (the page's door to a recipe's words)
-from explorer.core import markup, plugins, roots, scratch, settings, words
+from explorer.core import markup, plugins, preprocessing, roots, scratch, settings, words
 from explorer.core.card import ModelCard
 from explorer.core.data import available, how_to_get, list_datasets
 from explorer.core.train import Progress
 from explorer.core.zoo import all_model_names, create_model, list_models
 from explorer.measure.accuracy import load_predictions
 from explorer.measure.hardware import describe
-from explorer.models import baselines, sandbox, user
+from explorer.models import baselines, feeding, sandbox, travel, user
 from explorer.models.user import check_upload_size, list_user_models
 from explorer.run import control as fair
 from explorer.run import sensitivity as sens
@@ -238,18 +238,43 @@ def missing_data_note() -> str | None:
 
 
 def add_model(path: str, *, arch: str | None, dataset: str, root: str | None, name: str | None,
-              shown: str | None = None, on_wait: Callable[[str], None] | None = None) -> ModelCard:
+              shown: str | None = None, on_wait: Callable[[str], None] | None = None,
+              mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+              image_size: int | None = None) -> ModelCard:
     """The page's "Your model": a state_dict with its architecture, or an ONNX model. Programs (TorchScript,
     exported programs, pickled modules) are always refused here: trusting code is for the command line. A data
     folder must lie in EXPLORER_DATA_ROOTS or be an uploaded zip's (the page reads no other server folder). The
     uploaded file's name (`shown`) is for this visitor's messages only: it stays out of the card and of the model's
     name, which every visitor lists. While other checks hold every turn, `on_wait` gets the sentence that says
-    how many go first."""
+    how many go first. `mean`, `std` and `image_size`: what the model was trained with (None: the data set's)."""
     if root is not None:
         root = str(page_folder(root))
     told = None if on_wait is None else (lambda ahead: on_wait(sandbox.waiting(ahead)))
     return user.add_model(path, arch=arch, dataset=dataset, root=root, name=name, shown=shown, trust_code=False,
-                          file_name=False, on_wait=told)
+                          file_name=False, on_wait=told, mean=mean, std=std, image_size=image_size)
+
+
+def parse_values(text: str, what: str) -> tuple[float, ...] | None:
+    """A mean or std as typed in the form ('0.5' or '0.485, 0.456, 0.406'); None for a blank."""
+    return preprocessing.parse_values(text, what)
+
+
+def feed_preview(dataset: str, root: str | None, image_size: int | None, mean: tuple[float, ...] | None,
+                 std: tuple[float, ...] | None) -> str:
+    """What the explorer will feed a model added on this data with these settings, in words (the data set is read
+    once for its size and statistics; its channels may still change to those the model's first layer takes)."""
+    return feeding.feed_preview(dataset, None if root is None else str(page_folder(root)), image_size, mean, std)
+
+
+def feed_words(card: ModelCard) -> str | None:
+    """What the card's model is fed, in words."""
+    return feeding.feed_words(card)
+
+
+def recipe_download(result: RunResult) -> str:
+    """The recipe the page hands out for a run: its model by name and sha256 (no path of this server), and every
+    setting that changes its figures, so that `python -m explorer run --recipe` reproduces them elsewhere."""
+    return json.dumps(travel.shared_of(result), indent=2)
 
 
 def data_roots() -> tuple[Path, ...]:

@@ -18,6 +18,7 @@ from explorer.app.tables import SHIP_DEFAULT, baseline_row, shipped
 from explorer.compress.recipe import recipe_words, step_words
 from explorer.core import words
 from explorer.core.engines import B256, ORT_CPU_INT8
+from explorer.models import feeding, travel
 from explorer.run.result import DISTURBED, RunResult, flatten, speed
 
 ENGINE = ORT_CPU_INT8  # the deployment the headline's speed-up is for
@@ -125,6 +126,17 @@ def _footer(result: RunResult) -> str:
             f"{result.get('latency_threads', 1)} thread; {dt.date.today().isoformat()}; compression trade-off explorer")
 
 
+def inputs(result: RunResult) -> str:
+    """What the model is fed, for whoever deploys it: a model fed otherwise does not score these figures."""
+    fed = feeding.feed_words_of(result)
+    return f"Inputs: {fed}." if fed else "Inputs: as the model's card says."
+
+
+def reproduce(result: RunResult) -> tuple[str, str]:
+    """The command that computes these figures again, on any machine with the model's file, and what its FILE is."""
+    return travel.command(travel.shared_of(result), travel.is_users(result["recipe"]))
+
+
 def png(result: RunResult, frame: pd.DataFrame, card_name: str, ship: str = SHIP_DEFAULT) -> bytes:
     """The summary as a 1600x900 PNG."""
     import matplotlib.pyplot as plt
@@ -163,8 +175,10 @@ def figure(result: RunResult, frame: pd.DataFrame, card_name: str, ship: str = S
                       for i, st in enumerate(result["recipe"]["steps"], 1)) or "no compression step"
     recipe = "\n".join(textwrap.wrap(json.dumps(result["recipe"]["steps"], separators=(",", ":")), 60))
     side.text(0, 1, "Recipe\n\n" + steps, va="top", fontsize=12)
-    side.text(0, 0.45, "As JSON (python -m explorer run --recipe FILE):\n" + recipe[:1500], va="top",
-              family="monospace", fontsize=7, color="#333333")
+    side.text(0, 0.5, "\n".join(textwrap.wrap(_plain(inputs(result)), 56)), va="top", fontsize=10)
+    side.text(0, 0.4, "\n".join(textwrap.wrap(_plain("Reproduce: {}{}".format(*reproduce(result))), 72))
+              + "\nSteps as JSON:\n"
+              + recipe[:1400], va="top", family="monospace", fontsize=7, color="#333333")
     fig.text(0.03, 0.03, _plain(_footer(result)), fontsize=9, color="#555555")
     return fig
 
@@ -211,12 +225,14 @@ def page(result: RunResult, frame: pd.DataFrame, card_name: str, ship: str = SHI
     fig.update_xaxes(automargin=True, title_standoff=12)
     fig.update_yaxes(automargin=True, title_standoff=12)
     curve = fig.to_html(full_html=False, include_plotlyjs="inline")
-    recipe = html.escape(json.dumps(result["recipe"], indent=2))
+    recipe = html.escape(json.dumps(travel.shared_of(result), indent=2))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(_title(result, card_name))}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}.row{{display:flex;gap:1em}}
 .box{{flex:1;background:#f2f5fa;border:1px solid #c9d3e3;border-radius:8px;padding:1em;text-align:center}}
 .v{{font-size:2.6em;font-weight:bold;color:#1f3b6d}}.w{{font-size:1.2em}}.u{{color:#555;font-size:.85em}}
 pre{{background:#f6f6f6;padding:1em}}</style></head><body>
 <h1>{html.escape(_title(result, card_name))}</h1><div class=row>{boxes}</div>{curve}
-<h2>Recipe</h2><p>Reproduce with <code>python -m explorer run --recipe recipe.json</code>.</p><pre>{recipe}</pre>
+<h2>Recipe</h2><p>{html.escape(inputs(result))}</p>
+<p>Reproduce with <code>{html.escape(reproduce(result)[0])}</code>{html.escape(reproduce(result)[1])}.</p>
+<pre>{recipe}</pre>
 <p style="color:#555">{html.escape(_footer(result))}</p></body></html>"""

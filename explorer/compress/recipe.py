@@ -2,6 +2,13 @@
 
 The canonical JSON (sorted keys, every default written out) is what the cache key hashes, so two
 recipes that mean the same run have the same key.
+
+A recipe that travels to another machine names its model by its name and the sha256 of its weights rather than by
+a path on the machine that made it, and says how the model is fed where that is not the data set's default (the mean,
+std and image size its user gave): `baseline`, `sha256`, `source_sha256` (the file as it was added, where the
+explorer re-saved it), `mean`, `std`, `image_size`. They say which model the recipe is for, and a model that differs
+is refused (explorer.run.runner); they stay out of the canonical JSON, since the key already hashes the weights'
+bytes and the preprocessing the model's card gives.
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ from explorer.core import strictjson
 from explorer.core.data import list_datasets
 from explorer.core.errors import bad_value, check_choice, check_range
 from explorer.core.paths import baseline_path, read_user_file
+from explorer.core.preprocessing import given as given_preprocessing
 
-RECIPE_KEYS = ("model", "dataset", "checkpoint", "seed", "steps", "name", "finetune_samples")
+IDENTITY_KEYS = ("baseline", "sha256", "source_sha256", "mean", "std", "image_size")  # which model, not what is done
+RECIPE_KEYS = ("model", "dataset", "checkpoint", "seed", "steps", "name", "finetune_samples", *IDENTITY_KEYS)
 MAX_RECIPE_BYTES = 1 << 20
 # A recipe is work done on the user's behalf, so it is bounded before any starts: the page builds at most 6 steps
 # (distil, low-rank, prune, cluster, BatchNorm adaptation, quantise) and at most 203 epochs of training (100 of
@@ -41,6 +50,12 @@ class Recipe:
     # fine-tune on a stratified, seeded subset of this many training images; None: the baseline card's
     # recommendation for a large data set, else the whole training split
     finetune_samples: int | None = None
+    baseline: str | None = None  # the model's name where it was made (its card's)
+    sha256: str | None = None  # of the model's weights file, as the explorer keeps it
+    source_sha256: str | None = None  # of the file the model was added from, where that is not the same file
+    mean: tuple[float, ...] | None = None  # what the model was trained with, where not the data set's own statistics
+    std: tuple[float, ...] | None = None
+    image_size: int | None = None  # the size its images are resized to, where not the data set's
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -51,6 +66,16 @@ class Recipe:
         if self.name is not None and not isinstance(self.name, str):
             raise bad_value("name", self.name, "a label, as text")
         check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
+        if self.baseline is not None and (not isinstance(self.baseline, str) or not self.baseline):
+            raise bad_value("baseline", self.baseline, "the model's name, as text")
+        for field_name in ("sha256", "source_sha256"):
+            digest = getattr(self, field_name)
+            if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                           and all(c in "0123456789abcdef" for c in digest)):
+                raise bad_value(field_name, digest, "64 lower-case hexadecimal digits (the weights file's sha256)")
+        given = given_preprocessing(self.mean, self.std, self.image_size)  # one line for a std of 0 ...
+        object.__setattr__(self, "mean", tuple(given["mean"]) if "mean" in given else None)  # JSON lists as tuples
+        object.__setattr__(self, "std", tuple(given["std"]) if "std" in given else None)
         if self.finetune_samples is not None:
             check_finetune_samples(self.finetune_samples)
         _check_step_count(len(self.steps))
@@ -78,15 +103,24 @@ class Recipe:
     def checkpoint_path(self) -> Path:
         return Path(self.checkpoint) if self.checkpoint else baseline_path(self.model, self.dataset)
 
+    def preprocessing(self) -> dict[str, Any]:
+        """The preprocessing the recipe says its model takes (only what differs from the data set's default)."""
+        return given_preprocessing(self.mean, self.std, self.image_size)
+
     def to_dict(self) -> dict[str, Any]:
+        identity = {k: list(v) if isinstance(v, tuple) else v for k in IDENTITY_KEYS if (v := getattr(self, k))
+                    is not None}
         return {"model": self.model, "dataset": self.dataset, "checkpoint": self.checkpoint, "seed": self.seed,
                 "steps": [config_to_dict(s) for s in self.steps], **({"name": self.name} if self.name else {}),
-                **({"finetune_samples": self.finetune_samples} if self.finetune_samples is not None else {})}
+                **({"finetune_samples": self.finetune_samples} if self.finetune_samples is not None else {}),
+                **identity}
 
     def canonical_json(self) -> str:
-        """What identifies the computation: every default explicit, keys sorted, the label left out."""
+        """What identifies the computation: every default explicit, keys sorted, the label and the model's identity
+        (checked, and hashed from the weights and the card) left out."""
         d = self.to_dict()
-        d.pop("name", None)
+        for k in ("name", *IDENTITY_KEYS):
+            d.pop(k, None)
         d["steps"] = [config_to_dict(s.canonical()) for s in self.steps]  # fields that change nothing at defaults
         d["checkpoint"] = str(self.checkpoint_path.as_posix()) if self.checkpoint else None
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
@@ -114,7 +148,7 @@ class Recipe:
         _check_step_count(len(steps))  # before building thousands of step configs
         return cls(model=d["model"], dataset=d.get("dataset", "digits"), checkpoint=d.get("checkpoint"),
                    seed=d.get("seed", 0), steps=tuple(config_from_dict(s) for s in steps), name=d.get("name"),
-                   finetune_samples=d.get("finetune_samples"))
+                   finetune_samples=d.get("finetune_samples"), **{k: d[k] for k in IDENTITY_KEYS if k in d})
 
     @classmethod
     def from_json(cls, text: str, source: str = "recipe") -> Recipe:

@@ -19,7 +19,12 @@ class ModelCard(TypedDict, total=False):
     dataset_root: str | None
     split_seed: int
     classes: list[str]
+    # what the explorer feeds the model (explorer.core.preprocessing): pixels scaled to [0, 1], then (x - mean) / std
+    # per channel, at input_size (channels, height, width); filled from the architecture's arguments on read where an
+    # older card lacks it
     normalisation: dict[str, list[float]]
+    input_size: list[int]
+    preprocessing: dict[str, Any]  # what the user gave when adding it (mean, std, image_size); absent: the data's own
     train: dict[str, Any]  # how it was trained, with the command that trains it again
     accuracy: dict[str, float]  # top1, top3, top5, loss on the test set
     top1_interval: list[float]
@@ -38,7 +43,7 @@ class ModelCard(TypedDict, total=False):
     # a model a user added
     format: str  # "onnx" where only size, latency and int8 apply
     unsupported_reason: str
-    source: dict[str, Any]  # the file it came from: name, bytes, sha256
+    source: dict[str, Any]  # the file it came from: its format, sha256 and (from the command line) name
     reused: bool  # the same file added again: the stored model is kept
     user: bool
     checked: dict[str, Any]  # how the file was checked: in a child process, under which limits

@@ -28,6 +28,7 @@ from explorer.core.errors import bad_value, check_range, first_line
 from explorer.core.idx import read_idx
 from explorer.core.imagetree import IMAGE_EXTENSIONS, Pair, image_folder  # noqa: F401  (IMAGE_EXTENSIONS: the data set's API)
 from explorer.core.paths import REPO_DATA
+from explorer.core.preprocessing import check_normalisation
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 FOLDER_DATASETS = DATASETS[1:]
@@ -130,8 +131,11 @@ def load_dataset(
     val_fraction: float = VAL_FRACTION,
     test_fraction: float = TEST_FRACTION,
     channels: int | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> DataBundle:
-    """Load `name` into memory, split it and normalise it with the training split's statistics.
+    """Load `name` into memory, split it and normalise it with the training split's statistics, or with `mean`
+    and `std` where the model was trained with those (explorer.core.preprocessing).
 
     `test_fraction` applies where the data has no official test split (digits, a flat image tree);
     `val_fraction` is carved from the training data. `image_size` resizes (imagefolder defaults to 32).
@@ -140,7 +144,9 @@ def load_dataset(
     the tensors of a bundle.
     """
     stamp = _files_stamp(name, root)
-    args = (name, None if root is None else str(root), seed, image_size, val_fraction, test_fraction, channels)
+    norm = check_normalisation(mean, std)  # before any image is read; the channels are checked once they are known
+    args = (name, None if root is None else str(root), seed, image_size, val_fraction, test_fraction, channels,
+            *(norm or (None, None)))
     if stamp is None:
         return _load_dataset(*args)
     return _load_cached(stamp, *args)
@@ -172,7 +178,8 @@ def _load_cached(stamp: tuple[object, ...], *args: Any) -> DataBundle:
 
 
 def _load_dataset(name: str, root: str | Path | None, seed: int, image_size: int | None, val_fraction: float,
-                  test_fraction: float, channels: int | None) -> DataBundle:
+                  test_fraction: float, channels: int | None, given_mean: tuple[float, ...] | None = None,
+                  given_std: tuple[float, ...] | None = None) -> DataBundle:
     if name not in DATASETS and name not in list_datasets():
         raise bad_value("dataset", name, list_datasets())
     check_range("val_fraction", val_fraction, 0.01, 0.5)
@@ -212,6 +219,7 @@ def _load_dataset(name: str, root: str | Path | None, seed: int, image_size: int
         if official_test is not None:
             tx, ty = official_test
             official_test = (tx.mean(1, keepdim=True) if channels == 1 else tx.expand(-1, 3, -1, -1), ty)
+    check_normalisation(given_mean, given_std, int(x.shape[1]))  # one value per channel of the images as fed
     if image_size is not None and x.shape[-1] != image_size:
         x = _resize(x, image_size)
         if official_test is not None:
@@ -225,8 +233,11 @@ def _load_dataset(name: str, root: str | Path | None, seed: int, image_size: int
         test = official_test
     train_idx, val_idx = stratified_split(y, val_fraction, seed + 1)
     xtr, ytr = x[train_idx], y[train_idx]
-    mean = xtr.mean(dim=(0, 2, 3))
-    std = xtr.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    if given_mean is not None and given_std is not None:
+        mean, std = torch.tensor(given_mean, dtype=torch.float32), torch.tensor(given_std, dtype=torch.float32)
+    else:
+        mean = xtr.mean(dim=(0, 2, 3))
+        std = xtr.std(dim=(0, 2, 3)).clamp_min(1e-6)
 
     def norm(t: torch.Tensor) -> torch.Tensor:
         return ((t - mean[None, :, None, None]) / std[None, :, None, None]).contiguous()

@@ -40,8 +40,9 @@ class ExportError(RuntimeError):
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | os.PathLike[str], *,
-                half: bool = False) -> None:
-    """Export with a dynamic batch axis; TorchScript-based exporter first (fast), dynamo as a fallback."""
+                half: bool = False, metadata: Mapping[str, str] | None = None) -> None:
+    """Export with a dynamic batch axis; TorchScript-based exporter first (fast), dynamo as a fallback. `metadata`
+    goes into the file's metadata_props (what its input must be: explorer.core.preprocessing.onnx_metadata)."""
     m = remove_activation_quant(copy.deepcopy(model)).eval()
     x = torch.zeros(1, *input_shape)
     if half:
@@ -55,6 +56,8 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | os.P
                       {"dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}, "opset_version": 17})
                 torch.onnx.export(m, (x,), str(path), dynamo=dynamo, input_names=["input"], output_names=["logits"],
                                   **kw)
+            if metadata:
+                stamp(path, metadata)
             return
         except Exception as e:
             errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {first_line(e, 200)}")
@@ -181,6 +184,20 @@ def quantize_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike
                                            **({"CalibPercentile": 99.99} if method == "percentile" else {})})
 
 
+def stamp(path: str | os.PathLike[str], metadata: Mapping[str, str]) -> None:
+    """Write `metadata` into an ONNX file's metadata_props (replacing keys of the same names): whoever deploys the
+    file reads there what its input must be, which nothing in the graph says."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)  # external data, if any, stays in its files
+    keep = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for k, v in metadata.items():
+        proto.metadata_props.add(key=str(k), value=str(v))
+    onnx.save(proto, str(path))
+
+
 def deployed_symmetry(deploy: Deploy | Mapping[str, Any]) -> bool:
     """Whether the int8 ONNX model's weights are symmetric (Deploy.symmetric_weights) for deploy settings
     given as a Deploy or as plain data."""
@@ -188,12 +205,14 @@ def deployed_symmetry(deploy: Deploy | Mapping[str, Any]) -> bool:
 
 
 def deploy_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str], deploy: Deploy,
-                calibration: np.ndarray,
-                x: np.ndarray, y: np.ndarray) -> OnnxModel:
+                calibration: np.ndarray, x: np.ndarray, y: np.ndarray,
+                metadata: Mapping[str, str] | None = None) -> OnnxModel:
     """ONNX Runtime int8 of the export as `deploy` says, and the RunResult's record of it: bytes and
-    accuracy of the int8 file, and how it was made."""
+    accuracy of the int8 file, and how it was made. `metadata` as export_onnx writes it."""
     quantize_int8(fp32_path, out_path, mode=deploy.mode, calibration=calibration, per_channel=deploy.per_channel,
                   method=deploy.calibration, keep_float=set(deploy.keep_float), symmetric=deploy.symmetric)
+    if metadata:
+        stamp(out_path, metadata)
     return OnnxModel(available=True, bytes=Path(out_path).stat().st_size, accuracy=onnx_accuracy(out_path, x, y),
                      mode=deploy.mode, calibration=deploy.calibration, fp32_layers=list(deploy.keep_float),
                      symmetric_weights=deploy.symmetric_weights, from_recipe=deploy.from_recipe)

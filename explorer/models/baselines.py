@@ -98,6 +98,7 @@ def train_baseline(
         "split_seed": cfg.seed,
         "classes": list(data.classes),
         "normalisation": {"mean": list(data.mean), "std": list(data.std)},
+        "input_size": list(data.input_shape),
         "train": {**cfg.__dict__, "seconds": round(hist.seconds, 2), "final_train_loss": hist.train_loss[-1]
                   if hist.train_loss else None, "threads": torch.get_num_threads(), "train_samples": len(data.train),
                   "command": train_command(model_name, dataset, cfg, model_kwargs, finetune_samples)},
@@ -138,7 +139,17 @@ def read_card(weights: str | os.PathLike[str]) -> ModelCard:
     for key in ("architecture", "arch_kwargs", "dataset", "accuracy"):
         if key not in card:
             raise ValueError(f"baseline card {str(path)!r} lacks the key {key!r}")
+    if "input_size" not in card and (size := input_size_of(card)) is not None:  # a card written before it was kept
+        card["input_size"] = size
     return card
+
+
+def input_size_of(card: ModelCard) -> list[int] | None:
+    """(channels, height, width) the model is fed, as baseline_data loads its images: from the architecture's
+    arguments (an ONNX model's declared input shape, else its channels and image size)."""
+    kw = card.get("arch_kwargs") or {}
+    shape = kw.get("input_shape") or [kw.get("in_channels"), kw.get("image_size"), kw.get("image_size")]
+    return [int(v) for v in shape] if all(isinstance(v, int) for v in shape) else None
 
 
 def list_baselines(models_dir: str | os.PathLike[str] = MODELS_DIR) -> list[ModelCard]:
@@ -251,19 +262,25 @@ def load_baseline(weights: str | os.PathLike[str]) -> tuple[nn.Module, ModelCard
 
 
 def baseline_data(card: ModelCard) -> DataBundle:
-    """The dataset and split the baseline was trained and measured on."""
+    """The dataset and split the baseline was trained and measured on, fed as its card says: at its input size and
+    normalised with the mean and std its user gave, if any (else the training split's own)."""
     kw = card["arch_kwargs"]
     shape = kw.get("input_shape") or [kw.get("in_channels"), kw.get("image_size"), kw.get("image_size")]
+    given = card.get("preprocessing") or {}
+    mean, std = (tuple(given["mean"]), tuple(given["std"])) if "mean" in given else (None, None)
     if card["dataset"] == "digits":  # a model whose first layer takes colour gets the digits as 3 equal channels
-        return load_dataset("digits", seed=card.get("split_seed", 0), channels=shape[0] if shape[0] != 1 else None)
+        # and one added at another image size its digits resized (the 8x8 default resizes nothing)
+        return load_dataset("digits", seed=card.get("split_seed", 0), channels=shape[0] if shape[0] != 1 else None,
+                            image_size=shape[-1] if shape[-1] != 8 else None, mean=mean, std=std)
     return load_dataset(card["dataset"], card.get("dataset_root"), seed=card.get("split_seed", 0),
-                        image_size=shape[-1], channels=shape[0])
+                        image_size=shape[-1], channels=shape[0], mean=mean, std=std)
 
 
 def describe_baseline(weights: str | os.PathLike[str]) -> dict[str, Any]:
     """Everything the first page shows: the card, a fresh measurement and the per-layer table."""
     model, card = load_baseline(weights)
     data = baseline_data(card)
+    card.setdefault("normalisation", {"mean": list(data.mean), "std": list(data.std)})  # a card older than the field
     measured = {**evaluate(model, data.test), "file_bytes": Path(weights).stat().st_size,
                 "params": count_params(model)}
     return {"card": card, "measured": measured, "layers": layer_table(model)}

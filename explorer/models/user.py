@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from explorer.core import scratch, settings
+from explorer.core import preprocessing, scratch, settings
 from explorer.core.card import ModelCard
 from explorer.core.data import DataBundle, check_splittable, load_dataset
 from explorer.core.errors import bad_value, first_line, quiet_third_party
@@ -87,15 +87,21 @@ def _locked(folder: Path) -> Iterator[None]:
 
 def add_model(path: str | os.PathLike[str], *, arch: str | None = None, dataset: str = "digits",
               root: str | None = None, name: str | None = None, image_size: int | None = None,
-              width: float | None = None, trust_code: bool = False, replace: bool = False, shown: str | None = None,
-              file_name: bool = False, on_wait: Callable[[int], None] | None = None) -> ModelCard:
+              width: float | None = None,
+              trust_code: bool = False, replace: bool = False, shown: str | None = None,
+              file_name: bool = False, on_wait: Callable[[int], None] | None = None,
+              mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> ModelCard:
     """A state_dict with its architecture, or an ONNX model (or, trusted, a program) without one. Returns
-    the stored card, with `path` to the weights; `reused` is set when the same file was added before. `shown`
+    the stored card, with `path` to the weights; `reused` is set when the same file was added before (with the same
+    preprocessing: the same file fed otherwise is another model). `mean`, `std` and `image_size` are what the model
+    was trained with (None: the data set's own statistics and size); the card keeps them and every later load of
+    its data uses them. `shown`
     names the file in this caller's messages; `file_name` also keeps it in the card (the command line: the
     operator's own file), which every visitor of the page can read. `on_wait` is told how many checks go first
     while this one waits its turn (sandbox.run_checked)."""
     path = Path(path)
     shown = shown or path.name
+    given = preprocessing.given(mean, std, image_size)  # one line for a std of 0 or a missing mean, before any work
     if arch is not None:
         model_entry(arch)  # an unknown name is one line with the closest known ones
     check_upload_size(path.stat().st_size if path.is_file() else 0, f"model file {shown!r}")
@@ -107,13 +113,13 @@ def add_model(path: str | os.PathLike[str], *, arch: str | None = None, dataset:
     name = safe_name(name or f"{arch or fmt}-{dataset}-{source['sha256'][:8]}")
     if auto:
         with _locked(user_models_dir()):
-            again = _same_source(name, source, arch, dataset, root)
+            again = _same_source(source, arch, dataset, root, given)
         if again is not None:
             return again
     with scratch.folder("add-model") as stage:
         # read and run in a child process under a time and a memory limit: a hostile graph is killed there
         timeout_s, max_mb = sandbox.limits()
-        weights, card = sandbox.run_checked(_stage, path, shown, fmt, arch, dataset, root, image_size, width,
+        weights, card = sandbox.run_checked(_stage, path, shown, fmt, arch, dataset, root, given, width,
                                             trust_code, stage, what=f"model {shown!r}", reuse=not trust_code,
                                             on_wait=on_wait)
         card.update(user=True, source=source, versions=baselines.versions(), created=_dt.date.today().isoformat(),
@@ -122,29 +128,42 @@ def add_model(path: str | os.PathLike[str], *, arch: str | None = None, dataset:
 
 
 def _stage(path: Path, shown: str, fmt: str, arch: str | None, dataset: str, root: str | None,
-           image_size: int | None, width: float | None, trust_code: bool, stage: Path) -> tuple[Path, ModelCard]:
-    """In the checking process: the model read, validated and measured, its weights staged in `stage`."""
+           given: dict[str, Any], width: float | None, trust_code: bool, stage: Path) -> tuple[Path, ModelCard]:
+    """In the checking process: the model read, validated and measured, its weights staged in `stage`; the card
+    says what it was fed (the preprocessing the user gave, and what that makes)."""
     if fmt == "onnx":
         formats.detect_format(path, shown)  # the caller did not parse it: this is where a file that is none says so
     if arch is not None:
-        return _state_dict_baseline(path, shown, fmt, arch, dataset, root, image_size, width, trust_code, stage)
-    return _onnx_baseline(path, shown, fmt, dataset, root, image_size, trust_code, stage)
+        weights, card = _state_dict_baseline(path, shown, fmt, arch, dataset, root, given, width, trust_code, stage)
+    else:
+        weights, card = _onnx_baseline(path, shown, fmt, dataset, root, given, trust_code, stage)
+    return weights, {**card, **({"preprocessing": given} if given else {})}
 
 
-def _data(dataset: str, root: str | None, image_size: int | None, in_channels: int | None) -> DataBundle:
+def _data(dataset: str, root: str | None, given: dict[str, Any], in_channels: int | None, image_size: int | None = None,
+          normalise: bool = True) -> DataBundle:
+    """The data as the model will be fed it: at the size and with the mean and std the user gave (`normalise`
+    False: the data set's own statistics, while the channels the model takes are not known yet)."""
+    image_size = given.get("image_size") or image_size  # the size the user gave, else the one the model declares
     at = f" at {image_size}x{image_size}" if image_size else ""
+    mean, std = (tuple(given["mean"]), tuple(given["std"])) if normalise and "mean" in given else (None, None)
     with sandbox.preparing(f"the {dataset} images{at}"):  # out of memory here is the data's size, not the model's
-        return load_dataset(dataset, root, image_size=image_size, channels=in_channels)
+        return load_dataset(dataset, root, image_size=image_size, channels=in_channels, mean=mean, std=std)
+
+
+def _fed(data: DataBundle) -> ModelCard:
+    """What the card says the model is fed."""
+    return {"normalisation": {"mean": list(data.mean), "std": list(data.std)}, "input_size": list(data.input_shape)}
 
 
 def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: str, root: str | None,
-                         image_size: int | None, width: float | None, trust_code: bool,
+                         given: dict[str, Any], width: float | None, trust_code: bool,
                          stage: Path) -> tuple[Path, ModelCard]:
     """Validate a state_dict against an architecture (the zoo's, a plugin's, or torchvision's or timm's by name)
     and the data, measure it, re-save it as safetensors. The architecture's code is the installed library's; the
     file gives tensors only. Channels and image size are checked against the data before the weights run."""
     state = baselines.load_state_dict_file(path, trust_code=trust_code, shown=shown)
-    data = _data(dataset, root, image_size, None)
+    data = _data(dataset, root, given, None, normalise=False)
     model_entry(arch)  # the library imported and its names listed: our own code's time, not the model's
     sandbox.start_clock()  # loading the data set is not the model's time
     extra: dict[str, Any] = {} if width is None else {"width": width}
@@ -154,14 +173,18 @@ def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: s
     model = create_model(arch, **_arch_kwargs(data), **extra)
     channels = _weights_channels(model, state)
     notes = list(data.notes)
+    converted = None
     if channels is not None and channels != data.in_channels:
         if {channels, data.in_channels} != {1, 3}:
             raise ValueError(f"checkpoint {shown!r} takes {channels} input channels (its first layer's weights), but "
                              f"{dataset} images have {data.in_channels}: the model does not fit this data set")
-        data = _data(dataset, root, image_size, channels)  # grey <-> colour, as the weights expect
+        converted = channels
+        data = _data(dataset, root, given, converted, normalise=False)  # grey <-> colour, as the weights expect
         model = create_model(arch, **_arch_kwargs(data), **extra)
         notes.append(f"the images were converted to {channels} channel{'s' if channels > 1 else ''}, as the "
                      "model's first layer takes")
+    if "mean" in given:  # the channels are known now: the user's mean and std hold one value per channel
+        data = _data(dataset, root, given, converted)
     _check_input(model, data, arch, shown)
     pos = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in model.state_dict().items()
            if "pos_embed" in k and k in state and state[k].shape != v.shape]
@@ -187,7 +210,7 @@ def _state_dict_baseline(path: Path, shown: str, fmt: str, arch: str, dataset: s
     weights = stage / "model.safetensors"
     save_file(baselines.state_dict_for_save(model), str(weights))
     return weights, {"architecture": arch, "arch_kwargs": kwargs, "dataset": dataset, "dataset_root": root,
-                     "split_seed": 0, "classes": list(data.classes),
+                     "split_seed": 0, "classes": list(data.classes), **_fed(data),
                      "accuracy": {k: acc[k] for k in ("top1", "top3", "top5", "loss")}, "test_samples": acc["n"],
                      "params": count_params(model), "notes": notes}
 
@@ -220,7 +243,7 @@ def _check_input(model: torch.nn.Module, data: DataBundle, arch: str, shown: str
                          "or architecture") from None
 
 
-def _onnx_baseline(path: Path, shown: str, fmt: str, dataset: str, root: str | None, image_size: int | None,
+def _onnx_baseline(path: Path, shown: str, fmt: str, dataset: str, root: str | None, given: dict[str, Any],
                    trust_code: bool, stage: Path) -> tuple[Path, ModelCard]:
     """An ONNX model, or a trusted program converted to one, measured with ONNX Runtime."""
     module = None
@@ -233,7 +256,7 @@ def _onnx_baseline(path: Path, shown: str, fmt: str, dataset: str, root: str | N
         raise ValueError(f"model file {shown!r} is a safetensors state_dict: {NAME_ARCH}")
     program = _load_program(path, shown, fmt) if fmt in ("torchscript", "exported") else None
     shape = _declared_input_shape(path, fmt, program)  # (C, H, W) where the file says; the data is fitted to it
-    data = _data(dataset, root, image_size or (shape[-1] if shape else None), shape[0] if shape else None)
+    data = _data(dataset, root, given, shape[0] if shape else None, None if shape is None else shape[-1])
     sandbox.start_clock()  # loading the data set is not the model's time
     staged = stage / "model.onnx"
     if fmt == "onnx":
@@ -244,7 +267,7 @@ def _onnx_baseline(path: Path, shown: str, fmt: str, dataset: str, root: str | N
     _rehearse(staged, data, shown)
     return staged, {"architecture": "onnx", "format": "onnx", "arch_kwargs": {"input_shape": list(data.input_shape)},
                     "dataset": dataset, "dataset_root": root, "split_seed": 0, "classes": list(data.classes),
-                    "accuracy": acc, "test_samples": len(data.test), "params": onnx_params(staged),
+                    **_fed(data), "accuracy": acc, "test_samples": len(data.test), "params": onnx_params(staged),
                     "unsupported_reason": FOREIGN_REASON.format(fmt=fmt)}
 
 
@@ -396,13 +419,14 @@ def _user_cards() -> dict[str, ModelCard]:
     return {c["name"]: c for c in list_user_models()}
 
 
-def _same_source(name: str, source: dict[str, Any], arch: str | None, dataset: str,
-                 root: str | None) -> ModelCard | None:
-    """The card of an earlier add of the very same file, with the same architecture and data."""
-    old = _user_cards().get(name)
-    if old and (old.get("source") or {}).get("sha256") == source["sha256"] and old.get("dataset") == dataset \
-            and old.get("dataset_root") == root and (arch is None or old.get("architecture") == arch):
-        return {**old, "reused": True}
+def _same_source(source: dict[str, Any], arch: str | None, dataset: str, root: str | None,
+                 given: dict[str, Any]) -> ModelCard | None:
+    """The card of an earlier add of the very same file, with the same architecture, data and preprocessing."""
+    for old in _user_cards().values():
+        if (old.get("source") or {}).get("sha256") == source["sha256"] and old.get("dataset") == dataset \
+                and old.get("dataset_root") == root and (arch is None or old.get("architecture") == arch) \
+                and (old.get("preprocessing") or {}) == given:
+            return {**old, "reused": True}
     return None
 
 
@@ -412,8 +436,8 @@ def _store(weights: Path, card: ModelCard, name: str, *, auto: bool, replace: bo
     with _locked(folder):
         cards = _user_cards()
         if auto:
-            again = _same_source(name, card["source"], card.get("architecture"), card["dataset"],
-                                 card.get("dataset_root"))
+            again = _same_source(card["source"], card.get("architecture"), card["dataset"], card.get("dataset_root"),
+                                 card.get("preprocessing") or {})
             if again is not None:
                 return again
             base, n = name, 2

@@ -21,6 +21,7 @@ from explorer.measure import size
 from explorer.measure.accuracy import save_predictions, uncertainty
 from explorer.measure.latency import unavailable
 from explorer.measure.onnx_export import deploy_int8, onnx_accuracy
+from explorer.models import feeding
 from explorer.models.baselines import baseline_data, read_card, versions
 from explorer.run.result import RunResult
 
@@ -73,7 +74,8 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> RunResult:
     model_file, acc = FILES["onnx"], base
     if deploy:
         calib = data.calibration(min(deploy.calibration_samples, len(data.train)), seed=recipe.seed).numpy()
-        onnx["int8"] = deploy_int8(workdir / FILES["onnx"], workdir / FILES["onnx_int8"], deploy, calib, x, y)
+        onnx["int8"] = deploy_int8(workdir / FILES["onnx"], workdir / FILES["onnx_int8"], deploy, calib, x, y,
+                                   feeding.onnx_metadata(card, data))
         acc = onnx_accuracy(workdir / FILES["onnx_int8"], x, y, with_predictions=True)
         model_file = FILES["onnx_int8"]
     save_predictions(workdir / FILES["predictions"], acc["pred"])
@@ -103,7 +105,8 @@ def prepare_onnx(recipe: Recipe, workdir: Path, key: str) -> RunResult:
                                                  and k != "state_dict_bytes"}, base_file, base_sizes),
         theoretical=None, layers=layers, histograms={}, compression={}, notes=[reason], memory={},
         timings={"total_prepare": round(time.perf_counter() - t0, 3), "steps": []}, versions=versions(),
-        input_shape=list(data.input_shape))
+        input_shape=list(data.input_shape), preprocessing=feeding.fed(data, feeding.given_of(card)),
+        baseline_sha256=card.get("sha256") or "")
 
 
 def time_onnx(result: RunResult, workdir: Path, threads: int, budget_s: float,

@@ -105,6 +105,8 @@ class RunResult(TypedDict, total=False):
     timings: dict[str, Any]  # seconds per stage
     versions: dict[str, Any]
     input_shape: list[int]
+    preprocessing: dict[str, Any]  # what the model was fed: input_size, mean, std, and what its user gave (`given`)
+    baseline_sha256: str  # of the weights file the run compressed
     threads: dict[str, int]
     train_samples: int
     finetune_samples: int

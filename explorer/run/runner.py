@@ -10,8 +10,10 @@ The UI, CLI, sweeps, tests and benchmarks all come through here; nothing here pr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
+import json
 import os
 import threading
 import time
@@ -32,6 +34,7 @@ from explorer.core import scratch, settings
 from explorer.core.data import DataBundle
 from explorer.core.errors import first_line
 from explorer.core.paths import user_file
+from explorer.core.preprocessing import read_given
 from explorer.core.train import Progress, compute_threads, evaluate
 from explorer.core.version import SCHEMA_VERSION
 from explorer.measure import compute, size
@@ -40,6 +43,7 @@ from explorer.measure.hardware import hardware
 from explorer.measure.layers import layer_table
 from explorer.measure.onnx_export import ExportError, deploy_int8, export_onnx, onnx_accuracy
 from explorer.measure.speedup import measure_latency
+from explorer.models import feeding
 from explorer.models.baselines import baseline_data, card_path, load_baseline, read_card, sha256_file, versions
 from explorer.run import scheduler, timing
 from explorer.run.onnx import prepare_onnx, time_onnx
@@ -72,19 +76,67 @@ def latency_budget_s() -> float:
 
 def run_key(recipe: Recipe) -> str:
     """Hash of what determines the result: the baseline's bytes, the data and split seed (in the
-    recipe), the canonical recipe JSON and the schema version."""
+    recipe), the canonical recipe JSON, the preprocessing the model's user gave (in its card) and the schema
+    version. A recipe that names its model (sha256, preprocessing) is refused here, in one line, where the file
+    is another model."""
     path = recipe.checkpoint_path
     user_file(path, "checkpoint", hint=f" (model {recipe.model!r} on {recipe.dataset!r}); train it with "
                                        f"`python -m explorer train --model {recipe.model} --dataset {recipe.dataset}`")
+    mtime = path.stat().st_mtime_ns
+    digest, card = _sha(str(path), mtime), _card_facts(str(path), mtime)
+    _check_identity(recipe, path, digest, card)
+    if recipe.sha256 is not None and recipe.finetune_samples == card.finetune_samples:
+        # a travelling recipe states the card's recommendation (explorer.models.travel): the same run as the page's,
+        # which leaves it to the card (only recipes that name their weights, all newer than this rule, are mapped)
+        recipe = dataclasses.replace(recipe, finetune_samples=None)
     h = hashlib.sha256()
-    h.update(_sha(str(path), path.stat().st_mtime_ns).encode())
+    h.update(digest.encode())
     h.update(recipe.canonical_json().encode())
     h.update(f"schema={SCHEMA_VERSION};train_threads={train_threads()}".encode())
     if revised := [f"{i}:{step.revision()}" for i, step in enumerate(recipe.steps) if step.revision() != 1]:
         h.update(f";revisions={','.join(revised)}".encode())  # a fixed technique: its old runs are stale
     if recipe.finetune_samples is None and (n := finetune_samples(recipe)) is not None:
         h.update(f";finetune_samples={n}".encode())  # the card's recommendation decides what the run computes
+    if card.given:  # the same file fed otherwise is another model (cards without it keep their keys)
+        h.update(f";preprocessing={json.dumps(card.given, sort_keys=True)}".encode())
     return h.hexdigest()[:20]
+
+
+@dataclasses.dataclass(frozen=True)
+class CardFacts:
+    """What a model's card says that decides a run or names the model: read once per version of the card."""
+
+    finetune_samples: int | None = None
+    given: dict[str, Any] = dataclasses.field(default_factory=dict)
+    source_sha256: str | None = None
+
+
+@functools.lru_cache(maxsize=64)
+def _card_facts(path: str, mtime_ns: int) -> CardFacts:
+    try:
+        card = read_card(path)
+    except ValueError:
+        return CardFacts()
+    where = f"baseline card {str(card_path(path))!r}"
+    n = card.get("finetune_samples")
+    if n is not None:  # a card edited by hand or written by an older `train --finetune-samples -5`
+        check_finetune_samples(n, where=where)
+    return CardFacts(finetune_samples=n, given=read_given(card.get("preprocessing"), where),
+                     source_sha256=(card.get("source") or {}).get("sha256"))
+
+
+def _check_identity(recipe: Recipe, path: Path, digest: str, card: CardFacts) -> None:
+    """A recipe that names its weights (sha256) or its preprocessing runs only on that model."""
+    named = f"the recipe's model {recipe.baseline!r}" if recipe.baseline else "the recipe's model"
+    wanted = {d for d in (recipe.sha256, recipe.source_sha256) if d}
+    if wanted and not wanted & {digest, card.source_sha256}:
+        raise ValueError(f"checkpoint {str(path)!r} holds other weights than {named}: its sha256 is {digest[:16]}..., "
+                         f"the recipe's {sorted(wanted)[0][:16]}...; the figures would be another model's")
+    stated = recipe.preprocessing()
+    if (wanted or stated) and stated != card.given:
+        hint = f" ({feeding.flags(stated)})" if stated else ""
+        raise ValueError(f"{named} is fed {feeding.given_words(stated)}, but the model at {str(path)!r} is fed "
+                         f"{feeding.given_words(card.given)}: add its file again as the recipe says{hint}")
 
 
 # how often the resident set is sampled during the compression stage (seconds): at 2 ms the sampler's wake-ups
@@ -97,18 +149,7 @@ def finetune_samples(recipe: Recipe) -> int | None:
     (large data sets, where full epochs would keep a slider move waiting minutes), else all (None)."""
     if recipe.finetune_samples is not None:
         return recipe.finetune_samples
-    return _card_finetune_samples(str(recipe.checkpoint_path), recipe.checkpoint_path.stat().st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _card_finetune_samples(path: str, mtime_ns: int) -> int | None:
-    try:
-        n = read_card(path).get("finetune_samples")
-    except ValueError:
-        return None
-    if n is not None:  # a card edited by hand or written by an older `train --finetune-samples -5`
-        check_finetune_samples(n, where=f"baseline card {str(card_path(path))!r}")
-    return n
+    return _card_facts(str(recipe.checkpoint_path), recipe.checkpoint_path.stat().st_mtime_ns).finetune_samples
 
 
 @functools.lru_cache(maxsize=32)
@@ -197,13 +238,14 @@ def _layers(model: nn.Module, state: CompressionState, report: list[dict[str, An
 
 
 def _onnx_stage(model: nn.Module, state: CompressionState, data: DataBundle, work: Path,
-                recipe: Recipe) -> Onnx:
+                recipe: Recipe, metadata: dict[str, str]) -> Onnx:
     """fp32 export and the int8 model: the recipe's own int8 settings where it has an int8 step, else
-    ONNX Runtime's default static per-channel int8 (what deploying this variant in int8 would give)."""
+    ONNX Runtime's default static per-channel int8 (what deploying this variant in int8 would give). Both files
+    carry `metadata`: what their input must be."""
     out: dict[str, OnnxModel] = {}
     x, y = data.test.x.numpy(), data.test.y.numpy()
     try:
-        export_onnx(model, data.input_shape, work / FILES["onnx"])
+        export_onnx(model, data.input_shape, work / FILES["onnx"], metadata=metadata)
         scheduler.safe_point()  # export and quantisation are long stretches with no safe point inside
     except ExportError as e:
         why = f"ONNX export failed: {e}"
@@ -213,7 +255,8 @@ def _onnx_stage(model: nn.Module, state: CompressionState, data: DataBundle, wor
     deploy = state.deploy or Deploy.default()
     calib = data.calibration(min(deploy.calibration_samples, len(data.train)), seed=recipe.seed)
     try:
-        out["int8"] = deploy_int8(work / FILES["onnx"], work / FILES["onnx_int8"], deploy, calib.numpy(), x, y)
+        out["int8"] = deploy_int8(work / FILES["onnx"], work / FILES["onnx_int8"], deploy, calib.numpy(), x, y,
+                                  metadata)
         scheduler.safe_point()
     except Exception as e:
         out["int8"] = OnnxModel(available=False, reason=f"ONNX Runtime quantisation failed: {first_line(e)}")
@@ -309,7 +352,7 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
     sizes["zstd_bytes"] = size.zstd_file(work / FILES["checkpoint"], work / FILES["zstd"])
     sizes["packed_bytes"] = len(blob)
     stage("export")(0.0, "exporting ONNX and quantising it to int8 with ONNX Runtime")
-    onnx = _onnx_stage(unpacked, res.state, data, work, recipe)
+    onnx = _onnx_stage(unpacked, res.state, data, work, recipe, feeding.onnx_metadata(card, data))
     sizes["onnx_bytes"] = onnx["fp32"].get("bytes")
     sizes["onnx_int8_bytes"] = onnx["int8"].get("bytes")
     timings["export_and_sizes"] = round(time.perf_counter() - t, 3)
@@ -338,6 +381,8 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
         notes=list(dict.fromkeys(res.state.notes)),
         memory={"finetune_cpu_rss_growth_bytes": None if scored_beside else train_rss},
         timings=timings, versions=versions(), input_shape=list(data.input_shape),
+        preprocessing=feeding.fed(data, feeding.given_of(card)),
+        baseline_sha256=_sha(str(recipe.checkpoint_path), recipe.checkpoint_path.stat().st_mtime_ns),
         threads={"compress_and_evaluate": train_threads()}, train_samples=len(data.train),
         finetune_samples=len(tune.train))
 

@@ -223,8 +223,8 @@ def _page(top) -> None:
                     st.error(md(e))
     if shown(8):
         with tabs[8]:
-            panels.byo_panel(service, service.datasets(),
-                             service.architectures(libraries=tabs[8].open is not False))
+            opened = tabs[8].open is not False
+            panels.byo_panel(service, service.datasets(), service.architectures(libraries=opened), preview=opened)
     st.caption(footer(time.perf_counter() - t0, job, base_job, control_job))
 
 
@@ -266,7 +266,7 @@ def _take_home(result: RunResult, base_result: RunResult | None, frame, card: Mo
                          "text/html",
                          key="summary_html")
     with st.expander("Recipe JSON (reproduce with `python -m explorer run --recipe FILE`)"):
-        st.json(result["recipe"])
+        st.json(service.recipe_download(result))
 
 
 @st.fragment(run_every=3)

@@ -190,9 +190,9 @@ def sweet_spot_panel(frame: pd.DataFrame, result: RunResult | None, backend, car
               on_click=st.session_state.__setitem__, args=("_apply_controls", wanted),
               help="Set the sidebar (and the link) to the recommended configuration"
                    if wanted else "The sidebar cannot express this recipe; run it from the recipe JSON")
-    with st.expander("Recipe JSON"):
-        st.code(json.dumps(recipe, indent=2), language="json")
     stored = backend.stored_result(row["key"])
+    with st.expander("Recipe JSON"):  # as it travels: the model by name and sha256, not by this server's path
+        st.code(backend.recipe_download(stored) if stored else json.dumps(recipe, indent=2), language="json")
     if stored:
         downloads(stored, backend.artifact, key="ss_dl")
 
@@ -254,8 +254,9 @@ def baseline_panel(info: dict) -> None:
         st.json(shown)
 
 
-def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
-    """Bring your own model (and data): the model gets the same views as a baseline once added."""
+def byo_panel(backend, datasets: list[str], archs: list[str], preview: bool = True) -> None:
+    """Bring your own model (and data): the model gets the same views as a baseline once added. `preview`: say what
+    the explorer will feed it (reads the chosen data set once: only while the tab is open)."""
     st.markdown("Add a **state_dict** (`.safetensors`, or a PyTorch `.pt`/`.pth` checkpoint read with "
                 "`weights_only`: pickled code is refused) for an architecture of the zoo or any classification model "
                 "of torchvision or timm, named in the list below (the installed library builds it; your file gives "
@@ -281,9 +282,10 @@ def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
                    "Upload a zip of an image folder instead.")
         root = ""
     zipped = st.file_uploader("...or a zip of an image folder (one subfolder per class)", type=["zip"], key="byo_zip")
+    fed = _fed_form(backend, dataset, root, zipped is not None, preview)
     name = st.text_input("Name (optional)", key="byo_name")
     added = st.session_state.get("_byo_added")
-    if not st.button("Add model", key="byo_add", disabled=up is None):
+    if not st.button("Add model", key="byo_add", disabled=up is None or fed is None):
         if added:  # shown until the next add: the page reruns right after adding
             st.success(md(added["message"]))  # it holds the name the user typed
             if added.get("note"):
@@ -309,7 +311,7 @@ def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
                 with st.spinner("Loading, checking and measuring the model..."):
                     card = backend.add_model(str(model_path), arch=None if arch.startswith("(") else arch,
                                              dataset=dataset, root=data_root, name=name.strip() or None,
-                                             shown=up.name, on_wait=turn.info)
+                                             shown=up.name, on_wait=turn.info, **(fed or {}))
             finally:
                 turn.empty()
     except ValueError as e:  # the message repeats file and model names, this visitor's or another's
@@ -323,7 +325,42 @@ def byo_panel(backend, datasets: list[str], archs: list[str]) -> None:
                "'_', '-' and '.')") if name.strip() and name.strip() != card["name"] else ""
     st.session_state["_byo_added"] = {
         "message": f"{verb} {card['name']}{renamed}: top-1 {card['accuracy']['top1']:.2f}% on "
-                   f"{card['test_samples']:,} test images (measured). It is now in the baseline list (from your "
-                   f"file {up.name!r}, whose name other visitors do not see).",
+                   f"{card['test_samples']:,} test images (measured), fed "
+                   f"{backend.feed_words(card) or 'as its card says'}. "
+                   f"It is now in the baseline list (from your file {up.name!r}, whose name other visitors do not "
+                   "see).",
         "note": card.get("unsupported_reason")}
     st.rerun()
+
+
+def _fed_form(backend, dataset: str, root: str, zipped: bool, preview: bool) -> dict | None:
+    """The preprocessing the model was trained with (blank: the data set's own), and what the explorer will feed it
+    with these settings; None while a value is refused (said in one line)."""
+    st.markdown("**What your model is fed.** Every image is scaled to [0, 1] and then normalised per channel as "
+                "(x - mean) / std. A model trained with other values, or at another size, scores lower here than it "
+                "does for you: give the ones it was trained with.")
+    c = st.columns(3)
+    mean = c[0].text_input("Mean per channel", key="byo_mean", placeholder="the data set's own",
+                           help="After scaling to [0, 1]: 0.5, or 0.485, 0.456, 0.406 for colour. Blank: the "
+                                "training split's own mean. Mean 0 with standard deviation 1 feeds the [0, 1] pixels "
+                                "as they are.")
+    std = c[1].text_input("Standard deviation per channel", key="byo_std", placeholder="the data set's own",
+                          help="One value per channel, each above 0, given with the mean. Blank: the training "
+                               "split's own.")
+    size = c[2].number_input("Image size (0: the data set's)", 0, 512, value=0, step=1, key="byo_image_size",
+                             help="The height and width the model was trained at: the images are resized to it.")
+    try:
+        fed = {"mean": backend.parse_values(mean, "mean"), "std": backend.parse_values(std, "standard deviation"),
+               "image_size": int(size) or None}
+        if preview and not zipped:
+            with st.spinner("Reading the data set's size and statistics..."):  # once per data set and size
+                words = backend.feed_preview(dataset, root.strip() or None, fed["image_size"], fed["mean"],
+                                             fed["std"])
+            st.caption(f"The explorer will feed {md(words)}.")
+        elif zipped:
+            st.caption("An uploaded image folder is read at 32x32 (or the size above), normalised with its training "
+                       "split's own statistics unless a mean and standard deviation are given.")
+    except ValueError as e:  # repeats what the visitor typed
+        st.error(md(e))
+        return None
+    return fed

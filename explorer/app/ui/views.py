@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -21,6 +20,7 @@ from explorer.app.service import (
     disturbed_figures,
     explain,
     fmt_bytes,
+    recipe_download,
     retime_wait_words,
     shipped,
     speed,
@@ -525,13 +525,17 @@ def downloads(result: RunResult, artifact, key: str) -> None:
         # read on the click rather than on every redraw
         col.download_button(f"{label} ({fmt_bytes(n)})", read() if n and n <= EAGER_BYTES else read,
                             file_name(result, name), disabled=not n, key=f"{key}_{name}", help=what)
-    recipe = json.dumps(result["recipe"], indent=2)
+    recipe = recipe_download(result)  # the model by name and sha256, not by this server's path
     cols[3].download_button(f"Recipe JSON ({fmt_bytes(len(recipe))})", recipe.encode(),
                             file_name(result, "recipe.json"),
                             "application/json", key=f"{key}_recipe",
                             help="Reproduces this run: python -m explorer run --recipe recipe.json --out DIR")
-    st.caption("Packed .xpk: load it back with `explorer.unpack(bytes).model`. ONNX files: any ONNX runtime. "
-               "Recipe: `python -m explorer run --recipe recipe.json` computes the same figures.")
+    own = result.get("recipe", {}).get("checkpoint") is not None
+    st.caption("Packed .xpk: load it back with `explorer.unpack(bytes).model`. ONNX files: any ONNX runtime; their "
+               "metadata say the input they take (size, mean and standard deviation, class names). Recipe: `python -m "
+               "explorer run --recipe recipe.json" + (" --checkpoint FILE` (FILE: your model's file; the recipe holds "
+                                                     "its sha256 and how it is fed)" if own else "`")
+               + " computes the same figures on any machine.")
 
 
 def glossary() -> None:
