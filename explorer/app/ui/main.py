@@ -147,6 +147,9 @@ def _page(top) -> None:
     asked = st.query_params.get("tab")
     if asked is not None and asked not in TABS:  # Streamlit drops it from the link without a word
         st.warning(f"Ignored from the link: tab={md(repr(asked))} must be one of: {', '.join(TABS)}")
+    if st.session_state.pop("_open_overview", False):  # a model just added: its figures are on the Overview
+        st.query_params["tab"] = TABS[0]
+        st.session_state["tab"] = TABS[0]
     tabs = st.tabs(TABS, key="tab", bind="query-params")
     frame = service.frame(card["architecture"], card["dataset"], None if recipe is None else recipe.checkpoint)
     key = result.get("key") if result else None
@@ -224,7 +227,8 @@ def _page(top) -> None:
     if shown(8):
         with tabs[8]:
             opened = tabs[8].open is not False
-            panels.byo_panel(service, service.datasets(), service.architectures(libraries=opened), preview=opened)
+            panels.byo_panel(service, service.datasets(), service.architectures(libraries=opened), preview=opened,
+                             current=card.get("dataset"))
     st.caption(footer(time.perf_counter() - t0, job, base_job, control_job))
 
 
@@ -326,8 +330,10 @@ def footer(seconds: float, job, base_job, control_job=None) -> str:
         return f"Rendered in {seconds:.2f} s (the run {job.state})"
     jobs = {j.key: j for j in (job, base_job, control_job) if j is not None}
     hits = [bool((j.result or {}).get("cache", {}).get("hit")) for j in jobs.values() if j.state == "done"]
-    if job.state != "done" or any(not j.finished for j in jobs.values()):
-        return f"Rendered in {seconds:.2f} s (computing)"
+    waiting = [what for j, what in ((job, "this configuration"), (base_job, "the baseline it is compared with"),
+                                    (control_job, "the same-budget control")) if j is not None and not j.finished]
+    if waiting:  # as the render left them: the page draws itself again once they are complete
+        return f"Rendered in {seconds:.2f} s (still computing {' and '.join(dict.fromkeys(waiting))})"
     told = st.session_state.get("_told_computed")
     if all(hits) or told == job.key:  # a run this page already reported is served from memory now
         return f"Rendered in {seconds:.2f} s (from the cache)"

@@ -254,9 +254,13 @@ def baseline_panel(info: dict) -> None:
         st.json(shown)
 
 
-def byo_panel(backend, datasets: list[str], archs: list[str], preview: bool = True) -> None:
+def byo_panel(backend, datasets: list[str], archs: list[str], preview: bool = True, current: str | None = None
+              ) -> None:
     """Bring your own model (and data): the model gets the same views as a baseline once added. `preview`: say what
-    the explorer will feed it (reads the chosen data set once: only while the tab is open)."""
+    the explorer will feed it (reads the chosen data set once: only while the tab is open). `current`: the data set
+    of the model open now, which the data set picker starts on."""
+    if current in datasets:
+        st.session_state.setdefault("byo_dataset", current)
     st.markdown("Add a **state_dict** (`.safetensors`, or a PyTorch `.pt`/`.pth` checkpoint read with "
                 "`weights_only`: pickled code is refused) for an architecture of the zoo or any classification model "
                 "of torchvision or timm, named in the list below (the installed library builds it; your file gives "
@@ -318,6 +322,9 @@ def byo_panel(backend, datasets: list[str], archs: list[str], preview: bool = Tr
         st.error(md(e))
         return
     st.session_state["_select_baseline"] = card["name"]
+    st.session_state["_open_overview"] = True  # the page opens the model just added on its Overview
+    for k in ("byo_model", "byo_zip", "byo_name"):  # the form starts empty for the next model
+        st.session_state.pop(k, None)
     # the file's name stays in this session: the card and the model's name, which every visitor lists, hold none
     st.session_state.setdefault("_byo_files", {})[card["name"]] = up.name
     verb = "Already added as" if card.get("reused") else "Added"
