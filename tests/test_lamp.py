@@ -127,7 +127,8 @@ def test_the_first_and_last_layers_stay_dense_when_asked_and_the_run_says_what_i
 
 def test_the_revision_is_raised_for_exactly_the_configurations_whose_masks_changed():
     changed = [PruneConfig(sparsity=0.5), PruneConfig(sparsity=0.9, granularity="block"),
-               PruneConfig(sparsity=0.9, schedule="gradual", finetune_epochs=1), PruneConfig(sparsity=0.9, layers="inner")]
+               PruneConfig(sparsity=0.9, schedule="gradual", finetune_epochs=1),
+               PruneConfig(sparsity=0.9, layers="inner")]
     same = [PruneConfig(sparsity=0.5, scope="layer"), PruneConfig(sparsity=0.5, granularity="block", scope="layer"),
             PruneConfig(sparsity=0.5, granularity="nm"), PruneConfig(sparsity=0.0),
             PruneConfig(sparsity=0.5, granularity="channel", scope="layer")]

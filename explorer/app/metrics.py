@@ -162,6 +162,11 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
     check_choice("objective", objective, list(OBJECTIVES))
     _check_constraints(max_drop, size_budget, latency_budget, confidence)
     rows = df[df.get("status", pd.Series("ok", index=df.index)) == "ok"] if len(df) else df
+    fell = collapsed_rows(rows)
+    if fell.any() and fell.all():
+        return Pick(None, f"every successful run here ({int(fell.sum())}) collapsed, its model guessing: there is "
+                          "no trade-off to choose from")
+    rows = rows[~fell]  # a collapsed model is no trade-off: never the pick, however small or fast
     if rows.empty:
         return Pick(None, "no successful run to choose from")
     aware = confidence is not None and set(COUNTS) <= set(rows.columns)
@@ -221,6 +226,14 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
     qualifies = point_row is not None and point_row.get("key", point_row.name) in set(
         found.get("key", pd.Series(found.index, index=found.index)))
     return Pick(best, reason, point_row, confidence if aware else None, qualifies)
+
+
+def collapsed_rows(rows: pd.DataFrame) -> pd.Series:
+    """True for the runs whose model collapsed (explorer.run.collapse), False elsewhere, tables without the column
+    (older results) included."""
+    if "collapsed" not in rows.columns:
+        return pd.Series(False, index=rows.index)
+    return rows["collapsed"].map(lambda v: v is True or v == 1 or str(v).lower() == "true")
 
 
 def resolution(rows: pd.DataFrame, confidence: float = CONFIDENCE) -> tuple[int, float] | None:

@@ -41,6 +41,8 @@ from explorer.models import baselines, sandbox, user
 from explorer.models.user import check_upload_size, list_user_models
 from explorer.run import sensitivity as sens
 from explorer.run.cache import RunCache
+from explorer.run.collapse import collapsed, emptied_words  # noqa: F401  (a model that guesses, in words)
+from explorer.run.collapse import words as collapse_words  # noqa: F401
 from explorer.run.controls import (  # noqa: F401  (the page's names for the techniques' controls)
     CHOICES,
     DEFAULTS,

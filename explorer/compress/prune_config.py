@@ -161,6 +161,15 @@ class PruneConfig(StepConfig):
                     flag="finetune-epochs"),
         )
 
+    def collapse_advice(self) -> str | None:
+        if self.granularity in REMOVES:
+            removed = {"channel": "channels", "heads": "attention heads", "neurons": "hidden neurons"}[self.granularity]
+            return f"a lower share of {removed}, or more fine-tuning epochs"
+        if self.granularity == "nm":  # its sparsity is fixed by n and m
+            return "more fine-tuning epochs, or leaving the first and last layers dense"
+        other = "the same share in every layer" if self.scope == "global" else "one ranking across all layers"
+        return f"a lower sparsity, the scope '{other}', or more fine-tuning epochs"
+
     def explain(self, result: Mapping[str, Any]) -> list[str]:
         out = []
         size, base = result.get("size") or {}, result.get("baseline_size") or {}

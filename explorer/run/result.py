@@ -102,6 +102,18 @@ class Speedup(TypedDict, total=False):
     against: str  # the engine the baseline ran in: the same engine (speedup) or PyTorch fp32 (deployment_gain)
 
 
+class Collapse(TypedDict):
+    """Why a run's model is taken to have collapsed (explorer.run.collapse): it guesses, so its figures are no
+    trade-off. `reasons` holds "top1_at_chance", "loss_at_chance" and "layer_emptied", as they apply."""
+
+    reasons: list[str]
+    layers_emptied: list[str]  # the Conv and Linear layers whose every weight is zero
+    classes: int
+    chance_top1: float  # percent: a uniform guess among the classes
+    chance_loss: float  # ln(classes): the cross-entropy of a uniform guess
+    final_loss: float | None  # the last fine-tuning epoch's mean training loss (None: no fine-tuning)
+
+
 Latency = dict[str, dict[str, LatencyFigure]]  # engine -> batch key ("b1", "b256") -> figure
 Speedups = dict[str, dict[str, Speedup]]
 
@@ -142,6 +154,7 @@ class RunResult(TypedDict, total=False):
     histograms: dict[str, dict[str, Any]]
     compression: dict[str, Any]  # each step's report, by kind
     notes: list[str]
+    collapse: Collapse  # present only where the model collapsed: then no view shows its figures as a trade-off
     # sizes of real files, in bytes, and the reduction factors against the fp32 baseline's
     size: dict[str, int | None]
     baseline_size: dict[str, int]
@@ -346,7 +359,8 @@ def flatten(result: RunResult) -> dict[str, Any]:
     acc = result["accuracy"]
     row.update(top1=acc["top1"], top3=acc["top3"], top5=acc["top5"], baseline_top1=result["baseline_accuracy"]["top1"],
                accuracy_delta=result["accuracy_delta"], sparsity=result["sparsity"], params=result["params"],
-               nonzero_params=result["nonzero_params"], macs=result["macs"], test_samples=result.get("test_samples"))
+               nonzero_params=result["nonzero_params"], macs=result["macs"], test_samples=result.get("test_samples"),
+               collapsed=bool(result.get("collapse")))
     for k, (lo, hi) in (result.get("accuracy_ci") or {}).items():
         row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
     vs = result.get("vs_baseline") or {}
