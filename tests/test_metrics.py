@@ -167,3 +167,15 @@ def test_resolution_is_the_drop_an_exact_copy_of_the_baseline_can_be_sure_of():
     big = pd.DataFrame([{"both_right": 9000, "baseline_only": 187, "run_only": 20, "both_wrong": 793}])
     assert resolution(big)[1] < 0.05  # 10,000 images resolve a few hundredths of a point
     assert resolution(pd.DataFrame([{"top1": 90.0}])) is None
+
+
+def test_across_seeds_gives_one_row_per_configuration():
+    """Every results row names its configuration; the mean across seeds used to fail on that very column (the
+    group's key), so the curves of a sweep repeated over seeds raised instead of drawing."""
+    from explorer.app.metrics import across_seeds
+
+    df = pd.DataFrame({"config": ["a", "a", "b"], "seed": [0, 1, 0], "status": ["ok"] * 3, "label": ["x", "x", "y"],
+                       "top1": [90.0, 92.0, 80.0], "top5": [99.0, 99.0, 98.0], "accuracy_delta": [-1.0, 1.0, -11.0]})
+    out = across_seeds(df).set_index("config")
+    assert out.loc["a", "top1"] == 91.0 and out.loc["a", "seeds"] == 2 and out.loc["b", "seeds"] == 1
+    assert out.loc["a", "top1_std"] == pytest.approx(2 ** 0.5) and out.loc["a", "label"] == "x"

@@ -378,6 +378,6 @@ def across_seeds(df: pd.DataFrame) -> pd.DataFrame:
     out["seeds"] = groups.size()
     first = groups.first()
     for c in ok.columns:
-        if c not in out.columns and c != "seed":
+        if c not in out.columns and c not in ("seed", "config"):  # the configuration is the index, a column again below
             out[c] = first[c]
     return out.reset_index(drop=False)
