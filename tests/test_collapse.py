@@ -11,7 +11,7 @@ import torch
 from explorer.app import plots, summary
 from explorer.app.cli import summary as cli_summary
 from explorer.app.marks import LEGEND
-from explorer.app.metrics import sweet_spot
+from explorer.app.metrics import across_seeds, collapsed_rows, sweet_spot
 from explorer.compress.prune import PruneConfig
 from explorer.compress.recipe import Recipe
 from explorer.run import collapse, runner
@@ -137,3 +137,12 @@ def test_the_summary_says_the_model_collapsed(fell):
     page = summary.page(fell, frame, "digits_cnn-digits")
     assert "This model collapsed" in page
     assert summary.png(fell, frame, "digits_cnn-digits")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_configuration_that_collapsed_with_any_seed_is_collapsed_across_seeds():
+    t = _table().assign(seed=0, config=lambda d: d["key"])
+    again = t.assign(seed=1, collapsed=False, top1=lambda d: d["top1"].where(d["key"] != "p90", 60.0))
+    means = across_seeds(pd.concat([t, again], ignore_index=True))
+    assert list(means.loc[collapsed_rows(means), "key"]) == ["p90"]  # its mean top-1 (35%) mixes in a guess
+    assert sweet_spot(means, max_drop=100.0, objective="smallest", confidence=None).row["key"] == "p70"
+    assert collapsed_rows(pd.DataFrame({"collapsed": ["True", "False", None]})).tolist() == [True, False, False]

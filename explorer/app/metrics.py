@@ -230,10 +230,18 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
 
 def collapsed_rows(rows: pd.DataFrame) -> pd.Series:
     """True for the runs whose model collapsed (explorer.run.collapse), False elsewhere, tables without the column
-    (older results) included."""
+    (older results) included. Across seeds (across_seeds averages the column) a configuration that collapsed with
+    any seed counts as collapsed: its mean mixes a guess into the figures."""
+    def one(v) -> bool:
+        if isinstance(v, str):  # a table read back from CSV
+            return v.strip().lower() == "true"
+        try:
+            return bool(v > 0)
+        except TypeError:
+            return False
     if "collapsed" not in rows.columns:
         return pd.Series(False, index=rows.index)
-    return rows["collapsed"].map(lambda v: v is True or v == 1 or str(v).lower() == "true")
+    return rows["collapsed"].map(one).astype(bool)
 
 
 def resolution(rows: pd.DataFrame, confidence: float = CONFIDENCE) -> tuple[int, float] | None:
