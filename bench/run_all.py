@@ -25,7 +25,7 @@ import time
 
 import common as C
 
-SECTIONS = ("fashion", "live", "page_open", "seed001", "seed000", "seed002", "seed004", "bnadapt", "peers",
+SECTIONS = ("fashion", "live", "page_open", "seed001", "seed000", "seed002", "seed004", "bnadapt", "collapse", "peers",
             "peers_transformer", "targets", "explorer_perf", "stress_speed", "named_arch")
 # peers_transformer needs the peers' own environment (bench/requirements-peers.txt); without it its peers say
 # "not installed" in their rows
