@@ -259,7 +259,8 @@ def test_channel_pruning_keeps_every_residual_addition_consistent_and_exports(tm
 
 @pytest.mark.parametrize("cfg,said", [
     (PruneConfig(sparsity=0.5, granularity="block"),
-     "prune 50% of the 4x4 blocks of weights by L1 norm, ranked across layers by layer-adaptive scores (LAMP), at once"),
+     "prune 50% of the 4x4 blocks of weights by L1 norm, ranked across layers by layer-adaptive scores (LAMP), "
+     "at once"),
     (PruneConfig(sparsity=0.6, granularity="block", block=(8, 8), scope="layer"),
      "prune 60% of the 8x8 blocks of weights by L1 norm, the same share in every layer, at once"),
     (PruneConfig(sparsity=0.5, granularity="nm"), "prune 50% of the weights, keeping 2 of every 4 (2:4) at once"),
