@@ -25,7 +25,7 @@ import time
 
 import common as C
 
-SECTIONS = ("fashion", "live", "page_open", "seed001", "seed000", "seed002", "seed004", "bnadapt", "peers",
+SECTIONS = ("fashion", "live", "page_open", "seed001", "seed000", "seed002", "seed004", "bnadapt", "collapse", "peers",
             "peers_transformer", "peers_ptq", "targets", "explorer_perf", "stress_speed", "named_arch")
 # peers_transformer and peers_ptq need the peers' own environment (bench/requirements-peers.txt); without it
 # peers_transformer's peers say "not installed" in their rows and peers_ptq stops, saying what to install

@@ -458,6 +458,21 @@ def test_sweet_spot_table_follows_the_settings_and_can_be_applied(fresh_cache, m
     assert at.button(key="ss_apply").disabled  # it is the current configuration now
 
 
+@pytest.mark.slow  # a page run with its baseline: over 10 s on two cores
+def test_a_collapsed_run_says_so_at_the_top_of_the_overview(cache):
+    """Pruning the digits CNN to 99% leaves it guessing (top-1 9.75%): the Overview says so before any figure, its
+    top-1 tile shows no change to weigh, and the downloads say what the files hold."""
+    at = _app(sparsity="0.99", prune_epochs="0")
+    assert not at.exception
+    assert _stored(at, cache).get("collapse")
+    errors = [e.value for e in at.error]
+    assert errors and errors[0].startswith("This model collapsed") and "Try a lower sparsity" in errors[0]
+    tile = next(m for m in at.metric if m.label == "Top-1 (measured)")
+    assert tile.proto.delta == "collapsed: a guess"
+    assert any("collapsed model" in w.value for w in at.warning)
+    assert any("not a trade-off: the model collapsed" in c.value for c in at.caption)
+
+
 def test_downloads_offer_every_deployable_with_its_size(cache):
     at = _app(sparsity="0.5", bits="8", prune_epochs="0")
     res = _stored(at, cache)

@@ -467,14 +467,16 @@ def test_clear_removes_attached_files_and_the_old_sensitivity_folder(root):
 def test_a_fixed_technique_gets_new_keys_and_the_others_keep_theirs(monkeypatch):
     """A step whose revision is raised (a fix that changes what it computes) no longer finds the runs cached
     before the fix; every other recipe keeps its key, so the fix recomputes nothing else."""
-    unstructured = recipe()
+    unstructured = Recipe(model="digits_cnn", steps=(PruneConfig(sparsity=0.5, scope="layer"),))
     channel = Recipe(model="digits_cnn", steps=(PruneConfig(granularity="channel", sparsity=0.5),))
     layer = Recipe(model="digits_cnn", steps=(PruneConfig(granularity="channel", sparsity=0.5, scope="layer"),))
-    assert channel.steps[0].revision() == 2 and unstructured.steps[0].revision() == layer.steps[0].revision() == 1
-    after = [runner.run_key(r) for r in (unstructured, channel, layer)]
+    lamp = recipe()  # global unstructured: ranked by layer-adaptive scores since revision 2
+    assert channel.steps[0].revision() == lamp.steps[0].revision() == 2
+    assert unstructured.steps[0].revision() == layer.steps[0].revision() == 1
+    after = [runner.run_key(r) for r in (unstructured, channel, layer, lamp)]
     monkeypatch.setattr(PruneConfig, "revision", lambda self: 1)
-    before = [runner.run_key(r) for r in (unstructured, channel, layer)]
-    assert after[0] == before[0] and after[2] == before[2] and after[1] != before[1]
+    before = [runner.run_key(r) for r in (unstructured, channel, layer, lamp)]
+    assert after[0] == before[0] and after[2] == before[2] and after[1] != before[1] and after[3] != before[3]
 
 
 def _plant_lookalikes(folder: Path) -> dict[str, bytes]:

@@ -180,3 +180,15 @@ def test_the_sweet_spots_reason_gives_the_comparison_with_the_same_training_wher
     assert ("against the baseline fine-tuned the same 2 epochs without compression: -0.40 points, 95% interval "
             "-0.90 to +0.10 (within noise)") in p.reason
     assert "fine-tuned" not in sweet_spot(tuned, max_drop=2.0, objective="smallest").reason  # b has no control
+
+
+def test_across_seeds_gives_one_row_per_configuration():
+    """Every results row names its configuration; the mean across seeds used to fail on that very column (the
+    group's key), so the curves of a sweep repeated over seeds raised instead of drawing."""
+    from explorer.app.metrics import across_seeds
+
+    df = pd.DataFrame({"config": ["a", "a", "b"], "seed": [0, 1, 0], "status": ["ok"] * 3, "label": ["x", "x", "y"],
+                       "top1": [90.0, 92.0, 80.0], "top5": [99.0, 99.0, 98.0], "accuracy_delta": [-1.0, 1.0, -11.0]})
+    out = across_seeds(df).set_index("config")
+    assert out.loc["a", "top1"] == 91.0 and out.loc["a", "seeds"] == 2 and out.loc["b", "seeds"] == 1
+    assert out.loc["a", "top1_std"] == pytest.approx(2 ** 0.5) and out.loc["a", "label"] == "x"

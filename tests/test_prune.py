@@ -258,14 +258,19 @@ def test_channel_pruning_keeps_every_residual_addition_consistent_and_exports(tm
 
 
 @pytest.mark.parametrize("cfg,said", [
-    (PruneConfig(sparsity=0.5, granularity="block"), "prune 50% of the 4x4 blocks of weights by L1 norm at once"),
-    (PruneConfig(sparsity=0.6, granularity="block", block=(8, 8)),
-     "prune 60% of the 8x8 blocks of weights by L1 norm at once"),
+    (PruneConfig(sparsity=0.5, granularity="block"),
+     "prune 50% of the 4x4 blocks of weights by L1 norm, ranked across layers by layer-adaptive scores (LAMP), "
+     "at once"),
+    (PruneConfig(sparsity=0.6, granularity="block", block=(8, 8), scope="layer"),
+     "prune 60% of the 8x8 blocks of weights by L1 norm, the same share in every layer, at once"),
     (PruneConfig(sparsity=0.5, granularity="nm"), "prune 50% of the weights, keeping 2 of every 4 (2:4) at once"),
     (PruneConfig(sparsity=0.0, granularity="nm", n=1, m=4, finetune_epochs=1),
      "prune 75% of the weights, keeping 1 of every 4 (1:4) at once, fine-tuned 1 epoch"),
-    (PruneConfig(sparsity=0.7, schedule="gradual", finetune_epochs=3),
-     "prune 70% of the single weights gradually, fine-tuned 3 epochs"),
+    (PruneConfig(sparsity=0.7, schedule="gradual", finetune_epochs=3, layers="inner"),
+     "prune 70% of the single weights, ranked across layers by layer-adaptive scores (LAMP), first and last layers "
+     "left dense, gradually, fine-tuned 3 epochs"),
+    (PruneConfig(sparsity=0.5, granularity="nm", layers="inner"),
+     "prune 50% of the weights, keeping 2 of every 4 (2:4), first and last layers left dense, at once"),
 ])
 def test_the_words_say_what_the_config_does(cfg, said):
     assert cfg.words() == said

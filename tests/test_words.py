@@ -22,7 +22,8 @@ def test_the_configuration_line_names_the_pruning_criterion():
     assert recipe_words({"steps": [_prune(granularity="nm", criterion="l1")]}) == \
         "prune 50% of the weights, keeping 2 of every 4 (2:4) at once, fine-tuned 2 epochs"
     assert recipe_words({"steps": [_prune(granularity="unstructured")]}) == \
-        "prune 50% of the single weights at once, fine-tuned 2 epochs"
+        "prune 50% of the single weights, ranked across layers by layer-adaptive scores (LAMP), at once, " \
+        "fine-tuned 2 epochs"
 
 
 def test_within_noise_is_said_one_way_everywhere():

@@ -19,6 +19,7 @@ from explorer.core import plugins, scratch, settings
 from explorer.core.engines import B256, ORT_CPU_INT8, lat_col
 from explorer.core.errors import bad_value, first_line
 from explorer.run.cache import RunCache
+from explorer.run.collapse import words as collapse_words
 from explorer.run.result import FILES, RunResult, disturbed_figures, speed, speed_with_interval
 
 # Each command imports the heavy parts it needs (torch, the models, plotting) when it runs, so `--help`,
@@ -246,6 +247,7 @@ def summary(result: RunResult) -> str:
     lines = [f"{result['label']}  ({result['model']} on {result['dataset']}, {result['test_samples']} test images)",
              f"  top-1 {acc['top1']:.2f}%{top1_ci}  top-3 {acc['top3']:.2f}%  top-5 {acc['top5']:.2f}%",
              f"  delta {result['accuracy_delta']:+.2f} points vs {base['top1']:.2f}%{paired}",
+             *([f"  COLLAPSED: {fell}"] if (fell := collapse_words(result)) else []),
              f"  parameters {result['params']:,} ({result['nonzero_params']:,} non-zero), weight sparsity "
              f"{result['sparsity']:.1%}, MACs {_num(result.get('macs'))}",
              "  sizes: " + ", ".join(f"{k.replace('_bytes', '')} {_kib(sz.get(k))}"

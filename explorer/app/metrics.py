@@ -162,6 +162,11 @@ def sweet_spot(df: pd.DataFrame, *, max_drop: float | None = None, size_budget: 
     check_choice("objective", objective, list(OBJECTIVES))
     _check_constraints(max_drop, size_budget, latency_budget, confidence)
     rows = df[df.get("status", pd.Series("ok", index=df.index)) == "ok"] if len(df) else df
+    fell = collapsed_rows(rows)
+    if fell.any() and fell.all():
+        return Pick(None, f"every successful run here ({int(fell.sum())}) collapsed, its model guessing: there is "
+                          "no trade-off to choose from")
+    rows = rows[~fell]  # a collapsed model is no trade-off: never the pick, however small or fast
     if rows.empty:
         return Pick(None, "no successful run to choose from")
     aware = confidence is not None and set(COUNTS) <= set(rows.columns)
@@ -237,6 +242,22 @@ def _against_control(row: pd.Series) -> str:
     verdict = f"a real {'gain' if delta > 0 else 'loss'}" if real else "within noise"
     return (f"; against the baseline fine-tuned the same {budget} without compression: {delta:+.2f} points{ci} "
             f"({verdict})")
+
+
+def collapsed_rows(rows: pd.DataFrame) -> pd.Series:
+    """True for the runs whose model collapsed (explorer.run.collapse), False elsewhere, tables without the column
+    (older results) included. Across seeds (across_seeds averages the column) a configuration that collapsed with
+    any seed counts as collapsed: its mean mixes a guess into the figures."""
+    def one(v) -> bool:
+        if isinstance(v, str):  # a table read back from CSV
+            return v.strip().lower() == "true"
+        try:
+            return bool(v > 0)
+        except TypeError:
+            return False
+    if "collapsed" not in rows.columns:
+        return pd.Series(False, index=rows.index)
+    return rows["collapsed"].map(one).astype(bool)
 
 
 def resolution(rows: pd.DataFrame, confidence: float = CONFIDENCE) -> tuple[int, float] | None:
@@ -381,6 +402,6 @@ def across_seeds(df: pd.DataFrame) -> pd.DataFrame:
     out["seeds"] = groups.size()
     first = groups.first()
     for c in ok.columns:
-        if c not in out.columns and c != "seed":
+        if c not in out.columns and c not in ("seed", "config"):  # the configuration is the index, a column again below
             out[c] = first[c]
     return out.reset_index(drop=False)

@@ -11,7 +11,8 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-from explorer.app.metrics import normalized_ad_rf, pareto_front
+from explorer.app import marks
+from explorer.app.metrics import collapsed_rows, normalized_ad_rf, pareto_front
 from explorer.compress.quantize_config import bits_control
 from explorer.core.engines import (
     ORT_CPU_FP32,
@@ -83,6 +84,8 @@ def _accuracy_range(ok: pd.DataFrame, *extra: float) -> list[float]:
         lo, hi = lo.combine(ok["top1"] - ok["top1_std"].fillna(0), min), hi.combine(ok["top1"] + ok["top1_std"]
                                                                                      .fillna(0), max)
     values = [*pd.to_numeric(lo).dropna(), *pd.to_numeric(hi).dropna(), *extra]
+    if not values:  # every run collapsed, and no baseline to show
+        return [0.0, 100.0]
     a, b = min(values), max(values)
     pad = max(0.5, 0.05 * (b - a))
     return [max(a - pad, 0.0), min(b + pad, 100.0)]
@@ -197,6 +200,7 @@ def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str 
     fig = go.Figure()
     if ok.empty:
         return _layout(fig, "Sparsity vs accuracy (no runs yet)")
+    ok, fell = marks.split(ok)  # a collapsed run is no point of a curve: it is marked apart, below
     fams = list(families(ok, by))
     style = series_styles(name for name, _ in fams)
     for name, part in fams:
@@ -208,22 +212,32 @@ def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str 
             customdata=_hover(part),
             hovertemplate="<b>%{customdata[1]}</b><br>sparsity %{x:.0%}, top-1 %{y:.2f}%<br>packed file "
                           "%{customdata[2]}<extra>%{customdata[0]}</extra>"))
-    if current_key is not None and (ok["key"] == current_key).any():
-        cur = ok[ok["key"] == current_key].iloc[0]
-        fig.add_trace(go.Scatter(x=[cur["sparsity_requested"]], y=[cur["top1"]], mode="markers", name="current",
-                                 marker={"size": 16, "symbol": "star", "color": "crimson", "line": {"width": 1}},
-                                 hovertemplate=f"<b>current: {cur.get('words', cur['label'])}</b><extra></extra>"))
+    every = pd.concat([ok, fell])
     base = None
-    if "accuracy_delta" in ok.columns and ok["accuracy_delta"].notna().any():
-        base = float((ok["top1"] - ok["accuracy_delta"]).median())  # every run carries its baseline's top-1
+    if "accuracy_delta" in every.columns and every["accuracy_delta"].notna().any():
+        base = float((every["top1"] - every["accuracy_delta"]).median())  # every run carries its baseline's top-1
         fig.add_hline(y=base, line_dash="dot", line_color="grey", annotation_text=f"baseline {base:.2f}%",
                       annotation_position="bottom left")
     references = control_lines(fig, controls)
+    axis = _accuracy_range(ok, *([base] if base is not None else []), *references)
+    marks.add_collapsed(fig, fell, "sparsity_requested", marks.floor(axis), _hover(fell))
+    _current(fig, every, current_key, "sparsity_requested", marks.floor(axis), line=True)
     _marker_legend(fig, ok)
     fig.update_layout(xaxis_title="sparsity (requested)", yaxis_title=_accuracy_title(ok),
-                      yaxis_range=_accuracy_range(ok, *([base] if base is not None else []), *references),
-                      xaxis_tickformat=".0%")
+                      yaxis_range=axis, xaxis_tickformat=".0%")
     return _layout(fig, "Sparsity vs accuracy")
+
+
+def _current(fig: go.Figure, rows: pd.DataFrame, key: str | None, x: str, floor: float, line: bool = False) -> None:
+    """The current run as a star: at its top-1, or on its collapsed cross where its model collapsed."""
+    if key is None or not (rows["key"] == key).any():
+        return
+    cur = rows[rows["key"] == key].iloc[0]
+    y = floor if collapsed_rows(rows[rows["key"] == key]).iloc[0] else cur["top1"]
+    fig.add_trace(go.Scatter(x=[cur[x]], y=[y], mode="markers", name="current",
+                             marker={"size": 16, "symbol": "star", "color": "crimson",
+                                     **({"line": {"width": 1}} if line else {})},
+                             hovertemplate=f"<b>current: {cur.get('words', cur['label'])}</b><extra></extra>"))
 
 
 def size_bars(result: Mapping[str, Any]) -> go.Figure:
@@ -240,9 +254,10 @@ def size_bars(result: Mapping[str, Any]) -> go.Figure:
 
 def ad_rf_ranking(df: pd.DataFrame, size_col: str = "gzip_bytes", current_key: str | None = None) -> go.Figure:
     """Seed 001's normalised AD x RF across the runs compared, best first."""
-    ok = _ok_rows(df, size_col, "accuracy_delta")
+    ok, fell = marks.split(_ok_rows(df, size_col, "accuracy_delta"))  # a collapsed run's delta is no trade-off
+    apart = f"<br><sup>{len(fell)} collapsed run{'s' if len(fell) != 1 else ''} left out</sup>" if len(fell) else ""
     if len(ok) < 2:
-        return _layout(go.Figure(), "Normalised AD x RF (needs at least two runs)")
+        return _layout(go.Figure(), f"Normalised AD x RF (needs at least two runs){apart}")
     kind = size_col.replace("_bytes", "")
     # gzip and zstd of a checkpoint like for like (seed 001 divides gzip by gzip); every other size against the
     # baseline's fp32 checkpoint file, the reference of every other "times smaller" on the page
@@ -268,7 +283,7 @@ def ad_rf_ranking(df: pd.DataFrame, size_col: str = "gzip_bytes", current_key: s
                                          "RF %{customdata[1]:.2f}x<extra></extra>"))
     fig.update_layout(xaxis_title="accuracy delta x reduction factor, standardised across these runs (0 = their "
                                   "average)", height=max(300, 22 * len(ok)))
-    return _layout(fig, f"Accuracy delta x reduction factor ({SIZE_LABELS.get(size_col, size_col)})")
+    return _layout(fig, f"Accuracy delta x reduction factor ({SIZE_LABELS.get(size_col, size_col)}){apart}")
 
 
 def latency_bars(result: Mapping[str, Any]) -> go.Figure:
@@ -305,14 +320,14 @@ def pareto(df: pd.DataFrame, cost: str, cost_title: str, current_key: str | None
            short: str | None = None) -> go.Figure:
     """Top-1 against a cost (size or latency); the Pareto front joined, the baseline and the current run marked.
     `cost_title` names the axis, `short` (else the same) the cost in the chart's title, which has half a page."""
-    ok = _ok_rows(df, cost, "top1")
+    ok, fell = marks.split(_ok_rows(df, cost, "top1"))  # a collapsed run is on no front: marked apart, below
     fig = go.Figure()
     short = short or cost_title
-    left_out = len(_ok_rows(df, "top1")) - len(ok)  # runs without this cost: not timed yet, or timing disturbed
+    left_out = len(_ok_rows(df, "top1")) - len(ok) - len(fell)  # runs without this cost: not timed, or disturbed
     its = "its" if left_out == 1 else "their"
     missing = (f"<br><sup>{left_out} run{'s' if left_out != 1 else ''} not shown: not timed yet, or {its} timing "
                "was disturbed</sup>") if left_out > 0 and not cost.endswith("_bytes") else ""
-    if ok.empty:
+    if ok.empty and fell.empty:
         return _layout(fig, f"Pareto front: top-1 vs {short} (no runs yet){missing}")
     ok["front"] = pareto_front(ok, cost)
     shown = ok[cost].map(fmt_size) if cost.endswith("_bytes") else \
@@ -338,16 +353,14 @@ def pareto(df: pd.DataFrame, cost: str, cost_title: str, current_key: str | None
                                  text=["baseline"], textposition="top center", cliponaxis=False,
                                  marker={"size": 14, "symbol": "diamond", "color": "black"},
                                  hovertemplate="<b>the baseline, uncompressed</b><extra></extra>"))
-    if current_key is not None and (ok["key"] == current_key).any():
-        cur = ok[ok["key"] == current_key].iloc[0]
-        fig.add_trace(go.Scatter(x=[cur[cost]], y=[cur["top1"]], mode="markers", name="current",
-                                 marker={"size": 16, "symbol": "star", "color": "crimson"},
-                                 hovertemplate=f"<b>current: {cur.get('words', cur['label'])}</b><extra></extra>"))
+    axis = _accuracy_range(ok)
+    marks.add_collapsed(fig, fell, cost, marks.floor(axis), _hover(fell))
+    _current(fig, pd.concat([ok, fell]), current_key, cost, marks.floor(axis))
     _marker_legend(fig, ok)
     fig.update_xaxes(automargin=True)  # a long axis title keeps its room in half a page
     fig.update_yaxes(automargin=True)
     fig.update_layout(xaxis_title=cost_title, yaxis_title=_accuracy_title(ok), xaxis_type="log",
-                      yaxis_range=_accuracy_range(ok),
+                      yaxis_range=axis,
                       # below the axis: the two fronts sit side by side, where a legend on the right takes half
                       legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.3, "yanchor": "top"})
     return _layout(fig, f"Pareto front: top-1 vs {short}{missing}")

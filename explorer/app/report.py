@@ -11,13 +11,14 @@ from pathlib import Path
 import pandas as pd
 
 from explorer.app import plots
-from explorer.app.metrics import across_seeds, sweet_spot
+from explorer.app.metrics import across_seeds, collapsed_rows, sweet_spot
 from explorer.core.engines import B256, ORT_CPU_INT8, gain_col, lat_col, reltime_col, speedup_col, state_col
 from explorer.core.engines import TORCH_CPU as PYTORCH_FP32
 from explorer.core.paths import user_file
 
-TABLE_COLUMNS = ["label", "status", "seed", "top1", "top1_lo", "top1_hi", "accuracy_delta", "delta_lo", "delta_hi",
-                 "p_value", "sparsity", "file_bytes", "gzip_bytes", "packed_bytes", "onnx_int8_bytes", "rf_packed",
+TABLE_COLUMNS = ["label", "status", "collapsed", "seed", "top1", "top1_lo", "top1_hi", "accuracy_delta", "delta_lo",
+                 "delta_hi", "p_value", "sparsity", "file_bytes", "gzip_bytes", "packed_bytes", "onnx_int8_bytes",
+                 "rf_packed",
                  lat_col(PYTORCH_FP32, B256), lat_col(ORT_CPU_INT8, B256),
                  speedup_col(ORT_CPU_INT8, B256), speedup_col(ORT_CPU_INT8, B256, "lo"),
                  speedup_col(ORT_CPU_INT8, B256, "hi"), state_col(speedup_col(ORT_CPU_INT8, B256)),
@@ -66,12 +67,15 @@ def render(df: pd.DataFrame, title: str = "Compression trade-offs", hardware: st
     table = df[cols].to_html(index=False, float_format=lambda v: f"{v:,.4g}", na_rep="", border=0)
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     failed = int((df["status"] != "ok").sum())
+    fell = int(collapsed_rows(df).sum())
+    gone = (f" {fell} of them collapsed (the model guesses): marked with a cross on the lower edge of each chart, "
+            "never part of a curve or a front, never the sweet spot.") if fell else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;
 font-size:13px}}td,th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{len(df)} runs ({failed} failed), written {when}. Sizes are read from real files; accuracy is measured on the
+<p>{len(df)} runs ({failed} failed), written {when}.{gone} Sizes are read from real files; accuracy is measured on the
 model rebuilt from the packed file; latency is the median of repeated runs after warm-up{
     "; hardware: " + html.escape(hardware) if hardware else ""}.</p>
 <p><b>Sweet spot</b> (the smallest packed file 95% sure to lose at most 1 point of top-1, judged on the paired

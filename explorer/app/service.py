@@ -47,6 +47,8 @@ from explorer.models.user import check_upload_size, list_user_models
 from explorer.run import control as fair
 from explorer.run import sensitivity as sens
 from explorer.run.cache import RunCache
+from explorer.run.collapse import collapsed, emptied_words  # a model that guesses, in words
+from explorer.run.collapse import words as collapse_words
 from explorer.run.controls import (  # (the page's names for the techniques' controls)
     CHOICES,
     DEFAULTS,
@@ -81,7 +83,7 @@ from explorer.run.runner import run_key
 # too); a name the page needs from below is added here
 __all__ = [
     "CHOICES", "COMPARISON", "CONFIDENCES", "DEFAULTS", "LATENCY_COLS", "RANGES", "SHIPS", "SHIP_DEFAULT", "SIZE_COLS",
-    "Control", "ModelCard", "ship_choices", "shipped",
+    "Control", "ModelCard", "ship_choices", "shipped", "collapsed", "emptied_words", "collapse_words",
     "Recipe", "RunResult", "Speed", "across_seeds", "all_controls", "baseline_row", "build", "describe",
     "disturbed_figures", "explain", "fmt_bytes", "readable", "recipe_words", "relevant", "resolution", "sections",
     "speed", "speed_cell", "speed_with_interval", "sweet_spot", "sweet_spot_table",

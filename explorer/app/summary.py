@@ -13,12 +13,13 @@ import textwrap
 
 import pandas as pd
 
-from explorer.app import plots
+from explorer.app import marks, plots
 from explorer.app.tables import SHIP_DEFAULT, baseline_row, shipped
 from explorer.compress.recipe import recipe_words, step_words
 from explorer.core import words
 from explorer.core.engines import B256, ORT_CPU_INT8
 from explorer.models import feeding, travel
+from explorer.run.collapse import words as collapse_words
 from explorer.run.result import DISTURBED, RunResult, flatten, speed
 
 ENGINE = ORT_CPU_INT8  # the deployment the headline's speed-up is for
@@ -61,6 +62,11 @@ def big_numbers(result: RunResult, ship: str = SHIP_DEFAULT, baseline: dict | No
     d = result["accuracy_delta"]
     within = vs and not vs.get("significant")
     ci = f"95% interval {vs['delta_ci'][0]:+.2f} to {vs['delta_ci'][1]:+.2f} points" if vs else ""
+    if fell := result.get("collapse"):  # a guess is no accuracy change to put on a slide
+        out.append(("accuracy: the model collapsed", "collapsed",
+                    f"top-1 {result['accuracy']['top1']:.2f}% against {fell['chance_top1']:.2f}% for a guess among "
+                    f"{fell['classes']} classes: not a measured trade-off"))
+        return out
     vc = result.get("vs_control")
     if vc:  # a recipe that fine-tunes: the slide's figure is against the same training without compression
         lo, hi = vc["delta_ci"]
@@ -158,6 +164,9 @@ def figure(result: RunResult, frame: pd.DataFrame, card_name: str, ship: str = S
     fig = plt.figure(figsize=(16, 9), dpi=100)
     title = fig.text(0.03, 0.97, _plain(_title(result, card_name)), fontsize=20, ha="left", va="top")
     _fit(fig, title, 0.94)
+    if said := collapse_words(result):
+        _fit(fig, fig.text(0.03, 0.905, _plain(said), fontsize=11, ha="left", va="top", color=marks.COLOUR,
+                           weight="bold"), 0.94, lines=3, smallest=7)
     for i, (what, value, under) in enumerate(big_numbers(result, ship, _baseline_sizes(frame))):
         ax = fig.add_axes((0.03 + i * 0.32, 0.66, 0.3, 0.22))
         ax.axis("off")
@@ -185,7 +194,7 @@ def figure(result: RunResult, frame: pd.DataFrame, card_name: str, ship: str = S
 
 def _curve(ax, frame: pd.DataFrame, result: RunResult) -> None:
     ok = frame[(frame.get("status") == "ok")] if "status" in frame.columns else frame
-    ok = ok.dropna(subset=[c for c in ("top1", "sparsity_requested") if c in ok.columns])
+    ok, fell = marks.split(ok.dropna(subset=[c for c in ("top1", "sparsity_requested") if c in ok.columns]))
     if not ok.empty and ({"scheme", "bits"} & set(ok.columns)):
         fams = list(plots.families(ok))  # one line per configuration family, styled as on the page
         style = plots.series_styles(name for name, _ in fams)
@@ -204,8 +213,17 @@ def _curve(ax, frame: pd.DataFrame, result: RunResult) -> None:
         ax.axhline(vc["top1"], ls="--", color=plots.CONTROL_COLOUR,
                    label=_plain(f"baseline fine-tuned {vc['budget']}, no compression: {vc['top1']:.2f}%"))
     sp = flatten(result)["sparsity_requested"]  # as the pruning step says it (n:m: 1 - n/m)
-    ax.plot([sp], [result["accuracy"]["top1"]], marker="*", markersize=22, color="crimson", ls="none",
-            label="this configuration")
+    star = {"marker": "*", "markersize": 22, "color": "crimson", "ls": "none", "clip_on": False,
+            "label": "this configuration"}
+    if not result.get("collapse"):
+        ax.plot([sp], [result["accuracy"]["top1"]], **star)
+    low = ax.get_ylim()[0]  # collapsed runs sit on the axis' lower edge, apart from the curves (explorer.app.marks)
+    if not fell.empty:
+        ax.plot(fell["sparsity_requested"], [low] * len(fell), marker="x", markersize=12, color=marks.COLOUR,
+                ls="none", clip_on=False, label=_plain(marks.LEGEND))
+    if result.get("collapse"):
+        ax.plot([sp], [low], **star)
+    ax.set_ylim(bottom=low)
     ax.set_xlabel("sparsity")
     ax.set_ylabel("top-1 accuracy (%), bars: 95% interval")
     ax.set_title("Sparsity vs accuracy", loc="left")
@@ -225,13 +243,15 @@ def page(result: RunResult, frame: pd.DataFrame, card_name: str, ship: str = SHI
     fig.update_xaxes(automargin=True, title_standoff=12)
     fig.update_yaxes(automargin=True, title_standoff=12)
     curve = fig.to_html(full_html=False, include_plotlyjs="inline")
+    said = collapse_words(result)
+    warning = f'<p style="color:{marks.COLOUR};font-weight:bold">{html.escape(said)}</p>' if said else ""
     recipe = html.escape(json.dumps(travel.shared_of(result), indent=2))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(_title(result, card_name))}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}.row{{display:flex;gap:1em}}
 .box{{flex:1;background:#f2f5fa;border:1px solid #c9d3e3;border-radius:8px;padding:1em;text-align:center}}
 .v{{font-size:2.6em;font-weight:bold;color:#1f3b6d}}.w{{font-size:1.2em}}.u{{color:#555;font-size:.85em}}
 pre{{background:#f6f6f6;padding:1em}}</style></head><body>
-<h1>{html.escape(_title(result, card_name))}</h1><div class=row>{boxes}</div>{curve}
+<h1>{html.escape(_title(result, card_name))}</h1>{warning}<div class=row>{boxes}</div>{curve}
 <h2>Recipe</h2><p>{html.escape(inputs(result))}</p>
 <p>Reproduce with <code>{html.escape(reproduce(result)[0])}</code>{html.escape(reproduce(result)[1])}.</p>
 <pre>{recipe}</pre>

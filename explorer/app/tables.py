@@ -72,7 +72,8 @@ CONFIDENCES = {"95%": 0.95, "90%": 0.90, "99%": 0.99, "point estimates only": No
 READABLE = {"words": "configuration", "status": "status", "seeds": "seeds", "top1": "top-1 (%)",
             "top1_lo": "top-1, 95% low", "top1_hi": "top-1, 95% high", "top1_std": "top-1 sd across seeds",
             "accuracy_delta": "change (points)", "delta_lo": "change, 95% low", "delta_hi": "change, 95% high",
-            "significant": "a real change", "sparsity": "weight sparsity (%)", "packed_bytes": "packed file (KiB)",
+            "significant": "a real change", "collapsed": "collapsed (the model guesses)",
+            "sparsity": "weight sparsity (%)", "packed_bytes": "packed file (KiB)",
             "gzip_bytes": "gzip of checkpoint (KiB)", "onnx_int8_bytes": "ONNX int8 file (KiB)",
             "rf_packed": "times smaller (packed)", lat_col(ORT_CPU_INT8, B256):
             "ONNX Runtime int8, batch of 256 (ms)",
@@ -93,6 +94,8 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
             out[c] = (pd.to_numeric(out[c], errors="coerce") * 100).round(1)
         elif c == "significant":
             out[c] = out[c].map({True: "yes", False: "no, within noise"})
+        elif c == "collapsed":
+            out[c] = out[c].map({True: "yes: not a trade-off", False: ""})
         elif pd.api.types.is_numeric_dtype(out[c]):
             out[c] = out[c].round(2)
     return out.rename(columns=READABLE)

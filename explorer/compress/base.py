@@ -116,6 +116,9 @@ class CompressionState:
     deploy: Deploy | None = None  # the integer runtime path to export (ONNX Runtime int8)
     notes: list[str] = field(default_factory=list)  # what will surprise a user, and why
     info: dict[str, Any] = field(default_factory=dict)  # per-step details for the report
+    # each fine-tuning's mean cross-entropy per epoch, in the order they ran: a loss stuck at ln(classes) is a model
+    # that guesses (explorer.run.collapse)
+    losses: list[list[float]] = field(default_factory=list)
 
     def copy(self) -> CompressionState:
         return copy.deepcopy(self)
@@ -249,6 +252,8 @@ def finetune(model: nn.Module, ctx: Context, epochs: int, lr: float, what: str,
     cfg = TrainConfig(epochs=epochs, lr=lr, seed=ctx.seed, weight_decay=0.0)
     hist = fit(model, data.train, cfg, hooks=[*ctx.state.hooks(), *(extra_hooks or [])], progress=ctx.progress,
                loss_fn=loss_fn, params=params)
+    if loss_fn is None:  # plain cross-entropy, whose value for a uniform guess is ln(classes)
+        ctx.state.losses.append([round(v, 6) for v in hist.train_loss])
     return {"epochs": epochs, "seconds": round(hist.seconds, 3), "final_loss": hist.train_loss[-1]}
 
 
@@ -477,6 +482,11 @@ class StepConfig:
     def deploys(self) -> Deploy | None:
         """The int8 ONNX Runtime model this step deploys as (None: it deploys none), which is also the one step an
         ONNX model takes: ValueError, in words, where this configuration of it cannot."""
+        return None
+
+    def collapse_advice(self) -> str | None:
+        """What to try instead when a run with this step collapsed (its model guesses), in words ("a lower
+        sparsity, or ..."); None where the step has nothing to say."""
         return None
 
     def explain(self, result: Mapping[str, Any]) -> list[str]:

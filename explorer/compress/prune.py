@@ -30,7 +30,15 @@ from explorer.compress.base import (
     register_step,
 )
 from explorer.compress.channel import prune_channels
-from explorer.compress.prune_config import CRITERIA, GRANULARITIES, REMOVES, SCHEDULES, PruneConfig  # noqa: F401
+from explorer.compress.lamp import MAX_LAYER_SPARSITY, MIN_KEPT, adaptive_keep, lamp_scores, layer_floor
+from explorer.compress.prune_config import (  # noqa: F401
+    ADAPTIVE,
+    CRITERIA,
+    GRANULARITIES,
+    REMOVES,
+    SCHEDULES,
+    PruneConfig,
+)
 from explorer.compress.schedules import cubic_sparsity, geometric_sparsity
 from explorer.core.train import TrainHook
 
@@ -104,7 +112,7 @@ def _prune_lowest(scores: torch.Tensor, sizes: torch.Tensor, sparsity: float) ->
 
 def block_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str, block: tuple[int, int],
                 p: int = 1) -> dict[str, torch.Tensor]:
-    """Prune whole blocks by score (per layer, or ranked across layers when global)."""
+    """Prune whole blocks by score (per layer, or ranked across layers by one threshold when global)."""
     scored = {k: _blocks(w, block, p) for k, w in weights.items()}
     if scope == "global":
         flat = _prune_lowest(torch.cat([s.reshape(-1) for s, _ in scored.values()]),
@@ -115,13 +123,38 @@ def block_masks(weights: dict[str, torch.Tensor], sparsity: float, scope: str, b
             offset += s.numel()
     else:
         keep = {k: _prune_lowest(s.reshape(-1), z.reshape(-1), sparsity).view_as(s) for k, (s, z) in scored.items()}
-    out = {}
+    return {name: _block_to_weights(keep[name], w, block) for name, w in weights.items()}
+
+
+def _block_to_weights(keep: torch.Tensor, w: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """A keep-mask over the blocks of w's (out, in) matrix, as a mask over w's own weights."""
+    m = _as_matrix(w)
     bh, bw = block
+    return keep.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[:m.shape[0], :m.shape[1]].reshape(w.shape)
+
+
+def lamp_masks(weights: dict[str, torch.Tensor], sparsity: float, p: int = 1, block: tuple[int, int] | None = None,
+               old: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Global pruning with layer-adaptive scores: single weights (or `block`s, scored by their mean |w|, or the root
+    of their mean w^2 for L2) ranked across layers by LAMP, each layer keeping its floor. Already-pruned weights
+    (`old`) rank lowest, so masks only grow."""
+    scores, sizes = {}, {}
     for name, w in weights.items():
-        m = _as_matrix(w)
-        full = keep[name].repeat_interleave(bh, 0).repeat_interleave(bw, 1)[:m.shape[0], :m.shape[1]]
-        out[name] = full.reshape(w.shape)
-    return out
+        if block is None:
+            mag = w.detach().abs().float()
+            was = None if old is None else old.get(name)
+            if was is not None:
+                mag = mag.masked_fill(~was, 0.0)
+            s = lamp_scores(mag)
+            scores[name] = s if was is None else s.masked_fill(~was, -1.0)
+            sizes[name] = torch.ones_like(s)
+        else:
+            mean, sizes[name] = _blocks(w, block, p)
+            scores[name] = lamp_scores(mean if p == 1 else mean.sqrt())
+    keep = adaptive_keep(scores, sizes, sparsity)
+    if block is None:
+        return keep
+    return {name: _block_to_weights(keep[name], w, block) for name, w in weights.items()}
 
 
 def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -185,7 +218,9 @@ def compute_masks(model: nn.Module, cfg: PruneConfig, sparsity: float,
     targets = _targets(model, cfg)
     weights = {k: m.weight for k, m in targets.items()}
     p = 2 if cfg.criterion == "l2" else 1
-    if cfg.granularity == "unstructured":
+    if cfg.granularity in ADAPTIVE and cfg.scope == "global":
+        new = lamp_masks(weights, sparsity, p, cfg.block if cfg.granularity == "block" else None, old)
+    elif cfg.granularity == "unstructured":
         new = magnitude_masks(weights, sparsity, cfg.scope, p, old)
     elif cfg.granularity == "block":
         new = block_masks(weights, sparsity, cfg.scope, cfg.block, p)
@@ -263,6 +298,11 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> Compressed:
         info = prune_units(model, cfg, ctx)
     else:
         info = _prune_unstructured(model, cfg, ctx)
+        if cfg.adaptive():
+            info["allocation"] = "layer-adaptive (LAMP)"
+            state.notes.append(_adaptive_note(model, cfg))
+        if cfg.layers != "all":
+            info["left_dense"] = _left_dense(model, cfg)
         if cfg.granularity == "unstructured":
             state.notes.append("Unstructured sparsity shrinks the packed file, not dense latency: the zeros are "
                                "still multiplied by dense kernels (compression in storage only).")
@@ -285,6 +325,29 @@ def apply(model: nn.Module, cfg: PruneConfig, ctx: Context) -> Compressed:
                 seconds=round(time.perf_counter() - t0, 3))
     record(state, cfg, info)
     return Compressed(model.eval(), state)
+
+
+def _left_dense(model: nn.Module, cfg: PruneConfig) -> list[str]:
+    """The Conv and Linear layers the step's `layers` left out (for "inner": the first and the last)."""
+    chosen = set(_targets(model, cfg))
+    return [n for n, _ in compressible(model, "all") if f"{n}.weight" not in chosen]
+
+
+def _adaptive_note(model: nn.Module, cfg: PruneConfig) -> str:
+    """What the global ranking did, in words: how it allocated the sparsity, the layers at the cap, those left dense."""
+    capped = [k[:-7] for k, m in _targets(model, cfg).items()
+              if int(torch.count_nonzero(m.weight)) <= layer_floor(m.weight.numel(), cfg.target)]
+    cap = max(MAX_LAYER_SPARSITY, cfg.target)
+    said = ("The weights of all layers were ranked together by layer-adaptive scores (LAMP, Lee et al. 2021): each "
+            "weight is compared with the larger weights of its own layer, so a layer whose weights are small in scale "
+            f"is pruned like the others rather than emptied, and no layer went above {cap:.0%} zeros or below "
+            f"{MIN_KEPT} weights")
+    if capped:
+        said += f" ({', '.join(capped)} stopped there)"
+    dense = _left_dense(model, cfg)
+    if dense and cfg.layers == "inner":
+        said += f". Kept dense: {' and '.join(dense)}, the first and last layers"
+    return said + "."
 
 
 def layer_sparsity(model: nn.Module, cfg: PruneConfig) -> dict[str, float]:

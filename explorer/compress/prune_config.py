@@ -24,8 +24,9 @@ class PruneConfig(StepConfig):
     output channels (channel), of the attention heads (heads: every block keeps at least one) or of the MLP
     hidden neurons (neurons), all physically removed for channel, heads and neurons; n:m fixes it at 1 - n/m.
     `granularity`: unstructured | channel | block | nm | heads | neurons. `criterion`: l1 | l2 magnitude
-    (geometric_median for channel). `scope`: global (one ranking over all layers; for heads and neurons each
-    block's scores are divided by their mean first) | layer (the same share in every layer). `schedule`:
+    (geometric_median for channel). `scope`: global (one ranking over all layers: single weights and blocks by
+    layer-adaptive LAMP scores with a per-layer floor, explorer.compress.lamp; for heads and neurons each block's
+    scores are divided by their mean first) | layer (the same share in every layer). `schedule`:
     oneshot | iterative | gradual (heads and neurons: oneshot). `finetune_epochs`, `lr`: fine-tuning after
     pruning. `layers`: which Conv/Linear layers (all | conv | linear | inner | mlp; heads and neurons take
     every transformer block). `rounds`, `initial_sparsity`: the iterative and gradual schedules. `block`:
@@ -102,8 +103,16 @@ class PruneConfig(StepConfig):
         return f"prune {self.target:.0%} {self.granularity}{sched}"
 
     def revision(self) -> int:
-        # 2: global channel pruning no longer skips a layer whose every channel falls under the threshold
-        return 2 if self.granularity == "channel" and self.scope == "global" else 1
+        # 2: global channel pruning no longer skips a layer whose every channel falls under the threshold; global
+        # unstructured and block pruning rank by layer-adaptive scores under a per-layer floor instead of one
+        # threshold that emptied layers small in scale (nothing changed at a target of 0: nothing is pruned)
+        if self.scope == "global" and (self.granularity == "channel" or self.adaptive()):
+            return 2
+        return 1
+
+    def adaptive(self) -> bool:
+        """Whether the step ranks weights across layers by layer-adaptive scores (explorer.compress.lamp)."""
+        return self.scope == "global" and self.granularity in ADAPTIVE and self.target > 0
 
     def words(self) -> str:
         if self.granularity == "nm":
@@ -112,9 +121,16 @@ class PruneConfig(StepConfig):
             what = f"the {_granularity_words(self)}"
         if self.granularity in RANKED:  # the criterion changes which groups go; single weights and n:m: it cannot
             what += f" {CRITERION_WORDS[self.criterion]}"
+        clauses = []
+        if self.granularity in ADAPTIVE:
+            clauses.append("ranked across layers by layer-adaptive scores (LAMP)" if self.scope == "global" else
+                           "the same share in every layer")
+        if self.layers != "all" and self.granularity not in ("heads", "neurons"):  # those take every block
+            clauses.append(LAYER_WORDS[self.layers])
+        how = "".join(f", {c}" for c in clauses) + ("," if clauses else "")
         tune = f", fine-tuned {self.finetune_epochs} epoch{'s' if self.finetune_epochs != 1 else ''}" \
             if self.finetune_epochs else ""
-        return f"prune {self.target:.0%} of {what} {SCHEDULE_WORDS[self.schedule]}{tune}"
+        return f"prune {self.target:.0%} of {what}{how} {SCHEDULE_WORDS[self.schedule]}{tune}"
 
     @classmethod
     def controls(cls) -> tuple[Control, ...]:
@@ -132,8 +148,16 @@ class PruneConfig(StepConfig):
                     words={"l1": "L1 norm (magnitude)", "l2": "L2 norm",
                            "geometric_median": "geometric median (channels only)"}),
             Control("scope", "global", SCOPES, enabled=lambda c, card: _pruning(c, card) and c["granularity"] != "nm",
-                    label="Scope", words={"global": "one threshold for all layers",
-                                          "layer": "the same share in every layer"}),
+                    label="Scope", words={"global": "one ranking across all layers",
+                                          "layer": "the same share in every layer"},
+                    help="One ranking across all layers: single weights and blocks are ranked by layer-adaptive "
+                         "scores (LAMP), which compare each weight with its own layer's, and no layer goes above 98% "
+                         "zeros; channels by their norms."),
+            # the first layer holds few weights and sees the raw pixels, the last decides the classes: both the most
+            # sensitive, and a global ranking prunes them like any other (kept dense by default; off: every layer)
+            Control("dense_ends", True, enabled=_ranked_globally, label="Keep the first and last layers dense",
+                    help="Leave the first and the last layer unpruned; the sparsity is then the share of the other "
+                         "layers' weights."),
             # heads and neurons are removed at once (Torch-Pruning's graph, then fine-tuning)
             Control("schedule", "oneshot", SCHEDULES,
                     enabled=lambda c, card: _pruning(c, card) and c["granularity"] not in ("heads", "neurons"),
@@ -143,6 +167,15 @@ class PruneConfig(StepConfig):
             Control("prune_epochs", 2, lo=0, hi=50, step=1, enabled=_pruning, label="Fine-tune epochs",
                     flag="finetune-epochs"),
         )
+
+    def collapse_advice(self) -> str | None:
+        if self.granularity in REMOVES:
+            removed = {"channel": "channels", "heads": "attention heads", "neurons": "hidden neurons"}[self.granularity]
+            return f"a lower share of {removed}, or more fine-tuning epochs"
+        if self.granularity == "nm":  # its sparsity is fixed by n and m
+            return "more fine-tuning epochs, or leaving the first and last layers dense"
+        other = "the same share in every layer" if self.scope == "global" else "one ranking across all layers"
+        return f"a lower sparsity, the scope '{other}', or more fine-tuning epochs"
 
     def explain(self, result: Mapping[str, Any]) -> list[str]:
         out = []
@@ -166,12 +199,15 @@ class PruneConfig(StepConfig):
         if c["granularity"] == "nm":  # 2:4 fixes the sparsity at one half; the slider only turns it on
             return cls(granularity="nm", sparsity=0.5, layers="inner", criterion=c["criterion"], scope=c["scope"],
                        schedule=c["schedule"], finetune_epochs=c["prune_epochs"])
+        layers = "inner" if _ranked_globally(c, card) and c["dense_ends"] else "all"
         return cls(sparsity=c["sparsity"], granularity=c["granularity"], criterion=c["criterion"], scope=c["scope"],
-                   schedule=c["schedule"], finetune_epochs=c["prune_epochs"])
+                   schedule=c["schedule"], finetune_epochs=c["prune_epochs"], layers=layers)
 
     def to_controls(self) -> dict[str, Any]:
+        ends = self.layers == "inner" if self.scope == "global" and self.granularity in ADAPTIVE else True
         return {"sparsity": self.sparsity, "granularity": self.granularity, "criterion": self.criterion,
-                "scope": self.scope, "schedule": self.schedule, "prune_epochs": self.finetune_epochs}
+                "scope": self.scope, "schedule": self.schedule, "prune_epochs": self.finetune_epochs,
+                "dense_ends": ends}
 
     def columns(self) -> dict[str, Any]:
         return {"sparsity_requested": self.target, "granularity": self.granularity}
@@ -190,6 +226,9 @@ class PruneConfig(StepConfig):
 
 
 SCOPES = ("global", "layer")
+ADAPTIVE = ("unstructured", "block")  # granularities a global scope ranks by layer-adaptive scores (LAMP)
+LAYER_WORDS = {"inner": "first and last layers left dense", "conv": "convolutions only",
+               "linear": "fully connected layers only", "mlp": "the transformer MLPs' layers only"}
 # granularities whose ranking the L1/L2 criterion changes: groups of weights (a channel, a block, a head's rows,
 # a neuron's row and column) rank differently by the sum of |w| and of w^2; single weights and n:m do not
 RANKED = ("channel", "block", "heads", "neurons")
@@ -206,6 +245,10 @@ def _granularity_words(cfg: PruneConfig) -> str:
 
 def _pruning(c: Controls, card: Card | None) -> bool:
     return bool(c["sparsity"] > 0)
+
+
+def _ranked_globally(c: Controls, card: Card | None) -> bool:
+    return _pruning(c, card) and c["granularity"] in ADAPTIVE and c["scope"] == "global"
 
 
 GRANULARITY_WORDS = {"unstructured": "single weights", "channel": "whole channels (physically removed)",

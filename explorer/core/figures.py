@@ -119,3 +119,15 @@ class Timing(TypedDict):
     hardware: dict[str, Any]
     reference: str
     deployment_reference: str
+
+
+class Collapse(TypedDict):
+    """Why a run's model is taken to have collapsed (explorer.run.collapse): it guesses, so its figures are no
+    trade-off. `reasons` holds "top1_at_chance", "loss_at_chance" and "layer_emptied", as they apply."""
+
+    reasons: list[str]
+    layers_emptied: list[str]  # the Conv and Linear layers whose every weight is zero
+    classes: int
+    chance_top1: float  # percent: a uniform guess among the classes
+    chance_loss: float  # ln(classes): the cross-entropy of a uniform guess
+    final_loss: float | None  # the last fine-tuning epoch's mean training loss (None: no fine-tuning)

@@ -34,6 +34,9 @@ GLOSSARY = {
                 "shrinks (stored sparse) but dense kernels run as fast as before. Channel pruning removes whole "
                 "filters: the model becomes smaller and faster. 2:4 zeroes two of every four weights, a pattern "
                 "some GPUs (sparse tensor cores) run faster.",
+    "Collapsed": "a run whose model guesses: its top-1 cannot be told from chance, its fine-tuning loss stayed at "
+                 "that of a uniform guess, or a layer lost every weight. Its figures are no trade-off: it is marked "
+                 "with a cross on the charts' lower edge and never picked as the sweet spot.",
     "PTQ": "post-training quantisation: weights (and optionally activations) rounded to a k-bit grid once, "
            "without training.",
     "QAT": "quantisation-aware training: fine-tuning with the rounding in the forward pass, so the weights learn "

@@ -28,3 +28,10 @@ def layer_table(model: nn.Module) -> pd.DataFrame:
             "sparsity": 1.0 - nonzero / params if params else 0.0,
         })
     return pd.DataFrame(rows, columns=["layer", "type", "shape", "params", "nonzero", "sparsity"])
+
+
+def emptied_layers(model: nn.Module) -> list[str]:
+    """The Conv and Linear layers whose every weight is zero: a layer emptied cuts what flows through it (its bias,
+    if any, is all that is left), so the model's output no longer depends on its input there."""
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+            and m.weight.numel() and not bool(torch.count_nonzero(m.weight.detach()))]

@@ -28,6 +28,7 @@ from explorer.core.engines import B1, TORCH_CPU, gain_col, lat_col, reltime_col,
 
 # the figures of a run, named here too for the modules that take them with RunResult
 from explorer.core.figures import Accuracy as Accuracy
+from explorer.core.figures import Collapse as Collapse
 from explorer.core.figures import ControlComparison as ControlComparison
 from explorer.core.figures import Latency as Latency
 from explorer.core.figures import LatencyFigure as LatencyFigure
@@ -84,6 +85,7 @@ class RunResult(TypedDict, total=False):
     histograms: dict[str, dict[str, Any]]
     compression: dict[str, Any]  # each step's report, by kind
     notes: list[str]
+    collapse: Collapse  # present only where the model collapsed: then no view shows its figures as a trade-off
     # sizes of real files, in bytes, and the reduction factors against the fp32 baseline's
     size: dict[str, int | None]
     baseline_size: dict[str, int]
@@ -296,7 +298,8 @@ def flatten(result: RunResult) -> dict[str, Any]:
     acc = result["accuracy"]
     row.update(top1=acc["top1"], top3=acc["top3"], top5=acc["top5"], baseline_top1=result["baseline_accuracy"]["top1"],
                accuracy_delta=result["accuracy_delta"], sparsity=result["sparsity"], params=result["params"],
-               nonzero_params=result["nonzero_params"], macs=result["macs"], test_samples=result.get("test_samples"))
+               nonzero_params=result["nonzero_params"], macs=result["macs"], test_samples=result.get("test_samples"),
+               collapsed=bool(result.get("collapse")))
     for k, (lo, hi) in (result.get("accuracy_ci") or {}).items():
         row[f"{k}_lo"], row[f"{k}_hi"] = lo, hi
     vs = result.get("vs_baseline") or {}

@@ -40,14 +40,14 @@ from explorer.core.version import SCHEMA_VERSION
 from explorer.measure import compute, size
 from explorer.measure.accuracy import save_predictions, uncertainty
 from explorer.measure.hardware import hardware
-from explorer.measure.layers import layer_table
+from explorer.measure.layers import emptied_layers, layer_table
 from explorer.measure.onnx_export import ExportError, deploy_int8, export_onnx, onnx_accuracy
 from explorer.measure.speedup import measure_latency
 from explorer.models import feeding
 from explorer.models.baselines import baseline_data, card_path, load_baseline, read_card, sha256_file, versions
-from explorer.run import scheduler, timing
+from explorer.run import collapse, scheduler, timing
 from explorer.run.onnx import prepare_onnx, time_onnx
-from explorer.run.result import FILES, UNTIMED, Accuracy, Onnx, OnnxModel, RunResult
+from explorer.run.result import FILES, UNTIMED, Accuracy, Collapse, Onnx, OnnxModel, RunResult
 
 
 def threads() -> int:
@@ -329,9 +329,12 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
     base_acc = scheduler.result(base_scores)  # waits without holding up a timing; the task takes our priority
     timings["baseline_scores_wait"] = round(time.perf_counter() - t_wait, 3)
     unc = uncertainty(acc, base_acc, data.test.y)  # key by key: mypy refuses a TypedDict unpacked by **
+    fell = collapse.detect(classes=data.num_classes, correct=acc["correct"]["top1"], n=acc["n"],
+                           baseline_correct=base_acc["correct"]["top1"], losses=res.state.losses,
+                           emptied=emptied_layers(unpacked)) if recipe.steps else None
     if partial is not None:  # accuracy and the packed size exist: show them while the rest is measured
         total, zeros = weight_sparsity(unpacked)
-        partial(RunResult(
+        partial(_marked(fell, RunResult(
             schema=SCHEMA_VERSION, status="partial", pending=["sizes", "onnx", "latency"], key=key,
             recipe=recipe.to_dict(), label=recipe.label(), model=recipe.model, dataset=recipe.dataset,
             test_samples=acc["n"], accuracy=_accuracy(acc), baseline_accuracy=_accuracy(base_acc),
@@ -342,7 +345,7 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
                 "packed_bytes": recipe.checkpoint_path.stat().st_size / max(len(blob), 1)}},
             params=sum(p.numel() for p in unpacked.parameters()), baseline_params=card["params"],
             finetune_samples=len(tune.train), sparsity=zeros / total if total else 0.0,
-            notes=list(dict.fromkeys(res.state.notes))))
+            notes=list(dict.fromkeys(res.state.notes)))))
     timings["evaluate"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
@@ -363,7 +366,7 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
     layers = _layers(unpacked, res.state, packing.tensor_report(blob), mac)
     density_macs = sum(r["macs"] * (1 - r["sparsity"]) for r in layers)
     timings["total_prepare"] = round(time.perf_counter() - t0, 3)
-    return RunResult(
+    return _marked(fell, RunResult(
         schema=SCHEMA_VERSION, status="ok", key=key, recipe=recipe.to_dict(), label=recipe.label(),
         model=recipe.model, dataset=recipe.dataset, test_samples=acc["n"], accuracy=_accuracy(acc),
         accuracy_source="PyTorch model rebuilt from the packed file", baseline_accuracy=_accuracy(base_acc),
@@ -384,7 +387,14 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
         preprocessing=feeding.fed(data, feeding.given_of(card)),
         baseline_sha256=_sha(str(recipe.checkpoint_path), recipe.checkpoint_path.stat().st_mtime_ns),
         threads={"compress_and_evaluate": train_threads()}, train_samples=len(data.train),
-        finetune_samples=len(tune.train))
+        finetune_samples=len(tune.train)))
+
+
+def _marked(fell: Collapse | None, result: RunResult) -> RunResult:
+    """The run with its collapse verdict; the field is absent where the model did not collapse (as in older runs)."""
+    if fell:
+        result["collapse"] = fell
+    return result
 
 
 def _accuracy(acc: dict[str, Any]) -> Accuracy:

@@ -16,8 +16,11 @@ from explorer.app.service import (
     RunResult,
     Speed,
     across_seeds,
+    collapse_words,
+    collapsed,
     describe,
     disturbed_figures,
+    emptied_words,
     explain,
     fmt_bytes,
     recipe_download,
@@ -99,6 +102,8 @@ def accuracy_sentence(result: RunResult) -> str:
     lo, hi = vs["delta_ci"]
     verdict = ("a real change (exact McNemar p = {:.2g})" if vs["significant"] else
                "within noise (exact McNemar p = {:.2g})").format(vs["p_value"])
+    if collapsed(result):  # a guess is no change to weigh
+        verdict = "not a trade-off: the model collapsed (see above)"
     return (f"Top-1 {result['accuracy']['top1']:.2f}%, 95% interval {ci['top1'][0]:.2f}–{ci['top1'][1]:.2f}% over "
             f"{n:,} test images. Against the baseline on the same images: {words.count(vs['baseline_only'], 'image')} "
             f"it got right {'is' if vs['baseline_only'] == 1 else 'are'} now wrong, "
@@ -165,6 +170,8 @@ def headline(result: RunResult, ship: str = SHIP_DEFAULT, base: RunResult | None
     """The run's tiles, its one sentence, the statistics behind them (in an expander), and what will surprise.
     `presenter`: three tiles (top-1, the size of what ships, the int8 speed-up) for a demo."""
     acc = result["accuracy"]
+    if fell := collapse_words(result):  # first, before any figure is read as a trade-off
+        st.error(md(fell))
     c = st.columns(3 if presenter else 5)
     delta = result["accuracy_delta"]
     vs = result.get("vs_baseline") or {}
@@ -172,6 +179,8 @@ def headline(result: RunResult, ship: str = SHIP_DEFAULT, base: RunResult | None
     if change and vs and not vs.get("significant"):
         change += " (within noise)"
     quiet = bool(vs) and not vs.get("significant")
+    if fell:
+        change, quiet = "collapsed: a guess", True
     c[0].metric("Top-1 (measured)", f"{acc['top1']:.2f}%", change, delta_color="off" if quiet else "normal",
                 delta_arrow="off" if quiet else "auto",
                 help="Measured on the model rebuilt from the packed file; the arrow is the change vs the baseline "
@@ -307,6 +316,8 @@ def _accuracy_verdict(result: RunResult) -> str:
     vs = result.get("vs_baseline") or {}
     if not vs or not result.get("recipe", {}).get("steps"):
         return ""
+    if collapsed(result):
+        return "collapsed: not a trade-off"
     return "a real change" if vs.get("significant") else "within noise"
 
 
@@ -422,6 +433,8 @@ LAYER_COLUMNS = {"layer": "layer", "type": "type", "shape": "weight shape", "par
 
 
 def layers(result: RunResult, sensitivity: dict | None) -> None:
+    if emptied := emptied_words(result):
+        st.error(md(emptied))
     table = pd.DataFrame(result["layers"])
     if sensitivity:
         table["sensitivity"] = pd.to_numeric(table["layer"].map(sensitivity), errors="coerce")
@@ -511,6 +524,9 @@ def file_name(result: RunResult, name: str) -> str:
 def downloads(result: RunResult, artifact, key: str) -> None:
     """Every deployable the run made, each with its measured size and what it is for, and the recipe. The
     bytes are read and checked against the cache's checksums when the button is pressed."""
+    if collapsed(result):
+        st.warning("These files hold the collapsed model: it guesses. They are what this configuration made, not a "
+                   "trade-off to deploy.")
     cols = st.columns(4)
     sizes = result.get("size") or {}
     for col, (name, field, label, what) in zip(cols, DELIVERABLES, strict=False):
