@@ -212,3 +212,20 @@ def test_the_same_budget_controls_are_reference_lines_with_their_intervals():
     assert fig.layout.yaxis.range[1] >= 99.5  # the axis spans the control's interval
     assert not [t for t in fig.data if "c1" in json.dumps(list(t.customdata[:, 0]) if t.customdata is not None
                                                          else [])]  # never a point of a curve
+
+
+def test_series_with_the_very_same_points_are_drawn_once_under_both_names():
+    """The legend listed series whose points were hidden under another's (fp32 and fp16 of a small model)."""
+    import pandas as pd
+
+    from explorer.app import plots
+
+    rows = [{"key": f"{s}{b}", "label": f"{s} {b}", "status": "ok", "sparsity_requested": sp, "top1": t,
+             "scheme": s, "bits": b, "clusters": 0}
+            for s, b in (("none (fp32)", 32), ("16-bit floats (fp16)", 16), ("4-bit weights only", 4))
+            for sp, t in ((0.0, 98.0), (0.5, 97.0 if b != 4 else 95.0))]
+    fig = plots.sparsity_accuracy(pd.DataFrame(rows))
+    names = [t.name for t in fig.data if t.name not in ("current",)]
+    assert "none (fp32) = 16-bit floats (fp16) (the same points)" in names or \
+        "16-bit floats (fp16) = none (fp32) (the same points)" in names
+    assert "4-bit weights only" in names and len([n for n in names if "fp32" in n]) == 1

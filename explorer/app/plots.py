@@ -191,6 +191,20 @@ def control_lines(fig: go.Figure, controls: pd.DataFrame | None) -> list[float]:
     return drawn
 
 
+def same_points_once(fams: list[tuple[str, pd.DataFrame]]) -> list[tuple[str, pd.DataFrame]]:
+    """Families whose points are the very same (every sparsity at the same top-1: fp32 and fp16 of a small model)
+    drawn once, under both names: one drawn over the other hid it while the legend listed both."""
+    out: dict[tuple[tuple[float, float], ...], tuple[list[str], pd.DataFrame]] = {}
+    for name, part in fams:
+        points = tuple(zip(part["sparsity_requested"].round(6), part["top1"].round(4), strict=True))
+        if points in out:
+            out[points][0].append(name)
+        else:
+            out[points] = ([name], part)
+    return [(" = ".join(names) + (" (the same points)" if len(names) > 1 else ""), part)
+            for names, part in out.values()]
+
+
 def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str = "scheme",
                       controls: pd.DataFrame | None = None) -> go.Figure:
     """Top-1 against requested sparsity, one line per quantisation scheme (and cluster count), the current
@@ -201,7 +215,7 @@ def sparsity_accuracy(df: pd.DataFrame, current_key: str | None = None, by: str 
     if ok.empty:
         return _layout(fig, "Sparsity vs accuracy (no runs yet)")
     ok, fell = marks.split(ok)  # a collapsed run is no point of a curve: it is marked apart, below
-    fams = list(families(ok, by))
+    fams = same_points_once(list(families(ok, by)))
     style = series_styles(name for name, _ in fams)
     for name, part in fams:
         colour, dash = style[name]
