@@ -427,14 +427,14 @@ def test_an_architecture_too_large_for_the_memory_limit_is_refused_before_it_is_
     now refuse it before it is built, in one line that says what it needs and what to raise."""
     from safetensors.torch import save_file
 
-    monkeypatch.setenv("EXPLORER_CHECK_MAX_MB", "1024")
+    monkeypatch.setenv("EXPLORER_CHECK_MAX_MB", "2048")  # below what it needs, with room for a loaded machine
     save_file({"heads.head.weight": torch.zeros(10, 1280)}, env / "huge.safetensors")
     with pytest.raises(ValueError) as refused:
         byo.add_model(env / "huge.safetensors", arch="torchvision:vit_h_14", name="huge")
     assert str(refused.value) == (
         "architecture 'torchvision:vit_h_14' has 630,275,850 parameters, which need about 3,006 MB to check (4 bytes "
-        "each, and a quarter more to build and run it), over the limit of 1,024 MB: refused before it is built (the "
-        "limit is EXPLORER_CHECK_MAX_MB=1024)")
+        "each, and a quarter more to build and run it), over the limit of 2,048 MB: refused before it is built (the "
+        "limit is EXPLORER_CHECK_MAX_MB=2048)")
     assert _stored(env) == []
     with pytest.raises(ValueError, match=r"^architecture 'x' has 1,000,000,000 parameters, which need about 4,769 MB"):
         sandbox.check_weights("x", 10**9)

@@ -359,15 +359,18 @@ def _fed_form(backend, dataset: str, root: str, zipped: bool, preview: bool) -> 
     try:
         fed = {"mean": backend.parse_values(mean, "mean"), "std": backend.parse_values(std, "standard deviation"),
                "image_size": int(size) or None}
-        if preview and not zipped:
+    except ValueError as e:  # repeats what the visitor typed
+        st.error(md(e))
+        return None
+    if preview and not zipped:
+        try:
             with st.spinner("Reading the data set's size and statistics..."):  # once per data set and size
                 words = backend.feed_preview(dataset, root.strip() or None, fed["image_size"], fed["mean"],
                                              fed["std"])
             st.caption(f"The explorer will feed {md(words)}.")
-        elif zipped:
-            st.caption("An uploaded image folder is read at 32x32 (or the size above), normalised with its training "
-                       "split's own statistics unless a mean and standard deviation are given.")
-    except ValueError as e:  # repeats what the visitor typed
-        st.error(md(e))
-        return None
+        except ValueError as e:  # the data set cannot be read here: said again, as the refusal, when the model is added
+            st.caption(f"What the model will be fed is said once its data set can be read ({md(e)}).")
+    elif zipped:
+        st.caption("An uploaded image folder is read at 32x32 (or the size above), normalised with its training "
+                   "split's own statistics unless a mean and standard deviation are given.")
     return fed
