@@ -65,6 +65,7 @@ class RunResult(TypedDict, total=False):
     unsupported_reason: str
     # accuracy, measured on the model rebuilt from the packed file
     test_samples: int
+    scored: int  # a partial result's test images scored so far (a stratified first part: run.sharpen)
     accuracy: Accuracy
     accuracy_source: str
     baseline_accuracy: Accuracy

@@ -45,7 +45,7 @@ from explorer.measure.onnx_export import ExportError, deploy_int8, export_onnx, 
 from explorer.measure.speedup import measure_latency
 from explorer.models import feeding
 from explorer.models.baselines import baseline_data, card_path, load_baseline, read_card, sha256_file, versions
-from explorer.run import collapse, scheduler, timing
+from explorer.run import collapse, scheduler, sharpen, timing
 from explorer.run.onnx import prepare_onnx, time_onnx
 from explorer.run.result import FILES, UNTIMED, Accuracy, Collapse, Onnx, OnnxModel, RunResult
 
@@ -323,29 +323,47 @@ def _prepare_torch(recipe: Recipe, work: Path, key: str, t0: float, timings: dic
 
     t = time.perf_counter()
     stage("evaluate")(0.0, f"measuring accuracy on {len(data.test):,} test images")
-    acc = evaluate(unpacked, data.test, with_predictions=True, workers=eval_workers())  # rebuilt from the bytes
-    save_predictions(work / FILES["predictions"], acc["pred"])
-    t_wait = time.perf_counter()
-    base_acc = scheduler.result(base_scores)  # waits without holding up a timing; the task takes our priority
-    timings["baseline_scores_wait"] = round(time.perf_counter() - t_wait, 3)
-    unc = uncertainty(acc, base_acc, data.test.y)  # key by key: mypy refuses a TypedDict unpacked by **
-    fell = collapse.detect(classes=data.num_classes, correct=acc["correct"]["top1"], n=acc["n"],
-                           baseline_correct=base_acc["correct"]["top1"], losses=res.state.losses,
-                           emptied=emptied_layers(unpacked)) if recipe.steps else None
-    if partial is not None:  # accuracy and the packed size exist: show them while the rest is measured
-        total, zeros = weight_sparsity(unpacked)
+    total, zeros = weight_sparsity(unpacked)
+    waited = [0.0]
+
+    def baseline_scores() -> dict[str, Any]:
+        t_wait = time.perf_counter()
+        out: dict[str, Any] = scheduler.result(base_scores)  # waits without holding up a timing; takes our priority
+        waited[0] += time.perf_counter() - t_wait
+        return out
+
+    def shown(acc: dict[str, Any], base_acc: dict[str, Any], scored: int | None, fell: Collapse | None) -> None:
+        """Accuracy and the packed size exist (of the images scored so far): shown while the rest is measured."""
+        if partial is None:
+            return
+        y = data.test.y[acc["index"]] if scored else data.test.y
+        unc = uncertainty(acc, {**base_acc, "pred": base_acc["pred"][acc["index"]]} if scored else base_acc, y)
+        first = sharpen.words(scored, len(data.test))
         partial(_marked(fell, RunResult(
-            schema=SCHEMA_VERSION, status="partial", pending=["sizes", "onnx", "latency"], key=key,
+            schema=SCHEMA_VERSION, status="partial", key=key,
+            pending=(["accuracy"] if scored else []) + ["sizes", "onnx", "latency"],
             recipe=recipe.to_dict(), label=recipe.label(), model=recipe.model, dataset=recipe.dataset,
-            test_samples=acc["n"], accuracy=_accuracy(acc), baseline_accuracy=_accuracy(base_acc),
-            accuracy_delta=acc["top1"] - base_acc["top1"], accuracy_ci=unc["accuracy_ci"],
-            vs_baseline=unc["vs_baseline"],
+            test_samples=len(data.test), scored=scored or len(data.test), accuracy=_accuracy(acc),
+            baseline_accuracy=_accuracy(base_acc), accuracy_ci=unc["accuracy_ci"], vs_baseline=unc["vs_baseline"],
+            accuracy_delta=acc["top1"] - 100.0 * float((base_acc["pred"][acc["index"]] == y).float().mean())
+            if scored else acc["top1"] - base_acc["top1"],
             size={"packed_bytes": len(blob)}, baseline_size={"file_bytes": recipe.checkpoint_path.stat().st_size},
             reduction_factor={"vs_fp32_file": {
                 "packed_bytes": recipe.checkpoint_path.stat().st_size / max(len(blob), 1)}},
             params=sum(p.numel() for p in unpacked.parameters()), baseline_params=card["params"],
             finetune_samples=len(tune.train), sparsity=zeros / total if total else 0.0,
-            notes=list(dict.fromkeys(res.state.notes)))))
+            notes=list(dict.fromkeys([*res.state.notes, *([first] if first else [])])))))
+
+    acc = sharpen.score(unpacked, data.test, eval_workers(),  # rebuilt from the bytes
+                        None if partial is None else lambda seen, k: shown(seen, baseline_scores(), k, None))
+    save_predictions(work / FILES["predictions"], acc["pred"])
+    base_acc = baseline_scores()
+    timings["baseline_scores_wait"] = round(waited[0], 3)
+    unc = uncertainty(acc, base_acc, data.test.y)  # key by key: mypy refuses a TypedDict unpacked by **
+    fell = collapse.detect(classes=data.num_classes, correct=acc["correct"]["top1"], n=acc["n"],
+                           baseline_correct=base_acc["correct"]["top1"], losses=res.state.losses,
+                           emptied=emptied_layers(unpacked)) if recipe.steps else None
+    shown(acc, base_acc, None, fell)
     timings["evaluate"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()

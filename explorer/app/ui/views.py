@@ -181,7 +181,9 @@ def headline(result: RunResult, ship: str = SHIP_DEFAULT, base: RunResult | None
     quiet = bool(vs) and not vs.get("significant")
     if fell:
         change, quiet = "collapsed: a guess", True
-    c[0].metric("Top-1 (measured)", f"{acc['top1']:.2f}%", change, delta_color="off" if quiet else "normal",
+    scored, n = result.get("scored"), result.get("test_samples")
+    so_far = f"Top-1, first {scored:,} of {n:,} images" if scored and n and scored < n else "Top-1 (measured)"
+    c[0].metric(so_far, f"{acc['top1']:.2f}%", change, delta_color="off" if quiet else "normal",
                 delta_arrow="off" if quiet else "auto",
                 help="Measured on the model rebuilt from the packed file; the arrow is the change vs the baseline "
                      "on the same test images, grey and without an arrow where it is within noise (see the line "
